@@ -1,0 +1,218 @@
+//! Map names, capacities and the `#[repr(C)]` key and value types stored in them.
+//!
+//! Every pinned or shared map name carries a schema version (`_V1`) so that a later release can
+//! tell an old layout from a new one. Each type has a compile-time size assertion next to it.
+
+use core::mem::size_of;
+
+/// Services, keyed by [`ServiceKey`], valued [`Service`].
+pub const MAP_SERVICES: &str = "SERVICES_V1";
+/// Backends, an array indexed by `Service::backend_base + i`, valued [`Backend`].
+pub const MAP_BACKENDS: &str = "BACKENDS_V1";
+/// Per-CPU round-robin cursor, an array indexed by `Service::id`, valued `u32`.
+pub const MAP_RR_CURSOR: &str = "RR_CURSOR_V1";
+/// Client flows, an LRU hash keyed by [`FlowKey`], valued [`Flow`].
+pub const MAP_FLOWS: &str = "FLOWS_V1";
+/// Reply translations, an LRU hash keyed by [`ReplyKey`], valued [`Reply`].
+pub const MAP_REPLIES: &str = "REPLIES_V1";
+/// Global per-CPU counters, an array indexed by [`crate::Stat`], valued `u64`.
+pub const MAP_STATS: &str = "STATS_V1";
+/// Per-CPU traffic counters per service, indexed by `Service::id`, valued [`Counter`].
+pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS_V1";
+/// Per-CPU traffic counters per backend, indexed like [`MAP_BACKENDS`], valued [`Counter`].
+pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS_V1";
+
+/// Load-time global: non-zero switches on per-packet debug logging (aya-log).
+pub const GLOBAL_DEBUG_LOG: &str = "XDPLB_DEBUG_LOG";
+
+/// Defaults for the capacities. The config may raise or lower each one; the maps are sized
+/// from the config at load time, so these only need to be valid placeholders in the object.
+pub const DEFAULT_MAX_SERVICES: u32 = 1024;
+pub const DEFAULT_MAX_BACKENDS_PER_SERVICE: u32 = 1024;
+pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
+
+/// IP protocol numbers used in keys.
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_TCP: u8 = 6;
+
+/// Default idle timeout of a flow, in nanoseconds (30 s).
+pub const DEFAULT_FLOW_IDLE_TIMEOUT_NS: u64 = 30_000_000_000;
+
+/// How often a live flow's `last_seen_ns` (and its reply entry) is refreshed, in nanoseconds.
+/// Refreshing at most once a second keeps the per-packet path free of shared-cache-line writes.
+pub const FLOW_REFRESH_NS: u64 = 1_000_000_000;
+
+/// A 16-byte address in network byte order, as four wire-order 32-bit words.
+pub type Addr = [u32; 4];
+
+/// The IPv4-mapped IPv6 form `::ffff:a.b.c.d` of an IPv4 address given as a wire-order `u32`
+/// (the four bytes exactly as they sit in the packet, read with a native load).
+#[inline(always)]
+pub const fn addr_from_v4_wire(v4: u32) -> Addr {
+    // 0x0000ffff in network order is the bytes 00 00 ff ff, which read natively on a little
+    // endian host is 0xffff0000; on big endian it is 0x0000ffff.
+    [0, 0, u32::from_be(0x0000_ffff), v4]
+}
+
+/// Service lookup key. 20 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceKey {
+    /// Destination address (network order). All-zero v4 (`::ffff:0.0.0.0`) is the wildcard.
+    pub addr: Addr,
+    /// Destination port, network order.
+    pub port_be: u16,
+    /// IP protocol number.
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<ServiceKey>() == 20);
+
+/// Service flag: reserved for later schedulers and policies.
+pub const SERVICE_FLAG_NONE: u32 = 0;
+
+/// A service. 24 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Service {
+    /// Dense index of the service: indexes `RR_CURSOR_V1` and `SERVICE_STATS_V1`.
+    pub id: u32,
+    /// First index of this service's backends in `BACKENDS_V1`.
+    pub backend_base: u32,
+    /// Number of backends, starting at `backend_base`. Zero means "no backend".
+    pub backend_count: u32,
+    pub flags: u32,
+    /// Idle timeout of a flow of this service, in nanoseconds.
+    pub flow_idle_timeout_ns: u64,
+}
+const _: () = assert!(size_of::<Service>() == 24);
+
+/// A backend. 24 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    /// Backend address, network order.
+    pub addr: Addr,
+    /// Backend port, network order.
+    pub port_be: u16,
+    /// Scheduler weight (1..=65535), host order. Unused by round robin.
+    pub weight: u16,
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<Backend>() == 24);
+
+/// A client flow to a service, as the client sent it. 40 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub client_addr: Addr,
+    /// The destination address the client used (the VIP, or the concrete address that matched a
+    /// wildcard service).
+    pub vip_addr: Addr,
+    pub client_port_be: u16,
+    pub vip_port_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FlowKey>() == 40);
+
+/// Where a flow goes. 40 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Flow {
+    /// The backend chosen, copied so that a hit needs no second lookup to rewrite; it is also
+    /// compared with `BACKENDS_V1[backend_index]` to notice a backend that changed.
+    pub backend_addr: Addr,
+    pub backend_port_be: u16,
+    pub _pad: u16,
+    /// Index into `BACKENDS_V1`.
+    pub backend_index: u32,
+    /// `Service::id` of the service the flow belongs to.
+    pub service_id: u32,
+    pub _pad2: u32,
+    /// `bpf_ktime_get_ns()` when the flow was last refreshed (at most every [`FLOW_REFRESH_NS`]).
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(size_of::<Flow>() == 40);
+
+/// A backend's reply to a client, as the backend sends it. 40 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ReplyKey {
+    pub backend_addr: Addr,
+    pub client_addr: Addr,
+    pub backend_port_be: u16,
+    pub client_port_be: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<ReplyKey>() == 40);
+
+/// How to make a reply look as if the VIP sent it. 24 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Reply {
+    pub vip_addr: Addr,
+    pub vip_port_be: u16,
+    pub _pad: u16,
+    pub service_id: u32,
+}
+const _: () = assert!(size_of::<Reply>() == 24);
+
+/// Packets and bytes (Ethernet frame length). 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<Counter>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is #[repr(C)], Copy, has explicit padding fields and no invalid bit
+    // patterns, which is what aya::Pod requires.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::Service {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::Flow {}
+    unsafe impl aya::Pod for super::ReplyKey {}
+    unsafe impl aya::Pod for super::Reply {}
+    unsafe impl aya::Pod for super::Counter {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::offset_of;
+
+    #[test]
+    fn key_layouts_have_no_implicit_padding() {
+        assert_eq!(offset_of!(ServiceKey, port_be), 16);
+        assert_eq!(offset_of!(ServiceKey, proto), 18);
+        assert_eq!(offset_of!(Service, flow_idle_timeout_ns), 16);
+        assert_eq!(offset_of!(Backend, port_be), 16);
+        assert_eq!(offset_of!(Backend, flags), 20);
+        assert_eq!(offset_of!(FlowKey, client_port_be), 32);
+        assert_eq!(offset_of!(FlowKey, proto), 36);
+        assert_eq!(offset_of!(Flow, backend_index), 20);
+        assert_eq!(offset_of!(Flow, last_seen_ns), 32);
+        assert_eq!(offset_of!(ReplyKey, backend_port_be), 32);
+        assert_eq!(offset_of!(Reply, service_id), 20);
+    }
+
+    #[test]
+    fn v4_mapped_address_matches_the_wire_bytes() {
+        let wire = u32::from_ne_bytes([127, 0, 0, 1]);
+        let addr = addr_from_v4_wire(wire);
+        let mut bytes = [0u8; 16];
+        for (i, w) in addr.iter().enumerate() {
+            bytes[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        assert_eq!(
+            bytes,
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1]
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! Indices of the global per-CPU counters in `STATS_V1`.
+//!
+//! Each packet the XDP program sees ends in exactly one verdict, and each verdict has a reason
+//! counted here. The reply path (TC egress) and flow-table events have counters of their own.
+
+/// A counter index. The numeric values are the array indices and part of the map contract.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// A service packet rewritten to a backend and passed to the stack.
+    Forwarded = 0,
+    /// Passed: the frame is too short for the headers it claims.
+    PassTruncated = 1,
+    /// Passed: not IPv4 (EtherType).
+    PassNotIpv4 = 2,
+    /// Passed: an IPv4 header with a bad version, IHL or total length.
+    PassBadIpv4Header = 3,
+    /// Passed: IPv4 but not UDP.
+    PassNotUdp = 4,
+    /// Passed: the first fragment of a fragmented IPv4 datagram (MF set, offset 0).
+    PassFirstFragment = 5,
+    /// Passed: a later fragment (offset non-zero); it has no UDP header.
+    PassLaterFragment = 6,
+    /// Passed: a UDP header whose length field disagrees with the IPv4 total length.
+    PassBadUdpHeader = 7,
+    /// Passed: UDP to no configured service.
+    PassNoService = 8,
+    /// Dropped: a service with no usable backend.
+    DropNoBackend = 9,
+    /// Event: a new flow was created (first packet, or the old one idled out or lost its backend).
+    FlowCreated = 10,
+    /// Event: a flow entry had idled out and was replaced.
+    FlowExpired = 11,
+    /// Event: a flow's backend had changed or gone and it was rescheduled.
+    FlowRescheduled = 12,
+    /// Event: inserting a flow or reply entry failed (the packet is still forwarded).
+    FlowInsertFailed = 13,
+    /// Reply path: a backend reply rewritten to come from VIP:port.
+    ReplyTranslated = 14,
+    /// Reply path, dropped: a reply whose headers could not be rewritten (a helper failed), so it
+    /// could be half-translated.
+    DropReplyRewriteFailed = 15,
+}
+
+impl Stat {
+    /// Number of counters; the length of `STATS_V1`.
+    pub const COUNT: u32 = 16;
+
+    /// Every counter, in index order.
+    pub const ALL: [Stat; Stat::COUNT as usize] = [
+        Stat::Forwarded,
+        Stat::PassTruncated,
+        Stat::PassNotIpv4,
+        Stat::PassBadIpv4Header,
+        Stat::PassNotUdp,
+        Stat::PassFirstFragment,
+        Stat::PassLaterFragment,
+        Stat::PassBadUdpHeader,
+        Stat::PassNoService,
+        Stat::DropNoBackend,
+        Stat::FlowCreated,
+        Stat::FlowExpired,
+        Stat::FlowRescheduled,
+        Stat::FlowInsertFailed,
+        Stat::ReplyTranslated,
+        Stat::DropReplyRewriteFailed,
+    ];
+
+    /// A stable snake_case name, used in `xdplb stats` and later as a metric label.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Stat::Forwarded => "forwarded",
+            Stat::PassTruncated => "pass_truncated",
+            Stat::PassNotIpv4 => "pass_not_ipv4",
+            Stat::PassBadIpv4Header => "pass_bad_ipv4_header",
+            Stat::PassNotUdp => "pass_not_udp",
+            Stat::PassFirstFragment => "pass_first_fragment",
+            Stat::PassLaterFragment => "pass_later_fragment",
+            Stat::PassBadUdpHeader => "pass_bad_udp_header",
+            Stat::PassNoService => "pass_no_service",
+            Stat::DropNoBackend => "drop_no_backend",
+            Stat::FlowCreated => "flow_created",
+            Stat::FlowExpired => "flow_expired",
+            Stat::FlowRescheduled => "flow_rescheduled",
+            Stat::FlowInsertFailed => "flow_insert_failed",
+            Stat::ReplyTranslated => "reply_translated",
+            Stat::DropReplyRewriteFailed => "drop_reply_rewrite_failed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_is_in_index_order_and_complete() {
+        for (i, s) in Stat::ALL.iter().enumerate() {
+            assert_eq!(*s as u32, i as u32, "{} is out of order", s.name());
+        }
+    }
+}
