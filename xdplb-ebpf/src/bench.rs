@@ -1,0 +1,109 @@
+//! Benchmark harness for BPF_PROG_TEST_RUN with `repeat > 1`.
+//!
+//! The kernel runs every iteration on the buffer the previous iteration rewrote, so timing the
+//! load balancer directly would measure "a packet already sent to a backend" (a non-service
+//! packet) after the first iteration. These wrappers put the original frame back, optionally
+//! make it a new flow, and tail-call the program under test. Their own cost is measured by
+//! tail-calling `bench_empty` and subtracted by user space.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray, ProgramArray},
+    programs::XdpContext,
+};
+
+/// Length of every benchmark frame; the frame given to BPF_PROG_TEST_RUN must be this long.
+const FRAME_LEN: usize = 64;
+const WORDS: usize = FRAME_LEN / 8;
+/// Offset of the IPv4 source address in a frame with a 20-byte IPv4 header.
+const SADDR_OFFSET: usize = 14 + 12;
+
+/// Slot 0: the original frame.
+#[map(name = "BENCH_FRAME")]
+static BENCH_FRAME: Array<[u64; WORDS]> = Array::with_max_entries(1, 0);
+
+/// Slot 0: the program under test.
+#[map(name = "BENCH_TARGET")]
+static BENCH_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// Per-CPU sequence number that makes every iteration a new flow.
+#[map(name = "BENCH_SEQ")]
+static BENCH_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Restores the frame and tail-calls the target: every iteration is the same packet.
+#[xdp]
+pub fn bench_same_flow(ctx: XdpContext) -> u32 {
+    if !restore(&ctx) {
+        return xdp_action::XDP_ABORTED;
+    }
+    tail_call(&ctx)
+}
+
+/// Restores the frame, writes a fresh source address, and tail-calls the target: every
+/// iteration is a new flow (the checksums are left stale, which the program does not verify).
+#[xdp]
+pub fn bench_new_flow(ctx: XdpContext) -> u32 {
+    if !restore(&ctx) {
+        return xdp_action::XDP_ABORTED;
+    }
+    let Some(seq) = BENCH_SEQ.get_ptr_mut(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let start = ctx.data();
+    if start + SADDR_OFFSET + 4 > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: a per-CPU slot, and a packet range checked just above.
+    unsafe {
+        *seq = (*seq).wrapping_add(1);
+        core::ptr::write_unaligned((start + SADDR_OFFSET) as *mut u32, *seq);
+    }
+    tail_call(&ctx)
+}
+
+/// The floor: an XDP program that does nothing.
+#[xdp]
+pub fn bench_empty(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn restore(ctx: &XdpContext) -> bool {
+    let Some(frame) = BENCH_FRAME.get(0) else {
+        return false;
+    };
+    let start = ctx.data();
+    if start + FRAME_LEN > ctx.data_end() {
+        return false;
+    }
+    let dst = start as *mut u64;
+    for (i, w) in frame.iter().enumerate() {
+        // SAFETY: the packet holds FRAME_LEN bytes (checked above) and i < WORDS.
+        unsafe { core::ptr::write_unaligned(dst.add(i), *w) };
+    }
+    true
+}
+
+#[inline(always)]
+fn tail_call(ctx: &XdpContext) -> u32 {
+    // SAFETY: slot 0 holds an XDP program; on success control never returns.
+    unsafe { BENCH_TARGET.tail_call(ctx, 0) };
+    xdp_action::XDP_ABORTED
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    unsafe extern "C" {
+        fn xdplb_reachable_panic() -> !;
+    }
+    // SAFETY: never executed; any reachable panic fails the link.
+    unsafe { xdplb_reachable_panic() }
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,115 @@
+//! xdplb's data plane: entry points, maps and the license. Logic lives in the modules.
+#![no_std]
+#![no_main]
+
+mod parse;
+mod reply;
+mod rewrite;
+mod schedule;
+mod service;
+mod stats;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    macros::{classifier, map, xdp},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::{TcContext, XdpContext},
+};
+use xdplb_common::{
+    Backend, Counter, DEFAULT_MAX_BACKENDS_PER_SERVICE, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES,
+    Flow, FlowKey, Reply, ReplyKey, Service, ServiceKey, Stat,
+};
+
+// The max_entries below are placeholders: user space sizes every map from the config at load
+// time (EbpfLoader::map_max_entries).
+
+#[map(name = "SERVICES_V1")]
+static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+#[map(name = "BACKENDS_V1")]
+static BACKENDS: Array<Backend> =
+    Array::with_max_entries(DEFAULT_MAX_SERVICES * DEFAULT_MAX_BACKENDS_PER_SERVICE, 0);
+
+#[map(name = "RR_CURSOR_V1")]
+static RR_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+#[map(name = "FLOWS_V1")]
+static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+#[map(name = "REPLIES_V1")]
+static REPLIES: LruHashMap<ReplyKey, Reply> = LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+#[map(name = "STATS_V1")]
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
+
+#[map(name = "SERVICE_STATS_V1")]
+static SERVICE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+#[map(name = "BACKEND_STATS_V1")]
+static BACKEND_STATS: PerCpuArray<Counter> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES * DEFAULT_MAX_BACKENDS_PER_SERVICE, 0);
+
+/// Load-time switch for per-packet debug logging. The loader freezes it in .rodata, so the
+/// verifier prunes every logging branch when it is 0.
+#[unsafe(no_mangle)]
+static XDPLB_DEBUG_LOG: u8 = 0;
+
+#[inline(always)]
+fn debug_log_enabled() -> bool {
+    // SAFETY: a plain read of a load-time constant; volatile so the compiler keeps the load and
+    // lets the loader's value (not the one compiled in) decide.
+    unsafe { core::ptr::read_volatile(&XDPLB_DEBUG_LOG) != 0 }
+}
+
+/// Ingress: balances service packets to backends and passes everything else untouched.
+#[xdp]
+pub fn xdplb_ingress(ctx: XdpContext) -> u32 {
+    let verdict = match service::try_ingress(&ctx) {
+        Ok(v) | Err(v) => v,
+    };
+    stats::count(verdict.stat);
+    verdict.action
+}
+
+/// Egress (TC): makes a backend's reply to a balanced flow leave with source = VIP:port.
+///
+/// Why TC egress and not XDP: the reply is sent by a local backend socket, and XDP only sees
+/// packets that a device *receives*. On `lo` a reply would loop back through XDP, but on a veth
+/// (or any real NIC) it leaves the box without passing this host's XDP hook at all. TC egress
+/// sees every locally sent packet on every device, so one mechanism serves `lo` and veth alike,
+/// and its checksum helpers handle CHECKSUM_PARTIAL skbs (the norm for locally sent UDP) correctly.
+#[classifier]
+pub fn xdplb_reply(ctx: TcContext) -> i32 {
+    match reply::translate(&ctx) {
+        None => TC_ACT_OK,
+        Some(Stat::DropReplyRewriteFailed) => {
+            stats::count(Stat::DropReplyRewriteFailed);
+            TC_ACT_SHOT
+        }
+        Some(stat) => {
+            stats::count(stat);
+            TC_ACT_OK
+        }
+    }
+}
+
+// Keep the XDP action constants referenced from one place.
+const XDP_PASS: u32 = xdp_action::XDP_PASS;
+const XDP_DROP: u32 = xdp_action::XDP_DROP;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Every panic path must be provably unreachable. If one survives optimisation it calls this
+    // undefined symbol, which bpf-linker cannot resolve, so the build fails instead of a program
+    // that loops silently.
+    unsafe extern "C" {
+        fn xdplb_reachable_panic() -> !;
+    }
+    // SAFETY: never executed; see above.
+    unsafe { xdplb_reachable_panic() }
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,98 @@
+//! The reply path (TC egress): a backend's reply to a balanced flow leaves with
+//! source = VIP:port, so a client with a connected socket accepts it.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::TcContext,
+};
+use xdplb_common::{IPPROTO_UDP, ReplyKey, Stat, addr_from_v4_wire};
+
+use crate::{REPLIES, parse};
+
+/// Offsets inside the IPv4 header.
+const IP_CHECK_OFFSET: usize = parse::ETH_HDR_LEN + 10;
+const IP_SADDR_OFFSET: usize = parse::ETH_HDR_LEN + 12;
+/// Offsets inside the UDP header.
+const UDP_CHECK_OFFSET: usize = 6;
+/// Enough to hold Ethernet, the longest IPv4 header and UDP.
+const MAX_HEADERS_LEN: u32 = 14 + 60 + 8;
+
+/// Rewrites the source of a reply that belongs to a balanced flow.
+///
+/// Expects nothing of the packet. Returns the counter to bump, or `None` for a packet that is
+/// not a reply of ours (the common case, left untouched and uncounted). A reply whose rewrite
+/// failed half-way is reported as `DropReplyRewriteFailed`, and the caller drops it rather
+/// than send a corrupted packet.
+#[inline(always)]
+pub fn translate(ctx: &TcContext) -> Option<Stat> {
+    // Locally generated skbs keep their headers linear, but make sure before parsing.
+    let linear = (ctx.data_end() - ctx.data()) as u32;
+    if linear < MAX_HEADERS_LEN && ctx.len() > linear {
+        let want = if ctx.len() < MAX_HEADERS_LEN {
+            ctx.len()
+        } else {
+            MAX_HEADERS_LEN
+        };
+        ctx.pull_data(want).ok()?;
+    }
+    let pkt = parse::ipv4_udp(ctx).ok()?;
+    // SAFETY: the parser validated both headers.
+    let (saddr, daddr, sport_be, dport_be) = unsafe {
+        (
+            (*pkt.ip).saddr,
+            (*pkt.ip).daddr,
+            (*pkt.udp).source_be,
+            (*pkt.udp).dest_be,
+        )
+    };
+    let key = ReplyKey {
+        backend_addr: addr_from_v4_wire(saddr),
+        client_addr: addr_from_v4_wire(daddr),
+        backend_port_be: sport_be,
+        client_port_be: dport_be,
+        proto: IPPROTO_UDP,
+        _pad: [0; 3],
+    };
+    // SAFETY: copied out at once.
+    let reply = unsafe { REPLIES.get(&key) }.copied()?;
+    let vip_addr = reply.vip_addr[3];
+    let l4 = pkt.l4_offset;
+    // The helpers below update the checksums correctly whatever the skb's checksum state
+    // (CHECKSUM_PARTIAL keeps only the pseudo-header sum in the field); a zero UDP checksum
+    // stays zero (BPF_F_MARK_MANGLED_0). They also invalidate packet pointers, so from here on
+    // only offsets are used.
+    if vip_addr != saddr {
+        let l4_flags = (BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0) as u64 | 4;
+        if ctx
+            .l4_csum_replace(
+                l4 + UDP_CHECK_OFFSET,
+                saddr as u64,
+                vip_addr as u64,
+                l4_flags,
+            )
+            .is_err()
+            || ctx
+                .l3_csum_replace(IP_CHECK_OFFSET, saddr as u64, vip_addr as u64, 4)
+                .is_err()
+            || ctx.store(IP_SADDR_OFFSET, &vip_addr, 0).is_err()
+        {
+            return Some(Stat::DropReplyRewriteFailed);
+        }
+    }
+    if reply.vip_port_be != sport_be {
+        let l4_flags = BPF_F_MARK_MANGLED_0 as u64 | 2;
+        if ctx
+            .l4_csum_replace(
+                l4 + UDP_CHECK_OFFSET,
+                sport_be as u64,
+                reply.vip_port_be as u64,
+                l4_flags,
+            )
+            .is_err()
+            || ctx.store(l4, &reply.vip_port_be, 0).is_err()
+        {
+            return Some(Stat::DropReplyRewriteFailed);
+        }
+    }
+    Some(Stat::ReplyTranslated)
+}

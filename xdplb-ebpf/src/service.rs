@@ -1,0 +1,216 @@
+//! The ingress path: find the service, find or create the flow, rewrite, count.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_log_ebpf::debug;
+use xdplb_common::{
+    Backend, FLOW_REFRESH_NS, Flow, FlowKey, IPPROTO_UDP, Reply, ReplyKey, Service, ServiceKey,
+    Stat, addr_from_v4_wire,
+};
+
+use crate::{
+    BACKENDS, FLOWS, REPLIES, SERVICES, XDP_DROP, XDP_PASS, debug_log_enabled, parse, rewrite,
+    schedule, stats,
+};
+
+/// What to do with a packet, and the counted reason.
+#[derive(Clone, Copy)]
+pub struct Verdict {
+    pub action: u32,
+    pub stat: Stat,
+}
+
+impl Verdict {
+    #[inline(always)]
+    const fn pass(stat: Stat) -> Self {
+        Verdict {
+            action: XDP_PASS,
+            stat,
+        }
+    }
+    #[inline(always)]
+    const fn drop(stat: Stat) -> Self {
+        Verdict {
+            action: XDP_DROP,
+            stat,
+        }
+    }
+}
+
+/// The backend a packet goes to.
+struct Target {
+    index: u32,
+    addr_v4: u32,
+    port_be: u16,
+}
+
+/// Balances one received frame. Expects nothing of the frame.
+///
+/// Returns `Ok` with `Stat::Forwarded` for a rewritten service packet, and `Err` with the pass
+/// or drop reason for everything else; the packet is modified only on the `Ok` path.
+#[inline(always)]
+pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verdict> {
+    let pkt = parse::ipv4_udp(ctx).map_err(Verdict::pass)?;
+    // SAFETY: the parser validated both headers.
+    let (saddr, daddr, sport_be, dport_be) = unsafe {
+        (
+            (*pkt.ip).saddr,
+            (*pkt.ip).daddr,
+            (*pkt.udp).source_be,
+            (*pkt.udp).dest_be,
+        )
+    };
+    let service = lookup_service(daddr, dport_be).ok_or(Verdict::pass(Stat::PassNoService))?;
+
+    let flow_key = FlowKey {
+        client_addr: addr_from_v4_wire(saddr),
+        vip_addr: addr_from_v4_wire(daddr),
+        client_port_be: sport_be,
+        vip_port_be: dport_be,
+        proto: IPPROTO_UDP,
+        _pad: [0; 3],
+    };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let target = match existing_flow(&service, &flow_key, now) {
+        Some(t) => t,
+        None => {
+            let t = new_flow(&service, &flow_key, now).ok_or(Verdict::drop(Stat::DropNoBackend))?;
+            if debug_log_enabled() {
+                debug!(
+                    ctx,
+                    "xdplb: new flow {:i}:{} -> backend #{}",
+                    u32::from_be(saddr),
+                    u16::from_be(sport_be),
+                    t.index
+                );
+            }
+            t
+        }
+    };
+
+    rewrite::set_destination(&pkt, target.addr_v4, target.port_be);
+    stats::count_traffic(service.id, target.index, pkt.frame_len);
+    Ok(Verdict::pass(Stat::Forwarded))
+}
+
+/// Finds the service for a destination: the exact (address, port, UDP) first, then the
+/// wildcard address `0.0.0.0` with the same port. Returns a copy of the service.
+#[inline(always)]
+fn lookup_service(daddr: u32, dport_be: u16) -> Option<Service> {
+    let mut key = ServiceKey {
+        addr: addr_from_v4_wire(daddr),
+        port_be: dport_be,
+        proto: IPPROTO_UDP,
+        _pad: 0,
+    };
+    // SAFETY: the value is copied out at once; services are only replaced whole by user space.
+    if let Some(s) = unsafe { SERVICES.get(&key) } {
+        return Some(*s);
+    }
+    key.addr = addr_from_v4_wire(0);
+    // SAFETY: as above.
+    unsafe { SERVICES.get(&key) }.copied()
+}
+
+/// Returns the backend of a live flow, refreshing its timestamp at most once per
+/// `FLOW_REFRESH_NS`. Returns `None` (and counts why) when there is no flow, it idled out, or its
+/// backend is no longer the service's backend at that index.
+#[inline(always)]
+fn existing_flow(service: &Service, key: &FlowKey, now: u64) -> Option<Target> {
+    let flow = FLOWS.get_ptr_mut(key)?;
+    // SAFETY: an LRU map value; another CPU may race on the timestamp only, which is benign.
+    let flow = unsafe { &mut *flow };
+    let idle = now.saturating_sub(flow.last_seen_ns);
+    if idle > service.flow_idle_timeout_ns {
+        stats::count(Stat::FlowExpired);
+        return None;
+    }
+    if !backend_is_current(service, flow) {
+        stats::count(Stat::FlowRescheduled);
+        return None;
+    }
+    if idle > FLOW_REFRESH_NS {
+        flow.last_seen_ns = now;
+        // Keep the reply entry alive too: the two LRU maps evict independently.
+        remember_reply(key, flow);
+    }
+    Some(Target {
+        index: flow.backend_index,
+        addr_v4: flow.backend_addr[3],
+        port_be: flow.backend_port_be,
+    })
+}
+
+/// Whether the flow's backend is still the service's backend at that index.
+#[inline(always)]
+fn backend_is_current(service: &Service, flow: &Flow) -> bool {
+    let slot = flow.backend_index.wrapping_sub(service.backend_base);
+    if slot >= service.backend_count {
+        return false;
+    }
+    match BACKENDS.get(flow.backend_index) {
+        Some(b) => b.addr == flow.backend_addr && b.port_be == flow.backend_port_be,
+        None => false,
+    }
+}
+
+/// Schedules a new flow and records it (and its reply translation).
+/// Returns `None` when the service has no usable backend.
+#[inline(always)]
+fn new_flow(service: &Service, key: &FlowKey, now: u64) -> Option<Target> {
+    if service.backend_count == 0 {
+        return None;
+    }
+    let index = schedule::choose_backend(service)?;
+    let backend: &Backend = BACKENDS.get(index)?;
+    if !is_v4_mapped(backend) {
+        return None;
+    }
+    let flow = Flow {
+        backend_addr: backend.addr,
+        backend_port_be: backend.port_be,
+        _pad: 0,
+        backend_index: index,
+        service_id: service.id,
+        _pad2: 0,
+        last_seen_ns: now,
+    };
+    if FLOWS.insert(key, &flow, 0).is_err() {
+        stats::count(Stat::FlowInsertFailed);
+    }
+    remember_reply(key, &flow);
+    stats::count(Stat::FlowCreated);
+    Some(Target {
+        index,
+        addr_v4: backend.addr[3],
+        port_be: backend.port_be,
+    })
+}
+
+#[inline(always)]
+fn is_v4_mapped(backend: &Backend) -> bool {
+    let mapped = addr_from_v4_wire(0);
+    backend.addr[0] == mapped[0] && backend.addr[1] == mapped[1] && backend.addr[2] == mapped[2]
+}
+
+/// Records how the backend's replies to this client are made to come from the VIP.
+#[inline(always)]
+fn remember_reply(key: &FlowKey, flow: &Flow) {
+    let reply_key = ReplyKey {
+        backend_addr: flow.backend_addr,
+        client_addr: key.client_addr,
+        backend_port_be: flow.backend_port_be,
+        client_port_be: key.client_port_be,
+        proto: key.proto,
+        _pad: [0; 3],
+    };
+    let reply = Reply {
+        vip_addr: key.vip_addr,
+        vip_port_be: key.vip_port_be,
+        _pad: 0,
+        service_id: flow.service_id,
+    };
+    if REPLIES.insert(&reply_key, &reply, 0).is_err() {
+        stats::count(Stat::FlowInsertFailed);
+    }
+}
