@@ -1,0 +1,334 @@
+//! The error type for loading and validating configuration.
+//!
+//! Every message is written for the operator who edits the file: it starts with
+//! `FILE:LINE:COL` (or just `FILE` when no position is known), names the field and
+//! the offending value, and says what would be valid.
+
+use std::{fmt, net::SocketAddrV4, path::PathBuf};
+
+use super::Protocol;
+
+/// Where in the configuration a problem was found.
+///
+/// Displays as `ORIGIN:LINE:COL`, or just `ORIGIN` when the position is unknown.
+/// Lines and columns are 1-based; the column counts characters, not bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The file path, or a label such as `<built-in>`.
+    pub origin: String,
+    /// 1-based line, if known.
+    pub line: Option<u32>,
+    /// 1-based column (in characters), if known.
+    pub column: Option<u32>,
+}
+
+impl Location {
+    /// A location naming only the source, with no position.
+    pub fn origin_only(origin: &str) -> Self {
+        Location {
+            origin: origin.to_owned(),
+            line: None,
+            column: None,
+        }
+    }
+
+    /// The location of byte `offset` in `text`.
+    pub fn at_offset(origin: &str, text: &str, offset: usize) -> Self {
+        let (line, column) = line_col(text, offset);
+        Location {
+            origin: origin.to_owned(),
+            line: Some(line),
+            column: Some(column),
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.origin)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Converts a byte offset into a 1-based (line, column) pair. Offsets past the end
+/// or inside a multi-byte character are clamped to the previous character boundary.
+/// Values beyond `u32::MAX` saturate.
+pub(crate) fn line_col(text: &str, offset: usize) -> (u32, u32) {
+    let mut offset = offset.min(text.len());
+    while offset > 0 && !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = text.get(..offset).unwrap_or("");
+    let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    let to_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    (to_u32(line), to_u32(column))
+}
+
+/// Everything that can be wrong with a configuration.
+///
+/// Service labels (`service`, `other`) read `service "NAME"`, or `service #N` (1-based)
+/// when the service has no usable name. Backend indices are 1-based, in file order.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The text is not valid TOML (or violates a TOML rule such as a duplicate key).
+    #[error("{at}: TOML syntax error: {message}")]
+    Syntax { at: Location, message: String },
+
+    /// A field has the wrong TOML type (e.g. a number where a string is expected).
+    #[error("{at}: {message}")]
+    WrongType { at: Location, message: String },
+
+    /// A field that the schema does not know.
+    #[error(
+        "{at}: unknown field `{field}` in {table}; {expected}; {}",
+        super::raw::unknown_field_advice(field, table)
+    )]
+    UnknownField {
+        at: Location,
+        field: String,
+        /// The table the field appeared in, e.g. `[[service]]`, or `a table`.
+        table: &'static str,
+        /// The valid field names, as reported by the parser.
+        expected: String,
+    },
+
+    /// A required field is absent.
+    #[error("{at}: {context} is missing the required field `{field}`{hint}")]
+    MissingField {
+        at: Location,
+        /// What lacks the field: `the top level`, `service #2`, `service "demo" backend #1`.
+        context: String,
+        field: &'static str,
+        /// An example of what to add, starting with "; ", or empty.
+        hint: &'static str,
+    },
+
+    /// `interfaces = []`.
+    #[error(
+        "{at}: `interfaces` is empty; list at least one network interface to attach to, e.g. interfaces = [\"eth0\"]"
+    )]
+    NoInterfaces { at: Location },
+
+    /// An interface name that Linux would never accept.
+    #[error(
+        "{at}: invalid interface name {name:?} in `interfaces`: {reason}; a valid name is 1 to 15 bytes with no '/', ':' or whitespace and is not \".\" or \"..\""
+    )]
+    InvalidInterfaceName {
+        at: Location,
+        name: String,
+        reason: String,
+    },
+
+    /// The same interface listed twice.
+    #[error(
+        "{at}: interface {name:?} is listed more than once in `interfaces`; list each interface once"
+    )]
+    DuplicateInterface { at: Location, name: String },
+
+    /// An interface that does not exist on this host (see [`super::check_interfaces`]).
+    #[error(
+        "{at}: interface {name:?} listed in `interfaces` does not exist on this host; check the name with `ip link`"
+    )]
+    InterfaceNotFound { at: Location, name: String },
+
+    /// `xdp_mode` is not one of the known modes.
+    #[error("{at}: invalid xdp_mode {value:?}; expected \"auto\", \"native\" or \"generic\"")]
+    InvalidXdpMode { at: Location, value: String },
+
+    /// A `[limits]` value out of its allowed range.
+    #[error("{at}: [limits] {field} must be {min}..={max}, got {value}")]
+    LimitOutOfRange {
+        at: Location,
+        field: &'static str,
+        value: i64,
+        min: i64,
+        max: i64,
+    },
+
+    /// `max_services * max_backends_per_service` does not fit in the backend table.
+    #[error(
+        "{at}: [limits] max_services ({max_services}) x max_backends_per_service ({max_backends_per_service}) = {product}, which exceeds the backend table's size limit of {limit} entries; lower one of them"
+    )]
+    BackendTableTooLarge {
+        at: Location,
+        max_services: u32,
+        max_backends_per_service: u32,
+        product: u64,
+        limit: u64,
+    },
+
+    /// No `[[service]]` tables at all.
+    #[error(
+        "{at}: no services are configured; add at least one [[service]] table with a name, a vip and a [[service.backend]]"
+    )]
+    NoServices { at: Location },
+
+    /// More services than `[limits] max_services`.
+    #[error(
+        "{at}: {count} services are configured but the limit is {limit}; raise `[limits] max_services` to at least {count} or remove services"
+    )]
+    TooManyServices {
+        at: Location,
+        count: usize,
+        limit: u32,
+    },
+
+    /// A service with more backends than `[limits] max_backends_per_service`.
+    #[error(
+        "{at}: {service} has {count} backends but the limit is {limit} per service; raise `[limits] max_backends_per_service` to at least {count} or remove backends"
+    )]
+    TooManyBackends {
+        at: Location,
+        service: String,
+        count: usize,
+        limit: u32,
+    },
+
+    /// A service name with bad length or characters.
+    #[error(
+        "{at}: service #{index} has an invalid name {name:?}: {reason}; a name is 1 to 64 characters of A-Z a-z 0-9 '_' '.' '-'"
+    )]
+    InvalidServiceName {
+        at: Location,
+        /// 1-based position of the service in the file.
+        index: usize,
+        name: String,
+        reason: String,
+    },
+
+    /// Two services with the same name.
+    #[error(
+        "{at}: service #{index} is named {name:?}, but service #{first_index} (line {first_line}) already has that name; service names must be unique"
+    )]
+    DuplicateServiceName {
+        at: Location,
+        name: String,
+        index: usize,
+        first_index: usize,
+        /// Line of the first service's name.
+        first_line: u32,
+    },
+
+    /// A vip that is not `IPV4:PORT`.
+    #[error(
+        "{at}: {service} has an invalid vip {value:?}: {reason}; expected IPV4:PORT such as \"192.0.2.10:53\" (0.0.0.0:PORT matches any destination address)"
+    )]
+    InvalidVip {
+        at: Location,
+        service: String,
+        value: String,
+        reason: String,
+    },
+
+    /// An IPv6 vip or backend address.
+    #[error(
+        "{at}: {what} {value:?} is an IPv6 address; IPv6 is not supported yet, use an IPv4 address"
+    )]
+    Ipv6NotSupported {
+        at: Location,
+        /// What the address is, e.g. `service "demo" vip`.
+        what: String,
+        value: String,
+    },
+
+    /// Two services listening on the same VIP, port and protocol.
+    #[error(
+        "{at}: {service} uses vip {vip} ({}), which is already used by {other} (line {other_line}); each vip, port and protocol may belong to only one service", super::protocol_name(*protocol)
+    )]
+    DuplicateVip {
+        at: Location,
+        service: String,
+        other: String,
+        /// Line of the other service's vip.
+        other_line: u32,
+        vip: SocketAddrV4,
+        protocol: Protocol,
+    },
+
+    /// A protocol that exists but is not implemented (tcp).
+    #[error("{at}: {service} protocol {value:?} is not supported yet; only \"udp\" is supported")]
+    UnsupportedProtocol {
+        at: Location,
+        service: String,
+        value: String,
+    },
+
+    /// A protocol string that is not a protocol at all.
+    #[error("{at}: {service} has an invalid protocol {value:?}; expected \"udp\"")]
+    InvalidProtocol {
+        at: Location,
+        service: String,
+        value: String,
+    },
+
+    /// A `flow_idle_timeout` that does not parse or is out of range.
+    #[error(
+        "{at}: {service} has an invalid flow_idle_timeout {value:?}: {reason}; expected a duration from 1s to 24h such as \"30s\", \"5m\" or \"1h 30m\""
+    )]
+    InvalidTimeout {
+        at: Location,
+        service: String,
+        value: String,
+        reason: String,
+    },
+
+    /// A service without backends.
+    #[error(
+        "{at}: {service} has no backends; add at least one [[service.backend]] table with an address"
+    )]
+    NoBackends { at: Location, service: String },
+
+    /// A backend address that is not a unicast `IPV4:PORT`.
+    #[error(
+        "{at}: {service} backend #{index} has an invalid address {value:?}: {reason}; expected a unicast IPV4:PORT such as \"10.0.0.5:53\""
+    )]
+    InvalidBackendAddress {
+        at: Location,
+        service: String,
+        index: usize,
+        value: String,
+        reason: String,
+    },
+
+    /// The same backend address twice within one service.
+    #[error(
+        "{at}: {service} backend #{index} has address {address}, which backend #{first_index} (line {first_line}) already has; list each backend once per service"
+    )]
+    DuplicateBackend {
+        at: Location,
+        service: String,
+        index: usize,
+        first_index: usize,
+        /// Line of the first backend's address.
+        first_line: u32,
+        address: SocketAddrV4,
+    },
+
+    /// A backend weight outside 1..=65535.
+    #[error(
+        "{at}: {service} backend #{index} (address {address:?}): weight must be 1..=65535, got {value}"
+    )]
+    InvalidWeight {
+        at: Location,
+        service: String,
+        index: usize,
+        address: String,
+        value: i64,
+    },
+}

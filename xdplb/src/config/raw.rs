@@ -1,0 +1,77 @@
+//! The TOML schema as written by the operator, before validation.
+//!
+//! Everything is optional here so that validation, not serde, reports missing
+//! fields (with the service and backend named). Values that can be wrong carry
+//! their source span so errors can point at the line. The structs set
+//! serde's `expecting` so that type errors name the table rather than a Rust type.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a TOML document")]
+pub(crate) struct RawConfig {
+    pub interfaces: Option<Spanned<Vec<Spanned<String>>>>,
+    pub xdp_mode: Option<Spanned<String>>,
+    pub debug_log: Option<bool>,
+    pub limits: Option<Spanned<RawLimits>>,
+    pub service: Option<Vec<Spanned<RawService>>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [limits] table")]
+pub(crate) struct RawLimits {
+    pub max_services: Option<Spanned<i64>>,
+    pub max_backends_per_service: Option<Spanned<i64>>,
+    pub max_flows: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [[service]] table")]
+pub(crate) struct RawService {
+    pub name: Option<Spanned<String>>,
+    pub vip: Option<Spanned<String>>,
+    pub protocol: Option<Spanned<String>>,
+    pub flow_idle_timeout: Option<Spanned<String>>,
+    pub backend: Option<Spanned<Vec<Spanned<RawBackend>>>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [[service.backend]] table")]
+pub(crate) struct RawBackend {
+    pub address: Option<Spanned<String>>,
+    pub weight: Option<Spanned<i64>>,
+}
+
+/// Names of the fields of each table, used to tell which table an unknown field
+/// was found in (the parser only reports the list of expected fields).
+pub(crate) const TABLES: &[(&str, &[&str])] = &[
+    (
+        "the top level",
+        &["interfaces", "xdp_mode", "debug_log", "limits", "service"],
+    ),
+    (
+        "[limits]",
+        &["max_services", "max_backends_per_service", "max_flows"],
+    ),
+    (
+        "[[service]]",
+        &["name", "vip", "protocol", "flow_idle_timeout", "backend"],
+    ),
+    ("[[service.backend]]", &["address", "weight"]),
+];
+
+/// Advice for an unknown `field` found in `table`. A field that is valid in another
+/// table was most likely written below the wrong header: in TOML, keys belong to
+/// the most recent `[table]` header.
+pub(crate) fn unknown_field_advice(field: &str, table: &str) -> String {
+    match TABLES
+        .iter()
+        .find(|(name, fields)| *name != table && fields.contains(&field))
+    {
+        Some((home, _)) => format!(
+            "`{field}` belongs in {home}: in TOML every key after a [table] header belongs to that table, so move it above the header"
+        ),
+        None => "remove it or fix the spelling".to_owned(),
+    }
+}

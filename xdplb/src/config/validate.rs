@@ -1,0 +1,682 @@
+//! Turns the raw TOML structures into a validated [`Config`].
+
+use std::{
+    collections::{HashMap, HashSet, hash_map::Entry},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
+    ops::Range,
+    time::Duration,
+};
+
+use toml::Spanned;
+
+use super::{
+    BackendConfig, Config, ConfigError, Limits, Location, Protocol, ServiceConfig, XdpModeSetting,
+    error::line_col,
+    raw::{RawBackend, RawConfig, RawLimits, RawService, TABLES},
+};
+
+/// Longest Linux interface name in bytes (IFNAMSIZ - 1).
+const MAX_IFNAME_BYTES: usize = 15;
+/// Longest service name in characters.
+const MAX_SERVICE_NAME_CHARS: usize = 64;
+/// Entries in the data plane's backend table: `max_services * max_backends_per_service`
+/// may not exceed this.
+const MAX_BACKEND_TABLE_ENTRIES: u64 = 4_194_304;
+/// Range of `[limits] max_services` and `max_backends_per_service`.
+const MIN_PER_TABLE: u32 = 1;
+const MAX_PER_TABLE: u32 = 65_536;
+/// Range of `[limits] max_flows`.
+const MIN_FLOWS: u32 = 1024;
+const MAX_FLOWS: u32 = 67_108_864;
+/// Range and default of `flow_idle_timeout`.
+const MIN_TIMEOUT: Duration = Duration::from_secs(1);
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The source text and its name, for turning byte spans into locations.
+#[derive(Clone, Copy)]
+pub(crate) struct Source<'a> {
+    pub text: &'a str,
+    pub origin: &'a str,
+}
+
+impl Source<'_> {
+    fn at(&self, span: &Range<usize>) -> Location {
+        Location::at_offset(self.origin, self.text, span.start)
+    }
+
+    fn at_offset(&self, offset: usize) -> Location {
+        Location::at_offset(self.origin, self.text, offset)
+    }
+
+    fn line_of(&self, offset: usize) -> u32 {
+        line_col(self.text, offset).0
+    }
+
+    fn nowhere(&self) -> Location {
+        Location::origin_only(self.origin)
+    }
+}
+
+/// Converts an error from the `toml` crate (syntax, types, unknown fields).
+pub(crate) fn from_toml_error(err: &toml::de::Error, src: Source<'_>) -> ConfigError {
+    let at = match err.span() {
+        Some(span) => src.at(&span),
+        None => src.nowhere(),
+    };
+    let message = err
+        .message()
+        .trim()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some((field, tail)) = rest.split_once('`')
+    {
+        let expected = tail.trim_start_matches(',').trim().to_owned();
+        let table = TABLES
+            .iter()
+            .find(|(_, fields)| fields.iter().all(|f| expected.contains(&format!("`{f}`"))))
+            .map_or("a table", |(name, _)| name);
+        return ConfigError::UnknownField {
+            at,
+            field: field.to_owned(),
+            table,
+            expected,
+        };
+    }
+    if ["invalid type:", "invalid value:", "invalid length"]
+        .iter()
+        .any(|p| message.starts_with(p))
+    {
+        let message = message.replace("expected i64", "expected an integer");
+        return ConfigError::WrongType { at, message };
+    }
+    ConfigError::Syntax { at, message }
+}
+
+/// Validates everything except whether the interfaces exist.
+pub(crate) fn validate(raw: RawConfig, src: Source<'_>) -> Result<Config, ConfigError> {
+    let interfaces = validate_interfaces(raw.interfaces, src)?;
+    let xdp_mode = validate_xdp_mode(raw.xdp_mode, src)?;
+    let limits = validate_limits(raw.limits, src)?;
+    let services = validate_services(raw.service.unwrap_or_default(), &limits, src)?;
+    Ok(Config {
+        interfaces,
+        xdp_mode,
+        debug_log: raw.debug_log.unwrap_or(false),
+        limits,
+        services,
+    })
+}
+
+fn validate_interfaces(
+    raw: Option<Spanned<Vec<Spanned<String>>>>,
+    src: Source<'_>,
+) -> Result<Vec<String>, ConfigError> {
+    let Some(list) = raw else {
+        return Err(ConfigError::MissingField {
+            at: src.nowhere(),
+            context: "the top level".to_owned(),
+            field: "interfaces",
+            hint: "; e.g. interfaces = [\"eth0\"]",
+        });
+    };
+    let list_span = list.span();
+    let items = list.into_inner();
+    if items.is_empty() {
+        return Err(ConfigError::NoInterfaces {
+            at: src.at(&list_span),
+        });
+    }
+    let mut seen = HashSet::with_capacity(items.len());
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let span = item.span();
+        let name = item.into_inner();
+        if let Some(reason) = interface_name_problem(&name) {
+            return Err(ConfigError::InvalidInterfaceName {
+                at: src.at(&span),
+                name,
+                reason,
+            });
+        }
+        if !seen.insert(name.clone()) {
+            return Err(ConfigError::DuplicateInterface {
+                at: src.at(&span),
+                name,
+            });
+        }
+        out.push(name);
+    }
+    Ok(out)
+}
+
+/// Why Linux would refuse `name` as an interface name, if it would.
+fn interface_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        Some("it is empty".to_owned())
+    } else if name.len() > MAX_IFNAME_BYTES {
+        Some(format!(
+            "it is {} bytes long, the maximum is {MAX_IFNAME_BYTES}",
+            name.len()
+        ))
+    } else if name == "." || name == ".." {
+        Some("\".\" and \"..\" are not allowed".to_owned())
+    } else if name.contains('/') {
+        Some("it contains '/'".to_owned())
+    } else if name.contains(':') {
+        Some("it contains ':'".to_owned())
+    } else if name.chars().any(char::is_whitespace) {
+        Some("it contains whitespace".to_owned())
+    } else if name.chars().any(char::is_control) {
+        Some("it contains a control character".to_owned())
+    } else {
+        None
+    }
+}
+
+fn validate_xdp_mode(
+    raw: Option<Spanned<String>>,
+    src: Source<'_>,
+) -> Result<XdpModeSetting, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(XdpModeSetting::Auto);
+    };
+    match raw.get_ref().as_str() {
+        "auto" => Ok(XdpModeSetting::Auto),
+        "native" => Ok(XdpModeSetting::Native),
+        "generic" => Ok(XdpModeSetting::Generic),
+        _ => Err(ConfigError::InvalidXdpMode {
+            at: src.at(&raw.span()),
+            value: raw.into_inner(),
+        }),
+    }
+}
+
+fn validate_limits(
+    raw: Option<Spanned<RawLimits>>,
+    src: Source<'_>,
+) -> Result<Limits, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(Limits::DEFAULT);
+    };
+    let table_span = raw.span();
+    let raw = raw.into_inner();
+    let d = Limits::DEFAULT;
+    let services_span = raw.max_services.as_ref().map(Spanned::span);
+    let backends_span = raw.max_backends_per_service.as_ref().map(Spanned::span);
+    let limits = Limits {
+        max_services: limit_field(
+            raw.max_services,
+            "max_services",
+            d.max_services,
+            MIN_PER_TABLE..=MAX_PER_TABLE,
+            src,
+        )?,
+        max_backends_per_service: limit_field(
+            raw.max_backends_per_service,
+            "max_backends_per_service",
+            d.max_backends_per_service,
+            MIN_PER_TABLE..=MAX_PER_TABLE,
+            src,
+        )?,
+        max_flows: limit_field(
+            raw.max_flows,
+            "max_flows",
+            d.max_flows,
+            MIN_FLOWS..=MAX_FLOWS,
+            src,
+        )?,
+    };
+    let product = u64::from(limits.max_services) * u64::from(limits.max_backends_per_service);
+    if product > MAX_BACKEND_TABLE_ENTRIES {
+        let span = backends_span.or(services_span).unwrap_or(table_span);
+        return Err(ConfigError::BackendTableTooLarge {
+            at: src.at(&span),
+            max_services: limits.max_services,
+            max_backends_per_service: limits.max_backends_per_service,
+            product,
+            limit: MAX_BACKEND_TABLE_ENTRIES,
+        });
+    }
+    Ok(limits)
+}
+
+fn limit_field(
+    raw: Option<Spanned<i64>>,
+    field: &'static str,
+    default: u32,
+    range: std::ops::RangeInclusive<u32>,
+    src: Source<'_>,
+) -> Result<u32, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(default);
+    };
+    let value = *raw.get_ref();
+    match u32::try_from(value) {
+        Ok(v) if range.contains(&v) => Ok(v),
+        _ => Err(ConfigError::LimitOutOfRange {
+            at: src.at(&raw.span()),
+            field,
+            value,
+            min: i64::from(*range.start()),
+            max: i64::from(*range.end()),
+        }),
+    }
+}
+
+fn validate_services(
+    raw: Vec<Spanned<RawService>>,
+    limits: &Limits,
+    src: Source<'_>,
+) -> Result<Vec<ServiceConfig>, ConfigError> {
+    if raw.is_empty() {
+        return Err(ConfigError::NoServices { at: src.nowhere() });
+    }
+    let max = usize::try_from(limits.max_services).unwrap_or(usize::MAX);
+    if raw.len() > max {
+        let at = raw
+            .get(max)
+            .map_or_else(|| src.nowhere(), |s| src.at(&s.span()));
+        return Err(ConfigError::TooManyServices {
+            at,
+            count: raw.len(),
+            limit: limits.max_services,
+        });
+    }
+
+    // name -> (1-based index, offset of the name)
+    let mut names: HashMap<String, (usize, usize)> = HashMap::with_capacity(raw.len());
+    // (vip, protocol) -> (service label, offset of the vip)
+    let mut vips: HashMap<(SocketAddrV4, Protocol), (String, usize)> =
+        HashMap::with_capacity(raw.len());
+    let mut out = Vec::with_capacity(raw.len());
+
+    for (i, svc) in raw.into_iter().enumerate() {
+        let index = i + 1;
+        let checked = validate_service(index, svc, limits, src)?;
+        let service = checked.service;
+        match names.entry(service.name.clone()) {
+            Entry::Occupied(first) => {
+                let (first_index, first_offset) = *first.get();
+                return Err(ConfigError::DuplicateServiceName {
+                    at: src.at_offset(checked.name_offset),
+                    name: service.name,
+                    index,
+                    first_index,
+                    first_line: src.line_of(first_offset),
+                });
+            }
+            Entry::Vacant(slot) => {
+                slot.insert((index, checked.name_offset));
+            }
+        }
+        match vips.entry((service.vip, service.protocol)) {
+            Entry::Occupied(other) => {
+                let (other_label, other_offset) = other.get();
+                return Err(ConfigError::DuplicateVip {
+                    at: src.at_offset(checked.vip_offset),
+                    service: service_label(&service.name),
+                    other: other_label.clone(),
+                    other_line: src.line_of(*other_offset),
+                    vip: service.vip,
+                    protocol: service.protocol,
+                });
+            }
+            Entry::Vacant(slot) => {
+                slot.insert((service_label(&service.name), checked.vip_offset));
+            }
+        }
+        out.push(service);
+    }
+    Ok(out)
+}
+
+/// How errors refer to a service that has a valid name.
+fn service_label(name: &str) -> String {
+    format!("service {name:?}")
+}
+
+struct CheckedService {
+    service: ServiceConfig,
+    name_offset: usize,
+    vip_offset: usize,
+}
+
+fn validate_service(
+    index: usize,
+    svc: Spanned<RawService>,
+    limits: &Limits,
+    src: Source<'_>,
+) -> Result<CheckedService, ConfigError> {
+    let svc_span = svc.span();
+    let raw = svc.into_inner();
+
+    let Some(name) = raw.name else {
+        return Err(ConfigError::MissingField {
+            at: src.at(&svc_span),
+            context: format!("service #{index}"),
+            field: "name",
+            hint: "; e.g. name = \"dns\"",
+        });
+    };
+    let name_span = name.span();
+    let name = name.into_inner();
+    if let Some(reason) = service_name_problem(&name) {
+        return Err(ConfigError::InvalidServiceName {
+            at: src.at(&name_span),
+            index,
+            name,
+            reason,
+        });
+    }
+    let label = service_label(&name);
+
+    let Some(vip) = raw.vip else {
+        return Err(ConfigError::MissingField {
+            at: src.at(&svc_span),
+            context: label,
+            field: "vip",
+            hint: "; e.g. vip = \"192.0.2.10:53\"",
+        });
+    };
+    let vip_span = vip.span();
+    let vip = match parse_ipv4_socket(vip.get_ref()) {
+        Ok(addr) => addr,
+        Err(AddrProblem::Ipv6) => {
+            return Err(ConfigError::Ipv6NotSupported {
+                at: src.at(&vip_span),
+                what: format!("{label} vip"),
+                value: vip.into_inner(),
+            });
+        }
+        Err(AddrProblem::Invalid(reason)) => {
+            return Err(ConfigError::InvalidVip {
+                at: src.at(&vip_span),
+                service: label,
+                value: vip.into_inner(),
+                reason,
+            });
+        }
+    };
+
+    let protocol = match raw.protocol {
+        None => Protocol::Udp,
+        Some(p) => match p.get_ref().as_str() {
+            "udp" => Protocol::Udp,
+            "tcp" => {
+                return Err(ConfigError::UnsupportedProtocol {
+                    at: src.at(&p.span()),
+                    service: label,
+                    value: p.into_inner(),
+                });
+            }
+            _ => {
+                return Err(ConfigError::InvalidProtocol {
+                    at: src.at(&p.span()),
+                    service: label,
+                    value: p.into_inner(),
+                });
+            }
+        },
+    };
+
+    let flow_idle_timeout = match raw.flow_idle_timeout {
+        None => DEFAULT_TIMEOUT,
+        Some(t) => match timeout_value(t.get_ref()) {
+            Ok(d) => d,
+            Err(reason) => {
+                return Err(ConfigError::InvalidTimeout {
+                    at: src.at(&t.span()),
+                    service: label,
+                    value: t.into_inner(),
+                    reason,
+                });
+            }
+        },
+    };
+
+    let Some(backends) = raw.backend else {
+        return Err(ConfigError::NoBackends {
+            at: src.at(&svc_span),
+            service: label,
+        });
+    };
+    let list_span = backends.span();
+    let backends = backends.into_inner();
+    if backends.is_empty() {
+        return Err(ConfigError::NoBackends {
+            at: src.at(&list_span),
+            service: label,
+        });
+    }
+    let max = usize::try_from(limits.max_backends_per_service).unwrap_or(usize::MAX);
+    if backends.len() > max {
+        let at = backends
+            .get(max)
+            .map_or_else(|| src.at(&list_span), |b| src.at(&b.span()));
+        return Err(ConfigError::TooManyBackends {
+            at,
+            service: label,
+            count: backends.len(),
+            limit: limits.max_backends_per_service,
+        });
+    }
+
+    // address -> (1-based index, offset of the address)
+    let mut seen: HashMap<SocketAddrV4, (usize, usize)> = HashMap::with_capacity(backends.len());
+    let mut out = Vec::with_capacity(backends.len());
+    for (j, backend) in backends.into_iter().enumerate() {
+        let bindex = j + 1;
+        let (backend, addr_offset) = validate_backend(&label, bindex, backend, src)?;
+        match seen.entry(backend.address) {
+            Entry::Occupied(first) => {
+                let (first_index, first_offset) = *first.get();
+                return Err(ConfigError::DuplicateBackend {
+                    at: src.at_offset(addr_offset),
+                    service: label,
+                    index: bindex,
+                    first_index,
+                    first_line: src.line_of(first_offset),
+                    address: backend.address,
+                });
+            }
+            Entry::Vacant(slot) => {
+                slot.insert((bindex, addr_offset));
+            }
+        }
+        out.push(backend);
+    }
+
+    Ok(CheckedService {
+        service: ServiceConfig {
+            name,
+            vip,
+            protocol,
+            flow_idle_timeout,
+            backends: out,
+        },
+        name_offset: name_span.start,
+        vip_offset: vip_span.start,
+    })
+}
+
+/// Returns the backend and the byte offset of its address.
+fn validate_backend(
+    label: &str,
+    index: usize,
+    backend: Spanned<RawBackend>,
+    src: Source<'_>,
+) -> Result<(BackendConfig, usize), ConfigError> {
+    let span = backend.span();
+    let raw = backend.into_inner();
+    let Some(address) = raw.address else {
+        return Err(ConfigError::MissingField {
+            at: src.at(&span),
+            context: format!("{label} backend #{index}"),
+            field: "address",
+            hint: "; e.g. address = \"10.0.0.5:53\"",
+        });
+    };
+    let addr_span = address.span();
+    let invalid = |reason: String| ConfigError::InvalidBackendAddress {
+        at: src.at(&addr_span),
+        service: label.to_owned(),
+        index,
+        value: address.get_ref().clone(),
+        reason,
+    };
+    let addr = match parse_ipv4_socket(address.get_ref()) {
+        Ok(a) => a,
+        Err(AddrProblem::Ipv6) => {
+            return Err(ConfigError::Ipv6NotSupported {
+                at: src.at(&addr_span),
+                what: format!("{label} backend #{index} address"),
+                value: address.get_ref().clone(),
+            });
+        }
+        Err(AddrProblem::Invalid(reason)) => return Err(invalid(reason)),
+    };
+    let ip = *addr.ip();
+    if ip.is_unspecified() {
+        return Err(invalid(
+            "0.0.0.0 is not a host address (it is only meaningful as a vip)".to_owned(),
+        ));
+    }
+    if ip.is_broadcast() {
+        return Err(invalid(
+            "255.255.255.255 is the broadcast address, not a host".to_owned(),
+        ));
+    }
+    if ip.is_multicast() {
+        return Err(invalid(format!(
+            "{ip} is a multicast address (224.0.0.0/4), not a host"
+        )));
+    }
+
+    let weight = match raw.weight {
+        None => 1,
+        Some(w) => match u16::try_from(*w.get_ref()) {
+            Ok(v) if v >= 1 => v,
+            _ => {
+                return Err(ConfigError::InvalidWeight {
+                    at: src.at(&w.span()),
+                    service: label.to_owned(),
+                    index,
+                    address: address.into_inner(),
+                    value: *w.get_ref(),
+                });
+            }
+        },
+    };
+    Ok((
+        BackendConfig {
+            address: addr,
+            weight,
+        },
+        addr_span.start,
+    ))
+}
+
+/// Why `name` is not a valid service name, if it is not.
+fn service_name_problem(name: &str) -> Option<String> {
+    let len = name.chars().count();
+    if len == 0 {
+        return Some("it is empty".to_owned());
+    }
+    if len > MAX_SERVICE_NAME_CHARS {
+        return Some(format!(
+            "it is {len} characters long, the maximum is {MAX_SERVICE_NAME_CHARS}"
+        ));
+    }
+    name.chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+        .map(|c| format!("it contains {c:?}"))
+}
+
+/// Parses a `flow_idle_timeout` value, or says why it is not acceptable.
+fn timeout_value(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| format!("it is not a duration ({e})"))?;
+    if d < MIN_TIMEOUT {
+        Err(format!(
+            "{} is shorter than the minimum of 1s",
+            humantime::format_duration(d)
+        ))
+    } else if d > MAX_TIMEOUT {
+        Err(format!(
+            "{} is longer than the maximum of 24h",
+            humantime::format_duration(d)
+        ))
+    } else {
+        Ok(d)
+    }
+}
+
+/// What is wrong with an address string.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum AddrProblem {
+    /// It is (or looks like) an IPv6 address.
+    Ipv6,
+    /// It is not `IPV4:PORT` with a non-zero port; the string says why.
+    Invalid(String),
+}
+
+/// Parses `IPV4:PORT` with a non-zero port, explaining any problem.
+pub(crate) fn parse_ipv4_socket(s: &str) -> Result<SocketAddrV4, AddrProblem> {
+    match s.parse::<SocketAddr>() {
+        Ok(SocketAddr::V4(a)) if a.port() == 0 => Err(AddrProblem::Invalid(
+            "port 0 is not allowed; the port must be 1..=65535".to_owned(),
+        )),
+        Ok(SocketAddr::V4(a)) => Ok(a),
+        Ok(SocketAddr::V6(_)) => Err(AddrProblem::Ipv6),
+        Err(_) => Err(diagnose_address(s)),
+    }
+}
+
+fn diagnose_address(s: &str) -> AddrProblem {
+    if s.is_empty() {
+        return AddrProblem::Invalid("it is empty".to_owned());
+    }
+    match s.parse::<IpAddr>() {
+        Ok(IpAddr::V4(_)) => {
+            return AddrProblem::Invalid(format!("the port is missing; write it as \"{s}:PORT\""));
+        }
+        Ok(IpAddr::V6(_)) => return AddrProblem::Ipv6,
+        Err(_) => {}
+    }
+    let looks_v6 = s.starts_with('[')
+        || (s.matches(':').count() >= 2
+            && s.chars()
+                .all(|c| c.is_ascii_hexdigit() || matches!(c, ':' | '.' | '[' | ']' | '%')));
+    if looks_v6 {
+        return AddrProblem::Ipv6;
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return AddrProblem::Invalid(format!("{} and there is no \":PORT\"", host_problem(s)));
+    };
+    if host.parse::<Ipv4Addr>().is_err() {
+        return AddrProblem::Invalid(host_problem(host));
+    }
+    if port.is_empty() {
+        return AddrProblem::Invalid("the port after ':' is missing".to_owned());
+    }
+    if port.chars().all(|c| c.is_ascii_digit()) {
+        return AddrProblem::Invalid(format!(
+            "port {port} is out of range; the port must be 1..=65535"
+        ));
+    }
+    AddrProblem::Invalid(format!("port {port:?} is not a number"))
+}
+
+fn host_problem(host: &str) -> String {
+    if host.is_empty() {
+        "the IPv4 address before ':' is missing".to_owned()
+    } else if host.chars().any(|c| c.is_ascii_alphabetic()) {
+        format!("{host:?} is not a numeric IPv4 address (host names are not resolved)")
+    } else {
+        format!("{host:?} is not a valid IPv4 address (four numbers 0..=255 separated by dots)")
+    }
+}
