@@ -1,0 +1,262 @@
+//! `xdplb bench`: the data plane's cost per packet through BPF_PROG_TEST_RUN.
+//!
+//! With `repeat > 1` the kernel runs every iteration on the buffer the previous one rewrote, so
+//! each measurement goes through a wrapper program (xdplb-bench) that restores the original
+//! frame (and, for new flows, writes a fresh source address) and tail-calls the program under
+//! test. The wrapper's own cost is measured by tail-calling an empty program, in the same run,
+//! and subtracted.
+
+use std::net::SocketAddrV4;
+
+use aya::{
+    Ebpf,
+    maps::{Array, ProgramArray},
+    programs::Xdp,
+};
+use serde::Serialize;
+
+use crate::{
+    config::{self, Config},
+    dataplane::{BENCH_OBJECT, Dataplane, DataplaneError, reconcile},
+    packet::UdpFrame,
+    testrun,
+};
+
+/// Every benchmark frame is this long (the wrapper restores a fixed 64 bytes).
+const FRAME_LEN: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error("benchmark harness: {0}")]
+    Harness(String),
+    #[error("BPF_PROG_TEST_RUN of {what}: {source}")]
+    TestRun {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn harness<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> BenchError + '_ {
+    move |e| BenchError::Harness(format!("{what}: {e}"))
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub case: &'static str,
+    /// Median over rounds of the kernel's average ns per iteration, wrapper included.
+    pub total_ns: f64,
+    /// The same for the wrapper tail-calling an empty program.
+    pub wrapper_ns: f64,
+    /// `total_ns - wrapper_ns`: the program's own cost.
+    pub net_ns: f64,
+    /// The XDP action of the last iteration (2 = XDP_PASS).
+    pub action: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub repeat: u32,
+    pub rounds: u32,
+    pub empty_program_ns: f64,
+    pub rows: Vec<Row>,
+}
+
+struct Harness {
+    bench: Ebpf,
+}
+
+impl Harness {
+    fn load() -> Result<Self, BenchError> {
+        let mut bench = Ebpf::load(BENCH_OBJECT).map_err(harness("loading xdplb-bench"))?;
+        for name in ["bench_same_flow", "bench_new_flow", "bench_empty"] {
+            let p: &mut Xdp = bench
+                .program_mut(name)
+                .ok_or_else(|| BenchError::Harness(format!("program {name} missing")))?
+                .try_into()
+                .map_err(harness(name))?;
+            p.load().map_err(harness(name))?;
+        }
+        Ok(Harness { bench })
+    }
+
+    fn set_frame(&mut self, frame: &[u8]) -> Result<(), BenchError> {
+        let mut words = [0u64; FRAME_LEN / 8];
+        for (i, w) in words.iter_mut().enumerate() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&frame[i * 8..i * 8 + 8]);
+            *w = u64::from_ne_bytes(b);
+        }
+        let map = self
+            .bench
+            .map_mut("BENCH_FRAME")
+            .ok_or_else(|| BenchError::Harness("BENCH_FRAME missing".into()))?;
+        let mut arr: Array<_, [u64; FRAME_LEN / 8]> =
+            Array::try_from(map).map_err(harness("BENCH_FRAME"))?;
+        arr.set(0, words, 0).map_err(harness("BENCH_FRAME"))
+    }
+
+    fn set_target(&mut self, target: &Xdp) -> Result<(), BenchError> {
+        let fd = target.fd().map_err(harness("target fd"))?;
+        let map = self
+            .bench
+            .map_mut("BENCH_TARGET")
+            .ok_or_else(|| BenchError::Harness("BENCH_TARGET missing".into()))?;
+        let mut arr = ProgramArray::try_from(map).map_err(harness("BENCH_TARGET"))?;
+        arr.set(0, fd, 0).map_err(harness("BENCH_TARGET"))
+    }
+
+    fn set_target_empty(&mut self) -> Result<(), BenchError> {
+        let empty: &Xdp = self
+            .bench
+            .program("bench_empty")
+            .ok_or_else(|| BenchError::Harness("bench_empty missing".into()))?
+            .try_into()
+            .map_err(harness("bench_empty"))?;
+        let fd = empty
+            .fd()
+            .map_err(harness("bench_empty fd"))?
+            .try_clone()
+            .map_err(harness("dup"))?;
+        let map = self
+            .bench
+            .map_mut("BENCH_TARGET")
+            .ok_or_else(|| BenchError::Harness("BENCH_TARGET missing".into()))?;
+        let mut arr = ProgramArray::try_from(map).map_err(harness("BENCH_TARGET"))?;
+        arr.set(0, &fd, 0).map_err(harness("BENCH_TARGET"))
+    }
+
+    /// Median ns/iteration over `rounds` runs of `program` with `repeat` iterations each.
+    fn time(
+        &self,
+        program: &'static str,
+        frame: &[u8],
+        repeat: u32,
+        rounds: u32,
+    ) -> Result<(f64, u32), BenchError> {
+        let p: &Xdp = self
+            .bench
+            .program(program)
+            .ok_or_else(|| BenchError::Harness(format!("{program} missing")))?
+            .try_into()
+            .map_err(harness(program))?;
+        let fd = p.fd().map_err(harness(program))?;
+        let mut samples = Vec::new();
+        let mut action = 0;
+        for _ in 0..rounds {
+            let run =
+                testrun::run_xdp(fd, frame, repeat).map_err(|source| BenchError::TestRun {
+                    what: program,
+                    source,
+                })?;
+            samples.push(run.duration_ns as f64);
+            action = run.action;
+        }
+        Ok((median(&mut samples), action))
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn frame_to(dst: SocketAddrV4) -> Vec<u8> {
+    let src: SocketAddrV4 = SocketAddrV4::new(std::net::Ipv4Addr::new(10, 9, 8, 7), 40000);
+    let mut f = UdpFrame::new(src, dst, &[]);
+    // Pad the payload so the frame is exactly FRAME_LEN bytes (14 + 20 + 8 + payload).
+    f.payload = vec![0xab; FRAME_LEN - 42];
+    f.build()
+}
+
+/// Runs the benchmark on the built-in default service (`127.0.0.1:9875`, three backends).
+pub fn run(repeat: u32, rounds: u32) -> Result<Report, BenchError> {
+    let cfg: Config = config::default_config();
+    let mut dp = Dataplane::load(cfg.limits, false)?;
+    reconcile::apply(&reconcile::desired_state(&cfg), &mut dp.writer()?)?;
+    let mut h = Harness::load()?;
+
+    let service_frame = frame_to(cfg.services[0].vip);
+    let other_frame = frame_to("127.0.0.1:9999".parse().map_err(harness("literal"))?);
+
+    let (empty_ns, _) = h.time("bench_empty", &service_frame, repeat, rounds)?;
+    h.set_target_empty()?;
+    let wrapper = |h: &mut Harness, prog: &'static str| -> Result<f64, BenchError> {
+        h.set_frame(&service_frame)?;
+        Ok(h.time(prog, &service_frame, repeat, rounds)?.0)
+    };
+    let wrapper_same = wrapper(&mut h, "bench_same_flow")?;
+    let wrapper_new = wrapper(&mut h, "bench_new_flow")?;
+
+    h.set_target(dp.ingress()?)?;
+    let mut rows = Vec::new();
+    let cases: [(&'static str, &Vec<u8>, &'static str, f64); 3] = [
+        (
+            "non-service packet",
+            &other_frame,
+            "bench_same_flow",
+            wrapper_same,
+        ),
+        (
+            "service packet, existing flow",
+            &service_frame,
+            "bench_same_flow",
+            wrapper_same,
+        ),
+        (
+            "service packet, new flow",
+            &service_frame,
+            "bench_new_flow",
+            wrapper_new,
+        ),
+    ];
+    for (case, frame, prog, wrapper_ns) in cases {
+        h.set_frame(frame)?;
+        // One warm-up run creates the flow for the existing-flow case.
+        h.time(prog, frame, 1, 1)?;
+        let (total, action) = h.time(prog, frame, repeat, rounds)?;
+        rows.push(Row {
+            case,
+            total_ns: total,
+            wrapper_ns,
+            net_ns: total - wrapper_ns,
+            action,
+        });
+    }
+    Ok(Report {
+        repeat,
+        rounds,
+        empty_program_ns: empty_ns,
+        rows,
+    })
+}
+
+pub fn render(r: &Report) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "BPF_PROG_TEST_RUN, {} iterations x {} rounds (median), 64-byte frames",
+        r.repeat, r.rounds
+    );
+    let _ = writeln!(
+        s,
+        "{:<32} {:>10} {:>10} {:>10}",
+        "case", "total ns", "wrapper", "net ns"
+    );
+    let _ = writeln!(
+        s,
+        "{:<32} {:>10.1} {:>10} {:>10.1}",
+        "empty XDP program (floor)", r.empty_program_ns, "-", r.empty_program_ns
+    );
+    for row in &r.rows {
+        let _ = writeln!(
+            s,
+            "{:<32} {:>10.1} {:>10.1} {:>10.1}",
+            row.case, row.total_ns, row.wrapper_ns, row.net_ns
+        );
+    }
+    s
+}

@@ -1,0 +1,251 @@
+//! Loading the eBPF object with capacities from the config.
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
+    programs::{SchedClassifier, Xdp},
+};
+use xdplb_common::{
+    Backend, Counter, GLOBAL_DEBUG_LOG, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOWS, MAP_REPLIES,
+    MAP_RR_CURSOR, MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS, Service, ServiceKey, Stat,
+};
+
+use super::{DataplaneError, MapWriter};
+use crate::config::Limits;
+
+/// The load balancer's eBPF object, built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdplb"));
+/// The benchmark harness object (frame restore + tail call), built by build.rs.
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdplb-bench"));
+
+pub const PROGRAM_INGRESS: &str = "xdplb_ingress";
+pub const PROGRAM_REPLY: &str = "xdplb_reply";
+
+/// A loaded (not necessarily attached) data plane. Dropping it detaches every link it made and
+/// unloads programs and maps.
+pub struct Dataplane {
+    pub(crate) ebpf: Ebpf,
+    pub limits: Limits,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+impl Dataplane {
+    /// Loads and verifies both programs with maps sized from `limits`. Attaches nothing.
+    pub fn load(limits: Limits, debug_log: bool) -> Result<Self, DataplaneError> {
+        if !super::has_bpf_privileges() {
+            return Err(DataplaneError::NotPermitted(
+                "the process lacks CAP_NET_ADMIN and CAP_BPF/CAP_SYS_ADMIN".into(),
+            ));
+        }
+        let backends = limits.max_services * limits.max_backends_per_service;
+        let debug = u8::from(debug_log);
+        let mut ebpf = EbpfLoader::new()
+            .override_global(GLOBAL_DEBUG_LOG, &debug, true)
+            .map_max_entries(MAP_SERVICES, limits.max_services)
+            .map_max_entries(MAP_BACKENDS, backends)
+            .map_max_entries(MAP_RR_CURSOR, limits.max_services)
+            .map_max_entries(MAP_FLOWS, limits.max_flows)
+            .map_max_entries(MAP_REPLIES, limits.max_flows)
+            .map_max_entries(MAP_SERVICE_STATS, limits.max_services)
+            .map_max_entries(MAP_BACKEND_STATS, backends)
+            .load(OBJECT)
+            .map_err(|e| match &e {
+                aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
+                    if io_error.kind() == std::io::ErrorKind::PermissionDenied =>
+                {
+                    DataplaneError::NotPermitted(io_error.to_string())
+                }
+                _ => DataplaneError::Load(Box::new(e)),
+            })?;
+        // The logger owns the log ring buffer; without debug logging nothing is ever written.
+        let logger = if debug_log {
+            aya_log::EbpfLogger::init(&mut ebpf).ok()
+        } else {
+            None
+        };
+        let xdp: &mut Xdp = program_mut(&mut ebpf, PROGRAM_INGRESS)?;
+        xdp.load()
+            .map_err(|e| DataplaneError::program(PROGRAM_INGRESS, e))?;
+        let tc: &mut SchedClassifier = program_mut(&mut ebpf, PROGRAM_REPLY)?;
+        tc.load()
+            .map_err(|e| DataplaneError::program(PROGRAM_REPLY, e))?;
+        Ok(Dataplane {
+            ebpf,
+            limits,
+            logger,
+        })
+    }
+
+    /// Forwards pending debug log records (if debug logging is on) to the `log` facade.
+    pub fn flush_logs(&mut self) {
+        if let Some(l) = self.logger.as_mut() {
+            l.flush();
+        }
+    }
+
+    /// The ingress XDP program, for attaching or BPF_PROG_TEST_RUN.
+    pub fn ingress(&mut self) -> Result<&mut Xdp, DataplaneError> {
+        program_mut(&mut self.ebpf, PROGRAM_INGRESS)
+    }
+
+    /// The TC egress reply program.
+    pub fn reply(&mut self) -> Result<&mut SchedClassifier, DataplaneError> {
+        program_mut(&mut self.ebpf, PROGRAM_REPLY)
+    }
+
+    /// Instructions the verifier processed for each program, for the budget test.
+    pub fn verified_instructions(&self) -> Vec<(&'static str, Option<u32>)> {
+        [PROGRAM_INGRESS, PROGRAM_REPLY]
+            .into_iter()
+            .map(|name| {
+                let count = self
+                    .ebpf
+                    .program(name)
+                    .and_then(|p| p.info().ok())
+                    .and_then(|i| i.verified_instruction_count());
+                (name, count)
+            })
+            .collect()
+    }
+
+    /// The kernel id of a map, so another process (`xdplb stats`) can open it.
+    pub fn map_id(&self, name: &'static str) -> Result<u32, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        let data: &MapData = match map {
+            aya::maps::Map::HashMap(d)
+            | aya::maps::Map::LruHashMap(d)
+            | aya::maps::Map::Array(d)
+            | aya::maps::Map::PerCpuArray(d) => d,
+            _ => return Err(DataplaneError::MissingMap(name)),
+        };
+        Ok(data.info().map_err(|e| DataplaneError::map(name, e))?.id())
+    }
+
+    /// The summed (over CPUs) global counters, indexed like [`Stat::ALL`].
+    pub fn stats(&self) -> Result<Vec<u64>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(MAP_STATS)
+            .ok_or(DataplaneError::MissingMap(MAP_STATS))?;
+        let arr: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(|e| DataplaneError::map(MAP_STATS, e))?;
+        sum_u64(&arr, Stat::COUNT)
+    }
+
+    /// Summed per-service or per-backend traffic counters for `indices`.
+    pub fn traffic(
+        &self,
+        map_name: &'static str,
+        indices: &[u32],
+    ) -> Result<Vec<Counter>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(map_name)
+            .ok_or(DataplaneError::MissingMap(map_name))?;
+        let arr: PerCpuArray<&MapData, Counter> =
+            PerCpuArray::try_from(map).map_err(|e| DataplaneError::map(map_name, e))?;
+        indices
+            .iter()
+            .map(|i| {
+                let v = arr
+                    .get(i, 0)
+                    .map_err(|e| DataplaneError::map(map_name, e))?;
+                Ok(sum_counters(&v))
+            })
+            .collect()
+    }
+
+    /// Map writes for reconciliation.
+    pub fn writer(&mut self) -> Result<KernelMaps<'_>, DataplaneError> {
+        let [services, backends] = self.ebpf.maps_disjoint_mut([MAP_SERVICES, MAP_BACKENDS]);
+        let services: HashMap<&mut MapData, ServiceKey, Service> = services
+            .ok_or(DataplaneError::MissingMap(MAP_SERVICES))?
+            .try_into()
+            .map_err(|e| DataplaneError::map(MAP_SERVICES, e))?;
+        let backends: Array<&mut MapData, Backend> = backends
+            .ok_or(DataplaneError::MissingMap(MAP_BACKENDS))?
+            .try_into()
+            .map_err(|e| DataplaneError::map(MAP_BACKENDS, e))?;
+        Ok(KernelMaps { services, backends })
+    }
+
+    /// Sets every CPU's round-robin cursor of `service_id` to `value` (tests use this to make
+    /// the schedule deterministic).
+    pub fn set_rr_cursor(&mut self, service_id: u32, value: u32) -> Result<(), DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_RR_CURSOR)
+            .ok_or(DataplaneError::MissingMap(MAP_RR_CURSOR))?;
+        let mut arr: PerCpuArray<&mut MapData, u32> =
+            PerCpuArray::try_from(map).map_err(|e| DataplaneError::map(MAP_RR_CURSOR, e))?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Io(e))?;
+        let values = PerCpuValues::try_from(vec![value; cpus])?;
+        arr.set(service_id, values, 0)
+            .map_err(|e| DataplaneError::map(MAP_RR_CURSOR, e))
+    }
+
+    /// Direct access to the loaded object, for tests and the benchmark.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+}
+
+/// The maps that reconciliation writes.
+pub struct KernelMaps<'a> {
+    services: HashMap<&'a mut MapData, ServiceKey, Service>,
+    backends: Array<&'a mut MapData, Backend>,
+}
+
+impl MapWriter for KernelMaps<'_> {
+    fn put_backend(&mut self, index: u32, backend: &Backend) -> Result<(), DataplaneError> {
+        let capacity = self.backends.len();
+        if index >= capacity {
+            return Err(DataplaneError::OverCapacity {
+                what: "backend",
+                index,
+                capacity,
+            });
+        }
+        self.backends
+            .set(index, backend, 0)
+            .map_err(|e| DataplaneError::map(MAP_BACKENDS, e))
+    }
+
+    fn put_service(&mut self, key: &ServiceKey, service: &Service) -> Result<(), DataplaneError> {
+        self.services
+            .insert(key, service, 0)
+            .map_err(|e| DataplaneError::map(MAP_SERVICES, e))
+    }
+}
+
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DataplaneError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(DataplaneError::MissingProgram(name))?
+        .try_into()
+        .map_err(|e| DataplaneError::program(name, e))
+}
+
+fn sum_u64(arr: &PerCpuArray<&MapData, u64>, len: u32) -> Result<Vec<u64>, DataplaneError> {
+    (0..len)
+        .map(|i| {
+            let v = arr
+                .get(&i, 0)
+                .map_err(|e| DataplaneError::map(MAP_STATS, e))?;
+            Ok(v.iter().sum())
+        })
+        .collect()
+}
+
+pub fn sum_counters(values: &[Counter]) -> Counter {
+    values.iter().fold(Counter::default(), |acc, c| Counter {
+        packets: acc.packets + c.packets,
+        bytes: acc.bytes + c.bytes,
+    })
+}

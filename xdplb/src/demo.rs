@@ -1,0 +1,181 @@
+//! The demo backend (replaces the tutorial's server) and a client that checks what came back.
+
+use std::{
+    collections::BTreeMap,
+    io,
+    net::{SocketAddr, SocketAddrV4, UdpSocket},
+    thread,
+    time::Duration,
+};
+
+use serde::Serialize;
+
+/// Prefix of every demo-backend reply: `xdplb-backend <listen address>\n<echoed payload>`.
+pub const REPLY_PREFIX: &str = "xdplb-backend ";
+
+/// Serves every address in `listen`: answers each datagram with its own listening address and
+/// the echoed payload. Runs until the process ends. Calls `ready` once every socket is bound.
+pub fn serve_backends(listen: &[SocketAddrV4], ready: impl FnOnce()) -> io::Result<()> {
+    let mut sockets = Vec::new();
+    for addr in listen {
+        let s = UdpSocket::bind(addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("binding {addr}: {e}")))?;
+        sockets.push((*addr, s));
+    }
+    ready();
+    let handles: Vec<_> = sockets
+        .into_iter()
+        .map(|(addr, sock)| thread::spawn(move || serve_one(addr, sock)))
+        .collect();
+    for h in handles {
+        match h.join() {
+            Ok(r) => r?,
+            Err(_) => return Err(io::Error::other("a backend thread panicked")),
+        }
+    }
+    Ok(())
+}
+
+fn serve_one(addr: SocketAddrV4, sock: UdpSocket) -> io::Result<()> {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, peer) = sock.recv_from(&mut buf)?;
+        let mut reply = format!("{REPLY_PREFIX}{addr}\n").into_bytes();
+        reply.extend_from_slice(&buf[..n]);
+        // A reply that cannot be sent (e.g. the client is gone) is not the backend's problem.
+        let _ = sock.send_to(&reply, peer);
+    }
+}
+
+/// What the client observed.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ClientReport {
+    pub target: String,
+    pub flows: u32,
+    pub sent: u32,
+    pub replies: u32,
+    /// Replies whose source (as the connected socket reports it) was not the target.
+    pub replies_from_elsewhere: u32,
+    /// Replies that did not echo the datagram sent.
+    pub bad_echoes: u32,
+    /// Datagrams answered, per backend address.
+    pub per_backend: BTreeMap<String, u32>,
+    /// New flows, per backend address (the backend of each flow's first reply).
+    pub flows_per_backend: BTreeMap<String, u32>,
+    /// Flows whose replies all came from one backend.
+    pub sticky_flows: u32,
+    /// The backend of each flow, in order (None when no reply came).
+    pub flow_backends: Vec<Option<String>>,
+}
+
+impl ClientReport {
+    /// True when every datagram was answered, from the target, by one backend per flow.
+    pub fn all_good(&self) -> bool {
+        self.replies == self.sent
+            && self.replies_from_elsewhere == 0
+            && self.bad_echoes == 0
+            && self.sticky_flows == self.flows
+    }
+
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "sent {} datagrams on {} flows (one connected socket each) to {}",
+            self.sent, self.flows, self.target
+        );
+        let _ = writeln!(
+            s,
+            "replies received: {}/{}; from {}: {}; from elsewhere: {}; bad echoes: {}",
+            self.replies,
+            self.sent,
+            self.target,
+            self.replies - self.replies_from_elsewhere,
+            self.replies_from_elsewhere,
+            self.bad_echoes
+        );
+        let _ = writeln!(
+            s,
+            "flows that kept one backend: {}/{}",
+            self.sticky_flows, self.flows
+        );
+        let _ = writeln!(s, "per backend (datagrams, flows):");
+        for (b, n) in &self.per_backend {
+            let f = self.flows_per_backend.get(b).copied().unwrap_or(0);
+            let _ = writeln!(s, "  {b:<22} {n:>6} datagrams {f:>5} flows");
+        }
+        s
+    }
+}
+
+/// Sends `packets` datagrams on each of `flows` connected sockets (one source port each) to
+/// `target` and waits up to `timeout` for each reply.
+pub fn run_client(
+    target: SocketAddrV4,
+    bind: Option<std::net::Ipv4Addr>,
+    flows: u32,
+    packets: u32,
+    timeout: Duration,
+) -> io::Result<ClientReport> {
+    let mut report = ClientReport {
+        target: target.to_string(),
+        flows,
+        ..ClientReport::default()
+    };
+    let mut buf = vec![0u8; 65536];
+    // Every socket stays open until the end, so no two flows share a source port.
+    let mut open = Vec::with_capacity(flows as usize);
+    for flow in 0..flows {
+        let local = SocketAddrV4::new(bind.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED), 0);
+        let sock = UdpSocket::bind(local)?;
+        sock.connect(target)?;
+        sock.set_read_timeout(Some(timeout))?;
+        let mut backends_seen: Vec<String> = Vec::new();
+        for seq in 0..packets {
+            let payload = format!("flow {flow} seq {seq}");
+            sock.send(payload.as_bytes())?;
+            report.sent += 1;
+            let (n, from) = match sock.recv_from(&mut buf) {
+                Ok(r) => r,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    continue;
+                }
+                // ECONNREFUSED: an ICMP error came back; the datagram was not answered.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                Err(e) => return Err(e),
+            };
+            report.replies += 1;
+            if from != SocketAddr::V4(target) {
+                report.replies_from_elsewhere += 1;
+            }
+            let text = String::from_utf8_lossy(&buf[..n]);
+            let Some((head, echo)) = text.split_once('\n') else {
+                report.bad_echoes += 1;
+                continue;
+            };
+            if echo != payload {
+                report.bad_echoes += 1;
+            }
+            let backend = head.strip_prefix(REPLY_PREFIX).unwrap_or(head).to_string();
+            *report.per_backend.entry(backend.clone()).or_default() += 1;
+            if !backends_seen.contains(&backend) {
+                backends_seen.push(backend);
+            }
+        }
+        if let Some(first) = backends_seen.first() {
+            *report.flows_per_backend.entry(first.clone()).or_default() += 1;
+        }
+        if backends_seen.len() == 1 {
+            report.sticky_flows += 1;
+        }
+        report.flow_backends.push(backends_seen.first().cloned());
+        open.push(sock);
+    }
+    Ok(report)
+}

@@ -1,0 +1,159 @@
+//! A running instance's description, written by `xdplb run` so that `xdplb stats` (another
+//! process, possibly in another mount namespace) can find its maps by kernel id.
+
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::dataplane::AttachedInterface;
+
+/// Where state files live; `XDPLB_RUN_DIR` overrides it.
+pub const DEFAULT_RUN_DIR: &str = "/run/xdplb";
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error(
+        "instance {name:?} is already running (pid {pid}, state file {path}); stop it first or use --instance"
+    )]
+    AlreadyRunning {
+        name: String,
+        pid: u32,
+        path: PathBuf,
+    },
+    #[error("no running instance {name:?} (no state file {path}); is `xdplb run` running?")]
+    NotRunning { name: String, path: PathBuf },
+    #[error("state file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("state file {path} is not valid: {source}")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("instance name {0:?} is invalid: use 1-64 characters of A-Z a-z 0-9 _ . -")]
+    BadName(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackendInfo {
+    pub address: String,
+    pub index: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    pub name: String,
+    pub vip: String,
+    pub id: u32,
+    pub backends: Vec<BackendInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceState {
+    pub instance: String,
+    pub pid: u32,
+    pub config: String,
+    pub interfaces: Vec<AttachedInterface>,
+    /// Map name to kernel map id.
+    pub map_ids: BTreeMap<String, u32>,
+    pub services: Vec<ServiceInfo>,
+}
+
+pub fn run_dir() -> PathBuf {
+    std::env::var_os("XDPLB_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR))
+}
+
+pub fn state_path(instance: &str) -> Result<PathBuf, InstanceError> {
+    let valid = !instance.is_empty()
+        && instance.len() <= 64
+        && instance
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && instance != "."
+        && instance != "..";
+    if !valid {
+        return Err(InstanceError::BadName(instance.to_string()));
+    }
+    Ok(run_dir().join(format!("{instance}.json")))
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Fails if a live process already runs `instance`; removes a stale state file.
+pub fn ensure_not_running(instance: &str) -> Result<(), InstanceError> {
+    let path = state_path(instance)?;
+    match read_at(&path, instance) {
+        Ok(s) if pid_alive(s.pid) && s.pid != std::process::id() => {
+            Err(InstanceError::AlreadyRunning {
+                name: instance.to_string(),
+                pid: s.pid,
+                path,
+            })
+        }
+        Ok(_) | Err(InstanceError::Corrupt { .. }) => {
+            fs::remove_file(&path).map_err(|source| InstanceError::Io { path, source })
+        }
+        Err(_) => Ok(()),
+    }
+}
+
+/// Writes the state atomically (temporary file, then rename).
+pub fn write(state: &InstanceState) -> Result<PathBuf, InstanceError> {
+    let path = state_path(&state.instance)?;
+    let io_err = |source| InstanceError::Io {
+        path: path.clone(),
+        source,
+    };
+    fs::create_dir_all(run_dir()).map_err(io_err)?;
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_string_pretty(state).map_err(|source| InstanceError::Corrupt {
+        path: path.clone(),
+        source,
+    })?;
+    fs::write(&tmp, text).map_err(io_err)?;
+    fs::rename(&tmp, &path).map_err(io_err)?;
+    Ok(path)
+}
+
+pub fn read(instance: &str) -> Result<InstanceState, InstanceError> {
+    read_at(&state_path(instance)?, instance)
+}
+
+fn read_at(path: &Path, instance: &str) -> Result<InstanceState, InstanceError> {
+    let text = fs::read_to_string(path).map_err(|source| {
+        if source.kind() == io::ErrorKind::NotFound {
+            InstanceError::NotRunning {
+                name: instance.to_string(),
+                path: path.to_path_buf(),
+            }
+        } else {
+            InstanceError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })?;
+    serde_json::from_str(&text).map_err(|source| InstanceError::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Removes the state file of `instance`; a missing file is fine.
+pub fn remove(instance: &str) {
+    if let Ok(path) = state_path(instance) {
+        let _ = fs::remove_file(path);
+    }
+}

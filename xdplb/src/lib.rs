@@ -1,0 +1,11 @@
+//! xdplb: an XDP layer-4 UDP load balancer. This library is the control plane; the data plane
+//! is the eBPF object built from `xdplb-ebpf` by build.rs.
+
+pub mod bench;
+pub mod config;
+pub mod dataplane;
+pub mod demo;
+pub mod instance;
+pub mod packet;
+pub mod stats;
+pub mod testrun;

@@ -1,0 +1,279 @@
+//! The `xdplb` command: daemon and CLI.
+
+use std::{
+    net::SocketAddrV4,
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use xdplb::{
+    bench,
+    config::{self, Config},
+    dataplane::{self, Dataplane},
+    demo, instance, stats,
+};
+use xdplb_common::{MAP_BACKEND_STATS, MAP_SERVICE_STATS, MAP_STATS};
+
+#[derive(Parser)]
+#[command(name = "xdplb", version, about = "An XDP layer-4 UDP load balancer")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and attach the data plane, fill its maps, and run until SIGINT or SIGTERM.
+    Run {
+        /// Config file (TOML). Without it, the built-in tutorial scenario runs:
+        /// 127.0.0.1:9875 balanced to 127.0.0.1:9876, :9877 and :9878 on lo.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Name of this instance, so several can run side by side (in different namespaces).
+        #[arg(long, default_value = "default")]
+        instance: String,
+    },
+    /// Validate a config and say what it would do.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print the counters of a running instance.
+    Stats {
+        #[arg(long, default_value = "default")]
+        instance: String,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Demo UDP backends: answer every datagram with the listening address and the payload.
+    DemoBackend {
+        /// Comma-separated IPv4:port addresses.
+        #[arg(long, value_delimiter = ',', required = true)]
+        listen: Vec<SocketAddrV4>,
+    },
+    /// Demo client: send datagrams on many connected sockets and report who answered.
+    DemoClient {
+        #[arg(long, default_value = "127.0.0.1:9875")]
+        target: SocketAddrV4,
+        /// Local address to bind the client sockets to.
+        #[arg(long)]
+        bind: Option<std::net::Ipv4Addr>,
+        #[arg(long, default_value_t = 30)]
+        flows: u32,
+        #[arg(long, default_value_t = 3)]
+        packets: u32,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Exit non-zero unless every datagram was answered from the target by one backend per flow.
+        #[arg(long)]
+        require_all: bool,
+    },
+    /// Measure the data plane's cost per packet with BPF_PROG_TEST_RUN.
+    Bench {
+        #[arg(long, default_value_t = 1_000_000)]
+        repeat: u32,
+        #[arg(long, default_value_t = 7)]
+        rounds: u32,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp_millis()
+        .init();
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xdplb: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run { config, instance } => run(config, &instance).map(|()| ExitCode::SUCCESS),
+        Command::Check { config } => {
+            let cfg = load_config(&config)?;
+            print!("{}: OK\n{}", config.display(), cfg.describe());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stats { instance, json } => {
+            let state = instance::read(&instance)?;
+            let snap = stats::read(&state)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&snap)?);
+            } else {
+                print!("{}", stats::render(&snap));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DemoBackend { listen } => {
+            demo::serve_backends(&listen, || {
+                let list: Vec<String> = listen.iter().map(|a| a.to_string()).collect();
+                println!("demo backends listening on {}", list.join(", "));
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DemoClient {
+            target,
+            bind,
+            flows,
+            packets,
+            timeout_ms,
+            json,
+            require_all,
+        } => {
+            let report = demo::run_client(
+                target,
+                bind,
+                flows,
+                packets,
+                Duration::from_millis(timeout_ms),
+            )?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            if require_all && !report.all_good() {
+                eprintln!("xdplb: demo client: not every datagram was answered correctly");
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            repeat,
+            rounds,
+            json,
+        } => {
+            let report = bench::run(repeat.max(1), rounds.max(1))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", bench::render(&report));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Loads and validates a config file, interfaces included.
+fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
+    let origin = path.display().to_string();
+    let cfg = config::load(path)?;
+    config::check_interfaces(&cfg, &origin, interface_exists)?;
+    Ok(cfg)
+}
+
+fn interface_exists(name: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated string; the call only reads it.
+    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+}
+
+fn run(config_path: Option<PathBuf>, instance_name: &str) -> anyhow::Result<()> {
+    let (cfg, origin) = match &config_path {
+        Some(p) => (load_config(p)?, p.display().to_string()),
+        None => {
+            let cfg = config::default_config();
+            config::check_interfaces(&cfg, "<built-in>", interface_exists)?;
+            (cfg, "<built-in default>".to_string())
+        }
+    };
+    if !dataplane::has_bpf_privileges() {
+        bail!(
+            "xdplb run needs root (or CAP_NET_ADMIN plus CAP_BPF and CAP_PERFMON) to load and attach BPF programs; nothing was attached"
+        );
+    }
+    instance::ensure_not_running(instance_name)?;
+
+    let started = Instant::now();
+    let mut dp = Dataplane::load(cfg.limits, cfg.debug_log)?;
+    let desired = dataplane::desired_state(&cfg);
+    dataplane::reconcile::apply(&desired, &mut dp.writer()?).context("filling the maps")?;
+    let attached = dataplane::attach_all(&mut dp, &cfg.interfaces, cfg.xdp_mode)?;
+
+    let state = instance_state(&dp, &cfg, instance_name, &origin, attached.clone())?;
+    let state_path = instance::write(&state)?;
+    let where_ = attached
+        .iter()
+        .map(|a| format!("{} ({} XDP + TC egress)", a.name, a.xdp_mode))
+        .collect::<Vec<_>>()
+        .join(", ");
+    eprintln!(
+        "xdplb: running instance {instance_name:?} from {origin}: {} service(s), {} backend(s), attached to {where_} in {} ms; state {}",
+        cfg.services.len(),
+        desired.backends.len(),
+        started.elapsed().as_millis(),
+        state_path.display()
+    );
+
+    let signals = wait_for_signal(&mut dp);
+    instance::remove(instance_name);
+    drop(dp); // detaches every link and unloads the programs
+    let signal = signals?;
+    eprintln!("xdplb: {signal}; detached and stopped");
+    Ok(())
+}
+
+fn wait_for_signal(dp: &mut Dataplane) -> anyhow::Result<&'static str> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("installing signal handlers")?;
+    loop {
+        if let Some(sig) = signals.pending().next() {
+            return Ok(if sig == SIGINT { "SIGINT" } else { "SIGTERM" });
+        }
+        dp.flush_logs();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn instance_state(
+    dp: &Dataplane,
+    cfg: &Config,
+    name: &str,
+    origin: &str,
+    interfaces: Vec<dataplane::AttachedInterface>,
+) -> anyhow::Result<instance::InstanceState> {
+    let mut map_ids = std::collections::BTreeMap::new();
+    for m in [MAP_STATS, MAP_SERVICE_STATS, MAP_BACKEND_STATS] {
+        map_ids.insert(m.to_string(), dp.map_id(m)?);
+    }
+    let services = (0u32..)
+        .zip(&cfg.services)
+        .map(|(id, s)| instance::ServiceInfo {
+            name: s.name.clone(),
+            vip: s.vip.to_string(),
+            id,
+            backends: (0u32..)
+                .zip(&s.backends)
+                .map(|(i, b)| instance::BackendInfo {
+                    address: b.address.to_string(),
+                    index: dataplane::reconcile::backend_index(&cfg.limits, id, i),
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(instance::InstanceState {
+        instance: name.to_string(),
+        pid: std::process::id(),
+        config: origin.to_string(),
+        interfaces,
+        map_ids,
+        services,
+    })
+}

@@ -1,0 +1,174 @@
+//! Reading a running instance's counters and rendering them.
+
+use aya::maps::{Map, MapData, PerCpuArray};
+use serde::Serialize;
+use xdplb_common::{Counter, MAP_BACKEND_STATS, MAP_SERVICE_STATS, MAP_STATS, Stat};
+
+use crate::{
+    dataplane::DataplaneError,
+    instance::{InstanceError, InstanceState},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatsError {
+    #[error(transparent)]
+    Instance(#[from] InstanceError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error(
+        "map {name} (id {id}) of instance {instance:?} is gone or replaced: {reason}; the instance probably exited"
+    )]
+    StaleMap {
+        instance: String,
+        name: String,
+        id: u32,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrafficRow {
+    pub name: String,
+    pub address: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceRow {
+    #[serde(flatten)]
+    pub traffic: TrafficRow,
+    pub backends: Vec<TrafficRow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub instance: String,
+    pub pid: u32,
+    pub interfaces: Vec<String>,
+    pub services: Vec<ServiceRow>,
+    /// Every global counter, by name, in index order.
+    pub counters: Vec<(String, u64)>,
+}
+
+/// Reads the counters of the running instance described by `state`.
+pub fn read(state: &InstanceState) -> Result<Snapshot, StatsError> {
+    let global = open_percpu::<u64>(state, MAP_STATS)?;
+    let per_service = open_percpu::<Counter>(state, MAP_SERVICE_STATS)?;
+    let per_backend = open_percpu::<Counter>(state, MAP_BACKEND_STATS)?;
+    let stale = |name: &str, e: aya::maps::MapError| StatsError::StaleMap {
+        instance: state.instance.clone(),
+        name: name.to_string(),
+        id: state.map_ids.get(name).copied().unwrap_or(0),
+        reason: e.to_string(),
+    };
+    let mut counters = Vec::new();
+    for s in Stat::ALL {
+        let v = global
+            .get(&(s as u32), 0)
+            .map_err(|e| stale(MAP_STATS, e))?;
+        counters.push((s.name().to_string(), v.iter().sum()));
+    }
+    let mut services = Vec::new();
+    for svc in &state.services {
+        let v = per_service
+            .get(&svc.id, 0)
+            .map_err(|e| stale(MAP_SERVICE_STATS, e))?;
+        let c = crate::dataplane::sum(&v);
+        let mut backends = Vec::new();
+        for b in &svc.backends {
+            let v = per_backend
+                .get(&b.index, 0)
+                .map_err(|e| stale(MAP_BACKEND_STATS, e))?;
+            let bc = crate::dataplane::sum(&v);
+            backends.push(TrafficRow {
+                name: format!("#{}", b.index - svc.backends[0].index),
+                address: b.address.clone(),
+                packets: bc.packets,
+                bytes: bc.bytes,
+            });
+        }
+        services.push(ServiceRow {
+            traffic: TrafficRow {
+                name: svc.name.clone(),
+                address: svc.vip.clone(),
+                packets: c.packets,
+                bytes: c.bytes,
+            },
+            backends,
+        });
+    }
+    Ok(Snapshot {
+        instance: state.instance.clone(),
+        pid: state.pid,
+        interfaces: state
+            .interfaces
+            .iter()
+            .map(|i| format!("{} ({})", i.name, i.xdp_mode))
+            .collect(),
+        services,
+        counters,
+    })
+}
+
+fn open_percpu<V: aya::Pod>(
+    state: &InstanceState,
+    name: &'static str,
+) -> Result<PerCpuArray<MapData, V>, StatsError> {
+    let id = state.map_ids.get(name).copied().unwrap_or(0);
+    let stale = |reason: String| StatsError::StaleMap {
+        instance: state.instance.clone(),
+        name: name.to_string(),
+        id,
+        reason,
+    };
+    let data = MapData::from_id(id).map_err(|e| stale(e.to_string()))?;
+    // The kernel keeps 15 bytes of a map name; an id reused by another map would not match.
+    let info = data.info().map_err(|e| stale(e.to_string()))?;
+    let kernel_name = info.name_as_str().unwrap_or_default();
+    if !name.starts_with(kernel_name) || kernel_name.is_empty() {
+        return Err(stale(format!("id now belongs to map {kernel_name:?}")));
+    }
+    let map = Map::from_map_data(data).map_err(|e| stale(e.to_string()))?;
+    PerCpuArray::try_from(map).map_err(|e| stale(e.to_string()))
+}
+
+/// A readable table.
+pub fn render(s: &Snapshot) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "instance {} (pid {}), attached to {}",
+        s.instance,
+        s.pid,
+        s.interfaces.join(", ")
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<24} {:<22} {:>14} {:>16}",
+        "SERVICE / BACKEND", "ADDRESS", "PACKETS", "BYTES"
+    );
+    for svc in &s.services {
+        let t = &svc.traffic;
+        let _ = writeln!(
+            out,
+            "{:<24} {:<22} {:>14} {:>16}",
+            t.name, t.address, t.packets, t.bytes
+        );
+        for b in &svc.backends {
+            let _ = writeln!(
+                out,
+                "  {:<22} {:<22} {:>14} {:>16}",
+                b.name, b.address, b.packets, b.bytes
+            );
+        }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{:<28} {:>14}", "COUNTER", "VALUE");
+    for (name, v) in &s.counters {
+        let _ = writeln!(out, "{name:<28} {v:>14}");
+    }
+    out
+}
