@@ -1,0 +1,247 @@
+//! Network namespaces and child processes that clean up after themselves, even on panic.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Output, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+pub const XDPLB: &str = env!("CARGO_BIN_EXE_xdplb");
+
+/// Runs a command to completion within `timeout`; panics with its output if it fails.
+pub fn sh(args: &[&str]) -> Output {
+    let out = run_bounded(args, Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "`{}` failed ({}):\nstdout: {}\nstderr: {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs a command within `timeout` (killing it after), returning its output whatever the status.
+pub fn run_bounded(args: &[&str], timeout: Duration) -> Output {
+    let mut child = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning `{}`: {e}", args.join(" ")));
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() > deadline => {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("collect output");
+                panic!(
+                    "`{}` did not finish within {timeout:?}; stderr: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("waiting for `{}`: {e}", args.join(" ")),
+        }
+    }
+    child.wait_with_output().expect("collect output")
+}
+
+/// A network namespace deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates `xdplb-<tag>-<pid>` with its loopback up.
+    pub fn new(tag: &str) -> Self {
+        let name = format!("xdplb-{tag}-{}", std::process::id());
+        // A leftover from a crashed run of the same pid would make `add` fail.
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// The argv prefix that runs a command inside this namespace.
+    pub fn prefix(&self) -> Vec<String> {
+        vec![
+            "ip".into(),
+            "netns".into(),
+            "exec".into(),
+            self.name.clone(),
+        ]
+    }
+
+    pub fn exec(&self, args: &[&str]) -> Output {
+        let mut full: Vec<&str> = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    pub fn exec_unchecked(&self, args: &[&str]) -> Output {
+        let mut full: Vec<&str> = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        run_bounded(&full, Duration::from_secs(30))
+    }
+
+    /// `Udp InCsumErrors` and `Udp InDatagrams` from /proc/net/snmp inside the namespace.
+    pub fn udp_counters(&self) -> (u64, u64) {
+        let out = self.exec(&["cat", "/proc/net/snmp"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines().filter(|l| l.starts_with("Udp:"));
+        let names: Vec<&str> = lines
+            .next()
+            .expect("Udp header")
+            .split_whitespace()
+            .collect();
+        let values: Vec<&str> = lines
+            .next()
+            .expect("Udp values")
+            .split_whitespace()
+            .collect();
+        let get = |n: &str| -> u64 {
+            let i = names
+                .iter()
+                .position(|x| *x == n)
+                .unwrap_or_else(|| panic!("no {n}"));
+            values[i].parse().expect("number")
+        };
+        (get("InCsumErrors"), get("InDatagrams"))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace destroys its interfaces, XDP/TC attachments go with them.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// A background process, killed on drop, whose stdout and stderr lines are collected.
+pub struct Daemon {
+    pub child: Option<Child>,
+    lines: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+    what: String,
+}
+
+impl Daemon {
+    pub fn spawn(args: &[String]) -> Self {
+        let mut child = Command::new(&args[0])
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {args:?}: {e}"));
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().expect("piped stdout");
+        let err = child.stderr.take().expect("piped stderr");
+        for stream in [
+            Box::new(out) as Box<dyn std::io::Read + Send>,
+            Box::new(err),
+        ] {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Daemon {
+            child: Some(child),
+            lines: rx,
+            seen: Vec::new(),
+            what: args.join(" "),
+        }
+    }
+
+    /// Waits up to `timeout` for a line containing `needle`; panics with everything seen if none.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(50)) {
+                let hit = line.contains(needle);
+                self.seen.push(line);
+                if hit {
+                    return;
+                }
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                while let Ok(l) = self.lines.try_recv() {
+                    self.seen.push(l);
+                }
+                if self.seen.iter().any(|l| l.contains(needle)) {
+                    return;
+                }
+                panic!(
+                    "`{}` exited ({status}) before printing {needle:?}:\n{}",
+                    self.what,
+                    self.seen.join("\n")
+                );
+            }
+        }
+        panic!(
+            "`{}` did not print {needle:?} within {timeout:?}:\n{}",
+            self.what,
+            self.seen.join("\n")
+        );
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(50)) {
+                    self.seen.push(l);
+                }
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("`{}` ignored SIGTERM for {timeout:?}", self.what);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // `ip netns exec` passes signals on; SIGKILL of the wrapper would orphan the child,
+            // so ask politely first.
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

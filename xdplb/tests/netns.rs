@@ -1,0 +1,294 @@
+//! Tier 3: real sockets in network namespaces that each test creates and deletes.
+//! Needs root; run with the README test command. Traffic stays inside the test's namespaces.
+
+mod common;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use common::{netns::*, require_root};
+use serde_json::Value;
+
+const START: Duration = Duration::from_secs(20);
+
+fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+fn in_ns(ns: &Netns, args: &[&str]) -> Vec<String> {
+    let mut v = ns.prefix();
+    v.extend(s(args));
+    v
+}
+
+fn run_dir(tag: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("xdplb-test-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create run dir");
+    dir.display().to_string()
+}
+
+/// Runs the demo client (pinned to one CPU, so per-CPU round robin is one sequence) and parses
+/// its JSON report.
+fn client(ns: &Netns, target: &str, flows: u32, packets: u32) -> Value {
+    let flows = flows.to_string();
+    let packets = packets.to_string();
+    let out = ns.exec(&[
+        "taskset",
+        "-c",
+        "0",
+        XDPLB,
+        "demo-client",
+        "--target",
+        target,
+        "--flows",
+        &flows,
+        "--packets",
+        &packets,
+        "--timeout-ms",
+        "2000",
+        "--json",
+    ]);
+    serde_json::from_slice(&out.stdout).expect("client prints JSON")
+}
+
+fn stats(ns: &Netns, dir: &str, instance: &str) -> Value {
+    let out = ns.exec(&[
+        "env",
+        &format!("XDPLB_RUN_DIR={dir}"),
+        XDPLB,
+        "stats",
+        "--instance",
+        instance,
+        "--json",
+    ]);
+    serde_json::from_slice(&out.stdout).expect("stats prints JSON")
+}
+
+fn counter(stats: &Value, name: &str) -> u64 {
+    stats["counters"]
+        .as_array()
+        .expect("counters")
+        .iter()
+        .find(|c| c[0] == name)
+        .and_then(|c| c[1].as_u64())
+        .unwrap_or_else(|| panic!("no counter {name} in {stats}"))
+}
+
+fn per_backend(report: &Value, key: &str) -> BTreeMap<String, u64> {
+    report[key]
+        .as_object()
+        .expect("object")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().expect("count")))
+        .collect()
+}
+
+fn assert_every_reply_from_vip(report: &Value, flows: u64, packets: u64) {
+    assert_eq!(report["sent"], flows * packets, "{report}");
+    assert_eq!(
+        report["replies"],
+        flows * packets,
+        "every datagram answered: {report}"
+    );
+    assert_eq!(report["replies_from_elsewhere"], 0, "{report}");
+    assert_eq!(report["bad_echoes"], 0, "{report}");
+    assert_eq!(
+        report["sticky_flows"], flows,
+        "every flow keeps one backend: {report}"
+    );
+}
+
+fn xdp_attached(ns: &Netns, dev: &str) -> bool {
+    let out = ns.exec(&["ip", "-d", "link", "show", "dev", dev]);
+    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+}
+
+#[test]
+fn tutorial_scenario_on_lo_in_a_private_namespace() {
+    require_root();
+    let ns = Netns::new("lo");
+    let dir = run_dir("lo");
+    let instance = format!("t-lo-{}", std::process::id());
+    let mut backends = Daemon::spawn(&in_ns(
+        &ns,
+        &[
+            XDPLB,
+            "demo-backend",
+            "--listen",
+            "127.0.0.1:9876,127.0.0.1:9877,127.0.0.1:9878",
+        ],
+    ));
+    backends.wait_for("listening", START);
+
+    // Without the balancer nothing answers on 9875: the client sees no reply.
+    let before = client(&ns, "127.0.0.1:9875", 1, 1);
+    assert_eq!(
+        before["replies"], 0,
+        "nothing listens on 9875 yet: {before}"
+    );
+
+    let env = format!("XDPLB_RUN_DIR={dir}");
+    let mut lb = Daemon::spawn(&in_ns(
+        &ns,
+        &["env", &env, XDPLB, "run", "--instance", &instance],
+    ));
+    lb.wait_for("running instance", START);
+    assert!(xdp_attached(&ns, "lo"), "XDP must be attached to lo");
+
+    let report = client(&ns, "127.0.0.1:9875", 30, 3);
+    assert_every_reply_from_vip(&report, 30, 3);
+    let flows = per_backend(&report, "flows_per_backend");
+    let expected: BTreeMap<String, u64> = ["127.0.0.1:9876", "127.0.0.1:9877", "127.0.0.1:9878"]
+        .iter()
+        .map(|b| (b.to_string(), 10))
+        .collect();
+    assert_eq!(flows, expected, "30 new flows round robin over 3 backends");
+
+    let st = stats(&ns, &dir, &instance);
+    let svc = &st["services"][0];
+    assert_eq!(svc["packets"], 90, "service counter: {st}");
+    for b in svc["backends"].as_array().expect("backends") {
+        assert_eq!(b["packets"], 30, "backend counter: {st}");
+    }
+    assert_eq!(counter(&st, "forwarded"), 90);
+    assert_eq!(counter(&st, "flow_created"), 30);
+    assert_eq!(counter(&st, "reply_translated"), 90);
+
+    let status = lb.terminate(Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "xdplb run must exit 0 on SIGTERM: {status}\n{}",
+        lb.seen.join("\n")
+    );
+    assert!(!xdp_attached(&ns, "lo"), "XDP must be detached after exit");
+    let after = client(&ns, "127.0.0.1:9875", 1, 1);
+    assert_eq!(
+        after["replies"], 0,
+        "after exit nothing is balanced any more: {after}"
+    );
+}
+
+#[test]
+fn client_and_balancer_namespaces_over_veth_with_checksums_validated() {
+    require_root();
+    let client_ns = Netns::new("vc");
+    let lb_ns = Netns::new("vl");
+    let pid = std::process::id();
+    let (veth_c, veth_l) = (format!("xc{pid}"), format!("xl{pid}"));
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        &veth_c,
+        "netns",
+        &client_ns.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &veth_l,
+        "netns",
+        &lb_ns.name,
+    ]);
+    client_ns.exec(&["ip", "addr", "add", "10.200.0.1/24", "dev", &veth_c]);
+    lb_ns.exec(&["ip", "addr", "add", "10.200.0.2/24", "dev", &veth_l]);
+    for (ns, dev) in [(&client_ns, &veth_c), (&lb_ns, &veth_l)] {
+        ns.exec(&["ip", "link", "set", dev, "up"]);
+        // Checksums computed in software, so the receiving kernel validates them for real.
+        ns.exec(&["ethtool", "-K", dev, "tx", "off"]);
+        let k = ns.exec(&["ethtool", "-k", dev]);
+        assert!(
+            String::from_utf8_lossy(&k.stdout).contains("tx-checksumming: off"),
+            "tx checksum offload must be off on {dev}"
+        );
+    }
+
+    let dir = run_dir("veth");
+    let cfg_path = format!("{dir}/veth.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            r#"interfaces = ["{veth_l}"]
+xdp_mode = "native"
+
+[[service]]
+name = "veth-demo"
+vip = "10.200.0.2:9875"
+[[service.backend]]
+address = "10.200.0.2:9876"
+[[service.backend]]
+address = "10.200.0.2:9877"
+[[service.backend]]
+address = "10.200.0.2:9878"
+"#
+        ),
+    )
+    .expect("write config");
+
+    let mut backends = Daemon::spawn(&in_ns(
+        &lb_ns,
+        &[
+            XDPLB,
+            "demo-backend",
+            "--listen",
+            "10.200.0.2:9876,10.200.0.2:9877,10.200.0.2:9878",
+        ],
+    ));
+    backends.wait_for("listening", START);
+    let instance = format!("t-veth-{pid}");
+    let env = format!("XDPLB_RUN_DIR={dir}");
+    let mut lb = Daemon::spawn(&in_ns(
+        &lb_ns,
+        &[
+            "env",
+            &env,
+            XDPLB,
+            "run",
+            "--config",
+            &cfg_path,
+            "--instance",
+            &instance,
+        ],
+    ));
+    lb.wait_for("running instance", START);
+
+    let (c_err0, c_in0) = client_ns.udp_counters();
+    let (l_err0, l_in0) = lb_ns.udp_counters();
+    let report = client(&client_ns, "10.200.0.2:9875", 30, 3);
+    assert_every_reply_from_vip(&report, 30, 3);
+    let flows = per_backend(&report, "flows_per_backend");
+    assert_eq!(flows.len(), 3, "all three backends serve flows: {report}");
+    assert!(
+        flows.values().all(|n| *n == 10),
+        "round robin over 3 backends: {report}"
+    );
+
+    let (c_err, c_in) = client_ns.udp_counters();
+    let (l_err, l_in) = lb_ns.udp_counters();
+    assert_eq!(c_err - c_err0, 0, "client saw UDP checksum errors");
+    assert_eq!(l_err - l_err0, 0, "balancer host saw UDP checksum errors");
+    assert_eq!(
+        l_in - l_in0,
+        90,
+        "backends received every datagram after validation"
+    );
+    assert_eq!(
+        c_in - c_in0,
+        90,
+        "client received every reply after validation"
+    );
+
+    let st = stats(&lb_ns, &dir, &instance);
+    assert!(
+        st["interfaces"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("native"),
+        "XDP runs natively on veth: {st}"
+    );
+    assert_eq!(counter(&st, "forwarded"), 90);
+    assert_eq!(counter(&st, "reply_translated"), 90);
+
+    let status = lb.terminate(Duration::from_secs(10));
+    assert!(status.success(), "exit 0 on SIGTERM: {status}");
+    assert!(!xdp_attached(&lb_ns, &veth_l), "XDP detached after exit");
+}
