@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Installs what building and testing xdplb needs, and skips whatever is already present,
+# so that a second run takes seconds. Needs root (apt-get) on Debian 12.
+set -euo pipefail
+
+log() { printf 'setup: %s\n' "$*"; }
+
+BPF_LINKER_VERSION=0.13.0
+LLVM_MAJOR=22
+LLVM_PREFIX=/usr/lib/llvm-${LLVM_MAJOR}
+APT_PACKAGES=(
+  "llvm-${LLVM_MAJOR}-dev" "libpolly-${LLVM_MAJOR}-dev" zlib1g-dev libzstd-dev
+  bpftool iproute2 ethtool nftables tmux
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup: must run as root (apt-get, and later BPF); try: sudo $0" >&2
+  exit 1
+fi
+
+export PATH="$HOME/.cargo/bin:$PATH"
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+  log "Debian packages present"
+fi
+
+if ! rustup toolchain list | grep -q '^nightly'; then
+  log "installing the nightly toolchain"
+  rustup toolchain install nightly --profile minimal
+fi
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+  log "adding rust-src to nightly"
+  rustup component add rust-src --toolchain nightly
+else
+  log "nightly rust-src present"
+fi
+
+if bpf-linker --version 2>/dev/null | grep -q "${BPF_LINKER_VERSION}"; then
+  log "bpf-linker ${BPF_LINKER_VERSION} present"
+else
+  log "building bpf-linker ${BPF_LINKER_VERSION} against LLVM ${LLVM_MAJOR} (about 2 minutes)"
+  env LLVM_PREFIX="${LLVM_PREFIX}" "LLVM_SYS_${LLVM_MAJOR}1_PREFIX=${LLVM_PREFIX}" \
+    cargo install bpf-linker --locked --version "${BPF_LINKER_VERSION}" \
+    --no-default-features --features "llvm-${LLVM_MAJOR}"
+fi
+
+if [ ! -d /sys/fs/bpf ] || ! mountpoint -q /sys/fs/bpf; then
+  mount -t bpf bpf /sys/fs/bpf 2>/dev/null || log "note: could not mount bpffs (not needed yet)"
+fi
+log "done"
