@@ -23,6 +23,8 @@ trap cleanup EXIT
 
 ip netns add "$NS"
 ip -n "$NS" link set lo up
+# Background processes are started as plain commands (not through a function), so that $! is
+# the process itself and the signals below reach it.
 in_ns() { ip netns exec "$NS" env XDPLB_RUN_DIR="$RUN_DIR" "$@"; }
 
 wait_for() { # FILE TEXT SECONDS
@@ -31,13 +33,13 @@ wait_for() { # FILE TEXT SECONDS
 }
 
 echo "demo: starting the demo backends in namespace $NS"
-in_ns "$XDPLB" demo-backend --listen 127.0.0.1:9876,127.0.0.1:9877,127.0.0.1:9878 \
+ip netns exec "$NS" "$XDPLB" demo-backend --listen 127.0.0.1:9876,127.0.0.1:9877,127.0.0.1:9878 \
   >"$RUN_DIR/backends.log" 2>&1 &
 PIDS+=($!)
 wait_for "$RUN_DIR/backends.log" listening 10
 
 echo "demo: starting xdplb with the built-in tutorial scenario (127.0.0.1:9875 -> :9876 :9877 :9878 on lo)"
-in_ns "$XDPLB" run --instance demo >"$RUN_DIR/xdplb.log" 2>&1 &
+ip netns exec "$NS" env XDPLB_RUN_DIR="$RUN_DIR" "$XDPLB" run --instance demo >"$RUN_DIR/xdplb.log" 2>&1 &
 LB=$!
 PIDS+=($LB)
 wait_for "$RUN_DIR/xdplb.log" "running instance" 20
@@ -52,5 +54,14 @@ echo "demo: the balancer's counters (xdplb stats)"
 in_ns "$XDPLB" stats --instance demo
 
 kill -TERM "$LB"
-wait "$LB"
-echo "demo: xdplb stopped cleanly (exit 0) and detached; done"
+if wait "$LB"; then
+  tail -n 1 "$RUN_DIR/xdplb.log"
+else
+  echo "demo: xdplb exited with status $? on SIGTERM" >&2
+  exit 1
+fi
+if ip -n "$NS" -d link show dev lo | grep -q prog/xdp; then
+  echo "demo: XDP is still attached to lo after exit" >&2
+  exit 1
+fi
+echo "demo: done; xdplb stopped with exit 0 and left nothing attached"

@@ -54,7 +54,7 @@ pub fn translate(ctx: &TcContext) -> Option<Stat> {
         _pad: [0; 3],
     };
     // SAFETY: copied out at once.
-    let reply = unsafe { REPLIES.get(&key) }.copied()?;
+    let reply = unsafe { REPLIES.get(key) }.copied()?;
     let vip_addr = reply.vip_addr[3];
     let l4 = pkt.l4_offset;
     // The helpers below update the checksums correctly whatever the skb's checksum state

@@ -104,12 +104,12 @@ fn lookup_service(daddr: u32, dport_be: u16) -> Option<Service> {
         _pad: 0,
     };
     // SAFETY: the value is copied out at once; services are only replaced whole by user space.
-    if let Some(s) = unsafe { SERVICES.get(&key) } {
+    if let Some(s) = unsafe { SERVICES.get(key) } {
         return Some(*s);
     }
     key.addr = addr_from_v4_wire(0);
     // SAFETY: as above.
-    unsafe { SERVICES.get(&key) }.copied()
+    unsafe { SERVICES.get(key) }.copied()
 }
 
 /// Returns the backend of a live flow, refreshing its timestamp at most once per
@@ -175,7 +175,7 @@ fn new_flow(service: &Service, key: &FlowKey, now: u64) -> Option<Target> {
         _pad2: 0,
         last_seen_ns: now,
     };
-    if FLOWS.insert(key, &flow, 0).is_err() {
+    if FLOWS.insert(key, flow, 0).is_err() {
         stats::count(Stat::FlowInsertFailed);
     }
     remember_reply(key, &flow);
@@ -210,7 +210,7 @@ fn remember_reply(key: &FlowKey, flow: &Flow) {
         _pad: 0,
         service_id: flow.service_id,
     };
-    if REPLIES.insert(&reply_key, &reply, 0).is_err() {
+    if REPLIES.insert(reply_key, reply, 0).is_err() {
         stats::count(Stat::FlowInsertFailed);
     }
 }
