@@ -60,6 +60,7 @@ pub struct Row {
 pub struct Report {
     pub repeat: u32,
     pub rounds: u32,
+    pub max_flows: u32,
     pub empty_program_ns: f64,
     pub rows: Vec<Row>,
 }
@@ -171,9 +172,13 @@ fn frame_to(dst: SocketAddrV4) -> Vec<u8> {
     f.build()
 }
 
-/// Runs the benchmark on the built-in default service (`127.0.0.1:9875`, three backends).
-pub fn run(repeat: u32, rounds: u32) -> Result<Report, BenchError> {
-    let cfg: Config = config::default_config();
+/// Runs the benchmark on the built-in default service (`127.0.0.1:9875`, three backends), with
+/// flow and reply tables of `max_flows` entries (the config default when `None`).
+pub fn run(repeat: u32, rounds: u32, max_flows: Option<u32>) -> Result<Report, BenchError> {
+    let mut cfg: Config = config::default_config();
+    if let Some(n) = max_flows {
+        cfg.limits.max_flows = n;
+    }
     let mut dp = Dataplane::load(cfg.limits, false)?;
     reconcile::apply(&reconcile::desired_state(&cfg), &mut dp.writer()?)?;
     let mut h = Harness::load()?;
@@ -228,6 +233,7 @@ pub fn run(repeat: u32, rounds: u32) -> Result<Report, BenchError> {
     Ok(Report {
         repeat,
         rounds,
+        max_flows: cfg.limits.max_flows,
         empty_program_ns: empty_ns,
         rows,
     })
@@ -238,8 +244,8 @@ pub fn render(r: &Report) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "BPF_PROG_TEST_RUN, {} iterations x {} rounds (median), 64-byte frames",
-        r.repeat, r.rounds
+        "BPF_PROG_TEST_RUN, {} iterations x {} rounds (median), 64-byte frames, flow table {} entries",
+        r.repeat, r.rounds, r.max_flows
     );
     let _ = writeln!(
         s,

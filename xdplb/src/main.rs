@@ -81,6 +81,9 @@ enum Command {
         repeat: u32,
         #[arg(long, default_value_t = 7)]
         rounds: u32,
+        /// Size of the flow and reply tables (default: the config default, 262144).
+        #[arg(long)]
+        max_flows: Option<u32>,
         #[arg(long)]
         json: bool,
     },
@@ -155,9 +158,10 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Bench {
             repeat,
             rounds,
+            max_flows,
             json,
         } => {
-            let report = bench::run(repeat.max(1), rounds.max(1))?;
+            let report = bench::run(repeat.max(1), rounds.max(1), max_flows)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

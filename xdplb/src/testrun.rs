@@ -62,10 +62,11 @@ pub fn run_xdp(prog: &impl AsFd, frame: &[u8], repeat: u32) -> io::Result<XdpRun
     run(prog, frame, 0, repeat)
 }
 
-/// Runs `prog` on a frame of any length, including shorter than an Ethernet header.
+/// Tries to run `prog` on a frame shorter than an Ethernet header, placed behind XDP metadata
+/// (4-byte multiples, at most 32) so that the test buffer itself is long enough.
 ///
-/// The kernel refuses test buffers under 14 bytes, so a short frame is preceded by metadata
-/// (4-byte multiples, at most 32): the program's `data`..`data_end` is exactly `frame`.
+/// Linux 6.18 refuses this with EINVAL whenever `data`..`data_end` is under 14 bytes: an XDP
+/// program never sees such a frame. The tests assert exactly that refusal.
 pub fn run_xdp_short(prog: &impl AsFd, frame: &[u8]) -> io::Result<XdpRun> {
     let meta = if frame.len() >= 14 {
         0

@@ -207,8 +207,8 @@ fn client_and_balancer_namespaces_over_veth_with_checksums_validated() {
     std::fs::write(
         &cfg_path,
         format!(
-            r#"interfaces = ["{veth_l}"]
-xdp_mode = "native"
+            r#"interfaces = ["{veth_l}", "lo"]
+xdp_mode = "auto"
 
 [[service]]
 name = "veth-demo"
@@ -290,5 +290,12 @@ address = "10.200.0.2:9878"
 
     let status = lb.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit 0 on SIGTERM: {status}");
-    assert!(!xdp_attached(&lb_ns, &veth_l), "XDP detached after exit");
+    assert!(
+        !xdp_attached(&lb_ns, &veth_l),
+        "XDP detached from the veth after exit"
+    );
+    assert!(
+        !xdp_attached(&lb_ns, "lo"),
+        "XDP detached from lo after exit"
+    );
 }

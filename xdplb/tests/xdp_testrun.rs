@@ -521,3 +521,24 @@ fn verifier_instruction_budget() {
         );
     }
 }
+
+#[test]
+fn debug_logging_loads_and_still_balances() {
+    // With debug_log the logging branch is live: the verifier must accept it and the packet
+    // must still be balanced. (Without it the branch is pruned; the other tests cover that.)
+    let mut cfg = config::parse(CONFIG, "test").expect("valid");
+    cfg.debug_log = true;
+    require_root();
+    pin_to_cpu0();
+    let mut dp = xdplb::dataplane::Dataplane::load(cfg.limits, true).expect("load with debug log");
+    reconcile::apply(
+        &reconcile::desired_state(&cfg),
+        &mut dp.writer().expect("maps"),
+    )
+    .expect("fill");
+    dp.set_rr_cursor(0, 0).expect("cursor");
+    let frame = udp(CLIENT, VIP).build();
+    let out = run(&mut dp, &frame);
+    assert_rewritten("debug log", &frame, &out.frame, addr("127.0.0.1:9876"));
+    dp.flush_logs();
+}
