@@ -8,6 +8,8 @@
 #![no_std]
 #![no_main]
 
+mod runtime;
+
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
@@ -93,17 +95,3 @@ fn tail_call(ctx: &XdpContext) -> u32 {
     unsafe { BENCH_TARGET.tail_call(ctx, 0) };
     xdp_action::XDP_ABORTED
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    unsafe extern "C" {
-        fn xdplb_reachable_panic() -> !;
-    }
-    // SAFETY: never executed; any reachable panic fails the link.
-    unsafe { xdplb_reachable_panic() }
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,10 +1,12 @@
-//! xdplb's data plane: entry points, maps and the license. Logic lives in the modules.
+//! xdplb's data plane: entry points and maps. Logic lives in the modules; the panic handler and
+//! the license in `runtime`.
 #![no_std]
 #![no_main]
 
 mod parse;
 mod reply;
 mod rewrite;
+mod runtime;
 mod schedule;
 mod service;
 mod stats;
@@ -98,20 +100,3 @@ pub fn xdplb_reply(ctx: TcContext) -> i32 {
 // Keep the XDP action constants referenced from one place.
 const XDP_PASS: u32 = xdp_action::XDP_PASS;
 const XDP_DROP: u32 = xdp_action::XDP_DROP;
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // Every panic path must be provably unreachable. If one survives optimisation it calls this
-    // undefined symbol, which bpf-linker cannot resolve, so the build fails instead of a program
-    // that loops silently.
-    unsafe extern "C" {
-        fn xdplb_reachable_panic() -> !;
-    }
-    // SAFETY: never executed; see above.
-    unsafe { xdplb_reachable_panic() }
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
