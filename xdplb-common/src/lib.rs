@@ -10,8 +10,16 @@
 //! address `::ffff:a.b.c.d`, so the same maps will serve IPv6 without a layout change.
 #![no_std]
 
+#[cfg(any(feature = "std", test))]
+extern crate std;
+
 pub mod checksum;
+pub mod hash;
+#[cfg(feature = "std")]
+pub mod maglev;
 pub mod maps;
+#[cfg(feature = "std")]
+pub mod schedule;
 pub mod stats;
 
 pub use maps::*;

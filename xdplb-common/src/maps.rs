@@ -11,6 +11,10 @@ pub const MAP_SERVICES: &str = "SERVICES_V1";
 pub const MAP_BACKENDS: &str = "BACKENDS_V1";
 /// Per-CPU round-robin cursor, an array indexed by `Service::id`, valued `u32`.
 pub const MAP_RR_CURSOR: &str = "RR_CURSOR_V1";
+/// Scheduling tables, one array of `u32` `BACKENDS_V1` indices. Service `n` owns a region of two
+/// halves; `Service::table_base` points at the active one, so a new table is written into the
+/// other half and switched to with one update of the service.
+pub const MAP_LOOKUP: &str = "LOOKUP_V1";
 /// Client flows, an LRU hash keyed by [`FlowKey`], valued [`Flow`].
 pub const MAP_FLOWS: &str = "FLOWS_V1";
 /// Reply translations, an LRU hash keyed by [`ReplyKey`], valued [`Reply`].
@@ -30,6 +34,14 @@ pub const GLOBAL_DEBUG_LOG: &str = "XDPLB_DEBUG_LOG";
 pub const DEFAULT_MAX_SERVICES: u32 = 1024;
 pub const DEFAULT_MAX_BACKENDS_PER_SERVICE: u32 = 1024;
 pub const DEFAULT_MAX_FLOWS: u32 = 262_144;
+pub const DEFAULT_MAX_LOOKUP_ENTRIES: u32 = 4_194_304;
+
+/// `Service::scheduler` values.
+pub const SCHED_ROUND_ROBIN: u32 = 0;
+pub const SCHED_WEIGHTED_ROUND_ROBIN: u32 = 1;
+pub const SCHED_MAGLEV: u32 = 2;
+pub const SCHED_RANDOM: u32 = 3;
+pub const SCHED_SOURCE_HASH: u32 = 4;
 
 /// IP protocol numbers used in keys.
 pub const IPPROTO_UDP: u8 = 17;
@@ -68,26 +80,37 @@ pub struct ServiceKey {
 }
 const _: () = assert!(size_of::<ServiceKey>() == 20);
 
-/// Service flag: reserved for later schedulers and policies.
-pub const SERVICE_FLAG_NONE: u32 = 0;
-
-/// A service. 24 bytes.
+/// A service. 40 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Service {
     /// Dense index of the service: indexes `RR_CURSOR_V1` and `SERVICE_STATS_V1`.
     pub id: u32,
-    /// First index of this service's backends in `BACKENDS_V1`.
+    /// First index of this service's backend positions in `BACKENDS_V1`.
     pub backend_base: u32,
-    /// Number of backends, starting at `backend_base`. Zero means "no backend".
+    /// Positions `[backend_base, backend_base + backend_count)` may hold backends; a live flow
+    /// whose backend index falls outside, or whose slot now holds another backend, is
+    /// rescheduled. Zero means "no backend".
     pub backend_count: u32,
-    pub flags: u32,
+    /// One of the `SCHED_*` values.
+    pub scheduler: u32,
+    /// Index in `LOOKUP_V1` of the active scheduling table.
+    pub table_base: u32,
+    /// Entries in the active table. Zero means "no backend takes new flows".
+    pub table_len: u32,
+    /// One of the `HASH_*` values (crate::hash), for the hashing schedulers.
+    pub hash_fields: u32,
+    /// Seed of the flow hash.
+    pub hash_seed: u32,
     /// Idle timeout of a flow of this service, in nanoseconds.
     pub flow_idle_timeout_ns: u64,
 }
-const _: () = assert!(size_of::<Service>() == 24);
+const _: () = assert!(size_of::<Service>() == 40);
 
-/// A backend. 24 bytes.
+/// `Backend::flags`: the backend keeps its live flows but is left out of the scheduling table.
+pub const BACKEND_FLAG_DRAINING: u32 = 1;
+
+/// A backend. 24 bytes. An all-zero value marks an empty position.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Backend {
@@ -191,7 +214,9 @@ mod tests {
     fn key_layouts_have_no_implicit_padding() {
         assert_eq!(offset_of!(ServiceKey, port_be), 16);
         assert_eq!(offset_of!(ServiceKey, proto), 18);
-        assert_eq!(offset_of!(Service, flow_idle_timeout_ns), 16);
+        assert_eq!(offset_of!(Service, table_base), 16);
+        assert_eq!(offset_of!(Service, hash_seed), 28);
+        assert_eq!(offset_of!(Service, flow_idle_timeout_ns), 32);
         assert_eq!(offset_of!(Backend, port_be), 16);
         assert_eq!(offset_of!(Backend, flags), 20);
         assert_eq!(offset_of!(FlowKey, client_port_be), 32);
