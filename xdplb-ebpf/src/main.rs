@@ -12,25 +12,32 @@ mod service;
 mod stats;
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_COMMON_LRU, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
 use xdplb_common::{
-    Backend, Counter, DEFAULT_MAX_BACKENDS_PER_SERVICE, DEFAULT_MAX_FLOWS, DEFAULT_MAX_SERVICES,
-    Flow, FlowKey, Reply, ReplyKey, Service, ServiceKey, Stat,
+    Backend, Counter, DEFAULT_MAX_BACKENDS_PER_SERVICE, DEFAULT_MAX_FLOWS,
+    DEFAULT_MAX_LOOKUP_ENTRIES, DEFAULT_MAX_SERVICES, Flow, FlowKey, Reply, ReplyKey, Service,
+    ServiceKey, Stat,
 };
 
 // The max_entries below are placeholders: user space sizes every map from the config at load
 // time (EbpfLoader::map_max_entries).
 
+// BPF_F_NO_PREALLOC: replacing a service (a table switch) frees the old element only after an
+// RCU grace period, so a reader copying it never sees a recycled, half-written element.
 #[map(name = "SERVICES_V1")]
-static SERVICES: HashMap<ServiceKey, Service> = HashMap::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+static SERVICES: HashMap<ServiceKey, Service> =
+    HashMap::with_max_entries(DEFAULT_MAX_SERVICES, BPF_F_NO_PREALLOC);
 
 #[map(name = "BACKENDS_V1")]
 static BACKENDS: Array<Backend> =
     Array::with_max_entries(DEFAULT_MAX_SERVICES * DEFAULT_MAX_BACKENDS_PER_SERVICE, 0);
+
+#[map(name = "LOOKUP_V1")]
+static LOOKUP: Array<u32> = Array::with_max_entries(DEFAULT_MAX_LOOKUP_ENTRIES, 0);
 
 #[map(name = "RR_CURSOR_V1")]
 static RR_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);

@@ -1,25 +1,48 @@
-//! Backend choice for a new flow. The one place a scheduler decides; later schedulers (Maglev,
-//! weighted) plug in here.
+//! Backend choice for a new flow: the one place a scheduler decides.
+//!
+//! Every scheduler picks a slot of the service's active table in `LOOKUP_V1`, whose entries are
+//! `BACKENDS_V1` indices built by user space (xdplb-common's maglev and schedule modules):
+//! - Maglev and source hash: the seeded flow hash mapped onto the table (no division);
+//! - round robin and weighted round robin: a per-CPU cursor walks the table, so no CPU writes
+//!   state another reads (the weights are in the table's contents);
+//! - random: a random slot.
 
-use xdplb_common::Service;
+use aya_ebpf::helpers::bpf_get_prandom_u32;
+use xdplb_common::{
+    SCHED_MAGLEV, SCHED_RANDOM, SCHED_SOURCE_HASH, Service,
+    hash::{FlowTuple, fast_range, flow_hash},
+};
 
-use crate::RR_CURSOR;
+use crate::{LOOKUP, RR_CURSOR};
 
-/// Round robin over the service's backends with a per-CPU cursor: no CPU ever writes state that
-/// another CPU reads, so there is no read-modify-write race and no shared cache line.
-///
-/// Expects `service.backend_count > 0`. Returns the chosen index into `BACKENDS_V1`, or `None`
-/// if the cursor slot is missing (a service id beyond the map).
+/// Expects `service.table_len > 0`. Returns the chosen index into `BACKENDS_V1`, or `None` if
+/// a map slot is missing (a table or service id beyond the maps).
 #[inline(always)]
-pub fn choose_backend(service: &Service) -> Option<u32> {
+pub fn choose_backend(service: &Service, flow: &FlowTuple) -> Option<u32> {
+    let slot = match service.scheduler {
+        SCHED_MAGLEV | SCHED_SOURCE_HASH => fast_range(
+            flow_hash(flow, service.hash_fields, service.hash_seed),
+            service.table_len,
+        ),
+        // SAFETY: a helper without arguments.
+        SCHED_RANDOM => fast_range(unsafe { bpf_get_prandom_u32() }, service.table_len),
+        _ => next_in_rotation(service)?,
+    };
+    LOOKUP.get(service.table_base.wrapping_add(slot)).copied()
+}
+
+/// The per-CPU round-robin cursor of the service, advanced by one.
+#[inline(always)]
+fn next_in_rotation(service: &Service) -> Option<u32> {
     let cursor = RR_CURSOR.get_ptr_mut(service.id)?;
     // SAFETY: a per-CPU array slot, written only by this CPU while the program runs.
     let cursor = unsafe { &mut *cursor };
-    // Compare and reset instead of `%`: no division by a runtime value.
+    // Compare and reset instead of `%`: no division by a runtime value. A cursor left beyond a
+    // table that shrank starts over.
     let mut next = *cursor;
-    if next >= service.backend_count {
+    if next >= service.table_len {
         next = 0;
     }
     *cursor = next + 1;
-    Some(service.backend_base + next)
+    Some(next)
 }

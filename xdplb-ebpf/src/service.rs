@@ -4,7 +4,7 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_log_ebpf::debug;
 use xdplb_common::{
     Backend, FLOW_REFRESH_NS, Flow, FlowKey, IPPROTO_UDP, Reply, ReplyKey, Service, ServiceKey,
-    Stat, addr_from_v4_wire,
+    Stat, addr_from_v4_wire, hash::FlowTuple,
 };
 
 use crate::{
@@ -74,7 +74,15 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
     let target = match existing_flow(&service, &flow_key, now) {
         Some(t) => t,
         None => {
-            let t = new_flow(&service, &flow_key, now).ok_or(Verdict::drop(Stat::DropNoBackend))?;
+            let tuple = FlowTuple {
+                src: flow_key.client_addr,
+                dst: flow_key.vip_addr,
+                src_port_be: sport_be,
+                dst_port_be: dport_be,
+                proto: IPPROTO_UDP,
+            };
+            let t = new_flow(&service, &flow_key, &tuple, now)
+                .ok_or(Verdict::drop(Stat::DropNoBackend))?;
             if debug_log_enabled() {
                 debug!(
                     ctx,
@@ -157,13 +165,14 @@ fn backend_is_current(service: &Service, flow: &Flow) -> bool {
 /// Schedules a new flow and records it (and its reply translation).
 /// Returns `None` when the service has no usable backend.
 #[inline(always)]
-fn new_flow(service: &Service, key: &FlowKey, now: u64) -> Option<Target> {
-    if service.backend_count == 0 {
+fn new_flow(service: &Service, key: &FlowKey, tuple: &FlowTuple, now: u64) -> Option<Target> {
+    if service.table_len == 0 {
         return None;
     }
-    let index = schedule::choose_backend(service)?;
+    let index = schedule::choose_backend(service, tuple)?;
     let backend: &Backend = BACKENDS.get(index)?;
-    if !is_v4_mapped(backend) {
+    // An empty position (all zero) or a non-IPv4 backend cannot take this flow.
+    if !is_v4_mapped(backend) || backend.port_be == 0 {
         return None;
     }
     let flow = Flow {
