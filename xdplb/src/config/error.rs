@@ -6,7 +6,7 @@
 
 use std::{fmt, net::SocketAddrV4, path::PathBuf};
 
-use super::Protocol;
+use super::{Protocol, Scheduler};
 
 /// Where in the configuration a problem was found.
 ///
@@ -161,6 +161,24 @@ pub enum ConfigError {
         max: i64,
     },
 
+    /// A `hash_seed` outside 0..=4294967295.
+    #[error(
+        "{at}: hash_seed must be 0..=4294967295, got {value}; note that every load balancer behind the same ECMP group must use the same hash_seed"
+    )]
+    InvalidHashSeed { at: Location, value: i64 },
+
+    /// The services' scheduling tables do not fit in `[limits] max_lookup_entries`.
+    #[error(
+        "{at}: the services need {needed} lookup-table entries in total (two scheduling tables per service, so that changes switch atomically) but [limits] max_lookup_entries is {limit}; {service} is the first that does not fit; raise `[limits] max_lookup_entries` to at least {needed} (the maximum is 67108864) or use a smaller `maglev_table_size`"
+    )]
+    LookupPoolTooSmall {
+        at: Location,
+        /// The first service whose tables do not fit.
+        service: String,
+        needed: u64,
+        limit: u32,
+    },
+
     /// `max_services * max_backends_per_service` does not fit in the backend table.
     #[error(
         "{at}: [limits] max_services ({max_services}) x max_backends_per_service ({max_backends_per_service}) = {product}, which exceeds the backend table's size limit of {limit} entries; lower one of them"
@@ -288,6 +306,87 @@ pub enum ConfigError {
         reason: String,
     },
 
+    /// A `scheduler` that is not one of the known schedulers.
+    #[error(
+        "{at}: {service} has an invalid scheduler {value:?}; expected \"maglev\", \"round-robin\", \"weighted-round-robin\", \"random\" or \"source-hash\""
+    )]
+    InvalidScheduler {
+        at: Location,
+        service: String,
+        value: String,
+    },
+
+    /// A `hash` that is not one of the known field sets.
+    #[error(
+        "{at}: {service} has an invalid hash {value:?}; expected \"5-tuple\", \"source-ip\" or \"source-ip-port\""
+    )]
+    InvalidHash {
+        at: Location,
+        service: String,
+        value: String,
+    },
+
+    /// `hash` given with a scheduler that does not hash.
+    #[error(
+        "{at}: {service} sets hash = {value:?} but its scheduler \"{}\" does not hash; `hash` only applies to the \"maglev\" and \"source-hash\" schedulers, so remove it or change the scheduler", super::scheduler_name(*scheduler)
+    )]
+    HashNotApplicable {
+        at: Location,
+        service: String,
+        scheduler: Scheduler,
+        value: String,
+    },
+
+    /// `scheduler = "source-hash"` with a `hash` other than `"source-ip"`.
+    #[error(
+        "{at}: {service} uses scheduler \"source-hash\" with hash = {value:?}, but source-hash by definition hashes only the client address; remove `hash` (or set it to \"source-ip\"), or use scheduler = \"maglev\" to hash {value:?}"
+    )]
+    SourceHashFields {
+        at: Location,
+        service: String,
+        value: String,
+    },
+
+    /// `maglev_table_size` given with a scheduler other than Maglev.
+    #[error(
+        "{at}: {service} sets maglev_table_size = {value} but its scheduler is \"{}\"; maglev_table_size only applies to scheduler = \"maglev\", so remove it or change the scheduler", super::scheduler_name(*scheduler)
+    )]
+    MaglevSizeNotApplicable {
+        at: Location,
+        service: String,
+        scheduler: Scheduler,
+        value: i64,
+    },
+
+    /// A `maglev_table_size` that is not a prime of at most 2^24.
+    #[error(
+        "{at}: {service} has an invalid maglev_table_size {value}: {reason}; the size must be a prime, at least 100 x the number of backends and at most 16777216"
+    )]
+    InvalidMaglevTableSize {
+        at: Location,
+        service: String,
+        value: i64,
+        reason: String,
+    },
+
+    /// A Maglev table with fewer than 100 entries per backend.
+    #[error(
+        "{at}: {service} has {backends} backends, so its maglev_table_size {size}{} is too small: Maglev needs at least 100 x {backends} = {min} entries to spread flows evenly; set maglev_table_size to a prime of at least {min}, such as {suggestion}",
+        if *defaulted { " (the default)" } else { "" }
+    )]
+    MaglevTableTooSmall {
+        at: Location,
+        service: String,
+        size: u32,
+        /// The size was not given, so it is the default.
+        defaulted: bool,
+        backends: usize,
+        /// 100 x `backends`.
+        min: u64,
+        /// The smallest prime >= `min`.
+        suggestion: u64,
+    },
+
     /// A service without backends.
     #[error(
         "{at}: {service} has no backends; add at least one [[service.backend]] table with an address"
@@ -331,4 +430,10 @@ pub enum ConfigError {
         address: String,
         value: i64,
     },
+
+    /// Every backend of a service has `drain = true`.
+    #[error(
+        "{at}: every backend of {service} is drained; at least one must accept new flows, so set drain = false on one of them or add a backend"
+    )]
+    AllBackendsDrained { at: Location, service: String },
 }

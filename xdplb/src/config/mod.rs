@@ -12,21 +12,30 @@
 //! interfaces = ["lo"]          # required, non-empty, no duplicates
 //! xdp_mode = "auto"            # optional: auto | native | generic
 //! debug_log = false            # optional
+//! hash_seed = 1592597275       # optional, 0..=4294967295; the same on every node of an ECMP group
 //!
 //! [limits]                     # optional; each field defaults to Limits::DEFAULT
 //! max_services = 1024              # 1..=65536
 //! max_backends_per_service = 1024  # 1..=65536 (product with max_services <= 4194304)
 //! max_flows = 262144               # 1024..=67108864
+//! max_lookup_entries = 4194304     # 1024..=67108864; must hold 2 x table_capacity per service
 //!
 //! [[service]]                  # at least one
 //! name = "demo"                # required, unique, 1..=64 of [A-Za-z0-9_.-]
 //! vip = "127.0.0.1:9875"       # required, IPV4:PORT; 0.0.0.0:PORT matches any address
 //! protocol = "udp"             # optional, only udp for now
 //! flow_idle_timeout = "30s"    # optional, 1s..=24h
+//! scheduler = "maglev"         # optional: maglev | round-robin | weighted-round-robin
+//!                              #           | random | source-hash
+//! hash = "5-tuple"             # optional, maglev and source-hash only: 5-tuple | source-ip
+//!                              # | source-ip-port; default source-ip for source-hash, which
+//!                              # allows nothing else
+//! maglev_table_size = 65537    # optional, maglev only: a prime, >= 100 x backends, <= 2^24
 //!
 //! [[service.backend]]          # at least one per service
 //! address = "127.0.0.1:9876"   # required, unicast IPV4:PORT, unique within the service
 //! weight = 1                   # optional, 1..=65535
+//! drain = false                # optional; not every backend of a service may be drained
 //! ```
 
 mod error;
@@ -49,6 +58,10 @@ pub struct Config {
     pub xdp_mode: XdpModeSetting,
     /// Optional field `debug_log`, default false.
     pub debug_log: bool,
+    /// Optional field `hash_seed`, default `0x5eed_1b1b`. Seeds the flow hash and the
+    /// Maglev permutations; every load balancer behind one ECMP group must use the same
+    /// value so that they all send a flow to the same backend.
+    pub hash_seed: u32,
     /// Table sizes.
     pub limits: Limits,
     /// At least one service; names and (vip, protocol) pairs are unique.
@@ -75,6 +88,9 @@ pub struct Limits {
     pub max_backends_per_service: u32,
     /// 1024..=67108864.
     pub max_flows: u32,
+    /// 1024..=67108864. Size of the data plane's pool of scheduling-table entries (u32
+    /// each); every service takes `2 * table_capacity` of them (see [`table_capacity`]).
+    pub max_lookup_entries: u32,
 }
 
 impl Limits {
@@ -83,6 +99,7 @@ impl Limits {
         max_services: 1024,
         max_backends_per_service: 1024,
         max_flows: 262_144,
+        max_lookup_entries: 4_194_304,
     };
 }
 
@@ -100,6 +117,76 @@ pub(crate) fn protocol_name(protocol: Protocol) -> &'static str {
     }
 }
 
+/// How a service picks the backend for a new flow: `"maglev" | "round-robin" |
+/// "weighted-round-robin" | "random" | "source-hash"`, default `Maglev`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scheduler {
+    /// Consistent hashing (Maglev) of [`ServiceConfig::hash`] over a weighted table of
+    /// [`ServiceConfig::maglev_table_size`] entries.
+    Maglev,
+    /// Each backend in turn, ignoring weights.
+    RoundRobin,
+    /// Each backend in turn, as often as its weight.
+    WeightedRoundRobin,
+    /// A uniformly random backend, ignoring weights.
+    Random,
+    /// A hash of the client address only, so one client always reaches one backend.
+    SourceHash,
+}
+
+/// The spelling of `scheduler` used in the config file.
+pub fn scheduler_name(scheduler: Scheduler) -> &'static str {
+    match scheduler {
+        Scheduler::Maglev => "maglev",
+        Scheduler::RoundRobin => "round-robin",
+        Scheduler::WeightedRoundRobin => "weighted-round-robin",
+        Scheduler::Random => "random",
+        Scheduler::SourceHash => "source-hash",
+    }
+}
+
+/// The packet fields a hashing scheduler hashes: `"5-tuple" | "source-ip" |
+/// "source-ip-port"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HashFields {
+    /// Source and destination address and port, and the protocol.
+    FiveTuple,
+    /// The client (source) address only.
+    SourceIp,
+    /// The client (source) address and port.
+    SourceIpPort,
+}
+
+/// The spelling of `hash` used in the config file.
+pub fn hash_name(hash: HashFields) -> &'static str {
+    match hash {
+        HashFields::FiveTuple => "5-tuple",
+        HashFields::SourceIp => "source-ip",
+        HashFields::SourceIpPort => "source-ip-port",
+    }
+}
+
+/// Entries in one scheduling table of `svc`. The data plane keeps two tables per service
+/// (it fills the idle one and then switches atomically), so the service takes twice this
+/// many entries of the `[limits] max_lookup_entries` pool.
+pub fn table_capacity(svc: &ServiceConfig, limits: &Limits) -> u32 {
+    match svc.scheduler {
+        Scheduler::Maglev => svc.maglev_table_size,
+        Scheduler::WeightedRoundRobin => validate::WRR_TABLE_ENTRIES,
+        Scheduler::RoundRobin | Scheduler::Random | Scheduler::SourceHash => {
+            limits.max_backends_per_service
+        }
+    }
+}
+
+/// Lookup-table entries the services need in all: two tables of [`table_capacity`] each.
+fn lookup_entries_needed(services: &[ServiceConfig], limits: &Limits) -> u64 {
+    services
+        .iter()
+        .map(|svc| 2 * u64::from(table_capacity(svc, limits)))
+        .sum()
+}
+
 /// One load-balanced service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceConfig {
@@ -109,7 +196,15 @@ pub struct ServiceConfig {
     pub protocol: Protocol,
     /// 1s..=24h.
     pub flow_idle_timeout: Duration,
-    /// At least one; addresses are unique within the service.
+    /// Default `Maglev`.
+    pub scheduler: Scheduler,
+    /// What `Maglev` and `SourceHash` hash (always `SourceIp` for `SourceHash`); the
+    /// other schedulers ignore it. Default `FiveTuple`, or `SourceIp` for `SourceHash`.
+    pub hash: HashFields,
+    /// Entries in the Maglev table: a prime, at least 100 x the number of backends and at
+    /// most 2^24. Default 65537; only `Maglev` uses it.
+    pub maglev_table_size: u32,
+    /// At least one, not all drained; addresses are unique within the service.
     pub backends: Vec<BackendConfig>,
 }
 
@@ -120,6 +215,8 @@ pub struct BackendConfig {
     pub address: SocketAddrV4,
     /// 1..=65535.
     pub weight: u16,
+    /// Default false. A drained backend keeps its live flows but gets no new ones.
+    pub drain: bool,
 }
 
 /// Parses and validates config text. `origin` names the source in errors (a file
@@ -165,17 +262,23 @@ pub fn default_config() -> Config {
         interfaces: vec!["lo".to_owned()],
         xdp_mode: XdpModeSetting::Auto,
         debug_log: false,
+        hash_seed: validate::DEFAULT_HASH_SEED,
         limits: Limits::DEFAULT,
         services: vec![ServiceConfig {
             name: "demo".to_owned(),
             vip: SocketAddrV4::new(lo, 9875),
             protocol: Protocol::Udp,
             flow_idle_timeout: validate::DEFAULT_TIMEOUT,
+            // The tutorial's scheduler; a service without `scheduler` gets Maglev.
+            scheduler: Scheduler::RoundRobin,
+            hash: HashFields::FiveTuple,
+            maglev_table_size: validate::DEFAULT_MAGLEV_TABLE_SIZE,
             backends: [9876, 9877, 9878]
                 .into_iter()
                 .map(|port| BackendConfig {
                     address: SocketAddrV4::new(lo, port),
                     weight: 1,
+                    drain: false,
                 })
                 .collect(),
         }],
@@ -198,11 +301,17 @@ xdp_mode = "auto"
 # Extra debug logging.
 debug_log = false
 
+# Seeds the flow hash and the Maglev permutations. Every load balancer behind
+# the same ECMP group must use the same value.
+hash_seed = 1592597275
+
 # Table sizes (these are the defaults; the whole table is optional).
 [limits]
 max_services = 1024
 max_backends_per_service = 1024
 max_flows = 262144
+# Scheduling-table entries shared by all services (two tables per service).
+max_lookup_entries = 4194304
 
 [[service]]
 name = "demo"
@@ -211,18 +320,25 @@ vip = "127.0.0.1:9875"
 protocol = "udp"
 # A flow (client address and port) sticks to its backend until idle this long.
 flow_idle_timeout = "30s"
+# How new flows are spread: "maglev" (the default when absent), "round-robin",
+# "weighted-round-robin", "random" or "source-hash". The tutorial uses round-robin.
+scheduler = "round-robin"
 
 [[service.backend]]
 address = "127.0.0.1:9876"
 weight = 1
+# A drained backend keeps its live flows but gets no new ones.
+drain = false
 
 [[service.backend]]
 address = "127.0.0.1:9877"
 weight = 1
+drain = false
 
 [[service.backend]]
 address = "127.0.0.1:9878"
 weight = 1
+drain = false
 "#;
 
 impl Config {
@@ -254,8 +370,19 @@ impl Config {
         )?;
         writeln!(
             out,
+            "Hash seed: {} (must be the same on every load balancer behind one ECMP group)",
+            self.hash_seed
+        )?;
+        writeln!(
+            out,
             "Limits: up to {} services, {} backends per service, {} tracked flows",
             self.limits.max_services, self.limits.max_backends_per_service, self.limits.max_flows
+        )?;
+        writeln!(
+            out,
+            "Scheduling tables: {} of {} lookup entries in use (two tables per service)",
+            lookup_entries_needed(&self.services, &self.limits),
+            self.limits.max_lookup_entries
         )?;
         writeln!(
             out,
@@ -281,10 +408,24 @@ impl Config {
                 "    Flow idle timeout: {}",
                 humantime::format_duration(svc.flow_idle_timeout)
             )?;
-            writeln!(out, "    Scheduler: round-robin")?;
+            match svc.scheduler {
+                Scheduler::Maglev => writeln!(
+                    out,
+                    "    Scheduler: maglev, hash {}, table size {}",
+                    hash_name(svc.hash),
+                    svc.maglev_table_size
+                )?,
+                Scheduler::SourceHash => writeln!(
+                    out,
+                    "    Scheduler: source-hash, hash {}",
+                    hash_name(svc.hash)
+                )?,
+                other => writeln!(out, "    Scheduler: {}", scheduler_name(other))?,
+            }
             writeln!(out, "    Backends ({}):", svc.backends.len())?;
             for b in &svc.backends {
-                writeln!(out, "      {}  weight {}", b.address, b.weight)?;
+                let drain = if b.drain { ", draining" } else { "" };
+                writeln!(out, "      {}  weight {}{drain}", b.address, b.weight)?;
             }
         }
         Ok(())

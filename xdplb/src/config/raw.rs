@@ -14,6 +14,7 @@ pub(crate) struct RawConfig {
     pub interfaces: Option<Spanned<Vec<Spanned<String>>>>,
     pub xdp_mode: Option<Spanned<String>>,
     pub debug_log: Option<bool>,
+    pub hash_seed: Option<Spanned<i64>>,
     pub limits: Option<Spanned<RawLimits>>,
     pub service: Option<Vec<Spanned<RawService>>>,
 }
@@ -24,6 +25,7 @@ pub(crate) struct RawLimits {
     pub max_services: Option<Spanned<i64>>,
     pub max_backends_per_service: Option<Spanned<i64>>,
     pub max_flows: Option<Spanned<i64>>,
+    pub max_lookup_entries: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -33,6 +35,9 @@ pub(crate) struct RawService {
     pub vip: Option<Spanned<String>>,
     pub protocol: Option<Spanned<String>>,
     pub flow_idle_timeout: Option<Spanned<String>>,
+    pub scheduler: Option<Spanned<String>>,
+    pub hash: Option<Spanned<String>>,
+    pub maglev_table_size: Option<Spanned<i64>>,
     pub backend: Option<Spanned<Vec<Spanned<RawBackend>>>>,
 }
 
@@ -41,6 +46,7 @@ pub(crate) struct RawService {
 pub(crate) struct RawBackend {
     pub address: Option<Spanned<String>>,
     pub weight: Option<Spanned<i64>>,
+    pub drain: Option<Spanned<bool>>,
 }
 
 /// Names of the fields of each table, used to tell which table an unknown field
@@ -48,17 +54,38 @@ pub(crate) struct RawBackend {
 pub(crate) const TABLES: &[(&str, &[&str])] = &[
     (
         "the top level",
-        &["interfaces", "xdp_mode", "debug_log", "limits", "service"],
+        &[
+            "interfaces",
+            "xdp_mode",
+            "debug_log",
+            "hash_seed",
+            "limits",
+            "service",
+        ],
     ),
     (
         "[limits]",
-        &["max_services", "max_backends_per_service", "max_flows"],
+        &[
+            "max_services",
+            "max_backends_per_service",
+            "max_flows",
+            "max_lookup_entries",
+        ],
     ),
     (
         "[[service]]",
-        &["name", "vip", "protocol", "flow_idle_timeout", "backend"],
+        &[
+            "name",
+            "vip",
+            "protocol",
+            "flow_idle_timeout",
+            "scheduler",
+            "hash",
+            "maglev_table_size",
+            "backend",
+        ],
     ),
-    ("[[service.backend]]", &["address", "weight"]),
+    ("[[service.backend]]", &["address", "weight", "drain"]),
 ];
 
 /// Advice for an unknown `field` found in `table`. A field that is valid in another

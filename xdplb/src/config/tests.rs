@@ -115,10 +115,10 @@ fn unknown_top_level_field() {
 
 #[test]
 fn unknown_service_field() {
-    let e = err(&one_service("scheduler = \"rr\"\n"));
+    let e = err(&one_service("algorithm = \"rr\"\n"));
     match &e {
         ConfigError::UnknownField { field, table, .. } => {
-            assert_eq!(field, "scheduler");
+            assert_eq!(field, "algorithm");
             assert_eq!(*table, "[[service]]");
         }
         other => panic!("wrong variant: {other:?}"),
@@ -126,7 +126,7 @@ fn unknown_service_field() {
     assert_msg(
         &e,
         &[
-            "scheduler",
+            "algorithm",
             &format!("{ORIGIN}:5:1"),
             "[[service]]",
             "`vip`",
@@ -305,6 +305,9 @@ fn limits_out_of_range() {
         ("max_flows", "1023", "1024..=67108864"),
         ("max_flows", "67108865", "1024..=67108864"),
         ("max_flows", "9999999999999", "1024..=67108864"),
+        ("max_lookup_entries", "1023", "1024..=67108864"),
+        ("max_lookup_entries", "67108865", "1024..=67108864"),
+        ("max_lookup_entries", "-4194304", "1024..=67108864"),
     ] {
         let e = err(&with_limits(&format!("{field} = {value}\n")));
         match &e {
@@ -792,6 +795,581 @@ fn same_backend_in_two_services_is_fine() {
     assert_eq!(ok(&text).services.len(), 2);
 }
 
+// ---- hash seed ---------------------------------------------------------------
+
+fn with_hash_seed(value: &str) -> String {
+    format!(
+        "{IFACES}hash_seed = {value}\n{}",
+        &one_service("")[IFACES.len()..]
+    )
+}
+
+#[test]
+fn hash_seed_parses() {
+    assert_eq!(ok(&one_service("")).hash_seed, 0x5eed_1b1b);
+    for (text, seed) in [("1234", 1234), ("0", 0), ("4294967295", u32::MAX)] {
+        assert_eq!(ok(&with_hash_seed(text)).hash_seed, seed, "{text}");
+    }
+}
+
+#[test]
+fn hash_seed_out_of_range() {
+    for bad in ["-1", "4294967296", "-9223372036854775808"] {
+        let e = err(&with_hash_seed(bad));
+        match &e {
+            ConfigError::InvalidHashSeed { value, .. } => assert_eq!(value.to_string(), bad),
+            other => panic!("wrong variant for {bad}: {other:?}"),
+        }
+        assert_msg(
+            &e,
+            &[
+                &format!("got {bad}"),
+                "hash_seed must be 0..=4294967295",
+                "ECMP",
+                &format!("{ORIGIN}:2:13"),
+            ],
+        );
+    }
+    let e = err(&with_hash_seed("\"1234\""));
+    assert!(matches!(e, ConfigError::WrongType { .. }), "{e:?}");
+    assert_msg(&e, &[&line(2)]);
+}
+
+// ---- schedulers and hashing --------------------------------------------------
+
+#[test]
+fn schedulers_parse() {
+    for (text, scheduler) in [
+        ("maglev", Scheduler::Maglev),
+        ("round-robin", Scheduler::RoundRobin),
+        ("weighted-round-robin", Scheduler::WeightedRoundRobin),
+        ("random", Scheduler::Random),
+        ("source-hash", Scheduler::SourceHash),
+    ] {
+        let cfg = ok(&one_service(&format!("scheduler = \"{text}\"\n")));
+        assert_eq!(cfg.services[0].scheduler, scheduler, "{text}");
+        assert_eq!(scheduler_name(scheduler), text);
+    }
+}
+
+#[test]
+fn scheduling_defaults() {
+    let svc = &ok(&one_service("")).services[0];
+    assert_eq!(svc.scheduler, Scheduler::Maglev);
+    assert_eq!(svc.hash, HashFields::FiveTuple);
+    assert_eq!(svc.maglev_table_size, 65537);
+}
+
+#[test]
+fn unknown_scheduler() {
+    let e = err(&one_service("scheduler = \"least-conn\"\n"));
+    match &e {
+        ConfigError::InvalidScheduler { value, service, .. } => {
+            assert_eq!(value, "least-conn");
+            assert_eq!(service, "service \"demo\"");
+        }
+        other => panic!("wrong variant: {other:?}"),
+    }
+    assert_msg(
+        &e,
+        &[
+            "\"least-conn\"",
+            "\"demo\"",
+            "\"maglev\"",
+            "\"weighted-round-robin\"",
+            "\"source-hash\"",
+            &format!("{ORIGIN}:5:13"),
+        ],
+    );
+}
+
+#[test]
+fn hash_values_parse() {
+    for (text, fields) in [
+        ("5-tuple", HashFields::FiveTuple),
+        ("source-ip", HashFields::SourceIp),
+        ("source-ip-port", HashFields::SourceIpPort),
+    ] {
+        let cfg = ok(&one_service(&format!("hash = \"{text}\"\n")));
+        assert_eq!(cfg.services[0].hash, fields, "{text}");
+        assert_eq!(hash_name(fields), text);
+        let cfg = ok(&one_service(&format!(
+            "scheduler = \"maglev\"\nhash = \"{text}\"\n"
+        )));
+        assert_eq!(cfg.services[0].hash, fields, "{text}");
+    }
+}
+
+#[test]
+fn bad_hash_value() {
+    let e = err(&one_service("hash = \"dst-ip\"\n"));
+    match &e {
+        ConfigError::InvalidHash { value, service, .. } => {
+            assert_eq!(value, "dst-ip");
+            assert_eq!(service, "service \"demo\"");
+        }
+        other => panic!("wrong variant: {other:?}"),
+    }
+    assert_msg(
+        &e,
+        &[
+            "\"dst-ip\"",
+            "\"5-tuple\"",
+            "\"source-ip-port\"",
+            &format!("{ORIGIN}:5:8"),
+        ],
+    );
+}
+
+#[test]
+fn hash_with_non_hashing_scheduler_is_rejected() {
+    for (text, scheduler) in [
+        ("round-robin", Scheduler::RoundRobin),
+        ("weighted-round-robin", Scheduler::WeightedRoundRobin),
+        ("random", Scheduler::Random),
+    ] {
+        let e = err(&one_service(&format!(
+            "scheduler = \"{text}\"\nhash = \"source-ip\"\n"
+        )));
+        match &e {
+            ConfigError::HashNotApplicable {
+                scheduler: s,
+                value,
+                ..
+            } => {
+                assert_eq!(*s, scheduler);
+                assert_eq!(value, "source-ip");
+            }
+            other => panic!("wrong variant for {text}: {other:?}"),
+        }
+        assert_msg(
+            &e,
+            &[
+                "\"source-ip\"",
+                &format!("\"{text}\" does not hash"),
+                "only applies to the \"maglev\" and \"source-hash\" schedulers",
+                &line(6),
+            ],
+        );
+    }
+}
+
+#[test]
+fn source_hash_with_other_fields_is_rejected() {
+    for bad in ["5-tuple", "source-ip-port"] {
+        let e = err(&one_service(&format!(
+            "scheduler = \"source-hash\"\nhash = \"{bad}\"\n"
+        )));
+        match &e {
+            ConfigError::SourceHashFields { value, service, .. } => {
+                assert_eq!(value, bad);
+                assert_eq!(service, "service \"demo\"");
+            }
+            other => panic!("wrong variant for {bad}: {other:?}"),
+        }
+        assert_msg(
+            &e,
+            &[
+                &format!("{bad:?}"),
+                "source-hash",
+                "only the client address",
+                &line(6),
+            ],
+        );
+    }
+}
+
+#[test]
+fn source_hash_defaults_to_source_ip() {
+    let cfg = ok(&one_service("scheduler = \"source-hash\"\n"));
+    assert_eq!(cfg.services[0].hash, HashFields::SourceIp);
+    let cfg = ok(&one_service(
+        "scheduler = \"source-hash\"\nhash = \"source-ip\"\n",
+    ));
+    assert_eq!(cfg.services[0].hash, HashFields::SourceIp);
+}
+
+// ---- maglev table size -------------------------------------------------------
+
+/// A one-service config with `n` backends (ports 1..=n) and extra service lines
+/// starting at line 5.
+fn with_backends(n: u16, extra: &str) -> String {
+    let mut text =
+        format!("{IFACES}[[service]]\nname = \"demo\"\nvip = \"127.0.0.1:9875\"\n{extra}");
+    for port in 1..=n {
+        let _ = write!(
+            text,
+            "[[service.backend]]\naddress = \"127.0.0.1:{port}\"\n"
+        );
+    }
+    text
+}
+
+#[test]
+fn maglev_table_size_parses() {
+    for extra in [
+        "maglev_table_size = 131071\n",
+        "scheduler = \"maglev\"\nmaglev_table_size = 131071\n",
+    ] {
+        let cfg = ok(&one_service(extra));
+        assert_eq!(cfg.services[0].maglev_table_size, 131_071, "{extra}");
+    }
+    // 100 entries per backend is enough.
+    let cfg = ok(&with_backends(3, "maglev_table_size = 307\n"));
+    assert_eq!(cfg.services[0].maglev_table_size, 307);
+    let cfg = ok(&one_service("maglev_table_size = 101\n"));
+    assert_eq!(cfg.services[0].maglev_table_size, 101);
+}
+
+#[test]
+fn maglev_table_size_not_prime() {
+    for bad in ["65536", "0", "1", "100", "16777216", "-7"] {
+        let e = err(&one_service(&format!("maglev_table_size = {bad}\n")));
+        match &e {
+            ConfigError::InvalidMaglevTableSize { value, service, .. } => {
+                assert_eq!(value.to_string(), bad);
+                assert_eq!(service, "service \"demo\"");
+            }
+            other => panic!("wrong variant for {bad}: {other:?}"),
+        }
+        let reason = if bad == "-7" {
+            "negative"
+        } else {
+            "not prime; try 65537, 131071, 262147 or 655373"
+        };
+        assert_msg(
+            &e,
+            &[
+                &format!("maglev_table_size {bad}"),
+                reason,
+                &format!("{ORIGIN}:5:21"),
+            ],
+        );
+    }
+}
+
+#[test]
+fn maglev_table_size_too_small_for_the_backends() {
+    let e = err(&with_backends(3, "maglev_table_size = 101\n"));
+    match &e {
+        ConfigError::MaglevTableTooSmall {
+            size,
+            defaulted,
+            backends,
+            min,
+            suggestion,
+            ..
+        } => {
+            assert_eq!((*size, *defaulted, *backends), (101, false, 3));
+            assert_eq!((*min, *suggestion), (300, 307));
+        }
+        other => panic!("wrong variant: {other:?}"),
+    }
+    assert_msg(
+        &e,
+        &[
+            "\"demo\"",
+            "3 backends",
+            "maglev_table_size 101 is too small",
+            "100 x 3 = 300",
+            "such as 307",
+            &format!("{ORIGIN}:5:21"),
+        ],
+    );
+
+    // The default (65537) holds 655 backends; the 656th needs a bigger table. Reported
+    // at the service, since there is no maglev_table_size line to point at.
+    assert_eq!(ok(&with_backends(655, "")).services[0].backends.len(), 655);
+    let e = err(&with_backends(656, ""));
+    match &e {
+        ConfigError::MaglevTableTooSmall {
+            size,
+            defaulted,
+            min,
+            suggestion,
+            ..
+        } => {
+            assert_eq!((*size, *defaulted), (65537, true));
+            assert_eq!((*min, *suggestion), (65600, 65609));
+        }
+        other => panic!("wrong variant: {other:?}"),
+    }
+    assert_msg(
+        &e,
+        &[
+            "656 backends",
+            "65537 (the default)",
+            "65600",
+            "65609",
+            &line(2),
+        ],
+    );
+}
+
+#[test]
+fn maglev_table_size_too_big() {
+    let e = err(&one_service("maglev_table_size = 16777259\n"));
+    match &e {
+        ConfigError::InvalidMaglevTableSize { value, .. } => assert_eq!(*value, 16_777_259),
+        other => panic!("wrong variant: {other:?}"),
+    }
+    assert_msg(
+        &e,
+        &["16777259", "larger than the maximum of 16777216", &line(5)],
+    );
+    // The largest prime below 2^24 is accepted (given a lookup pool that holds it).
+    let cfg = ok(&format!(
+        "{IFACES}[limits]\nmax_lookup_entries = 67108864\n{}",
+        &one_service("maglev_table_size = 16777213\n")[IFACES.len()..]
+    ));
+    assert_eq!(cfg.services[0].maglev_table_size, 16_777_213);
+}
+
+#[test]
+fn maglev_table_size_with_another_scheduler() {
+    for (text, scheduler) in [
+        ("round-robin", Scheduler::RoundRobin),
+        ("weighted-round-robin", Scheduler::WeightedRoundRobin),
+        ("random", Scheduler::Random),
+        ("source-hash", Scheduler::SourceHash),
+    ] {
+        let e = err(&one_service(&format!(
+            "scheduler = \"{text}\"\nmaglev_table_size = 65537\n"
+        )));
+        match &e {
+            ConfigError::MaglevSizeNotApplicable {
+                scheduler: s,
+                value,
+                ..
+            } => {
+                assert_eq!(*s, scheduler);
+                assert_eq!(*value, 65537);
+            }
+            other => panic!("wrong variant for {text}: {other:?}"),
+        }
+        assert_msg(
+            &e,
+            &[
+                "maglev_table_size = 65537",
+                &format!("\"{text}\""),
+                "only applies to scheduler = \"maglev\"",
+                &line(6),
+            ],
+        );
+    }
+}
+
+#[test]
+fn suggested_sizes_are_prime() {
+    for p in [2, 3, 101, 307, 65537, 131_071, 262_147, 655_373, 16_777_213] {
+        assert!(validate::is_prime(p), "{p}");
+    }
+    for n in [0, 1, 4, 100, 65536, 16_777_216] {
+        assert!(!validate::is_prime(n), "{n}");
+    }
+    assert_eq!(validate::next_prime(300), 307);
+    assert_eq!(validate::next_prime(307), 307);
+    assert_eq!(validate::next_prime(0), 2);
+}
+
+// ---- draining ----------------------------------------------------------------
+
+#[test]
+fn drain_parses() {
+    let cfg = ok(&with_backend(
+        "address = \"127.0.0.1:9876\"\ndrain = true\n\
+         [[service.backend]]\naddress = \"127.0.0.1:9877\"\ndrain = false\n\
+         [[service.backend]]\naddress = \"127.0.0.1:9878\"\n",
+    ));
+    let drain: Vec<bool> = cfg.services[0].backends.iter().map(|b| b.drain).collect();
+    assert_eq!(drain, [true, false, false]);
+
+    let e = err(&with_backend("address = \"127.0.0.1:9876\"\ndrain = 1\n"));
+    assert!(matches!(e, ConfigError::WrongType { .. }), "{e:?}");
+    assert_msg(&e, &[&line(7)]);
+}
+
+#[test]
+fn all_backends_drained_is_rejected() {
+    let e = err(&with_backend(
+        "address = \"127.0.0.1:9876\"\ndrain = true\n\
+         [[service.backend]]\naddress = \"127.0.0.1:9877\"\ndrain = true\n",
+    ));
+    match &e {
+        ConfigError::AllBackendsDrained { service, .. } => {
+            assert_eq!(service, "service \"demo\"");
+        }
+        other => panic!("wrong variant: {other:?}"),
+    }
+    assert_msg(
+        &e,
+        &[
+            "every backend of service \"demo\" is drained",
+            "at least one must accept new flows",
+            &format!("{ORIGIN}:10:9"),
+        ],
+    );
+}
+
+#[test]
+fn new_fields_in_the_wrong_table_get_a_hint() {
+    let e = err(&one_service("drain = true\n"));
+    match &e {
+        ConfigError::UnknownField { field, table, .. } => {
+            assert_eq!(field, "drain");
+            assert_eq!(*table, "[[service]]");
+        }
+        other => panic!("wrong variant: {other:?}"),
+    }
+    assert_msg(&e, &["belongs in [[service.backend]]", &line(5)]);
+
+    let e = err(&with_limits("hash_seed = 7\n"));
+    match &e {
+        ConfigError::UnknownField { field, table, .. } => {
+            assert_eq!(field, "hash_seed");
+            assert_eq!(*table, "[limits]");
+        }
+        other => panic!("wrong variant: {other:?}"),
+    }
+    assert_msg(&e, &["belongs in the top level", &line(3)]);
+
+    let e = err(&with_backend(
+        "address = \"127.0.0.1:9876\"\nscheduler = \"random\"\n",
+    ));
+    match &e {
+        ConfigError::UnknownField { field, table, .. } => {
+            assert_eq!(field, "scheduler");
+            assert_eq!(*table, "[[service.backend]]");
+        }
+        other => panic!("wrong variant: {other:?}"),
+    }
+    assert_msg(&e, &["belongs in [[service]]", &line(7)]);
+}
+
+// ---- lookup-table pool -------------------------------------------------------
+
+#[test]
+fn table_capacity_per_scheduler() {
+    let limits = Limits {
+        max_backends_per_service: 16,
+        ..Limits::DEFAULT
+    };
+    let mut svc = default_config().services.remove(0);
+    svc.maglev_table_size = 131_071;
+    for (scheduler, capacity) in [
+        (Scheduler::Maglev, 131_071),
+        (Scheduler::WeightedRoundRobin, 65537),
+        (Scheduler::RoundRobin, 16),
+        (Scheduler::Random, 16),
+        (Scheduler::SourceHash, 16),
+    ] {
+        svc.scheduler = scheduler;
+        assert_eq!(table_capacity(&svc, &limits), capacity, "{scheduler:?}");
+    }
+}
+
+#[test]
+fn lookup_pool_overflow() {
+    let e = err(&with_limits("max_lookup_entries = 1024\n"));
+    match &e {
+        ConfigError::LookupPoolTooSmall {
+            service,
+            needed,
+            limit,
+            ..
+        } => {
+            assert_eq!(service, "service \"demo\"");
+            assert_eq!((*needed, *limit), (131_074, 1024));
+        }
+        other => panic!("wrong variant: {other:?}"),
+    }
+    assert_msg(
+        &e,
+        &[
+            "131074",
+            "max_lookup_entries is 1024",
+            "service \"demo\" is the first that does not fit",
+            "raise `[limits] max_lookup_entries` to at least 131074",
+            "smaller `maglev_table_size`",
+            &line(4),
+        ],
+    );
+}
+
+#[test]
+fn lookup_pool_overflow_names_the_first_service_that_does_not_fit() {
+    // Two Maglev services fit exactly in 4 x 65537 entries; the third does not.
+    let mut text = format!("{IFACES}[limits]\nmax_lookup_entries = 262148\n");
+    for i in 0..3 {
+        let _ = write!(
+            text,
+            "[[service]]\nname = \"s{i}\"\nvip = \"127.0.0.1:{}\"\n[[service.backend]]\naddress = \"127.0.0.1:9000\"\n",
+            1000 + i
+        );
+    }
+    let e = err(&text);
+    match &e {
+        ConfigError::LookupPoolTooSmall {
+            service,
+            needed,
+            limit,
+            ..
+        } => {
+            assert_eq!(service, "service \"s2\"");
+            assert_eq!((*needed, *limit), (3 * 131_074, 262_148));
+        }
+        other => panic!("wrong variant: {other:?}"),
+    }
+    // The third service starts on line 14.
+    assert_msg(&e, &["393222", "262148", "\"s2\"", &line(14)]);
+
+    let two = text.replace("name = \"s2\"", "name = \"s2\"\nscheduler = \"random\"");
+    // Round robin, random and source hash take 2 x max_backends_per_service (1024).
+    let e = err(&two);
+    assert!(
+        matches!(
+            e,
+            ConfigError::LookupPoolTooSmall {
+                needed: 264_196,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let fits = two.replace("262148", "264196");
+    assert_eq!(ok(&fits).services.len(), 3);
+}
+
+/// Each default Maglev service takes 2 x 65537 entries, so the default pool of 4194304
+/// (2^22) holds 31 of them, not 32.
+#[test]
+fn default_lookup_pool_holds_31_default_maglev_services() {
+    let mut text = IFACES.to_owned();
+    for i in 0..32 {
+        let _ = write!(
+            text,
+            "[[service]]\nname = \"s{i}\"\nvip = \"127.0.0.1:{}\"\n[[service.backend]]\naddress = \"127.0.0.1:9000\"\n",
+            1000 + i
+        );
+    }
+    let e = err(&text);
+    assert!(
+        matches!(
+            e,
+            ConfigError::LookupPoolTooSmall {
+                needed: 4_194_368,
+                limit: 4_194_304,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let end = text
+        .find("[[service]]\nname = \"s31\"")
+        .expect("service s31");
+    assert_eq!(ok(&text[..end]).services.len(), 31);
+}
+
 // ---- whole configs -----------------------------------------------------------
 
 #[test]
@@ -823,6 +1401,7 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
         interfaces: vec!["eth0".to_owned(), "eth1".to_owned()],
         xdp_mode: XdpModeSetting::Auto,
         debug_log: false,
+        hash_seed: 0x5eed_1b1b,
         limits: Limits::DEFAULT,
         services: vec![
             ServiceConfig {
@@ -830,14 +1409,19 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
                 vip: SocketAddrV4::new(ip(192, 0, 2, 10), 53),
                 protocol: Protocol::Udp,
                 flow_idle_timeout: Duration::from_secs(30),
+                scheduler: Scheduler::Maglev,
+                hash: HashFields::FiveTuple,
+                maglev_table_size: 65537,
                 backends: vec![
                     BackendConfig {
                         address: SocketAddrV4::new(ip(10, 0, 0, 1), 53),
                         weight: 1,
+                        drain: false,
                     },
                     BackendConfig {
                         address: SocketAddrV4::new(ip(10, 0, 0, 2), 5353),
                         weight: 3,
+                        drain: false,
                     },
                 ],
             },
@@ -846,9 +1430,13 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
                 vip: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 514),
                 protocol: Protocol::Udp,
                 flow_idle_timeout: Duration::from_secs(300),
+                scheduler: Scheduler::Maglev,
+                hash: HashFields::FiveTuple,
+                maglev_table_size: 65537,
                 backends: vec![BackendConfig {
                     address: SocketAddrV4::new(ip(10, 0, 1, 1), 514),
                     weight: 10,
+                    drain: false,
                 }],
             },
         ],
@@ -879,6 +1467,7 @@ fn default_config_is_the_tutorial_scenario() {
     assert_eq!(cfg.interfaces, ["lo"]);
     assert_eq!(cfg.xdp_mode, XdpModeSetting::Auto);
     assert!(!cfg.debug_log);
+    assert_eq!(cfg.hash_seed, 1_592_597_275);
     assert_eq!(cfg.limits, Limits::DEFAULT);
     assert_eq!(cfg.services.len(), 1);
     let svc = &cfg.services[0];
@@ -886,10 +1475,19 @@ fn default_config_is_the_tutorial_scenario() {
     assert_eq!(svc.vip, local(9875));
     assert_eq!(svc.protocol, Protocol::Udp);
     assert_eq!(svc.flow_idle_timeout, Duration::from_secs(30));
-    let backends: Vec<_> = svc.backends.iter().map(|b| (b.address, b.weight)).collect();
+    assert_eq!(svc.scheduler, Scheduler::RoundRobin);
+    let backends: Vec<_> = svc
+        .backends
+        .iter()
+        .map(|b| (b.address, b.weight, b.drain))
+        .collect();
     assert_eq!(
         backends,
-        [(local(9876), 1), (local(9877), 1), (local(9878), 1)]
+        [
+            (local(9876), 1, false),
+            (local(9877), 1, false),
+            (local(9878), 1, false)
+        ]
     );
 }
 
@@ -908,6 +1506,7 @@ backend = [{ address = "10.0.0.1:53" }, { address = "10.0.0.2:5353", weight = 3 
 [[service]]
 name = "syslog"
 vip = "0.0.0.0:514"
+scheduler = "round-robin"
 backend = [{ address = "10.0.1.1:514", weight = 10 }]
 "#;
     let d = ok(text).describe();
@@ -942,6 +1541,54 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
     ] {
         assert!(d.contains(part), "description lacks {part:?}:\n{d}");
     }
+}
+
+#[test]
+fn describe_mentions_scheduling_and_draining() {
+    let text = r#"
+interfaces = ["lo"]
+hash_seed = 1234
+[[service]]
+name = "game"
+vip = "192.0.2.1:7777"
+hash = "source-ip-port"
+maglev_table_size = 131071
+backend = [{ address = "10.0.0.1:7777" }, { address = "10.0.0.2:7777", drain = true }]
+[[service]]
+name = "sticky"
+vip = "192.0.2.2:53"
+scheduler = "source-hash"
+backend = [{ address = "10.0.1.1:53" }]
+[[service]]
+name = "wrr"
+vip = "192.0.2.3:53"
+scheduler = "weighted-round-robin"
+backend = [{ address = "10.0.2.1:53", weight = 2 }]
+"#;
+    let d = ok(text).describe();
+    // 2 x 131071 + 2 x 1024 + 2 x 65537
+    let pool = 2 * 131_071 + 2 * 1024 + 2 * 65537;
+    for part in [
+        "Hash seed: 1234",
+        "Scheduler: maglev, hash source-ip-port, table size 131071",
+        "Scheduler: source-hash, hash source-ip",
+        "Scheduler: weighted-round-robin",
+        "10.0.0.1:7777  weight 1\n",
+        "10.0.0.2:7777  weight 1, draining",
+        &format!("{pool} of 4194304 lookup entries"),
+    ] {
+        assert!(d.contains(part), "description lacks {part:?}:\n{d}");
+    }
+
+    let d = default_config().describe();
+    for part in [
+        "Hash seed: 1592597275",
+        "Scheduler: round-robin",
+        "2048 of 4194304 lookup entries",
+    ] {
+        assert!(d.contains(part), "description lacks {part:?}:\n{d}");
+    }
+    assert!(!d.contains("draining"), "{d}");
 }
 
 // ---- interfaces on the host --------------------------------------------------
@@ -1005,9 +1652,11 @@ fn big_config(services: u32, backends: u32) -> String {
     let mut text = String::with_capacity(64 + services as usize * (64 + backends as usize * 26));
     text.push_str(IFACES);
     for s in 0..services {
+        // Round robin: Maglev's default table would be too small for 1024 backends, and
+        // its tables for 1024 services would not fit the default lookup pool.
         let _ = write!(
             text,
-            "[[service]]\nname = \"s{s}\"\nvip = \"10.0.{}.{}:53\"\nbackend = [",
+            "[[service]]\nname = \"s{s}\"\nvip = \"10.0.{}.{}:53\"\nscheduler = \"round-robin\"\nbackend = [",
             s / 256,
             s % 256
         );
@@ -1077,6 +1726,8 @@ fn full_capacity_is_accepted() {
     };
     assert_eq!(cfg.services.len(), 1024);
     assert!(cfg.services.iter().all(|s| s.backends.len() == 1024));
+    // 1024 services x 2 tables x 1024 entries.
+    assert_eq!(lookup_entries_needed(&cfg.services, &cfg.limits), 2_097_152);
 }
 
 /// The same as `full_capacity_is_accepted`, entirely from TOML text (26 MB). Takes

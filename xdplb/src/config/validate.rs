@@ -10,7 +10,8 @@ use std::{
 use toml::Spanned;
 
 use super::{
-    BackendConfig, Config, ConfigError, Limits, Location, Protocol, ServiceConfig, XdpModeSetting,
+    BackendConfig, Config, ConfigError, HashFields, Limits, Location, Protocol, Scheduler,
+    ServiceConfig, XdpModeSetting,
     error::line_col,
     raw::{RawBackend, RawConfig, RawLimits, RawService, TABLES},
 };
@@ -32,6 +33,18 @@ const MAX_FLOWS: u32 = 67_108_864;
 const MIN_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Range of `[limits] max_lookup_entries`.
+const MIN_LOOKUP_ENTRIES: u32 = 1024;
+const MAX_LOOKUP_ENTRIES: u32 = 67_108_864;
+/// Default of `hash_seed`.
+pub(crate) const DEFAULT_HASH_SEED: u32 = 0x5eed_1b1b;
+/// Default and maximum of `maglev_table_size` (which must also be prime).
+pub(crate) const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 65_537;
+const MAX_MAGLEV_TABLE_SIZE: u32 = 1 << 24;
+/// A Maglev table needs at least this many entries per backend to spread flows evenly.
+const MAGLEV_ENTRIES_PER_BACKEND: u64 = 100;
+/// Entries in a weighted-round-robin scheduling table.
+pub(crate) const WRR_TABLE_ENTRIES: u32 = 65_537;
 
 /// The source text and its name, for turning byte spans into locations.
 #[derive(Clone, Copy)]
@@ -101,12 +114,14 @@ pub(crate) fn from_toml_error(err: &toml::de::Error, src: Source<'_>) -> ConfigE
 pub(crate) fn validate(raw: RawConfig, src: Source<'_>) -> Result<Config, ConfigError> {
     let interfaces = validate_interfaces(raw.interfaces, src)?;
     let xdp_mode = validate_xdp_mode(raw.xdp_mode, src)?;
+    let hash_seed = validate_hash_seed(raw.hash_seed, src)?;
     let limits = validate_limits(raw.limits, src)?;
     let services = validate_services(raw.service.unwrap_or_default(), &limits, src)?;
     Ok(Config {
         interfaces,
         xdp_mode,
         debug_log: raw.debug_log.unwrap_or(false),
+        hash_seed,
         limits,
         services,
     })
@@ -196,6 +211,17 @@ fn validate_xdp_mode(
     }
 }
 
+fn validate_hash_seed(raw: Option<Spanned<i64>>, src: Source<'_>) -> Result<u32, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(DEFAULT_HASH_SEED);
+    };
+    let value = *raw.get_ref();
+    u32::try_from(value).map_err(|_| ConfigError::InvalidHashSeed {
+        at: src.at(&raw.span()),
+        value,
+    })
+}
+
 fn validate_limits(
     raw: Option<Spanned<RawLimits>>,
     src: Source<'_>,
@@ -228,6 +254,13 @@ fn validate_limits(
             "max_flows",
             d.max_flows,
             MIN_FLOWS..=MAX_FLOWS,
+            src,
+        )?,
+        max_lookup_entries: limit_field(
+            raw.max_lookup_entries,
+            "max_lookup_entries",
+            d.max_lookup_entries,
+            MIN_LOOKUP_ENTRIES..=MAX_LOOKUP_ENTRIES,
             src,
         )?,
     };
@@ -294,11 +327,19 @@ fn validate_services(
     let mut vips: HashMap<(SocketAddrV4, Protocol), (String, usize)> =
         HashMap::with_capacity(raw.len());
     let mut out = Vec::with_capacity(raw.len());
+    // Lookup-table entries needed so far, and the first service that did not fit.
+    let mut lookup_entries = 0u64;
+    let mut first_misfit: Option<(String, Range<usize>)> = None;
 
     for (i, svc) in raw.into_iter().enumerate() {
         let index = i + 1;
+        let svc_span = svc.span();
         let checked = validate_service(index, svc, limits, src)?;
         let service = checked.service;
+        lookup_entries += 2 * u64::from(super::table_capacity(&service, limits));
+        if lookup_entries > u64::from(limits.max_lookup_entries) && first_misfit.is_none() {
+            first_misfit = Some((service_label(&service.name), svc_span));
+        }
         match names.entry(service.name.clone()) {
             Entry::Occupied(first) => {
                 let (first_index, first_offset) = *first.get();
@@ -331,6 +372,14 @@ fn validate_services(
             }
         }
         out.push(service);
+    }
+    if let Some((service, span)) = first_misfit {
+        return Err(ConfigError::LookupPoolTooSmall {
+            at: src.at(&span),
+            service,
+            needed: lookup_entries,
+            limit: limits.max_lookup_entries,
+        });
     }
     Ok(out)
 }
@@ -439,6 +488,86 @@ fn validate_service(
         },
     };
 
+    let scheduler = match raw.scheduler {
+        None => Scheduler::Maglev,
+        Some(s) => match s.get_ref().as_str() {
+            "maglev" => Scheduler::Maglev,
+            "round-robin" => Scheduler::RoundRobin,
+            "weighted-round-robin" => Scheduler::WeightedRoundRobin,
+            "random" => Scheduler::Random,
+            "source-hash" => Scheduler::SourceHash,
+            _ => {
+                return Err(ConfigError::InvalidScheduler {
+                    at: src.at(&s.span()),
+                    service: label,
+                    value: s.into_inner(),
+                });
+            }
+        },
+    };
+
+    let hash = match raw.hash {
+        None if scheduler == Scheduler::SourceHash => HashFields::SourceIp,
+        None => HashFields::FiveTuple,
+        Some(h) => {
+            let fields = match h.get_ref().as_str() {
+                "5-tuple" => HashFields::FiveTuple,
+                "source-ip" => HashFields::SourceIp,
+                "source-ip-port" => HashFields::SourceIpPort,
+                _ => {
+                    return Err(ConfigError::InvalidHash {
+                        at: src.at(&h.span()),
+                        service: label,
+                        value: h.into_inner(),
+                    });
+                }
+            };
+            match scheduler {
+                Scheduler::Maglev => fields,
+                Scheduler::SourceHash if fields == HashFields::SourceIp => fields,
+                Scheduler::SourceHash => {
+                    return Err(ConfigError::SourceHashFields {
+                        at: src.at(&h.span()),
+                        service: label,
+                        value: h.into_inner(),
+                    });
+                }
+                Scheduler::RoundRobin | Scheduler::WeightedRoundRobin | Scheduler::Random => {
+                    return Err(ConfigError::HashNotApplicable {
+                        at: src.at(&h.span()),
+                        service: label,
+                        scheduler,
+                        value: h.into_inner(),
+                    });
+                }
+            }
+        }
+    };
+
+    let maglev_span = raw.maglev_table_size.as_ref().map(Spanned::span);
+    let maglev_table_size = match raw.maglev_table_size {
+        None => DEFAULT_MAGLEV_TABLE_SIZE,
+        Some(m) if scheduler != Scheduler::Maglev => {
+            return Err(ConfigError::MaglevSizeNotApplicable {
+                at: src.at(&m.span()),
+                service: label,
+                scheduler,
+                value: *m.get_ref(),
+            });
+        }
+        Some(m) => match maglev_size_value(*m.get_ref()) {
+            Ok(size) => size,
+            Err(reason) => {
+                return Err(ConfigError::InvalidMaglevTableSize {
+                    at: src.at(&m.span()),
+                    service: label,
+                    value: *m.get_ref(),
+                    reason,
+                });
+            }
+        },
+    };
+
     let Some(backends) = raw.backend else {
         return Err(ConfigError::NoBackends {
             at: src.at(&svc_span),
@@ -469,9 +598,15 @@ fn validate_service(
     // address -> (1-based index, offset of the address)
     let mut seen: HashMap<SocketAddrV4, (usize, usize)> = HashMap::with_capacity(backends.len());
     let mut out = Vec::with_capacity(backends.len());
+    // Offset of the last `drain = true`, for when every backend is drained.
+    let mut last_drain_offset = list_span.start;
     for (j, backend) in backends.into_iter().enumerate() {
         let bindex = j + 1;
-        let (backend, addr_offset) = validate_backend(&label, bindex, backend, src)?;
+        let checked = validate_backend(&label, bindex, backend, src)?;
+        let (backend, addr_offset) = (checked.backend, checked.address_offset);
+        if let Some(offset) = checked.drain_offset.filter(|_| backend.drain) {
+            last_drain_offset = offset;
+        }
         match seen.entry(backend.address) {
             Entry::Occupied(first) => {
                 let (first_index, first_offset) = *first.get();
@@ -490,6 +625,28 @@ fn validate_service(
         }
         out.push(backend);
     }
+    if out.iter().all(|b| b.drain) {
+        return Err(ConfigError::AllBackendsDrained {
+            at: src.at_offset(last_drain_offset),
+            service: label,
+        });
+    }
+
+    if scheduler == Scheduler::Maglev {
+        let backends = out.len();
+        let min = MAGLEV_ENTRIES_PER_BACKEND * backends as u64;
+        if u64::from(maglev_table_size) < min {
+            return Err(ConfigError::MaglevTableTooSmall {
+                at: src.at(maglev_span.as_ref().unwrap_or(&svc_span)),
+                service: label,
+                size: maglev_table_size,
+                defaulted: maglev_span.is_none(),
+                backends,
+                min,
+                suggestion: next_prime(min),
+            });
+        }
+    }
 
     Ok(CheckedService {
         service: ServiceConfig {
@@ -497,6 +654,9 @@ fn validate_service(
             vip,
             protocol,
             flow_idle_timeout,
+            scheduler,
+            hash,
+            maglev_table_size,
             backends: out,
         },
         name_offset: name_span.start,
@@ -504,13 +664,21 @@ fn validate_service(
     })
 }
 
-/// Returns the backend and the byte offset of its address.
+/// A validated backend and where its fields were.
+struct CheckedBackend {
+    backend: BackendConfig,
+    /// Byte offset of the address.
+    address_offset: usize,
+    /// Byte offset of the `drain` value, if given.
+    drain_offset: Option<usize>,
+}
+
 fn validate_backend(
     label: &str,
     index: usize,
     backend: Spanned<RawBackend>,
     src: Source<'_>,
-) -> Result<(BackendConfig, usize), ConfigError> {
+) -> Result<CheckedBackend, ConfigError> {
     let span = backend.span();
     let raw = backend.into_inner();
     let Some(address) = raw.address else {
@@ -572,13 +740,57 @@ fn validate_backend(
             }
         },
     };
-    Ok((
-        BackendConfig {
+    Ok(CheckedBackend {
+        backend: BackendConfig {
             address: addr,
             weight,
+            drain: raw.drain.as_ref().is_some_and(|d| *d.get_ref()),
         },
-        addr_span.start,
-    ))
+        address_offset: addr_span.start,
+        drain_offset: raw.drain.map(|d| d.span().start),
+    })
+}
+
+/// Checks a `maglev_table_size` value apart from the per-backend minimum, or says why it
+/// is not acceptable.
+fn maglev_size_value(value: i64) -> Result<u32, String> {
+    if value > i64::from(MAX_MAGLEV_TABLE_SIZE) {
+        return Err(format!(
+            "it is larger than the maximum of {MAX_MAGLEV_TABLE_SIZE} (2^24)"
+        ));
+    }
+    match u32::try_from(value) {
+        Ok(v) if is_prime(u64::from(v)) => Ok(v),
+        Ok(_) => Err("it is not prime; try 65537, 131071, 262147 or 655373".to_owned()),
+        Err(_) => Err("it is negative".to_owned()),
+    }
+}
+
+/// Trial division; the numbers here are at most a few million.
+pub(crate) fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    if n.is_multiple_of(2) {
+        return n == 2;
+    }
+    let mut d = 3;
+    while d * d <= n {
+        if n.is_multiple_of(d) {
+            return false;
+        }
+        d += 2;
+    }
+    true
+}
+
+/// The smallest prime `>= n`.
+pub(crate) fn next_prime(n: u64) -> u64 {
+    let mut p = n.max(2);
+    while !is_prime(p) {
+        p += 1;
+    }
+    p
 }
 
 /// Why `name` is not a valid service name, if it is not.
