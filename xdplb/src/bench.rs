@@ -16,7 +16,7 @@ use aya::{
 use serde::Serialize;
 
 use crate::{
-    config::{self, Config},
+    config::{self, Config, HashFields, Scheduler},
     dataplane::{BENCH_OBJECT, Dataplane, DataplaneError, reconcile},
     packet::UdpFrame,
     testrun,
@@ -57,12 +57,33 @@ pub struct Row {
 }
 
 #[derive(Debug, Clone, Serialize)]
+pub struct SchedulerRow {
+    pub scheduler: &'static str,
+    /// Net ns/packet (wrapper subtracted) for a packet of an existing flow.
+    pub existing_flow_ns: f64,
+    /// Net ns/packet for the first packet of a new flow.
+    pub new_flow_ns: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MaglevRow {
+    pub backends: usize,
+    pub table_size: u32,
+    /// Median time to compute the table in user space.
+    pub build_ms: f64,
+    /// Median time for a whole change: build, write into the idle half, switch.
+    pub build_and_apply_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub repeat: u32,
     pub rounds: u32,
     pub max_flows: u32,
     pub empty_program_ns: f64,
     pub rows: Vec<Row>,
+    pub schedulers: Vec<SchedulerRow>,
+    pub maglev: Vec<MaglevRow>,
 }
 
 struct Harness {
@@ -180,7 +201,7 @@ pub fn run(repeat: u32, rounds: u32, max_flows: Option<u32>) -> Result<Report, B
         cfg.limits.max_flows = n;
     }
     let mut dp = Dataplane::load(cfg.limits, false)?;
-    reconcile::apply(&reconcile::desired_state(&cfg), &mut dp.writer()?)?;
+    dp.apply_config(&cfg)?;
     let mut h = Harness::load()?;
 
     let service_frame = frame_to(cfg.services[0].vip);
@@ -230,12 +251,104 @@ pub fn run(repeat: u32, rounds: u32, max_flows: Option<u32>) -> Result<Report, B
             action,
         });
     }
+    drop(dp);
+
+    let mut schedulers = Vec::new();
+    for sched in [
+        Scheduler::Maglev,
+        Scheduler::RoundRobin,
+        Scheduler::WeightedRoundRobin,
+        Scheduler::Random,
+        Scheduler::SourceHash,
+    ] {
+        let mut c = cfg.clone();
+        let svc = &mut c.services[0];
+        svc.scheduler = sched;
+        svc.hash = if sched == Scheduler::SourceHash {
+            HashFields::SourceIp
+        } else {
+            HashFields::FiveTuple
+        };
+        let mut dp = Dataplane::load(c.limits, false)?;
+        dp.apply_config(&c)?;
+        h.set_target(dp.ingress()?)?;
+        h.set_frame(&service_frame)?;
+        h.time("bench_same_flow", &service_frame, 1, 1)?;
+        let (existing, _) = h.time("bench_same_flow", &service_frame, repeat, rounds)?;
+        let (new, _) = h.time("bench_new_flow", &service_frame, repeat, rounds)?;
+        schedulers.push(SchedulerRow {
+            scheduler: config::scheduler_name(sched),
+            existing_flow_ns: existing - wrapper_same,
+            new_flow_ns: new - wrapper_new,
+        });
+    }
+
+    let mut maglev = Vec::new();
+    let mut dp = Dataplane::load(cfg.limits, false)?;
+    for n in [10usize, 100, 1000] {
+        maglev.push(time_maglev(&mut dp, &cfg, n, rounds)?);
+    }
+
     Ok(Report {
         repeat,
         rounds,
         max_flows: cfg.limits.max_flows,
         empty_program_ns: empty_ns,
         rows,
+        schedulers,
+        maglev,
+    })
+}
+
+/// Times building a 65537-entry Maglev table for `n` backends, and a whole change to it
+/// (build, write into the idle half, switch), alternating between two backend sets so that
+/// every change really rewrites the table.
+fn time_maglev(
+    dp: &mut Dataplane,
+    base: &Config,
+    n: usize,
+    rounds: u32,
+) -> Result<MaglevRow, BenchError> {
+    let make = |offset: usize| {
+        let mut c = base.clone();
+        let svc = &mut c.services[0];
+        svc.scheduler = Scheduler::Maglev;
+        svc.maglev_table_size = 65537;
+        svc.backends = (0..n)
+            .map(|i| config::BackendConfig {
+                address: SocketAddrV4::new(
+                    std::net::Ipv4Addr::from(0x0a00_0000 + (i + offset) as u32),
+                    8000,
+                ),
+                weight: 1,
+                drain: false,
+            })
+            .collect();
+        c
+    };
+    let (a, b) = (make(0), make(1));
+    let mut build = Vec::new();
+    let mut apply = Vec::new();
+    for r in 0..rounds {
+        let c = if r % 2 == 0 { &a } else { &b };
+        let t = std::time::Instant::now();
+        let table = reconcile::scheduling_table(c, &c.services[0]);
+        build.push(t.elapsed().as_secs_f64() * 1e3);
+        if table.len() != 65537 {
+            return Err(BenchError::Harness(format!(
+                "maglev table has {} entries",
+                table.len()
+            )));
+        }
+        let t = std::time::Instant::now();
+        dp.apply_config(c)?;
+        apply.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(MaglevRow {
+        backends: n,
+        table_size: 65537,
+        build_ms: median(&mut build),
+        build_and_apply_ms: median(&mut apply),
     })
 }
 
@@ -262,6 +375,34 @@ pub fn render(r: &Report) -> String {
             s,
             "{:<32} {:>10.1} {:>10.1} {:>10.1}",
             row.case, row.total_ns, row.wrapper_ns, row.net_ns
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "{:<24} {:>18} {:>14}",
+        "scheduler (net ns)", "existing flow", "new flow"
+    );
+    for row in &r.schedulers {
+        let _ = writeln!(
+            s,
+            "{:<24} {:>18.1} {:>14.1}",
+            row.scheduler, row.existing_flow_ns, row.new_flow_ns
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "{:<24} {:>18} {:>22}",
+        "maglev table 65537", "build (ms)", "build+apply (ms)"
+    );
+    for row in &r.maglev {
+        let _ = writeln!(
+            s,
+            "{:<24} {:>18.2} {:>22.2}",
+            format!("{} backends", row.backends),
+            row.build_ms,
+            row.build_and_apply_ms
         );
     }
     s

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod config;
 pub mod dataplane;
 pub mod demo;
+pub mod explain;
 pub mod instance;
 pub mod packet;
 pub mod stats;

@@ -13,7 +13,7 @@ use xdplb::{
     bench,
     config::{self, Config},
     dataplane::{self, Dataplane},
-    demo, instance, stats,
+    demo, explain, instance, stats,
 };
 use xdplb_common::{MAP_BACKEND_STATS, MAP_SERVICE_STATS, MAP_STATS};
 
@@ -40,6 +40,17 @@ enum Command {
     Check {
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Say which backend a flow gets, and why (service, scheduler, hash, table slot).
+    Explain {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The client's address and port.
+        client: SocketAddrV4,
+        /// The destination the client sends to (a VIP, or any address for a 0.0.0.0 service).
+        destination: SocketAddrV4,
+        #[arg(long)]
+        json: bool,
     },
     /// Print the counters of a running instance.
     Stats {
@@ -77,9 +88,9 @@ enum Command {
     },
     /// Measure the data plane's cost per packet with BPF_PROG_TEST_RUN.
     Bench {
-        #[arg(long, default_value_t = 1_000_000)]
+        #[arg(long, default_value_t = 500_000)]
         repeat: u32,
-        #[arg(long, default_value_t = 7)]
+        #[arg(long, default_value_t = 5)]
         rounds: u32,
         /// Size of the flow and reply tables (default: the config default, 262144).
         #[arg(long)]
@@ -109,6 +120,24 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Check { config } => {
             let cfg = load_config(&config)?;
             print!("{}: OK\n{}", config.display(), cfg.describe());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain {
+            config,
+            client,
+            destination,
+            json,
+        } => {
+            let cfg = match &config {
+                Some(p) => config::load(p)?,
+                None => config::default_config(),
+            };
+            let e = explain::explain(&cfg, client, destination)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+            } else {
+                print!("{}", e.render());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Stats { instance, json } => {
@@ -206,11 +235,10 @@ fn run(config_path: Option<PathBuf>, instance_name: &str) -> anyhow::Result<()> 
 
     let started = Instant::now();
     let mut dp = Dataplane::load(cfg.limits, cfg.debug_log)?;
-    let desired = dataplane::desired_state(&cfg);
-    dataplane::reconcile::apply(&desired, &mut dp.writer()?).context("filling the maps")?;
+    dp.apply_config(&cfg).context("filling the maps")?;
     let attached = dataplane::attach_all(&mut dp, &cfg.interfaces, cfg.xdp_mode)?;
 
-    let state = instance_state(&dp, &cfg, instance_name, &origin, attached.clone())?;
+    let state = instance_state(&dp, instance_name, &origin, attached.clone())?;
     let state_path = instance::write(&state)?;
     let where_ = attached
         .iter()
@@ -220,7 +248,7 @@ fn run(config_path: Option<PathBuf>, instance_name: &str) -> anyhow::Result<()> 
     eprintln!(
         "xdplb: running instance {instance_name:?} from {origin}: {} service(s), {} backend(s), attached to {where_} in {} ms; state {}",
         cfg.services.len(),
-        desired.backends.len(),
+        cfg.services.iter().map(|s| s.backends.len()).sum::<usize>(),
         started.elapsed().as_millis(),
         state_path.display()
     );
@@ -248,7 +276,6 @@ fn wait_for_signal(dp: &mut Dataplane) -> anyhow::Result<&'static str> {
 
 fn instance_state(
     dp: &Dataplane,
-    cfg: &Config,
     name: &str,
     origin: &str,
     interfaces: Vec<dataplane::AttachedInterface>,
@@ -257,21 +284,28 @@ fn instance_state(
     for m in [MAP_STATS, MAP_SERVICE_STATS, MAP_BACKEND_STATS] {
         map_ids.insert(m.to_string(), dp.map_id(m)?);
     }
-    let services = (0u32..)
-        .zip(&cfg.services)
-        .map(|(id, s)| instance::ServiceInfo {
-            name: s.name.clone(),
-            vip: s.vip.to_string(),
-            id,
-            backends: (0u32..)
-                .zip(&s.backends)
-                .map(|(i, b)| instance::BackendInfo {
-                    address: b.address.to_string(),
-                    index: dataplane::reconcile::backend_index(&cfg.limits, id, i),
+    let services = dp
+        .current()
+        .map(|state| {
+            state
+                .services
+                .iter()
+                .map(|p| instance::ServiceInfo {
+                    name: p.name.clone(),
+                    vip: p.vip.to_string(),
+                    id: p.service.id,
+                    backends: p
+                        .backends
+                        .iter()
+                        .map(|(index, _, address)| instance::BackendInfo {
+                            address: address.to_string(),
+                            index: *index,
+                        })
+                        .collect(),
                 })
-                .collect(),
+                .collect()
         })
-        .collect();
+        .unwrap_or_default();
     Ok(instance::InstanceState {
         instance: name.to_string(),
         pid: std::process::id(),

@@ -6,12 +6,16 @@ use aya::{
     programs::{SchedClassifier, Xdp},
 };
 use xdplb_common::{
-    Backend, Counter, GLOBAL_DEBUG_LOG, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOWS, MAP_REPLIES,
-    MAP_RR_CURSOR, MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS, Service, ServiceKey, Stat,
+    Backend, Counter, GLOBAL_DEBUG_LOG, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOWS, MAP_LOOKUP,
+    MAP_REPLIES, MAP_RR_CURSOR, MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS, Service, ServiceKey,
+    Stat,
 };
 
-use super::{DataplaneError, MapWriter};
-use crate::config::Limits;
+use super::{
+    DataplaneError, MapWriter,
+    reconcile::{DesiredState, Reconciler, desired_state},
+};
+use crate::config::{Config, Limits};
 
 /// The load balancer's eBPF object, built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdplb"));
@@ -28,6 +32,7 @@ pub struct Dataplane {
     pub(crate) ebpf: Ebpf,
     pub limits: Limits,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    reconciler: Reconciler,
 }
 
 impl Dataplane {
@@ -45,6 +50,7 @@ impl Dataplane {
             .map_max_entries(MAP_SERVICES, limits.max_services)
             .map_max_entries(MAP_BACKENDS, backends)
             .map_max_entries(MAP_RR_CURSOR, limits.max_services)
+            .map_max_entries(MAP_LOOKUP, limits.max_lookup_entries)
             .map_max_entries(MAP_FLOWS, limits.max_flows)
             .map_max_entries(MAP_REPLIES, limits.max_flows)
             .map_max_entries(MAP_SERVICE_STATS, limits.max_services)
@@ -74,6 +80,7 @@ impl Dataplane {
             ebpf,
             limits,
             logger,
+            reconciler: Reconciler::default(),
         })
     }
 
@@ -159,9 +166,38 @@ impl Dataplane {
             .collect()
     }
 
+    /// Moves the maps to what `cfg` asks for, keeping surviving backends at their positions and
+    /// switching every service's table atomically (see [`Reconciler::apply`]). The config's
+    /// limits must be the ones this data plane was loaded with.
+    pub fn apply_config(&mut self, cfg: &Config) -> Result<(), DataplaneError> {
+        if cfg.limits != self.limits {
+            return Err(DataplaneError::LimitsChanged);
+        }
+        let next = desired_state(cfg, self.reconciler.current());
+        self.apply(next)
+    }
+
+    /// Applies a desired state (see [`Reconciler::apply`]).
+    pub fn apply(&mut self, next: DesiredState) -> Result<(), DataplaneError> {
+        let mut reconciler = std::mem::take(&mut self.reconciler);
+        let result = match self.writer() {
+            Ok(mut maps) => reconciler.apply(next, &mut maps),
+            Err(e) => Err(e),
+        };
+        self.reconciler = reconciler;
+        result
+    }
+
+    /// What the maps hold, as last applied.
+    pub fn current(&self) -> Option<&DesiredState> {
+        self.reconciler.current()
+    }
+
     /// Map writes for reconciliation.
     pub fn writer(&mut self) -> Result<KernelMaps<'_>, DataplaneError> {
-        let [services, backends] = self.ebpf.maps_disjoint_mut([MAP_SERVICES, MAP_BACKENDS]);
+        let [services, backends, lookup] =
+            self.ebpf
+                .maps_disjoint_mut([MAP_SERVICES, MAP_BACKENDS, MAP_LOOKUP]);
         let services: HashMap<&mut MapData, ServiceKey, Service> = services
             .ok_or(DataplaneError::MissingMap(MAP_SERVICES))?
             .try_into()
@@ -170,7 +206,15 @@ impl Dataplane {
             .ok_or(DataplaneError::MissingMap(MAP_BACKENDS))?
             .try_into()
             .map_err(|e| DataplaneError::map(MAP_BACKENDS, e))?;
-        Ok(KernelMaps { services, backends })
+        let lookup: Array<&mut MapData, u32> = lookup
+            .ok_or(DataplaneError::MissingMap(MAP_LOOKUP))?
+            .try_into()
+            .map_err(|e| DataplaneError::map(MAP_LOOKUP, e))?;
+        Ok(KernelMaps {
+            services,
+            backends,
+            lookup,
+        })
     }
 
     /// Sets every CPU's round-robin cursor of `service_id` to `value` (tests use this to make
@@ -198,6 +242,7 @@ impl Dataplane {
 pub struct KernelMaps<'a> {
     services: HashMap<&'a mut MapData, ServiceKey, Service>,
     backends: Array<&'a mut MapData, Backend>,
+    lookup: Array<&'a mut MapData, u32>,
 }
 
 impl MapWriter for KernelMaps<'_> {
@@ -215,9 +260,29 @@ impl MapWriter for KernelMaps<'_> {
             .map_err(|e| DataplaneError::map(MAP_BACKENDS, e))
     }
 
+    fn put_lookup(&mut self, index: u32, backend_index: u32) -> Result<(), DataplaneError> {
+        let capacity = self.lookup.len();
+        if index >= capacity {
+            return Err(DataplaneError::OverCapacity {
+                what: "scheduling table entry",
+                index,
+                capacity,
+            });
+        }
+        self.lookup
+            .set(index, backend_index, 0)
+            .map_err(|e| DataplaneError::map(MAP_LOOKUP, e))
+    }
+
     fn put_service(&mut self, key: &ServiceKey, service: &Service) -> Result<(), DataplaneError> {
         self.services
             .insert(key, service, 0)
+            .map_err(|e| DataplaneError::map(MAP_SERVICES, e))
+    }
+
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DataplaneError> {
+        self.services
+            .remove(key)
             .map_err(|e| DataplaneError::map(MAP_SERVICES, e))
     }
 }

@@ -9,7 +9,7 @@ pub use attach::{AttachedInterface, attach_all};
 pub use load::{
     BENCH_OBJECT, Dataplane, KernelMaps, PROGRAM_INGRESS, PROGRAM_REPLY, sum_counters as sum,
 };
-pub use reconcile::{DesiredState, MapWriter, desired_state};
+pub use reconcile::{DesiredState, MapWriter, Reconciler, ServicePlan, desired_state};
 
 use std::io;
 
@@ -52,6 +52,10 @@ pub enum DataplaneError {
         index: u32,
         capacity: u32,
     },
+    #[error(
+        "the config's [limits] differ from the ones the data plane was loaded with; limits change only with a restart"
+    )]
+    LimitsChanged,
     #[error("I/O: {0}")]
     Io(#[from] io::Error),
 }

@@ -1,27 +1,56 @@
 //! Desired state (from the config) to map writes.
 //!
 //! The map writes sit behind [`MapWriter`] so that the translation and its ordering are tested
-//! without a kernel.
+//! without a kernel. [`Reconciler`] remembers what the maps hold, so that a change keeps every
+//! surviving backend at its position (live flows keep their backend) and switches each service
+//! to its new scheduling table in one step.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use xdplb_common::{Backend, IPPROTO_UDP, Service, ServiceKey, addr_from_v4_wire};
+use xdplb_common::{
+    BACKEND_FLAG_DRAINING, Backend, IPPROTO_UDP, SCHED_MAGLEV, SCHED_RANDOM, SCHED_ROUND_ROBIN,
+    SCHED_SOURCE_HASH, SCHED_WEIGHTED_ROUND_ROBIN, Service, ServiceKey, addr_from_v4_wire,
+    hash::{HASH_FIVE_TUPLE, HASH_SOURCE_IP, HASH_SOURCE_IP_PORT},
+    maglev::{self, MaglevBackend},
+    schedule,
+};
 
 use super::DataplaneError;
-use crate::config::{Config, Limits, Protocol};
+use crate::config::{self, Config, HashFields, Limits, Protocol, Scheduler, ServiceConfig};
+
+/// The longest weighted-round-robin table (it interleaves by weight within this length).
+pub const MAX_WRR_TABLE_LEN: usize = 65537;
 
 /// Writes into the data plane's maps.
 pub trait MapWriter {
     fn put_backend(&mut self, index: u32, backend: &Backend) -> Result<(), DataplaneError>;
+    fn put_lookup(&mut self, index: u32, backend_index: u32) -> Result<(), DataplaneError>;
     fn put_service(&mut self, key: &ServiceKey, service: &Service) -> Result<(), DataplaneError>;
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DataplaneError>;
+}
+
+/// What the maps must hold for one service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePlan {
+    pub name: String,
+    pub vip: SocketAddrV4,
+    pub key: ServiceKey,
+    /// The map value; `table_base` points at the first half of the region until a
+    /// [`Reconciler`] decides which half to write.
+    pub service: Service,
+    /// First `LOOKUP_V1` index of the service's region: two halves of `region_half` entries.
+    pub region_base: u32,
+    pub region_half: u32,
+    /// The scheduling table: `BACKENDS_V1` indices.
+    pub table: Vec<u32>,
+    /// Occupied backend positions: `(BACKENDS_V1 index, backend, address)`.
+    pub backends: Vec<(u32, Backend, SocketAddrV4)>,
 }
 
 /// What the maps must hold for a config.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DesiredState {
-    pub services: Vec<(ServiceKey, Service)>,
-    /// `(index into BACKENDS_V1, backend)`.
-    pub backends: Vec<(u32, Backend)>,
+    pub services: Vec<ServicePlan>,
 }
 
 /// The wire-order 16-byte form of an IPv4 address.
@@ -29,41 +58,10 @@ pub fn addr_v4(ip: Ipv4Addr) -> xdplb_common::Addr {
     addr_from_v4_wire(u32::from_ne_bytes(ip.octets()))
 }
 
-/// The `BACKENDS_V1` index of backend `i` of the service with id `service_id`: service `n` owns
-/// the slots `[n * max_backends_per_service, (n + 1) * max_backends_per_service)`.
+/// The `BACKENDS_V1` index of position `i` of the service with id `service_id`: service `n`
+/// owns positions `[n * max_backends_per_service, (n + 1) * max_backends_per_service)`.
 pub fn backend_index(limits: &Limits, service_id: u32, i: u32) -> u32 {
     service_id * limits.max_backends_per_service + i
-}
-
-/// Translates a validated config. Service `i` (in config order) gets id `i` and the backend
-/// slots from [`backend_index`].
-pub fn desired_state(cfg: &Config) -> DesiredState {
-    let mut services = Vec::with_capacity(cfg.services.len());
-    let mut backends = Vec::new();
-    for (id, svc) in (0u32..).zip(&cfg.services) {
-        let base = backend_index(&cfg.limits, id, 0);
-        for (slot, b) in (0u32..).zip(&svc.backends) {
-            backends.push((
-                backend_index(&cfg.limits, id, slot),
-                backend_entry(b.address, b.weight),
-            ));
-        }
-        let proto = match svc.protocol {
-            Protocol::Udp => IPPROTO_UDP,
-        };
-        services.push((
-            service_key(svc.vip, proto),
-            Service {
-                id,
-                backend_base: base,
-                backend_count: svc.backends.len() as u32,
-                flags: 0,
-                flow_idle_timeout_ns: u64::try_from(svc.flow_idle_timeout.as_nanos())
-                    .unwrap_or(u64::MAX),
-            },
-        ));
-    }
-    DesiredState { services, backends }
 }
 
 pub fn service_key(vip: SocketAddrV4, proto: u8) -> ServiceKey {
@@ -75,23 +73,237 @@ pub fn service_key(vip: SocketAddrV4, proto: u8) -> ServiceKey {
     }
 }
 
-fn backend_entry(address: SocketAddrV4, weight: u16) -> Backend {
-    Backend {
-        addr: addr_v4(*address.ip()),
-        port_be: address.port().to_be(),
-        weight,
-        flags: 0,
+pub fn scheduler_code(s: Scheduler) -> u32 {
+    match s {
+        Scheduler::Maglev => SCHED_MAGLEV,
+        Scheduler::RoundRobin => SCHED_ROUND_ROBIN,
+        Scheduler::WeightedRoundRobin => SCHED_WEIGHTED_ROUND_ROBIN,
+        Scheduler::Random => SCHED_RANDOM,
+        Scheduler::SourceHash => SCHED_SOURCE_HASH,
     }
 }
 
-/// Writes `state` into empty maps: every backend first, then the services that point at them,
-/// so the data plane never sees a service whose backends are not yet written.
-pub fn apply(state: &DesiredState, maps: &mut impl MapWriter) -> Result<(), DataplaneError> {
-    for (index, backend) in &state.backends {
-        maps.put_backend(*index, backend)?;
+pub fn hash_code(h: HashFields) -> u32 {
+    match h {
+        HashFields::FiveTuple => HASH_FIVE_TUPLE,
+        HashFields::SourceIp => HASH_SOURCE_IP,
+        HashFields::SourceIpPort => HASH_SOURCE_IP_PORT,
     }
-    for (key, service) in &state.services {
-        maps.put_service(key, service)?;
+}
+
+/// Translates a validated config. Service `i` (in config order) gets id `i`, the backend
+/// positions from [`backend_index`] and a table region after those of services `0..i`.
+///
+/// A backend that `previous` already had (same service name, same address) keeps its position,
+/// so its live flows stay valid; a new backend takes the lowest free position.
+pub fn desired_state(cfg: &Config, previous: Option<&DesiredState>) -> DesiredState {
+    let mut region_base = 0u32;
+    let mut services = Vec::with_capacity(cfg.services.len());
+    for (id, svc) in (0u32..).zip(&cfg.services) {
+        let half = config::table_capacity(svc, &cfg.limits);
+        let before = previous.and_then(|p| p.services.iter().find(|s| s.name == svc.name));
+        services.push(plan_service(cfg, svc, id, region_base, half, before));
+        region_base += 2 * half;
+    }
+    DesiredState { services }
+}
+
+fn plan_service(
+    cfg: &Config,
+    svc: &ServiceConfig,
+    id: u32,
+    region_base: u32,
+    region_half: u32,
+    before: Option<&ServicePlan>,
+) -> ServicePlan {
+    let base = backend_index(&cfg.limits, id, 0);
+    let mut taken: Vec<u32> = Vec::with_capacity(svc.backends.len());
+    // Positions kept from before, by address; the rest are filled in below.
+    let mut positions: Vec<Option<u32>> = svc
+        .backends
+        .iter()
+        .map(|b| {
+            let kept = before?
+                .backends
+                .iter()
+                .find(|(_, _, addr)| *addr == b.address)
+                .map(|(index, _, _)| index - before.map_or(0, |p| p.service.backend_base));
+            if let Some(p) = kept {
+                taken.push(p);
+            }
+            kept
+        })
+        .collect();
+    let mut next_free = 0u32;
+    for p in positions.iter_mut().filter(|p| p.is_none()) {
+        while taken.contains(&next_free) {
+            next_free += 1;
+        }
+        *p = Some(next_free);
+        taken.push(next_free);
+    }
+    let positions: Vec<u32> = positions
+        .into_iter()
+        .map(|p| p.unwrap_or_default())
+        .collect();
+
+    let backends: Vec<(u32, Backend, SocketAddrV4)> = svc
+        .backends
+        .iter()
+        .zip(&positions)
+        .map(|(b, pos)| {
+            let entry = Backend {
+                addr: addr_v4(*b.address.ip()),
+                port_be: b.address.port().to_be(),
+                weight: b.weight,
+                flags: if b.drain { BACKEND_FLAG_DRAINING } else { 0 },
+            };
+            (base + pos, entry, b.address)
+        })
+        .collect();
+    let table: Vec<u32> = scheduling_table(cfg, svc)
+        .into_iter()
+        .filter_map(|i| backends.get(i as usize).map(|(index, _, _)| *index))
+        .collect();
+    let proto = match svc.protocol {
+        Protocol::Udp => IPPROTO_UDP,
+    };
+    ServicePlan {
+        name: svc.name.clone(),
+        vip: svc.vip,
+        key: service_key(svc.vip, proto),
+        service: Service {
+            id,
+            backend_base: base,
+            backend_count: positions.iter().max().map_or(0, |m| m + 1),
+            scheduler: scheduler_code(svc.scheduler),
+            table_base: region_base,
+            table_len: table.len() as u32,
+            hash_fields: hash_code(svc.hash),
+            hash_seed: cfg.hash_seed,
+            flow_idle_timeout_ns: u64::try_from(svc.flow_idle_timeout.as_nanos())
+                .unwrap_or(u64::MAX),
+        },
+        region_base,
+        region_half,
+        table,
+        backends,
+    }
+}
+
+/// The scheduling table of a service as indices into `svc.backends`; drained backends get no
+/// entry. Shared with `xdplb explain`, so both see exactly what the data plane is given.
+pub fn scheduling_table(cfg: &Config, svc: &ServiceConfig) -> Vec<u32> {
+    let weights: Vec<u32> = svc
+        .backends
+        .iter()
+        .map(|b| if b.drain { 0 } else { u32::from(b.weight) })
+        .collect();
+    match svc.scheduler {
+        Scheduler::Maglev => {
+            let mb: Vec<MaglevBackend> = svc
+                .backends
+                .iter()
+                .zip(&weights)
+                .map(|(b, w)| MaglevBackend {
+                    addr: addr_v4(*b.address.ip()),
+                    port_be: b.address.port().to_be(),
+                    weight: *w,
+                })
+                .collect();
+            // Validation guarantees a prime size and a backend with weight > 0.
+            maglev::build_table(&mb, svc.maglev_table_size, cfg.hash_seed).unwrap_or_default()
+        }
+        Scheduler::WeightedRoundRobin => {
+            schedule::weighted_round_robin_table(&weights, MAX_WRR_TABLE_LEN)
+        }
+        Scheduler::RoundRobin | Scheduler::Random | Scheduler::SourceHash => {
+            schedule::round_robin_table(&weights)
+        }
+    }
+}
+
+/// Applies desired states to the maps one after another, remembering what they hold.
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    current: Option<DesiredState>,
+}
+
+impl Reconciler {
+    /// What the maps hold now, if anything was applied.
+    pub fn current(&self) -> Option<&DesiredState> {
+        self.current.as_ref()
+    }
+
+    /// Moves the maps from the current state to `next`:
+    /// 1. backends that are new or changed are written (old positions are untouched);
+    /// 2. each service's new table goes into the half of its region not in use;
+    /// 3. each service is switched to it with one map update (the atomic step);
+    /// 4. positions no longer used are cleared, so flows on removed backends are rescheduled;
+    /// 5. services that are gone are removed.
+    ///
+    /// While this runs, a packet sees either the old or the new table, and goes to a backend
+    /// of the old or the new set. On error the maps may hold a mix of new backends and old
+    /// services, every one of which still forwards to a valid backend.
+    pub fn apply(
+        &mut self,
+        mut next: DesiredState,
+        maps: &mut impl MapWriter,
+    ) -> Result<(), DataplaneError> {
+        let previous = self.current.take().unwrap_or_default();
+        let result = apply_diff(&previous, &mut next, maps);
+        self.current = Some(if result.is_ok() { next } else { previous });
+        result
+    }
+}
+
+fn apply_diff(
+    previous: &DesiredState,
+    next: &mut DesiredState,
+    maps: &mut impl MapWriter,
+) -> Result<(), DataplaneError> {
+    let find = |name: &str| previous.services.iter().find(|s| s.name == name);
+    for plan in &next.services {
+        let old = find(&plan.name);
+        for (index, backend, _) in &plan.backends {
+            let unchanged = old.is_some_and(|o| {
+                o.backends
+                    .iter()
+                    .any(|(i, b, _)| i == index && b == backend)
+            });
+            if !unchanged {
+                maps.put_backend(*index, backend)?;
+            }
+        }
+    }
+    for plan in &mut next.services {
+        let old = find(&plan.name);
+        // Use the half the old table is not in (the first half for a new service).
+        let use_second = old.is_some_and(|o| {
+            o.region_base == plan.region_base && o.service.table_base == o.region_base
+        });
+        let table_base = plan.region_base + if use_second { plan.region_half } else { 0 };
+        for (j, entry) in (0u32..).zip(&plan.table) {
+            maps.put_lookup(table_base + j, *entry)?;
+        }
+        plan.service.table_base = table_base;
+        maps.put_service(&plan.key, &plan.service)?;
+        if let Some(o) = old
+            && o.key != plan.key
+        {
+            maps.remove_service(&o.key)?;
+        }
+    }
+    for old in &previous.services {
+        let still = next.services.iter().find(|s| s.name == old.name);
+        for (index, _, _) in &old.backends {
+            if !still.is_some_and(|s| s.backends.iter().any(|(i, _, _)| i == index)) {
+                maps.put_backend(*index, &Backend::default())?;
+            }
+        }
+        if still.is_none() && !next.services.iter().any(|s| s.key == old.key) {
+            maps.remove_service(&old.key)?;
+        }
     }
     Ok(())
 }
@@ -104,6 +316,7 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         writes: Vec<String>,
+        lookups: usize,
     }
     impl MapWriter for Recorder {
         fn put_backend(&mut self, index: u32, b: &Backend) -> Result<(), DataplaneError> {
@@ -111,77 +324,188 @@ mod tests {
                 .push(format!("backend {index} port {}", u16::from_be(b.port_be)));
             Ok(())
         }
+        fn put_lookup(&mut self, _index: u32, _value: u32) -> Result<(), DataplaneError> {
+            self.lookups += 1;
+            Ok(())
+        }
         fn put_service(&mut self, _k: &ServiceKey, s: &Service) -> Result<(), DataplaneError> {
+            self.writes.push(format!(
+                "service {} table {}+{}",
+                s.id, s.table_base, s.table_len
+            ));
+            Ok(())
+        }
+        fn remove_service(&mut self, k: &ServiceKey) -> Result<(), DataplaneError> {
             self.writes
-                .push(format!("service {} count {}", s.id, s.backend_count));
+                .push(format!("remove port {}", u16::from_be(k.port_be)));
             Ok(())
         }
     }
 
-    #[test]
-    fn default_config_maps_to_one_service_and_three_backends() {
-        let state = desired_state(&default_config());
-        assert_eq!(state.services.len(), 1);
-        let (key, svc) = state.services[0];
-        assert_eq!(key.addr, addr_v4(Ipv4Addr::LOCALHOST));
-        assert_eq!(u16::from_be(key.port_be), 9875);
-        assert_eq!(key.proto, IPPROTO_UDP);
-        assert_eq!((svc.id, svc.backend_base, svc.backend_count), (0, 0, 3));
-        assert_eq!(svc.flow_idle_timeout_ns, 30_000_000_000);
-        let ports: Vec<u16> = state
-            .backends
-            .iter()
-            .map(|(_, b)| u16::from_be(b.port_be))
-            .collect();
-        assert_eq!(ports, [9876, 9877, 9878]);
-    }
-
-    #[test]
-    fn services_get_disjoint_backend_ranges() {
-        let cfg = parse(
-            r#"
+    fn two_services(extra: &str) -> Config {
+        parse(
+            &format!(
+                r#"
 interfaces = ["lo"]
 [limits]
 max_backends_per_service = 4
 [[service]]
 name = "a"
 vip = "10.0.0.1:53"
+scheduler = "round-robin"
 [[service.backend]]
 address = "10.0.1.1:53"
 [[service]]
 name = "b"
 vip = "0.0.0.0:53"
 flow_idle_timeout = "5s"
+scheduler = "weighted-round-robin"
 [[service.backend]]
 address = "10.0.2.1:53"
 [[service.backend]]
 address = "10.0.2.2:53"
-weight = 7
-"#,
+weight = 3
+{extra}
+"#
+            ),
             "test",
         )
-        .expect("valid config");
-        let state = desired_state(&cfg);
-        let idx: Vec<u32> = state.backends.iter().map(|(i, _)| *i).collect();
-        assert_eq!(idx, [0, 4, 5]);
-        assert_eq!(state.backends[2].1.weight, 7);
-        assert_eq!(state.services[1].1.backend_base, 4);
-        assert_eq!(state.services[1].0.addr, addr_v4(Ipv4Addr::UNSPECIFIED));
-        assert_eq!(state.services[1].1.flow_idle_timeout_ns, 5_000_000_000);
+        .expect("valid config")
     }
 
     #[test]
-    fn apply_writes_backends_before_services() {
+    fn default_config_maps_to_one_service_and_three_backends() {
+        let state = desired_state(&default_config(), None);
+        assert_eq!(state.services.len(), 1);
+        let p = &state.services[0];
+        assert_eq!(p.key.addr, addr_v4(Ipv4Addr::LOCALHOST));
+        assert_eq!(u16::from_be(p.key.port_be), 9875);
+        assert_eq!(p.key.proto, IPPROTO_UDP);
+        let s = p.service;
+        assert_eq!((s.id, s.backend_base, s.backend_count), (0, 0, 3));
+        assert_eq!((s.scheduler, s.table_len), (SCHED_ROUND_ROBIN, 3));
+        assert_eq!(s.flow_idle_timeout_ns, 30_000_000_000);
+        assert_eq!(p.table, [0, 1, 2]);
+        let ports: Vec<u16> = p
+            .backends
+            .iter()
+            .map(|(_, b, _)| u16::from_be(b.port_be))
+            .collect();
+        assert_eq!(ports, [9876, 9877, 9878]);
+    }
+
+    #[test]
+    fn services_get_disjoint_backend_ranges_and_table_regions() {
+        let state = desired_state(&two_services(""), None);
+        let b = &state.services[1];
+        let idx: Vec<u32> = b.backends.iter().map(|(i, _, _)| *i).collect();
+        assert_eq!(idx, [4, 5]);
+        assert_eq!(b.backends[1].1.weight, 3);
+        assert_eq!(b.key.addr, addr_v4(Ipv4Addr::UNSPECIFIED));
+        assert_eq!(b.service.flow_idle_timeout_ns, 5_000_000_000);
+        // Region of "a": 2 x max_backends_per_service (4); "b" (wrr) starts after it.
+        assert_eq!(
+            (b.region_base, b.region_half),
+            (8, MAX_WRR_TABLE_LEN as u32)
+        );
+        // Weighted round robin: backend 5 three times as often as backend 4.
+        let count = |i| b.table.iter().filter(|x| **x == i).count();
+        assert_eq!((count(4), count(5)), (1, 3));
+    }
+
+    #[test]
+    fn drained_backends_keep_their_position_but_leave_the_table() {
+        let cfg = two_services("drain = true\n[[service.backend]]\naddress = \"10.0.2.3:53\"");
+        let b = &desired_state(&cfg, None).services[1];
+        assert_eq!(b.backends[1].1.flags, BACKEND_FLAG_DRAINING);
+        assert!(
+            !b.table.contains(&5),
+            "a drained backend takes no new flows"
+        );
+        assert!(b.table.contains(&4) && b.table.contains(&6));
+    }
+
+    #[test]
+    fn surviving_backends_keep_their_positions_across_changes() {
+        let before = desired_state(&two_services(""), None);
+        // Remove 10.0.2.1 (position 0) and add two new ones.
+        let mut cfg = two_services(
+            "[[service.backend]]\naddress = \"10.0.2.3:53\"\n[[service.backend]]\naddress = \"10.0.2.4:53\"",
+        );
+        cfg.services[1].backends.remove(0);
+        let after = desired_state(&cfg, Some(&before));
+        let pos: Vec<(u32, String)> = after.services[1]
+            .backends
+            .iter()
+            .map(|(i, _, a)| (*i, a.to_string()))
+            .collect();
+        assert_eq!(
+            pos,
+            [
+                (5, "10.0.2.2:53".to_string()),
+                (4, "10.0.2.3:53".to_string()),
+                (6, "10.0.2.4:53".to_string())
+            ],
+            "10.0.2.2 keeps position 1; new backends fill the lowest free positions"
+        );
+        assert_eq!(after.services[1].service.backend_count, 3);
+    }
+
+    #[test]
+    fn apply_writes_backends_then_tables_then_services_and_alternates_halves() {
         let mut rec = Recorder::default();
-        apply(&desired_state(&default_config()), &mut rec).expect("recorder never fails");
+        let mut r = Reconciler::default();
+        let cfg = default_config();
+        r.apply(desired_state(&cfg, None), &mut rec)
+            .expect("recorder never fails");
         assert_eq!(
             rec.writes,
             [
                 "backend 0 port 9876",
                 "backend 1 port 9877",
                 "backend 2 port 9878",
-                "service 0 count 3"
+                "service 0 table 0+3"
             ]
         );
+        assert_eq!(rec.lookups, 3);
+        // Drop one backend: the new table goes into the second half, then the removed
+        // position is cleared after the switch.
+        let mut smaller = cfg.clone();
+        smaller.services[0].backends.remove(1);
+        rec.writes.clear();
+        r.apply(desired_state(&smaller, r.current()), &mut rec)
+            .expect("apply");
+        let half = config::table_capacity(&cfg.services[0], &cfg.limits);
+        assert_eq!(
+            rec.writes,
+            [
+                format!("service 0 table {half}+2"),
+                "backend 1 port 0".to_string()
+            ]
+        );
+        // And back: the first half again.
+        rec.writes.clear();
+        r.apply(desired_state(&cfg, r.current()), &mut rec)
+            .expect("apply");
+        assert_eq!(rec.writes, ["backend 1 port 9877", "service 0 table 0+3"]);
+    }
+
+    #[test]
+    fn a_removed_service_is_deleted() {
+        let mut rec = Recorder::default();
+        let mut r = Reconciler::default();
+        let cfg = two_services("");
+        r.apply(desired_state(&cfg, None), &mut rec).expect("apply");
+        let mut one = cfg.clone();
+        one.services.truncate(1);
+        rec.writes.clear();
+        r.apply(desired_state(&one, r.current()), &mut rec)
+            .expect("apply");
+        assert!(
+            rec.writes.contains(&"remove port 53".to_string()),
+            "{:?}",
+            rec.writes
+        );
+        assert!(rec.writes.contains(&"backend 4 port 0".to_string()));
     }
 }
