@@ -213,6 +213,7 @@ xdp_mode = "auto"
 [[service]]
 name = "veth-demo"
 vip = "10.200.0.2:9875"
+scheduler = "round-robin"
 [[service.backend]]
 address = "10.200.0.2:9876"
 [[service.backend]]
@@ -298,4 +299,102 @@ address = "10.200.0.2:9878"
         !xdp_attached(&lb_ns, "lo"),
         "XDP detached from lo after exit"
     );
+}
+
+#[test]
+fn every_scheduler_end_to_end_with_real_sockets_and_replies() {
+    require_root();
+    let client_ns = Netns::new("sc");
+    let lb_ns = Netns::new("sl");
+    let pid = std::process::id();
+    let (veth_c, veth_l) = (format!("sc{pid}"), format!("sl{pid}"));
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        &veth_c,
+        "netns",
+        &client_ns.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &veth_l,
+        "netns",
+        &lb_ns.name,
+    ]);
+    client_ns.exec(&["ip", "addr", "add", "10.201.0.1/24", "dev", &veth_c]);
+    lb_ns.exec(&["ip", "addr", "add", "10.201.0.2/24", "dev", &veth_l]);
+    for (ns, dev) in [(&client_ns, &veth_c), (&lb_ns, &veth_l)] {
+        ns.exec(&["ip", "link", "set", dev, "up"]);
+        ns.exec(&["ethtool", "-K", dev, "tx", "off"]);
+    }
+    let mut backends = Daemon::spawn(&in_ns(
+        &lb_ns,
+        &[
+            XDPLB,
+            "demo-backend",
+            "--listen",
+            "10.201.0.2:9876,10.201.0.2:9877,10.201.0.2:9878",
+        ],
+    ));
+    backends.wait_for("listening", START);
+    let dir = run_dir("sched");
+    let env = format!("XDPLB_RUN_DIR={dir}");
+    for scheduler in [
+        "maglev",
+        "round-robin",
+        "weighted-round-robin",
+        "random",
+        "source-hash",
+    ] {
+        let cfg_path = format!("{dir}/{scheduler}.toml");
+        std::fs::write(
+            &cfg_path,
+            format!(
+                "interfaces = [\"{veth_l}\"]\n[[service]]\nname = \"{scheduler}\"\nvip = \"10.201.0.2:9875\"\nscheduler = \"{scheduler}\"\n\
+                 [[service.backend]]\naddress = \"10.201.0.2:9876\"\n[[service.backend]]\naddress = \"10.201.0.2:9877\"\nweight = 2\n\
+                 [[service.backend]]\naddress = \"10.201.0.2:9878\"\nweight = 3\n"
+            ),
+        )
+        .expect("write config");
+        let instance = format!("t-sched-{pid}-{scheduler}");
+        let mut lb = Daemon::spawn(&in_ns(
+            &lb_ns,
+            &[
+                "env",
+                &env,
+                XDPLB,
+                "run",
+                "--config",
+                &cfg_path,
+                "--instance",
+                &instance,
+            ],
+        ));
+        lb.wait_for("running instance", START);
+        let (err0, _) = client_ns.udp_counters();
+        let report = client(&client_ns, "10.201.0.2:9875", 60, 2);
+        assert_every_reply_from_vip(&report, 60, 2);
+        let flows = per_backend(&report, "flows_per_backend");
+        match scheduler {
+            // One client address: source hash keeps every flow on one backend.
+            "source-hash" => assert_eq!(flows.len(), 1, "{scheduler}: {report}"),
+            "round-robin" => assert!(flows.values().all(|n| *n == 20), "{scheduler}: {report}"),
+            "weighted-round-robin" => assert_eq!(
+                flows.values().copied().collect::<Vec<_>>(),
+                [10, 20, 30],
+                "{scheduler}: 1:2:3 over 60 flows: {report}"
+            ),
+            _ => assert_eq!(
+                flows.len(),
+                3,
+                "{scheduler}: every backend serves flows: {report}"
+            ),
+        }
+        let (err, _) = client_ns.udp_counters();
+        assert_eq!(err, err0, "{scheduler}: UDP checksum errors at the client");
+        let status = lb.terminate(Duration::from_secs(10));
+        assert!(status.success(), "{scheduler}: exit 0 on SIGTERM");
+    }
 }

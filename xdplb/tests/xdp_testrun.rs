@@ -20,6 +20,7 @@ interfaces = ["lo"]
 [[service]]
 name = "demo"
 vip = "127.0.0.1:9875"
+scheduler = "round-robin"
 [[service.backend]]
 address = "127.0.0.1:9876"
 [[service.backend]]
@@ -411,9 +412,10 @@ fn an_idle_flow_is_rescheduled_after_its_timeout() {
 #[test]
 fn a_service_without_backends_drops_and_counts() {
     let (cfg, mut dp) = load_toml(CONFIG);
-    let (key, svc) = reconcile::desired_state(&cfg).services[0];
+    let plan = &reconcile::desired_state(&cfg, None).services[0];
+    let (key, svc) = (plan.key, plan.service);
     let empty = Service {
-        backend_count: 0,
+        table_len: 0,
         ..svc
     };
     dp.writer()
@@ -487,16 +489,26 @@ fn full_capacity_loads_and_the_last_slot_works() {
     };
     let vip: SocketAddrV4 = addr("198.51.100.1:5353");
     let key = reconcile::service_key(vip, xdplb_common::IPPROTO_UDP);
+    let last_lookup = limits.max_lookup_entries - 1;
     let service = Service {
         id: last_id,
         backend_base: last,
         backend_count: 1,
-        flags: 0,
+        scheduler: xdplb_common::SCHED_ROUND_ROBIN,
+        table_base: last_lookup,
+        table_len: 1,
+        hash_fields: 0,
+        hash_seed: 0,
         flow_idle_timeout_ns: 30_000_000_000,
     };
     {
         let mut w = dp.writer().expect("maps");
         w.put_backend(last, &backend).expect("last backend slot");
+        w.put_lookup(last_lookup, last).expect("last table slot");
+        assert!(
+            w.put_lookup(last_lookup + 1, last).is_err(),
+            "beyond the table pool must fail"
+        );
         w.put_service(&key, &service).expect("service");
         assert!(
             w.put_backend(last + 1, &backend).is_err(),
@@ -531,11 +543,7 @@ fn debug_logging_loads_and_still_balances() {
     require_root();
     pin_to_cpu0();
     let mut dp = xdplb::dataplane::Dataplane::load(cfg.limits, true).expect("load with debug log");
-    reconcile::apply(
-        &reconcile::desired_state(&cfg),
-        &mut dp.writer().expect("maps"),
-    )
-    .expect("fill");
+    dp.apply_config(&cfg).expect("fill");
     dp.set_rr_cursor(0, 0).expect("cursor");
     let frame = udp(CLIENT, VIP).build();
     let out = run(&mut dp, &frame);

@@ -44,11 +44,7 @@ pub fn load_config(cfg: &Config) -> Dataplane {
     require_root();
     pin_to_cpu0();
     let mut dp = Dataplane::load(cfg.limits, false).expect("load the data plane");
-    dataplane::reconcile::apply(
-        &dataplane::desired_state(cfg),
-        &mut dp.writer().expect("maps"),
-    )
-    .expect("fill maps");
+    dp.apply_config(cfg).expect("fill maps");
     for id in 0..cfg.services.len() as u32 {
         dp.set_rr_cursor(id, 0).expect("reset cursor");
     }
