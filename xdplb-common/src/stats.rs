@@ -40,11 +40,15 @@ pub enum Stat {
     /// Reply path, dropped: a reply whose headers could not be rewritten (a helper failed), so it
     /// could be half-translated.
     DropReplyRewriteFailed = 15,
+    /// Event: a flow was inserted under a key the flow table did not hold. The table only loses
+    /// entries to LRU eviction (flows are replaced in place, never deleted), so evictions are
+    /// these inserts minus the entries the table holds now (`xdplb stats` shows both).
+    FlowTableInsert = 16,
 }
 
 impl Stat {
     /// Number of counters; the length of `STATS_V1`.
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 17;
 
     /// Every counter, in index order.
     pub const ALL: [Stat; Stat::COUNT as usize] = [
@@ -64,6 +68,7 @@ impl Stat {
         Stat::FlowInsertFailed,
         Stat::ReplyTranslated,
         Stat::DropReplyRewriteFailed,
+        Stat::FlowTableInsert,
     ];
 
     /// A stable snake_case name, used in `xdplb stats` and later as a metric label.
@@ -85,6 +90,7 @@ impl Stat {
             Stat::FlowInsertFailed => "flow_insert_failed",
             Stat::ReplyTranslated => "reply_translated",
             Stat::DropReplyRewriteFailed => "drop_reply_rewrite_failed",
+            Stat::FlowTableInsert => "flow_table_inserts",
         }
     }
 }

@@ -72,8 +72,8 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let target = match existing_flow(&service, &flow_key, now) {
-        Some(t) => t,
-        None => {
+        Lookup::Live(t) => t,
+        lookup => {
             let tuple = FlowTuple {
                 src: flow_key.client_addr,
                 dst: flow_key.vip_addr,
@@ -81,7 +81,8 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
                 dst_port_be: dport_be,
                 proto: IPPROTO_UDP,
             };
-            let t = new_flow(&service, &flow_key, &tuple, now)
+            let replacing = matches!(lookup, Lookup::Stale);
+            let t = new_flow(&service, &flow_key, &tuple, now, replacing)
                 .ok_or(Verdict::drop(Stat::DropNoBackend))?;
             if debug_log_enabled() {
                 debug!(
@@ -120,29 +121,41 @@ fn lookup_service(daddr: u32, dport_be: u16) -> Option<Service> {
     unsafe { SERVICES.get(key) }.copied()
 }
 
+/// What the flow table says about a packet's flow.
+enum Lookup {
+    /// A live flow and its backend.
+    Live(Target),
+    /// An entry that idled out or whose backend left: to be replaced in place.
+    Stale,
+    /// No entry.
+    Missing,
+}
+
 /// Returns the backend of a live flow, refreshing its timestamp at most once per
-/// `FLOW_REFRESH_NS`. Returns `None` (and counts why) when there is no flow, it idled out, or its
-/// backend is no longer the service's backend at that index.
+/// `FLOW_REFRESH_NS`. Returns `Stale` (and counts why) when the flow idled out or its backend is
+/// no longer the service's backend at that index, `Missing` when there is no entry.
 #[inline(always)]
-fn existing_flow(service: &Service, key: &FlowKey, now: u64) -> Option<Target> {
-    let flow = FLOWS.get_ptr_mut(key)?;
+fn existing_flow(service: &Service, key: &FlowKey, now: u64) -> Lookup {
+    let Some(flow) = FLOWS.get_ptr_mut(key) else {
+        return Lookup::Missing;
+    };
     // SAFETY: an LRU map value; another CPU may race on the timestamp only, which is benign.
     let flow = unsafe { &mut *flow };
     let idle = now.saturating_sub(flow.last_seen_ns);
     if idle > service.flow_idle_timeout_ns {
         stats::count(Stat::FlowExpired);
-        return None;
+        return Lookup::Stale;
     }
     if !backend_is_current(service, flow) {
         stats::count(Stat::FlowRescheduled);
-        return None;
+        return Lookup::Stale;
     }
     if idle > FLOW_REFRESH_NS {
         flow.last_seen_ns = now;
         // Keep the reply entry alive too: the two LRU maps evict independently.
         remember_reply(key, flow);
     }
-    Some(Target {
+    Lookup::Live(Target {
         index: flow.backend_index,
         addr_v4: flow.backend_addr[3],
         port_be: flow.backend_port_be,
@@ -162,10 +175,16 @@ fn backend_is_current(service: &Service, flow: &Flow) -> bool {
     }
 }
 
-/// Schedules a new flow and records it (and its reply translation).
-/// Returns `None` when the service has no usable backend.
+/// Schedules a new flow and records it (and its reply translation); `replacing` says the key is
+/// already in the table. Returns `None` when the service has no usable backend.
 #[inline(always)]
-fn new_flow(service: &Service, key: &FlowKey, tuple: &FlowTuple, now: u64) -> Option<Target> {
+fn new_flow(
+    service: &Service,
+    key: &FlowKey,
+    tuple: &FlowTuple,
+    now: u64,
+    replacing: bool,
+) -> Option<Target> {
     if service.table_len == 0 {
         return None;
     }
@@ -186,6 +205,8 @@ fn new_flow(service: &Service, key: &FlowKey, tuple: &FlowTuple, now: u64) -> Op
     };
     if FLOWS.insert(key, flow, 0).is_err() {
         stats::count(Stat::FlowInsertFailed);
+    } else if !replacing {
+        stats::count(Stat::FlowTableInsert);
     }
     remember_reply(key, &flow);
     stats::count(Stat::FlowCreated);

@@ -15,7 +15,7 @@ use xdplb::{
     dataplane::{self, Dataplane},
     demo, explain, instance, stats,
 };
-use xdplb_common::{MAP_BACKEND_STATS, MAP_SERVICE_STATS, MAP_STATS};
+use xdplb_common::{MAP_BACKEND_STATS, MAP_FLOWS, MAP_SERVICE_STATS, MAP_STATS};
 
 #[derive(Parser)]
 #[command(name = "xdplb", version, about = "An XDP layer-4 UDP load balancer")]
@@ -281,7 +281,7 @@ fn instance_state(
     interfaces: Vec<dataplane::AttachedInterface>,
 ) -> anyhow::Result<instance::InstanceState> {
     let mut map_ids = std::collections::BTreeMap::new();
-    for m in [MAP_STATS, MAP_SERVICE_STATS, MAP_BACKEND_STATS] {
+    for m in [MAP_STATS, MAP_SERVICE_STATS, MAP_BACKEND_STATS, MAP_FLOWS] {
         map_ids.insert(m.to_string(), dp.map_id(m)?);
     }
     let services = dp

@@ -1,8 +1,10 @@
 //! Reading a running instance's counters and rendering them.
 
-use aya::maps::{Map, MapData, PerCpuArray};
+use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use serde::Serialize;
-use xdplb_common::{Counter, MAP_BACKEND_STATS, MAP_SERVICE_STATS, MAP_STATS, Stat};
+use xdplb_common::{
+    Counter, Flow, FlowKey, MAP_BACKEND_STATS, MAP_FLOWS, MAP_SERVICE_STATS, MAP_STATS, Stat,
+};
 
 use crate::{
     dataplane::DataplaneError,
@@ -41,6 +43,17 @@ pub struct ServiceRow {
     pub backends: Vec<TrafficRow>,
 }
 
+/// The flow table's fill level and evictions.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowTable {
+    pub entries: u64,
+    pub capacity: u32,
+    /// Flows inserted under new keys since start (`flow_table_inserts`).
+    pub inserts: u64,
+    /// `inserts - entries`: flows are never deleted, only evicted by the LRU when full.
+    pub evictions: u64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
     pub instance: String,
@@ -49,6 +62,7 @@ pub struct Snapshot {
     pub services: Vec<ServiceRow>,
     /// Every global counter, by name, in index order.
     pub counters: Vec<(String, u64)>,
+    pub flow_table: FlowTable,
 }
 
 /// Reads the counters of the running instance described by `state`.
@@ -56,12 +70,7 @@ pub fn read(state: &InstanceState) -> Result<Snapshot, StatsError> {
     let global = open_percpu::<u64>(state, MAP_STATS)?;
     let per_service = open_percpu::<Counter>(state, MAP_SERVICE_STATS)?;
     let per_backend = open_percpu::<Counter>(state, MAP_BACKEND_STATS)?;
-    let stale = |name: &str, e: aya::maps::MapError| StatsError::StaleMap {
-        instance: state.instance.clone(),
-        name: name.to_string(),
-        id: state.map_ids.get(name).copied().unwrap_or(0),
-        reason: e.to_string(),
-    };
+    let stale = |name: &str, e: aya::maps::MapError| stale(state, name, e.to_string());
     let mut counters = Vec::new();
     for s in Stat::ALL {
         let v = global
@@ -98,7 +107,17 @@ pub fn read(state: &InstanceState) -> Result<Snapshot, StatsError> {
             backends,
         });
     }
+    let (entries, capacity) = flow_table_fill(state)?;
+    let inserts = counters
+        .get(Stat::FlowTableInsert as usize)
+        .map_or(0, |(_, v)| *v);
     Ok(Snapshot {
+        flow_table: FlowTable {
+            entries,
+            capacity,
+            inserts,
+            evictions: inserts.saturating_sub(entries),
+        },
         instance: state.instance.clone(),
         pid: state.pid,
         interfaces: state
@@ -111,26 +130,49 @@ pub fn read(state: &InstanceState) -> Result<Snapshot, StatsError> {
     })
 }
 
+/// Counts the flow table's entries (one syscall per entry) and reads its capacity.
+fn flow_table_fill(state: &InstanceState) -> Result<(u64, u32), StatsError> {
+    let data = open_map(state, MAP_FLOWS)?;
+    let capacity = data.info().map(|i| i.max_entries()).unwrap_or(0);
+    let map = Map::from_map_data(data).map_err(|e| stale(state, MAP_FLOWS, e.to_string()))?;
+    let flows: HashMap<MapData, FlowKey, Flow> =
+        HashMap::try_from(map).map_err(|e| stale(state, MAP_FLOWS, e.to_string()))?;
+    Ok((flows.keys().filter(Result::is_ok).count() as u64, capacity))
+}
+
+fn stale(state: &InstanceState, name: &str, reason: String) -> StatsError {
+    StatsError::StaleMap {
+        instance: state.instance.clone(),
+        name: name.to_string(),
+        id: state.map_ids.get(name).copied().unwrap_or(0),
+        reason,
+    }
+}
+
+/// Opens a map of the instance by kernel id, checking that the id still names that map.
+fn open_map(state: &InstanceState, name: &'static str) -> Result<MapData, StatsError> {
+    let id = state.map_ids.get(name).copied().unwrap_or(0);
+    let data = MapData::from_id(id).map_err(|e| stale(state, name, e.to_string()))?;
+    // The kernel keeps 15 bytes of a map name; an id reused by another map would not match.
+    let info = data.info().map_err(|e| stale(state, name, e.to_string()))?;
+    let kernel_name = info.name_as_str().unwrap_or_default();
+    if !name.starts_with(kernel_name) || kernel_name.is_empty() {
+        return Err(stale(
+            state,
+            name,
+            format!("id now belongs to map {kernel_name:?}"),
+        ));
+    }
+    Ok(data)
+}
+
 fn open_percpu<V: aya::Pod>(
     state: &InstanceState,
     name: &'static str,
 ) -> Result<PerCpuArray<MapData, V>, StatsError> {
-    let id = state.map_ids.get(name).copied().unwrap_or(0);
-    let stale = |reason: String| StatsError::StaleMap {
-        instance: state.instance.clone(),
-        name: name.to_string(),
-        id,
-        reason,
-    };
-    let data = MapData::from_id(id).map_err(|e| stale(e.to_string()))?;
-    // The kernel keeps 15 bytes of a map name; an id reused by another map would not match.
-    let info = data.info().map_err(|e| stale(e.to_string()))?;
-    let kernel_name = info.name_as_str().unwrap_or_default();
-    if !name.starts_with(kernel_name) || kernel_name.is_empty() {
-        return Err(stale(format!("id now belongs to map {kernel_name:?}")));
-    }
-    let map = Map::from_map_data(data).map_err(|e| stale(e.to_string()))?;
-    PerCpuArray::try_from(map).map_err(|e| stale(e.to_string()))
+    let data = open_map(state, name)?;
+    let map = Map::from_map_data(data).map_err(|e| stale(state, name, e.to_string()))?;
+    PerCpuArray::try_from(map).map_err(|e| stale(state, name, e.to_string()))
 }
 
 /// A readable table.
@@ -165,6 +207,13 @@ pub fn render(s: &Snapshot) -> String {
             );
         }
     }
+    let _ = writeln!(out);
+    let f = &s.flow_table;
+    let _ = writeln!(
+        out,
+        "flow table: {} of {} entries; {} inserted, {} evicted",
+        f.entries, f.capacity, f.inserts, f.evictions
+    );
     let _ = writeln!(out);
     let _ = writeln!(out, "{:<28} {:>14}", "COUNTER", "VALUE");
     for (name, v) in &s.counters {

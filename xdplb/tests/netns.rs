@@ -152,6 +152,12 @@ fn tutorial_scenario_on_lo_in_a_private_namespace() {
     assert_eq!(counter(&st, "forwarded"), 90);
     assert_eq!(counter(&st, "flow_created"), 30);
     assert_eq!(counter(&st, "reply_translated"), 90);
+    assert_eq!(
+        st["flow_table"]["entries"], 30,
+        "one flow-table entry per flow: {st}"
+    );
+    assert_eq!(st["flow_table"]["inserts"], 30, "{st}");
+    assert_eq!(st["flow_table"]["evictions"], 0, "{st}");
 
     let status = lb.terminate(Duration::from_secs(10));
     assert!(

@@ -408,3 +408,59 @@ fn table_changes_under_continuous_traffic_lose_and_misroute_nothing() {
         &bad[..bad.len().min(10)]
     );
 }
+
+#[test]
+fn a_full_flow_table_evicts_idle_flows_and_keeps_live_ones() {
+    use xdplb_common::Stat;
+    let backends = backend_list(4);
+    let text = format!(
+        "interfaces = [\"lo\"]\n[limits]\nmax_flows = 1024\n{}",
+        service_toml(
+            "small-table",
+            "192.0.2.50:53",
+            "maglev",
+            "",
+            &as_refs(&backends)
+        )
+    );
+    let (_, mut dp) = load_toml(&text);
+    let vip = addr("192.0.2.50:53");
+    let mut rng = Rng(5);
+    let live: Vec<SocketAddrV4> = (0..50).map(|_| rng.client()).collect();
+    for c in &live {
+        backend_of(&mut dp, *c, vip);
+    }
+    let mut live_inserts = 0;
+    let new_flows = 20_000;
+    for i in 0..new_flows {
+        // A flood of one-packet flows that go idle at once...
+        backend_of(&mut dp, rng.client(), vip);
+        // ...while every live flow sends a packet for every 20 new flows.
+        if i % 20 == 19 {
+            let before = counters(&dp)[Stat::FlowTableInsert as usize];
+            for c in &live {
+                backend_of(&mut dp, *c, vip);
+            }
+            live_inserts += counters(&dp)[Stat::FlowTableInsert as usize] - before;
+        }
+    }
+    let inserts = counters(&dp)[Stat::FlowTableInsert as usize];
+    let entries = dp.flow_table_entries().expect("count entries");
+    let evictions = inserts - entries;
+    println!(
+        "{new_flows} idle flows through a 1024-entry table beside 50 live ones: {inserts} inserts, {entries} entries, {evictions} evictions, {live_inserts} live flows re-inserted"
+    );
+    assert_eq!(
+        live_inserts, 0,
+        "a live flow was evicted (and re-inserted) while idle flows filled the table"
+    );
+    assert!(
+        entries <= 1024,
+        "the table holds at most its capacity: {entries}"
+    );
+    assert_eq!(inserts, 50 + new_flows, "every new key was inserted once");
+    assert!(
+        evictions >= inserts - 1024,
+        "evictions are counted: {evictions}"
+    );
+}

@@ -123,7 +123,11 @@ fn table_of_single_packet_cases() {
             frame: udp(CLIENT, VIP).build(),
             action: XDP_PASS,
             output: Output::RewrittenTo("127.0.0.1:9876"),
-            counters: &[(Stat::Forwarded, 1), (Stat::FlowCreated, 1)],
+            counters: &[
+                (Stat::Forwarded, 1),
+                (Stat::FlowCreated, 1),
+                (Stat::FlowTableInsert, 1),
+            ],
         },
         Case {
             name: "non-service port passes untouched",
@@ -144,7 +148,11 @@ fn table_of_single_packet_cases() {
             frame: udp(CLIENT, "192.0.2.55:7000").build(),
             action: XDP_PASS,
             output: Output::RewrittenTo("10.0.0.7:7001"),
-            counters: &[(Stat::Forwarded, 1), (Stat::FlowCreated, 1)],
+            counters: &[
+                (Stat::Forwarded, 1),
+                (Stat::FlowCreated, 1),
+                (Stat::FlowTableInsert, 1),
+            ],
         },
         Case {
             name: "IPv4 options (IHL 6) are skipped",
@@ -153,21 +161,33 @@ fn table_of_single_packet_cases() {
             }),
             action: XDP_PASS,
             output: Output::RewrittenTo("127.0.0.1:9876"),
-            counters: &[(Stat::Forwarded, 1), (Stat::FlowCreated, 1)],
+            counters: &[
+                (Stat::Forwarded, 1),
+                (Stat::FlowCreated, 1),
+                (Stat::FlowTableInsert, 1),
+            ],
         },
         Case {
             name: "40 bytes of IPv4 options (IHL 15) are skipped",
             frame: with("10.1.2.3:5001", VIP, |u| u.ip_options = vec![1; 40]),
             action: XDP_PASS,
             output: Output::RewrittenTo("127.0.0.1:9876"),
-            counters: &[(Stat::Forwarded, 1), (Stat::FlowCreated, 1)],
+            counters: &[
+                (Stat::Forwarded, 1),
+                (Stat::FlowCreated, 1),
+                (Stat::FlowTableInsert, 1),
+            ],
         },
         Case {
             name: "UDP checksum 0 stays 0",
             frame: with("10.1.2.3:5002", VIP, |u| u.zero_udp_checksum = true),
             action: XDP_PASS,
             output: Output::RewrittenTo("127.0.0.1:9876"),
-            counters: &[(Stat::Forwarded, 1), (Stat::FlowCreated, 1)],
+            counters: &[
+                (Stat::Forwarded, 1),
+                (Stat::FlowCreated, 1),
+                (Stat::FlowTableInsert, 1),
+            ],
         },
         Case {
             name: "first fragment passes untouched",

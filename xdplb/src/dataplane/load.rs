@@ -143,6 +143,17 @@ impl Dataplane {
         sum_u64(&arr, Stat::COUNT)
     }
 
+    /// Entries in the flow table now (one syscall per entry).
+    pub fn flow_table_entries(&self) -> Result<u64, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(MAP_FLOWS)
+            .ok_or(DataplaneError::MissingMap(MAP_FLOWS))?;
+        let flows: HashMap<&MapData, xdplb_common::FlowKey, xdplb_common::Flow> =
+            HashMap::try_from(map).map_err(|e| DataplaneError::map(MAP_FLOWS, e))?;
+        Ok(flows.keys().filter(Result::is_ok).count() as u64)
+    }
+
     /// Summed per-service or per-backend traffic counters for `indices`.
     pub fn traffic(
         &self,
