@@ -210,3 +210,52 @@ fn a_failed_attach_rolls_back_the_interfaces_already_attached() {
         String::from_utf8_lossy(&tc.stdout)
     );
 }
+
+#[test]
+fn the_example_configs_are_valid() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).expect("examples/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let p = path.display().to_string();
+            // Interfaces are checked too, so the examples attach to lo only.
+            let (ok, out) = xdplb(&["check", "--config", &p]);
+            assert!(ok, "{p}: {out}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no example config found in {dir}");
+}
+
+#[test]
+fn explain_names_the_backend_and_refuses_unknown_destinations() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/maglev.toml");
+    let (ok, out) = xdplb(&[
+        "explain",
+        "--config",
+        example,
+        "10.1.2.3:4444",
+        "192.0.2.1:53",
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("maglev") && out.contains("slot") && out.contains("backend   10.1.0."),
+        "{out}"
+    );
+    assert!(
+        !out.contains("10.1.0.4:53 (backend"),
+        "a drained backend gets no new flow: {out}"
+    );
+    let (ok, out) = xdplb(&[
+        "explain",
+        "--config",
+        example,
+        "10.1.2.3:4444",
+        "192.0.2.9:53",
+    ]);
+    assert!(
+        !ok && out.contains("no service matches 192.0.2.9:53"),
+        "{out}"
+    );
+}
