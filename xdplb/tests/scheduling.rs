@@ -464,3 +464,38 @@ fn a_full_flow_table_evicts_idle_flows_and_keeps_live_ones() {
         "evictions are counted: {evictions}"
     );
 }
+
+#[test]
+fn two_instances_with_one_config_choose_the_same_backends() {
+    // What lets several load balancers sit behind ECMP without sharing state: a flow that moves
+    // to another node (a new first packet there) lands on the same backend.
+    let backends = backend_list(9);
+    let text = format!(
+        "interfaces = [\"lo\"]\nhash_seed = 7\n{}",
+        service_toml("ecmp", "192.0.2.60:53", "maglev", "", &as_refs(&backends))
+    );
+    let (_, mut a) = load_toml(&text);
+    let (_, mut b) = load_toml(&text);
+    let mut rng = Rng(17);
+    let vip = addr("192.0.2.60:53");
+    for _ in 0..2000 {
+        let c = rng.client();
+        assert_eq!(
+            backend_of(&mut a, c, vip),
+            backend_of(&mut b, c, vip),
+            "flow {c}"
+        );
+    }
+    // A different seed is a different mapping.
+    let (_, mut other) = load_toml(&text.replace("hash_seed = 7", "hash_seed = 8"));
+    let differ = (0..200)
+        .filter(|_| {
+            let c = rng.client();
+            backend_of(&mut a, c, vip) != backend_of(&mut other, c, vip)
+        })
+        .count();
+    assert!(
+        differ > 100,
+        "another seed must change most choices ({differ} of 200)"
+    );
+}
