@@ -184,7 +184,7 @@ impl Dataplane {
         if cfg.limits != self.limits {
             return Err(DataplaneError::LimitsChanged);
         }
-        let next = desired_state(cfg, self.reconciler.current());
+        let next = desired_state(cfg, self.reconciler.current())?;
         self.apply(next)
     }
 

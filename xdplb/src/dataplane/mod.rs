@@ -56,6 +56,8 @@ pub enum DataplaneError {
         "the config's [limits] differ from the ones the data plane was loaded with; limits change only with a restart"
     )]
     LimitsChanged,
+    #[error(transparent)]
+    Plan(#[from] reconcile::PlanError),
     #[error("I/O: {0}")]
     Io(#[from] io::Error),
 }

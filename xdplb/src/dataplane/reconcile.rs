@@ -91,21 +91,112 @@ pub fn hash_code(h: HashFields) -> u32 {
     }
 }
 
-/// Translates a validated config. Service `i` (in config order) gets id `i`, the backend
-/// positions from [`backend_index`] and a table region after those of services `0..i`.
+/// Why a config cannot be switched to from what the maps hold now.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(
+        "service {service:?} needs {needed} free scheduling-table entries while the old tables still serve, but the pool ({pool} entries) has no such gap; raise [limits] max_lookup_entries or restart"
+    )]
+    NoTableRegion {
+        service: String,
+        needed: u32,
+        pool: u32,
+    },
+    #[error(
+        "no free service id for {service:?}: ids of services removed by this change stay reserved until it is applied; apply the removal first or raise [limits] max_services"
+    )]
+    NoServiceId { service: String },
+}
+
+/// Translates a validated config.
 ///
-/// A backend that `previous` already had (same service name, same address) keeps its position,
-/// so its live flows stay valid; a new backend takes the lowest free position.
-pub fn desired_state(cfg: &Config, previous: Option<&DesiredState>) -> DesiredState {
-    let mut region_base = 0u32;
+/// With no `previous` state, service `i` (in config order) gets id `i` and the table region
+/// after those of services `0..i`. With one, every service that `previous` had (by name) keeps
+/// its id, its backend positions (by address) and, if its table capacity is unchanged, its
+/// table region; anything new gets an id and a region that neither the old nor the new state
+/// uses, so nothing the data plane still reads is overwritten before the switch.
+pub fn desired_state(
+    cfg: &Config,
+    previous: Option<&DesiredState>,
+) -> Result<DesiredState, PlanError> {
+    let empty = DesiredState::default();
+    let previous = previous.unwrap_or(&empty);
+    let find = |name: &str| previous.services.iter().find(|s| s.name == name);
+    // Ids and regions the old state uses stay reserved during this change.
+    let mut ids: Vec<u32> = previous.services.iter().map(|s| s.service.id).collect();
+    let mut regions: Vec<(u32, u32)> = previous
+        .services
+        .iter()
+        .map(|s| (s.region_base, 2 * s.region_half))
+        .collect();
+    // First pass: what carries over.
+    let mut placed: Vec<Option<(u32, u32)>> = cfg
+        .services
+        .iter()
+        .map(|svc| {
+            let before = find(&svc.name)?;
+            let half = config::table_capacity(svc, &cfg.limits);
+            let region = if before.region_half == half {
+                before.region_base
+            } else {
+                u32::MAX
+            };
+            Some((before.service.id, region))
+        })
+        .collect();
+    // Second pass: new ids and regions where needed.
     let mut services = Vec::with_capacity(cfg.services.len());
-    for (id, svc) in (0u32..).zip(&cfg.services) {
+    for (svc, place) in cfg.services.iter().zip(placed.iter_mut()) {
         let half = config::table_capacity(svc, &cfg.limits);
-        let before = previous.and_then(|p| p.services.iter().find(|s| s.name == svc.name));
-        services.push(plan_service(cfg, svc, id, region_base, half, before));
-        region_base += 2 * half;
+        let (id, region) = match *place {
+            Some((id, region)) if region != u32::MAX => (id, region),
+            Some((id, _)) => (id, allocate_region(&mut regions, half, cfg, svc)?),
+            None => {
+                let id = (0..cfg.limits.max_services)
+                    .find(|i| !ids.contains(i))
+                    .ok_or_else(|| PlanError::NoServiceId {
+                        service: svc.name.clone(),
+                    })?;
+                ids.push(id);
+                (id, allocate_region(&mut regions, half, cfg, svc)?)
+            }
+        };
+        services.push(plan_service(cfg, svc, id, region, half, find(&svc.name)));
     }
-    DesiredState { services }
+    Ok(DesiredState { services })
+}
+
+/// First fit of a region of two `half`-entry tables that overlaps none of `used`.
+fn allocate_region(
+    used: &mut Vec<(u32, u32)>,
+    half: u32,
+    cfg: &Config,
+    svc: &ServiceConfig,
+) -> Result<u32, PlanError> {
+    let len = u64::from(half) * 2;
+    let pool = u64::from(cfg.limits.max_lookup_entries);
+    let mut spans: Vec<(u64, u64)> = used
+        .iter()
+        .map(|(b, l)| (u64::from(*b), u64::from(*b) + u64::from(*l)))
+        .collect();
+    spans.sort_unstable();
+    let mut start = 0u64;
+    for (b, e) in spans {
+        if b >= start + len {
+            break;
+        }
+        start = start.max(e);
+    }
+    if start + len > pool {
+        return Err(PlanError::NoTableRegion {
+            service: svc.name.clone(),
+            needed: half.saturating_mul(2),
+            pool: cfg.limits.max_lookup_entries,
+        });
+    }
+    let base = start as u32;
+    used.push((base, half * 2));
+    Ok(base)
 }
 
 fn plan_service(
@@ -375,7 +466,7 @@ weight = 3
 
     #[test]
     fn default_config_maps_to_one_service_and_three_backends() {
-        let state = desired_state(&default_config(), None);
+        let state = desired_state(&default_config(), None).expect("plan");
         assert_eq!(state.services.len(), 1);
         let p = &state.services[0];
         assert_eq!(p.key.addr, addr_v4(Ipv4Addr::LOCALHOST));
@@ -396,7 +487,7 @@ weight = 3
 
     #[test]
     fn services_get_disjoint_backend_ranges_and_table_regions() {
-        let state = desired_state(&two_services(""), None);
+        let state = desired_state(&two_services(""), None).expect("plan");
         let b = &state.services[1];
         let idx: Vec<u32> = b.backends.iter().map(|(i, _, _)| *i).collect();
         assert_eq!(idx, [4, 5]);
@@ -416,7 +507,7 @@ weight = 3
     #[test]
     fn drained_backends_keep_their_position_but_leave_the_table() {
         let cfg = two_services("drain = true\n[[service.backend]]\naddress = \"10.0.2.3:53\"");
-        let b = &desired_state(&cfg, None).services[1];
+        let b = &desired_state(&cfg, None).expect("plan").services[1];
         assert_eq!(b.backends[1].1.flags, BACKEND_FLAG_DRAINING);
         assert!(
             !b.table.contains(&5),
@@ -427,13 +518,13 @@ weight = 3
 
     #[test]
     fn surviving_backends_keep_their_positions_across_changes() {
-        let before = desired_state(&two_services(""), None);
+        let before = desired_state(&two_services(""), None).expect("plan");
         // Remove 10.0.2.1 (position 0) and add two new ones.
         let mut cfg = two_services(
             "[[service.backend]]\naddress = \"10.0.2.3:53\"\n[[service.backend]]\naddress = \"10.0.2.4:53\"",
         );
         cfg.services[1].backends.remove(0);
-        let after = desired_state(&cfg, Some(&before));
+        let after = desired_state(&cfg, Some(&before)).expect("plan");
         let pos: Vec<(u32, String)> = after.services[1]
             .backends
             .iter()
@@ -456,7 +547,7 @@ weight = 3
         let mut rec = Recorder::default();
         let mut r = Reconciler::default();
         let cfg = default_config();
-        r.apply(desired_state(&cfg, None), &mut rec)
+        r.apply(desired_state(&cfg, None).expect("plan"), &mut rec)
             .expect("recorder never fails");
         assert_eq!(
             rec.writes,
@@ -473,8 +564,11 @@ weight = 3
         let mut smaller = cfg.clone();
         smaller.services[0].backends.remove(1);
         rec.writes.clear();
-        r.apply(desired_state(&smaller, r.current()), &mut rec)
-            .expect("apply");
+        r.apply(
+            desired_state(&smaller, r.current()).expect("plan"),
+            &mut rec,
+        )
+        .expect("apply");
         let half = config::table_capacity(&cfg.services[0], &cfg.limits);
         assert_eq!(
             rec.writes,
@@ -485,9 +579,75 @@ weight = 3
         );
         // And back: the first half again.
         rec.writes.clear();
-        r.apply(desired_state(&cfg, r.current()), &mut rec)
+        r.apply(desired_state(&cfg, r.current()).expect("plan"), &mut rec)
             .expect("apply");
         assert_eq!(rec.writes, ["backend 1 port 9877", "service 0 table 0+3"]);
+    }
+
+    #[test]
+    fn services_keep_ids_and_regions_when_others_come_and_go() {
+        let cfg = two_services("");
+        let before = desired_state(&cfg, None).expect("plan");
+        // A new service first in the file, and "a" removed.
+        let mut next = cfg.clone();
+        let mut c = next.services[0].clone();
+        c.name = "c".into();
+        c.vip = "10.0.0.3:53".parse().expect("literal");
+        next.services.remove(0);
+        next.services.insert(0, c);
+        let after = desired_state(&next, Some(&before)).expect("plan");
+        let b_before = &before.services[1];
+        let b_after = after.services.iter().find(|s| s.name == "b").expect("b");
+        assert_eq!(b_after.service.id, b_before.service.id, "b keeps its id");
+        assert_eq!(
+            b_after.region_base, b_before.region_base,
+            "b keeps its region"
+        );
+        assert_eq!(b_after.backends, b_before.backends, "b keeps its positions");
+        let c_after = after.services.iter().find(|s| s.name == "c").expect("c");
+        assert_eq!(
+            c_after.service.id, 2,
+            "the id of removed \"a\" stays reserved in this change"
+        );
+        let used: Vec<(u32, u32)> = before
+            .services
+            .iter()
+            .map(|s| (s.region_base, s.region_base + 2 * s.region_half))
+            .collect();
+        let (cb, ce) = (
+            c_after.region_base,
+            c_after.region_base + 2 * c_after.region_half,
+        );
+        assert!(
+            used.iter().all(|(b, e)| ce <= *b || cb >= *e),
+            "c's region {cb}..{ce} overlaps one the old state still uses: {used:?}"
+        );
+    }
+
+    #[test]
+    fn a_new_table_size_gets_a_fresh_region_or_a_clear_error() {
+        let mut cfg = two_services("");
+        cfg.services[0].scheduler = Scheduler::Maglev;
+        cfg.services[0].maglev_table_size = 1009;
+        let before = desired_state(&cfg, None).expect("plan");
+        let mut bigger = cfg.clone();
+        bigger.services[0].maglev_table_size = 2003;
+        let after = desired_state(&bigger, Some(&before)).expect("plan");
+        let (old, new) = (&before.services[0], &after.services[0]);
+        assert!(
+            new.region_base >= old.region_base + 2 * old.region_half
+                || new.region_base + 2 * new.region_half <= old.region_base,
+            "the new region must not overlap the one still serving"
+        );
+        // With no room for old and new side by side, the change is refused.
+        bigger.limits.max_lookup_entries = before
+            .services
+            .iter()
+            .map(|s| 2 * s.region_half)
+            .sum::<u32>()
+            + 100;
+        let err = desired_state(&bigger, Some(&before)).expect_err("no room");
+        assert!(err.to_string().contains("max_lookup_entries"), "{err}");
     }
 
     #[test]
@@ -495,11 +655,12 @@ weight = 3
         let mut rec = Recorder::default();
         let mut r = Reconciler::default();
         let cfg = two_services("");
-        r.apply(desired_state(&cfg, None), &mut rec).expect("apply");
+        r.apply(desired_state(&cfg, None).expect("plan"), &mut rec)
+            .expect("apply");
         let mut one = cfg.clone();
         one.services.truncate(1);
         rec.writes.clear();
-        r.apply(desired_state(&one, r.current()), &mut rec)
+        r.apply(desired_state(&one, r.current()).expect("plan"), &mut rec)
             .expect("apply");
         assert!(
             rec.writes.contains(&"remove port 53".to_string()),
