@@ -110,13 +110,14 @@ impl ClientReport {
 }
 
 /// Sends `packets` datagrams on each of `flows` connected sockets (one source port each) to
-/// `target` and waits up to `timeout` for each reply.
+/// `target`, waits up to `timeout` for each reply, and pauses `gap` after each reply.
 pub fn run_client(
     target: SocketAddrV4,
     bind: Option<std::net::Ipv4Addr>,
     flows: u32,
     packets: u32,
     timeout: Duration,
+    gap: Duration,
 ) -> io::Result<ClientReport> {
     let mut report = ClientReport {
         target: target.to_string(),
@@ -151,6 +152,9 @@ pub fn run_client(
                 Err(e) => return Err(e),
             };
             report.replies += 1;
+            if !gap.is_zero() {
+                thread::sleep(gap);
+            }
             if from != SocketAddr::V4(target) {
                 report.replies_from_elsewhere += 1;
             }

@@ -56,6 +56,13 @@ pub struct ServiceInfo {
     pub backends: Vec<BackendInfo>,
 }
 
+/// What the last reload did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReloadOutcome {
+    pub ok: bool,
+    pub message: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InstanceState {
     pub instance: String,
@@ -65,6 +72,11 @@ pub struct InstanceState {
     /// Map name to kernel map id.
     pub map_ids: BTreeMap<String, u32>,
     pub services: Vec<ServiceInfo>,
+    /// Reloads attempted since start.
+    #[serde(default)]
+    pub generation: u64,
+    #[serde(default)]
+    pub last_reload: Option<ReloadOutcome>,
 }
 
 pub fn run_dir() -> PathBuf {

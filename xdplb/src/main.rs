@@ -52,6 +52,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make a running instance re-read its config file (SIGHUP) and report the outcome.
+    Reload {
+        #[arg(long, default_value = "default")]
+        instance: String,
+    },
     /// Print the counters of a running instance.
     Stats {
         #[arg(long, default_value = "default")]
@@ -79,6 +84,9 @@ enum Command {
         packets: u32,
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
+        /// Pause after each reply, to spread the traffic over time.
+        #[arg(long, default_value_t = 0)]
+        gap_us: u64,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -140,6 +148,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Reload { instance } => reload_instance(&instance),
         Command::Stats { instance, json } => {
             let state = instance::read(&instance)?;
             let snap = stats::read(&state)?;
@@ -163,6 +172,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             flows,
             packets,
             timeout_ms,
+            gap_us,
             json,
             require_all,
         } => {
@@ -172,6 +182,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 flows,
                 packets,
                 Duration::from_millis(timeout_ms),
+                Duration::from_micros(gap_us),
             )?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);
@@ -201,6 +212,40 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Sends SIGHUP to a running instance and waits (up to 10 s) for it to record the outcome.
+fn reload_instance(name: &str) -> anyhow::Result<ExitCode> {
+    let before = instance::read(name)?;
+    let pid = i32::try_from(before.pid).context("pid out of range")?;
+    // SAFETY: kill(2) with a pid read from the instance's state file and a valid signal.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        bail!(
+            "signalling instance {name:?} (pid {pid}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        let Ok(now) = instance::read(name) else {
+            continue;
+        };
+        if now.generation > before.generation
+            && let Some(outcome) = now.last_reload
+        {
+            if outcome.ok {
+                println!("reload {}: {}", now.generation, outcome.message);
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!(
+                "xdplb: reload {} rejected, instance {name:?} keeps running on its previous config: {}",
+                now.generation, outcome.message
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    bail!("instance {name:?} (pid {pid}) did not report the reload within 10 s")
+}
+
 /// Loads and validates a config file, interfaces included.
 fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     let origin = path.display().to_string();
@@ -218,7 +263,11 @@ fn interface_exists(name: &str) -> bool {
 }
 
 fn run(config_path: Option<PathBuf>, instance_name: &str) -> anyhow::Result<()> {
-    let (cfg, origin) = match &config_path {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    // Installed first, so a signal during start-up is handled too.
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("installing signal handlers")?;
+    let (mut cfg, origin) = match &config_path {
         Some(p) => (load_config(p)?, p.display().to_string()),
         None => {
             let cfg = config::default_config();
@@ -238,7 +287,7 @@ fn run(config_path: Option<PathBuf>, instance_name: &str) -> anyhow::Result<()> 
     dp.apply_config(&cfg).context("filling the maps")?;
     let attached = dataplane::attach_all(&mut dp, &cfg.interfaces, cfg.xdp_mode)?;
 
-    let state = instance_state(&dp, instance_name, &origin, attached.clone())?;
+    let mut state = instance_state(&dp, instance_name, &origin, attached.clone())?;
     let state_path = instance::write(&state)?;
     let where_ = attached
         .iter()
@@ -253,25 +302,91 @@ fn run(config_path: Option<PathBuf>, instance_name: &str) -> anyhow::Result<()> 
         state_path.display()
     );
 
-    let signals = wait_for_signal(&mut dp);
+    let stop = loop {
+        let mut stop = None;
+        for sig in signals.pending() {
+            match sig {
+                SIGHUP => {
+                    let outcome = reload(&mut dp, config_path.as_deref(), &mut cfg);
+                    state.generation += 1;
+                    match &outcome {
+                        Ok(msg) => eprintln!("xdplb: reload {}: {msg}", state.generation),
+                        Err(e) => eprintln!(
+                            "xdplb: reload {} rejected, the data plane is unchanged: {e:#}",
+                            state.generation
+                        ),
+                    }
+                    if outcome.is_ok()
+                        && let Ok(fresh) =
+                            instance_state(&dp, instance_name, &origin, attached.clone())
+                    {
+                        state.services = fresh.services;
+                    }
+                    state.last_reload = Some(instance::ReloadOutcome {
+                        ok: outcome.is_ok(),
+                        message: match outcome {
+                            Ok(m) => m,
+                            Err(e) => format!("{e:#}"),
+                        },
+                    });
+                    if let Err(e) = instance::write(&state) {
+                        eprintln!("xdplb: could not update the state file: {e}");
+                    }
+                }
+                SIGINT => stop = Some("SIGINT"),
+                _ => stop = Some("SIGTERM"),
+            }
+        }
+        if let Some(s) = stop {
+            break s;
+        }
+        dp.flush_logs();
+        std::thread::sleep(Duration::from_millis(50));
+    };
     instance::remove(instance_name);
     drop(dp); // detaches every link and unloads the programs
-    let signal = signals?;
-    eprintln!("xdplb: {signal}; detached and stopped");
+    eprintln!("xdplb: {stop}; detached and stopped");
     Ok(())
 }
 
-fn wait_for_signal(dp: &mut Dataplane) -> anyhow::Result<&'static str> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-        .context("installing signal handlers")?;
-    loop {
-        if let Some(sig) = signals.pending().next() {
-            return Ok(if sig == SIGINT { "SIGINT" } else { "SIGTERM" });
-        }
-        dp.flush_logs();
-        std::thread::sleep(Duration::from_millis(100));
+/// Re-reads the config file and applies what changed. A config with an error, or a change that
+/// needs a restart, is rejected whole and the data plane keeps the old one.
+fn reload(
+    dp: &mut Dataplane,
+    path: Option<&std::path::Path>,
+    current: &mut Config,
+) -> anyhow::Result<String> {
+    let Some(path) = path else {
+        bail!("running the built-in default config; there is no file to re-read");
+    };
+    let started = Instant::now();
+    let next = load_config(path)?;
+    let restart_only = [
+        ("interfaces", next.interfaces != current.interfaces),
+        ("xdp_mode", next.xdp_mode != current.xdp_mode),
+        ("debug_log", next.debug_log != current.debug_log),
+        ("[limits]", next.limits != current.limits),
+    ];
+    if let Some((field, _)) = restart_only.iter().find(|(_, changed)| *changed) {
+        bail!(
+            "{}: `{field}` changed, which takes a restart",
+            path.display()
+        );
     }
+    dp.apply_config(&next)
+        .with_context(|| format!("applying {}", path.display()))?;
+    let msg = format!(
+        "applied {} ({} service(s), {} backend(s)) in {} ms",
+        path.display(),
+        next.services.len(),
+        next.services
+            .iter()
+            .map(|s| s.backends.len())
+            .sum::<usize>(),
+        started.elapsed().as_millis()
+    );
+    *current = next;
+    Ok(msg)
 }
 
 fn instance_state(
@@ -313,5 +428,7 @@ fn instance_state(
         interfaces,
         map_ids,
         services,
+        generation: 0,
+        last_reload: None,
     })
 }

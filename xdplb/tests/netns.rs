@@ -404,3 +404,131 @@ fn every_scheduler_end_to_end_with_real_sockets_and_replies() {
         assert!(status.success(), "{scheduler}: exit 0 on SIGTERM");
     }
 }
+
+#[test]
+fn reloads_under_traffic_lose_nothing_and_a_bad_config_changes_nothing() {
+    require_root();
+    let ns = Netns::new("reload");
+    let dir = run_dir("reload");
+    let pid = std::process::id();
+    let instance = format!("t-reload-{pid}");
+    let env = format!("XDPLB_RUN_DIR={dir}");
+    let cfg_path = format!("{dir}/live.toml");
+    let two = "interfaces = [\"lo\"]\n[[service]]\nname = \"demo\"\nvip = \"127.0.0.1:9875\"\nscheduler = \"round-robin\"\n\
+               [[service.backend]]\naddress = \"127.0.0.1:9876\"\n[[service.backend]]\naddress = \"127.0.0.1:9877\"\n";
+    let three = "interfaces = [\"lo\"]\n[[service]]\nname = \"demo\"\nvip = \"127.0.0.1:9875\"\n\
+                 [[service.backend]]\naddress = \"127.0.0.1:9876\"\n[[service.backend]]\naddress = \"127.0.0.1:9877\"\nweight = 2\n\
+                 [[service.backend]]\naddress = \"127.0.0.1:9878\"\nweight = 3\n";
+    std::fs::write(&cfg_path, two).expect("write config");
+    let mut backends = Daemon::spawn(&in_ns(
+        &ns,
+        &[
+            XDPLB,
+            "demo-backend",
+            "--listen",
+            "127.0.0.1:9876,127.0.0.1:9877,127.0.0.1:9878",
+        ],
+    ));
+    backends.wait_for("listening", START);
+    let mut lb = Daemon::spawn(&in_ns(
+        &ns,
+        &[
+            "env",
+            &env,
+            XDPLB,
+            "run",
+            "--config",
+            &cfg_path,
+            "--instance",
+            &instance,
+        ],
+    ));
+    lb.wait_for("running instance", START);
+
+    // 3,000 datagrams, one every 2 ms or so (6 s at least), while the config changes 20 times.
+    let mut traffic = Daemon::spawn(&in_ns(
+        &ns,
+        &[
+            XDPLB,
+            "demo-client",
+            "--target",
+            "127.0.0.1:9875",
+            "--flows",
+            "500",
+            "--packets",
+            "6",
+            "--gap-us",
+            "2000",
+            "--timeout-ms",
+            "2000",
+            "--json",
+        ],
+    ));
+    let reload = |expect_ok: bool| {
+        let out = ns.exec_unchecked(&["env", &env, XDPLB, "reload", "--instance", &instance]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.success(), expect_ok, "reload: {text}");
+        text
+    };
+    for k in 0..20 {
+        std::fs::write(&cfg_path, if k % 2 == 0 { three } else { two }).expect("write config");
+        let text = reload(true);
+        assert!(text.contains("applied"), "{text}");
+        std::thread::sleep(Duration::from_millis(30));
+        if k == 9 {
+            // A broken config is rejected whole; the instance keeps running on the last good one.
+            std::fs::write(&cfg_path, "interfaces = [\"lo\"\n").expect("write config");
+            let text = reload(false);
+            assert!(
+                text.contains("rejected") && text.contains("live.toml:"),
+                "{text}"
+            );
+            // A change that needs a restart is refused too.
+            std::fs::write(
+                &cfg_path,
+                three.replace(
+                    "interfaces = [\"lo\"]",
+                    "interfaces = [\"lo\"]\nhash_seed = 1\n[limits]\nmax_flows = 2048",
+                ),
+            )
+            .expect("write config");
+            let text = reload(false);
+            assert!(
+                text.contains("[limits]") && text.contains("restart"),
+                "{text}"
+            );
+        }
+    }
+    let still_running = traffic
+        .child
+        .as_mut()
+        .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+    traffic.wait_for("\"sent\"", Duration::from_secs(60));
+    assert!(
+        still_running,
+        "the traffic must still be running after the last reload, or the test proves nothing: {}",
+        traffic.seen.join("\n")
+    );
+    let report: Value =
+        serde_json::from_str(traffic.seen.last().expect("report line")).expect("client JSON");
+    assert_eq!(report["sent"], 3000, "{report}");
+    assert_eq!(
+        report["replies"], 3000,
+        "zero loss across 20 reloads: {report}"
+    );
+    assert_eq!(report["replies_from_elsewhere"], 0, "{report}");
+    assert_eq!(report["bad_echoes"], 0, "{report}");
+    // The last good config (the 20th, two backends) is in force.
+    let st = stats(&ns, &dir, &instance);
+    assert_eq!(
+        st["services"][0]["backends"].as_array().map(Vec::len),
+        Some(2),
+        "after an odd number of good reloads the two-backend config is in force: {st}"
+    );
+    let status = lb.terminate(Duration::from_secs(10));
+    assert!(status.success(), "exit 0 on SIGTERM: {status}");
+}

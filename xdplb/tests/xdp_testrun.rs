@@ -432,7 +432,7 @@ fn an_idle_flow_is_rescheduled_after_its_timeout() {
 #[test]
 fn a_service_without_backends_drops_and_counts() {
     let (cfg, mut dp) = load_toml(CONFIG);
-    let plan = &reconcile::desired_state(&cfg, None).services[0];
+    let plan = &reconcile::desired_state(&cfg, None).expect("plan").services[0];
     let (key, svc) = (plan.key, plan.service);
     let empty = Service {
         table_len: 0,
