@@ -182,14 +182,15 @@ pub struct Reply {
 }
 const _: () = assert!(size_of::<Reply>() == 24);
 
-/// Packets and bytes (Ethernet frame length). 16 bytes.
+/// Packets, bytes (Ethernet frame length) and new flows scheduled. 24 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Counter {
     pub packets: u64,
     pub bytes: u64,
+    pub flows: u64,
 }
-const _: () = assert!(size_of::<Counter>() == 16);
+const _: () = assert!(size_of::<Counter>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -210,6 +210,7 @@ fn new_flow(
     }
     remember_reply(key, &flow);
     stats::count(Stat::FlowCreated);
+    stats::count_flow(service.id, index);
     Some(Target {
         index,
         addr_v4: backend.addr[3],

@@ -26,6 +26,19 @@ pub fn count_traffic(service_id: u32, backend_index: u32, bytes: u32) {
     }
 }
 
+/// Adds one new flow to service `service_id` and backend `backend_index`.
+#[inline(always)]
+pub fn count_flow(service_id: u32, backend_index: u32) {
+    if let Some(c) = SERVICE_STATS.get_ptr_mut(service_id) {
+        // SAFETY: a per-CPU array slot, written only by this CPU while the program runs.
+        unsafe { (*c).flows += 1 };
+    }
+    if let Some(c) = BACKEND_STATS.get_ptr_mut(backend_index) {
+        // SAFETY: as above.
+        unsafe { (*c).flows += 1 };
+    }
+}
+
 #[inline(always)]
 fn add(c: &mut Counter, bytes: u32) {
     c.packets += 1;
