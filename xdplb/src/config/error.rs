@@ -167,6 +167,12 @@ pub enum ConfigError {
     )]
     InvalidHashSeed { at: Location, value: i64 },
 
+    /// `metrics_listen` is not an address:port.
+    #[error(
+        "{at}: metrics_listen must be an address and port such as \"127.0.0.1:9100\" or \"[::1]:9100\", got {value:?}"
+    )]
+    InvalidMetricsListen { at: Location, value: String },
+
     /// The services' scheduling tables do not fit in `[limits] max_lookup_entries`.
     #[error(
         "{at}: the services need {needed} lookup-table entries in total (two scheduling tables per service, so that changes switch atomically) but [limits] max_lookup_entries is {limit}; {service} is the first that does not fit; raise `[limits] max_lookup_entries` to at least {needed} (the maximum is 67108864) or use a smaller `maglev_table_size`"

@@ -13,6 +13,7 @@
 //! xdp_mode = "auto"            # optional: auto | native | generic
 //! debug_log = false            # optional
 //! hash_seed = 1592597275       # optional, 0..=4294967295; the same on every node of an ECMP group
+//! metrics_listen = "127.0.0.1:9100"  # optional; serve Prometheus metrics there
 //!
 //! [limits]                     # optional; each field defaults to Limits::DEFAULT
 //! max_services = 1024              # 1..=65536
@@ -62,6 +63,8 @@ pub struct Config {
     /// Maglev permutations; every load balancer behind one ECMP group must use the same
     /// value so that they all send a flow to the same backend.
     pub hash_seed: u32,
+    /// Optional field `metrics_listen`: where to serve Prometheus metrics (`GET /metrics`).
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Table sizes.
     pub limits: Limits,
     /// At least one service; names and (vip, protocol) pairs are unique.
@@ -263,6 +266,7 @@ pub fn default_config() -> Config {
         xdp_mode: XdpModeSetting::Auto,
         debug_log: false,
         hash_seed: validate::DEFAULT_HASH_SEED,
+        metrics_listen: None,
         limits: Limits::DEFAULT,
         services: vec![ServiceConfig {
             name: "demo".to_owned(),

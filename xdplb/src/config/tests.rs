@@ -1402,6 +1402,7 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
         xdp_mode: XdpModeSetting::Auto,
         debug_log: false,
         hash_seed: 0x5eed_1b1b,
+        metrics_listen: None,
         limits: Limits::DEFAULT,
         services: vec![
             ServiceConfig {
@@ -1743,4 +1744,25 @@ fn full_capacity_from_text() {
     let cfg = ok(&big_config(d.max_services, d.max_backends_per_service));
     assert_eq!(cfg.services.len(), 1024);
     assert!(cfg.services.iter().all(|s| s.backends.len() == 1024));
+}
+
+#[test]
+fn metrics_listen_parses_and_rejects_garbage() {
+    let base = "interfaces = [\"lo\"]\n[[service]]\nname = \"a\"\nvip = \"127.0.0.1:1\"\n[[service.backend]]\naddress = \"127.0.0.1:2\"\n";
+    let cfg = ok(&format!("metrics_listen = \"127.0.0.1:9100\"\n{base}"));
+    assert_eq!(
+        cfg.metrics_listen,
+        Some("127.0.0.1:9100".parse().expect("literal"))
+    );
+    assert_eq!(ok(base).metrics_listen, None, "off by default");
+    let err = parse(
+        &format!("metrics_listen = \"localhost\"\n{base}"),
+        "test.toml",
+    )
+    .expect_err("not an address");
+    assert!(
+        matches!(err, ConfigError::InvalidMetricsListen { .. }),
+        "{err:?}"
+    );
+    assert_msg(&err, &["test.toml:1:", "localhost", "127.0.0.1:9100"]);
 }
