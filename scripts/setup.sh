@@ -10,7 +10,7 @@ LLVM_MAJOR=22
 LLVM_PREFIX=/usr/lib/llvm-${LLVM_MAJOR}
 APT_PACKAGES=(
   "llvm-${LLVM_MAJOR}-dev" "libpolly-${LLVM_MAJOR}-dev" zlib1g-dev libzstd-dev
-  bpftool iproute2 ethtool nftables tmux
+  bpftool iproute2 ethtool nftables tmux curl
 )
 
 if [ "$(id -u)" -ne 0 ]; then

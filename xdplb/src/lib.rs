@@ -7,6 +7,7 @@ pub mod dataplane;
 pub mod demo;
 pub mod explain;
 pub mod instance;
+pub mod metrics;
 pub mod packet;
 pub mod stats;
 pub mod testrun;

@@ -284,11 +284,29 @@ fn run(config_path: Option<PathBuf>, instance_name: &str) -> anyhow::Result<()> 
 
     let started = Instant::now();
     let mut dp = Dataplane::load(cfg.limits, cfg.debug_log)?;
+    let apply_started = Instant::now();
     dp.apply_config(&cfg).context("filling the maps")?;
+    let apply_seconds = apply_started.elapsed().as_secs_f64();
+    // Bound before attaching, so a taken port leaves nothing attached.
+    let metrics_listener = match cfg.metrics_listen {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("metrics_listen {addr}: cannot listen"))?,
+        ),
+        None => None,
+    };
     let attached = dataplane::attach_all(&mut dp, &cfg.interfaces, cfg.xdp_mode)?;
 
     let mut state = instance_state(&dp, instance_name, &origin, attached.clone())?;
     let state_path = instance::write(&state)?;
+    let metrics = std::sync::Arc::new(std::sync::Mutex::new(xdplb::metrics::MetricsState {
+        instance: state.clone(),
+        last_apply_seconds: apply_seconds,
+    }));
+    if let Some(listener) = metrics_listener {
+        let shared = metrics.clone();
+        std::thread::spawn(move || xdplb::metrics::serve(listener, shared));
+    }
     let where_ = attached
         .iter()
         .map(|a| format!("{} ({} XDP + TC egress)", a.name, a.xdp_mode))
@@ -308,6 +326,8 @@ fn run(config_path: Option<PathBuf>, instance_name: &str) -> anyhow::Result<()> 
             match sig {
                 SIGHUP => {
                     let outcome = reload(&mut dp, config_path.as_deref(), &mut cfg);
+                    let applied_in = outcome.as_ref().ok().map(|(_, seconds)| *seconds);
+                    let outcome = outcome.map(|(msg, _)| msg);
                     state.generation += 1;
                     match &outcome {
                         Ok(msg) => eprintln!("xdplb: reload {}: {msg}", state.generation),
@@ -332,6 +352,12 @@ fn run(config_path: Option<PathBuf>, instance_name: &str) -> anyhow::Result<()> 
                     if let Err(e) = instance::write(&state) {
                         eprintln!("xdplb: could not update the state file: {e}");
                     }
+                    if let Ok(mut m) = metrics.lock() {
+                        m.instance = state.clone();
+                        if let Some(seconds) = applied_in {
+                            m.last_apply_seconds = seconds;
+                        }
+                    }
                 }
                 SIGINT => stop = Some("SIGINT"),
                 _ => stop = Some("SIGTERM"),
@@ -350,12 +376,13 @@ fn run(config_path: Option<PathBuf>, instance_name: &str) -> anyhow::Result<()> 
 }
 
 /// Re-reads the config file and applies what changed. A config with an error, or a change that
-/// needs a restart, is rejected whole and the data plane keeps the old one.
+/// needs a restart, is rejected whole and the data plane keeps the old one. Returns what was
+/// done and how long the apply took in seconds.
 fn reload(
     dp: &mut Dataplane,
     path: Option<&std::path::Path>,
     current: &mut Config,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, f64)> {
     let Some(path) = path else {
         bail!("running the built-in default config; there is no file to re-read");
     };
@@ -366,6 +393,10 @@ fn reload(
         ("xdp_mode", next.xdp_mode != current.xdp_mode),
         ("debug_log", next.debug_log != current.debug_log),
         ("[limits]", next.limits != current.limits),
+        (
+            "metrics_listen",
+            next.metrics_listen != current.metrics_listen,
+        ),
     ];
     if let Some((field, _)) = restart_only.iter().find(|(_, changed)| *changed) {
         bail!(
@@ -373,8 +404,10 @@ fn reload(
             path.display()
         );
     }
+    let apply_started = Instant::now();
     dp.apply_config(&next)
         .with_context(|| format!("applying {}", path.display()))?;
+    let apply_seconds = apply_started.elapsed().as_secs_f64();
     let msg = format!(
         "applied {} ({} service(s), {} backend(s)) in {} ms",
         path.display(),
@@ -386,7 +419,7 @@ fn reload(
         started.elapsed().as_millis()
     );
     *current = next;
-    Ok(msg)
+    Ok((msg, apply_seconds))
 }
 
 fn instance_state(

@@ -34,6 +34,8 @@ pub struct TrafficRow {
     pub address: String,
     pub packets: u64,
     pub bytes: u64,
+    /// New flows scheduled.
+    pub flows: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -95,6 +97,7 @@ pub fn read(state: &InstanceState) -> Result<Snapshot, StatsError> {
                 address: b.address.clone(),
                 packets: bc.packets,
                 bytes: bc.bytes,
+                flows: bc.flows,
             });
         }
         services.push(ServiceRow {
@@ -103,6 +106,7 @@ pub fn read(state: &InstanceState) -> Result<Snapshot, StatsError> {
                 address: svc.vip.clone(),
                 packets: c.packets,
                 bytes: c.bytes,
+                flows: c.flows,
             },
             backends,
         });
@@ -189,21 +193,21 @@ pub fn render(s: &Snapshot) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<24} {:<22} {:>14} {:>16}",
-        "SERVICE / BACKEND", "ADDRESS", "PACKETS", "BYTES"
+        "{:<24} {:<22} {:>14} {:>16} {:>10}",
+        "SERVICE / BACKEND", "ADDRESS", "PACKETS", "BYTES", "FLOWS"
     );
     for svc in &s.services {
         let t = &svc.traffic;
         let _ = writeln!(
             out,
-            "{:<24} {:<22} {:>14} {:>16}",
-            t.name, t.address, t.packets, t.bytes
+            "{:<24} {:<22} {:>14} {:>16} {:>10}",
+            t.name, t.address, t.packets, t.bytes, t.flows
         );
         for b in &svc.backends {
             let _ = writeln!(
                 out,
-                "  {:<22} {:<22} {:>14} {:>16}",
-                b.name, b.address, b.packets, b.bytes
+                "  {:<22} {:<22} {:>14} {:>16} {:>10}",
+                b.name, b.address, b.packets, b.bytes, b.flows
             );
         }
     }

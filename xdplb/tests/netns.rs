@@ -215,6 +215,7 @@ fn client_and_balancer_namespaces_over_veth_with_checksums_validated() {
         format!(
             r#"interfaces = ["{veth_l}", "lo"]
 xdp_mode = "auto"
+metrics_listen = "127.0.0.1:9100"
 
 [[service]]
 name = "veth-demo"
@@ -294,6 +295,54 @@ address = "10.200.0.2:9878"
     );
     assert_eq!(counter(&st, "forwarded"), 90);
     assert_eq!(counter(&st, "reply_translated"), 90);
+
+    // The Prometheus endpoint reports the same traffic.
+    let scrape = lb_ns.exec(&[
+        "curl",
+        "-sf",
+        "--max-time",
+        "5",
+        "http://127.0.0.1:9100/metrics",
+    ]);
+    let metrics = String::from_utf8_lossy(&scrape.stdout).to_string();
+    let value = |series: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no series {series} in:\n{metrics}"))
+    };
+    assert_eq!(
+        value("xdplb_service_packets_total{service=\"veth-demo\",vip=\"10.200.0.2:9875\"}"),
+        90
+    );
+    assert_eq!(
+        value("xdplb_service_flows_total{service=\"veth-demo\",vip=\"10.200.0.2:9875\"}"),
+        30
+    );
+    for port in [9876, 9877, 9878] {
+        let b = format!("{{service=\"veth-demo\",backend=\"10.200.0.2:{port}\"}}");
+        assert_eq!(
+            value(&format!("xdplb_backend_packets_total{b}")),
+            30,
+            "backend {port}"
+        );
+        assert_eq!(
+            value(&format!("xdplb_backend_flows_total{b}")),
+            10,
+            "backend {port}"
+        );
+    }
+    assert_eq!(
+        value("xdplb_packets_total{verdict=\"forward\",reason=\"forwarded\"}"),
+        90
+    );
+    assert_eq!(value("xdplb_events_total{event=\"reply_translated\"}"), 90);
+    assert_eq!(value("xdplb_flow_table_entries"), 30);
+    assert_eq!(value("xdplb_config_generation"), 0);
+    assert!(
+        metrics.contains("# TYPE xdplb_service_packets_total counter"),
+        "{metrics}"
+    );
 
     let status = lb.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit 0 on SIGTERM: {status}");

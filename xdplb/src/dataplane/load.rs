@@ -323,5 +323,6 @@ pub fn sum_counters(values: &[Counter]) -> Counter {
     values.iter().fold(Counter::default(), |acc, c| Counter {
         packets: acc.packets + c.packets,
         bytes: acc.bytes + c.bytes,
+        flows: acc.flows + c.flows,
     })
 }
