@@ -104,8 +104,15 @@ pub struct Service {
     pub hash_seed: u32,
     /// Idle timeout of a flow of this service, in nanoseconds.
     pub flow_idle_timeout_ns: u64,
+    /// `SERVICE_FLAG_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Service>() == 40);
+const _: () = assert!(size_of::<Service>() == 48);
+
+/// `Service::flags`: when no backend takes new flows (`table_len == 0`), pass new flows to the
+/// local stack instead of dropping them.
+pub const SERVICE_FLAG_PASS_WHEN_EMPTY: u32 = 1;
 
 /// `Backend::flags`: the backend keeps its live flows but is left out of the scheduling table.
 pub const BACKEND_FLAG_DRAINING: u32 = 1;

@@ -44,11 +44,14 @@ pub enum Stat {
     /// entries to LRU eviction (flows are replaced in place, never deleted), so evictions are
     /// these inserts minus the entries the table holds now (`xdplb stats` shows both).
     FlowTableInsert = 16,
+    /// Passed: a new flow of a service with no backend taking new flows, whose policy
+    /// (`when_all_down = "pass"`) hands it to the local stack.
+    PassNoBackend = 17,
 }
 
 impl Stat {
     /// Number of counters; the length of `STATS_V1`.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
 
     /// Every counter, in index order.
     pub const ALL: [Stat; Stat::COUNT as usize] = [
@@ -69,6 +72,7 @@ impl Stat {
         Stat::ReplyTranslated,
         Stat::DropReplyRewriteFailed,
         Stat::FlowTableInsert,
+        Stat::PassNoBackend,
     ];
 
     /// A stable snake_case name, used in `xdplb stats` and later as a metric label.
@@ -91,6 +95,7 @@ impl Stat {
             Stat::ReplyTranslated => "reply_translated",
             Stat::DropReplyRewriteFailed => "drop_reply_rewrite_failed",
             Stat::FlowTableInsert => "flow_table_inserts",
+            Stat::PassNoBackend => "pass_no_backend",
         }
     }
 }

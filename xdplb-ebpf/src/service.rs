@@ -3,8 +3,8 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_log_ebpf::debug;
 use xdplb_common::{
-    Backend, FLOW_REFRESH_NS, Flow, FlowKey, IPPROTO_UDP, Reply, ReplyKey, Service, ServiceKey,
-    Stat, addr_from_v4_wire, hash::FlowTuple,
+    Backend, FLOW_REFRESH_NS, Flow, FlowKey, IPPROTO_UDP, Reply, ReplyKey,
+    SERVICE_FLAG_PASS_WHEN_EMPTY, Service, ServiceKey, Stat, addr_from_v4_wire, hash::FlowTuple,
 };
 
 use crate::{
@@ -81,6 +81,14 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
                 dst_port_be: dport_be,
                 proto: IPPROTO_UDP,
             };
+            if service.table_len == 0 {
+                // No backend takes new flows (all drained or unhealthy): the service's policy.
+                return Err(if service.flags & SERVICE_FLAG_PASS_WHEN_EMPTY != 0 {
+                    Verdict::pass(Stat::PassNoBackend)
+                } else {
+                    Verdict::drop(Stat::DropNoBackend)
+                });
+            }
             let replacing = matches!(lookup, Lookup::Stale);
             let t = new_flow(&service, &flow_key, &tuple, now, replacing)
                 .ok_or(Verdict::drop(Stat::DropNoBackend))?;
