@@ -393,6 +393,128 @@ pub enum ConfigError {
         suggestion: u64,
     },
 
+    /// A `when_all_down` that is not one of the known policies.
+    #[error(
+        "{at}: {service} has an invalid when_all_down {value:?}; expected \"drop\" (the default: new flows are dropped while no backend is healthy and undrained) or \"pass\" (they go to this host's own network stack)"
+    )]
+    InvalidWhenAllDown {
+        at: Location,
+        service: String,
+        value: String,
+    },
+
+    /// A health check `type` that is not one of the known types.
+    #[error(
+        "{at}: {service} has an invalid health_check type {value:?}; expected \"udp\", \"tcp\" or \"http\""
+    )]
+    InvalidHealthCheckType {
+        at: Location,
+        service: String,
+        value: String,
+    },
+
+    /// A type-specific health check field (`payload`, `expect`, `path`, `expect_status`)
+    /// given with another type.
+    #[error(
+        "{at}: {service} health_check sets {field} = {value} but its type is \"{kind}\"; `{field}` only applies to type = \"{}\", so remove it or change the type",
+        super::validate::health_check_field_type(field)
+    )]
+    HealthCheckFieldNotApplicable {
+        at: Location,
+        service: String,
+        field: &'static str,
+        /// The check's type: `udp`, `tcp` or `http`.
+        kind: &'static str,
+        /// The value as written in TOML (strings quoted).
+        value: String,
+    },
+
+    /// A health check `interval` that does not parse or is out of range.
+    #[error(
+        "{at}: {service} has an invalid health_check interval {value:?}: {reason}; expected a duration from 100ms to 1h such as \"1s\", \"500ms\" or \"1m\""
+    )]
+    InvalidHealthCheckInterval {
+        at: Location,
+        service: String,
+        value: String,
+        reason: String,
+    },
+
+    /// A health check `timeout` that does not parse or is out of range.
+    #[error(
+        "{at}: {service} has an invalid health_check timeout {value:?}: {reason}; expected a duration of at least 10ms and at most the interval, such as \"500ms\" or \"2s\""
+    )]
+    InvalidHealthCheckTimeout {
+        at: Location,
+        service: String,
+        value: String,
+        reason: String,
+    },
+
+    /// A health check `timeout` longer than its `interval`.
+    #[error(
+        "{at}: {service} has health_check timeout {value:?}, which is longer than its interval {}{}; a check must end before the next one is due, so set timeout to at most {} or raise interval",
+        humantime::format_duration(*interval),
+        if *interval_defaulted { " (the default)" } else { "" },
+        humantime::format_duration(*interval)
+    )]
+    HealthCheckTimeoutTooLong {
+        at: Location,
+        service: String,
+        /// The timeout as written.
+        value: String,
+        interval: std::time::Duration,
+        /// `interval` was not given, so it is the default.
+        interval_defaulted: bool,
+    },
+
+    /// A health check `rise`, `fall`, `port` or `expect_status` out of its range.
+    #[error(
+        "{at}: {service} health_check {field} must be {min}..={max}, got {value}{}",
+        super::validate::health_check_field_meaning(field)
+    )]
+    HealthCheckOutOfRange {
+        at: Location,
+        service: String,
+        field: &'static str,
+        value: i64,
+        min: i64,
+        max: i64,
+    },
+
+    /// A health check `path` that is not an absolute HTTP path.
+    #[error(
+        "{at}: {service} has an invalid health_check path {value:?}: {reason}; expected an absolute path such as \"/\" or \"/healthz\""
+    )]
+    InvalidHealthCheckPath {
+        at: Location,
+        service: String,
+        value: String,
+        reason: String,
+    },
+
+    /// A health check `payload` or `expect` longer than a UDP datagram can carry.
+    #[error(
+        "{at}: {service} health_check {field} is {len} bytes long, but a UDP datagram carries at most {max} bytes; shorten it"
+    )]
+    HealthCheckPayloadTooLong {
+        at: Location,
+        service: String,
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+
+    /// A health check `on_failure` that is not one of the known policies.
+    #[error(
+        "{at}: {service} has an invalid health_check on_failure {value:?}; expected \"keep-flows\" (the default: an unhealthy backend gets no new flows but keeps its live ones) or \"move-flows\" (its live flows move to healthy backends on their next packet)"
+    )]
+    InvalidOnFailure {
+        at: Location,
+        service: String,
+        value: String,
+    },
+
     /// A service without backends.
     #[error(
         "{at}: {service} has no backends; add at least one [[service.backend]] table with an address"

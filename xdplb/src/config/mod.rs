@@ -32,6 +32,22 @@
 //!                              # | source-ip-port; default source-ip for source-hash, which
 //!                              # allows nothing else
 //! maglev_table_size = 65537    # optional, maglev only: a prime, >= 100 x backends, <= 2^24
+//! when_all_down = "drop"       # optional: drop | pass; what new flows get when no backend is
+//!                              # healthy and undrained (pass hands them to the host's stack)
+//!
+//! [service.health_check]       # optional; without it every backend is always healthy
+//! type = "udp"                 # required: udp | tcp | http
+//! interval = "1s"              # optional, 100ms..=1h
+//! timeout = "500ms"            # optional, 10ms..=interval; default 500ms or interval if shorter
+//! rise = 2                     # optional, 1..=100: consecutive successes to become healthy
+//! fall = 3                     # optional, 1..=100: consecutive failures to become unhealthy
+//! port = 8080                  # optional, 1..=65535; default the backend's own port
+//! payload = "xdplb-health"     # optional, udp only: the datagram to send
+//! expect = "pong"              # optional, udp only: the reply must contain this; default any
+//! path = "/"                   # optional, http only: starts with '/'
+//! expect_status = 200          # optional, http only: 100..=599
+//! on_failure = "keep-flows"    # optional: keep-flows | move-flows (an unhealthy backend's
+//!                              # live flows move to healthy backends on their next packet)
 //!
 //! [[service.backend]]          # at least one per service
 //! address = "127.0.0.1:9876"   # required, unicast IPV4:PORT, unique within the service
@@ -207,8 +223,93 @@ pub struct ServiceConfig {
     /// Entries in the Maglev table: a prime, at least 100 x the number of backends and at
     /// most 2^24. Default 65537; only `Maglev` uses it.
     pub maglev_table_size: u32,
+    /// Optional `[service.health_check]`; without it every backend is always healthy.
+    pub health_check: Option<HealthCheck>,
+    /// What new flows get when no backend is healthy and undrained. Default `Drop`.
+    pub when_all_down: WhenAllDown,
     /// At least one, not all drained; addresses are unique within the service.
     pub backends: Vec<BackendConfig>,
+}
+
+/// How a service's backends are checked (`[service.health_check]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// `type` and the fields that only that type takes.
+    pub kind: HealthCheckKind,
+    /// Time between checks of one backend: 100ms..=1h, default 1s.
+    pub interval: Duration,
+    /// How long a check may take: 10ms..=`interval`, default 500ms (or `interval` if
+    /// that is shorter).
+    pub timeout: Duration,
+    /// Consecutive successes that make an unhealthy backend healthy: 1..=100, default 2.
+    pub rise: u32,
+    /// Consecutive failures that make a healthy backend unhealthy: 1..=100, default 3.
+    pub fall: u32,
+    /// Check this port on the backend's address instead of the backend's own port.
+    pub port: Option<u16>,
+    /// What happens to an unhealthy backend's live flows. Default `KeepFlows`.
+    pub on_failure: OnFailure,
+}
+
+/// A health check's `type`: `"udp" | "tcp" | "http"`, with its type-specific fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheckKind {
+    /// Send `payload` in a datagram; healthy if a reply comes back within the timeout
+    /// (and contains `expect`, if given). Default payload `"xdplb-health"`.
+    Udp {
+        payload: Vec<u8>,
+        expect: Option<Vec<u8>>,
+    },
+    /// Healthy if a TCP connection is accepted within the timeout.
+    Tcp,
+    /// `GET path` over HTTP/1.1; healthy if the status is `expect_status`. Default path
+    /// `"/"` (always starts with '/'), default status 200 (100..=599).
+    Http { path: String, expect_status: u16 },
+}
+
+/// The spelling of a health check's `type` used in the config file.
+pub fn health_check_type_name(kind: &HealthCheckKind) -> &'static str {
+    match kind {
+        HealthCheckKind::Udp { .. } => "udp",
+        HealthCheckKind::Tcp => "tcp",
+        HealthCheckKind::Http { .. } => "http",
+    }
+}
+
+/// What happens to an unhealthy backend's live flows: `"keep-flows" | "move-flows"`,
+/// default `KeepFlows`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// The backend gets no new flows but keeps its live ones.
+    KeepFlows,
+    /// Its live flows move to healthy backends on their next packet.
+    MoveFlows,
+}
+
+/// The spelling of `on_failure` used in the config file.
+pub fn on_failure_name(on_failure: OnFailure) -> &'static str {
+    match on_failure {
+        OnFailure::KeepFlows => "keep-flows",
+        OnFailure::MoveFlows => "move-flows",
+    }
+}
+
+/// What new flows of a service get when no backend is healthy and undrained:
+/// `"drop" | "pass"`, default `Drop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenAllDown {
+    /// Drop the packets.
+    Drop,
+    /// Pass the packets on to the host's own network stack (`XDP_PASS`).
+    Pass,
+}
+
+/// The spelling of `when_all_down` used in the config file.
+pub fn when_all_down_name(when_all_down: WhenAllDown) -> &'static str {
+    match when_all_down {
+        WhenAllDown::Drop => "drop",
+        WhenAllDown::Pass => "pass",
+    }
 }
 
 /// One backend of a service.
@@ -277,6 +378,8 @@ pub fn default_config() -> Config {
             scheduler: Scheduler::RoundRobin,
             hash: HashFields::FiveTuple,
             maglev_table_size: validate::DEFAULT_MAGLEV_TABLE_SIZE,
+            health_check: None,
+            when_all_down: WhenAllDown::Drop,
             backends: [9876, 9877, 9878]
                 .into_iter()
                 .map(|port| BackendConfig {
@@ -426,6 +529,15 @@ impl Config {
                 )?,
                 other => writeln!(out, "    Scheduler: {}", scheduler_name(other))?,
             }
+            if let Some(hc) = &svc.health_check {
+                write_health_check(out, hc)?;
+            }
+            if svc.when_all_down == WhenAllDown::Pass {
+                writeln!(
+                    out,
+                    "    When no backend is healthy and undrained: new flows pass to this host's network stack (when_all_down = \"pass\")"
+                )?;
+            }
             writeln!(out, "    Backends ({}):", svc.backends.len())?;
             for b in &svc.backends {
                 let drain = if b.drain { ", draining" } else { "" };
@@ -433,5 +545,45 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// One line describing a service's health check.
+fn write_health_check(out: &mut String, hc: &HealthCheck) -> fmt::Result {
+    write!(
+        out,
+        "    Backend health check: {} every {}, timeout {}, rise {}, fall {}, {}",
+        health_check_type_name(&hc.kind),
+        humantime::format_duration(hc.interval),
+        humantime::format_duration(hc.timeout),
+        hc.rise,
+        hc.fall,
+        on_failure_name(hc.on_failure)
+    )?;
+    let port = match hc.port {
+        Some(port) => format!("port {port}"),
+        None => "the backend's port".to_owned(),
+    };
+    match &hc.kind {
+        HealthCheckKind::Udp { payload, expect } => {
+            write!(
+                out,
+                "; sends {:?} to {port}, ",
+                String::from_utf8_lossy(payload)
+            )?;
+            match expect {
+                Some(expect) => writeln!(
+                    out,
+                    "needs a reply containing {:?}",
+                    String::from_utf8_lossy(expect)
+                ),
+                None => writeln!(out, "any reply counts"),
+            }
+        }
+        HealthCheckKind::Tcp => writeln!(out, "; connects to {port}"),
+        HealthCheckKind::Http {
+            path,
+            expect_status,
+        } => writeln!(out, "; GET {path} on {port}, needs status {expect_status}"),
     }
 }

@@ -39,7 +39,26 @@ pub(crate) struct RawService {
     pub scheduler: Option<Spanned<String>>,
     pub hash: Option<Spanned<String>>,
     pub maglev_table_size: Option<Spanned<i64>>,
+    pub health_check: Option<Spanned<RawHealthCheck>>,
+    pub when_all_down: Option<Spanned<String>>,
     pub backend: Option<Spanned<Vec<Spanned<RawBackend>>>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [service.health_check] table")]
+pub(crate) struct RawHealthCheck {
+    #[serde(rename = "type")]
+    pub kind: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub rise: Option<Spanned<i64>>,
+    pub fall: Option<Spanned<i64>>,
+    pub port: Option<Spanned<i64>>,
+    pub payload: Option<Spanned<String>>,
+    pub expect: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub expect_status: Option<Spanned<i64>>,
+    pub on_failure: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -84,7 +103,25 @@ pub(crate) const TABLES: &[(&str, &[&str])] = &[
             "scheduler",
             "hash",
             "maglev_table_size",
+            "health_check",
+            "when_all_down",
             "backend",
+        ],
+    ),
+    (
+        "[service.health_check]",
+        &[
+            "type",
+            "interval",
+            "timeout",
+            "rise",
+            "fall",
+            "port",
+            "payload",
+            "expect",
+            "path",
+            "expect_status",
+            "on_failure",
         ],
     ),
     ("[[service.backend]]", &["address", "weight", "drain"]),

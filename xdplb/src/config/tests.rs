@@ -1246,6 +1246,646 @@ fn new_fields_in_the_wrong_table_get_a_hint() {
     assert_msg(&e, &["belongs in [[service]]", &line(7)]);
 }
 
+// ---- health checks -----------------------------------------------------------
+
+/// A one-service config whose service `demo` has a `[service.health_check]` table (its
+/// header on line 5) with `fields` starting on line 6.
+fn with_check(fields: &str) -> String {
+    one_service(&format!("[service.health_check]\n{fields}"))
+}
+
+fn check_of(text: &str) -> HealthCheck {
+    ok(text).services[0]
+        .health_check
+        .clone()
+        .expect("a health check")
+}
+
+#[test]
+fn health_check_absent_by_default() {
+    let svc = &ok(&one_service("")).services[0];
+    assert_eq!(svc.health_check, None);
+    assert_eq!(svc.when_all_down, WhenAllDown::Drop);
+}
+
+#[test]
+fn health_check_types_parse_with_defaults() {
+    let defaults = |kind| HealthCheck {
+        kind,
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_millis(500),
+        rise: 2,
+        fall: 3,
+        port: None,
+        on_failure: OnFailure::KeepFlows,
+    };
+    for (text, kind) in [
+        (
+            "udp",
+            HealthCheckKind::Udp {
+                payload: b"xdplb-health".to_vec(),
+                expect: None,
+            },
+        ),
+        ("tcp", HealthCheckKind::Tcp),
+        (
+            "http",
+            HealthCheckKind::Http {
+                path: "/".to_owned(),
+                expect_status: 200,
+            },
+        ),
+    ] {
+        let hc = check_of(&with_check(&format!("type = \"{text}\"\n")));
+        assert_eq!(health_check_type_name(&hc.kind), text);
+        assert_eq!(hc, defaults(kind.clone()), "{text}");
+        // The same as an inline table.
+        let hc = check_of(&one_service(&format!(
+            "health_check = {{ type = \"{text}\" }}\n"
+        )));
+        assert_eq!(hc, defaults(kind), "{text} inline");
+    }
+}
+
+#[test]
+fn health_check_all_fields_parse() {
+    let hc = check_of(&with_check(
+        "type = \"udp\"\ninterval = \"2s\"\ntimeout = \"1500ms\"\nrise = 1\nfall = 100\n\
+         port = 8080\npayload = \"ping\"\nexpect = \"pong\"\non_failure = \"move-flows\"\n",
+    ));
+    assert_eq!(
+        hc,
+        HealthCheck {
+            kind: HealthCheckKind::Udp {
+                payload: b"ping".to_vec(),
+                expect: Some(b"pong".to_vec()),
+            },
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_millis(1500),
+            rise: 1,
+            fall: 100,
+            port: Some(8080),
+            on_failure: OnFailure::MoveFlows,
+        }
+    );
+
+    let hc = check_of(&with_check(
+        "type = \"http\"\ninterval = \"1h\"\ntimeout = \"10ms\"\nrise = 100\nfall = 1\n\
+         port = 65535\npath = \"/healthz?full=1\"\nexpect_status = 204\non_failure = \"keep-flows\"\n",
+    ));
+    assert_eq!(
+        hc,
+        HealthCheck {
+            kind: HealthCheckKind::Http {
+                path: "/healthz?full=1".to_owned(),
+                expect_status: 204,
+            },
+            interval: Duration::from_secs(3600),
+            timeout: Duration::from_millis(10),
+            rise: 100,
+            fall: 1,
+            port: Some(65535),
+            on_failure: OnFailure::KeepFlows,
+        }
+    );
+
+    let hc = check_of(&with_check(
+        "type = \"tcp\"\ninterval = \"100ms\"\nport = 1\non_failure = \"move-flows\"\n",
+    ));
+    assert_eq!(hc.kind, HealthCheckKind::Tcp);
+    assert_eq!(hc.interval, Duration::from_millis(100));
+    // The default timeout (500ms) shrinks to a shorter interval.
+    assert_eq!(hc.timeout, Duration::from_millis(100));
+    assert_eq!(hc.port, Some(1));
+    assert_eq!(on_failure_name(hc.on_failure), "move-flows");
+
+    // The health check table may also follow the backends.
+    let text = format!(
+        "{}[service.health_check]\ntype = \"tcp\"\n",
+        one_service("")
+    );
+    assert_eq!(check_of(&text).kind, HealthCheckKind::Tcp);
+}
+
+#[test]
+fn health_check_without_type() {
+    let e = err(&with_check("interval = \"2s\"\n"));
+    match &e {
+        ConfigError::MissingField { field, context, .. } => {
+            assert_eq!(*field, "type");
+            assert_eq!(context, "service \"demo\" health_check");
+        }
+        other => panic!("wrong variant: {other:?}"),
+    }
+    assert_msg(
+        &e,
+        &[
+            "service \"demo\" health_check",
+            "`type`",
+            "\"udp\"",
+            &line(5),
+        ],
+    );
+}
+
+#[test]
+fn unknown_health_check_type() {
+    for bad in ["icmp", "UDP", ""] {
+        let e = err(&with_check(&format!("type = \"{bad}\"\n")));
+        match &e {
+            ConfigError::InvalidHealthCheckType { value, service, .. } => {
+                assert_eq!(value, bad);
+                assert_eq!(service, "service \"demo\"");
+            }
+            other => panic!("wrong variant for {bad:?}: {other:?}"),
+        }
+        assert_msg(
+            &e,
+            &[
+                &format!("health_check type {bad:?}"),
+                "\"demo\"",
+                "expected \"udp\", \"tcp\" or \"http\"",
+                &format!("{ORIGIN}:6:8"),
+            ],
+        );
+    }
+}
+
+#[test]
+fn udp_only_fields_with_other_types_are_rejected() {
+    for (kind, field, value) in [
+        ("tcp", "payload", "\"ping\""),
+        ("http", "payload", "\"ping\""),
+        ("tcp", "expect", "\"pong\""),
+        ("http", "expect", "\"pong\""),
+    ] {
+        let e = err(&with_check(&format!(
+            "type = \"{kind}\"\ninterval = \"2s\"\n{field} = {value}\n"
+        )));
+        match &e {
+            ConfigError::HealthCheckFieldNotApplicable {
+                field: f,
+                kind: k,
+                value: v,
+                service,
+                ..
+            } => {
+                assert_eq!((*f, *k, v.as_str()), (field, kind, value));
+                assert_eq!(service, "service \"demo\"");
+            }
+            other => panic!("wrong variant for {field} with {kind}: {other:?}"),
+        }
+        assert_msg(
+            &e,
+            &[
+                &format!("sets {field} = {value}"),
+                &format!("its type is \"{kind}\""),
+                "only applies to type = \"udp\"",
+                &line(8),
+            ],
+        );
+    }
+}
+
+#[test]
+fn http_only_fields_with_other_types_are_rejected() {
+    for (kind, field, value) in [
+        ("udp", "path", "\"/healthz\""),
+        ("tcp", "path", "\"/healthz\""),
+        ("udp", "expect_status", "200"),
+        ("tcp", "expect_status", "204"),
+    ] {
+        let e = err(&with_check(&format!(
+            "type = \"{kind}\"\n{field} = {value}\n"
+        )));
+        match &e {
+            ConfigError::HealthCheckFieldNotApplicable {
+                field: f,
+                kind: k,
+                value: v,
+                ..
+            } => assert_eq!((*f, *k, v.as_str()), (field, kind, value)),
+            other => panic!("wrong variant for {field} with {kind}: {other:?}"),
+        }
+        assert_msg(
+            &e,
+            &[
+                &format!("sets {field} = {value}"),
+                &format!("its type is \"{kind}\""),
+                "only applies to type = \"http\"",
+                &line(7),
+            ],
+        );
+    }
+    // With several misplaced fields, the first in the file is reported.
+    let e = err(&with_check(
+        "type = \"tcp\"\nexpect_status = 200\npayload = \"x\"\n",
+    ));
+    assert!(
+        matches!(
+            e,
+            ConfigError::HealthCheckFieldNotApplicable {
+                field: "expect_status",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_msg(&e, &[&line(7)]);
+}
+
+#[test]
+fn health_check_timeout_longer_than_interval() {
+    let e = err(&with_check(
+        "type = \"udp\"\ninterval = \"1s\"\ntimeout = \"2s\"\n",
+    ));
+    match &e {
+        ConfigError::HealthCheckTimeoutTooLong {
+            value,
+            interval,
+            interval_defaulted,
+            service,
+            ..
+        } => {
+            assert_eq!(value, "2s");
+            assert_eq!(*interval, Duration::from_secs(1));
+            assert!(!interval_defaulted);
+            assert_eq!(service, "service \"demo\"");
+        }
+        other => panic!("wrong variant: {other:?}"),
+    }
+    assert_msg(
+        &e,
+        &[
+            "timeout \"2s\"",
+            "longer than its interval 1s;",
+            "at most 1s",
+            &format!("{ORIGIN}:8:11"),
+        ],
+    );
+
+    // Against the default interval.
+    let e = err(&with_check("type = \"tcp\"\ntimeout = \"1001ms\"\n"));
+    assert!(
+        matches!(
+            e,
+            ConfigError::HealthCheckTimeoutTooLong {
+                interval_defaulted: true,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_msg(&e, &["\"1001ms\"", "interval 1s (the default)", &line(7)]);
+
+    // Equal is fine.
+    let hc = check_of(&with_check(
+        "type = \"tcp\"\ninterval = \"3s\"\ntimeout = \"3s\"\n",
+    ));
+    assert_eq!(
+        (hc.interval, hc.timeout),
+        (Duration::from_secs(3), Duration::from_secs(3))
+    );
+}
+
+#[test]
+fn bad_health_check_timeouts() {
+    for (bad, reason) in [
+        ("9ms", "shorter than the minimum of 10ms"),
+        ("0s", "shorter than the minimum of 10ms"),
+        ("banana", "not a duration"),
+        ("", "not a duration"),
+    ] {
+        let e = err(&with_check(&format!(
+            "type = \"tcp\"\ntimeout = \"{bad}\"\n"
+        )));
+        match &e {
+            ConfigError::InvalidHealthCheckTimeout { value, service, .. } => {
+                assert_eq!(value, bad);
+                assert_eq!(service, "service \"demo\"");
+            }
+            other => panic!("wrong variant for {bad:?}: {other:?}"),
+        }
+        assert_msg(
+            &e,
+            &[
+                &format!("health_check timeout {bad:?}"),
+                reason,
+                "at least 10ms and at most the interval",
+                &line(7),
+            ],
+        );
+    }
+}
+
+#[test]
+fn bad_health_check_intervals() {
+    for (bad, reason) in [
+        ("0s", "shorter than the minimum of 100ms"),
+        ("99ms", "shorter than the minimum of 100ms"),
+        ("banana", "not a duration"),
+        ("1s banana", "not a duration"),
+        ("1h 1ms", "longer than the maximum of 1h"),
+        ("2d", "longer than the maximum of 1h"),
+    ] {
+        let e = err(&with_check(&format!(
+            "type = \"udp\"\ninterval = \"{bad}\"\n"
+        )));
+        match &e {
+            ConfigError::InvalidHealthCheckInterval { value, service, .. } => {
+                assert_eq!(value, bad);
+                assert_eq!(service, "service \"demo\"");
+            }
+            other => panic!("wrong variant for {bad:?}: {other:?}"),
+        }
+        assert_msg(
+            &e,
+            &[
+                &format!("health_check interval {bad:?}"),
+                reason,
+                "from 100ms to 1h",
+                &format!("{ORIGIN}:7:12"),
+            ],
+        );
+    }
+}
+
+#[test]
+fn health_check_numbers_out_of_range() {
+    for (extra, field, value, range) in [
+        ("", "rise", "0", "1..=100"),
+        ("", "rise", "101", "1..=100"),
+        ("", "rise", "-1", "1..=100"),
+        ("", "fall", "0", "1..=100"),
+        ("", "fall", "101", "1..=100"),
+        ("", "port", "0", "1..=65535"),
+        ("", "port", "65536", "1..=65535"),
+        ("", "port", "-80", "1..=65535"),
+        ("type = \"http\"\n", "expect_status", "99", "100..=599"),
+        ("type = \"http\"\n", "expect_status", "600", "100..=599"),
+        ("type = \"http\"\n", "expect_status", "-200", "100..=599"),
+    ] {
+        let kind = if extra.is_empty() {
+            "type = \"udp\"\n"
+        } else {
+            extra
+        };
+        let e = err(&with_check(&format!("{kind}{field} = {value}\n")));
+        match &e {
+            ConfigError::HealthCheckOutOfRange {
+                field: f,
+                value: v,
+                service,
+                ..
+            } => {
+                assert_eq!(*f, field);
+                assert_eq!(v.to_string(), value);
+                assert_eq!(service, "service \"demo\"");
+            }
+            other => panic!("wrong variant for {field} = {value}: {other:?}"),
+        }
+        assert_msg(
+            &e,
+            &[
+                &format!("health_check {field} must be {range}, got {value}"),
+                &format!("; {field} is"),
+                &line(7),
+            ],
+        );
+    }
+    // The bounds of expect_status are accepted.
+    for status in [100, 599] {
+        let hc = check_of(&with_check(&format!(
+            "type = \"http\"\nexpect_status = {status}\n"
+        )));
+        assert!(
+            matches!(hc.kind, HealthCheckKind::Http { expect_status, .. } if expect_status == status),
+            "{hc:?}"
+        );
+    }
+}
+
+#[test]
+fn bad_http_paths() {
+    for (bad, reason) in [
+        ("healthz", "does not start with '/'"),
+        ("", "does not start with '/'"),
+        ("http://x/healthz", "does not start with '/'"),
+        ("/health z", "contains ' '"),
+        ("/a\\r\\nHost: evil", "contains '\\r'"),
+    ] {
+        let e = err(&with_check(&format!("type = \"http\"\npath = \"{bad}\"\n")));
+        let written = bad.replace("\\r", "\r").replace("\\n", "\n");
+        match &e {
+            ConfigError::InvalidHealthCheckPath { value, service, .. } => {
+                assert_eq!(*value, written);
+                assert_eq!(service, "service \"demo\"");
+            }
+            other => panic!("wrong variant for {bad:?}: {other:?}"),
+        }
+        assert_msg(
+            &e,
+            &[
+                &format!("health_check path {written:?}"),
+                reason,
+                "\"/healthz\"",
+                &format!("{ORIGIN}:7:8"),
+            ],
+        );
+    }
+}
+
+#[test]
+fn bad_on_failure() {
+    for bad in ["keep", "move_flows", "drop"] {
+        let e = err(&with_check(&format!(
+            "type = \"tcp\"\non_failure = \"{bad}\"\n"
+        )));
+        match &e {
+            ConfigError::InvalidOnFailure { value, service, .. } => {
+                assert_eq!(value, bad);
+                assert_eq!(service, "service \"demo\"");
+            }
+            other => panic!("wrong variant for {bad:?}: {other:?}"),
+        }
+        assert_msg(
+            &e,
+            &[
+                &format!("on_failure {bad:?}"),
+                "\"keep-flows\"",
+                "\"move-flows\"",
+                &format!("{ORIGIN}:7:14"),
+            ],
+        );
+    }
+}
+
+#[test]
+fn udp_payload_too_long() {
+    let long = "x".repeat(65_508);
+    for field in ["payload", "expect"] {
+        let e = err(&with_check(&format!(
+            "type = \"udp\"\n{field} = \"{long}\"\n"
+        )));
+        match &e {
+            ConfigError::HealthCheckPayloadTooLong { field: f, len, .. } => {
+                assert_eq!((*f, *len), (field, 65_508));
+            }
+            other => panic!("wrong variant for {field}: {other:?}"),
+        }
+        assert_msg(&e, &[field, "65508 bytes", "at most 65507", &line(7)]);
+    }
+    let hc = check_of(&with_check(&format!(
+        "type = \"udp\"\npayload = \"{}\"\n",
+        &long[1..]
+    )));
+    assert!(matches!(hc.kind, HealthCheckKind::Udp { payload, .. } if payload.len() == 65_507));
+}
+
+#[test]
+fn when_all_down_parses_and_rejects_garbage() {
+    for (text, policy) in [("drop", WhenAllDown::Drop), ("pass", WhenAllDown::Pass)] {
+        let cfg = ok(&one_service(&format!("when_all_down = \"{text}\"\n")));
+        assert_eq!(cfg.services[0].when_all_down, policy, "{text}");
+        assert_eq!(when_all_down_name(policy), text);
+        let cfg = ok(&one_service(&format!(
+            "when_all_down = \"{text}\"\n[service.health_check]\ntype = \"tcp\"\n"
+        )));
+        assert_eq!(cfg.services[0].when_all_down, policy, "{text}");
+        assert!(cfg.services[0].health_check.is_some());
+    }
+    for bad in ["accept", "Drop", ""] {
+        let e = err(&one_service(&format!("when_all_down = \"{bad}\"\n")));
+        match &e {
+            ConfigError::InvalidWhenAllDown { value, service, .. } => {
+                assert_eq!(value, bad);
+                assert_eq!(service, "service \"demo\"");
+            }
+            other => panic!("wrong variant for {bad:?}: {other:?}"),
+        }
+        assert_msg(
+            &e,
+            &[
+                &format!("when_all_down {bad:?}"),
+                "\"drop\"",
+                "\"pass\"",
+                &format!("{ORIGIN}:5:17"),
+            ],
+        );
+    }
+    let e = err(&one_service("when_all_down = true\n"));
+    assert!(matches!(e, ConfigError::WrongType { .. }), "{e:?}");
+    assert_msg(&e, &[&line(5)]);
+}
+
+#[test]
+fn unknown_health_check_field() {
+    let e = err(&with_check("type = \"udp\"\nretries = 3\n"));
+    match &e {
+        ConfigError::UnknownField { field, table, .. } => {
+            assert_eq!(field, "retries");
+            assert_eq!(*table, "[service.health_check]");
+        }
+        other => panic!("wrong variant: {other:?}"),
+    }
+    assert_msg(
+        &e,
+        &[
+            "retries",
+            "[service.health_check]",
+            "`expect_status`",
+            "remove it or fix the spelling",
+            &format!("{ORIGIN}:7:1"),
+        ],
+    );
+
+    // A service field written below the health check header belongs to the service.
+    let e = err(&with_check("type = \"udp\"\nwhen_all_down = \"pass\"\n"));
+    match &e {
+        ConfigError::UnknownField { field, table, .. } => {
+            assert_eq!(field, "when_all_down");
+            assert_eq!(*table, "[service.health_check]");
+        }
+        other => panic!("wrong variant: {other:?}"),
+    }
+    assert_msg(&e, &["belongs in [[service]]", &line(7)]);
+
+    // And a health check field written in the service table belongs to the check.
+    let e = err(&one_service("rise = 2\n"));
+    match &e {
+        ConfigError::UnknownField { field, table, .. } => {
+            assert_eq!(field, "rise");
+            assert_eq!(*table, "[[service]]");
+        }
+        other => panic!("wrong variant: {other:?}"),
+    }
+    assert_msg(&e, &["belongs in [service.health_check]", &line(5)]);
+}
+
+#[test]
+fn health_check_wrong_types() {
+    for field in [
+        "rise = \"2\"",
+        "interval = 1",
+        "type = 1",
+        "expect_status = \"200\"",
+    ] {
+        let e = err(&with_check(
+            &format!("type = \"http\"\n{field}\n").replace("type = \"http\"\ntype = 1", "type = 1"),
+        ));
+        assert!(matches!(e, ConfigError::WrongType { .. }), "{field}: {e:?}");
+    }
+}
+
+#[test]
+fn describe_mentions_health_checks() {
+    let text = r#"
+interfaces = ["lo"]
+[[service]]
+name = "dns"
+vip = "192.0.2.1:53"
+when_all_down = "pass"
+backend = [{ address = "10.0.0.1:53" }]
+[service.health_check]
+type = "udp"
+[[service]]
+name = "web"
+vip = "192.0.2.2:80"
+backend = [{ address = "10.0.0.2:80" }]
+[service.health_check]
+type = "http"
+interval = "5s"
+timeout = "2s"
+rise = 1
+fall = 5
+port = 8080
+path = "/healthz"
+expect_status = 204
+on_failure = "move-flows"
+[[service]]
+name = "plain"
+vip = "192.0.2.3:53"
+backend = [{ address = "10.0.0.3:53" }]
+"#;
+    let d = ok(text).describe();
+    for part in [
+        "health check: udp every 1s, timeout 500ms, rise 2, fall 3, keep-flows",
+        "\"xdplb-health\"",
+        "any reply",
+        "health check: http every 5s, timeout 2s, rise 1, fall 5, move-flows",
+        "GET /healthz on port 8080, needs status 204",
+        "when_all_down = \"pass\"",
+    ] {
+        assert!(d.contains(part), "description lacks {part:?}:\n{d}");
+    }
+    assert_eq!(d.matches("health check:").count(), 2, "{d}");
+    assert_eq!(d.matches("when_all_down").count(), 1, "{d}");
+
+    let d = default_config().describe();
+    assert!(!d.contains("health check"), "{d}");
+    assert!(!d.contains("when_all_down"), "{d}");
+}
+
 // ---- lookup-table pool -------------------------------------------------------
 
 #[test]
@@ -1413,6 +2053,8 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
                 scheduler: Scheduler::Maglev,
                 hash: HashFields::FiveTuple,
                 maglev_table_size: 65537,
+                health_check: None,
+                when_all_down: WhenAllDown::Drop,
                 backends: vec![
                     BackendConfig {
                         address: SocketAddrV4::new(ip(10, 0, 0, 1), 53),
@@ -1434,6 +2076,8 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
                 scheduler: Scheduler::Maglev,
                 hash: HashFields::FiveTuple,
                 maglev_table_size: 65537,
+                health_check: None,
+                when_all_down: WhenAllDown::Drop,
                 backends: vec![BackendConfig {
                     address: SocketAddrV4::new(ip(10, 0, 1, 1), 514),
                     weight: 10,

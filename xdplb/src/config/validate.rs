@@ -10,10 +10,10 @@ use std::{
 use toml::Spanned;
 
 use super::{
-    BackendConfig, Config, ConfigError, HashFields, Limits, Location, Protocol, Scheduler,
-    ServiceConfig, XdpModeSetting,
+    BackendConfig, Config, ConfigError, HashFields, HealthCheck, HealthCheckKind, Limits, Location,
+    OnFailure, Protocol, Scheduler, ServiceConfig, WhenAllDown, XdpModeSetting,
     error::line_col,
-    raw::{RawBackend, RawConfig, RawLimits, RawService, TABLES},
+    raw::{RawBackend, RawConfig, RawHealthCheck, RawLimits, RawService, TABLES},
 };
 
 /// Longest Linux interface name in bytes (IFNAMSIZ - 1).
@@ -45,6 +45,27 @@ const MAX_MAGLEV_TABLE_SIZE: u32 = 1 << 24;
 const MAGLEV_ENTRIES_PER_BACKEND: u64 = 100;
 /// Entries in a weighted-round-robin scheduling table.
 pub(crate) const WRR_TABLE_ENTRIES: u32 = 65_537;
+/// Range and default of a health check's `interval`.
+const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(60 * 60);
+const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Minimum and default of a health check's `timeout` (at most the interval).
+const MIN_CHECK_TIMEOUT: Duration = Duration::from_millis(10);
+const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
+/// Range of a health check's `rise` and `fall`, and their defaults.
+const MIN_RISE_FALL: u16 = 1;
+const MAX_RISE_FALL: u16 = 100;
+const DEFAULT_RISE: u32 = 2;
+const DEFAULT_FALL: u32 = 3;
+/// Defaults of the type-specific health check fields.
+const DEFAULT_UDP_PAYLOAD: &str = "xdplb-health";
+const DEFAULT_HTTP_PATH: &str = "/";
+const DEFAULT_HTTP_STATUS: u16 = 200;
+/// Range of an HTTP health check's `expect_status`.
+const MIN_HTTP_STATUS: u16 = 100;
+const MAX_HTTP_STATUS: u16 = 599;
+/// The largest UDP payload over IPv4 (65535 - 20 - 8).
+const MAX_UDP_PAYLOAD: usize = 65_507;
 
 /// The source text and its name, for turning byte spans into locations.
 #[derive(Clone, Copy)]
@@ -586,6 +607,26 @@ fn validate_service(
         },
     };
 
+    let health_check = match raw.health_check {
+        None => None,
+        Some(hc) => Some(validate_health_check(&label, hc, src)?),
+    };
+
+    let when_all_down = match raw.when_all_down {
+        None => WhenAllDown::Drop,
+        Some(w) => match w.get_ref().as_str() {
+            "drop" => WhenAllDown::Drop,
+            "pass" => WhenAllDown::Pass,
+            _ => {
+                return Err(ConfigError::InvalidWhenAllDown {
+                    at: src.at(&w.span()),
+                    service: label,
+                    value: w.into_inner(),
+                });
+            }
+        },
+    };
+
     let Some(backends) = raw.backend else {
         return Err(ConfigError::NoBackends {
             at: src.at(&svc_span),
@@ -675,11 +716,256 @@ fn validate_service(
             scheduler,
             hash,
             maglev_table_size,
+            health_check,
+            when_all_down,
             backends: out,
         },
         name_offset: name_span.start,
         vip_offset: vip_span.start,
     })
+}
+
+fn validate_health_check(
+    label: &str,
+    hc: Spanned<RawHealthCheck>,
+    src: Source<'_>,
+) -> Result<HealthCheck, ConfigError> {
+    let span = hc.span();
+    let raw = hc.into_inner();
+
+    let Some(kind) = raw.kind else {
+        return Err(ConfigError::MissingField {
+            at: src.at(&span),
+            context: format!("{label} health_check"),
+            field: "type",
+            hint: "; e.g. type = \"udp\" (or \"tcp\" or \"http\")",
+        });
+    };
+    let kind_name = match kind.get_ref().as_str() {
+        "udp" => "udp",
+        "tcp" => "tcp",
+        "http" => "http",
+        _ => {
+            return Err(ConfigError::InvalidHealthCheckType {
+                at: src.at(&kind.span()),
+                service: label.to_owned(),
+                value: kind.into_inner(),
+            });
+        }
+    };
+    // Type-specific fields given with another type, in file order.
+    let mut misplaced: Vec<(Range<usize>, &'static str, String)> = Vec::new();
+    if kind_name != "udp" {
+        for (field, value) in [("payload", &raw.payload), ("expect", &raw.expect)] {
+            if let Some(v) = value {
+                misplaced.push((v.span(), field, format!("{:?}", v.get_ref())));
+            }
+        }
+    }
+    if kind_name != "http" {
+        if let Some(v) = &raw.path {
+            misplaced.push((v.span(), "path", format!("{:?}", v.get_ref())));
+        }
+        if let Some(v) = &raw.expect_status {
+            misplaced.push((v.span(), "expect_status", v.get_ref().to_string()));
+        }
+    }
+    if let Some((span, field, value)) = misplaced.into_iter().min_by_key(|(s, ..)| s.start) {
+        return Err(ConfigError::HealthCheckFieldNotApplicable {
+            at: src.at(&span),
+            service: label.to_owned(),
+            field,
+            kind: kind_name,
+            value,
+        });
+    }
+
+    let interval_defaulted = raw.interval.is_none();
+    let interval = match raw.interval {
+        None => DEFAULT_CHECK_INTERVAL,
+        Some(i) => match duration_in(i.get_ref(), MIN_CHECK_INTERVAL, MAX_CHECK_INTERVAL) {
+            Ok(d) => d,
+            Err(reason) => {
+                return Err(ConfigError::InvalidHealthCheckInterval {
+                    at: src.at(&i.span()),
+                    service: label.to_owned(),
+                    value: i.into_inner(),
+                    reason,
+                });
+            }
+        },
+    };
+    let timeout = match raw.timeout {
+        // A short interval shortens the default timeout with it.
+        None => DEFAULT_CHECK_TIMEOUT.min(interval),
+        // No upper bound here: anything longer than the interval gets its own error.
+        Some(t) => match duration_in(t.get_ref(), MIN_CHECK_TIMEOUT, Duration::MAX) {
+            Ok(d) if d > interval => {
+                return Err(ConfigError::HealthCheckTimeoutTooLong {
+                    at: src.at(&t.span()),
+                    service: label.to_owned(),
+                    value: t.into_inner(),
+                    interval,
+                    interval_defaulted,
+                });
+            }
+            Ok(d) => d,
+            Err(reason) => {
+                return Err(ConfigError::InvalidHealthCheckTimeout {
+                    at: src.at(&t.span()),
+                    service: label.to_owned(),
+                    value: t.into_inner(),
+                    reason,
+                });
+            }
+        },
+    };
+
+    let in_range = |raw: Option<Spanned<i64>>,
+                    field: &'static str,
+                    range: std::ops::RangeInclusive<u16>|
+     -> Result<Option<u16>, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let value = *raw.get_ref();
+        match u16::try_from(value) {
+            Ok(v) if range.contains(&v) => Ok(Some(v)),
+            _ => Err(ConfigError::HealthCheckOutOfRange {
+                at: src.at(&raw.span()),
+                service: label.to_owned(),
+                field,
+                value,
+                min: i64::from(*range.start()),
+                max: i64::from(*range.end()),
+            }),
+        }
+    };
+    let rise =
+        in_range(raw.rise, "rise", MIN_RISE_FALL..=MAX_RISE_FALL)?.map_or(DEFAULT_RISE, u32::from);
+    let fall =
+        in_range(raw.fall, "fall", MIN_RISE_FALL..=MAX_RISE_FALL)?.map_or(DEFAULT_FALL, u32::from);
+    let port = in_range(raw.port, "port", 1..=u16::MAX)?;
+
+    let kind = match kind_name {
+        "udp" => {
+            let bytes = |raw: Option<Spanned<String>>, field: &'static str| {
+                let Some(raw) = raw else {
+                    return Ok(None);
+                };
+                let len = raw.get_ref().len();
+                if len > MAX_UDP_PAYLOAD {
+                    return Err(ConfigError::HealthCheckPayloadTooLong {
+                        at: src.at(&raw.span()),
+                        service: label.to_owned(),
+                        field,
+                        len,
+                        max: MAX_UDP_PAYLOAD,
+                    });
+                }
+                Ok(Some(raw.into_inner().into_bytes()))
+            };
+            HealthCheckKind::Udp {
+                payload: bytes(raw.payload, "payload")?
+                    .unwrap_or_else(|| DEFAULT_UDP_PAYLOAD.as_bytes().to_vec()),
+                expect: bytes(raw.expect, "expect")?,
+            }
+        }
+        "http" => {
+            let path = match raw.path {
+                None => DEFAULT_HTTP_PATH.to_owned(),
+                Some(p) => match http_path_problem(p.get_ref()) {
+                    None => p.into_inner(),
+                    Some(reason) => {
+                        return Err(ConfigError::InvalidHealthCheckPath {
+                            at: src.at(&p.span()),
+                            service: label.to_owned(),
+                            value: p.into_inner(),
+                            reason,
+                        });
+                    }
+                },
+            };
+            let expect_status = in_range(
+                raw.expect_status,
+                "expect_status",
+                MIN_HTTP_STATUS..=MAX_HTTP_STATUS,
+            )?
+            .unwrap_or(DEFAULT_HTTP_STATUS);
+            HealthCheckKind::Http {
+                path,
+                expect_status,
+            }
+        }
+        _ => HealthCheckKind::Tcp,
+    };
+
+    let on_failure = match raw.on_failure {
+        None => OnFailure::KeepFlows,
+        Some(o) => match o.get_ref().as_str() {
+            "keep-flows" => OnFailure::KeepFlows,
+            "move-flows" => OnFailure::MoveFlows,
+            _ => {
+                return Err(ConfigError::InvalidOnFailure {
+                    at: src.at(&o.span()),
+                    service: label.to_owned(),
+                    value: o.into_inner(),
+                });
+            }
+        },
+    };
+
+    Ok(HealthCheck {
+        kind,
+        interval,
+        timeout,
+        rise,
+        fall,
+        port,
+        on_failure,
+    })
+}
+
+/// The health check type that a type-specific field belongs to (for error messages).
+pub(crate) fn health_check_field_type(field: &str) -> &'static str {
+    match field {
+        "payload" | "expect" => "udp",
+        "path" | "expect_status" => "http",
+        _ => "udp, tcp or http",
+    }
+}
+
+/// What a numeric health check field means, as a "; ..." suffix for error messages.
+pub(crate) fn health_check_field_meaning(field: &str) -> &'static str {
+    match field {
+        "rise" => {
+            "; rise is how many checks in a row must succeed before a backend counts as healthy"
+        }
+        "fall" => {
+            "; fall is how many checks in a row must fail before a backend counts as unhealthy"
+        }
+        "port" => {
+            "; port is the port to check on the backend's address (without it, the backend's own port)"
+        }
+        "expect_status" => {
+            "; expect_status is the HTTP status code a healthy backend answers with, such as 200 or 204"
+        }
+        _ => "",
+    }
+}
+
+/// Why `path` cannot be the path of an HTTP request, if it cannot.
+fn http_path_problem(path: &str) -> Option<String> {
+    if !path.starts_with('/') {
+        return Some("it does not start with '/'".to_owned());
+    }
+    path.chars()
+        .find(|c| c.is_whitespace() || c.is_control())
+        .map(|c| {
+            format!(
+                "it contains {c:?}, which cannot appear in an HTTP request line; percent-encode it"
+            )
+        })
 }
 
 /// A validated backend and where its fields were.
@@ -829,19 +1115,37 @@ fn service_name_problem(name: &str) -> Option<String> {
 
 /// Parses a `flow_idle_timeout` value, or says why it is not acceptable.
 fn timeout_value(text: &str) -> Result<Duration, String> {
+    duration_in(text, MIN_TIMEOUT, MAX_TIMEOUT)
+}
+
+/// Parses a duration of `min..=max`, or says why it is not acceptable.
+fn duration_in(text: &str, min: Duration, max: Duration) -> Result<Duration, String> {
     let d = humantime::parse_duration(text).map_err(|e| format!("it is not a duration ({e})"))?;
-    if d < MIN_TIMEOUT {
+    if d < min {
         Err(format!(
-            "{} is shorter than the minimum of 1s",
-            humantime::format_duration(d)
+            "{} is shorter than the minimum of {}",
+            humantime::format_duration(d),
+            bound_text(min)
         ))
-    } else if d > MAX_TIMEOUT {
+    } else if d > max {
         Err(format!(
-            "{} is longer than the maximum of 24h",
-            humantime::format_duration(d)
+            "{} is longer than the maximum of {}",
+            humantime::format_duration(d),
+            bound_text(max)
         ))
     } else {
         Ok(d)
+    }
+}
+
+/// A range bound as the schema documents it: whole hours as hours ("24h" rather than
+/// humantime's "1day").
+fn bound_text(d: Duration) -> String {
+    const HOUR: u64 = 60 * 60;
+    if d.subsec_nanos() == 0 && d.as_secs() >= HOUR && d.as_secs().is_multiple_of(HOUR) {
+        format!("{}h", d.as_secs() / HOUR)
+    } else {
+        humantime::format_duration(d).to_string()
     }
 }
 
