@@ -45,7 +45,15 @@ pub enum InstanceError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackendInfo {
     pub address: String,
-    pub index: u32,
+    /// Position in `BACKENDS_V1`; `None` while the backend is left out of the data plane
+    /// (unhealthy with `on_failure = "move-flows"`).
+    pub index: Option<u32>,
+    /// "up" or "down" when the service has a health check.
+    #[serde(default)]
+    pub health: Option<String>,
+    /// The last check's outcome.
+    #[serde(default)]
+    pub health_detail: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -6,6 +6,7 @@ pub mod config;
 pub mod dataplane;
 pub mod demo;
 pub mod explain;
+pub mod health;
 pub mod instance;
 pub mod metrics;
 pub mod packet;

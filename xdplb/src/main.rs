@@ -13,7 +13,9 @@ use xdplb::{
     bench,
     config::{self, Config},
     dataplane::{self, Dataplane},
-    demo, explain, instance, stats,
+    demo, explain,
+    health::{self, HealthBook},
+    instance, stats,
 };
 use xdplb_common::{MAP_BACKEND_STATS, MAP_FLOWS, MAP_SERVICE_STATS, MAP_STATS};
 
@@ -297,7 +299,10 @@ fn run(config_path: Option<PathBuf>, instance_name: &str) -> anyhow::Result<()> 
     };
     let attached = dataplane::attach_all(&mut dp, &cfg.interfaces, cfg.xdp_mode)?;
 
-    let mut state = instance_state(&dp, instance_name, &origin, attached.clone())?;
+    let (health_tx, health_rx) = std::sync::mpsc::channel();
+    let mut book = HealthBook::default();
+    let mut checkers = health::start(&cfg, &health_tx);
+    let mut state = instance_state(&dp, &cfg, &book, instance_name, &origin, attached.clone())?;
     let state_path = instance::write(&state)?;
     let metrics = std::sync::Arc::new(std::sync::Mutex::new(xdplb::metrics::MetricsState {
         instance: state.clone(),
@@ -322,11 +327,13 @@ fn run(config_path: Option<PathBuf>, instance_name: &str) -> anyhow::Result<()> 
 
     let stop = loop {
         let mut stop = None;
+        let mut publish = false;
+        let mut applied_in = None;
         for sig in signals.pending() {
             match sig {
                 SIGHUP => {
-                    let outcome = reload(&mut dp, config_path.as_deref(), &mut cfg);
-                    let applied_in = outcome.as_ref().ok().map(|(_, seconds)| *seconds);
+                    let outcome = reload(&mut dp, config_path.as_deref(), &mut cfg, &book);
+                    applied_in = outcome.as_ref().ok().map(|(_, seconds)| *seconds);
                     let outcome = outcome.map(|(msg, _)| msg);
                     state.generation += 1;
                     match &outcome {
@@ -336,11 +343,10 @@ fn run(config_path: Option<PathBuf>, instance_name: &str) -> anyhow::Result<()> 
                             state.generation
                         ),
                     }
-                    if outcome.is_ok()
-                        && let Ok(fresh) =
-                            instance_state(&dp, instance_name, &origin, attached.clone())
-                    {
-                        state.services = fresh.services;
+                    if outcome.is_ok() {
+                        book.retain_checked(&cfg);
+                        // Dropping the old checkers stops them.
+                        checkers = health::start(&cfg, &health_tx);
                     }
                     state.last_reload = Some(instance::ReloadOutcome {
                         ok: outcome.is_ok(),
@@ -349,15 +355,7 @@ fn run(config_path: Option<PathBuf>, instance_name: &str) -> anyhow::Result<()> 
                             Err(e) => format!("{e:#}"),
                         },
                     });
-                    if let Err(e) = instance::write(&state) {
-                        eprintln!("xdplb: could not update the state file: {e}");
-                    }
-                    if let Ok(mut m) = metrics.lock() {
-                        m.instance = state.clone();
-                        if let Some(seconds) = applied_in {
-                            m.last_apply_seconds = seconds;
-                        }
-                    }
+                    publish = true;
                 }
                 SIGINT => stop = Some("SIGINT"),
                 _ => stop = Some("SIGTERM"),
@@ -366,13 +364,71 @@ fn run(config_path: Option<PathBuf>, instance_name: &str) -> anyhow::Result<()> 
         if let Some(s) = stop {
             break s;
         }
+        if apply_health(&health_rx, &mut book, &cfg, &mut dp) {
+            publish = true;
+        }
+        if publish {
+            if let Ok(fresh) =
+                instance_state(&dp, &cfg, &book, instance_name, &origin, attached.clone())
+            {
+                state.services = fresh.services;
+            }
+            if let Err(e) = instance::write(&state) {
+                eprintln!("xdplb: could not update the state file: {e}");
+            }
+            if let Ok(mut m) = metrics.lock() {
+                m.instance = state.clone();
+                if let Some(seconds) = applied_in {
+                    m.last_apply_seconds = seconds;
+                }
+            }
+        }
         dp.flush_logs();
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     };
+    drop(checkers);
     instance::remove(instance_name);
     drop(dp); // detaches every link and unloads the programs
     eprintln!("xdplb: {stop}; detached and stopped");
     Ok(())
+}
+
+/// Takes the health results that arrived, logs every up/down transition with its reason, and
+/// re-applies the config (with unhealthy backends drained or left out) if any happened.
+/// Returns whether anything changed.
+fn apply_health(
+    rx: &std::sync::mpsc::Receiver<health::HealthEvent>,
+    book: &mut HealthBook,
+    cfg: &Config,
+    dp: &mut Dataplane,
+) -> bool {
+    let mut changed = false;
+    while let Ok(ev) = rx.try_recv() {
+        // Results of checkers from before a reload may still trickle in: ignore what the
+        // config no longer checks.
+        let Some(hc) = cfg
+            .services
+            .iter()
+            .find(|s| s.name == ev.service && s.backends.iter().any(|b| b.address == ev.backend))
+            .and_then(|s| s.health_check.as_ref())
+        else {
+            continue;
+        };
+        if let Some(t) = book.record(&ev, hc) {
+            eprintln!(
+                "xdplb: service {:?} backend {} is {}: {}",
+                t.service,
+                t.backend,
+                if t.up { "up" } else { "down" },
+                t.reason
+            );
+            changed = true;
+        }
+    }
+    if changed && let Err(e) = dp.apply_config(&book.effective(cfg)) {
+        eprintln!("xdplb: applying a health change failed: {e}");
+    }
+    changed
 }
 
 /// Re-reads the config file and applies what changed. A config with an error, or a change that
@@ -382,6 +438,7 @@ fn reload(
     dp: &mut Dataplane,
     path: Option<&std::path::Path>,
     current: &mut Config,
+    book: &HealthBook,
 ) -> anyhow::Result<(String, f64)> {
     let Some(path) = path else {
         bail!("running the built-in default config; there is no file to re-read");
@@ -405,7 +462,7 @@ fn reload(
         );
     }
     let apply_started = Instant::now();
-    dp.apply_config(&next)
+    dp.apply_config(&book.effective(&next))
         .with_context(|| format!("applying {}", path.display()))?;
     let apply_seconds = apply_started.elapsed().as_secs_f64();
     let msg = format!(
@@ -424,6 +481,8 @@ fn reload(
 
 fn instance_state(
     dp: &Dataplane,
+    cfg: &Config,
+    book: &HealthBook,
     name: &str,
     origin: &str,
     interfaces: Vec<dataplane::AttachedInterface>,
@@ -432,28 +491,44 @@ fn instance_state(
     for m in [MAP_STATS, MAP_SERVICE_STATS, MAP_BACKEND_STATS, MAP_FLOWS] {
         map_ids.insert(m.to_string(), dp.map_id(m)?);
     }
-    let services = dp
+    let plans = dp
         .current()
-        .map(|state| {
-            state
-                .services
-                .iter()
-                .map(|p| instance::ServiceInfo {
-                    name: p.name.clone(),
-                    vip: p.vip.to_string(),
-                    id: p.service.id,
-                    backends: p
-                        .backends
-                        .iter()
-                        .map(|(index, _, address)| instance::BackendInfo {
-                            address: address.to_string(),
-                            index: *index,
-                        })
-                        .collect(),
-                })
-                .collect()
-        })
+        .map(|s| s.services.as_slice())
         .unwrap_or_default();
+    let services = cfg
+        .services
+        .iter()
+        .filter_map(|svc| {
+            let plan = plans.iter().find(|p| p.name == svc.name)?;
+            let checked = svc.health_check.is_some();
+            Some(instance::ServiceInfo {
+                name: svc.name.clone(),
+                vip: svc.vip.to_string(),
+                id: plan.service.id,
+                backends: svc
+                    .backends
+                    .iter()
+                    .map(|b| instance::BackendInfo {
+                        address: b.address.to_string(),
+                        index: plan
+                            .backends
+                            .iter()
+                            .find(|(_, _, a)| *a == b.address)
+                            .map(|(i, _, _)| *i),
+                        health: checked.then(|| {
+                            if book.is_up(&svc.name, b.address) {
+                                "up"
+                            } else {
+                                "down"
+                            }
+                            .to_string()
+                        }),
+                        health_detail: book.get(&svc.name, b.address).map(|h| h.detail.clone()),
+                    })
+                    .collect(),
+            })
+        })
+        .collect();
     Ok(instance::InstanceState {
         instance: name.to_string(),
         pid: std::process::id(),

@@ -134,6 +134,25 @@ pub fn render(snap: &Snapshot, state: &MetricsState) -> String {
     }
     family(
         &mut o,
+        "xdplb_backend_up",
+        "gauge",
+        "1 if the backend's health check passes, 0 if not (health-checked backends only).",
+    );
+    for s in &snap.services {
+        for b in &s.backends {
+            if let Some(h) = &b.health {
+                let _ = writeln!(
+                    o,
+                    "xdplb_backend_up{{service=\"{}\",backend=\"{}\"}} {}",
+                    s.traffic.name,
+                    b.address,
+                    u8::from(h == "up")
+                );
+            }
+        }
+    }
+    family(
+        &mut o,
         "xdplb_packets_total",
         "counter",
         "Packets seen by the XDP program, by verdict and reason.",

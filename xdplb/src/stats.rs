@@ -36,6 +36,9 @@ pub struct TrafficRow {
     pub bytes: u64,
     /// New flows scheduled.
     pub flows: u64,
+    /// "up" or "down" for a health-checked backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -87,17 +90,22 @@ pub fn read(state: &InstanceState) -> Result<Snapshot, StatsError> {
             .map_err(|e| stale(MAP_SERVICE_STATS, e))?;
         let c = crate::dataplane::sum(&v);
         let mut backends = Vec::new();
-        for b in &svc.backends {
-            let v = per_backend
-                .get(&b.index, 0)
-                .map_err(|e| stale(MAP_BACKEND_STATS, e))?;
-            let bc = crate::dataplane::sum(&v);
+        for (n, b) in svc.backends.iter().enumerate() {
+            let bc = match b.index {
+                Some(index) => crate::dataplane::sum(
+                    &per_backend
+                        .get(&index, 0)
+                        .map_err(|e| stale(MAP_BACKEND_STATS, e))?,
+                ),
+                None => Counter::default(),
+            };
             backends.push(TrafficRow {
-                name: format!("#{}", b.index - svc.backends[0].index),
+                name: format!("#{}", n + 1),
                 address: b.address.clone(),
                 packets: bc.packets,
                 bytes: bc.bytes,
                 flows: bc.flows,
+                health: b.health.clone(),
             });
         }
         services.push(ServiceRow {
@@ -107,6 +115,7 @@ pub fn read(state: &InstanceState) -> Result<Snapshot, StatsError> {
                 packets: c.packets,
                 bytes: c.bytes,
                 flows: c.flows,
+                health: None,
             },
             backends,
         });
@@ -206,8 +215,13 @@ pub fn render(s: &Snapshot) -> String {
         for b in &svc.backends {
             let _ = writeln!(
                 out,
-                "  {:<22} {:<22} {:>14} {:>16} {:>10}",
-                b.name, b.address, b.packets, b.bytes, b.flows
+                "  {:<22} {:<22} {:>14} {:>16} {:>10} {}",
+                b.name,
+                b.address,
+                b.packets,
+                b.bytes,
+                b.flows,
+                b.health.as_deref().unwrap_or("")
             );
         }
     }

@@ -581,3 +581,117 @@ fn reloads_under_traffic_lose_nothing_and_a_bad_config_changes_nothing() {
     let status = lb.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit 0 on SIGTERM: {status}");
 }
+
+/// Polls `xdplb stats` until backend `addr` reports `health`; returns how long that took.
+fn wait_for_health(
+    ns: &Netns,
+    dir: &str,
+    instance: &str,
+    addr: &str,
+    health: &str,
+    limit: Duration,
+) -> Duration {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit + Duration::from_secs(2) {
+        let st = stats(ns, dir, instance);
+        let found = st["services"][0]["backends"]
+            .as_array()
+            .expect("backends")
+            .iter()
+            .any(|b| b["address"] == addr && b["health"] == health);
+        if found {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("backend {addr} did not become {health} within {limit:?} (and 2 s of grace)");
+}
+
+#[test]
+fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
+    require_root();
+    let ns = Netns::new("health");
+    let dir = run_dir("health");
+    let instance = format!("t-health-{}", std::process::id());
+    let env = format!("XDPLB_RUN_DIR={dir}");
+    let (interval_ms, rise, fall) = (200u64, 2u64, 2u64);
+    let cfg_path = format!("{dir}/health.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "interfaces = [\"lo\"]\n[[service]]\nname = \"checked\"\nvip = \"127.0.0.1:9875\"\nscheduler = \"round-robin\"\n\
+             [service.health_check]\ntype = \"udp\"\ninterval = \"{interval_ms}ms\"\ntimeout = \"100ms\"\nrise = {rise}\nfall = {fall}\nexpect = \"xdplb-backend\"\n\
+             [[service.backend]]\naddress = \"127.0.0.1:9876\"\n[[service.backend]]\naddress = \"127.0.0.1:9877\"\n[[service.backend]]\naddress = \"127.0.0.1:9878\"\n"
+        ),
+    )
+    .expect("write config");
+    let spawn_backend = |port: u16| {
+        let mut d = Daemon::spawn(&in_ns(
+            &ns,
+            &[
+                XDPLB,
+                "demo-backend",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ],
+        ));
+        d.wait_for("listening", START);
+        d
+    };
+    let _b1 = spawn_backend(9876);
+    let mut b2 = spawn_backend(9877);
+    let _b3 = spawn_backend(9878);
+    let mut lb = Daemon::spawn(&in_ns(
+        &ns,
+        &[
+            "env",
+            &env,
+            XDPLB,
+            "run",
+            "--config",
+            &cfg_path,
+            "--instance",
+            &instance,
+        ],
+    ));
+    lb.wait_for("running instance", START);
+    let interval = Duration::from_millis(interval_ms);
+    wait_for_health(&ns, &dir, &instance, "127.0.0.1:9877", "up", interval * 3);
+
+    // Kill one backend: out of rotation within fall x interval plus one interval.
+    let _ = b2.terminate(Duration::from_secs(5));
+    let limit = interval * (fall as u32 + 1);
+    let took = wait_for_health(&ns, &dir, &instance, "127.0.0.1:9877", "down", limit);
+    println!("a dead backend went down after {took:?} (limit {limit:?})");
+    assert!(
+        took <= limit + Duration::from_millis(100),
+        "went down after {took:?}, limit {limit:?} plus 100 ms of polling"
+    );
+    let report = client(&ns, "127.0.0.1:9875", 12, 2);
+    assert_every_reply_from_vip(&report, 12, 2);
+    let flows = per_backend(&report, "flows_per_backend");
+    assert!(
+        !flows.contains_key("127.0.0.1:9877"),
+        "no new flow may reach the dead backend: {report}"
+    );
+    lb.wait_for("127.0.0.1:9877 is down", Duration::from_secs(2));
+
+    // Bring it back: in rotation again within rise x interval plus one interval.
+    let _b2 = spawn_backend(9877);
+    let limit = interval * (rise as u32 + 1);
+    let took = wait_for_health(&ns, &dir, &instance, "127.0.0.1:9877", "up", limit);
+    println!("a revived backend came back after {took:?} (limit {limit:?})");
+    assert!(
+        took <= limit + Duration::from_millis(100),
+        "came back after {took:?}, limit {limit:?} plus 100 ms of polling"
+    );
+    let report = client(&ns, "127.0.0.1:9875", 30, 1);
+    assert_every_reply_from_vip(&report, 30, 1);
+    assert!(
+        per_backend(&report, "flows_per_backend").contains_key("127.0.0.1:9877"),
+        "the backend is back in rotation: {report}"
+    );
+    lb.wait_for("127.0.0.1:9877 is up", Duration::from_secs(2));
+    let status = lb.terminate(Duration::from_secs(10));
+    assert!(status.success(), "exit 0 on SIGTERM: {status}");
+}

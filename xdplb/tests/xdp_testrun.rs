@@ -520,6 +520,8 @@ fn full_capacity_loads_and_the_last_slot_works() {
         hash_fields: 0,
         hash_seed: 0,
         flow_idle_timeout_ns: 30_000_000_000,
+        flags: 0,
+        _pad: 0,
     };
     {
         let mut w = dp.writer().expect("maps");
@@ -569,4 +571,28 @@ fn debug_logging_loads_and_still_balances() {
     let out = run(&mut dp, &frame);
     assert_rewritten("debug log", &frame, &out.frame, addr("127.0.0.1:9876"));
     dp.flush_logs();
+}
+
+#[test]
+fn a_service_without_backends_passes_when_its_policy_says_so() {
+    let (cfg, mut dp) = load_toml(CONFIG);
+    let plan = &reconcile::desired_state(&cfg, None).expect("plan").services[0];
+    let empty = Service {
+        table_len: 0,
+        flags: xdplb_common::SERVICE_FLAG_PASS_WHEN_EMPTY,
+        ..plan.service
+    };
+    dp.writer()
+        .expect("maps")
+        .put_service(&plan.key, &empty)
+        .expect("write");
+    let before = counters(&dp);
+    let frame = udp(CLIENT, VIP).build();
+    let out = run(&mut dp, &frame);
+    assert_eq!(
+        out.action, XDP_PASS,
+        "when_all_down = pass hands the packet to the stack"
+    );
+    assert_eq!(out.frame, frame, "untouched");
+    assert_eq!(deltas(&before, &counters(&dp)), [(Stat::PassNoBackend, 1)]);
 }

@@ -9,14 +9,17 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use xdplb_common::{
     BACKEND_FLAG_DRAINING, Backend, IPPROTO_UDP, SCHED_MAGLEV, SCHED_RANDOM, SCHED_ROUND_ROBIN,
-    SCHED_SOURCE_HASH, SCHED_WEIGHTED_ROUND_ROBIN, Service, ServiceKey, addr_from_v4_wire,
+    SCHED_SOURCE_HASH, SCHED_WEIGHTED_ROUND_ROBIN, SERVICE_FLAG_PASS_WHEN_EMPTY, Service,
+    ServiceKey, addr_from_v4_wire,
     hash::{HASH_FIVE_TUPLE, HASH_SOURCE_IP, HASH_SOURCE_IP_PORT},
     maglev::{self, MaglevBackend},
     schedule,
 };
 
 use super::DataplaneError;
-use crate::config::{self, Config, HashFields, Limits, Protocol, Scheduler, ServiceConfig};
+use crate::config::{
+    self, Config, HashFields, Limits, Protocol, Scheduler, ServiceConfig, WhenAllDown,
+};
 
 /// The longest weighted-round-robin table (it interleaves by weight within this length).
 pub const MAX_WRR_TABLE_LEN: usize = 65537;
@@ -274,6 +277,11 @@ fn plan_service(
             hash_seed: cfg.hash_seed,
             flow_idle_timeout_ns: u64::try_from(svc.flow_idle_timeout.as_nanos())
                 .unwrap_or(u64::MAX),
+            flags: match svc.when_all_down {
+                WhenAllDown::Drop => 0,
+                WhenAllDown::Pass => SERVICE_FLAG_PASS_WHEN_EMPTY,
+            },
+            _pad: 0,
         },
         region_base,
         region_half,
