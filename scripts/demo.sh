@@ -47,7 +47,9 @@ cat "$RUN_DIR/xdplb.log"
 
 echo
 echo "demo: 30 clients, each a connected UDP socket with its own source port, 3 datagrams each"
-in_ns "$XDPLB" demo-client --target 127.0.0.1:9875 --flows 30 --packets 3 --require-all
+# Round robin keeps one cursor per CPU (no shared write on the hot path); pinning the client to
+# one CPU shows the rotation as a single sequence.
+in_ns taskset -c 0 "$XDPLB" demo-client --target 127.0.0.1:9875 --flows 30 --packets 3 --require-all
 
 echo
 echo "demo: the balancer's counters (xdplb stats)"

@@ -74,13 +74,6 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
     let target = match existing_flow(&service, &flow_key, now) {
         Lookup::Live(t) => t,
         lookup => {
-            let tuple = FlowTuple {
-                src: flow_key.client_addr,
-                dst: flow_key.vip_addr,
-                src_port_be: sport_be,
-                dst_port_be: dport_be,
-                proto: IPPROTO_UDP,
-            };
             if service.table_len == 0 {
                 // No backend takes new flows (all drained or unhealthy): the service's policy.
                 return Err(if service.flags & SERVICE_FLAG_PASS_WHEN_EMPTY != 0 {
@@ -89,6 +82,13 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
                     Verdict::drop(Stat::DropNoBackend)
                 });
             }
+            let tuple = FlowTuple {
+                src: flow_key.client_addr,
+                dst: flow_key.vip_addr,
+                src_port_be: sport_be,
+                dst_port_be: dport_be,
+                proto: IPPROTO_UDP,
+            };
             let replacing = matches!(lookup, Lookup::Stale);
             let t = new_flow(&service, &flow_key, &tuple, now, replacing)
                 .ok_or(Verdict::drop(Stat::DropNoBackend))?;
@@ -184,7 +184,8 @@ fn backend_is_current(service: &Service, flow: &Flow) -> bool {
 }
 
 /// Schedules a new flow and records it (and its reply translation); `replacing` says the key is
-/// already in the table. Returns `None` when the service has no usable backend.
+/// already in the table. Expects `service.table_len > 0`. Returns `None` when the chosen slot
+/// holds no usable backend.
 #[inline(always)]
 fn new_flow(
     service: &Service,
@@ -193,9 +194,6 @@ fn new_flow(
     now: u64,
     replacing: bool,
 ) -> Option<Target> {
-    if service.table_len == 0 {
-        return None;
-    }
     let index = schedule::choose_backend(service, tuple)?;
     let backend: &Backend = BACKENDS.get(index)?;
     // An empty position (all zero) or a non-IPv4 backend cannot take this flow.

@@ -213,15 +213,15 @@ pub fn render(s: &Snapshot) -> String {
             t.name, t.address, t.packets, t.bytes, t.flows
         );
         for b in &svc.backends {
+            let health = b
+                .health
+                .as_deref()
+                .map(|h| format!(" {h}"))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "  {:<22} {:<22} {:>14} {:>16} {:>10} {}",
-                b.name,
-                b.address,
-                b.packets,
-                b.bytes,
-                b.flows,
-                b.health.as_deref().unwrap_or("")
+                "  {:<22} {:<22} {:>14} {:>16} {:>10}{health}",
+                b.name, b.address, b.packets, b.bytes, b.flows
             );
         }
     }

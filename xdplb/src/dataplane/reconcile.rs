@@ -132,28 +132,12 @@ pub fn desired_state(
         .iter()
         .map(|s| (s.region_base, 2 * s.region_half))
         .collect();
-    // First pass: what carries over.
-    let mut placed: Vec<Option<(u32, u32)>> = cfg
-        .services
-        .iter()
-        .map(|svc| {
-            let before = find(&svc.name)?;
-            let half = config::table_capacity(svc, &cfg.limits);
-            let region = if before.region_half == half {
-                before.region_base
-            } else {
-                u32::MAX
-            };
-            Some((before.service.id, region))
-        })
-        .collect();
-    // Second pass: new ids and regions where needed.
     let mut services = Vec::with_capacity(cfg.services.len());
-    for (svc, place) in cfg.services.iter().zip(placed.iter_mut()) {
+    for svc in &cfg.services {
         let half = config::table_capacity(svc, &cfg.limits);
-        let (id, region) = match *place {
-            Some((id, region)) if region != u32::MAX => (id, region),
-            Some((id, _)) => (id, allocate_region(&mut regions, half, cfg, svc)?),
+        let before = find(&svc.name);
+        let id = match before {
+            Some(b) => b.service.id,
             None => {
                 let id = (0..cfg.limits.max_services)
                     .find(|i| !ids.contains(i))
@@ -161,10 +145,14 @@ pub fn desired_state(
                         service: svc.name.clone(),
                     })?;
                 ids.push(id);
-                (id, allocate_region(&mut regions, half, cfg, svc)?)
+                id
             }
         };
-        services.push(plan_service(cfg, svc, id, region, half, find(&svc.name)));
+        let region = match before {
+            Some(b) if b.region_half == half => b.region_base,
+            _ => allocate_region(&mut regions, half, cfg, svc)?,
+        };
+        services.push(plan_service(cfg, svc, id, region, half, before));
     }
     Ok(DesiredState { services })
 }
