@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod packet;
 pub mod stats;
 pub mod testrun;
+pub mod top;

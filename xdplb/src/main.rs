@@ -54,6 +54,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A live view of rates per service and backend, with health and drops (q quits).
+    Top {
+        #[arg(long, default_value = "default")]
+        instance: String,
+    },
     /// Make a running instance re-read its config file (SIGHUP) and report the outcome.
     Reload {
         #[arg(long, default_value = "default")]
@@ -151,6 +156,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload { instance } => reload_instance(&instance),
+        Command::Top { instance } => xdplb::top::run(&instance).map(|()| ExitCode::SUCCESS),
         Command::Stats { instance, json } => {
             let state = instance::read(&instance)?;
             let snap = stats::read(&state)?;
