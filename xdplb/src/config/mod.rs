@@ -2,7 +2,8 @@
 //!
 //! [`parse`] turns TOML text into a fully validated [`Config`]; [`load`] does the
 //! same for a file; [`check_interfaces`] verifies the interfaces exist (kept
-//! separate so parsing stays free of host state). Every failure is a
+//! separate so parsing stays free of host state); [`to_toml`] writes a config back
+//! as TOML text that parses to the same config. Every failure is a
 //! [`ConfigError`] whose message names the file, the line where known, the field,
 //! the offending value and what would be valid.
 //!
@@ -58,6 +59,7 @@
 mod error;
 mod raw;
 mod validate;
+mod write;
 
 #[cfg(test)]
 mod tests;
@@ -65,6 +67,7 @@ mod tests;
 use std::{fmt, fmt::Write as _, net::SocketAddrV4, path::Path, time::Duration};
 
 pub use error::{ConfigError, Location};
+pub use write::to_toml;
 
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,194 @@
+//! Turns a [`Config`] back into TOML text (used to save live API changes to the
+//! operator's config file).
+
+use std::{
+    fmt::{self, Write as _},
+    time::Duration,
+};
+
+use super::{
+    Config, HealthCheck, HealthCheckKind, Scheduler, ServiceConfig, XdpModeSetting, hash_name,
+    health_check_type_name, on_failure_name, protocol_name, scheduler_name, when_all_down_name,
+};
+
+/// The first line of every file [`to_toml`] writes.
+pub(crate) const HEADER: &str =
+    "# Written by xdplb: live API changes are saved here. Comments and layout are not kept.";
+
+/// Writes `cfg` as TOML text that [`parse`](super::parse) turns back into exactly
+/// `cfg`: `parse(&to_toml(&cfg), origin) == Ok(cfg)` for every valid config (every
+/// config that `parse` can return).
+///
+/// Every field is written explicitly, defaults included, in the schema's order (see
+/// the module documentation), after a header comment saying that the file is written
+/// by xdplb and that comments and layout are not kept. The only fields left out are
+/// those the schema forbids or that are absent: `metrics_listen` when `None`, `hash`
+/// unless the scheduler is maglev or source-hash, `maglev_table_size` unless it is
+/// maglev, a missing `[service.health_check]`, its `port` when `None` and its `expect`
+/// when `None`. So a config that breaks the invariants `parse` guarantees (say, a
+/// round-robin service whose `hash` or `maglev_table_size` is not the default) does not
+/// round-trip: the parser fills in the defaults for the fields not written.
+///
+/// Durations are written in the largest single unit that represents them exactly
+/// (`"2h"`, `"90s"`, `"1500ms"`, `"250us"`), so they parse back to the same value.
+/// Strings are escaped by the `toml` crate.
+///
+/// A UDP health check's `payload` and `expect` are bytes but the file holds them as
+/// TOML strings, so bytes that are not valid UTF-8 are written in lossy form (each
+/// invalid sequence becomes U+FFFD) and do not round-trip. `parse` reads them from
+/// strings, so only UTF-8 can appear in a parsed config. Likewise an IPv6
+/// `metrics_listen` is written without its flow label, which `parse` always leaves 0.
+pub fn to_toml(cfg: &Config) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = write_config(&mut out, cfg);
+    out
+}
+
+fn write_config(out: &mut String, cfg: &Config) -> fmt::Result {
+    writeln!(out, "{HEADER}")?;
+    writeln!(out)?;
+    let interfaces = toml::Value::Array(
+        cfg.interfaces
+            .iter()
+            .map(|name| toml::Value::String(name.clone()))
+            .collect(),
+    );
+    writeln!(out, "interfaces = {interfaces}")?;
+    writeln!(out, "xdp_mode = \"{}\"", xdp_mode_name(cfg.xdp_mode))?;
+    writeln!(out, "debug_log = {}", cfg.debug_log)?;
+    writeln!(out, "hash_seed = {}", cfg.hash_seed)?;
+    if let Some(addr) = cfg.metrics_listen {
+        writeln!(out, "metrics_listen = {}", toml_string(&addr.to_string()))?;
+    }
+
+    let limits = &cfg.limits;
+    writeln!(out)?;
+    writeln!(out, "[limits]")?;
+    writeln!(out, "max_services = {}", limits.max_services)?;
+    writeln!(
+        out,
+        "max_backends_per_service = {}",
+        limits.max_backends_per_service
+    )?;
+    writeln!(out, "max_flows = {}", limits.max_flows)?;
+    writeln!(out, "max_lookup_entries = {}", limits.max_lookup_entries)?;
+
+    for svc in &cfg.services {
+        write_service(out, svc)?;
+    }
+    Ok(())
+}
+
+fn write_service(out: &mut String, svc: &ServiceConfig) -> fmt::Result {
+    writeln!(out)?;
+    writeln!(out, "[[service]]")?;
+    writeln!(out, "name = {}", toml_string(&svc.name))?;
+    writeln!(out, "vip = \"{}\"", svc.vip)?;
+    writeln!(out, "protocol = \"{}\"", protocol_name(svc.protocol))?;
+    writeln!(
+        out,
+        "flow_idle_timeout = \"{}\"",
+        duration_text(svc.flow_idle_timeout)
+    )?;
+    writeln!(out, "scheduler = \"{}\"", scheduler_name(svc.scheduler))?;
+    if matches!(svc.scheduler, Scheduler::Maglev | Scheduler::SourceHash) {
+        writeln!(out, "hash = \"{}\"", hash_name(svc.hash))?;
+    }
+    if svc.scheduler == Scheduler::Maglev {
+        writeln!(out, "maglev_table_size = {}", svc.maglev_table_size)?;
+    }
+    writeln!(
+        out,
+        "when_all_down = \"{}\"",
+        when_all_down_name(svc.when_all_down)
+    )?;
+
+    if let Some(hc) = &svc.health_check {
+        write_health_check(out, hc)?;
+    }
+
+    for backend in &svc.backends {
+        writeln!(out)?;
+        writeln!(out, "[[service.backend]]")?;
+        writeln!(out, "address = \"{}\"", backend.address)?;
+        writeln!(out, "weight = {}", backend.weight)?;
+        writeln!(out, "drain = {}", backend.drain)?;
+    }
+    Ok(())
+}
+
+fn write_health_check(out: &mut String, hc: &HealthCheck) -> fmt::Result {
+    writeln!(out)?;
+    writeln!(out, "[service.health_check]")?;
+    writeln!(out, "type = \"{}\"", health_check_type_name(&hc.kind))?;
+    writeln!(out, "interval = \"{}\"", duration_text(hc.interval))?;
+    writeln!(out, "timeout = \"{}\"", duration_text(hc.timeout))?;
+    writeln!(out, "rise = {}", hc.rise)?;
+    writeln!(out, "fall = {}", hc.fall)?;
+    if let Some(port) = hc.port {
+        writeln!(out, "port = {port}")?;
+    }
+    match &hc.kind {
+        HealthCheckKind::Udp { payload, expect } => {
+            writeln!(out, "payload = {}", toml_bytes(payload))?;
+            if let Some(expect) = expect {
+                writeln!(out, "expect = {}", toml_bytes(expect))?;
+            }
+        }
+        HealthCheckKind::Tcp => {}
+        HealthCheckKind::Http {
+            path,
+            expect_status,
+        } => {
+            writeln!(out, "path = {}", toml_string(path))?;
+            writeln!(out, "expect_status = {expect_status}")?;
+        }
+    }
+    writeln!(out, "on_failure = \"{}\"", on_failure_name(hc.on_failure))?;
+    Ok(())
+}
+
+/// The spelling of `xdp_mode` used in the config file.
+fn xdp_mode_name(mode: XdpModeSetting) -> &'static str {
+    match mode {
+        XdpModeSetting::Auto => "auto",
+        XdpModeSetting::Native => "native",
+        XdpModeSetting::Generic => "generic",
+    }
+}
+
+/// `s` as a TOML string value, quoted and escaped by the `toml` crate.
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// `bytes` as a TOML string value; bytes that are not UTF-8 are written lossily.
+fn toml_bytes(bytes: &[u8]) -> String {
+    toml_string(&String::from_utf8_lossy(bytes))
+}
+
+/// `d` in a form that `humantime::parse_duration` (and so the config parser) turns
+/// back into exactly `d`: the largest single unit of h, m, s, ms, us and ns that
+/// represents it exactly, e.g. `"2h"`, `"90m"`, `"90s"`, `"1500ms"`.
+pub(super) fn duration_text(d: Duration) -> String {
+    const MINUTE: u64 = 60;
+    const HOUR: u64 = 60 * MINUTE;
+    let secs = d.as_secs();
+    if d.subsec_nanos() == 0 {
+        return if secs != 0 && secs.is_multiple_of(HOUR) {
+            format!("{}h", secs / HOUR)
+        } else if secs != 0 && secs.is_multiple_of(MINUTE) {
+            format!("{}m", secs / MINUTE)
+        } else {
+            format!("{secs}s")
+        };
+    }
+    match u64::try_from(d.as_nanos()) {
+        Ok(nanos) if nanos.is_multiple_of(1_000_000) => format!("{}ms", nanos / 1_000_000),
+        Ok(nanos) if nanos.is_multiple_of(1_000) => format!("{}us", nanos / 1_000),
+        Ok(nanos) => format!("{nanos}ns"),
+        // Over 584 years: no single small unit fits in the parser's u64.
+        Err(_) => format!("{secs}s {}ns", d.subsec_nanos()),
+    }
+}
