@@ -365,6 +365,19 @@ fn apply_diff(
     }
     for plan in &mut next.services {
         let old = find(&plan.name);
+        // A service whose table and entry are unchanged keeps them: nothing to write or switch.
+        if let Some(o) = old
+            && o.key == plan.key
+            && o.table == plan.table
+            && o.region_base == plan.region_base
+            && (Service {
+                table_base: o.service.table_base,
+                ..plan.service
+            }) == o.service
+        {
+            plan.service.table_base = o.service.table_base;
+            continue;
+        }
         // Use the half the old table is not in (the first half for a new service).
         let use_second = old.is_some_and(|o| {
             o.region_base == plan.region_base && o.service.table_base == o.region_base
