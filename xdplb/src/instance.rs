@@ -80,9 +80,12 @@ pub struct InstanceState {
     /// Map name to kernel map id.
     pub map_ids: BTreeMap<String, u32>,
     pub services: Vec<ServiceInfo>,
-    /// Reloads attempted since start.
+    /// Config changes applied since start (reloads and API calls).
     #[serde(default)]
     pub generation: u64,
+    /// Reloads attempted since start (`xdplb reload` waits for this to grow).
+    #[serde(default)]
+    pub reloads: u64,
     #[serde(default)]
     pub last_reload: Option<ReloadOutcome>,
 }

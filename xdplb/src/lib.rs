@@ -1,6 +1,7 @@
 //! xdplb: an XDP layer-4 UDP load balancer. This library is the control plane; the data plane
 //! is the eBPF object built from `xdplb-ebpf` by build.rs.
 
+pub mod api;
 pub mod bench;
 pub mod config;
 pub mod dataplane;

@@ -54,6 +54,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Status of a running instance, through its API: services, backends, health, counters.
+    Status {
+        #[arg(long, default_value = "default")]
+        instance: String,
+    },
+    /// List, add or remove services of a running instance (saved to its config file).
+    Service {
+        #[arg(long, default_value = "default")]
+        instance: String,
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
+    /// List, add, remove, drain, undrain or reweight backends of a running instance.
+    Backend {
+        #[arg(long, default_value = "default")]
+        instance: String,
+        #[command(subcommand)]
+        action: BackendAction,
+    },
     /// A live view of rates per service and backend, with health and drops (q quits).
     Top {
         #[arg(long, default_value = "default")]
@@ -115,6 +134,80 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ServiceAction {
+    List,
+    Add {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        vip: String,
+        #[arg(long)]
+        scheduler: Option<String>,
+        #[arg(long)]
+        flow_idle_timeout: Option<String>,
+        /// A backend address (IPv4:port); repeat for more.
+        #[arg(long = "backend", required = true)]
+        backends: Vec<String>,
+    },
+    Remove {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackendAction {
+    List {
+        service: String,
+    },
+    Add {
+        service: String,
+        address: String,
+        #[arg(long)]
+        weight: Option<i64>,
+        #[arg(long)]
+        drain: bool,
+    },
+    Remove {
+        service: String,
+        address: String,
+    },
+    Drain {
+        service: String,
+        address: String,
+    },
+    Undrain {
+        service: String,
+        address: String,
+    },
+    Weight {
+        service: String,
+        address: String,
+        weight: i64,
+    },
+}
+
+/// Calls the API and prints the answer; an error status prints the error and fails.
+fn api_command(
+    instance: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<ExitCode> {
+    let (status, value) = xdplb::api::call(instance, method, path, body.as_ref())?;
+    if status == 200 {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        Ok(ExitCode::SUCCESS)
+    } else {
+        let msg = value
+            .get("error")
+            .and_then(|e| e.as_str())
+            .map_or_else(|| value.to_string(), str::to_string);
+        eprintln!("xdplb: {method} {path}: {status}: {msg}");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp_millis()
@@ -156,6 +249,82 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload { instance } => reload_instance(&instance),
+        Command::Status { instance } => api_command(&instance, "GET", "/v1/status", None),
+        Command::Service { instance, action } => match action {
+            ServiceAction::List => api_command(&instance, "GET", "/v1/services", None),
+            ServiceAction::Add {
+                name,
+                vip,
+                scheduler,
+                flow_idle_timeout,
+                backends,
+            } => {
+                let mut body = serde_json::json!({
+                    "name": name,
+                    "vip": vip,
+                    "backends": backends.iter().map(|a| serde_json::json!({"address": a})).collect::<Vec<_>>(),
+                });
+                if let Some(s) = scheduler {
+                    body["scheduler"] = s.into();
+                }
+                if let Some(t) = flow_idle_timeout {
+                    body["flow_idle_timeout"] = t.into();
+                }
+                api_command(&instance, "POST", "/v1/services", Some(body))
+            }
+            ServiceAction::Remove { name } => {
+                api_command(&instance, "DELETE", &format!("/v1/services/{name}"), None)
+            }
+        },
+        Command::Backend { instance, action } => {
+            let path = |service: &str, address: Option<&str>| match address {
+                // Service names and IPv4:port addresses never contain '/'.
+                Some(a) => format!("/v1/services/{service}/backends/{a}"),
+                None => format!("/v1/services/{service}/backends"),
+            };
+            match action {
+                BackendAction::List { service } => {
+                    api_command(&instance, "GET", &path(&service, None), None)
+                }
+                BackendAction::Add {
+                    service,
+                    address,
+                    weight,
+                    drain,
+                } => {
+                    let mut body = serde_json::json!({"address": address, "drain": drain});
+                    if let Some(w) = weight {
+                        body["weight"] = w.into();
+                    }
+                    api_command(&instance, "POST", &path(&service, None), Some(body))
+                }
+                BackendAction::Remove { service, address } => {
+                    api_command(&instance, "DELETE", &path(&service, Some(&address)), None)
+                }
+                BackendAction::Drain { service, address } => api_command(
+                    &instance,
+                    "PATCH",
+                    &path(&service, Some(&address)),
+                    Some(serde_json::json!({"drain": true})),
+                ),
+                BackendAction::Undrain { service, address } => api_command(
+                    &instance,
+                    "PATCH",
+                    &path(&service, Some(&address)),
+                    Some(serde_json::json!({"drain": false})),
+                ),
+                BackendAction::Weight {
+                    service,
+                    address,
+                    weight,
+                } => api_command(
+                    &instance,
+                    "PATCH",
+                    &path(&service, Some(&address)),
+                    Some(serde_json::json!({"weight": weight})),
+                ),
+            }
+        }
         Command::Top { instance } => xdplb::top::run(&instance).map(|()| ExitCode::SUCCESS),
         Command::Stats { instance, json } => {
             let state = instance::read(&instance)?;
@@ -237,16 +406,16 @@ fn reload_instance(name: &str) -> anyhow::Result<ExitCode> {
         let Ok(now) = instance::read(name) else {
             continue;
         };
-        if now.generation > before.generation
+        if now.reloads > before.reloads
             && let Some(outcome) = now.last_reload
         {
             if outcome.ok {
-                println!("reload {}: {}", now.generation, outcome.message);
+                println!("reload {}: {}", now.reloads, outcome.message);
                 return Ok(ExitCode::SUCCESS);
             }
             eprintln!(
                 "xdplb: reload {} rejected, instance {name:?} keeps running on its previous config: {}",
-                now.generation, outcome.message
+                now.reloads, outcome.message
             );
             return Ok(ExitCode::FAILURE);
         }
@@ -303,7 +472,14 @@ fn run(config_path: Option<PathBuf>, instance_name: &str) -> anyhow::Result<()> 
         ),
         None => None,
     };
+    let api_socket = xdplb::api::socket_path(instance_name)?;
+    std::fs::create_dir_all(instance::run_dir())
+        .with_context(|| format!("creating {}", instance::run_dir().display()))?;
+    let api_listener = xdplb::api::bind(&api_socket)
+        .with_context(|| format!("API socket {}", api_socket.display()))?;
     let attached = dataplane::attach_all(&mut dp, &cfg.interfaces, cfg.xdp_mode)?;
+    let (api_tx, api_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || xdplb::api::serve(api_listener, api_tx));
 
     let (health_tx, health_rx) = std::sync::mpsc::channel();
     let mut book = HealthBook::default();
@@ -341,12 +517,15 @@ fn run(config_path: Option<PathBuf>, instance_name: &str) -> anyhow::Result<()> 
                     let outcome = reload(&mut dp, config_path.as_deref(), &mut cfg, &book);
                     applied_in = outcome.as_ref().ok().map(|(_, seconds)| *seconds);
                     let outcome = outcome.map(|(msg, _)| msg);
-                    state.generation += 1;
+                    state.reloads += 1;
                     match &outcome {
-                        Ok(msg) => eprintln!("xdplb: reload {}: {msg}", state.generation),
+                        Ok(msg) => {
+                            state.generation += 1;
+                            eprintln!("xdplb: reload {}: {msg}", state.reloads);
+                        }
                         Err(e) => eprintln!(
                             "xdplb: reload {} rejected, the data plane is unchanged: {e:#}",
-                            state.generation
+                            state.reloads
                         ),
                     }
                     if outcome.is_ok() {
@@ -373,6 +552,26 @@ fn run(config_path: Option<PathBuf>, instance_name: &str) -> anyhow::Result<()> 
         if apply_health(&health_rx, &mut book, &cfg, &mut dp) {
             publish = true;
         }
+        // API requests, answered one at a time by this loop, which owns config and data plane.
+        while let Ok((req, reply)) = api_rx.try_recv() {
+            let started = Instant::now();
+            let (response, changed) = answer_api(
+                &req,
+                &mut dp,
+                config_path.as_deref(),
+                &mut cfg,
+                &book,
+                &state,
+            );
+            if changed {
+                state.generation += 1;
+                applied_in = Some(started.elapsed().as_secs_f64());
+                book.retain_checked(&cfg);
+                checkers = health::start(&cfg, &health_tx);
+                publish = true;
+            }
+            let _ = reply.send(response);
+        }
         if publish {
             if let Ok(fresh) =
                 instance_state(&dp, &cfg, &book, instance_name, &origin, attached.clone())
@@ -390,13 +589,101 @@ fn run(config_path: Option<PathBuf>, instance_name: &str) -> anyhow::Result<()> 
             }
         }
         dp.flush_logs();
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     };
     drop(checkers);
+    let _ = std::fs::remove_file(&api_socket);
     instance::remove(instance_name);
     drop(dp); // detaches every link and unloads the programs
     eprintln!("xdplb: {stop}; detached and stopped");
     Ok(())
+}
+
+/// Answers one API request; returns the response and whether the config changed.
+///
+/// A change is validated whole, written to a temporary file next to the config, applied to the
+/// data plane, and only then renamed over the config file: a rejected change leaves the data
+/// plane and the file as they were, and an applied one survives a restart.
+fn answer_api(
+    req: &xdplb::api::Request,
+    dp: &mut Dataplane,
+    config_path: Option<&std::path::Path>,
+    cfg: &mut Config,
+    book: &HealthBook,
+    state: &instance::InstanceState,
+) -> (xdplb::api::Response, bool) {
+    use xdplb::api::{Plan, Response};
+    let plan = match xdplb::api::plan(req, cfg) {
+        Ok(p) => p,
+        Err(resp) => return (resp, false),
+    };
+    let (next, what) = match plan {
+        Plan::Read(v) => return (Response::ok(v), false),
+        Plan::Status => {
+            let snapshot = stats::read(state).map(|s| serde_json::to_value(&s).unwrap_or_default());
+            return match snapshot {
+                Ok(stats) => (
+                    Response::ok(serde_json::json!({
+                        "instance": state.instance,
+                        "pid": state.pid,
+                        "config": state.config,
+                        "generation": state.generation,
+                        "services": state.services,
+                        "stats": stats,
+                    })),
+                    false,
+                ),
+                Err(e) => (Response::error(500, e.to_string()), false),
+            };
+        }
+        Plan::Change { next, what } => (next, what),
+    };
+    let Some(path) = config_path else {
+        return (
+            Response::error(
+                409,
+                "this instance runs the built-in default config, so a live change could not survive a restart; start it with --config FILE",
+            ),
+            false,
+        );
+    };
+    if next.limits != cfg.limits || next.interfaces != cfg.interfaces {
+        return (
+            Response::error(400, "limits and interfaces change only with a restart"),
+            false,
+        );
+    }
+    let tmp = path.with_extension("toml.xdplb-tmp");
+    if let Err(e) = std::fs::write(&tmp, config::to_toml(&next)) {
+        return (
+            Response::error(500, format!("writing {}: {e}", tmp.display())),
+            false,
+        );
+    }
+    if let Err(e) = dp.apply_config(&book.effective(&next)) {
+        let _ = std::fs::remove_file(&tmp);
+        return (Response::error(400, format!("{what}: {e}")), false);
+    }
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        eprintln!(
+            "xdplb: API: {what}, applied but not saved to {}: {e}",
+            path.display()
+        );
+        *cfg = next;
+        return (
+            Response::error(
+                500,
+                format!("{what}: applied, but saving {} failed: {e}", path.display()),
+            ),
+            true,
+        );
+    }
+    eprintln!("xdplb: API: {what}");
+    *cfg = next;
+    (
+        Response::ok(serde_json::json!({ "ok": true, "change": what })),
+        true,
+    )
 }
 
 /// Takes the health results that arrived, logs every up/down transition with its reason, and
@@ -543,6 +830,7 @@ fn instance_state(
         map_ids,
         services,
         generation: 0,
+        reloads: 0,
         last_reload: None,
     })
 }

@@ -215,7 +215,7 @@ pub fn render(snap: &Snapshot, state: &MetricsState) -> String {
         (
             "xdplb_config_generation",
             "gauge",
-            "Reloads attempted since start (0 = the config loaded at start).",
+            "Config changes applied since start, by reload or API (0 = the config loaded at start).",
             state.instance.generation,
         ),
     ] {

@@ -695,3 +695,292 @@ fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
     let status = lb.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit 0 on SIGTERM: {status}");
 }
+
+#[test]
+fn live_api_changes_under_traffic_lose_nothing_and_bad_calls_change_nothing() {
+    require_root();
+    let ns = Netns::new("api");
+    let dir = run_dir("api");
+    let instance = format!("t-api-{}", std::process::id());
+    let env = format!("XDPLB_RUN_DIR={dir}");
+    let sock = format!("{dir}/{instance}.sock");
+    let cfg_path = format!("{dir}/api.toml");
+    std::fs::write(
+        &cfg_path,
+        "interfaces = [\"lo\"]\n[limits]\nmax_backends_per_service = 8\n[[service]]\nname = \"demo\"\nvip = \"127.0.0.1:9875\"\nmaglev_table_size = 1009\n\
+         [[service.backend]]\naddress = \"127.0.0.1:9876\"\n[[service.backend]]\naddress = \"127.0.0.1:9877\"\n",
+    )
+    .expect("write config");
+    let ports: Vec<String> = (9876..=9881).map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut backends = Daemon::spawn(&in_ns(
+        &ns,
+        &[XDPLB, "demo-backend", "--listen", &ports.join(",")],
+    ));
+    backends.wait_for("listening", START);
+    let mut lb = Daemon::spawn(&in_ns(
+        &ns,
+        &[
+            "env",
+            &env,
+            XDPLB,
+            "run",
+            "--config",
+            &cfg_path,
+            "--instance",
+            &instance,
+        ],
+    ));
+    lb.wait_for("running instance", START);
+
+    let cli = |args: &[&str]| -> (bool, String) {
+        let mut full = vec!["env", &env, XDPLB];
+        full.extend_from_slice(args);
+        let out = ns.exec_unchecked(&full);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    // Raw HTTP on the socket: returns (status, body).
+    let raw = |method: &str, path: &str, body: &str| -> (u16, String) {
+        let url = format!("http://xdplb{path}");
+        let out = ns.exec_unchecked(&[
+            "curl",
+            "-s",
+            "--max-time",
+            "10",
+            "--unix-socket",
+            &sock,
+            "-X",
+            method,
+            "-d",
+            body,
+            "-w",
+            "\n%{http_code}",
+            &url,
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').expect("status line");
+        (code.trim().parse().expect("status"), body.to_string())
+    };
+
+    // Bad calls: a clear error, and neither the data plane's config nor the file changes.
+    let file_before = std::fs::read_to_string(&cfg_path).expect("config");
+    let (_, services_before) = raw("GET", "/v1/services", "");
+    let bad_calls: &[(&str, &str, &str, u16, &str)] = &[
+        (
+            "POST",
+            "/v1/services/demo/backends",
+            "{not json",
+            400,
+            "request body",
+        ),
+        (
+            "POST",
+            "/v1/services/demo/backends",
+            "{\"address\":\"127.0.0.1:9878\",\"colour\":1}",
+            400,
+            "colour",
+        ),
+        (
+            "POST",
+            "/v1/services/demo/backends",
+            "{\"address\":\"127.0.0.300:1\"}",
+            400,
+            "127.0.0.300:1",
+        ),
+        (
+            "POST",
+            "/v1/services/demo/backends",
+            "{\"address\":\"127.0.0.1:9878\",\"weight\":0}",
+            400,
+            "weight",
+        ),
+        (
+            "POST",
+            "/v1/services/nope/backends",
+            "{\"address\":\"127.0.0.1:9878\"}",
+            404,
+            "nope",
+        ),
+        (
+            "DELETE",
+            "/v1/services/demo/backends/127.0.0.1:9999",
+            "",
+            404,
+            "127.0.0.1:9999",
+        ),
+        (
+            "POST",
+            "/v1/services",
+            "{\"name\":\"demo\",\"vip\":\"127.0.0.1:9875\",\"backends\":[]}",
+            409,
+            "already exists",
+        ),
+        (
+            "POST",
+            "/v1/services",
+            "{\"name\":\"x\",\"vip\":\"127.0.0.1:9875\",\"backends\":[{\"address\":\"127.0.0.1:1\"}]}",
+            400,
+            "127.0.0.1:9875",
+        ),
+    ];
+    for (method, path, body, code, needle) in bad_calls {
+        let (status, text) = raw(method, path, body);
+        assert_eq!(status, *code, "{method} {path} {body}: {text}");
+        assert!(
+            text.contains(needle),
+            "{method} {path} {body}: error lacks {needle:?}: {text}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(&cfg_path).expect("config"),
+        file_before,
+        "rejected calls must not touch the config file"
+    );
+    assert_eq!(
+        raw("GET", "/v1/services", "").1,
+        services_before,
+        "rejected calls change nothing"
+    );
+    // Over capacity: 8 backends per service at most.
+    for p in 9878..=9883 {
+        cli(&[
+            "backend",
+            "--instance",
+            &instance,
+            "add",
+            "demo",
+            &format!("127.0.0.1:{p}"),
+        ]);
+    }
+    let (ok, text) = cli(&[
+        "backend",
+        "--instance",
+        &instance,
+        "add",
+        "demo",
+        "127.0.0.1:9884",
+    ]);
+    assert!(
+        !ok && text.contains("max_backends_per_service"),
+        "over capacity: {text}"
+    );
+    for p in 9878..=9883 {
+        let (ok, text) = cli(&[
+            "backend",
+            "--instance",
+            &instance,
+            "remove",
+            "demo",
+            &format!("127.0.0.1:{p}"),
+        ]);
+        assert!(ok, "{text}");
+    }
+    assert_eq!(
+        raw("GET", "/v1/services", "").1,
+        services_before,
+        "the services are as before"
+    );
+    // A non-root caller cannot reach the socket.
+    let out = ns.exec_unchecked(&[
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "env",
+        &env,
+        XDPLB,
+        "status",
+        "--instance",
+        &instance,
+    ]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("permission denied"),
+        "non-root: {text}"
+    );
+
+    // 200 live changes under continuous traffic.
+    let mut traffic = Daemon::spawn(&in_ns(
+        &ns,
+        &[
+            XDPLB,
+            "demo-client",
+            "--target",
+            "127.0.0.1:9875",
+            "--flows",
+            "600",
+            "--packets",
+            "5",
+            "--gap-us",
+            "2000",
+            "--timeout-ms",
+            "2000",
+            "--json",
+        ],
+    ));
+    let steps: [&[&str]; 5] = [
+        &["add", "demo", "127.0.0.1:9878"],
+        &["weight", "demo", "127.0.0.1:9877", "3"],
+        &["drain", "demo", "127.0.0.1:9876"],
+        &["undrain", "demo", "127.0.0.1:9876"],
+        &["remove", "demo", "127.0.0.1:9878"],
+    ];
+    for k in 0..200 {
+        let mut args = vec!["backend", "--instance", &instance];
+        args.extend_from_slice(steps[k % steps.len()]);
+        let (ok, text) = cli(&args);
+        assert!(ok, "change {k} {:?}: {text}", steps[k % steps.len()]);
+    }
+    let still_running = traffic
+        .child
+        .as_mut()
+        .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+    traffic.wait_for("\"sent\"", Duration::from_secs(60));
+    assert!(
+        still_running,
+        "the traffic must outlast the 200 changes, or the test proves nothing"
+    );
+    let report: Value =
+        serde_json::from_str(traffic.seen.last().expect("report")).expect("client JSON");
+    assert_eq!(report["sent"], 3000, "{report}");
+    assert_eq!(
+        report["replies"], 3000,
+        "zero loss across 200 API changes: {report}"
+    );
+    assert_eq!(report["replies_from_elsewhere"], 0, "{report}");
+
+    // The changes were saved: the file holds the last state (weight 3), and a restart keeps it.
+    let saved = std::fs::read_to_string(&cfg_path).expect("config");
+    assert!(
+        saved.contains("weight = 3"),
+        "the reweight was saved:\n{saved}"
+    );
+    let status = lb.terminate(Duration::from_secs(10));
+    assert!(status.success(), "exit 0 on SIGTERM: {status}");
+    let mut lb = Daemon::spawn(&in_ns(
+        &ns,
+        &[
+            "env",
+            &env,
+            XDPLB,
+            "run",
+            "--config",
+            &cfg_path,
+            "--instance",
+            &instance,
+        ],
+    ));
+    lb.wait_for("running instance", START);
+    let (ok, text) = cli(&["backend", "--instance", &instance, "list", "demo"]);
+    assert!(
+        ok && text.contains("\"weight\": 3"),
+        "after a restart the live change is still there: {text}"
+    );
+    let status = lb.terminate(Duration::from_secs(10));
+    assert!(status.success(), "exit 0 on SIGTERM: {status}");
+}
