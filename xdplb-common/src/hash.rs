@@ -103,16 +103,10 @@ mod tests {
     use super::*;
     use crate::addr_from_v4_wire;
 
-    /// A small deterministic generator (splitmix64), so the tests need no dependency.
-    struct Rng(u64);
+    use crate::test_rng::Rng;
+
+    /// Helpers on the shared test generator.
     impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
         fn u32(&mut self) -> u32 {
             (self.next() >> 32) as u32
         }

@@ -21,6 +21,8 @@ pub mod maps;
 #[cfg(feature = "std")]
 pub mod schedule;
 pub mod stats;
+#[cfg(test)]
+mod test_rng;
 
 pub use maps::*;
 pub use stats::Stat;

@@ -232,16 +232,10 @@ mod tests {
     use crate::addr_from_v4_wire;
     use std::println;
 
-    /// A small deterministic generator (splitmix64), so the tests need no dependency.
-    struct Rng(u64);
+    use crate::test_rng::Rng;
+
+    /// Helpers on the shared test generator.
     impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
         fn below(&mut self, n: usize) -> usize {
             (self.next() % n as u64) as usize
         }

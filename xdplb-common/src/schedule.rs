@@ -102,17 +102,7 @@ mod tests {
     use std::println;
     use std::vec;
 
-    /// A small deterministic generator (splitmix64), so the tests need no dependency.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-    }
+    use crate::test_rng::Rng;
 
     fn counts(table: &[u32], n: usize) -> Vec<u64> {
         let mut c = vec![0u64; n];

@@ -102,6 +102,57 @@ fn xdp_attached(ns: &Netns, dev: &str) -> bool {
     String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
 }
 
+/// A client namespace and a balancer namespace joined by a veth pair on `10.X.0.0/24` (client
+/// .1, balancer .2), with tx checksum offload off on both ends so that each receiving kernel
+/// validates checksums for real. Returns the namespaces and the balancer's device name.
+fn veth_pair(tag: &str, subnet: u8) -> (Netns, Netns, String) {
+    let client_ns = Netns::new(&format!("{tag}c"));
+    let lb_ns = Netns::new(&format!("{tag}l"));
+    let pid = std::process::id();
+    let (veth_c, veth_l) = (format!("{tag}c{pid}"), format!("{tag}l{pid}"));
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        &veth_c,
+        "netns",
+        &client_ns.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &veth_l,
+        "netns",
+        &lb_ns.name,
+    ]);
+    client_ns.exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("10.{subnet}.0.1/24"),
+        "dev",
+        &veth_c,
+    ]);
+    lb_ns.exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("10.{subnet}.0.2/24"),
+        "dev",
+        &veth_l,
+    ]);
+    for (ns, dev) in [(&client_ns, &veth_c), (&lb_ns, &veth_l)] {
+        ns.exec(&["ip", "link", "set", dev, "up"]);
+        ns.exec(&["ethtool", "-K", dev, "tx", "off"]);
+        let k = ns.exec(&["ethtool", "-k", dev]);
+        assert!(
+            String::from_utf8_lossy(&k.stdout).contains("tx-checksumming: off"),
+            "tx checksum offload must be off on {dev}"
+        );
+    }
+    (client_ns, lb_ns, veth_l)
+}
+
 #[test]
 fn tutorial_scenario_on_lo_in_a_private_namespace() {
     require_root();
@@ -176,38 +227,7 @@ fn tutorial_scenario_on_lo_in_a_private_namespace() {
 #[test]
 fn client_and_balancer_namespaces_over_veth_with_checksums_validated() {
     require_root();
-    let client_ns = Netns::new("vc");
-    let lb_ns = Netns::new("vl");
-    let pid = std::process::id();
-    let (veth_c, veth_l) = (format!("xc{pid}"), format!("xl{pid}"));
-    sh(&[
-        "ip",
-        "link",
-        "add",
-        &veth_c,
-        "netns",
-        &client_ns.name,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &veth_l,
-        "netns",
-        &lb_ns.name,
-    ]);
-    client_ns.exec(&["ip", "addr", "add", "10.200.0.1/24", "dev", &veth_c]);
-    lb_ns.exec(&["ip", "addr", "add", "10.200.0.2/24", "dev", &veth_l]);
-    for (ns, dev) in [(&client_ns, &veth_c), (&lb_ns, &veth_l)] {
-        ns.exec(&["ip", "link", "set", dev, "up"]);
-        // Checksums computed in software, so the receiving kernel validates them for real.
-        ns.exec(&["ethtool", "-K", dev, "tx", "off"]);
-        let k = ns.exec(&["ethtool", "-k", dev]);
-        assert!(
-            String::from_utf8_lossy(&k.stdout).contains("tx-checksumming: off"),
-            "tx checksum offload must be off on {dev}"
-        );
-    }
-
+    let (client_ns, lb_ns, veth_l) = veth_pair("v", 200);
     let dir = run_dir("veth");
     let cfg_path = format!("{dir}/veth.toml");
     std::fs::write(
@@ -242,7 +262,7 @@ address = "10.200.0.2:9878"
         ],
     ));
     backends.wait_for("listening", START);
-    let instance = format!("t-veth-{pid}");
+    let instance = format!("t-veth-{}", std::process::id());
     let env = format!("XDPLB_RUN_DIR={dir}");
     let mut lb = Daemon::spawn(&in_ns(
         &lb_ns,
@@ -359,31 +379,8 @@ address = "10.200.0.2:9878"
 #[test]
 fn every_scheduler_end_to_end_with_real_sockets_and_replies() {
     require_root();
-    let client_ns = Netns::new("sc");
-    let lb_ns = Netns::new("sl");
+    let (client_ns, lb_ns, veth_l) = veth_pair("s", 201);
     let pid = std::process::id();
-    let (veth_c, veth_l) = (format!("sc{pid}"), format!("sl{pid}"));
-    sh(&[
-        "ip",
-        "link",
-        "add",
-        &veth_c,
-        "netns",
-        &client_ns.name,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &veth_l,
-        "netns",
-        &lb_ns.name,
-    ]);
-    client_ns.exec(&["ip", "addr", "add", "10.201.0.1/24", "dev", &veth_c]);
-    lb_ns.exec(&["ip", "addr", "add", "10.201.0.2/24", "dev", &veth_l]);
-    for (ns, dev) in [(&client_ns, &veth_c), (&lb_ns, &veth_l)] {
-        ns.exec(&["ip", "link", "set", dev, "up"]);
-        ns.exec(&["ethtool", "-K", dev, "tx", "off"]);
-    }
     let mut backends = Daemon::spawn(&in_ns(
         &lb_ns,
         &[
