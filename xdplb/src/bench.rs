@@ -50,7 +50,8 @@ pub struct Row {
     pub total_ns: f64,
     /// The same for the wrapper tail-calling an empty program.
     pub wrapper_ns: f64,
-    /// `total_ns - wrapper_ns`: the program's own cost.
+    /// Median over rounds of (total - wrapper), each pair measured back to back: the program's
+    /// own cost.
     pub net_ns: f64,
     /// The XDP action of the last iteration (2 = XDP_PASS).
     pub action: u32,
@@ -150,6 +151,41 @@ impl Harness {
         arr.set(0, &fd, 0).map_err(harness("BENCH_TARGET"))
     }
 
+    /// Times `wrapper` tail-calling `target` and tail-calling the empty program, back to back in
+    /// every round, so that both see the same machine; returns the medians of the total, of the
+    /// wrapper alone and of the per-round differences, and the last action.
+    fn paired(
+        &mut self,
+        wrapper: &'static str,
+        target: &Xdp,
+        frame: &[u8],
+        repeat: u32,
+        rounds: u32,
+    ) -> Result<Measured, BenchError> {
+        self.set_frame(frame)?;
+        // A warm-up run (it also creates the flow of the existing-flow cases).
+        self.set_target(target)?;
+        self.time(wrapper, frame, 1, 1)?;
+        let (mut totals, mut wrappers, mut nets) = (Vec::new(), Vec::new(), Vec::new());
+        let mut action = 0;
+        for _ in 0..rounds {
+            self.set_target_empty()?;
+            let (w, _) = self.time(wrapper, frame, repeat, 1)?;
+            self.set_target(target)?;
+            let (t, a) = self.time(wrapper, frame, repeat, 1)?;
+            totals.push(t);
+            wrappers.push(w);
+            nets.push(t - w);
+            action = a;
+        }
+        Ok(Measured {
+            total_ns: median(&mut totals),
+            wrapper_ns: median(&mut wrappers),
+            net_ns: median(&mut nets),
+            action,
+        })
+    }
+
     /// Median ns/iteration over `rounds` runs of `program` with `repeat` iterations each.
     fn time(
         &self,
@@ -180,6 +216,13 @@ impl Harness {
     }
 }
 
+struct Measured {
+    total_ns: f64,
+    wrapper_ns: f64,
+    net_ns: f64,
+    action: u32,
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -200,6 +243,11 @@ pub fn run(repeat: u32, rounds: u32, max_flows: Option<u32>) -> Result<Report, B
     if let Some(n) = max_flows {
         cfg.limits.max_flows = n;
     }
+    // Small service and table pools: the benchmark loads several data planes in a row, and the
+    // kernel frees each one's maps in the background (RCU) while the next one is measured.
+    // Default-sized pools (a million backend slots) made that reclaim show up as noise.
+    cfg.limits.max_services = 16;
+    cfg.limits.max_lookup_entries = 262_144;
     let mut dp = Dataplane::load(cfg.limits, false)?;
     dp.apply_config(&cfg)?;
     let mut h = Harness::load()?;
@@ -208,47 +256,24 @@ pub fn run(repeat: u32, rounds: u32, max_flows: Option<u32>) -> Result<Report, B
     let other_frame = frame_to("127.0.0.1:9999".parse().map_err(harness("literal"))?);
 
     let (empty_ns, _) = h.time("bench_empty", &service_frame, repeat, rounds)?;
-    h.set_target_empty()?;
-    let wrapper = |h: &mut Harness, prog: &'static str| -> Result<f64, BenchError> {
-        h.set_frame(&service_frame)?;
-        Ok(h.time(prog, &service_frame, repeat, rounds)?.0)
-    };
-    let wrapper_same = wrapper(&mut h, "bench_same_flow")?;
-    let wrapper_new = wrapper(&mut h, "bench_new_flow")?;
-
-    h.set_target(dp.ingress()?)?;
     let mut rows = Vec::new();
-    let cases: [(&'static str, &Vec<u8>, &'static str, f64); 3] = [
-        (
-            "non-service packet",
-            &other_frame,
-            "bench_same_flow",
-            wrapper_same,
-        ),
+    let cases: [(&'static str, &Vec<u8>, &'static str); 3] = [
+        ("non-service packet", &other_frame, "bench_same_flow"),
         (
             "service packet, existing flow",
             &service_frame,
             "bench_same_flow",
-            wrapper_same,
         ),
-        (
-            "service packet, new flow",
-            &service_frame,
-            "bench_new_flow",
-            wrapper_new,
-        ),
+        ("service packet, new flow", &service_frame, "bench_new_flow"),
     ];
-    for (case, frame, prog, wrapper_ns) in cases {
-        h.set_frame(frame)?;
-        // One warm-up run creates the flow for the existing-flow case.
-        h.time(prog, frame, 1, 1)?;
-        let (total, action) = h.time(prog, frame, repeat, rounds)?;
+    for (case, frame, wrapper) in cases {
+        let m = h.paired(wrapper, dp.ingress()?, frame, repeat, rounds)?;
         rows.push(Row {
             case,
-            total_ns: total,
-            wrapper_ns,
-            net_ns: total - wrapper_ns,
-            action,
+            total_ns: m.total_ns,
+            wrapper_ns: m.wrapper_ns,
+            net_ns: m.net_ns,
+            action: m.action,
         });
     }
     drop(dp);
@@ -271,15 +296,24 @@ pub fn run(repeat: u32, rounds: u32, max_flows: Option<u32>) -> Result<Report, B
         };
         let mut dp = Dataplane::load(c.limits, false)?;
         dp.apply_config(&c)?;
-        h.set_target(dp.ingress()?)?;
-        h.set_frame(&service_frame)?;
-        h.time("bench_same_flow", &service_frame, 1, 1)?;
-        let (existing, _) = h.time("bench_same_flow", &service_frame, repeat, rounds)?;
-        let (new, _) = h.time("bench_new_flow", &service_frame, repeat, rounds)?;
+        let existing = h.paired(
+            "bench_same_flow",
+            dp.ingress()?,
+            &service_frame,
+            repeat,
+            rounds,
+        )?;
+        let new = h.paired(
+            "bench_new_flow",
+            dp.ingress()?,
+            &service_frame,
+            repeat,
+            rounds,
+        )?;
         schedulers.push(SchedulerRow {
             scheduler: config::scheduler_name(sched),
-            existing_flow_ns: existing - wrapper_same,
-            new_flow_ns: new - wrapper_new,
+            existing_flow_ns: existing.net_ns,
+            new_flow_ns: new.net_ns,
         });
     }
 

@@ -122,9 +122,9 @@ enum Command {
     },
     /// Measure the data plane's cost per packet with BPF_PROG_TEST_RUN.
     Bench {
-        #[arg(long, default_value_t = 500_000)]
+        #[arg(long, default_value_t = 300_000)]
         repeat: u32,
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 7)]
         rounds: u32,
         /// Size of the flow and reply tables (default: the config default, 262144).
         #[arg(long)]
