@@ -153,22 +153,86 @@ fn veth_pair(tag: &str, subnet: u8) -> (Netns, Netns, String) {
     (client_ns, lb_ns, veth_l)
 }
 
+/// Starts `xdplb run --config CFG --instance NAME` in `ns` and waits until it runs.
+fn start_balancer(ns: &Netns, env: &str, cfg_path: &str, instance: &str) -> Daemon {
+    let mut lb = Daemon::spawn(&in_ns(
+        ns,
+        &[
+            "env",
+            env,
+            XDPLB,
+            "run",
+            "--config",
+            cfg_path,
+            "--instance",
+            instance,
+        ],
+    ));
+    lb.wait_for("running instance", START);
+    lb
+}
+
+/// Starts demo backends on the comma-separated `listen` addresses in `ns`.
+fn start_backends(ns: &Netns, listen: &str) -> Daemon {
+    let mut b = Daemon::spawn(&in_ns(ns, &[XDPLB, "demo-backend", "--listen", listen]));
+    b.wait_for("listening", START);
+    b
+}
+
+/// 3,000 datagrams to 127.0.0.1:9875 on 500 connected sockets, one every 2 ms or so: at least
+/// 6 s of traffic to change the balancer under.
+fn start_paced_traffic(ns: &Netns) -> Daemon {
+    Daemon::spawn(&in_ns(
+        ns,
+        &[
+            XDPLB,
+            "demo-client",
+            "--target",
+            "127.0.0.1:9875",
+            "--flows",
+            "500",
+            "--packets",
+            "6",
+            "--gap-us",
+            "2000",
+            "--timeout-ms",
+            "2000",
+            "--json",
+        ],
+    ))
+}
+
+/// Checks that the paced traffic outlasted the changes (`what`) and that every datagram was
+/// answered from the VIP.
+fn assert_paced_traffic_lost_nothing(traffic: &mut Daemon, what: &str) {
+    let still_running = traffic
+        .child
+        .as_mut()
+        .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+    traffic.wait_for("\"sent\"", Duration::from_secs(60));
+    assert!(
+        still_running,
+        "the traffic must outlast the {what}, or the test proves nothing: {}",
+        traffic.seen.join("\n")
+    );
+    let report: Value =
+        serde_json::from_str(traffic.seen.last().expect("report line")).expect("client JSON");
+    assert_eq!(report["sent"], 3000, "{report}");
+    assert_eq!(
+        report["replies"], 3000,
+        "zero loss across the {what}: {report}"
+    );
+    assert_eq!(report["replies_from_elsewhere"], 0, "{report}");
+    assert_eq!(report["bad_echoes"], 0, "{report}");
+}
+
 #[test]
 fn tutorial_scenario_on_lo_in_a_private_namespace() {
     require_root();
     let ns = Netns::new("lo");
     let dir = run_dir("lo");
     let instance = format!("t-lo-{}", std::process::id());
-    let mut backends = Daemon::spawn(&in_ns(
-        &ns,
-        &[
-            XDPLB,
-            "demo-backend",
-            "--listen",
-            "127.0.0.1:9876,127.0.0.1:9877,127.0.0.1:9878",
-        ],
-    ));
-    backends.wait_for("listening", START);
+    let _backends = start_backends(&ns, "127.0.0.1:9876,127.0.0.1:9877,127.0.0.1:9878");
 
     // Without the balancer nothing answers on 9875: the client sees no reply.
     let before = client(&ns, "127.0.0.1:9875", 1, 1);
@@ -252,32 +316,10 @@ address = "10.200.0.2:9878"
     )
     .expect("write config");
 
-    let mut backends = Daemon::spawn(&in_ns(
-        &lb_ns,
-        &[
-            XDPLB,
-            "demo-backend",
-            "--listen",
-            "10.200.0.2:9876,10.200.0.2:9877,10.200.0.2:9878",
-        ],
-    ));
-    backends.wait_for("listening", START);
+    let _backends = start_backends(&lb_ns, "10.200.0.2:9876,10.200.0.2:9877,10.200.0.2:9878");
     let instance = format!("t-veth-{}", std::process::id());
     let env = format!("XDPLB_RUN_DIR={dir}");
-    let mut lb = Daemon::spawn(&in_ns(
-        &lb_ns,
-        &[
-            "env",
-            &env,
-            XDPLB,
-            "run",
-            "--config",
-            &cfg_path,
-            "--instance",
-            &instance,
-        ],
-    ));
-    lb.wait_for("running instance", START);
+    let mut lb = start_balancer(&lb_ns, &env, &cfg_path, &instance);
 
     let (c_err0, c_in0) = client_ns.udp_counters();
     let (l_err0, l_in0) = lb_ns.udp_counters();
@@ -381,16 +423,7 @@ fn every_scheduler_end_to_end_with_real_sockets_and_replies() {
     require_root();
     let (client_ns, lb_ns, veth_l) = veth_pair("s", 201);
     let pid = std::process::id();
-    let mut backends = Daemon::spawn(&in_ns(
-        &lb_ns,
-        &[
-            XDPLB,
-            "demo-backend",
-            "--listen",
-            "10.201.0.2:9876,10.201.0.2:9877,10.201.0.2:9878",
-        ],
-    ));
-    backends.wait_for("listening", START);
+    let _backends = start_backends(&lb_ns, "10.201.0.2:9876,10.201.0.2:9877,10.201.0.2:9878");
     let dir = run_dir("sched");
     let env = format!("XDPLB_RUN_DIR={dir}");
     for scheduler in [
@@ -411,20 +444,7 @@ fn every_scheduler_end_to_end_with_real_sockets_and_replies() {
         )
         .expect("write config");
         let instance = format!("t-sched-{pid}-{scheduler}");
-        let mut lb = Daemon::spawn(&in_ns(
-            &lb_ns,
-            &[
-                "env",
-                &env,
-                XDPLB,
-                "run",
-                "--config",
-                &cfg_path,
-                "--instance",
-                &instance,
-            ],
-        ));
-        lb.wait_for("running instance", START);
+        let mut lb = start_balancer(&lb_ns, &env, &cfg_path, &instance);
         let (err0, _) = client_ns.udp_counters();
         let report = client(&client_ns, "10.201.0.2:9875", 60, 2);
         assert_every_reply_from_vip(&report, 60, 2);
@@ -466,50 +486,10 @@ fn reloads_under_traffic_lose_nothing_and_a_bad_config_changes_nothing() {
                  [[service.backend]]\naddress = \"127.0.0.1:9876\"\n[[service.backend]]\naddress = \"127.0.0.1:9877\"\nweight = 2\n\
                  [[service.backend]]\naddress = \"127.0.0.1:9878\"\nweight = 3\n";
     std::fs::write(&cfg_path, two).expect("write config");
-    let mut backends = Daemon::spawn(&in_ns(
-        &ns,
-        &[
-            XDPLB,
-            "demo-backend",
-            "--listen",
-            "127.0.0.1:9876,127.0.0.1:9877,127.0.0.1:9878",
-        ],
-    ));
-    backends.wait_for("listening", START);
-    let mut lb = Daemon::spawn(&in_ns(
-        &ns,
-        &[
-            "env",
-            &env,
-            XDPLB,
-            "run",
-            "--config",
-            &cfg_path,
-            "--instance",
-            &instance,
-        ],
-    ));
-    lb.wait_for("running instance", START);
+    let _backends = start_backends(&ns, "127.0.0.1:9876,127.0.0.1:9877,127.0.0.1:9878");
+    let mut lb = start_balancer(&ns, &env, &cfg_path, &instance);
 
-    // 3,000 datagrams, one every 2 ms or so (6 s at least), while the config changes 20 times.
-    let mut traffic = Daemon::spawn(&in_ns(
-        &ns,
-        &[
-            XDPLB,
-            "demo-client",
-            "--target",
-            "127.0.0.1:9875",
-            "--flows",
-            "500",
-            "--packets",
-            "6",
-            "--gap-us",
-            "2000",
-            "--timeout-ms",
-            "2000",
-            "--json",
-        ],
-    ));
+    let mut traffic = start_paced_traffic(&ns);
     let reload = |expect_ok: bool| {
         let out = ns.exec_unchecked(&["env", &env, XDPLB, "reload", "--instance", &instance]);
         let text = format!(
@@ -549,25 +529,7 @@ fn reloads_under_traffic_lose_nothing_and_a_bad_config_changes_nothing() {
             );
         }
     }
-    let still_running = traffic
-        .child
-        .as_mut()
-        .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
-    traffic.wait_for("\"sent\"", Duration::from_secs(60));
-    assert!(
-        still_running,
-        "the traffic must still be running after the last reload, or the test proves nothing: {}",
-        traffic.seen.join("\n")
-    );
-    let report: Value =
-        serde_json::from_str(traffic.seen.last().expect("report line")).expect("client JSON");
-    assert_eq!(report["sent"], 3000, "{report}");
-    assert_eq!(
-        report["replies"], 3000,
-        "zero loss across 20 reloads: {report}"
-    );
-    assert_eq!(report["replies_from_elsewhere"], 0, "{report}");
-    assert_eq!(report["bad_echoes"], 0, "{report}");
+    assert_paced_traffic_lost_nothing(&mut traffic, "20 reloads");
     // The last good config (the 20th, two backends) is in force.
     let st = stats(&ns, &dir, &instance);
     assert_eq!(
@@ -622,36 +584,11 @@ fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
         ),
     )
     .expect("write config");
-    let spawn_backend = |port: u16| {
-        let mut d = Daemon::spawn(&in_ns(
-            &ns,
-            &[
-                XDPLB,
-                "demo-backend",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ],
-        ));
-        d.wait_for("listening", START);
-        d
-    };
+    let spawn_backend = |port: u16| start_backends(&ns, &format!("127.0.0.1:{port}"));
     let _b1 = spawn_backend(9876);
     let mut b2 = spawn_backend(9877);
     let _b3 = spawn_backend(9878);
-    let mut lb = Daemon::spawn(&in_ns(
-        &ns,
-        &[
-            "env",
-            &env,
-            XDPLB,
-            "run",
-            "--config",
-            &cfg_path,
-            "--instance",
-            &instance,
-        ],
-    ));
-    lb.wait_for("running instance", START);
+    let mut lb = start_balancer(&ns, &env, &cfg_path, &instance);
     let interval = Duration::from_millis(interval_ms);
     wait_for_health(&ns, &dir, &instance, "127.0.0.1:9877", "up", interval * 3);
 
@@ -709,25 +646,8 @@ fn live_api_changes_under_traffic_lose_nothing_and_bad_calls_change_nothing() {
     )
     .expect("write config");
     let ports: Vec<String> = (9876..=9881).map(|p| format!("127.0.0.1:{p}")).collect();
-    let mut backends = Daemon::spawn(&in_ns(
-        &ns,
-        &[XDPLB, "demo-backend", "--listen", &ports.join(",")],
-    ));
-    backends.wait_for("listening", START);
-    let mut lb = Daemon::spawn(&in_ns(
-        &ns,
-        &[
-            "env",
-            &env,
-            XDPLB,
-            "run",
-            "--config",
-            &cfg_path,
-            "--instance",
-            &instance,
-        ],
-    ));
-    lb.wait_for("running instance", START);
+    let _backends = start_backends(&ns, &ports.join(","));
+    let mut lb = start_balancer(&ns, &env, &cfg_path, &instance);
 
     let cli = |args: &[&str]| -> (bool, String) {
         let mut full = vec!["env", &env, XDPLB];
@@ -902,24 +822,7 @@ fn live_api_changes_under_traffic_lose_nothing_and_bad_calls_change_nothing() {
     );
 
     // 200 live changes under continuous traffic.
-    let mut traffic = Daemon::spawn(&in_ns(
-        &ns,
-        &[
-            XDPLB,
-            "demo-client",
-            "--target",
-            "127.0.0.1:9875",
-            "--flows",
-            "600",
-            "--packets",
-            "5",
-            "--gap-us",
-            "2000",
-            "--timeout-ms",
-            "2000",
-            "--json",
-        ],
-    ));
+    let mut traffic = start_paced_traffic(&ns);
     let steps: [&[&str]; 5] = [
         &["add", "demo", "127.0.0.1:9878"],
         &["weight", "demo", "127.0.0.1:9877", "3"],
@@ -933,23 +836,7 @@ fn live_api_changes_under_traffic_lose_nothing_and_bad_calls_change_nothing() {
         let (ok, text) = cli(&args);
         assert!(ok, "change {k} {:?}: {text}", steps[k % steps.len()]);
     }
-    let still_running = traffic
-        .child
-        .as_mut()
-        .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
-    traffic.wait_for("\"sent\"", Duration::from_secs(60));
-    assert!(
-        still_running,
-        "the traffic must outlast the 200 changes, or the test proves nothing"
-    );
-    let report: Value =
-        serde_json::from_str(traffic.seen.last().expect("report")).expect("client JSON");
-    assert_eq!(report["sent"], 3000, "{report}");
-    assert_eq!(
-        report["replies"], 3000,
-        "zero loss across 200 API changes: {report}"
-    );
-    assert_eq!(report["replies_from_elsewhere"], 0, "{report}");
+    assert_paced_traffic_lost_nothing(&mut traffic, "200 API changes");
 
     // The changes were saved: the file holds the last state (weight 3), and a restart keeps it.
     let saved = std::fs::read_to_string(&cfg_path).expect("config");
@@ -959,20 +846,7 @@ fn live_api_changes_under_traffic_lose_nothing_and_bad_calls_change_nothing() {
     );
     let status = lb.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit 0 on SIGTERM: {status}");
-    let mut lb = Daemon::spawn(&in_ns(
-        &ns,
-        &[
-            "env",
-            &env,
-            XDPLB,
-            "run",
-            "--config",
-            &cfg_path,
-            "--instance",
-            &instance,
-        ],
-    ));
-    lb.wait_for("running instance", START);
+    let mut lb = start_balancer(&ns, &env, &cfg_path, &instance);
     let (ok, text) = cli(&["backend", "--instance", &instance, "list", "demo"]);
     assert!(
         ok && text.contains("\"weight\": 3"),
