@@ -647,12 +647,6 @@ fn answer_api(
             false,
         );
     };
-    if next.limits != cfg.limits || next.interfaces != cfg.interfaces {
-        return (
-            Response::error(400, "limits and interfaces change only with a restart"),
-            false,
-        );
-    }
     let tmp = path.with_extension("toml.xdplb-tmp");
     if let Err(e) = std::fs::write(&tmp, config::to_toml(&next)) {
         return (
