@@ -39,7 +39,7 @@ PIDS+=($!)
 wait_for "$RUN_DIR/backends.log" listening 10
 
 echo "demo: starting xdplb with the built-in tutorial scenario (127.0.0.1:9875 -> :9876 :9877 :9878 on lo)"
-ip netns exec "$NS" env XDPLB_RUN_DIR="$RUN_DIR" "$XDPLB" run --instance demo >"$RUN_DIR/xdplb.log" 2>&1 &
+ip netns exec "$NS" env XDPLB_RUN_DIR="$RUN_DIR" "$XDPLB" run --cleanup --instance demo >"$RUN_DIR/xdplb.log" 2>&1 &
 LB=$!
 PIDS+=($LB)
 wait_for "$RUN_DIR/xdplb.log" "running instance" 20
@@ -66,4 +66,4 @@ if ip -n "$NS" -d link show dev lo | grep -q prog/xdp; then
   echo "demo: XDP is still attached to lo after exit" >&2
   exit 1
 fi
-echo "demo: done; xdplb stopped with exit 0 and left nothing attached"
+echo "demo: done; xdplb (run --cleanup) stopped with exit 0 and left nothing attached or pinned"

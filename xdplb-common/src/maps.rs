@@ -69,6 +69,7 @@ pub const fn addr_from_v4_wire(v4: u32) -> Addr {
 /// Service lookup key. 20 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct ServiceKey {
     /// Destination address (network order). All-zero v4 (`::ffff:0.0.0.0`) is the wildcard.
     pub addr: Addr,
@@ -83,6 +84,7 @@ const _: () = assert!(size_of::<ServiceKey>() == 20);
 /// A service. 40 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct Service {
     /// Dense index of the service: indexes `RR_CURSOR_V1` and `SERVICE_STATS_V1`.
     pub id: u32,
@@ -120,6 +122,7 @@ pub const BACKEND_FLAG_DRAINING: u32 = 1;
 /// A backend. 24 bytes. An all-zero value marks an empty position.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct Backend {
     /// Backend address, network order.
     pub addr: Addr,

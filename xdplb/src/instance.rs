@@ -17,7 +17,7 @@ pub const DEFAULT_RUN_DIR: &str = "/run/xdplb";
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {
     #[error(
-        "instance {name:?} is already running (pid {pid}, state file {path}); stop it first or use --instance"
+        "instance {name:?} is already running (pid {pid}, state file {path}); use --replace to take over from it, stop it first, or use --instance"
     )]
     AlreadyRunning {
         name: String,
@@ -110,8 +110,27 @@ pub fn state_path(instance: &str) -> Result<PathBuf, InstanceError> {
     Ok(run_dir().join(format!("{instance}.json")))
 }
 
-fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+/// Whether process `pid` is alive (a zombie, which has exited, is not).
+pub fn pid_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// The pid of the live daemon running `instance`, if one is.
+pub fn running_pid(instance: &str) -> Result<Option<u32>, InstanceError> {
+    match read(instance) {
+        Ok(s) if s.pid != std::process::id() && pid_alive(s.pid) => Ok(Some(s.pid)),
+        Ok(_) | Err(InstanceError::NotRunning { .. }) | Err(InstanceError::Corrupt { .. }) => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Fails if a live process already runs `instance`; removes a stale state file.

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod bench;
 pub mod config;
+pub mod daemon;
 pub mod dataplane;
 pub mod demo;
 pub mod explain;

@@ -9,15 +9,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use xdplb::{
-    bench,
-    config::{self, Config},
-    dataplane::{self, Dataplane},
-    demo, explain,
-    health::{self, HealthBook},
-    instance, stats,
-};
-use xdplb_common::{MAP_BACKEND_STATS, MAP_FLOWS, MAP_SERVICE_STATS, MAP_STATS};
+use xdplb::{bench, config, daemon, dataplane, demo, explain, instance, stats};
 
 #[derive(Parser)]
 #[command(name = "xdplb", version, about = "An XDP layer-4 UDP load balancer")]
@@ -35,6 +27,20 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
         /// Name of this instance, so several can run side by side (in different namespaces).
+        #[arg(long, default_value = "default")]
+        instance: String,
+        /// Take over from the running daemon of this instance (an upgrade): the new programs
+        /// are loaded and verified first, then swapped in without a gap.
+        #[arg(long)]
+        replace: bool,
+        /// On SIGINT/SIGTERM, detach and remove every pin. Without it the pinned data plane
+        /// keeps forwarding after the daemon exits, for a restart to adopt.
+        #[arg(long)]
+        cleanup: bool,
+    },
+    /// Stop an instance for good: stop its daemon, if one runs, then detach the data plane and
+    /// remove everything it pinned.
+    Stop {
         #[arg(long, default_value = "default")]
         instance: String,
     },
@@ -208,10 +214,26 @@ fn api_command(
     }
 }
 
+/// Logs go to stderr through `tracing`: `XDPLB_LOG` filters (default `info`: start, stop,
+/// reloads, API changes, health transitions; nothing per packet or per check), and
+/// `XDPLB_LOG_FORMAT=json` prints one JSON object per line.
+fn init_logs() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("XDPLB_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    if std::env::var("XDPLB_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
+}
+
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_timestamp_millis()
-        .init();
+    init_logs();
     let cli = Cli::parse();
     match dispatch(cli.command) {
         Ok(code) => code,
@@ -224,9 +246,21 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config, instance } => run(config, &instance).map(|()| ExitCode::SUCCESS),
+        Command::Run {
+            config,
+            instance,
+            replace,
+            cleanup,
+        } => daemon::run(&daemon::RunOptions {
+            config,
+            instance,
+            replace,
+            cleanup,
+        })
+        .map(|()| ExitCode::SUCCESS),
+        Command::Stop { instance } => stop(&instance),
         Command::Check { config } => {
-            let cfg = load_config(&config)?;
+            let cfg = daemon::load_config(&config)?;
             print!("{}: OK\n{}", config.display(), cfg.describe());
             Ok(ExitCode::SUCCESS)
         }
@@ -389,6 +423,48 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `xdplb stop`: SIGTERM to the daemon (if one runs) and a wait for it to exit, then every pin
+/// removed, which detaches the data plane.
+fn stop(name: &str) -> anyhow::Result<ExitCode> {
+    let pins = dataplane::Pins::new(&dataplane::pin::bpffs(), &instance::run_dir(), name);
+    let daemon = instance::running_pid(name)?;
+    if let Some(pid) = daemon {
+        let raw = i32::try_from(pid).context("pid out of range")?;
+        // SAFETY: kill(2) with a pid read from the instance's state file and a valid signal.
+        if unsafe { libc::kill(raw, libc::SIGTERM) } != 0 {
+            bail!(
+                "signalling instance {name:?} (pid {pid}): {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while instance::pid_alive(pid) {
+            if Instant::now() > deadline {
+                bail!("instance {name:?} (pid {pid}) did not exit within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    if daemon.is_none() && !pins.exist() {
+        bail!(
+            "no instance {name:?}: no daemon runs it and nothing is pinned at {}",
+            pins.dir.display()
+        );
+    }
+    let detached = pins.remove_all()?;
+    println!(
+        "instance {name:?} stopped{}; removed {} (detached from {})",
+        daemon.map_or_else(String::new, |pid| format!(" (daemon pid {pid})")),
+        pins.dir.display(),
+        if detached.is_empty() {
+            "nothing".to_string()
+        } else {
+            detached.join(", ")
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Sends SIGHUP to a running instance and waits (up to 10 s) for it to record the outcome.
 fn reload_instance(name: &str) -> anyhow::Result<ExitCode> {
     let before = instance::read(name)?;
@@ -421,410 +497,4 @@ fn reload_instance(name: &str) -> anyhow::Result<ExitCode> {
         }
     }
     bail!("instance {name:?} (pid {pid}) did not report the reload within 10 s")
-}
-
-/// Loads and validates a config file, interfaces included.
-fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
-    let origin = path.display().to_string();
-    let cfg = config::load(path)?;
-    config::check_interfaces(&cfg, &origin, interface_exists)?;
-    Ok(cfg)
-}
-
-fn interface_exists(name: &str) -> bool {
-    let Ok(c) = std::ffi::CString::new(name) else {
-        return false;
-    };
-    // SAFETY: a valid NUL-terminated string; the call only reads it.
-    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
-}
-
-fn run(config_path: Option<PathBuf>, instance_name: &str) -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    // Installed first, so a signal during start-up is handled too.
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
-        .context("installing signal handlers")?;
-    let (mut cfg, origin) = match &config_path {
-        Some(p) => (load_config(p)?, p.display().to_string()),
-        None => {
-            let cfg = config::default_config();
-            config::check_interfaces(&cfg, "<built-in>", interface_exists)?;
-            (cfg, "<built-in default>".to_string())
-        }
-    };
-    if !dataplane::has_bpf_privileges() {
-        bail!(
-            "xdplb run needs root (or CAP_NET_ADMIN plus CAP_BPF and CAP_PERFMON) to load and attach BPF programs; nothing was attached"
-        );
-    }
-    instance::ensure_not_running(instance_name)?;
-
-    let started = Instant::now();
-    let mut dp = Dataplane::load(cfg.limits, cfg.debug_log)?;
-    let apply_started = Instant::now();
-    dp.apply_config(&cfg).context("filling the maps")?;
-    let apply_seconds = apply_started.elapsed().as_secs_f64();
-    // Bound before attaching, so a taken port leaves nothing attached.
-    let metrics_listener = match cfg.metrics_listen {
-        Some(addr) => Some(
-            std::net::TcpListener::bind(addr)
-                .with_context(|| format!("metrics_listen {addr}: cannot listen"))?,
-        ),
-        None => None,
-    };
-    let api_socket = xdplb::api::socket_path(instance_name)?;
-    std::fs::create_dir_all(instance::run_dir())
-        .with_context(|| format!("creating {}", instance::run_dir().display()))?;
-    let api_listener = xdplb::api::bind(&api_socket)
-        .with_context(|| format!("API socket {}", api_socket.display()))?;
-    let attached = dataplane::attach_all(&mut dp, &cfg.interfaces, cfg.xdp_mode)?;
-    let (api_tx, api_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || xdplb::api::serve(api_listener, api_tx));
-
-    let (health_tx, health_rx) = std::sync::mpsc::channel();
-    let mut book = HealthBook::default();
-    let mut checkers = health::start(&cfg, &health_tx);
-    let mut state = instance_state(&dp, &cfg, &book, instance_name, &origin, attached.clone())?;
-    let state_path = instance::write(&state)?;
-    let metrics = std::sync::Arc::new(std::sync::Mutex::new(xdplb::metrics::MetricsState {
-        instance: state.clone(),
-        last_apply_seconds: apply_seconds,
-    }));
-    if let Some(listener) = metrics_listener {
-        let shared = metrics.clone();
-        std::thread::spawn(move || xdplb::metrics::serve(listener, shared));
-    }
-    let where_ = attached
-        .iter()
-        .map(|a| format!("{} ({} XDP + TC egress)", a.name, a.xdp_mode))
-        .collect::<Vec<_>>()
-        .join(", ");
-    eprintln!(
-        "xdplb: running instance {instance_name:?} from {origin}: {} service(s), {} backend(s), attached to {where_} in {} ms; state {}",
-        cfg.services.len(),
-        cfg.services.iter().map(|s| s.backends.len()).sum::<usize>(),
-        started.elapsed().as_millis(),
-        state_path.display()
-    );
-
-    let stop = loop {
-        let mut stop = None;
-        let mut publish = false;
-        let mut applied_in = None;
-        for sig in signals.pending() {
-            match sig {
-                SIGHUP => {
-                    let outcome = reload(&mut dp, config_path.as_deref(), &mut cfg, &book);
-                    applied_in = outcome.as_ref().ok().map(|(_, seconds)| *seconds);
-                    let outcome = outcome.map(|(msg, _)| msg);
-                    state.reloads += 1;
-                    match &outcome {
-                        Ok(msg) => {
-                            state.generation += 1;
-                            eprintln!("xdplb: reload {}: {msg}", state.reloads);
-                        }
-                        Err(e) => eprintln!(
-                            "xdplb: reload {} rejected, the data plane is unchanged: {e:#}",
-                            state.reloads
-                        ),
-                    }
-                    if outcome.is_ok() {
-                        book.retain_checked(&cfg);
-                        // Dropping the old checkers stops them.
-                        checkers = health::start(&cfg, &health_tx);
-                    }
-                    state.last_reload = Some(instance::ReloadOutcome {
-                        ok: outcome.is_ok(),
-                        message: match outcome {
-                            Ok(m) => m,
-                            Err(e) => format!("{e:#}"),
-                        },
-                    });
-                    publish = true;
-                }
-                SIGINT => stop = Some("SIGINT"),
-                _ => stop = Some("SIGTERM"),
-            }
-        }
-        if let Some(s) = stop {
-            break s;
-        }
-        if apply_health(&health_rx, &mut book, &cfg, &mut dp) {
-            publish = true;
-        }
-        // API requests, answered one at a time by this loop, which owns config and data plane.
-        while let Ok((req, reply)) = api_rx.try_recv() {
-            let started = Instant::now();
-            let (response, changed) = answer_api(
-                &req,
-                &mut dp,
-                config_path.as_deref(),
-                &mut cfg,
-                &book,
-                &state,
-            );
-            if changed {
-                state.generation += 1;
-                applied_in = Some(started.elapsed().as_secs_f64());
-                book.retain_checked(&cfg);
-                checkers = health::start(&cfg, &health_tx);
-                publish = true;
-            }
-            let _ = reply.send(response);
-        }
-        if publish {
-            if let Ok(fresh) =
-                instance_state(&dp, &cfg, &book, instance_name, &origin, attached.clone())
-            {
-                state.services = fresh.services;
-            }
-            if let Err(e) = instance::write(&state) {
-                eprintln!("xdplb: could not update the state file: {e}");
-            }
-            if let Ok(mut m) = metrics.lock() {
-                m.instance = state.clone();
-                if let Some(seconds) = applied_in {
-                    m.last_apply_seconds = seconds;
-                }
-            }
-        }
-        dp.flush_logs();
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    drop(checkers);
-    let _ = std::fs::remove_file(&api_socket);
-    instance::remove(instance_name);
-    drop(dp); // detaches every link and unloads the programs
-    eprintln!("xdplb: {stop}; detached and stopped");
-    Ok(())
-}
-
-/// Answers one API request; returns the response and whether the config changed.
-///
-/// A change is validated whole, written to a temporary file next to the config, applied to the
-/// data plane, and only then renamed over the config file: a rejected change leaves the data
-/// plane and the file as they were, and an applied one survives a restart.
-fn answer_api(
-    req: &xdplb::api::Request,
-    dp: &mut Dataplane,
-    config_path: Option<&std::path::Path>,
-    cfg: &mut Config,
-    book: &HealthBook,
-    state: &instance::InstanceState,
-) -> (xdplb::api::Response, bool) {
-    use xdplb::api::{Plan, Response};
-    let plan = match xdplb::api::plan(req, cfg) {
-        Ok(p) => p,
-        Err(resp) => return (resp, false),
-    };
-    let (next, what) = match plan {
-        Plan::Read(v) => return (Response::ok(v), false),
-        Plan::Status => {
-            let snapshot = stats::read(state).map(|s| serde_json::to_value(&s).unwrap_or_default());
-            return match snapshot {
-                Ok(stats) => (
-                    Response::ok(serde_json::json!({
-                        "instance": state.instance,
-                        "pid": state.pid,
-                        "config": state.config,
-                        "generation": state.generation,
-                        "services": state.services,
-                        "stats": stats,
-                    })),
-                    false,
-                ),
-                Err(e) => (Response::error(500, e.to_string()), false),
-            };
-        }
-        Plan::Change { next, what } => (next, what),
-    };
-    let Some(path) = config_path else {
-        return (
-            Response::error(
-                409,
-                "this instance runs the built-in default config, so a live change could not survive a restart; start it with --config FILE",
-            ),
-            false,
-        );
-    };
-    let tmp = path.with_extension("toml.xdplb-tmp");
-    if let Err(e) = std::fs::write(&tmp, config::to_toml(&next)) {
-        return (
-            Response::error(500, format!("writing {}: {e}", tmp.display())),
-            false,
-        );
-    }
-    if let Err(e) = dp.apply_config(&book.effective(&next)) {
-        let _ = std::fs::remove_file(&tmp);
-        return (Response::error(400, format!("{what}: {e}")), false);
-    }
-    if let Err(e) = std::fs::rename(&tmp, path) {
-        eprintln!(
-            "xdplb: API: {what}, applied but not saved to {}: {e}",
-            path.display()
-        );
-        *cfg = next;
-        return (
-            Response::error(
-                500,
-                format!("{what}: applied, but saving {} failed: {e}", path.display()),
-            ),
-            true,
-        );
-    }
-    eprintln!("xdplb: API: {what}");
-    *cfg = next;
-    (
-        Response::ok(serde_json::json!({ "ok": true, "change": what })),
-        true,
-    )
-}
-
-/// Takes the health results that arrived, logs every up/down transition with its reason, and
-/// re-applies the config (with unhealthy backends drained or left out) if any happened.
-/// Returns whether anything changed.
-fn apply_health(
-    rx: &std::sync::mpsc::Receiver<health::HealthEvent>,
-    book: &mut HealthBook,
-    cfg: &Config,
-    dp: &mut Dataplane,
-) -> bool {
-    let mut changed = false;
-    while let Ok(ev) = rx.try_recv() {
-        // Results of checkers from before a reload may still trickle in: ignore what the
-        // config no longer checks.
-        let Some(hc) = cfg
-            .services
-            .iter()
-            .find(|s| s.name == ev.service && s.backends.iter().any(|b| b.address == ev.backend))
-            .and_then(|s| s.health_check.as_ref())
-        else {
-            continue;
-        };
-        if let Some(t) = book.record(&ev, hc) {
-            eprintln!(
-                "xdplb: service {:?} backend {} is {}: {}",
-                t.service,
-                t.backend,
-                if t.up { "up" } else { "down" },
-                t.reason
-            );
-            changed = true;
-        }
-    }
-    if changed && let Err(e) = dp.apply_config(&book.effective(cfg)) {
-        eprintln!("xdplb: applying a health change failed: {e}");
-    }
-    changed
-}
-
-/// Re-reads the config file and applies what changed. A config with an error, or a change that
-/// needs a restart, is rejected whole and the data plane keeps the old one. Returns what was
-/// done and how long the apply took in seconds.
-fn reload(
-    dp: &mut Dataplane,
-    path: Option<&std::path::Path>,
-    current: &mut Config,
-    book: &HealthBook,
-) -> anyhow::Result<(String, f64)> {
-    let Some(path) = path else {
-        bail!("running the built-in default config; there is no file to re-read");
-    };
-    let started = Instant::now();
-    let next = load_config(path)?;
-    let restart_only = [
-        ("interfaces", next.interfaces != current.interfaces),
-        ("xdp_mode", next.xdp_mode != current.xdp_mode),
-        ("debug_log", next.debug_log != current.debug_log),
-        ("[limits]", next.limits != current.limits),
-        (
-            "metrics_listen",
-            next.metrics_listen != current.metrics_listen,
-        ),
-    ];
-    if let Some((field, _)) = restart_only.iter().find(|(_, changed)| *changed) {
-        bail!(
-            "{}: `{field}` changed, which takes a restart",
-            path.display()
-        );
-    }
-    let apply_started = Instant::now();
-    dp.apply_config(&book.effective(&next))
-        .with_context(|| format!("applying {}", path.display()))?;
-    let apply_seconds = apply_started.elapsed().as_secs_f64();
-    let msg = format!(
-        "applied {} ({} service(s), {} backend(s)) in {} ms",
-        path.display(),
-        next.services.len(),
-        next.services
-            .iter()
-            .map(|s| s.backends.len())
-            .sum::<usize>(),
-        started.elapsed().as_millis()
-    );
-    *current = next;
-    Ok((msg, apply_seconds))
-}
-
-fn instance_state(
-    dp: &Dataplane,
-    cfg: &Config,
-    book: &HealthBook,
-    name: &str,
-    origin: &str,
-    interfaces: Vec<dataplane::AttachedInterface>,
-) -> anyhow::Result<instance::InstanceState> {
-    let mut map_ids = std::collections::BTreeMap::new();
-    for m in [MAP_STATS, MAP_SERVICE_STATS, MAP_BACKEND_STATS, MAP_FLOWS] {
-        map_ids.insert(m.to_string(), dp.map_id(m)?);
-    }
-    let plans = dp
-        .current()
-        .map(|s| s.services.as_slice())
-        .unwrap_or_default();
-    let services = cfg
-        .services
-        .iter()
-        .filter_map(|svc| {
-            let plan = plans.iter().find(|p| p.name == svc.name)?;
-            let checked = svc.health_check.is_some();
-            Some(instance::ServiceInfo {
-                name: svc.name.clone(),
-                vip: svc.vip.to_string(),
-                id: plan.service.id,
-                backends: svc
-                    .backends
-                    .iter()
-                    .map(|b| instance::BackendInfo {
-                        address: b.address.to_string(),
-                        index: plan
-                            .backends
-                            .iter()
-                            .find(|(_, _, a)| *a == b.address)
-                            .map(|(i, _, _)| *i),
-                        health: checked.then(|| {
-                            if book.is_up(&svc.name, b.address) {
-                                "up"
-                            } else {
-                                "down"
-                            }
-                            .to_string()
-                        }),
-                        health_detail: book.get(&svc.name, b.address).map(|h| h.detail.clone()),
-                    })
-                    .collect(),
-            })
-        })
-        .collect();
-    Ok(instance::InstanceState {
-        instance: name.to_string(),
-        pid: std::process::id(),
-        config: origin.to_string(),
-        interfaces,
-        map_ids,
-        services,
-        generation: 0,
-        reloads: 0,
-        last_reload: None,
-    })
 }

@@ -153,7 +153,7 @@ fn veth_pair(tag: &str, subnet: u8) -> (Netns, Netns, String) {
     (client_ns, lb_ns, veth_l)
 }
 
-/// Starts `xdplb run --config CFG --instance NAME` in `ns` and waits until it runs.
+/// Starts `xdplb run --cleanup --config CFG --instance NAME` in `ns` and waits until it runs.
 fn start_balancer(ns: &Netns, env: &str, cfg_path: &str, instance: &str) -> Daemon {
     let mut lb = Daemon::spawn(&in_ns(
         ns,
@@ -162,6 +162,7 @@ fn start_balancer(ns: &Netns, env: &str, cfg_path: &str, instance: &str) -> Daem
             env,
             XDPLB,
             "run",
+            "--cleanup",
             "--config",
             cfg_path,
             "--instance",
@@ -204,7 +205,7 @@ fn start_paced_traffic(ns: &Netns) -> Daemon {
 
 /// Checks that the paced traffic outlasted the changes (`what`) and that every datagram was
 /// answered from the VIP.
-fn assert_paced_traffic_lost_nothing(traffic: &mut Daemon, what: &str) {
+fn assert_paced_traffic_lost_nothing(traffic: &mut Daemon, what: &str) -> Value {
     let still_running = traffic
         .child
         .as_mut()
@@ -224,6 +225,7 @@ fn assert_paced_traffic_lost_nothing(traffic: &mut Daemon, what: &str) {
     );
     assert_eq!(report["replies_from_elsewhere"], 0, "{report}");
     assert_eq!(report["bad_echoes"], 0, "{report}");
+    report
 }
 
 #[test]
@@ -244,7 +246,15 @@ fn tutorial_scenario_on_lo_in_a_private_namespace() {
     let env = format!("XDPLB_RUN_DIR={dir}");
     let mut lb = Daemon::spawn(&in_ns(
         &ns,
-        &["env", &env, XDPLB, "run", "--instance", &instance],
+        &[
+            "env",
+            &env,
+            XDPLB,
+            "run",
+            "--cleanup",
+            "--instance",
+            &instance,
+        ],
     ));
     lb.wait_for("running instance", START);
     assert!(xdp_attached(&ns, "lo"), "XDP must be attached to lo");
@@ -608,7 +618,11 @@ fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
         !flows.contains_key("127.0.0.1:9877"),
         "no new flow may reach the dead backend: {report}"
     );
-    lb.wait_for("127.0.0.1:9877 is down", Duration::from_secs(2));
+    // The transition is logged with its fields and its reason.
+    lb.wait_for(
+        "backend is down service=\"checked\" backend=127.0.0.1:9877 reason=",
+        Duration::from_secs(2),
+    );
 
     // Bring it back: in rotation again within rise x interval plus one interval.
     let _b2 = spawn_backend(9877);
@@ -625,7 +639,10 @@ fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
         per_backend(&report, "flows_per_backend").contains_key("127.0.0.1:9877"),
         "the backend is back in rotation: {report}"
     );
-    lb.wait_for("127.0.0.1:9877 is up", Duration::from_secs(2));
+    lb.wait_for(
+        "backend is up service=\"checked\" backend=127.0.0.1:9877 reason=",
+        Duration::from_secs(2),
+    );
     let status = lb.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit 0 on SIGTERM: {status}");
 }
@@ -854,4 +871,192 @@ fn live_api_changes_under_traffic_lose_nothing_and_bad_calls_change_nothing() {
     );
     let status = lb.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit 0 on SIGTERM: {status}");
+}
+
+/// The id of the bpf_link pinned at `path`, from bpftool.
+fn pinned_link_id(path: &str) -> u64 {
+    let out = sh(&["bpftool", "--json", "link", "show", "pinned", path]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    v["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no link id in {v}"))
+}
+
+fn link_exists(id: u64) -> bool {
+    run_bounded(
+        &["bpftool", "link", "show", "id", &id.to_string()],
+        Duration::from_secs(10),
+    )
+    .status
+    .success()
+}
+
+#[test]
+fn restart_and_upgrade_under_traffic_lose_nothing_and_stop_removes_everything() {
+    require_root();
+    let ns = Netns::new("restart");
+    let dir = run_dir("restart");
+    let bpffs = Bpffs::mount("restart");
+    let pid = std::process::id();
+    let instance = format!("t-restart-{pid}");
+    let env_dir = format!("XDPLB_RUN_DIR={dir}");
+    let env_fs = format!("XDPLB_BPFFS={}", bpffs.path);
+    let pins = format!("{}/xdplb/{instance}/v1", bpffs.path);
+    let cfg_path = format!("{dir}/restart.toml");
+    std::fs::write(
+        &cfg_path,
+        "interfaces = [\"lo\"]\n[[service]]\nname = \"demo\"\nvip = \"127.0.0.1:9875\"\n\
+         [[service.backend]]\naddress = \"127.0.0.1:9876\"\n[[service.backend]]\naddress = \"127.0.0.1:9877\"\n\
+         [[service.backend]]\naddress = \"127.0.0.1:9878\"\n",
+    )
+    .expect("write config");
+    let _backends = start_backends(&ns, "127.0.0.1:9876,127.0.0.1:9877,127.0.0.1:9878");
+    let daemon = |extra: &[&str]| {
+        let mut args = vec![
+            "env", &env_dir, &env_fs, XDPLB, "run", "--config", &cfg_path,
+        ];
+        args.extend_from_slice(&["--instance", &instance]);
+        args.extend_from_slice(extra);
+        let mut d = Daemon::spawn(&in_ns(&ns, &args));
+        d.wait_for("running instance", START);
+        d
+    };
+
+    let mut first = daemon(&[]);
+    assert!(
+        first
+            .seen
+            .last()
+            .is_some_and(|l| l.contains("adopted=false")),
+        "a fresh start: {:?}",
+        first.seen
+    );
+    let xdp_link = pinned_link_id(&format!("{pins}/links/xdp-lo"));
+    let tc_link = pinned_link_id(&format!("{pins}/links/tc-lo"));
+    let mut traffic = start_paced_traffic(&ns);
+    std::thread::sleep(Duration::from_millis(800));
+
+    // 1. The daemon stops (SIGTERM, no --cleanup): the pinned data plane keeps forwarding.
+    let status = first.terminate(Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "exit 0 on SIGTERM: {}",
+        first.seen.join("\n")
+    );
+    assert!(xdp_attached(&ns, "lo"), "XDP stays attached with no daemon");
+    std::thread::sleep(Duration::from_millis(1000));
+
+    // 2. A restart adopts the pins: same links, same maps, no map rewritten.
+    let mut second = daemon(&[]);
+    assert!(
+        second
+            .seen
+            .last()
+            .is_some_and(|l| l.contains("adopted=true")),
+        "the restart adopts the pinned data plane: {:?}",
+        second.seen
+    );
+    assert_eq!(pinned_link_id(&format!("{pins}/links/xdp-lo")), xdp_link);
+    std::thread::sleep(Duration::from_millis(800));
+
+    // 3. An upgrade: a new daemon loads and verifies its programs, the running one hands over,
+    // and the new programs are swapped into the same links.
+    let mut third = daemon(&["--replace"]);
+    assert!(
+        third
+            .seen
+            .iter()
+            .any(|l| l.contains("the previous daemon handed over")),
+        "{:?}",
+        third.seen
+    );
+    let second_status = second
+        .child
+        .as_mut()
+        .expect("running")
+        .wait()
+        .expect("wait for the replaced daemon");
+    second.wait_for("handed over to a successor", Duration::from_secs(5));
+    assert!(second_status.success(), "{}", second.seen.join("\n"));
+    assert_eq!(pinned_link_id(&format!("{pins}/links/xdp-lo")), xdp_link);
+    assert_eq!(pinned_link_id(&format!("{pins}/links/tc-lo")), tc_link);
+
+    let report = assert_paced_traffic_lost_nothing(&mut traffic, "restart and upgrade");
+    assert_eq!(
+        report["sticky_flows"], 500,
+        "every live flow kept its backend across the restart and the upgrade: {report}"
+    );
+    let valid = ["127.0.0.1:9876", "127.0.0.1:9877", "127.0.0.1:9878"];
+    for backend in per_backend(&report, "per_backend").keys() {
+        assert!(
+            valid.contains(&backend.as_str()),
+            "{backend} is not a backend"
+        );
+    }
+    // Counters live in pinned maps: they count across all three daemons.
+    let st = stats(&ns, &dir, &instance);
+    assert!(
+        st["services"][0]["packets"].as_u64() >= Some(3000),
+        "the counters survived: {st}"
+    );
+
+    // 4. A restart with other [limits] is refused clearly and changes nothing.
+    let bigger = format!("{dir}/bigger.toml");
+    std::fs::write(
+        &bigger,
+        std::fs::read_to_string(&cfg_path)
+            .expect("read config")
+            .replace(
+                "interfaces = [\"lo\"]",
+                "interfaces = [\"lo\"]\n[limits]\nmax_flows = 4096",
+            ),
+    )
+    .expect("write config");
+    let out = ns.exec_unchecked(&[
+        "env",
+        &env_dir,
+        &env_fs,
+        XDPLB,
+        "run",
+        "--config",
+        &bigger,
+        "--instance",
+        &instance,
+        "--replace",
+    ]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("[limits]") && text.contains("FLOWS_V1"),
+        "{text}"
+    );
+    let one = client(&ns, "127.0.0.1:9875", 6, 2);
+    assert_every_reply_from_vip(&one, 6, 2);
+
+    // 5. `xdplb stop` stops the daemon and removes every pin: links detached, nothing left.
+    let out = ns.exec(&[
+        "env",
+        &env_dir,
+        &env_fs,
+        XDPLB,
+        "stop",
+        "--instance",
+        &instance,
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("detached from lo"), "{text}");
+    let third_status = third.terminate(Duration::from_secs(10));
+    assert!(third_status.success());
+    assert!(!std::path::Path::new(&pins).exists(), "pins removed");
+    assert!(
+        !std::path::Path::new(&format!("{dir}/{instance}.pins.json")).exists(),
+        "record removed"
+    );
+    assert!(!xdp_attached(&ns, "lo"), "XDP detached");
+    assert!(
+        !link_exists(xdp_link) && !link_exists(tc_link),
+        "both links gone"
+    );
+    let after = client(&ns, "127.0.0.1:9875", 1, 1);
+    assert_eq!(after["replies"], 0, "nothing balanced after stop: {after}");
 }

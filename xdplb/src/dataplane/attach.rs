@@ -1,8 +1,15 @@
 //! Attaching the loaded programs to interfaces.
 
-use aya::programs::{TcAttachType, XdpMode};
+use std::path::{Path, PathBuf};
 
-use super::{Dataplane, DataplaneError};
+use aya::programs::{
+    TcAttachType, XdpMode,
+    links::{FdLink, PinnedLink},
+    tc::{SchedClassifierLink, SchedClassifierLinkId},
+    xdp::{XdpLink, XdpLinkId},
+};
+
+use super::{Dataplane, DataplaneError, Pins};
 use crate::config::XdpModeSetting;
 
 /// Where the data plane is attached, and how.
@@ -13,53 +20,174 @@ pub struct AttachedInterface {
     pub xdp_mode: String,
 }
 
+/// A link this call made, undone if a later step fails.
+enum Made {
+    Xdp(XdpLinkId),
+    Tc(SchedClassifierLinkId),
+    /// A pinned link: removing the pin (the only reference left) detaches it.
+    Pinned(PathBuf),
+}
+
 /// Attaches XDP ingress and TC egress to every interface.
 ///
 /// `Auto` tries native (driver) XDP first and falls back to generic. On any failure every link
 /// made so far is detached again, so nothing is left half-attached.
+///
+/// A pinned data plane (see [`Dataplane::load_pinned`]) pins every new link, and where a
+/// link is pinned already (a restart or upgrade) swaps the new program into it atomically
+/// with `bpf_link_update`: there is no instant without a program. Pinned links of interfaces
+/// that are no longer listed are removed (detached) once the rest succeeded.
 pub fn attach_all(
     dp: &mut Dataplane,
     interfaces: &[String],
     mode: XdpModeSetting,
 ) -> Result<Vec<AttachedInterface>, DataplaneError> {
-    let mut xdp_links = Vec::new();
-    let mut tc_links = Vec::new();
+    let pins = dp.pins().cloned();
+    let previous = std::mem::take(&mut dp.interfaces);
+    let mut made = Vec::new();
     let mut attached = Vec::new();
     let result = (|| {
         for name in interfaces {
-            let (link, used) = attach_xdp(dp, name, mode)?;
-            xdp_links.push(link);
-            let tc = dp.reply()?;
-            let link =
-                tc.attach(name, TcAttachType::Egress)
-                    .map_err(|e| DataplaneError::AttachTc {
-                        interface: name.clone(),
-                        reason: error_chain(&e),
+            let pinned = |kind| {
+                pins.as_ref()
+                    .map(|p| p.link(kind, name))
+                    .filter(|p| p.exists())
+            };
+            let xdp_mode = match pinned("xdp") {
+                Some(path) => {
+                    let link =
+                        XdpLink::try_from(open_pinned(&path)?).map_err(|e| pin_error(&path, &e))?;
+                    let xdp = dp.ingress()?;
+                    let id = xdp
+                        .attach_to_link(link)
+                        .map_err(|e| DataplaneError::program(super::PROGRAM_INGRESS, e))?;
+                    // Dropping our descriptor leaves the pin holding the link.
+                    drop(xdp.take_link(id));
+                    previous
+                        .iter()
+                        .find(|a| a.name == *name)
+                        .map_or_else(|| "adopted".to_string(), |a| a.xdp_mode.clone())
+                }
+                None => {
+                    let (id, used) = attach_xdp(dp, name, mode)?;
+                    match pins.as_ref().map(|p| p.link("xdp", name)) {
+                        Some(path) => {
+                            let link = dp
+                                .ingress()?
+                                .take_link(id)
+                                .map_err(|e| DataplaneError::program(super::PROGRAM_INGRESS, e))?;
+                            pin_link(FdLink::try_from(link), &path)?;
+                            made.push(Made::Pinned(path));
+                        }
+                        None => made.push(Made::Xdp(id)),
+                    }
+                    used.to_string()
+                }
+            };
+            match pinned("tc") {
+                Some(path) => {
+                    let link = SchedClassifierLink::try_from(open_pinned(&path)?)
+                        .map_err(|e| pin_error(&path, &e))?;
+                    let tc = dp.reply()?;
+                    let id = tc
+                        .attach_to_link(link)
+                        .map_err(|e| DataplaneError::program(super::PROGRAM_REPLY, e))?;
+                    drop(tc.take_link(id));
+                }
+                None => {
+                    let tc = dp.reply()?;
+                    let id = tc.attach(name, TcAttachType::Egress).map_err(|e| {
+                        DataplaneError::AttachTc {
+                            interface: name.clone(),
+                            reason: error_chain(&e),
+                        }
                     })?;
-            tc_links.push(link);
+                    match pins.as_ref().map(|p| p.link("tc", name)) {
+                        Some(path) => {
+                            let link = tc
+                                .take_link(id)
+                                .map_err(|e| DataplaneError::program(super::PROGRAM_REPLY, e))?;
+                            pin_link(FdLink::try_from(link), &path)?;
+                            made.push(Made::Pinned(path));
+                        }
+                        None => made.push(Made::Tc(id)),
+                    }
+                }
+            }
             attached.push(AttachedInterface {
                 name: name.clone(),
-                xdp_mode: used.into(),
+                xdp_mode,
             });
         }
         Ok(())
     })();
-    match result {
-        Ok(()) => Ok(attached),
-        Err(e) => {
-            // Best effort: a detach that fails here still happens when `dp` is dropped.
-            if let Ok(xdp) = dp.ingress() {
-                for l in xdp_links {
-                    let _ = xdp.detach(l);
+    if let Err(e) = result {
+        // Best effort: a detach that fails here still happens when `dp` is dropped.
+        for m in made {
+            match m {
+                Made::Xdp(id) => {
+                    if let Ok(xdp) = dp.ingress() {
+                        let _ = xdp.detach(id);
+                    }
+                }
+                Made::Tc(id) => {
+                    if let Ok(tc) = dp.reply() {
+                        let _ = tc.detach(id);
+                    }
+                }
+                Made::Pinned(path) => {
+                    let _ = std::fs::remove_file(path);
                 }
             }
-            if let Ok(tc) = dp.reply() {
-                for l in tc_links {
-                    let _ = tc.detach(l);
-                }
-            }
-            Err(e)
         }
+        dp.interfaces = previous;
+        return Err(e);
+    }
+    if let Some(pins) = &pins {
+        for kind in ["xdp", "tc"] {
+            for gone in pins.linked_interfaces(kind) {
+                if !interfaces.contains(&gone) {
+                    let path = pins.link(kind, &gone);
+                    std::fs::remove_file(&path).map_err(|e| pin_error(&path, &e))?;
+                }
+            }
+        }
+        pin_programs(dp, pins)?;
+    }
+    dp.interfaces = attached.clone();
+    dp.write_pin_record()?;
+    Ok(attached)
+}
+
+/// Pins both programs (replacing the pins of the programs they took over from).
+fn pin_programs(dp: &mut Dataplane, pins: &Pins) -> Result<(), DataplaneError> {
+    let path = pins.prog("ingress");
+    let _ = std::fs::remove_file(&path);
+    dp.ingress()?.pin(&path).map_err(|e| pin_error(&path, &e))?;
+    let path = pins.prog("reply");
+    let _ = std::fs::remove_file(&path);
+    dp.reply()?.pin(&path).map_err(|e| pin_error(&path, &e))
+}
+
+fn open_pinned(path: &Path) -> Result<FdLink, DataplaneError> {
+    PinnedLink::from_pin(path)
+        .map(FdLink::from)
+        .map_err(|e| pin_error(path, &e))
+}
+
+fn pin_link<E: std::error::Error>(
+    link: Result<FdLink, E>,
+    path: &Path,
+) -> Result<(), DataplaneError> {
+    let link = link.map_err(|e| pin_error(path, &e))?;
+    link.pin(path).map_err(|e| pin_error(path, &e))?;
+    Ok(())
+}
+
+fn pin_error(path: &Path, e: &dyn std::error::Error) -> DataplaneError {
+    DataplaneError::Pin {
+        path: path.to_path_buf(),
+        reason: error_chain(e),
     }
 }
 

@@ -12,8 +12,9 @@ use xdplb_common::{
 };
 
 use super::{
-    DataplaneError, MapWriter,
-    reconcile::{DesiredState, Reconciler, desired_state},
+    AttachedInterface, DataplaneError, MapWriter,
+    pin::{PIN_VERSION, PINNED_MAPS, PinRecord, Pins},
+    reconcile::{DesiredState, Reconciler, desired_state, trust_live},
 };
 use crate::config::{Config, Limits};
 
@@ -33,11 +34,36 @@ pub struct Dataplane {
     pub limits: Limits,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     reconciler: Reconciler,
+    /// Where the maps are pinned and the record written, if they are.
+    pins: Option<Pins>,
+    /// Where the programs are attached, for the pin record.
+    pub(crate) interfaces: Vec<AttachedInterface>,
 }
 
 impl Dataplane {
-    /// Loads and verifies both programs with maps sized from `limits`. Attaches nothing.
+    /// Loads and verifies both programs with maps sized from `limits`. Attaches nothing. The
+    /// maps belong to this process and go when it drops the data plane.
     pub fn load(limits: Limits, debug_log: bool) -> Result<Self, DataplaneError> {
+        Self::load_with(limits, debug_log, None)
+    }
+
+    /// Like [`Dataplane::load`], but the state maps are pinned under `pins`: maps pinned there
+    /// already are reused as they are (check them first with [`Pins::check_maps`]), the others
+    /// are created and pinned.
+    pub fn load_pinned(
+        limits: Limits,
+        debug_log: bool,
+        pins: &Pins,
+    ) -> Result<Self, DataplaneError> {
+        pins.create_dirs()?;
+        Self::load_with(limits, debug_log, Some(pins))
+    }
+
+    fn load_with(
+        limits: Limits,
+        debug_log: bool,
+        pins: Option<&Pins>,
+    ) -> Result<Self, DataplaneError> {
         if !super::has_bpf_privileges() {
             return Err(DataplaneError::NotPermitted(
                 "the process lacks CAP_NET_ADMIN and CAP_BPF/CAP_SYS_ADMIN".into(),
@@ -45,7 +71,14 @@ impl Dataplane {
         }
         let backends = limits.max_services * limits.max_backends_per_service;
         let debug = u8::from(debug_log);
-        let mut ebpf = EbpfLoader::new()
+        let pin_paths: Vec<(&'static str, std::path::PathBuf)> = pins
+            .map(|p| PINNED_MAPS.iter().map(|m| (*m, p.map(m))).collect())
+            .unwrap_or_default();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
             .override_global(GLOBAL_DEBUG_LOG, &debug, true)
             .map_max_entries(MAP_SERVICES, limits.max_services)
             .map_max_entries(MAP_BACKENDS, backends)
@@ -81,6 +114,68 @@ impl Dataplane {
             limits,
             logger,
             reconciler: Reconciler::default(),
+            pins: pins.cloned(),
+            interfaces: Vec::new(),
+        })
+    }
+
+    /// Where this data plane is pinned, if it is.
+    pub fn pins(&self) -> Option<&Pins> {
+        self.pins.as_ref()
+    }
+
+    /// Takes over pinned maps that another process filled: the reconciler starts from the
+    /// pin record, checked against the live service entries (see [`trust_live`]), so the
+    /// next apply writes only what differs and live flows keep their backends.
+    pub fn adopt(&mut self, record: PinRecord) -> Result<(), DataplaneError> {
+        let map = self
+            .ebpf
+            .map(MAP_SERVICES)
+            .ok_or(DataplaneError::MissingMap(MAP_SERVICES))?;
+        let services: HashMap<&MapData, ServiceKey, Service> =
+            HashMap::try_from(map).map_err(|e| DataplaneError::map(MAP_SERVICES, e))?;
+        let state = trust_live(record.state, |k| services.get(k, 0).ok());
+        self.reconciler = Reconciler::adopt(state);
+        self.interfaces = record.interfaces;
+        Ok(())
+    }
+
+    /// Removes service entries that the current state does not have (left by a writer that
+    /// died before recording them). Returns how many.
+    pub fn remove_stray_services(&mut self) -> Result<usize, DataplaneError> {
+        let known: Vec<ServiceKey> = self
+            .reconciler
+            .current()
+            .map(|s| s.services.iter().map(|p| p.key).collect())
+            .unwrap_or_default();
+        let map = self
+            .ebpf
+            .map_mut(MAP_SERVICES)
+            .ok_or(DataplaneError::MissingMap(MAP_SERVICES))?;
+        let mut services: HashMap<&mut MapData, ServiceKey, Service> =
+            HashMap::try_from(map).map_err(|e| DataplaneError::map(MAP_SERVICES, e))?;
+        let stray: Vec<ServiceKey> = services
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !known.contains(k))
+            .collect();
+        for k in &stray {
+            services
+                .remove(k)
+                .map_err(|e| DataplaneError::map(MAP_SERVICES, e))?;
+        }
+        Ok(stray.len())
+    }
+
+    /// Writes the pin record (a no-op for an unpinned data plane).
+    pub fn write_pin_record(&self) -> Result<(), DataplaneError> {
+        let Some(pins) = &self.pins else {
+            return Ok(());
+        };
+        pins.write_record(&PinRecord {
+            version: PIN_VERSION.to_string(),
+            interfaces: self.interfaces.clone(),
+            state: self.reconciler.current().cloned().unwrap_or_default(),
         })
     }
 
@@ -196,7 +291,9 @@ impl Dataplane {
             Err(e) => Err(e),
         };
         self.reconciler = reconciler;
-        result
+        // Recorded whatever the outcome: the reconciler holds what the maps hold now.
+        let recorded = self.write_pin_record();
+        result.and(recorded)
     }
 
     /// What the maps hold, as last applied.

@@ -3,12 +3,14 @@
 
 mod attach;
 mod load;
+pub mod pin;
 pub mod reconcile;
 
 pub use attach::{AttachedInterface, attach_all};
 pub use load::{
     BENCH_OBJECT, Dataplane, KernelMaps, PROGRAM_INGRESS, PROGRAM_REPLY, sum_counters as sum,
 };
+pub use pin::{PinRecord, Pins};
 pub use reconcile::{DesiredState, MapWriter, Reconciler, ServicePlan, desired_state};
 
 use std::io;
@@ -56,6 +58,13 @@ pub enum DataplaneError {
         "the config's [limits] differ from the ones the data plane was loaded with; limits change only with a restart"
     )]
     LimitsChanged,
+    #[error("pin {path}: {reason}")]
+    Pin {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("cannot adopt the pinned data plane: {0}")]
+    PinnedIncompatible(String),
     #[error(transparent)]
     Plan(#[from] reconcile::PlanError),
     #[error("I/O: {0}")]

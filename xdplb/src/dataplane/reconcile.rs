@@ -33,7 +33,7 @@ pub trait MapWriter {
 }
 
 /// What the maps must hold for one service.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ServicePlan {
     pub name: String,
     pub vip: SocketAddrV4,
@@ -51,7 +51,7 @@ pub struct ServicePlan {
 }
 
 /// What the maps must hold for a config.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct DesiredState {
     pub services: Vec<ServicePlan>,
 }
@@ -317,6 +317,14 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
+    /// A reconciler that takes over maps another process filled, described by `state` (see
+    /// [`trust_live`]).
+    pub fn adopt(state: DesiredState) -> Self {
+        Reconciler {
+            current: Some(state),
+        }
+    }
+
     /// What the maps hold now, if anything was applied.
     pub fn current(&self) -> Option<&DesiredState> {
         self.current.as_ref()
@@ -342,6 +350,32 @@ impl Reconciler {
         self.current = Some(if result.is_ok() { next } else { previous });
         result
     }
+}
+
+/// Checks a recorded state against the live service entries before adopting it.
+///
+/// The record is written after every apply, so it matches the maps unless the writer died in
+/// between. A service whose live entry differs is distrusted: its live entry is kept (so the
+/// next apply writes the table half that is not in use), and its table and backends are
+/// marked unknown, so that the next apply rewrites them. A recorded service with no live
+/// entry is dropped from the record.
+pub fn trust_live(
+    mut record: DesiredState,
+    live: impl Fn(&ServiceKey) -> Option<Service>,
+) -> DesiredState {
+    record.services.retain_mut(|plan| match live(&plan.key) {
+        None => false,
+        Some(entry) if entry == plan.service => true,
+        Some(entry) => {
+            plan.service = entry;
+            plan.table.clear();
+            for (_, backend, _) in &mut plan.backends {
+                *backend = Backend::default();
+            }
+            true
+        }
+    });
+    record
 }
 
 fn apply_diff(
@@ -591,6 +625,67 @@ weight = 3
         r.apply(desired_state(&cfg, r.current()).expect("plan"), &mut rec)
             .expect("apply");
         assert_eq!(rec.writes, ["backend 1 port 9877", "service 0 table 0+3"]);
+    }
+
+    #[test]
+    fn an_adopted_record_survives_json_and_an_unchanged_config_writes_nothing() {
+        let cfg = two_services("");
+        let mut first = Reconciler::default();
+        first
+            .apply(
+                desired_state(&cfg, None).expect("plan"),
+                &mut Recorder::default(),
+            )
+            .expect("apply");
+        let recorded = first.current().expect("applied").clone();
+        let text = serde_json::to_string(&recorded).expect("serialize");
+        let back: DesiredState = serde_json::from_str(&text).expect("parse");
+        assert_eq!(back, recorded);
+        let live = |k: &ServiceKey| {
+            recorded
+                .services
+                .iter()
+                .find(|p| p.key == *k)
+                .map(|p| p.service)
+        };
+        let mut adopted = Reconciler::adopt(trust_live(back, live));
+        let mut rec = Recorder::default();
+        adopted
+            .apply(
+                desired_state(&cfg, adopted.current()).expect("plan"),
+                &mut rec,
+            )
+            .expect("apply");
+        assert!(rec.writes.is_empty(), "{:?}", rec.writes);
+        assert_eq!(rec.lookups, 0);
+    }
+
+    #[test]
+    fn a_record_that_disagrees_with_the_live_entry_is_rewritten_into_the_idle_half() {
+        let cfg = default_config();
+        let recorded = desired_state(&cfg, None).expect("plan");
+        let half = recorded.services[0].region_half;
+        // The writer died after switching to the second half but before recording it.
+        let mut live_entry = recorded.services[0].service;
+        live_entry.table_base += half;
+        let trusted = trust_live(recorded.clone(), |_| Some(live_entry));
+        assert_eq!(trusted.services[0].service, live_entry);
+        let mut r = Reconciler::adopt(trusted);
+        let mut rec = Recorder::default();
+        r.apply(desired_state(&cfg, r.current()).expect("plan"), &mut rec)
+            .expect("apply");
+        assert_eq!(
+            rec.writes,
+            [
+                "backend 0 port 9876",
+                "backend 1 port 9877",
+                "backend 2 port 9878",
+                "service 0 table 0+3"
+            ],
+            "backends and table rewritten, table into the half not in use"
+        );
+        // A recorded service with no live entry is forgotten, so it is written as new.
+        assert!(trust_live(recorded, |_| None).services.is_empty());
     }
 
     #[test]

@@ -245,3 +245,30 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// A bpffs mounted on a fresh directory in the host's mount namespace, so that every
+/// `ip netns exec` (which remounts /sys) sees the same pins. Unmounted on drop, which frees
+/// whatever is still pinned in it.
+pub struct Bpffs {
+    pub path: String,
+}
+
+impl Bpffs {
+    pub fn mount(tag: &str) -> Self {
+        let path = std::env::temp_dir()
+            .join(format!("xdplb-bpffs-{tag}-{}", std::process::id()))
+            .display()
+            .to_string();
+        let _ = Command::new("umount").args(["-l", &path]).output();
+        std::fs::create_dir_all(&path).expect("create bpffs mount point");
+        sh(&["mount", "-t", "bpf", "bpf", &path]);
+        Bpffs { path }
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").args(["-l", &self.path]).output();
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}

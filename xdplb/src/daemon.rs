@@ -1,0 +1,542 @@
+//! The daemon: `xdplb run`. It loads (or adopts) the pinned data plane, attaches it, and then
+//! owns config and data plane in one loop that serves signals, API calls and health results.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use tracing::{info, warn};
+use xdplb_common::{MAP_BACKEND_STATS, MAP_FLOWS, MAP_SERVICE_STATS, MAP_STATS};
+
+use crate::{
+    config::{self, Config},
+    dataplane::{self, Dataplane},
+    health::{self, HealthBook},
+    instance, stats,
+};
+
+/// Loads and validates a config file, interfaces included.
+pub fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
+    let origin = path.display().to_string();
+    let cfg = config::load(path)?;
+    config::check_interfaces(&cfg, &origin, interface_exists)?;
+    Ok(cfg)
+}
+
+pub fn interface_exists(name: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated string; the call only reads it.
+    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+}
+
+/// How `xdplb run` starts and stops.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Config file; the built-in tutorial scenario without one.
+    pub config: Option<PathBuf>,
+    pub instance: String,
+    /// Take over from a running daemon of the same instance (an upgrade or restart).
+    pub replace: bool,
+    /// On SIGINT/SIGTERM, detach and remove every pin instead of leaving the data plane
+    /// forwarding.
+    pub cleanup: bool,
+}
+
+/// Removes a fresh start's pins if start-up fails before the data plane is attached.
+struct FreshPins(Option<dataplane::Pins>);
+
+impl Drop for FreshPins {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = p.remove_all();
+        }
+    }
+}
+
+/// Runs the daemon until SIGINT or SIGTERM (SIGUSR2: hand over to a `--replace` successor).
+pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
+    let instance_name = opts.instance.as_str();
+    let config_path = opts.config.as_deref();
+    // Installed first, so a signal during start-up is handled too.
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR2])
+        .context("installing signal handlers")?;
+    let (mut cfg, origin) = match config_path {
+        Some(p) => (load_config(p)?, p.display().to_string()),
+        None => {
+            let cfg = config::default_config();
+            config::check_interfaces(&cfg, "<built-in>", interface_exists)?;
+            (cfg, "<built-in default>".to_string())
+        }
+    };
+    if !dataplane::has_bpf_privileges() {
+        bail!(
+            "xdplb run needs root (or CAP_NET_ADMIN plus CAP_BPF and CAP_PERFMON) to load and attach BPF programs; nothing was attached"
+        );
+    }
+    let predecessor = instance::running_pid(instance_name)?;
+    match predecessor {
+        Some(_) if opts.replace => {}
+        _ => instance::ensure_not_running(instance_name)?,
+    }
+
+    let started = Instant::now();
+    let bpffs = dataplane::pin::bpffs();
+    if dataplane::pin::ensure_bpffs(&bpffs)? == dataplane::pin::BpffsMount::MountedPrivate
+        && !opts.cleanup
+    {
+        warn!(
+            bpffs = %bpffs.display(),
+            "mounted a bpffs in this process's own mount namespace (as `ip netns exec` makes): the data plane cannot outlive this process; set XDPLB_BPFFS to a bpffs mounted outside for restarts without loss"
+        );
+    }
+    let pins = dataplane::Pins::new(&bpffs, &instance::run_dir(), instance_name);
+    let adopting = pins.check_maps(&cfg.limits)?;
+    // Without a predecessor the record must be there now; with one, it is read after the
+    // predecessor stopped writing it.
+    let mut record = match (adopting, predecessor) {
+        (true, None) => Some(pins.read_record()?),
+        _ => None,
+    };
+    let mut dp = Dataplane::load_pinned(cfg.limits, cfg.debug_log, &pins)?;
+    let mut fresh = FreshPins((!adopting).then(|| pins.clone()));
+    if let Some(pid) = predecessor {
+        hand_over(pid)?;
+        if adopting {
+            record = Some(pins.read_record()?);
+        }
+    }
+    if let Some(record) = record {
+        dp.adopt(record)?;
+    }
+    let apply_started = Instant::now();
+    dp.apply_config(&cfg).context("filling the maps")?;
+    let apply_seconds = apply_started.elapsed().as_secs_f64();
+    if adopting {
+        let stray = dp.remove_stray_services()?;
+        if stray > 0 {
+            warn!(stray, "removed service entries the pin record did not know");
+        }
+    }
+    // Bound before attaching, so a taken port leaves nothing attached.
+    let metrics_listener = match cfg.metrics_listen {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("metrics_listen {addr}: cannot listen"))?,
+        ),
+        None => None,
+    };
+    let api_socket = crate::api::socket_path(instance_name)?;
+    std::fs::create_dir_all(instance::run_dir())
+        .with_context(|| format!("creating {}", instance::run_dir().display()))?;
+    let api_listener = crate::api::bind(&api_socket)
+        .with_context(|| format!("API socket {}", api_socket.display()))?;
+    let attached = dataplane::attach_all(&mut dp, &cfg.interfaces, cfg.xdp_mode)?;
+    fresh.0 = None;
+    let (api_tx, api_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || crate::api::serve(api_listener, api_tx));
+
+    let (health_tx, health_rx) = std::sync::mpsc::channel();
+    let mut book = HealthBook::default();
+    let mut checkers = health::start(&cfg, &health_tx);
+    let mut state = instance_state(&dp, &cfg, &book, instance_name, &origin, attached.clone())?;
+    let state_path = instance::write(&state)?;
+    let metrics = std::sync::Arc::new(std::sync::Mutex::new(crate::metrics::MetricsState {
+        instance: state.clone(),
+        last_apply_seconds: apply_seconds,
+    }));
+    if let Some(listener) = metrics_listener {
+        let shared = metrics.clone();
+        std::thread::spawn(move || crate::metrics::serve(listener, shared));
+    }
+    let where_ = attached
+        .iter()
+        .map(|a| format!("{} ({} XDP + TC egress)", a.name, a.xdp_mode))
+        .collect::<Vec<_>>()
+        .join(", ");
+    info!(
+        instance = instance_name,
+        config = %origin,
+        services = cfg.services.len(),
+        backends = cfg.services.iter().map(|s| s.backends.len()).sum::<usize>(),
+        attached = %where_,
+        adopted = adopting,
+        took_over_from = predecessor,
+        start_ms = started.elapsed().as_millis() as u64,
+        pins = %pins.dir.display(),
+        state = %state_path.display(),
+        "running instance"
+    );
+
+    let stop = loop {
+        let mut stop = None;
+        let mut publish = false;
+        let mut applied_in = None;
+        for sig in signals.pending() {
+            match sig {
+                SIGHUP => {
+                    let outcome = reload(&mut dp, config_path, &mut cfg, &book);
+                    applied_in = outcome.as_ref().ok().map(|(_, seconds)| *seconds);
+                    let outcome = outcome.map(|(msg, _)| msg);
+                    state.reloads += 1;
+                    match &outcome {
+                        Ok(msg) => {
+                            state.generation += 1;
+                            info!(
+                                reload = state.reloads,
+                                generation = state.generation,
+                                "{msg}"
+                            );
+                        }
+                        Err(e) => warn!(
+                            reload = state.reloads,
+                            "reload rejected, the data plane is unchanged: {e:#}"
+                        ),
+                    }
+                    if outcome.is_ok() {
+                        book.retain_checked(&cfg);
+                        // Dropping the old checkers stops them.
+                        checkers = health::start(&cfg, &health_tx);
+                    }
+                    state.last_reload = Some(instance::ReloadOutcome {
+                        ok: outcome.is_ok(),
+                        message: match outcome {
+                            Ok(m) => m,
+                            Err(e) => format!("{e:#}"),
+                        },
+                    });
+                    publish = true;
+                }
+                SIGUSR2 => stop = Some(Stop::HandOver),
+                SIGINT => stop = Some(Stop::Signal("SIGINT")),
+                _ => stop = Some(Stop::Signal("SIGTERM")),
+            }
+        }
+        if let Some(s) = stop {
+            break s;
+        }
+        if apply_health(&health_rx, &mut book, &cfg, &mut dp) {
+            publish = true;
+        }
+        // API requests, answered one at a time by this loop, which owns config and data plane.
+        while let Ok((req, reply)) = api_rx.try_recv() {
+            let started = Instant::now();
+            let (response, changed) =
+                answer_api(&req, &mut dp, config_path, &mut cfg, &book, &state);
+            if changed {
+                state.generation += 1;
+                applied_in = Some(started.elapsed().as_secs_f64());
+                book.retain_checked(&cfg);
+                checkers = health::start(&cfg, &health_tx);
+                publish = true;
+            }
+            let _ = reply.send(response);
+        }
+        if publish {
+            if let Ok(fresh) =
+                instance_state(&dp, &cfg, &book, instance_name, &origin, attached.clone())
+            {
+                state.services = fresh.services;
+            }
+            if let Err(e) = instance::write(&state) {
+                warn!("could not update the state file: {e}");
+            }
+            if let Ok(mut m) = metrics.lock() {
+                m.instance = state.clone();
+                if let Some(seconds) = applied_in {
+                    m.last_apply_seconds = seconds;
+                }
+            }
+        }
+        dp.flush_logs();
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    drop(checkers);
+    let _ = std::fs::remove_file(&api_socket);
+    instance::remove(instance_name);
+    drop(dp); // closes this process's descriptors; the pins keep the data plane
+    match stop {
+        Stop::HandOver => info!(
+            instance = instance_name,
+            "handed over to a successor (SIGUSR2); the data plane keeps forwarding"
+        ),
+        Stop::Signal(sig) if opts.cleanup => {
+            let detached = pins
+                .remove_all()
+                .with_context(|| format!("{sig}: removing the pins in {}", pins.dir.display()))?;
+            info!(
+                instance = instance_name,
+                detached = %detached.join(", "),
+                "{sig}: detached and removed every pin (--cleanup)"
+            );
+        }
+        Stop::Signal(sig) => info!(
+            instance = instance_name,
+            pins = %pins.dir.display(),
+            "{sig}: stopped; the pinned data plane keeps forwarding (`xdplb run` adopts it, `xdplb stop` removes it)"
+        ),
+    }
+    Ok(())
+}
+
+enum Stop {
+    HandOver,
+    Signal(&'static str),
+}
+
+/// Asks the daemon `pid` to hand over (SIGUSR2) and waits for it to exit: it stops writing the
+/// maps and the pin record, and leaves the data plane attached.
+fn hand_over(pid: u32) -> anyhow::Result<()> {
+    let raw = i32::try_from(pid).context("pid out of range")?;
+    // SAFETY: kill(2) with a pid read from the instance's state file and a valid signal.
+    if unsafe { libc::kill(raw, libc::SIGUSR2) } != 0 {
+        bail!(
+            "asking the running daemon (pid {pid}) to hand over: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while instance::pid_alive(pid) {
+        if Instant::now() > deadline {
+            bail!(
+                "the running daemon (pid {pid}) did not hand over within 10 s; nothing was changed"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    info!(pid, "the previous daemon handed over");
+    Ok(())
+}
+
+/// Answers one API request; returns the response and whether the config changed.
+///
+/// A change is validated whole, written to a temporary file next to the config, applied to the
+/// data plane, and only then renamed over the config file: a rejected change leaves the data
+/// plane and the file as they were, and an applied one survives a restart.
+fn answer_api(
+    req: &crate::api::Request,
+    dp: &mut Dataplane,
+    config_path: Option<&std::path::Path>,
+    cfg: &mut Config,
+    book: &HealthBook,
+    state: &instance::InstanceState,
+) -> (crate::api::Response, bool) {
+    use crate::api::{Plan, Response};
+    let plan = match crate::api::plan(req, cfg) {
+        Ok(p) => p,
+        Err(resp) => return (resp, false),
+    };
+    let (next, what) = match plan {
+        Plan::Read(v) => return (Response::ok(v), false),
+        Plan::Status => {
+            let snapshot = stats::read(state).map(|s| serde_json::to_value(&s).unwrap_or_default());
+            return match snapshot {
+                Ok(stats) => (
+                    Response::ok(serde_json::json!({
+                        "instance": state.instance,
+                        "pid": state.pid,
+                        "config": state.config,
+                        "generation": state.generation,
+                        "services": state.services,
+                        "stats": stats,
+                    })),
+                    false,
+                ),
+                Err(e) => (Response::error(500, e.to_string()), false),
+            };
+        }
+        Plan::Change { next, what } => (next, what),
+    };
+    let Some(path) = config_path else {
+        return (
+            Response::error(
+                409,
+                "this instance runs the built-in default config, so a live change could not survive a restart; start it with --config FILE",
+            ),
+            false,
+        );
+    };
+    let tmp = path.with_extension("toml.xdplb-tmp");
+    if let Err(e) = std::fs::write(&tmp, config::to_toml(&next)) {
+        return (
+            Response::error(500, format!("writing {}: {e}", tmp.display())),
+            false,
+        );
+    }
+    if let Err(e) = dp.apply_config(&book.effective(&next)) {
+        let _ = std::fs::remove_file(&tmp);
+        return (Response::error(400, format!("{what}: {e}")), false);
+    }
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        warn!(
+            "API: {what}, applied but not saved to {}: {e}",
+            path.display()
+        );
+        *cfg = next;
+        return (
+            Response::error(
+                500,
+                format!("{what}: applied, but saving {} failed: {e}", path.display()),
+            ),
+            true,
+        );
+    }
+    info!(generation = state.generation + 1, "API: {what}");
+    *cfg = next;
+    (
+        Response::ok(serde_json::json!({ "ok": true, "change": what })),
+        true,
+    )
+}
+
+/// Takes the health results that arrived, logs every up/down transition with its reason, and
+/// re-applies the config (with unhealthy backends drained or left out) if any happened.
+/// Returns whether anything changed.
+fn apply_health(
+    rx: &std::sync::mpsc::Receiver<health::HealthEvent>,
+    book: &mut HealthBook,
+    cfg: &Config,
+    dp: &mut Dataplane,
+) -> bool {
+    let mut changed = false;
+    while let Ok(ev) = rx.try_recv() {
+        // Results of checkers from before a reload may still trickle in: ignore what the
+        // config no longer checks.
+        let Some(hc) = cfg
+            .services
+            .iter()
+            .find(|s| s.name == ev.service && s.backends.iter().any(|b| b.address == ev.backend))
+            .and_then(|s| s.health_check.as_ref())
+        else {
+            continue;
+        };
+        if let Some(t) = book.record(&ev, hc) {
+            let (service, backend, reason) = (&t.service, t.backend, &t.reason);
+            if t.up {
+                info!(service, %backend, reason, "backend is up");
+            } else {
+                warn!(service, %backend, reason, "backend is down");
+            }
+            changed = true;
+        }
+    }
+    if changed && let Err(e) = dp.apply_config(&book.effective(cfg)) {
+        warn!("applying a health change failed: {e}");
+    }
+    changed
+}
+
+/// Re-reads the config file and applies what changed. A config with an error, or a change that
+/// needs a restart, is rejected whole and the data plane keeps the old one. Returns what was
+/// done and how long the apply took in seconds.
+fn reload(
+    dp: &mut Dataplane,
+    path: Option<&std::path::Path>,
+    current: &mut Config,
+    book: &HealthBook,
+) -> anyhow::Result<(String, f64)> {
+    let Some(path) = path else {
+        bail!("running the built-in default config; there is no file to re-read");
+    };
+    let started = Instant::now();
+    let next = load_config(path)?;
+    let restart_only = [
+        ("interfaces", next.interfaces != current.interfaces),
+        ("xdp_mode", next.xdp_mode != current.xdp_mode),
+        ("debug_log", next.debug_log != current.debug_log),
+        ("[limits]", next.limits != current.limits),
+        (
+            "metrics_listen",
+            next.metrics_listen != current.metrics_listen,
+        ),
+    ];
+    if let Some((field, _)) = restart_only.iter().find(|(_, changed)| *changed) {
+        bail!(
+            "{}: `{field}` changed, which takes a restart",
+            path.display()
+        );
+    }
+    let apply_started = Instant::now();
+    dp.apply_config(&book.effective(&next))
+        .with_context(|| format!("applying {}", path.display()))?;
+    let apply_seconds = apply_started.elapsed().as_secs_f64();
+    let msg = format!(
+        "applied {} ({} service(s), {} backend(s)) in {} ms",
+        path.display(),
+        next.services.len(),
+        next.services
+            .iter()
+            .map(|s| s.backends.len())
+            .sum::<usize>(),
+        started.elapsed().as_millis()
+    );
+    *current = next;
+    Ok((msg, apply_seconds))
+}
+
+fn instance_state(
+    dp: &Dataplane,
+    cfg: &Config,
+    book: &HealthBook,
+    name: &str,
+    origin: &str,
+    interfaces: Vec<dataplane::AttachedInterface>,
+) -> anyhow::Result<instance::InstanceState> {
+    let mut map_ids = std::collections::BTreeMap::new();
+    for m in [MAP_STATS, MAP_SERVICE_STATS, MAP_BACKEND_STATS, MAP_FLOWS] {
+        map_ids.insert(m.to_string(), dp.map_id(m)?);
+    }
+    let plans = dp
+        .current()
+        .map(|s| s.services.as_slice())
+        .unwrap_or_default();
+    let services = cfg
+        .services
+        .iter()
+        .filter_map(|svc| {
+            let plan = plans.iter().find(|p| p.name == svc.name)?;
+            let checked = svc.health_check.is_some();
+            Some(instance::ServiceInfo {
+                name: svc.name.clone(),
+                vip: svc.vip.to_string(),
+                id: plan.service.id,
+                backends: svc
+                    .backends
+                    .iter()
+                    .map(|b| instance::BackendInfo {
+                        address: b.address.to_string(),
+                        index: plan
+                            .backends
+                            .iter()
+                            .find(|(_, _, a)| *a == b.address)
+                            .map(|(i, _, _)| *i),
+                        health: checked.then(|| {
+                            if book.is_up(&svc.name, b.address) {
+                                "up"
+                            } else {
+                                "down"
+                            }
+                            .to_string()
+                        }),
+                        health_detail: book.get(&svc.name, b.address).map(|h| h.detail.clone()),
+                    })
+                    .collect(),
+            })
+        })
+        .collect();
+    Ok(instance::InstanceState {
+        instance: name.to_string(),
+        pid: std::process::id(),
+        config: origin.to_string(),
+        interfaces,
+        map_ids,
+        services,
+        generation: 0,
+        reloads: 0,
+        last_reload: None,
+    })
+}
