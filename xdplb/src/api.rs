@@ -304,26 +304,52 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 /// Serves the socket: every request goes to the main loop through `to_main`, with a channel
 /// for its answer.
 pub fn serve(listener: UnixListener, to_main: Sender<(Request, Sender<Response>)>) {
-    for conn in listener.incoming() {
+    serve_each(listener.incoming(), UnixStream::set_read_timeout, &to_main);
+}
+
+/// Serves the optional TCP listener (`api_listen`, loopback only) exactly like the socket.
+pub fn serve_tcp(listener: std::net::TcpListener, to_main: Sender<(Request, Sender<Response>)>) {
+    serve_each(
+        listener.incoming(),
+        std::net::TcpStream::set_read_timeout,
+        &to_main,
+    );
+}
+
+fn serve_each<S: Read + Write>(
+    incoming: impl Iterator<Item = std::io::Result<S>>,
+    set_read_timeout: fn(&S, Option<Duration>) -> std::io::Result<()>,
+    to_main: &Sender<(Request, Sender<Response>)>,
+) {
+    for conn in incoming {
         let Ok(mut conn) = conn else { continue };
-        let response = match read_request(&mut conn) {
-            Ok(req) => {
-                let (tx, rx) = channel();
-                if to_main.send((req, tx)).is_err() {
-                    return;
-                }
-                rx.recv_timeout(Duration::from_secs(30))
-                    .unwrap_or_else(|_| Response::error(503, "the daemon did not answer"))
-            }
-            Err(e) => bad(e),
-        };
-        let _ = write_response(&mut conn, &response);
+        if set_read_timeout(&conn, Some(Duration::from_secs(5))).is_ok()
+            && !answer(&mut conn, to_main)
+        {
+            return;
+        }
     }
 }
 
-fn read_request(conn: &mut UnixStream) -> Result<Request, String> {
-    conn.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
+/// Reads one request, has the main loop answer it, and writes the answer. Returns false when
+/// the main loop is gone.
+fn answer(conn: &mut (impl Read + Write), to_main: &Sender<(Request, Sender<Response>)>) -> bool {
+    let response = match read_request(conn) {
+        Ok(req) => {
+            let (tx, rx) = channel();
+            if to_main.send((req, tx)).is_err() {
+                return false;
+            }
+            rx.recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| Response::error(503, "the daemon did not answer"))
+        }
+        Err(e) => bad(e),
+    };
+    let _ = write_response(conn, &response);
+    true
+}
+
+fn read_request(conn: &mut impl Read) -> Result<Request, String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     let header_end = loop {
@@ -372,7 +398,7 @@ fn read_request(conn: &mut UnixStream) -> Result<Request, String> {
     Ok(Request { method, path, body })
 }
 
-fn write_response(conn: &mut UnixStream, r: &Response) -> std::io::Result<()> {
+fn write_response(conn: &mut impl Write, r: &Response) -> std::io::Result<()> {
     let body = serde_json::to_string_pretty(&r.body).unwrap_or_else(|_| "{}".into());
     let reason = match r.status {
         200 => "OK",

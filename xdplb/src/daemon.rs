@@ -130,6 +130,13 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let api_tcp = match cfg.api_listen {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("api_listen {addr}: cannot listen"))?,
+        ),
+        None => None,
+    };
     let api_socket = crate::api::socket_path(instance_name)?;
     std::fs::create_dir_all(instance::run_dir())
         .with_context(|| format!("creating {}", instance::run_dir().display()))?;
@@ -138,6 +145,10 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
     let attached = dataplane::attach_all(&mut dp, &cfg.interfaces, cfg.xdp_mode)?;
     fresh.0 = None;
     let (api_tx, api_rx) = std::sync::mpsc::channel();
+    if let Some(listener) = api_tcp {
+        let tx = api_tx.clone();
+        std::thread::spawn(move || crate::api::serve_tcp(listener, tx));
+    }
     std::thread::spawn(move || crate::api::serve(api_listener, api_tx));
 
     let (health_tx, health_rx) = std::sync::mpsc::channel();
@@ -453,6 +464,7 @@ fn reload(
             "metrics_listen",
             next.metrics_listen != current.metrics_listen,
         ),
+        ("api_listen", next.api_listen != current.api_listen),
     ];
     if let Some((field, _)) = restart_only.iter().find(|(_, changed)| *changed) {
         bail!(

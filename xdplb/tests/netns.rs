@@ -658,7 +658,7 @@ fn live_api_changes_under_traffic_lose_nothing_and_bad_calls_change_nothing() {
     let cfg_path = format!("{dir}/api.toml");
     std::fs::write(
         &cfg_path,
-        "interfaces = [\"lo\"]\n[limits]\nmax_backends_per_service = 8\n[[service]]\nname = \"demo\"\nvip = \"127.0.0.1:9875\"\nmaglev_table_size = 1009\n\
+        "interfaces = [\"lo\"]\napi_listen = \"127.0.0.1:9180\"\n[limits]\nmax_backends_per_service = 8\n[[service]]\nname = \"demo\"\nvip = \"127.0.0.1:9875\"\nmaglev_table_size = 1009\n\
          [[service.backend]]\naddress = \"127.0.0.1:9876\"\n[[service.backend]]\naddress = \"127.0.0.1:9877\"\n",
     )
     .expect("write config");
@@ -779,6 +779,26 @@ fn live_api_changes_under_traffic_lose_nothing_and_bad_calls_change_nothing() {
         services_before,
         "rejected calls change nothing"
     );
+    // The optional TCP listener (api_listen) serves the same API.
+    let tcp = |args: &[&str]| -> String {
+        let mut full = vec!["curl", "-s", "--max-time", "10", "-w", "\n%{http_code}"];
+        full.extend_from_slice(args);
+        String::from_utf8_lossy(&ns.exec_unchecked(&full).stdout).to_string()
+    };
+    let listed = tcp(&["http://127.0.0.1:9180/v1/services"]);
+    assert_eq!(listed, format!("{services_before}\n200"), "GET over TCP");
+    let refused = tcp(&[
+        "-X",
+        "POST",
+        "-d",
+        "{\"address\":\"nowhere\"}",
+        "http://127.0.0.1:9180/v1/services/demo/backends",
+    ]);
+    assert!(
+        refused.ends_with("\n400") && refused.contains("nowhere"),
+        "{refused}"
+    );
+    assert_eq!(raw("GET", "/v1/services", "").1, services_before);
     // Over capacity: 8 backends per service at most.
     for p in 9878..=9883 {
         cli(&[

@@ -173,6 +173,12 @@ pub enum ConfigError {
     )]
     InvalidMetricsListen { at: Location, value: String },
 
+    /// `api_listen` is not a loopback address:port.
+    #[error(
+        "{at}: api_listen must be a loopback address and port such as \"127.0.0.1:9180\" or \"[::1]:9180\" (the API has no authentication of its own; reach it remotely through an SSH tunnel or an authenticating proxy), got {value:?}"
+    )]
+    InvalidApiListen { at: Location, value: String },
+
     /// The services' scheduling tables do not fit in `[limits] max_lookup_entries`.
     #[error(
         "{at}: the services need {needed} lookup-table entries in total (two scheduling tables per service, so that changes switch atomically) but [limits] max_lookup_entries is {limit}; {service} is the first that does not fit; raise `[limits] max_lookup_entries` to at least {needed} (the maximum is 67108864) or use a smaller `maglev_table_size`"

@@ -15,6 +15,7 @@
 //! debug_log = false            # optional
 //! hash_seed = 1592597275       # optional, 0..=4294967295; the same on every node of an ECMP group
 //! metrics_listen = "127.0.0.1:9100"  # optional; serve Prometheus metrics there
+//! api_listen = "127.0.0.1:9180"      # optional, loopback only; the API over TCP too (off by default)
 //!
 //! [limits]                     # optional; each field defaults to Limits::DEFAULT
 //! max_services = 1024              # 1..=65536
@@ -84,6 +85,9 @@ pub struct Config {
     pub hash_seed: u32,
     /// Optional field `metrics_listen`: where to serve Prometheus metrics (`GET /metrics`).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Optional field `api_listen`: a loopback TCP address to serve the API on, besides the
+    /// Unix socket. Off by default.
+    pub api_listen: Option<std::net::SocketAddr>,
     /// Table sizes.
     pub limits: Limits,
     /// At least one service; names and (vip, protocol) pairs are unique.
@@ -371,6 +375,7 @@ pub fn default_config() -> Config {
         debug_log: false,
         hash_seed: validate::DEFAULT_HASH_SEED,
         metrics_listen: None,
+        api_listen: None,
         limits: Limits::DEFAULT,
         services: vec![ServiceConfig {
             name: "demo".to_owned(),

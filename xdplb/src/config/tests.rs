@@ -2043,6 +2043,7 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
         debug_log: false,
         hash_seed: 0x5eed_1b1b,
         metrics_listen: None,
+        api_listen: None,
         limits: Limits::DEFAULT,
         services: vec![
             ServiceConfig {
@@ -2409,6 +2410,34 @@ fn metrics_listen_parses_and_rejects_garbage() {
         "{err:?}"
     );
     assert_msg(&err, &["test.toml:1:", "localhost", "127.0.0.1:9100"]);
+}
+
+#[test]
+fn api_listen_is_off_by_default_and_loopback_only() {
+    let base = "interfaces = [\"lo\"]\n[[service]]\nname = \"a\"\nvip = \"127.0.0.1:1\"\n[[service.backend]]\naddress = \"127.0.0.1:2\"\n";
+    assert_eq!(ok(base).api_listen, None, "off by default");
+    for good in ["127.0.0.1:9180", "127.0.0.2:80", "[::1]:9180"] {
+        let cfg = ok(&format!("api_listen = \"{good}\"\n{base}"));
+        assert_eq!(cfg.api_listen, Some(good.parse().expect("literal")));
+    }
+    for bad in [
+        "0.0.0.0:9180",
+        "10.0.0.1:9180",
+        "[::]:9180",
+        "localhost:9180",
+        "9180",
+    ] {
+        let err = parse(&format!("api_listen = \"{bad}\"\n{base}"), "test.toml")
+            .expect_err("not a loopback address");
+        assert!(
+            matches!(err, ConfigError::InvalidApiListen { .. }),
+            "{bad}: {err:?}"
+        );
+        assert_msg(
+            &err,
+            &["test.toml:1:", bad, "loopback", "no authentication"],
+        );
+    }
 }
 
 // ---- writing TOML ------------------------------------------------------------
@@ -3343,6 +3372,17 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
         debug_log: rng.chance(50),
         hash_seed,
         metrics_listen,
+        api_listen: match rng.range(0u8, 3) {
+            0 => None,
+            1 => Some(SocketAddr::from((
+                Ipv4Addr::LOCALHOST,
+                rng.range(1, u16::MAX),
+            ))),
+            _ => Some(SocketAddr::from((
+                std::net::Ipv6Addr::LOCALHOST,
+                rng.range(1, u16::MAX),
+            ))),
+        },
         limits,
         services,
     })

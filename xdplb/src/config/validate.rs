@@ -137,6 +137,7 @@ pub(crate) fn validate(raw: RawConfig, src: Source<'_>) -> Result<Config, Config
     let xdp_mode = validate_xdp_mode(raw.xdp_mode, src)?;
     let hash_seed = validate_hash_seed(raw.hash_seed, src)?;
     let metrics_listen = validate_metrics_listen(raw.metrics_listen, src)?;
+    let api_listen = validate_api_listen(raw.api_listen, src)?;
     let limits = validate_limits(raw.limits, src)?;
     let services = validate_services(raw.service.unwrap_or_default(), &limits, src)?;
     Ok(Config {
@@ -145,6 +146,7 @@ pub(crate) fn validate(raw: RawConfig, src: Source<'_>) -> Result<Config, Config
         debug_log: raw.debug_log.unwrap_or(false),
         hash_seed,
         metrics_listen,
+        api_listen,
         limits,
         services,
     })
@@ -243,6 +245,22 @@ fn validate_hash_seed(raw: Option<Spanned<i64>>, src: Source<'_>) -> Result<u32,
         at: src.at(&raw.span()),
         value,
     })
+}
+
+fn validate_api_listen(
+    raw: Option<Spanned<String>>,
+    src: Source<'_>,
+) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    match raw.get_ref().parse::<std::net::SocketAddr>() {
+        Ok(addr) if addr.ip().is_loopback() => Ok(Some(addr)),
+        _ => Err(ConfigError::InvalidApiListen {
+            at: src.at(&raw.span()),
+            value: raw.get_ref().clone(),
+        }),
+    }
 }
 
 fn validate_metrics_listen(

@@ -61,6 +61,9 @@ fn write_config(out: &mut String, cfg: &Config) -> fmt::Result {
     if let Some(addr) = cfg.metrics_listen {
         writeln!(out, "metrics_listen = {}", toml_string(&addr.to_string()))?;
     }
+    if let Some(addr) = cfg.api_listen {
+        writeln!(out, "api_listen = {}", toml_string(&addr.to_string()))?;
+    }
 
     let limits = &cfg.limits;
     writeln!(out)?;
