@@ -302,23 +302,9 @@ enum Stop {
 /// Asks the daemon `pid` to hand over (SIGUSR2) and waits for it to exit: it stops writing the
 /// maps and the pin record, and leaves the data plane attached.
 fn hand_over(pid: u32) -> anyhow::Result<()> {
-    let raw = i32::try_from(pid).context("pid out of range")?;
-    // SAFETY: kill(2) with a pid read from the instance's state file and a valid signal.
-    if unsafe { libc::kill(raw, libc::SIGUSR2) } != 0 {
-        bail!(
-            "asking the running daemon (pid {pid}) to hand over: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while instance::pid_alive(pid) {
-        if Instant::now() > deadline {
-            bail!(
-                "the running daemon (pid {pid}) did not hand over within 10 s; nothing was changed"
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    instance::signal_and_wait(pid, libc::SIGUSR2, Duration::from_secs(10)).with_context(|| {
+        format!("the running daemon (pid {pid}) did not hand over (SIGUSR2); nothing was changed")
+    })?;
     info!(pid, "the previous daemon handed over");
     Ok(())
 }

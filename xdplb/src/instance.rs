@@ -122,6 +122,26 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// Sends `signal` to `pid` and waits up to `timeout` for the process to exit.
+pub fn signal_and_wait(pid: u32, signal: i32, timeout: std::time::Duration) -> io::Result<()> {
+    let raw = i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
+    // SAFETY: kill(2) with a pid read from a state file and a valid signal number.
+    if unsafe { libc::kill(raw, signal) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    while pid_alive(pid) {
+        if std::time::Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("still running {timeout:?} after the signal"),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Ok(())
+}
+
 /// The pid of the live daemon running `instance`, if one is.
 pub fn running_pid(instance: &str) -> Result<Option<u32>, InstanceError> {
     match read(instance) {

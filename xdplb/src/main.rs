@@ -429,21 +429,9 @@ fn stop(name: &str) -> anyhow::Result<ExitCode> {
     let pins = dataplane::Pins::new(&dataplane::pin::bpffs(), &instance::run_dir(), name);
     let daemon = instance::running_pid(name)?;
     if let Some(pid) = daemon {
-        let raw = i32::try_from(pid).context("pid out of range")?;
-        // SAFETY: kill(2) with a pid read from the instance's state file and a valid signal.
-        if unsafe { libc::kill(raw, libc::SIGTERM) } != 0 {
-            bail!(
-                "signalling instance {name:?} (pid {pid}): {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while instance::pid_alive(pid) {
-            if Instant::now() > deadline {
-                bail!("instance {name:?} (pid {pid}) did not exit within 10 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        instance::signal_and_wait(pid, libc::SIGTERM, Duration::from_secs(10)).with_context(
+            || format!("stopping the daemon of instance {name:?} (pid {pid}) with SIGTERM"),
+        )?;
     }
     if daemon.is_none() && !pins.exist() {
         bail!(
