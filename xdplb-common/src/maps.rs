@@ -116,6 +116,19 @@ const _: () = assert!(size_of::<Service>() == 48);
 /// local stack instead of dropping them.
 pub const SERVICE_FLAG_PASS_WHEN_EMPTY: u32 = 1;
 
+/// `Service::flags` bits 8..=11: how packets reach the backends (`FORWARD_*`).
+pub const SERVICE_FORWARDING_SHIFT: u32 = 8;
+pub const SERVICE_FORWARDING_MASK: u32 = 0xf << SERVICE_FORWARDING_SHIFT;
+/// Rewrite the destination and hand the packet to the local stack (the tutorial's mode).
+pub const FORWARD_LOCAL: u32 = 0;
+/// Rewrite the destination, then send the packet out of the interface the FIB names, with its
+/// MAC addresses; replies are translated back on their way through.
+pub const FORWARD_NAT: u32 = 1;
+
+/// `Reply::flags`: the flow is forwarded in `nat` mode, so its replies pass through this host's
+/// XDP and are translated and forwarded there.
+pub const REPLY_FLAG_NAT: u16 = 1;
+
 /// `Backend::flags`: the backend keeps its live flows but is left out of the scheduling table.
 pub const BACKEND_FLAG_DRAINING: u32 = 1;
 
@@ -187,7 +200,8 @@ const _: () = assert!(size_of::<ReplyKey>() == 40);
 pub struct Reply {
     pub vip_addr: Addr,
     pub vip_port_be: u16,
-    pub _pad: u16,
+    /// `REPLY_FLAG_*` bits.
+    pub flags: u16,
     pub service_id: u32,
 }
 const _: () = assert!(size_of::<Reply>() == 24);

@@ -47,11 +47,30 @@ pub enum Stat {
     /// Passed: a new flow of a service with no backend taking new flows, whose policy
     /// (`when_all_down = "pass"`) hands it to the local stack.
     PassNoBackend = 17,
+    /// A service packet (`nat`) or a backend's reply sent straight out of an interface
+    /// (XDP_TX or XDP_REDIRECT) after a FIB lookup, with its MAC addresses set.
+    ForwardedFib = 18,
+    /// Passed, rewritten: the FIB knows the route but has no neighbour entry for the next hop
+    /// yet; the kernel forwards this packet and resolves the neighbour for the next ones.
+    PassNoNeighbour = 19,
+    /// Passed, rewritten: the packet is bigger than the egress MTU; the kernel fragments it or
+    /// answers ICMP "fragmentation needed" (DF set).
+    PassFragNeeded = 20,
+    /// Passed, rewritten: TTL 1 or 0; the kernel answers ICMP "time exceeded".
+    PassTtlExceeded = 21,
+    /// Dropped, rewritten: the FIB has no usable route to the backend or client (unreachable,
+    /// blackhole, prohibit, forwarding disabled).
+    DropNoRoute = 22,
+    /// Event: a `nat` backend's reply rewritten by XDP to come from VIP:port.
+    NatReplyTranslated = 23,
 }
 
 impl Stat {
-    /// Number of counters; the length of `STATS_V1`.
-    pub const COUNT: u32 = 18;
+    /// Number of counters.
+    pub const COUNT: u32 = 24;
+    /// The length of `STATS_V1`: room for counters that later versions add, so that adding one
+    /// does not change the pinned map's shape.
+    pub const CAPACITY: u32 = 64;
 
     /// Every counter, in index order.
     pub const ALL: [Stat; Stat::COUNT as usize] = [
@@ -73,6 +92,12 @@ impl Stat {
         Stat::DropReplyRewriteFailed,
         Stat::FlowTableInsert,
         Stat::PassNoBackend,
+        Stat::ForwardedFib,
+        Stat::PassNoNeighbour,
+        Stat::PassFragNeeded,
+        Stat::PassTtlExceeded,
+        Stat::DropNoRoute,
+        Stat::NatReplyTranslated,
     ];
 
     /// A stable snake_case name, used in `xdplb stats` and later as a metric label.
@@ -96,9 +121,18 @@ impl Stat {
             Stat::DropReplyRewriteFailed => "drop_reply_rewrite_failed",
             Stat::FlowTableInsert => "flow_table_inserts",
             Stat::PassNoBackend => "pass_no_backend",
+            Stat::ForwardedFib => "forwarded_fib",
+            Stat::PassNoNeighbour => "pass_no_neighbour",
+            Stat::PassFragNeeded => "pass_frag_needed",
+            Stat::PassTtlExceeded => "pass_ttl_exceeded",
+            Stat::DropNoRoute => "drop_no_route",
+            Stat::NatReplyTranslated => "nat_reply_translated",
         }
     }
 }
+
+// New counters must fit the map's reserved length.
+const _: () = assert!(Stat::COUNT <= Stat::CAPACITY);
 
 #[cfg(test)]
 mod tests {

@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod forward;
 mod parse;
 mod reply;
 mod rewrite;
@@ -51,7 +52,7 @@ static REPLIES: LruHashMap<ReplyKey, Reply> =
     LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_NO_COMMON_LRU);
 
 #[map(name = "STATS_V1")]
-static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
+static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::CAPACITY, 0);
 
 #[map(name = "SERVICE_STATS_V1")]
 static SERVICE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES, 0);

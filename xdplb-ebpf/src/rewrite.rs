@@ -1,6 +1,6 @@
 //! Header rewrites with incremental checksum updates (RFC 1624).
 
-use xdplb_common::checksum::{replace_u32, udp_replace_u16, udp_replace_u32};
+use xdplb_common::checksum::{replace_u16, replace_u32, udp_replace_u16, udp_replace_u32};
 
 use crate::parse::Ipv4Udp;
 
@@ -16,17 +16,65 @@ pub fn set_destination(pkt: &Ipv4Udp, daddr: u32, dport_be: u16) {
     unsafe {
         let ip = &mut *pkt.ip;
         let udp = &mut *pkt.udp;
-        let old_daddr = ip.daddr;
-        if old_daddr != daddr {
-            ip.check = replace_u32(ip.check, old_daddr, daddr);
-            // The destination address is part of the UDP pseudo-header.
-            udp.check = udp_replace_u32(udp.check, old_daddr, daddr);
-            ip.daddr = daddr;
-        }
-        let old_dport = udp.dest_be;
-        if old_dport != dport_be {
-            udp.check = udp_replace_u16(udp.check, old_dport, dport_be);
-            udp.dest_be = dport_be;
-        }
+        replace_endpoint(
+            &mut ip.check,
+            &mut udp.check,
+            (&mut ip.daddr, &mut udp.dest_be),
+            daddr,
+            dport_be,
+        );
+    }
+}
+
+/// Sets the source address and port, like [`set_destination`].
+#[inline(always)]
+pub fn set_source(pkt: &Ipv4Udp, saddr: u32, sport_be: u16) {
+    // SAFETY: as in `set_destination`.
+    unsafe {
+        let ip = &mut *pkt.ip;
+        let udp = &mut *pkt.udp;
+        replace_endpoint(
+            &mut ip.check,
+            &mut udp.check,
+            (&mut ip.saddr, &mut udp.source_be),
+            saddr,
+            sport_be,
+        );
+    }
+}
+
+/// Replaces one (address, port) endpoint. The address is in the IPv4 header and the UDP
+/// pseudo-header; the port only in the UDP header.
+#[inline(always)]
+fn replace_endpoint(
+    ip_check: &mut u16,
+    udp_check: &mut u16,
+    (addr, port): (&mut u32, &mut u16),
+    new_addr: u32,
+    new_port_be: u16,
+) {
+    if *addr != new_addr {
+        *ip_check = replace_u32(*ip_check, *addr, new_addr);
+        *udp_check = udp_replace_u32(*udp_check, *addr, new_addr);
+        *addr = new_addr;
+    }
+    if *port != new_port_be {
+        *udp_check = udp_replace_u16(*udp_check, *port, new_port_be);
+        *port = new_port_be;
+    }
+}
+
+/// Decrements the TTL of a validated IPv4 packet, updating the header checksum. Expects
+/// `ttl > 1` (checked by the caller).
+#[inline(always)]
+pub fn decrement_ttl(pkt: &Ipv4Udp) {
+    // SAFETY: as in `set_destination`.
+    unsafe {
+        let ip = &mut *pkt.ip;
+        // TTL and protocol form one 16-bit word of the header, in this byte order.
+        let old = u16::from_ne_bytes([ip.ttl, ip.protocol]);
+        ip.ttl = ip.ttl.wrapping_sub(1);
+        let new = u16::from_ne_bytes([ip.ttl, ip.protocol]);
+        ip.check = replace_u16(ip.check, old, new);
     }
 }

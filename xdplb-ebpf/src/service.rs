@@ -3,13 +3,14 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_log_ebpf::debug;
 use xdplb_common::{
-    Backend, FLOW_REFRESH_NS, Flow, FlowKey, IPPROTO_UDP, Reply, ReplyKey,
-    SERVICE_FLAG_PASS_WHEN_EMPTY, Service, ServiceKey, Stat, addr_from_v4_wire, hash::FlowTuple,
+    Backend, FLOW_REFRESH_NS, FORWARD_NAT, Flow, FlowKey, IPPROTO_UDP, REPLY_FLAG_NAT, Reply,
+    ReplyKey, SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FORWARDING_MASK, SERVICE_FORWARDING_SHIFT,
+    Service, ServiceKey, Stat, addr_from_v4_wire, hash::FlowTuple,
 };
 
 use crate::{
-    BACKENDS, FLOWS, REPLIES, SERVICES, XDP_DROP, XDP_PASS, debug_log_enabled, parse, rewrite,
-    schedule, stats,
+    BACKENDS, FLOWS, REPLIES, SERVICES, XDP_DROP, XDP_PASS, debug_log_enabled, forward, parse,
+    rewrite, schedule, stats,
 };
 
 /// What to do with a packet, and the counted reason.
@@ -21,14 +22,14 @@ pub struct Verdict {
 
 impl Verdict {
     #[inline(always)]
-    const fn pass(stat: Stat) -> Self {
+    pub const fn pass(stat: Stat) -> Self {
         Verdict {
             action: XDP_PASS,
             stat,
         }
     }
     #[inline(always)]
-    const fn drop(stat: Stat) -> Self {
+    pub const fn drop(stat: Stat) -> Self {
         Verdict {
             action: XDP_DROP,
             stat,
@@ -45,8 +46,9 @@ struct Target {
 
 /// Balances one received frame. Expects nothing of the frame.
 ///
-/// Returns `Ok` with `Stat::Forwarded` for a rewritten service packet, and `Err` with the pass
-/// or drop reason for everything else; the packet is modified only on the `Ok` path.
+/// Returns `Ok` for a rewritten packet (a service packet, or a `nat` reply), with the verdict
+/// of its forwarding mode, and `Err` with the pass or drop reason for everything else; the
+/// packet is modified only on the `Ok` path.
 #[inline(always)]
 pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verdict> {
     let pkt = parse::ipv4_udp(ctx).map_err(Verdict::pass)?;
@@ -59,7 +61,9 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
             (*pkt.udp).dest_be,
         )
     };
-    let service = lookup_service(daddr, dport_be).ok_or(Verdict::pass(Stat::PassNoService))?;
+    let Some(service) = lookup_service(daddr, dport_be) else {
+        return nat_reply(ctx, &pkt, saddr, daddr, sport_be, dport_be);
+    };
 
     let flow_key = FlowKey {
         client_addr: addr_from_v4_wire(saddr),
@@ -107,7 +111,45 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
 
     rewrite::set_destination(&pkt, target.addr_v4, target.port_be);
     stats::count_traffic(service.id, target.index, pkt.frame_len);
+    if forwarding(&service) == FORWARD_NAT {
+        return Ok(forward::fib_forward(ctx, &pkt));
+    }
     Ok(Verdict::pass(Stat::Forwarded))
+}
+
+/// The service's `FORWARD_*` mode.
+#[inline(always)]
+fn forwarding(service: &Service) -> u32 {
+    (service.flags & SERVICE_FORWARDING_MASK) >> SERVICE_FORWARDING_SHIFT
+}
+
+/// A packet to no service may be a `nat` backend's reply to a client: if the reply table says
+/// so, it leaves with source = VIP:port, routed to the client. Anything else passes untouched.
+#[inline(always)]
+fn nat_reply(
+    ctx: &aya_ebpf::programs::XdpContext,
+    pkt: &parse::Ipv4Udp,
+    saddr: u32,
+    daddr: u32,
+    sport_be: u16,
+    dport_be: u16,
+) -> Result<Verdict, Verdict> {
+    let key = ReplyKey {
+        backend_addr: addr_from_v4_wire(saddr),
+        client_addr: addr_from_v4_wire(daddr),
+        backend_port_be: sport_be,
+        client_port_be: dport_be,
+        proto: IPPROTO_UDP,
+        _pad: [0; 3],
+    };
+    // SAFETY: the value is copied out at once.
+    let reply = match unsafe { REPLIES.get(key) } {
+        Some(r) if r.flags & REPLY_FLAG_NAT != 0 => *r,
+        _ => return Err(Verdict::pass(Stat::PassNoService)),
+    };
+    rewrite::set_source(pkt, reply.vip_addr[3], reply.vip_port_be);
+    stats::count(Stat::NatReplyTranslated);
+    Ok(forward::fib_forward(ctx, pkt))
 }
 
 /// Finds the service for a destination: the exact (address, port, UDP) first, then the
@@ -161,7 +203,7 @@ fn existing_flow(service: &Service, key: &FlowKey, now: u64) -> Lookup {
     if idle > FLOW_REFRESH_NS {
         flow.last_seen_ns = now;
         // Keep the reply entry alive too: the two LRU maps evict independently.
-        remember_reply(key, flow);
+        remember_reply(service, key, flow);
     }
     Lookup::Live(Target {
         index: flow.backend_index,
@@ -214,7 +256,7 @@ fn new_flow(
     } else if !replacing {
         stats::count(Stat::FlowTableInsert);
     }
-    remember_reply(key, &flow);
+    remember_reply(service, key, &flow);
     stats::count(Stat::FlowCreated);
     stats::count_flow(service.id, index);
     Some(Target {
@@ -232,7 +274,7 @@ fn is_v4_mapped(backend: &Backend) -> bool {
 
 /// Records how the backend's replies to this client are made to come from the VIP.
 #[inline(always)]
-fn remember_reply(key: &FlowKey, flow: &Flow) {
+fn remember_reply(service: &Service, key: &FlowKey, flow: &Flow) {
     let reply_key = ReplyKey {
         backend_addr: flow.backend_addr,
         client_addr: key.client_addr,
@@ -244,7 +286,11 @@ fn remember_reply(key: &FlowKey, flow: &Flow) {
     let reply = Reply {
         vip_addr: key.vip_addr,
         vip_port_be: key.vip_port_be,
-        _pad: 0,
+        flags: if forwarding(service) == FORWARD_NAT {
+            REPLY_FLAG_NAT
+        } else {
+            0
+        },
         service_id: flow.service_id,
     };
     if REPLIES.insert(reply_key, reply, 0).is_err() {

@@ -166,7 +166,7 @@ pub fn render(snap: &Snapshot, state: &MetricsState) -> String {
     let mut events = String::new();
     for ((name, value), stat) in snap.counters.iter().zip(Stat::ALL) {
         match stat {
-            Stat::Forwarded => {
+            Stat::Forwarded | Stat::ForwardedFib => {
                 let _ = writeln!(
                     o,
                     "xdplb_packets_total{{verdict=\"forward\",reason=\"{name}\"}} {value}"

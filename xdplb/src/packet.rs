@@ -22,6 +22,8 @@ pub struct UdpFrame {
     pub protocol: u8,
     /// Send UDP checksum 0 ("none").
     pub zero_udp_checksum: bool,
+    /// IPv4 time to live.
+    pub ttl: u8,
 }
 
 impl UdpFrame {
@@ -34,6 +36,7 @@ impl UdpFrame {
             frag_off: 0,
             protocol: 17,
             zero_udp_checksum: false,
+            ttl: 64,
         }
     }
 
@@ -52,7 +55,7 @@ impl UdpFrame {
         f.extend_from_slice(&(tot_len as u16).to_be_bytes());
         f.extend_from_slice(&0x1234u16.to_be_bytes());
         f.extend_from_slice(&self.frag_off.to_be_bytes());
-        f.push(64);
+        f.push(self.ttl);
         f.push(self.protocol);
         f.extend_from_slice(&[0, 0]);
         f.extend_from_slice(&self.src.ip().octets());

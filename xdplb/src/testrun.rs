@@ -59,7 +59,13 @@ pub struct XdpRun {
 /// Runs `prog` on `frame` `repeat` times (at least once). The kernel requires at least 14 bytes;
 /// use [`run_xdp_short`] for shorter frames.
 pub fn run_xdp(prog: &impl AsFd, frame: &[u8], repeat: u32) -> io::Result<XdpRun> {
-    run(prog, frame, 0, repeat)
+    run(prog, frame, 0, repeat, 0)
+}
+
+/// Runs `prog` once on `frame` as if received on interface `ifindex` of the calling thread's
+/// network namespace (what FIB lookups then see).
+pub fn run_xdp_on(prog: &impl AsFd, frame: &[u8], ifindex: u32) -> io::Result<XdpRun> {
+    run(prog, frame, 0, 1, ifindex)
 }
 
 /// Tries to run `prog` on a frame shorter than an Ethernet header, placed behind XDP metadata
@@ -75,14 +81,15 @@ pub fn run_xdp_short(prog: &impl AsFd, frame: &[u8]) -> io::Result<XdpRun> {
     };
     let mut buf = vec![0u8; meta];
     buf.extend_from_slice(frame);
-    run(prog, &buf, meta, 1)
+    run(prog, &buf, meta, 1, 0)
 }
 
-fn run(prog: &impl AsFd, buf: &[u8], meta: usize, repeat: u32) -> io::Result<XdpRun> {
+fn run(prog: &impl AsFd, buf: &[u8], meta: usize, repeat: u32, ifindex: u32) -> io::Result<XdpRun> {
     let mut out = vec![0u8; buf.len() + OUT_SLACK];
     let ctx = XdpMd {
         data: meta as u32,
         data_end: buf.len() as u32,
+        ingress_ifindex: ifindex,
         ..XdpMd::default()
     };
     let mut attr = TestRunAttr {
@@ -94,7 +101,7 @@ fn run(prog: &impl AsFd, buf: &[u8], meta: usize, repeat: u32) -> io::Result<Xdp
         repeat,
         ..TestRunAttr::default()
     };
-    if meta > 0 {
+    if meta > 0 || ifindex != 0 {
         attr.ctx_size_in = std::mem::size_of::<XdpMd>() as u32;
         attr.ctx_in = &ctx as *const XdpMd as u64;
     }

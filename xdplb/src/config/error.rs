@@ -399,6 +399,26 @@ pub enum ConfigError {
         suggestion: u64,
     },
 
+    /// A `forwarding` that is not one of the known modes.
+    #[error(
+        "{at}: {service} has an invalid forwarding {value:?}; expected \"local\" (the default: backends on this host) or \"nat\" (backends on other hosts, routed through this one)"
+    )]
+    InvalidForwarding {
+        at: Location,
+        service: String,
+        value: String,
+    },
+
+    /// A `nat` service with a backend this host cannot route to (a loopback address).
+    #[error(
+        "{at}: {service} forwards with nat, which routes packets to other hosts, but its backend {address} is a loopback address; use forwarding = \"local\" for backends on this host"
+    )]
+    NatLoopbackBackend {
+        at: Location,
+        service: String,
+        address: SocketAddrV4,
+    },
+
     /// A `when_all_down` that is not one of the known policies.
     #[error(
         "{at}: {service} has an invalid when_all_down {value:?}; expected \"drop\" (the default: new flows are dropped while no backend is healthy and undrained) or \"pass\" (they go to this host's own network stack)"

@@ -36,6 +36,8 @@
 //! maglev_table_size = 65537    # optional, maglev only: a prime, >= 100 x backends, <= 2^24
 //! when_all_down = "drop"       # optional: drop | pass; what new flows get when no backend is
 //!                              # healthy and undrained (pass hands them to the host's stack)
+//! forwarding = "local"         # optional: local (hand to this host's stack) | nat (route to
+//!                              # backends on other hosts; replies come back through here)
 //!
 //! [service.health_check]       # optional; without it every backend is always healthy
 //! type = "udp"                 # required: udp | tcp | http
@@ -234,6 +236,8 @@ pub struct ServiceConfig {
     pub health_check: Option<HealthCheck>,
     /// What new flows get when no backend is healthy and undrained. Default `Drop`.
     pub when_all_down: WhenAllDown,
+    /// How packets reach the backends. Default `Local`.
+    pub forwarding: Forwarding,
     /// At least one, not all drained; addresses are unique within the service.
     pub backends: Vec<BackendConfig>,
 }
@@ -309,6 +313,24 @@ pub enum WhenAllDown {
     Drop,
     /// Pass the packets on to the host's own network stack (`XDP_PASS`).
     Pass,
+}
+
+/// How a service's packets reach its backends: `"local" | "nat"`, default `Local`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarding {
+    /// Rewrite the destination and hand the packet to this host's stack (backends are local).
+    Local,
+    /// Rewrite the destination and route the packet out of an interface (FIB lookup, XDP_TX or
+    /// XDP_REDIRECT); the backends' replies pass back through this host and are translated.
+    Nat,
+}
+
+/// The spelling of `forwarding` used in the config file.
+pub fn forwarding_name(forwarding: Forwarding) -> &'static str {
+    match forwarding {
+        Forwarding::Local => "local",
+        Forwarding::Nat => "nat",
+    }
 }
 
 /// The spelling of `when_all_down` used in the config file.
@@ -388,6 +410,7 @@ pub fn default_config() -> Config {
             maglev_table_size: validate::DEFAULT_MAGLEV_TABLE_SIZE,
             health_check: None,
             when_all_down: WhenAllDown::Drop,
+            forwarding: Forwarding::Local,
             backends: [9876, 9877, 9878]
                 .into_iter()
                 .map(|port| BackendConfig {
@@ -539,6 +562,12 @@ impl Config {
             }
             if let Some(hc) = &svc.health_check {
                 write_health_check(out, hc)?;
+            }
+            if svc.forwarding == Forwarding::Nat {
+                writeln!(
+                    out,
+                    "    Forwarding: nat (routed to the backends; their replies must come back through this host)"
+                )?;
             }
             if svc.when_all_down == WhenAllDown::Pass {
                 writeln!(

@@ -42,6 +42,7 @@ pub(crate) struct RawService {
     pub maglev_table_size: Option<Spanned<i64>>,
     pub health_check: Option<Spanned<RawHealthCheck>>,
     pub when_all_down: Option<Spanned<String>>,
+    pub forwarding: Option<Spanned<String>>,
     pub backend: Option<Spanned<Vec<Spanned<RawBackend>>>>,
 }
 
@@ -107,6 +108,7 @@ pub(crate) const TABLES: &[(&str, &[&str])] = &[
             "maglev_table_size",
             "health_check",
             "when_all_down",
+            "forwarding",
             "backend",
         ],
     ),

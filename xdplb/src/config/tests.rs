@@ -1743,6 +1743,34 @@ fn udp_payload_too_long() {
 }
 
 #[test]
+fn forwarding_parses_and_rejects_garbage_and_loopback_nat_backends() {
+    let cfg = ok(&one_service(""));
+    assert_eq!(
+        cfg.services[0].forwarding,
+        Forwarding::Local,
+        "local by default"
+    );
+    let nat = "interfaces = [\"lo\"]\n[[service]]\nname = \"n\"\nvip = \"10.9.0.1:53\"\nforwarding = \"nat\"\n[[service.backend]]\naddress = \"10.1.0.2:53\"\n";
+    let cfg = ok(nat);
+    assert_eq!(cfg.services[0].forwarding, Forwarding::Nat);
+    assert_eq!(forwarding_name(Forwarding::Nat), "nat");
+    for bad in ["dsr", "NAT", ""] {
+        let e = err(&one_service(&format!("forwarding = \"{bad}\"\n")));
+        assert!(
+            matches!(&e, ConfigError::InvalidForwarding { value, .. } if value == bad),
+            "{bad:?}: {e:?}"
+        );
+        assert_msg(
+            &e,
+            &[&format!("forwarding {bad:?}"), "\"local\"", "\"nat\""],
+        );
+    }
+    let e = err(&nat.replace("10.1.0.2:53", "127.0.0.1:53"));
+    assert!(matches!(e, ConfigError::NatLoopbackBackend { .. }), "{e:?}");
+    assert_msg(&e, &["127.0.0.1:53", "loopback", "forwarding = \"local\""]);
+}
+
+#[test]
 fn when_all_down_parses_and_rejects_garbage() {
     for (text, policy) in [("drop", WhenAllDown::Drop), ("pass", WhenAllDown::Pass)] {
         let cfg = ok(&one_service(&format!("when_all_down = \"{text}\"\n")));
@@ -2056,6 +2084,7 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
                 maglev_table_size: 65537,
                 health_check: None,
                 when_all_down: WhenAllDown::Drop,
+                forwarding: Forwarding::Local,
                 backends: vec![
                     BackendConfig {
                         address: SocketAddrV4::new(ip(10, 0, 0, 1), 53),
@@ -2079,6 +2108,7 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
                 maglev_table_size: 65537,
                 health_check: None,
                 when_all_down: WhenAllDown::Drop,
+                forwarding: Forwarding::Local,
                 backends: vec![BackendConfig {
                     address: SocketAddrV4::new(ip(10, 0, 1, 1), 514),
                     weight: 10,
@@ -2609,6 +2639,7 @@ protocol = \"udp\"
 flow_idle_timeout = \"30s\"
 scheduler = \"round-robin\"
 when_all_down = \"drop\"
+forwarding = \"local\"
 
 [[service.backend]]
 address = \"127.0.0.1:9876\"
@@ -2642,6 +2673,7 @@ scheduler = \"maglev\"
 hash = \"5-tuple\"
 maglev_table_size = 65537
 when_all_down = \"drop\"
+forwarding = \"local\"
 
 [service.health_check]
 type = \"udp\"
@@ -3327,6 +3359,11 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
             maglev_table_size,
             health_check,
             when_all_down: rng.pick(&[WhenAllDown::Drop, WhenAllDown::Pass]),
+            forwarding: if backends.iter().any(|b| b.address.ip().is_loopback()) {
+                Forwarding::Local
+            } else {
+                rng.pick(&[Forwarding::Local, Forwarding::Nat])
+            },
             backends,
         });
     }

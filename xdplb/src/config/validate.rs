@@ -10,8 +10,8 @@ use std::{
 use toml::Spanned;
 
 use super::{
-    BackendConfig, Config, ConfigError, HashFields, HealthCheck, HealthCheckKind, Limits, Location,
-    OnFailure, Protocol, Scheduler, ServiceConfig, WhenAllDown, XdpModeSetting,
+    BackendConfig, Config, ConfigError, Forwarding, HashFields, HealthCheck, HealthCheckKind,
+    Limits, Location, OnFailure, Protocol, Scheduler, ServiceConfig, WhenAllDown, XdpModeSetting,
     error::line_col,
     raw::{RawBackend, RawConfig, RawHealthCheck, RawLimits, RawService, TABLES},
 };
@@ -645,6 +645,21 @@ fn validate_service(
         },
     };
 
+    let forwarding = match raw.forwarding {
+        None => Forwarding::Local,
+        Some(f) => match f.get_ref().as_str() {
+            "local" => Forwarding::Local,
+            "nat" => Forwarding::Nat,
+            _ => {
+                return Err(ConfigError::InvalidForwarding {
+                    at: src.at(&f.span()),
+                    service: label,
+                    value: f.into_inner(),
+                });
+            }
+        },
+    };
+
     let Some(backends) = raw.backend else {
         return Err(ConfigError::NoBackends {
             at: src.at(&svc_span),
@@ -700,6 +715,13 @@ fn validate_service(
                 slot.insert((bindex, addr_offset));
             }
         }
+        if forwarding == Forwarding::Nat && backend.address.ip().is_loopback() {
+            return Err(ConfigError::NatLoopbackBackend {
+                at: src.at_offset(addr_offset),
+                service: label,
+                address: backend.address,
+            });
+        }
         out.push(backend);
     }
     if out.iter().all(|b| b.drain) {
@@ -736,6 +758,7 @@ fn validate_service(
             maglev_table_size,
             health_check,
             when_all_down,
+            forwarding,
             backends: out,
         },
         name_offset: name_span.start,

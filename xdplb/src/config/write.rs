@@ -7,8 +7,9 @@ use std::{
 };
 
 use super::{
-    Config, HealthCheck, HealthCheckKind, Scheduler, ServiceConfig, XdpModeSetting, hash_name,
-    health_check_type_name, on_failure_name, protocol_name, scheduler_name, when_all_down_name,
+    Config, HealthCheck, HealthCheckKind, Scheduler, ServiceConfig, XdpModeSetting,
+    forwarding_name, hash_name, health_check_type_name, on_failure_name, protocol_name,
+    scheduler_name, when_all_down_name,
 };
 
 /// The first line of every file [`to_toml`] writes.
@@ -106,6 +107,7 @@ fn write_service(out: &mut String, svc: &ServiceConfig) -> fmt::Result {
         "when_all_down = \"{}\"",
         when_all_down_name(svc.when_all_down)
     )?;
+    writeln!(out, "forwarding = \"{}\"", forwarding_name(svc.forwarding))?;
 
     if let Some(hc) = &svc.health_check {
         write_health_check(out, hc)?;

@@ -310,7 +310,7 @@ fn expected_shapes(limits: &Limits) -> [(&'static str, u32, u32, u32); 9] {
             size(size_of::<Reply>()),
             limits.max_flows,
         ),
-        (MAP_STATS, 4, 8, xdplb_common::Stat::COUNT),
+        (MAP_STATS, 4, 8, xdplb_common::Stat::CAPACITY),
         (
             MAP_SERVICE_STATS,
             4,

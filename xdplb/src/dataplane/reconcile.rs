@@ -8,9 +8,9 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use xdplb_common::{
-    BACKEND_FLAG_DRAINING, Backend, IPPROTO_UDP, SCHED_MAGLEV, SCHED_RANDOM, SCHED_ROUND_ROBIN,
-    SCHED_SOURCE_HASH, SCHED_WEIGHTED_ROUND_ROBIN, SERVICE_FLAG_PASS_WHEN_EMPTY, Service,
-    ServiceKey, addr_from_v4_wire,
+    BACKEND_FLAG_DRAINING, Backend, FORWARD_LOCAL, FORWARD_NAT, IPPROTO_UDP, SCHED_MAGLEV,
+    SCHED_RANDOM, SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH, SCHED_WEIGHTED_ROUND_ROBIN,
+    SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FORWARDING_SHIFT, Service, ServiceKey, addr_from_v4_wire,
     hash::{HASH_FIVE_TUPLE, HASH_SOURCE_IP, HASH_SOURCE_IP_PORT},
     maglev::{self, MaglevBackend},
     schedule,
@@ -18,7 +18,7 @@ use xdplb_common::{
 
 use super::DataplaneError;
 use crate::config::{
-    self, Config, HashFields, Limits, Protocol, Scheduler, ServiceConfig, WhenAllDown,
+    self, Config, Forwarding, HashFields, Limits, Protocol, Scheduler, ServiceConfig, WhenAllDown,
 };
 
 /// The longest weighted-round-robin table (it interleaves by weight within this length).
@@ -83,6 +83,13 @@ pub fn scheduler_code(s: Scheduler) -> u32 {
         Scheduler::WeightedRoundRobin => SCHED_WEIGHTED_ROUND_ROBIN,
         Scheduler::Random => SCHED_RANDOM,
         Scheduler::SourceHash => SCHED_SOURCE_HASH,
+    }
+}
+
+pub fn forwarding_code(f: Forwarding) -> u32 {
+    match f {
+        Forwarding::Local => FORWARD_LOCAL,
+        Forwarding::Nat => FORWARD_NAT,
     }
 }
 
@@ -268,7 +275,7 @@ fn plan_service(
             flags: match svc.when_all_down {
                 WhenAllDown::Drop => 0,
                 WhenAllDown::Pass => SERVICE_FLAG_PASS_WHEN_EMPTY,
-            },
+            } | (forwarding_code(svc.forwarding) << SERVICE_FORWARDING_SHIFT),
             _pad: 0,
         },
         region_base,
