@@ -1080,3 +1080,149 @@ fn restart_and_upgrade_under_traffic_lose_nothing_and_stop_removes_everything() 
     let after = client(&ns, "127.0.0.1:9875", 1, 1);
     assert_eq!(after["replies"], 0, "nothing balanced after stop: {after}");
 }
+
+/// Adds a veth pair `a` (in `ns_a`, address `addr_a`) – `b` (in `ns_b`, `addr_b`), both up,
+/// with tx checksum offload off, so that every receiver validates real checksums.
+fn link(ns_a: &Netns, a: &str, addr_a: &str, ns_b: &Netns, b: &str, addr_b: &str) {
+    sh(&[
+        "ip", "link", "add", a, "netns", &ns_a.name, "type", "veth", "peer", "name", b, "netns",
+        &ns_b.name,
+    ]);
+    for (ns, dev, addr) in [(ns_a, a, addr_a), (ns_b, b, addr_b)] {
+        ns.exec(&["ip", "addr", "add", addr, "dev", dev]);
+        ns.exec(&["ip", "link", "set", dev, "up"]);
+        ns.exec(&["ethtool", "-K", dev, "tx", "off"]);
+        // GRO gives a veth the NAPI context that XDP_REDIRECT from a native-mode peer needs.
+        ns.exec(&["ethtool", "-K", dev, "gro", "on"]);
+    }
+}
+
+#[test]
+fn nat_routes_to_backends_on_other_hosts_and_translates_their_replies() {
+    require_root();
+    let pid = std::process::id();
+    let client_ns = Netns::new("natc");
+    let lb_ns = Netns::new("natl");
+    let backend_ns: Vec<Netns> = (1..=3).map(|k| Netns::new(&format!("natb{k}"))).collect();
+    let lb_client_dev = format!("nl0{pid}");
+    link(
+        &client_ns,
+        &format!("nc0{pid}"),
+        "10.81.0.1/24",
+        &lb_ns,
+        &lb_client_dev,
+        "10.81.0.2/24",
+    );
+    client_ns.exec(&["ip", "route", "add", "10.99.0.0/24", "via", "10.81.0.2"]);
+    let mut interfaces = vec![lb_client_dev.clone()];
+    for (k, ns) in (1..=3).zip(&backend_ns) {
+        let dev = format!("nl{k}{pid}");
+        link(
+            &lb_ns,
+            &dev,
+            &format!("10.82.{k}.1/24"),
+            ns,
+            &format!("nb{k}{pid}"),
+            &format!("10.82.{k}.2/24"),
+        );
+        // The balancer is each backend's gateway, so replies come back through it.
+        ns.exec(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.82.{k}.1"),
+        ]);
+        interfaces.push(dev);
+    }
+    // Packets whose next hop has no neighbour entry yet go through the kernel's forwarding.
+    lb_ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+
+    let _backends: Vec<Daemon> = (1..=3)
+        .zip(&backend_ns)
+        .map(|(k, ns)| start_backends(ns, &format!("10.82.{k}.2:7000")))
+        .collect();
+    let dir = run_dir("nat");
+    let cfg_path = format!("{dir}/nat.toml");
+    let list = interfaces
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "interfaces = [{list}]\n[[service]]\nname = \"nat\"\nvip = \"10.99.0.1:7000\"\nforwarding = \"nat\"\n\
+             [[service.backend]]\naddress = \"10.82.1.2:7000\"\n[[service.backend]]\naddress = \"10.82.2.2:7000\"\n\
+             [[service.backend]]\naddress = \"10.82.3.2:7000\"\n"
+        ),
+    )
+    .expect("write config");
+    let instance = format!("t-nat-{pid}");
+    let env = format!("XDPLB_RUN_DIR={dir}");
+    let mut lb = start_balancer(&lb_ns, &env, &cfg_path, &instance);
+    for dev in &interfaces {
+        assert!(xdp_attached(&lb_ns, dev), "XDP on {dev}");
+    }
+
+    let csum_before: Vec<(u64, u64)> = std::iter::once(&client_ns)
+        .chain(&backend_ns)
+        .map(Netns::udp_counters)
+        .collect();
+    let report = client(&client_ns, "10.99.0.1:7000", 60, 3);
+    assert_every_reply_from_vip(&report, 60, 3);
+    let flows = per_backend(&report, "flows_per_backend");
+    assert_eq!(flows.len(), 3, "every backend host got flows: {report}");
+    assert!(
+        flows.values().all(|&n| n >= 5),
+        "Maglev spreads 60 flows over 3 backends: {report}"
+    );
+    let csum_after: Vec<(u64, u64)> = std::iter::once(&client_ns)
+        .chain(&backend_ns)
+        .map(Netns::udp_counters)
+        .collect();
+    for (host, (before, after)) in csum_before.iter().zip(&csum_after).enumerate() {
+        assert_eq!(
+            before.0, after.0,
+            "host {host}: Udp InCsumErrors must not grow ({before:?} -> {after:?})"
+        );
+    }
+    let delivered: u64 = csum_before
+        .iter()
+        .zip(&csum_after)
+        .skip(1)
+        .map(|(b, a)| a.1 - b.1)
+        .sum();
+    assert_eq!(
+        delivered, 180,
+        "the backends' kernels accepted every datagram"
+    );
+    assert_eq!(
+        csum_after[0].1 - csum_before[0].1,
+        180,
+        "the client's kernel accepted every reply"
+    );
+
+    let st = stats(&lb_ns, &dir, &instance);
+    assert_eq!(counter(&st, "nat_reply_translated"), 180, "{st}");
+    assert_eq!(counter(&st, "flow_created"), 60, "{st}");
+    let routed = counter(&st, "forwarded_fib");
+    let via_kernel = counter(&st, "pass_no_neighbour");
+    assert_eq!(
+        routed + via_kernel,
+        360,
+        "every request and reply was routed by XDP or, before its neighbour was known, by the kernel: {st}"
+    );
+    assert!(
+        routed >= 300,
+        "once neighbours are known XDP sends the packets itself: {st}"
+    );
+    assert_eq!(counter(&st, "drop_no_route"), 0, "{st}");
+    println!(
+        "nat: 60 flows x 3 datagrams, flows per backend {flows:?}; forwarded_fib {routed}, pass_no_neighbour {via_kernel}; attached: {}",
+        lb.seen.join(" ")
+    );
+    let status = lb.terminate(Duration::from_secs(10));
+    assert!(status.success(), "exit 0 on SIGTERM: {status}");
+}

@@ -1,0 +1,237 @@
+//! Tier 2: the `nat` forwarding mode through BPF_PROG_TEST_RUN, with exact output frames.
+//!
+//! FIB lookups see the network namespace of the thread that runs the program, so the cases run
+//! in a thread moved into a namespace of the test's own, with two veths, routes and permanent
+//! neighbour entries: every MAC address and next hop is known, and the expected frames are built
+//! independently (full checksums) and compared byte for byte.
+//! Needs root; run with the README test command.
+
+mod common;
+
+use std::{net::SocketAddrV4, os::fd::AsRawFd};
+
+use common::{netns::Netns, *};
+use xdplb::{
+    packet::{ETH_HDR_LEN, UdpFrame},
+    testrun,
+};
+use xdplb_common::Stat;
+
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+
+/// The backend side (`fa`, 10.60.1.1/24) and the client side (`fb`, 10.60.2.1/24).
+const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x01];
+const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x01];
+const MAC_BACKEND: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
+const MAC_CLIENT: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x02];
+
+const CONFIG: &str = r#"
+interfaces = ["lo"]
+
+[[service]]
+name = "nat"
+vip = "10.99.0.1:7000"
+forwarding = "nat"
+[[service.backend]]
+address = "10.60.1.2:7000"
+
+[[service]]
+name = "unroutable"
+vip = "10.99.0.2:7000"
+forwarding = "nat"
+[[service.backend]]
+address = "10.77.0.2:7000"
+
+[[service]]
+name = "unresolved"
+vip = "10.99.0.3:7000"
+forwarding = "nat"
+[[service.backend]]
+address = "10.60.1.9:7000"
+"#;
+
+/// The frame `src` -> `dst` as the data plane must emit it: TTL `ttl`, the given MACs, and
+/// checksums computed from scratch.
+fn expected(src: &str, dst: &str, ttl: u8, eth_dst: [u8; 6], eth_src: [u8; 6]) -> Vec<u8> {
+    let mut f = udp(src, dst);
+    f.ttl = ttl;
+    let mut bytes = f.build();
+    bytes[..6].copy_from_slice(&eth_dst);
+    bytes[6..12].copy_from_slice(&eth_src);
+    bytes
+}
+
+fn input(src: &str, dst: &str, ttl: u8) -> Vec<u8> {
+    let mut f: UdpFrame = udp(src, dst);
+    f.ttl = ttl;
+    f.build()
+}
+
+fn ifindex(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).expect("name");
+    // SAFETY: a valid NUL-terminated string.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert_ne!(i, 0, "no interface {name} in this namespace");
+    i
+}
+
+#[test]
+fn nat_requests_and_replies_come_out_exactly_as_routed() {
+    require_root();
+    let ns = Netns::new("fib");
+    let n = |args: &[&str]| {
+        let mut full = vec!["ip", "-n", ns.name.as_str()];
+        full.extend_from_slice(args);
+        netns::sh(&full);
+    };
+    n(&[
+        "link",
+        "add",
+        "fa",
+        "address",
+        "02:00:00:00:0a:01",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "fb",
+        "address",
+        "02:00:00:00:0b:01",
+    ]);
+    n(&["addr", "add", "10.60.1.1/24", "dev", "fa"]);
+    n(&["addr", "add", "10.60.2.1/24", "dev", "fb"]);
+    n(&["link", "set", "fa", "up"]);
+    n(&["link", "set", "fb", "up"]);
+    for (addr, mac, dev) in [
+        ("10.60.1.2", "02:00:00:00:01:02", "fa"),
+        ("10.60.1.3", "02:00:00:00:01:03", "fa"),
+        ("10.60.2.2", "02:00:00:00:02:02", "fb"),
+    ] {
+        n(&[
+            "neigh",
+            "add",
+            addr,
+            "lladdr",
+            mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
+    }
+    ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+
+    let path = format!("/run/netns/{}", ns.name);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(&path).expect("open the namespace");
+            // SAFETY: setns(2) on this thread only, with a namespace fd we hold open.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            run_cases();
+        })
+        .join()
+        .expect("the cases pass");
+    });
+}
+
+fn run_cases() {
+    let (_cfg, mut dp) = load_toml(CONFIG);
+    let (a, b) = (ifindex("fa"), ifindex("fb"));
+    let prog = dp
+        .ingress()
+        .expect("ingress")
+        .fd()
+        .expect("fd")
+        .try_clone()
+        .expect("fd");
+    let run = |frame: &[u8], on: u32| testrun::run_xdp_on(&prog, frame, on).expect("test run");
+    let backend: SocketAddrV4 = addr("10.60.1.2:7000");
+
+    // 1. A client's request arrives on fb: rewritten to the backend, TTL 63, MACs of fa and the
+    //    backend, redirected to fa.
+    let before = counters(&dp);
+    let out = run(&input("10.60.2.2:5555", "10.99.0.1:7000", 64), b);
+    assert_eq!(out.action, XDP_REDIRECT, "request: redirected to fa");
+    assert_eq!(
+        out.frame,
+        expected(
+            "10.60.2.2:5555",
+            &backend.to_string(),
+            63,
+            MAC_BACKEND,
+            MAC_A
+        ),
+        "request: exact frame"
+    );
+    assert_eq!(
+        deltas(&before, &counters(&dp)),
+        [
+            (Stat::FlowCreated, 1),
+            (Stat::FlowTableInsert, 1),
+            (Stat::ForwardedFib, 1)
+        ]
+    );
+
+    // 2. The backend's reply arrives on fa: source = VIP:port, routed back out of fb.
+    let before = counters(&dp);
+    let out = run(&input(&backend.to_string(), "10.60.2.2:5555", 64), a);
+    assert_eq!(out.action, XDP_REDIRECT, "reply: redirected to fb");
+    assert_eq!(
+        out.frame,
+        expected("10.99.0.1:7000", "10.60.2.2:5555", 63, MAC_CLIENT, MAC_B),
+        "reply: exact frame"
+    );
+    assert_eq!(
+        deltas(&before, &counters(&dp)),
+        [(Stat::ForwardedFib, 1), (Stat::NatReplyTranslated, 1)]
+    );
+
+    // 3. A client on the backends' own segment: out of the interface it came in on (XDP_TX).
+    let out = run(&input("10.60.1.3:6000", "10.99.0.1:7000", 64), a);
+    assert_eq!(out.action, XDP_TX, "same interface: XDP_TX");
+    assert_eq!(
+        out.frame,
+        expected(
+            "10.60.1.3:6000",
+            &backend.to_string(),
+            63,
+            MAC_BACKEND,
+            MAC_A
+        )
+    );
+
+    // 4. TTL 1: rewritten, but the kernel must answer "time exceeded": passed, TTL untouched.
+    let before = counters(&dp);
+    let out = run(&input("10.60.2.2:5556", "10.99.0.1:7000", 1), b);
+    assert_eq!(out.action, XDP_PASS);
+    assert_eq!(
+        out.frame[ETH_HDR_LEN..],
+        expected("10.60.2.2:5556", &backend.to_string(), 1, [0; 6], [0; 6])[ETH_HDR_LEN..],
+        "TTL 1: rewritten, TTL kept for the kernel"
+    );
+    assert!(deltas(&before, &counters(&dp)).contains(&(Stat::PassTtlExceeded, 1)));
+
+    // 5. A backend with a route but no neighbour entry: passed rewritten, for the kernel to
+    //    resolve the neighbour and forward.
+    let before = counters(&dp);
+    let out = run(&input("10.60.2.2:5557", "10.99.0.3:7000", 64), b);
+    assert_eq!(out.action, XDP_PASS);
+    assert_eq!(
+        out.frame[ETH_HDR_LEN..],
+        expected("10.60.2.2:5557", "10.60.1.9:7000", 64, [0; 6], [0; 6])[ETH_HDR_LEN..]
+    );
+    assert!(deltas(&before, &counters(&dp)).contains(&(Stat::PassNoNeighbour, 1)));
+
+    // 6. No route to the backend at all: dropped and counted.
+    let before = counters(&dp);
+    let out = run(&input("10.60.2.2:5558", "10.99.0.2:7000", 64), b);
+    assert_eq!(out.action, XDP_DROP);
+    assert!(deltas(&before, &counters(&dp)).contains(&(Stat::DropNoRoute, 1)));
+
+    // 7. A packet from a backend that is no reply to a nat flow passes untouched.
+    let stray = input(&backend.to_string(), "10.60.2.2:9999", 64);
+    let out = run(&stray, a);
+    assert_eq!((out.action, out.frame), (XDP_PASS, stray));
+}
