@@ -124,6 +124,9 @@ pub const FORWARD_LOCAL: u32 = 0;
 /// Rewrite the destination, then send the packet out of the interface the FIB names, with its
 /// MAC addresses; replies are translated back on their way through.
 pub const FORWARD_NAT: u32 = 1;
+/// Direct server return on one L2 segment: only the destination MAC changes (to the backend's);
+/// backends hold the VIP and answer clients directly.
+pub const FORWARD_DSR_L2: u32 = 2;
 
 /// `Reply::flags`: the flow is forwarded in `nat` mode, so its replies pass through this host's
 /// XDP and are translated and forwarded there.

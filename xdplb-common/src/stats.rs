@@ -63,11 +63,14 @@ pub enum Stat {
     DropNoRoute = 22,
     /// Event: a `nat` backend's reply rewritten by XDP to come from VIP:port.
     NatReplyTranslated = 23,
+    /// Dropped: a `dsr-l2` backend whose MAC address the neighbour table does not hold yet
+    /// (the daemon resolves its backends' neighbours whenever it applies a config).
+    DropNoNeighbour = 24,
 }
 
 impl Stat {
     /// Number of counters.
-    pub const COUNT: u32 = 24;
+    pub const COUNT: u32 = 25;
     /// The length of `STATS_V1`: room for counters that later versions add, so that adding one
     /// does not change the pinned map's shape.
     pub const CAPACITY: u32 = 64;
@@ -98,6 +101,7 @@ impl Stat {
         Stat::PassTtlExceeded,
         Stat::DropNoRoute,
         Stat::NatReplyTranslated,
+        Stat::DropNoNeighbour,
     ];
 
     /// A stable snake_case name, used in `xdplb stats` and later as a metric label.
@@ -127,6 +131,7 @@ impl Stat {
             Stat::PassTtlExceeded => "pass_ttl_exceeded",
             Stat::DropNoRoute => "drop_no_route",
             Stat::NatReplyTranslated => "nat_reply_translated",
+            Stat::DropNoNeighbour => "drop_no_neighbour",
         }
     }
 }

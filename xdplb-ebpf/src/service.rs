@@ -3,9 +3,9 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_log_ebpf::debug;
 use xdplb_common::{
-    Backend, FLOW_REFRESH_NS, FORWARD_NAT, Flow, FlowKey, IPPROTO_UDP, REPLY_FLAG_NAT, Reply,
-    ReplyKey, SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FORWARDING_MASK, SERVICE_FORWARDING_SHIFT,
-    Service, ServiceKey, Stat, addr_from_v4_wire, hash::FlowTuple,
+    Backend, FLOW_REFRESH_NS, FORWARD_DSR_L2, FORWARD_NAT, Flow, FlowKey, IPPROTO_UDP,
+    REPLY_FLAG_NAT, Reply, ReplyKey, SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FORWARDING_MASK,
+    SERVICE_FORWARDING_SHIFT, Service, ServiceKey, Stat, addr_from_v4_wire, hash::FlowTuple,
 };
 
 use crate::{
@@ -109,9 +109,14 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
         }
     };
 
-    rewrite::set_destination(&pkt, target.addr_v4, target.port_be);
     stats::count_traffic(service.id, target.index, pkt.frame_len);
-    if forwarding(&service) == FORWARD_NAT {
+    let mode = forwarding(&service);
+    if mode == FORWARD_DSR_L2 {
+        // The backend holds the VIP: the packet stays as the client sent it.
+        return Ok(forward::l2_forward(ctx, &pkt, target.addr_v4));
+    }
+    rewrite::set_destination(&pkt, target.addr_v4, target.port_be);
+    if mode == FORWARD_NAT {
         return Ok(forward::fib_forward(ctx, &pkt));
     }
     Ok(Verdict::pass(Stat::Forwarded))

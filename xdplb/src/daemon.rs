@@ -22,7 +22,40 @@ pub fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     let origin = path.display().to_string();
     let cfg = config::load(path)?;
     config::check_interfaces(&cfg, &origin, interface_exists)?;
+    check_forwarding(&cfg, &origin)?;
     Ok(cfg)
+}
+
+/// `nat` and `dsr-l2` find next hops with bpf_fib_lookup, which the kernel answers only for
+/// packets received on an interface with IPv4 forwarding on; without it every packet of those
+/// services would be dropped, so such a config is refused with the fix.
+fn check_forwarding(cfg: &Config, origin: &str) -> anyhow::Result<()> {
+    let routed: Vec<&str> = cfg
+        .services
+        .iter()
+        .filter(|s| s.forwarding != config::Forwarding::Local)
+        .map(|s| s.name.as_str())
+        .collect();
+    if routed.is_empty() {
+        return Ok(());
+    }
+    let off: Vec<&str> = cfg
+        .interfaces
+        .iter()
+        .filter(|i| {
+            std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{i}/forwarding"))
+                .map_or(true, |v| v.trim() != "1")
+        })
+        .map(String::as_str)
+        .collect();
+    if !off.is_empty() {
+        bail!(
+            "{origin}: service(s) {} forward with nat or dsr-l2, which needs IPv4 forwarding on every attached interface, but it is off on {}; turn it on with `sysctl -w net.ipv4.conf.all.forwarding=1` (or per interface)",
+            routed.join(", "),
+            off.join(", ")
+        );
+    }
+    Ok(())
 }
 
 pub fn interface_exists(name: &str) -> bool {
@@ -116,6 +149,7 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
     let apply_started = Instant::now();
     dp.apply_config(&cfg).context("filling the maps")?;
     let apply_seconds = apply_started.elapsed().as_secs_f64();
+    resolve_neighbours(&cfg);
     if adopting {
         let stray = dp.remove_stray_services()?;
         if stray > 0 {
@@ -248,6 +282,7 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
             let _ = reply.send(response);
         }
         if publish {
+            resolve_neighbours(&cfg);
             if let Ok(fresh) =
                 instance_state(&dp, &cfg, &book, instance_name, &origin, attached.clone())
             {
@@ -297,6 +332,24 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
 enum Stop {
     HandOver,
     Signal(&'static str),
+}
+
+/// Makes the kernel resolve the MAC address of every `dsr-l2` backend, which XDP needs from
+/// the neighbour table and cannot resolve itself: an empty datagram to the backend's discard
+/// port (9) makes the kernel send ARP. Entries the kernel already holds cost nothing.
+fn resolve_neighbours(cfg: &Config) {
+    let Ok(sock) = std::net::UdpSocket::bind("0.0.0.0:0") else {
+        return;
+    };
+    for svc in cfg
+        .services
+        .iter()
+        .filter(|s| s.forwarding == config::Forwarding::DsrL2)
+    {
+        for b in &svc.backends {
+            let _ = sock.send_to(&[], (*b.address.ip(), 9));
+        }
+    }
 }
 
 /// Asks the daemon `pid` to hand over (SIGUSR2) and waits for it to exit: it stops writing the

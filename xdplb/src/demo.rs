@@ -15,7 +15,14 @@ pub const REPLY_PREFIX: &str = "xdplb-backend ";
 
 /// Serves every address in `listen`: answers each datagram with its own listening address and
 /// the echoed payload. Runs until the process ends. Calls `ready` once every socket is bound.
-pub fn serve_backends(listen: &[SocketAddrV4], ready: impl FnOnce()) -> io::Result<()> {
+///
+/// With `name`, replies carry that name instead of the address (for backends that all listen on
+/// the same address, as in direct server return).
+pub fn serve_backends(
+    listen: &[SocketAddrV4],
+    name: Option<&str>,
+    ready: impl FnOnce(),
+) -> io::Result<()> {
     let mut sockets = Vec::new();
     for addr in listen {
         let s = UdpSocket::bind(addr)
@@ -25,7 +32,10 @@ pub fn serve_backends(listen: &[SocketAddrV4], ready: impl FnOnce()) -> io::Resu
     ready();
     let handles: Vec<_> = sockets
         .into_iter()
-        .map(|(addr, sock)| thread::spawn(move || serve_one(addr, sock)))
+        .map(|(addr, sock)| {
+            let label = name.map_or_else(|| addr.to_string(), str::to_string);
+            thread::spawn(move || serve_one(&label, sock))
+        })
         .collect();
     for h in handles {
         match h.join() {
@@ -36,11 +46,11 @@ pub fn serve_backends(listen: &[SocketAddrV4], ready: impl FnOnce()) -> io::Resu
     Ok(())
 }
 
-fn serve_one(addr: SocketAddrV4, sock: UdpSocket) -> io::Result<()> {
+fn serve_one(label: &str, sock: UdpSocket) -> io::Result<()> {
     let mut buf = vec![0u8; 65536];
     loop {
         let (n, peer) = sock.recv_from(&mut buf)?;
-        let mut reply = format!("{REPLY_PREFIX}{addr}\n").into_bytes();
+        let mut reply = format!("{REPLY_PREFIX}{label}\n").into_bytes();
         reply.extend_from_slice(&buf[..n]);
         // A reply that cannot be sent (e.g. the client is gone) is not the backend's problem.
         let _ = sock.send_to(&reply, peer);

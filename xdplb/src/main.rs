@@ -102,6 +102,9 @@ enum Command {
         /// Comma-separated IPv4:port addresses.
         #[arg(long, value_delimiter = ',', required = true)]
         listen: Vec<SocketAddrV4>,
+        /// Name the replies carry instead of the listening address.
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Demo client: send datagrams on many connected sockets and report who answered.
     DemoClient {
@@ -370,8 +373,8 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::DemoBackend { listen } => {
-            demo::serve_backends(&listen, || {
+        Command::DemoBackend { listen, name } => {
+            demo::serve_backends(&listen, name.as_deref(), || {
                 let list: Vec<String> = listen.iter().map(|a| a.to_string()).collect();
                 println!("demo backends listening on {}", list.join(", "));
             })?;

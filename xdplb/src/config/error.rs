@@ -401,7 +401,7 @@ pub enum ConfigError {
 
     /// A `forwarding` that is not one of the known modes.
     #[error(
-        "{at}: {service} has an invalid forwarding {value:?}; expected \"local\" (the default: backends on this host) or \"nat\" (backends on other hosts, routed through this one)"
+        "{at}: {service} has an invalid forwarding {value:?}; expected \"local\" (the default: backends on this host), \"nat\" (backends on other hosts, routed through this one) or \"dsr-l2\" (backends on this L2 segment answer clients directly)"
     )]
     InvalidForwarding {
         at: Location,
@@ -409,14 +409,26 @@ pub enum ConfigError {
         value: String,
     },
 
-    /// A `nat` service with a backend this host cannot route to (a loopback address).
+    /// A `nat` or `dsr-l2` service with a backend this host cannot send to (a loopback address).
     #[error(
-        "{at}: {service} forwards with nat, which routes packets to other hosts, but its backend {address} is a loopback address; use forwarding = \"local\" for backends on this host"
+        "{at}: {service} forwards with {mode}, which sends packets to other hosts, but its backend {address} is a loopback address; use forwarding = \"local\" for backends on this host"
     )]
     NatLoopbackBackend {
         at: Location,
         service: String,
+        mode: &'static str,
         address: SocketAddrV4,
+    },
+
+    /// A `dsr-l2` backend whose port differs from the VIP's.
+    #[error(
+        "{at}: {service} forwards with dsr-l2, which leaves the packet as the client sent it, so backend {address} must listen on the VIP's port {vip_port} (it answers the client directly, from the VIP)"
+    )]
+    DsrPortMismatch {
+        at: Location,
+        service: String,
+        address: SocketAddrV4,
+        vip_port: u16,
     },
 
     /// A `when_all_down` that is not one of the known policies.

@@ -38,6 +38,8 @@
 //!                              # healthy and undrained (pass hands them to the host's stack)
 //! forwarding = "local"         # optional: local (hand to this host's stack) | nat (route to
 //!                              # backends on other hosts; replies come back through here)
+//!                              # | dsr-l2 (backends on this L2 segment hold the VIP and
+//!                              # answer clients directly; backend port = VIP port)
 //!
 //! [service.health_check]       # optional; without it every backend is always healthy
 //! type = "udp"                 # required: udp | tcp | http
@@ -323,6 +325,9 @@ pub enum Forwarding {
     /// Rewrite the destination and route the packet out of an interface (FIB lookup, XDP_TX or
     /// XDP_REDIRECT); the backends' replies pass back through this host and are translated.
     Nat,
+    /// Direct server return on one L2 segment: only the destination MAC changes; backends hold
+    /// the VIP and answer clients directly.
+    DsrL2,
 }
 
 /// The spelling of `forwarding` used in the config file.
@@ -330,6 +335,7 @@ pub fn forwarding_name(forwarding: Forwarding) -> &'static str {
     match forwarding {
         Forwarding::Local => "local",
         Forwarding::Nat => "nat",
+        Forwarding::DsrL2 => "dsr-l2",
     }
 }
 
@@ -563,11 +569,17 @@ impl Config {
             if let Some(hc) = &svc.health_check {
                 write_health_check(out, hc)?;
             }
-            if svc.forwarding == Forwarding::Nat {
-                writeln!(
+            match svc.forwarding {
+                Forwarding::Local => {}
+                Forwarding::Nat => writeln!(
                     out,
                     "    Forwarding: nat (routed to the backends; their replies must come back through this host)"
-                )?;
+                )?,
+                Forwarding::DsrL2 => writeln!(
+                    out,
+                    "    Forwarding: dsr-l2 (frames readdressed to each backend's MAC; backends hold {} and answer clients directly)",
+                    svc.vip.ip()
+                )?,
             }
             if svc.when_all_down == WhenAllDown::Pass {
                 writeln!(

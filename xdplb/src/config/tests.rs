@@ -1767,7 +1767,27 @@ fn forwarding_parses_and_rejects_garbage_and_loopback_nat_backends() {
     }
     let e = err(&nat.replace("10.1.0.2:53", "127.0.0.1:53"));
     assert!(matches!(e, ConfigError::NatLoopbackBackend { .. }), "{e:?}");
-    assert_msg(&e, &["127.0.0.1:53", "loopback", "forwarding = \"local\""]);
+    assert_msg(
+        &e,
+        &[
+            "with nat",
+            "127.0.0.1:53",
+            "loopback",
+            "forwarding = \"local\"",
+        ],
+    );
+
+    let dsr = nat.replace("\"nat\"", "\"dsr-l2\"");
+    assert_eq!(ok(&dsr).services[0].forwarding, Forwarding::DsrL2);
+    assert_eq!(forwarding_name(Forwarding::DsrL2), "dsr-l2");
+    let e = err(&dsr.replace("10.1.0.2:53", "10.1.0.2:5353"));
+    assert!(
+        matches!(e, ConfigError::DsrPortMismatch { vip_port: 53, .. }),
+        "{e:?}"
+    );
+    assert_msg(&e, &["dsr-l2", "10.1.0.2:5353", "port 53", "directly"]);
+    let e = err(&dsr.replace("10.1.0.2:53", "127.0.0.2:53"));
+    assert_msg(&e, &["with dsr-l2", "127.0.0.2:53", "loopback"]);
 }
 
 #[test]
@@ -3361,6 +3381,8 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
             when_all_down: rng.pick(&[WhenAllDown::Drop, WhenAllDown::Pass]),
             forwarding: if backends.iter().any(|b| b.address.ip().is_loopback()) {
                 Forwarding::Local
+            } else if backends.iter().all(|b| b.address.port() == vip.port()) {
+                rng.pick(&[Forwarding::Local, Forwarding::Nat, Forwarding::DsrL2])
             } else {
                 rng.pick(&[Forwarding::Local, Forwarding::Nat])
             },

@@ -650,6 +650,7 @@ fn validate_service(
         Some(f) => match f.get_ref().as_str() {
             "local" => Forwarding::Local,
             "nat" => Forwarding::Nat,
+            "dsr-l2" => Forwarding::DsrL2,
             _ => {
                 return Err(ConfigError::InvalidForwarding {
                     at: src.at(&f.span()),
@@ -715,11 +716,20 @@ fn validate_service(
                 slot.insert((bindex, addr_offset));
             }
         }
-        if forwarding == Forwarding::Nat && backend.address.ip().is_loopback() {
+        if forwarding != Forwarding::Local && backend.address.ip().is_loopback() {
             return Err(ConfigError::NatLoopbackBackend {
                 at: src.at_offset(addr_offset),
                 service: label,
+                mode: super::forwarding_name(forwarding),
                 address: backend.address,
+            });
+        }
+        if forwarding == Forwarding::DsrL2 && backend.address.port() != vip.port() {
+            return Err(ConfigError::DsrPortMismatch {
+                at: src.at_offset(addr_offset),
+                service: label,
+                address: backend.address,
+                vip_port: vip.port(),
             });
         }
         out.push(backend);

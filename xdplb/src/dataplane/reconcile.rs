@@ -8,8 +8,8 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use xdplb_common::{
-    BACKEND_FLAG_DRAINING, Backend, FORWARD_LOCAL, FORWARD_NAT, IPPROTO_UDP, SCHED_MAGLEV,
-    SCHED_RANDOM, SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH, SCHED_WEIGHTED_ROUND_ROBIN,
+    BACKEND_FLAG_DRAINING, Backend, FORWARD_DSR_L2, FORWARD_LOCAL, FORWARD_NAT, IPPROTO_UDP,
+    SCHED_MAGLEV, SCHED_RANDOM, SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH, SCHED_WEIGHTED_ROUND_ROBIN,
     SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FORWARDING_SHIFT, Service, ServiceKey, addr_from_v4_wire,
     hash::{HASH_FIVE_TUPLE, HASH_SOURCE_IP, HASH_SOURCE_IP_PORT},
     maglev::{self, MaglevBackend},
@@ -90,6 +90,7 @@ pub fn forwarding_code(f: Forwarding) -> u32 {
     match f {
         Forwarding::Local => FORWARD_LOCAL,
         Forwarding::Nat => FORWARD_NAT,
+        Forwarding::DsrL2 => FORWARD_DSR_L2,
     }
 }
 
