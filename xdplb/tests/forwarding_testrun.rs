@@ -1,4 +1,5 @@
-//! Tier 2: the `nat` forwarding mode through BPF_PROG_TEST_RUN, with exact output frames.
+//! Tier 2: the `nat` and `dsr-l2` forwarding modes through BPF_PROG_TEST_RUN, with exact
+//! output frames.
 //!
 //! FIB lookups see the network namespace of the thread that runs the program, so the cases run
 //! in a thread moved into a namespace of the test's own, with two veths, routes and permanent
@@ -49,6 +50,20 @@ vip = "10.99.0.3:7000"
 forwarding = "nat"
 [[service.backend]]
 address = "10.60.1.9:7000"
+
+[[service]]
+name = "dsr"
+vip = "10.99.0.4:7000"
+forwarding = "dsr-l2"
+[[service.backend]]
+address = "10.60.1.2:7000"
+
+[[service]]
+name = "dsr-unresolved"
+vip = "10.99.0.5:7000"
+forwarding = "dsr-l2"
+[[service.backend]]
+address = "10.60.1.9:7000"
 "#;
 
 /// The frame `src` -> `dst` as the data plane must emit it: TTL `ttl`, the given MACs, and
@@ -77,7 +92,7 @@ fn ifindex(name: &str) -> u32 {
 }
 
 #[test]
-fn nat_requests_and_replies_come_out_exactly_as_routed() {
+fn nat_and_dsr_frames_come_out_exactly_as_routed() {
     require_root();
     let ns = Netns::new("fib");
     let n = |args: &[&str]| {
@@ -234,4 +249,30 @@ fn run_cases() {
     let stray = input(&backend.to_string(), "10.60.2.2:9999", 64);
     let out = run(&stray, a);
     assert_eq!((out.action, out.frame), (XDP_PASS, stray));
+
+    // 8. dsr-l2: the frame keeps its addresses, ports, TTL and checksums; only the MACs change
+    //    (to the backend's, from fa's), and it is redirected to the backends' segment.
+    let before = counters(&dp);
+    let out = run(&input("10.60.2.2:5560", "10.99.0.4:7000", 64), b);
+    assert_eq!(out.action, XDP_REDIRECT, "dsr-l2: redirected to fa");
+    assert_eq!(
+        out.frame,
+        expected("10.60.2.2:5560", "10.99.0.4:7000", 64, MAC_BACKEND, MAC_A),
+        "dsr-l2: exact frame"
+    );
+    assert_eq!(
+        deltas(&before, &counters(&dp)),
+        [
+            (Stat::FlowCreated, 1),
+            (Stat::FlowTableInsert, 1),
+            (Stat::ForwardedFib, 1)
+        ]
+    );
+
+    // 9. dsr-l2 to a backend without a neighbour entry: dropped (the kernel would deliver the
+    //    VIP locally), counted.
+    let before = counters(&dp);
+    let out = run(&input("10.60.2.2:5561", "10.99.0.5:7000", 64), b);
+    assert_eq!(out.action, XDP_DROP);
+    assert!(deltas(&before, &counters(&dp)).contains(&(Stat::DropNoNeighbour, 1)));
 }

@@ -1226,3 +1226,172 @@ fn nat_routes_to_backends_on_other_hosts_and_translates_their_replies() {
     let status = lb.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit 0 on SIGTERM: {status}");
 }
+
+/// Plugs `ns` into the bridge `br0` of `switch` with a veth pair: `dev` (address `addr`) in
+/// `ns`, its peer a bridge port. Tx checksum offload off, GRO (NAPI) on, as in [`link`].
+fn plug(switch: &Netns, port: &str, ns: &Netns, dev: &str, addr: &str) {
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        dev,
+        "netns",
+        &ns.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        port,
+        "netns",
+        &switch.name,
+    ]);
+    switch.exec(&["ip", "link", "set", port, "master", "br0"]);
+    ns.exec(&["ip", "addr", "add", addr, "dev", dev]);
+    for (n, d) in [(switch, port), (ns, dev)] {
+        n.exec(&["ip", "link", "set", d, "up"]);
+        n.exec(&["ethtool", "-K", d, "tx", "off"]);
+        n.exec(&["ethtool", "-K", d, "gro", "on"]);
+    }
+}
+
+/// Generic XDP here: the balancer sends every frame back out of the interface it came in on
+/// (XDP_TX), and a native-mode XDP_TX on a veth reaches the peer only once the peer runs an XDP
+/// program of its own (the kernel's veth schedules the peer's NAPI only then); the bridge port
+/// has none. Physical NICs have no such condition.
+#[test]
+fn dsr_l2_backends_on_one_segment_answer_clients_directly() {
+    require_root();
+    let pid = std::process::id();
+    let switch = Netns::new("dsrs");
+    switch.exec(&["ip", "link", "add", "br0", "type", "bridge"]);
+    switch.exec(&["ip", "link", "set", "br0", "up"]);
+    let client_ns = Netns::new("dsrc");
+    let lb_ns = Netns::new("dsrl");
+    let backend_ns: Vec<Netns> = (1..=3).map(|k| Netns::new(&format!("dsrb{k}"))).collect();
+    plug(
+        &switch,
+        &format!("sc{pid}"),
+        &client_ns,
+        &format!("dc{pid}"),
+        "10.83.0.1/24",
+    );
+    client_ns.exec(&["ip", "route", "add", "10.99.0.0/24", "via", "10.83.0.2"]);
+    let lb_dev = format!("dl{pid}");
+    plug(
+        &switch,
+        &format!("sl{pid}"),
+        &lb_ns,
+        &lb_dev,
+        "10.83.0.2/24",
+    );
+    for (k, ns) in (1..=3).zip(&backend_ns) {
+        plug(
+            &switch,
+            &format!("s{k}{pid}"),
+            ns,
+            &format!("d{k}{pid}"),
+            &format!("10.83.0.1{k}/24"),
+        );
+        // The backend holds the VIP (and does not answer ARP for it) and replies directly.
+        ns.exec(&["ip", "addr", "add", "10.99.0.1/32", "dev", "lo"]);
+        ns.exec(&["sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1"]);
+        ns.exec(&["sysctl", "-qw", "net.ipv4.conf.all.arp_announce=2"]);
+    }
+    let _backends: Vec<Daemon> = (1..=3)
+        .zip(&backend_ns)
+        .map(|(k, ns)| {
+            let mut b = Daemon::spawn(&in_ns(
+                ns,
+                &[
+                    XDPLB,
+                    "demo-backend",
+                    "--listen",
+                    "10.99.0.1:7000",
+                    "--name",
+                    &format!("backend-{k}"),
+                ],
+            ));
+            b.wait_for("listening", START);
+            b
+        })
+        .collect();
+
+    let dir = run_dir("dsr");
+    let cfg_path = format!("{dir}/dsr.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "interfaces = [\"{lb_dev}\"]\nxdp_mode = \"generic\"\n[[service]]\nname = \"dsr\"\nvip = \"10.99.0.1:7000\"\nforwarding = \"dsr-l2\"\n\
+             [[service.backend]]\naddress = \"10.83.0.11:7000\"\n[[service.backend]]\naddress = \"10.83.0.12:7000\"\n\
+             [[service.backend]]\naddress = \"10.83.0.13:7000\"\n"
+        ),
+    )
+    .expect("write config");
+    let instance = format!("t-dsr-{pid}");
+    let env = format!("XDPLB_RUN_DIR={dir}");
+    // Without IPv4 forwarding the kernel answers no FIB lookup: the daemon says so and stops.
+    let refused = lb_ns.exec_unchecked(&[
+        "env",
+        &env,
+        XDPLB,
+        "run",
+        "--cleanup",
+        "--config",
+        &cfg_path,
+        "--instance",
+        &instance,
+    ]);
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{text}");
+    assert!(
+        text.contains("IPv4 forwarding") && text.contains(&lb_dev) && text.contains("sysctl"),
+        "{text}"
+    );
+    lb_ns.exec(&["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"]);
+    let mut lb = start_balancer(&lb_ns, &env, &cfg_path, &instance);
+    // The daemon has asked the kernel to resolve the backends' MAC addresses; give ARP a moment.
+    std::thread::sleep(Duration::from_millis(300));
+
+    let hosts: Vec<&Netns> = std::iter::once(&client_ns).chain(&backend_ns).collect();
+    let csum_before: Vec<(u64, u64)> = hosts.iter().map(|h| h.udp_counters()).collect();
+    let report = client(&client_ns, "10.99.0.1:7000", 60, 3);
+    assert_every_reply_from_vip(&report, 60, 3);
+    let flows = per_backend(&report, "flows_per_backend");
+    assert_eq!(
+        flows.keys().collect::<Vec<_>>(),
+        ["backend-1", "backend-2", "backend-3"],
+        "every backend host answered: {report}"
+    );
+    let delivered: Vec<u64> = csum_before
+        .iter()
+        .zip(&hosts)
+        .enumerate()
+        .map(|(host, (before, h))| {
+            let after = h.udp_counters();
+            assert_eq!(before.0, after.0, "host {host}: Udp InCsumErrors grew");
+            after.1 - before.1
+        })
+        .collect();
+    assert_eq!(
+        delivered[0], 180,
+        "the client's kernel accepted every reply"
+    );
+    assert_eq!(
+        delivered[1..].iter().sum::<u64>(),
+        180,
+        "the backends' kernels accepted every request: {delivered:?}"
+    );
+    let st = stats(&lb_ns, &dir, &instance);
+    assert_eq!(
+        counter(&st, "forwarded_fib"),
+        180,
+        "every request sent by XDP: {st}"
+    );
+    assert_eq!(counter(&st, "drop_no_neighbour"), 0, "{st}");
+    // The replies never pass the balancer: it translated none.
+    assert_eq!(counter(&st, "reply_translated"), 0, "{st}");
+    assert_eq!(counter(&st, "nat_reply_translated"), 0, "{st}");
+    println!("dsr-l2: 60 flows x 3 datagrams, flows per backend {flows:?}");
+    let status = lb.terminate(Duration::from_secs(10));
+    assert!(status.success(), "exit 0 on SIGTERM: {status}");
+}

@@ -549,9 +549,12 @@ fn verifier_instruction_budget() {
         let count = count
             .unwrap_or_else(|| panic!("{name}: the kernel reports no verified instruction count"));
         println!("{name}: {count} verified instructions");
+        // The kernel allows a million; the budget catches a change that makes the verifier's
+        // path count explode. 1,819 for local forwarding alone; the nat and dsr-l2 paths
+        // (three FIB lookups and sends, each verified in its own branch) took it to 5,735.
         assert!(
-            count < 4000,
-            "{name}: {count} verified instructions, budget 4000"
+            count < 8000,
+            "{name}: {count} verified instructions, budget 8000"
         );
     }
 }
