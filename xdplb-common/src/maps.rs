@@ -106,9 +106,11 @@ pub struct Service {
     pub hash_seed: u32,
     /// Idle timeout of a flow of this service, in nanoseconds.
     pub flow_idle_timeout_ns: u64,
-    /// `SERVICE_FLAG_*` bits.
+    /// `SERVICE_FLAG_*` bits, the forwarding mode and, for `dsr-ipip`, the host bits of the
+    /// outer source prefix.
     pub flags: u32,
-    pub _pad: u32,
+    /// `dsr-ipip`: the first address of the outer source prefix (network order).
+    pub encap_source: u32,
 }
 const _: () = assert!(size_of::<Service>() == 48);
 
@@ -127,6 +129,16 @@ pub const FORWARD_NAT: u32 = 1;
 /// Direct server return on one L2 segment: only the destination MAC changes (to the backend's);
 /// backends hold the VIP and answer clients directly.
 pub const FORWARD_DSR_L2: u32 = 2;
+/// Direct server return over IP-in-IP: an outer IPv4 header addressed to the backend, whose
+/// source is taken from the flow hash inside a configured prefix; backends decapsulate
+/// (`xdplb decap`) and answer clients directly.
+pub const FORWARD_DSR_IPIP: u32 = 3;
+/// `Service::flags` bits 16..=21: how many low bits of the outer source come from the flow
+/// hash (32 minus the prefix length).
+pub const SERVICE_ENCAP_HOST_BITS_SHIFT: u32 = 16;
+pub const SERVICE_ENCAP_HOST_BITS_MASK: u32 = 0x3f << SERVICE_ENCAP_HOST_BITS_SHIFT;
+/// IP protocol number of IPv4-in-IPv4.
+pub const IPPROTO_IPIP: u8 = 4;
 
 /// `Reply::flags`: the flow is forwarded in `nat` mode, so its replies pass through this host's
 /// XDP and are translated and forwarded there.

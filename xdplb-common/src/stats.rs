@@ -66,11 +66,19 @@ pub enum Stat {
     /// Dropped: a `dsr-l2` backend whose MAC address the neighbour table does not hold yet
     /// (the daemon resolves its backends' neighbours whenever it applies a config).
     DropNoNeighbour = 24,
+    /// Dropped: a `dsr-ipip` packet that would exceed the egress MTU once encapsulated; the
+    /// client gets ICMP "fragmentation needed" for the inner MTU (see `IcmpFragNeededSent`).
+    DropFragNeeded = 25,
+    /// Event: an ICMP "fragmentation needed" sent back to a client.
+    IcmpFragNeededSent = 26,
+    /// Dropped: the packet could not be grown for the outer header (`bpf_xdp_adjust_head`
+    /// failed: no headroom).
+    DropEncapFailed = 27,
 }
 
 impl Stat {
     /// Number of counters.
-    pub const COUNT: u32 = 25;
+    pub const COUNT: u32 = 28;
     /// The length of `STATS_V1`: room for counters that later versions add, so that adding one
     /// does not change the pinned map's shape.
     pub const CAPACITY: u32 = 64;
@@ -102,6 +110,9 @@ impl Stat {
         Stat::DropNoRoute,
         Stat::NatReplyTranslated,
         Stat::DropNoNeighbour,
+        Stat::DropFragNeeded,
+        Stat::IcmpFragNeededSent,
+        Stat::DropEncapFailed,
     ];
 
     /// A stable snake_case name, used in `xdplb stats` and later as a metric label.
@@ -132,6 +143,9 @@ impl Stat {
             Stat::DropNoRoute => "drop_no_route",
             Stat::NatReplyTranslated => "nat_reply_translated",
             Stat::DropNoNeighbour => "drop_no_neighbour",
+            Stat::DropFragNeeded => "drop_frag_needed",
+            Stat::IcmpFragNeededSent => "icmp_frag_needed_sent",
+            Stat::DropEncapFailed => "drop_encap_failed",
         }
     }
 }

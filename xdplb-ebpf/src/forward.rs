@@ -7,13 +7,13 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
         bpf_fib_lookup, xdp_action,
     },
-    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
+    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
     programs::XdpContext,
 };
-use xdplb_common::{IPPROTO_UDP, Stat};
+use xdplb_common::{IPPROTO_IPIP, IPPROTO_UDP, Stat};
 
 use crate::{
-    parse::{EthHdr, Ipv4Udp, ptr_at},
+    parse::{ETH_HDR_LEN, EthHdr, Ipv4Hdr, Ipv4Udp, ptr_at},
     rewrite,
     service::Verdict,
 };
@@ -33,7 +33,7 @@ pub fn fib_forward(ctx: &XdpContext, pkt: &Ipv4Udp) -> Verdict {
     if ttl <= 1 {
         return Verdict::pass(Stat::PassTtlExceeded);
     }
-    let params = match lookup(ctx, pkt, daddr) {
+    let params = match lookup(ctx, pkt, daddr, packet_len(pkt)) {
         Ok(p) => p,
         Err(BPF_FIB_LKUP_RET_NO_NEIGH) => return Verdict::pass(Stat::PassNoNeighbour),
         Err(BPF_FIB_LKUP_RET_FRAG_NEEDED) => return Verdict::pass(Stat::PassFragNeeded),
@@ -48,26 +48,134 @@ pub fn fib_forward(ctx: &XdpContext, pkt: &Ipv4Udp) -> Verdict {
 /// not on a directly reachable segment, means a drop: the kernel would deliver the VIP locally.
 #[inline(always)]
 pub fn l2_forward(ctx: &XdpContext, pkt: &Ipv4Udp, backend_v4: u32) -> Verdict {
-    match lookup(ctx, pkt, backend_v4) {
+    match lookup(ctx, pkt, backend_v4, packet_len(pkt)) {
         Ok(params) => send(ctx, &params),
         Err(BPF_FIB_LKUP_RET_NO_NEIGH) => Verdict::drop(Stat::DropNoNeighbour),
         Err(_) => Verdict::drop(Stat::DropNoRoute),
     }
 }
 
-/// FIB lookup for the packet's source and ports towards `daddr`, as if received on the
-/// context's interface. Returns the filled parameters, or the helper's return code.
+/// Encapsulates an IPv4/UDP packet in an outer IPv4 header from `outer_src` to `backend_v4`
+/// (both network order) and sends it towards the backend.
+///
+/// The FIB lookup is made for the encapsulated length first: a packet that would exceed the
+/// egress MTU is dropped and counted (the caller's ICMP answer is built from the original).
+/// Without a neighbour entry the encapsulated packet goes to the kernel, which routes it and
+/// resolves the neighbour. The outer header copies the inner TOS and DF bit, has TTL 64 and a
+/// full checksum.
+#[inline(always)]
+pub fn ipip_forward(ctx: &XdpContext, pkt: &Ipv4Udp, backend_v4: u32, outer_src: u32) -> Verdict {
+    // SAFETY: the parser proved the IPv4 header lies inside the packet.
+    let (tos, frag_off_be) = unsafe { ((*pkt.ip).tos, (*pkt.ip).frag_off_be) };
+    let inner_len = packet_len(pkt);
+    if inner_len > u16::MAX - OUTER_LEN as u16 {
+        return Verdict::drop(Stat::DropFragNeeded);
+    }
+    let outer_len = inner_len + OUTER_LEN as u16;
+    let params = match lookup(ctx, pkt, backend_v4, outer_len) {
+        Ok(p) => Some(p),
+        Err(BPF_FIB_LKUP_RET_NO_NEIGH) => None,
+        Err(BPF_FIB_LKUP_RET_FRAG_NEEDED) => return Verdict::drop(Stat::DropFragNeeded),
+        Err(_) => return Verdict::drop(Stat::DropNoRoute),
+    };
+    // Keep the original Ethernet header: the kernel must still see a frame addressed to us if
+    // the packet goes to it.
+    let Some(old_eth) = ptr_at::<_, EthHdr>(ctx, 0) else {
+        return Verdict::pass(Stat::PassTruncated);
+    };
+    // SAFETY: bounds-checked just above.
+    let (old_dst, old_src) = unsafe { ((*old_eth).dst, (*old_eth).src) };
+    // SAFETY: grows the packet at the front; every packet pointer is re-derived below.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(OUTER_LEN as i32)) } != 0 {
+        return Verdict::drop(Stat::DropEncapFailed);
+    }
+    let (Some(eth), Some(outer)) = (
+        ptr_at::<_, EthHdr>(ctx, 0),
+        ptr_at::<_, Ipv4Hdr>(ctx, ETH_HDR_LEN),
+    ) else {
+        return Verdict::drop(Stat::DropEncapFailed);
+    };
+    let mut header = Ipv4Hdr {
+        version_ihl: 0x45,
+        tos,
+        tot_len_be: outer_len.to_be(),
+        id_be: 0,
+        frag_off_be: frag_off_be & IP_DF.to_be(),
+        ttl: OUTER_TTL,
+        protocol: IPPROTO_IPIP,
+        check: 0,
+        saddr: outer_src,
+        daddr: backend_v4,
+    };
+    header.check = ipv4_checksum(&header);
+    // SAFETY: both pointers were bounds-checked after the head moved.
+    unsafe {
+        (*eth).dst = old_dst;
+        (*eth).src = old_src;
+        (*eth).ether_type_be = ETH_P_IP.to_be();
+        *outer = header;
+    }
+    match params {
+        Some(p) => send(ctx, &p),
+        None => Verdict::pass(Stat::PassNoNeighbour),
+    }
+}
+
+const OUTER_LEN: usize = 20;
+const OUTER_TTL: u8 = 64;
+const IP_DF: u16 = 0x4000;
+const ETH_P_IP: u16 = 0x0800;
+
+/// The IPv4 header checksum of a header without options (its `check` field taken as 0), ready
+/// to store.
+#[inline(always)]
+fn ipv4_checksum(h: &Ipv4Hdr) -> u16 {
+    let words = [
+        u16::from_be_bytes([h.version_ihl, h.tos]),
+        u16::from_be(h.tot_len_be),
+        u16::from_be(h.id_be),
+        u16::from_be(h.frag_off_be),
+        u16::from_be_bytes([h.ttl, h.protocol]),
+        (u32::from_be(h.saddr) >> 16) as u16,
+        u32::from_be(h.saddr) as u16,
+        (u32::from_be(h.daddr) >> 16) as u16,
+        u32::from_be(h.daddr) as u16,
+    ];
+    let mut sum = 0u32;
+    for w in words {
+        sum += u32::from(w);
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    (!(sum as u16)).to_be()
+}
+
+/// The IPv4 total length of a validated packet, host order.
+#[inline(always)]
+fn packet_len(pkt: &Ipv4Udp) -> u16 {
+    // SAFETY: the parser proved the IPv4 header lies inside the packet.
+    u16::from_be(unsafe { (*pkt.ip).tot_len_be })
+}
+
+/// FIB lookup for the packet's source and ports towards `daddr`, for an IPv4 packet of
+/// `tot_len` bytes (host order), as if received on the context's interface. Returns the
+/// filled parameters, or the helper's return code.
 ///
 /// The kernel answers such a lookup only when IPv4 forwarding is on for the receiving
 /// interface (`BPF_FIB_LKUP_RET_FWD_DISABLED` otherwise, even for an egress-side lookup); the
 /// daemon refuses to run `nat` and `dsr-l2` services on interfaces without it.
 #[inline(always)]
-fn lookup(ctx: &XdpContext, pkt: &Ipv4Udp, daddr: u32) -> Result<bpf_fib_lookup, u32> {
+fn lookup(
+    ctx: &XdpContext,
+    pkt: &Ipv4Udp,
+    daddr: u32,
+    tot_len: u16,
+) -> Result<bpf_fib_lookup, u32> {
     // SAFETY: the parser proved the headers lie inside the packet; nothing moved it since.
-    let (tos, tot_len_be, saddr, sport_be, dport_be) = unsafe {
+    let (tos, saddr, sport_be, dport_be) = unsafe {
         let ip = &*pkt.ip;
         let udp = &*pkt.udp;
-        (ip.tos, ip.tot_len_be, ip.saddr, udp.source_be, udp.dest_be)
+        (ip.tos, ip.saddr, udp.source_be, udp.dest_be)
     };
     // SAFETY: an all-zero bpf_fib_lookup is a valid value (plain integers and unions of them).
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
@@ -75,7 +183,7 @@ fn lookup(ctx: &XdpContext, pkt: &Ipv4Udp, daddr: u32) -> Result<bpf_fib_lookup,
     params.l4_protocol = IPPROTO_UDP;
     params.sport = sport_be;
     params.dport = dport_be;
-    params.__bindgen_anon_1.tot_len = u16::from_be(tot_len_be);
+    params.__bindgen_anon_1.tot_len = tot_len;
     params.ifindex = ingress_ifindex(ctx);
     params.__bindgen_anon_2.tos = tos;
     params.__bindgen_anon_3.ipv4_src = saddr;

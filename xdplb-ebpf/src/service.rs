@@ -3,9 +3,11 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_log_ebpf::debug;
 use xdplb_common::{
-    Backend, FLOW_REFRESH_NS, FORWARD_DSR_L2, FORWARD_NAT, Flow, FlowKey, IPPROTO_UDP,
-    REPLY_FLAG_NAT, Reply, ReplyKey, SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FORWARDING_MASK,
-    SERVICE_FORWARDING_SHIFT, Service, ServiceKey, Stat, addr_from_v4_wire, hash::FlowTuple,
+    Backend, FLOW_REFRESH_NS, FORWARD_DSR_IPIP, FORWARD_DSR_L2, FORWARD_NAT, Flow, FlowKey,
+    IPPROTO_UDP, REPLY_FLAG_NAT, Reply, ReplyKey, SERVICE_ENCAP_HOST_BITS_MASK,
+    SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FORWARDING_MASK,
+    SERVICE_FORWARDING_SHIFT, Service, ServiceKey, Stat, addr_from_v4_wire,
+    hash::{FlowTuple, HASH_FIVE_TUPLE, flow_hash},
 };
 
 use crate::{
@@ -75,6 +77,13 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
     };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
+    let tuple = FlowTuple {
+        src: flow_key.client_addr,
+        dst: flow_key.vip_addr,
+        src_port_be: sport_be,
+        dst_port_be: dport_be,
+        proto: IPPROTO_UDP,
+    };
     let target = match existing_flow(&service, &flow_key, now) {
         Lookup::Live(t) => t,
         lookup => {
@@ -86,13 +95,6 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
                     Verdict::drop(Stat::DropNoBackend)
                 });
             }
-            let tuple = FlowTuple {
-                src: flow_key.client_addr,
-                dst: flow_key.vip_addr,
-                src_port_be: sport_be,
-                dst_port_be: dport_be,
-                proto: IPPROTO_UDP,
-            };
             let replacing = matches!(lookup, Lookup::Stale);
             let t = new_flow(&service, &flow_key, &tuple, now, replacing)
                 .ok_or(Verdict::drop(Stat::DropNoBackend))?;
@@ -115,11 +117,30 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
         // The backend holds the VIP: the packet stays as the client sent it.
         return Ok(forward::l2_forward(ctx, &pkt, target.addr_v4));
     }
+    if mode == FORWARD_DSR_IPIP {
+        let source = encap_source(&service, &tuple);
+        return Ok(forward::ipip_forward(ctx, &pkt, target.addr_v4, source));
+    }
     rewrite::set_destination(&pkt, target.addr_v4, target.port_be);
     if mode == FORWARD_NAT {
         return Ok(forward::fib_forward(ctx, &pkt));
     }
     Ok(Verdict::pass(Stat::Forwarded))
+}
+
+/// The outer source of a `dsr-ipip` packet (network order): the service's prefix, with the
+/// flow's 5-tuple hash in its host bits, so that a backend's receive-side scaling spreads flows
+/// over its queues while every packet of a flow gets the same source.
+#[inline(always)]
+fn encap_source(service: &Service, tuple: &FlowTuple) -> u32 {
+    let host_bits = (service.flags & SERVICE_ENCAP_HOST_BITS_MASK) >> SERVICE_ENCAP_HOST_BITS_SHIFT;
+    let mask = if host_bits == 0 {
+        0
+    } else {
+        u32::MAX >> (32 - host_bits.min(32))
+    };
+    let hash = flow_hash(tuple, HASH_FIVE_TUPLE, service.hash_seed);
+    ((u32::from_be(service.encap_source) & !mask) | (hash & mask)).to_be()
 }
 
 /// The service's `FORWARD_*` mode.

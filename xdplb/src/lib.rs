@@ -6,6 +6,7 @@ pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod decap;
 pub mod demo;
 pub mod explain;
 pub mod health;

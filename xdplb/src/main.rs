@@ -44,6 +44,21 @@ enum Command {
         #[arg(long, default_value = "default")]
         instance: String,
     },
+    /// Backend side of forwarding = "dsr-ipip": attach the program that strips the outer IPv4
+    /// header on an interface (pinned, so it stays after this command exits).
+    Decap {
+        #[arg(long)]
+        interface: String,
+        /// auto (native, else generic), native or generic.
+        #[arg(long, default_value = "auto")]
+        xdp_mode: String,
+        /// Detach it instead.
+        #[arg(long, conflicts_with = "stats")]
+        remove: bool,
+        /// Print its counters instead.
+        #[arg(long)]
+        stats: bool,
+    },
     /// Validate a config and say what it would do.
     Check {
         #[arg(long)]
@@ -262,6 +277,12 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         })
         .map(|()| ExitCode::SUCCESS),
         Command::Stop { instance } => stop(&instance),
+        Command::Decap {
+            interface,
+            xdp_mode,
+            remove,
+            stats,
+        } => decap(&interface, &xdp_mode, remove, stats),
         Command::Check { config } => {
             let cfg = daemon::load_config(&config)?;
             print!("{}: OK\n{}", config.display(), cfg.describe());
@@ -424,6 +445,41 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `xdplb decap`: attach, remove, or report the decapsulation program of an interface.
+fn decap(interface: &str, mode: &str, remove: bool, stats: bool) -> anyhow::Result<ExitCode> {
+    use xdplb::decap;
+    if stats {
+        let (done, left, failed) = decap::stats(interface)?;
+        println!("{interface}: decapsulated {done}, left to the kernel {left}, failed {failed}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if remove {
+        if !decap::remove(interface)? {
+            bail!(
+                "no decap program is pinned for {interface} (looked in {})",
+                decap::pin_dir(interface).display()
+            );
+        }
+        println!("{interface}: decap detached");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mode = match mode {
+        "auto" => config::XdpModeSetting::Auto,
+        "native" => config::XdpModeSetting::Native,
+        "generic" => config::XdpModeSetting::Generic,
+        other => bail!("--xdp-mode {other:?}: expected auto, native or generic"),
+    };
+    if !daemon::interface_exists(interface) {
+        bail!("interface {interface:?} does not exist");
+    }
+    let used = decap::attach(interface, mode)?;
+    println!(
+        "{interface}: decap attached ({used} XDP), pinned at {}",
+        decap::pin_dir(interface).display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `xdplb stop`: SIGTERM to the daemon (if one runs) and a wait for it to exit, then every pin

@@ -401,7 +401,7 @@ pub enum ConfigError {
 
     /// A `forwarding` that is not one of the known modes.
     #[error(
-        "{at}: {service} has an invalid forwarding {value:?}; expected \"local\" (the default: backends on this host), \"nat\" (backends on other hosts, routed through this one) or \"dsr-l2\" (backends on this L2 segment answer clients directly)"
+        "{at}: {service} has an invalid forwarding {value:?}; expected \"local\" (the default: backends on this host), \"nat\" (backends on other hosts, routed through this one), \"dsr-l2\" (backends on this L2 segment answer clients directly) or \"dsr-ipip\" (backends anywhere, reached in IP-in-IP, answer clients directly)"
     )]
     InvalidForwarding {
         at: Location,
@@ -420,15 +420,34 @@ pub enum ConfigError {
         address: SocketAddrV4,
     },
 
-    /// A `dsr-l2` backend whose port differs from the VIP's.
+    /// A `dsr-l2` or `dsr-ipip` backend whose port differs from the VIP's.
     #[error(
-        "{at}: {service} forwards with dsr-l2, which leaves the packet as the client sent it, so backend {address} must listen on the VIP's port {vip_port} (it answers the client directly, from the VIP)"
+        "{at}: {service} forwards with {mode}, which leaves the client's packet as it was sent, so backend {address} must listen on the VIP's port {vip_port} (it answers the client directly, from the VIP)"
     )]
     DsrPortMismatch {
         at: Location,
         service: String,
+        mode: &'static str,
         address: SocketAddrV4,
         vip_port: u16,
+    },
+
+    /// `encap_source` is not an IPv4 prefix without host bits.
+    #[error(
+        "{at}: {service} has an invalid encap_source {value:?}; expected an IPv4 prefix with no host bits set, such as \"10.200.0.0/24\""
+    )]
+    InvalidEncapSource {
+        at: Location,
+        service: String,
+        value: String,
+    },
+
+    /// `dsr-ipip` without `encap_source`, or `encap_source` with another mode.
+    #[error("{at}: {service}: {problem}")]
+    EncapSourceMismatch {
+        at: Location,
+        service: String,
+        problem: &'static str,
     },
 
     /// A `when_all_down` that is not one of the known policies.

@@ -40,6 +40,10 @@
 //!                              # backends on other hosts; replies come back through here)
 //!                              # | dsr-l2 (backends on this L2 segment hold the VIP and
 //!                              # answer clients directly; backend port = VIP port)
+//!                              # | dsr-ipip (backends anywhere, reached in IP-in-IP; they
+//!                              # run `xdplb decap`, hold the VIP and answer directly)
+//! encap_source = "10.200.0.0/24"  # dsr-ipip only, required: outer sources come from this
+//!                              # prefix (the flow hash picks the host part)
 //!
 //! [service.health_check]       # optional; without it every backend is always healthy
 //! type = "udp"                 # required: udp | tcp | http
@@ -240,6 +244,8 @@ pub struct ServiceConfig {
     pub when_all_down: WhenAllDown,
     /// How packets reach the backends. Default `Local`.
     pub forwarding: Forwarding,
+    /// `DsrIpip` only (and required there): the prefix the outer source addresses come from.
+    pub encap_source: Option<EncapSource>,
     /// At least one, not all drained; addresses are unique within the service.
     pub backends: Vec<BackendConfig>,
 }
@@ -328,6 +334,23 @@ pub enum Forwarding {
     /// Direct server return on one L2 segment: only the destination MAC changes; backends hold
     /// the VIP and answer clients directly.
     DsrL2,
+    /// Direct server return over IP-in-IP: an outer IPv4 header to the backend; backends
+    /// decapsulate (`xdplb decap`), hold the VIP and answer clients directly.
+    DsrIpip,
+}
+
+/// An IPv4 prefix for outer source addresses, `base/prefix_len`, with no host bits set in
+/// `base`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncapSource {
+    pub base: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl std::fmt::Display for EncapSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.base, self.prefix_len)
+    }
 }
 
 /// The spelling of `forwarding` used in the config file.
@@ -336,6 +359,7 @@ pub fn forwarding_name(forwarding: Forwarding) -> &'static str {
         Forwarding::Local => "local",
         Forwarding::Nat => "nat",
         Forwarding::DsrL2 => "dsr-l2",
+        Forwarding::DsrIpip => "dsr-ipip",
     }
 }
 
@@ -417,6 +441,7 @@ pub fn default_config() -> Config {
             health_check: None,
             when_all_down: WhenAllDown::Drop,
             forwarding: Forwarding::Local,
+            encap_source: None,
             backends: [9876, 9877, 9878]
                 .into_iter()
                 .map(|port| BackendConfig {
@@ -578,6 +603,12 @@ impl Config {
                 Forwarding::DsrL2 => writeln!(
                     out,
                     "    Forwarding: dsr-l2 (frames readdressed to each backend's MAC; backends hold {} and answer clients directly)",
+                    svc.vip.ip()
+                )?,
+                Forwarding::DsrIpip => writeln!(
+                    out,
+                    "    Forwarding: dsr-ipip (IP-in-IP from {} to each backend; backends run `xdplb decap`, hold {} and answer clients directly)",
+                    svc.encap_source.map(|e| e.to_string()).unwrap_or_default(),
                     svc.vip.ip()
                 )?,
             }

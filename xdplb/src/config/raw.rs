@@ -43,6 +43,7 @@ pub(crate) struct RawService {
     pub health_check: Option<Spanned<RawHealthCheck>>,
     pub when_all_down: Option<Spanned<String>>,
     pub forwarding: Option<Spanned<String>>,
+    pub encap_source: Option<Spanned<String>>,
     pub backend: Option<Spanned<Vec<Spanned<RawBackend>>>>,
 }
 
@@ -109,6 +110,7 @@ pub(crate) const TABLES: &[(&str, &[&str])] = &[
             "health_check",
             "when_all_down",
             "forwarding",
+            "encap_source",
             "backend",
         ],
     ),

@@ -1788,6 +1788,39 @@ fn forwarding_parses_and_rejects_garbage_and_loopback_nat_backends() {
     assert_msg(&e, &["dsr-l2", "10.1.0.2:5353", "port 53", "directly"]);
     let e = err(&dsr.replace("10.1.0.2:53", "127.0.0.2:53"));
     assert_msg(&e, &["with dsr-l2", "127.0.0.2:53", "loopback"]);
+    let ipip = nat.replace(
+        "forwarding = \"nat\"",
+        "forwarding = \"dsr-ipip\"\nencap_source = \"10.200.0.0/24\"",
+    );
+    let svc = &ok(&ipip).services[0];
+    assert_eq!(svc.forwarding, Forwarding::DsrIpip);
+    assert_eq!(
+        svc.encap_source.map(|e| e.to_string()).as_deref(),
+        Some("10.200.0.0/24")
+    );
+    for bad in [
+        "10.200.0.1/24",
+        "10.200.0.0/33",
+        "10.200.0.0",
+        "x/8",
+        "10.200.0.0/-1",
+    ] {
+        let e = err(&ipip.replace("10.200.0.0/24", bad));
+        assert!(
+            matches!(e, ConfigError::InvalidEncapSource { .. }),
+            "{bad}: {e:?}"
+        );
+        assert_msg(&e, &[&format!("{bad:?}"), "no host bits"]);
+    }
+    let e = err(&nat.replace("forwarding = \"nat\"", "forwarding = \"dsr-ipip\""));
+    assert_msg(&e, &["dsr-ipip", "needs encap_source"]);
+    let e = err(&nat.replace(
+        "forwarding = \"nat\"",
+        "forwarding = \"nat\"\nencap_source = \"10.200.0.0/24\"",
+    ));
+    assert_msg(&e, &["encap_source applies only", "dsr-ipip"]);
+    let e = err(&ipip.replace("10.1.0.2:53", "10.1.0.2:54"));
+    assert_msg(&e, &["with dsr-ipip", "10.1.0.2:54", "port 53"]);
 }
 
 #[test]
@@ -2105,6 +2138,7 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
                 health_check: None,
                 when_all_down: WhenAllDown::Drop,
                 forwarding: Forwarding::Local,
+                encap_source: None,
                 backends: vec![
                     BackendConfig {
                         address: SocketAddrV4::new(ip(10, 0, 0, 1), 53),
@@ -2129,6 +2163,7 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
                 health_check: None,
                 when_all_down: WhenAllDown::Drop,
                 forwarding: Forwarding::Local,
+                encap_source: None,
                 backends: vec![BackendConfig {
                     address: SocketAddrV4::new(ip(10, 0, 1, 1), 514),
                     weight: 10,
@@ -3369,6 +3404,18 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
             })
         };
 
+        let forwarding = if backends.iter().any(|b| b.address.ip().is_loopback()) {
+            Forwarding::Local
+        } else if backends.iter().all(|b| b.address.port() == vip.port()) {
+            rng.pick(&[
+                Forwarding::Local,
+                Forwarding::Nat,
+                Forwarding::DsrL2,
+                Forwarding::DsrIpip,
+            ])
+        } else {
+            rng.pick(&[Forwarding::Local, Forwarding::Nat])
+        };
         services.push(ServiceConfig {
             name,
             vip,
@@ -3379,13 +3426,17 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
             maglev_table_size,
             health_check,
             when_all_down: rng.pick(&[WhenAllDown::Drop, WhenAllDown::Pass]),
-            forwarding: if backends.iter().any(|b| b.address.ip().is_loopback()) {
-                Forwarding::Local
-            } else if backends.iter().all(|b| b.address.port() == vip.port()) {
-                rng.pick(&[Forwarding::Local, Forwarding::Nat, Forwarding::DsrL2])
-            } else {
-                rng.pick(&[Forwarding::Local, Forwarding::Nat])
-            },
+            forwarding,
+            encap_source: (forwarding == Forwarding::DsrIpip).then(|| {
+                let prefix_len = rng.range(0u8, 32);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(prefix_len))
+                    .unwrap_or(0);
+                EncapSource {
+                    base: Ipv4Addr::from_bits(rng.range(0, u32::MAX) & mask),
+                    prefix_len,
+                }
+            }),
             backends,
         });
     }

@@ -247,6 +247,15 @@ fn validate_hash_seed(raw: Option<Spanned<i64>>, src: Source<'_>) -> Result<u32,
     })
 }
 
+/// `A.B.C.D/N` with N in 0..=32 and no host bits set.
+fn parse_encap_source(text: &str) -> Option<super::EncapSource> {
+    let (addr, len) = text.split_once('/')?;
+    let base: std::net::Ipv4Addr = addr.parse().ok()?;
+    let prefix_len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
+    let host_mask = u32::MAX.checked_shr(u32::from(prefix_len)).unwrap_or(0);
+    (u32::from(base) & host_mask == 0).then_some(super::EncapSource { base, prefix_len })
+}
+
 fn validate_api_listen(
     raw: Option<Spanned<String>>,
     src: Source<'_>,
@@ -651,6 +660,7 @@ fn validate_service(
             "local" => Forwarding::Local,
             "nat" => Forwarding::Nat,
             "dsr-l2" => Forwarding::DsrL2,
+            "dsr-ipip" => Forwarding::DsrIpip,
             _ => {
                 return Err(ConfigError::InvalidForwarding {
                     at: src.at(&f.span()),
@@ -659,6 +669,33 @@ fn validate_service(
                 });
             }
         },
+    };
+
+    let encap_source = match (raw.encap_source, forwarding) {
+        (None, Forwarding::DsrIpip) => {
+            return Err(ConfigError::EncapSourceMismatch {
+                at: src.at(&svc_span),
+                service: label,
+                problem: "forwarding = \"dsr-ipip\" needs encap_source, the IPv4 prefix the outer source addresses come from (such as \"10.200.0.0/24\"; backends see it as the sender)",
+            });
+        }
+        (None, _) => None,
+        (Some(e), Forwarding::DsrIpip) => {
+            Some(parse_encap_source(e.get_ref()).ok_or_else(|| {
+                ConfigError::InvalidEncapSource {
+                    at: src.at(&e.span()),
+                    service: label.clone(),
+                    value: e.get_ref().clone(),
+                }
+            })?)
+        }
+        (Some(e), _) => {
+            return Err(ConfigError::EncapSourceMismatch {
+                at: src.at(&e.span()),
+                service: label,
+                problem: "encap_source applies only to forwarding = \"dsr-ipip\"",
+            });
+        }
     };
 
     let Some(backends) = raw.backend else {
@@ -724,10 +761,13 @@ fn validate_service(
                 address: backend.address,
             });
         }
-        if forwarding == Forwarding::DsrL2 && backend.address.port() != vip.port() {
+        if matches!(forwarding, Forwarding::DsrL2 | Forwarding::DsrIpip)
+            && backend.address.port() != vip.port()
+        {
             return Err(ConfigError::DsrPortMismatch {
                 at: src.at_offset(addr_offset),
                 service: label,
+                mode: super::forwarding_name(forwarding),
                 address: backend.address,
                 vip_port: vip.port(),
             });
@@ -769,6 +809,7 @@ fn validate_service(
             health_check,
             when_all_down,
             forwarding,
+            encap_source,
             backends: out,
         },
         name_offset: name_span.start,

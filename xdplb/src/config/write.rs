@@ -108,6 +108,9 @@ fn write_service(out: &mut String, svc: &ServiceConfig) -> fmt::Result {
         when_all_down_name(svc.when_all_down)
     )?;
     writeln!(out, "forwarding = \"{}\"", forwarding_name(svc.forwarding))?;
+    if let Some(e) = svc.encap_source {
+        writeln!(out, "encap_source = \"{e}\"")?;
+    }
 
     if let Some(hc) = &svc.health_check {
         write_health_check(out, hc)?;

@@ -69,7 +69,7 @@ pub fn attach_all(
                         .map_or_else(|| "adopted".to_string(), |a| a.xdp_mode.clone())
                 }
                 None => {
-                    let (id, used) = attach_xdp(dp, name, mode)?;
+                    let (id, used) = attach_xdp(dp.ingress()?, name, mode)?;
                     match pins.as_ref().map(|p| p.link("xdp", name)) {
                         Some(path) => {
                             let link = dp
@@ -191,12 +191,13 @@ fn pin_error(path: &Path, e: &dyn std::error::Error) -> DataplaneError {
     }
 }
 
-fn attach_xdp(
-    dp: &mut Dataplane,
+/// Attaches an XDP program in `mode` (`Auto`: native, else generic); returns the link and the
+/// mode used.
+pub(crate) fn attach_xdp(
+    xdp: &mut aya::programs::Xdp,
     name: &str,
     mode: XdpModeSetting,
 ) -> Result<(aya::programs::xdp::XdpLinkId, &'static str), DataplaneError> {
-    let xdp = dp.ingress()?;
     let try_mode = |xdp: &mut aya::programs::Xdp, m: XdpMode, label: &'static str| {
         xdp.attach(name, m)
             .map(|l| (l, label))

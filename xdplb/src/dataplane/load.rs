@@ -24,6 +24,10 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xd
 pub static BENCH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdplb-bench"));
 
+/// The backend side of `dsr-ipip` (`xdplb decap`), built by build.rs.
+pub static DECAP_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdplb-decap"));
+
 pub const PROGRAM_INGRESS: &str = "xdplb_ingress";
 pub const PROGRAM_REPLY: &str = "xdplb_reply";
 

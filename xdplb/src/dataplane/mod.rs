@@ -1,14 +1,15 @@
 //! The kernel side, seen from user space: loading the eBPF object, attaching it, and writing
 //! the desired state into its maps.
 
-mod attach;
+pub(crate) mod attach;
 mod load;
 pub mod pin;
 pub mod reconcile;
 
 pub use attach::{AttachedInterface, attach_all};
 pub use load::{
-    BENCH_OBJECT, Dataplane, KernelMaps, PROGRAM_INGRESS, PROGRAM_REPLY, sum_counters as sum,
+    BENCH_OBJECT, DECAP_OBJECT, Dataplane, KernelMaps, PROGRAM_INGRESS, PROGRAM_REPLY,
+    sum_counters as sum,
 };
 pub use pin::{PinRecord, Pins};
 pub use reconcile::{DesiredState, MapWriter, Reconciler, ServicePlan, desired_state};

@@ -8,9 +8,10 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use xdplb_common::{
-    BACKEND_FLAG_DRAINING, Backend, FORWARD_DSR_L2, FORWARD_LOCAL, FORWARD_NAT, IPPROTO_UDP,
-    SCHED_MAGLEV, SCHED_RANDOM, SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH, SCHED_WEIGHTED_ROUND_ROBIN,
-    SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FORWARDING_SHIFT, Service, ServiceKey, addr_from_v4_wire,
+    BACKEND_FLAG_DRAINING, Backend, FORWARD_DSR_IPIP, FORWARD_DSR_L2, FORWARD_LOCAL, FORWARD_NAT,
+    IPPROTO_UDP, SCHED_MAGLEV, SCHED_RANDOM, SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH,
+    SCHED_WEIGHTED_ROUND_ROBIN, SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FLAG_PASS_WHEN_EMPTY,
+    SERVICE_FORWARDING_SHIFT, Service, ServiceKey, addr_from_v4_wire,
     hash::{HASH_FIVE_TUPLE, HASH_SOURCE_IP, HASH_SOURCE_IP_PORT},
     maglev::{self, MaglevBackend},
     schedule,
@@ -91,6 +92,7 @@ pub fn forwarding_code(f: Forwarding) -> u32 {
         Forwarding::Local => FORWARD_LOCAL,
         Forwarding::Nat => FORWARD_NAT,
         Forwarding::DsrL2 => FORWARD_DSR_L2,
+        Forwarding::DsrIpip => FORWARD_DSR_IPIP,
     }
 }
 
@@ -276,8 +278,13 @@ fn plan_service(
             flags: match svc.when_all_down {
                 WhenAllDown::Drop => 0,
                 WhenAllDown::Pass => SERVICE_FLAG_PASS_WHEN_EMPTY,
-            } | (forwarding_code(svc.forwarding) << SERVICE_FORWARDING_SHIFT),
-            _pad: 0,
+            } | (forwarding_code(svc.forwarding) << SERVICE_FORWARDING_SHIFT)
+                | svc.encap_source.map_or(0, |e| {
+                    (32 - u32::from(e.prefix_len)) << SERVICE_ENCAP_HOST_BITS_SHIFT
+                }),
+            encap_source: svc
+                .encap_source
+                .map_or(0, |e| u32::from_ne_bytes(e.base.octets())),
         },
         region_base,
         region_half,
