@@ -1,5 +1,5 @@
-//! Tier 2: the `nat` and `dsr-l2` forwarding modes through BPF_PROG_TEST_RUN, with exact
-//! output frames.
+//! Tier 2: the `nat`, `dsr-l2` and `dsr-ipip` forwarding modes (and `xdplb decap`) through
+//! BPF_PROG_TEST_RUN, with exact output frames.
 //!
 //! FIB lookups see the network namespace of the thread that runs the program, so the cases run
 //! in a thread moved into a namespace of the test's own, with two veths, routes and permanent
@@ -13,10 +13,14 @@ use std::{net::SocketAddrV4, os::fd::AsRawFd};
 
 use common::{netns::Netns, *};
 use xdplb::{
+    dataplane::{DECAP_OBJECT, reconcile},
     packet::{ETH_HDR_LEN, UdpFrame},
     testrun,
 };
-use xdplb_common::Stat;
+use xdplb_common::{
+    Stat, checksum,
+    hash::{FlowTuple, HASH_FIVE_TUPLE, flow_hash},
+};
 
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
@@ -55,6 +59,14 @@ address = "10.60.1.9:7000"
 name = "dsr"
 vip = "10.99.0.4:7000"
 forwarding = "dsr-l2"
+[[service.backend]]
+address = "10.60.1.2:7000"
+
+[[service]]
+name = "ipip"
+vip = "10.99.0.6:7000"
+forwarding = "dsr-ipip"
+encap_source = "10.200.0.0/24"
 [[service.backend]]
 address = "10.60.1.2:7000"
 
@@ -152,7 +164,7 @@ fn nat_and_dsr_frames_come_out_exactly_as_routed() {
 }
 
 fn run_cases() {
-    let (_cfg, mut dp) = load_toml(CONFIG);
+    let (cfg, mut dp) = load_toml(CONFIG);
     let (a, b) = (ifindex("fa"), ifindex("fb"));
     let prog = dp
         .ingress()
@@ -275,4 +287,66 @@ fn run_cases() {
     let out = run(&input("10.60.2.2:5561", "10.99.0.5:7000", 64), b);
     assert_eq!(out.action, XDP_DROP);
     assert!(deltas(&before, &counters(&dp)).contains(&(Stat::DropNoNeighbour, 1)));
+
+    // 10. dsr-ipip: an outer IPv4 header (TTL 64, protocol 4, full checksum) from the prefix,
+    //     host part from the flow hash, to the backend; the client's packet inside unchanged.
+    let client_frame = input("10.60.2.2:5562", "10.99.0.6:7000", 64);
+    let before = counters(&dp);
+    let out = run(&client_frame, b);
+    assert_eq!(out.action, XDP_REDIRECT, "dsr-ipip: redirected to fa");
+    let tuple = FlowTuple {
+        src: reconcile::addr_v4("10.60.2.2".parse().expect("literal")),
+        dst: reconcile::addr_v4("10.99.0.6".parse().expect("literal")),
+        src_port_be: 5562u16.to_be(),
+        dst_port_be: 7000u16.to_be(),
+        proto: 17,
+    };
+    let host = flow_hash(&tuple, HASH_FIVE_TUPLE, cfg.hash_seed) & 0xff;
+    let outer_src = [10, 200, 0, host as u8];
+    let inner = &client_frame[ETH_HDR_LEN..];
+    let mut outer = vec![0x45, 0];
+    outer.extend_from_slice(&(20 + inner.len() as u16).to_be_bytes());
+    outer.extend_from_slice(&[0, 0, 0, 0, 64, 4, 0, 0]);
+    outer.extend_from_slice(&outer_src);
+    outer.extend_from_slice(&[10, 60, 1, 2]);
+    let check = checksum::ipv4_header_checksum(&outer);
+    outer[10..12].copy_from_slice(&check.to_be_bytes());
+    let mut encapsulated = MAC_BACKEND.to_vec();
+    encapsulated.extend_from_slice(&MAC_A);
+    encapsulated.extend_from_slice(&[0x08, 0x00]);
+    encapsulated.extend_from_slice(&outer);
+    encapsulated.extend_from_slice(inner);
+    assert_eq!(out.frame, encapsulated, "dsr-ipip: exact frame");
+    assert_eq!(
+        deltas(&before, &counters(&dp)),
+        [
+            (Stat::FlowCreated, 1),
+            (Stat::FlowTableInsert, 1),
+            (Stat::ForwardedFib, 1)
+        ]
+    );
+
+    // 11. `xdplb decap` on the backend gives back the client's packet exactly.
+    let mut decap = aya::EbpfLoader::new()
+        .load(DECAP_OBJECT)
+        .expect("load the decap object");
+    let prog: &mut aya::programs::Xdp = decap
+        .program_mut("xdplb_decap")
+        .expect("decap program")
+        .try_into()
+        .expect("an XDP program");
+    prog.load().expect("verify decap");
+    let decap_fd = prog.fd().expect("fd");
+    let out = testrun::run_xdp(decap_fd, &encapsulated, 1).expect("test run");
+    assert_eq!(out.action, XDP_PASS);
+    let mut expected_inner = client_frame.clone();
+    expected_inner[..6].copy_from_slice(&MAC_BACKEND);
+    expected_inner[6..12].copy_from_slice(&MAC_A);
+    assert_eq!(
+        out.frame, expected_inner,
+        "decap: the client's packet, as sent"
+    );
+    // Anything that is not IP-in-IP passes untouched.
+    let out = testrun::run_xdp(decap_fd, &client_frame, 1).expect("test run");
+    assert_eq!((out.action, out.frame), (XDP_PASS, client_frame));
 }

@@ -1395,3 +1395,160 @@ fn dsr_l2_backends_on_one_segment_answer_clients_directly() {
     let status = lb.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit 0 on SIGTERM: {status}");
 }
+
+#[test]
+fn dsr_ipip_backends_decapsulate_with_xdplb_decap_and_answer_directly() {
+    require_root();
+    let pid = std::process::id();
+    let bpffs = Bpffs::mount("ipip");
+    let env_fs = format!("XDPLB_BPFFS={}", bpffs.path);
+    let client_ns = Netns::new("ipipc");
+    let lb_ns = Netns::new("ipipl");
+    let backend_ns: Vec<Netns> = (1..=3).map(|k| Netns::new(&format!("ipipb{k}"))).collect();
+    let lb_client_dev = format!("il0{pid}");
+    link(
+        &client_ns,
+        &format!("ic0{pid}"),
+        "10.84.0.1/24",
+        &lb_ns,
+        &lb_client_dev,
+        "10.84.0.2/24",
+    );
+    client_ns.exec(&["ip", "route", "add", "10.99.0.0/24", "via", "10.84.0.2"]);
+    let mut interfaces = vec![lb_client_dev.clone()];
+    let mut backend_devs = Vec::new();
+    for (k, ns) in (1..=3).zip(&backend_ns) {
+        let dev = format!("il{k}{pid}");
+        let bdev = format!("ib{k}{pid}");
+        link(
+            &lb_ns,
+            &dev,
+            &format!("10.85.{k}.1/24"),
+            ns,
+            &bdev,
+            &format!("10.85.{k}.2/24"),
+        );
+        ns.exec(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.85.{k}.1"),
+        ]);
+        ns.exec(&["ip", "addr", "add", "10.99.0.1/32", "dev", "lo"]);
+        let out = ns.exec(&["env", &env_fs, XDPLB, "decap", "--interface", &bdev]);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("decap attached"),
+            "{out:?}"
+        );
+        interfaces.push(dev);
+        backend_devs.push(bdev);
+    }
+    lb_ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    let _backends: Vec<Daemon> = (1..=3)
+        .zip(&backend_ns)
+        .map(|(k, ns)| {
+            let mut b = Daemon::spawn(&in_ns(
+                ns,
+                &[
+                    XDPLB,
+                    "demo-backend",
+                    "--listen",
+                    "10.99.0.1:7000",
+                    "--name",
+                    &format!("backend-{k}"),
+                ],
+            ));
+            b.wait_for("listening", START);
+            b
+        })
+        .collect();
+
+    let dir = run_dir("ipip");
+    let cfg_path = format!("{dir}/ipip.toml");
+    let list = interfaces
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "interfaces = [{list}]\n[[service]]\nname = \"ipip\"\nvip = \"10.99.0.1:7000\"\nforwarding = \"dsr-ipip\"\n\
+             encap_source = \"10.200.0.0/24\"\n\
+             [[service.backend]]\naddress = \"10.85.1.2:7000\"\n[[service.backend]]\naddress = \"10.85.2.2:7000\"\n\
+             [[service.backend]]\naddress = \"10.85.3.2:7000\"\n"
+        ),
+    )
+    .expect("write config");
+    let instance = format!("t-ipip-{pid}");
+    let env = format!("XDPLB_RUN_DIR={dir}");
+    let mut lb = start_balancer(&lb_ns, &env, &cfg_path, &instance);
+
+    let hosts: Vec<&Netns> = std::iter::once(&client_ns).chain(&backend_ns).collect();
+    let csum_before: Vec<(u64, u64)> = hosts.iter().map(|h| h.udp_counters()).collect();
+    let report = client(&client_ns, "10.99.0.1:7000", 60, 3);
+    assert_every_reply_from_vip(&report, 60, 3);
+    let flows = per_backend(&report, "flows_per_backend");
+    assert_eq!(flows.len(), 3, "every backend host answered: {report}");
+    let delivered: Vec<u64> = csum_before
+        .iter()
+        .zip(&hosts)
+        .enumerate()
+        .map(|(host, (before, h))| {
+            let after = h.udp_counters();
+            assert_eq!(before.0, after.0, "host {host}: Udp InCsumErrors grew");
+            after.1 - before.1
+        })
+        .collect();
+    assert_eq!(
+        delivered[0], 180,
+        "the client's kernel accepted every reply"
+    );
+    let mut decapsulated = 0;
+    for (ns, dev) in backend_ns.iter().zip(&backend_devs) {
+        let out = ns.exec(&[
+            "env",
+            &env_fs,
+            XDPLB,
+            "decap",
+            "--interface",
+            dev,
+            "--stats",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let n: u64 = text
+            .split("decapsulated ")
+            .nth(1)
+            .and_then(|t| t.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("decap stats: {text}"));
+        decapsulated += n;
+    }
+    assert_eq!(
+        decapsulated, 180,
+        "every request was decapsulated by xdplb decap"
+    );
+    let st = stats(&lb_ns, &dir, &instance);
+    assert_eq!(
+        counter(&st, "forwarded_fib") + counter(&st, "pass_no_neighbour"),
+        180,
+        "every request encapsulated and sent: {st}"
+    );
+    println!("dsr-ipip: 60 flows x 3 datagrams, flows per backend {flows:?}");
+    let status = lb.terminate(Duration::from_secs(10));
+    assert!(status.success(), "exit 0 on SIGTERM: {status}");
+    for (ns, dev) in backend_ns.iter().zip(&backend_devs) {
+        ns.exec(&[
+            "env",
+            &env_fs,
+            XDPLB,
+            "decap",
+            "--interface",
+            dev,
+            "--remove",
+        ]);
+        assert!(!xdp_attached(ns, dev), "decap detached from {dev}");
+    }
+}
