@@ -7,7 +7,9 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
         bpf_fib_lookup, xdp_action,
     },
-    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
+    helpers::generated::{
+        bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+    },
     programs::XdpContext,
 };
 use xdplb_common::{IPPROTO_IPIP, IPPROTO_UDP, Stat};
@@ -16,6 +18,7 @@ use crate::{
     parse::{ETH_HDR_LEN, EthHdr, Ipv4Hdr, Ipv4Udp, ptr_at},
     rewrite,
     service::Verdict,
+    stats,
 };
 
 const AF_INET: u8 = 2;
@@ -35,8 +38,8 @@ pub fn fib_forward(ctx: &XdpContext, pkt: &Ipv4Udp) -> Verdict {
     }
     let params = match lookup(ctx, pkt, daddr, packet_len(pkt)) {
         Ok(p) => p,
-        Err(BPF_FIB_LKUP_RET_NO_NEIGH) => return Verdict::pass(Stat::PassNoNeighbour),
-        Err(BPF_FIB_LKUP_RET_FRAG_NEEDED) => return Verdict::pass(Stat::PassFragNeeded),
+        Err((BPF_FIB_LKUP_RET_NO_NEIGH, _)) => return Verdict::pass(Stat::PassNoNeighbour),
+        Err((BPF_FIB_LKUP_RET_FRAG_NEEDED, _)) => return Verdict::pass(Stat::PassFragNeeded),
         Err(_) => return Verdict::drop(Stat::DropNoRoute),
     };
     rewrite::decrement_ttl(pkt);
@@ -50,7 +53,7 @@ pub fn fib_forward(ctx: &XdpContext, pkt: &Ipv4Udp) -> Verdict {
 pub fn l2_forward(ctx: &XdpContext, pkt: &Ipv4Udp, backend_v4: u32) -> Verdict {
     match lookup(ctx, pkt, backend_v4, packet_len(pkt)) {
         Ok(params) => send(ctx, &params),
-        Err(BPF_FIB_LKUP_RET_NO_NEIGH) => Verdict::drop(Stat::DropNoNeighbour),
+        Err((BPF_FIB_LKUP_RET_NO_NEIGH, _)) => Verdict::drop(Stat::DropNoNeighbour),
         Err(_) => Verdict::drop(Stat::DropNoRoute),
     }
 }
@@ -59,7 +62,8 @@ pub fn l2_forward(ctx: &XdpContext, pkt: &Ipv4Udp, backend_v4: u32) -> Verdict {
 /// (both network order) and sends it towards the backend.
 ///
 /// The FIB lookup is made for the encapsulated length first: a packet that would exceed the
-/// egress MTU is dropped and counted (the caller's ICMP answer is built from the original).
+/// egress MTU is answered with ICMP "fragmentation needed" for the inner MTU (see
+/// [`frag_needed`]), as XDP cannot fragment.
 /// Without a neighbour entry the encapsulated packet goes to the kernel, which routes it and
 /// resolves the neighbour. The outer header copies the inner TOS and DF bit, has TTL 64 and a
 /// full checksum.
@@ -74,8 +78,11 @@ pub fn ipip_forward(ctx: &XdpContext, pkt: &Ipv4Udp, backend_v4: u32, outer_src:
     let outer_len = inner_len + OUTER_LEN as u16;
     let params = match lookup(ctx, pkt, backend_v4, outer_len) {
         Ok(p) => Some(p),
-        Err(BPF_FIB_LKUP_RET_NO_NEIGH) => None,
-        Err(BPF_FIB_LKUP_RET_FRAG_NEEDED) => return Verdict::drop(Stat::DropFragNeeded),
+        Err((BPF_FIB_LKUP_RET_NO_NEIGH, _)) => None,
+        Err((BPF_FIB_LKUP_RET_FRAG_NEEDED, mtu)) => {
+            // The client learns the MTU that leaves room for the outer header.
+            return frag_needed(ctx, pkt, mtu.saturating_sub(OUTER_LEN as u16));
+        }
         Err(_) => return Verdict::drop(Stat::DropNoRoute),
     };
     // Keep the original Ethernet header: the kernel must still see a frame addressed to us if
@@ -121,6 +128,115 @@ pub fn ipip_forward(ctx: &XdpContext, pkt: &Ipv4Udp, backend_v4: u32, outer_src:
     }
 }
 
+/// Rewrites the packet in place into an ICMP "fragmentation needed" (type 3, code 4) for
+/// `mtu`, from the address the client sent to (the VIP) back to the client, and sends it back
+/// out of the interface it came in on (MAC addresses swapped), as Katran does. The ICMP body
+/// holds the original IPv4 header and the first 8 bytes after it (the UDP header), so the
+/// client's stack finds the socket and lowers its path MTU. Sent whether or not the client set
+/// DF: the packet cannot go on either way.
+#[inline(always)]
+fn frag_needed(ctx: &XdpContext, pkt: &Ipv4Udp, mtu: u16) -> Verdict {
+    let drop = Verdict::drop(Stat::DropFragNeeded);
+    let ip_len = pkt.l4_offset - ETH_HDR_LEN;
+    // SAFETY: the parser proved the headers lie inside the packet.
+    let (client, vip) = unsafe { ((*pkt.ip).saddr, (*pkt.ip).daddr) };
+    let Some(old_eth) = ptr_at::<_, EthHdr>(ctx, 0) else {
+        return drop;
+    };
+    // SAFETY: bounds-checked just above.
+    let (mac_us, mac_client) = unsafe { ((*old_eth).dst, (*old_eth).src) };
+    // Room for the new IPv4 and ICMP headers in front of the original IPv4 header.
+    // SAFETY: grows the packet at the front; every packet pointer is re-derived below.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(ICMP_PREFIX as i32)) } != 0 {
+        return drop;
+    }
+    // Keep the original IPv4 header and 8 bytes of what follows it.
+    let quoted = ip_len + 8;
+    let keep = ETH_HDR_LEN + OUTER_LEN + ICMP_HDR_LEN + quoted;
+    let len = ctx.data_end() - ctx.data();
+    if len < keep {
+        return drop;
+    }
+    // SAFETY: shrinks the packet at the end to `keep` bytes, which it has.
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, -((len - keep) as i32)) } != 0 {
+        return drop;
+    }
+    let (Some(eth), Some(ip), Some(icmp)) = (
+        ptr_at::<_, EthHdr>(ctx, 0),
+        ptr_at::<_, Ipv4Hdr>(ctx, ETH_HDR_LEN),
+        ptr_at::<_, IcmpHdr>(ctx, ETH_HDR_LEN + OUTER_LEN),
+    ) else {
+        return drop;
+    };
+    let mut header = Ipv4Hdr {
+        version_ihl: 0x45,
+        tos: 0,
+        tot_len_be: ((OUTER_LEN + ICMP_HDR_LEN + quoted) as u16).to_be(),
+        id_be: 0,
+        frag_off_be: 0,
+        ttl: OUTER_TTL,
+        protocol: IPPROTO_ICMP,
+        check: 0,
+        saddr: vip,
+        daddr: client,
+    };
+    header.check = ipv4_checksum(&header);
+    // SAFETY: all three pointers were bounds-checked after the packet was resized.
+    unsafe {
+        (*eth).dst = mac_client;
+        (*eth).src = mac_us;
+        (*eth).ether_type_be = ETH_P_IP.to_be();
+        *ip = header;
+        *icmp = IcmpHdr {
+            kind: ICMP_DEST_UNREACH,
+            code: ICMP_FRAG_NEEDED,
+            check: 0,
+            unused: 0,
+            mtu_be: mtu.to_be(),
+        };
+    }
+    // The ICMP checksum covers the ICMP header and the quoted bytes: at most 8 + 60 + 8 bytes,
+    // read as 16-bit words (the one's complement sum does not depend on byte order).
+    let mut sum = 0u32;
+    for i in 0..MAX_ICMP_WORDS {
+        if i * 2 >= ICMP_HDR_LEN + quoted {
+            break;
+        }
+        let Some(w) = ptr_at::<_, u16>(ctx, ETH_HDR_LEN + OUTER_LEN + i * 2) else {
+            return drop;
+        };
+        // SAFETY: bounds-checked just above.
+        sum += u32::from(unsafe { *w });
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    // SAFETY: `icmp` was bounds-checked after the resize; nothing moved the packet since.
+    unsafe { (*icmp).check = !(sum as u16) };
+    stats::count(Stat::IcmpFragNeededSent);
+    Verdict {
+        action: xdp_action::XDP_TX,
+        stat: Stat::DropFragNeeded,
+    }
+}
+
+/// ICMP header of a "fragmentation needed" message (RFC 1191).
+#[repr(C)]
+struct IcmpHdr {
+    kind: u8,
+    code: u8,
+    check: u16,
+    unused: u16,
+    mtu_be: u16,
+}
+
+const ICMP_HDR_LEN: usize = 8;
+const ICMP_PREFIX: usize = OUTER_LEN + ICMP_HDR_LEN;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_FRAG_NEEDED: u8 = 4;
+const IPPROTO_ICMP: u8 = 1;
+/// ICMP header, the longest IPv4 header and 8 bytes, in 16-bit words.
+const MAX_ICMP_WORDS: usize = (ICMP_HDR_LEN + 60 + 8) / 2;
+
 const OUTER_LEN: usize = 20;
 const OUTER_TTL: u8 = 64;
 const IP_DF: u16 = 0x4000;
@@ -159,7 +275,8 @@ fn packet_len(pkt: &Ipv4Udp) -> u16 {
 
 /// FIB lookup for the packet's source and ports towards `daddr`, for an IPv4 packet of
 /// `tot_len` bytes (host order), as if received on the context's interface. Returns the
-/// filled parameters, or the helper's return code.
+/// filled parameters, or the helper's return code and the MTU it reported (meaningful for
+/// `BPF_FIB_LKUP_RET_FRAG_NEEDED`).
 ///
 /// The kernel answers such a lookup only when IPv4 forwarding is on for the receiving
 /// interface (`BPF_FIB_LKUP_RET_FWD_DISABLED` otherwise, even for an egress-side lookup); the
@@ -170,7 +287,7 @@ fn lookup(
     pkt: &Ipv4Udp,
     daddr: u32,
     tot_len: u16,
-) -> Result<bpf_fib_lookup, u32> {
+) -> Result<bpf_fib_lookup, (u32, u16)> {
     // SAFETY: the parser proved the headers lie inside the packet; nothing moved it since.
     let (tos, saddr, sport_be, dport_be) = unsafe {
         let ip = &*pkt.ip;
@@ -200,7 +317,8 @@ fn lookup(
     if rc as u32 == BPF_FIB_LKUP_RET_SUCCESS {
         Ok(params)
     } else {
-        Err(rc as u32)
+        // SAFETY: a plain integer in a union of plain integers.
+        Err((rc as u32, unsafe { params.__bindgen_anon_1.mtu_result }))
     }
 }
 
