@@ -349,4 +349,38 @@ fn run_cases() {
     // Anything that is not IP-in-IP passes untouched.
     let out = testrun::run_xdp(decap_fd, &client_frame, 1).expect("test run");
     assert_eq!((out.action, out.frame), (XDP_PASS, client_frame));
+
+    // 12. dsr-ipip with a packet that no longer fits the backends' link once encapsulated: an
+    //     ICMP "fragmentation needed" for the inner MTU goes back to the client (XDP_TX).
+    netns::sh(&["ip", "link", "set", "fa", "mtu", "600"]);
+    let big = UdpFrame::new(addr("10.60.2.2:5563"), addr("10.99.0.6:7000"), &[0x5a; 600]).build();
+    let before = counters(&dp);
+    let out = run(&big, b);
+    assert_eq!(
+        out.action, XDP_TX,
+        "the ICMP answer leaves where the packet came in"
+    );
+    let quoted = &big[ETH_HDR_LEN..ETH_HDR_LEN + 28];
+    let mut icmp = vec![3, 4, 0, 0, 0, 0];
+    icmp.extend_from_slice(&580u16.to_be_bytes());
+    icmp.extend_from_slice(quoted);
+    let icmp_check = !checksum::fold(checksum::sum_be_words(&icmp));
+    icmp[2..4].copy_from_slice(&icmp_check.to_be_bytes());
+    let mut ip = vec![
+        0x45, 0, 0, 56, 0, 0, 0, 0, 64, 1, 0, 0, 10, 99, 0, 6, 10, 60, 2, 2,
+    ];
+    let ip_check = checksum::ipv4_header_checksum(&ip);
+    ip[10..12].copy_from_slice(&ip_check.to_be_bytes());
+    let mut expected_icmp = big[6..12].to_vec();
+    expected_icmp.extend_from_slice(&big[..6]);
+    expected_icmp.extend_from_slice(&[0x08, 0x00]);
+    expected_icmp.extend_from_slice(&ip);
+    expected_icmp.extend_from_slice(&icmp);
+    assert_eq!(
+        out.frame, expected_icmp,
+        "ICMP fragmentation needed: exact frame"
+    );
+    let d = deltas(&before, &counters(&dp));
+    assert!(d.contains(&(Stat::DropFragNeeded, 1)), "{d:?}");
+    assert!(d.contains(&(Stat::IcmpFragNeededSent, 1)), "{d:?}");
 }

@@ -549,12 +549,13 @@ fn verifier_instruction_budget() {
         let count = count
             .unwrap_or_else(|| panic!("{name}: the kernel reports no verified instruction count"));
         println!("{name}: {count} verified instructions");
-        // The kernel allows a million; the budget catches a change that makes the verifier's
-        // path count explode. 1,819 for local forwarding alone; the nat and dsr-l2 paths
-        // (three FIB lookups and sends, each verified in its own branch) took it to 5,735.
+        // The kernel allows a million; the budget (about twice today's count) catches a change
+        // that makes the verifier's path count explode. 1,819 for local forwarding alone; the
+        // nat, dsr-l2 and dsr-ipip paths (FIB lookups and sends, each verified in its own
+        // branch) and the ICMP answer's checksum loop took it to 8,871.
         assert!(
-            count < 8000,
-            "{name}: {count} verified instructions, budget 8000"
+            count < 16_000,
+            "{name}: {count} verified instructions, budget 16,000"
         );
     }
 }
