@@ -26,6 +26,15 @@ pub const MAP_SERVICE_STATS: &str = "SERVICE_STATS_V1";
 /// Per-CPU traffic counters per backend, indexed like [`MAP_BACKENDS`], valued [`Counter`].
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS_V1";
 
+/// `fullnat` source address and port range per service, an array indexed by `Service::id`,
+/// valued [`FullnatSource`].
+pub const MAP_FULLNAT_SOURCES: &str = "FULLNAT_SOURCES_V1";
+/// `fullnat` translations, a hash keyed by [`ReplyKey`] (backend, and the balancer's source
+/// address and port in the client fields), valued [`FullnatPeer`]. Not an LRU: an entry is
+/// removed only by the daemon's sweep once its flow has idled out, never evicted under a live
+/// flow; a port is taken only by an insert that fails if the key exists.
+pub const MAP_FULLNAT: &str = "FULLNAT_V1";
+
 /// Load-time global: non-zero switches on per-packet debug logging (aya-log).
 pub const GLOBAL_DEBUG_LOG: &str = "XDPLB_DEBUG_LOG";
 
@@ -133,6 +142,11 @@ pub const FORWARD_DSR_L2: u32 = 2;
 /// source is taken from the flow hash inside a configured prefix; backends decapsulate
 /// (`xdplb decap`) and answer clients directly.
 pub const FORWARD_DSR_IPIP: u32 = 3;
+/// Full NAT: source and destination rewritten (source: a balancer address and a port allocated
+/// per flow), so replies come back to the balancer on any topology; backends need no setup.
+pub const FORWARD_FULLNAT: u32 = 4;
+/// Tries of the `fullnat` port allocator before it gives up on a new flow.
+pub const FULLNAT_PORT_TRIES: u32 = 8;
 /// `Service::flags` bits 16..=21: how many low bits of the outer source come from the flow
 /// hash (32 minus the prefix length).
 pub const SERVICE_ENCAP_HOST_BITS_SHIFT: u32 = 16;
@@ -185,7 +199,8 @@ pub struct Flow {
     /// compared with `BACKENDS_V1[backend_index]` to notice a backend that changed.
     pub backend_addr: Addr,
     pub backend_port_be: u16,
-    pub _pad: u16,
+    /// `fullnat`: the source port allocated to the flow (network order); 0 otherwise.
+    pub snat_port_be: u16,
     /// Index into `BACKENDS_V1`.
     pub backend_index: u32,
     /// `Service::id` of the service the flow belongs to.
@@ -221,6 +236,38 @@ pub struct Reply {
 }
 const _: () = assert!(size_of::<Reply>() == 24);
 
+/// A `fullnat` service's source: the balancer address packets to backends come from, and the
+/// port range allocated from. 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+pub struct FullnatSource {
+    /// Network order.
+    pub addr_v4: u32,
+    /// Host order.
+    pub port_first: u32,
+    pub port_count: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<FullnatSource>() == 16);
+
+/// The client side of a `fullnat` translation. 56 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FullnatPeer {
+    pub client_addr: Addr,
+    /// The destination the client used.
+    pub vip_addr: Addr,
+    pub client_port_be: u16,
+    pub vip_port_be: u16,
+    pub service_id: u32,
+    /// `bpf_ktime_get_ns()` when the flow was last refreshed (at most every [`FLOW_REFRESH_NS`]).
+    pub last_seen_ns: u64,
+    /// The owning service's idle timeout: idle this long, the port is free again.
+    pub idle_timeout_ns: u64,
+}
+const _: () = assert!(size_of::<FullnatPeer>() == 56);
+
 /// Packets, bytes (Ethernet frame length) and new flows scheduled. 24 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -243,6 +290,8 @@ mod pod {
     unsafe impl aya::Pod for super::ReplyKey {}
     unsafe impl aya::Pod for super::Reply {}
     unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::FullnatSource {}
+    unsafe impl aya::Pod for super::FullnatPeer {}
 }
 
 #[cfg(test)]

@@ -74,11 +74,16 @@ pub enum Stat {
     /// Dropped: the packet could not be grown for the outer header (`bpf_xdp_adjust_head`
     /// failed: no headroom).
     DropEncapFailed = 27,
+    /// Dropped: a new `fullnat` flow found no free source port after `FULLNAT_PORT_TRIES`
+    /// tries (or the translation table is full). No live flow's port is ever taken.
+    DropPortsExhausted = 28,
+    /// Event: a `fullnat` backend's reply rewritten back to VIP:port -> client.
+    FullnatReplyTranslated = 29,
 }
 
 impl Stat {
     /// Number of counters.
-    pub const COUNT: u32 = 28;
+    pub const COUNT: u32 = 30;
     /// The length of `STATS_V1`: room for counters that later versions add, so that adding one
     /// does not change the pinned map's shape.
     pub const CAPACITY: u32 = 64;
@@ -113,6 +118,8 @@ impl Stat {
         Stat::DropFragNeeded,
         Stat::IcmpFragNeededSent,
         Stat::DropEncapFailed,
+        Stat::DropPortsExhausted,
+        Stat::FullnatReplyTranslated,
     ];
 
     /// A stable snake_case name, used in `xdplb stats` and later as a metric label.
@@ -146,6 +153,8 @@ impl Stat {
             Stat::DropFragNeeded => "drop_frag_needed",
             Stat::IcmpFragNeededSent => "icmp_frag_needed_sent",
             Stat::DropEncapFailed => "drop_encap_failed",
+            Stat::DropPortsExhausted => "drop_ports_exhausted",
+            Stat::FullnatReplyTranslated => "fullnat_reply_translated",
         }
     }
 }

@@ -29,8 +29,13 @@ const AF_INET: u8 = 2;
 /// interface it came in on, or XDP_REDIRECT to the egress. Otherwise the packet goes to the
 /// kernel, which does what a router does (resolves the neighbour, fragments or answers ICMP
 /// "fragmentation needed", answers "time exceeded"), or is dropped when there is no route.
+///
+/// `local_source`: the packet's source is this host's own address (`fullnat` requests). The
+/// kernel drops such a packet as a martian when it arrives from outside, so without a
+/// neighbour entry it is dropped and counted instead of passed; the daemon resolves the
+/// backends' neighbours when it applies a config.
 #[inline(always)]
-pub fn fib_forward(ctx: &XdpContext, pkt: &Ipv4Udp) -> Verdict {
+pub fn fib_forward(ctx: &XdpContext, pkt: &Ipv4Udp, local_source: bool) -> Verdict {
     // SAFETY: the parser proved the IPv4 header lies inside the packet; nothing moved it since.
     let (ttl, daddr) = unsafe { ((*pkt.ip).ttl, (*pkt.ip).daddr) };
     if ttl <= 1 {
@@ -38,6 +43,9 @@ pub fn fib_forward(ctx: &XdpContext, pkt: &Ipv4Udp) -> Verdict {
     }
     let params = match lookup(ctx, pkt, daddr, packet_len(pkt)) {
         Ok(p) => p,
+        Err((BPF_FIB_LKUP_RET_NO_NEIGH, _)) if local_source => {
+            return Verdict::drop(Stat::DropNoNeighbour);
+        }
         Err((BPF_FIB_LKUP_RET_NO_NEIGH, _)) => return Verdict::pass(Stat::PassNoNeighbour),
         Err((BPF_FIB_LKUP_RET_FRAG_NEEDED, _)) => return Verdict::pass(Stat::PassFragNeeded),
         Err(_) => return Verdict::drop(Stat::DropNoRoute),

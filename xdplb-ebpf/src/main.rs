@@ -4,6 +4,7 @@
 #![no_main]
 
 mod forward;
+mod fullnat;
 mod parse;
 mod reply;
 mod rewrite;
@@ -20,8 +21,8 @@ use aya_ebpf::{
 };
 use xdplb_common::{
     Backend, Counter, DEFAULT_MAX_BACKENDS_PER_SERVICE, DEFAULT_MAX_FLOWS,
-    DEFAULT_MAX_LOOKUP_ENTRIES, DEFAULT_MAX_SERVICES, Flow, FlowKey, Reply, ReplyKey, Service,
-    ServiceKey, Stat,
+    DEFAULT_MAX_LOOKUP_ENTRIES, DEFAULT_MAX_SERVICES, Flow, FlowKey, FullnatPeer, FullnatSource,
+    Reply, ReplyKey, Service, ServiceKey, Stat,
 };
 
 // The max_entries below are placeholders: user space sizes every map from the config at load
@@ -50,6 +51,12 @@ static FLOWS: LruHashMap<FlowKey, Flow> =
 #[map(name = "REPLIES_V1")]
 static REPLIES: LruHashMap<ReplyKey, Reply> =
     LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+
+#[map(name = "FULLNAT_SOURCES_V1")]
+static FULLNAT_SOURCES: Array<FullnatSource> = Array::with_max_entries(DEFAULT_MAX_SERVICES, 0);
+
+#[map(name = "FULLNAT_V1")]
+static FULLNAT: HashMap<ReplyKey, FullnatPeer> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
 #[map(name = "STATS_V1")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::CAPACITY, 0);

@@ -3,16 +3,16 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_log_ebpf::debug;
 use xdplb_common::{
-    Backend, FLOW_REFRESH_NS, FORWARD_DSR_IPIP, FORWARD_DSR_L2, FORWARD_NAT, Flow, FlowKey,
-    IPPROTO_UDP, REPLY_FLAG_NAT, Reply, ReplyKey, SERVICE_ENCAP_HOST_BITS_MASK,
+    Backend, FLOW_REFRESH_NS, FORWARD_DSR_IPIP, FORWARD_DSR_L2, FORWARD_FULLNAT, FORWARD_NAT, Flow,
+    FlowKey, IPPROTO_UDP, REPLY_FLAG_NAT, Reply, ReplyKey, SERVICE_ENCAP_HOST_BITS_MASK,
     SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FORWARDING_MASK,
     SERVICE_FORWARDING_SHIFT, Service, ServiceKey, Stat, addr_from_v4_wire,
     hash::{FlowTuple, HASH_FIVE_TUPLE, flow_hash},
 };
 
 use crate::{
-    BACKENDS, FLOWS, REPLIES, SERVICES, XDP_DROP, XDP_PASS, debug_log_enabled, forward, parse,
-    rewrite, schedule, stats,
+    BACKENDS, FLOWS, REPLIES, SERVICES, XDP_DROP, XDP_PASS, debug_log_enabled, forward, fullnat,
+    parse, rewrite, schedule, stats,
 };
 
 /// What to do with a packet, and the counted reason.
@@ -44,6 +44,8 @@ struct Target {
     index: u32,
     addr_v4: u32,
     port_be: u16,
+    /// `fullnat`: the flow's source port (network order).
+    snat_port_be: u16,
 }
 
 /// Balances one received frame. Expects nothing of the frame.
@@ -84,7 +86,8 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
         dst_port_be: dport_be,
         proto: IPPROTO_UDP,
     };
-    let target = match existing_flow(&service, &flow_key, now) {
+    let mode = forwarding(&service);
+    let target = match existing_flow(&service, mode, &flow_key, now) {
         Lookup::Live(t) => t,
         lookup => {
             if service.table_len == 0 {
@@ -96,8 +99,8 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
                 });
             }
             let replacing = matches!(lookup, Lookup::Stale);
-            let t = new_flow(&service, &flow_key, &tuple, now, replacing)
-                .ok_or(Verdict::drop(Stat::DropNoBackend))?;
+            let t = new_flow(&service, mode, &flow_key, &tuple, now, replacing)
+                .map_err(Verdict::drop)?;
             if debug_log_enabled() {
                 debug!(
                     ctx,
@@ -112,7 +115,6 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
     };
 
     stats::count_traffic(service.id, target.index, pkt.frame_len);
-    let mode = forwarding(&service);
     if mode == FORWARD_DSR_L2 {
         // The backend holds the VIP: the packet stays as the client sent it.
         return Ok(forward::l2_forward(ctx, &pkt, target.addr_v4));
@@ -121,9 +123,15 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
         let source = encap_source(&service, &tuple);
         return Ok(forward::ipip_forward(ctx, &pkt, target.addr_v4, source));
     }
+    if mode == FORWARD_FULLNAT {
+        let source = fullnat::source_addr(&service).ok_or(Verdict::drop(Stat::DropNoRoute))?;
+        rewrite::set_source(&pkt, source, target.snat_port_be);
+        rewrite::set_destination(&pkt, target.addr_v4, target.port_be);
+        return Ok(forward::fib_forward(ctx, &pkt, true));
+    }
     rewrite::set_destination(&pkt, target.addr_v4, target.port_be);
     if mode == FORWARD_NAT {
-        return Ok(forward::fib_forward(ctx, &pkt));
+        return Ok(forward::fib_forward(ctx, &pkt, false));
     }
     Ok(Verdict::pass(Stat::Forwarded))
 }
@@ -141,6 +149,23 @@ fn encap_source(service: &Service, tuple: &FlowTuple) -> u32 {
     };
     let hash = flow_hash(tuple, HASH_FIVE_TUPLE, service.hash_seed);
     ((u32::from_be(service.encap_source) & !mask) | (hash & mask)).to_be()
+}
+
+/// A backend's reply to the balancer's `fullnat` source address and port goes back to the
+/// client, from VIP:port. Anything else passes untouched.
+#[inline(always)]
+fn fullnat_reply(
+    ctx: &aya_ebpf::programs::XdpContext,
+    pkt: &parse::Ipv4Udp,
+    key: &ReplyKey,
+) -> Result<Verdict, Verdict> {
+    let peer = fullnat::peer(key).ok_or(Verdict::pass(Stat::PassNoService))?;
+    // SAFETY: a helper without arguments.
+    fullnat::refresh(key, unsafe { bpf_ktime_get_ns() });
+    rewrite::set_source(pkt, peer.vip_addr[3], peer.vip_port_be);
+    rewrite::set_destination(pkt, peer.client_addr[3], peer.client_port_be);
+    stats::count(Stat::FullnatReplyTranslated);
+    Ok(forward::fib_forward(ctx, pkt, false))
 }
 
 /// The service's `FORWARD_*` mode.
@@ -171,11 +196,11 @@ fn nat_reply(
     // SAFETY: the value is copied out at once.
     let reply = match unsafe { REPLIES.get(key) } {
         Some(r) if r.flags & REPLY_FLAG_NAT != 0 => *r,
-        _ => return Err(Verdict::pass(Stat::PassNoService)),
+        _ => return fullnat_reply(ctx, pkt, &key),
     };
     rewrite::set_source(pkt, reply.vip_addr[3], reply.vip_port_be);
     stats::count(Stat::NatReplyTranslated);
-    Ok(forward::fib_forward(ctx, pkt))
+    Ok(forward::fib_forward(ctx, pkt, false))
 }
 
 /// Finds the service for a destination: the exact (address, port, UDP) first, then the
@@ -211,7 +236,7 @@ enum Lookup {
 /// `FLOW_REFRESH_NS`. Returns `Stale` (and counts why) when the flow idled out or its backend is
 /// no longer the service's backend at that index, `Missing` when there is no entry.
 #[inline(always)]
-fn existing_flow(service: &Service, key: &FlowKey, now: u64) -> Lookup {
+fn existing_flow(service: &Service, mode: u32, key: &FlowKey, now: u64) -> Lookup {
     let Some(flow) = FLOWS.get_ptr_mut(key) else {
         return Lookup::Missing;
     };
@@ -226,15 +251,31 @@ fn existing_flow(service: &Service, key: &FlowKey, now: u64) -> Lookup {
         stats::count(Stat::FlowRescheduled);
         return Lookup::Stale;
     }
+    // A flow created before its service turned to fullnat has no source port yet.
+    if mode == FORWARD_FULLNAT && flow.snat_port_be == 0 {
+        return Lookup::Stale;
+    }
     if idle > FLOW_REFRESH_NS {
         flow.last_seen_ns = now;
         // Keep the reply entry alive too: the two LRU maps evict independently.
         remember_reply(service, key, flow);
+        if mode == FORWARD_FULLNAT
+            && let Some(source) = fullnat::source_addr(service)
+        {
+            let k = fullnat::key(
+                flow.backend_addr,
+                flow.backend_port_be,
+                source,
+                flow.snat_port_be,
+            );
+            fullnat::refresh(&k, now);
+        }
     }
     Lookup::Live(Target {
         index: flow.backend_index,
         addr_v4: flow.backend_addr[3],
         port_be: flow.backend_port_be,
+        snat_port_be: flow.snat_port_be,
     })
 }
 
@@ -257,21 +298,29 @@ fn backend_is_current(service: &Service, flow: &Flow) -> bool {
 #[inline(always)]
 fn new_flow(
     service: &Service,
+    mode: u32,
     key: &FlowKey,
     tuple: &FlowTuple,
     now: u64,
     replacing: bool,
-) -> Option<Target> {
-    let index = schedule::choose_backend(service, tuple)?;
-    let backend: &Backend = BACKENDS.get(index)?;
+) -> Result<Target, Stat> {
+    let no_backend = Stat::DropNoBackend;
+    let index = schedule::choose_backend(service, tuple).ok_or(no_backend)?;
+    let backend: &Backend = BACKENDS.get(index).ok_or(no_backend)?;
     // An empty position (all zero) or a non-IPv4 backend cannot take this flow.
     if !is_v4_mapped(backend) || backend.port_be == 0 {
-        return None;
+        return Err(no_backend);
     }
+    let snat_port_be = if mode == FORWARD_FULLNAT {
+        let hash = flow_hash(tuple, HASH_FIVE_TUPLE, service.hash_seed);
+        fullnat::allocate(service, key, backend, hash, now).ok_or(Stat::DropPortsExhausted)?
+    } else {
+        0
+    };
     let flow = Flow {
         backend_addr: backend.addr,
         backend_port_be: backend.port_be,
-        _pad: 0,
+        snat_port_be,
         backend_index: index,
         service_id: service.id,
         _pad2: 0,
@@ -285,10 +334,11 @@ fn new_flow(
     remember_reply(service, key, &flow);
     stats::count(Stat::FlowCreated);
     stats::count_flow(service.id, index);
-    Some(Target {
+    Ok(Target {
         index,
         addr_v4: backend.addr[3],
         port_be: backend.port_be,
+        snat_port_be,
     })
 }
 

@@ -217,6 +217,7 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
         "running instance"
     );
 
+    let mut last_sweep = Instant::now();
     let stop = loop {
         let mut stop = None;
         let mut publish = false;
@@ -298,6 +299,21 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
                 }
             }
         }
+        // fullnat ports of flows that idled out are freed once a second.
+        if last_sweep.elapsed() >= Duration::from_secs(1) {
+            last_sweep = Instant::now();
+            if cfg
+                .services
+                .iter()
+                .any(|s| s.forwarding == config::Forwarding::FullNat)
+            {
+                match dp.sweep_fullnat() {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(released = n, "fullnat ports of idle flows freed"),
+                    Err(e) => warn!("sweeping fullnat translations failed: {e}"),
+                }
+            }
+        }
         dp.flush_logs();
         std::thread::sleep(Duration::from_millis(5));
     };
@@ -334,18 +350,21 @@ enum Stop {
     Signal(&'static str),
 }
 
-/// Makes the kernel resolve the MAC address of every `dsr-l2` backend, which XDP needs from
-/// the neighbour table and cannot resolve itself: an empty datagram to the backend's discard
-/// port (9) makes the kernel send ARP. Entries the kernel already holds cost nothing.
+/// Makes the kernel resolve the MAC address of every `dsr-l2` and `fullnat` backend, which XDP
+/// needs from the neighbour table and cannot resolve itself (the kernel cannot forward such a
+/// packet for it either: a `dsr-l2` packet is for the VIP, a `fullnat` one comes from this
+/// host's own address). An empty datagram to the backend's discard port (9) makes the kernel
+/// send ARP. Entries the kernel already holds cost nothing.
 fn resolve_neighbours(cfg: &Config) {
     let Ok(sock) = std::net::UdpSocket::bind("0.0.0.0:0") else {
         return;
     };
-    for svc in cfg
-        .services
-        .iter()
-        .filter(|s| s.forwarding == config::Forwarding::DsrL2)
-    {
+    for svc in cfg.services.iter().filter(|s| {
+        matches!(
+            s.forwarding,
+            config::Forwarding::DsrL2 | config::Forwarding::FullNat
+        )
+    }) {
         for b in &svc.backends {
             let _ = sock.send_to(&[], (*b.address.ip(), 9));
         }

@@ -401,7 +401,7 @@ pub enum ConfigError {
 
     /// A `forwarding` that is not one of the known modes.
     #[error(
-        "{at}: {service} has an invalid forwarding {value:?}; expected \"local\" (the default: backends on this host), \"nat\" (backends on other hosts, routed through this one), \"dsr-l2\" (backends on this L2 segment answer clients directly) or \"dsr-ipip\" (backends anywhere, reached in IP-in-IP, answer clients directly)"
+        "{at}: {service} has an invalid forwarding {value:?}; expected \"local\" (the default: backends on this host), \"nat\" (backends on other hosts, routed through this one), \"dsr-l2\" (backends on this L2 segment answer clients directly) \"dsr-ipip\" (backends anywhere, reached in IP-in-IP, answer clients directly) or \"fullnat\" (source and destination rewritten; backends need no setup)"
     )]
     InvalidForwarding {
         at: Location,
@@ -442,7 +442,18 @@ pub enum ConfigError {
         value: String,
     },
 
-    /// `dsr-ipip` without `encap_source`, or `encap_source` with another mode.
+    /// `fullnat_source` or `fullnat_ports` that do not parse or make no sense.
+    #[error("{at}: {service} has an invalid {field} {value:?}; {expected}")]
+    InvalidFullnat {
+        at: Location,
+        service: String,
+        field: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+
+    /// `dsr-ipip` without `encap_source`, `fullnat` without `fullnat_source`, or either
+    /// field with another mode.
     #[error("{at}: {service}: {problem}")]
     EncapSourceMismatch {
         at: Location,

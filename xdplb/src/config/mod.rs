@@ -44,6 +44,8 @@
 //!                              # run `xdplb decap`, hold the VIP and answer directly)
 //! encap_source = "10.200.0.0/24"  # dsr-ipip only, required: outer sources come from this
 //!                              # prefix (the flow hash picks the host part)
+//! fullnat_source = "10.86.0.1" # fullnat only, required: the balancer address backends see
+//! fullnat_ports = "20000-59999"  # fullnat only, optional (this default): source port range
 //!
 //! [service.health_check]       # optional; without it every backend is always healthy
 //! type = "udp"                 # required: udp | tcp | http
@@ -246,6 +248,8 @@ pub struct ServiceConfig {
     pub forwarding: Forwarding,
     /// `DsrIpip` only (and required there): the prefix the outer source addresses come from.
     pub encap_source: Option<EncapSource>,
+    /// `FullNat` only (and required there): the source address and port range.
+    pub fullnat: Option<FullnatConfig>,
     /// At least one, not all drained; addresses are unique within the service.
     pub backends: Vec<BackendConfig>,
 }
@@ -337,6 +341,18 @@ pub enum Forwarding {
     /// Direct server return over IP-in-IP: an outer IPv4 header to the backend; backends
     /// decapsulate (`xdplb decap`), hold the VIP and answer clients directly.
     DsrIpip,
+    /// Full NAT: source and destination rewritten (source: a balancer address and a port per
+    /// flow), so replies come back on any topology; backends need no setup.
+    FullNat,
+}
+
+/// A `fullnat` service's source: packets to backends come from `source`, with a port of
+/// `port_first..=port_last` allocated per flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FullnatConfig {
+    pub source: std::net::Ipv4Addr,
+    pub port_first: u16,
+    pub port_last: u16,
 }
 
 /// An IPv4 prefix for outer source addresses, `base/prefix_len`, with no host bits set in
@@ -360,6 +376,7 @@ pub fn forwarding_name(forwarding: Forwarding) -> &'static str {
         Forwarding::Nat => "nat",
         Forwarding::DsrL2 => "dsr-l2",
         Forwarding::DsrIpip => "dsr-ipip",
+        Forwarding::FullNat => "fullnat",
     }
 }
 
@@ -442,6 +459,7 @@ pub fn default_config() -> Config {
             when_all_down: WhenAllDown::Drop,
             forwarding: Forwarding::Local,
             encap_source: None,
+            fullnat: None,
             backends: [9876, 9877, 9878]
                 .into_iter()
                 .map(|port| BackendConfig {
@@ -604,6 +622,13 @@ impl Config {
                     out,
                     "    Forwarding: dsr-l2 (frames readdressed to each backend's MAC; backends hold {} and answer clients directly)",
                     svc.vip.ip()
+                )?,
+                Forwarding::FullNat => writeln!(
+                    out,
+                    "    Forwarding: fullnat (to the backends from {}; their replies come back to it and are translated)",
+                    svc.fullnat
+                        .map(|f| format!("{}:{}-{}", f.source, f.port_first, f.port_last))
+                        .unwrap_or_default()
                 )?,
                 Forwarding::DsrIpip => writeln!(
                     out,

@@ -44,6 +44,8 @@ pub(crate) struct RawService {
     pub when_all_down: Option<Spanned<String>>,
     pub forwarding: Option<Spanned<String>>,
     pub encap_source: Option<Spanned<String>>,
+    pub fullnat_source: Option<Spanned<String>>,
+    pub fullnat_ports: Option<Spanned<String>>,
     pub backend: Option<Spanned<Vec<Spanned<RawBackend>>>>,
 }
 
@@ -111,6 +113,8 @@ pub(crate) const TABLES: &[(&str, &[&str])] = &[
             "when_all_down",
             "forwarding",
             "encap_source",
+            "fullnat_source",
+            "fullnat_ports",
             "backend",
         ],
     ),

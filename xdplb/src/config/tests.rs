@@ -1821,6 +1821,62 @@ fn forwarding_parses_and_rejects_garbage_and_loopback_nat_backends() {
     assert_msg(&e, &["encap_source applies only", "dsr-ipip"]);
     let e = err(&ipip.replace("10.1.0.2:53", "10.1.0.2:54"));
     assert_msg(&e, &["with dsr-ipip", "10.1.0.2:54", "port 53"]);
+
+    let fullnat = nat.replace(
+        "forwarding = \"nat\"",
+        "forwarding = \"fullnat\"\nfullnat_source = \"10.86.0.1\"",
+    );
+    let svc = &ok(&fullnat).services[0];
+    assert_eq!(svc.forwarding, Forwarding::FullNat);
+    assert_eq!(
+        svc.fullnat,
+        Some(FullnatConfig {
+            source: Ipv4Addr::new(10, 86, 0, 1),
+            port_first: 20000,
+            port_last: 59999
+        }),
+        "the default port range"
+    );
+    let ranged = fullnat.replace(
+        "fullnat_source = \"10.86.0.1\"",
+        "fullnat_source = \"10.86.0.1\"\nfullnat_ports = \"40000-40009\"",
+    );
+    let f = ok(&ranged).services[0].fullnat.expect("fullnat");
+    assert_eq!((f.port_first, f.port_last), (40000, 40009));
+    for bad in ["0-10", "10-9", "40000", "1-65536", "a-b"] {
+        let e = err(&ranged.replace("40000-40009", bad));
+        assert!(
+            matches!(
+                e,
+                ConfigError::InvalidFullnat {
+                    field: "fullnat_ports",
+                    ..
+                }
+            ),
+            "{bad}: {e:?}"
+        );
+        assert_msg(&e, &[&format!("{bad:?}"), "FIRST-LAST"]);
+    }
+    for bad in ["127.0.0.1", "0.0.0.0", "224.0.0.1", "nope"] {
+        let e = err(&fullnat.replace("10.86.0.1", bad));
+        assert!(
+            matches!(
+                e,
+                ConfigError::InvalidFullnat {
+                    field: "fullnat_source",
+                    ..
+                }
+            ),
+            "{bad}: {e:?}"
+        );
+    }
+    let e = err(&nat.replace("forwarding = \"nat\"", "forwarding = \"fullnat\""));
+    assert_msg(&e, &["needs fullnat_source"]);
+    let e = err(&nat.replace(
+        "forwarding = \"nat\"",
+        "forwarding = \"nat\"\nfullnat_ports = \"1-2\"",
+    ));
+    assert_msg(&e, &["fullnat_ports applies only"]);
 }
 
 #[test]
@@ -2139,6 +2195,7 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
                 when_all_down: WhenAllDown::Drop,
                 forwarding: Forwarding::Local,
                 encap_source: None,
+                fullnat: None,
                 backends: vec![
                     BackendConfig {
                         address: SocketAddrV4::new(ip(10, 0, 0, 1), 53),
@@ -2164,6 +2221,7 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
                 when_all_down: WhenAllDown::Drop,
                 forwarding: Forwarding::Local,
                 encap_source: None,
+                fullnat: None,
                 backends: vec![BackendConfig {
                     address: SocketAddrV4::new(ip(10, 0, 1, 1), 514),
                     weight: 10,
@@ -3412,9 +3470,10 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
                 Forwarding::Nat,
                 Forwarding::DsrL2,
                 Forwarding::DsrIpip,
+                Forwarding::FullNat,
             ])
         } else {
-            rng.pick(&[Forwarding::Local, Forwarding::Nat])
+            rng.pick(&[Forwarding::Local, Forwarding::Nat, Forwarding::FullNat])
         };
         services.push(ServiceConfig {
             name,
@@ -3435,6 +3494,19 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
                 EncapSource {
                     base: Ipv4Addr::from_bits(rng.range(0, u32::MAX) & mask),
                     prefix_len,
+                }
+            }),
+            fullnat: (forwarding == Forwarding::FullNat).then(|| {
+                let port_first = rng.range(1, u16::MAX);
+                FullnatConfig {
+                    source: Ipv4Addr::new(
+                        10,
+                        rng.range(0, 255),
+                        rng.range(0, 255),
+                        rng.range(1, 254),
+                    ),
+                    port_first,
+                    port_last: rng.range(port_first, u16::MAX),
                 }
             }),
             backends,

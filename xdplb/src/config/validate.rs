@@ -247,6 +247,16 @@ fn validate_hash_seed(raw: Option<Spanned<i64>>, src: Source<'_>) -> Result<u32,
     })
 }
 
+/// The source ports of a `fullnat` service without `fullnat_ports`.
+pub const DEFAULT_FULLNAT_PORTS: (u16, u16) = (20000, 59999);
+
+/// `FIRST-LAST` with 1 <= FIRST <= LAST <= 65535.
+fn parse_port_range(text: &str) -> Option<(u16, u16)> {
+    let (a, b) = text.split_once('-')?;
+    let (a, b): (u16, u16) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    (a >= 1 && a <= b).then_some((a, b))
+}
+
 /// `A.B.C.D/N` with N in 0..=32 and no host bits set.
 fn parse_encap_source(text: &str) -> Option<super::EncapSource> {
     let (addr, len) = text.split_once('/')?;
@@ -661,6 +671,7 @@ fn validate_service(
             "nat" => Forwarding::Nat,
             "dsr-l2" => Forwarding::DsrL2,
             "dsr-ipip" => Forwarding::DsrIpip,
+            "fullnat" => Forwarding::FullNat,
             _ => {
                 return Err(ConfigError::InvalidForwarding {
                     at: src.at(&f.span()),
@@ -697,6 +708,71 @@ fn validate_service(
             });
         }
     };
+
+    let fullnat = match (raw.fullnat_source, forwarding) {
+        (None, Forwarding::FullNat) => {
+            return Err(ConfigError::EncapSourceMismatch {
+                at: src.at(&svc_span),
+                service: label,
+                problem: "forwarding = \"fullnat\" needs fullnat_source, the balancer address that packets to the backends come from (one the backends route back to this balancer)",
+            });
+        }
+        (None, _) => None,
+        (Some(s), Forwarding::FullNat) => {
+            let source = match s.get_ref().parse::<std::net::Ipv4Addr>() {
+                Ok(a)
+                    if !a.is_unspecified()
+                        && !a.is_loopback()
+                        && !a.is_broadcast()
+                        && !a.is_multicast() =>
+                {
+                    a
+                }
+                _ => {
+                    return Err(ConfigError::InvalidFullnat {
+                        at: src.at(&s.span()),
+                        service: label,
+                        field: "fullnat_source",
+                        value: s.into_inner(),
+                        expected: "expected a unicast IPv4 address of this balancer that the backends can reach, such as \"10.86.0.1\"",
+                    });
+                }
+            };
+            let (port_first, port_last) = match &raw.fullnat_ports {
+                None => (DEFAULT_FULLNAT_PORTS.0, DEFAULT_FULLNAT_PORTS.1),
+                Some(p) => parse_port_range(p.get_ref()).ok_or_else(|| {
+                    ConfigError::InvalidFullnat {
+                        at: src.at(&p.span()),
+                        service: label.clone(),
+                        field: "fullnat_ports",
+                        value: p.get_ref().clone(),
+                        expected: "expected FIRST-LAST with 1 <= FIRST <= LAST <= 65535, such as \"20000-59999\"",
+                    }
+                })?,
+            };
+            Some(super::FullnatConfig {
+                source,
+                port_first,
+                port_last,
+            })
+        }
+        (Some(s), _) => {
+            return Err(ConfigError::EncapSourceMismatch {
+                at: src.at(&s.span()),
+                service: label,
+                problem: "fullnat_source applies only to forwarding = \"fullnat\"",
+            });
+        }
+    };
+    if forwarding != Forwarding::FullNat
+        && let Some(p) = &raw.fullnat_ports
+    {
+        return Err(ConfigError::EncapSourceMismatch {
+            at: src.at(&p.span()),
+            service: label,
+            problem: "fullnat_ports applies only to forwarding = \"fullnat\"",
+        });
+    }
 
     let Some(backends) = raw.backend else {
         return Err(ConfigError::NoBackends {
@@ -810,6 +886,7 @@ fn validate_service(
             when_all_down,
             forwarding,
             encap_source,
+            fullnat,
             backends: out,
         },
         name_offset: name_span.start,

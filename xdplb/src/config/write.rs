@@ -111,6 +111,10 @@ fn write_service(out: &mut String, svc: &ServiceConfig) -> fmt::Result {
     if let Some(e) = svc.encap_source {
         writeln!(out, "encap_source = \"{e}\"")?;
     }
+    if let Some(f) = svc.fullnat {
+        writeln!(out, "fullnat_source = \"{}\"", f.source)?;
+        writeln!(out, "fullnat_ports = \"{}-{}\"", f.port_first, f.port_last)?;
+    }
 
     if let Some(hc) = &svc.health_check {
         write_health_check(out, hc)?;

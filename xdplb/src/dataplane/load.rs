@@ -6,9 +6,9 @@ use aya::{
     programs::{SchedClassifier, Xdp},
 };
 use xdplb_common::{
-    Backend, Counter, GLOBAL_DEBUG_LOG, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOWS, MAP_LOOKUP,
-    MAP_REPLIES, MAP_RR_CURSOR, MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS, Service, ServiceKey,
-    Stat,
+    Backend, Counter, FullnatPeer, FullnatSource, GLOBAL_DEBUG_LOG, MAP_BACKEND_STATS,
+    MAP_BACKENDS, MAP_FLOWS, MAP_FULLNAT, MAP_FULLNAT_SOURCES, MAP_LOOKUP, MAP_REPLIES,
+    MAP_RR_CURSOR, MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS, ReplyKey, Service, ServiceKey, Stat,
 };
 
 use super::{
@@ -92,6 +92,8 @@ impl Dataplane {
             .map_max_entries(MAP_REPLIES, limits.max_flows)
             .map_max_entries(MAP_SERVICE_STATS, limits.max_services)
             .map_max_entries(MAP_BACKEND_STATS, backends)
+            .map_max_entries(MAP_FULLNAT_SOURCES, limits.max_services)
+            .map_max_entries(MAP_FULLNAT, limits.max_flows)
             .load(OBJECT)
             .map_err(|e| match &e {
                 aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
@@ -307,9 +309,12 @@ impl Dataplane {
 
     /// Map writes for reconciliation.
     pub fn writer(&mut self) -> Result<KernelMaps<'_>, DataplaneError> {
-        let [services, backends, lookup] =
-            self.ebpf
-                .maps_disjoint_mut([MAP_SERVICES, MAP_BACKENDS, MAP_LOOKUP]);
+        let [services, backends, lookup, sources] = self.ebpf.maps_disjoint_mut([
+            MAP_SERVICES,
+            MAP_BACKENDS,
+            MAP_LOOKUP,
+            MAP_FULLNAT_SOURCES,
+        ]);
         let services: HashMap<&mut MapData, ServiceKey, Service> = services
             .ok_or(DataplaneError::MissingMap(MAP_SERVICES))?
             .try_into()
@@ -322,10 +327,15 @@ impl Dataplane {
             .ok_or(DataplaneError::MissingMap(MAP_LOOKUP))?
             .try_into()
             .map_err(|e| DataplaneError::map(MAP_LOOKUP, e))?;
+        let fullnat_sources: Array<&mut MapData, FullnatSource> = sources
+            .ok_or(DataplaneError::MissingMap(MAP_FULLNAT_SOURCES))?
+            .try_into()
+            .map_err(|e| DataplaneError::map(MAP_FULLNAT_SOURCES, e))?;
         Ok(KernelMaps {
             services,
             backends,
             lookup,
+            fullnat_sources,
         })
     }
 
@@ -344,6 +354,46 @@ impl Dataplane {
             .map_err(|e| DataplaneError::map(MAP_RR_CURSOR, e))
     }
 
+    /// Deletes `fullnat` translations idle for longer than their flow's timeout, which frees
+    /// their ports (the data plane only ever takes a free port). Returns how many it deleted.
+    ///
+    /// A translation deleted here belongs to a flow that the data plane has already expired
+    /// (idle past the same timeout), so its next packet is a new flow with a new port.
+    pub fn sweep_fullnat(&mut self) -> Result<usize, DataplaneError> {
+        // bpf_ktime_get_ns() is CLOCK_MONOTONIC.
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the struct we own.
+        if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+            return Err(DataplaneError::Io(std::io::Error::last_os_error()));
+        }
+        let now = (ts.tv_sec as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(ts.tv_nsec as u64);
+        let map = self
+            .ebpf
+            .map_mut(MAP_FULLNAT)
+            .ok_or(DataplaneError::MissingMap(MAP_FULLNAT))?;
+        let mut table: HashMap<&mut MapData, ReplyKey, FullnatPeer> =
+            HashMap::try_from(map).map_err(|e| DataplaneError::map(MAP_FULLNAT, e))?;
+        let idle: Vec<ReplyKey> = table
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, p)| now.saturating_sub(p.last_seen_ns) > p.idle_timeout_ns)
+            .map(|(k, _)| k)
+            .collect();
+        let mut deleted = 0;
+        for k in &idle {
+            // Taken again since (or deleted): not an error.
+            if table.remove(k).is_ok() {
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
     /// Direct access to the loaded object, for tests and the benchmark.
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
@@ -355,6 +405,7 @@ pub struct KernelMaps<'a> {
     services: HashMap<&'a mut MapData, ServiceKey, Service>,
     backends: Array<&'a mut MapData, Backend>,
     lookup: Array<&'a mut MapData, u32>,
+    fullnat_sources: Array<&'a mut MapData, FullnatSource>,
 }
 
 impl MapWriter for KernelMaps<'_> {
@@ -396,6 +447,16 @@ impl MapWriter for KernelMaps<'_> {
         self.services
             .remove(key)
             .map_err(|e| DataplaneError::map(MAP_SERVICES, e))
+    }
+
+    fn put_fullnat_source(
+        &mut self,
+        service_id: u32,
+        source: &FullnatSource,
+    ) -> Result<(), DataplaneError> {
+        self.fullnat_sources
+            .set(service_id, source, 0)
+            .map_err(|e| DataplaneError::map(MAP_FULLNAT_SOURCES, e))
     }
 }
 

@@ -17,9 +17,9 @@ use std::{
 use aya::maps::MapData;
 use serde::{Deserialize, Serialize};
 use xdplb_common::{
-    Backend, Counter, Flow, FlowKey, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOWS, MAP_LOOKUP,
-    MAP_REPLIES, MAP_RR_CURSOR, MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS, Reply, ReplyKey,
-    Service, ServiceKey,
+    Backend, Counter, Flow, FlowKey, FullnatPeer, FullnatSource, MAP_BACKEND_STATS, MAP_BACKENDS,
+    MAP_FLOWS, MAP_FULLNAT, MAP_FULLNAT_SOURCES, MAP_LOOKUP, MAP_REPLIES, MAP_RR_CURSOR,
+    MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS, Reply, ReplyKey, Service, ServiceKey,
 };
 
 use super::{AttachedInterface, DataplaneError, DesiredState};
@@ -33,7 +33,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// The maps that are pinned, and so kept across restarts. Debug-log and global-data maps
 /// belong to one program load and are not.
-pub const PINNED_MAPS: [&str; 9] = [
+pub const PINNED_MAPS: [&str; 11] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_LOOKUP,
@@ -43,6 +43,8 @@ pub const PINNED_MAPS: [&str; 9] = [
     MAP_STATS,
     MAP_SERVICE_STATS,
     MAP_BACKEND_STATS,
+    MAP_FULLNAT_SOURCES,
+    MAP_FULLNAT,
 ];
 
 /// The bpffs mount to pin in.
@@ -285,7 +287,7 @@ fn remove_dir_if_present(dir: &Path) -> Result<(), DataplaneError> {
 }
 
 /// (map, key size, value size, max entries) as [`super::Dataplane::load`] creates them.
-fn expected_shapes(limits: &Limits) -> [(&'static str, u32, u32, u32); 9] {
+fn expected_shapes(limits: &Limits) -> [(&'static str, u32, u32, u32); 11] {
     let backends = limits.max_services * limits.max_backends_per_service;
     let size = |n: usize| n as u32;
     [
@@ -318,6 +320,18 @@ fn expected_shapes(limits: &Limits) -> [(&'static str, u32, u32, u32); 9] {
             limits.max_services,
         ),
         (MAP_BACKEND_STATS, 4, size(size_of::<Counter>()), backends),
+        (
+            MAP_FULLNAT_SOURCES,
+            4,
+            size(size_of::<FullnatSource>()),
+            limits.max_services,
+        ),
+        (
+            MAP_FULLNAT,
+            size(size_of::<ReplyKey>()),
+            size(size_of::<FullnatPeer>()),
+            limits.max_flows,
+        ),
     ]
 }
 

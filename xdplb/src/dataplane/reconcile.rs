@@ -8,10 +8,11 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use xdplb_common::{
-    BACKEND_FLAG_DRAINING, Backend, FORWARD_DSR_IPIP, FORWARD_DSR_L2, FORWARD_LOCAL, FORWARD_NAT,
-    IPPROTO_UDP, SCHED_MAGLEV, SCHED_RANDOM, SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH,
-    SCHED_WEIGHTED_ROUND_ROBIN, SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FLAG_PASS_WHEN_EMPTY,
-    SERVICE_FORWARDING_SHIFT, Service, ServiceKey, addr_from_v4_wire,
+    BACKEND_FLAG_DRAINING, Backend, FORWARD_DSR_IPIP, FORWARD_DSR_L2, FORWARD_FULLNAT,
+    FORWARD_LOCAL, FORWARD_NAT, FullnatSource, IPPROTO_UDP, SCHED_MAGLEV, SCHED_RANDOM,
+    SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH, SCHED_WEIGHTED_ROUND_ROBIN,
+    SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FORWARDING_SHIFT, Service,
+    ServiceKey, addr_from_v4_wire,
     hash::{HASH_FIVE_TUPLE, HASH_SOURCE_IP, HASH_SOURCE_IP_PORT},
     maglev::{self, MaglevBackend},
     schedule,
@@ -31,6 +32,11 @@ pub trait MapWriter {
     fn put_lookup(&mut self, index: u32, backend_index: u32) -> Result<(), DataplaneError>;
     fn put_service(&mut self, key: &ServiceKey, service: &Service) -> Result<(), DataplaneError>;
     fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DataplaneError>;
+    fn put_fullnat_source(
+        &mut self,
+        service_id: u32,
+        source: &FullnatSource,
+    ) -> Result<(), DataplaneError>;
 }
 
 /// What the maps must hold for one service.
@@ -49,6 +55,9 @@ pub struct ServicePlan {
     pub table: Vec<u32>,
     /// Occupied backend positions: `(BACKENDS_V1 index, backend, address)`.
     pub backends: Vec<(u32, Backend, SocketAddrV4)>,
+    /// `fullnat`: the source address and port range, written before the service entry.
+    #[serde(default)]
+    pub fullnat: Option<FullnatSource>,
 }
 
 /// What the maps must hold for a config.
@@ -93,6 +102,7 @@ pub fn forwarding_code(f: Forwarding) -> u32 {
         Forwarding::Nat => FORWARD_NAT,
         Forwarding::DsrL2 => FORWARD_DSR_L2,
         Forwarding::DsrIpip => FORWARD_DSR_IPIP,
+        Forwarding::FullNat => FORWARD_FULLNAT,
     }
 }
 
@@ -290,6 +300,12 @@ fn plan_service(
         region_half,
         table,
         backends,
+        fullnat: svc.fullnat.map(|f| FullnatSource {
+            addr_v4: u32::from_ne_bytes(f.source.octets()),
+            port_first: u32::from(f.port_first),
+            port_count: u32::from(f.port_last) - u32::from(f.port_first) + 1,
+            _pad: 0,
+        }),
     }
 }
 
@@ -412,6 +428,16 @@ fn apply_diff(
             }
         }
     }
+    // A fullnat service's source is in place before the service entry that uses it.
+    for plan in &next.services {
+        if let Some(source) = &plan.fullnat
+            && find(&plan.name).is_none_or(|o| {
+                o.fullnat.as_ref() != Some(source) || o.service.id != plan.service.id
+            })
+        {
+            maps.put_fullnat_source(plan.service.id, source)?;
+        }
+    }
     for plan in &mut next.services {
         let old = find(&plan.name);
         // A service whose table and entry are unchanged keeps them: nothing to write or switch.
@@ -481,6 +507,13 @@ mod tests {
             self.writes.push(format!(
                 "service {} table {}+{}",
                 s.id, s.table_base, s.table_len
+            ));
+            Ok(())
+        }
+        fn put_fullnat_source(&mut self, id: u32, s: &FullnatSource) -> Result<(), DataplaneError> {
+            self.writes.push(format!(
+                "fullnat {id} ports {}+{}",
+                s.port_first, s.port_count
             ));
             Ok(())
         }
