@@ -1,5 +1,5 @@
-//! Tier 2: the `nat`, `dsr-l2` and `dsr-ipip` forwarding modes (and `xdplb decap`) through
-//! BPF_PROG_TEST_RUN, with exact output frames.
+//! Tier 2: the `nat`, `fullnat`, `dsr-l2` and `dsr-ipip` forwarding modes (and `xdplb
+//! decap`) through BPF_PROG_TEST_RUN, with exact output frames.
 //!
 //! FIB lookups see the network namespace of the thread that runs the program, so the cases run
 //! in a thread moved into a namespace of the test's own, with two veths, routes and permanent
@@ -69,6 +69,25 @@ forwarding = "dsr-ipip"
 encap_source = "10.200.0.0/24"
 [[service.backend]]
 address = "10.60.1.2:7000"
+
+[[service]]
+name = "fullnat"
+vip = "10.99.0.7:7000"
+forwarding = "fullnat"
+fullnat_source = "10.60.1.1"
+fullnat_ports = "40000-40009"
+[[service.backend]]
+address = "10.60.1.2:7001"
+
+[[service]]
+name = "fullnat-tiny"
+vip = "10.99.0.8:7000"
+forwarding = "fullnat"
+fullnat_source = "10.60.1.1"
+fullnat_ports = "41000-41000"
+flow_idle_timeout = "1s"
+[[service.backend]]
+address = "10.60.1.2:7002"
 
 [[service]]
 name = "dsr-unresolved"
@@ -350,7 +369,74 @@ fn run_cases() {
     let out = testrun::run_xdp(decap_fd, &client_frame, 1).expect("test run");
     assert_eq!((out.action, out.frame), (XDP_PASS, client_frame));
 
-    // 12. dsr-ipip with a packet that no longer fits the backends' link once encapsulated: an
+    // 13. fullnat: source = the balancer's address and a port of the range, destination = the
+    //     backend; routed like nat.
+    let before = counters(&dp);
+    let out = run(&input("10.60.2.2:5570", "10.99.0.7:7000", 64), b);
+    assert_eq!(out.action, XDP_REDIRECT, "fullnat: redirected to fa");
+    let sport = u16::from_be_bytes([out.frame[34], out.frame[35]]);
+    assert!(
+        (40000..=40009).contains(&sport),
+        "port {sport} from fullnat_ports"
+    );
+    let snat = format!("10.60.1.1:{sport}");
+    assert_eq!(
+        out.frame,
+        expected(&snat, "10.60.1.2:7001", 63, MAC_BACKEND, MAC_A),
+        "fullnat request: exact frame"
+    );
+    assert!(deltas(&before, &counters(&dp)).contains(&(Stat::ForwardedFib, 1)));
+    // The next packet of the flow keeps its port.
+    let again = run(&input("10.60.2.2:5570", "10.99.0.7:7000", 64), b);
+    assert_eq!(again.frame, out.frame, "a live flow keeps its source port");
+
+    // 14. The backend's reply to that port goes back to the client, from the VIP.
+    let before = counters(&dp);
+    let out = run(&input("10.60.1.2:7001", &snat, 64), a);
+    assert_eq!(out.action, XDP_REDIRECT, "fullnat reply: redirected to fb");
+    assert_eq!(
+        out.frame,
+        expected("10.99.0.7:7000", "10.60.2.2:5570", 63, MAC_CLIENT, MAC_B),
+        "fullnat reply: exact frame"
+    );
+    assert_eq!(
+        deltas(&before, &counters(&dp)),
+        [(Stat::ForwardedFib, 1), (Stat::FullnatReplyTranslated, 1)]
+    );
+
+    // 15. One port in the range: a second live flow gets none (dropped, counted) and the first
+    //     keeps it; once the first has idled out (1 s) and the sweep freed it, a new flow gets
+    //     it.
+    let first = run(&input("10.60.2.2:5571", "10.99.0.8:7000", 64), b);
+    assert_eq!(first.action, XDP_REDIRECT);
+    assert_eq!(
+        u16::from_be_bytes([first.frame[34], first.frame[35]]),
+        41000
+    );
+    let before = counters(&dp);
+    let second = run(&input("10.60.2.2:5572", "10.99.0.8:7000", 64), b);
+    assert_eq!(second.action, XDP_DROP, "no free port: dropped");
+    assert!(deltas(&before, &counters(&dp)).contains(&(Stat::DropPortsExhausted, 1)));
+    let still = run(&input("10.60.2.2:5571", "10.99.0.8:7000", 64), b);
+    assert_eq!(still.frame, first.frame, "the live flow keeps its port");
+    assert_eq!(dp.sweep_fullnat().expect("sweep"), 0, "nothing idle yet");
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    assert_eq!(
+        dp.sweep_fullnat().expect("sweep"),
+        1,
+        "the idle flow's port freed"
+    );
+    let third = run(&input("10.60.2.2:5572", "10.99.0.8:7000", 64), b);
+    assert_eq!(
+        third.action, XDP_REDIRECT,
+        "the freed port goes to a new flow"
+    );
+    assert_eq!(
+        u16::from_be_bytes([third.frame[34], third.frame[35]]),
+        41000
+    );
+
+    // 16. (last: it lowers the MTU of fa) dsr-ipip with a packet that no longer fits the backends' link once encapsulated: an
     //     ICMP "fragmentation needed" for the inner MTU goes back to the client (XDP_TX).
     netns::sh(&["ip", "link", "set", "fa", "mtu", "600"]);
     let big = UdpFrame::new(addr("10.60.2.2:5563"), addr("10.99.0.6:7000"), &[0x5a; 600]).build();

@@ -1552,3 +1552,109 @@ fn dsr_ipip_backends_decapsulate_with_xdplb_decap_and_answer_directly() {
         assert!(!xdp_attached(ns, dev), "decap detached from {dev}");
     }
 }
+
+/// Backends on a segment of their own with no route to the client at all: fullnat's source
+/// rewrite is the only reason their replies find the way back.
+#[test]
+fn fullnat_reaches_backends_that_have_no_route_to_clients() {
+    require_root();
+    let pid = std::process::id();
+    let switch = Netns::new("fnats");
+    switch.exec(&["ip", "link", "add", "br0", "type", "bridge"]);
+    switch.exec(&["ip", "link", "set", "br0", "up"]);
+    let client_ns = Netns::new("fnatc");
+    let lb_ns = Netns::new("fnatl");
+    let backend_ns: Vec<Netns> = (1..=3).map(|k| Netns::new(&format!("fnatb{k}"))).collect();
+    let lb_client_dev = format!("fl0{pid}");
+    link(
+        &client_ns,
+        &format!("fc0{pid}"),
+        "10.87.0.1/24",
+        &lb_ns,
+        &lb_client_dev,
+        "10.87.0.2/24",
+    );
+    client_ns.exec(&["ip", "route", "add", "10.99.0.0/24", "via", "10.87.0.2"]);
+    let lb_backend_dev = format!("fl1{pid}");
+    plug(
+        &switch,
+        &format!("sl{pid}"),
+        &lb_ns,
+        &lb_backend_dev,
+        "10.86.0.1/24",
+    );
+    for (k, ns) in (1..=3).zip(&backend_ns) {
+        plug(
+            &switch,
+            &format!("s{k}{pid}"),
+            ns,
+            &format!("fb{k}{pid}"),
+            &format!("10.86.0.1{k}/24"),
+        );
+        let routes = ns.exec(&["ip", "route", "show"]);
+        assert!(
+            !String::from_utf8_lossy(&routes.stdout).contains("default"),
+            "backends have no default route"
+        );
+    }
+    lb_ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    let _backends: Vec<Daemon> = (1..=3)
+        .zip(&backend_ns)
+        .map(|(k, ns)| start_backends(ns, &format!("10.86.0.1{k}:7000")))
+        .collect();
+
+    let dir = run_dir("fnat");
+    let cfg_path = format!("{dir}/fullnat.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "interfaces = [\"{lb_client_dev}\", \"{lb_backend_dev}\"]\n[[service]]\nname = \"fullnat\"\nvip = \"10.99.0.1:7000\"\n\
+             forwarding = \"fullnat\"\nfullnat_source = \"10.86.0.1\"\nfullnat_ports = \"30000-30999\"\n\
+             [[service.backend]]\naddress = \"10.86.0.11:7000\"\n[[service.backend]]\naddress = \"10.86.0.12:7000\"\n\
+             [[service.backend]]\naddress = \"10.86.0.13:7000\"\n"
+        ),
+    )
+    .expect("write config");
+    let instance = format!("t-fnat-{pid}");
+    let env = format!("XDPLB_RUN_DIR={dir}");
+    let mut lb = start_balancer(&lb_ns, &env, &cfg_path, &instance);
+    // The daemon has asked the kernel to resolve the backends' MAC addresses; give ARP a moment.
+    std::thread::sleep(Duration::from_millis(300));
+
+    let hosts: Vec<&Netns> = std::iter::once(&client_ns).chain(&backend_ns).collect();
+    let csum_before: Vec<(u64, u64)> = hosts.iter().map(|h| h.udp_counters()).collect();
+    let report = client(&client_ns, "10.99.0.1:7000", 60, 3);
+    assert_every_reply_from_vip(&report, 60, 3);
+    let flows = per_backend(&report, "flows_per_backend");
+    assert_eq!(flows.len(), 3, "every backend host answered: {report}");
+    let delivered: Vec<u64> = csum_before
+        .iter()
+        .zip(&hosts)
+        .enumerate()
+        .map(|(host, (before, h))| {
+            let after = h.udp_counters();
+            assert_eq!(before.0, after.0, "host {host}: Udp InCsumErrors grew");
+            after.1 - before.1
+        })
+        .collect();
+    assert_eq!(
+        delivered[0], 180,
+        "the client's kernel accepted every reply"
+    );
+    assert_eq!(delivered[1..].iter().sum::<u64>(), 180, "{delivered:?}");
+    let st = stats(&lb_ns, &dir, &instance);
+    assert_eq!(counter(&st, "fullnat_reply_translated"), 180, "{st}");
+    assert_eq!(counter(&st, "drop_ports_exhausted"), 0, "{st}");
+    assert_eq!(counter(&st, "drop_no_neighbour"), 0, "{st}");
+    assert_eq!(
+        counter(&st, "forwarded_fib") + counter(&st, "pass_no_neighbour"),
+        360,
+        "every request and reply routed: {st}"
+    );
+    println!(
+        "fullnat: 60 flows x 3 datagrams, flows per backend {flows:?}, forwarded_fib {}",
+        counter(&st, "forwarded_fib")
+    );
+    let status = lb.terminate(Duration::from_secs(10));
+    assert!(status.success(), "exit 0 on SIGTERM: {status}");
+}

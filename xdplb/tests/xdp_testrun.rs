@@ -552,10 +552,11 @@ fn verifier_instruction_budget() {
         // The kernel allows a million; the budget (about twice today's count) catches a change
         // that makes the verifier's path count explode. 1,819 for local forwarding alone; the
         // nat, dsr-l2 and dsr-ipip paths (FIB lookups and sends, each verified in its own
-        // branch) and the ICMP answer's checksum loop took it to 8,871.
+        // branch), the ICMP answer's checksum loop and the fullnat port allocator's tries took
+        // it to 21,142.
         assert!(
-            count < 16_000,
-            "{name}: {count} verified instructions, budget 16,000"
+            count < 40_000,
+            "{name}: {count} verified instructions, budget 40,000"
         );
     }
 }
