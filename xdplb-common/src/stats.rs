@@ -79,11 +79,17 @@ pub enum Stat {
     DropPortsExhausted = 28,
     /// Event: a `fullnat` backend's reply rewritten back to VIP:port -> client.
     FullnatReplyTranslated = 29,
+    /// Event: an ICMP error from a `nat` or `fullnat` backend's side, about a balanced flow,
+    /// translated so that it reaches the client as if the VIP had sent the flow.
+    IcmpErrorToClient = 30,
+    /// Event: an ICMP error sent to the VIP about a balanced flow's reply (a router could not
+    /// deliver it), sent on to the backend that owns the flow.
+    IcmpErrorToBackend = 31,
 }
 
 impl Stat {
     /// Number of counters.
-    pub const COUNT: u32 = 30;
+    pub const COUNT: u32 = 32;
     /// The length of `STATS_V1`: room for counters that later versions add, so that adding one
     /// does not change the pinned map's shape.
     pub const CAPACITY: u32 = 64;
@@ -120,6 +126,8 @@ impl Stat {
         Stat::DropEncapFailed,
         Stat::DropPortsExhausted,
         Stat::FullnatReplyTranslated,
+        Stat::IcmpErrorToClient,
+        Stat::IcmpErrorToBackend,
     ];
 
     /// A stable snake_case name, used in `xdplb stats` and later as a metric label.
@@ -155,6 +163,8 @@ impl Stat {
             Stat::DropEncapFailed => "drop_encap_failed",
             Stat::DropPortsExhausted => "drop_ports_exhausted",
             Stat::FullnatReplyTranslated => "fullnat_reply_translated",
+            Stat::IcmpErrorToClient => "icmp_error_to_client",
+            Stat::IcmpErrorToBackend => "icmp_error_to_backend",
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod forward;
 mod fullnat;
+mod icmp;
 mod parse;
 mod reply;
 mod rewrite;
@@ -16,7 +17,7 @@ mod stats;
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
     programs::{TcContext, XdpContext},
 };
 use xdplb_common::{
@@ -78,6 +79,25 @@ fn debug_log_enabled() -> bool {
     // SAFETY: a plain read of a load-time constant; volatile so the compiler keeps the load and
     // lets the loader's value (not the one compiled in) decide.
     unsafe { core::ptr::read_volatile(&XDPLB_DEBUG_LOG) != 0 }
+}
+
+/// Slot 0: `xdplb_icmp`, tail-called for packets that are not UDP. A program of its own, so
+/// that the ICMP path gets a stack frame of its own (one function holding every path would
+/// exceed BPF's 512-byte stack). Filled by user space at load time; not pinned (it belongs to
+/// one program load).
+#[map(name = "XDPLB_PROGS")]
+static PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+pub const PROG_ICMP: u32 = 0;
+
+/// ICMP errors about balanced flows (see `icmp`); anything else passes untouched.
+#[xdp]
+pub fn xdplb_icmp(ctx: XdpContext) -> u32 {
+    let verdict = icmp::handle(&ctx).unwrap_or(service::Verdict {
+        action: XDP_PASS,
+        stat: Stat::PassNotUdp,
+    });
+    stats::count(verdict.stat);
+    verdict.action
 }
 
 /// Ingress: balances service packets to backends and passes everything else untouched.

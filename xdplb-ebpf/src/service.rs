@@ -11,8 +11,8 @@ use xdplb_common::{
 };
 
 use crate::{
-    BACKENDS, FLOWS, REPLIES, SERVICES, XDP_DROP, XDP_PASS, debug_log_enabled, forward, fullnat,
-    parse, rewrite, schedule, stats,
+    BACKENDS, FLOWS, PROG_ICMP, PROGS, REPLIES, SERVICES, XDP_DROP, XDP_PASS, debug_log_enabled,
+    forward, fullnat, parse, rewrite, schedule, stats,
 };
 
 /// What to do with a packet, and the counted reason.
@@ -55,7 +55,17 @@ struct Target {
 /// packet is modified only on the `Ok` path.
 #[inline(always)]
 pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verdict> {
-    let pkt = parse::ipv4_udp(ctx).map_err(Verdict::pass)?;
+    let pkt = match parse::ipv4_udp(ctx) {
+        Ok(p) => p,
+        Err(Stat::PassNotUdp) => {
+            // ICMP errors about balanced flows: `xdplb_icmp`. Returns only if the tail call
+            // fails (no program in the slot), and then the packet passes.
+            // SAFETY: a tail call into a program user space put in the array.
+            unsafe { PROGS.tail_call(ctx, PROG_ICMP) };
+            return Err(Verdict::pass(Stat::PassNotUdp));
+        }
+        Err(stat) => return Err(Verdict::pass(stat)),
+    };
     // SAFETY: the parser validated both headers.
     let (saddr, daddr, sport_be, dport_be) = unsafe {
         (
@@ -140,7 +150,7 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
 /// flow's 5-tuple hash in its host bits, so that a backend's receive-side scaling spreads flows
 /// over its queues while every packet of a flow gets the same source.
 #[inline(always)]
-fn encap_source(service: &Service, tuple: &FlowTuple) -> u32 {
+pub fn encap_source(service: &Service, tuple: &FlowTuple) -> u32 {
     let host_bits = (service.flags & SERVICE_ENCAP_HOST_BITS_MASK) >> SERVICE_ENCAP_HOST_BITS_SHIFT;
     let mask = if host_bits == 0 {
         0
@@ -170,7 +180,7 @@ fn fullnat_reply(
 
 /// The service's `FORWARD_*` mode.
 #[inline(always)]
-fn forwarding(service: &Service) -> u32 {
+pub fn forwarding(service: &Service) -> u32 {
     (service.flags & SERVICE_FORWARDING_MASK) >> SERVICE_FORWARDING_SHIFT
 }
 
@@ -206,7 +216,7 @@ fn nat_reply(
 /// Finds the service for a destination: the exact (address, port, UDP) first, then the
 /// wildcard address `0.0.0.0` with the same port. Returns a copy of the service.
 #[inline(always)]
-fn lookup_service(daddr: u32, dport_be: u16) -> Option<Service> {
+pub fn lookup_service(daddr: u32, dport_be: u16) -> Option<Service> {
     let mut key = ServiceKey {
         addr: addr_from_v4_wire(daddr),
         port_be: dport_be,

@@ -2,7 +2,7 @@
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues, ProgramArray},
     programs::{SchedClassifier, Xdp},
 };
 use xdplb_common::{
@@ -30,6 +30,9 @@ pub static DECAP_OBJECT: &[u8] =
 
 pub const PROGRAM_INGRESS: &str = "xdplb_ingress";
 pub const PROGRAM_REPLY: &str = "xdplb_reply";
+pub const PROGRAM_ICMP: &str = "xdplb_icmp";
+/// The tail-call array of the ingress program (not pinned: it belongs to one load).
+const MAP_PROGS: &str = "XDPLB_PROGS";
 
 /// A loaded (not necessarily attached) data plane. Dropping it detaches every link it made and
 /// unloads programs and maps.
@@ -115,6 +118,23 @@ impl Dataplane {
         let tc: &mut SchedClassifier = program_mut(&mut ebpf, PROGRAM_REPLY)?;
         tc.load()
             .map_err(|e| DataplaneError::program(PROGRAM_REPLY, e))?;
+        // The ICMP path is a program of its own that ingress tail-calls.
+        let icmp: &mut Xdp = program_mut(&mut ebpf, PROGRAM_ICMP)?;
+        icmp.load()
+            .map_err(|e| DataplaneError::program(PROGRAM_ICMP, e))?;
+        let icmp_fd = icmp
+            .fd()
+            .map_err(|e| DataplaneError::program(PROGRAM_ICMP, e))?
+            .try_clone()
+            .map_err(DataplaneError::Io)?;
+        let progs = ebpf
+            .map_mut(MAP_PROGS)
+            .ok_or(DataplaneError::MissingMap(MAP_PROGS))?;
+        let mut progs: ProgramArray<&mut MapData> =
+            ProgramArray::try_from(progs).map_err(|e| DataplaneError::map(MAP_PROGS, e))?;
+        progs
+            .set(0, &icmp_fd, 0)
+            .map_err(|e| DataplaneError::map(MAP_PROGS, e))?;
         Ok(Dataplane {
             ebpf,
             limits,
@@ -204,7 +224,7 @@ impl Dataplane {
 
     /// Instructions the verifier processed for each program, for the budget test.
     pub fn verified_instructions(&self) -> Vec<(&'static str, Option<u32>)> {
-        [PROGRAM_INGRESS, PROGRAM_REPLY]
+        [PROGRAM_INGRESS, PROGRAM_REPLY, PROGRAM_ICMP]
             .into_iter()
             .map(|name| {
                 let count = self
