@@ -114,6 +114,39 @@ fn input(src: &str, dst: &str, ttl: u8) -> Vec<u8> {
     f.build()
 }
 
+/// An ICMP error frame from `src` to `dst` (TTL `ttl`), of `kind`/`code`, quoting `quoted`;
+/// every checksum computed from scratch.
+fn icmp_error(src: &str, dst: &str, ttl: u8, kind: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    let (src, dst): (std::net::Ipv4Addr, std::net::Ipv4Addr) =
+        (src.parse().expect("literal"), dst.parse().expect("literal"));
+    let mut icmp = vec![kind, code, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(quoted);
+    let c = !checksum::fold(checksum::sum_be_words(&icmp));
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0x12, 0x34, 0, 0, ttl, 1, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = checksum::ipv4_header_checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00];
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&icmp);
+    f
+}
+
+fn with_macs(mut frame: Vec<u8>, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+    frame[..6].copy_from_slice(&dst);
+    frame[6..12].copy_from_slice(&src);
+    frame
+}
+
+/// The IPv4 header and the 8 bytes after it, as an ICMP error quotes them.
+fn quote(frame: &[u8]) -> Vec<u8> {
+    frame[ETH_HDR_LEN..ETH_HDR_LEN + 28].to_vec()
+}
+
 fn ifindex(name: &str) -> u32 {
     let c = std::ffi::CString::new(name).expect("name");
     // SAFETY: a valid NUL-terminated string.
@@ -435,6 +468,80 @@ fn run_cases() {
         u16::from_be_bytes([third.frame[34], third.frame[35]]),
         41000
     );
+
+    // 17. nat: the backend reports port unreachable to the client about the request of case 1;
+    //     the client gets it from the VIP, quoting what it sent (to VIP:port).
+    let at_backend = expected(
+        "10.60.2.2:5555",
+        &backend.to_string(),
+        63,
+        MAC_BACKEND,
+        MAC_A,
+    );
+    let err = icmp_error("10.60.1.2", "10.60.2.2", 64, 3, 3, &quote(&at_backend));
+    let before = counters(&dp);
+    let out = run(&err, a);
+    assert_eq!(
+        out.action, XDP_REDIRECT,
+        "nat ICMP error: routed to the client"
+    );
+    let as_sent = input("10.60.2.2:5555", "10.99.0.1:7000", 63);
+    assert_eq!(
+        out.frame,
+        with_macs(
+            icmp_error("10.99.0.1", "10.60.2.2", 63, 3, 3, &quote(&as_sent)),
+            MAC_CLIENT,
+            MAC_B
+        ),
+        "nat ICMP error: exact frame"
+    );
+    let d = deltas(&before, &counters(&dp));
+    assert!(d.contains(&(Stat::IcmpErrorToClient, 1)), "{d:?}");
+
+    // 18. fullnat: the same from the backend to the balancer's source port of case 13.
+    let at_backend = expected(&snat, "10.60.1.2:7001", 63, MAC_BACKEND, MAC_A);
+    let err = icmp_error("10.60.1.2", "10.60.1.1", 64, 3, 3, &quote(&at_backend));
+    let out = run(&err, a);
+    assert_eq!(
+        out.action, XDP_REDIRECT,
+        "fullnat ICMP error: routed to the client"
+    );
+    let as_sent = input("10.60.2.2:5570", "10.99.0.7:7000", 63);
+    assert_eq!(
+        out.frame,
+        with_macs(
+            icmp_error("10.99.0.7", "10.60.2.2", 63, 3, 3, &quote(&as_sent)),
+            MAC_CLIENT,
+            MAC_B
+        ),
+        "fullnat ICMP error: exact frame"
+    );
+
+    // 19. A router cannot deliver a dsr-l2 reply (VIP -> client of case 8) and tells the VIP:
+    //     the message goes on to the backend that owns the flow, readdressed to its MAC.
+    let reply = input("10.99.0.4:7000", "10.60.2.2:5560", 60);
+    let err = icmp_error("10.60.2.9", "10.99.0.4", 64, 3, 1, &quote(&reply));
+    let before = counters(&dp);
+    let out = run(&err, b);
+    assert_eq!(
+        out.action, XDP_REDIRECT,
+        "ICMP to the VIP: on to the backend"
+    );
+    assert_eq!(out.frame, with_macs(err.clone(), MAC_BACKEND, MAC_A));
+    let d = deltas(&before, &counters(&dp));
+    assert!(d.contains(&(Stat::IcmpErrorToBackend, 1)), "{d:?}");
+
+    // 20. An ICMP error about nothing balanced passes untouched.
+    let stray = icmp_error(
+        "10.60.2.9",
+        "10.99.0.4",
+        64,
+        3,
+        1,
+        &quote(&input("10.99.0.4:7000", "10.60.2.2:1", 60)),
+    );
+    let out = run(&stray, b);
+    assert_eq!((out.action, out.frame), (XDP_PASS, stray));
 
     // 16. (last: it lowers the MTU of fa) dsr-ipip with a packet that no longer fits the backends' link once encapsulated: an
     //     ICMP "fragmentation needed" for the inner MTU goes back to the client (XDP_TX).
