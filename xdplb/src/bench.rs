@@ -228,6 +228,86 @@ fn median(v: &mut [f64]) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// One forwarding mode's cost, existing flow.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModeRow {
+    pub mode: &'static str,
+    pub net_ns: f64,
+    /// The XDP action of the last iteration (2 PASS, 3 TX, 4 REDIRECT).
+    pub action: u32,
+}
+
+/// ns/packet of an existing flow in every forwarding mode, towards `backend` (whose port is
+/// also the VIP's, so dsr modes accept it). The FIB lookups of the remote modes see the calling
+/// process's network namespace: run it where `backend` is routed and its neighbour resolved
+/// (`scripts/bench-forwarding.sh` does), or the remote modes measure their drop path (their
+/// action says so).
+pub fn forwarding_modes(
+    backend: SocketAddrV4,
+    source: std::net::Ipv4Addr,
+    repeat: u32,
+    rounds: u32,
+) -> Result<Vec<ModeRow>, BenchError> {
+    use crate::config::{EncapSource, Forwarding, FullnatConfig};
+    let mut h = Harness::load()?;
+    let vip = SocketAddrV4::new(std::net::Ipv4Addr::new(10, 99, 0, 1), backend.port());
+    let frame = frame_to(vip);
+    let mut rows = Vec::new();
+    for mode in [
+        Forwarding::Local,
+        Forwarding::Nat,
+        Forwarding::FullNat,
+        Forwarding::DsrL2,
+        Forwarding::DsrIpip,
+    ] {
+        let mut cfg: Config = config::default_config();
+        cfg.limits.max_services = 16;
+        cfg.limits.max_lookup_entries = 262_144;
+        let svc = &mut cfg.services[0];
+        svc.vip = vip;
+        svc.forwarding = mode;
+        svc.backends.truncate(1);
+        svc.backends[0].address = backend;
+        svc.encap_source = (mode == Forwarding::DsrIpip).then_some(EncapSource {
+            base: std::net::Ipv4Addr::new(10, 200, 0, 0),
+            prefix_len: 24,
+        });
+        svc.fullnat = (mode == Forwarding::FullNat).then_some(FullnatConfig {
+            source,
+            port_first: 20000,
+            port_last: 59999,
+        });
+        let mut dp = Dataplane::load(cfg.limits, false)?;
+        dp.apply_config(&cfg)?;
+        let m = h.paired("bench_same_flow", dp.ingress()?, &frame, repeat, rounds)?;
+        rows.push(ModeRow {
+            mode: config::forwarding_name(mode),
+            net_ns: m.net_ns,
+            action: m.action,
+        });
+    }
+    Ok(rows)
+}
+
+/// Text table of [`forwarding_modes`].
+pub fn render_modes(rows: &[ModeRow]) -> String {
+    let mut s = String::from("mode        ns/packet (existing flow)   action\n");
+    for r in rows {
+        let action = match r.action {
+            1 => "DROP",
+            2 => "PASS",
+            3 => "TX",
+            4 => "REDIRECT",
+            _ => "other",
+        };
+        s.push_str(&format!(
+            "{:<10} {:>12.1}                {action}\n",
+            r.mode, r.net_ns
+        ));
+    }
+    s
+}
+
 fn frame_to(dst: SocketAddrV4) -> Vec<u8> {
     let src: SocketAddrV4 = SocketAddrV4::new(std::net::Ipv4Addr::new(10, 9, 8, 7), 40000);
     let mut f = UdpFrame::new(src, dst, &[]);

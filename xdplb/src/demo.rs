@@ -193,3 +193,66 @@ pub fn run_client(
     }
     Ok(report)
 }
+
+/// What [`flood`] sent.
+#[derive(Debug, Clone, Serialize)]
+pub struct FloodReport {
+    pub sent: u64,
+    /// Sends that failed (full socket buffers, ICMP errors reported on the socket).
+    pub errors: u64,
+    pub seconds: f64,
+}
+
+/// Sends small datagrams, round robin over `flows` connected sockets (flow `i` to
+/// `targets[i % targets.len()]`, each with its own source port), for `duration`: as fast as
+/// possible when `rate` is 0, else at `rate` datagrams a second. For the forwarding benchmark;
+/// nothing is read back.
+pub fn flood(
+    targets: &[SocketAddrV4],
+    flows: u32,
+    duration: Duration,
+    rate: u64,
+) -> io::Result<FloodReport> {
+    if targets.is_empty() || flows == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "flood needs at least one target and one flow",
+        ));
+    }
+    let mut sockets = Vec::with_capacity(flows as usize);
+    for i in 0..flows as usize {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.connect(targets[i % targets.len()])?;
+        s.set_nonblocking(true)?;
+        sockets.push(s);
+    }
+    let payload = [0x78u8; 18];
+    let start = std::time::Instant::now();
+    let (mut sent, mut errors) = (0u64, 0u64);
+    const BATCH: u64 = 64;
+    'outer: loop {
+        for _ in 0..BATCH {
+            let s = &sockets[(sent + errors) as usize % sockets.len()];
+            match s.send(&payload) {
+                Ok(_) => sent += 1,
+                Err(_) => errors += 1,
+            }
+        }
+        let elapsed = start.elapsed();
+        if elapsed >= duration {
+            break 'outer;
+        }
+        if rate > 0 {
+            // Sleep until the time the datagrams sent so far are due at `rate`.
+            let due = Duration::from_secs_f64((sent + errors) as f64 / rate as f64);
+            if due > elapsed {
+                thread::sleep(due - elapsed);
+            }
+        }
+    }
+    Ok(FloodReport {
+        sent,
+        errors,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}

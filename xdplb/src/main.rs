@@ -144,6 +144,19 @@ enum Command {
         #[arg(long)]
         require_all: bool,
     },
+    /// Send small datagrams as fast as possible (or at --rate) for the forwarding benchmark.
+    DemoFlood {
+        /// Comma-separated IPv4:port targets; flow i goes to target i mod their number.
+        #[arg(long, value_delimiter = ',', required = true)]
+        target: Vec<SocketAddrV4>,
+        #[arg(long, default_value_t = 256)]
+        flows: u32,
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Datagrams per second; 0 = as fast as possible.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+    },
     /// Measure the data plane's cost per packet with BPF_PROG_TEST_RUN.
     Bench {
         #[arg(long, default_value_t = 300_000)]
@@ -153,6 +166,12 @@ enum Command {
         /// Size of the flow and reply tables (default: the config default, 262144).
         #[arg(long)]
         max_flows: Option<u32>,
+        /// Instead: ns/packet of every forwarding mode towards this backend (routed and
+        /// resolved in this network namespace), with --source as the fullnat source.
+        #[arg(long)]
+        modes_backend: Option<SocketAddrV4>,
+        #[arg(long, default_value = "10.0.0.1")]
+        source: std::net::Ipv4Addr,
         #[arg(long)]
         json: bool,
     },
@@ -430,12 +449,36 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::DemoFlood {
+            target,
+            flows,
+            seconds,
+            rate,
+        } => {
+            if !(seconds > 0.0 && seconds <= 3600.0) {
+                bail!("--seconds {seconds}: expected more than 0 and at most 3600");
+            }
+            let report = demo::flood(&target, flows, Duration::from_secs_f64(seconds), rate)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench {
             repeat,
             rounds,
             max_flows,
+            modes_backend,
+            source,
             json,
         } => {
+            if let Some(backend) = modes_backend {
+                let rows = bench::forwarding_modes(backend, source, repeat.max(1), rounds.max(1))?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                } else {
+                    print!("{}", bench::render_modes(&rows));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             let report = bench::run(repeat.max(1), rounds.max(1), max_flows)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
