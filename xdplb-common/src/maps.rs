@@ -35,6 +35,13 @@ pub const MAP_FULLNAT_SOURCES: &str = "FULLNAT_SOURCES_V1";
 /// flow; a port is taken only by an insert that fails if the key exists.
 pub const MAP_FULLNAT: &str = "FULLNAT_V1";
 
+/// Data-plane-wide flags, an array of one `u32` (`GLOBAL_FLAG_*`), written by user space.
+pub const MAP_GLOBALS: &str = "GLOBALS_V1";
+/// Some service forwards with `nat`: packets to no service may be its backends' replies.
+pub const GLOBAL_FLAG_NAT: u32 = 1;
+/// Some service forwards with `fullnat`: packets to no service may be its backends' replies.
+pub const GLOBAL_FLAG_FULLNAT: u32 = 2;
+
 /// Load-time global: non-zero switches on per-packet debug logging (aya-log).
 pub const GLOBAL_DEBUG_LOG: &str = "XDPLB_DEBUG_LOG";
 

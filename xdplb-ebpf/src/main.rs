@@ -59,6 +59,9 @@ static FULLNAT_SOURCES: Array<FullnatSource> = Array::with_max_entries(DEFAULT_M
 #[map(name = "FULLNAT_V1")]
 static FULLNAT: HashMap<ReplyKey, FullnatPeer> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
+#[map(name = "GLOBALS_V1")]
+static GLOBALS: Array<u32> = Array::with_max_entries(1, 0);
+
 #[map(name = "STATS_V1")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::CAPACITY, 0);
 

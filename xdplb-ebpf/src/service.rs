@@ -4,15 +4,16 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_log_ebpf::debug;
 use xdplb_common::{
     Backend, FLOW_REFRESH_NS, FORWARD_DSR_IPIP, FORWARD_DSR_L2, FORWARD_FULLNAT, FORWARD_NAT, Flow,
-    FlowKey, IPPROTO_UDP, REPLY_FLAG_NAT, Reply, ReplyKey, SERVICE_ENCAP_HOST_BITS_MASK,
-    SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FORWARDING_MASK,
-    SERVICE_FORWARDING_SHIFT, Service, ServiceKey, Stat, addr_from_v4_wire,
+    FlowKey, GLOBAL_FLAG_FULLNAT, GLOBAL_FLAG_NAT, IPPROTO_UDP, REPLY_FLAG_NAT, Reply, ReplyKey,
+    SERVICE_ENCAP_HOST_BITS_MASK, SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FLAG_PASS_WHEN_EMPTY,
+    SERVICE_FORWARDING_MASK, SERVICE_FORWARDING_SHIFT, Service, ServiceKey, Stat,
+    addr_from_v4_wire,
     hash::{FlowTuple, HASH_FIVE_TUPLE, flow_hash},
 };
 
 use crate::{
-    BACKENDS, FLOWS, PROG_ICMP, PROGS, REPLIES, SERVICES, XDP_DROP, XDP_PASS, debug_log_enabled,
-    forward, fullnat, parse, rewrite, schedule, stats,
+    BACKENDS, FLOWS, GLOBALS, PROG_ICMP, PROGS, REPLIES, SERVICES, XDP_DROP, XDP_PASS,
+    debug_log_enabled, forward, fullnat, parse, rewrite, schedule, stats,
 };
 
 /// What to do with a packet, and the counted reason.
@@ -195,6 +196,11 @@ fn nat_reply(
     sport_be: u16,
     dport_be: u16,
 ) -> Result<Verdict, Verdict> {
+    // Without nat or fullnat services nothing is a reply to translate: skip the lookups.
+    let globals = GLOBALS.get(0).copied().unwrap_or(0);
+    if globals & (GLOBAL_FLAG_NAT | GLOBAL_FLAG_FULLNAT) == 0 {
+        return Err(Verdict::pass(Stat::PassNoService));
+    }
     let key = ReplyKey {
         backend_addr: addr_from_v4_wire(saddr),
         client_addr: addr_from_v4_wire(daddr),
@@ -203,10 +209,16 @@ fn nat_reply(
         proto: IPPROTO_UDP,
         _pad: [0; 3],
     };
-    // SAFETY: the value is copied out at once.
-    let reply = match unsafe { REPLIES.get(key) } {
-        Some(r) if r.flags & REPLY_FLAG_NAT != 0 => *r,
-        _ => return fullnat_reply(ctx, pkt, &key),
+    let reply = if globals & GLOBAL_FLAG_NAT != 0 {
+        // SAFETY: the value is copied out at once.
+        unsafe { REPLIES.get(key) }.copied()
+    } else {
+        None
+    };
+    let reply = match reply {
+        Some(r) if r.flags & REPLY_FLAG_NAT != 0 => r,
+        _ if globals & GLOBAL_FLAG_FULLNAT != 0 => return fullnat_reply(ctx, pkt, &key),
+        _ => return Err(Verdict::pass(Stat::PassNoService)),
     };
     rewrite::set_source(pkt, reply.vip_addr[3], reply.vip_port_be);
     stats::count(Stat::NatReplyTranslated);

@@ -7,8 +7,9 @@ use aya::{
 };
 use xdplb_common::{
     Backend, Counter, FullnatPeer, FullnatSource, GLOBAL_DEBUG_LOG, MAP_BACKEND_STATS,
-    MAP_BACKENDS, MAP_FLOWS, MAP_FULLNAT, MAP_FULLNAT_SOURCES, MAP_LOOKUP, MAP_REPLIES,
-    MAP_RR_CURSOR, MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS, ReplyKey, Service, ServiceKey, Stat,
+    MAP_BACKENDS, MAP_FLOWS, MAP_FULLNAT, MAP_FULLNAT_SOURCES, MAP_GLOBALS, MAP_LOOKUP,
+    MAP_REPLIES, MAP_RR_CURSOR, MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS, ReplyKey, Service,
+    ServiceKey, Stat,
 };
 
 use super::{
@@ -329,11 +330,12 @@ impl Dataplane {
 
     /// Map writes for reconciliation.
     pub fn writer(&mut self) -> Result<KernelMaps<'_>, DataplaneError> {
-        let [services, backends, lookup, sources] = self.ebpf.maps_disjoint_mut([
+        let [services, backends, lookup, sources, globals] = self.ebpf.maps_disjoint_mut([
             MAP_SERVICES,
             MAP_BACKENDS,
             MAP_LOOKUP,
             MAP_FULLNAT_SOURCES,
+            MAP_GLOBALS,
         ]);
         let services: HashMap<&mut MapData, ServiceKey, Service> = services
             .ok_or(DataplaneError::MissingMap(MAP_SERVICES))?
@@ -351,11 +353,16 @@ impl Dataplane {
             .ok_or(DataplaneError::MissingMap(MAP_FULLNAT_SOURCES))?
             .try_into()
             .map_err(|e| DataplaneError::map(MAP_FULLNAT_SOURCES, e))?;
+        let globals: Array<&mut MapData, u32> = globals
+            .ok_or(DataplaneError::MissingMap(MAP_GLOBALS))?
+            .try_into()
+            .map_err(|e| DataplaneError::map(MAP_GLOBALS, e))?;
         Ok(KernelMaps {
             services,
             backends,
             lookup,
             fullnat_sources,
+            globals,
         })
     }
 
@@ -426,6 +433,7 @@ pub struct KernelMaps<'a> {
     backends: Array<&'a mut MapData, Backend>,
     lookup: Array<&'a mut MapData, u32>,
     fullnat_sources: Array<&'a mut MapData, FullnatSource>,
+    globals: Array<&'a mut MapData, u32>,
 }
 
 impl MapWriter for KernelMaps<'_> {
@@ -467,6 +475,12 @@ impl MapWriter for KernelMaps<'_> {
         self.services
             .remove(key)
             .map_err(|e| DataplaneError::map(MAP_SERVICES, e))
+    }
+
+    fn put_globals(&mut self, flags: u32) -> Result<(), DataplaneError> {
+        self.globals
+            .set(0, flags, 0)
+            .map_err(|e| DataplaneError::map(MAP_GLOBALS, e))
     }
 
     fn put_fullnat_source(

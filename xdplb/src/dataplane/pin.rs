@@ -18,8 +18,9 @@ use aya::maps::MapData;
 use serde::{Deserialize, Serialize};
 use xdplb_common::{
     Backend, Counter, Flow, FlowKey, FullnatPeer, FullnatSource, MAP_BACKEND_STATS, MAP_BACKENDS,
-    MAP_FLOWS, MAP_FULLNAT, MAP_FULLNAT_SOURCES, MAP_LOOKUP, MAP_REPLIES, MAP_RR_CURSOR,
-    MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS, Reply, ReplyKey, Service, ServiceKey,
+    MAP_FLOWS, MAP_FULLNAT, MAP_FULLNAT_SOURCES, MAP_GLOBALS, MAP_LOOKUP, MAP_REPLIES,
+    MAP_RR_CURSOR, MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS, Reply, ReplyKey, Service,
+    ServiceKey,
 };
 
 use super::{AttachedInterface, DataplaneError, DesiredState};
@@ -33,7 +34,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// The maps that are pinned, and so kept across restarts. Debug-log and global-data maps
 /// belong to one program load and are not.
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 12] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_LOOKUP,
@@ -45,6 +46,7 @@ pub const PINNED_MAPS: [&str; 11] = [
     MAP_BACKEND_STATS,
     MAP_FULLNAT_SOURCES,
     MAP_FULLNAT,
+    MAP_GLOBALS,
 ];
 
 /// The bpffs mount to pin in.
@@ -287,7 +289,7 @@ fn remove_dir_if_present(dir: &Path) -> Result<(), DataplaneError> {
 }
 
 /// (map, key size, value size, max entries) as [`super::Dataplane::load`] creates them.
-fn expected_shapes(limits: &Limits) -> [(&'static str, u32, u32, u32); 11] {
+fn expected_shapes(limits: &Limits) -> [(&'static str, u32, u32, u32); 12] {
     let backends = limits.max_services * limits.max_backends_per_service;
     let size = |n: usize| n as u32;
     [
@@ -332,6 +334,7 @@ fn expected_shapes(limits: &Limits) -> [(&'static str, u32, u32, u32); 11] {
             size(size_of::<FullnatPeer>()),
             limits.max_flows,
         ),
+        (MAP_GLOBALS, 4, 4, 1),
     ]
 }
 

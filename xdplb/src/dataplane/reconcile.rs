@@ -9,10 +9,10 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use xdplb_common::{
     BACKEND_FLAG_DRAINING, Backend, FORWARD_DSR_IPIP, FORWARD_DSR_L2, FORWARD_FULLNAT,
-    FORWARD_LOCAL, FORWARD_NAT, FullnatSource, IPPROTO_UDP, SCHED_MAGLEV, SCHED_RANDOM,
-    SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH, SCHED_WEIGHTED_ROUND_ROBIN,
-    SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FORWARDING_SHIFT, Service,
-    ServiceKey, addr_from_v4_wire,
+    FORWARD_LOCAL, FORWARD_NAT, FullnatSource, GLOBAL_FLAG_FULLNAT, GLOBAL_FLAG_NAT, IPPROTO_UDP,
+    SCHED_MAGLEV, SCHED_RANDOM, SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH, SCHED_WEIGHTED_ROUND_ROBIN,
+    SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FORWARDING_MASK,
+    SERVICE_FORWARDING_SHIFT, Service, ServiceKey, addr_from_v4_wire,
     hash::{HASH_FIVE_TUPLE, HASH_SOURCE_IP, HASH_SOURCE_IP_PORT},
     maglev::{self, MaglevBackend},
     schedule,
@@ -37,6 +37,8 @@ pub trait MapWriter {
         service_id: u32,
         source: &FullnatSource,
     ) -> Result<(), DataplaneError>;
+    /// Sets the data-plane-wide `GLOBAL_FLAG_*` bits.
+    fn put_globals(&mut self, flags: u32) -> Result<(), DataplaneError>;
 }
 
 /// What the maps must hold for one service.
@@ -409,6 +411,17 @@ pub fn trust_live(
     record
 }
 
+/// The `GLOBAL_FLAG_*` bits a state needs.
+fn global_flags(state: &DesiredState) -> u32 {
+    state.services.iter().fold(0, |f, s| {
+        f | match (s.service.flags & SERVICE_FORWARDING_MASK) >> SERVICE_FORWARDING_SHIFT {
+            FORWARD_NAT => GLOBAL_FLAG_NAT,
+            FORWARD_FULLNAT => GLOBAL_FLAG_FULLNAT,
+            _ => 0,
+        }
+    })
+}
+
 fn apply_diff(
     previous: &DesiredState,
     next: &mut DesiredState,
@@ -427,6 +440,12 @@ fn apply_diff(
                 maps.put_backend(*index, backend)?;
             }
         }
+    }
+    // Reply recognition is on for every mode either state has while services switch, and
+    // only for the new state's afterwards.
+    let (before, after) = (global_flags(previous), global_flags(next));
+    if before | after != before {
+        maps.put_globals(before | after)?;
     }
     // A fullnat service's source is in place before the service entry that uses it.
     for plan in &next.services {
@@ -480,6 +499,9 @@ fn apply_diff(
             maps.remove_service(&old.key)?;
         }
     }
+    if before | after != after {
+        maps.put_globals(after)?;
+    }
     Ok(())
 }
 
@@ -515,6 +537,10 @@ mod tests {
                 "fullnat {id} ports {}+{}",
                 s.port_first, s.port_count
             ));
+            Ok(())
+        }
+        fn put_globals(&mut self, flags: u32) -> Result<(), DataplaneError> {
+            self.writes.push(format!("globals {flags}"));
             Ok(())
         }
         fn remove_service(&mut self, k: &ServiceKey) -> Result<(), DataplaneError> {
@@ -734,6 +760,46 @@ weight = 3
         );
         // A recorded service with no live entry is forgotten, so it is written as new.
         assert!(trust_live(recorded, |_| None).services.is_empty());
+    }
+
+    #[test]
+    fn reply_recognition_is_on_before_a_nat_service_and_off_after_the_last_one() {
+        let local = default_config();
+        let mut nat = local.clone();
+        nat.services[0].forwarding = config::Forwarding::Nat;
+        nat.services[0].backends[0].address = "10.0.0.2:9876".parse().expect("literal");
+        nat.services[0].backends[1].address = "10.0.0.3:9877".parse().expect("literal");
+        nat.services[0].backends[2].address = "10.0.0.4:9878".parse().expect("literal");
+        let mut r = Reconciler::default();
+        let mut rec = Recorder::default();
+        r.apply(desired_state(&local, None).expect("plan"), &mut rec)
+            .expect("apply");
+        assert!(!rec.writes.iter().any(|w| w.starts_with("globals")));
+        rec.writes.clear();
+        r.apply(desired_state(&nat, r.current()).expect("plan"), &mut rec)
+            .expect("apply");
+        let at = |w: &str| rec.writes.iter().position(|x| x.starts_with(w));
+        assert!(
+            at("globals 1").is_some_and(|g| at("service").is_some_and(|s| g < s)),
+            "replies are recognised before the service switches: {:?}",
+            rec.writes
+        );
+        assert_eq!(
+            rec.writes
+                .iter()
+                .filter(|w| w.starts_with("globals"))
+                .count(),
+            1
+        );
+        rec.writes.clear();
+        r.apply(desired_state(&local, r.current()).expect("plan"), &mut rec)
+            .expect("apply");
+        assert_eq!(
+            rec.writes.last().map(String::as_str),
+            Some("globals 0"),
+            "{:?}",
+            rec.writes
+        );
     }
 
     #[test]
