@@ -1081,6 +1081,55 @@ fn restart_and_upgrade_under_traffic_lose_nothing_and_stop_removes_everything() 
     assert_eq!(after["replies"], 0, "nothing balanced after stop: {after}");
 }
 
+/// 60 flows of 3 datagrams from `client_ns` to 10.99.0.1:7000, through the balancer, to the
+/// three `backend_ns`: every reply from the VIP, every flow on one backend, every backend used,
+/// `Udp InCsumErrors` unchanged on every host, and every datagram accepted by the backends'
+/// kernels and every reply by the client's. Returns the flows per backend.
+fn round_trip_through_balancer(client_ns: &Netns, backend_ns: &[Netns]) -> BTreeMap<String, u64> {
+    let hosts: Vec<&Netns> = std::iter::once(client_ns).chain(backend_ns).collect();
+    let before: Vec<(u64, u64)> = hosts.iter().map(|h| h.udp_counters()).collect();
+    let report = client(client_ns, "10.99.0.1:7000", 60, 3);
+    assert_every_reply_from_vip(&report, 60, 3);
+    let flows = per_backend(&report, "flows_per_backend");
+    assert_eq!(flows.len(), 3, "every backend host answered: {report}");
+    let delivered: Vec<u64> = before
+        .iter()
+        .zip(&hosts)
+        .enumerate()
+        .map(|(host, (before, h))| {
+            let after = h.udp_counters();
+            assert_eq!(before.0, after.0, "host {host}: Udp InCsumErrors grew");
+            after.1 - before.1
+        })
+        .collect();
+    assert_eq!(
+        delivered[0], 180,
+        "the client's kernel accepted every reply"
+    );
+    assert_eq!(
+        delivered[1..].iter().sum::<u64>(),
+        180,
+        "the backends' kernels accepted every request: {delivered:?}"
+    );
+    flows
+}
+
+/// Demo backends on `listen` in each of `backend_ns`, replying with the names backend-1..3.
+fn start_named_backends(backend_ns: &[Netns], listen: &str) -> Vec<Daemon> {
+    (1..=3)
+        .zip(backend_ns)
+        .map(|(k, ns)| {
+            let name = format!("backend-{k}");
+            let mut b = Daemon::spawn(&in_ns(
+                ns,
+                &[XDPLB, "demo-backend", "--listen", listen, "--name", &name],
+            ));
+            b.wait_for("listening", START);
+            b
+        })
+        .collect()
+}
+
 /// Adds a veth pair `a` (in `ns_a`, address `addr_a`) – `b` (in `ns_b`, `addr_b`), both up,
 /// with tx checksum offload off, so that every receiver validates real checksums.
 fn link(ns_a: &Netns, a: &str, addr_a: &str, ns_b: &Netns, b: &str, addr_b: &str) {
@@ -1166,44 +1215,11 @@ fn nat_routes_to_backends_on_other_hosts_and_translates_their_replies() {
         assert!(xdp_attached(&lb_ns, dev), "XDP on {dev}");
     }
 
-    let csum_before: Vec<(u64, u64)> = std::iter::once(&client_ns)
-        .chain(&backend_ns)
-        .map(Netns::udp_counters)
-        .collect();
-    let report = client(&client_ns, "10.99.0.1:7000", 60, 3);
-    assert_every_reply_from_vip(&report, 60, 3);
-    let flows = per_backend(&report, "flows_per_backend");
-    assert_eq!(flows.len(), 3, "every backend host got flows: {report}");
+    let flows = round_trip_through_balancer(&client_ns, &backend_ns);
     assert!(
         flows.values().all(|&n| n >= 5),
-        "Maglev spreads 60 flows over 3 backends: {report}"
+        "Maglev spreads 60 flows over 3 backends: {flows:?}"
     );
-    let csum_after: Vec<(u64, u64)> = std::iter::once(&client_ns)
-        .chain(&backend_ns)
-        .map(Netns::udp_counters)
-        .collect();
-    for (host, (before, after)) in csum_before.iter().zip(&csum_after).enumerate() {
-        assert_eq!(
-            before.0, after.0,
-            "host {host}: Udp InCsumErrors must not grow ({before:?} -> {after:?})"
-        );
-    }
-    let delivered: u64 = csum_before
-        .iter()
-        .zip(&csum_after)
-        .skip(1)
-        .map(|(b, a)| a.1 - b.1)
-        .sum();
-    assert_eq!(
-        delivered, 180,
-        "the backends' kernels accepted every datagram"
-    );
-    assert_eq!(
-        csum_after[0].1 - csum_before[0].1,
-        180,
-        "the client's kernel accepted every reply"
-    );
-
     let st = stats(&lb_ns, &dir, &instance);
     assert_eq!(counter(&st, "nat_reply_translated"), 180, "{st}");
     assert_eq!(counter(&st, "flow_created"), 60, "{st}");
@@ -1297,24 +1313,7 @@ fn dsr_l2_backends_on_one_segment_answer_clients_directly() {
         ns.exec(&["sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1"]);
         ns.exec(&["sysctl", "-qw", "net.ipv4.conf.all.arp_announce=2"]);
     }
-    let _backends: Vec<Daemon> = (1..=3)
-        .zip(&backend_ns)
-        .map(|(k, ns)| {
-            let mut b = Daemon::spawn(&in_ns(
-                ns,
-                &[
-                    XDPLB,
-                    "demo-backend",
-                    "--listen",
-                    "10.99.0.1:7000",
-                    "--name",
-                    &format!("backend-{k}"),
-                ],
-            ));
-            b.wait_for("listening", START);
-            b
-        })
-        .collect();
+    let _backends = start_named_backends(&backend_ns, "10.99.0.1:7000");
 
     let dir = run_dir("dsr");
     let cfg_path = format!("{dir}/dsr.toml");
@@ -1352,34 +1351,11 @@ fn dsr_l2_backends_on_one_segment_answer_clients_directly() {
     // The daemon has asked the kernel to resolve the backends' MAC addresses; give ARP a moment.
     std::thread::sleep(Duration::from_millis(300));
 
-    let hosts: Vec<&Netns> = std::iter::once(&client_ns).chain(&backend_ns).collect();
-    let csum_before: Vec<(u64, u64)> = hosts.iter().map(|h| h.udp_counters()).collect();
-    let report = client(&client_ns, "10.99.0.1:7000", 60, 3);
-    assert_every_reply_from_vip(&report, 60, 3);
-    let flows = per_backend(&report, "flows_per_backend");
+    let flows = round_trip_through_balancer(&client_ns, &backend_ns);
     assert_eq!(
         flows.keys().collect::<Vec<_>>(),
         ["backend-1", "backend-2", "backend-3"],
-        "every backend host answered: {report}"
-    );
-    let delivered: Vec<u64> = csum_before
-        .iter()
-        .zip(&hosts)
-        .enumerate()
-        .map(|(host, (before, h))| {
-            let after = h.udp_counters();
-            assert_eq!(before.0, after.0, "host {host}: Udp InCsumErrors grew");
-            after.1 - before.1
-        })
-        .collect();
-    assert_eq!(
-        delivered[0], 180,
-        "the client's kernel accepted every reply"
-    );
-    assert_eq!(
-        delivered[1..].iter().sum::<u64>(),
-        180,
-        "the backends' kernels accepted every request: {delivered:?}"
+        "every backend host answered directly"
     );
     let st = stats(&lb_ns, &dir, &instance);
     assert_eq!(
@@ -1446,24 +1422,7 @@ fn dsr_ipip_backends_decapsulate_with_xdplb_decap_and_answer_directly() {
         backend_devs.push(bdev);
     }
     lb_ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-    let _backends: Vec<Daemon> = (1..=3)
-        .zip(&backend_ns)
-        .map(|(k, ns)| {
-            let mut b = Daemon::spawn(&in_ns(
-                ns,
-                &[
-                    XDPLB,
-                    "demo-backend",
-                    "--listen",
-                    "10.99.0.1:7000",
-                    "--name",
-                    &format!("backend-{k}"),
-                ],
-            ));
-            b.wait_for("listening", START);
-            b
-        })
-        .collect();
+    let _backends = start_named_backends(&backend_ns, "10.99.0.1:7000");
 
     let dir = run_dir("ipip");
     let cfg_path = format!("{dir}/ipip.toml");
@@ -1486,26 +1445,7 @@ fn dsr_ipip_backends_decapsulate_with_xdplb_decap_and_answer_directly() {
     let env = format!("XDPLB_RUN_DIR={dir}");
     let mut lb = start_balancer(&lb_ns, &env, &cfg_path, &instance);
 
-    let hosts: Vec<&Netns> = std::iter::once(&client_ns).chain(&backend_ns).collect();
-    let csum_before: Vec<(u64, u64)> = hosts.iter().map(|h| h.udp_counters()).collect();
-    let report = client(&client_ns, "10.99.0.1:7000", 60, 3);
-    assert_every_reply_from_vip(&report, 60, 3);
-    let flows = per_backend(&report, "flows_per_backend");
-    assert_eq!(flows.len(), 3, "every backend host answered: {report}");
-    let delivered: Vec<u64> = csum_before
-        .iter()
-        .zip(&hosts)
-        .enumerate()
-        .map(|(host, (before, h))| {
-            let after = h.udp_counters();
-            assert_eq!(before.0, after.0, "host {host}: Udp InCsumErrors grew");
-            after.1 - before.1
-        })
-        .collect();
-    assert_eq!(
-        delivered[0], 180,
-        "the client's kernel accepted every reply"
-    );
+    let flows = round_trip_through_balancer(&client_ns, &backend_ns);
     let mut decapsulated = 0;
     for (ns, dev) in backend_ns.iter().zip(&backend_devs) {
         let out = ns.exec(&[
@@ -1621,27 +1561,7 @@ fn fullnat_reaches_backends_that_have_no_route_to_clients() {
     // The daemon has asked the kernel to resolve the backends' MAC addresses; give ARP a moment.
     std::thread::sleep(Duration::from_millis(300));
 
-    let hosts: Vec<&Netns> = std::iter::once(&client_ns).chain(&backend_ns).collect();
-    let csum_before: Vec<(u64, u64)> = hosts.iter().map(|h| h.udp_counters()).collect();
-    let report = client(&client_ns, "10.99.0.1:7000", 60, 3);
-    assert_every_reply_from_vip(&report, 60, 3);
-    let flows = per_backend(&report, "flows_per_backend");
-    assert_eq!(flows.len(), 3, "every backend host answered: {report}");
-    let delivered: Vec<u64> = csum_before
-        .iter()
-        .zip(&hosts)
-        .enumerate()
-        .map(|(host, (before, h))| {
-            let after = h.udp_counters();
-            assert_eq!(before.0, after.0, "host {host}: Udp InCsumErrors grew");
-            after.1 - before.1
-        })
-        .collect();
-    assert_eq!(
-        delivered[0], 180,
-        "the client's kernel accepted every reply"
-    );
-    assert_eq!(delivered[1..].iter().sum::<u64>(), 180, "{delivered:?}");
+    let flows = round_trip_through_balancer(&client_ns, &backend_ns);
     let st = stats(&lb_ns, &dir, &instance);
     assert_eq!(counter(&st, "fullnat_reply_translated"), 180, "{st}");
     assert_eq!(counter(&st, "drop_ports_exhausted"), 0, "{st}");
