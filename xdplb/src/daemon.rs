@@ -26,7 +26,7 @@ pub fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
-/// `nat` and `dsr-l2` find next hops with bpf_fib_lookup, which the kernel answers only for
+/// Every mode but `local` finds next hops with bpf_fib_lookup, which the kernel answers only for
 /// packets received on an interface with IPv4 forwarding on; without it every packet of those
 /// services would be dropped, so such a config is refused with the fix.
 fn check_forwarding(cfg: &Config, origin: &str) -> anyhow::Result<()> {
@@ -50,7 +50,7 @@ fn check_forwarding(cfg: &Config, origin: &str) -> anyhow::Result<()> {
         .collect();
     if !off.is_empty() {
         bail!(
-            "{origin}: service(s) {} forward with nat or dsr-l2, which needs IPv4 forwarding on every attached interface, but it is off on {}; turn it on with `sysctl -w net.ipv4.conf.all.forwarding=1` (or per interface)",
+            "{origin}: service(s) {} forward with nat, fullnat, dsr-l2 or dsr-ipip, which needs IPv4 forwarding on every attached interface, but it is off on {}; turn it on with `sysctl -w net.ipv4.conf.all.forwarding=1` (or per interface)",
             routed.join(", "),
             off.join(", ")
         );
