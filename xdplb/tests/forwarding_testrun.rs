@@ -543,6 +543,53 @@ fn run_cases() {
     let out = run(&stray, b);
     assert_eq!((out.action, out.frame), (XDP_PASS, stray));
 
+    // 21. A router's error to a nat VIP about the reply of case 1: on to that flow's backend,
+    //     readdressed to it, quoting the reply as the backend sent it (from its own address).
+    let reply = input("10.99.0.1:7000", "10.60.2.2:5555", 60);
+    let err = icmp_error("10.60.2.9", "10.99.0.1", 64, 3, 1, &quote(&reply));
+    let out = run(&err, b);
+    assert_eq!(
+        out.action, XDP_REDIRECT,
+        "nat ICMP to the VIP: on to the backend"
+    );
+    let as_backend_sent = input("10.60.1.2:7000", "10.60.2.2:5555", 60);
+    assert_eq!(
+        out.frame,
+        with_macs(
+            icmp_error("10.60.2.9", "10.60.1.2", 63, 3, 1, &quote(&as_backend_sent)),
+            MAC_BACKEND,
+            MAC_A
+        ),
+        "nat ICMP to the VIP: exact frame"
+    );
+
+    // 22. The same for the dsr-ipip flow of case 10: the message goes inside an outer header to
+    //     the backend, with the flow's outer source.
+    let reply = input("10.99.0.6:7000", "10.60.2.2:5562", 60);
+    let err = icmp_error("10.60.2.9", "10.99.0.6", 64, 3, 1, &quote(&reply));
+    let out = run(&err, b);
+    assert_eq!(
+        out.action, XDP_REDIRECT,
+        "dsr-ipip ICMP to the VIP: on to the backend"
+    );
+    let inner = &err[ETH_HDR_LEN..];
+    let mut outer = vec![0x45, 0];
+    outer.extend_from_slice(&(20 + inner.len() as u16).to_be_bytes());
+    outer.extend_from_slice(&[0, 0, 0, 0, 64, 4, 0, 0]);
+    outer.extend_from_slice(&outer_src);
+    outer.extend_from_slice(&[10, 60, 1, 2]);
+    let check = checksum::ipv4_header_checksum(&outer);
+    outer[10..12].copy_from_slice(&check.to_be_bytes());
+    let mut expected_encap = MAC_BACKEND.to_vec();
+    expected_encap.extend_from_slice(&MAC_A);
+    expected_encap.extend_from_slice(&[0x08, 0x00]);
+    expected_encap.extend_from_slice(&outer);
+    expected_encap.extend_from_slice(inner);
+    assert_eq!(
+        out.frame, expected_encap,
+        "dsr-ipip ICMP to the VIP: exact frame"
+    );
+
     // 16. (last: it lowers the MTU of fa) dsr-ipip with a packet that no longer fits the backends' link once encapsulated: an
     //     ICMP "fragmentation needed" for the inner MTU goes back to the client (XDP_TX).
     netns::sh(&["ip", "link", "set", "fa", "mtu", "600"]);
