@@ -212,6 +212,7 @@ pub fn flood(
     flows: u32,
     duration: Duration,
     rate: u64,
+    payload_bytes: usize,
 ) -> io::Result<FloodReport> {
     if targets.is_empty() || flows == 0 {
         return Err(io::Error::new(
@@ -226,7 +227,7 @@ pub fn flood(
         s.set_nonblocking(true)?;
         sockets.push(s);
     }
-    let payload = [0x78u8; 18];
+    let payload = vec![0x78u8; payload_bytes];
     let start = std::time::Instant::now();
     let (mut sent, mut errors) = (0u64, 0u64);
     const BATCH: u64 = 64;

@@ -156,6 +156,9 @@ enum Command {
         /// Datagrams per second; 0 = as fast as possible.
         #[arg(long, default_value_t = 0)]
         rate: u64,
+        /// UDP payload size in bytes.
+        #[arg(long, default_value_t = 18)]
+        payload_bytes: usize,
     },
     /// Measure the data plane's cost per packet with BPF_PROG_TEST_RUN.
     Bench {
@@ -454,11 +457,21 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             flows,
             seconds,
             rate,
+            payload_bytes,
         } => {
             if !(seconds > 0.0 && seconds <= 3600.0) {
                 bail!("--seconds {seconds}: expected more than 0 and at most 3600");
             }
-            let report = demo::flood(&target, flows, Duration::from_secs_f64(seconds), rate)?;
+            if payload_bytes > 65_507 {
+                bail!("--payload-bytes {payload_bytes}: a UDP payload holds at most 65507 bytes");
+            }
+            let report = demo::flood(
+                &target,
+                flows,
+                Duration::from_secs_f64(seconds),
+                rate,
+                payload_bytes,
+            )?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)
         }

@@ -1477,6 +1477,35 @@ fn dsr_ipip_backends_decapsulate_with_xdplb_decap_and_answer_directly() {
         "every request encapsulated and sent: {st}"
     );
     println!("dsr-ipip: 60 flows x 3 datagrams, flows per backend {flows:?}");
+
+    // MTU: with the backends' links at 1000 bytes, a 990-byte datagram (1018 bytes of IPv4, DF
+    // set by the client's stack) no longer fits once encapsulated; the client's kernel learns
+    // the inner MTU, 980, from the balancer's ICMP answer.
+    for dev in &interfaces[1..] {
+        lb_ns.exec(&["ip", "link", "set", dev, "mtu", "1000"]);
+    }
+    client_ns.exec(&[
+        XDPLB,
+        "demo-flood",
+        "--target",
+        "10.99.0.1:7000",
+        "--flows",
+        "1",
+        "--seconds",
+        "0.2",
+        "--rate",
+        "20",
+        "--payload-bytes",
+        "990",
+    ]);
+    let route = client_ns.exec(&["ip", "route", "get", "10.99.0.1"]);
+    let route = String::from_utf8_lossy(&route.stdout).to_string();
+    assert!(
+        route.contains("mtu 980"),
+        "the client learned the inner MTU: {route}"
+    );
+    let st = stats(&lb_ns, &dir, &instance);
+    assert!(counter(&st, "icmp_frag_needed_sent") >= 1, "{st}");
     let status = lb.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit 0 on SIGTERM: {status}");
     for (ns, dev) in backend_ns.iter().zip(&backend_devs) {
