@@ -1146,68 +1146,117 @@ fn link(ns_a: &Netns, a: &str, addr_a: &str, ns_b: &Netns, b: &str, addr_b: &str
     }
 }
 
-#[test]
-fn nat_routes_to_backends_on_other_hosts_and_translates_their_replies() {
-    require_root();
+/// A client, a balancer and three backend hosts, each backend on a link of its own to the
+/// balancer, which is its gateway: client `10.N.0.1/24` - balancer `10.N.0.2`, backend k
+/// `10.(N+1).k.2/24` - balancer `10.(N+1).k.1`, the client routing `10.99.0.0/24` (the VIPs) via
+/// the balancer, and IPv4 forwarding on in the balancer. Devices are named `<p>c0`, `<p>l0`
+/// (client side), `<p>l<k>`, `<p>b<k>`, each with the pid appended.
+struct Routed {
+    client: Netns,
+    lb: Netns,
+    backends: Vec<Netns>,
+    /// The balancer's devices, the client side first.
+    lb_devs: Vec<String>,
+    /// The backends' devices.
+    backend_devs: Vec<String>,
+}
+
+fn routed_topology(p: &str, net: u8) -> Routed {
     let pid = std::process::id();
-    let client_ns = Netns::new("natc");
-    let lb_ns = Netns::new("natl");
-    let backend_ns: Vec<Netns> = (1..=3).map(|k| Netns::new(&format!("natb{k}"))).collect();
-    let lb_client_dev = format!("nl0{pid}");
+    let client = Netns::new(&format!("{p}c"));
+    let lb = Netns::new(&format!("{p}l"));
+    let backends: Vec<Netns> = (1..=3).map(|k| Netns::new(&format!("{p}b{k}"))).collect();
+    let lb_client_dev = format!("{p}l0{pid}");
     link(
-        &client_ns,
-        &format!("nc0{pid}"),
-        "10.81.0.1/24",
-        &lb_ns,
+        &client,
+        &format!("{p}c0{pid}"),
+        &format!("10.{net}.0.1/24"),
+        &lb,
         &lb_client_dev,
-        "10.81.0.2/24",
+        &format!("10.{net}.0.2/24"),
     );
-    client_ns.exec(&["ip", "route", "add", "10.99.0.0/24", "via", "10.81.0.2"]);
-    let mut interfaces = vec![lb_client_dev.clone()];
-    for (k, ns) in (1..=3).zip(&backend_ns) {
-        let dev = format!("nl{k}{pid}");
+    let gateway = format!("10.{net}.0.2");
+    client.exec(&["ip", "route", "add", "10.99.0.0/24", "via", &gateway]);
+    let mut lb_devs = vec![lb_client_dev];
+    let mut backend_devs = Vec::new();
+    let backend_net = net + 1;
+    for (k, ns) in (1..=3).zip(&backends) {
+        let (dev, bdev) = (format!("{p}l{k}{pid}"), format!("{p}b{k}{pid}"));
         link(
-            &lb_ns,
+            &lb,
             &dev,
-            &format!("10.82.{k}.1/24"),
+            &format!("10.{backend_net}.{k}.1/24"),
             ns,
-            &format!("nb{k}{pid}"),
-            &format!("10.82.{k}.2/24"),
+            &bdev,
+            &format!("10.{backend_net}.{k}.2/24"),
         );
-        // The balancer is each backend's gateway, so replies come back through it.
-        ns.exec(&[
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("10.82.{k}.1"),
-        ]);
-        interfaces.push(dev);
+        let gateway = format!("10.{backend_net}.{k}.1");
+        ns.exec(&["ip", "route", "add", "default", "via", &gateway]);
+        lb_devs.push(dev);
+        backend_devs.push(bdev);
     }
     // Packets whose next hop has no neighbour entry yet go through the kernel's forwarding.
-    lb_ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    lb.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    Routed {
+        client,
+        lb,
+        backends,
+        lb_devs,
+        backend_devs,
+    }
+}
 
-    let _backends: Vec<Daemon> = (1..=3)
-        .zip(&backend_ns)
-        .map(|(k, ns)| start_backends(ns, &format!("10.82.{k}.2:7000")))
-        .collect();
-    let dir = run_dir("nat");
-    let cfg_path = format!("{dir}/nat.toml");
+/// Writes `DIR/NAME.toml`: one service `NAME` on VIP 10.99.0.1:7000 with the extra `service`
+/// lines and `backends`, attached to `interfaces` (plus any `top` lines). Returns the path.
+fn write_service_config(
+    dir: &str,
+    name: &str,
+    interfaces: &[String],
+    top: &str,
+    service: &str,
+    backends: &[String],
+) -> String {
     let list = interfaces
         .iter()
         .map(|i| format!("\"{i}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    std::fs::write(
-        &cfg_path,
-        format!(
-            "interfaces = [{list}]\n[[service]]\nname = \"nat\"\nvip = \"10.99.0.1:7000\"\nforwarding = \"nat\"\n\
-             [[service.backend]]\naddress = \"10.82.1.2:7000\"\n[[service.backend]]\naddress = \"10.82.2.2:7000\"\n\
-             [[service.backend]]\naddress = \"10.82.3.2:7000\"\n"
-        ),
-    )
-    .expect("write config");
+    let mut text = format!(
+        "interfaces = [{list}]\n{top}[[service]]\nname = \"{name}\"\nvip = \"10.99.0.1:7000\"\n{service}"
+    );
+    for b in backends {
+        text.push_str(&format!("[[service.backend]]\naddress = \"{b}\"\n"));
+    }
+    let path = format!("{dir}/{name}.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+#[test]
+fn nat_routes_to_backends_on_other_hosts_and_translates_their_replies() {
+    require_root();
+    let pid = std::process::id();
+    let Routed {
+        client: client_ns,
+        lb: lb_ns,
+        backends: backend_ns,
+        lb_devs: interfaces,
+        ..
+    } = routed_topology("n", 81);
+    let _backends: Vec<Daemon> = (1..=3)
+        .zip(&backend_ns)
+        .map(|(k, ns)| start_backends(ns, &format!("10.82.{k}.2:7000")))
+        .collect();
+    let dir = run_dir("nat");
+    let backends: Vec<String> = (1..=3).map(|k| format!("10.82.{k}.2:7000")).collect();
+    let cfg_path = write_service_config(
+        &dir,
+        "nat",
+        &interfaces,
+        "",
+        "forwarding = \"nat\"\n",
+        &backends,
+    );
     let instance = format!("t-nat-{pid}");
     let env = format!("XDPLB_RUN_DIR={dir}");
     let mut lb = start_balancer(&lb_ns, &env, &cfg_path, &instance);
@@ -1316,16 +1365,15 @@ fn dsr_l2_backends_on_one_segment_answer_clients_directly() {
     let _backends = start_named_backends(&backend_ns, "10.99.0.1:7000");
 
     let dir = run_dir("dsr");
-    let cfg_path = format!("{dir}/dsr.toml");
-    std::fs::write(
-        &cfg_path,
-        format!(
-            "interfaces = [\"{lb_dev}\"]\nxdp_mode = \"generic\"\n[[service]]\nname = \"dsr\"\nvip = \"10.99.0.1:7000\"\nforwarding = \"dsr-l2\"\n\
-             [[service.backend]]\naddress = \"10.83.0.11:7000\"\n[[service.backend]]\naddress = \"10.83.0.12:7000\"\n\
-             [[service.backend]]\naddress = \"10.83.0.13:7000\"\n"
-        ),
-    )
-    .expect("write config");
+    let backends: Vec<String> = (1..=3).map(|k| format!("10.83.0.1{k}:7000")).collect();
+    let cfg_path = write_service_config(
+        &dir,
+        "dsr",
+        std::slice::from_ref(&lb_dev),
+        "xdp_mode = \"generic\"\n",
+        "forwarding = \"dsr-l2\"\n",
+        &backends,
+    );
     let instance = format!("t-dsr-{pid}");
     let env = format!("XDPLB_RUN_DIR={dir}");
     // Without IPv4 forwarding the kernel answers no FIB lookup: the daemon says so and stops.
@@ -1378,69 +1426,33 @@ fn dsr_ipip_backends_decapsulate_with_xdplb_decap_and_answer_directly() {
     let pid = std::process::id();
     let bpffs = Bpffs::mount("ipip");
     let env_fs = format!("XDPLB_BPFFS={}", bpffs.path);
-    let client_ns = Netns::new("ipipc");
-    let lb_ns = Netns::new("ipipl");
-    let backend_ns: Vec<Netns> = (1..=3).map(|k| Netns::new(&format!("ipipb{k}"))).collect();
-    let lb_client_dev = format!("il0{pid}");
-    link(
-        &client_ns,
-        &format!("ic0{pid}"),
-        "10.84.0.1/24",
-        &lb_ns,
-        &lb_client_dev,
-        "10.84.0.2/24",
-    );
-    client_ns.exec(&["ip", "route", "add", "10.99.0.0/24", "via", "10.84.0.2"]);
-    let mut interfaces = vec![lb_client_dev.clone()];
-    let mut backend_devs = Vec::new();
-    for (k, ns) in (1..=3).zip(&backend_ns) {
-        let dev = format!("il{k}{pid}");
-        let bdev = format!("ib{k}{pid}");
-        link(
-            &lb_ns,
-            &dev,
-            &format!("10.85.{k}.1/24"),
-            ns,
-            &bdev,
-            &format!("10.85.{k}.2/24"),
-        );
-        ns.exec(&[
-            "ip",
-            "route",
-            "add",
-            "default",
-            "via",
-            &format!("10.85.{k}.1"),
-        ]);
+    let Routed {
+        client: client_ns,
+        lb: lb_ns,
+        backends: backend_ns,
+        lb_devs: interfaces,
+        backend_devs,
+    } = routed_topology("i", 84);
+    for (ns, bdev) in backend_ns.iter().zip(&backend_devs) {
         ns.exec(&["ip", "addr", "add", "10.99.0.1/32", "dev", "lo"]);
-        let out = ns.exec(&["env", &env_fs, XDPLB, "decap", "--interface", &bdev]);
+        let out = ns.exec(&["env", &env_fs, XDPLB, "decap", "--interface", bdev]);
         assert!(
             String::from_utf8_lossy(&out.stdout).contains("decap attached"),
             "{out:?}"
         );
-        interfaces.push(dev);
-        backend_devs.push(bdev);
     }
-    lb_ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
     let _backends = start_named_backends(&backend_ns, "10.99.0.1:7000");
 
     let dir = run_dir("ipip");
-    let cfg_path = format!("{dir}/ipip.toml");
-    let list = interfaces
-        .iter()
-        .map(|i| format!("\"{i}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    std::fs::write(
-        &cfg_path,
-        format!(
-            "interfaces = [{list}]\n[[service]]\nname = \"ipip\"\nvip = \"10.99.0.1:7000\"\nforwarding = \"dsr-ipip\"\n\
-             encap_source = \"10.200.0.0/24\"\n\
-             [[service.backend]]\naddress = \"10.85.1.2:7000\"\n[[service.backend]]\naddress = \"10.85.2.2:7000\"\n\
-             [[service.backend]]\naddress = \"10.85.3.2:7000\"\n"
-        ),
-    )
-    .expect("write config");
+    let backends: Vec<String> = (1..=3).map(|k| format!("10.85.{k}.2:7000")).collect();
+    let cfg_path = write_service_config(
+        &dir,
+        "ipip",
+        &interfaces,
+        "",
+        "forwarding = \"dsr-ipip\"\nencap_source = \"10.200.0.0/24\"\n",
+        &backends,
+    );
     let instance = format!("t-ipip-{pid}");
     let env = format!("XDPLB_RUN_DIR={dir}");
     let mut lb = start_balancer(&lb_ns, &env, &cfg_path, &instance);
@@ -1573,17 +1585,15 @@ fn fullnat_reaches_backends_that_have_no_route_to_clients() {
         .collect();
 
     let dir = run_dir("fnat");
-    let cfg_path = format!("{dir}/fullnat.toml");
-    std::fs::write(
-        &cfg_path,
-        format!(
-            "interfaces = [\"{lb_client_dev}\", \"{lb_backend_dev}\"]\n[[service]]\nname = \"fullnat\"\nvip = \"10.99.0.1:7000\"\n\
-             forwarding = \"fullnat\"\nfullnat_source = \"10.86.0.1\"\nfullnat_ports = \"30000-30999\"\n\
-             [[service.backend]]\naddress = \"10.86.0.11:7000\"\n[[service.backend]]\naddress = \"10.86.0.12:7000\"\n\
-             [[service.backend]]\naddress = \"10.86.0.13:7000\"\n"
-        ),
-    )
-    .expect("write config");
+    let backends: Vec<String> = (1..=3).map(|k| format!("10.86.0.1{k}:7000")).collect();
+    let cfg_path = write_service_config(
+        &dir,
+        "fullnat",
+        &[lb_client_dev.clone(), lb_backend_dev.clone()],
+        "",
+        "forwarding = \"fullnat\"\nfullnat_source = \"10.86.0.1\"\nfullnat_ports = \"30000-30999\"\n",
+        &backends,
+    );
     let instance = format!("t-fnat-{pid}");
     let env = format!("XDPLB_RUN_DIR={dir}");
     let mut lb = start_balancer(&lb_ns, &env, &cfg_path, &instance);
