@@ -136,6 +136,25 @@ fn icmp_error(src: &str, dst: &str, ttl: u8, kind: u8, code: u8, quoted: &[u8]) 
     f
 }
 
+/// `frame`'s IPv4 packet inside an outer IPv4 header from `outer_src` to the backend 10.60.1.2
+/// (TTL 64, protocol 4, TOS 0, no DF, full checksum), in a frame from fa to the backend's MAC.
+fn encapsulated_to_backend(outer_src: [u8; 4], frame: &[u8]) -> Vec<u8> {
+    let inner = &frame[ETH_HDR_LEN..];
+    let mut outer = vec![0x45, 0];
+    outer.extend_from_slice(&(20 + inner.len() as u16).to_be_bytes());
+    outer.extend_from_slice(&[0, 0, 0, 0, 64, 4, 0, 0]);
+    outer.extend_from_slice(&outer_src);
+    outer.extend_from_slice(&[10, 60, 1, 2]);
+    let check = checksum::ipv4_header_checksum(&outer);
+    outer[10..12].copy_from_slice(&check.to_be_bytes());
+    let mut f = MAC_BACKEND.to_vec();
+    f.extend_from_slice(&MAC_A);
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&outer);
+    f.extend_from_slice(inner);
+    f
+}
+
 fn with_macs(mut frame: Vec<u8>, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
     frame[..6].copy_from_slice(&dst);
     frame[6..12].copy_from_slice(&src);
@@ -355,19 +374,7 @@ fn run_cases() {
     };
     let host = flow_hash(&tuple, HASH_FIVE_TUPLE, cfg.hash_seed) & 0xff;
     let outer_src = [10, 200, 0, host as u8];
-    let inner = &client_frame[ETH_HDR_LEN..];
-    let mut outer = vec![0x45, 0];
-    outer.extend_from_slice(&(20 + inner.len() as u16).to_be_bytes());
-    outer.extend_from_slice(&[0, 0, 0, 0, 64, 4, 0, 0]);
-    outer.extend_from_slice(&outer_src);
-    outer.extend_from_slice(&[10, 60, 1, 2]);
-    let check = checksum::ipv4_header_checksum(&outer);
-    outer[10..12].copy_from_slice(&check.to_be_bytes());
-    let mut encapsulated = MAC_BACKEND.to_vec();
-    encapsulated.extend_from_slice(&MAC_A);
-    encapsulated.extend_from_slice(&[0x08, 0x00]);
-    encapsulated.extend_from_slice(&outer);
-    encapsulated.extend_from_slice(inner);
+    let encapsulated = encapsulated_to_backend(outer_src, &client_frame);
     assert_eq!(out.frame, encapsulated, "dsr-ipip: exact frame");
     assert_eq!(
         deltas(&before, &counters(&dp)),
@@ -572,21 +579,9 @@ fn run_cases() {
         out.action, XDP_REDIRECT,
         "dsr-ipip ICMP to the VIP: on to the backend"
     );
-    let inner = &err[ETH_HDR_LEN..];
-    let mut outer = vec![0x45, 0];
-    outer.extend_from_slice(&(20 + inner.len() as u16).to_be_bytes());
-    outer.extend_from_slice(&[0, 0, 0, 0, 64, 4, 0, 0]);
-    outer.extend_from_slice(&outer_src);
-    outer.extend_from_slice(&[10, 60, 1, 2]);
-    let check = checksum::ipv4_header_checksum(&outer);
-    outer[10..12].copy_from_slice(&check.to_be_bytes());
-    let mut expected_encap = MAC_BACKEND.to_vec();
-    expected_encap.extend_from_slice(&MAC_A);
-    expected_encap.extend_from_slice(&[0x08, 0x00]);
-    expected_encap.extend_from_slice(&outer);
-    expected_encap.extend_from_slice(inner);
     assert_eq!(
-        out.frame, expected_encap,
+        out.frame,
+        encapsulated_to_backend(outer_src, &err),
         "dsr-ipip ICMP to the VIP: exact frame"
     );
 
