@@ -212,7 +212,9 @@ pub struct Flow {
     pub backend_index: u32,
     /// `Service::id` of the service the flow belongs to.
     pub service_id: u32,
-    pub _pad2: u32,
+    /// The flow's 5-tuple hash (service seed), computed once when a `dsr-ipip` or `fullnat`
+    /// flow is created: its outer source, or its port choice. 0 for flows of other modes.
+    pub tuple_hash: u32,
     /// `bpf_ktime_get_ns()` when the flow was last refreshed (at most every [`FLOW_REFRESH_NS`]).
     pub last_seen_ns: u64,
 }

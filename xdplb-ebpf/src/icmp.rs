@@ -18,7 +18,6 @@ use xdplb_common::{
     FORWARD_DSR_IPIP, FORWARD_DSR_L2, FORWARD_FULLNAT, FORWARD_NAT, FlowKey, IPPROTO_UDP,
     REPLY_FLAG_NAT, ReplyKey, Stat, addr_from_v4_wire,
     checksum::{replace_u16, replace_u32, udp_replace_u16, udp_replace_u32},
-    hash::FlowTuple,
 };
 
 use crate::{
@@ -124,14 +123,7 @@ pub fn handle(ctx: &XdpContext) -> Option<Verdict> {
     Some(match mode {
         FORWARD_DSR_L2 => forward::l2_forward(ctx, &pseudo, backend),
         FORWARD_DSR_IPIP => {
-            let tuple = FlowTuple {
-                src: flow_key.client_addr,
-                dst: flow_key.vip_addr,
-                src_port_be: dport,
-                dst_port_be: sport,
-                proto: IPPROTO_UDP,
-            };
-            let source = service::encap_source(&service, &tuple);
+            let source = service::encap_source(&service, flow.tuple_hash);
             forward::ipip_forward(ctx, &pseudo, backend, source)
         }
         // fullnat replies leave translated; an error about one would need the reverse of that.

@@ -47,6 +47,8 @@ struct Target {
     port_be: u16,
     /// `fullnat`: the flow's source port (network order).
     snat_port_be: u16,
+    /// See `Flow::tuple_hash`.
+    tuple_hash: u32,
 }
 
 /// Balances one received frame. Expects nothing of the frame.
@@ -90,13 +92,6 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
     };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let tuple = FlowTuple {
-        src: flow_key.client_addr,
-        dst: flow_key.vip_addr,
-        src_port_be: sport_be,
-        dst_port_be: dport_be,
-        proto: IPPROTO_UDP,
-    };
     let mode = forwarding(&service);
     let target = match existing_flow(&service, mode, &flow_key, now) {
         Lookup::Live(t) => t,
@@ -109,6 +104,13 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
                     Verdict::drop(Stat::DropNoBackend)
                 });
             }
+            let tuple = FlowTuple {
+                src: flow_key.client_addr,
+                dst: flow_key.vip_addr,
+                src_port_be: sport_be,
+                dst_port_be: dport_be,
+                proto: IPPROTO_UDP,
+            };
             let replacing = matches!(lookup, Lookup::Stale);
             let t = new_flow(&service, mode, &flow_key, &tuple, now, replacing)
                 .map_err(Verdict::drop)?;
@@ -131,7 +133,7 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
         return Ok(forward::l2_forward(ctx, &pkt, target.addr_v4));
     }
     if mode == FORWARD_DSR_IPIP {
-        let source = encap_source(&service, &tuple);
+        let source = encap_source(&service, target.tuple_hash);
         return Ok(forward::ipip_forward(ctx, &pkt, target.addr_v4, source));
     }
     if mode == FORWARD_FULLNAT {
@@ -148,17 +150,16 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
 }
 
 /// The outer source of a `dsr-ipip` packet (network order): the service's prefix, with the
-/// flow's 5-tuple hash in its host bits, so that a backend's receive-side scaling spreads flows
-/// over its queues while every packet of a flow gets the same source.
+/// flow's 5-tuple hash (`Flow::tuple_hash`) in its host bits, so that a backend's receive-side
+/// scaling spreads flows over its queues while every packet of a flow gets the same source.
 #[inline(always)]
-pub fn encap_source(service: &Service, tuple: &FlowTuple) -> u32 {
+pub fn encap_source(service: &Service, hash: u32) -> u32 {
     let host_bits = (service.flags & SERVICE_ENCAP_HOST_BITS_MASK) >> SERVICE_ENCAP_HOST_BITS_SHIFT;
     let mask = if host_bits == 0 {
         0
     } else {
         u32::MAX >> (32 - host_bits.min(32))
     };
-    let hash = flow_hash(tuple, HASH_FIVE_TUPLE, service.hash_seed);
     ((u32::from_be(service.encap_source) & !mask) | (hash & mask)).to_be()
 }
 
@@ -298,6 +299,7 @@ fn existing_flow(service: &Service, mode: u32, key: &FlowKey, now: u64) -> Looku
         addr_v4: flow.backend_addr[3],
         port_be: flow.backend_port_be,
         snat_port_be: flow.snat_port_be,
+        tuple_hash: flow.tuple_hash,
     })
 }
 
@@ -333,9 +335,13 @@ fn new_flow(
     if !is_v4_mapped(backend) || backend.port_be == 0 {
         return Err(no_backend);
     }
+    let tuple_hash = if mode == FORWARD_DSR_IPIP || mode == FORWARD_FULLNAT {
+        flow_hash(tuple, HASH_FIVE_TUPLE, service.hash_seed)
+    } else {
+        0
+    };
     let snat_port_be = if mode == FORWARD_FULLNAT {
-        let hash = flow_hash(tuple, HASH_FIVE_TUPLE, service.hash_seed);
-        fullnat::allocate(service, key, backend, hash, now).ok_or(Stat::DropPortsExhausted)?
+        fullnat::allocate(service, key, backend, tuple_hash, now).ok_or(Stat::DropPortsExhausted)?
     } else {
         0
     };
@@ -345,7 +351,7 @@ fn new_flow(
         snat_port_be,
         backend_index: index,
         service_id: service.id,
-        _pad2: 0,
+        tuple_hash,
         last_seen_ns: now,
     };
     if FLOWS.insert(key, flow, 0).is_err() {
@@ -361,6 +367,7 @@ fn new_flow(
         addr_v4: backend.addr[3],
         port_be: backend.port_be,
         snat_port_be,
+        tuple_hash,
     })
 }
 
