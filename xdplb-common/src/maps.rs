@@ -35,6 +35,12 @@ pub const MAP_FULLNAT_SOURCES: &str = "FULLNAT_SOURCES_V1";
 /// flow; a port is taken only by an insert that fails if the key exists.
 pub const MAP_FULLNAT: &str = "FULLNAT_V1";
 
+/// The Ethernet address of every interface the ingress program is attached to, a hash keyed
+/// by ifindex (`u32`), valued [`InterfaceMac`]. Only frames addressed to the receiving
+/// interface are balanced. Not pinned: it belongs to one program load, and the daemon fills it
+/// before it attaches (or swaps in) the program.
+pub const MAP_LOCAL_MACS: &str = "LOCAL_MACS";
+
 /// Data-plane-wide flags, an array of one `u32` (`GLOBAL_FLAG_*`), written by user space.
 pub const MAP_GLOBALS: &str = "GLOBALS_V1";
 /// Some service forwards with `nat`: packets to no service may be its backends' replies.
@@ -277,6 +283,15 @@ pub struct FullnatPeer {
 }
 const _: () = assert!(size_of::<FullnatPeer>() == 56);
 
+/// An interface's Ethernet address. 8 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct InterfaceMac {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<InterfaceMac>() == 8);
+
 /// Packets, bytes (Ethernet frame length) and new flows scheduled. 24 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -301,6 +316,7 @@ mod pod {
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::FullnatSource {}
     unsafe impl aya::Pod for super::FullnatPeer {}
+    unsafe impl aya::Pod for super::InterfaceMac {}
 }
 
 #[cfg(test)]

@@ -66,8 +66,10 @@ pub enum Stat {
     /// Dropped: a `dsr-l2` backend whose MAC address the neighbour table does not hold yet
     /// (the daemon resolves its backends' neighbours whenever it applies a config).
     DropNoNeighbour = 24,
-    /// Dropped: a `dsr-ipip` packet that would exceed the egress MTU once encapsulated; the
-    /// client gets ICMP "fragmentation needed" for the inner MTU (see `IcmpFragNeededSent`).
+    /// Dropped: a `dsr-ipip` packet that would exceed the egress MTU once encapsulated, or a
+    /// `dsr-l2` packet bigger than the egress MTU; the client gets ICMP "fragmentation needed"
+    /// (for `dsr-ipip` with the inner MTU; see `IcmpFragNeededSent`), except when the packet
+    /// is itself an ICMP error (no ICMP error is ever sent about one).
     DropFragNeeded = 25,
     /// Event: an ICMP "fragmentation needed" sent back to a client.
     IcmpFragNeededSent = 26,
@@ -85,11 +87,27 @@ pub enum Stat {
     /// Event: an ICMP error sent to the VIP about a balanced flow's reply (a router could not
     /// deliver it), sent on to the backend that owns the flow.
     IcmpErrorToBackend = 31,
+    /// Dropped: a packet for a service, or a known reply, whose IPv4 header checksum is wrong.
+    /// Checked before any state is created or anything is rewritten.
+    DropBadIpv4Checksum = 32,
+    /// Passed untouched: a frame whose Ethernet destination is not the receiving interface's
+    /// address (flooded unknown unicast, a promiscuous NIC, a bridge port): another host's.
+    PassNotForUs = 33,
+    /// Dropped: a packet sent with a partial UDP checksum (the sender's tx checksum offload
+    /// left only the pseudo-header sum) that leaves through XDP and is too long for the data
+    /// plane to complete its checksum (over `MAX_CHECKSUM_LEN` bytes).
+    DropChecksumTooLong = 34,
+    /// Passed untouched: an ICMP error whose lengths do not cover the quoted packet or whose
+    /// ICMP checksum is wrong.
+    PassBadIcmp = 35,
+    /// Event: a UDP checksum left partial by the sender's checksum offload was completed (the
+    /// packet left through XDP_TX or XDP_REDIRECT) or kept partial and updated (passed).
+    PartialChecksumFixed = 36,
 }
 
 impl Stat {
     /// Number of counters.
-    pub const COUNT: u32 = 32;
+    pub const COUNT: u32 = 37;
     /// The length of `STATS_V1`: room for counters that later versions add, so that adding one
     /// does not change the pinned map's shape.
     pub const CAPACITY: u32 = 64;
@@ -128,6 +146,11 @@ impl Stat {
         Stat::FullnatReplyTranslated,
         Stat::IcmpErrorToClient,
         Stat::IcmpErrorToBackend,
+        Stat::DropBadIpv4Checksum,
+        Stat::PassNotForUs,
+        Stat::DropChecksumTooLong,
+        Stat::PassBadIcmp,
+        Stat::PartialChecksumFixed,
     ];
 
     /// A stable snake_case name, used in `xdplb stats` and later as a metric label.
@@ -165,6 +188,11 @@ impl Stat {
             Stat::FullnatReplyTranslated => "fullnat_reply_translated",
             Stat::IcmpErrorToClient => "icmp_error_to_client",
             Stat::IcmpErrorToBackend => "icmp_error_to_backend",
+            Stat::DropBadIpv4Checksum => "drop_bad_ipv4_checksum",
+            Stat::PassNotForUs => "pass_not_for_us",
+            Stat::DropChecksumTooLong => "drop_checksum_too_long",
+            Stat::PassBadIcmp => "pass_bad_icmp",
+            Stat::PartialChecksumFixed => "partial_checksum_fixed",
         }
     }
 }

@@ -15,6 +15,7 @@ use aya_ebpf::{
 use xdplb_common::{IPPROTO_IPIP, IPPROTO_UDP, Stat};
 
 use crate::{
+    csum,
     parse::{ETH_HDR_LEN, EthHdr, Ipv4Hdr, Ipv4Udp, ptr_at},
     rewrite,
     service::Verdict,
@@ -39,29 +40,59 @@ pub fn fib_forward(ctx: &XdpContext, pkt: &Ipv4Udp, local_source: bool) -> Verdi
     // SAFETY: the parser proved the IPv4 header lies inside the packet; nothing moved it since.
     let (ttl, daddr) = unsafe { ((*pkt.ip).ttl, (*pkt.ip).daddr) };
     if ttl <= 1 {
-        return Verdict::pass(Stat::PassTtlExceeded);
+        return pass_rewritten(ctx, pkt, Stat::PassTtlExceeded);
     }
     let params = match lookup(ctx, pkt, daddr, packet_len(pkt)) {
         Ok(p) => p,
         Err((BPF_FIB_LKUP_RET_NO_NEIGH, _)) if local_source => {
             return Verdict::drop(Stat::DropNoNeighbour);
         }
-        Err((BPF_FIB_LKUP_RET_NO_NEIGH, _)) => return Verdict::pass(Stat::PassNoNeighbour),
-        Err((BPF_FIB_LKUP_RET_FRAG_NEEDED, _)) => return Verdict::pass(Stat::PassFragNeeded),
+        Err((BPF_FIB_LKUP_RET_NO_NEIGH, _)) => {
+            return pass_rewritten(ctx, pkt, Stat::PassNoNeighbour);
+        }
+        Err((BPF_FIB_LKUP_RET_FRAG_NEEDED, _)) => {
+            return pass_rewritten(ctx, pkt, Stat::PassFragNeeded);
+        }
         Err(_) => return Verdict::drop(Stat::DropNoRoute),
     };
     rewrite::decrement_ttl(pkt);
-    send(ctx, &params)
+    send(ctx, &params, pkt.partial_csum)
+}
+
+/// Hands a rewritten packet to the kernel, which routes it on; one that arrived with a
+/// partial-looking checksum goes through `xdplb_finish_checksum` first (see `csum`).
+#[inline(always)]
+fn pass_rewritten(ctx: &XdpContext, pkt: &Ipv4Udp, stat: Stat) -> Verdict {
+    if !pkt.partial_csum {
+        return Verdict::pass(stat);
+    }
+    csum::tail_call_finish(
+        ctx,
+        csum::FinishArgs {
+            action: xdp_action::XDP_PASS,
+            ifindex: 0,
+            stat,
+        },
+    )
 }
 
 /// Sends an unmodified IPv4/UDP packet to `backend_v4` (wire order) on its L2 segment: the
 /// MAC addresses are the only change. A backend whose neighbour entry is missing, or that is
 /// not on a directly reachable segment, means a drop: the kernel would deliver the VIP locally.
+/// A packet bigger than the egress MTU is dropped and, when `answer_too_big` (never for an
+/// ICMP error), answered with ICMP "fragmentation needed" for that MTU, as a router would.
 #[inline(always)]
-pub fn l2_forward(ctx: &XdpContext, pkt: &Ipv4Udp, backend_v4: u32) -> Verdict {
+pub fn l2_forward(
+    ctx: &XdpContext,
+    pkt: &Ipv4Udp,
+    backend_v4: u32,
+    answer_too_big: bool,
+) -> Verdict {
     match lookup(ctx, pkt, backend_v4, packet_len(pkt)) {
-        Ok(params) => send(ctx, &params),
+        Ok(params) => send(ctx, &params, pkt.partial_csum),
         Err((BPF_FIB_LKUP_RET_NO_NEIGH, _)) => Verdict::drop(Stat::DropNoNeighbour),
+        Err((BPF_FIB_LKUP_RET_FRAG_NEEDED, mtu)) if answer_too_big => frag_needed(ctx, pkt, mtu),
+        Err((BPF_FIB_LKUP_RET_FRAG_NEEDED, _)) => Verdict::drop(Stat::DropFragNeeded),
         Err(_) => Verdict::drop(Stat::DropNoRoute),
     }
 }
@@ -75,8 +106,17 @@ pub fn l2_forward(ctx: &XdpContext, pkt: &Ipv4Udp, backend_v4: u32) -> Verdict {
 /// Without a neighbour entry the encapsulated packet goes to the kernel, which routes it and
 /// resolves the neighbour. The outer header copies the inner TOS and DF bit, has TTL 64 and a
 /// full checksum.
+///
+/// `answer_too_big` is false for an ICMP error (no ICMP error is sent about one): too big, it
+/// is only dropped and counted.
 #[inline(always)]
-pub fn ipip_forward(ctx: &XdpContext, pkt: &Ipv4Udp, backend_v4: u32, outer_src: u32) -> Verdict {
+pub fn ipip_forward(
+    ctx: &XdpContext,
+    pkt: &Ipv4Udp,
+    backend_v4: u32,
+    outer_src: u32,
+    answer_too_big: bool,
+) -> Verdict {
     // SAFETY: the parser proved the IPv4 header lies inside the packet.
     let (tos, frag_off_be) = unsafe { ((*pkt.ip).tos, (*pkt.ip).frag_off_be) };
     let inner_len = packet_len(pkt);
@@ -87,12 +127,16 @@ pub fn ipip_forward(ctx: &XdpContext, pkt: &Ipv4Udp, backend_v4: u32, outer_src:
     let params = match lookup(ctx, pkt, backend_v4, outer_len) {
         Ok(p) => Some(p),
         Err((BPF_FIB_LKUP_RET_NO_NEIGH, _)) => None,
-        Err((BPF_FIB_LKUP_RET_FRAG_NEEDED, mtu)) => {
+        Err((BPF_FIB_LKUP_RET_FRAG_NEEDED, mtu)) if answer_too_big => {
             // The client learns the MTU that leaves room for the outer header.
             return frag_needed(ctx, pkt, mtu.saturating_sub(OUTER_LEN as u16));
         }
+        Err((BPF_FIB_LKUP_RET_FRAG_NEEDED, _)) => return Verdict::drop(Stat::DropFragNeeded),
         Err(_) => return Verdict::drop(Stat::DropNoRoute),
     };
+    // A partial inner checksum: completed on the way out (`send`). Passed to the kernel, the
+    // skb keeps its partial state (the inner addresses did not change, so the field is right).
+    let partial = pkt.partial_csum;
     // Keep the original Ethernet header: the kernel must still see a frame addressed to us if
     // the packet goes to it.
     let Some(old_eth) = ptr_at::<_, EthHdr>(ctx, 0) else {
@@ -131,7 +175,7 @@ pub fn ipip_forward(ctx: &XdpContext, pkt: &Ipv4Udp, backend_v4: u32, outer_src:
         *outer = header;
     }
     match params {
-        Some(p) => send(ctx, &p),
+        Some(p) => send(ctx, &p, partial),
         None => Verdict::pass(Stat::PassNoNeighbour),
     }
 }
@@ -145,9 +189,15 @@ pub fn ipip_forward(ctx: &XdpContext, pkt: &Ipv4Udp, backend_v4: u32, outer_src:
 #[inline(always)]
 fn frag_needed(ctx: &XdpContext, pkt: &Ipv4Udp, mtu: u16) -> Verdict {
     let drop = Verdict::drop(Stat::DropFragNeeded);
-    let ip_len = pkt.l4_offset - ETH_HDR_LEN;
     // SAFETY: the parser proved the headers lie inside the packet.
     let (client, vip) = unsafe { ((*pkt.ip).saddr, (*pkt.ip).daddr) };
+    // The quoted header's own length (20 to 60 bytes). Callers that answer with this ICMP
+    // pass a packet parsed by `parse::ipv4_udp`, whose `l4_offset` is past the IPv4 header;
+    // saturating, so no caller can make it wrap.
+    let ip_len = pkt.l4_offset.saturating_sub(ETH_HDR_LEN);
+    if ip_len < 20 {
+        return drop;
+    }
     let Some(old_eth) = ptr_at::<_, EthHdr>(ctx, 0) else {
         return drop;
     };
@@ -337,9 +387,11 @@ fn ingress_ifindex(ctx: &XdpContext) -> u32 {
 }
 
 /// Sets the MAC addresses the FIB gave and sends the frame: XDP_TX back out of the interface it
-/// came in on, XDP_REDIRECT to any other.
+/// came in on, XDP_REDIRECT to any other. A packet whose UDP checksum arrived partial
+/// (`partial`) goes through `xdplb_finish_checksum`, which completes it and sends it the same
+/// way (see `csum`).
 #[inline(always)]
-fn send(ctx: &XdpContext, params: &bpf_fib_lookup) -> Verdict {
+fn send(ctx: &XdpContext, params: &bpf_fib_lookup, partial: bool) -> Verdict {
     let Some(eth) = ptr_at::<_, EthHdr>(ctx, 0) else {
         // Unreachable after a successful parse; pass rather than guess.
         return Verdict::pass(Stat::PassTruncated);
@@ -349,7 +401,22 @@ fn send(ctx: &XdpContext, params: &bpf_fib_lookup) -> Verdict {
         (*eth).dst = params.dmac;
         (*eth).src = params.smac;
     }
-    if params.ifindex == ingress_ifindex(ctx) {
+    let tx = params.ifindex == ingress_ifindex(ctx);
+    if partial {
+        return csum::tail_call_finish(
+            ctx,
+            csum::FinishArgs {
+                action: if tx {
+                    xdp_action::XDP_TX
+                } else {
+                    xdp_action::XDP_REDIRECT
+                },
+                ifindex: params.ifindex,
+                stat: Stat::ForwardedFib,
+            },
+        );
+    }
+    if tx {
         return Verdict {
             action: xdp_action::XDP_TX,
             stat: Stat::ForwardedFib,

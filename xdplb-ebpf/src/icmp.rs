@@ -17,11 +17,11 @@ use aya_ebpf::programs::XdpContext;
 use xdplb_common::{
     FORWARD_DSR_IPIP, FORWARD_DSR_L2, FORWARD_FULLNAT, FORWARD_NAT, FlowKey, IPPROTO_UDP,
     REPLY_FLAG_NAT, ReplyKey, Stat, addr_from_v4_wire,
-    checksum::{replace_u16, replace_u32, udp_replace_u16, udp_replace_u32},
+    checksum::{fold, replace_u16, replace_u32, udp_replace_u16, udp_replace_u32},
 };
 
 use crate::{
-    FLOWS, REPLIES, XDP_PASS, forward, fullnat,
+    FLOWS, REPLIES, XDP_PASS, csum, forward, fullnat,
     parse::{ETH_HDR_LEN, Ipv4Hdr, Ipv4Udp, UdpHdr, ptr_at},
     service::{self, Verdict},
 };
@@ -31,6 +31,8 @@ const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ETH_P_IP: u16 = 0x0800;
 const IP_FRAGMENTED: u16 = 0x3fff;
+/// ICMP header, quoted IPv4 header without options, quoted UDP header.
+const QUOTE_MIN_LEN: usize = 8 + 20 + 8;
 
 #[repr(C)]
 struct IcmpHdr {
@@ -43,6 +45,10 @@ struct IcmpHdr {
 /// An ICMP error and the packet it quotes, bounds-checked.
 struct Quoted {
     outer: *mut Ipv4Hdr,
+    /// Offset of the ICMP header from the start of the frame.
+    l4_offset: usize,
+    /// The outer IPv4 total length, host order; the frame holds all of it.
+    tot_len: usize,
     icmp: *mut IcmpHdr,
     inner: *mut Ipv4Hdr,
     udp: *mut UdpHdr,
@@ -52,6 +58,26 @@ struct Quoted {
 #[inline(always)]
 pub fn handle(ctx: &XdpContext) -> Option<Verdict> {
     let q = parse(ctx)?;
+    let pseudo = Ipv4Udp {
+        ip: q.outer,
+        udp: q.udp,
+        l4_offset: q.l4_offset,
+        frame_len: 0,
+        partial_csum: false,
+    };
+    // Before anything is read from the quote: ours, and intact.
+    if !service::addressed_to_interface(ctx) {
+        return Some(Verdict {
+            action: XDP_PASS,
+            stat: Stat::PassNotForUs,
+        });
+    }
+    if !csum::ipv4_header_is_valid(ctx, &pseudo) || !message_is_valid(ctx, &q) {
+        return Some(Verdict {
+            action: XDP_PASS,
+            stat: Stat::PassBadIcmp,
+        });
+    }
     // SAFETY: `parse` bounds-checked every header.
     let (outer_saddr, outer_daddr, inner_saddr, inner_daddr, sport, dport) = unsafe {
         (
@@ -72,12 +98,6 @@ pub fn handle(ctx: &XdpContext) -> Option<Verdict> {
         client_port_be: sport,
         proto: IPPROTO_UDP,
         _pad: [0; 3],
-    };
-    let pseudo = Ipv4Udp {
-        ip: q.outer,
-        udp: q.udp,
-        l4_offset: 0,
-        frame_len: 0,
     };
     // SAFETY: the value is copied out at once.
     if let Some(r) = unsafe { REPLIES.get(key) }.copied()
@@ -121,10 +141,10 @@ pub fn handle(ctx: &XdpContext) -> Option<Verdict> {
     let mode = service::forwarding(&service);
     crate::stats::count(Stat::IcmpErrorToBackend);
     Some(match mode {
-        FORWARD_DSR_L2 => forward::l2_forward(ctx, &pseudo, backend),
+        FORWARD_DSR_L2 => forward::l2_forward(ctx, &pseudo, backend, false),
         FORWARD_DSR_IPIP => {
             let source = service::encap_source(&service, flow.tuple_hash);
-            forward::ipip_forward(ctx, &pseudo, backend, source)
+            forward::ipip_forward(ctx, &pseudo, backend, source, false)
         }
         // fullnat replies leave translated; an error about one would need the reverse of that.
         FORWARD_FULLNAT => return None,
@@ -155,15 +175,23 @@ fn parse(ctx: &XdpContext) -> Option<Quoted> {
     }
     let outer: *mut Ipv4Hdr = ptr_at(ctx, ETH_HDR_LEN)?;
     // SAFETY: bounds-checked just above.
-    let (version_ihl, protocol, frag) = unsafe {
+    let (version_ihl, protocol, frag, tot_len) = unsafe {
         (
             (*outer).version_ihl,
             (*outer).protocol,
             u16::from_be((*outer).frag_off_be),
+            usize::from(u16::from_be((*outer).tot_len_be)),
         )
     };
     let ihl = ((version_ihl & 0x0f) as usize) * 4;
     if version_ihl >> 4 != 4 || ihl < 20 || protocol != IPPROTO_ICMP || frag & IP_FRAGMENTED != 0 {
+        return None;
+    }
+    // The outer length must cover the ICMP header and the quoted IPv4 and UDP headers. That
+    // the frame holds all of it, `message_is_valid` proves (its sum reads every byte); a
+    // comparison here would let the compiler drop the bounds checks below, which the verifier
+    // needs.
+    if tot_len < ihl + QUOTE_MIN_LEN {
         return None;
     }
     let l4 = ETH_HDR_LEN + ihl;
@@ -182,10 +210,23 @@ fn parse(ctx: &XdpContext) -> Option<Quoted> {
     let udp: *mut UdpHdr = ptr_at(ctx, l4 + 8 + 20)?;
     Some(Quoted {
         outer,
+        l4_offset: l4,
+        tot_len,
         icmp,
         inner,
         udp,
     })
+}
+
+/// Whether the ICMP checksum over the whole message (outer total length minus its header)
+/// is correct.
+#[inline(always)]
+fn message_is_valid(ctx: &XdpContext, q: &Quoted) -> bool {
+    let len = q.tot_len - (q.l4_offset - ETH_HDR_LEN);
+    match csum::sum_bytes(ctx, q.l4_offset, len) {
+        Some(sum) => fold(sum) == 0xffff,
+        None => false,
+    }
 }
 
 /// Replaces a 32-bit word of the quoted IPv4 header (an address), keeping the quoted header's

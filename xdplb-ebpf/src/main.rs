@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod csum;
 mod forward;
 mod fullnat;
 mod icmp;
@@ -23,7 +24,7 @@ use aya_ebpf::{
 use xdplb_common::{
     Backend, Counter, DEFAULT_MAX_BACKENDS_PER_SERVICE, DEFAULT_MAX_FLOWS,
     DEFAULT_MAX_LOOKUP_ENTRIES, DEFAULT_MAX_SERVICES, Flow, FlowKey, FullnatPeer, FullnatSource,
-    Reply, ReplyKey, Service, ServiceKey, Stat,
+    InterfaceMac, Reply, ReplyKey, Service, ServiceKey, Stat,
 };
 
 // The max_entries below are placeholders: user space sizes every map from the config at load
@@ -59,6 +60,10 @@ static FULLNAT_SOURCES: Array<FullnatSource> = Array::with_max_entries(DEFAULT_M
 #[map(name = "FULLNAT_V1")]
 static FULLNAT: HashMap<ReplyKey, FullnatPeer> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
+/// See `xdplb_common::MAP_LOCAL_MACS`: ifindex -> the interface's Ethernet address.
+#[map(name = "LOCAL_MACS")]
+static LOCAL_MACS: HashMap<u32, InterfaceMac> = HashMap::with_max_entries(256, 0);
+
 #[map(name = "GLOBALS_V1")]
 static GLOBALS: Array<u32> = Array::with_max_entries(1, 0);
 
@@ -89,8 +94,22 @@ fn debug_log_enabled() -> bool {
 /// exceed BPF's 512-byte stack). Filled by user space at load time; not pinned (it belongs to
 /// one program load).
 #[map(name = "XDPLB_PROGS")]
-static PROGS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+static PROGS: ProgramArray = ProgramArray::with_max_entries(2, 0);
 pub const PROG_ICMP: u32 = 0;
+/// Slot 1: `xdplb_finish_checksum` (see `csum::finish_and_send`).
+pub const PROG_FINISH: u32 = 1;
+
+/// Per-CPU hand-over from ingress to `xdplb_finish_checksum`. Not pinned.
+#[map(name = "FINISH_ARGS")]
+static FINISH_ARGS: PerCpuArray<csum::FinishArgs> = PerCpuArray::with_max_entries(1, 0);
+
+/// Completes a partial UDP checksum and sends the packet; tail-called by ingress only.
+#[xdp]
+pub fn xdplb_finish_checksum(ctx: XdpContext) -> u32 {
+    let verdict = csum::finish_and_send(&ctx);
+    stats::count(verdict.stat);
+    verdict.action
+}
 
 /// ICMP errors about balanced flows (see `icmp`); anything else passes untouched.
 #[xdp]

@@ -94,6 +94,9 @@ pub struct Ipv4Udp {
     pub l4_offset: usize,
     /// Length of the whole frame, for byte counters.
     pub frame_len: u32,
+    /// The UDP checksum field held a partial checksum when the packet arrived (see
+    /// `csum::udp_checksum_is_partial`); set by the ingress path before it rewrites anything.
+    pub partial_csum: bool,
 }
 
 /// Parses Ethernet, IPv4 (options skipped, bounds-checked) and UDP.
@@ -148,5 +151,6 @@ pub fn ipv4_udp<C: Packet>(ctx: &C) -> Result<Ipv4Udp, Stat> {
         udp,
         l4_offset,
         frame_len: frame_len as u32,
+        partial_csum: false,
     })
 }

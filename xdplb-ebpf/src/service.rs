@@ -3,17 +3,17 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_log_ebpf::debug;
 use xdplb_common::{
-    Backend, FLOW_REFRESH_NS, FORWARD_DSR_IPIP, FORWARD_DSR_L2, FORWARD_FULLNAT, FORWARD_NAT, Flow,
-    FlowKey, GLOBAL_FLAG_FULLNAT, GLOBAL_FLAG_NAT, IPPROTO_UDP, REPLY_FLAG_NAT, Reply, ReplyKey,
-    SERVICE_ENCAP_HOST_BITS_MASK, SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FLAG_PASS_WHEN_EMPTY,
-    SERVICE_FORWARDING_MASK, SERVICE_FORWARDING_SHIFT, Service, ServiceKey, Stat,
-    addr_from_v4_wire,
+    Backend, FLOW_REFRESH_NS, FORWARD_DSR_IPIP, FORWARD_DSR_L2, FORWARD_FULLNAT, FORWARD_LOCAL,
+    FORWARD_NAT, Flow, FlowKey, FullnatPeer, GLOBAL_FLAG_FULLNAT, GLOBAL_FLAG_NAT, IPPROTO_UDP,
+    REPLY_FLAG_NAT, Reply, ReplyKey, SERVICE_ENCAP_HOST_BITS_MASK, SERVICE_ENCAP_HOST_BITS_SHIFT,
+    SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FORWARDING_MASK, SERVICE_FORWARDING_SHIFT, Service,
+    ServiceKey, Stat, addr_from_v4_wire,
     hash::{FlowTuple, HASH_FIVE_TUPLE, flow_hash},
 };
 
 use crate::{
-    BACKENDS, FLOWS, GLOBALS, PROG_ICMP, PROGS, REPLIES, SERVICES, XDP_DROP, XDP_PASS,
-    debug_log_enabled, forward, fullnat, parse, rewrite, schedule, stats,
+    BACKENDS, FLOWS, GLOBALS, LOCAL_MACS, PROG_ICMP, PROGS, REPLIES, SERVICES, XDP_DROP, XDP_PASS,
+    csum, debug_log_enabled, forward, fullnat, parse, rewrite, schedule, stats,
 };
 
 /// What to do with a packet, and the counted reason.
@@ -58,7 +58,7 @@ struct Target {
 /// packet is modified only on the `Ok` path.
 #[inline(always)]
 pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verdict> {
-    let pkt = match parse::ipv4_udp(ctx) {
+    let mut pkt = match parse::ipv4_udp(ctx) {
         Ok(p) => p,
         Err(Stat::PassNotUdp) => {
             // ICMP errors about balanced flows: `xdplb_icmp`. Returns only if the tail call
@@ -78,9 +78,20 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
             (*pkt.udp).dest_be,
         )
     };
-    let Some(service) = lookup_service(daddr, dport_be) else {
-        return nat_reply(ctx, &pkt, saddr, daddr, sport_be, dport_be);
+    // The exact service first. A packet to no exact service may be a backend's reply, and a
+    // known reply is never balanced as a new request: the reply tables are consulted before
+    // a wildcard service (0.0.0.0:PORT) that would match any client's port.
+    let service = match lookup_exact_service(daddr, dport_be) {
+        Some(s) => s,
+        None => match known_reply(saddr, daddr, sport_be, dport_be) {
+            Some(reply) => {
+                admit(ctx, &mut pkt)?;
+                return Ok(translate_reply(ctx, &pkt, reply));
+            }
+            None => lookup_wildcard_service(dport_be).ok_or(Verdict::pass(Stat::PassNoService))?,
+        },
     };
+    admit(ctx, &mut pkt)?;
 
     let flow_key = FlowKey {
         client_addr: addr_from_v4_wire(saddr),
@@ -130,11 +141,17 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
     stats::count_traffic(service.id, target.index, pkt.frame_len);
     if mode == FORWARD_DSR_L2 {
         // The backend holds the VIP: the packet stays as the client sent it.
-        return Ok(forward::l2_forward(ctx, &pkt, target.addr_v4));
+        return Ok(forward::l2_forward(ctx, &pkt, target.addr_v4, true));
     }
     if mode == FORWARD_DSR_IPIP {
         let source = encap_source(&service, target.tuple_hash);
-        return Ok(forward::ipip_forward(ctx, &pkt, target.addr_v4, source));
+        return Ok(forward::ipip_forward(
+            ctx,
+            &pkt,
+            target.addr_v4,
+            source,
+            true,
+        ));
     }
     if mode == FORWARD_FULLNAT {
         let source = fullnat::source_addr(&service).ok_or(Verdict::drop(Stat::DropNoRoute))?;
@@ -146,6 +163,7 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
     if mode == FORWARD_NAT {
         return Ok(forward::fib_forward(ctx, &pkt, false));
     }
+    // A partial checksum needs nothing more: the kernel trusts a partial skb it delivers.
     Ok(Verdict::pass(Stat::Forwarded))
 }
 
@@ -163,44 +181,61 @@ pub fn encap_source(service: &Service, hash: u32) -> u32 {
     ((u32::from_be(service.encap_source) & !mask) | (hash & mask)).to_be()
 }
 
-/// A backend's reply to the balancer's `fullnat` source address and port goes back to the
-/// client, from VIP:port. Anything else passes untouched.
-#[inline(always)]
-fn fullnat_reply(
-    ctx: &aya_ebpf::programs::XdpContext,
-    pkt: &parse::Ipv4Udp,
-    key: &ReplyKey,
-) -> Result<Verdict, Verdict> {
-    let peer = fullnat::peer(key).ok_or(Verdict::pass(Stat::PassNoService))?;
-    // SAFETY: a helper without arguments.
-    fullnat::refresh(key, unsafe { bpf_ktime_get_ns() });
-    rewrite::set_source(pkt, peer.vip_addr[3], peer.vip_port_be);
-    rewrite::set_destination(pkt, peer.client_addr[3], peer.client_port_be);
-    stats::count(Stat::FullnatReplyTranslated);
-    Ok(forward::fib_forward(ctx, pkt, false))
-}
-
 /// The service's `FORWARD_*` mode.
 #[inline(always)]
 pub fn forwarding(service: &Service) -> u32 {
     (service.flags & SERVICE_FORWARDING_MASK) >> SERVICE_FORWARDING_SHIFT
 }
 
-/// A packet to no service may be a `nat` backend's reply to a client: if the reply table says
-/// so, it leaves with source = VIP:port, routed to the client. Anything else passes untouched.
+/// Checks what every packet must pass before the data plane creates state for it or rewrites
+/// it: addressed to this interface, a correct IPv4 header checksum. Then notes whether its
+/// UDP checksum is a partial one (see `csum`). Returns the pass or drop verdict otherwise.
 #[inline(always)]
-fn nat_reply(
-    ctx: &aya_ebpf::programs::XdpContext,
-    pkt: &parse::Ipv4Udp,
-    saddr: u32,
-    daddr: u32,
-    sport_be: u16,
-    dport_be: u16,
-) -> Result<Verdict, Verdict> {
+fn admit(ctx: &aya_ebpf::programs::XdpContext, pkt: &mut parse::Ipv4Udp) -> Result<(), Verdict> {
+    if !addressed_to_interface(ctx) {
+        return Err(Verdict::pass(Stat::PassNotForUs));
+    }
+    if !csum::ipv4_header_is_valid(ctx, pkt) {
+        return Err(Verdict::drop(Stat::DropBadIpv4Checksum));
+    }
+    pkt.partial_csum = csum::udp_checksum_is_partial(pkt);
+    Ok(())
+}
+
+/// Whether the frame's Ethernet destination is the receiving interface's address (as the
+/// daemon recorded it in `LOCAL_MACS`). Behind a bridge, a promiscuous NIC or a switch that
+/// floods unknown unicast, frames for other hosts arrive too: they are not ours to balance.
+#[inline(always)]
+pub fn addressed_to_interface(ctx: &aya_ebpf::programs::XdpContext) -> bool {
+    // SAFETY: reading the context's ingress interface; the verifier checks the context access.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    // SAFETY: the value is copied out at once.
+    let Some(ours) = (unsafe { LOCAL_MACS.get(ifindex) }).copied() else {
+        return false;
+    };
+    let Some(eth) = parse::ptr_at::<_, parse::EthHdr>(ctx, 0) else {
+        return false;
+    };
+    // SAFETY: bounds-checked just above.
+    unsafe { (*eth).dst == ours.mac }
+}
+
+/// A backend's reply that the data plane translates back to the client.
+enum KnownReply {
+    /// `nat`: the source becomes VIP:port.
+    Nat(Reply),
+    /// `fullnat`: to the balancer's source address and port; back to the client from VIP:port.
+    Fullnat(ReplyKey, FullnatPeer),
+}
+
+/// A packet to no exact service may be a `nat` or `fullnat` backend's reply to a client.
+/// Returns what the reply tables say of it, `None` when it is no known reply.
+#[inline(always)]
+fn known_reply(saddr: u32, daddr: u32, sport_be: u16, dport_be: u16) -> Option<KnownReply> {
     // Without nat or fullnat services nothing is a reply to translate: skip the lookups.
     let globals = GLOBALS.get(0).copied().unwrap_or(0);
     if globals & (GLOBAL_FLAG_NAT | GLOBAL_FLAG_FULLNAT) == 0 {
-        return Err(Verdict::pass(Stat::PassNoService));
+        return None;
     }
     let key = ReplyKey {
         backend_addr: addr_from_v4_wire(saddr),
@@ -210,39 +245,68 @@ fn nat_reply(
         proto: IPPROTO_UDP,
         _pad: [0; 3],
     };
-    let reply = if globals & GLOBAL_FLAG_NAT != 0 {
+    if globals & GLOBAL_FLAG_NAT != 0 {
         // SAFETY: the value is copied out at once.
-        unsafe { REPLIES.get(key) }.copied()
-    } else {
-        None
-    };
-    let reply = match reply {
-        Some(r) if r.flags & REPLY_FLAG_NAT != 0 => r,
-        _ if globals & GLOBAL_FLAG_FULLNAT != 0 => return fullnat_reply(ctx, pkt, &key),
-        _ => return Err(Verdict::pass(Stat::PassNoService)),
-    };
-    rewrite::set_source(pkt, reply.vip_addr[3], reply.vip_port_be);
-    stats::count(Stat::NatReplyTranslated);
-    Ok(forward::fib_forward(ctx, pkt, false))
+        if let Some(reply) = unsafe { REPLIES.get(key) }.copied()
+            && reply.flags & REPLY_FLAG_NAT != 0
+        {
+            return Some(KnownReply::Nat(reply));
+        }
+    }
+    if globals & GLOBAL_FLAG_FULLNAT != 0 {
+        return fullnat::peer(&key).map(|peer| KnownReply::Fullnat(key, peer));
+    }
+    None
+}
+
+/// Rewrites an admitted reply to come from VIP:port (and for `fullnat`, to go to the client)
+/// and routes it to the client.
+#[inline(always)]
+fn translate_reply(
+    ctx: &aya_ebpf::programs::XdpContext,
+    pkt: &parse::Ipv4Udp,
+    reply: KnownReply,
+) -> Verdict {
+    match reply {
+        KnownReply::Nat(reply) => {
+            rewrite::set_source(pkt, reply.vip_addr[3], reply.vip_port_be);
+            stats::count(Stat::NatReplyTranslated);
+        }
+        KnownReply::Fullnat(key, peer) => {
+            // SAFETY: a helper without arguments.
+            fullnat::refresh(&key, unsafe { bpf_ktime_get_ns() });
+            rewrite::set_source(pkt, peer.vip_addr[3], peer.vip_port_be);
+            rewrite::set_destination(pkt, peer.client_addr[3], peer.client_port_be);
+            stats::count(Stat::FullnatReplyTranslated);
+        }
+    }
+    forward::fib_forward(ctx, pkt, false)
 }
 
 /// Finds the service for a destination: the exact (address, port, UDP) first, then the
 /// wildcard address `0.0.0.0` with the same port. Returns a copy of the service.
 #[inline(always)]
 pub fn lookup_service(daddr: u32, dport_be: u16) -> Option<Service> {
-    let mut key = ServiceKey {
+    lookup_exact_service(daddr, dport_be).or_else(|| lookup_wildcard_service(dport_be))
+}
+
+/// The service of exactly (address, port, UDP), copied.
+#[inline(always)]
+fn lookup_exact_service(daddr: u32, dport_be: u16) -> Option<Service> {
+    let key = ServiceKey {
         addr: addr_from_v4_wire(daddr),
         port_be: dport_be,
         proto: IPPROTO_UDP,
         _pad: 0,
     };
     // SAFETY: the value is copied out at once; services are only replaced whole by user space.
-    if let Some(s) = unsafe { SERVICES.get(key) } {
-        return Some(*s);
-    }
-    key.addr = addr_from_v4_wire(0);
-    // SAFETY: as above.
     unsafe { SERVICES.get(key) }.copied()
+}
+
+/// The wildcard service (`0.0.0.0:PORT`, UDP), copied.
+#[inline(always)]
+fn lookup_wildcard_service(dport_be: u16) -> Option<Service> {
+    lookup_exact_service(0, dport_be)
 }
 
 /// What the flow table says about a packet's flow.
@@ -377,9 +441,17 @@ fn is_v4_mapped(backend: &Backend) -> bool {
     backend.addr[0] == mapped[0] && backend.addr[1] == mapped[1] && backend.addr[2] == mapped[2]
 }
 
-/// Records how the backend's replies to this client are made to come from the VIP.
+/// Records how the backend's replies to this client are made to come from the VIP, for the
+/// modes whose replies pass through this host: `local` (TC egress) and `nat` (XDP). `dsr-*`
+/// replies bypass the balancer and `fullnat` replies are found by their port (`FULLNAT_V1`),
+/// so those modes write nothing here. The config refuses two `local`/`nat` services that share
+/// a backend address and port, so every entry has one owner.
 #[inline(always)]
 fn remember_reply(service: &Service, key: &FlowKey, flow: &Flow) {
+    let mode = forwarding(service);
+    if mode != FORWARD_LOCAL && mode != FORWARD_NAT {
+        return;
+    }
     let reply_key = ReplyKey {
         backend_addr: flow.backend_addr,
         client_addr: key.client_addr,
@@ -391,7 +463,7 @@ fn remember_reply(service: &Service, key: &FlowKey, flow: &Flow) {
     let reply = Reply {
         vip_addr: key.vip_addr,
         vip_port_be: key.vip_port_be,
-        flags: if forwarding(service) == FORWARD_NAT {
+        flags: if mode == FORWARD_NAT {
             REPLY_FLAG_NAT
         } else {
             0

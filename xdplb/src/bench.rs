@@ -279,6 +279,7 @@ pub fn forwarding_modes(
         });
         let mut dp = Dataplane::load(cfg.limits, false)?;
         dp.apply_config(&cfg)?;
+        accept_bench_frames(&mut dp)?;
         let m = h.paired("bench_same_flow", dp.ingress()?, &frame, repeat, rounds)?;
         rows.push(ModeRow {
             mode: config::forwarding_name(mode),
@@ -330,6 +331,7 @@ pub fn run(repeat: u32, rounds: u32, max_flows: Option<u32>) -> Result<Report, B
     cfg.limits.max_lookup_entries = 262_144;
     let mut dp = Dataplane::load(cfg.limits, false)?;
     dp.apply_config(&cfg)?;
+    accept_bench_frames(&mut dp)?;
     let mut h = Harness::load()?;
 
     let service_frame = frame_to(cfg.services[0].vip);
@@ -376,6 +378,7 @@ pub fn run(repeat: u32, rounds: u32, max_flows: Option<u32>) -> Result<Report, B
         };
         let mut dp = Dataplane::load(c.limits, false)?;
         dp.apply_config(&c)?;
+        accept_bench_frames(&mut dp)?;
         let existing = h.paired(
             "bench_same_flow",
             dp.ingress()?,
@@ -520,4 +523,11 @@ pub fn render(r: &Report) -> String {
         );
     }
     s
+}
+
+/// BPF_PROG_TEST_RUN runs frames as received on `lo`: register the benchmark frames' Ethernet
+/// destination as its address, so they are balanced like frames addressed to the interface.
+fn accept_bench_frames(dp: &mut Dataplane) -> Result<(), DataplaneError> {
+    let (lo, _) = crate::dataplane::interface_address("lo")?;
+    dp.set_interface_mac(lo, crate::packet::FRAME_DST_MAC)
 }

@@ -7,6 +7,11 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use xdplb_common::checksum::{fold, ipv4_header_checksum, sum_be_words, udp_checksum_v4};
 
 pub const ETH_HDR_LEN: usize = 14;
+/// The Ethernet destination of the frames [`UdpFrame::build`] makes: the address tests and the
+/// benchmark register for the interface they run frames on.
+pub const FRAME_DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+/// The Ethernet source of those frames.
+pub const FRAME_SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
 /// A UDP-in-IPv4-in-Ethernet frame to build.
 #[derive(Debug, Clone)]
@@ -48,7 +53,9 @@ impl UdpFrame {
         let udp_len = 8 + self.payload.len();
         let tot_len = ihl * 4 + udp_len;
         let mut f = Vec::with_capacity(ETH_HDR_LEN + tot_len);
-        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00]);
+        f.extend_from_slice(&FRAME_DST_MAC);
+        f.extend_from_slice(&FRAME_SRC_MAC);
+        f.extend_from_slice(&[0x08, 0x00]);
         let ip_start = f.len();
         f.push(0x40 | ihl as u8);
         f.push(0);

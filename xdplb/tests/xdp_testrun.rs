@@ -553,10 +553,12 @@ fn verifier_instruction_budget() {
         // that makes the verifier's path count explode. 1,819 for local forwarding alone; the
         // nat, dsr-l2 and dsr-ipip paths (FIB lookups and sends, each verified in its own
         // branch), the ICMP answer's checksum loop and the fullnat port allocator's tries took
-        // it to 22,208 (the ICMP path, a tail-called program of its own, 4,841).
+        // it to 22,208 (the ICMP path, a tail-called program of its own, 4,841). Checking every
+        // service packet's IPv4 header checksum and Ethernet destination, and handing partial
+        // checksums to a program of their own, took ingress to 72,353.
         assert!(
-            count < 40_000,
-            "{name}: {count} verified instructions, budget 40,000"
+            count < 150_000,
+            "{name}: {count} verified instructions, budget 150,000"
         );
     }
 }
@@ -571,6 +573,7 @@ fn debug_logging_loads_and_still_balances() {
     pin_to_cpu0();
     let mut dp = xdplb::dataplane::Dataplane::load(cfg.limits, true).expect("load with debug log");
     dp.apply_config(&cfg).expect("fill");
+    accept_frames_on_lo(&mut dp);
     dp.set_rr_cursor(0, 0).expect("cursor");
     let frame = udp(CLIENT, VIP).build();
     let out = run(&mut dp, &frame);

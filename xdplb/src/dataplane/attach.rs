@@ -48,6 +48,8 @@ pub fn attach_all(
     let mut attached = Vec::new();
     let result = (|| {
         for name in interfaces {
+            let (ifindex, mac) = interface_address(name)?;
+            dp.set_interface_mac(ifindex, mac)?;
             let pinned = |kind| {
                 pins.as_ref()
                     .map(|p| p.link(kind, name))
@@ -189,6 +191,41 @@ fn pin_error(path: &Path, e: &dyn std::error::Error) -> DataplaneError {
         path: path.to_path_buf(),
         reason: error_chain(e),
     }
+}
+
+/// The ifindex and Ethernet address of an interface of this network namespace, from sysfs
+/// (which `ip netns exec` remounts for the namespace). `lo` has address 00:00:00:00:00:00.
+pub fn interface_address(name: &str) -> Result<(u32, [u8; 6]), DataplaneError> {
+    let read = |file: &str| {
+        std::fs::read_to_string(format!("/sys/class/net/{name}/{file}")).map_err(|e| {
+            DataplaneError::Interface {
+                interface: name.to_string(),
+                reason: format!("reading /sys/class/net/{name}/{file}: {e}"),
+            }
+        })
+    };
+    let bad = |what: &str, text: &str| DataplaneError::Interface {
+        interface: name.to_string(),
+        reason: format!("unexpected {what} {text:?} in sysfs"),
+    };
+    let index_text = read("ifindex")?;
+    let ifindex = index_text
+        .trim()
+        .parse::<u32>()
+        .map_err(|_| bad("ifindex", &index_text))?;
+    let address = read("address")?;
+    let mut mac = [0u8; 6];
+    let mut parts = address.trim().split(':');
+    for byte in &mut mac {
+        *byte = parts
+            .next()
+            .and_then(|p| u8::from_str_radix(p, 16).ok())
+            .ok_or_else(|| bad("address", &address))?;
+    }
+    if parts.next().is_some() {
+        return Err(bad("address", &address));
+    }
+    Ok((ifindex, mac))
 }
 
 /// Attaches an XDP program in `mode` (`Auto`: native, else generic); returns the link and the

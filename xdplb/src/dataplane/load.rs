@@ -6,10 +6,10 @@ use aya::{
     programs::{SchedClassifier, Xdp},
 };
 use xdplb_common::{
-    Backend, Counter, FullnatPeer, FullnatSource, GLOBAL_DEBUG_LOG, MAP_BACKEND_STATS,
-    MAP_BACKENDS, MAP_FLOWS, MAP_FULLNAT, MAP_FULLNAT_SOURCES, MAP_GLOBALS, MAP_LOOKUP,
-    MAP_REPLIES, MAP_RR_CURSOR, MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS, ReplyKey, Service,
-    ServiceKey, Stat,
+    Backend, Counter, FullnatPeer, FullnatSource, GLOBAL_DEBUG_LOG, InterfaceMac,
+    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOWS, MAP_FULLNAT, MAP_FULLNAT_SOURCES, MAP_GLOBALS,
+    MAP_LOCAL_MACS, MAP_LOOKUP, MAP_REPLIES, MAP_RR_CURSOR, MAP_SERVICE_STATS, MAP_SERVICES,
+    MAP_STATS, ReplyKey, Service, ServiceKey, Stat,
 };
 
 use super::{
@@ -32,6 +32,7 @@ pub static DECAP_OBJECT: &[u8] =
 pub const PROGRAM_INGRESS: &str = "xdplb_ingress";
 pub const PROGRAM_REPLY: &str = "xdplb_reply";
 pub const PROGRAM_ICMP: &str = "xdplb_icmp";
+pub const PROGRAM_FINISH: &str = "xdplb_finish_checksum";
 /// The tail-call array of the ingress program (not pinned: it belongs to one load).
 const MAP_PROGS: &str = "XDPLB_PROGS";
 
@@ -119,23 +120,29 @@ impl Dataplane {
         let tc: &mut SchedClassifier = program_mut(&mut ebpf, PROGRAM_REPLY)?;
         tc.load()
             .map_err(|e| DataplaneError::program(PROGRAM_REPLY, e))?;
-        // The ICMP path is a program of its own that ingress tail-calls.
-        let icmp: &mut Xdp = program_mut(&mut ebpf, PROGRAM_ICMP)?;
-        icmp.load()
-            .map_err(|e| DataplaneError::program(PROGRAM_ICMP, e))?;
-        let icmp_fd = icmp
-            .fd()
-            .map_err(|e| DataplaneError::program(PROGRAM_ICMP, e))?
-            .try_clone()
-            .map_err(DataplaneError::Io)?;
+        // The ICMP path and the completion of partial checksums are programs of their own that
+        // ingress tail-calls (slots 0 and 1 of XDPLB_PROGS).
+        let mut tail_fds = Vec::new();
+        for name in [PROGRAM_ICMP, PROGRAM_FINISH] {
+            let prog: &mut Xdp = program_mut(&mut ebpf, name)?;
+            prog.load().map_err(|e| DataplaneError::program(name, e))?;
+            let fd = prog
+                .fd()
+                .map_err(|e| DataplaneError::program(name, e))?
+                .try_clone()
+                .map_err(DataplaneError::Io)?;
+            tail_fds.push(fd);
+        }
         let progs = ebpf
             .map_mut(MAP_PROGS)
             .ok_or(DataplaneError::MissingMap(MAP_PROGS))?;
         let mut progs: ProgramArray<&mut MapData> =
             ProgramArray::try_from(progs).map_err(|e| DataplaneError::map(MAP_PROGS, e))?;
-        progs
-            .set(0, &icmp_fd, 0)
-            .map_err(|e| DataplaneError::map(MAP_PROGS, e))?;
+        for (slot, fd) in (0u32..).zip(&tail_fds) {
+            progs
+                .set(slot, fd, 0)
+                .map_err(|e| DataplaneError::map(MAP_PROGS, e))?;
+        }
         Ok(Dataplane {
             ebpf,
             limits,
@@ -225,7 +232,7 @@ impl Dataplane {
 
     /// Instructions the verifier processed for each program, for the budget test.
     pub fn verified_instructions(&self) -> Vec<(&'static str, Option<u32>)> {
-        [PROGRAM_INGRESS, PROGRAM_REPLY, PROGRAM_ICMP]
+        [PROGRAM_INGRESS, PROGRAM_REPLY, PROGRAM_ICMP, PROGRAM_FINISH]
             .into_iter()
             .map(|name| {
                 let count = self
@@ -368,6 +375,19 @@ impl Dataplane {
 
     /// Sets every CPU's round-robin cursor of `service_id` to `value` (tests use this to make
     /// the schedule deterministic).
+    /// Records the Ethernet address of an interface the ingress program is (about to be)
+    /// attached to: only frames addressed to it are balanced there.
+    pub fn set_interface_mac(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<(), DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_LOCAL_MACS)
+            .ok_or(DataplaneError::MissingMap(MAP_LOCAL_MACS))?;
+        let mut macs: HashMap<&mut MapData, u32, InterfaceMac> =
+            HashMap::try_from(map).map_err(|e| DataplaneError::map(MAP_LOCAL_MACS, e))?;
+        macs.insert(ifindex, InterfaceMac { mac, _pad: [0; 2] }, 0)
+            .map_err(|e| DataplaneError::map(MAP_LOCAL_MACS, e))
+    }
+
     pub fn set_rr_cursor(&mut self, service_id: u32, value: u32) -> Result<(), DataplaneError> {
         let map = self
             .ebpf

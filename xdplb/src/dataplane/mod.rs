@@ -6,7 +6,7 @@ mod load;
 pub mod pin;
 pub mod reconcile;
 
-pub use attach::{AttachedInterface, attach_all};
+pub use attach::{AttachedInterface, attach_all, interface_address};
 pub use load::{
     BENCH_OBJECT, DECAP_OBJECT, Dataplane, KernelMaps, PROGRAM_INGRESS, PROGRAM_REPLY,
     sum_counters as sum,
@@ -47,6 +47,8 @@ pub enum DataplaneError {
         mode: &'static str,
         reason: String,
     },
+    #[error("interface {interface}: {reason}")]
+    Interface { interface: String, reason: String },
     #[error("interface {interface}: attaching the TC egress reply program failed: {reason}")]
     AttachTc { interface: String, reason: String },
     #[error("{what} index {index} is beyond the map's capacity {capacity}")]

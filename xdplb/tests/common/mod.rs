@@ -45,10 +45,19 @@ pub fn load_config(cfg: &Config) -> Dataplane {
     pin_to_cpu0();
     let mut dp = Dataplane::load(cfg.limits, false).expect("load the data plane");
     dp.apply_config(cfg).expect("fill maps");
+    accept_frames_on_lo(&mut dp);
     for id in 0..cfg.services.len() as u32 {
         dp.set_rr_cursor(id, 0).expect("reset cursor");
     }
     dp
+}
+
+/// Registers the Ethernet address of the test frames as `lo`'s, where BPF_PROG_TEST_RUN runs
+/// frames by default: only frames addressed to the interface are balanced.
+pub fn accept_frames_on_lo(dp: &mut Dataplane) {
+    let (lo, _) = dataplane::interface_address("lo").expect("lo's ifindex");
+    dp.set_interface_mac(lo, xdplb::packet::FRAME_DST_MAC)
+        .expect("register lo's address");
 }
 
 pub fn load_toml(text: &str) -> (Config, Dataplane) {

@@ -62,7 +62,7 @@ pub struct Netns {
 impl Netns {
     /// Creates `xdplb-<tag>-<pid>` with its loopback up.
     pub fn new(tag: &str) -> Self {
-        let name = format!("xdplb-{tag}-{}", std::process::id());
+        let name = format!("xdplb-{tag}{}-{}", name_suffix(), std::process::id());
         // A leftover from a crashed run of the same pid would make `add` fail.
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         sh(&["ip", "netns", "add", &name]);
@@ -271,4 +271,19 @@ impl Drop for Bpffs {
         let _ = Command::new("umount").args(["-l", &self.path]).output();
         let _ = std::fs::remove_dir(&self.path);
     }
+}
+
+thread_local! {
+    static NAME_SUFFIX: std::cell::Cell<&'static str> = const { std::cell::Cell::new("") };
+}
+
+/// Makes the names of namespaces (and run directories) this thread creates from now on end in
+/// `suffix`, so that two variants of one test never share a name.
+pub fn set_name_suffix(suffix: &'static str) {
+    NAME_SUFFIX.with(|s| s.set(suffix));
+}
+
+/// See [`set_name_suffix`].
+pub fn name_suffix() -> &'static str {
+    NAME_SUFFIX.with(|s| s.get())
 }

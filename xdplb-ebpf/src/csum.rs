@@ -1,0 +1,274 @@
+//! Checksums over packet bytes: the IPv4 header check, sums over a whole UDP datagram or ICMP
+//! message, and partial UDP checksums left by the sender's tx checksum offload.
+//!
+//! Why partial checksums matter: a veth or container interface has tx checksum offload on by
+//! default. The sending kernel then hands the frame over as CHECKSUM_PARTIAL: the UDP checksum
+//! field holds only the folded pseudo-header sum (not complemented), and whoever transmits the
+//! skb last is trusted to finish it. XDP sees only bytes, not that state.
+//! - When it leaves through XDP_TX or XDP_REDIRECT it becomes an xdp_frame and loses that
+//!   state; the receiver checks the field as a full checksum. So we compute the full checksum
+//!   over the pseudo-header and the whole datagram before it leaves.
+//! - When the packet goes back to the kernel (XDP_PASS), the skb keeps its partial state.
+//!   Delivered locally (`local`), a partial skb is trusted as it is, so the ordinary
+//!   incremental update (right for every complete checksum) is all it needs. Routed on by the
+//!   kernel (`nat` packets passed for a neighbour, an MTU or a TTL), the field must be the
+//!   pseudo-header sum of the *new* addresses: there the whole datagram is summed, and a
+//!   field that does not verify as complete is replaced by that sum.
+//!
+//! A partial checksum is recognised by its value: the field equals the folded pseudo-header
+//! sum of the packet as received. A complete checksum has that value only by chance (about 1
+//! in 65,536); both treatments above are right for it too, so a false match costs only time.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::generated::{bpf_csum_diff, bpf_redirect},
+};
+use xdplb_common::{IPPROTO_IPIP, IPPROTO_UDP, Stat, checksum::fold};
+
+use crate::{
+    parse::{ETH_HDR_LEN, Ipv4Hdr, Ipv4Udp, Packet, UdpHdr, ptr_at},
+    service::Verdict,
+};
+
+/// The longest run of bytes [`sum_bytes`] sums: enough for a 9,000-byte jumbo datagram.
+pub const MAX_SUM_LEN: usize = CHUNK * MAX_CHUNKS;
+const CHUNK: usize = 256;
+const MAX_CHUNKS: usize = 36;
+
+/// The one's-complement sum (unfolded, native word order) of `len` bytes of the packet from
+/// `offset`. Expects `offset` even (checksummed regions start at even offsets here). Returns
+/// `None` when the bytes are not all inside the packet or `len > MAX_SUM_LEN`.
+///
+/// `bpf_csum_diff` sums a constant-size slice per call (the verifier needs the size bounded
+/// and the bytes proven inside the packet), so the run is cut into 256-byte chunks, then
+/// power-of-two pieces, then the last bytes one by one.
+#[inline(always)]
+pub fn sum_bytes<C: Packet>(ctx: &C, offset: usize, len: usize) -> Option<u64> {
+    if len > MAX_SUM_LEN {
+        return None;
+    }
+    let mut off = offset;
+    let mut left = len;
+    let mut sum = 0u64;
+    for _ in 0..MAX_CHUNKS {
+        if left < CHUNK {
+            break;
+        }
+        sum += chunk::<C, CHUNK>(ctx, off)?;
+        off += CHUNK;
+        left -= CHUNK;
+    }
+    macro_rules! piece {
+        ($n:literal) => {
+            if left >= $n {
+                sum += chunk::<C, $n>(ctx, off)?;
+                off += $n;
+                left -= $n;
+            }
+        };
+    }
+    piece!(128);
+    piece!(64);
+    piece!(32);
+    piece!(16);
+    piece!(8);
+    piece!(4);
+    if left >= 2 {
+        let w: *const u16 = ptr_at(ctx, off)?;
+        // SAFETY: bounds-checked just above.
+        sum += u64::from(unsafe { *w });
+        off += 2;
+        left -= 2;
+    }
+    if left == 1 {
+        let b: *const u8 = ptr_at(ctx, off)?;
+        // SAFETY: bounds-checked just above. A trailing byte is the high-order byte of a
+        // big-endian word padded with zero: read natively, that is its value in the low byte
+        // on a little-endian host.
+        let byte = u16::from(unsafe { *b });
+        sum += u64::from(u16::from_ne_bytes((byte << 8).to_be_bytes()));
+    }
+    Some(sum)
+}
+
+/// The sum of `N` bytes (a multiple of 4, at most 512) at `off`.
+#[inline(always)]
+fn chunk<C: Packet, const N: usize>(ctx: &C, off: usize) -> Option<u64> {
+    let start = ctx.data() + off;
+    // SAFETY: a read of a local. Volatile, so that the compiler passes the helper the very
+    // pointer it bounds-checked: otherwise it may pass `(start + N) - N`, which the verifier
+    // cannot tie to the check.
+    let start = unsafe { core::ptr::read_volatile(&start) };
+    if start + N > ctx.data_end() {
+        return None;
+    }
+    let p = start as *mut [u8; N];
+    // SAFETY: `ptr_at` proved the N bytes lie inside the packet; the helper only reads them.
+    let r = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, p.cast(), N as u32, 0) };
+    if r < 0 {
+        return None;
+    }
+    // The helper returns a 32-bit partial sum (folded further on some kernels); either is the
+    // same one's-complement value.
+    Some(u64::from(r as u32))
+}
+
+/// Whether the IPv4 header of `pkt` (options included) has a correct checksum. Loop-free (it
+/// runs for every service packet): the fixed 20 bytes, then the options in pieces.
+#[inline(always)]
+pub fn ipv4_header_is_valid<C: Packet>(ctx: &C, pkt: &Ipv4Udp) -> bool {
+    let Some(fixed) = ptr_at::<_, [u32; 5]>(ctx, ETH_HDR_LEN) else {
+        return false;
+    };
+    // SAFETY: bounds-checked just above.
+    let w = unsafe { *fixed };
+    let mut sum = u64::from(w[0]) + u64::from(w[1]) + u64::from(w[2]) + u64::from(w[3]);
+    sum += u64::from(w[4]);
+    let mut off = ETH_HDR_LEN + 20;
+    let mut left = pkt.l4_offset - off;
+    macro_rules! piece {
+        ($n:literal) => {
+            if left >= $n {
+                match chunk::<C, $n>(ctx, off) {
+                    Some(s) => sum += s,
+                    None => return false,
+                }
+                off += $n;
+                left -= $n;
+            }
+        };
+    }
+    piece!(32);
+    piece!(16);
+    piece!(8);
+    piece!(4);
+    let _ = (off, left);
+    fold(sum) == 0xffff
+}
+
+/// The pseudo-header sum of a validated IPv4/UDP packet as it is now (raw, unfolded).
+#[inline(always)]
+fn pseudo_header_sum(pkt: &Ipv4Udp) -> u64 {
+    // SAFETY: the parser proved both headers lie inside the packet.
+    let (saddr, daddr, len_be) = unsafe { ((*pkt.ip).saddr, (*pkt.ip).daddr, (*pkt.udp).len_be) };
+    u64::from(saddr)
+        + u64::from(daddr)
+        + u64::from(u16::from(IPPROTO_UDP).to_be())
+        + u64::from(len_be)
+}
+
+/// Whether the UDP checksum field of the packet as received holds only the pseudo-header sum
+/// (a partial checksum; see the module's documentation). Call before anything is rewritten.
+#[inline(always)]
+pub fn udp_checksum_is_partial(pkt: &Ipv4Udp) -> bool {
+    // SAFETY: the parser proved the UDP header lies inside the packet.
+    let check = unsafe { (*pkt.udp).check };
+    check != 0 && check == fold(pseudo_header_sum(pkt))
+}
+
+/// Where a packet whose checksum `xdplb_finish_checksum` completes goes next. Written by the
+/// ingress program right before the tail call, read by the finishing program (same CPU).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FinishArgs {
+    /// XDP_TX (back out of the interface it came in on), XDP_REDIRECT to `ifindex`, or
+    /// XDP_PASS (a rewritten packet handed to the kernel, which routes it on).
+    pub action: u32,
+    pub ifindex: u32,
+    /// The verdict's counter.
+    pub stat: Stat,
+}
+
+/// The finishing program: completes the UDP checksum of a packet that arrived with a partial
+/// one and leaves through XDP (the frame, addresses and MACs already final), then sends it as
+/// `FINISH_ARGS` says. The packet is IPv4/UDP, or IPv4-in-IPv4 around it (`dsr-ipip`).
+///
+/// A program of its own (ingress tail-calls it) so that the verifier walks the summing loop
+/// once, not once per forwarding path.
+#[inline(always)]
+pub fn finish_and_send(ctx: &aya_ebpf::programs::XdpContext) -> Verdict {
+    let drop = Verdict::drop(Stat::DropChecksumTooLong);
+    let Some(args) = crate::FINISH_ARGS.get(0).copied() else {
+        return drop;
+    };
+    let Some(outer) = ptr_at::<_, Ipv4Hdr>(ctx, ETH_HDR_LEN) else {
+        return drop;
+    };
+    // SAFETY: bounds-checked just above.
+    let ip_off = if unsafe { (*outer).protocol } == IPPROTO_IPIP {
+        ETH_HDR_LEN + 20
+    } else {
+        ETH_HDR_LEN
+    };
+    let Some(ip) = ptr_at::<_, Ipv4Hdr>(ctx, ip_off) else {
+        return drop;
+    };
+    // SAFETY: bounds-checked just above.
+    let ihl = usize::from(unsafe { (*ip).version_ihl } & 0x0f) * 4;
+    if ihl < 20 {
+        return drop;
+    }
+    let l4_offset = ip_off + ihl;
+    let Some(udp) = ptr_at::<_, UdpHdr>(ctx, l4_offset) else {
+        return drop;
+    };
+    let pkt = Ipv4Udp {
+        ip,
+        udp,
+        l4_offset,
+        frame_len: 0,
+        partial_csum: true,
+    };
+    let pseudo = pseudo_header_sum(&pkt);
+    // SAFETY: bounds-checked above.
+    let (udp_len, field) = unsafe { (usize::from(u16::from_be((*udp).len_be)), (*udp).check) };
+    // The datagram's sum with the field as it is now.
+    let Some(data) = sum_bytes(ctx, l4_offset, udp_len) else {
+        return drop;
+    };
+    if args.action == xdp_action::XDP_PASS {
+        // Handed to the kernel: a checksum that verifies was complete all along (its
+        // incremental update is right); otherwise the skb is partial and the field must be the
+        // pseudo-header sum of the new addresses, which the kernel completes on the way out.
+        if fold(pseudo + data) != 0xffff {
+            // SAFETY: bounds-checked above.
+            unsafe { (*udp).check = fold(pseudo) };
+            crate::stats::count(Stat::PartialChecksumFixed);
+        }
+        return Verdict::pass(args.stat);
+    }
+    // Leaving through XDP: the full checksum, computed with the field taken as zero (adding
+    // its complement removes it from the sum). Right whether it was partial or complete.
+    let check = match !fold(pseudo + data + u64::from(!field)) {
+        0 => 0xffff,
+        c => c,
+    };
+    // SAFETY: bounds-checked above.
+    unsafe { (*udp).check = check };
+    crate::stats::count(Stat::PartialChecksumFixed);
+    let action = if args.action == xdp_action::XDP_TX {
+        xdp_action::XDP_TX
+    } else {
+        // SAFETY: a helper taking plain integers; it returns XDP_REDIRECT (no flags).
+        unsafe { bpf_redirect(args.ifindex, 0) as u32 }
+    };
+    Verdict {
+        action,
+        stat: args.stat,
+    }
+}
+
+/// Hands a packet that arrived with a partial-looking checksum to `xdplb_finish_checksum`
+/// (see [`finish_and_send`]) with what to do next. Returns only if that failed: the caller
+/// drops the packet.
+#[inline(always)]
+pub fn tail_call_finish(ctx: &aya_ebpf::programs::XdpContext, args: FinishArgs) -> Verdict {
+    if let Some(slot) = crate::FINISH_ARGS.get_ptr_mut(0) {
+        // SAFETY: a per-CPU array slot of this CPU.
+        unsafe { *slot = args };
+        // SAFETY: a tail call into a program user space put in the array; it returns only if
+        // that failed.
+        unsafe { crate::PROGS.tail_call(ctx, crate::PROG_FINISH) };
+    }
+    Verdict::drop(Stat::DropChecksumTooLong)
+}
