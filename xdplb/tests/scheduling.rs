@@ -431,10 +431,13 @@ fn a_full_flow_table_evicts_idle_flows_and_keeps_live_ones() {
         backend_of(&mut dp, *c, vip);
     }
     let mut live_inserts = 0;
-    let new_flows = 20_000;
+    let new_flows: usize = 20_000;
+    let mut idle = Vec::with_capacity(new_flows);
     for i in 0..new_flows {
         // A flood of one-packet flows that go idle at once...
-        backend_of(&mut dp, rng.client(), vip);
+        let client = rng.client();
+        idle.push(client);
+        backend_of(&mut dp, client, vip);
         // ...while every live flow sends a packet for every 20 new flows.
         if i % 20 == 19 {
             let before = counters(&dp)[Stat::FlowTableInsert as usize];
@@ -458,10 +461,40 @@ fn a_full_flow_table_evicts_idle_flows_and_keeps_live_ones() {
         entries <= 1024,
         "the table holds at most its capacity: {entries}"
     );
-    assert_eq!(inserts, 50 + new_flows, "every new key was inserted once");
+    assert_eq!(
+        inserts,
+        50 + new_flows as u64,
+        "every new key was inserted once"
+    );
+    // The table filled up and stayed in use. The kernel's LRU evicts in batches and keeps
+    // free entries in reserve, so a full table does not hold all 1024 (Linux 6.18 on two CPUs
+    // settles at 510 here): a quarter is the floor that still tells "filled" from "empty".
     assert!(
-        evictions >= inserts - 1024,
-        "evictions are counted: {evictions}"
+        entries >= 256,
+        "20,000 flows through a 1024-entry table must leave it well filled: {entries} entries"
+    );
+    // The LRU really evicted, and evicted the oldest: measured by whether a packet of a flow
+    // creates a flow-table entry again, independently of the entry count. The newest idle
+    // flows are still there (no insert)...
+    let inserts_of = |dp: &mut xdplb::dataplane::Dataplane, clients: &[SocketAddrV4]| {
+        let before = counters(dp)[Stat::FlowTableInsert as usize];
+        for c in clients {
+            backend_of(dp, *c, vip);
+        }
+        counters(dp)[Stat::FlowTableInsert as usize] - before
+    };
+    let newest = &idle[new_flows - 100..];
+    assert_eq!(
+        inserts_of(&mut dp, newest),
+        0,
+        "the 100 newest flows must still be in the table"
+    );
+    // ...while the oldest ones were evicted: each comes back as a new insert.
+    let oldest = &idle[..100];
+    assert_eq!(
+        inserts_of(&mut dp, oldest),
+        100,
+        "the 100 oldest idle flows must have been evicted"
     );
 }
 
