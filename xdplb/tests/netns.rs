@@ -228,6 +228,15 @@ fn assert_paced_traffic_lost_nothing(traffic: &mut Daemon, what: &str) -> Value 
     report
 }
 
+/// Parses a saved `/metrics` scrape with Prometheus's reference Python client
+/// (tests/prometheus_families.py) and returns its families, in order, as JSON.
+fn prometheus_families(path: &str) -> Vec<Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/prometheus_families.py");
+    // Debian's interpreter, which has python3-prometheus-client (scripts/setup.sh).
+    let out = sh(&["/usr/bin/python3", script, path]);
+    serde_json::from_slice(&out.stdout).expect("the parser prints JSON")
+}
+
 #[test]
 fn tutorial_scenario_on_lo_in_a_private_namespace() {
     require_root();
@@ -376,45 +385,88 @@ address = "10.200.0.2:9878"
         "5",
         "http://127.0.0.1:9100/metrics",
     ]);
-    let metrics = String::from_utf8_lossy(&scrape.stdout).to_string();
-    let value = |series: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no series {series} in:\n{metrics}"))
+    let metrics_path = format!("{dir}/metrics.txt");
+    std::fs::write(&metrics_path, &scrape.stdout).expect("save the scrape");
+    let families = prometheus_families(&metrics_path);
+    // Every family the daemon exports, each exactly once and with its declared type, as the
+    // reference client reads them (it names a counter family without `_total`).
+    let declared = [
+        ("xdplb_service_packets", "counter"),
+        ("xdplb_backend_packets", "counter"),
+        ("xdplb_service_bytes", "counter"),
+        ("xdplb_backend_bytes", "counter"),
+        ("xdplb_service_flows", "counter"),
+        ("xdplb_backend_flows", "counter"),
+        ("xdplb_backend_up", "gauge"),
+        ("xdplb_packets", "counter"),
+        ("xdplb_events", "counter"),
+        ("xdplb_flow_table_entries", "gauge"),
+        ("xdplb_flow_table_capacity", "gauge"),
+        ("xdplb_flow_table_evictions", "counter"),
+        ("xdplb_config_generation", "gauge"),
+        ("xdplb_config_last_apply_duration_seconds", "gauge"),
+        ("xdplb_config_last_reload_success", "gauge"),
+    ];
+    let found: Vec<(&str, &str)> = families
+        .iter()
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap_or_default(),
+                f["type"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        found, declared,
+        "families (name, type) as the Prometheus client parses them"
+    );
+    let value = |sample: &str, labels: &[(&str, &str)]| -> f64 {
+        let want: serde_json::Map<String, Value> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::from(*v)))
+            .collect();
+        let hits: Vec<f64> = families
+            .iter()
+            .flat_map(|f| f["samples"].as_array().into_iter().flatten())
+            .filter(|s| s["name"] == sample && s["labels"].as_object() == Some(&want))
+            .filter_map(|s| s["value"].as_f64())
+            .collect();
+        match hits.as_slice() {
+            [v] => *v,
+            _ => panic!("{} samples {sample}{labels:?} in {families:#?}", hits.len()),
+        }
     };
-    assert_eq!(
-        value("xdplb_service_packets_total{service=\"veth-demo\",vip=\"10.200.0.2:9875\"}"),
-        90
-    );
-    assert_eq!(
-        value("xdplb_service_flows_total{service=\"veth-demo\",vip=\"10.200.0.2:9875\"}"),
-        30
-    );
+    let svc = [("service", "veth-demo"), ("vip", "10.200.0.2:9875")];
+    assert_eq!(value("xdplb_service_packets_total", &svc), 90.0);
+    assert_eq!(value("xdplb_service_flows_total", &svc), 30.0);
     for port in [9876, 9877, 9878] {
-        let b = format!("{{service=\"veth-demo\",backend=\"10.200.0.2:{port}\"}}");
+        let backend = format!("10.200.0.2:{port}");
+        let b = [("service", "veth-demo"), ("backend", backend.as_str())];
         assert_eq!(
-            value(&format!("xdplb_backend_packets_total{b}")),
-            30,
+            value("xdplb_backend_packets_total", &b),
+            30.0,
             "backend {port}"
         );
         assert_eq!(
-            value(&format!("xdplb_backend_flows_total{b}")),
-            10,
+            value("xdplb_backend_flows_total", &b),
+            10.0,
             "backend {port}"
         );
     }
     assert_eq!(
-        value("xdplb_packets_total{verdict=\"forward\",reason=\"forwarded\"}"),
-        90
+        value(
+            "xdplb_packets_total",
+            &[("verdict", "forward"), ("reason", "forwarded")]
+        ),
+        90.0
     );
-    assert_eq!(value("xdplb_events_total{event=\"reply_translated\"}"), 90);
-    assert_eq!(value("xdplb_flow_table_entries"), 30);
-    assert_eq!(value("xdplb_config_generation"), 0);
-    assert!(
-        metrics.contains("# TYPE xdplb_service_packets_total counter"),
-        "{metrics}"
+    assert_eq!(
+        value("xdplb_events_total", &[("event", "reply_translated")]),
+        90.0
     );
+    assert_eq!(value("xdplb_flow_table_entries", &[]), 30.0);
+    assert_eq!(value("xdplb_config_generation", &[]), 0.0);
+    assert_eq!(value("xdplb_config_last_reload_success", &[]), 1.0);
 
     let status = lb.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit 0 on SIGTERM: {status}");
