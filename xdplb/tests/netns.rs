@@ -812,6 +812,21 @@ fn live_api_changes_under_traffic_lose_nothing_and_bad_calls_change_nothing() {
             400,
             "127.0.0.1:9875",
         ),
+        // The rules between services hold for API changes too.
+        (
+            "POST",
+            "/v1/services",
+            "{\"name\":\"x\",\"vip\":\"127.0.0.1:9999\",\"backends\":[{\"address\":\"127.0.0.1:9876\"}]}",
+            400,
+            "could not be told apart",
+        ),
+        (
+            "POST",
+            "/v1/services",
+            "{\"name\":\"x\",\"vip\":\"239.1.1.1:53\",\"backends\":[{\"address\":\"127.0.0.1:9881\"}]}",
+            400,
+            "multicast",
+        ),
     ];
     for (method, path, body, code, needle) in bad_calls {
         let (status, text) = raw(method, path, body);
