@@ -299,11 +299,10 @@ mod tests {
         let rest = line
             .strip_prefix("# HELP ")
             .or_else(|| line.strip_prefix("# TYPE "));
-        let name = match rest {
+        match rest {
             Some(r) => r.split(' ').next().unwrap_or(r),
             None => line.split(['{', ' ']).next().unwrap_or(line),
-        };
-        name
+        }
     }
 
     #[test]
