@@ -960,6 +960,148 @@ fn live_api_changes_under_traffic_lose_nothing_and_bad_calls_change_nothing() {
     assert!(status.success(), "exit 0 on SIGTERM: {status}");
 }
 
+/// Removes a directory on drop, even when the test fails.
+struct RemoveDir(String);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn api_changes_to_a_bind_mounted_config_file_are_applied_and_saved_in_place() {
+    require_root();
+    let ns = Netns::new("bind");
+    let dir = run_dir("bind");
+    let _cleanup = RemoveDir(dir.clone());
+    let instance = format!("t-bind-{}", std::process::id());
+    let env = format!("XDPLB_RUN_DIR={dir}");
+    let sock = format!("{dir}/{instance}.sock");
+    // The daemon's config path is a mount point: `real.toml` bind-mounted over `xdplb.toml`,
+    // in a private mount namespace of the daemon's own (gone when it exits), as a container
+    // runtime mounts a config file. rename(2) cannot replace a mount point (EBUSY).
+    let real = format!("{dir}/real.toml");
+    let mount_point = format!("{dir}/xdplb.toml");
+    std::fs::write(
+        &real,
+        "interfaces = [\"lo\"]\n[[service]]\nname = \"demo\"\nvip = \"127.0.0.1:9875\"\nscheduler = \"round-robin\"\n\
+         [[service.backend]]\naddress = \"127.0.0.1:9876\"\n",
+    )
+    .expect("write config");
+    std::fs::write(&mount_point, "# replaced by the bind mount\n").expect("write mount point");
+    let _backends = start_backends(&ns, "127.0.0.1:9876,127.0.0.1:9877");
+    let script = format!(
+        "mount --bind {real} {mount_point} && exec env {env} {XDPLB} run --cleanup --config {mount_point} --instance {instance}"
+    );
+    let mut lb = Daemon::spawn(&in_ns(
+        &ns,
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ],
+    ));
+    lb.wait_for("running instance", START);
+
+    let raw = |method: &str, path: &str, body: &str| -> (u16, String) {
+        let out = ns.exec_unchecked(&[
+            "curl",
+            "-s",
+            "--max-time",
+            "10",
+            "--unix-socket",
+            &sock,
+            "-X",
+            method,
+            "-d",
+            body,
+            "-w",
+            "\n%{http_code}",
+            &format!("http://xdplb{path}"),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').expect("status line");
+        (code.trim().parse().expect("status"), body.to_string())
+    };
+    let leftovers = || -> Vec<String> {
+        std::fs::read_dir(&dir)
+            .expect("read run dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("tmp"))
+            .collect()
+    };
+
+    let (status, body) = raw(
+        "POST",
+        "/v1/services/demo/backends",
+        "{\"address\":\"127.0.0.1:9877\"}",
+    );
+    assert_eq!(
+        status, 200,
+        "an API change on a bind-mounted config: {body}"
+    );
+    let saved = std::fs::read_to_string(&real).expect("read the bind mount's source");
+    assert!(
+        saved.contains("127.0.0.1:9877"),
+        "the change must be in the file:\n{saved}"
+    );
+    assert_eq!(leftovers(), Vec::<String>::new(), "no temporary file stays");
+    let report = client(&ns, "127.0.0.1:9875", 4, 1);
+    assert_eq!(
+        per_backend(&report, "flows_per_backend").len(),
+        2,
+        "the data plane has the new backend: {report}"
+    );
+
+    // A retry is a duplicate (409), as the change was made; the file is untouched.
+    let (status, body) = raw(
+        "POST",
+        "/v1/services/demo/backends",
+        "{\"address\":\"127.0.0.1:9877\"}",
+    );
+    assert_eq!(status, 409, "{body}");
+    // A service that breaks a rule between services (a second local service on a backend of
+    // the first) gets a 4xx and changes nothing.
+    let (status, body) = raw(
+        "POST",
+        "/v1/services",
+        "{\"name\":\"x\",\"vip\":\"127.0.0.1:9999\",\"backends\":[{\"address\":\"127.0.0.1:9876\"}]}",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("could not be told apart"), "{body}");
+    assert_eq!(
+        std::fs::read_to_string(&real).expect("read"),
+        saved,
+        "refused calls leave the file as it was"
+    );
+    let (_, services) = raw("GET", "/v1/services", "");
+    assert!(
+        !services.contains("\"x\"") && services.contains("127.0.0.1:9877"),
+        "{services}"
+    );
+
+    // A reload re-reads the file and keeps the change (before, it silently reverted it).
+    let out = ns.exec_unchecked(&["env", &env, XDPLB, "reload", "--instance", &instance]);
+    assert!(
+        out.status.success(),
+        "reload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, backends) = raw("GET", "/v1/services/demo/backends", "");
+    assert!(
+        backends.contains("127.0.0.1:9877"),
+        "the change survives a reload: {backends}"
+    );
+    assert_eq!(leftovers(), Vec::<String>::new(), "no temporary file stays");
+    let status = lb.terminate(Duration::from_secs(10));
+    assert!(status.success(), "exit 0 on SIGTERM: {status}");
+}
+
 /// The id of the bpf_link pinned at `path`, from bpftool.
 fn pinned_link_id(path: &str) -> u64 {
     let out = sh(&["bpftool", "--json", "link", "show", "pinned", path]);

@@ -86,7 +86,7 @@ mod tests;
 use std::{fmt, fmt::Write as _, net::SocketAddrV4, path::Path, time::Duration};
 
 pub use error::{ConfigError, Location};
-pub use write::to_toml;
+pub use write::{SaveError, Saved, save, to_toml};
 
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -819,8 +819,9 @@ fn ipip(prefix: &str) -> String {
 
 #[test]
 fn configs_that_cannot_run_are_rejected_at_the_offending_value() {
-    // (what, config, the value the error must point at (needle, occurrence), message parts)
-    let cases: Vec<(&str, String, (&str, usize), Vec<&str>)> = vec![
+    /// (what, config, the value the error must point at (needle, occurrence), message parts)
+    type Case<'a> = (&'a str, String, (&'a str, usize), Vec<&'a str>);
+    let cases: Vec<Case> = vec![
         (
             "metrics_listen equal to api_listen",
             format!(
@@ -3946,4 +3947,121 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
         limits,
         services,
     })
+}
+
+// ---- saving the file -----------------------------------------------------------
+
+/// A directory of its own under the system temp dir, removed on drop (even on failure).
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("xdplb-save-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    /// The names in the directory, sorted.
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.0)
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn save_writes_through_a_symlink_and_keeps_the_link() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = TempDir::new("symlink");
+    let real_dir = dir.0.join("etc");
+    std::fs::create_dir(&real_dir).expect("mkdir");
+    let target = real_dir.join("real.toml");
+    std::fs::write(&target, "old\n").expect("write");
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let link = dir.0.join("xdplb.toml");
+    std::os::unix::fs::symlink("etc/real.toml", &link).expect("symlink");
+
+    assert_eq!(save(&link, b"new\n").expect("save"), Saved::Replaced);
+
+    let meta = std::fs::symlink_metadata(&link).expect("lstat");
+    assert!(
+        meta.file_type().is_symlink(),
+        "the config path must still be a symlink: {meta:?}"
+    );
+    assert_eq!(
+        std::fs::read_link(&link).expect("readlink"),
+        std::path::Path::new("etc/real.toml"),
+        "the link must point where it pointed"
+    );
+    assert_eq!(std::fs::read_to_string(&target).expect("read"), "new\n");
+    assert_eq!(
+        std::fs::metadata(&target)
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o600,
+        "the target keeps its mode"
+    );
+    assert_eq!(
+        dir.names(),
+        ["etc", "xdplb.toml"],
+        "nothing left beside the link"
+    );
+    let mut left: Vec<_> = std::fs::read_dir(&real_dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["real.toml"], "no temporary file beside the target");
+}
+
+#[test]
+fn save_keeps_mode_and_owner() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let dir = TempDir::new("mode");
+    let path = dir.0.join("xdplb.toml");
+    for mode in [0o600, 0o640, 0o644] {
+        std::fs::write(&path, "old\n").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        // As root, give the file another owner, which a plain new file would not have.
+        let owner = if running_as_root() {
+            std::os::unix::fs::chown(&path, Some(65534), Some(65534)).expect("chown");
+            (65534, 65534)
+        } else {
+            let m = std::fs::metadata(&path).expect("stat");
+            (m.uid(), m.gid())
+        };
+        save(&path, b"new\n").expect("save");
+        let m = std::fs::metadata(&path).expect("stat");
+        assert_eq!(m.permissions().mode() & 0o7777, mode, "mode {mode:o} kept");
+        assert_eq!((m.uid(), m.gid()), owner, "owner kept");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "new\n");
+        assert_eq!(dir.names(), ["xdplb.toml"], "no temporary file left");
+    }
+}
+
+/// Whether this process runs as root (reads /proc, no unsafe).
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+#[test]
+fn save_of_a_missing_file_names_it_and_creates_nothing() {
+    let dir = TempDir::new("missing");
+    let path = dir.0.join("gone.toml");
+    let e = save(&path, b"x").expect_err("nothing to save over");
+    assert!(e.to_string().contains("gone.toml"), "{e}");
+    assert!(dir.names().is_empty(), "{:?}", dir.names());
 }
