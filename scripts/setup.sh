@@ -11,6 +11,7 @@ LLVM_PREFIX=/usr/lib/llvm-${LLVM_MAJOR}
 APT_PACKAGES=(
   "llvm-${LLVM_MAJOR}-dev" "libpolly-${LLVM_MAJOR}-dev" zlib1g-dev libzstd-dev
   bpftool iproute2 ethtool nftables tmux curl
+  python3-prometheus-client  # the namespace tests parse /metrics with the reference client
 )
 
 if [ "$(id -u)" -ne 0 ]; then

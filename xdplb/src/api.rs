@@ -502,6 +502,68 @@ mod tests {
     }
 
     #[test]
+    fn api_adds_obey_the_rules_between_services() {
+        let cfg = default_config();
+        let cases = [
+            (
+                req(
+                    "POST",
+                    "/v1/services",
+                    r#"{"name":"x","vip":"127.0.0.1:9999","backends":[{"address":"127.0.0.1:9876"}]}"#,
+                ),
+                "could not be told apart",
+            ),
+            (
+                req(
+                    "POST",
+                    "/v1/services",
+                    r#"{"name":"x","vip":"224.0.0.1:53","backends":[{"address":"127.0.0.1:53"}]}"#,
+                ),
+                "multicast",
+            ),
+            (
+                req(
+                    "POST",
+                    "/v1/services",
+                    r#"{"name":"x","vip":"255.255.255.255:53","backends":[{"address":"127.0.0.1:53"}]}"#,
+                ),
+                "broadcast",
+            ),
+        ];
+        for (r, needle) in cases {
+            let e = err(plan(&r, &cfg));
+            assert_eq!(e.status, 400, "{}: {:?}", r.path, e.body);
+            assert!(
+                e.body.to_string().contains(needle),
+                "{needle:?} missing: {:?}",
+                e.body
+            );
+        }
+        // A backend added to a second local service that the first already has.
+        let mut two = cfg.clone();
+        let mut other = two.services[0].clone();
+        other.name = "other".into();
+        other.vip = "127.0.0.1:9999".parse().expect("literal");
+        other.backends.truncate(1);
+        other.backends[0].address = "127.0.0.1:9000".parse().expect("literal");
+        two.services.push(other);
+        let e = err(plan(
+            &req(
+                "POST",
+                "/v1/services/other/backends",
+                r#"{"address":"127.0.0.1:9877"}"#,
+            ),
+            &two,
+        ));
+        assert_eq!(e.status, 400, "{:?}", e.body);
+        assert!(
+            e.body.to_string().contains("could not be told apart"),
+            "{:?}",
+            e.body
+        );
+    }
+
+    #[test]
     fn bad_requests_get_specific_errors() {
         let cfg = default_config();
         let cases = [

@@ -383,9 +383,11 @@ fn hand_over(pid: u32) -> anyhow::Result<()> {
 
 /// Answers one API request; returns the response and whether the config changed.
 ///
-/// A change is validated whole, written to a temporary file next to the config, applied to the
-/// data plane, and only then renamed over the config file: a rejected change leaves the data
-/// plane and the file as they were, and an applied one survives a restart.
+/// A change is validated whole, saved to the config file ([`config::save`]: through a symlink,
+/// keeping owner and mode, in place on a bind mount), and only then applied to the data plane;
+/// if the data plane refuses it the previous file is put back. So a rejected change leaves the
+/// data plane and the file as they were, an applied one survives a restart and a reload, and
+/// the answer matches both.
 fn answer_api(
     req: &crate::api::Request,
     dp: &mut Dataplane,
@@ -429,30 +431,59 @@ fn answer_api(
             false,
         );
     };
-    let tmp = path.with_extension("toml.xdplb-tmp");
-    if let Err(e) = std::fs::write(&tmp, config::to_toml(&next)) {
+    // Persist first, then apply: the file is written (keeping a symlink, the owner and the
+    // mode; in place if it is bind-mounted) before the data plane changes, and put back as it
+    // was if the data plane refuses the change. So the answer always matches both.
+    let original = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return (
+                Response::error(
+                    500,
+                    format!(
+                        "{what}: not applied: cannot read {} (kept to restore it if the data plane refuses the change): {e}",
+                        path.display()
+                    ),
+                ),
+                false,
+            );
+        }
+    };
+    if let Err(e) = config::save(path, config::to_toml(&next).as_bytes()) {
+        // A failed in-place rewrite may have left part of the text: put the old one back.
+        let restored = config::save(path, &original).map_or_else(
+            |e| format!("; restoring the previous file failed too: {e}"),
+            |_| String::new(),
+        );
+        warn!("API: {what}, not applied: saving failed: {e}{restored}");
         return (
-            Response::error(500, format!("writing {}: {e}", tmp.display())),
+            Response::error(
+                500,
+                format!("{what}: not applied (the data plane is unchanged): {e}{restored}"),
+            ),
             false,
         );
     }
     if let Err(e) = dp.apply_config(&book.effective(&next)) {
-        let _ = std::fs::remove_file(&tmp);
-        return (Response::error(400, format!("{what}: {e}")), false);
-    }
-    if let Err(e) = std::fs::rename(&tmp, path) {
-        warn!(
-            "API: {what}, applied but not saved to {}: {e}",
-            path.display()
-        );
-        *cfg = next;
-        return (
-            Response::error(
-                500,
-                format!("{what}: applied, but saving {} failed: {e}", path.display()),
-            ),
-            true,
-        );
+        return match config::save(path, &original) {
+            Ok(_) => (Response::error(400, format!("{what}: {e}")), false),
+            Err(restore) => {
+                warn!(
+                    "API: {what}: the data plane refused it ({e}) and restoring {} failed ({restore}); the file holds the change, the data plane does not",
+                    path.display()
+                );
+                (
+                    Response::error(
+                        500,
+                        format!(
+                            "{what}: the data plane refused it ({e}), and restoring {} failed ({restore}): the file holds the refused change, the data plane the previous config; fix the file before the next reload",
+                            path.display()
+                        ),
+                    ),
+                    false,
+                )
+            }
+        };
     }
     info!(generation = state.generation + 1, "API: {what}");
     *cfg = next;

@@ -10,11 +10,7 @@ use std::{
     collections::HashMap,
     io::{Read, Write},
     net::{SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-        mpsc::Sender,
-    },
+    sync::{Arc, Condvar, Mutex, PoisonError, mpsc::Sender},
     thread,
     time::{Duration, Instant},
 };
@@ -105,21 +101,74 @@ pub fn check_once(
     }
 }
 
-/// The checker threads of one config; they stop when this is dropped.
+/// A stop flag that wakes its waiters: a checker waits for its next check on it, so a stop
+/// ends the wait at once instead of after up to an `interval` (an hour at most).
+#[derive(Default)]
+struct StopSignal {
+    stopped: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl StopSignal {
+    fn stop(&self) {
+        // A poisoned lock still holds the flag: set it anyway.
+        let mut stopped = self.stopped.lock().unwrap_or_else(PoisonError::into_inner);
+        *stopped = true;
+        self.wake.notify_all();
+    }
+
+    fn is_stopped(&self) -> bool {
+        *self.stopped.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until `deadline` or a stop, whichever comes first; returns whether it stopped.
+    fn wait_until(&self, deadline: Instant) -> bool {
+        let mut stopped = self.stopped.lock().unwrap_or_else(PoisonError::into_inner);
+        while !*stopped {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            stopped = match self.wake.wait_timeout(stopped, deadline - now) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        *stopped
+    }
+}
+
+/// The checker threads of one config; they stop when this is dropped (or [`Checkers::stop`]
+/// is called): a checker between checks ends at once, one in a check ends when that check does
+/// (within its `timeout`).
 pub struct Checkers {
-    stop: Arc<AtomicBool>,
+    stop: Arc<StopSignal>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Checkers {
+    /// Tells every checker to stop, without waiting for them.
+    pub fn stop(&mut self) {
+        self.stop.stop();
+    }
+
+    /// How many checker threads have not ended yet.
+    pub fn running(&self) -> usize {
+        self.threads.iter().filter(|t| !t.is_finished()).count()
+    }
 }
 
 impl Drop for Checkers {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop();
     }
 }
 
 /// Starts a checker per backend of every service with a health check. Each checks at a fixed
 /// rate (`interval` from one start to the next) and sends every result to `tx`.
 pub fn start(cfg: &Config, tx: &Sender<HealthEvent>) -> Checkers {
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(StopSignal::default());
+    let mut threads = Vec::new();
     for svc in &cfg.services {
         let Some(hc) = &svc.health_check else {
             continue;
@@ -133,11 +182,11 @@ pub fn start(cfg: &Config, tx: &Sender<HealthEvent>) -> Checkers {
                 tx.clone(),
                 stop.clone(),
             );
-            thread::spawn(move || {
+            threads.push(thread::spawn(move || {
                 let mut next = Instant::now();
-                while !stop.load(Ordering::Relaxed) {
+                while !stop.is_stopped() {
                     let result = check_once(&hc.kind, target, hc.timeout);
-                    if stop.load(Ordering::Relaxed) {
+                    if stop.is_stopped() {
                         break;
                     }
                     let (ok, detail) = match result {
@@ -155,16 +204,16 @@ pub fn start(cfg: &Config, tx: &Sender<HealthEvent>) -> Checkers {
                     }
                     next += hc.interval;
                     let now = Instant::now();
-                    if next > now {
-                        thread::sleep(next - now);
-                    } else {
+                    if next <= now {
                         next = now;
+                    } else if stop.wait_until(next) {
+                        break;
                     }
                 }
-            });
+            }));
         }
     }
-    Checkers { stop }
+    Checkers { stop, threads }
 }
 
 /// Health of one backend.
@@ -361,6 +410,40 @@ address = "127.0.0.1:9877"
                 assert_eq!(b[0].address.port(), 9876);
             }
         }
+    }
+
+    #[test]
+    fn stopping_checkers_ends_them_at_once_not_after_their_interval() {
+        // A closed TCP port: each check fails at once, then the checker waits an hour.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        drop(listener);
+        let text = format!(
+            "interfaces = [\"lo\"]\n[[service]]\nname = \"s\"\nvip = \"127.0.0.1:9875\"\n\
+             [service.health_check]\ntype = \"tcp\"\ninterval = \"1h\"\ntimeout = \"200ms\"\n\
+             [[service.backend]]\naddress = \"127.0.0.1:{port}\"\n\
+             [[service.backend]]\naddress = \"127.0.0.2:{port}\"\n"
+        );
+        let c = parse(&text, "test").expect("valid");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut checkers = start(&c, &tx);
+        assert_eq!(checkers.running(), 2, "one checker per backend");
+        // Both have checked once and now wait for their next check, an hour away.
+        for _ in 0..2 {
+            rx.recv_timeout(Duration::from_secs(5))
+                .expect("a first result from each checker");
+        }
+        let stopped = Instant::now();
+        checkers.stop();
+        while checkers.running() > 0 && stopped.elapsed() < Duration::from_secs(2) {
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            checkers.running(),
+            0,
+            "checkers still running {:?} after the stop (interval 1h)",
+            stopped.elapsed()
+        );
     }
 
     #[test]

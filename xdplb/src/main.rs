@@ -275,12 +275,32 @@ fn init_logs() {
 fn main() -> ExitCode {
     init_logs();
     let cli = Cli::parse();
+    // The daemons keep Rust's SIGPIPE = ignore, so that a client hanging up on the API or
+    // metrics socket is an EPIPE for that request, not the end of the daemon. Every other
+    // command is a CLI whose output may go to `head`: it stops quietly when the reader is gone.
+    if !matches!(
+        cli.command,
+        Command::Run { .. } | Command::DemoBackend { .. }
+    ) {
+        restore_default_sigpipe();
+    }
     match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("xdplb: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Restores the default action of SIGPIPE (terminate), which Rust's runtime sets to ignore, so
+/// that writing to a closed pipe ends the process the way it ends `cat` instead of making
+/// `print!` panic with a backtrace (exit 101).
+fn restore_default_sigpipe() {
+    // SAFETY: signal(2) with SIG_DFL installs no handler (no code runs in signal context) and
+    // only changes this process's disposition of SIGPIPE; it is called before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

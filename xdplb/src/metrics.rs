@@ -151,46 +151,38 @@ pub fn render(snap: &Snapshot, state: &MetricsState) -> String {
             }
         }
     }
+    // Two families from one counter array: each is written as one group (HELP, TYPE, then
+    // its samples), or parsers read the samples that follow another family's TYPE as untyped.
+    let (mut packets, mut events) = (String::new(), String::new());
+    for ((name, value), stat) in snap.counters.iter().zip(Stat::ALL) {
+        let verdict = match stat {
+            Stat::Forwarded | Stat::ForwardedFib => Some(("forward", name.as_str())),
+            _ => name
+                .strip_prefix("pass_")
+                .map(|r| ("pass", r))
+                .or_else(|| name.strip_prefix("drop_").map(|r| ("drop", r))),
+        };
+        let _ = match verdict {
+            Some((verdict, reason)) => writeln!(
+                packets,
+                "xdplb_packets_total{{verdict=\"{verdict}\",reason=\"{reason}\"}} {value}"
+            ),
+            None => writeln!(events, "xdplb_events_total{{event=\"{name}\"}} {value}"),
+        };
+    }
     family(
         &mut o,
         "xdplb_packets_total",
         "counter",
         "Packets seen by the XDP program, by verdict and reason.",
     );
+    o.push_str(&packets);
     family(
         &mut o,
         "xdplb_events_total",
         "counter",
         "Flow-table and reply-path events.",
     );
-    let mut events = String::new();
-    for ((name, value), stat) in snap.counters.iter().zip(Stat::ALL) {
-        match stat {
-            Stat::Forwarded | Stat::ForwardedFib => {
-                let _ = writeln!(
-                    o,
-                    "xdplb_packets_total{{verdict=\"forward\",reason=\"{name}\"}} {value}"
-                );
-            }
-            _ if name.starts_with("pass_") => {
-                let _ = writeln!(
-                    o,
-                    "xdplb_packets_total{{verdict=\"pass\",reason=\"{}\"}} {value}",
-                    &name[5..]
-                );
-            }
-            _ if name.starts_with("drop_") => {
-                let _ = writeln!(
-                    o,
-                    "xdplb_packets_total{{verdict=\"drop\",reason=\"{}\"}} {value}",
-                    &name[5..]
-                );
-            }
-            _ => {
-                let _ = writeln!(events, "xdplb_events_total{{event=\"{name}\"}} {value}");
-            }
-        }
-    }
     o.push_str(&events);
     let f = &snap.flow_table;
     for (name, kind, help, value) in [
@@ -242,4 +234,117 @@ pub fn render(snap: &Snapshot, state: &MetricsState) -> String {
     let ok = state.instance.last_reload.as_ref().is_none_or(|r| r.ok);
     let _ = writeln!(o, "xdplb_config_last_reload_success {}", u8::from(ok));
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::{FlowTable, ServiceRow, TrafficRow};
+
+    fn row(name: &str, address: &str, health: Option<&str>) -> TrafficRow {
+        TrafficRow {
+            name: name.into(),
+            address: address.into(),
+            packets: 3,
+            bytes: 300,
+            flows: 1,
+            health: health.map(Into::into),
+        }
+    }
+
+    fn rendered() -> String {
+        let snap = Snapshot {
+            instance: "t".into(),
+            pid: 1,
+            interfaces: vec!["lo".into()],
+            services: vec![ServiceRow {
+                traffic: row("dns", "192.0.2.1:53", None),
+                backends: vec![
+                    row("dns", "10.0.0.1:53", Some("up")),
+                    row("dns", "10.0.0.2:53", Some("down")),
+                ],
+            }],
+            counters: Stat::ALL
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.name().to_string(), i as u64))
+                .collect(),
+            flow_table: FlowTable {
+                entries: 5,
+                capacity: 1024,
+                inserts: 7,
+                evictions: 2,
+            },
+        };
+        let state = MetricsState {
+            instance: InstanceState {
+                instance: "t".into(),
+                pid: 1,
+                config: "test.toml".into(),
+                interfaces: Vec::new(),
+                map_ids: Default::default(),
+                services: Vec::new(),
+                generation: 4,
+                reloads: 0,
+                last_reload: None,
+            },
+            last_apply_seconds: 0.25,
+        };
+        render(&snap, &state)
+    }
+
+    /// The family a line belongs to: the name in `# HELP NAME` / `# TYPE NAME`, or the sample's
+    /// metric name.
+    fn family_of(line: &str) -> &str {
+        let rest = line
+            .strip_prefix("# HELP ")
+            .or_else(|| line.strip_prefix("# TYPE "));
+        match rest {
+            Some(r) => r.split(' ').next().unwrap_or(r),
+            None => line.split(['{', ' ']).next().unwrap_or(line),
+        }
+    }
+
+    #[test]
+    fn each_family_is_one_contiguous_group_of_help_type_and_samples() {
+        let text = rendered();
+        // Split the text into runs of lines of one family.
+        let mut runs: Vec<(&str, Vec<&str>)> = Vec::new();
+        for line in text.lines() {
+            let f = family_of(line);
+            match runs.last_mut() {
+                Some((name, lines)) if *name == f => lines.push(line),
+                _ => runs.push((f, vec![line])),
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (name, lines) in &runs {
+            assert!(
+                seen.insert(*name),
+                "family {name} appears in more than one group:\n{text}"
+            );
+            assert!(
+                lines[0].starts_with(&format!("# HELP {name} "))
+                    && lines
+                        .get(1)
+                        .is_some_and(|l| l.starts_with(&format!("# TYPE {name} "))),
+                "family {name} does not start with HELP then TYPE: {lines:?}"
+            );
+            assert!(
+                lines[2..].iter().all(|l| !l.starts_with('#')),
+                "family {name} has comments among its samples: {lines:?}"
+            );
+        }
+        for name in ["xdplb_packets_total", "xdplb_events_total"] {
+            let (_, lines) = runs
+                .iter()
+                .find(|(n, _)| *n == name)
+                .unwrap_or_else(|| panic!("no family {name}:\n{text}"));
+            assert!(lines.len() > 2, "{name} has no samples: {lines:?}");
+        }
+        assert!(
+            text.contains("xdplb_packets_total{verdict=\"forward\",reason=\"forwarded\"} 0"),
+            "{text}"
+        );
+    }
 }

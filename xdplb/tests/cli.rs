@@ -50,6 +50,55 @@ fn check_accepts_a_good_config_and_says_what_it_would_do() {
 }
 
 #[test]
+fn a_reader_that_hangs_up_early_ends_the_cli_quietly() {
+    use std::{
+        io::Read as _,
+        os::unix::process::ExitStatusExt as _,
+        process::{Command, Stdio},
+    };
+    let path = write_config("sigpipe", GOOD);
+    // The reader is gone before xdplb writes a byte, as with `xdplb check ... | head -0`: every
+    // write to stdout fails with EPIPE.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let mut child = Command::new(XDPLB)
+        .args(["check", "--config", &path])
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn xdplb check");
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("xdplb check did not exit within 20 s; stderr: {stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        !stderr.contains("panicked") && status.code() != Some(101),
+        "a closed stdout must end xdplb quietly, not with a panic: {status}, stderr: {stderr}"
+    );
+    const SIGPIPE: i32 = 13;
+    assert_eq!(
+        status.signal(),
+        Some(SIGPIPE),
+        "ended by SIGPIPE like other command-line tools: {status}, stderr: {stderr}"
+    );
+}
+
+#[test]
 fn check_rejects_bad_configs_with_specific_errors() {
     let cases: &[(&str, String, &[&str])] = &[
         (

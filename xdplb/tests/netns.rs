@@ -270,6 +270,15 @@ fn assert_paced_traffic_lost_nothing(traffic: &mut Daemon, what: &str) -> Value 
     report
 }
 
+/// Parses a saved `/metrics` scrape with Prometheus's reference Python client
+/// (tests/prometheus_families.py) and returns its families, in order, as JSON.
+fn prometheus_families(path: &str) -> Vec<Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/prometheus_families.py");
+    // Debian's interpreter, which has python3-prometheus-client (scripts/setup.sh).
+    let out = sh(&["/usr/bin/python3", script, path]);
+    serde_json::from_slice(&out.stdout).expect("the parser prints JSON")
+}
+
 #[test]
 fn tutorial_scenario_on_lo_in_a_private_namespace() {
     require_root();
@@ -441,45 +450,88 @@ address = "10.200.0.2:9878"
         "5",
         "http://127.0.0.1:9100/metrics",
     ]);
-    let metrics = String::from_utf8_lossy(&scrape.stdout).to_string();
-    let value = |series: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no series {series} in:\n{metrics}"))
+    let metrics_path = format!("{dir}/metrics.txt");
+    std::fs::write(&metrics_path, &scrape.stdout).expect("save the scrape");
+    let families = prometheus_families(&metrics_path);
+    // Every family the daemon exports, each exactly once and with its declared type, as the
+    // reference client reads them (it names a counter family without `_total`).
+    let declared = [
+        ("xdplb_service_packets", "counter"),
+        ("xdplb_backend_packets", "counter"),
+        ("xdplb_service_bytes", "counter"),
+        ("xdplb_backend_bytes", "counter"),
+        ("xdplb_service_flows", "counter"),
+        ("xdplb_backend_flows", "counter"),
+        ("xdplb_backend_up", "gauge"),
+        ("xdplb_packets", "counter"),
+        ("xdplb_events", "counter"),
+        ("xdplb_flow_table_entries", "gauge"),
+        ("xdplb_flow_table_capacity", "gauge"),
+        ("xdplb_flow_table_evictions", "counter"),
+        ("xdplb_config_generation", "gauge"),
+        ("xdplb_config_last_apply_duration_seconds", "gauge"),
+        ("xdplb_config_last_reload_success", "gauge"),
+    ];
+    let found: Vec<(&str, &str)> = families
+        .iter()
+        .map(|f| {
+            (
+                f["name"].as_str().unwrap_or_default(),
+                f["type"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        found, declared,
+        "families (name, type) as the Prometheus client parses them"
+    );
+    let value = |sample: &str, labels: &[(&str, &str)]| -> f64 {
+        let want: serde_json::Map<String, Value> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::from(*v)))
+            .collect();
+        let hits: Vec<f64> = families
+            .iter()
+            .flat_map(|f| f["samples"].as_array().into_iter().flatten())
+            .filter(|s| s["name"] == sample && s["labels"].as_object() == Some(&want))
+            .filter_map(|s| s["value"].as_f64())
+            .collect();
+        match hits.as_slice() {
+            [v] => *v,
+            _ => panic!("{} samples {sample}{labels:?} in {families:#?}", hits.len()),
+        }
     };
-    assert_eq!(
-        value("xdplb_service_packets_total{service=\"veth-demo\",vip=\"10.200.0.2:9875\"}"),
-        90
-    );
-    assert_eq!(
-        value("xdplb_service_flows_total{service=\"veth-demo\",vip=\"10.200.0.2:9875\"}"),
-        30
-    );
+    let svc = [("service", "veth-demo"), ("vip", "10.200.0.2:9875")];
+    assert_eq!(value("xdplb_service_packets_total", &svc), 90.0);
+    assert_eq!(value("xdplb_service_flows_total", &svc), 30.0);
     for port in [9876, 9877, 9878] {
-        let b = format!("{{service=\"veth-demo\",backend=\"10.200.0.2:{port}\"}}");
+        let backend = format!("10.200.0.2:{port}");
+        let b = [("service", "veth-demo"), ("backend", backend.as_str())];
         assert_eq!(
-            value(&format!("xdplb_backend_packets_total{b}")),
-            30,
+            value("xdplb_backend_packets_total", &b),
+            30.0,
             "backend {port}"
         );
         assert_eq!(
-            value(&format!("xdplb_backend_flows_total{b}")),
-            10,
+            value("xdplb_backend_flows_total", &b),
+            10.0,
             "backend {port}"
         );
     }
     assert_eq!(
-        value("xdplb_packets_total{verdict=\"forward\",reason=\"forwarded\"}"),
-        90
+        value(
+            "xdplb_packets_total",
+            &[("verdict", "forward"), ("reason", "forwarded")]
+        ),
+        90.0
     );
-    assert_eq!(value("xdplb_events_total{event=\"reply_translated\"}"), 90);
-    assert_eq!(value("xdplb_flow_table_entries"), 30);
-    assert_eq!(value("xdplb_config_generation"), 0);
-    assert!(
-        metrics.contains("# TYPE xdplb_service_packets_total counter"),
-        "{metrics}"
+    assert_eq!(
+        value("xdplb_events_total", &[("event", "reply_translated")]),
+        90.0
     );
+    assert_eq!(value("xdplb_flow_table_entries", &[]), 30.0);
+    assert_eq!(value("xdplb_config_generation", &[]), 0.0);
+    assert_eq!(value("xdplb_config_last_reload_success", &[]), 1.0);
 
     let status = lb.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit 0 on SIGTERM: {status}");
@@ -825,6 +877,21 @@ fn live_api_changes_under_traffic_lose_nothing_and_bad_calls_change_nothing() {
             400,
             "127.0.0.1:9875",
         ),
+        // The rules between services hold for API changes too.
+        (
+            "POST",
+            "/v1/services",
+            "{\"name\":\"x\",\"vip\":\"127.0.0.1:9999\",\"backends\":[{\"address\":\"127.0.0.1:9876\"}]}",
+            400,
+            "could not be told apart",
+        ),
+        (
+            "POST",
+            "/v1/services",
+            "{\"name\":\"x\",\"vip\":\"239.1.1.1:53\",\"backends\":[{\"address\":\"127.0.0.1:9881\"}]}",
+            400,
+            "multicast",
+        ),
     ];
     for (method, path, body, code, needle) in bad_calls {
         let (status, text) = raw(method, path, body);
@@ -954,6 +1021,148 @@ fn live_api_changes_under_traffic_lose_nothing_and_bad_calls_change_nothing() {
         ok && text.contains("\"weight\": 3"),
         "after a restart the live change is still there: {text}"
     );
+    let status = lb.terminate(Duration::from_secs(10));
+    assert!(status.success(), "exit 0 on SIGTERM: {status}");
+}
+
+/// Removes a directory on drop, even when the test fails.
+struct RemoveDir(String);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn api_changes_to_a_bind_mounted_config_file_are_applied_and_saved_in_place() {
+    require_root();
+    let ns = Netns::new("bind");
+    let dir = run_dir("bind");
+    let _cleanup = RemoveDir(dir.clone());
+    let instance = format!("t-bind-{}", std::process::id());
+    let env = format!("XDPLB_RUN_DIR={dir}");
+    let sock = format!("{dir}/{instance}.sock");
+    // The daemon's config path is a mount point: `real.toml` bind-mounted over `xdplb.toml`,
+    // in a private mount namespace of the daemon's own (gone when it exits), as a container
+    // runtime mounts a config file. rename(2) cannot replace a mount point (EBUSY).
+    let real = format!("{dir}/real.toml");
+    let mount_point = format!("{dir}/xdplb.toml");
+    std::fs::write(
+        &real,
+        "interfaces = [\"lo\"]\n[[service]]\nname = \"demo\"\nvip = \"127.0.0.1:9875\"\nscheduler = \"round-robin\"\n\
+         [[service.backend]]\naddress = \"127.0.0.1:9876\"\n",
+    )
+    .expect("write config");
+    std::fs::write(&mount_point, "# replaced by the bind mount\n").expect("write mount point");
+    let _backends = start_backends(&ns, "127.0.0.1:9876,127.0.0.1:9877");
+    let script = format!(
+        "mount --bind {real} {mount_point} && exec env {env} {XDPLB} run --cleanup --config {mount_point} --instance {instance}"
+    );
+    let mut lb = Daemon::spawn(&in_ns(
+        &ns,
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ],
+    ));
+    lb.wait_for("running instance", START);
+
+    let raw = |method: &str, path: &str, body: &str| -> (u16, String) {
+        let out = ns.exec_unchecked(&[
+            "curl",
+            "-s",
+            "--max-time",
+            "10",
+            "--unix-socket",
+            &sock,
+            "-X",
+            method,
+            "-d",
+            body,
+            "-w",
+            "\n%{http_code}",
+            &format!("http://xdplb{path}"),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').expect("status line");
+        (code.trim().parse().expect("status"), body.to_string())
+    };
+    let leftovers = || -> Vec<String> {
+        std::fs::read_dir(&dir)
+            .expect("read run dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("tmp"))
+            .collect()
+    };
+
+    let (status, body) = raw(
+        "POST",
+        "/v1/services/demo/backends",
+        "{\"address\":\"127.0.0.1:9877\"}",
+    );
+    assert_eq!(
+        status, 200,
+        "an API change on a bind-mounted config: {body}"
+    );
+    let saved = std::fs::read_to_string(&real).expect("read the bind mount's source");
+    assert!(
+        saved.contains("127.0.0.1:9877"),
+        "the change must be in the file:\n{saved}"
+    );
+    assert_eq!(leftovers(), Vec::<String>::new(), "no temporary file stays");
+    let report = client(&ns, "127.0.0.1:9875", 4, 1);
+    assert_eq!(
+        per_backend(&report, "flows_per_backend").len(),
+        2,
+        "the data plane has the new backend: {report}"
+    );
+
+    // A retry is a duplicate (409), as the change was made; the file is untouched.
+    let (status, body) = raw(
+        "POST",
+        "/v1/services/demo/backends",
+        "{\"address\":\"127.0.0.1:9877\"}",
+    );
+    assert_eq!(status, 409, "{body}");
+    // A service that breaks a rule between services (a second local service on a backend of
+    // the first) gets a 4xx and changes nothing.
+    let (status, body) = raw(
+        "POST",
+        "/v1/services",
+        "{\"name\":\"x\",\"vip\":\"127.0.0.1:9999\",\"backends\":[{\"address\":\"127.0.0.1:9876\"}]}",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("could not be told apart"), "{body}");
+    assert_eq!(
+        std::fs::read_to_string(&real).expect("read"),
+        saved,
+        "refused calls leave the file as it was"
+    );
+    let (_, services) = raw("GET", "/v1/services", "");
+    assert!(
+        !services.contains("\"x\"") && services.contains("127.0.0.1:9877"),
+        "{services}"
+    );
+
+    // A reload re-reads the file and keeps the change (before, it silently reverted it).
+    let out = ns.exec_unchecked(&["env", &env, XDPLB, "reload", "--instance", &instance]);
+    assert!(
+        out.status.success(),
+        "reload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, backends) = raw("GET", "/v1/services/demo/backends", "");
+    assert!(
+        backends.contains("127.0.0.1:9877"),
+        "the change survives a reload: {backends}"
+    );
+    assert_eq!(leftovers(), Vec::<String>::new(), "no temporary file stays");
     let status = lb.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit 0 on SIGTERM: {status}");
 }

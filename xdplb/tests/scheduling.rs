@@ -81,26 +81,33 @@ fn backend_of(
 
 #[test]
 fn explain_agrees_with_the_data_plane_for_10000_random_flows() {
-    let weighted = [
-        ("10.1.0.1:53", 1),
-        ("10.1.0.2:53", 2),
-        ("10.1.0.3:53", 3),
-        ("10.1.0.4:53", 4),
-        ("10.1.0.5:53", 1),
-        ("10.1.0.6:53", 5),
-        ("10.1.0.7:53", 2),
-    ];
+    // The same weights for each service, on a port of its own: two local services may not
+    // share a backend (their replies could not be told apart).
+    let weighted = |port: u16| -> Vec<(String, u16)> {
+        [1, 2, 3, 4, 1, 5, 2]
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (format!("10.1.0.{}:{port}", i + 1), *w))
+            .collect()
+    };
+    let (w1, w2, w3) = (weighted(53), weighted(54), weighted(55));
     let text = format!(
         "interfaces = [\"lo\"]\nhash_seed = 424242\n{}{}{}",
-        service_toml("maglev", "192.0.2.1:53", "maglev", "", &weighted),
+        service_toml("maglev", "192.0.2.1:53", "maglev", "", &as_refs(&w1)),
         service_toml(
             "maglev-src-port",
             "192.0.2.2:53",
             "maglev",
             "hash = \"source-ip-port\"\nmaglev_table_size = 1009",
-            &weighted
+            &as_refs(&w2)
         ),
-        service_toml("by-source", "0.0.0.0:5353", "source-hash", "", &weighted),
+        service_toml(
+            "by-source",
+            "0.0.0.0:5353",
+            "source-hash",
+            "",
+            &as_refs(&w3)
+        ),
     );
     let (cfg, mut dp) = load_toml(&text);
     let mut rng = Rng(1);
@@ -170,18 +177,48 @@ fn maglev_spreads_100000_random_flows_within_10_percent_of_fair() {
 
 #[test]
 fn every_scheduler_balances_new_flows_as_it_should() {
-    let three = [
-        ("10.2.0.1:9000", 1),
-        ("10.2.0.2:9000", 2),
-        ("10.2.0.3:9000", 3),
-    ];
+    // Backends .1, .2 and .3 with weights 1, 2 and 3, on a port of each service's own (two
+    // local services may not share a backend).
+    let three = |port: u16| -> Vec<(String, u16)> {
+        (1..=3).map(|i| (format!("10.2.0.{i}:{port}"), i)).collect()
+    };
     let text = format!(
         "interfaces = [\"lo\"]\n{}{}{}{}{}",
-        service_toml("rr", "192.0.2.20:1", "round-robin", "", &three),
-        service_toml("wrr", "192.0.2.20:2", "weighted-round-robin", "", &three),
-        service_toml("random", "192.0.2.20:3", "random", "", &three),
-        service_toml("sh", "192.0.2.20:4", "source-hash", "", &three),
-        service_toml("maglev", "192.0.2.20:5", "maglev", "", &three),
+        service_toml(
+            "rr",
+            "192.0.2.20:1",
+            "round-robin",
+            "",
+            &as_refs(&three(9001))
+        ),
+        service_toml(
+            "wrr",
+            "192.0.2.20:2",
+            "weighted-round-robin",
+            "",
+            &as_refs(&three(9002))
+        ),
+        service_toml(
+            "random",
+            "192.0.2.20:3",
+            "random",
+            "",
+            &as_refs(&three(9003))
+        ),
+        service_toml(
+            "sh",
+            "192.0.2.20:4",
+            "source-hash",
+            "",
+            &as_refs(&three(9004))
+        ),
+        service_toml(
+            "maglev",
+            "192.0.2.20:5",
+            "maglev",
+            "",
+            &as_refs(&three(9005))
+        ),
     );
     let (_, mut dp) = load_toml(&text);
     let mut rng = Rng(3);
@@ -431,10 +468,13 @@ fn a_full_flow_table_evicts_idle_flows_and_keeps_live_ones() {
         backend_of(&mut dp, *c, vip);
     }
     let mut live_inserts = 0;
-    let new_flows = 20_000;
+    let new_flows: usize = 20_000;
+    let mut idle = Vec::with_capacity(new_flows);
     for i in 0..new_flows {
         // A flood of one-packet flows that go idle at once...
-        backend_of(&mut dp, rng.client(), vip);
+        let client = rng.client();
+        idle.push(client);
+        backend_of(&mut dp, client, vip);
         // ...while every live flow sends a packet for every 20 new flows.
         if i % 20 == 19 {
             let before = counters(&dp)[Stat::FlowTableInsert as usize];
@@ -458,10 +498,40 @@ fn a_full_flow_table_evicts_idle_flows_and_keeps_live_ones() {
         entries <= 1024,
         "the table holds at most its capacity: {entries}"
     );
-    assert_eq!(inserts, 50 + new_flows, "every new key was inserted once");
+    assert_eq!(
+        inserts,
+        50 + new_flows as u64,
+        "every new key was inserted once"
+    );
+    // The table filled up and stayed in use. The kernel's LRU evicts in batches and keeps
+    // free entries in reserve, so a full table does not hold all 1024 (Linux 6.18 on two CPUs
+    // settles at 510 here): a quarter is the floor that still tells "filled" from "empty".
     assert!(
-        evictions >= inserts - 1024,
-        "evictions are counted: {evictions}"
+        entries >= 256,
+        "20,000 flows through a 1024-entry table must leave it well filled: {entries} entries"
+    );
+    // The LRU really evicted, and evicted the oldest: measured by whether a packet of a flow
+    // creates a flow-table entry again, independently of the entry count. The newest idle
+    // flows are still there (no insert)...
+    let inserts_of = |dp: &mut xdplb::dataplane::Dataplane, clients: &[SocketAddrV4]| {
+        let before = counters(dp)[Stat::FlowTableInsert as usize];
+        for c in clients {
+            backend_of(dp, *c, vip);
+        }
+        counters(dp)[Stat::FlowTableInsert as usize] - before
+    };
+    let newest = &idle[new_flows - 100..];
+    assert_eq!(
+        inserts_of(&mut dp, newest),
+        0,
+        "the 100 newest flows must still be in the table"
+    );
+    // ...while the oldest ones were evicted: each comes back as a new insert.
+    let oldest = &idle[..100];
+    assert_eq!(
+        inserts_of(&mut dp, oldest),
+        100,
+        "the 100 oldest idle flows must have been evicted"
     );
 }
 

@@ -420,6 +420,80 @@ pub enum ConfigError {
         address: SocketAddrV4,
     },
 
+    /// A `nat` or `fullnat` backend on the service's own vip address.
+    #[error(
+        "{at}: {service} forwards with {mode}, which routes packets to another host, but its backend {address} is on the service's own vip address {vip}: packets sent there come back to this balancer, so they would loop; give the backend's own address"
+    )]
+    BackendIsVip {
+        at: Location,
+        service: String,
+        mode: &'static str,
+        address: SocketAddrV4,
+        vip: SocketAddrV4,
+    },
+
+    /// Two `local`/`nat` services with one backend address and port: their replies could not
+    /// be told apart.
+    #[error(
+        "{at}: {service} and {other} (line {other_line}) both send flows to backend {address}, and both forward with local or nat; replies of local and nat services are matched to their flow only by (backend address:port, client address:port), so replies from {address} could not be told apart between the two services; give each service its own backend address or port (fullnat, dsr-l2 and dsr-ipip services may share backends)"
+    )]
+    SharedReplyBackend {
+        at: Location,
+        service: String,
+        other: String,
+        /// Line of the other service's backend address.
+        other_line: u32,
+        address: SocketAddrV4,
+    },
+
+    /// A `fullnat_source` that is some service's vip address.
+    #[error(
+        "{at}: {service} has fullnat_source {address}, which is the vip address of {other} (line {other_line}); backends' replies to the fullnat source would be taken for client traffic to that vip; use an address of this balancer that no service has as its vip"
+    )]
+    FullnatSourceIsVip {
+        at: Location,
+        service: String,
+        address: std::net::Ipv4Addr,
+        other: String,
+        /// Line of the other service's vip.
+        other_line: u32,
+    },
+
+    /// A wildcard service whose port is inside a `fullnat_ports` range.
+    #[error(
+        "{at}: {service} has the wildcard vip 0.0.0.0:{port}, which matches every address, but port {port} is inside the fullnat_ports {first}-{last} of {other} (line {other_line}); backends' replies come back to those ports and the wildcard service would take them for new client flows; move the wildcard service to a port outside {first}-{last} or narrow fullnat_ports"
+    )]
+    WildcardInFullnatPorts {
+        at: Location,
+        service: String,
+        port: u16,
+        other: String,
+        other_line: u32,
+        first: u16,
+        last: u16,
+    },
+
+    /// `metrics_listen` and `api_listen` on one socket address.
+    #[error(
+        "{at}: metrics_listen {metrics} and api_listen {api} are the same socket address (or one covers the other), so the second could not listen; give them different ports, such as metrics_listen = \"127.0.0.1:9100\" and api_listen = \"127.0.0.1:9180\""
+    )]
+    ListenersCollide {
+        at: Location,
+        metrics: std::net::SocketAddr,
+        api: std::net::SocketAddr,
+    },
+
+    /// An `encap_source` prefix that cannot serve as outer source addresses.
+    #[error(
+        "{at}: {service} has encap_source {value:?}, which cannot be used for outer source addresses: {reason}; expected a prefix of /8 to /32 (/16 already gives 65536 addresses) of unicast addresses that route back to this balancer, such as \"10.200.0.0/24\""
+    )]
+    UnusableEncapSource {
+        at: Location,
+        service: String,
+        value: String,
+        reason: String,
+    },
+
     /// A `dsr-l2` or `dsr-ipip` backend whose port differs from the VIP's.
     #[error(
         "{at}: {service} forwards with {mode}, which leaves the client's packet as it was sent, so backend {address} must listen on the VIP's port {vip_port} (it answers the client directly, from the VIP)"

@@ -15,7 +15,8 @@
 //! debug_log = false            # optional
 //! hash_seed = 1592597275       # optional, 0..=4294967295; the same on every node of an ECMP group
 //! metrics_listen = "127.0.0.1:9100"  # optional; serve Prometheus metrics there
-//! api_listen = "127.0.0.1:9180"      # optional, loopback only; the API over TCP too (off by default)
+//! api_listen = "127.0.0.1:9180"      # optional, loopback only; the API over TCP too (off by default);
+//!                              # not metrics_listen's socket address (nor a port 0.0.0.0 covers)
 //!
 //! [limits]                     # optional; each field defaults to Limits::DEFAULT
 //! max_services = 1024              # 1..=65536
@@ -25,7 +26,9 @@
 //!
 //! [[service]]                  # at least one
 //! name = "demo"                # required, unique, 1..=64 of [A-Za-z0-9_.-]
-//! vip = "127.0.0.1:9875"       # required, IPV4:PORT; 0.0.0.0:PORT matches any address
+//! vip = "127.0.0.1:9875"       # required, IPV4:PORT; 0.0.0.0:PORT matches any address; not
+//!                              # multicast, broadcast or another 0.0.0.0/8 address; a 0.0.0.0
+//!                              # port may not lie in any service's fullnat_ports
 //! protocol = "udp"             # optional, only udp for now
 //! flow_idle_timeout = "30s"    # optional, 1s..=24h
 //! scheduler = "maglev"         # optional: maglev | round-robin | weighted-round-robin
@@ -43,8 +46,10 @@
 //!                              # | dsr-ipip (backends anywhere, reached in IP-in-IP; they
 //!                              # run `xdplb decap`, hold the VIP and answer directly)
 //! encap_source = "10.200.0.0/24"  # dsr-ipip only, required: outer sources come from this
-//!                              # prefix (the flow hash picks the host part)
-//! fullnat_source = "10.86.0.1" # fullnat only, required: the balancer address backends see
+//!                              # prefix (the flow hash picks the host part); /8 to /32, not in
+//!                              # 0.0.0.0/8, 127.0.0.0/8 or 224.0.0.0/3
+//! fullnat_source = "10.86.0.1" # fullnat only, required: the balancer address backends see;
+//!                              # not the vip address of any service
 //! fullnat_ports = "20000-59999"  # fullnat only, optional (this default): source port range
 //!
 //! [service.health_check]       # optional; without it every backend is always healthy
@@ -62,7 +67,10 @@
 //!                              # live flows move to healthy backends on their next packet)
 //!
 //! [[service.backend]]          # at least one per service
-//! address = "127.0.0.1:9876"   # required, unicast IPV4:PORT, unique within the service
+//! address = "127.0.0.1:9876"   # required, unicast IPV4:PORT, unique within the service; for
+//!                              # nat and fullnat not on the vip's address; not shared by two
+//!                              # local/nat services (replies are matched by backend and client
+//!                              # address:port only); fullnat and dsr services may share
 //! weight = 1                   # optional, 1..=65535
 //! drain = false                # optional; not every backend of a service may be drained
 //! ```
@@ -78,7 +86,7 @@ mod tests;
 use std::{fmt, fmt::Write as _, net::SocketAddrV4, path::Path, time::Duration};
 
 pub use error::{ConfigError, Location};
-pub use write::to_toml;
+pub use write::{SaveError, Saved, save, to_toml};
 
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -368,8 +368,9 @@ fn too_many_services() {
     for i in 0..3 {
         let _ = write!(
             text,
-            "[[service]]\nname = \"s{i}\"\nvip = \"127.0.0.1:{}\"\n[[service.backend]]\naddress = \"127.0.0.1:9000\"\n",
-            1000 + i
+            "[[service]]\nname = \"s{i}\"\nvip = \"127.0.0.1:{}\"\n[[service.backend]]\naddress = \"127.0.0.1:{}\"\n",
+            1000 + i,
+            9000 + i
         );
     }
     let e = err(&text);
@@ -786,13 +787,323 @@ fn duplicate_backend() {
     );
 }
 
+/// One `[[service]]` table: `extra` lines (each ending in a newline) after the vip, then one
+/// backend table per address.
+fn svc(name: &str, vip: &str, extra: &str, backends: &[&str]) -> String {
+    let mut out = format!("[[service]]\nname = \"{name}\"\nvip = \"{vip}\"\n{extra}");
+    for b in backends {
+        let _ = writeln!(out, "[[service.backend]]\naddress = \"{b}\"");
+    }
+    out
+}
+
+/// `ORIGIN:LINE:COL` of the `nth` (0-based) occurrence of `needle` in `text`, found
+/// independently of the parser.
+fn pos(text: &str, needle: &str, nth: usize) -> String {
+    let offset = text
+        .match_indices(needle)
+        .nth(nth)
+        .unwrap_or_else(|| panic!("{needle:?} #{nth} not in:\n{text}"))
+        .0;
+    let (line, col) = error::line_col(text, offset);
+    format!("{ORIGIN}:{line}:{col}")
+}
+
+const NAT: &str = "forwarding = \"nat\"\n";
+const FULLNAT: &str = "forwarding = \"fullnat\"\nfullnat_source = \"10.86.0.1\"\n";
+const DSR_L2: &str = "forwarding = \"dsr-l2\"\n";
+
+fn ipip(prefix: &str) -> String {
+    format!("forwarding = \"dsr-ipip\"\nencap_source = \"{prefix}\"\n")
+}
+
 #[test]
-fn same_backend_in_two_services_is_fine() {
-    let text = format!(
-        "{IFACES}[[service]]\nname = \"a\"\nvip = \"127.0.0.1:53\"\n[[service.backend]]\naddress = \"127.0.0.1:5353\"\n\
-         [[service]]\nname = \"b\"\nvip = \"127.0.0.1:54\"\n[[service.backend]]\naddress = \"127.0.0.1:5353\"\n"
-    );
-    assert_eq!(ok(&text).services.len(), 2);
+fn configs_that_cannot_run_are_rejected_at_the_offending_value() {
+    /// (what, config, the value the error must point at (needle, occurrence), message parts)
+    type Case<'a> = (&'a str, String, (&'a str, usize), Vec<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            "metrics_listen equal to api_listen",
+            format!(
+                "{IFACES}metrics_listen = \"127.0.0.1:9100\"\napi_listen = \"127.0.0.1:9100\"\n{}",
+                svc("a", "10.9.0.1:53", "", &["127.0.0.1:53"])
+            ),
+            ("\"127.0.0.1:9100\"", 1),
+            vec![
+                "metrics_listen 127.0.0.1:9100",
+                "api_listen 127.0.0.1:9100",
+                "same socket address",
+                "different ports",
+            ],
+        ),
+        (
+            "metrics_listen on every address, api_listen's port",
+            format!(
+                "{IFACES}api_listen = \"127.0.0.1:9180\"\nmetrics_listen = \"0.0.0.0:9180\"\n{}",
+                svc("a", "10.9.0.1:53", "", &["127.0.0.1:53"])
+            ),
+            ("\"0.0.0.0:9180\"", 0),
+            vec!["0.0.0.0:9180", "covers"],
+        ),
+        (
+            "encap_source 0.0.0.0/0",
+            format!(
+                "{IFACES}{}",
+                svc("i", "10.9.0.1:53", &ipip("0.0.0.0/0"), &["10.1.0.2:53"])
+            ),
+            ("\"0.0.0.0/0\"", 0),
+            vec![
+                "encap_source \"0.0.0.0/0\"",
+                "/0 is shorter than /8",
+                "/8 to /32",
+            ],
+        ),
+        (
+            "encap_source shorter than /8",
+            format!(
+                "{IFACES}{}",
+                svc("i", "10.9.0.1:53", &ipip("8.0.0.0/5"), &["10.1.0.2:53"])
+            ),
+            ("\"8.0.0.0/5\"", 0),
+            vec!["/5 is shorter than /8"],
+        ),
+        (
+            "encap_source in 0.0.0.0/8",
+            format!(
+                "{IFACES}{}",
+                svc("i", "10.9.0.1:53", &ipip("0.0.0.0/8"), &["10.1.0.2:53"])
+            ),
+            ("\"0.0.0.0/8\"", 0),
+            vec!["0.0.0.0/8 is not a source"],
+        ),
+        (
+            "encap_source on loopback",
+            format!(
+                "{IFACES}{}",
+                svc("i", "10.9.0.1:53", &ipip("127.1.0.0/16"), &["10.1.0.2:53"])
+            ),
+            ("\"127.1.0.0/16\"", 0),
+            vec!["loopback"],
+        ),
+        (
+            "encap_source in multicast",
+            format!(
+                "{IFACES}{}",
+                svc("i", "10.9.0.1:53", &ipip("239.0.0.0/8"), &["10.1.0.2:53"])
+            ),
+            ("\"239.0.0.0/8\"", 0),
+            vec!["multicast"],
+        ),
+        (
+            "multicast vip",
+            format!(
+                "{IFACES}{}",
+                svc("m", "224.0.0.251:5353", "", &["127.0.0.1:53"])
+            ),
+            ("\"224.0.0.251:5353\"", 0),
+            vec![
+                "invalid vip \"224.0.0.251:5353\"",
+                "multicast",
+                "0.0.0.0 for any address",
+            ],
+        ),
+        (
+            "broadcast vip",
+            format!(
+                "{IFACES}{}",
+                svc("b", "255.255.255.255:67", "", &["127.0.0.1:67"])
+            ),
+            ("\"255.255.255.255:67\"", 0),
+            vec!["broadcast"],
+        ),
+        (
+            "vip in 0.0.0.0/8 other than the wildcard",
+            format!("{IFACES}{}", svc("z", "0.1.2.3:53", "", &["127.0.0.1:53"])),
+            ("\"0.1.2.3:53\"", 0),
+            vec!["0.0.0.0/8", "0.0.0.0 alone is the wildcard"],
+        ),
+        (
+            "nat backend equal to its vip",
+            format!(
+                "{IFACES}{}",
+                svc("n", "10.9.0.1:53", NAT, &["10.1.0.2:53", "10.9.0.1:53"])
+            ),
+            ("\"10.9.0.1:53\"", 1),
+            vec![
+                "service \"n\"",
+                "backend 10.9.0.1:53",
+                "own vip address 10.9.0.1:53",
+                "loop",
+            ],
+        ),
+        (
+            "nat backend on its vip address, another port",
+            format!(
+                "{IFACES}{}",
+                svc("n", "10.9.0.1:53", NAT, &["10.9.0.1:5353"])
+            ),
+            ("\"10.9.0.1:5353\"", 0),
+            vec!["backend 10.9.0.1:5353", "own vip address"],
+        ),
+        (
+            "fullnat backend equal to its vip",
+            format!(
+                "{IFACES}{}",
+                svc("f", "10.9.0.1:53", FULLNAT, &["10.9.0.1:53"])
+            ),
+            ("\"10.9.0.1:53\"", 1),
+            vec!["fullnat", "own vip address"],
+        ),
+        (
+            "fullnat_source equal to its own vip",
+            format!(
+                "{IFACES}{}",
+                svc("f", "10.86.0.1:53", FULLNAT, &["10.1.0.2:53"])
+            ),
+            ("\"10.86.0.1\"", 0),
+            vec![
+                "fullnat_source 10.86.0.1",
+                "vip address of service \"f\" itself (line 4)",
+            ],
+        ),
+        (
+            "fullnat_source equal to another service's vip",
+            format!(
+                "{IFACES}{}{}",
+                svc("f", "10.9.0.1:53", FULLNAT, &["10.1.0.2:53"]),
+                svc("other", "10.86.0.1:123", "", &["127.0.0.1:123"])
+            ),
+            ("\"10.86.0.1\"", 0),
+            vec![
+                "fullnat_source 10.86.0.1",
+                "vip address of service \"other\" (line 11)",
+            ],
+        ),
+        (
+            "wildcard port inside the default fullnat_ports",
+            format!(
+                "{IFACES}{}{}",
+                svc("f", "10.9.0.1:53", FULLNAT, &["10.1.0.2:53"]),
+                svc("any", "0.0.0.0:30000", "", &["127.0.0.1:30000"])
+            ),
+            ("\"0.0.0.0:30000\"", 0),
+            vec![
+                "service \"any\"",
+                "0.0.0.0:30000",
+                "fullnat_ports 20000-59999 of service \"f\" (line 6)",
+            ],
+        ),
+        (
+            "wildcard port inside explicit fullnat_ports",
+            format!(
+                "{IFACES}{}{}",
+                svc("any", "0.0.0.0:40005", "", &["127.0.0.1:5000"]),
+                svc(
+                    "f",
+                    "10.9.0.1:53",
+                    &format!("{FULLNAT}fullnat_ports = \"40000-40009\"\n"),
+                    &["10.1.0.2:53"]
+                )
+            ),
+            ("\"0.0.0.0:40005\"", 0),
+            vec!["fullnat_ports 40000-40009 of service \"f\" (line 12)"],
+        ),
+        (
+            "two local services with one backend",
+            format!(
+                "{IFACES}{}{}",
+                svc("a", "127.0.0.1:53", "", &["127.0.0.1:5353"]),
+                svc(
+                    "b",
+                    "127.0.0.1:54",
+                    "",
+                    &["127.0.0.1:5354", "127.0.0.1:5353"]
+                )
+            ),
+            ("\"127.0.0.1:5353\"", 1),
+            vec![
+                "service \"b\" and service \"a\" (line 6)",
+                "backend 127.0.0.1:5353",
+                "could not be told apart",
+                "fullnat, dsr-l2 and dsr-ipip services may share",
+            ],
+        ),
+        (
+            "a local and a nat service with one backend",
+            format!(
+                "{IFACES}{}{}",
+                svc("l", "10.9.0.1:53", "", &["10.1.0.2:53"]),
+                svc("n", "10.9.0.2:53", NAT, &["10.1.0.2:53"])
+            ),
+            ("\"10.1.0.2:53\"", 1),
+            vec!["service \"n\" and service \"l\"", "could not be told apart"],
+        ),
+    ];
+    for (what, text, (needle, nth), parts) in &cases {
+        let e = err(text);
+        let mut parts = parts.clone();
+        let at = pos(text, needle, *nth);
+        parts.push(&at);
+        let msg = e.to_string();
+        for part in &parts {
+            assert!(msg.contains(part), "{what}: message {msg:?} lacks {part:?}");
+        }
+    }
+}
+
+#[test]
+fn what_the_rules_between_services_still_allow() {
+    for (what, text) in [
+        (
+            "one backend in a local and in fullnat and dsr services",
+            format!(
+                "{IFACES}{}{}{}{}",
+                svc("l", "10.9.0.1:53", "", &["10.1.0.2:53"]),
+                svc("f1", "10.9.0.2:53", FULLNAT, &["10.1.0.2:53"]),
+                svc("f2", "10.9.0.3:53", FULLNAT, &["10.1.0.2:53"]),
+                svc("d", "10.9.0.4:53", DSR_L2, &["10.1.0.2:53"])
+            ),
+        ),
+        (
+            "two local services on one backend address, other ports",
+            format!(
+                "{IFACES}{}{}",
+                svc("a", "127.0.0.1:53", "", &["127.0.0.1:5353"]),
+                svc("b", "127.0.0.1:54", "", &["127.0.0.1:5354"])
+            ),
+        ),
+        (
+            "a wildcard port outside every fullnat_ports range",
+            format!(
+                "{IFACES}{}{}",
+                svc("f", "10.9.0.1:53", FULLNAT, &["10.1.0.2:53"]),
+                svc("any", "0.0.0.0:60000", "", &["127.0.0.1:5000"])
+            ),
+        ),
+        (
+            "metrics and api on one address, other ports",
+            format!(
+                "{IFACES}metrics_listen = \"0.0.0.0:9100\"\napi_listen = \"127.0.0.1:9180\"\n{}",
+                svc("a", "10.9.0.1:53", "", &["127.0.0.1:53"])
+            ),
+        ),
+        (
+            "the widest and narrowest encap_source",
+            format!(
+                "{IFACES}{}{}",
+                svc("i", "10.9.0.1:53", &ipip("10.0.0.0/8"), &["10.1.0.2:53"]),
+                svc("j", "10.9.0.2:53", &ipip("10.200.0.7/32"), &["10.1.0.2:53"])
+            ),
+        ),
+    ] {
+        match parse(&text, ORIGIN) {
+            Ok(cfg) => assert!(
+                cfg.services.len() >= 2 || what.starts_with("metrics"),
+                "{what}"
+            ),
+            Err(e) => panic!("{what}: {e}\n{text}"),
+        }
+    }
 }
 
 // ---- hash seed ---------------------------------------------------------------
@@ -2080,8 +2391,9 @@ fn lookup_pool_overflow_names_the_first_service_that_does_not_fit() {
     for i in 0..3 {
         let _ = write!(
             text,
-            "[[service]]\nname = \"s{i}\"\nvip = \"127.0.0.1:{}\"\n[[service.backend]]\naddress = \"127.0.0.1:9000\"\n",
-            1000 + i
+            "[[service]]\nname = \"s{i}\"\nvip = \"127.0.0.1:{}\"\n[[service.backend]]\naddress = \"127.0.0.1:{}\"\n",
+            1000 + i,
+            9000 + i
         );
     }
     let e = err(&text);
@@ -2125,8 +2437,9 @@ fn default_lookup_pool_holds_31_default_maglev_services() {
     for i in 0..32 {
         let _ = write!(
             text,
-            "[[service]]\nname = \"s{i}\"\nvip = \"127.0.0.1:{}\"\n[[service.backend]]\naddress = \"127.0.0.1:9000\"\n",
-            1000 + i
+            "[[service]]\nname = \"s{i}\"\nvip = \"127.0.0.1:{}\"\n[[service.backend]]\naddress = \"127.0.0.1:{}\"\n",
+            1000 + i,
+            9000 + i
         );
     }
     let e = err(&text);
@@ -2437,6 +2750,11 @@ fn load_reads_and_names_file() {
 
 /// `services` services with `backends` backends each, backends written inline to
 /// keep the text small.
+/// Backend `b` of service `s` in [`big_config`].
+fn big_backend(s: u32, b: u32) -> String {
+    format!("10.{}.{}.1:{}", 64 + s / 256, s % 256, b + 1)
+}
+
 fn big_config(services: u32, backends: u32) -> String {
     let mut text = String::with_capacity(64 + services as usize * (64 + backends as usize * 26));
     text.push_str(IFACES);
@@ -2449,8 +2767,9 @@ fn big_config(services: u32, backends: u32) -> String {
             s / 256,
             s % 256
         );
+        // Each service its own backends: local services may not share one (replies).
         for b in 0..backends {
-            let _ = write!(text, "{{address=\"10.1.0.1:{}\"}},", b + 1);
+            let _ = write!(text, "{{address=\"{}\"}},", big_backend(s, b));
         }
         text.push_str("]\n");
     }
@@ -2501,6 +2820,23 @@ fn full_capacity_is_accepted() {
                 span,
                 format!("10.0.{}.{}:53", s / 256, s % 256),
             ));
+            for (b, backend) in inner
+                .backend
+                .as_mut()
+                .expect("backends")
+                .get_mut()
+                .iter_mut()
+                .enumerate()
+            {
+                let backend = backend.get_mut();
+                let span = backend
+                    .address
+                    .as_ref()
+                    .map(toml::Spanned::span)
+                    .unwrap_or(0..0);
+                let b = u32::try_from(b).expect("1024 at most");
+                backend.address = Some(toml::Spanned::new(span, big_backend(s, b)));
+            }
             svc
         })
         .collect();
@@ -3355,7 +3691,10 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
             Ipv4Addr::from_bits(rng.range(0, u32::MAX))
         };
         let vip = SocketAddrV4::new(vip_ip, rng.range(1, u16::MAX));
-        if names.contains(&name) || vips.contains(&vip) {
+        // Multicast, broadcast and 0.0.0.0/8 (but the wildcard) are no vips.
+        let unusable_vip = !vip_ip.is_unspecified()
+            && (vip_ip.is_multicast() || vip_ip.is_broadcast() || vip_ip.octets()[0] == 0);
+        if unusable_vip || names.contains(&name) || vips.contains(&vip) {
             continue;
         }
         names.insert(name.clone());
@@ -3464,6 +3803,9 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
 
         let forwarding = if backends.iter().any(|b| b.address.ip().is_loopback()) {
             Forwarding::Local
+        } else if backends.iter().any(|b| b.address.ip() == vip.ip()) {
+            // nat and fullnat may not send to the vip's own address.
+            Forwarding::Local
         } else if backends.iter().all(|b| b.address.port() == vip.port()) {
             rng.pick(&[
                 Forwarding::Local,
@@ -3487,12 +3829,19 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
             when_all_down: rng.pick(&[WhenAllDown::Drop, WhenAllDown::Pass]),
             forwarding,
             encap_source: (forwarding == Forwarding::DsrIpip).then(|| {
-                let prefix_len = rng.range(0u8, 32);
+                // /8 to /32 of unicast space outside 0.0.0.0/8 and loopback.
+                let prefix_len = rng.range(8u8, 32);
                 let mask = u32::MAX
                     .checked_shl(32 - u32::from(prefix_len))
                     .unwrap_or(0);
+                let first = loop {
+                    let first = rng.range(1u32, 223);
+                    if first != 127 {
+                        break first;
+                    }
+                };
                 EncapSource {
-                    base: Ipv4Addr::from_bits(rng.range(0, u32::MAX) & mask),
+                    base: Ipv4Addr::from_bits((first << 24 | rng.range(0, 0xff_ffff)) & mask),
                     prefix_len,
                 }
             }),
@@ -3547,6 +3896,46 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
     if lookup_entries_needed(&services, &limits) > u64::from(limits.max_lookup_entries) {
         return None;
     }
+    // The rules between services: no backend shared by two local/nat services, no
+    // fullnat_source on a vip address, no wildcard port inside a fullnat_ports range.
+    let reply_backends: Vec<SocketAddrV4> = services
+        .iter()
+        .filter(|s| matches!(s.forwarding, Forwarding::Local | Forwarding::Nat))
+        .flat_map(|s| s.backends.iter().map(|b| b.address))
+        .collect();
+    let shared = reply_backends.iter().collect::<HashSet<_>>().len() != reply_backends.len();
+    let ranges: Vec<FullnatConfig> = services.iter().filter_map(|s| s.fullnat).collect();
+    let source_on_vip = ranges
+        .iter()
+        .any(|f| services.iter().any(|t| *t.vip.ip() == f.source));
+    let wildcard_in_range = services
+        .iter()
+        .filter(|w| w.vip.ip().is_unspecified())
+        .any(|w| {
+            ranges
+                .iter()
+                .any(|f| (f.port_first..=f.port_last).contains(&w.vip.port()))
+        });
+    if shared || source_on_vip || wildcard_in_range {
+        return None;
+    }
+    let api_listen = match rng.range(0u8, 3) {
+        0 => None,
+        1 => Some(SocketAddr::from((
+            Ipv4Addr::LOCALHOST,
+            rng.range(1, u16::MAX),
+        ))),
+        _ => Some(SocketAddr::from((
+            std::net::Ipv6Addr::LOCALHOST,
+            rng.range(1, u16::MAX),
+        ))),
+    };
+    // metrics_listen and api_listen may not share a port (when they could collide).
+    if let (Some(m), Some(a)) = (metrics_listen, api_listen)
+        && m.port() == a.port()
+    {
+        return None;
+    }
 
     Some(Config {
         interfaces,
@@ -3554,18 +3943,125 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
         debug_log: rng.chance(50),
         hash_seed,
         metrics_listen,
-        api_listen: match rng.range(0u8, 3) {
-            0 => None,
-            1 => Some(SocketAddr::from((
-                Ipv4Addr::LOCALHOST,
-                rng.range(1, u16::MAX),
-            ))),
-            _ => Some(SocketAddr::from((
-                std::net::Ipv6Addr::LOCALHOST,
-                rng.range(1, u16::MAX),
-            ))),
-        },
+        api_listen,
         limits,
         services,
     })
+}
+
+// ---- saving the file -----------------------------------------------------------
+
+/// A directory of its own under the system temp dir, removed on drop (even on failure).
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("xdplb-save-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    /// The names in the directory, sorted.
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.0)
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn save_writes_through_a_symlink_and_keeps_the_link() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = TempDir::new("symlink");
+    let real_dir = dir.0.join("etc");
+    std::fs::create_dir(&real_dir).expect("mkdir");
+    let target = real_dir.join("real.toml");
+    std::fs::write(&target, "old\n").expect("write");
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let link = dir.0.join("xdplb.toml");
+    std::os::unix::fs::symlink("etc/real.toml", &link).expect("symlink");
+
+    assert_eq!(save(&link, b"new\n").expect("save"), Saved::Replaced);
+
+    let meta = std::fs::symlink_metadata(&link).expect("lstat");
+    assert!(
+        meta.file_type().is_symlink(),
+        "the config path must still be a symlink: {meta:?}"
+    );
+    assert_eq!(
+        std::fs::read_link(&link).expect("readlink"),
+        std::path::Path::new("etc/real.toml"),
+        "the link must point where it pointed"
+    );
+    assert_eq!(std::fs::read_to_string(&target).expect("read"), "new\n");
+    assert_eq!(
+        std::fs::metadata(&target)
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o600,
+        "the target keeps its mode"
+    );
+    assert_eq!(
+        dir.names(),
+        ["etc", "xdplb.toml"],
+        "nothing left beside the link"
+    );
+    let mut left: Vec<_> = std::fs::read_dir(&real_dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["real.toml"], "no temporary file beside the target");
+}
+
+#[test]
+fn save_keeps_mode_and_owner() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let dir = TempDir::new("mode");
+    let path = dir.0.join("xdplb.toml");
+    for mode in [0o600, 0o640, 0o644] {
+        std::fs::write(&path, "old\n").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        // As root, give the file another owner, which a plain new file would not have.
+        let owner = if running_as_root() {
+            std::os::unix::fs::chown(&path, Some(65534), Some(65534)).expect("chown");
+            (65534, 65534)
+        } else {
+            let m = std::fs::metadata(&path).expect("stat");
+            (m.uid(), m.gid())
+        };
+        save(&path, b"new\n").expect("save");
+        let m = std::fs::metadata(&path).expect("stat");
+        assert_eq!(m.permissions().mode() & 0o7777, mode, "mode {mode:o} kept");
+        assert_eq!((m.uid(), m.gid()), owner, "owner kept");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "new\n");
+        assert_eq!(dir.names(), ["xdplb.toml"], "no temporary file left");
+    }
+}
+
+/// Whether this process runs as root (reads /proc, no unsafe).
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+#[test]
+fn save_of_a_missing_file_names_it_and_creates_nothing() {
+    let dir = TempDir::new("missing");
+    let path = dir.0.join("gone.toml");
+    let e = save(&path, b"x").expect_err("nothing to save over");
+    assert!(e.to_string().contains("gone.toml"), "{e}");
+    assert!(dir.names().is_empty(), "{:?}", dir.names());
 }

@@ -136,8 +136,26 @@ pub(crate) fn validate(raw: RawConfig, src: Source<'_>) -> Result<Config, Config
     let interfaces = validate_interfaces(raw.interfaces, src)?;
     let xdp_mode = validate_xdp_mode(raw.xdp_mode, src)?;
     let hash_seed = validate_hash_seed(raw.hash_seed, src)?;
+    let metrics_span = raw.metrics_listen.as_ref().map(Spanned::span);
+    let api_span = raw.api_listen.as_ref().map(Spanned::span);
     let metrics_listen = validate_metrics_listen(raw.metrics_listen, src)?;
     let api_listen = validate_api_listen(raw.api_listen, src)?;
+    if let (Some(metrics), Some(api), Some(m_span), Some(a_span)) =
+        (metrics_listen, api_listen, metrics_span, api_span)
+        && listeners_collide(metrics, api)
+    {
+        // Point at whichever of the two comes second in the file.
+        let span = if m_span.start > a_span.start {
+            m_span
+        } else {
+            a_span
+        };
+        return Err(ConfigError::ListenersCollide {
+            at: src.at(&span),
+            metrics,
+            api,
+        });
+    }
     let limits = validate_limits(raw.limits, src)?;
     let services = validate_services(raw.service.unwrap_or_default(), &limits, src)?;
     Ok(Config {
@@ -264,6 +282,67 @@ fn parse_encap_source(text: &str) -> Option<super::EncapSource> {
     let prefix_len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
     let host_mask = u32::MAX.checked_shr(u32::from(prefix_len)).unwrap_or(0);
     (u32::from(base) & host_mask == 0).then_some(super::EncapSource { base, prefix_len })
+}
+
+/// Whether a TCP listener on `metrics` and one on `api` cannot both bind: the same address
+/// and port, or the same port with `metrics` on the unspecified address (0.0.0.0 covers every
+/// IPv4 address; [::] also covers IPv4 on a dual-stack host). Port 0 picks a free port, so it
+/// never collides.
+fn listeners_collide(metrics: SocketAddr, api: SocketAddr) -> bool {
+    metrics.port() != 0
+        && metrics.port() == api.port()
+        && (metrics.ip() == api.ip()
+            || (metrics.ip().is_unspecified() && (metrics.is_ipv6() || api.is_ipv4())))
+}
+
+/// Why `ip` cannot be a vip, if it cannot. 0.0.0.0 is the wildcard (any destination address).
+fn vip_address_problem(ip: Ipv4Addr) -> Option<String> {
+    if ip.is_unspecified() {
+        None
+    } else if ip.is_broadcast() {
+        Some(
+            "255.255.255.255 is the broadcast address, not one clients send a service to; use a unicast address, or 0.0.0.0 for any address"
+                .to_owned(),
+        )
+    } else if ip.is_multicast() {
+        Some(format!(
+            "{ip} is a multicast address (224.0.0.0/4); use a unicast address, or 0.0.0.0 for any address"
+        ))
+    } else if ip.octets()[0] == 0 {
+        Some(format!(
+            "{ip} is in 0.0.0.0/8, which is not a destination address; 0.0.0.0 alone is the wildcard that matches any address"
+        ))
+    } else {
+        None
+    }
+}
+
+/// The shortest `encap_source` prefix accepted: a /8 already spans 2^24 addresses, and a
+/// shorter one takes in reserved space (0.0.0.0/8, loopback, multicast).
+const MIN_ENCAP_PREFIX_LEN: u8 = 8;
+
+/// Why `e` cannot supply outer source addresses, if it cannot.
+fn encap_source_problem(e: super::EncapSource) -> Option<String> {
+    let first = e.base.octets()[0];
+    if e.prefix_len < MIN_ENCAP_PREFIX_LEN {
+        Some(format!(
+            "/{} is shorter than /{MIN_ENCAP_PREFIX_LEN} and would take in reserved ranges (0.0.0.0/8, loopback 127.0.0.0/8, multicast 224.0.0.0/4)",
+            e.prefix_len
+        ))
+    } else if first == 0 {
+        Some("0.0.0.0/8 is not a source address range".to_owned())
+    } else if first == 127 {
+        Some(
+            "127.0.0.0/8 is loopback, which receivers drop as a source from the network".to_owned(),
+        )
+    } else if first >= 224 {
+        Some(format!(
+            "{} is in multicast or reserved space (224.0.0.0/3), not unicast",
+            e.base
+        ))
+    } else {
+        None
+    }
 }
 
 fn validate_api_listen(
@@ -403,6 +482,7 @@ fn validate_services(
     let mut vips: HashMap<(SocketAddrV4, Protocol), (String, usize)> =
         HashMap::with_capacity(raw.len());
     let mut out = Vec::with_capacity(raw.len());
+    let mut offsets = Vec::with_capacity(raw.len());
     // Lookup-table entries needed so far, and the first service that did not fit.
     let mut lookup_entries = 0u64;
     let mut first_misfit: Option<(String, Range<usize>)> = None;
@@ -448,7 +528,9 @@ fn validate_services(
             }
         }
         out.push(service);
+        offsets.push(checked.offsets);
     }
+    check_between_services(&out, &offsets, src)?;
     if let Some((service, span)) = first_misfit {
         return Err(ConfigError::LookupPoolTooSmall {
             at: src.at(&span),
@@ -469,6 +551,96 @@ struct CheckedService {
     service: ServiceConfig,
     name_offset: usize,
     vip_offset: usize,
+    offsets: ServiceOffsets,
+}
+
+/// Where a service's fields are, for the rules between services.
+struct ServiceOffsets {
+    vip: usize,
+    /// The address of each backend, in order.
+    backends: Vec<usize>,
+    /// `fullnat_source` (the service if absent).
+    fullnat_source: usize,
+    /// `fullnat_ports`, or `fullnat_source` when the default range applies.
+    fullnat_ports: usize,
+}
+
+/// The rules between services, checked once every service is valid on its own:
+/// - two `local`/`nat` services may not share a backend address and port, since their replies
+///   are matched only by (backend address:port, client address:port);
+/// - a `fullnat_source` may not be any service's vip address;
+/// - a wildcard vip's port may not be inside any `fullnat_ports` range.
+fn check_between_services(
+    services: &[ServiceConfig],
+    offsets: &[ServiceOffsets],
+    src: Source<'_>,
+) -> Result<(), ConfigError> {
+    let label = |i: usize| service_label(&services[i].name);
+    // backend -> (service index, offset of its address), for local and nat services.
+    let mut reply_owner: HashMap<SocketAddrV4, (usize, usize)> = HashMap::new();
+    for (i, (svc, at)) in services.iter().zip(offsets).enumerate() {
+        if !matches!(svc.forwarding, Forwarding::Local | Forwarding::Nat) {
+            continue;
+        }
+        for (b, &offset) in svc.backends.iter().zip(&at.backends) {
+            match reply_owner.entry(b.address) {
+                Entry::Occupied(first) => {
+                    let (other, other_offset) = *first.get();
+                    return Err(ConfigError::SharedReplyBackend {
+                        at: src.at_offset(offset),
+                        service: label(i),
+                        other: label(other),
+                        other_line: src.line_of(other_offset),
+                        address: b.address,
+                    });
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert((i, offset));
+                }
+            }
+        }
+    }
+    for (i, (svc, at)) in services.iter().zip(offsets).enumerate() {
+        let Some(f) = svc.fullnat else {
+            continue;
+        };
+        if let Some(j) = services.iter().position(|t| *t.vip.ip() == f.source) {
+            return Err(ConfigError::FullnatSourceIsVip {
+                at: src.at_offset(at.fullnat_source),
+                service: label(i),
+                address: f.source,
+                other: if i == j {
+                    format!("{} itself", label(j))
+                } else {
+                    label(j)
+                },
+                other_line: src.line_of(offsets[j].vip),
+            });
+        }
+    }
+    for (w, (wild, at)) in services.iter().zip(offsets).enumerate() {
+        if !wild.vip.ip().is_unspecified() {
+            continue;
+        }
+        let port = wild.vip.port();
+        let hit = services.iter().enumerate().find_map(|(j, t)| {
+            t.fullnat
+                .filter(|f| (f.port_first..=f.port_last).contains(&port))
+                .map(|f| (j, f))
+        });
+        if let Some((j, f)) = hit {
+            return Err(ConfigError::WildcardInFullnatPorts {
+                at: src.at_offset(at.vip),
+                service: label(w),
+                port,
+                other: label(j),
+                other_line: src.line_of(offsets[j].fullnat_ports),
+                first: f.port_first,
+                last: f.port_last,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn validate_service(
@@ -510,7 +682,17 @@ fn validate_service(
     };
     let vip_span = vip.span();
     let vip = match parse_ipv4_socket(vip.get_ref()) {
-        Ok(addr) => addr,
+        Ok(addr) => match vip_address_problem(*addr.ip()) {
+            None => addr,
+            Some(reason) => {
+                return Err(ConfigError::InvalidVip {
+                    at: src.at(&vip_span),
+                    service: label,
+                    value: vip.into_inner(),
+                    reason,
+                });
+            }
+        },
         Err(AddrProblem::Ipv6) => {
             return Err(ConfigError::Ipv6NotSupported {
                 at: src.at(&vip_span),
@@ -692,13 +874,21 @@ fn validate_service(
         }
         (None, _) => None,
         (Some(e), Forwarding::DsrIpip) => {
-            Some(parse_encap_source(e.get_ref()).ok_or_else(|| {
-                ConfigError::InvalidEncapSource {
+            let prefix =
+                parse_encap_source(e.get_ref()).ok_or_else(|| ConfigError::InvalidEncapSource {
                     at: src.at(&e.span()),
                     service: label.clone(),
                     value: e.get_ref().clone(),
-                }
-            })?)
+                })?;
+            if let Some(reason) = encap_source_problem(prefix) {
+                return Err(ConfigError::UnusableEncapSource {
+                    at: src.at(&e.span()),
+                    service: label,
+                    value: e.into_inner(),
+                    reason,
+                });
+            }
+            Some(prefix)
         }
         (Some(e), _) => {
             return Err(ConfigError::EncapSourceMismatch {
@@ -709,6 +899,13 @@ fn validate_service(
         }
     };
 
+    // Where the fullnat range comes from: `fullnat_ports`, or `fullnat_source` for the default.
+    let fullnat_offset = raw
+        .fullnat_ports
+        .as_ref()
+        .or(raw.fullnat_source.as_ref())
+        .map(|f| f.span().start);
+    let fullnat_source_offset = raw.fullnat_source.as_ref().map(|f| f.span().start);
     let fullnat = match (raw.fullnat_source, forwarding) {
         (None, Forwarding::FullNat) => {
             return Err(ConfigError::EncapSourceMismatch {
@@ -804,6 +1001,7 @@ fn validate_service(
     // address -> (1-based index, offset of the address)
     let mut seen: HashMap<SocketAddrV4, (usize, usize)> = HashMap::with_capacity(backends.len());
     let mut out = Vec::with_capacity(backends.len());
+    let mut backend_offsets = Vec::with_capacity(backends.len());
     // Offset of the last `drain = true`, for when every backend is drained.
     let mut last_drain_offset = list_span.start;
     for (j, backend) in backends.into_iter().enumerate() {
@@ -837,6 +1035,17 @@ fn validate_service(
                 address: backend.address,
             });
         }
+        if matches!(forwarding, Forwarding::Nat | Forwarding::FullNat)
+            && backend.address.ip() == vip.ip()
+        {
+            return Err(ConfigError::BackendIsVip {
+                at: src.at_offset(addr_offset),
+                service: label,
+                mode: super::forwarding_name(forwarding),
+                address: backend.address,
+                vip,
+            });
+        }
         if matches!(forwarding, Forwarding::DsrL2 | Forwarding::DsrIpip)
             && backend.address.port() != vip.port()
         {
@@ -849,6 +1058,7 @@ fn validate_service(
             });
         }
         out.push(backend);
+        backend_offsets.push(addr_offset);
     }
     if out.iter().all(|b| b.drain) {
         return Err(ConfigError::AllBackendsDrained {
@@ -891,6 +1101,12 @@ fn validate_service(
         },
         name_offset: name_span.start,
         vip_offset: vip_span.start,
+        offsets: ServiceOffsets {
+            vip: vip_span.start,
+            backends: backend_offsets,
+            fullnat_source: fullnat_source_offset.unwrap_or(svc_span.start),
+            fullnat_ports: fullnat_offset.unwrap_or(svc_span.start),
+        },
     })
 }
 

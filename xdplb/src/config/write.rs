@@ -204,3 +204,145 @@ pub(super) fn duration_text(d: Duration) -> String {
         Err(_) => format!("{secs}s {}ns", d.subsec_nanos()),
     }
 }
+
+/// How [`save`] wrote the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Saved {
+    /// A complete new file was renamed over the old one (atomic).
+    Replaced,
+    /// The file is a mount point (a bind-mounted file, as containers and some config
+    /// managers make), which rename cannot replace: it was rewritten in place.
+    InPlace,
+}
+
+/// Why [`save`] could not write the config file.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    /// The path, or the file a symlink points to, cannot be resolved or read.
+    #[error("cannot resolve config file {}: {source}", path.display())]
+    Resolve {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing the new text failed; the file keeps its previous contents unless `step`
+    /// says it was being rewritten in place.
+    #[error("{step} {}: {source}", path.display())]
+    Write {
+        step: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Removes the temporary file unless it was renamed into place.
+struct TempFile {
+    path: std::path::PathBuf,
+    keep: bool,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Writes `text` to the config file at `path` so that the file keeps its identity:
+///
+/// - a symlink stays a symlink: the file it points to (all the way down) gets the text;
+/// - the file keeps its owner, group and mode (0600 stays 0600);
+/// - the text is written to a temporary file next to the target (same owner and mode),
+///   synced, and renamed over it, so a reader or a crash sees the old or the new file whole;
+/// - a file that rename cannot replace because it is a mount point (`EBUSY`, or `EXDEV`
+///   across mounts), or whose owner this process cannot give a new file, is rewritten in
+///   place instead (written from the start, truncated to the new length, synced);
+/// - the temporary file never stays behind.
+pub fn save(path: &std::path::Path, text: &[u8]) -> Result<Saved, SaveError> {
+    use std::{
+        fs::{OpenOptions, Permissions},
+        io::{ErrorKind, Write as _},
+        os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
+    };
+    let resolve = |source| SaveError::Resolve {
+        path: path.to_path_buf(),
+        source,
+    };
+    let target = std::fs::canonicalize(path).map_err(resolve)?;
+    let meta = std::fs::metadata(&target).map_err(resolve)?;
+    let mode = meta.mode() & 0o7777;
+    let write_err = |step: &'static str, path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| SaveError::Write { step, path, source }
+    };
+    let (dir, name) = match (target.parent(), target.file_name()) {
+        (Some(dir), Some(name)) => (dir, name.to_string_lossy()),
+        _ => {
+            return Err(resolve(std::io::Error::new(
+                ErrorKind::InvalidInput,
+                "not a file",
+            )));
+        }
+    };
+    let tmp = TempFile {
+        path: dir.join(format!(".{name}.xdplb-tmp")),
+        keep: false,
+    };
+    // A leftover of a crash: this process is the only writer (one daemon per instance).
+    let _ = std::fs::remove_file(&tmp.path);
+    let replaced = (|| -> Result<bool, SaveError> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp.path)
+            .map_err(write_err("creating", &tmp.path))?;
+        if let Err(e) = std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid())) {
+            if e.kind() == ErrorKind::PermissionDenied {
+                // Not allowed to create a file owned by the target's owner: keep the
+                // target's inode, and so its owner, by rewriting it in place.
+                return Ok(false);
+            }
+            return Err(write_err("setting the owner of", &tmp.path)(e));
+        }
+        // After the chown, which may clear set-id bits.
+        file.set_permissions(Permissions::from_mode(mode))
+            .map_err(write_err("setting the mode of", &tmp.path))?;
+        file.write_all(text)
+            .and_then(|()| file.sync_all())
+            .map_err(write_err("writing", &tmp.path))?;
+        match std::fs::rename(&tmp.path, &target) {
+            Ok(()) => Ok(true),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::ResourceBusy | ErrorKind::CrossesDevices
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(write_err("renaming the new config over", &target)(e)),
+        }
+    })()?;
+    if replaced {
+        let mut tmp = tmp;
+        tmp.keep = true;
+        // Makes the rename itself durable; the file is already complete either way.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        return Ok(Saved::Replaced);
+    }
+    drop(tmp);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .open(&target)
+        .map_err(write_err("opening to rewrite in place", &target))?;
+    file.write_all(text)
+        .and_then(|()| file.set_len(text.len() as u64))
+        .and_then(|()| file.sync_all())
+        .map_err(write_err("rewriting in place", &target))?;
+    Ok(Saved::InPlace)
+}
