@@ -53,8 +53,9 @@ const DP_REQUIRES_ETH_DST_IS_OURS: bool = false;
 /// Fragments go through a fragment table: a first fragment (MF set, offset 0) whose UDP header
 /// is complete is balanced like an unfragmented packet (its UDP length and checksum cover the
 /// whole datagram, so they are not checked), and a later fragment follows the first fragment
-/// with the same (source, destination, IP id) to the same backend (today: every fragment
-/// passes untouched).
+/// with the same (source, destination, IP id) to the same backend. With it on, such fragments
+/// must also come out balanced (modified) unless dropped (today: every fragment passes
+/// untouched).
 const DP_HAS_FRAGMENT_TABLE: bool = false;
 /// An ICMP error is translated only if its ICMP checksum is right (today: not verified, and a
 /// wrong one stays wrong).
@@ -1110,6 +1111,23 @@ fn icmp_checksums(c: &mut Check, lay: Layout) {
         }
     }
     c.ipv4_checksum(q, "quoted");
+    // A quote that holds the whole UDP datagram: its checksum stays right (or 0).
+    let inner_end = q + usize::from(be16(c.input, q + 2));
+    if inner_end >= q + 28 && inner_end <= 14 + lay.tot_len {
+        let (udp_in, udp_out) = (&c.input[q + 20..inner_end], &c.out[q + 20..inner_end]);
+        let cin = be16(udp_in, 6);
+        let right = |f: &[u8], u: &[u8]| udp_checksum(ip4(f, q + 12), ip4(f, q + 16), u);
+        if cin == 0 {
+            c.expect(be16(udp_out, 6) == 0, || {
+                "quoted UDP checksum 0 changed".into()
+            });
+        } else if right(c.input, udp_in) == Some(cin) {
+            let want = right(c.out, udp_out);
+            c.expect(want == Some(be16(udp_out, 6)), || {
+                format!("quoted UDP checksum, etherparse computes {want:04x?}")
+            });
+        }
+    }
 }
 
 /// dsr-l2: only the MACs changed, to one backend's and from the backends' interface.
@@ -1212,6 +1230,10 @@ fn frag_needed(c: &mut Check, lay: Layout) {
     let icmp = &out[34..];
     c.expect(icmp[0] == 3 && icmp[1] == 4, || {
         "fragmentation needed: type".into()
+    });
+    // fa's MTU (1500) less the outer header.
+    c.expect(be16(icmp, 6) == 1480, || {
+        format!("fragmentation needed: MTU {}, expected 1480", be16(icmp, 6))
     });
     c.expect(inet_checksum(icmp, 2) == be16(icmp, 2), || {
         "fragmentation needed: ICMP checksum".into()
@@ -1442,6 +1464,33 @@ fn other_frame(r: &mut Rng, base: &[u8]) -> Vec<u8> {
             f
         }
     }
+}
+
+/// `frame` (IPv4) cut into a first fragment holding the UDP header and a later one, with
+/// correct header checksums; in reverse order one time in four.
+fn fragments(r: &mut Rng, frame: &[u8]) -> Vec<Vec<u8>> {
+    let hl = usize::from(frame[14] & 0x0f) * 4;
+    let (head, payload) = frame.split_at(14 + hl);
+    if payload.len() < 16 {
+        return vec![frame.to_vec()];
+    }
+    let k = 8 * (1 + r.below((payload.len() - 1) / 8));
+    let piece = |part: &[u8], frag: u16| {
+        let mut f = head.to_vec();
+        f.extend_from_slice(part);
+        f[16..18].copy_from_slice(&((hl + part.len()) as u16).to_be_bytes());
+        f[20..22].copy_from_slice(&frag.to_be_bytes());
+        fix_ipv4_checksum(&mut f);
+        f
+    };
+    let mut v = vec![
+        piece(&payload[..k], 0x2000),
+        piece(&payload[k..], (k / 8) as u16),
+    ];
+    if r.chance(25) {
+        v.reverse();
+    }
+    v
 }
 
 /// One structure-aware mutation, in place.
@@ -1701,9 +1750,18 @@ impl Fuzz<'_> {
                         ));
                     }
                     problems.extend(c.problems);
-                } else if matches!(class, Class::LaterFragment { .. }) && out.action != XDP_DROP {
-                    problems
-                        .push("a later fragment of a balanced datagram was not balanced".into());
+                } else if out.action != XDP_DROP {
+                    // Only with DP_HAS_FRAGMENT_TABLE: fragments must be balanced, not passed.
+                    match class {
+                        Class::LaterFragment { .. } => problems.push(
+                            "a later fragment of a balanced datagram was not balanced".into(),
+                        ),
+                        Class::Service {
+                            first_fragment: true,
+                            ..
+                        } => problems.push("a first fragment to a service was not balanced".into()),
+                        _ => {}
+                    }
                 }
                 problems.extend(self.learn(&class, frame, learned));
             }
@@ -1797,6 +1855,15 @@ impl Fuzz<'_> {
             }
         };
         let case = format!("case {index}");
+        if r.chance(4) {
+            // A service datagram in two fragments (first, later; sometimes the other way round).
+            let (whole, iface) = service_frame(r);
+            let frags = fragments(r, &whole);
+            for (i, f) in frags.iter().enumerate() {
+                self.frame(&format!("{case} fragment {i}"), f, iface);
+            }
+            return;
+        }
         if r.chance(1) {
             // Every prefix, from the Ethernet header on; of a long frame, every prefix up to 160
             // bytes and the last 64 (the lengths in between are all "truncated payload").
