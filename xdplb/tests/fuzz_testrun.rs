@@ -46,10 +46,10 @@ use xdplb_common::Stat;
 
 /// A frame whose IPv4 header checksum is wrong is never modified (today: such frames are
 /// balanced and rewritten, and keep a wrong checksum). Applies to the UDP and the ICMP path.
-const DP_VERIFIES_IPV4_HEADER_CHECKSUM: bool = false;
+const DP_VERIFIES_IPV4_HEADER_CHECKSUM: bool = true;
 /// Only a frame whose Ethernet destination is the receiving interface's MAC address is
 /// modified (today: frames to any MAC, even broadcast or another host's, are balanced).
-const DP_REQUIRES_ETH_DST_IS_OURS: bool = false;
+const DP_REQUIRES_ETH_DST_IS_OURS: bool = true;
 /// Fragments go through a fragment table: a first fragment (MF set, offset 0) whose UDP header
 /// is complete is balanced like an unfragmented packet (its UDP length and checksum cover the
 /// whole datagram, so they are not checked), and a later fragment follows the first fragment
@@ -59,17 +59,17 @@ const DP_REQUIRES_ETH_DST_IS_OURS: bool = false;
 const DP_HAS_FRAGMENT_TABLE: bool = false;
 /// An ICMP error is translated only if its ICMP checksum is right (today: not verified, and a
 /// wrong one stays wrong).
-const DP_VERIFIES_ICMP_CHECKSUM: bool = false;
+const DP_VERIFIES_ICMP_CHECKSUM: bool = true;
 /// An ICMP error is translated only if the outer IPv4 total length covers the quoted IPv4 and
 /// UDP headers (today: the quote may lie in bytes past the total length, which the ICMP
 /// checksum does not cover, so the incremental update makes it wrong).
-const DP_REQUIRES_QUOTE_IN_ICMP_LENGTH: bool = false;
+const DP_REQUIRES_QUOTE_IN_ICMP_LENGTH: bool = true;
 /// An ICMP error to a `dsr-ipip` VIP that would not fit the backends' link once encapsulated
 /// leaves the data plane untouched (dropped or passed; never an ICMP answer about an ICMP
 /// error, RFC 1122 3.2.2). Today `forward::frag_needed` runs on the ICMP path's pseudo packet,
 /// whose `l4_offset` is 0, so `l4_offset - ETH_HDR_LEN` wraps: the frame is cut to 36 bytes of
 /// garbage and dropped (counted `drop_frag_needed`). See `REGRESSIONS`.
-const DP_LEAVES_UNFIT_ICMP_TO_DSR_IPIP_UNTOUCHED: bool = false;
+const DP_LEAVES_UNFIT_ICMP_TO_DSR_IPIP_UNTOUCHED: bool = true;
 
 /// The switches above, as one value, so that the test can also ask what each would change.
 #[derive(Clone, Copy)]
@@ -727,8 +727,10 @@ fn is_verdict(s: Stat) -> bool {
         | PassFirstFragment | PassLaterFragment | PassBadUdpHeader | PassNoService
         | DropNoBackend | PassNoBackend | ForwardedFib | PassNoNeighbour | PassFragNeeded
         | PassTtlExceeded | DropNoRoute | DropNoNeighbour | DropFragNeeded | DropEncapFailed
-        | DropPortsExhausted => true,
-        FlowCreated
+        | DropPortsExhausted | DropBadIpv4Checksum | PassNotForUs | DropChecksumTooLong
+        | PassBadIcmp => true,
+        PartialChecksumFixed
+        | FlowCreated
         | FlowExpired
         | FlowRescheduled
         | FlowInsertFailed
@@ -749,9 +751,8 @@ fn action_fits(s: Stat, action: u32) -> bool {
     match s {
         ForwardedFib => action == XDP_TX || action == XDP_REDIRECT,
         DropFragNeeded => action == XDP_DROP || action == XDP_TX,
-        DropNoBackend | DropNoRoute | DropNoNeighbour | DropEncapFailed | DropPortsExhausted => {
-            action == XDP_DROP
-        }
+        DropNoBackend | DropNoRoute | DropNoNeighbour | DropEncapFailed | DropPortsExhausted
+        | DropBadIpv4Checksum | DropChecksumTooLong => action == XDP_DROP,
         _ => action == XDP_PASS,
     }
 }
@@ -910,14 +911,20 @@ fn check_output(c: &mut Check, class: &Class, lay: Layout, m: &Model) -> Learned
                     }
                 }
                 Mode::DsrL2 => {
-                    c.only_changed(&[0..6, 6..12]);
-                    learned.backend = dsr_l2_backend(c, *svc);
+                    if c.out.len() == c.input.len() {
+                        c.only_changed(&[0..6, 6..12]);
+                        learned.backend = dsr_l2_backend(c, *svc);
+                    } else {
+                        // Bigger than fa's MTU: answered like a router would.
+                        frag_needed(c, lay, 1500);
+                    }
                 }
                 Mode::DsrIpip => {
                     if c.out.len() == c.input.len() + 20 {
                         learned.backend = ipip_backend(c, *svc, lay);
                     } else {
-                        frag_needed(c, lay);
+                        // fa's MTU (1500) less the outer header.
+                        frag_needed(c, lay, 1480);
                     }
                 }
             }
@@ -1193,9 +1200,10 @@ fn ipip_backend(c: &mut Check, svc: usize, lay: Layout) -> Option<SocketAddrV4> 
     b
 }
 
-/// dsr-ipip, too big once encapsulated: an ICMP "fragmentation needed" from the destination
-/// back to the source, quoting the IPv4 header and 8 bytes, sent back out (XDP_TX).
-fn frag_needed(c: &mut Check, lay: Layout) {
+/// dsr-ipip too big once encapsulated, or dsr-l2 too big: an ICMP "fragmentation needed" for
+/// `mtu` from the destination back to the source, quoting the IPv4 header and 8 bytes, sent
+/// back out (XDP_TX).
+fn frag_needed(c: &mut Check, lay: Layout, mtu: u16) {
     let (input, out) = (c.input, c.out);
     let quote = lay.ihl + 8;
     if out.len() != 14 + 20 + 8 + quote {
@@ -1231,9 +1239,11 @@ fn frag_needed(c: &mut Check, lay: Layout) {
     c.expect(icmp[0] == 3 && icmp[1] == 4, || {
         "fragmentation needed: type".into()
     });
-    // fa's MTU (1500) less the outer header.
-    c.expect(be16(icmp, 6) == 1480, || {
-        format!("fragmentation needed: MTU {}, expected 1480", be16(icmp, 6))
+    c.expect(be16(icmp, 6) == mtu, || {
+        format!(
+            "fragmentation needed: MTU {}, expected {mtu}",
+            be16(icmp, 6)
+        )
     });
     c.expect(inet_checksum(icmp, 2) == be16(icmp, 2), || {
         "fragmentation needed: ICMP checksum".into()
@@ -1972,6 +1982,9 @@ fn fuzz() {
     let cases = env_u64("XDPLB_FUZZ_CASES", DEFAULT_CASES);
     let (_cfg, mut dp) = load_toml(&config_toml());
     let (a, b) = (ifindex("fa"), ifindex("fb"));
+    // What the daemon records when it attaches: each interface's own address.
+    dp.set_interface_mac(a, MAC_A).expect("fa's address");
+    dp.set_interface_mac(b, MAC_B).expect("fb's address");
     let prog = dp
         .ingress()
         .expect("ingress")
