@@ -512,13 +512,8 @@ fn decap(interface: &str, mode: &str, remove: bool, stats: bool) -> anyhow::Resu
         return Ok(ExitCode::SUCCESS);
     }
     if remove {
-        if !decap::remove(interface)? {
-            bail!(
-                "no decap program is pinned for {interface} (looked in {})",
-                decap::pin_dir(interface).display()
-            );
-        }
-        println!("{interface}: decap detached");
+        let id = decap::remove(interface)?;
+        println!("{interface}: decap detached (XDP program id {id} is no longer attached)");
         return Ok(ExitCode::SUCCESS);
     }
     let mode = match mode {
@@ -530,10 +525,9 @@ fn decap(interface: &str, mode: &str, remove: bool, stats: bool) -> anyhow::Resu
     if !daemon::interface_exists(interface) {
         bail!("interface {interface:?} does not exist");
     }
-    let used = decap::attach(interface, mode)?;
+    let (used, id) = decap::attach(interface, mode)?;
     println!(
-        "{interface}: decap attached ({used} XDP), pinned at {}",
-        decap::pin_dir(interface).display()
+        "{interface}: decap attached ({used} XDP, program id {id}, checked through netlink); it stays attached after this command until `xdplb decap --interface {interface} --remove`"
     );
     Ok(ExitCode::SUCCESS)
 }

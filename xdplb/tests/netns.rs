@@ -1617,3 +1617,52 @@ fn fullnat_reaches_backends_that_have_no_route_to_clients() {
     let status = lb.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit 0 on SIGTERM: {status}");
 }
+
+/// `xdplb decap` under plain `ip netns exec` (which gives the command a private /sys and so a
+/// bpffs that dies with it): the program must stay attached after the command exits, and a
+/// later, separate `ip netns exec` must find it for `--stats` and `--remove`.
+#[test]
+fn decap_attached_under_ip_netns_exec_outlives_the_command() {
+    require_root();
+    let ns = Netns::new("decap");
+    let pid = std::process::id();
+    let (a, b) = (format!("dcpa{pid}"), format!("dcpb{pid}"));
+    ns.exec(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b]);
+    ns.exec(&["ip", "link", "set", &a, "up"]);
+    ns.exec(&["ip", "link", "set", &b, "up"]);
+
+    let out = ns.exec(&[XDPLB, "decap", "--interface", &a]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("decap attached"), "{text}");
+    // A new `ip netns exec`: the command above and its mount namespace are gone.
+    let link = ns.exec(&["ip", "-d", "link", "show", "dev", &a]);
+    let link = String::from_utf8_lossy(&link.stdout).to_string();
+    assert!(
+        link.contains("prog/xdp"),
+        "decap stays attached after the command exits: {link}"
+    );
+    let again = ns.exec_unchecked(&[XDPLB, "decap", "--interface", &a]);
+    assert!(
+        !again.status.success()
+            && String::from_utf8_lossy(&again.stderr).contains("already attached"),
+        "a second attach is refused: {again:?}"
+    );
+    let st = ns.exec(&[XDPLB, "decap", "--interface", &a, "--stats"]);
+    let st = String::from_utf8_lossy(&st.stdout).to_string();
+    assert!(
+        st.contains(&format!("{a}: decapsulated 0, left to the kernel")),
+        "stats found from a later command: {st}"
+    );
+    let rm = ns.exec(&[XDPLB, "decap", "--interface", &a, "--remove"]);
+    assert!(
+        String::from_utf8_lossy(&rm.stdout).contains("decap detached"),
+        "{rm:?}"
+    );
+    assert!(!xdp_attached(&ns, &a), "--remove detached it");
+    let twice = ns.exec_unchecked(&[XDPLB, "decap", "--interface", &a, "--remove"]);
+    assert!(
+        !twice.status.success()
+            && String::from_utf8_lossy(&twice.stderr).contains("no XDP program is attached"),
+        "removing again says there is nothing: {twice:?}"
+    );
+}
