@@ -111,11 +111,20 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
             "xdplb run needs root (or CAP_NET_ADMIN plus CAP_BPF and CAP_PERFMON) to load and attach BPF programs; nothing was attached"
         );
     }
-    let predecessor = instance::running_pid(instance_name)?;
-    match predecessor {
-        Some(_) if opts.replace => {}
-        _ => instance::ensure_not_running(instance_name)?,
-    }
+    // One daemon per instance: the lock is taken before anything is loaded or attached, and
+    // held until this function returns. With --replace, the running daemon holds it; it is
+    // taken once that daemon has handed over.
+    let (mut lock, predecessor) = match instance::try_lock(instance_name)? {
+        Ok(lock) => {
+            instance::ensure_not_running(instance_name)?;
+            (Some(lock), None)
+        }
+        Err(held) if opts.replace => match held.pid() {
+            Some(pid) => (None, Some(pid)),
+            None => return Err(held.into_error(instance_name).into()),
+        },
+        Err(held) => return Err(held.into_error(instance_name).into()),
+    };
 
     let started = Instant::now();
     let bpffs = dataplane::pin::bpffs();
@@ -139,6 +148,10 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
     let mut fresh = FreshPins((!adopting).then(|| pins.clone()));
     if let Some(pid) = predecessor {
         hand_over(pid)?;
+        lock = Some(
+            instance::lock_within(instance_name, Duration::from_secs(10))
+                .context("taking over the instance lock")?,
+        );
         if adopting {
             record = Some(pins.read_record()?);
         }
@@ -342,6 +355,8 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
             "{sig}: stopped; the pinned data plane keeps forwarding (`xdplb run` adopts it, `xdplb stop` removes it)"
         ),
     }
+    // Released last, when nothing of this daemon is left to clean up.
+    drop(lock);
     Ok(())
 }
 

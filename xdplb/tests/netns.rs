@@ -1666,3 +1666,72 @@ fn decap_attached_under_ip_netns_exec_outlives_the_command() {
         "removing again says there is nothing: {twice:?}"
     );
 }
+
+/// Two `xdplb run` of one instance started at the same instant, 20 times: every time exactly
+/// one runs, and the other fails at once naming the pid of the one that runs.
+#[test]
+fn two_daemons_of_one_instance_never_run_at_once() {
+    require_root();
+    let ns = Netns::new("lock");
+    let dir = run_dir("lock");
+    let instance = format!("t-lock-{}", std::process::id());
+    let env = format!("XDPLB_RUN_DIR={dir}");
+    let args = in_ns(
+        &ns,
+        &[
+            "env",
+            &env,
+            XDPLB,
+            "run",
+            "--cleanup",
+            "--instance",
+            &instance,
+        ],
+    );
+    for round in 1..=20 {
+        let mut pair = [Daemon::spawn(&args), Daemon::spawn(&args)];
+        // The loser must exit on its own; two daemons still running after this is the defect.
+        let deadline = std::time::Instant::now() + START;
+        let loser = loop {
+            let exited: Vec<usize> = (0..2)
+                .filter(|&i| {
+                    pair[i]
+                        .child
+                        .as_mut()
+                        .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+                })
+                .collect();
+            match exited.as_slice() {
+                [i] => break *i,
+                [] if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                [] => panic!("round {round}: both daemons of instance {instance} still run"),
+                _ => panic!(
+                    "round {round}: both daemons exited: {:?} / {:?}",
+                    pair[0].seen, pair[1].seen
+                ),
+            }
+        };
+        let winner = 1 - loser;
+        pair[loser].wait_for("is already running (pid", Duration::from_secs(5));
+        let status = pair[loser]
+            .child
+            .take()
+            .expect("child")
+            .wait()
+            .expect("wait");
+        assert!(!status.success(), "round {round}: the loser exits non-zero");
+        pair[winner].wait_for("running instance", START);
+        let status = pair[winner].terminate(Duration::from_secs(10));
+        assert!(
+            status.success(),
+            "round {round}: the survivor ran and stopped cleanly: {}",
+            pair[winner].seen.join("\n")
+        );
+        assert!(
+            !xdp_attached(&ns, "lo"),
+            "round {round}: nothing left attached"
+        );
+    }
+}
