@@ -16,5 +16,6 @@ pub mod metrics;
 pub mod netlink;
 pub mod packet;
 pub mod stats;
+pub mod stop;
 pub mod testrun;
 pub mod top;

@@ -1735,3 +1735,96 @@ fn two_daemons_of_one_instance_never_run_at_once() {
         );
     }
 }
+
+/// Removes an instance's pins in the host's /sys/fs/bpf on drop, whatever the test did.
+struct HostPins(String);
+
+impl Drop for HostPins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What `bpftool net show` lists on `dev` inside `ns` (XDP and tcx attachments).
+fn net_attachments(ns: &Netns, dev: &str) -> String {
+    let out = ns.exec(&["bpftool", "net", "show", "dev", dev]);
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The daemon runs in the host's mount namespace inside a test namespace (`nsenter --net`),
+/// pinning in the host's /sys/fs/bpf; `xdplb stop` runs under `ip netns exec`, which cannot
+/// see those pins. It must find the instance through its records, detach everything, say so
+/// only when the kernel agrees, and exit 0; both after the daemon stopped on its own (the
+/// pinned data plane forwarding without it) and while it runs.
+#[test]
+fn stop_from_another_mount_namespace_detaches_everything() {
+    require_root();
+    let ns = Netns::new("stopx");
+    let dir = run_dir("stopx");
+    let instance = format!("t-stopx-{}", std::process::id());
+    let _pins = HostPins(format!("/sys/fs/bpf/xdplb/{instance}"));
+    let env = format!("XDPLB_RUN_DIR={dir}");
+    let netns_path = format!("--net=/run/netns/{}", ns.name);
+    let _backends = start_backends(&ns, "127.0.0.1:9876,127.0.0.1:9877,127.0.0.1:9878");
+    let run = || {
+        let mut d = Daemon::spawn(&s(&[
+            "nsenter",
+            &netns_path,
+            "env",
+            &env,
+            XDPLB,
+            "run",
+            "--instance",
+            &instance,
+        ]));
+        d.wait_for("running instance", START);
+        d
+    };
+    let stop = || {
+        let out = ns.exec_unchecked(&["env", &env, XDPLB, "stop", "--instance", &instance]);
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+
+    // 1. The daemon stops on SIGTERM; its pinned data plane keeps forwarding without it.
+    let mut first = run();
+    assert!(first.terminate(Duration::from_secs(10)).success());
+    assert!(xdp_attached(&ns, "lo"), "the pinned data plane stays");
+    assert_every_reply_from_vip(&client(&ns, "127.0.0.1:9875", 3, 1), 3, 1);
+    let (status, text) = stop();
+    assert!(status.success(), "stop exits 0: {text}");
+    assert!(text.contains("detached from lo"), "{text}");
+    assert!(!xdp_attached(&ns, "lo"), "XDP detached: {text}");
+    let left = net_attachments(&ns, "lo");
+    assert!(
+        !left.contains("xdplb"),
+        "no XDP or tcx program of xdplb on lo: {left}"
+    );
+    assert_eq!(client(&ns, "127.0.0.1:9875", 1, 1)["replies"], 0);
+    for f in [format!("{instance}.json"), format!("{instance}.pins.json")] {
+        assert!(
+            !std::path::Path::new(&dir).join(&f).exists(),
+            "record {f} removed"
+        );
+    }
+    assert!(
+        !std::path::Path::new(&_pins.0).exists(),
+        "the pins in the daemon's mount namespace are removed too"
+    );
+
+    // 2. The same while the daemon runs.
+    let mut second = run();
+    let (status, text) = stop();
+    assert!(status.success(), "stop exits 0: {text}");
+    assert!(
+        text.contains("detached from lo") && text.contains("daemon pid"),
+        "{text}"
+    );
+    assert!(second.terminate(Duration::from_secs(5)).success());
+    assert!(!xdp_attached(&ns, "lo"), "XDP detached: {text}");
+    assert!(!net_attachments(&ns, "lo").contains("xdplb"));
+    assert!(!std::path::Path::new(&_pins.0).exists(), "pins removed");
+}
