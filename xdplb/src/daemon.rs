@@ -128,12 +128,15 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let bpffs = dataplane::pin::bpffs();
-    if dataplane::pin::ensure_bpffs(&bpffs)? == dataplane::pin::BpffsMount::MountedPrivate
-        && !opts.cleanup
-    {
+    // A bpffs private to this process (mounted in a mount namespace of its own, as `ip netns
+    // exec` makes) dies with it, and its pins with it: the data plane cannot outlive the
+    // daemon, so a stop cleans up fully instead of pretending it keeps forwarding.
+    let private_bpffs =
+        dataplane::pin::ensure_bpffs(&bpffs)? == dataplane::pin::BpffsMount::MountedPrivate;
+    if private_bpffs && !opts.cleanup {
         warn!(
             bpffs = %bpffs.display(),
-            "mounted a bpffs in this process's own mount namespace (as `ip netns exec` makes): the data plane cannot outlive this process; set XDPLB_BPFFS to a bpffs mounted outside for restarts without loss"
+            "the bpffs here is private to this process (it runs in a mount namespace of its own, as `ip netns exec` makes), so the data plane cannot outlive it: on SIGTERM or SIGINT it detaches and removes everything, as with --cleanup, and a restart will not be zero-loss. For restarts without loss run the daemon in the host's mount namespace (`nsenter --net=/run/netns/NS xdplb run`) or set XDPLB_BPFFS to a bpffs mounted outside"
         );
     }
     let pins = dataplane::Pins::new(&bpffs, &instance::run_dir(), instance_name);
@@ -335,10 +338,24 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
     instance::remove(instance_name);
     drop(dp); // closes this process's descriptors; the pins keep the data plane
     match stop {
+        Stop::HandOver if private_bpffs => warn!(
+            instance = instance_name,
+            "handed over to a successor (SIGUSR2); this process's bpffs was private to it, so its pinned links go with it and the successor attaches its own"
+        ),
         Stop::HandOver => info!(
             instance = instance_name,
             "handed over to a successor (SIGUSR2); the data plane keeps forwarding"
         ),
+        Stop::Signal(sig) if private_bpffs && !opts.cleanup => {
+            let detached = pins
+                .remove_all()
+                .with_context(|| format!("{sig}: removing the pins in {}", pins.dir.display()))?;
+            info!(
+                instance = instance_name,
+                detached = %detached.join(", "),
+                "{sig}: detached and removed everything: the bpffs was private to this process (`ip netns exec`), so the data plane could not outlive it; run the daemon in the host's mount namespace or with a shared XDPLB_BPFFS to keep it forwarding across restarts"
+            );
+        }
         Stop::Signal(sig) if opts.cleanup => {
             let detached = pins
                 .remove_all()

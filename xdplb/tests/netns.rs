@@ -1828,3 +1828,50 @@ fn stop_from_another_mount_namespace_detaches_everything() {
     assert!(!net_attachments(&ns, "lo").contains("xdplb"));
     assert!(!std::path::Path::new(&_pins.0).exists(), "pins removed");
 }
+/// `xdplb run` under plain `ip netns exec` (no shared bpffs): it says at start that the data
+/// plane cannot outlive it, cleans up fully on SIGTERM and says why, and `xdplb stop` afterwards
+/// exits 0, says there was nothing left, and leaves no record.
+#[test]
+fn run_under_ip_netns_exec_tells_the_truth_about_stopping() {
+    require_root();
+    let ns = Netns::new("privfs");
+    let dir = run_dir("privfs");
+    let instance = format!("t-privfs-{}", std::process::id());
+    let env = format!("XDPLB_RUN_DIR={dir}");
+    let mut d = Daemon::spawn(&in_ns(
+        &ns,
+        &["env", &env, XDPLB, "run", "--instance", &instance],
+    ));
+    d.wait_for("running instance", START);
+    assert!(
+        d.seen
+            .iter()
+            .any(|l| l.contains("cannot outlive it") && l.contains("nsenter --net=")),
+        "warned at start: {:?}",
+        d.seen
+    );
+    assert!(xdp_attached(&ns, "lo"));
+    let status = d.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{}", d.seen.join("\n"));
+    let log = d.seen.join("\n");
+    assert!(
+        log.contains("detached and removed everything") && !log.contains("keeps forwarding"),
+        "{log}"
+    );
+    assert!(!xdp_attached(&ns, "lo"), "nothing attached after SIGTERM");
+    let pins_record = format!("{dir}/{instance}.pins.json");
+    assert!(
+        !std::path::Path::new(&pins_record).exists(),
+        "no record left"
+    );
+    let out = ns.exec_unchecked(&["env", &env, XDPLB, "stop", "--instance", &instance]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && text.contains("nothing to stop"),
+        "{out:?}"
+    );
+    assert!(
+        !std::path::Path::new(&pins_record).exists(),
+        "no record left"
+    );
+}
