@@ -205,6 +205,18 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
     let mut book = HealthBook::default();
     let mut checkers = health::start(&cfg, &health_tx);
     let mut state = instance_state(&dp, &cfg, &book, instance_name, &origin, attached.clone())?;
+    // The veths' drops from now on, and whether they can take redirected frames (see `veth`).
+    let mut veths = crate::veth::VethWatch::default();
+    let mut veth_warned: std::collections::BTreeMap<String, Instant> = Default::default();
+    match sample_veths() {
+        Ok(sample) => {
+            for event in veths.update(&sample) {
+                warn!("{}", event.message());
+            }
+        }
+        Err(e) => warn!("cannot watch the veths of this network namespace: {e}"),
+    }
+    state.veths = veths.report.clone();
     let state_path = instance::write(&state)?;
     let metrics = std::sync::Arc::new(std::sync::Mutex::new(crate::metrics::MetricsState {
         instance: state.clone(),
@@ -234,6 +246,7 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
     );
 
     let mut last_sweep = Instant::now();
+    let mut last_veth_sample = Instant::now();
     let stop = loop {
         let mut stop = None;
         let mut publish = false;
@@ -297,6 +310,33 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
                 publish = true;
             }
             let _ = reply.send(response);
+        }
+        // Frames redirected onto a veth whose peer cannot take them are lost where XDP cannot
+        // see it (see `veth`). Sampled once a second.
+        if last_veth_sample.elapsed() >= Duration::from_secs(1) {
+            last_veth_sample = Instant::now();
+            match sample_veths() {
+                Ok(sample) => {
+                    for event in veths.update(&sample) {
+                        if let crate::veth::VethEvent::Dropped { interface, .. } = &event {
+                            // Growing drops are repeated at most once a minute.
+                            if veth_warned
+                                .get(interface)
+                                .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+                            {
+                                continue;
+                            }
+                            veth_warned.insert(interface.clone(), Instant::now());
+                        }
+                        warn!("{}", event.message());
+                    }
+                    if state.veths != veths.report {
+                        state.veths = veths.report.clone();
+                        publish = true;
+                    }
+                }
+                Err(e) => tracing::debug!("sampling the veths: {e}"),
+            }
         }
         if publish {
             resolve_neighbours(&cfg);
@@ -375,6 +415,23 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
     // Released last, when nothing of this daemon is left to clean up.
     drop(lock);
     Ok(())
+}
+
+/// Every interface of this network namespace, each veth with whether it can take
+/// XDP_REDIRECT frames now.
+fn sample_veths()
+-> Result<Vec<(crate::netlink::LinkState, Option<bool>)>, crate::netlink::NetlinkError> {
+    Ok(crate::netlink::links()?
+        .into_iter()
+        .map(|l| {
+            let accepts = if l.is_veth {
+                crate::netlink::accepts_xdp_redirect(l.index).ok().flatten()
+            } else {
+                None
+            };
+            (l, accepts)
+        })
+        .collect())
 }
 
 enum Stop {
@@ -640,5 +697,6 @@ fn instance_state(
         generation: 0,
         reloads: 0,
         last_reload: None,
+        veths: Default::default(),
     })
 }

@@ -104,6 +104,10 @@ pub struct InstanceState {
     pub reloads: u64,
     #[serde(default)]
     pub last_reload: Option<ReloadOutcome>,
+    /// Every veth of the daemon's network namespace: drops since the daemon started, and
+    /// whether it can take XDP_REDIRECT frames (see `veth`).
+    #[serde(default)]
+    pub veths: BTreeMap<String, crate::veth::VethReport>,
 }
 
 pub fn run_dir() -> PathBuf {

@@ -19,3 +19,4 @@ pub mod stats;
 pub mod stop;
 pub mod testrun;
 pub mod top;
+pub mod veth;

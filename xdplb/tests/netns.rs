@@ -1828,6 +1828,7 @@ fn stop_from_another_mount_namespace_detaches_everything() {
     assert!(!net_attachments(&ns, "lo").contains("xdplb"));
     assert!(!std::path::Path::new(&_pins.0).exists(), "pins removed");
 }
+
 /// `xdplb run` under plain `ip netns exec` (no shared bpffs): it says at start that the data
 /// plane cannot outlive it, cleans up fully on SIGTERM and says why, and `xdplb stop` afterwards
 /// exits 0, says there was nothing left, and leaves no record.
@@ -1874,4 +1875,126 @@ fn run_under_ip_netns_exec_tells_the_truth_about_stopping() {
         !std::path::Path::new(&pins_record).exists(),
         "no record left"
     );
+}
+
+/// The daemon's report on veth `dev`, from `xdplb stats --json`.
+fn veth_report(ns: &Netns, dir: &str, instance: &str, dev: &str) -> Value {
+    let st = stats(ns, dir, instance);
+    let v = st["veths"][dev].clone();
+    assert!(v.is_object(), "no report on veth {dev} in {st}");
+    v
+}
+
+/// nat over native XDP_REDIRECT onto veths: while every peer has GRO on, every veth takes
+/// redirects, nothing is dropped and nothing is said; once backend 1's end has GRO off (and no
+/// XDP program), the balancer's veth to it refuses redirected frames, which are lost, and the
+/// daemon says so in its log, in `xdplb stats` and in the metrics.
+#[test]
+fn veth_drops_of_redirects_to_a_peer_without_napi_are_reported() {
+    require_root();
+    let pid = std::process::id();
+    let Routed {
+        client: client_ns,
+        lb: lb_ns,
+        backends: backend_ns,
+        lb_devs: interfaces,
+        backend_devs,
+    } = routed_topology("v", 87);
+    let _backends: Vec<Daemon> = (1..=3)
+        .zip(&backend_ns)
+        .map(|(k, ns)| start_backends(ns, &format!("10.88.{k}.2:7000")))
+        .collect();
+    let dir = run_dir("vethdrop");
+    let backends: Vec<String> = (1..=3).map(|k| format!("10.88.{k}.2:7000")).collect();
+    let cfg_path = write_service_config(
+        &dir,
+        "vethdrop",
+        &interfaces,
+        "xdp_mode = \"native\"\nmetrics_listen = \"127.0.0.1:9100\"\n",
+        "forwarding = \"nat\"\n",
+        &backends,
+    );
+    let instance = format!("t-vethdrop-{pid}");
+    let env = format!("XDPLB_RUN_DIR={dir}");
+    let mut lb = start_balancer(&lb_ns, &env, &cfg_path, &instance);
+
+    // GRO on at every peer: everything arrives, nothing dropped, nothing said.
+    round_trip_through_balancer(&client_ns, &backend_ns);
+    std::thread::sleep(Duration::from_millis(1500));
+    for dev in &interfaces {
+        let v = veth_report(&lb_ns, &dir, &instance, dev);
+        assert_eq!(v["accepts_xdp_redirect"], true, "{dev}: {v}");
+        assert_eq!(v["tx_dropped"], 0, "{dev}: {v}");
+        assert_eq!(v["rx_dropped"], 0, "{dev}: {v}");
+    }
+    let quiet = lb.seen.join("\n");
+    assert!(!quiet.contains("WARN"), "no warning yet: {quiet}");
+
+    // GRO off on backend 1's end, which has no XDP program: redirects to it are lost.
+    let (ingress, target) = (&interfaces[0], &interfaces[1]);
+    backend_ns[0].exec(&["ethtool", "-K", &backend_devs[0], "gro", "off"]);
+    lb.wait_for(
+        &format!("veth {target} cannot take XDP_REDIRECT"),
+        Duration::from_secs(5),
+    );
+    let out = client_ns.exec(&[
+        XDPLB,
+        "demo-client",
+        "--target",
+        "10.99.0.1:7000",
+        "--flows",
+        "30",
+        "--packets",
+        "1",
+        "--timeout-ms",
+        "200",
+        "--json",
+    ]);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("client prints JSON");
+    let lost = 30 - report["replies"].as_u64().expect("replies");
+    assert!(lost > 0, "frames to backend 1 are lost: {report}");
+    lb.wait_for(
+        &format!("veth {ingress} dropped frames"),
+        Duration::from_secs(5),
+    );
+    let warning = lb.seen.last().cloned().unwrap_or_default();
+    assert!(warning.contains("ethtool -K PEER gro on"), "{warning}");
+    let v = veth_report(&lb_ns, &dir, &instance, target);
+    assert_eq!(v["accepts_xdp_redirect"], false, "{target}: {v}");
+    let v = veth_report(&lb_ns, &dir, &instance, ingress);
+    let dropped = v["rx_dropped"].as_u64().expect("rx_dropped")
+        + v["tx_dropped"].as_u64().expect("tx_dropped");
+    assert!(
+        dropped >= lost,
+        "every lost request is counted on {ingress}: {v}, lost {lost}"
+    );
+    for dev in &interfaces[2..] {
+        let v = veth_report(&lb_ns, &dir, &instance, dev);
+        assert_eq!(v["accepts_xdp_redirect"], true, "{dev}: {v}");
+    }
+    let text = lb_ns.exec(&["env", &env, XDPLB, "stats", "--instance", &instance]);
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    assert!(
+        text.contains(&format!("WARNING: veth {target} cannot take XDP_REDIRECT")),
+        "{text}"
+    );
+    let metrics = lb_ns.exec(&["curl", "-s", "http://127.0.0.1:9100/metrics"]);
+    let metrics = String::from_utf8_lossy(&metrics.stdout).to_string();
+    let value = |name: &str, dev: &str| -> u64 {
+        let line = format!("{name}{{interface=\"{dev}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in the metrics: {metrics}"))
+    };
+    assert_eq!(value("xdplb_veth_xdp_redirect_blocked", target), 1);
+    assert_eq!(value("xdplb_veth_xdp_redirect_blocked", ingress), 0);
+    assert!(
+        value("xdplb_veth_rx_dropped_total", ingress) >= lost,
+        "{metrics}"
+    );
+    println!("veth drops: lost {lost} of 30; {ingress}: {v}; {warning}");
+    let status = lb.terminate(Duration::from_secs(10));
+    assert!(status.success(), "exit 0 on SIGTERM: {status}");
 }
