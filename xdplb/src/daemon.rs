@@ -111,20 +111,32 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
             "xdplb run needs root (or CAP_NET_ADMIN plus CAP_BPF and CAP_PERFMON) to load and attach BPF programs; nothing was attached"
         );
     }
-    let predecessor = instance::running_pid(instance_name)?;
-    match predecessor {
-        Some(_) if opts.replace => {}
-        _ => instance::ensure_not_running(instance_name)?,
-    }
+    // One daemon per instance: the lock is taken before anything is loaded or attached, and
+    // held until this function returns. With --replace, the running daemon holds it; it is
+    // taken once that daemon has handed over.
+    let (mut lock, predecessor) = match instance::try_lock(instance_name)? {
+        Ok(lock) => {
+            instance::ensure_not_running(instance_name)?;
+            (Some(lock), None)
+        }
+        Err(held) if opts.replace => match held.pid() {
+            Some(pid) => (None, Some(pid)),
+            None => return Err(held.into_error(instance_name).into()),
+        },
+        Err(held) => return Err(held.into_error(instance_name).into()),
+    };
 
     let started = Instant::now();
     let bpffs = dataplane::pin::bpffs();
-    if dataplane::pin::ensure_bpffs(&bpffs)? == dataplane::pin::BpffsMount::MountedPrivate
-        && !opts.cleanup
-    {
+    // A bpffs private to this process (mounted in a mount namespace of its own, as `ip netns
+    // exec` makes) dies with it, and its pins with it: the data plane cannot outlive the
+    // daemon, so a stop cleans up fully instead of pretending it keeps forwarding.
+    let private_bpffs =
+        dataplane::pin::ensure_bpffs(&bpffs)? == dataplane::pin::BpffsMount::MountedPrivate;
+    if private_bpffs && !opts.cleanup {
         warn!(
             bpffs = %bpffs.display(),
-            "mounted a bpffs in this process's own mount namespace (as `ip netns exec` makes): the data plane cannot outlive this process; set XDPLB_BPFFS to a bpffs mounted outside for restarts without loss"
+            "the bpffs here is private to this process (it runs in a mount namespace of its own, as `ip netns exec` makes), so the data plane cannot outlive it: on SIGTERM or SIGINT it detaches and removes everything, as with --cleanup, and a restart will not be zero-loss. For restarts without loss run the daemon in the host's mount namespace (`nsenter --net=/run/netns/NS xdplb run`) or set XDPLB_BPFFS to a bpffs mounted outside"
         );
     }
     let pins = dataplane::Pins::new(&bpffs, &instance::run_dir(), instance_name);
@@ -139,6 +151,10 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
     let mut fresh = FreshPins((!adopting).then(|| pins.clone()));
     if let Some(pid) = predecessor {
         hand_over(pid)?;
+        lock = Some(
+            instance::lock_within(instance_name, Duration::from_secs(10))
+                .context("taking over the instance lock")?,
+        );
         if adopting {
             record = Some(pins.read_record()?);
         }
@@ -189,6 +205,18 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
     let mut book = HealthBook::default();
     let mut checkers = health::start(&cfg, &health_tx);
     let mut state = instance_state(&dp, &cfg, &book, instance_name, &origin, attached.clone())?;
+    // The veths' drops from now on, and whether they can take redirected frames (see `veth`).
+    let mut veths = crate::veth::VethWatch::default();
+    let mut veth_warned: std::collections::BTreeMap<String, Instant> = Default::default();
+    match sample_veths() {
+        Ok(sample) => {
+            for event in veths.update(&sample) {
+                warn!("{}", event.message());
+            }
+        }
+        Err(e) => warn!("cannot watch the veths of this network namespace: {e}"),
+    }
+    state.veths = veths.report.clone();
     let state_path = instance::write(&state)?;
     let metrics = std::sync::Arc::new(std::sync::Mutex::new(crate::metrics::MetricsState {
         instance: state.clone(),
@@ -218,6 +246,7 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
     );
 
     let mut last_sweep = Instant::now();
+    let mut last_veth_sample = Instant::now();
     let stop = loop {
         let mut stop = None;
         let mut publish = false;
@@ -282,6 +311,33 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
             }
             let _ = reply.send(response);
         }
+        // Frames redirected onto a veth whose peer cannot take them are lost where XDP cannot
+        // see it (see `veth`). Sampled once a second.
+        if last_veth_sample.elapsed() >= Duration::from_secs(1) {
+            last_veth_sample = Instant::now();
+            match sample_veths() {
+                Ok(sample) => {
+                    for event in veths.update(&sample) {
+                        if let crate::veth::VethEvent::Dropped { interface, .. } = &event {
+                            // Growing drops are repeated at most once a minute.
+                            if veth_warned
+                                .get(interface)
+                                .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+                            {
+                                continue;
+                            }
+                            veth_warned.insert(interface.clone(), Instant::now());
+                        }
+                        warn!("{}", event.message());
+                    }
+                    if state.veths != veths.report {
+                        state.veths = veths.report.clone();
+                        publish = true;
+                    }
+                }
+                Err(e) => tracing::debug!("sampling the veths: {e}"),
+            }
+        }
         if publish {
             resolve_neighbours(&cfg);
             if let Ok(fresh) =
@@ -322,10 +378,24 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
     instance::remove(instance_name);
     drop(dp); // closes this process's descriptors; the pins keep the data plane
     match stop {
+        Stop::HandOver if private_bpffs => warn!(
+            instance = instance_name,
+            "handed over to a successor (SIGUSR2); this process's bpffs was private to it, so its pinned links go with it and the successor attaches its own"
+        ),
         Stop::HandOver => info!(
             instance = instance_name,
             "handed over to a successor (SIGUSR2); the data plane keeps forwarding"
         ),
+        Stop::Signal(sig) if private_bpffs && !opts.cleanup => {
+            let detached = pins
+                .remove_all()
+                .with_context(|| format!("{sig}: removing the pins in {}", pins.dir.display()))?;
+            info!(
+                instance = instance_name,
+                detached = %detached.join(", "),
+                "{sig}: detached and removed everything: the bpffs was private to this process (`ip netns exec`), so the data plane could not outlive it; run the daemon in the host's mount namespace or with a shared XDPLB_BPFFS to keep it forwarding across restarts"
+            );
+        }
         Stop::Signal(sig) if opts.cleanup => {
             let detached = pins
                 .remove_all()
@@ -342,7 +412,26 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
             "{sig}: stopped; the pinned data plane keeps forwarding (`xdplb run` adopts it, `xdplb stop` removes it)"
         ),
     }
+    // Released last, when nothing of this daemon is left to clean up.
+    drop(lock);
     Ok(())
+}
+
+/// Every interface of this network namespace, each veth with whether it can take
+/// XDP_REDIRECT frames now.
+fn sample_veths()
+-> Result<Vec<(crate::netlink::LinkState, Option<bool>)>, crate::netlink::NetlinkError> {
+    Ok(crate::netlink::links()?
+        .into_iter()
+        .map(|l| {
+            let accepts = if l.is_veth {
+                crate::netlink::accepts_xdp_redirect(l.index).ok().flatten()
+            } else {
+                None
+            };
+            (l, accepts)
+        })
+        .collect())
 }
 
 enum Stop {
@@ -639,5 +728,6 @@ fn instance_state(
         generation: 0,
         reloads: 0,
         last_reload: None,
+        veths: Default::default(),
     })
 }

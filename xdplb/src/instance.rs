@@ -38,6 +38,22 @@ pub enum InstanceError {
         #[source]
         source: serde_json::Error,
     },
+    #[error(
+        "instance {name:?} is already running (pid {pid}, which holds the lock {path}); use --replace to take over from it, stop it first with `xdplb stop --instance {name}`, or use another --instance"
+    )]
+    Locked {
+        name: String,
+        pid: String,
+        path: PathBuf,
+    },
+    #[error(
+        "instance {name:?}: the lock {path} was not released within {seconds} s after the previous daemon exited; is another `xdplb run --instance {name}` starting?"
+    )]
+    LockTimeout {
+        name: String,
+        path: PathBuf,
+        seconds: u64,
+    },
     #[error("instance name {0:?} is invalid: use 1-64 characters of A-Z a-z 0-9 _ . -")]
     BadName(String),
 }
@@ -88,6 +104,10 @@ pub struct InstanceState {
     pub reloads: u64,
     #[serde(default)]
     pub last_reload: Option<ReloadOutcome>,
+    /// Every veth of the daemon's network namespace: drops since the daemon started, and
+    /// whether it can take XDP_REDIRECT frames (see `veth`).
+    #[serde(default)]
+    pub veths: BTreeMap<String, crate::veth::VethReport>,
 }
 
 pub fn run_dir() -> PathBuf {
@@ -217,5 +237,112 @@ fn read_at(path: &Path, instance: &str) -> Result<InstanceState, InstanceError> 
 pub fn remove(instance: &str) {
     if let Ok(path) = state_path(instance) {
         let _ = fs::remove_file(path);
+    }
+}
+
+/// The exclusive lock of an instance, held by its daemon for its whole life: `<run
+/// dir>/NAME.lock`, with the holder's pid written in it. Released when dropped (or when the
+/// process dies, however it dies). The file itself stays: removing a lock file races with a
+/// process that opened it and waits for it.
+#[derive(Debug)]
+pub struct InstanceLock {
+    _file: fs::File,
+    pub path: PathBuf,
+}
+
+pub fn lock_path(instance: &str) -> Result<PathBuf, InstanceError> {
+    state_path(instance).map(|p| p.with_extension("lock"))
+}
+
+/// Why [`try_lock`] did not get the lock: the pid written by its holder ("unknown" if the
+/// holder has not written it yet).
+#[derive(Debug)]
+pub struct Held {
+    pub pid: String,
+    pub path: PathBuf,
+}
+
+impl Held {
+    pub fn pid(&self) -> Option<u32> {
+        self.pid.parse().ok()
+    }
+
+    pub fn into_error(self, instance: &str) -> InstanceError {
+        InstanceError::Locked {
+            name: instance.to_string(),
+            pid: self.pid,
+            path: self.path,
+        }
+    }
+}
+
+/// Takes the instance's lock without waiting.
+pub fn try_lock(instance: &str) -> Result<Result<InstanceLock, Held>, InstanceError> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let path = lock_path(instance)?;
+    let io_err = |source| InstanceError::Io {
+        path: path.clone(),
+        source,
+    };
+    fs::create_dir_all(run_dir()).map_err(io_err)?;
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err)?
+    };
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {
+            file.set_len(0).map_err(io_err)?;
+            file.rewind().map_err(io_err)?;
+            write!(file, "{}", std::process::id()).map_err(io_err)?;
+            file.flush().map_err(io_err)?;
+            Ok(Ok(InstanceLock { _file: file, path }))
+        }
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+            // The holder writes its pid right after taking the lock.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+            let mut pid = String::new();
+            while pid.is_empty() && std::time::Instant::now() < deadline {
+                pid.clear();
+                let _ = file.rewind();
+                let _ = file.read_to_string(&mut pid);
+                pid = pid.trim().to_string();
+                if pid.is_empty() {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+            if pid.is_empty() {
+                pid = "unknown".into();
+            }
+            Ok(Err(Held { pid, path }))
+        }
+        Err(e) => Err(io_err(e.into())),
+    }
+}
+
+/// Takes the instance's lock, waiting up to `timeout` for its holder to release it.
+pub fn lock_within(
+    instance: &str,
+    timeout: std::time::Duration,
+) -> Result<InstanceLock, InstanceError> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match try_lock(instance)? {
+            Ok(lock) => return Ok(lock),
+            Err(held) if std::time::Instant::now() >= deadline => {
+                return Err(InstanceError::LockTimeout {
+                    name: instance.to_string(),
+                    path: held.path,
+                    seconds: timeout.as_secs(),
+                });
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
     }
 }

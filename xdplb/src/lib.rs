@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod bpf_link;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
@@ -12,7 +13,10 @@ pub mod explain;
 pub mod health;
 pub mod instance;
 pub mod metrics;
+pub mod netlink;
 pub mod packet;
 pub mod stats;
+pub mod stop;
 pub mod testrun;
 pub mod top;
+pub mod veth;

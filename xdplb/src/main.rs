@@ -1,6 +1,7 @@
 //! The `xdplb` command: daemon and CLI.
 
 use std::{
+    collections::BTreeSet,
     net::SocketAddrV4,
     path::PathBuf,
     process::ExitCode,
@@ -9,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
-use xdplb::{bench, config, daemon, dataplane, demo, explain, instance, stats};
+use xdplb::{bench, config, daemon, demo, explain, instance, stats};
 
 #[derive(Parser)]
 #[command(name = "xdplb", version, about = "An XDP layer-4 UDP load balancer")]
@@ -532,13 +533,8 @@ fn decap(interface: &str, mode: &str, remove: bool, stats: bool) -> anyhow::Resu
         return Ok(ExitCode::SUCCESS);
     }
     if remove {
-        if !decap::remove(interface)? {
-            bail!(
-                "no decap program is pinned for {interface} (looked in {})",
-                decap::pin_dir(interface).display()
-            );
-        }
-        println!("{interface}: decap detached");
+        let id = decap::remove(interface)?;
+        println!("{interface}: decap detached (XDP program id {id} is no longer attached)");
         return Ok(ExitCode::SUCCESS);
     }
     let mode = match mode {
@@ -550,40 +546,72 @@ fn decap(interface: &str, mode: &str, remove: bool, stats: bool) -> anyhow::Resu
     if !daemon::interface_exists(interface) {
         bail!("interface {interface:?} does not exist");
     }
-    let used = decap::attach(interface, mode)?;
+    let (used, id) = decap::attach(interface, mode)?;
     println!(
-        "{interface}: decap attached ({used} XDP), pinned at {}",
-        decap::pin_dir(interface).display()
+        "{interface}: decap attached ({used} XDP, program id {id}, checked through netlink); it stays attached after this command until `xdplb decap --interface {interface} --remove`"
     );
     Ok(ExitCode::SUCCESS)
 }
 
-/// `xdplb stop`: SIGTERM to the daemon (if one runs) and a wait for it to exit, then every pin
-/// removed, which detaches the data plane.
+/// `xdplb stop`: stops the daemon (if one runs), detaches everything of the instance by
+/// kernel id, removes its pins and records, and checks with the kernel that nothing of it is
+/// attached any more (see `xdplb::stop`).
 fn stop(name: &str) -> anyhow::Result<ExitCode> {
-    let pins = dataplane::Pins::new(&dataplane::pin::bpffs(), &instance::run_dir(), name);
-    let daemon = instance::running_pid(name)?;
-    if let Some(pid) = daemon {
-        instance::signal_and_wait(pid, libc::SIGTERM, Duration::from_secs(10)).with_context(
-            || format!("stopping the daemon of instance {name:?} (pid {pid}) with SIGTERM"),
-        )?;
-    }
-    if daemon.is_none() && !pins.exist() {
-        bail!(
-            "no instance {name:?}: no daemon runs it and nothing is pinned at {}",
-            pins.dir.display()
+    let r = xdplb::stop::stop(name)?;
+    if !r.still_attached.is_empty() {
+        eprintln!(
+            "xdplb: instance {name:?} is NOT stopped: still attached: {}; detach by hand (`bpftool link detach id ID`, `ip link set dev IF xdp off`) or run `xdplb stop` in the network namespace the instance runs in (the record {} is kept)",
+            r.still_attached.join(", "),
+            instance::run_dir()
+                .join(format!("{name}.pins.json"))
+                .display()
         );
+        return Ok(ExitCode::FAILURE);
     }
-    let detached = pins.remove_all()?;
+    if !r.found {
+        println!(
+            "instance {name:?}: no daemon runs it, it has no record in {} and none of its programs is attached; nothing to stop",
+            instance::run_dir().display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut detached: Vec<String> = r.detached.clone();
+    for i in &r.unpinned_from {
+        if !detached.iter().any(|d| d.contains(&format!(" on {i}"))) {
+            detached.push(format!("pinned links on {i}"));
+        }
+    }
+    let interfaces: BTreeSet<String> = r
+        .detached
+        .iter()
+        .filter_map(|d| d.split(" on ").nth(1))
+        .map(|rest| rest.split(' ').next().unwrap_or(rest).to_string())
+        .chain(r.unpinned_from.iter().cloned())
+        .collect();
     println!(
-        "instance {name:?} stopped{}; removed {} (detached from {})",
-        daemon.map_or_else(String::new, |pid| format!(" (daemon pid {pid})")),
-        pins.dir.display(),
+        "instance {name:?} stopped{}; {}; detached from {} ({}); checked: nothing of it is attached{}",
+        r.daemon
+            .map_or_else(String::new, |pid| format!(" (daemon pid {pid})")),
+        r.pins_removed.as_ref().map_or_else(
+            || "no pins to remove here".to_string(),
+            |d| format!("removed the pins in {}", d.display())
+        ),
+        if interfaces.is_empty() {
+            "nothing (it was not attached)".to_string()
+        } else {
+            interfaces.into_iter().collect::<Vec<_>>().join(", ")
+        },
         if detached.is_empty() {
-            "nothing".to_string()
+            "none".to_string()
         } else {
             detached.join(", ")
-        }
+        },
+        r.pins_unreachable
+            .as_ref()
+            .map_or_else(String::new, |d| format!(
+                "; its pins in {} are in another mount namespace and hold only its maps now",
+                d.display()
+            )),
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -233,6 +233,33 @@ pub fn render(snap: &Snapshot, state: &MetricsState) -> String {
     );
     let ok = state.instance.last_reload.as_ref().is_none_or(|r| r.ok);
     let _ = writeln!(o, "xdplb_config_last_reload_success {}", u8::from(ok));
+    for (name, help, value) in [
+        (
+            "xdplb_veth_tx_dropped_total",
+            "Increase of a veth's tx_dropped since the daemon started (veths of its network namespace).",
+            (|v: &crate::veth::VethReport| v.tx_dropped) as fn(&crate::veth::VethReport) -> u64,
+        ),
+        (
+            "xdplb_veth_rx_dropped_total",
+            "Increase of a veth's rx_dropped since the daemon started; a failed XDP_REDIRECT (target veth's peer without NAPI) is counted here on Linux 6.18.",
+            |v| v.rx_dropped,
+        ),
+        (
+            "xdplb_veth_xdp_redirect_blocked",
+            "1 if the veth cannot take XDP_REDIRECT/XDP_TX frames (its peer has no NAPI: GRO off and no XDP program), 0 if it can.",
+            |v| u64::from(v.accepts_xdp_redirect == Some(false)),
+        ),
+    ] {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        family(&mut o, name, kind, help);
+        for (interface, v) in &state.instance.veths {
+            let _ = writeln!(o, "{name}{{interface=\"{interface}\"}} {}", value(v));
+        }
+    }
     o
 }
 

@@ -68,6 +68,8 @@ pub struct Snapshot {
     /// Every global counter, by name, in index order.
     pub counters: Vec<(String, u64)>,
     pub flow_table: FlowTable,
+    /// Every veth of the daemon's network namespace (see `veth`).
+    pub veths: std::collections::BTreeMap<String, crate::veth::VethReport>,
 }
 
 /// Reads the counters of the running instance described by `state`.
@@ -140,6 +142,7 @@ pub fn read(state: &InstanceState) -> Result<Snapshot, StatsError> {
             .collect(),
         services,
         counters,
+        veths: state.veths.clone(),
     })
 }
 
@@ -236,6 +239,40 @@ pub fn render(s: &Snapshot) -> String {
     let _ = writeln!(out, "{:<28} {:>14}", "COUNTER", "VALUE");
     for (name, v) in &s.counters {
         let _ = writeln!(out, "{name:<28} {v:>14}");
+    }
+    if !s.veths.is_empty() {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{:<20} {:>12} {:>12}  TAKES XDP_REDIRECT",
+            "VETH", "TX_DROPPED", "RX_DROPPED"
+        );
+        for (name, v) in &s.veths {
+            let takes = match v.accepts_xdp_redirect {
+                Some(true) => "yes",
+                Some(false) => "NO (peer without NAPI)",
+                None => "unknown",
+            };
+            let _ = writeln!(
+                out,
+                "{name:<20} {:>12} {:>12}  {takes}",
+                v.tx_dropped, v.rx_dropped
+            );
+        }
+        for (name, v) in &s.veths {
+            if v.accepts_xdp_redirect == Some(false) {
+                let event = crate::veth::VethEvent::NoNapiPeer(name.clone());
+                let _ = writeln!(out, "WARNING: {}", event.message());
+            }
+            if v.tx_dropped > 0 || v.rx_dropped > 0 {
+                let event = crate::veth::VethEvent::Dropped {
+                    interface: name.clone(),
+                    tx: v.tx_dropped,
+                    rx: v.rx_dropped,
+                };
+                let _ = writeln!(out, "WARNING: {}", event.message());
+            }
+        }
     }
     out
 }

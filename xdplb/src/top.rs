@@ -240,6 +240,7 @@ mod tests {
                 inserts: 40,
                 evictions: 10,
             },
+            veths: Default::default(),
         }
     }
 

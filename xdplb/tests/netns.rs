@@ -1991,3 +1991,384 @@ fn fullnat_reaches_backends_that_have_no_route_to_clients_case() {
     let status = lb.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit 0 on SIGTERM: {status}");
 }
+
+/// `xdplb decap` under plain `ip netns exec` (which gives the command a private /sys and so a
+/// bpffs that dies with it): the program must stay attached after the command exits, and a
+/// later, separate `ip netns exec` must find it for `--stats` and `--remove`.
+#[test]
+fn decap_attached_under_ip_netns_exec_outlives_the_command() {
+    require_root();
+    let ns = Netns::new("decap");
+    let pid = std::process::id();
+    let (a, b) = (format!("dcpa{pid}"), format!("dcpb{pid}"));
+    ns.exec(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b]);
+    ns.exec(&["ip", "link", "set", &a, "up"]);
+    ns.exec(&["ip", "link", "set", &b, "up"]);
+
+    let out = ns.exec(&[XDPLB, "decap", "--interface", &a]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("decap attached"), "{text}");
+    // A new `ip netns exec`: the command above and its mount namespace are gone.
+    let link = ns.exec(&["ip", "-d", "link", "show", "dev", &a]);
+    let link = String::from_utf8_lossy(&link.stdout).to_string();
+    assert!(
+        link.contains("prog/xdp"),
+        "decap stays attached after the command exits: {link}"
+    );
+    let again = ns.exec_unchecked(&[XDPLB, "decap", "--interface", &a]);
+    assert!(
+        !again.status.success()
+            && String::from_utf8_lossy(&again.stderr).contains("already attached"),
+        "a second attach is refused: {again:?}"
+    );
+    let st = ns.exec(&[XDPLB, "decap", "--interface", &a, "--stats"]);
+    let st = String::from_utf8_lossy(&st.stdout).to_string();
+    assert!(
+        st.contains(&format!("{a}: decapsulated 0, left to the kernel")),
+        "stats found from a later command: {st}"
+    );
+    let rm = ns.exec(&[XDPLB, "decap", "--interface", &a, "--remove"]);
+    assert!(
+        String::from_utf8_lossy(&rm.stdout).contains("decap detached"),
+        "{rm:?}"
+    );
+    assert!(!xdp_attached(&ns, &a), "--remove detached it");
+    let twice = ns.exec_unchecked(&[XDPLB, "decap", "--interface", &a, "--remove"]);
+    assert!(
+        !twice.status.success()
+            && String::from_utf8_lossy(&twice.stderr).contains("no XDP program is attached"),
+        "removing again says there is nothing: {twice:?}"
+    );
+}
+
+/// Two `xdplb run` of one instance started at the same instant, 20 times: every time exactly
+/// one runs, and the other fails at once naming the pid of the one that runs.
+#[test]
+fn two_daemons_of_one_instance_never_run_at_once() {
+    require_root();
+    let ns = Netns::new("lock");
+    let dir = run_dir("lock");
+    let instance = format!("t-lock-{}", std::process::id());
+    let env = format!("XDPLB_RUN_DIR={dir}");
+    let args = in_ns(
+        &ns,
+        &[
+            "env",
+            &env,
+            XDPLB,
+            "run",
+            "--cleanup",
+            "--instance",
+            &instance,
+        ],
+    );
+    for round in 1..=20 {
+        let mut pair = [Daemon::spawn(&args), Daemon::spawn(&args)];
+        // The loser must exit on its own; two daemons still running after this is the defect.
+        let deadline = std::time::Instant::now() + START;
+        let loser = loop {
+            let exited: Vec<usize> = (0..2)
+                .filter(|&i| {
+                    pair[i]
+                        .child
+                        .as_mut()
+                        .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+                })
+                .collect();
+            match exited.as_slice() {
+                [i] => break *i,
+                [] if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                [] => panic!("round {round}: both daemons of instance {instance} still run"),
+                _ => panic!(
+                    "round {round}: both daemons exited: {:?} / {:?}",
+                    pair[0].seen, pair[1].seen
+                ),
+            }
+        };
+        let winner = 1 - loser;
+        pair[loser].wait_for("is already running (pid", Duration::from_secs(5));
+        let status = pair[loser]
+            .child
+            .take()
+            .expect("child")
+            .wait()
+            .expect("wait");
+        assert!(!status.success(), "round {round}: the loser exits non-zero");
+        pair[winner].wait_for("running instance", START);
+        let status = pair[winner].terminate(Duration::from_secs(10));
+        assert!(
+            status.success(),
+            "round {round}: the survivor ran and stopped cleanly: {}",
+            pair[winner].seen.join("\n")
+        );
+        assert!(
+            !xdp_attached(&ns, "lo"),
+            "round {round}: nothing left attached"
+        );
+    }
+}
+
+/// Removes an instance's pins in the host's /sys/fs/bpf on drop, whatever the test did.
+struct HostPins(String);
+
+impl Drop for HostPins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// What `bpftool net show` lists on `dev` inside `ns` (XDP and tcx attachments).
+fn net_attachments(ns: &Netns, dev: &str) -> String {
+    let out = ns.exec(&["bpftool", "net", "show", "dev", dev]);
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The daemon runs in the host's mount namespace inside a test namespace (`nsenter --net`),
+/// pinning in the host's /sys/fs/bpf; `xdplb stop` runs under `ip netns exec`, which cannot
+/// see those pins. It must find the instance through its records, detach everything, say so
+/// only when the kernel agrees, and exit 0; both after the daemon stopped on its own (the
+/// pinned data plane forwarding without it) and while it runs.
+#[test]
+fn stop_from_another_mount_namespace_detaches_everything() {
+    require_root();
+    let ns = Netns::new("stopx");
+    let dir = run_dir("stopx");
+    let instance = format!("t-stopx-{}", std::process::id());
+    let _pins = HostPins(format!("/sys/fs/bpf/xdplb/{instance}"));
+    let env = format!("XDPLB_RUN_DIR={dir}");
+    let netns_path = format!("--net=/run/netns/{}", ns.name);
+    let _backends = start_backends(&ns, "127.0.0.1:9876,127.0.0.1:9877,127.0.0.1:9878");
+    let run = || {
+        let mut d = Daemon::spawn(&s(&[
+            "nsenter",
+            &netns_path,
+            "env",
+            &env,
+            XDPLB,
+            "run",
+            "--instance",
+            &instance,
+        ]));
+        d.wait_for("running instance", START);
+        d
+    };
+    let stop = || {
+        let out = ns.exec_unchecked(&["env", &env, XDPLB, "stop", "--instance", &instance]);
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+
+    // 1. The daemon stops on SIGTERM; its pinned data plane keeps forwarding without it.
+    let mut first = run();
+    assert!(first.terminate(Duration::from_secs(10)).success());
+    assert!(xdp_attached(&ns, "lo"), "the pinned data plane stays");
+    assert_every_reply_from_vip(&client(&ns, "127.0.0.1:9875", 3, 1), 3, 1);
+    let (status, text) = stop();
+    assert!(status.success(), "stop exits 0: {text}");
+    assert!(text.contains("detached from lo"), "{text}");
+    assert!(!xdp_attached(&ns, "lo"), "XDP detached: {text}");
+    let left = net_attachments(&ns, "lo");
+    assert!(
+        !left.contains("xdplb"),
+        "no XDP or tcx program of xdplb on lo: {left}"
+    );
+    assert_eq!(client(&ns, "127.0.0.1:9875", 1, 1)["replies"], 0);
+    for f in [format!("{instance}.json"), format!("{instance}.pins.json")] {
+        assert!(
+            !std::path::Path::new(&dir).join(&f).exists(),
+            "record {f} removed"
+        );
+    }
+    assert!(
+        !std::path::Path::new(&_pins.0).exists(),
+        "the pins in the daemon's mount namespace are removed too"
+    );
+
+    // 2. The same while the daemon runs.
+    let mut second = run();
+    let (status, text) = stop();
+    assert!(status.success(), "stop exits 0: {text}");
+    assert!(
+        text.contains("detached from lo") && text.contains("daemon pid"),
+        "{text}"
+    );
+    assert!(second.terminate(Duration::from_secs(5)).success());
+    assert!(!xdp_attached(&ns, "lo"), "XDP detached: {text}");
+    assert!(!net_attachments(&ns, "lo").contains("xdplb"));
+    assert!(!std::path::Path::new(&_pins.0).exists(), "pins removed");
+}
+
+/// `xdplb run` under plain `ip netns exec` (no shared bpffs): it says at start that the data
+/// plane cannot outlive it, cleans up fully on SIGTERM and says why, and `xdplb stop` afterwards
+/// exits 0, says there was nothing left, and leaves no record.
+#[test]
+fn run_under_ip_netns_exec_tells_the_truth_about_stopping() {
+    require_root();
+    let ns = Netns::new("privfs");
+    let dir = run_dir("privfs");
+    let instance = format!("t-privfs-{}", std::process::id());
+    let env = format!("XDPLB_RUN_DIR={dir}");
+    let mut d = Daemon::spawn(&in_ns(
+        &ns,
+        &["env", &env, XDPLB, "run", "--instance", &instance],
+    ));
+    d.wait_for("running instance", START);
+    assert!(
+        d.seen
+            .iter()
+            .any(|l| l.contains("cannot outlive it") && l.contains("nsenter --net=")),
+        "warned at start: {:?}",
+        d.seen
+    );
+    assert!(xdp_attached(&ns, "lo"));
+    let status = d.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{}", d.seen.join("\n"));
+    let log = d.seen.join("\n");
+    assert!(
+        log.contains("detached and removed everything") && !log.contains("keeps forwarding"),
+        "{log}"
+    );
+    assert!(!xdp_attached(&ns, "lo"), "nothing attached after SIGTERM");
+    let pins_record = format!("{dir}/{instance}.pins.json");
+    assert!(
+        !std::path::Path::new(&pins_record).exists(),
+        "no record left"
+    );
+    let out = ns.exec_unchecked(&["env", &env, XDPLB, "stop", "--instance", &instance]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && text.contains("nothing to stop"),
+        "{out:?}"
+    );
+    assert!(
+        !std::path::Path::new(&pins_record).exists(),
+        "no record left"
+    );
+}
+
+/// The daemon's report on veth `dev`, from `xdplb stats --json`.
+fn veth_report(ns: &Netns, dir: &str, instance: &str, dev: &str) -> Value {
+    let st = stats(ns, dir, instance);
+    let v = st["veths"][dev].clone();
+    assert!(v.is_object(), "no report on veth {dev} in {st}");
+    v
+}
+
+/// nat over native XDP_REDIRECT onto veths: while every peer has GRO on, every veth takes
+/// redirects, nothing is dropped and nothing is said; once backend 1's end has GRO off (and no
+/// XDP program), the balancer's veth to it refuses redirected frames, which are lost, and the
+/// daemon says so in its log, in `xdplb stats` and in the metrics.
+#[test]
+fn veth_drops_of_redirects_to_a_peer_without_napi_are_reported() {
+    require_root();
+    let pid = std::process::id();
+    let Routed {
+        client: client_ns,
+        lb: lb_ns,
+        backends: backend_ns,
+        lb_devs: interfaces,
+        backend_devs,
+    } = routed_topology("v", 87);
+    let _backends: Vec<Daemon> = (1..=3)
+        .zip(&backend_ns)
+        .map(|(k, ns)| start_backends(ns, &format!("10.88.{k}.2:7000")))
+        .collect();
+    let dir = run_dir("vethdrop");
+    let backends: Vec<String> = (1..=3).map(|k| format!("10.88.{k}.2:7000")).collect();
+    let cfg_path = write_service_config(
+        &dir,
+        "vethdrop",
+        &interfaces,
+        "xdp_mode = \"native\"\nmetrics_listen = \"127.0.0.1:9100\"\n",
+        "forwarding = \"nat\"\n",
+        &backends,
+    );
+    let instance = format!("t-vethdrop-{pid}");
+    let env = format!("XDPLB_RUN_DIR={dir}");
+    let mut lb = start_balancer(&lb_ns, &env, &cfg_path, &instance);
+
+    // GRO on at every peer: everything arrives, nothing dropped, nothing said.
+    round_trip_through_balancer(&client_ns, &backend_ns);
+    std::thread::sleep(Duration::from_millis(1500));
+    for dev in &interfaces {
+        let v = veth_report(&lb_ns, &dir, &instance, dev);
+        assert_eq!(v["accepts_xdp_redirect"], true, "{dev}: {v}");
+        assert_eq!(v["tx_dropped"], 0, "{dev}: {v}");
+        assert_eq!(v["rx_dropped"], 0, "{dev}: {v}");
+    }
+    let quiet = lb.seen.join("\n");
+    assert!(!quiet.contains("WARN"), "no warning yet: {quiet}");
+
+    // GRO off on backend 1's end, which has no XDP program: redirects to it are lost.
+    let (ingress, target) = (&interfaces[0], &interfaces[1]);
+    backend_ns[0].exec(&["ethtool", "-K", &backend_devs[0], "gro", "off"]);
+    lb.wait_for(
+        &format!("veth {target} cannot take XDP_REDIRECT"),
+        Duration::from_secs(5),
+    );
+    let out = client_ns.exec(&[
+        XDPLB,
+        "demo-client",
+        "--target",
+        "10.99.0.1:7000",
+        "--flows",
+        "30",
+        "--packets",
+        "1",
+        "--timeout-ms",
+        "200",
+        "--json",
+    ]);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("client prints JSON");
+    let lost = 30 - report["replies"].as_u64().expect("replies");
+    assert!(lost > 0, "frames to backend 1 are lost: {report}");
+    lb.wait_for(
+        &format!("veth {ingress} dropped frames"),
+        Duration::from_secs(5),
+    );
+    let warning = lb.seen.last().cloned().unwrap_or_default();
+    assert!(warning.contains("ethtool -K PEER gro on"), "{warning}");
+    let v = veth_report(&lb_ns, &dir, &instance, target);
+    assert_eq!(v["accepts_xdp_redirect"], false, "{target}: {v}");
+    let v = veth_report(&lb_ns, &dir, &instance, ingress);
+    let dropped = v["rx_dropped"].as_u64().expect("rx_dropped")
+        + v["tx_dropped"].as_u64().expect("tx_dropped");
+    assert!(
+        dropped >= lost,
+        "every lost request is counted on {ingress}: {v}, lost {lost}"
+    );
+    for dev in &interfaces[2..] {
+        let v = veth_report(&lb_ns, &dir, &instance, dev);
+        assert_eq!(v["accepts_xdp_redirect"], true, "{dev}: {v}");
+    }
+    let text = lb_ns.exec(&["env", &env, XDPLB, "stats", "--instance", &instance]);
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    assert!(
+        text.contains(&format!("WARNING: veth {target} cannot take XDP_REDIRECT")),
+        "{text}"
+    );
+    let metrics = lb_ns.exec(&["curl", "-s", "http://127.0.0.1:9100/metrics"]);
+    let metrics = String::from_utf8_lossy(&metrics.stdout).to_string();
+    let value = |name: &str, dev: &str| -> u64 {
+        let line = format!("{name}{{interface=\"{dev}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line} in the metrics: {metrics}"))
+    };
+    assert_eq!(value("xdplb_veth_xdp_redirect_blocked", target), 1);
+    assert_eq!(value("xdplb_veth_xdp_redirect_blocked", ingress), 0);
+    assert!(
+        value("xdplb_veth_rx_dropped_total", ingress) >= lost,
+        "{metrics}"
+    );
+    println!("veth drops: lost {lost} of 30; {ingress}: {v}; {warning}");
+    let status = lb.terminate(Duration::from_secs(10));
+    assert!(status.success(), "exit 0 on SIGTERM: {status}");
+}

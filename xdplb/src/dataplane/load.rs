@@ -210,6 +210,9 @@ impl Dataplane {
             version: PIN_VERSION.to_string(),
             interfaces: self.interfaces.clone(),
             state: self.reconciler.current().cloned().unwrap_or_default(),
+            stats_map_id: self.map_id(xdplb_common::MAP_STATS).ok(),
+            pins_dir: Some(pins.dir.clone()),
+            mount_ns: super::pin::own_mount_ns(),
         })
     }
 

@@ -62,6 +62,22 @@ pub struct PinRecord {
     pub version: String,
     pub interfaces: Vec<AttachedInterface>,
     pub state: DesiredState,
+    /// Kernel id of the instance's `STATS_V1` map, which every program of the instance uses:
+    /// `xdplb stop` finds the instance's programs, and their links, by it from anywhere.
+    #[serde(default)]
+    pub stats_map_id: Option<u32>,
+    /// Where the pins are, seen from `mount_ns` (`/proc/self/ns/mnt` of the writer).
+    #[serde(default)]
+    pub pins_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub mount_ns: Option<String>,
+}
+
+/// This process's mount namespace, as `/proc/self/ns/mnt` names it (`mnt:[N]`).
+pub fn own_mount_ns() -> Option<String> {
+    fs::read_link("/proc/self/ns/mnt")
+        .ok()
+        .map(|p| p.display().to_string())
 }
 
 /// Where one instance pins.
@@ -174,6 +190,12 @@ impl Pins {
             }
         }
         Ok(true)
+    }
+
+    /// The record as written, of any layout version (for `xdplb stop`).
+    pub fn read_record_any(&self) -> Option<PinRecord> {
+        let text = fs::read_to_string(&self.record).ok()?;
+        serde_json::from_str(&text).ok()
     }
 
     pub fn read_record(&self) -> Result<PinRecord, DataplaneError> {
