@@ -302,6 +302,7 @@ mod tests {
                 inserts: 7,
                 evictions: 2,
             },
+            veths: Default::default(),
         };
         let state = MetricsState {
             instance: InstanceState {
@@ -314,6 +315,7 @@ mod tests {
                 generation: 4,
                 reloads: 0,
                 last_reload: None,
+                veths: Default::default(),
             },
             last_apply_seconds: 0.25,
         };
