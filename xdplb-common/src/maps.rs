@@ -41,6 +41,20 @@ pub const MAP_FULLNAT: &str = "FULLNAT_V1";
 /// before it attaches (or swaps in) the program.
 pub const MAP_LOCAL_MACS: &str = "LOCAL_MACS";
 
+/// IPv4 fragments: how the later fragments of a datagram are rewritten and sent, keyed by
+/// the datagram's identity as it arrived ([`FragmentKey`]: source, destination, IP ID and
+/// protocol), valued [`FragmentRoute`]. Written when the first fragment (the one with the UDP
+/// header, so the ports) is balanced or translated; read by the fragments that follow it.
+/// An LRU shared by all CPUs (a datagram's fragments may arrive on different ones). Not
+/// pinned: fragments in flight across a restart are lost, as they would be at any router.
+pub const MAP_FRAGMENTS: &str = "FRAGMENTS_V1";
+/// Entries of [`MAP_FRAGMENTS`].
+pub const FRAGMENT_TABLE_ENTRIES: u32 = 65_536;
+/// A first fragment's route is used by later fragments for this long (nanoseconds). Fragments
+/// of one datagram follow each other within milliseconds; the bound keeps a reused IP ID from
+/// picking up an old datagram's route.
+pub const FRAGMENT_TIMEOUT_NS: u64 = 2_000_000_000;
+
 /// Data-plane-wide flags, an array of one `u32` (`GLOBAL_FLAG_*`), written by user space.
 pub const MAP_GLOBALS: &str = "GLOBALS_V1";
 /// Some service forwards with `nat`: packets to no service may be its backends' replies.
@@ -283,6 +297,53 @@ pub struct FullnatPeer {
 }
 const _: () = assert!(size_of::<FullnatPeer>() == 56);
 
+/// A fragmented datagram as it arrived. 40 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragmentKey {
+    pub src: Addr,
+    pub dst: Addr,
+    /// The IP ID (network order; IPv4's 16 bits in the low half of the wire bytes).
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<FragmentKey>() == 40);
+
+/// What the later fragments of a datagram get. 40 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragmentRoute {
+    /// The new IPv4 source and destination (network order).
+    pub saddr_v4: u32,
+    pub daddr_v4: u32,
+    /// `dsr-l2`, `dsr-ipip`: the backend (network order); `dsr-ipip`: the outer source.
+    pub backend_v4: u32,
+    pub encap_source_v4: u32,
+    /// One of the `FRAGMENT_SEND_*` values.
+    pub send: u32,
+    /// `Service::id` and backend index for the traffic counters; `u32::MAX` for a reply.
+    pub service_id: u32,
+    pub backend_index: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` when the first fragment was seen.
+    pub created_ns: u64,
+}
+const _: () = assert!(size_of::<FragmentRoute>() == 40);
+
+/// `FragmentRoute::send`: hand to the local stack (`local`).
+pub const FRAGMENT_SEND_LOCAL: u32 = 0;
+/// Route by the new destination (`nat` requests and replies, `fullnat` replies).
+pub const FRAGMENT_SEND_ROUTE: u32 = 1;
+/// Route by the new destination; the new source is this host's (`fullnat` requests).
+pub const FRAGMENT_SEND_ROUTE_LOCAL_SOURCE: u32 = 2;
+/// `dsr-l2` to `backend_v4`.
+pub const FRAGMENT_SEND_DSR_L2: u32 = 3;
+/// `dsr-ipip` to `backend_v4` from `encap_source_v4`.
+pub const FRAGMENT_SEND_DSR_IPIP: u32 = 4;
+/// The TC egress reply path: only the source changes.
+pub const FRAGMENT_SEND_REPLY_TC: u32 = 5;
+
 /// An interface's Ethernet address. 8 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -317,6 +378,8 @@ mod pod {
     unsafe impl aya::Pod for super::FullnatSource {}
     unsafe impl aya::Pod for super::FullnatPeer {}
     unsafe impl aya::Pod for super::InterfaceMac {}
+    unsafe impl aya::Pod for super::FragmentKey {}
+    unsafe impl aya::Pod for super::FragmentRoute {}
 }
 
 #[cfg(test)]

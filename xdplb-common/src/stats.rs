@@ -17,9 +17,11 @@ pub enum Stat {
     PassBadIpv4Header = 3,
     /// Passed: IPv4 but not UDP.
     PassNotUdp = 4,
-    /// Passed: the first fragment of a fragmented IPv4 datagram (MF set, offset 0).
+    /// Passed: the first fragment of a fragmented IPv4 datagram (MF set, offset 0) that does
+    /// not hold the whole UDP header, so cannot be balanced.
     PassFirstFragment = 5,
-    /// Passed: a later fragment (offset non-zero); it has no UDP header.
+    /// Passed: a later fragment (offset non-zero) that matches no recorded first fragment
+    /// (not ours, arrived before its first fragment, or its first fragment's route expired).
     PassLaterFragment = 6,
     /// Passed: a UDP header whose length field disagrees with the IPv4 total length.
     PassBadUdpHeader = 7,
@@ -103,11 +105,17 @@ pub enum Stat {
     /// Event: a UDP checksum left partial by the sender's checksum offload was completed (the
     /// packet left through XDP_TX or XDP_REDIRECT) or kept partial and updated (passed).
     PartialChecksumFixed = 36,
+    /// Event: the first fragment of a datagram was balanced or translated, and its route
+    /// recorded for the fragments that follow (`FRAGMENTS_V1`).
+    FragmentRouteRecorded = 37,
+    /// Event: a later fragment followed its first fragment's route (rewritten and sent the
+    /// same way; its verdict is counted as for any packet of its mode).
+    FragmentFollowed = 38,
 }
 
 impl Stat {
     /// Number of counters.
-    pub const COUNT: u32 = 37;
+    pub const COUNT: u32 = 39;
     /// The length of `STATS_V1`: room for counters that later versions add, so that adding one
     /// does not change the pinned map's shape.
     pub const CAPACITY: u32 = 64;
@@ -151,6 +159,8 @@ impl Stat {
         Stat::DropChecksumTooLong,
         Stat::PassBadIcmp,
         Stat::PartialChecksumFixed,
+        Stat::FragmentRouteRecorded,
+        Stat::FragmentFollowed,
     ];
 
     /// A stable snake_case name, used in `xdplb stats` and later as a metric label.
@@ -193,6 +203,8 @@ impl Stat {
             Stat::DropChecksumTooLong => "drop_checksum_too_long",
             Stat::PassBadIcmp => "pass_bad_icmp",
             Stat::PartialChecksumFixed => "partial_checksum_fixed",
+            Stat::FragmentRouteRecorded => "fragment_route_recorded",
+            Stat::FragmentFollowed => "fragment_followed",
         }
     }
 }

@@ -21,7 +21,7 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::generated::{bpf_csum_diff, bpf_redirect},
+    helpers::generated::{bpf_csum_diff, bpf_redirect, bpf_xdp_load_bytes},
 };
 use xdplb_common::{IPPROTO_IPIP, IPPROTO_UDP, Stat, checksum::fold};
 
@@ -30,38 +30,48 @@ use crate::{
     service::Verdict,
 };
 
-/// The longest run of bytes [`sum_bytes`] sums: enough for a 9,000-byte jumbo datagram.
-pub const MAX_SUM_LEN: usize = CHUNK * MAX_CHUNKS;
+/// How many 256-byte chunks [`sum_bytes`] sums for a UDP datagram: up to 4,095 bytes. The
+/// program is not multi-buffer (xdp.frags), so a frame it sees fits in one page (under 4 KiB
+/// after the headroom); longer ones never reach it. Each chunk costs verifier work.
+pub const DATAGRAM_CHUNKS: usize = 15;
+/// The same for an ICMP error: up to 1,535 bytes. Routers quote at most 576 (RFC 1812), and
+/// the verifier walks every chunk of the loop on every path that follows, so the ICMP
+/// program's loop is kept short; a longer ICMP error is not translated.
+pub const ICMP_CHUNKS: usize = 5;
 const CHUNK: usize = 256;
-const MAX_CHUNKS: usize = 36;
 
 /// The one's-complement sum (unfolded, native word order) of `len` bytes of the packet from
 /// `offset`. Expects `offset` even (checksummed regions start at even offsets here). Returns
-/// `None` when the bytes are not all inside the packet or `len > MAX_SUM_LEN`.
+/// `None` when the bytes are not all inside the packet or `len` is more than `CHUNKS` chunks
+/// and the pieces after them hold.
 ///
 /// `bpf_csum_diff` sums a constant-size slice per call (the verifier needs the size bounded
 /// and the bytes proven inside the packet), so the run is cut into 256-byte chunks, then
 /// power-of-two pieces, then the last bytes one by one.
 #[inline(always)]
-pub fn sum_bytes<C: Packet>(ctx: &C, offset: usize, len: usize) -> Option<u64> {
-    if len > MAX_SUM_LEN {
+pub fn sum_bytes<const CHUNKS: usize>(
+    ctx: &aya_ebpf::programs::XdpContext,
+    offset: usize,
+    len: usize,
+) -> Option<u64> {
+    if len >= (CHUNKS + 1) * CHUNK {
         return None;
     }
     let mut off = offset;
     let mut left = len;
     let mut sum = 0u64;
-    for _ in 0..MAX_CHUNKS {
+    for _ in 0..CHUNKS {
         if left < CHUNK {
             break;
         }
-        sum += chunk::<C, CHUNK>(ctx, off)?;
+        sum += chunk::<_, CHUNK>(ctx, off)?;
         off += CHUNK;
         left -= CHUNK;
     }
     macro_rules! piece {
         ($n:literal) => {
             if left >= $n {
-                sum += chunk::<C, $n>(ctx, off)?;
+                sum += chunk::<_, $n>(ctx, off)?;
                 off += $n;
                 left -= $n;
             }
@@ -73,20 +83,23 @@ pub fn sum_bytes<C: Packet>(ctx: &C, offset: usize, len: usize) -> Option<u64> {
     piece!(16);
     piece!(8);
     piece!(4);
-    if left >= 2 {
-        let w: *const u16 = ptr_at(ctx, off)?;
-        // SAFETY: bounds-checked just above.
-        sum += u64::from(unsafe { *w });
-        off += 2;
-        left -= 2;
-    }
-    if left == 1 {
-        let b: *const u8 = ptr_at(ctx, off)?;
-        // SAFETY: bounds-checked just above. A trailing byte is the high-order byte of a
-        // big-endian word padded with zero: read natively, that is its value in the low byte
-        // on a little-endian host.
-        let byte = u16::from(unsafe { *b });
-        sum += u64::from(u16::from_ne_bytes((byte << 8).to_be_bytes()));
+    // The last 0 to 3 bytes, copied out by the kernel (`bpf_xdp_load_bytes` checks the
+    // offset itself): a direct read of a 1- or 2-byte tail is compiled into a comparison the
+    // verifier cannot tie to the access. A trailing odd byte is the high-order byte of a
+    // big-endian word padded with zero, which the zeroed buffer gives.
+    // SAFETY: a read of a local. Volatile so that the mask below stays: the compiler knows
+    // `left < 4` here, the verifier does not.
+    let left = unsafe { core::ptr::read_volatile(&left) } & 3;
+    if left > 0 {
+        let mut tail = [0u8; 4];
+        // SAFETY: the helper writes at most `left` (< 4) bytes into the 4-byte buffer.
+        let rc = unsafe {
+            bpf_xdp_load_bytes(ctx.ctx, off as u32, tail.as_mut_ptr().cast(), left as u32)
+        };
+        if rc != 0 {
+            return None;
+        }
+        sum += u64::from(u32::from_ne_bytes(tail));
     }
     Some(sum)
 }
@@ -218,12 +231,13 @@ pub fn finish_and_send(ctx: &aya_ebpf::programs::XdpContext) -> Verdict {
         l4_offset,
         frame_len: 0,
         partial_csum: true,
+        fragment: crate::parse::NOT_FRAGMENT,
     };
     let pseudo = pseudo_header_sum(&pkt);
     // SAFETY: bounds-checked above.
     let (udp_len, field) = unsafe { (usize::from(u16::from_be((*udp).len_be)), (*udp).check) };
     // The datagram's sum with the field as it is now.
-    let Some(data) = sum_bytes(ctx, l4_offset, udp_len) else {
+    let Some(data) = sum_bytes::<DATAGRAM_CHUNKS>(ctx, l4_offset, udp_len) else {
         return drop;
     };
     if args.action == xdp_action::XDP_PASS {

@@ -347,10 +347,14 @@ fn lookup(
     tot_len: u16,
 ) -> Result<bpf_fib_lookup, (u32, u16)> {
     // SAFETY: the parser proved the headers lie inside the packet; nothing moved it since.
-    let (tos, saddr, sport_be, dport_be) = unsafe {
-        let ip = &*pkt.ip;
-        let udp = &*pkt.udp;
-        (ip.tos, ip.saddr, udp.source_be, udp.dest_be)
+    let (tos, saddr) = unsafe { ((*pkt.ip).tos, (*pkt.ip).saddr) };
+    // Ports only for an unfragmented packet: every fragment of a datagram must take the same
+    // route (as the kernel's own multipath hash does for fragments).
+    let (sport_be, dport_be) = if pkt.fragment == crate::parse::NOT_FRAGMENT {
+        // SAFETY: an unfragmented packet's UDP header was bounds-checked by the parser.
+        unsafe { ((*pkt.udp).source_be, (*pkt.udp).dest_be) }
+    } else {
+        (0, 0)
     };
     // SAFETY: an all-zero bpf_fib_lookup is a valid value (plain integers and unions of them).
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };

@@ -31,6 +31,8 @@ const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ETH_P_IP: u16 = 0x0800;
 const IP_FRAGMENTED: u16 = 0x3fff;
+/// `parse`: not an ICMP error about a UDP packet (the caller passes it as not UDP).
+const NOT_OURS: Stat = Stat::PassNotUdp;
 /// ICMP header, quoted IPv4 header without options, quoted UDP header.
 const QUOTE_MIN_LEN: usize = 8 + 20 + 8;
 
@@ -47,7 +49,7 @@ struct Quoted {
     outer: *mut Ipv4Hdr,
     /// Offset of the ICMP header from the start of the frame.
     l4_offset: usize,
-    /// The outer IPv4 total length, host order; the frame holds all of it.
+    /// The outer IPv4 total length, host order.
     tot_len: usize,
     icmp: *mut IcmpHdr,
     inner: *mut Ipv4Hdr,
@@ -57,13 +59,18 @@ struct Quoted {
 /// Handles an ICMP error about a balanced flow. `None`: not one (the caller passes it).
 #[inline(always)]
 pub fn handle(ctx: &XdpContext) -> Option<Verdict> {
-    let q = parse(ctx)?;
+    let q = match parse(ctx) {
+        Ok(q) => q,
+        Err(NOT_OURS) => return None,
+        Err(stat) => return Some(Verdict::pass(stat)),
+    };
     let pseudo = Ipv4Udp {
         ip: q.outer,
         udp: q.udp,
         l4_offset: q.l4_offset,
         frame_len: 0,
         partial_csum: false,
+        fragment: crate::parse::NOT_FRAGMENT,
     };
     // Before anything is read from the quote: ours, and intact.
     if !service::addressed_to_interface(ctx) {
@@ -167,13 +174,13 @@ pub fn handle(ctx: &XdpContext) -> Option<Verdict> {
 /// Parses Ethernet, an unfragmented outer IPv4 header, an ICMP destination-unreachable or
 /// time-exceeded message, and the quoted IPv4 header (no options) and UDP header.
 #[inline(always)]
-fn parse(ctx: &XdpContext) -> Option<Quoted> {
-    let eth: *mut crate::parse::EthHdr = ptr_at(ctx, 0)?;
+fn parse(ctx: &XdpContext) -> Result<Quoted, Stat> {
+    let eth: *mut crate::parse::EthHdr = ptr_at(ctx, 0).ok_or(NOT_OURS)?;
     // SAFETY: bounds-checked just above.
     if unsafe { (*eth).ether_type_be } != ETH_P_IP.to_be() {
-        return None;
+        return Err(NOT_OURS);
     }
-    let outer: *mut Ipv4Hdr = ptr_at(ctx, ETH_HDR_LEN)?;
+    let outer: *mut Ipv4Hdr = ptr_at(ctx, ETH_HDR_LEN).ok_or(NOT_OURS)?;
     // SAFETY: bounds-checked just above.
     let (version_ihl, protocol, frag, tot_len) = unsafe {
         (
@@ -185,30 +192,30 @@ fn parse(ctx: &XdpContext) -> Option<Quoted> {
     };
     let ihl = ((version_ihl & 0x0f) as usize) * 4;
     if version_ihl >> 4 != 4 || ihl < 20 || protocol != IPPROTO_ICMP || frag & IP_FRAGMENTED != 0 {
-        return None;
-    }
-    // The outer length must cover the ICMP header and the quoted IPv4 and UDP headers. That
-    // the frame holds all of it, `message_is_valid` proves (its sum reads every byte); a
-    // comparison here would let the compiler drop the bounds checks below, which the verifier
-    // needs.
-    if tot_len < ihl + QUOTE_MIN_LEN {
-        return None;
+        return Err(NOT_OURS);
     }
     let l4 = ETH_HDR_LEN + ihl;
-    let icmp: *mut IcmpHdr = ptr_at(ctx, l4)?;
+    let icmp: *mut IcmpHdr = ptr_at(ctx, l4).ok_or(NOT_OURS)?;
     // SAFETY: bounds-checked just above.
     let kind = unsafe { (*icmp).kind };
     if kind != ICMP_DEST_UNREACH && kind != ICMP_TIME_EXCEEDED {
-        return None;
+        return Err(NOT_OURS);
     }
-    let inner: *mut Ipv4Hdr = ptr_at(ctx, l4 + 8)?;
+    // An ICMP error. Its outer length must cover the ICMP header and the quoted IPv4 and UDP
+    // headers. (That the frame holds all of it, `message_is_valid` proves: its sum reads every
+    // byte. A comparison with the frame length would let the compiler drop the bounds checks
+    // here, which the verifier needs.)
+    if tot_len < ihl + QUOTE_MIN_LEN {
+        return Err(Stat::PassBadIcmp);
+    }
+    let inner: *mut Ipv4Hdr = ptr_at(ctx, l4 + 8).ok_or(NOT_OURS)?;
     // SAFETY: bounds-checked just above.
     let (inner_vihl, inner_proto) = unsafe { ((*inner).version_ihl, (*inner).protocol) };
     if inner_vihl != 0x45 || inner_proto != IPPROTO_UDP {
-        return None;
+        return Err(NOT_OURS);
     }
-    let udp: *mut UdpHdr = ptr_at(ctx, l4 + 8 + 20)?;
-    Some(Quoted {
+    let udp: *mut UdpHdr = ptr_at(ctx, l4 + 8 + 20).ok_or(NOT_OURS)?;
+    Ok(Quoted {
         outer,
         l4_offset: l4,
         tot_len,
@@ -223,7 +230,7 @@ fn parse(ctx: &XdpContext) -> Option<Quoted> {
 #[inline(always)]
 fn message_is_valid(ctx: &XdpContext, q: &Quoted) -> bool {
     let len = q.tot_len - (q.l4_offset - ETH_HDR_LEN);
-    match csum::sum_bytes(ctx, q.l4_offset, len) {
+    match csum::sum_bytes::<{ csum::ICMP_CHUNKS }>(ctx, q.l4_offset, len) {
         Some(sum) => fold(sum) == 0xffff,
         None => false,
     }

@@ -5,6 +5,7 @@
 
 mod csum;
 mod forward;
+mod fragment;
 mod fullnat;
 mod icmp;
 mod parse;
@@ -23,8 +24,9 @@ use aya_ebpf::{
 };
 use xdplb_common::{
     Backend, Counter, DEFAULT_MAX_BACKENDS_PER_SERVICE, DEFAULT_MAX_FLOWS,
-    DEFAULT_MAX_LOOKUP_ENTRIES, DEFAULT_MAX_SERVICES, Flow, FlowKey, FullnatPeer, FullnatSource,
-    InterfaceMac, Reply, ReplyKey, Service, ServiceKey, Stat,
+    DEFAULT_MAX_LOOKUP_ENTRIES, DEFAULT_MAX_SERVICES, FRAGMENT_TABLE_ENTRIES, Flow, FlowKey,
+    FragmentKey, FragmentRoute, FullnatPeer, FullnatSource, InterfaceMac, Reply, ReplyKey, Service,
+    ServiceKey, Stat,
 };
 
 // The max_entries below are placeholders: user space sizes every map from the config at load
@@ -64,6 +66,11 @@ static FULLNAT: HashMap<ReplyKey, FullnatPeer> = HashMap::with_max_entries(DEFAU
 #[map(name = "LOCAL_MACS")]
 static LOCAL_MACS: HashMap<u32, InterfaceMac> = HashMap::with_max_entries(256, 0);
 
+/// See `xdplb_common::MAP_FRAGMENTS`.
+#[map(name = "FRAGMENTS_V1")]
+static FRAGMENTS: LruHashMap<FragmentKey, FragmentRoute> =
+    LruHashMap::with_max_entries(FRAGMENT_TABLE_ENTRIES, 0);
+
 #[map(name = "GLOBALS_V1")]
 static GLOBALS: Array<u32> = Array::with_max_entries(1, 0);
 
@@ -94,10 +101,25 @@ fn debug_log_enabled() -> bool {
 /// exceed BPF's 512-byte stack). Filled by user space at load time; not pinned (it belongs to
 /// one program load).
 #[map(name = "XDPLB_PROGS")]
-static PROGS: ProgramArray = ProgramArray::with_max_entries(2, 0);
+static PROGS: ProgramArray = ProgramArray::with_max_entries(3, 0);
 pub const PROG_ICMP: u32 = 0;
 /// Slot 1: `xdplb_finish_checksum` (see `csum::finish_and_send`).
 pub const PROG_FINISH: u32 = 1;
+
+/// Slot 2: `xdplb_fragment` (see `fragment::handle_later`).
+pub const PROG_FRAGMENT: u32 = 2;
+
+/// Follows a later fragment's first fragment; tail-called by ingress only.
+#[xdp]
+pub fn xdplb_fragment(ctx: XdpContext) -> u32 {
+    let verdict = fragment::handle_later(&ctx);
+    stats::count(verdict.stat);
+    verdict.action
+}
+
+/// Per-CPU room to build a fragment route in (see `fragment::record`). Not pinned.
+#[map(name = "FRAGMENT_SCRATCH")]
+static FRAGMENT_SCRATCH: PerCpuArray<fragment::Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU hand-over from ingress to `xdplb_finish_checksum`. Not pinned.
 #[map(name = "FINISH_ARGS")]

@@ -96,7 +96,25 @@ pub struct Ipv4Udp {
     pub frame_len: u32,
     /// The UDP checksum field held a partial checksum when the packet arrived (see
     /// `csum::udp_checksum_is_partial`); set by the ingress path before it rewrites anything.
+    /// Never for a fragment (the sender completes a fragmented datagram's checksum).
     pub partial_csum: bool,
+    /// `NOT_FRAGMENT`, `FIRST_FRAGMENT` (MF set, offset 0: it holds the UDP header, whose
+    /// length and checksum cover the whole datagram) or `LATER_FRAGMENT` (no UDP header:
+    /// `udp` then points at the IPv4 header, only so that it is a valid pointer, and must not
+    /// be read or written as UDP).
+    pub fragment: u8,
+}
+
+pub const NOT_FRAGMENT: u8 = 0;
+pub const FIRST_FRAGMENT: u8 = 1;
+pub const LATER_FRAGMENT: u8 = 2;
+
+impl Ipv4Udp {
+    /// Whether the packet holds a UDP header (everything but a later fragment).
+    #[inline(always)]
+    pub fn has_udp_header(&self) -> bool {
+        self.fragment != LATER_FRAGMENT
+    }
 }
 
 /// Parses Ethernet, IPv4 (options skipped, bounds-checked) and UDP.
@@ -132,18 +150,38 @@ pub fn ipv4_udp<C: Packet>(ctx: &C) -> Result<Ipv4Udp, Stat> {
     if protocol != IPPROTO_UDP {
         return Err(Stat::PassNotUdp);
     }
-    if frag_off & IP_OFFSET_MASK != 0 {
-        return Err(Stat::PassLaterFragment);
-    }
-    if frag_off & IP_MF != 0 {
-        return Err(Stat::PassFirstFragment);
-    }
     let l4_offset = ETH_HDR_LEN + ip_hdr_len;
-    let udp: *mut UdpHdr = ptr_at(ctx, l4_offset).ok_or(Stat::PassTruncated)?;
+    if frag_off & IP_OFFSET_MASK != 0 {
+        // A later fragment: addresses and IP ID are all it has; the caller decides.
+        return Ok(Ipv4Udp {
+            ip,
+            udp: ip.cast(),
+            l4_offset,
+            frame_len: frame_len as u32,
+            partial_csum: false,
+            fragment: LATER_FRAGMENT,
+        });
+    }
+    let first = frag_off & IP_MF != 0;
+    let udp: *mut UdpHdr = ptr_at(ctx, l4_offset).ok_or(if first {
+        Stat::PassFirstFragment
+    } else {
+        Stat::PassTruncated
+    })?;
     // SAFETY: ptr_at proved the UDP header lies inside the packet.
     let udp_len = u16::from_be(unsafe { (*udp).len_be }) as usize;
-    // A UDP length shorter than the IP payload is legal (the stack trims); longer is not.
-    if udp_len < UDP_HDR_LEN || udp_len > tot_len - ip_hdr_len {
+    // The UDP header must lie inside the IPv4 total length, not just the frame. (Checked after
+    // `ptr_at`: before it, the compiler would drop the bounds check the verifier needs.)
+    if tot_len - ip_hdr_len < UDP_HDR_LEN {
+        return Err(if first {
+            Stat::PassFirstFragment
+        } else {
+            Stat::PassBadUdpHeader
+        });
+    }
+    // A UDP length shorter than the IP payload is legal (the stack trims); longer is not,
+    // except in a first fragment, whose UDP length covers the whole datagram.
+    if udp_len < UDP_HDR_LEN || (!first && udp_len > tot_len - ip_hdr_len) {
         return Err(Stat::PassBadUdpHeader);
     }
     Ok(Ipv4Udp {
@@ -152,5 +190,6 @@ pub fn ipv4_udp<C: Packet>(ctx: &C) -> Result<Ipv4Udp, Stat> {
         l4_offset,
         frame_len: frame_len as u32,
         partial_csum: false,
+        fragment: if first { FIRST_FRAGMENT } else { NOT_FRAGMENT },
     })
 }

@@ -5,9 +5,9 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use xdplb_common::{IPPROTO_UDP, ReplyKey, Stat, addr_from_v4_wire};
+use xdplb_common::{FRAGMENT_SEND_REPLY_TC, IPPROTO_UDP, ReplyKey, Stat, addr_from_v4_wire};
 
-use crate::{REPLIES, parse};
+use crate::{REPLIES, fragment, parse};
 
 /// Offsets inside the IPv4 header.
 const IP_CHECK_OFFSET: usize = parse::ETH_HDR_LEN + 10;
@@ -36,6 +36,10 @@ pub fn translate(ctx: &TcContext) -> Option<Stat> {
         ctx.pull_data(want).ok()?;
     }
     let pkt = parse::ipv4_udp(ctx).ok()?;
+    if pkt.fragment == parse::LATER_FRAGMENT {
+        return follow_fragment(ctx, &pkt);
+    }
+    let first_fragment = pkt.fragment == parse::FIRST_FRAGMENT;
     // SAFETY: the parser validated both headers.
     let (saddr, daddr, sport_be, dport_be) = unsafe {
         (
@@ -57,6 +61,19 @@ pub fn translate(ctx: &TcContext) -> Option<Stat> {
     let reply = unsafe { REPLIES.get(key) }.copied()?;
     let vip_addr = reply.vip_addr[3];
     let l4 = pkt.l4_offset;
+    // Recorded before the rewrite: the helpers below invalidate the packet pointers, and the
+    // key is the datagram as the backend sent it.
+    if first_fragment {
+        fragment::record(
+            &pkt,
+            |route| {
+                route.saddr_v4 = vip_addr;
+                route.send = FRAGMENT_SEND_REPLY_TC;
+            },
+            ctx,
+        );
+    }
+
     // The helpers below update the checksums correctly whatever the skb's checksum state
     // (CHECKSUM_PARTIAL keeps only the pseudo-header sum in the field); a zero UDP checksum
     // stays zero (BPF_F_MARK_MANGLED_0). They also invalidate packet pointers, so from here on
@@ -95,4 +112,25 @@ pub fn translate(ctx: &TcContext) -> Option<Stat> {
         }
     }
     Some(Stat::ReplyTranslated)
+}
+
+/// A later fragment of a reply whose first fragment was translated: the same source. Other
+/// fragments are none of ours (`None`, untouched and uncounted).
+#[inline(always)]
+fn follow_fragment(ctx: &TcContext, pkt: &parse::Ipv4Udp) -> Option<Stat> {
+    let route = fragment::route(&fragment::key(pkt))?;
+    if route.send != FRAGMENT_SEND_REPLY_TC {
+        return None;
+    }
+    // SAFETY: the parser validated the IPv4 header.
+    let saddr = unsafe { (*pkt.ip).saddr };
+    if route.saddr_v4 != saddr
+        && (ctx
+            .l3_csum_replace(IP_CHECK_OFFSET, saddr as u64, route.saddr_v4 as u64, 4)
+            .is_err()
+            || ctx.store(IP_SADDR_OFFSET, &route.saddr_v4, 0).is_err())
+    {
+        return Some(Stat::DropReplyRewriteFailed);
+    }
+    Some(Stat::FragmentFollowed)
 }

@@ -64,6 +64,24 @@ fn replace_endpoint(
     }
 }
 
+/// Sets the source and destination addresses of a later fragment (no UDP header), updating
+/// only the IPv4 header checksum. Addresses in network order.
+#[inline(always)]
+pub fn set_addresses_l3(pkt: &Ipv4Udp, saddr: u32, daddr: u32) {
+    // SAFETY: the parser proved the IPv4 header lies inside the packet.
+    unsafe {
+        let ip = &mut *pkt.ip;
+        if ip.saddr != saddr {
+            ip.check = replace_u32(ip.check, ip.saddr, saddr);
+            ip.saddr = saddr;
+        }
+        if ip.daddr != daddr {
+            ip.check = replace_u32(ip.check, ip.daddr, daddr);
+            ip.daddr = daddr;
+        }
+    }
+}
+
 /// Decrements the TTL of a validated IPv4 packet, updating the header checksum. Expects
 /// `ttl > 1` (checked by the caller).
 #[inline(always)]

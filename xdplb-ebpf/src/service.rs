@@ -4,16 +4,18 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_log_ebpf::debug;
 use xdplb_common::{
     Backend, FLOW_REFRESH_NS, FORWARD_DSR_IPIP, FORWARD_DSR_L2, FORWARD_FULLNAT, FORWARD_LOCAL,
-    FORWARD_NAT, Flow, FlowKey, FullnatPeer, GLOBAL_FLAG_FULLNAT, GLOBAL_FLAG_NAT, IPPROTO_UDP,
-    REPLY_FLAG_NAT, Reply, ReplyKey, SERVICE_ENCAP_HOST_BITS_MASK, SERVICE_ENCAP_HOST_BITS_SHIFT,
-    SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FORWARDING_MASK, SERVICE_FORWARDING_SHIFT, Service,
-    ServiceKey, Stat, addr_from_v4_wire,
+    FORWARD_NAT, FRAGMENT_SEND_DSR_IPIP, FRAGMENT_SEND_DSR_L2, FRAGMENT_SEND_ROUTE,
+    FRAGMENT_SEND_ROUTE_LOCAL_SOURCE, Flow, FlowKey, FullnatPeer, GLOBAL_FLAG_FULLNAT,
+    GLOBAL_FLAG_NAT, IPPROTO_UDP, REPLY_FLAG_NAT, Reply, ReplyKey, SERVICE_ENCAP_HOST_BITS_MASK,
+    SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FORWARDING_MASK,
+    SERVICE_FORWARDING_SHIFT, Service, ServiceKey, Stat, addr_from_v4_wire,
     hash::{FlowTuple, HASH_FIVE_TUPLE, flow_hash},
 };
 
 use crate::{
-    BACKENDS, FLOWS, GLOBALS, LOCAL_MACS, PROG_ICMP, PROGS, REPLIES, SERVICES, XDP_DROP, XDP_PASS,
-    csum, debug_log_enabled, forward, fullnat, parse, rewrite, schedule, stats,
+    BACKENDS, FLOWS, GLOBALS, LOCAL_MACS, PROG_FRAGMENT, PROG_ICMP, PROGS, REPLIES, SERVICES,
+    XDP_DROP, XDP_PASS, csum, debug_log_enabled, forward, fragment, fullnat, parse, rewrite,
+    schedule, stats,
 };
 
 /// What to do with a packet, and the counted reason.
@@ -69,6 +71,13 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
         }
         Err(stat) => return Err(Verdict::pass(stat)),
     };
+    if pkt.fragment == parse::LATER_FRAGMENT {
+        // A program of its own (stack and verifier budget). Returns only if the tail call
+        // failed; the fragment then passes, counted as unmatched.
+        // SAFETY: a tail call into a program user space put in the array.
+        unsafe { PROGS.tail_call(ctx, PROG_FRAGMENT) };
+        return Err(Verdict::pass(Stat::PassLaterFragment));
+    }
     // SAFETY: the parser validated both headers.
     let (saddr, daddr, sport_be, dport_be) = unsafe {
         (
@@ -139,6 +148,9 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
     };
 
     stats::count_traffic(service.id, target.index, pkt.frame_len);
+    if pkt.fragment == parse::FIRST_FRAGMENT {
+        record_fragment_route(ctx, &pkt, &service, mode, &target);
+    }
     if mode == FORWARD_DSR_L2 {
         // The backend holds the VIP: the packet stays as the client sent it.
         return Ok(forward::l2_forward(ctx, &pkt, target.addr_v4, true));
@@ -198,7 +210,8 @@ fn admit(ctx: &aya_ebpf::programs::XdpContext, pkt: &mut parse::Ipv4Udp) -> Resu
     if !csum::ipv4_header_is_valid(ctx, pkt) {
         return Err(Verdict::drop(Stat::DropBadIpv4Checksum));
     }
-    pkt.partial_csum = csum::udp_checksum_is_partial(pkt);
+    // A fragmented datagram's checksum is always complete (the sender finishes it first).
+    pkt.partial_csum = pkt.fragment == parse::NOT_FRAGMENT && csum::udp_checksum_is_partial(pkt);
     Ok(())
 }
 
@@ -259,6 +272,54 @@ fn known_reply(saddr: u32, daddr: u32, sport_be: u16, dport_be: u16) -> Option<K
     None
 }
 
+/// Records how the later fragments of a balanced first fragment's datagram are rewritten and
+/// sent: as its mode sends the first one, to the same backend.
+#[inline(always)]
+fn record_fragment_route(
+    ctx: &aya_ebpf::programs::XdpContext,
+    pkt: &parse::Ipv4Udp,
+    service: &Service,
+    mode: u32,
+    target: &Target,
+) {
+    let source = if mode == FORWARD_FULLNAT {
+        match fullnat::source_addr(service) {
+            Some(s) => s,
+            None => return,
+        }
+    } else {
+        0
+    };
+    let encap = if mode == FORWARD_DSR_IPIP {
+        encap_source(service, target.tuple_hash)
+    } else {
+        0
+    };
+    fragment::record(
+        pkt,
+        |route| {
+            route.service_id = service.id;
+            route.backend_index = target.index;
+            route.backend_v4 = target.addr_v4;
+            if mode == FORWARD_DSR_L2 {
+                route.send = FRAGMENT_SEND_DSR_L2;
+            } else if mode == FORWARD_DSR_IPIP {
+                route.encap_source_v4 = encap;
+                route.send = FRAGMENT_SEND_DSR_IPIP;
+            } else {
+                route.daddr_v4 = target.addr_v4;
+                if mode == FORWARD_FULLNAT {
+                    route.saddr_v4 = source;
+                    route.send = FRAGMENT_SEND_ROUTE_LOCAL_SOURCE;
+                } else if mode == FORWARD_NAT {
+                    route.send = FRAGMENT_SEND_ROUTE;
+                }
+            }
+        },
+        ctx,
+    );
+}
+
 /// Rewrites an admitted reply to come from VIP:port (and for `fullnat`, to go to the client)
 /// and routes it to the client.
 #[inline(always)]
@@ -267,6 +328,23 @@ fn translate_reply(
     pkt: &parse::Ipv4Udp,
     reply: KnownReply,
 ) -> Verdict {
+    if pkt.fragment == parse::FIRST_FRAGMENT {
+        let (vip, client) = match &reply {
+            KnownReply::Nat(r) => (r.vip_addr[3], None),
+            KnownReply::Fullnat(_, peer) => (peer.vip_addr[3], Some(peer.client_addr[3])),
+        };
+        fragment::record(
+            pkt,
+            |route| {
+                route.saddr_v4 = vip;
+                if let Some(c) = client {
+                    route.daddr_v4 = c;
+                }
+                route.send = FRAGMENT_SEND_ROUTE;
+            },
+            ctx,
+        );
+    }
     match reply {
         KnownReply::Nat(reply) => {
             rewrite::set_source(pkt, reply.vip_addr[3], reply.vip_port_be);

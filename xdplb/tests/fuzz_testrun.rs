@@ -56,7 +56,7 @@ const DP_REQUIRES_ETH_DST_IS_OURS: bool = true;
 /// with the same (source, destination, IP id) to the same backend. With it on, such fragments
 /// must also come out balanced (modified) unless dropped (today: every fragment passes
 /// untouched).
-const DP_HAS_FRAGMENT_TABLE: bool = false;
+const DP_HAS_FRAGMENT_TABLE: bool = true;
 /// An ICMP error is translated only if its ICMP checksum is right (today: not verified, and a
 /// wrong one stays wrong).
 const DP_VERIFIES_ICMP_CHECKSUM: bool = true;
@@ -291,24 +291,37 @@ struct Regression {
     frames: &'static [(&'static str, usize)],
 }
 
-const REGRESSIONS: &[Regression] = &[Regression {
-    // Found by seed 0x0d15ea5ef00d2026 case 1546. Gated by
-    // DP_LEAVES_UNFIT_ICMP_TO_DSR_IPIP_UNTOUCHED: a router's "host unreachable" to a
-    // dsr-ipip VIP (1530 bytes, so 1550 once encapsulated, over fa's MTU of 1500) about the
-    // reply of a live flow comes out cut to 36 bytes and dropped.
-    name: "oversized ICMP error to a dsr-ipip VIP is mangled",
-    iface: Iface::B,
-    frames: &[
-        (
-            "020000000b0102000000770108004500001c12340000401151f70a3c02020a630006176f1b5e0008b66a",
-            42,
-        ),
-        (
-            "020000000b010200000077010800450005ec1234000040014c300a3c02090a6300060301197300000000450005d0123400003f114d430a6300060a3c02021b5e176f05bcab02",
-            1530,
-        ),
-    ],
-}];
+const REGRESSIONS: &[Regression] = &[
+    Regression {
+        // Found by seed 0x0d15ea5ef00d2026 case 45353 once the data plane balanced first
+        // fragments: an IPv4 total length of 23 (3 bytes of UDP) on a longer frame; the UDP
+        // header read from past the total length was balanced (fullnat).
+        name: "first fragment whose UDP header lies past the IPv4 total length",
+        iface: Iface::B,
+        frames: &[(
+            "020000000b01020000007701080045000017cbe12000ff11b94c0a3c02020a63000713b41b5f0036d9397ac75330cde86b551ccde9cf9a22bdd77eaec496d1db90997ad8be0e0a6870d2eaf481b901e663fdcdb1f3548d4b",
+            88,
+        )],
+    },
+    Regression {
+        // Found by seed 0x0d15ea5ef00d2026 case 1546. Gated by
+        // DP_LEAVES_UNFIT_ICMP_TO_DSR_IPIP_UNTOUCHED: a router's "host unreachable" to a
+        // dsr-ipip VIP (1530 bytes, so 1550 once encapsulated, over fa's MTU of 1500) about the
+        // reply of a live flow comes out cut to 36 bytes and dropped.
+        name: "oversized ICMP error to a dsr-ipip VIP is mangled",
+        iface: Iface::B,
+        frames: &[
+            (
+                "020000000b0102000000770108004500001c12340000401151f70a3c02020a630006176f1b5e0008b66a",
+                42,
+            ),
+            (
+                "020000000b010200000077010800450005ec1234000040014c300a3c02090a6300060301197300000000450005d0123400003f114d430a6300060a3c02021b5e176f05bcab02",
+                1530,
+            ),
+        ],
+    },
+];
 
 // ---------------------------------------------------------------------------------------------
 // Checksums and frame building, all with etherparse.
@@ -486,9 +499,12 @@ struct Model {
     nat_replies: HashMap<(SocketAddrV4, SocketAddrV4), SocketAddrV4>,
     /// `fullnat`: (backend, balancer source) -> (client, VIP).
     fullnat: HashMap<(SocketAddrV4, SocketAddrV4), (SocketAddrV4, SocketAddrV4)>,
-    /// Only with `DP_HAS_FRAGMENT_TABLE`: (source, destination, IP id) of a balanced first
-    /// fragment -> the backend address its later fragments go to.
-    fragments: HashMap<([u8; 4], [u8; 4], u16), [u8; 4]>,
+    /// Only with `DP_HAS_FRAGMENT_TABLE`: (source, destination, IP ID) of a balanced first
+    /// fragment -> its backend and mode.
+    fragments: HashMap<([u8; 4], [u8; 4], u16), ([u8; 4], Mode)>,
+    /// The same for a translated reply's first fragment -> the (source, destination) its later
+    /// fragments get.
+    reply_fragments: HashMap<([u8; 4], [u8; 4], u16), ([u8; 4], [u8; 4])>,
     /// Insertion order of the flows and translations, so that generation is deterministic.
     flow_keys: Vec<(SocketAddrV4, SocketAddrV4)>,
     nat_keys: Vec<(SocketAddrV4, SocketAddrV4)>,
@@ -510,13 +526,20 @@ enum Class {
         first_fragment: bool,
     },
     /// Only with `DP_HAS_FRAGMENT_TABLE`: a later fragment of a balanced first fragment.
-    LaterFragment { backend: [u8; 4] },
+    LaterFragment { backend: [u8; 4], mode: Mode },
+    /// Only with `DP_HAS_FRAGMENT_TABLE`: a later fragment of a translated reply: must leave
+    /// from `src` to `dst`.
+    LaterReplyFragment { src: [u8; 4], dst: [u8; 4] },
     /// A `nat` backend's reply: must leave from `vip`.
-    NatReply { vip: SocketAddrV4 },
+    NatReply {
+        vip: SocketAddrV4,
+        first_fragment: bool,
+    },
     /// A `fullnat` backend's reply: must leave from `vip` to `client`.
     FullnatReply {
         client: SocketAddrV4,
         vip: SocketAddrV4,
+        first_fragment: bool,
     },
     /// An ICMP error about a `nat` request (client -> backend): the quote must become
     /// client -> `vip`, and an outer source that was the backend becomes the VIP.
@@ -612,8 +635,12 @@ fn model_class(frame: &[u8], iface: Iface, m: &Model, sw: &Switches) -> (Class, 
         return (Invalid("fragment"), Some(lay));
     }
     if later_fragment {
-        return match m.fragments.get(&(src, dst, ip.identification())) {
-            Some(b) => (Class::LaterFragment { backend: *b }, Some(lay)),
+        let key = (src, dst, ip.identification());
+        if let Some(&(src, dst)) = m.reply_fragments.get(&key) {
+            return (Class::LaterReplyFragment { src, dst }, Some(lay));
+        }
+        return match m.fragments.get(&key) {
+            Some(&(backend, mode)) => (Class::LaterFragment { backend, mode }, Some(lay)),
             None => (Invalid("later fragment of nothing balanced"), Some(lay)),
         };
     }
@@ -640,18 +667,23 @@ fn model_class(frame: &[u8], iface: Iface, m: &Model, sw: &Switches) -> (Class, 
         };
         return (class, Some(lay));
     }
-    if fragment {
-        return (Invalid("fragment to no service"), Some(lay));
-    }
     if let Some(vip) = m.nat_replies.get(&(client, to)) {
-        return (Class::NatReply { vip: *vip }, Some(lay));
+        let class = Class::NatReply {
+            vip: *vip,
+            first_fragment: fragment,
+        };
+        return (class, Some(lay));
     }
     if let Some((c, vip)) = m.fullnat.get(&(client, to)) {
         let class = Class::FullnatReply {
             client: *c,
             vip: *vip,
+            first_fragment: fragment,
         };
         return (class, Some(lay));
+    }
+    if fragment {
+        return (Invalid("fragment to no service and no reply"), Some(lay));
     }
     (Invalid("UDP to no service and no reply"), Some(lay))
 }
@@ -730,6 +762,8 @@ fn is_verdict(s: Stat) -> bool {
         | DropPortsExhausted | DropBadIpv4Checksum | PassNotForUs | DropChecksumTooLong
         | PassBadIcmp => true,
         PartialChecksumFixed
+        | FragmentRouteRecorded
+        | FragmentFollowed
         | FlowCreated
         | FlowExpired
         | FlowRescheduled
@@ -929,14 +963,57 @@ fn check_output(c: &mut Check, class: &Class, lay: Layout, m: &Model) -> Learned
                 }
             }
         }
-        Class::LaterFragment { backend } => {
-            c.only_changed(&[0..12, 22..23, 24..26, 30..34]);
-            c.expect(ip4(c.out, 30) == *backend, || {
-                "later fragment not sent to its first fragment's backend".into()
+        Class::LaterFragment { backend, mode } => match mode {
+            // As its first fragment: only the MACs change, towards the backend.
+            Mode::DsrL2 => {
+                c.only_changed(&[0..6, 6..12]);
+                c.expect(c.action == XDP_TX || c.action == XDP_REDIRECT, || {
+                    "dsr-l2 later fragment not sent".into()
+                });
+            }
+            // As its first fragment: encapsulated to the backend, the fragment unchanged inside.
+            Mode::DsrIpip => {
+                let (input, out) = (c.input, c.out);
+                c.expect(
+                    out.len() == input.len() + 20
+                        && ip4(out, 30) == *backend
+                        && out[34..] == input[14..],
+                    || "dsr-ipip later fragment not encapsulated to its backend".into(),
+                );
+            }
+            _ => {
+                let mut allowed = vec![0..12, 22..23, 24..26, 30..34];
+                if *mode == Mode::Fullnat {
+                    allowed.push(26..30);
+                    c.expect(ip4(c.out, 26) == FULLNAT_SOURCE, || {
+                        "fullnat later fragment not from fullnat_source".into()
+                    });
+                }
+                c.only_changed(&allowed);
+                c.expect(ip4(c.out, 30) == *backend, || {
+                    "later fragment not sent to its first fragment's backend".into()
+                });
+                c.ipv4_checksum(14, "");
+            }
+        },
+        Class::LaterReplyFragment { src, dst } => {
+            c.only_changed(&[0..12, 22..23, 24..26, 26..30, 30..34]);
+            c.expect(ip4(c.out, 26) == *src && ip4(c.out, 30) == *dst, || {
+                "later reply fragment not readdressed like its first fragment".into()
             });
+            c.ttl(22, true);
+            c.routed_macs(*dst);
             c.ipv4_checksum(14, "");
         }
-        Class::NatReply { vip } | Class::FullnatReply { vip, .. } => {
+        Class::NatReply {
+            vip,
+            first_fragment,
+        }
+        | Class::FullnatReply {
+            vip,
+            first_fragment,
+            ..
+        } => {
             let fullnat = matches!(class, Class::FullnatReply { .. });
             let mut allowed = vec![0..12, 22..23, 24..26, 26..30, l4..l4 + 2, l4 + 6..l4 + 8];
             if fullnat {
@@ -959,7 +1036,10 @@ fn check_output(c: &mut Check, class: &Class, lay: Layout, m: &Model) -> Learned
             c.ttl(22, true);
             c.routed_macs(ip4(c.out, 30));
             c.ipv4_checksum(14, "");
-            udp_checksum_kept(c, lay);
+            // A first fragment's UDP checksum covers the whole datagram.
+            if !first_fragment {
+                udp_checksum_kept(c, lay);
+            }
         }
         Class::IcmpNatToClient { vip } | Class::IcmpFullnatToClient { vip, .. } => {
             let q = l4 + 8;
@@ -1763,9 +1843,10 @@ impl Fuzz<'_> {
                 } else if out.action != XDP_DROP {
                     // Only with DP_HAS_FRAGMENT_TABLE: fragments must be balanced, not passed.
                     match class {
-                        Class::LaterFragment { .. } => problems.push(
-                            "a later fragment of a balanced datagram was not balanced".into(),
-                        ),
+                        Class::LaterFragment { .. } | Class::LaterReplyFragment { .. } => problems
+                            .push(
+                                "a later fragment of a balanced datagram was not balanced".into(),
+                            ),
                         Class::Service {
                             first_fragment: true,
                             ..
@@ -1817,8 +1898,10 @@ impl Fuzz<'_> {
                     }
                     if *first_fragment {
                         let id = be16(frame, 18);
-                        m.fragments
-                            .insert((ip4(frame, 26), ip4(frame, 30), id), b.ip().octets());
+                        m.fragments.insert(
+                            (ip4(frame, 26), ip4(frame, 30), id),
+                            (b.ip().octets(), SERVICES[*svc].mode),
+                        );
                     }
                 }
                 if let Some(p) = l.snat_port {
@@ -1840,6 +1923,23 @@ impl Fuzz<'_> {
                         }
                     }
                 }
+            }
+            Class::NatReply {
+                first_fragment: true,
+                vip,
+            } => {
+                let key = (ip4(frame, 26), ip4(frame, 30), be16(frame, 18));
+                m.reply_fragments
+                    .insert(key, (vip.ip().octets(), ip4(frame, 30)));
+            }
+            Class::FullnatReply {
+                first_fragment: true,
+                vip,
+                client,
+            } => {
+                let key = (ip4(frame, 26), ip4(frame, 30), be16(frame, 18));
+                m.reply_fragments
+                    .insert(key, (vip.ip().octets(), client.ip().octets()));
             }
             Class::IcmpToBackend { flow, .. } => {
                 if let (Some(rec), Some(b)) = (m.flows.get_mut(flow), l.backend)

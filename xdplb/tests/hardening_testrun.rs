@@ -1122,12 +1122,10 @@ fn malformed_icmp_errors_about_balanced_flows_pass_untouched() {
                     short_msg,
                     Stat::PassBadIcmp,
                 ),
-                // Refused while parsing, before the checksum, as "not a UDP packet or an ICMP
-                // error about one".
                 (
                     "total length short of the quoted UDP header",
                     short_quote,
-                    Stat::PassNotUdp,
+                    Stat::PassBadIcmp,
                 ),
             ] {
                 let what = format!("{what}: {case}");

@@ -555,10 +555,13 @@ fn verifier_instruction_budget() {
         // branch), the ICMP answer's checksum loop and the fullnat port allocator's tries took
         // it to 22,208 (the ICMP path, a tail-called program of its own, 4,841). Checking every
         // service packet's IPv4 header checksum and Ethernet destination, and handing partial
-        // checksums to a program of their own, took ingress to 72,353.
+        // checksums to a program of their own, took ingress to 72,353; later fragments (a
+        // tail-called program too) to 115,979. The ICMP program sums the message (5 chunks)
+        // and the checksum-finishing program the datagram (15 chunks): each chunk of those
+        // loops is walked on every path after it.
         assert!(
-            count < 150_000,
-            "{name}: {count} verified instructions, budget 150,000"
+            count < 200_000,
+            "{name}: {count} verified instructions, budget 200,000"
         );
     }
 }

@@ -33,6 +33,7 @@ pub const PROGRAM_INGRESS: &str = "xdplb_ingress";
 pub const PROGRAM_REPLY: &str = "xdplb_reply";
 pub const PROGRAM_ICMP: &str = "xdplb_icmp";
 pub const PROGRAM_FINISH: &str = "xdplb_finish_checksum";
+pub const PROGRAM_FRAGMENT: &str = "xdplb_fragment";
 /// The tail-call array of the ingress program (not pinned: it belongs to one load).
 const MAP_PROGS: &str = "XDPLB_PROGS";
 
@@ -120,10 +121,10 @@ impl Dataplane {
         let tc: &mut SchedClassifier = program_mut(&mut ebpf, PROGRAM_REPLY)?;
         tc.load()
             .map_err(|e| DataplaneError::program(PROGRAM_REPLY, e))?;
-        // The ICMP path and the completion of partial checksums are programs of their own that
-        // ingress tail-calls (slots 0 and 1 of XDPLB_PROGS).
+        // The ICMP path, the completion of partial checksums and later fragments are programs
+        // of their own that ingress tail-calls (slots 0, 1 and 2 of XDPLB_PROGS).
         let mut tail_fds = Vec::new();
-        for name in [PROGRAM_ICMP, PROGRAM_FINISH] {
+        for name in [PROGRAM_ICMP, PROGRAM_FINISH, PROGRAM_FRAGMENT] {
             let prog: &mut Xdp = program_mut(&mut ebpf, name)?;
             prog.load().map_err(|e| DataplaneError::program(name, e))?;
             let fd = prog
@@ -235,17 +236,23 @@ impl Dataplane {
 
     /// Instructions the verifier processed for each program, for the budget test.
     pub fn verified_instructions(&self) -> Vec<(&'static str, Option<u32>)> {
-        [PROGRAM_INGRESS, PROGRAM_REPLY, PROGRAM_ICMP, PROGRAM_FINISH]
-            .into_iter()
-            .map(|name| {
-                let count = self
-                    .ebpf
-                    .program(name)
-                    .and_then(|p| p.info().ok())
-                    .and_then(|i| i.verified_instruction_count());
-                (name, count)
-            })
-            .collect()
+        [
+            PROGRAM_INGRESS,
+            PROGRAM_REPLY,
+            PROGRAM_ICMP,
+            PROGRAM_FINISH,
+            PROGRAM_FRAGMENT,
+        ]
+        .into_iter()
+        .map(|name| {
+            let count = self
+                .ebpf
+                .program(name)
+                .and_then(|p| p.info().ok())
+                .and_then(|i| i.verified_instruction_count());
+            (name, count)
+        })
+        .collect()
     }
 
     /// The kernel id of a map, so another process (`xdplb stats`) can open it.
