@@ -9,6 +9,14 @@
 //!
 //! The daemon samples both for every veth of its network namespace (through netlink, so it is
 //! the daemon's namespace whatever /sys shows) and reports the increase since it started.
+//!
+//! Not seen here: XDP_TX out of a veth (an ICMP "fragmentation needed" answer, or forwarding
+//! back out of the interface a packet came in on) needs more than NAPI on the peer. The veth
+//! queues the frame on the peer's NAPI ring (counted as `xdp_tx` in `ethtool -S`, no error),
+//! but wakes that NAPI only when the peer has an XDP program (Linux 6.18 `veth_xdp_flush`); a
+//! peer with GRO alone leaves the frame waiting until other traffic wakes it, often too late
+//! (the socket the ICMP was for is gone). No counter shows it, and the peer's XDP program is in
+//! another namespace: the warnings below name it as the fix.
 //! Pure bookkeeping here; the sampling is in [`crate::netlink`].
 
 use std::collections::BTreeMap;
@@ -42,7 +50,7 @@ impl VethEvent {
     pub fn message(&self) -> String {
         match self {
             VethEvent::NoNapiPeer(i) => format!(
-                "veth {i} cannot take XDP_REDIRECT or XDP_TX frames (its XDP features lack ndo-xmit): its peer has no NAPI (GRO off and no XDP program), so every frame XDP sends onto {i} is dropped, though `xdplb stats` counts it as forwarded_fib; fix: `ethtool -K PEER gro on` on {i}'s peer, or attach an XDP program to the peer"
+                "veth {i} cannot take XDP_REDIRECT or XDP_TX frames (its XDP features lack ndo-xmit): its peer has no NAPI (GRO off and no XDP program), so every frame XDP sends onto {i} is dropped, though `xdplb stats` counts it as forwarded_fib; fix: `ethtool -K PEER gro on` on {i}'s peer, or attach an XDP program to the peer (XDP_TX out of {i}, such as ICMP fragmentation-needed answers, needs the XDP program: with GRO alone those frames wait in the peer's queue until other traffic arrives)"
             ),
             VethEvent::Dropped { interface, tx, rx } => format!(
                 "veth {interface} dropped frames since the daemon started (tx_dropped +{tx}, rx_dropped +{rx}): a frame XDP redirects onto a veth whose peer has no NAPI (GRO off and no XDP program) is lost there (counted as rx_dropped of the veth it came in on, or tx_dropped of the target), though `xdplb stats` counts it as forwarded_fib; fix: `ethtool -K PEER gro on` on the target veth's peer, or attach an XDP program to the peer"
