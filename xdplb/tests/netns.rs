@@ -237,7 +237,7 @@ fn start_paced_traffic(ns: &Netns) -> Daemon {
             "--packets",
             "6",
             "--gap-us",
-            "2000",
+            "4000",
             "--timeout-ms",
             "2000",
             "--json",
@@ -471,6 +471,9 @@ address = "10.200.0.2:9878"
         ("xdplb_config_generation", "gauge"),
         ("xdplb_config_last_apply_duration_seconds", "gauge"),
         ("xdplb_config_last_reload_success", "gauge"),
+        ("xdplb_veth_tx_dropped", "counter"),
+        ("xdplb_veth_rx_dropped", "counter"),
+        ("xdplb_veth_xdp_redirect_blocked", "gauge"),
     ];
     let found: Vec<(&str, &str)> = families
         .iter()
@@ -2330,7 +2333,7 @@ fn veth_drops_of_redirects_to_a_peer_without_napi_are_reported() {
         "--packets",
         "1",
         "--timeout-ms",
-        "200",
+        "1000",
         "--json",
     ]);
     let report: Value = serde_json::from_slice(&out.stdout).expect("client prints JSON");
