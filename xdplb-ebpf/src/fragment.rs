@@ -70,10 +70,12 @@ pub fn record<C: Packet>(pkt: &Ipv4Udp, fill: impl FnOnce(&mut FragmentRoute), _
         created_ns: unsafe { bpf_ktime_get_ns() },
     };
     fill(&mut slot.route);
-    if FRAGMENTS
+    // References into the scratch slot, not copies: the key and route stay off the stack.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    let inserted = FRAGMENTS
         .insert(&slot.key, &slot.route, u64::from(BPF_ANY))
-        .is_ok()
-    {
+        .is_ok();
+    if inserted {
         stats::count(Stat::FragmentRouteRecorded);
     } else {
         stats::count(Stat::FlowInsertFailed);

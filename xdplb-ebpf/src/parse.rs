@@ -109,14 +109,6 @@ pub const NOT_FRAGMENT: u8 = 0;
 pub const FIRST_FRAGMENT: u8 = 1;
 pub const LATER_FRAGMENT: u8 = 2;
 
-impl Ipv4Udp {
-    /// Whether the packet holds a UDP header (everything but a later fragment).
-    #[inline(always)]
-    pub fn has_udp_header(&self) -> bool {
-        self.fragment != LATER_FRAGMENT
-    }
-}
-
 /// Parses Ethernet, IPv4 (options skipped, bounds-checked) and UDP.
 ///
 /// Expects nothing of the packet. Returns the validated headers, or the reason the packet is not

@@ -120,7 +120,9 @@ impl ClientReport {
 }
 
 /// Sends `packets` datagrams on each of `flows` connected sockets (one source port each) to
-/// `target`, waits up to `timeout` for each reply, and pauses `gap` after each reply.
+/// `target`, waits up to `timeout` for each reply, and pauses `gap` after each reply. Each
+/// datagram is padded with `x` to `payload_bytes` (more than the MTU makes IP fragments both
+/// ways, since the backends echo it).
 pub fn run_client(
     target: SocketAddrV4,
     bind: Option<std::net::Ipv4Addr>,
@@ -128,6 +130,7 @@ pub fn run_client(
     packets: u32,
     timeout: Duration,
     gap: Duration,
+    payload_bytes: usize,
 ) -> io::Result<ClientReport> {
     let mut report = ClientReport {
         target: target.to_string(),
@@ -144,7 +147,10 @@ pub fn run_client(
         sock.set_read_timeout(Some(timeout))?;
         let mut backends_seen: Vec<String> = Vec::new();
         for seq in 0..packets {
-            let payload = format!("flow {flow} seq {seq}");
+            let mut payload = format!("flow {flow} seq {seq} ");
+            while payload.len() < payload_bytes {
+                payload.push('x');
+            }
             sock.send(payload.as_bytes())?;
             report.sent += 1;
             let (n, from) = match sock.recv_from(&mut buf) {

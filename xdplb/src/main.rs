@@ -138,6 +138,9 @@ enum Command {
         /// Pause after each reply, to spread the traffic over time.
         #[arg(long, default_value_t = 0)]
         gap_us: u64,
+        /// Pad each datagram to this many bytes (above the MTU, it travels as IP fragments).
+        #[arg(long, default_value_t = 0)]
+        payload_bytes: usize,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -451,6 +454,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             packets,
             timeout_ms,
             gap_us,
+            payload_bytes,
             json,
             require_all,
         } => {
@@ -461,6 +465,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 packets,
                 Duration::from_millis(timeout_ms),
                 Duration::from_micros(gap_us),
+                payload_bytes,
             )?;
             if json {
                 println!("{}", serde_json::to_string(&report)?);

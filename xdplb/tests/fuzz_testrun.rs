@@ -491,6 +491,9 @@ struct FlowRec {
     snat_port: Option<u16>,
 }
 
+/// A fragmented datagram: (source, destination, IP ID).
+type DatagramId = ([u8; 4], [u8; 4], u16);
+
 #[derive(Default)]
 struct Model {
     /// (client, destination as sent) -> flow. Recorded for every valid service frame.
@@ -501,10 +504,10 @@ struct Model {
     fullnat: HashMap<(SocketAddrV4, SocketAddrV4), (SocketAddrV4, SocketAddrV4)>,
     /// Only with `DP_HAS_FRAGMENT_TABLE`: (source, destination, IP ID) of a balanced first
     /// fragment -> its backend and mode.
-    fragments: HashMap<([u8; 4], [u8; 4], u16), ([u8; 4], Mode)>,
+    fragments: HashMap<DatagramId, ([u8; 4], Mode)>,
     /// The same for a translated reply's first fragment -> the (source, destination) its later
     /// fragments get.
-    reply_fragments: HashMap<([u8; 4], [u8; 4], u16), ([u8; 4], [u8; 4])>,
+    reply_fragments: HashMap<DatagramId, ([u8; 4], [u8; 4])>,
     /// Insertion order of the flows and translations, so that generation is deterministic.
     flow_keys: Vec<(SocketAddrV4, SocketAddrV4)>,
     nat_keys: Vec<(SocketAddrV4, SocketAddrV4)>,

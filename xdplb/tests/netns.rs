@@ -536,6 +536,7 @@ address = "10.200.0.2:9878"
     assert_eq!(value("xdplb_config_generation", &[]), 0.0);
     assert_eq!(value("xdplb_config_last_reload_success", &[]), 1.0);
 
+    fragmented_round_trip(&client_ns, "10.200.0.2:9875", &lb_ns, &dir, &instance);
     let status = lb.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit 0 on SIGTERM: {status}");
     assert!(
@@ -1391,6 +1392,60 @@ fn round_trip_through_balancer(client_ns: &Netns, backend_ns: &[Netns]) -> BTree
     flows
 }
 
+/// Datagrams of 3,000 bytes to `target` (so IP fragments both ways at MTU 1500: the client
+/// fragments the request, the backend its echo): every one answered from the VIP with its
+/// payload intact, and the balancer's later fragments all followed their first fragment.
+fn fragmented_round_trip(
+    client_ns: &Netns,
+    target: &str,
+    lb_ns: &Netns,
+    dir: &str,
+    instance: &str,
+) {
+    let before = stats(lb_ns, dir, instance);
+    let out = client_ns.exec(&[
+        XDPLB,
+        "demo-client",
+        "--target",
+        target,
+        "--flows",
+        "10",
+        "--packets",
+        "2",
+        "--payload-bytes",
+        "3000",
+        "--timeout-ms",
+        "2000",
+        "--json",
+    ]);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("demo-client prints JSON");
+    assert_eq!(
+        report["replies"], 20,
+        "every fragmented datagram answered: {report}"
+    );
+    assert_eq!(report["replies_from_elsewhere"], 0, "{report}");
+    assert_eq!(
+        report["bad_echoes"], 0,
+        "every payload came back intact: {report}"
+    );
+    let after = stats(lb_ns, dir, instance);
+    let delta = |name: &str| counter(&after, name) - counter(&before, name);
+    assert!(
+        delta("fragment_route_recorded") >= 20 && delta("fragment_followed") >= 20,
+        "first fragments recorded and later ones followed: {after}"
+    );
+    assert_eq!(
+        delta("pass_later_fragment"),
+        0,
+        "no later fragment of ours went unmatched: {after}"
+    );
+    println!(
+        "fragments: 20 datagrams of 3000 bytes answered; routes recorded {}, fragments followed {}",
+        delta("fragment_route_recorded"),
+        delta("fragment_followed")
+    );
+}
+
 /// Demo backends on `listen` in each of `backend_ns`, replying with the names backend-1..3.
 fn start_named_backends(backend_ns: &[Netns], listen: &str) -> Vec<Daemon> {
     (1..=3)
@@ -1591,6 +1646,7 @@ fn nat_routes_to_backends_on_other_hosts_and_translates_their_replies_case() {
         "nat: 60 flows x 3 datagrams, flows per backend {flows:?}; forwarded_fib {routed}, pass_no_neighbour {via_kernel}; attached: {}",
         lb.seen.join(" ")
     );
+    fragmented_round_trip(&client_ns, "10.99.0.1:7000", &lb_ns, &dir, &instance);
     let status = lb.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit 0 on SIGTERM: {status}");
 }
@@ -1743,6 +1799,7 @@ fn dsr_l2_backends_on_one_segment_answer_clients_directly_case() {
     assert_eq!(counter(&st, "reply_translated"), 0, "{st}");
     assert_eq!(counter(&st, "nat_reply_translated"), 0, "{st}");
     println!("dsr-l2: 60 flows x 3 datagrams, flows per backend {flows:?}");
+    fragmented_round_trip(&client_ns, "10.99.0.1:7000", &lb_ns, &dir, &instance);
     let status = lb.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit 0 on SIGTERM: {status}");
 }
@@ -2000,6 +2057,7 @@ fn fullnat_reaches_backends_that_have_no_route_to_clients_case() {
         "fullnat: 60 flows x 3 datagrams, flows per backend {flows:?}, forwarded_fib {}",
         counter(&st, "forwarded_fib")
     );
+    fragmented_round_trip(&client_ns, "10.99.0.1:7000", &lb_ns, &dir, &instance);
     let status = lb.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit 0 on SIGTERM: {status}");
 }
