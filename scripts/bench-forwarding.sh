@@ -11,7 +11,7 @@
 #
 #   client --veth-- balancer --veth-- backend 1..3      (namespaces of this script's own)
 #
-# Usage: sudo bash scripts/bench-forwarding.sh
+# Usage: bash scripts/bench-forwarding.sh (as root)
 #   (BENCH_SECONDS, BENCH_FIXED_SECONDS, BENCH_RATE, BENCH_FLOWS, BENCH_REPEAT, BENCH_ROUNDS)
 # CPU is the whole machine's (sender included, the same in every phase), from /proc/stat.
 set -euo pipefail

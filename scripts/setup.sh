@@ -15,7 +15,7 @@ APT_PACKAGES=(
 )
 
 if [ "$(id -u)" -ne 0 ]; then
-  echo "setup: must run as root (apt-get, and later BPF); try: sudo $0" >&2
+  echo "setup: must run as root (apt-get, and later BPF); run it as root" >&2
   exit 1
 fi
 
