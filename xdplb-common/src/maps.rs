@@ -349,8 +349,14 @@ pub const FRAGMENT_SEND_REPLY_TC: u32 = 5;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct InterfaceMac {
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// `INTERFACE_FLAG_*` bits.
+    pub flags: u8,
+    pub _pad: u8,
 }
+
+/// `InterfaceMac::flags`: the program runs in generic (skb) mode on this interface, so a packet
+/// it sends keeps its skb and any partial checksum state (see `csum` in the data plane).
+pub const INTERFACE_FLAG_GENERIC: u8 = 1;
 const _: () = assert!(size_of::<InterfaceMac>() == 8);
 
 /// Packets, bytes (Ethernet frame length) and new flows scheduled. 24 bytes.

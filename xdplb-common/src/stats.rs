@@ -97,7 +97,8 @@ pub enum Stat {
     PassNotForUs = 33,
     /// Dropped: a packet sent with a partial UDP checksum (the sender's tx checksum offload
     /// left only the pseudo-header sum) that leaves through XDP and is too long for the data
-    /// plane to complete its checksum (over `MAX_CHECKSUM_LEN` bytes).
+    /// plane to complete its checksum (4,096 bytes or more), or whose hand-over to the
+    /// completing program failed.
     DropChecksumTooLong = 34,
     /// Passed untouched: an ICMP error whose lengths do not cover the quoted packet or whose
     /// ICMP checksum is wrong.

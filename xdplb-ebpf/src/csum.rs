@@ -179,6 +179,17 @@ pub fn udp_checksum_is_partial(pkt: &Ipv4Udp) -> bool {
     check != 0 && check == fold(pseudo_header_sum(pkt))
 }
 
+/// Keeps a partial UDP checksum partial for a packet sent in generic (skb) mode: the skb keeps
+/// its CHECKSUM_PARTIAL state, so whoever transmits it last completes the checksum from the
+/// field, which must be the pseudo-header sum of the packet's (new) addresses. Expects
+/// `pkt.partial_csum`.
+#[inline(always)]
+pub fn keep_partial(pkt: &Ipv4Udp) {
+    crate::stats::count(Stat::PartialChecksumFixed);
+    // SAFETY: the parser proved the UDP header lies inside the packet.
+    unsafe { (*pkt.udp).check = fold(pseudo_header_sum(pkt)) };
+}
+
 /// Where a packet whose checksum `xdplb_finish_checksum` completes goes next. Written by the
 /// ingress program right before the tail call, read by the finishing program (same CPU).
 #[repr(C)]
@@ -232,6 +243,7 @@ pub fn finish_and_send(ctx: &aya_ebpf::programs::XdpContext) -> Verdict {
         frame_len: 0,
         partial_csum: true,
         fragment: crate::parse::NOT_FRAGMENT,
+        generic_xdp: false,
     };
     let pseudo = pseudo_header_sum(&pkt);
     // SAFETY: bounds-checked above.
@@ -283,6 +295,10 @@ pub fn tail_call_finish(ctx: &aya_ebpf::programs::XdpContext, args: FinishArgs) 
         // SAFETY: a tail call into a program user space put in the array; it returns only if
         // that failed.
         unsafe { crate::PROGS.tail_call(ctx, crate::PROG_FINISH) };
+    }
+    // The tail call failed: a packet meant for the kernel still goes there.
+    if args.action == xdp_action::XDP_PASS {
+        return Verdict::pass(args.stat);
     }
     Verdict::drop(Stat::DropChecksumTooLong)
 }

@@ -56,7 +56,19 @@ pub fn fib_forward(ctx: &XdpContext, pkt: &Ipv4Udp, local_source: bool) -> Verdi
         Err(_) => return Verdict::drop(Stat::DropNoRoute),
     };
     rewrite::decrement_ttl(pkt);
-    send(ctx, &params, pkt.partial_csum)
+    send(ctx, &params, completes_checksum(pkt))
+}
+
+/// Whether a packet sent through XDP needs `xdplb_finish_checksum`: it arrived with a partial
+/// checksum and leaves as an `xdp_frame` (native mode). In generic mode its skb stays partial,
+/// and the field is made the pseudo-header sum of its addresses instead (see `csum`).
+#[inline(always)]
+fn completes_checksum(pkt: &Ipv4Udp) -> bool {
+    if pkt.partial_csum && pkt.generic_xdp {
+        csum::keep_partial(pkt);
+        return false;
+    }
+    pkt.partial_csum
 }
 
 /// Hands a rewritten packet to the kernel, which routes it on; one that arrived with a
@@ -89,7 +101,7 @@ pub fn l2_forward(
     answer_too_big: bool,
 ) -> Verdict {
     match lookup(ctx, pkt, backend_v4, packet_len(pkt)) {
-        Ok(params) => send(ctx, &params, pkt.partial_csum),
+        Ok(params) => send(ctx, &params, completes_checksum(pkt)),
         Err((BPF_FIB_LKUP_RET_NO_NEIGH, _)) => Verdict::drop(Stat::DropNoNeighbour),
         Err((BPF_FIB_LKUP_RET_FRAG_NEEDED, mtu)) if answer_too_big => frag_needed(ctx, pkt, mtu),
         Err((BPF_FIB_LKUP_RET_FRAG_NEEDED, _)) => Verdict::drop(Stat::DropFragNeeded),
@@ -136,7 +148,7 @@ pub fn ipip_forward(
     };
     // A partial inner checksum: completed on the way out (`send`). Passed to the kernel, the
     // skb keeps its partial state (the inner addresses did not change, so the field is right).
-    let partial = pkt.partial_csum;
+    let partial = pkt.partial_csum && !pkt.generic_xdp;
     // Keep the original Ethernet header: the kernel must still see a frame addressed to us if
     // the packet goes to it.
     let Some(old_eth) = ptr_at::<_, EthHdr>(ctx, 0) else {

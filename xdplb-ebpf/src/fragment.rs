@@ -82,6 +82,20 @@ pub fn record<C: Packet>(pkt: &Ipv4Udp, fill: impl FnOnce(&mut FragmentRoute), _
     }
 }
 
+/// Removes any route recorded for the datagram `pkt` (a first fragment) belongs to.
+#[inline(always)]
+pub fn forget(pkt: &Ipv4Udp) {
+    let Some(slot) = FRAGMENT_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch slot; nothing else uses it while this program runs.
+    let slot = unsafe { &mut *slot };
+    slot.key = key(pkt);
+    // A reference into the scratch slot keeps the key off the stack.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    let _ = FRAGMENTS.remove(&slot.key);
+}
+
 /// The recorded, still valid route of the datagram `key` names.
 #[inline(always)]
 pub fn route(key: &FragmentKey) -> Option<FragmentRoute> {
@@ -113,6 +127,10 @@ fn follow(ctx: &XdpContext, pkt: &Ipv4Udp) -> Verdict {
     let Some(route) = route(&key(pkt)) else {
         return Verdict::pass(Stat::PassLaterFragment);
     };
+    // Only the routes XDP sends by; a TC reply route is the egress path's.
+    if route.send > FRAGMENT_SEND_DSR_IPIP {
+        return Verdict::pass(Stat::PassLaterFragment);
+    }
     if !service::addressed_to_interface(ctx) {
         return Verdict::pass(Stat::PassNotForUs);
     }
@@ -128,9 +146,10 @@ fn follow(ctx: &XdpContext, pkt: &Ipv4Udp) -> Verdict {
         FRAGMENT_SEND_LOCAL => Verdict::pass(Stat::Forwarded),
         FRAGMENT_SEND_ROUTE => forward::fib_forward(ctx, pkt, false),
         FRAGMENT_SEND_ROUTE_LOCAL_SOURCE => forward::fib_forward(ctx, pkt, true),
-        FRAGMENT_SEND_DSR_L2 => forward::l2_forward(ctx, pkt, route.backend_v4, true),
+        // No ICMP error about a non-initial fragment (RFC 1122 3.2.2): too big, it is dropped.
+        FRAGMENT_SEND_DSR_L2 => forward::l2_forward(ctx, pkt, route.backend_v4, false),
         FRAGMENT_SEND_DSR_IPIP => {
-            forward::ipip_forward(ctx, pkt, route.backend_v4, route.encap_source_v4, true)
+            forward::ipip_forward(ctx, pkt, route.backend_v4, route.encap_source_v4, false)
         }
         _ => Verdict::pass(Stat::PassLaterFragment),
     }

@@ -71,6 +71,7 @@ pub fn handle(ctx: &XdpContext) -> Option<Verdict> {
         frame_len: 0,
         partial_csum: false,
         fragment: crate::parse::NOT_FRAGMENT,
+        generic_xdp: false,
     };
     // Before anything is read from the quote: ours, and intact.
     if !service::addressed_to_interface(ctx) {

@@ -103,6 +103,9 @@ pub struct Ipv4Udp {
     /// `udp` then points at the IPv4 header, only so that it is a valid pointer, and must not
     /// be read or written as UDP).
     pub fragment: u8,
+    /// The program runs in generic (skb) mode on the receiving interface: a packet it sends
+    /// keeps its skb, partial checksum state included. Set with `partial_csum`.
+    pub generic_xdp: bool,
 }
 
 pub const NOT_FRAGMENT: u8 = 0;
@@ -152,6 +155,7 @@ pub fn ipv4_udp<C: Packet>(ctx: &C) -> Result<Ipv4Udp, Stat> {
             frame_len: frame_len as u32,
             partial_csum: false,
             fragment: LATER_FRAGMENT,
+            generic_xdp: false,
         });
     }
     let first = frag_off & IP_MF != 0;
@@ -183,5 +187,6 @@ pub fn ipv4_udp<C: Packet>(ctx: &C) -> Result<Ipv4Udp, Stat> {
         frame_len: frame_len as u32,
         partial_csum: false,
         fragment: if first { FIRST_FRAGMENT } else { NOT_FRAGMENT },
+        generic_xdp: false,
     })
 }

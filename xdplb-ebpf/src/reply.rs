@@ -40,6 +40,10 @@ pub fn translate(ctx: &TcContext) -> Option<Stat> {
         return follow_fragment(ctx, &pkt);
     }
     let first_fragment = pkt.fragment == parse::FIRST_FRAGMENT;
+    if first_fragment {
+        // No earlier datagram's route may guide this one's later fragments.
+        fragment::forget(&pkt);
+    }
     // SAFETY: the parser validated both headers.
     let (saddr, daddr, sport_be, dport_be) = unsafe {
         (

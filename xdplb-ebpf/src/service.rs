@@ -6,9 +6,10 @@ use xdplb_common::{
     Backend, FLOW_REFRESH_NS, FORWARD_DSR_IPIP, FORWARD_DSR_L2, FORWARD_FULLNAT, FORWARD_LOCAL,
     FORWARD_NAT, FRAGMENT_SEND_DSR_IPIP, FRAGMENT_SEND_DSR_L2, FRAGMENT_SEND_ROUTE,
     FRAGMENT_SEND_ROUTE_LOCAL_SOURCE, Flow, FlowKey, FullnatPeer, GLOBAL_FLAG_FULLNAT,
-    GLOBAL_FLAG_NAT, IPPROTO_UDP, REPLY_FLAG_NAT, Reply, ReplyKey, SERVICE_ENCAP_HOST_BITS_MASK,
-    SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FORWARDING_MASK,
-    SERVICE_FORWARDING_SHIFT, Service, ServiceKey, Stat, addr_from_v4_wire,
+    GLOBAL_FLAG_NAT, INTERFACE_FLAG_GENERIC, IPPROTO_UDP, REPLY_FLAG_NAT, Reply, ReplyKey,
+    SERVICE_ENCAP_HOST_BITS_MASK, SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FLAG_PASS_WHEN_EMPTY,
+    SERVICE_FORWARDING_MASK, SERVICE_FORWARDING_SHIFT, Service, ServiceKey, Stat,
+    addr_from_v4_wire,
     hash::{FlowTuple, HASH_FIVE_TUPLE, flow_hash},
 };
 
@@ -71,6 +72,11 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
         }
         Err(stat) => return Err(Verdict::pass(stat)),
     };
+    if pkt.fragment == parse::FIRST_FRAGMENT {
+        // Whatever becomes of this first fragment, no route of an earlier datagram with the
+        // same identity may guide its later fragments; a balanced one records its own.
+        fragment::forget(&pkt);
+    }
     if pkt.fragment == parse::LATER_FRAGMENT {
         // A program of its own (stack and verifier budget). Returns only if the tail call
         // failed; the fragment then passes, counted as unmatched.
@@ -204,14 +210,15 @@ pub fn forwarding(service: &Service) -> u32 {
 /// UDP checksum is a partial one (see `csum`). Returns the pass or drop verdict otherwise.
 #[inline(always)]
 fn admit(ctx: &aya_ebpf::programs::XdpContext, pkt: &mut parse::Ipv4Udp) -> Result<(), Verdict> {
-    if !addressed_to_interface(ctx) {
+    let Some(flags) = interface_flags(ctx) else {
         return Err(Verdict::pass(Stat::PassNotForUs));
-    }
+    };
     if !csum::ipv4_header_is_valid(ctx, pkt) {
         return Err(Verdict::drop(Stat::DropBadIpv4Checksum));
     }
     // A fragmented datagram's checksum is always complete (the sender finishes it first).
     pkt.partial_csum = pkt.fragment == parse::NOT_FRAGMENT && csum::udp_checksum_is_partial(pkt);
+    pkt.generic_xdp = flags & INTERFACE_FLAG_GENERIC != 0;
     Ok(())
 }
 
@@ -220,17 +227,20 @@ fn admit(ctx: &aya_ebpf::programs::XdpContext, pkt: &mut parse::Ipv4Udp) -> Resu
 /// floods unknown unicast, frames for other hosts arrive too: they are not ours to balance.
 #[inline(always)]
 pub fn addressed_to_interface(ctx: &aya_ebpf::programs::XdpContext) -> bool {
+    interface_flags(ctx).is_some()
+}
+
+/// The receiving interface's `INTERFACE_FLAG_*` bits when the frame is addressed to it (see
+/// [`addressed_to_interface`]), `None` otherwise.
+#[inline(always)]
+fn interface_flags(ctx: &aya_ebpf::programs::XdpContext) -> Option<u8> {
     // SAFETY: reading the context's ingress interface; the verifier checks the context access.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     // SAFETY: the value is copied out at once.
-    let Some(ours) = (unsafe { LOCAL_MACS.get(ifindex) }).copied() else {
-        return false;
-    };
-    let Some(eth) = parse::ptr_at::<_, parse::EthHdr>(ctx, 0) else {
-        return false;
-    };
+    let ours = (unsafe { LOCAL_MACS.get(ifindex) }).copied()?;
+    let eth = parse::ptr_at::<_, parse::EthHdr>(ctx, 0)?;
     // SAFETY: bounds-checked just above.
-    unsafe { (*eth).dst == ours.mac }
+    (unsafe { (*eth).dst } == ours.mac).then_some(ours.flags)
 }
 
 /// A backend's reply that the data plane translates back to the client.

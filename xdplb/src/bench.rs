@@ -529,5 +529,5 @@ pub fn render(r: &Report) -> String {
 /// destination as its address, so they are balanced like frames addressed to the interface.
 fn accept_bench_frames(dp: &mut Dataplane) -> Result<(), DataplaneError> {
     let (lo, _) = crate::dataplane::interface_address("lo")?;
-    dp.set_interface_mac(lo, crate::packet::FRAME_DST_MAC)
+    dp.set_interface_mac(lo, crate::packet::FRAME_DST_MAC, false)
 }

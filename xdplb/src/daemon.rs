@@ -59,11 +59,15 @@ fn check_forwarding(cfg: &Config, origin: &str) -> anyhow::Result<()> {
 }
 
 pub fn interface_exists(name: &str) -> bool {
-    let Ok(c) = std::ffi::CString::new(name) else {
-        return false;
-    };
+    interface_index(name).is_some()
+}
+
+/// The ifindex of `name` in this process's network namespace, as the kernel answers it.
+pub fn interface_index(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
     // SAFETY: a valid NUL-terminated string; the call only reads it.
-    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (index != 0).then_some(index)
 }
 
 /// How `xdplb run` starts and stops.

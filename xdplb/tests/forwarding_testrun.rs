@@ -246,9 +246,9 @@ fn run_cases() {
         .expect("fd");
     // The input frames are addressed to FRAME_DST_MAC: register it for both interfaces (only
     // frames addressed to the receiving interface are balanced).
-    dp.set_interface_mac(a, xdplb::packet::FRAME_DST_MAC)
+    dp.set_interface_mac(a, xdplb::packet::FRAME_DST_MAC, false)
         .expect("fa's address");
-    dp.set_interface_mac(b, xdplb::packet::FRAME_DST_MAC)
+    dp.set_interface_mac(b, xdplb::packet::FRAME_DST_MAC, false)
         .expect("fb's address");
     let run = |frame: &[u8], on: u32| testrun::run_xdp_on(&prog, frame, on).expect("test run");
     let backend: SocketAddrV4 = addr("10.60.1.2:7000");

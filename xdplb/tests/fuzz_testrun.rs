@@ -2086,8 +2086,8 @@ fn fuzz() {
     let (_cfg, mut dp) = load_toml(&config_toml());
     let (a, b) = (ifindex("fa"), ifindex("fb"));
     // What the daemon records when it attaches: each interface's own address.
-    dp.set_interface_mac(a, MAC_A).expect("fa's address");
-    dp.set_interface_mac(b, MAC_B).expect("fb's address");
+    dp.set_interface_mac(a, MAC_A, false).expect("fa's address");
+    dp.set_interface_mac(b, MAC_B, false).expect("fb's address");
     let prog = dp
         .ingress()
         .expect("ingress")

@@ -398,9 +398,9 @@ impl Fib {
     fn new() -> Self {
         let (cfg, mut dp) = load_toml(CONFIG);
         let (a, b) = (ifindex("fa"), ifindex("fb"));
-        dp.set_interface_mac(a, FRAME_DST_MAC)
+        dp.set_interface_mac(a, FRAME_DST_MAC, false)
             .expect("fa's address");
-        dp.set_interface_mac(b, FRAME_DST_MAC)
+        dp.set_interface_mac(b, FRAME_DST_MAC, false)
             .expect("fb's address");
         let prog = dp
             .ingress()
@@ -738,6 +738,44 @@ fn a_wrong_ipv4_header_checksum_is_dropped_for_local_services() {
 /// inner packet of dsr-ipip; a nat packet handed to the kernel (no neighbour) carries the
 /// pseudo-header sum of its new addresses. Before 2ca9a03 the partial field was updated
 /// incrementally (nat) or left as it was (dsr): the receiver would drop every one of these.
+/// In generic (skb) mode a sent packet keeps its skb, still CHECKSUM_PARTIAL: whoever
+/// transmits it last completes the checksum from the field, so the field must stay the
+/// pseudo-header sum, of the new addresses (a complete checksum there would be summed again
+/// into garbage by a NIC or `skb_checksum_help`).
+#[test]
+fn partial_udp_checksums_stay_partial_in_generic_mode() {
+    in_topology("generic", || {
+        let mut f = Fib::new();
+        f.dp.set_interface_mac(f.b, FRAME_DST_MAC, true)
+            .expect("fb in generic mode");
+        let before = f.counters();
+        let out = f.run(&partial(input("10.60.2.2:5540", "10.99.0.1:7000", 64)), f.b);
+        assert_frame(
+            "nat, generic, redirected",
+            &out,
+            XDP_REDIRECT,
+            &partial(expected(
+                "10.60.2.2:5540",
+                "10.60.1.2:7000",
+                63,
+                MAC_BACKEND,
+                MAC_A,
+            )),
+        );
+        assert_counted(
+            "nat, generic, redirected",
+            &before,
+            &f.dp,
+            &[
+                (Stat::FlowCreated, 1),
+                (Stat::FlowTableInsert, 1),
+                (Stat::ForwardedFib, 1),
+                (Stat::PartialChecksumFixed, 1),
+            ],
+        );
+    });
+}
+
 #[test]
 fn partial_udp_checksums_are_completed_on_the_way_out() {
     in_topology("partial", || {

@@ -49,7 +49,9 @@ pub fn attach_all(
     let result = (|| {
         for name in interfaces {
             let (ifindex, mac) = interface_address(name)?;
-            dp.set_interface_mac(ifindex, mac)?;
+            // Recorded before the attach (the first packets must find it), and again below
+            // with the mode the attach used.
+            dp.set_interface_mac(ifindex, mac, mode == XdpModeSetting::Generic)?;
             let pinned = |kind| {
                 pins.as_ref()
                     .map(|p| p.link(kind, name))
@@ -116,6 +118,7 @@ pub fn attach_all(
                     }
                 }
             }
+            dp.set_interface_mac(ifindex, mac, xdp_mode == "generic")?;
             attached.push(AttachedInterface {
                 name: name.clone(),
                 xdp_mode,
@@ -213,6 +216,16 @@ pub fn interface_address(name: &str) -> Result<(u32, [u8; 6]), DataplaneError> {
         .trim()
         .parse::<u32>()
         .map_err(|_| bad("ifindex", &index_text))?;
+    // /sys describes the network namespace it was mounted in, which need not be ours (nsenter
+    // --net, NetworkNamespacePath=): the kernel's own answer for this namespace must agree.
+    if crate::daemon::interface_index(name) != Some(ifindex) {
+        return Err(DataplaneError::Interface {
+            interface: name.to_string(),
+            reason: "/sys/class/net belongs to another network namespace than this process's; \
+                     run xdplb with `ip netns exec NS` (which remounts /sys) or remount /sys"
+                .to_string(),
+        });
+    }
     let address = read("address")?;
     let mut mac = [0u8; 6];
     let mut parts = address.trim().split(':');

@@ -6,10 +6,10 @@ use aya::{
     programs::{SchedClassifier, Xdp},
 };
 use xdplb_common::{
-    Backend, Counter, FullnatPeer, FullnatSource, GLOBAL_DEBUG_LOG, InterfaceMac,
-    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOWS, MAP_FULLNAT, MAP_FULLNAT_SOURCES, MAP_GLOBALS,
-    MAP_LOCAL_MACS, MAP_LOOKUP, MAP_REPLIES, MAP_RR_CURSOR, MAP_SERVICE_STATS, MAP_SERVICES,
-    MAP_STATS, ReplyKey, Service, ServiceKey, Stat,
+    Backend, Counter, FullnatPeer, FullnatSource, GLOBAL_DEBUG_LOG, INTERFACE_FLAG_GENERIC,
+    InterfaceMac, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOWS, MAP_FULLNAT, MAP_FULLNAT_SOURCES,
+    MAP_GLOBALS, MAP_LOCAL_MACS, MAP_LOOKUP, MAP_REPLIES, MAP_RR_CURSOR, MAP_SERVICE_STATS,
+    MAP_SERVICES, MAP_STATS, ReplyKey, Service, ServiceKey, Stat,
 };
 
 use super::{
@@ -383,21 +383,36 @@ impl Dataplane {
         })
     }
 
-    /// Sets every CPU's round-robin cursor of `service_id` to `value` (tests use this to make
-    /// the schedule deterministic).
     /// Records the Ethernet address of an interface the ingress program is (about to be)
-    /// attached to: only frames addressed to it are balanced there.
-    pub fn set_interface_mac(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<(), DataplaneError> {
+    /// attached to: only frames addressed to it are balanced there. `generic`: the program
+    /// runs there in generic (skb) mode.
+    pub fn set_interface_mac(
+        &mut self,
+        ifindex: u32,
+        mac: [u8; 6],
+        generic: bool,
+    ) -> Result<(), DataplaneError> {
         let map = self
             .ebpf
             .map_mut(MAP_LOCAL_MACS)
             .ok_or(DataplaneError::MissingMap(MAP_LOCAL_MACS))?;
         let mut macs: HashMap<&mut MapData, u32, InterfaceMac> =
             HashMap::try_from(map).map_err(|e| DataplaneError::map(MAP_LOCAL_MACS, e))?;
-        macs.insert(ifindex, InterfaceMac { mac, _pad: [0; 2] }, 0)
-            .map_err(|e| DataplaneError::map(MAP_LOCAL_MACS, e))
+        let flags = if generic { INTERFACE_FLAG_GENERIC } else { 0 };
+        macs.insert(
+            ifindex,
+            InterfaceMac {
+                mac,
+                flags,
+                _pad: 0,
+            },
+            0,
+        )
+        .map_err(|e| DataplaneError::map(MAP_LOCAL_MACS, e))
     }
 
+    /// Sets every CPU's round-robin cursor of `service_id` to `value` (tests use this to make
+    /// the schedule deterministic).
     pub fn set_rr_cursor(&mut self, service_id: u32, value: u32) -> Result<(), DataplaneError> {
         let map = self
             .ebpf

@@ -56,7 +56,7 @@ pub fn load_config(cfg: &Config) -> Dataplane {
 /// frames by default: only frames addressed to the interface are balanced.
 pub fn accept_frames_on_lo(dp: &mut Dataplane) {
     let (lo, _) = dataplane::interface_address("lo").expect("lo's ifindex");
-    dp.set_interface_mac(lo, xdplb::packet::FRAME_DST_MAC)
+    dp.set_interface_mac(lo, xdplb::packet::FRAME_DST_MAC, false)
         .expect("register lo's address");
 }
 
