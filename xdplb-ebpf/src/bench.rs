@@ -10,6 +10,8 @@
 
 mod runtime;
 
+use xdplb_common::checksum::{replace_u32, udp_replace_u32};
+
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::bpf_xdp_adjust_head,
@@ -23,6 +25,8 @@ const FRAME_LEN: usize = 64;
 const WORDS: usize = FRAME_LEN / 8;
 /// Offset of the IPv4 source address in a frame with a 20-byte IPv4 header.
 const SADDR_OFFSET: usize = 14 + 12;
+const IP_CHECK_OFFSET: usize = 14 + 10;
+const UDP_CHECK_OFFSET: usize = 14 + 20 + 6;
 
 /// Slot 0: the original frame.
 #[map(name = "BENCH_FRAME")]
@@ -56,13 +60,27 @@ pub fn bench_new_flow(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_ABORTED;
     };
     let start = ctx.data();
-    if start + SADDR_OFFSET + 4 > ctx.data_end() {
+    if start + UDP_CHECK_OFFSET + 2 > ctx.data_end() {
         return xdp_action::XDP_ABORTED;
     }
-    // SAFETY: a per-CPU slot, and a packet range checked just above.
+    // SAFETY: a per-CPU slot, and a packet range checked just above (the frame is IPv4 without
+    // options, then UDP). The checksums are updated, so the program sees a valid packet (it
+    // drops one with a wrong IPv4 header checksum).
     unsafe {
         *seq = (*seq).wrapping_add(1);
-        core::ptr::write_unaligned((start + SADDR_OFFSET) as *mut u32, *seq);
+        let saddr = (start + SADDR_OFFSET) as *mut u32;
+        let ip_check = (start + IP_CHECK_OFFSET) as *mut u16;
+        let udp_check = (start + UDP_CHECK_OFFSET) as *mut u16;
+        let old = core::ptr::read_unaligned(saddr);
+        core::ptr::write_unaligned(saddr, *seq);
+        core::ptr::write_unaligned(
+            ip_check,
+            replace_u32(core::ptr::read_unaligned(ip_check), old, *seq),
+        );
+        core::ptr::write_unaligned(
+            udp_check,
+            udp_replace_u32(core::ptr::read_unaligned(udp_check), old, *seq),
+        );
     }
     tail_call(&ctx)
 }
