@@ -9,9 +9,9 @@
 
 mod common;
 
-use std::{net::SocketAddrV4, os::fd::AsRawFd};
+use std::net::SocketAddrV4;
 
-use common::{netns::Netns, *};
+use common::*;
 use xdplb::{
     dataplane::{DECAP_OBJECT, reconcile},
     packet::{ETH_HDR_LEN, UdpFrame},
@@ -21,15 +21,6 @@ use xdplb_common::{
     Stat, checksum,
     hash::{FlowTuple, HASH_FIVE_TUPLE, flow_hash},
 };
-
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-
-/// The backend side (`fa`, 10.60.1.1/24) and the client side (`fb`, 10.60.2.1/24).
-const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x01];
-const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x01];
-const MAC_BACKEND: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
-const MAC_CLIENT: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x02];
 
 const CONFIG: &str = r#"
 interfaces = ["lo"]
@@ -177,61 +168,7 @@ fn ifindex(name: &str) -> u32 {
 #[test]
 fn nat_and_dsr_frames_come_out_exactly_as_routed() {
     require_root();
-    let ns = Netns::new("fib");
-    let n = |args: &[&str]| {
-        let mut full = vec!["ip", "-n", ns.name.as_str()];
-        full.extend_from_slice(args);
-        netns::sh(&full);
-    };
-    n(&[
-        "link",
-        "add",
-        "fa",
-        "address",
-        "02:00:00:00:0a:01",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "fb",
-        "address",
-        "02:00:00:00:0b:01",
-    ]);
-    n(&["addr", "add", "10.60.1.1/24", "dev", "fa"]);
-    n(&["addr", "add", "10.60.2.1/24", "dev", "fb"]);
-    n(&["link", "set", "fa", "up"]);
-    n(&["link", "set", "fb", "up"]);
-    for (addr, mac, dev) in [
-        ("10.60.1.2", "02:00:00:00:01:02", "fa"),
-        ("10.60.1.3", "02:00:00:00:01:03", "fa"),
-        ("10.60.2.2", "02:00:00:00:02:02", "fb"),
-    ] {
-        n(&[
-            "neigh",
-            "add",
-            addr,
-            "lladdr",
-            mac,
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ]);
-    }
-    ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-
-    let path = format!("/run/netns/{}", ns.name);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(&path).expect("open the namespace");
-            // SAFETY: setns(2) on this thread only, with a namespace fd we hold open.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            run_cases();
-        })
-        .join()
-        .expect("the cases pass");
-    });
+    netns::in_fib_topology("fib", &netns::fib_neighbours(), "the cases pass", run_cases);
 }
 
 fn run_cases() {

@@ -28,11 +28,10 @@ mod common;
 use std::{
     collections::{BTreeMap, HashMap},
     net::{Ipv4Addr, SocketAddrV4},
-    os::fd::AsRawFd,
     time::Instant,
 };
 
-use common::{netns::Netns, *};
+use common::*;
 use etherparse::{Ipv4HeaderSlice, UdpHeader, checksum::Sum16BitWords};
 use xdplb::testrun;
 use xdplb_common::Stat;
@@ -148,12 +147,7 @@ const DEFAULT_CASES: u64 = 70_000;
 /// At most this many violations are printed.
 const SHOW_VIOLATIONS: usize = 8;
 
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-
 // The namespace: `fa` (10.60.1.1/24) faces the backends, `fb` (10.60.2.1/24) the clients.
-const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x01];
-const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x01];
 /// Permanent neighbours: address, MAC, interface.
 const NEIGHBOURS: [([u8; 4], [u8; 6], Iface); 3] = [
     ([10, 60, 1, 2], [0x02, 0, 0, 0, 0x01, 0x02], Iface::A),
@@ -2024,60 +2018,22 @@ fn env_u64(name: &str, default: u64) -> u64 {
 #[test]
 fn fuzzed_frames_keep_the_data_plane_invariants() {
     require_root();
-    let ns = Netns::new("fuzz");
-    let n = |args: &[&str]| {
-        let mut full = vec!["ip", "-n", ns.name.as_str()];
-        full.extend_from_slice(args);
-        netns::sh(&full);
-    };
-    n(&[
-        "link",
-        "add",
-        "fa",
-        "address",
-        "02:00:00:00:0a:01",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "fb",
-        "address",
-        "02:00:00:00:0b:01",
-    ]);
-    n(&["addr", "add", "10.60.1.1/24", "dev", "fa"]);
-    n(&["addr", "add", "10.60.2.1/24", "dev", "fb"]);
-    n(&["link", "set", "fa", "up"]);
-    n(&["link", "set", "fb", "up"]);
-    for (addr, mac, iface) in NEIGHBOURS {
-        let mac = mac.map(|b| format!("{b:02x}")).join(":");
-        let dev = if iface == Iface::A { "fa" } else { "fb" };
-        let addr = Ipv4Addr::from(addr).to_string();
-        n(&[
-            "neigh",
-            "add",
-            &addr,
-            "lladdr",
-            &mac,
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ]);
-    }
-    ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-
-    let path = format!("/run/netns/{}", ns.name);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(&path).expect("open the namespace");
-            // SAFETY: setns(2) on this thread only, with a namespace fd we hold open.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            fuzz();
+    let neighbours: Vec<(String, String, &str)> = NEIGHBOURS
+        .iter()
+        .map(|(addr, mac, iface)| {
+            (
+                Ipv4Addr::from(*addr).to_string(),
+                mac.map(|b| format!("{b:02x}")).join(":"),
+                if *iface == Iface::A { "fa" } else { "fb" },
+            )
         })
-        .join()
-        .expect("the fuzz run passes (its report is printed above)");
-    });
+        .collect();
+    netns::in_fib_topology(
+        "fuzz",
+        &neighbours,
+        "the fuzz run passes (its report is printed above)",
+        fuzz,
+    );
 }
 
 fn fuzz() {

@@ -17,12 +17,9 @@
 
 mod common;
 
-use std::{
-    net::{Ipv4Addr, SocketAddrV4},
-    os::fd::AsRawFd,
-};
+use std::net::{Ipv4Addr, SocketAddrV4};
 
-use common::{netns::Netns, *};
+use common::*;
 use xdplb::{
     config::{self, Config},
     dataplane::{Dataplane, MapWriter, reconcile},
@@ -33,16 +30,6 @@ use xdplb_common::{
     MAP_REPLIES, REPLY_FLAG_NAT, Reply, ReplyKey, Stat,
     hash::{FlowTuple, HASH_FIVE_TUPLE, flow_hash},
 };
-
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-
-/// The backend side (`fa`, 10.60.1.1/24) and the client side (`fb`, 10.60.2.1/24), as in
-/// `forwarding_testrun.rs`.
-const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x01];
-const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x01];
-const MAC_BACKEND: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
-const MAC_CLIENT: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x02];
 
 /// nat, dsr-l2 and dsr-ipip share the backend 10.60.1.2:7000 (allowed: only one of them is a
 /// local/nat service); a nat wildcard service listens on 0.0.0.0:5601, a client port below.
@@ -327,60 +314,7 @@ fn assert_frame(what: &str, out: &XdpRun, action: u32, want: &[u8]) {
 /// `cases` run in a thread moved into it, where FIB lookups see it.
 fn in_topology(tag: &str, cases: impl FnOnce() + Send) {
     require_root();
-    let ns = Netns::new(tag);
-    let n = |args: &[&str]| {
-        let mut full = vec!["ip", "-n", ns.name.as_str()];
-        full.extend_from_slice(args);
-        netns::sh(&full);
-    };
-    n(&[
-        "link",
-        "add",
-        "fa",
-        "address",
-        "02:00:00:00:0a:01",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "fb",
-        "address",
-        "02:00:00:00:0b:01",
-    ]);
-    n(&["addr", "add", "10.60.1.1/24", "dev", "fa"]);
-    n(&["addr", "add", "10.60.2.1/24", "dev", "fb"]);
-    n(&["link", "set", "fa", "up"]);
-    n(&["link", "set", "fb", "up"]);
-    for (addr, mac, dev) in [
-        ("10.60.1.2", "02:00:00:00:01:02", "fa"),
-        ("10.60.1.3", "02:00:00:00:01:03", "fa"),
-        ("10.60.2.2", "02:00:00:00:02:02", "fb"),
-    ] {
-        n(&[
-            "neigh",
-            "add",
-            addr,
-            "lladdr",
-            mac,
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ]);
-    }
-    ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-    let path = format!("/run/netns/{}", ns.name);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(&path).expect("open the namespace");
-            // SAFETY: setns(2) on this thread only, with a namespace fd we hold open.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            cases();
-        })
-        .join()
-        .expect("the cases pass");
-    });
+    netns::in_fib_topology(tag, &netns::fib_neighbours(), "the cases pass", cases);
 }
 
 /// The data plane loaded with CONFIG inside the topology, FRAME_DST_MAC registered as the

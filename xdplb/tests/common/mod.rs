@@ -14,6 +14,16 @@ use xdplb_common::Stat;
 pub const XDP_ABORTED: u32 = 0;
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+/// The MACs of the forwarding tests' topology ([`netns::in_fib_topology`]): the backend side
+/// (`fa`, 10.60.1.1/24), the client side (`fb`, 10.60.2.1/24), the first backend (10.60.1.2)
+/// and the client (10.60.2.2).
+pub const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0x0a, 0x01];
+pub const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0x0b, 0x01];
+pub const MAC_BACKEND: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
+pub const MAC_CLIENT: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x02];
 
 /// Fails loudly (never skips) when the tests cannot use BPF: CI runs them as root.
 pub fn require_root() {

@@ -287,3 +287,79 @@ pub fn set_name_suffix(suffix: &'static str) {
 pub fn name_suffix() -> &'static str {
     NAME_SUFFIX.with(|s| s.get())
 }
+
+/// The two-veth topology of the tier-2 forwarding tests: a namespace named after `tag` with a
+/// veth `fa` (02:00:00:00:0a:01, 10.60.1.1/24, the backends' side) and its peer `fb`
+/// (02:00:00:00:0b:01, 10.60.2.1/24, the clients' side), the permanent `neighbours` (address,
+/// MAC, device) and IPv4 forwarding on. `cases` then runs in a thread moved into it, where FIB
+/// lookups see it; a panic there fails the caller with `what`.
+pub fn in_fib_topology(
+    tag: &str,
+    neighbours: &[(String, String, &str)],
+    what: &str,
+    cases: impl FnOnce() + Send,
+) {
+    use std::os::fd::AsRawFd;
+    let ns = Netns::new(tag);
+    let n = |args: &[&str]| {
+        let mut full = vec!["ip", "-n", ns.name.as_str()];
+        full.extend_from_slice(args);
+        sh(&full);
+    };
+    n(&[
+        "link",
+        "add",
+        "fa",
+        "address",
+        "02:00:00:00:0a:01",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "fb",
+        "address",
+        "02:00:00:00:0b:01",
+    ]);
+    n(&["addr", "add", "10.60.1.1/24", "dev", "fa"]);
+    n(&["addr", "add", "10.60.2.1/24", "dev", "fb"]);
+    n(&["link", "set", "fa", "up"]);
+    n(&["link", "set", "fb", "up"]);
+    for (addr, mac, dev) in neighbours {
+        n(&[
+            "neigh",
+            "add",
+            addr,
+            "lladdr",
+            mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
+    }
+    ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    let path = format!("/run/netns/{}", ns.name);
+    thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(&path).expect("open the namespace");
+            // SAFETY: setns(2) on this thread only, with a namespace fd we hold open.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            cases();
+        })
+        .join()
+        .unwrap_or_else(|_| panic!("{what}"));
+    });
+}
+
+/// The neighbours of the forwarding tests' topology: two backends on `fa`, a client on `fb`.
+pub fn fib_neighbours() -> Vec<(String, String, &'static str)> {
+    [
+        ("10.60.1.2", "02:00:00:00:01:02", "fa"),
+        ("10.60.1.3", "02:00:00:00:01:03", "fa"),
+        ("10.60.2.2", "02:00:00:00:02:02", "fb"),
+    ]
+    .into_iter()
+    .map(|(a, m, d)| (a.to_string(), m.to_string(), d))
+    .collect()
+}
