@@ -179,17 +179,6 @@ pub fn udp_checksum_is_partial(pkt: &Ipv4Udp) -> bool {
     check != 0 && check == fold(pseudo_header_sum(pkt))
 }
 
-/// Keeps a partial UDP checksum partial for a packet sent in generic (skb) mode: the skb keeps
-/// its CHECKSUM_PARTIAL state, so whoever transmits it last completes the checksum from the
-/// field, which must be the pseudo-header sum of the packet's (new) addresses. Expects
-/// `pkt.partial_csum`.
-#[inline(always)]
-pub fn keep_partial(pkt: &Ipv4Udp) {
-    crate::stats::count(Stat::PartialChecksumFixed);
-    // SAFETY: the parser proved the UDP header lies inside the packet.
-    unsafe { (*pkt.udp).check = fold(pseudo_header_sum(pkt)) };
-}
-
 /// Where a packet whose checksum `xdplb_finish_checksum` completes goes next. Written by the
 /// ingress program right before the tail call, read by the finishing program (same CPU).
 #[repr(C)]
@@ -201,6 +190,9 @@ pub struct FinishArgs {
     pub ifindex: u32,
     /// The verdict's counter.
     pub stat: Stat,
+    /// Non-zero in generic (skb) mode: the skb keeps its state, so the checksum is kept fit
+    /// for it (as for XDP_PASS) instead of completed.
+    pub keep_partial: u32,
 }
 
 /// The finishing program: completes the UDP checksum of a packet that arrived with a partial
@@ -252,26 +244,31 @@ pub fn finish_and_send(ctx: &aya_ebpf::programs::XdpContext) -> Verdict {
     let Some(data) = sum_bytes::<DATAGRAM_CHUNKS>(ctx, l4_offset, udp_len) else {
         return drop;
     };
-    if args.action == xdp_action::XDP_PASS {
-        // Handed to the kernel: a checksum that verifies was complete all along (its
-        // incremental update is right); otherwise the skb is partial and the field must be the
-        // pseudo-header sum of the new addresses, which the kernel completes on the way out.
+    if args.action == xdp_action::XDP_PASS || args.keep_partial != 0 {
+        // The skb goes on (handed to the kernel, or sent in generic mode): a checksum that
+        // verifies was complete all along (its incremental update is right); otherwise the skb
+        // is partial and the field must be the pseudo-header sum of the new addresses, which
+        // the last transmitter completes.
         if fold(pseudo + data) != 0xffff {
             // SAFETY: bounds-checked above.
             unsafe { (*udp).check = fold(pseudo) };
             crate::stats::count(Stat::PartialChecksumFixed);
         }
-        return Verdict::pass(args.stat);
+        if args.action == xdp_action::XDP_PASS {
+            return Verdict::pass(args.stat);
+        }
+    } else {
+        // Leaving through XDP as an xdp_frame: the full checksum, computed with the field taken
+        // as zero (adding its complement removes it from the sum). Right whether it was partial
+        // or complete.
+        let check = match !fold(pseudo + data + u64::from(!field)) {
+            0 => 0xffff,
+            c => c,
+        };
+        // SAFETY: bounds-checked above.
+        unsafe { (*udp).check = check };
+        crate::stats::count(Stat::PartialChecksumFixed);
     }
-    // Leaving through XDP: the full checksum, computed with the field taken as zero (adding
-    // its complement removes it from the sum). Right whether it was partial or complete.
-    let check = match !fold(pseudo + data + u64::from(!field)) {
-        0 => 0xffff,
-        c => c,
-    };
-    // SAFETY: bounds-checked above.
-    unsafe { (*udp).check = check };
-    crate::stats::count(Stat::PartialChecksumFixed);
     let action = if args.action == xdp_action::XDP_TX {
         xdp_action::XDP_TX
     } else {

@@ -56,20 +56,29 @@ pub fn fib_forward(ctx: &XdpContext, pkt: &Ipv4Udp, local_source: bool) -> Verdi
         Err(_) => return Verdict::drop(Stat::DropNoRoute),
     };
     rewrite::decrement_ttl(pkt);
-    send(ctx, &params, completes_checksum(pkt))
+    send(ctx, &params, checksum_work(pkt, true))
 }
 
-/// Whether a packet sent through XDP needs `xdplb_finish_checksum`: it arrived with a partial
-/// checksum and leaves as an `xdp_frame` (native mode). In generic mode its skb stays partial,
-/// and the field is made the pseudo-header sum of its addresses instead (see `csum`).
+/// What a packet sent through XDP needs from `xdplb_finish_checksum` (see `csum`): nothing,
+/// unless it arrived with a partial-looking checksum; then completing (native mode: it leaves
+/// as an `xdp_frame`), or, when its addresses changed in generic mode (the skb stays
+/// partial), keeping it fit for the skb.
 #[inline(always)]
-fn completes_checksum(pkt: &Ipv4Udp) -> bool {
-    if pkt.partial_csum && pkt.generic_xdp {
-        csum::keep_partial(pkt);
-        return false;
+fn checksum_work(pkt: &Ipv4Udp, addresses_changed: bool) -> u32 {
+    if !pkt.partial_csum {
+        NO_CHECKSUM_WORK
+    } else if !pkt.generic_xdp {
+        COMPLETE_CHECKSUM
+    } else if addresses_changed {
+        KEEP_CHECKSUM_PARTIAL
+    } else {
+        NO_CHECKSUM_WORK
     }
-    pkt.partial_csum
 }
+
+const NO_CHECKSUM_WORK: u32 = 0;
+const COMPLETE_CHECKSUM: u32 = 1;
+const KEEP_CHECKSUM_PARTIAL: u32 = 2;
 
 /// Hands a rewritten packet to the kernel, which routes it on; one that arrived with a
 /// partial-looking checksum goes through `xdplb_finish_checksum` first (see `csum`).
@@ -84,6 +93,7 @@ fn pass_rewritten(ctx: &XdpContext, pkt: &Ipv4Udp, stat: Stat) -> Verdict {
             action: xdp_action::XDP_PASS,
             ifindex: 0,
             stat,
+            keep_partial: 1,
         },
     )
 }
@@ -101,7 +111,7 @@ pub fn l2_forward(
     answer_too_big: bool,
 ) -> Verdict {
     match lookup(ctx, pkt, backend_v4, packet_len(pkt)) {
-        Ok(params) => send(ctx, &params, completes_checksum(pkt)),
+        Ok(params) => send(ctx, &params, checksum_work(pkt, false)),
         Err((BPF_FIB_LKUP_RET_NO_NEIGH, _)) => Verdict::drop(Stat::DropNoNeighbour),
         Err((BPF_FIB_LKUP_RET_FRAG_NEEDED, mtu)) if answer_too_big => frag_needed(ctx, pkt, mtu),
         Err((BPF_FIB_LKUP_RET_FRAG_NEEDED, _)) => Verdict::drop(Stat::DropFragNeeded),
@@ -148,7 +158,7 @@ pub fn ipip_forward(
     };
     // A partial inner checksum: completed on the way out (`send`). Passed to the kernel, the
     // skb keeps its partial state (the inner addresses did not change, so the field is right).
-    let partial = pkt.partial_csum && !pkt.generic_xdp;
+    let work = checksum_work(pkt, false);
     // Keep the original Ethernet header: the kernel must still see a frame addressed to us if
     // the packet goes to it.
     let Some(old_eth) = ptr_at::<_, EthHdr>(ctx, 0) else {
@@ -187,7 +197,7 @@ pub fn ipip_forward(
         *outer = header;
     }
     match params {
-        Some(p) => send(ctx, &p, partial),
+        Some(p) => send(ctx, &p, work),
         None => Verdict::pass(Stat::PassNoNeighbour),
     }
 }
@@ -403,11 +413,11 @@ fn ingress_ifindex(ctx: &XdpContext) -> u32 {
 }
 
 /// Sets the MAC addresses the FIB gave and sends the frame: XDP_TX back out of the interface it
-/// came in on, XDP_REDIRECT to any other. A packet whose UDP checksum arrived partial
-/// (`partial`) goes through `xdplb_finish_checksum`, which completes it and sends it the same
-/// way (see `csum`).
+/// came in on, XDP_REDIRECT to any other. A packet with `checksum` work to do (see
+/// [`checksum_work`]) goes through `xdplb_finish_checksum`, which does it and sends the packet
+/// the same way (see `csum`).
 #[inline(always)]
-fn send(ctx: &XdpContext, params: &bpf_fib_lookup, partial: bool) -> Verdict {
+fn send(ctx: &XdpContext, params: &bpf_fib_lookup, checksum: u32) -> Verdict {
     let Some(eth) = ptr_at::<_, EthHdr>(ctx, 0) else {
         // Unreachable after a successful parse; pass rather than guess.
         return Verdict::pass(Stat::PassTruncated);
@@ -418,7 +428,7 @@ fn send(ctx: &XdpContext, params: &bpf_fib_lookup, partial: bool) -> Verdict {
         (*eth).src = params.smac;
     }
     let tx = params.ifindex == ingress_ifindex(ctx);
-    if partial {
+    if checksum != NO_CHECKSUM_WORK {
         return csum::tail_call_finish(
             ctx,
             csum::FinishArgs {
@@ -429,6 +439,7 @@ fn send(ctx: &XdpContext, params: &bpf_fib_lookup, partial: bool) -> Verdict {
                 },
                 ifindex: params.ifindex,
                 stat: Stat::ForwardedFib,
+                keep_partial: u32::from(checksum == KEEP_CHECKSUM_PARTIAL),
             },
         );
     }

@@ -561,7 +561,7 @@ fn verifier_instruction_budget() {
         // it to 22,208 (the ICMP path, a tail-called program of its own, 4,841). Checking every
         // service packet's IPv4 header checksum and Ethernet destination, and handing partial
         // checksums to a program of their own, took ingress to 72,353; later fragments (a
-        // tail-called program too) to 113,409. The ICMP program sums the message (5 chunks)
+        // tail-called program too) to about 111,000. The ICMP program sums the message (5 chunks)
         // and the checksum-finishing program the datagram (15 chunks): each chunk of those
         // loops is walked on every path after it.
         assert!(
