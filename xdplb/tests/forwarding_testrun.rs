@@ -157,14 +157,6 @@ fn quote(frame: &[u8]) -> Vec<u8> {
     frame[ETH_HDR_LEN..ETH_HDR_LEN + 28].to_vec()
 }
 
-fn ifindex(name: &str) -> u32 {
-    let c = std::ffi::CString::new(name).expect("name");
-    // SAFETY: a valid NUL-terminated string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    assert_ne!(i, 0, "no interface {name} in this namespace");
-    i
-}
-
 #[test]
 fn nat_and_dsr_frames_come_out_exactly_as_routed() {
     require_root();
@@ -174,13 +166,7 @@ fn nat_and_dsr_frames_come_out_exactly_as_routed() {
 fn run_cases() {
     let (cfg, mut dp) = load_toml(CONFIG);
     let (a, b) = (ifindex("fa"), ifindex("fb"));
-    let prog = dp
-        .ingress()
-        .expect("ingress")
-        .fd()
-        .expect("fd")
-        .try_clone()
-        .expect("fd");
+    let prog = ingress_fd(&mut dp);
     // The input frames are addressed to FRAME_DST_MAC: register it for both interfaces (only
     // frames addressed to the receiving interface are balanced).
     dp.set_interface_mac(a, xdplb::packet::FRAME_DST_MAC, false)

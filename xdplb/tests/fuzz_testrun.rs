@@ -1993,14 +1993,6 @@ impl Fuzz<'_> {
     }
 }
 
-fn ifindex(name: &str) -> u32 {
-    let c = std::ffi::CString::new(name).expect("name");
-    // SAFETY: a valid NUL-terminated string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    assert_ne!(i, 0, "no interface {name} in this namespace");
-    i
-}
-
 fn env_u64(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
         Ok(v) => {
@@ -2044,13 +2036,7 @@ fn fuzz() {
     // What the daemon records when it attaches: each interface's own address.
     dp.set_interface_mac(a, MAC_A, false).expect("fa's address");
     dp.set_interface_mac(b, MAC_B, false).expect("fb's address");
-    let prog = dp
-        .ingress()
-        .expect("ingress")
-        .fd()
-        .expect("fd")
-        .try_clone()
-        .expect("fd");
+    let prog = ingress_fd(&mut dp);
     let run = move |frame: &[u8], iface: Iface| {
         let on = if iface == Iface::A { a } else { b };
         testrun::run_xdp_on(&prog, frame, on)

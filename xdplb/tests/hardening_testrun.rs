@@ -336,13 +336,7 @@ impl Fib {
             .expect("fa's address");
         dp.set_interface_mac(b, FRAME_DST_MAC, false)
             .expect("fb's address");
-        let prog = dp
-            .ingress()
-            .expect("ingress")
-            .fd()
-            .expect("fd")
-            .try_clone()
-            .expect("fd");
+        let prog = ingress_fd(&mut dp);
         Fib {
             cfg,
             dp,
@@ -387,14 +381,6 @@ impl Fib {
         let host = flow_hash(&tuple, HASH_FIVE_TUPLE, self.cfg.hash_seed) & 0xff;
         [10, 200, 0, host as u8]
     }
-}
-
-fn ifindex(name: &str) -> u32 {
-    let c = std::ffi::CString::new(name).expect("name");
-    // SAFETY: a valid NUL-terminated string.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    assert_ne!(i, 0, "no interface {name} in this namespace");
-    i
 }
 
 /// Loads LO_CONFIG without registering any interface's address.

@@ -82,6 +82,23 @@ pub fn run(dp: &mut Dataplane, frame: &[u8]) -> XdpRun {
     testrun::run_xdp(fd, frame, 1).expect("BPF_PROG_TEST_RUN")
 }
 
+/// The ifindex of `name` in the calling thread's network namespace; fails the test if there is
+/// none.
+pub fn ifindex(name: &str) -> u32 {
+    xdplb::daemon::interface_index(name)
+        .unwrap_or_else(|| panic!("no interface {name} in this namespace"))
+}
+
+/// An owned descriptor of the loaded ingress program, for BPF_PROG_TEST_RUN on an interface.
+pub fn ingress_fd(dp: &mut Dataplane) -> aya::programs::ProgramFd {
+    dp.ingress()
+        .expect("ingress program")
+        .fd()
+        .expect("program fd")
+        .try_clone()
+        .expect("clone the program fd")
+}
+
 /// Runs a frame shorter than an Ethernet header (behind metadata); returns the kernel's answer.
 pub fn run_short(dp: &mut Dataplane, frame: &[u8]) -> std::io::Result<XdpRun> {
     let prog = dp.ingress().expect("ingress program");
