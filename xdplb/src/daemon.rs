@@ -390,24 +390,19 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
             instance = instance_name,
             "handed over to a successor (SIGUSR2); the data plane keeps forwarding"
         ),
-        Stop::Signal(sig) if private_bpffs && !opts.cleanup => {
+        Stop::Signal(sig) if opts.cleanup || private_bpffs => {
             let detached = pins
                 .remove_all()
                 .with_context(|| format!("{sig}: removing the pins in {}", pins.dir.display()))?;
+            let why = if opts.cleanup {
+                "(--cleanup)"
+            } else {
+                "because the bpffs was private to this process (`ip netns exec`), so the data plane could not outlive it; run the daemon in the host's mount namespace or with a shared XDPLB_BPFFS to keep it forwarding across restarts"
+            };
             info!(
                 instance = instance_name,
                 detached = %detached.join(", "),
-                "{sig}: detached and removed everything: the bpffs was private to this process (`ip netns exec`), so the data plane could not outlive it; run the daemon in the host's mount namespace or with a shared XDPLB_BPFFS to keep it forwarding across restarts"
-            );
-        }
-        Stop::Signal(sig) if opts.cleanup => {
-            let detached = pins
-                .remove_all()
-                .with_context(|| format!("{sig}: removing the pins in {}", pins.dir.display()))?;
-            info!(
-                instance = instance_name,
-                detached = %detached.join(", "),
-                "{sig}: detached and removed every pin (--cleanup)"
+                "{sig}: detached and removed every pin {why}"
             );
         }
         Stop::Signal(sig) => info!(

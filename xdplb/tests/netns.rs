@@ -2300,7 +2300,8 @@ fn run_under_ip_netns_exec_tells_the_truth_about_stopping() {
     assert!(status.success(), "{}", d.seen.join("\n"));
     let log = d.seen.join("\n");
     assert!(
-        log.contains("detached and removed everything") && !log.contains("keeps forwarding"),
+        log.contains("detached and removed every pin because the bpffs was private")
+            && !log.contains("keeps forwarding"),
         "{log}"
     );
     assert!(!xdp_attached(&ns, "lo"), "nothing attached after SIGTERM");
