@@ -4,6 +4,7 @@
 pub mod api;
 pub mod bench;
 pub mod bpf_link;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;

@@ -1,0 +1,62 @@
+//! The live API: JSON over HTTP on a Unix socket that only root can use.
+//!
+//! The server thread only parses HTTP and hands each request to the daemon's main loop, which
+//! owns the config and the data plane. [`plan`] decides what a request does to the config with
+//! no I/O: a change is validated whole by writing the changed config as TOML and parsing it
+//! again, with every rule the config file obeys, before anything touches the data plane.
+//!
+//! | method | path | body |
+//! |---|---|---|
+//! | GET | /v1/status | |
+//! | GET | /v1/services | |
+//! | POST | /v1/services | `{"name", "vip", "scheduler"?, "flow_idle_timeout"?, "backends": [{"address", "weight"?, "drain"?}]}` |
+//! | DELETE | /v1/services/NAME | |
+//! | GET | /v1/services/NAME/backends | |
+//! | POST | /v1/services/NAME/backends | `{"address", "weight"?, "drain"?}` |
+//! | PATCH | /v1/services/NAME/backends/ADDRESS | `{"weight"?, "drain"?}` |
+//! | DELETE | /v1/services/NAME/backends/ADDRESS | |
+
+mod client;
+mod plan;
+mod server;
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+pub use client::call;
+pub use plan::{Plan, plan};
+pub use server::{bind, serve, serve_tcp};
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 1 << 20;
+
+/// The API socket of an instance.
+pub fn socket_path(instance: &str) -> Result<PathBuf, crate::instance::InstanceError> {
+    Ok(crate::instance::state_path(instance)?.with_extension("sock"))
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Response {
+    pub fn ok(body: Value) -> Self {
+        Response { status: 200, body }
+    }
+    pub fn error(status: u16, message: impl Into<String>) -> Self {
+        Response {
+            status,
+            body: json!({ "error": message.into() }),
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! The command line, as clap parses it.
+
+use std::{net::SocketAddrV4, path::PathBuf};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xdplb", version, about = "An XDP layer-4 UDP load balancer")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Load and attach the data plane, fill its maps, and run until SIGINT or SIGTERM.
+    Run {
+        /// Config file (TOML). Without it, the built-in tutorial scenario runs:
+        /// 127.0.0.1:9875 balanced to 127.0.0.1:9876, :9877 and :9878 on lo.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Name of this instance, so several can run side by side (in different namespaces).
+        #[arg(long, default_value = "default")]
+        instance: String,
+        /// Take over from the running daemon of this instance (an upgrade): the new programs
+        /// are loaded and verified first, then swapped in without a gap.
+        #[arg(long)]
+        replace: bool,
+        /// On SIGINT/SIGTERM, detach and remove every pin. Without it the pinned data plane
+        /// keeps forwarding after the daemon exits, for a restart to adopt.
+        #[arg(long)]
+        cleanup: bool,
+    },
+    /// Stop an instance for good: stop its daemon, if one runs, then detach the data plane and
+    /// remove everything it pinned.
+    Stop {
+        #[arg(long, default_value = "default")]
+        instance: String,
+    },
+    /// Backend side of forwarding = "dsr-ipip": attach the program that strips the outer IPv4
+    /// header on an interface (pinned, so it stays after this command exits).
+    Decap {
+        #[arg(long)]
+        interface: String,
+        /// auto (native, else generic), native or generic.
+        #[arg(long, default_value = "auto")]
+        xdp_mode: String,
+        /// Detach it instead.
+        #[arg(long, conflicts_with = "stats")]
+        remove: bool,
+        /// Print its counters instead.
+        #[arg(long)]
+        stats: bool,
+    },
+    /// Validate a config and say what it would do.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Say which backend a flow gets, and why (service, scheduler, hash, table slot).
+    Explain {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The client's address and port.
+        client: SocketAddrV4,
+        /// The destination the client sends to (a VIP, or any address for a 0.0.0.0 service).
+        destination: SocketAddrV4,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Status of a running instance, through its API: services, backends, health, counters.
+    Status {
+        #[arg(long, default_value = "default")]
+        instance: String,
+    },
+    /// List, add or remove services of a running instance (saved to its config file).
+    Service {
+        #[arg(long, default_value = "default")]
+        instance: String,
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
+    /// List, add, remove, drain, undrain or reweight backends of a running instance.
+    Backend {
+        #[arg(long, default_value = "default")]
+        instance: String,
+        #[command(subcommand)]
+        action: BackendAction,
+    },
+    /// A live view of rates per service and backend, with health and drops (q quits).
+    Top {
+        #[arg(long, default_value = "default")]
+        instance: String,
+    },
+    /// Make a running instance re-read its config file (SIGHUP) and report the outcome.
+    Reload {
+        #[arg(long, default_value = "default")]
+        instance: String,
+    },
+    /// Print the counters of a running instance.
+    Stats {
+        #[arg(long, default_value = "default")]
+        instance: String,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Demo UDP backends: answer every datagram with the listening address and the payload.
+    DemoBackend {
+        /// Comma-separated IPv4:port addresses.
+        #[arg(long, value_delimiter = ',', required = true)]
+        listen: Vec<SocketAddrV4>,
+        /// Name the replies carry instead of the listening address.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Demo client: send datagrams on many connected sockets and report who answered.
+    DemoClient {
+        #[arg(long, default_value = "127.0.0.1:9875")]
+        target: SocketAddrV4,
+        /// Local address to bind the client sockets to.
+        #[arg(long)]
+        bind: Option<std::net::Ipv4Addr>,
+        #[arg(long, default_value_t = 30)]
+        flows: u32,
+        #[arg(long, default_value_t = 3)]
+        packets: u32,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        /// Pause after each reply, to spread the traffic over time.
+        #[arg(long, default_value_t = 0)]
+        gap_us: u64,
+        /// Pad each datagram to this many bytes (above the MTU, it travels as IP fragments).
+        #[arg(long, default_value_t = 0)]
+        payload_bytes: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Exit non-zero unless every datagram was answered from the target by one backend per flow.
+        #[arg(long)]
+        require_all: bool,
+    },
+    /// Send small datagrams as fast as possible (or at --rate) for the forwarding benchmark.
+    DemoFlood {
+        /// Comma-separated IPv4:port targets; flow i goes to target i mod their number.
+        #[arg(long, value_delimiter = ',', required = true)]
+        target: Vec<SocketAddrV4>,
+        #[arg(long, default_value_t = 256)]
+        flows: u32,
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Datagrams per second; 0 = as fast as possible.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// UDP payload size in bytes.
+        #[arg(long, default_value_t = 18)]
+        payload_bytes: usize,
+    },
+    /// Measure the data plane's cost per packet with BPF_PROG_TEST_RUN.
+    Bench {
+        #[arg(long, default_value_t = 300_000)]
+        repeat: u32,
+        #[arg(long, default_value_t = 7)]
+        rounds: u32,
+        /// Size of the flow and reply tables (default: the config default, 262144).
+        #[arg(long)]
+        max_flows: Option<u32>,
+        /// Instead: ns/packet of every forwarding mode towards this backend (routed and
+        /// resolved in this network namespace), with --source as the fullnat source.
+        #[arg(long)]
+        modes_backend: Option<SocketAddrV4>,
+        #[arg(long, default_value = "10.0.0.1")]
+        source: std::net::Ipv4Addr,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ServiceAction {
+    List,
+    Add {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        vip: String,
+        #[arg(long)]
+        scheduler: Option<String>,
+        #[arg(long)]
+        flow_idle_timeout: Option<String>,
+        /// A backend address (IPv4:port); repeat for more.
+        #[arg(long = "backend", required = true)]
+        backends: Vec<String>,
+    },
+    Remove {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BackendAction {
+    List {
+        service: String,
+    },
+    Add {
+        service: String,
+        address: String,
+        #[arg(long)]
+        weight: Option<i64>,
+        #[arg(long)]
+        drain: bool,
+    },
+    Remove {
+        service: String,
+        address: String,
+    },
+    Drain {
+        service: String,
+        address: String,
+    },
+    Undrain {
+        service: String,
+        address: String,
+    },
+    Weight {
+        service: String,
+        address: String,
+        weight: i64,
+    },
+}

@@ -1,0 +1,383 @@
+//! The commands behind `xdplb`'s command line; `main.rs` only parses and dispatches.
+
+mod args;
+
+use std::{
+    collections::BTreeSet,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+pub use args::{BackendAction, Cli, Command, ServiceAction};
+
+use crate::{bench, config, daemon, demo, explain, instance, stats};
+
+/// Calls the API and prints the answer; an error status prints the error and fails.
+fn api_command(
+    instance: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<ExitCode> {
+    let (status, value) = crate::api::call(instance, method, path, body.as_ref())?;
+    if status == 200 {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        Ok(ExitCode::SUCCESS)
+    } else {
+        let msg = value
+            .get("error")
+            .and_then(|e| e.as_str())
+            .map_or_else(|| value.to_string(), str::to_string);
+        eprintln!("xdplb: {method} {path}: {status}: {msg}");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run {
+            config,
+            instance,
+            replace,
+            cleanup,
+        } => daemon::run(&daemon::RunOptions {
+            config,
+            instance,
+            replace,
+            cleanup,
+        })
+        .map(|()| ExitCode::SUCCESS),
+        Command::Stop { instance } => stop(&instance),
+        Command::Decap {
+            interface,
+            xdp_mode,
+            remove,
+            stats,
+        } => decap(&interface, &xdp_mode, remove, stats),
+        Command::Check { config } => {
+            let cfg = daemon::load_config(&config)?;
+            print!("{}: OK\n{}", config.display(), cfg.describe());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain {
+            config,
+            client,
+            destination,
+            json,
+        } => {
+            let cfg = match &config {
+                Some(p) => config::load(p)?,
+                None => config::default_config(),
+            };
+            let e = explain::explain(&cfg, client, destination)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+            } else {
+                print!("{}", e.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reload { instance } => reload_instance(&instance),
+        Command::Status { instance } => api_command(&instance, "GET", "/v1/status", None),
+        Command::Service { instance, action } => match action {
+            ServiceAction::List => api_command(&instance, "GET", "/v1/services", None),
+            ServiceAction::Add {
+                name,
+                vip,
+                scheduler,
+                flow_idle_timeout,
+                backends,
+            } => {
+                let mut body = serde_json::json!({
+                    "name": name,
+                    "vip": vip,
+                    "backends": backends.iter().map(|a| serde_json::json!({"address": a})).collect::<Vec<_>>(),
+                });
+                if let Some(s) = scheduler {
+                    body["scheduler"] = s.into();
+                }
+                if let Some(t) = flow_idle_timeout {
+                    body["flow_idle_timeout"] = t.into();
+                }
+                api_command(&instance, "POST", "/v1/services", Some(body))
+            }
+            ServiceAction::Remove { name } => {
+                api_command(&instance, "DELETE", &format!("/v1/services/{name}"), None)
+            }
+        },
+        Command::Backend { instance, action } => {
+            let path = |service: &str, address: Option<&str>| match address {
+                // Service names and IPv4:port addresses never contain '/'.
+                Some(a) => format!("/v1/services/{service}/backends/{a}"),
+                None => format!("/v1/services/{service}/backends"),
+            };
+            match action {
+                BackendAction::List { service } => {
+                    api_command(&instance, "GET", &path(&service, None), None)
+                }
+                BackendAction::Add {
+                    service,
+                    address,
+                    weight,
+                    drain,
+                } => {
+                    let mut body = serde_json::json!({"address": address, "drain": drain});
+                    if let Some(w) = weight {
+                        body["weight"] = w.into();
+                    }
+                    api_command(&instance, "POST", &path(&service, None), Some(body))
+                }
+                BackendAction::Remove { service, address } => {
+                    api_command(&instance, "DELETE", &path(&service, Some(&address)), None)
+                }
+                BackendAction::Drain { service, address } => api_command(
+                    &instance,
+                    "PATCH",
+                    &path(&service, Some(&address)),
+                    Some(serde_json::json!({"drain": true})),
+                ),
+                BackendAction::Undrain { service, address } => api_command(
+                    &instance,
+                    "PATCH",
+                    &path(&service, Some(&address)),
+                    Some(serde_json::json!({"drain": false})),
+                ),
+                BackendAction::Weight {
+                    service,
+                    address,
+                    weight,
+                } => api_command(
+                    &instance,
+                    "PATCH",
+                    &path(&service, Some(&address)),
+                    Some(serde_json::json!({"weight": weight})),
+                ),
+            }
+        }
+        Command::Top { instance } => crate::top::run(&instance).map(|()| ExitCode::SUCCESS),
+        Command::Stats { instance, json } => {
+            let state = instance::read(&instance)?;
+            let snap = stats::read(&state)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&snap)?);
+            } else {
+                print!("{}", stats::render(&snap));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DemoBackend { listen, name } => {
+            demo::serve_backends(&listen, name.as_deref(), || {
+                let list: Vec<String> = listen.iter().map(|a| a.to_string()).collect();
+                println!("demo backends listening on {}", list.join(", "));
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DemoClient {
+            target,
+            bind,
+            flows,
+            packets,
+            timeout_ms,
+            gap_us,
+            payload_bytes,
+            json,
+            require_all,
+        } => {
+            let report = demo::run_client(
+                target,
+                bind,
+                flows,
+                packets,
+                Duration::from_millis(timeout_ms),
+                Duration::from_micros(gap_us),
+                payload_bytes,
+            )?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            if require_all && !report.all_good() {
+                eprintln!("xdplb: demo client: not every datagram was answered correctly");
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DemoFlood {
+            target,
+            flows,
+            seconds,
+            rate,
+            payload_bytes,
+        } => {
+            if !(seconds > 0.0 && seconds <= 3600.0) {
+                bail!("--seconds {seconds}: expected more than 0 and at most 3600");
+            }
+            if payload_bytes > 65_507 {
+                bail!("--payload-bytes {payload_bytes}: a UDP payload holds at most 65507 bytes");
+            }
+            let report = demo::flood(
+                &target,
+                flows,
+                Duration::from_secs_f64(seconds),
+                rate,
+                payload_bytes,
+            )?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            repeat,
+            rounds,
+            max_flows,
+            modes_backend,
+            source,
+            json,
+        } => {
+            if let Some(backend) = modes_backend {
+                let rows = bench::forwarding_modes(backend, source, repeat.max(1), rounds.max(1))?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&rows)?);
+                } else {
+                    print!("{}", bench::render_modes(&rows));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let report = bench::run(repeat.max(1), rounds.max(1), max_flows)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", bench::render(&report));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `xdplb decap`: attach, remove, or report the decapsulation program of an interface.
+fn decap(interface: &str, mode: &str, remove: bool, stats: bool) -> anyhow::Result<ExitCode> {
+    use crate::decap;
+    if stats {
+        let (done, left, failed) = decap::stats(interface)?;
+        println!("{interface}: decapsulated {done}, left to the kernel {left}, failed {failed}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if remove {
+        let id = decap::remove(interface)?;
+        println!("{interface}: decap detached (XDP program id {id} is no longer attached)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mode = match mode {
+        "auto" => config::XdpModeSetting::Auto,
+        "native" => config::XdpModeSetting::Native,
+        "generic" => config::XdpModeSetting::Generic,
+        other => bail!("--xdp-mode {other:?}: expected auto, native or generic"),
+    };
+    if !daemon::interface_exists(interface) {
+        bail!("interface {interface:?} does not exist");
+    }
+    let (used, id) = decap::attach(interface, mode)?;
+    println!(
+        "{interface}: decap attached ({used} XDP, program id {id}, checked through netlink); it stays attached after this command until `xdplb decap --interface {interface} --remove`"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `xdplb stop`: stops the daemon (if one runs), detaches everything of the instance by
+/// kernel id, removes its pins and records, and checks with the kernel that nothing of it is
+/// attached any more (see `crate::stop`).
+fn stop(name: &str) -> anyhow::Result<ExitCode> {
+    let r = crate::stop::stop(name)?;
+    if !r.still_attached.is_empty() {
+        eprintln!(
+            "xdplb: instance {name:?} is NOT stopped: still attached: {}; detach by hand (`bpftool link detach id ID`, `ip link set dev IF xdp off`) or run `xdplb stop` in the network namespace the instance runs in (the record {} is kept)",
+            r.still_attached.join(", "),
+            instance::run_dir()
+                .join(format!("{name}.pins.json"))
+                .display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    if !r.found {
+        println!(
+            "instance {name:?}: no daemon runs it, it has no record in {} and none of its programs is attached; nothing to stop",
+            instance::run_dir().display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut detached: Vec<String> = r.detached.clone();
+    for i in &r.unpinned_from {
+        if !detached.iter().any(|d| d.contains(&format!(" on {i}"))) {
+            detached.push(format!("pinned links on {i}"));
+        }
+    }
+    let interfaces: BTreeSet<String> = r
+        .detached
+        .iter()
+        .filter_map(|d| d.split(" on ").nth(1))
+        .map(|rest| rest.split(' ').next().unwrap_or(rest).to_string())
+        .chain(r.unpinned_from.iter().cloned())
+        .collect();
+    println!(
+        "instance {name:?} stopped{}; {}; detached from {} ({}); checked: nothing of it is attached{}",
+        r.daemon
+            .map_or_else(String::new, |pid| format!(" (daemon pid {pid})")),
+        r.pins_removed.as_ref().map_or_else(
+            || "no pins to remove here".to_string(),
+            |d| format!("removed the pins in {}", d.display())
+        ),
+        if interfaces.is_empty() {
+            "nothing (it was not attached)".to_string()
+        } else {
+            interfaces.into_iter().collect::<Vec<_>>().join(", ")
+        },
+        if detached.is_empty() {
+            "none".to_string()
+        } else {
+            detached.join(", ")
+        },
+        r.pins_unreachable
+            .as_ref()
+            .map_or_else(String::new, |d| format!(
+                "; its pins in {} are in another mount namespace and hold only its maps now",
+                d.display()
+            )),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sends SIGHUP to a running instance and waits (up to 10 s) for it to record the outcome.
+fn reload_instance(name: &str) -> anyhow::Result<ExitCode> {
+    let before = instance::read(name)?;
+    let pid = i32::try_from(before.pid).context("pid out of range")?;
+    // SAFETY: kill(2) with a pid read from the instance's state file and a valid signal.
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        bail!(
+            "signalling instance {name:?} (pid {pid}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        let Ok(now) = instance::read(name) else {
+            continue;
+        };
+        if now.reloads > before.reloads
+            && let Some(outcome) = now.last_reload
+        {
+            if outcome.ok {
+                println!("reload {}: {}", now.reloads, outcome.message);
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!(
+                "xdplb: reload {} rejected, instance {name:?} keeps running on its previous config: {}",
+                now.reloads, outcome.message
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    bail!("instance {name:?} (pid {pid}) did not report the reload within 10 s")
+}
