@@ -10,7 +10,7 @@ use std::{
     collections::HashMap,
     io::{Read, Write},
     net::{SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
-    sync::{Arc, Condvar, Mutex, PoisonError, mpsc::Sender},
+    sync::{Arc, Condvar, Mutex, PoisonError},
     thread,
     time::{Duration, Instant},
 };
@@ -166,7 +166,7 @@ impl Drop for Checkers {
 
 /// Starts a checker per backend of every service with a health check. Each checks at a fixed
 /// rate (`interval` from one start to the next) and sends every result to `tx`.
-pub fn start(cfg: &Config, tx: &Sender<HealthEvent>) -> Checkers {
+pub fn start(cfg: &Config, tx: &tokio::sync::mpsc::UnboundedSender<HealthEvent>) -> Checkers {
     let stop = Arc::new(StopSignal::default());
     let mut threads = Vec::new();
     for svc in &cfg.services {
@@ -425,14 +425,19 @@ address = "127.0.0.1:9877"
              [[service.backend]]\naddress = \"127.0.0.2:{port}\"\n"
         );
         let c = parse(&text, "test").expect("valid");
-        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut checkers = start(&c, &tx);
         assert_eq!(checkers.running(), 2, "one checker per backend");
         // Both have checked once and now wait for their next check, an hour away.
-        for _ in 0..2 {
-            rx.recv_timeout(Duration::from_secs(5))
-                .expect("a first result from each checker");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut results = 0;
+        while results < 2 && Instant::now() < deadline {
+            match rx.try_recv() {
+                Ok(_) => results += 1,
+                Err(_) => thread::sleep(Duration::from_millis(5)),
+            }
         }
+        assert_eq!(results, 2, "a first result from each checker");
         let stopped = Instant::now();
         checkers.stop();
         while checkers.running() > 0 && stopped.elapsed() < Duration::from_secs(2) {

@@ -12,6 +12,7 @@ pub mod decap;
 pub mod demo;
 pub mod explain;
 pub mod health;
+pub mod http;
 pub mod instance;
 pub mod metrics;
 pub mod netlink;

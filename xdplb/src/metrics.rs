@@ -1,13 +1,7 @@
-//! Prometheus metrics over HTTP (`GET /metrics`), served by the daemon when `metrics_listen`
-//! is set. Each scrape reads the data plane's per-CPU counters afresh.
+//! Prometheus metrics (`GET /metrics`, served by [`crate::http::metrics_router`] when
+//! `metrics_listen` is set). Each scrape reads the data plane's per-CPU counters afresh.
 
-use std::{
-    fmt::Write as _,
-    io::{Read, Write},
-    net::{TcpListener, TcpStream},
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::fmt::Write as _;
 
 use xdplb_common::Stat;
 
@@ -22,68 +16,6 @@ pub struct MetricsState {
     pub instance: InstanceState,
     /// How long the last successful config apply took.
     pub last_apply_seconds: f64,
-}
-
-/// Serves `GET /metrics` on `listener` until the process ends. One request at a time; a client
-/// that stalls is dropped after two seconds.
-pub fn serve(listener: TcpListener, shared: Arc<Mutex<MetricsState>>) {
-    for conn in listener.incoming() {
-        let Ok(mut conn) = conn else { continue };
-        let state = match shared.lock() {
-            Ok(s) => s.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        };
-        if let Err(e) = answer(&mut conn, &state) {
-            log::debug!("metrics: {e}");
-        }
-    }
-}
-
-fn answer(conn: &mut TcpStream, state: &MetricsState) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(2)))?;
-    conn.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let mut buf = [0u8; 4096];
-    let mut len = 0;
-    while len < buf.len() {
-        let n = conn.read(&mut buf[len..])?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-            break;
-        }
-    }
-    let request = String::from_utf8_lossy(&buf[..len]);
-    let path = request
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("GET "))
-        .and_then(|l| l.split_whitespace().next());
-    let (status, body, kind) = match path {
-        Some("/metrics") => match stats::read(&state.instance) {
-            Ok(snap) => (
-                "200 OK",
-                render(&snap, state),
-                "text/plain; version=0.0.4; charset=utf-8",
-            ),
-            Err(e) => (
-                "500 Internal Server Error",
-                format!("reading counters: {e}\n"),
-                "text/plain",
-            ),
-        },
-        _ => (
-            "404 Not Found",
-            "only GET /metrics is served here\n".to_string(),
-            "text/plain",
-        ),
-    };
-    write!(
-        conn,
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

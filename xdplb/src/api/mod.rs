@@ -1,12 +1,14 @@
 //! The live API: JSON over HTTP on a Unix socket that only root can use.
 //!
-//! The server thread only parses HTTP and hands each request to the daemon's main loop, which
-//! owns the config and the data plane. [`plan`] decides what a request does to the config with
+//! The server ([`router`], axum on hyper, see [`crate::http`]) hands each request to the
+//! daemon's main loop, which owns the config and the data plane. [`plan`] decides what a request does to the config with
 //! no I/O: a change is validated whole by writing the changed config as TOML and parsing it
 //! again, with every rule the config file obeys, before anything touches the data plane.
 //!
 //! | method | path | body |
 //! |---|---|---|
+//! | GET | /healthz | (answered by the server: 200 while the daemon runs) |
+//! | GET | /readyz | (answered by the server: 200 when attached and applied, else 503) |
 //! | GET | /v1/status | |
 //! | GET | /v1/services | |
 //! | POST | /v1/services | `{"name", "vip", "scheduler"?, "flow_idle_timeout"?, "backends": [{"address", "weight"?, "drain"?}]}` |
@@ -26,7 +28,7 @@ use serde_json::{Value, json};
 
 pub use client::call;
 pub use plan::{Plan, plan};
-pub use server::{bind, serve, serve_tcp};
+pub use server::{ToMain, bind, router};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 1 << 20;

@@ -1,145 +1,83 @@
-//! The API's HTTP server: it parses requests and hands each to the daemon's main loop.
+//! The API's HTTP server: an axum router that hands each request to the daemon's main loop,
+//! which owns config and data plane, and answers what the loop answers. HTTP and its bounds
+//! are [`crate::http`]'s.
 
-use std::{
-    io::{Read, Write},
-    os::unix::{
-        fs::PermissionsExt,
-        net::{UnixListener, UnixStream},
-    },
-    path::Path,
-    sync::mpsc::{Sender, channel},
-    time::Duration,
-};
+use std::{os::unix::fs::PermissionsExt, path::Path};
+
+use axum::{Router, extract::State, response::Response as HttpResponse};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{MAX_BODY, Request, Response};
+use crate::http::{ANSWER_TIMEOUT, Readiness, json_response, with_probes};
 
-fn bad(msg: impl Into<String>) -> Response {
-    Response::error(400, msg)
-}
+/// A request for the main loop, with where its answer goes.
+pub type ToMain = mpsc::Sender<(Request, oneshot::Sender<Response>)>;
 
 /// Binds the API socket, readable and writable by root only. A stale socket is replaced.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+/// Must be called inside the tokio runtime.
+pub fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let listener = UnixListener::bind(path)?;
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    listener.set_nonblocking(true)?;
+    tokio::net::UnixListener::from_std(listener)
 }
 
-/// Serves the socket: every request goes to the main loop through `to_main`, with a channel
-/// for its answer.
-pub fn serve(listener: UnixListener, to_main: Sender<(Request, Sender<Response>)>) {
-    serve_each(listener.incoming(), UnixStream::set_read_timeout, &to_main);
+/// The API's routes: the probes, and everything else to the main loop through `to_main`
+/// (which answers unknown paths with its 404/405 JSON errors).
+pub fn router(to_main: ToMain, ready: watch::Receiver<Readiness>) -> Router {
+    with_probes(Router::new().fallback(forward).with_state(to_main), ready)
 }
 
-/// Serves the optional TCP listener (`api_listen`, loopback only) exactly like the socket.
-pub fn serve_tcp(listener: std::net::TcpListener, to_main: Sender<(Request, Sender<Response>)>) {
-    serve_each(
-        listener.incoming(),
-        std::net::TcpStream::set_read_timeout,
-        &to_main,
-    );
-}
-
-fn serve_each<S: Read + Write>(
-    incoming: impl Iterator<Item = std::io::Result<S>>,
-    set_read_timeout: fn(&S, Option<Duration>) -> std::io::Result<()>,
-    to_main: &Sender<(Request, Sender<Response>)>,
-) {
-    for conn in incoming {
-        let Ok(mut conn) = conn else { continue };
-        if set_read_timeout(&conn, Some(Duration::from_secs(5))).is_ok()
-            && !answer(&mut conn, to_main)
-        {
-            return;
-        }
+async fn forward(State(to_main): State<ToMain>, req: axum::extract::Request) -> HttpResponse {
+    let (parts, body) = req.into_parts();
+    let announced = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_BODY as u64) {
+        // Refused before reading it.
+        let answer = over_limit();
+        return json_response(answer.status, &answer.body);
     }
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b.to_vec(),
+        Err(e) => {
+            let over = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            let answer = if over {
+                over_limit()
+            } else {
+                Response::error(400, format!("reading the request body: {e}"))
+            };
+            return json_response(answer.status, &answer.body);
+        }
+    };
+    let req = Request {
+        method: parts.method.to_string(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string()),
+        body,
+    };
+    let (tx, rx) = oneshot::channel();
+    let asked = async {
+        to_main.send((req, tx)).await.ok()?;
+        rx.await.ok()
+    };
+    let answer = match tokio::time::timeout(ANSWER_TIMEOUT, asked).await {
+        Ok(Some(answer)) => answer,
+        Ok(None) => Response::error(503, "the daemon is stopping"),
+        Err(_) => Response::error(503, "the daemon did not answer"),
+    };
+    json_response(answer.status, &answer.body)
 }
 
-/// Reads one request, has the main loop answer it, and writes the answer. Returns false when
-/// the main loop is gone.
-fn answer(conn: &mut (impl Read + Write), to_main: &Sender<(Request, Sender<Response>)>) -> bool {
-    let response = match read_request(conn) {
-        Ok(req) => {
-            let (tx, rx) = channel();
-            if to_main.send((req, tx)).is_err() {
-                return false;
-            }
-            rx.recv_timeout(Duration::from_secs(30))
-                .unwrap_or_else(|_| Response::error(503, "the daemon did not answer"))
-        }
-        Err(e) => bad(e),
-    };
-    let _ = write_response(conn, &response);
-    true
-}
-
-fn read_request(conn: &mut impl Read) -> Result<Request, String> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let header_end = loop {
-        let n = conn
-            .read(&mut chunk)
-            .map_err(|e| format!("reading the request: {e}"))?;
-        if n == 0 {
-            return Err("the request ended before its headers".into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
-        }
-        if buf.len() > 64 * 1024 {
-            return Err("request headers too long".into());
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..header_end]).to_string();
-    let mut lines = head.lines();
-    let mut first = lines.next().unwrap_or_default().split_whitespace();
-    let (method, path) = match (first.next(), first.next()) {
-        (Some(m), Some(p)) => (m.to_string(), p.to_string()),
-        _ => return Err("malformed request line".into()),
-    };
-    let length: usize = lines
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.trim().parse().ok())
-        .unwrap_or(0);
-    if length > MAX_BODY {
-        return Err(format!(
-            "request body of {length} bytes is over the {MAX_BODY}-byte limit"
-        ));
-    }
-    let mut body = buf[header_end..].to_vec();
-    while body.len() < length {
-        let n = conn
-            .read(&mut chunk)
-            .map_err(|e| format!("reading the body: {e}"))?;
-        if n == 0 {
-            return Err("the request ended before its body".into());
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    body.truncate(length);
-    Ok(Request { method, path, body })
-}
-
-fn write_response(conn: &mut impl Write, r: &Response) -> std::io::Result<()> {
-    let body = serde_json::to_string_pretty(&r.body).unwrap_or_else(|_| "{}".into());
-    let reason = match r.status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        _ => "Error",
-    };
-    write!(
-        conn,
-        "HTTP/1.1 {} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}\n",
-        r.status,
-        body.len() + 1
-    )
+fn over_limit() -> Response {
+    Response::error(413, format!("request body over the {MAX_BODY}-byte limit"))
 }

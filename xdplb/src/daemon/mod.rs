@@ -1,0 +1,240 @@
+//! The daemon: `xdplb run`. It loads (or adopts) the pinned data plane and attaches it
+//! ([`startup`]), then owns config and data plane in one async loop ([`shell`]) on tokio that
+//! serves signals, API calls (from the HTTP servers in [`crate::http`]), health results and
+//! timers, and finally stops as it was asked ([`stop`]).
+
+mod change;
+mod reload;
+mod shell;
+mod startup;
+mod state;
+mod stop;
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    config::{self, Config},
+    health::{self, HealthBook},
+    http::{self, Readiness},
+    instance,
+    metrics::MetricsState,
+};
+
+/// Loads and validates a config file, interfaces included.
+pub fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
+    let origin = path.display().to_string();
+    let cfg = config::load(path)?;
+    config::check_interfaces(&cfg, &origin, interface_exists)?;
+    check_forwarding(&cfg, &origin)?;
+    Ok(cfg)
+}
+
+/// Every mode but `local` finds next hops with bpf_fib_lookup, which the kernel answers only for
+/// packets received on an interface with IPv4 forwarding on; without it every packet of those
+/// services would be dropped, so such a config is refused with the fix.
+fn check_forwarding(cfg: &Config, origin: &str) -> anyhow::Result<()> {
+    let routed: Vec<&str> = cfg
+        .services
+        .iter()
+        .filter(|s| s.forwarding != config::Forwarding::Local)
+        .map(|s| s.name.as_str())
+        .collect();
+    if routed.is_empty() {
+        return Ok(());
+    }
+    let off: Vec<&str> = cfg
+        .interfaces
+        .iter()
+        .filter(|i| {
+            std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{i}/forwarding"))
+                .map_or(true, |v| v.trim() != "1")
+        })
+        .map(String::as_str)
+        .collect();
+    if !off.is_empty() {
+        bail!(
+            "{origin}: service(s) {} forward with nat, fullnat, dsr-l2 or dsr-ipip, which needs IPv4 forwarding on every attached interface, but it is off on {}; turn it on with `sysctl -w net.ipv4.conf.all.forwarding=1` (or per interface)",
+            routed.join(", "),
+            off.join(", ")
+        );
+    }
+    Ok(())
+}
+
+pub fn interface_exists(name: &str) -> bool {
+    interface_index(name).is_some()
+}
+
+/// The ifindex of `name` in this process's network namespace, as the kernel answers it.
+pub fn interface_index(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a valid NUL-terminated string; the call only reads it.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// How `xdplb run` starts and stops.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Config file; the built-in tutorial scenario without one.
+    pub config: Option<PathBuf>,
+    pub instance: String,
+    /// Take over from a running daemon of the same instance (an upgrade or restart).
+    pub replace: bool,
+    /// On SIGINT/SIGTERM, detach and remove every pin instead of leaving the data plane
+    /// forwarding.
+    pub cleanup: bool,
+}
+
+/// Runs the daemon until SIGINT or SIGTERM (SIGUSR2: hand over to a `--replace` successor).
+pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
+    // The loop runs on this thread (blocking in map updates as it must); the HTTP servers and
+    // the metrics rendering run on the workers, so they answer while it is busy.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("xdplb-io")
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let outcome = runtime.block_on(serve(opts));
+    // Connections still open get a moment to finish; nothing waits on a stuck client.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    // The instance lock is released last, when nothing of this daemon is left.
+    outcome.map(drop)
+}
+
+/// Start-up, the loop, the stop. Returns the instance lock, to be released by the caller.
+async fn serve(opts: &RunOptions) -> anyhow::Result<Option<instance::InstanceLock>> {
+    // Installed first, so a signal during start-up is handled too.
+    let mut signals = shell::Signals::install().context("installing signal handlers")?;
+    let started = startup::start(opts)?;
+    let startup::Started {
+        cfg,
+        origin,
+        lock,
+        predecessor,
+        started,
+        private_bpffs,
+        pins,
+        adopting,
+        dp,
+        apply_seconds,
+        attached,
+        api,
+        api_socket,
+        api_tcp,
+        metrics: metrics_listener,
+    } = started;
+    let instance_name = opts.instance.as_str();
+
+    let cancel = CancellationToken::new();
+    let (ready, ready_rx) = watch::channel(Readiness::Starting);
+    let (api_tx, mut api_rx) = mpsc::channel(64);
+    let api_router = crate::api::router(api_tx, ready_rx.clone());
+    if let Some(listener) = api_tcp {
+        tokio::spawn(http::serve(listener, api_router.clone(), cancel.clone()));
+    }
+    tokio::spawn(http::serve(api, api_router, cancel.clone()));
+
+    let (health_tx, mut health_rx) = mpsc::unbounded_channel();
+    let book = HealthBook::default();
+    let checkers = health::start(&cfg, &health_tx);
+    let mut state =
+        state::instance_state(&dp, &cfg, &book, instance_name, &origin, attached.clone())?;
+    // The veths' drops from now on, and whether they can take redirected frames (see `veth`).
+    let mut veths = crate::veth::VethWatch::default();
+    match state::sample_veths() {
+        Ok(sample) => {
+            for event in veths.update(&sample) {
+                warn!("{}", event.message());
+            }
+        }
+        Err(e) => warn!("cannot watch the veths of this network namespace: {e}"),
+    }
+    state.veths = veths.report.clone();
+    let state_path = instance::write(&state)?;
+    let metrics = Arc::new(Mutex::new(MetricsState {
+        instance: state.clone(),
+        last_apply_seconds: apply_seconds,
+    }));
+    if let Some(listener) = metrics_listener {
+        let router = http::metrics_router(metrics.clone(), ready_rx.clone());
+        tokio::spawn(http::serve(listener, router, cancel.clone()));
+    }
+    let where_ = attached
+        .iter()
+        .map(|a| format!("{} ({} XDP + TC egress)", a.name, a.xdp_mode))
+        .collect::<Vec<_>>()
+        .join(", ");
+    info!(
+        instance = instance_name,
+        config = %origin,
+        services = cfg.services.len(),
+        backends = cfg.services.iter().map(|s| s.backends.len()).sum::<usize>(),
+        attached = %where_,
+        adopted = adopting,
+        took_over_from = predecessor,
+        start_ms = started.elapsed().as_millis() as u64,
+        pins = %pins.dir.display(),
+        state = %state_path.display(),
+        "running instance"
+    );
+    ready.send_replace(Readiness::Ready);
+
+    let mut shell = shell::Shell {
+        dp,
+        cfg,
+        config_path: opts.config.as_deref(),
+        instance: instance_name,
+        origin,
+        attached,
+        book,
+        checkers,
+        health_tx,
+        state,
+        metrics,
+        ready,
+        veths,
+        veth_warned: Default::default(),
+    };
+    let stop = shell.run(&mut signals, &mut api_rx, &mut health_rx).await;
+    shell.ready.send_replace(Readiness::Stopping);
+    cancel.cancel();
+    // Requests still queued are answered "stopping" by their servers.
+    drop(api_rx);
+    let shell::Shell { dp, checkers, .. } = shell;
+    drop(checkers);
+    drop(dp); // closes this process's descriptors; the pins keep the data plane
+    stop::finish(&stop, opts, &api_socket, &pins, private_bpffs)?;
+    Ok(lock)
+}
+
+/// Makes the kernel resolve the MAC address of every `dsr-l2` and `fullnat` backend, which XDP
+/// needs from the neighbour table and cannot resolve itself (the kernel cannot forward such a
+/// packet for it either: a `dsr-l2` packet is for the VIP, a `fullnat` one comes from this
+/// host's own address). An empty datagram to the backend's discard port (9) makes the kernel
+/// send ARP. Entries the kernel already holds cost nothing.
+fn resolve_neighbours(cfg: &Config) {
+    let Ok(sock) = std::net::UdpSocket::bind("0.0.0.0:0") else {
+        return;
+    };
+    for svc in cfg.services.iter().filter(|s| {
+        matches!(
+            s.forwarding,
+            config::Forwarding::DsrL2 | config::Forwarding::FullNat
+        )
+    }) {
+        for b in &svc.backends {
+            let _ = sock.send_to(&[], (*b.address.ip(), 9));
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! The daemon's loop: one `tokio::select!` over signals, API requests, health results and
+//! timers. It alone owns config and data plane, so every change is applied in one place, one
+//! at a time.
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    signal::unix::{Signal, SignalKind, signal},
+    sync::{mpsc, oneshot, watch},
+    time::MissedTickBehavior,
+};
+use tracing::{info, warn};
+
+use super::{
+    change::answer_api,
+    reload::{apply_health, reload},
+    resolve_neighbours,
+    state::{instance_state, sample_veths},
+    stop::Stop,
+};
+use crate::{
+    api,
+    config::{self, Config},
+    dataplane::{self, Dataplane},
+    health::{self, HealthBook, HealthEvent},
+    http::Readiness,
+    instance::{self, InstanceState},
+    metrics::MetricsState,
+    veth::{VethEvent, VethWatch},
+};
+
+/// How often the veths are sampled for drops, and idle fullnat ports freed.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// How often the data plane's debug log (`debug_log`) is flushed to ours.
+const FLUSH_LOGS_EVERY: Duration = Duration::from_millis(100);
+
+/// The signals the daemon handles, installed before start-up so that one arriving then is
+/// handled too (it waits in its stream until the loop runs).
+pub(super) struct Signals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+    usr2: Signal,
+}
+
+impl Signals {
+    /// Must be called inside the tokio runtime.
+    pub fn install() -> std::io::Result<Self> {
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+            usr2: signal(SignalKind::user_defined2())?,
+        })
+    }
+}
+
+/// What the loop owns.
+pub(super) struct Shell<'a> {
+    pub dp: Dataplane,
+    pub cfg: Config,
+    pub config_path: Option<&'a Path>,
+    pub instance: &'a str,
+    pub origin: String,
+    pub attached: Vec<dataplane::AttachedInterface>,
+    pub book: HealthBook,
+    pub checkers: health::Checkers,
+    pub health_tx: mpsc::UnboundedSender<HealthEvent>,
+    pub state: InstanceState,
+    /// What a metrics scrape sees; written by [`Shell::publish`] only.
+    pub metrics: Arc<Mutex<MetricsState>>,
+    pub ready: watch::Sender<Readiness>,
+    pub veths: VethWatch,
+    pub veth_warned: BTreeMap<String, Instant>,
+}
+
+/// What one turn of the loop changed, for [`Shell::publish`].
+#[derive(Default)]
+struct Turn {
+    publish: bool,
+    /// Seconds the config apply took, when one was applied.
+    applied_in: Option<f64>,
+}
+
+impl Shell<'_> {
+    /// Serves until a stop signal; returns which.
+    pub async fn run(
+        &mut self,
+        signals: &mut Signals,
+        api_rx: &mut mpsc::Receiver<(api::Request, oneshot::Sender<api::Response>)>,
+        health_rx: &mut mpsc::UnboundedReceiver<HealthEvent>,
+    ) -> Stop {
+        let mut veth_tick = interval(SAMPLE_EVERY);
+        let mut sweep_tick = interval(SAMPLE_EVERY);
+        let mut log_tick = interval(FLUSH_LOGS_EVERY);
+        loop {
+            let turn = tokio::select! {
+                // Stops first: a stop and a reload together stop.
+                biased;
+                _ = signals.int.recv() => return Stop::Signal("SIGINT"),
+                _ = signals.term.recv() => return Stop::Signal("SIGTERM"),
+                _ = signals.usr2.recv() => return Stop::HandOver,
+                _ = signals.hup.recv() => self.on_hangup(),
+                Some((req, reply)) = api_rx.recv() => self.on_api(&req, reply),
+                Some(first) = health_rx.recv() => {
+                    // What else arrived with it is applied in the same go.
+                    let mut events = vec![first];
+                    while let Ok(ev) = health_rx.try_recv() {
+                        events.push(ev);
+                    }
+                    self.on_health(events)
+                }
+                _ = veth_tick.tick() => self.on_veth_sample(),
+                _ = sweep_tick.tick() => {
+                    self.sweep_fullnat();
+                    Turn::default()
+                }
+                _ = log_tick.tick() => {
+                    self.dp.flush_logs();
+                    Turn::default()
+                }
+            };
+            if turn.publish {
+                self.publish(turn.applied_in);
+            }
+        }
+    }
+
+    /// SIGHUP: re-read the config file and apply it, or keep the running one.
+    fn on_hangup(&mut self) -> Turn {
+        let outcome = reload(&mut self.dp, self.config_path, &mut self.cfg, &self.book);
+        let applied_in = outcome.as_ref().ok().map(|(_, seconds)| *seconds);
+        let outcome = outcome.map(|(msg, _)| msg);
+        self.state.reloads += 1;
+        match &outcome {
+            Ok(msg) => {
+                self.state.generation += 1;
+                info!(
+                    reload = self.state.reloads,
+                    generation = self.state.generation,
+                    "{msg}"
+                );
+                self.restart_checkers();
+                self.ready.send_replace(Readiness::Ready);
+            }
+            Err(e) => warn!(
+                reload = self.state.reloads,
+                "reload rejected, the data plane is unchanged: {e:#}"
+            ),
+        }
+        self.state.last_reload = Some(instance::ReloadOutcome {
+            ok: outcome.is_ok(),
+            message: match outcome {
+                Ok(m) => m,
+                Err(e) => format!("{e:#}"),
+            },
+        });
+        Turn {
+            publish: true,
+            applied_in,
+        }
+    }
+
+    /// One API request, answered here because this loop owns config and data plane.
+    fn on_api(&mut self, req: &api::Request, reply: oneshot::Sender<api::Response>) -> Turn {
+        let started = Instant::now();
+        let (response, changed) = answer_api(
+            req,
+            &mut self.dp,
+            self.config_path,
+            &mut self.cfg,
+            &self.book,
+            &self.state,
+        );
+        let mut turn = Turn::default();
+        if changed {
+            self.state.generation += 1;
+            turn.applied_in = Some(started.elapsed().as_secs_f64());
+            self.restart_checkers();
+            self.ready.send_replace(Readiness::Ready);
+            turn.publish = true;
+        }
+        // The client may have gone; the change stands either way.
+        let _ = reply.send(response);
+        turn
+    }
+
+    fn on_health(&mut self, events: Vec<HealthEvent>) -> Turn {
+        let (changed, failed) = apply_health(events, &mut self.book, &self.cfg, &mut self.dp);
+        if changed {
+            self.ready.send_replace(match failed {
+                Some(why) => Readiness::NotReady(why),
+                None => Readiness::Ready,
+            });
+        }
+        Turn {
+            publish: changed,
+            applied_in: None,
+        }
+    }
+
+    /// The health checks of the config now in force; dropping the old checkers stops them.
+    fn restart_checkers(&mut self) {
+        self.book.retain_checked(&self.cfg);
+        self.checkers = health::start(&self.cfg, &self.health_tx);
+    }
+
+    /// Frames redirected onto a veth whose peer cannot take them are lost where XDP cannot see
+    /// it (see `veth`): warn, and report it in the state file.
+    fn on_veth_sample(&mut self) -> Turn {
+        let sample = match sample_veths() {
+            Ok(sample) => sample,
+            Err(e) => {
+                tracing::debug!("sampling the veths: {e}");
+                return Turn::default();
+            }
+        };
+        for event in self.veths.update(&sample) {
+            if let VethEvent::Dropped { interface, .. } = &event {
+                // Growing drops are repeated at most once a minute.
+                if self
+                    .veth_warned
+                    .get(interface)
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+                {
+                    continue;
+                }
+                self.veth_warned.insert(interface.clone(), Instant::now());
+            }
+            warn!("{}", event.message());
+        }
+        let mut turn = Turn::default();
+        if self.state.veths != self.veths.report {
+            self.state.veths = self.veths.report.clone();
+            turn.publish = true;
+        }
+        turn
+    }
+
+    /// fullnat ports of flows that idled out are freed once a second.
+    fn sweep_fullnat(&mut self) {
+        if !self
+            .cfg
+            .services
+            .iter()
+            .any(|s| s.forwarding == config::Forwarding::FullNat)
+        {
+            return;
+        }
+        match self.dp.sweep_fullnat() {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(released = n, "fullnat ports of idle flows freed"),
+            Err(e) => warn!("sweeping fullnat translations failed: {e}"),
+        }
+    }
+
+    /// Writes what changed to the state file and to what metrics scrapes see.
+    fn publish(&mut self, applied_in: Option<f64>) {
+        resolve_neighbours(&self.cfg);
+        if let Ok(fresh) = instance_state(
+            &self.dp,
+            &self.cfg,
+            &self.book,
+            self.instance,
+            &self.origin,
+            self.attached.clone(),
+        ) {
+            self.state.services = fresh.services;
+        }
+        if let Err(e) = instance::write(&self.state) {
+            warn!("could not update the state file: {e}");
+        }
+        let mut m = match self.metrics.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        m.instance = self.state.clone();
+        if let Some(seconds) = applied_in {
+            m.last_apply_seconds = seconds;
+        }
+    }
+}
+
+/// A timer whose first tick is one `period` from now, and which does not burst after the
+/// loop was busy.
+fn interval(period: Duration) -> tokio::time::Interval {
+    let mut t = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    t
+}

@@ -1,0 +1,86 @@
+//! The instance description the loop publishes (state file, metrics), and the veth sample.
+
+use xdplb_common::{MAP_BACKEND_STATS, MAP_FLOWS, MAP_SERVICE_STATS, MAP_STATS};
+
+use crate::{config::Config, dataplane, dataplane::Dataplane, health::HealthBook, instance};
+
+pub(super) fn instance_state(
+    dp: &Dataplane,
+    cfg: &Config,
+    book: &HealthBook,
+    name: &str,
+    origin: &str,
+    interfaces: Vec<dataplane::AttachedInterface>,
+) -> anyhow::Result<instance::InstanceState> {
+    let mut map_ids = std::collections::BTreeMap::new();
+    for m in [MAP_STATS, MAP_SERVICE_STATS, MAP_BACKEND_STATS, MAP_FLOWS] {
+        map_ids.insert(m.to_string(), dp.map_id(m)?);
+    }
+    let plans = dp
+        .current()
+        .map(|s| s.services.as_slice())
+        .unwrap_or_default();
+    let services = cfg
+        .services
+        .iter()
+        .filter_map(|svc| {
+            let plan = plans.iter().find(|p| p.name == svc.name)?;
+            let checked = svc.health_check.is_some();
+            Some(instance::ServiceInfo {
+                name: svc.name.clone(),
+                vip: svc.vip.to_string(),
+                id: plan.service.id,
+                backends: svc
+                    .backends
+                    .iter()
+                    .map(|b| instance::BackendInfo {
+                        address: b.address.to_string(),
+                        index: plan
+                            .backends
+                            .iter()
+                            .find(|(_, _, a)| *a == b.address)
+                            .map(|(i, _, _)| *i),
+                        health: checked.then(|| {
+                            if book.is_up(&svc.name, b.address) {
+                                "up"
+                            } else {
+                                "down"
+                            }
+                            .to_string()
+                        }),
+                        health_detail: book.get(&svc.name, b.address).map(|h| h.detail.clone()),
+                    })
+                    .collect(),
+            })
+        })
+        .collect();
+    Ok(instance::InstanceState {
+        instance: name.to_string(),
+        pid: std::process::id(),
+        config: origin.to_string(),
+        interfaces,
+        map_ids,
+        services,
+        generation: 0,
+        reloads: 0,
+        last_reload: None,
+        veths: Default::default(),
+    })
+}
+
+/// Every interface of this network namespace, each veth with whether it can take
+/// XDP_REDIRECT frames now.
+pub(super) fn sample_veths()
+-> Result<Vec<(crate::netlink::LinkState, Option<bool>)>, crate::netlink::NetlinkError> {
+    Ok(crate::netlink::links()?
+        .into_iter()
+        .map(|l| {
+            let accepts = if l.is_veth {
+                crate::netlink::accepts_xdp_redirect(l.index).ok().flatten()
+            } else {
+                None
+            };
+            (l, accepts)
+        })
+        .collect())
+}
