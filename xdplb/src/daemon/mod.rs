@@ -116,7 +116,16 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
 async fn serve(opts: &RunOptions) -> anyhow::Result<Option<instance::InstanceLock>> {
     // Installed first, so a signal during start-up is handled too.
     let mut signals = shell::Signals::install().context("installing signal handlers")?;
-    let started = startup::start(opts)?;
+    let cancel = CancellationToken::new();
+    let (ready, ready_rx) = watch::channel(Readiness::Starting);
+    let (api_tx, mut api_rx) = mpsc::channel(64);
+    let started = startup::start(opts, |api, api_tcp| {
+        let router = crate::api::router(api_tx, ready_rx.clone());
+        if let Some(listener) = api_tcp {
+            tokio::spawn(http::serve(listener, router.clone(), cancel.clone()));
+        }
+        tokio::spawn(http::serve(api, router, cancel.clone()));
+    })?;
     let startup::Started {
         cfg,
         origin,
@@ -129,21 +138,10 @@ async fn serve(opts: &RunOptions) -> anyhow::Result<Option<instance::InstanceLoc
         dp,
         apply_seconds,
         attached,
-        api,
         api_socket,
-        api_tcp,
         metrics: metrics_listener,
     } = started;
     let instance_name = opts.instance.as_str();
-
-    let cancel = CancellationToken::new();
-    let (ready, ready_rx) = watch::channel(Readiness::Starting);
-    let (api_tx, mut api_rx) = mpsc::channel(64);
-    let api_router = crate::api::router(api_tx, ready_rx.clone());
-    if let Some(listener) = api_tcp {
-        tokio::spawn(http::serve(listener, api_router.clone(), cancel.clone()));
-    }
-    tokio::spawn(http::serve(api, api_router, cancel.clone()));
 
     let (health_tx, mut health_rx) = mpsc::unbounded_channel();
     let book = HealthBook::default();

@@ -33,9 +33,7 @@ pub(super) struct Started {
     pub dp: Dataplane,
     pub apply_seconds: f64,
     pub attached: Vec<dataplane::AttachedInterface>,
-    pub api: Listener,
     pub api_socket: PathBuf,
-    pub api_tcp: Option<Listener>,
     pub metrics: Option<Listener>,
 }
 
@@ -51,8 +49,13 @@ impl Drop for FreshPins {
 }
 
 /// Runs start-up up to and including the attach. Blocking; called inside the tokio runtime
-/// (the listeners are registered with it).
-pub(super) fn start(opts: &RunOptions) -> anyhow::Result<Started> {
+/// (the listeners are registered with it). `serve_api` gets the API's listeners (the socket,
+/// `api_listen`) once they are bound, before the attach: from then on `/healthz` and `/readyz`
+/// answer, and API requests wait for the loop.
+pub(super) fn start(
+    opts: &RunOptions,
+    serve_api: impl FnOnce(Listener, Option<Listener>),
+) -> anyhow::Result<Started> {
     let instance_name = opts.instance.as_str();
     let (cfg, origin) = match opts.config.as_deref() {
         Some(p) => (load_config(p)?, p.display().to_string()),
@@ -142,6 +145,7 @@ pub(super) fn start(opts: &RunOptions) -> anyhow::Result<Started> {
         .with_context(|| format!("creating {}", instance::run_dir().display()))?;
     let api = crate::api::bind(&api_socket)
         .with_context(|| format!("API socket {}", api_socket.display()))?;
+    serve_api(Listener::Unix(api), api_tcp);
     let attached = dataplane::attach_all(&mut dp, &cfg.interfaces, cfg.xdp_mode)?;
     fresh.0 = None;
     Ok(Started {
@@ -156,9 +160,7 @@ pub(super) fn start(opts: &RunOptions) -> anyhow::Result<Started> {
         dp,
         apply_seconds,
         attached,
-        api: Listener::Unix(api),
         api_socket,
-        api_tcp,
         metrics,
     })
 }
