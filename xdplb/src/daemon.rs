@@ -205,7 +205,16 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
     }
     std::thread::spawn(move || crate::api::serve(api_listener, api_tx));
 
-    let (health_tx, health_rx) = std::sync::mpsc::channel();
+    // The health probes are tokio tasks; until this loop runs on tokio itself, they get a
+    // small runtime of their own, entered so that `health::start` spawns onto it.
+    let probes_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("xdplb-health")
+        .enable_all()
+        .build()
+        .context("starting the health check runtime")?;
+    let _probes_rt_entered = probes_rt.enter();
+    let (health_tx, mut health_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut book = HealthBook::default();
     let mut checkers = health::start(&cfg, &health_tx);
     let mut state = instance_state(&dp, &cfg, &book, instance_name, &origin, attached.clone())?;
@@ -298,7 +307,7 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
         if let Some(s) = stop {
             break s;
         }
-        if apply_health(&health_rx, &mut book, &cfg, &mut dp) {
+        if apply_health(&mut health_rx, &mut book, &cfg, &mut dp) {
             publish = true;
         }
         // API requests, answered one at a time by this loop, which owns config and data plane.
@@ -585,7 +594,7 @@ fn answer_api(
 /// re-applies the config (with unhealthy backends drained or left out) if any happened.
 /// Returns whether anything changed.
 fn apply_health(
-    rx: &std::sync::mpsc::Receiver<health::HealthEvent>,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<health::HealthEvent>,
     book: &mut HealthBook,
     cfg: &Config,
     dp: &mut Dataplane,
