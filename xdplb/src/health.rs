@@ -203,14 +203,17 @@ impl HttpProbe {
                 .map_err(|e| format!("http request: {e}"))?;
             let status = response.status().as_u16();
             let mut body = response.into_body();
-            let mut head = Vec::new();
-            while head.len() < HTTP_BODY_LIMIT {
+            // The start of the body, to quote, and how much of it was read.
+            let (mut head, mut read) = (Vec::new(), 0);
+            while read < HTTP_BODY_LIMIT {
                 match body.frame().await {
                     None => break,
                     Some(Err(e)) => return Err(format!("http status {status}, then body: {e}")),
                     Some(Ok(frame)) => {
                         if let Some(data) = frame.data_ref() {
-                            head.extend_from_slice(data);
+                            read += data.len();
+                            let room = HTTP_BODY_QUOTE.saturating_sub(head.len());
+                            head.extend_from_slice(&data[..data.len().min(room)]);
                         }
                     }
                 }
@@ -236,7 +239,7 @@ impl HttpProbe {
         if status == self.expect_status {
             return Ok(format!("http status {status}"));
         }
-        let quote = String::from_utf8_lossy(&head[..head.len().min(HTTP_BODY_QUOTE)])
+        let quote = String::from_utf8_lossy(&head)
             .split_whitespace()
             .collect::<Vec<_>>()
             .join(" ");
