@@ -1,5 +1,9 @@
-//! Active health checks: one checker thread per checked backend, and the book that turns their
-//! results into up/down states with rise and fall thresholds.
+//! Active health checks: one probe task per checked backend on the daemon's tokio runtime, and
+//! the book that turns their results into up/down states with rise and fall thresholds.
+//!
+//! A [`Probe`] checks one backend once, bounded by its timeout; [`start`] runs one per checked
+//! backend at the service's interval and [`Checkers`] cancels them all at once (on reload, on
+//! an API change, at exit), a probe in the middle of a check included.
 //!
 //! The data plane learns about health through the config it is given: [`HealthBook::effective`]
 //! marks an unhealthy backend drained (`on_failure = "keep-flows"`: no new flows, live flows
@@ -8,14 +12,27 @@
 
 use std::{
     collections::HashMap,
-    io::{Read, Write},
-    net::{SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
-    sync::{Arc, Condvar, Mutex, PoisonError},
-    thread,
-    time::{Duration, Instant},
+    future::Future,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
 };
 
+use http_body_util::{BodyExt, Empty};
+use hyper::{
+    Request,
+    body::Bytes,
+    header::{CONNECTION, HOST, USER_AGENT},
+};
+use hyper_util::rt::TokioIo;
 use serde::Serialize;
+use tokio::{
+    net::{TcpStream, UdpSocket},
+    sync::mpsc::UnboundedSender,
+    time::{Instant, MissedTickBehavior, timeout_at},
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::config::{Config, HealthCheck, HealthCheckKind, OnFailure};
 
@@ -29,191 +46,327 @@ pub struct HealthEvent {
     pub detail: String,
 }
 
-/// Runs one check of `kind` against `target` within `timeout`.
-pub fn check_once(
-    kind: &HealthCheckKind,
-    target: SocketAddrV4,
-    timeout: Duration,
-) -> Result<String, String> {
+/// What one check yields: what succeeded, or why it failed (for the log and `xdplb stats`).
+pub type CheckResult = Result<String, String>;
+
+/// A check under way, as a [`Probe`] returns it.
+pub type Check<'a> = Pin<Box<dyn Future<Output = CheckResult> + Send + 'a>>;
+
+/// One kind of health check. `check` probes `target` once and always ends within the probe's
+/// timeout; dropping the future abandons the check at once (its sockets close).
+pub trait Probe: Send + Sync {
+    fn check(&self, target: SocketAddr) -> Check<'_>;
+}
+
+/// The probe for `kind` with `timeout`.
+pub fn probe(kind: &HealthCheckKind, timeout: Duration) -> Arc<dyn Probe> {
     match kind {
-        HealthCheckKind::Udp { payload, expect } => {
-            let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("udp socket: {e}"))?;
-            sock.connect(target)
-                .map_err(|e| format!("udp connect: {e}"))?;
-            sock.set_read_timeout(Some(timeout))
-                .map_err(|e| e.to_string())?;
-            sock.send(payload).map_err(|e| format!("udp send: {e}"))?;
-            let mut buf = [0u8; 2048];
-            let n = sock.recv(&mut buf).map_err(|e| match e.kind() {
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                    format!("no udp reply within {timeout:?}")
-                }
-                std::io::ErrorKind::ConnectionRefused => "udp port unreachable".to_string(),
-                _ => format!("udp receive: {e}"),
-            })?;
-            match expect {
-                Some(want) if !buf[..n].windows(want.len().max(1)).any(|w| w == &want[..]) => {
-                    Err(format!(
-                        "udp reply does not contain {:?}",
-                        String::from_utf8_lossy(want)
-                    ))
-                }
-                _ => Ok(format!("udp reply of {n} bytes")),
-            }
-        }
-        HealthCheckKind::Tcp => TcpStream::connect_timeout(&SocketAddr::V4(target), timeout)
-            .map(|_| "tcp connect".to_string())
-            .map_err(|e| format!("tcp connect: {e}")),
+        HealthCheckKind::Udp { payload, expect } => Arc::new(UdpProbe {
+            payload: payload.clone(),
+            expect: expect.clone(),
+            timeout,
+        }),
+        HealthCheckKind::Tcp => Arc::new(TcpProbe { timeout }),
         HealthCheckKind::Http {
             path,
             expect_status,
-        } => {
-            let deadline = Instant::now() + timeout;
-            let mut conn = TcpStream::connect_timeout(&SocketAddr::V4(target), timeout)
-                .map_err(|e| format!("http connect: {e}"))?;
-            let left = deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1));
-            conn.set_read_timeout(Some(left))
-                .map_err(|e| e.to_string())?;
-            conn.set_write_timeout(Some(left))
-                .map_err(|e| e.to_string())?;
-            write!(
-                conn,
-                "GET {path} HTTP/1.0\r\nHost: {target}\r\nUser-Agent: xdplb-health\r\nConnection: close\r\n\r\n"
+        } => Arc::new(HttpProbe {
+            path: path.clone(),
+            expect_status: *expect_status,
+            timeout,
+        }),
+    }
+}
+
+/// Runs one check of `kind` against `target` within `timeout`.
+pub async fn check_once(
+    kind: &HealthCheckKind,
+    target: SocketAddr,
+    timeout: Duration,
+) -> CheckResult {
+    probe(kind, timeout).check(target).await
+}
+
+/// Sends `payload` on a connected UDP socket; healthy if a reply comes back within `timeout`
+/// (containing `expect`, if given). An ICMP port unreachable shows as "refused".
+struct UdpProbe {
+    payload: Vec<u8>,
+    expect: Option<Vec<u8>>,
+    timeout: Duration,
+}
+
+impl UdpProbe {
+    async fn run(&self, target: SocketAddr) -> CheckResult {
+        let deadline = Instant::now() + self.timeout;
+        let any: SocketAddr = match target {
+            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let sock = UdpSocket::bind(any)
+            .await
+            .map_err(|e| format!("udp socket: {e}"))?;
+        // Connected, so the kernel reports an ICMP error for this peer on the socket and
+        // drops datagrams from anyone else.
+        sock.connect(target)
+            .await
+            .map_err(|e| format!("udp connect: {e}"))?;
+        let io_error = |what: &str, e: std::io::Error| match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => {
+                "udp refused: port unreachable (nothing listens there)".to_string()
+            }
+            _ => format!("udp {what}: {e}"),
+        };
+        let no_reply = || format!("no udp reply within {:?}", self.timeout);
+        timeout_at(deadline, sock.send(&self.payload))
+            .await
+            .map_err(|_| no_reply())?
+            .map_err(|e| io_error("send", e))?;
+        // A datagram is at most 64 KiB, so `expect` is searched in the whole reply.
+        let mut buf = vec![0u8; 65_536];
+        let n = timeout_at(deadline, sock.recv(&mut buf))
+            .await
+            .map_err(|_| no_reply())?
+            .map_err(|e| io_error("receive", e))?;
+        match &self.expect {
+            Some(want) if !contains(&buf[..n], want) => Err(format!(
+                "udp reply of {n} bytes does not contain {:?}",
+                String::from_utf8_lossy(want)
+            )),
+            _ => Ok(format!("udp reply of {n} bytes")),
+        }
+    }
+}
+
+impl Probe for UdpProbe {
+    fn check(&self, target: SocketAddr) -> Check<'_> {
+        Box::pin(self.run(target))
+    }
+}
+
+/// Whether `needle` occurs in `haystack` (an empty needle always does).
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Healthy if a TCP connection is accepted within `timeout`.
+struct TcpProbe {
+    timeout: Duration,
+}
+
+impl Probe for TcpProbe {
+    fn check(&self, target: SocketAddr) -> Check<'_> {
+        Box::pin(async move {
+            match tokio::time::timeout(self.timeout, TcpStream::connect(target)).await {
+                Ok(Ok(_)) => Ok("tcp connect".to_string()),
+                Ok(Err(e)) => Err(format!("tcp connect: {e}")),
+                Err(_) => Err(format!("tcp connect: no answer within {:?}", self.timeout)),
+            }
+        })
+    }
+}
+
+/// How much of an HTTP check's response body is read: enough to quote it in a failure, and
+/// bounded so that a huge or endless body cannot hold the probe.
+const HTTP_BODY_LIMIT: usize = 4096;
+
+/// How much of the body a failure quotes.
+const HTTP_BODY_QUOTE: usize = 100;
+
+/// `GET path` with hyper's HTTP/1.1 client on a fresh connection; healthy if the response's
+/// status is `expect_status`, all within `timeout`.
+struct HttpProbe {
+    path: String,
+    expect_status: u16,
+    timeout: Duration,
+}
+
+impl HttpProbe {
+    async fn run(&self, target: SocketAddr) -> CheckResult {
+        let deadline = Instant::now() + self.timeout;
+        let stream = timeout_at(deadline, TcpStream::connect(target))
+            .await
+            .map_err(|_| format!("http connect: no answer within {:?}", self.timeout))?
+            .map_err(|e| format!("http connect: {e}"))?;
+        let request = Request::get(self.path.as_str())
+            .header(HOST, target.to_string())
+            .header(USER_AGENT, "xdplb-health")
+            .header(CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("http request for {:?}: {e}", self.path))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("http handshake: {e}"))?;
+        let exchange = async {
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|e| format!("http request: {e}"))?;
+            let status = response.status().as_u16();
+            let mut body = response.into_body();
+            // The start of the body, to quote, and how much of it was read.
+            let (mut head, mut read) = (Vec::new(), 0);
+            while read < HTTP_BODY_LIMIT {
+                match body.frame().await {
+                    None => break,
+                    Some(Err(e)) => return Err(format!("http status {status}, then body: {e}")),
+                    Some(Ok(frame)) => {
+                        if let Some(data) = frame.data_ref() {
+                            read += data.len();
+                            let room = HTTP_BODY_QUOTE.saturating_sub(head.len());
+                            head.extend_from_slice(&data[..data.len().min(room)]);
+                        }
+                    }
+                }
+            }
+            Ok((status, head))
+        };
+        // The connection is driven here, not in a task of its own, so that dropping this
+        // future (a timeout, a cancellation) ends the connection with it.
+        let checked = async {
+            tokio::pin!(exchange, conn);
+            tokio::select! {
+                r = &mut exchange => r,
+                // The server closed the connection: what it sent is still in the exchange.
+                _ = &mut conn => exchange.await,
+            }
+        };
+        let (status, head) = timeout_at(deadline, checked).await.map_err(|_| {
+            format!(
+                "http GET {}: no complete response within {:?}",
+                self.path, self.timeout
             )
-            .map_err(|e| format!("http send: {e}"))?;
-            let mut head = [0u8; 64];
-            let n = conn
-                .read(&mut head)
-                .map_err(|e| format!("http receive: {e}"))?;
-            let line = String::from_utf8_lossy(&head[..n]);
-            let status: Option<u16> = line
-                .strip_prefix("HTTP/1.")
-                .and_then(|r| r.get(2..5))
-                .and_then(|c| c.parse().ok());
-            match status {
-                Some(s) if s == *expect_status => Ok(format!("http status {s}")),
-                Some(s) => Err(format!("http status {s}, expected {expect_status}")),
-                None => Err("no http status line".to_string()),
-            }
+        })??;
+        if status == self.expect_status {
+            return Ok(format!("http status {status}"));
         }
+        let quote = String::from_utf8_lossy(&head)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        Err(if quote.is_empty() {
+            format!("http status {status}, expected {}", self.expect_status)
+        } else {
+            format!(
+                "http status {status}, expected {}: {quote:?}",
+                self.expect_status
+            )
+        })
     }
 }
 
-/// A stop flag that wakes its waiters: a checker waits for its next check on it, so a stop
-/// ends the wait at once instead of after up to an `interval` (an hour at most).
-#[derive(Default)]
-struct StopSignal {
-    stopped: Mutex<bool>,
-    wake: Condvar,
-}
-
-impl StopSignal {
-    fn stop(&self) {
-        // A poisoned lock still holds the flag: set it anyway.
-        let mut stopped = self.stopped.lock().unwrap_or_else(PoisonError::into_inner);
-        *stopped = true;
-        self.wake.notify_all();
-    }
-
-    fn is_stopped(&self) -> bool {
-        *self.stopped.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Waits until `deadline` or a stop, whichever comes first; returns whether it stopped.
-    fn wait_until(&self, deadline: Instant) -> bool {
-        let mut stopped = self.stopped.lock().unwrap_or_else(PoisonError::into_inner);
-        while !*stopped {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            stopped = match self.wake.wait_timeout(stopped, deadline - now) {
-                Ok((guard, _)) => guard,
-                Err(poisoned) => poisoned.into_inner().0,
-            };
-        }
-        *stopped
+impl Probe for HttpProbe {
+    fn check(&self, target: SocketAddr) -> Check<'_> {
+        Box::pin(self.run(target))
     }
 }
 
-/// The checker threads of one config; they stop when this is dropped (or [`Checkers::stop`]
-/// is called): a checker between checks ends at once, one in a check ends when that check does
-/// (within its `timeout`).
+/// The probe tasks of one config. Dropping this (or [`Checkers::stop`]) cancels them all at
+/// once, a probe in the middle of a check included.
 pub struct Checkers {
-    stop: Arc<StopSignal>,
-    threads: Vec<thread::JoinHandle<()>>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
 }
 
 impl Checkers {
-    /// Tells every checker to stop, without waiting for them.
+    /// Cancels every probe, without waiting for them to end.
     pub fn stop(&mut self) {
-        self.stop.stop();
+        self.cancel.cancel();
     }
 
-    /// How many checker threads have not ended yet.
+    /// How many probe tasks have not ended yet.
     pub fn running(&self) -> usize {
-        self.threads.iter().filter(|t| !t.is_finished()).count()
+        self.tasks.len()
+    }
+
+    /// The probe tasks, to wait for their end (`wait()`) after a stop or a drop.
+    pub fn tasks(&self) -> TaskTracker {
+        self.tasks.clone()
     }
 }
 
 impl Drop for Checkers {
     fn drop(&mut self) {
-        self.stop();
+        self.cancel.cancel();
     }
 }
 
-/// Starts a checker per backend of every service with a health check. Each checks at a fixed
-/// rate (`interval` from one start to the next) and sends every result to `tx`.
-pub fn start(cfg: &Config, tx: &tokio::sync::mpsc::UnboundedSender<HealthEvent>) -> Checkers {
-    let stop = Arc::new(StopSignal::default());
-    let mut threads = Vec::new();
+/// Starts a probe task per backend of every service with a health check, on the current tokio
+/// runtime (call it from inside one). Each checks at once, then every `interval` (a check that
+/// overruns delays the next rather than bunching them up), and sends every result to `tx`.
+pub fn start(cfg: &Config, tx: &UnboundedSender<HealthEvent>) -> Checkers {
+    let checkers = Checkers {
+        cancel: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+    };
+    checkers.tasks.close();
+    let runtime = match tokio::runtime::Handle::try_current() {
+        Ok(handle) => handle,
+        Err(e) => {
+            tracing::error!("health checks not started: {e}");
+            return checkers;
+        }
+    };
     for svc in &cfg.services {
         let Some(hc) = &svc.health_check else {
             continue;
         };
+        let probe = probe(&hc.kind, hc.timeout);
         for b in &svc.backends {
-            let target = SocketAddrV4::new(*b.address.ip(), hc.port.unwrap_or(b.address.port()));
-            let (service, backend, hc, tx, stop) = (
-                svc.name.clone(),
-                b.address,
-                hc.clone(),
-                tx.clone(),
-                stop.clone(),
+            let mut target = SocketAddr::from(b.address);
+            target.set_port(hc.port.unwrap_or(target.port()));
+            let checker = Checker {
+                probe: probe.clone(),
+                target,
+                service: svc.name.clone(),
+                backend: b.address,
+                // tokio's interval refuses a zero period; the config allows 100ms..=1h.
+                interval: hc.interval.max(Duration::from_millis(1)),
+                tx: tx.clone(),
+            };
+            let cancel = checkers.cancel.clone();
+            checkers.tasks.spawn_on(
+                async move { cancel.run_until_cancelled(checker.run()).await },
+                &runtime,
             );
-            threads.push(thread::spawn(move || {
-                let mut next = Instant::now();
-                while !stop.is_stopped() {
-                    let result = check_once(&hc.kind, target, hc.timeout);
-                    if stop.is_stopped() {
-                        break;
-                    }
-                    let (ok, detail) = match result {
-                        Ok(d) => (true, d),
-                        Err(d) => (false, d),
-                    };
-                    let event = HealthEvent {
-                        service: service.clone(),
-                        backend,
-                        ok,
-                        detail,
-                    };
-                    if tx.send(event).is_err() {
-                        break;
-                    }
-                    next += hc.interval;
-                    let now = Instant::now();
-                    if next <= now {
-                        next = now;
-                    } else if stop.wait_until(next) {
-                        break;
-                    }
-                }
-            }));
         }
     }
-    Checkers { stop, threads }
+    checkers
+}
+
+/// One backend's probe task.
+struct Checker {
+    probe: Arc<dyn Probe>,
+    /// Where the probe goes: the backend's address, with the check's own port if it has one.
+    target: SocketAddr,
+    service: String,
+    backend: SocketAddrV4,
+    interval: Duration,
+    tx: UnboundedSender<HealthEvent>,
+}
+
+impl Checker {
+    /// Checks until the receiver is gone (or the task is cancelled from outside).
+    async fn run(self) {
+        let mut ticks = tokio::time::interval(self.interval);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            // The first tick is immediate.
+            ticks.tick().await;
+            let (ok, detail) = match self.probe.check(self.target).await {
+                Ok(d) => (true, d),
+                Err(d) => (false, d),
+            };
+            let event = HealthEvent {
+                service: self.service.clone(),
+                backend: self.backend,
+                ok,
+                detail,
+            };
+            if self.tx.send(event).is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// Health of one backend.
@@ -412,69 +565,368 @@ address = "127.0.0.1:9877"
         }
     }
 
-    #[test]
-    fn stopping_checkers_ends_them_at_once_not_after_their_interval() {
-        // A closed TCP port: each check fails at once, then the checker waits an hour.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        drop(listener);
-        let text = format!(
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+        sync::mpsc::{UnboundedReceiver, unbounded_channel},
+    };
+    use tokio_util::task::AbortOnDropHandle;
+
+    /// A config with one service whose health check is `check` (TOML lines) and whose
+    /// backends are `backends`.
+    fn checked(check: &str, backends: &[SocketAddr]) -> Config {
+        let mut text = format!(
             "interfaces = [\"lo\"]\n[[service]]\nname = \"s\"\nvip = \"127.0.0.1:9875\"\n\
-             [service.health_check]\ntype = \"tcp\"\ninterval = \"1h\"\ntimeout = \"200ms\"\n\
-             [[service.backend]]\naddress = \"127.0.0.1:{port}\"\n\
-             [[service.backend]]\naddress = \"127.0.0.2:{port}\"\n"
+             [service.health_check]\n{check}\n"
         );
-        let c = parse(&text, "test").expect("valid");
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut checkers = start(&c, &tx);
-        assert_eq!(checkers.running(), 2, "one checker per backend");
-        // Both have checked once and now wait for their next check, an hour away.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut results = 0;
-        while results < 2 && Instant::now() < deadline {
-            match rx.try_recv() {
-                Ok(_) => results += 1,
-                Err(_) => thread::sleep(Duration::from_millis(5)),
+        for b in backends {
+            text.push_str(&format!("[[service.backend]]\naddress = \"{b}\"\n"));
+        }
+        parse(&text, "test").expect("valid")
+    }
+
+    /// A loopback port that nothing listens on (UDP and TCP alike, very likely).
+    fn closed_port() -> SocketAddr {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let addr = sock.local_addr().expect("addr");
+        drop(sock);
+        addr
+    }
+
+    /// A loopback UDP server that counts the datagrams it gets and answers each with `reply`
+    /// (or never, if `None`), until the handle is dropped.
+    async fn udp_server(
+        reply: Option<&'static [u8]>,
+    ) -> (SocketAddr, Arc<AtomicUsize>, AbortOnDropHandle<()>) {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let addr = sock.local_addr().expect("addr");
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = seen.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while let Ok((_, from)) = sock.recv_from(&mut buf).await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                if let Some(r) = reply {
+                    let _ = sock.send_to(r, from).await;
+                }
             }
-        }
-        assert_eq!(results, 2, "a first result from each checker");
-        let stopped = Instant::now();
-        checkers.stop();
-        while checkers.running() > 0 && stopped.elapsed() < Duration::from_secs(2) {
-            thread::sleep(Duration::from_millis(5));
-        }
+        });
+        (addr, seen, AbortOnDropHandle::new(task))
+    }
+
+    /// A loopback HTTP server that sends `response` (raw bytes, or nothing if `None`) to every
+    /// request and reports each request's head, until the handle is dropped.
+    async fn http_server(
+        response: Option<&'static str>,
+    ) -> (SocketAddr, UnboundedReceiver<String>, AbortOnDropHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (heads_tx, heads) = unbounded_channel();
+        let task = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = heads_tx.send(String::from_utf8_lossy(&head).into_owned());
+                match response {
+                    Some(r) => {
+                        let _ = conn.write_all(r.as_bytes()).await;
+                        let _ = conn.shutdown().await;
+                    }
+                    // Keep it open and say nothing.
+                    None => open.push(conn),
+                }
+            }
+        });
+        (addr, heads, AbortOnDropHandle::new(task))
+    }
+
+    #[tokio::test]
+    async fn tcp_probe_sees_a_listening_and_a_closed_port() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let open = listener.local_addr().expect("addr");
+        let t = Duration::from_millis(300);
         assert_eq!(
-            checkers.running(),
-            0,
-            "checkers still running {:?} after the stop (interval 1h)",
-            stopped.elapsed()
+            check_once(&HealthCheckKind::Tcp, open, t).await,
+            Ok("tcp connect".to_string())
+        );
+        drop(listener);
+        let err = check_once(&HealthCheckKind::Tcp, open, t)
+            .await
+            .expect_err("closed");
+        assert!(
+            err.starts_with("tcp connect: ") && err.contains("refused"),
+            "{err}"
         );
     }
 
-    #[test]
-    fn checks_see_a_listening_and_a_closed_port() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let SocketAddr::V4(open) = listener.local_addr().expect("addr") else {
-            panic!("v4 expected")
+    #[tokio::test]
+    async fn udp_probe_needs_a_reply_with_expect_and_says_refused_for_a_closed_port() {
+        let (addr, seen, _server) = udp_server(Some(b"hello from xdplb-backend 1")).await;
+        let t = Duration::from_millis(500);
+        let kind = |expect: Option<&[u8]>| HealthCheckKind::Udp {
+            payload: b"ping".to_vec(),
+            expect: expect.map(<[u8]>::to_vec),
         };
-        let t = Duration::from_millis(300);
-        assert!(check_once(&HealthCheckKind::Tcp, open, t).is_ok());
-        drop(listener);
-        let err = check_once(&HealthCheckKind::Tcp, open, t).expect_err("closed");
-        assert!(err.contains("tcp connect"), "{err}");
-        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let SocketAddr::V4(closed) = udp.local_addr().expect("addr") else {
-            panic!("v4 expected")
-        };
-        drop(udp);
-        let kind = HealthCheckKind::Udp {
-            payload: b"hi".to_vec(),
-            expect: None,
-        };
-        let err = check_once(&kind, closed, t).expect_err("nothing listens");
+        assert_eq!(
+            check_once(&kind(None), addr, t).await,
+            Ok("udp reply of 26 bytes".to_string())
+        );
         assert!(
-            err.contains("unreachable") || err.contains("no udp reply"),
+            check_once(&kind(Some(b"xdplb-backend")), addr, t)
+                .await
+                .is_ok()
+        );
+        let err = check_once(&kind(Some(b"other")), addr, t)
+            .await
+            .expect_err("wrong reply");
+        assert!(err.contains("does not contain \"other\""), "{err}");
+        assert_eq!(seen.load(Ordering::SeqCst), 3, "one datagram per check");
+
+        let err = check_once(&kind(None), closed_port(), t)
+            .await
+            .expect_err("nothing listens");
+        assert!(
+            err.contains("refused") && err.contains("port unreachable"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn http_probe_gets_the_path_and_compares_the_status() {
+        let kind = |expect_status| HealthCheckKind::Http {
+            path: "/healthz?full=1".to_string(),
+            expect_status,
+        };
+        let t = Duration::from_millis(1000);
+        let (addr, mut heads, _server) =
+            http_server(Some("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")).await;
+        assert_eq!(
+            check_once(&kind(200), addr, t).await,
+            Ok("http status 200".to_string())
+        );
+        let head = heads.recv().await.expect("a request").to_ascii_lowercase();
+        assert!(
+            head.starts_with("get /healthz?full=1 http/1.1\r\n")
+                && head.contains(&format!("host: {addr}\r\n"))
+                && head.contains("user-agent: xdplb-health\r\n"),
+            "{head}"
+        );
+        // The status decides, whatever the body says.
+        let err = check_once(&kind(204), addr, t)
+            .await
+            .expect_err("200 is not 204");
+        assert_eq!(err, "http status 200, expected 204: \"ok\"");
+
+        let (addr, _heads, _server) = http_server(Some(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 18\r\n\r\ndatabase\n  is down",
+        ))
+        .await;
+        let err = check_once(&kind(200), addr, t).await.expect_err("503");
+        assert_eq!(err, "http status 503, expected 200: \"database is down\"");
+
+        let err = check_once(&kind(200), closed_port(), t)
+            .await
+            .expect_err("closed");
+        assert!(
+            err.starts_with("http connect: ") && err.contains("refused"),
+            "{err}"
+        );
+
+        // Not HTTP at all.
+        let (addr, _heads, _server) = http_server(Some("SSH-2.0-OpenSSH\r\n")).await;
+        let err = check_once(&kind(200), addr, t).await.expect_err("garbage");
+        assert!(err.starts_with("http request: "), "{err}");
+    }
+
+    #[tokio::test]
+    async fn http_probe_reads_a_bounded_part_of_an_endless_body() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let written = Arc::new(AtomicUsize::new(0));
+        let counter = written.clone();
+        let _server = AbortOnDropHandle::new(tokio::spawn(async move {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf).await;
+            let _ = conn
+                .write_all(b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .await;
+            let chunk = format!("400\r\n{}\r\n", "x".repeat(0x400));
+            // At most 64 MiB, in case the probe reads everything.
+            for _ in 0..65_536 {
+                if conn.write_all(chunk.as_bytes()).await.is_err() {
+                    break;
+                }
+                counter.fetch_add(0x400, Ordering::SeqCst);
+            }
+        }));
+        let kind = HealthCheckKind::Http {
+            path: "/".to_string(),
+            expect_status: 200,
+        };
+        let err = check_once(&kind, addr, Duration::from_secs(5))
+            .await
+            .expect_err("500");
+        assert!(
+            err.starts_with("http status 500, expected 200: \"xxx"),
+            "{err}"
+        );
+        assert!(
+            written.load(Ordering::SeqCst) < 16 << 20,
+            "the probe stopped reading early ({} bytes written)",
+            written.load(Ordering::SeqCst)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_probe_that_gets_no_answer_ends_at_its_timeout() {
+        let t = Duration::from_millis(200);
+        let (udp, seen, _udp_server) = udp_server(None).await;
+        let (http, _heads, _http_server) = http_server(None).await;
+        let cases = [
+            (
+                HealthCheckKind::Udp {
+                    payload: b"ping".to_vec(),
+                    expect: None,
+                },
+                udp,
+                "no udp reply within 200ms",
+            ),
+            (
+                HealthCheckKind::Http {
+                    path: "/healthz".to_string(),
+                    expect_status: 200,
+                },
+                http,
+                "http GET /healthz: no complete response within 200ms",
+            ),
+        ];
+        for (kind, target, reason) in cases {
+            let started = Instant::now();
+            let err = check_once(&kind, target, t).await.expect_err("silence");
+            let took = started.elapsed();
+            assert_eq!(err, reason);
+            assert!(
+                took >= t && took < t + Duration::from_millis(300),
+                "{reason}: took {took:?}"
+            );
+        }
+        assert_eq!(seen.load(Ordering::SeqCst), 1, "the udp probe was sent");
+    }
+
+    #[tokio::test]
+    async fn checkers_check_at_once_then_every_interval() {
+        let closed = closed_port();
+        let c = checked(
+            "type = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"50ms\"",
+            &[closed],
+        );
+        let (tx, mut rx) = unbounded_channel();
+        let started = Instant::now();
+        let checkers = start(&c, &tx);
+        assert_eq!(checkers.running(), 1);
+        let mut at = Vec::new();
+        for _ in 0..4 {
+            let ev = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+                .await
+                .expect("a result in time")
+                .expect("open channel");
+            assert!(
+                !ev.ok && ev.service == "s" && SocketAddr::from(ev.backend) == closed,
+                "{ev:?}"
+            );
+            assert!(ev.detail.contains("refused"), "{ev:?}");
+            at.push(started.elapsed());
+        }
+        assert!(
+            at[0] < Duration::from_millis(80),
+            "the first check is immediate: {at:?}"
+        );
+        for pair in at.windows(2) {
+            assert!(
+                pair[1] - pair[0] >= Duration::from_millis(80),
+                "checks are an interval apart: {at:?}"
+            );
+        }
+        assert!(
+            at[3] < Duration::from_millis(600),
+            "no check was skipped: {at:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn stopping_checkers_ends_them_at_once_not_after_their_interval() {
+        // A closed TCP port: each check fails at once, then the checker waits an hour.
+        let closed = closed_port();
+        let other = SocketAddr::from(([127, 0, 0, 2], closed.port()));
+        let c = checked(
+            "type = \"tcp\"\ninterval = \"1h\"\ntimeout = \"200ms\"",
+            &[closed, other],
+        );
+        let (tx, mut rx) = unbounded_channel();
+        let mut checkers = start(&c, &tx);
+        assert_eq!(checkers.running(), 2, "one checker per backend");
+        // Both have checked once and now wait for their next check, an hour away.
+        for _ in 0..2 {
+            tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("a first result from each checker");
+        }
+        let stopped = Instant::now();
+        checkers.stop();
+        tokio::time::timeout(Duration::from_secs(2), checkers.tasks().wait())
+            .await
+            .expect("checkers end after the stop (interval 1h)");
+        println!("stopped between checks in {:?}", stopped.elapsed());
+        assert_eq!(checkers.running(), 0);
+    }
+
+    #[tokio::test]
+    async fn dropping_checkers_cancels_probes_in_the_middle_of_a_check() {
+        // Silent servers and an hour-long timeout: every probe is stuck in its first check.
+        let (a, seen_a, _server_a) = udp_server(None).await;
+        let (b, seen_b, _server_b) = udp_server(None).await;
+        let c = checked(
+            "type = \"udp\"\ninterval = \"1h\"\ntimeout = \"1h\"",
+            &[a, b],
+        );
+        let (tx, mut rx) = unbounded_channel();
+        let checkers = start(&c, &tx);
+        let tasks = checkers.tasks();
+        assert_eq!(tasks.len(), 2);
+        let probed = Instant::now();
+        while seen_a.load(Ordering::SeqCst) + seen_b.load(Ordering::SeqCst) < 2 {
+            assert!(
+                probed.elapsed() < Duration::from_secs(5),
+                "both probes sent"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let dropped = Instant::now();
+        drop(checkers);
+        tokio::time::timeout(Duration::from_millis(100), tasks.wait())
+            .await
+            .expect("every probe ends within 100 ms of the drop, timeout 1h");
+        println!("cancelled mid-check in {:?}", dropped.elapsed());
+        assert!(tasks.is_empty());
+        assert!(rx.try_recv().is_err(), "a cancelled check reports nothing");
+    }
+
+    #[test]
+    fn starting_outside_a_runtime_starts_nothing_and_does_not_panic() {
+        let c = checked("type = \"tcp\"", &[closed_port()]);
+        let (tx, _rx) = unbounded_channel();
+        assert_eq!(start(&c, &tx).running(), 0);
     }
 }

@@ -768,6 +768,170 @@ fn health_checks_take_a_dead_backend_out_and_bring_it_back() {
     assert!(status.success(), "exit 0 on SIGTERM: {status}");
 }
 
+/// An HTTP server on `addr` inside `ns`, run by a thread of this test: it answers every
+/// request with 200 and records each request line, until `stop` is set (or 60 s pass).
+struct ProbeCounter {
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProbeCounter {
+    fn start(ns: &Netns, addr: &str) -> Self {
+        use std::{io::Read, io::Write, os::fd::AsFd, sync::atomic::Ordering};
+        // A socket stays in the namespace it was made in: make it on a thread that moved
+        // there, and serve it from another.
+        let path = format!("/run/netns/{}", ns.name);
+        let addr = addr.to_string();
+        let listener = std::thread::spawn(move || {
+            let netns = std::fs::File::open(&path).expect("open the namespace");
+            rustix::thread::move_into_link_name_space(
+                netns.as_fd(),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .expect("setns");
+            std::net::TcpListener::bind(&addr).expect("bind in the namespace")
+        })
+        .join()
+        .expect("listener thread");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seen, stopped) = (requests.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            while !stopped.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(60) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                };
+                let _ = conn.set_nonblocking(false);
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&head)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                seen.lock().expect("lock").push(line);
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        ProbeCounter {
+            requests,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().expect("lock").clone()
+    }
+
+    /// Waits until at least `n` requests came (at most `limit`).
+    fn wait_for(&self, n: usize, limit: Duration) {
+        let start = std::time::Instant::now();
+        while self.requests().len() < n {
+            assert!(
+                start.elapsed() < limit,
+                "fewer than {n} probes within {limit:?}: {:?}",
+                self.requests()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for ProbeCounter {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn a_reload_cancels_the_old_health_probes() {
+    require_root();
+    let ns = Netns::new("hreload");
+    let dir = run_dir("hreload");
+    let instance = format!("t-hreload-{}", std::process::id());
+    let env = format!("XDPLB_RUN_DIR={dir}");
+    let cfg_path = format!("{dir}/hreload.toml");
+    let config = |check: &str| {
+        format!(
+            "interfaces = [\"lo\"]\n[[service]]\nname = \"checked\"\nvip = \"127.0.0.1:9875\"\n{check}\
+             [[service.backend]]\naddress = \"127.0.0.1:9876\"\n"
+        )
+    };
+    let http_check = |path: &str| {
+        format!(
+            "[service.health_check]\ntype = \"http\"\nport = 9880\npath = \"{path}\"\ninterval = \"100ms\"\ntimeout = \"80ms\"\n"
+        )
+    };
+    let server = ProbeCounter::start(&ns, "127.0.0.1:9880");
+    std::fs::write(&cfg_path, config(&http_check("/old"))).expect("write config");
+    let mut lb = start_balancer(&ns, &env, &cfg_path, &instance);
+    let reload = || {
+        let out = ns.exec_unchecked(&["env", &env, XDPLB, "reload", "--instance", &instance]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && text.contains("applied"),
+            "reload: {text}"
+        );
+    };
+    server.wait_for(3, Duration::from_secs(5));
+    wait_for_health(
+        &ns,
+        &dir,
+        &instance,
+        "127.0.0.1:9876",
+        "up",
+        Duration::from_secs(1),
+    );
+
+    // Another path: the old probe stops, the new one starts.
+    std::fs::write(&cfg_path, config(&http_check("/new"))).expect("write config");
+    reload();
+    // A probe already accepted by the kernel may still be served.
+    std::thread::sleep(Duration::from_millis(50));
+    let settled = server.requests().len();
+    server.wait_for(settled + 5, Duration::from_secs(5));
+    let after: Vec<String> = server.requests().split_off(settled);
+    assert!(
+        after.iter().all(|r| r.starts_with("GET /new HTTP/1.1")),
+        "only the new probe runs after the reload: {after:?}"
+    );
+
+    // No check at all: no probe comes any more (ten intervals).
+    std::fs::write(&cfg_path, config("")).expect("write config");
+    reload();
+    std::thread::sleep(Duration::from_millis(50));
+    let settled = server.requests().len();
+    std::thread::sleep(Duration::from_secs(1));
+    let late = server.requests().split_off(settled);
+    assert!(
+        late.is_empty(),
+        "probes after the check was removed: {late:?}"
+    );
+    let status = lb.terminate(Duration::from_secs(10));
+    assert!(status.success(), "exit 0 on SIGTERM: {status}");
+}
+
 #[test]
 fn live_api_changes_under_traffic_lose_nothing_and_bad_calls_change_nothing() {
     require_root();
