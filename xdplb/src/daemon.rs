@@ -222,10 +222,10 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
     }
     state.veths = veths.report.clone();
     let state_path = instance::write(&state)?;
-    let metrics = std::sync::Arc::new(std::sync::Mutex::new(crate::metrics::MetricsState {
-        instance: state.clone(),
-        last_apply_seconds: apply_seconds,
-    }));
+    let metrics = std::sync::Arc::new(std::sync::Mutex::new(crate::metrics::MetricsState::new(
+        state.clone(),
+        apply_seconds,
+    )));
     if let Some(listener) = metrics_listener {
         let shared = metrics.clone();
         std::thread::spawn(move || crate::metrics::serve(listener, shared));
@@ -258,8 +258,12 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
         for sig in signals.pending() {
             match sig {
                 SIGHUP => {
+                    let started = Instant::now();
                     let outcome = reload(&mut dp, config_path, &mut cfg, &book);
-                    applied_in = outcome.as_ref().ok().map(|(_, seconds)| *seconds);
+                    applied_in = Some(match &outcome {
+                        Ok((_, seconds)) => (true, *seconds),
+                        Err(_) => (false, started.elapsed().as_secs_f64()),
+                    });
                     let outcome = outcome.map(|(msg, _)| msg);
                     state.reloads += 1;
                     match &outcome {
@@ -308,7 +312,7 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
                 answer_api(&req, &mut dp, config_path, &mut cfg, &book, &state);
             if changed {
                 state.generation += 1;
-                applied_in = Some(started.elapsed().as_secs_f64());
+                applied_in = Some((true, started.elapsed().as_secs_f64()));
                 book.retain_checked(&cfg);
                 checkers = health::start(&cfg, &health_tx);
                 publish = true;
@@ -354,8 +358,8 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
             }
             if let Ok(mut m) = metrics.lock() {
                 m.instance = state.clone();
-                if let Some(seconds) = applied_in {
-                    m.last_apply_seconds = seconds;
+                if let Some((ok, seconds)) = applied_in {
+                    m.applied(ok, seconds, state.generation);
                 }
             }
         }

@@ -468,12 +468,16 @@ address = "10.200.0.2:9878"
         ("xdplb_flow_table_entries", "gauge"),
         ("xdplb_flow_table_capacity", "gauge"),
         ("xdplb_flow_table_evictions", "counter"),
+        ("xdplb_flow_table_sampled_timestamp_seconds", "gauge"),
         ("xdplb_config_generation", "gauge"),
         ("xdplb_config_last_apply_duration_seconds", "gauge"),
+        ("xdplb_config_last_apply_timestamp_seconds", "gauge"),
+        ("xdplb_config_last_apply_success", "gauge"),
         ("xdplb_config_last_reload_success", "gauge"),
         ("xdplb_veth_tx_dropped", "counter"),
         ("xdplb_veth_rx_dropped", "counter"),
         ("xdplb_veth_xdp_redirect_blocked", "gauge"),
+        ("xdplb_build_info", "gauge"),
     ];
     let found: Vec<(&str, &str)> = families
         .iter()
