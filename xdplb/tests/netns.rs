@@ -442,17 +442,38 @@ address = "10.200.0.2:9878"
     assert_eq!(counter(&st, "forwarded"), 90);
     assert_eq!(counter(&st, "reply_translated"), 90);
 
-    // The Prometheus endpoint reports the same traffic.
-    let scrape = lb_ns.exec(&[
-        "curl",
-        "-sf",
-        "--max-time",
-        "5",
-        "http://127.0.0.1:9100/metrics",
-    ]);
+    // The Prometheus endpoint reports the same traffic. The flow table is counted in the
+    // background (see `metrics`): scrape until a count taken after the traffic is served.
+    let traffic_done = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64();
     let metrics_path = format!("{dir}/metrics.txt");
-    std::fs::write(&metrics_path, &scrape.stdout).expect("save the scrape");
-    let families = prometheus_families(&metrics_path);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let families = loop {
+        let scrape = lb_ns.exec(&[
+            "curl",
+            "-sf",
+            "--max-time",
+            "5",
+            "http://127.0.0.1:9100/metrics",
+        ]);
+        std::fs::write(&metrics_path, &scrape.stdout).expect("save the scrape");
+        let families = prometheus_families(&metrics_path);
+        let counted_at = families
+            .iter()
+            .filter(|f| f["name"] == "xdplb_flow_table_sampled_timestamp_seconds")
+            .flat_map(|f| f["samples"].as_array().into_iter().flatten())
+            .find_map(|s| s["value"].as_f64());
+        if counted_at.is_some_and(|t| t >= traffic_done) {
+            break families;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no flow-table count after the traffic within 20 s: {families:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
     // Every family the daemon exports, each exactly once and with its declared type, as the
     // reference client reads them (it names a counter family without `_total`).
     let declared = [
