@@ -636,9 +636,9 @@ fn reloads_under_traffic_lose_nothing_and_a_bad_config_changes_nothing() {
     let instance = format!("t-reload-{pid}");
     let env = format!("XDPLB_RUN_DIR={dir}");
     let cfg_path = format!("{dir}/live.toml");
-    let two = "interfaces = [\"lo\"]\n[[service]]\nname = \"demo\"\nvip = \"127.0.0.1:9875\"\nscheduler = \"round-robin\"\n\
+    let two = "metrics_listen = \"127.0.0.1:9100\"\ninterfaces = [\"lo\"]\n[[service]]\nname = \"demo\"\nvip = \"127.0.0.1:9875\"\nscheduler = \"round-robin\"\n\
                [[service.backend]]\naddress = \"127.0.0.1:9876\"\n[[service.backend]]\naddress = \"127.0.0.1:9877\"\n";
-    let three = "interfaces = [\"lo\"]\n[[service]]\nname = \"demo\"\nvip = \"127.0.0.1:9875\"\n\
+    let three = "metrics_listen = \"127.0.0.1:9100\"\ninterfaces = [\"lo\"]\n[[service]]\nname = \"demo\"\nvip = \"127.0.0.1:9875\"\n\
                  [[service.backend]]\naddress = \"127.0.0.1:9876\"\n[[service.backend]]\naddress = \"127.0.0.1:9877\"\nweight = 2\n\
                  [[service.backend]]\naddress = \"127.0.0.1:9878\"\nweight = 3\n";
     std::fs::write(&cfg_path, two).expect("write config");
@@ -655,6 +655,16 @@ fn reloads_under_traffic_lose_nothing_and_a_bad_config_changes_nothing() {
         );
         assert_eq!(out.status.success(), expect_ok, "reload: {text}");
         text
+    };
+    let scrape = || {
+        let out = ns.exec(&[
+            "curl",
+            "-sf",
+            "--max-time",
+            "5",
+            "http://127.0.0.1:9100/metrics",
+        ]);
+        String::from_utf8_lossy(&out.stdout).to_string()
     };
     for k in 0..20 {
         std::fs::write(&cfg_path, if k % 2 == 0 { three } else { two }).expect("write config");
@@ -683,8 +693,15 @@ fn reloads_under_traffic_lose_nothing_and_a_bad_config_changes_nothing() {
                 text.contains("[limits]") && text.contains("restart"),
                 "{text}"
             );
+            // The metrics say the last apply was rejected; the generation stays at 10 reloads.
+            let m = scrape();
+            assert!(m.contains("\nxdplb_config_last_apply_success 0\n"), "{m}");
+            assert!(m.contains("\nxdplb_config_generation 10\n"), "{m}");
         }
     }
+    let m = scrape();
+    assert!(m.contains("\nxdplb_config_last_apply_success 1\n"), "{m}");
+    assert!(m.contains("\nxdplb_config_generation 20\n"), "{m}");
     assert_paced_traffic_lost_nothing(&mut traffic, "20 reloads");
     // The last good config (the 20th, two backends) is in force.
     let st = stats(&ns, &dir, &instance);
