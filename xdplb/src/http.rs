@@ -145,16 +145,13 @@ pub fn metrics_router(
                 Ok(s) => s.clone(),
                 Err(poisoned) => poisoned.into_inner().clone(),
             };
-            let rendered = tokio::task::spawn_blocking(move || {
-                crate::stats::read(&state.instance)
-                    .map(|snap| crate::metrics::render(&snap, &state))
-            })
-            .await;
+            let rendered =
+                tokio::task::spawn_blocking(move || crate::metrics::render(&state)).await;
             match rendered {
                 Ok(Ok(text)) => (
                     [(
                         header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
+                        crate::metrics::CONTENT_TYPE,
                     )],
                     text,
                 )

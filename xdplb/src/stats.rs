@@ -26,6 +26,8 @@ pub enum StatsError {
         id: u32,
         reason: String,
     },
+    #[error("encoding the metrics failed (a bug: writing into a string cannot fail)")]
+    Encode,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -72,8 +74,58 @@ pub struct Snapshot {
     pub veths: std::collections::BTreeMap<String, crate::veth::VethReport>,
 }
 
-/// Reads the counters of the running instance described by `state`.
+/// The per-CPU counters of an instance: a fixed number of lookups (one per global counter,
+/// service and backend), whatever the flow table holds.
+#[derive(Debug, Clone)]
+pub struct Counters {
+    pub services: Vec<ServiceRow>,
+    /// Every global counter, by name, in index order.
+    pub counters: Vec<(String, u64)>,
+}
+
+impl Counters {
+    /// One global counter's value, summed over the CPUs.
+    pub fn get(&self, stat: Stat) -> u64 {
+        self.counters.get(stat as usize).map_or(0, |(_, v)| *v)
+    }
+}
+
+/// The flow table's fill as counted by walking it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowFill {
+    pub entries: u64,
+    pub capacity: u32,
+}
+
+/// Reads the counters of the running instance described by `state`, and counts its flow table
+/// (see [`count_flows`]: one syscall per entry).
 pub fn read(state: &InstanceState) -> Result<Snapshot, StatsError> {
+    let counts = read_counters(state)?;
+    let FlowFill { entries, capacity } = count_flows(state)?;
+    let inserts = counts.get(Stat::FlowTableInsert);
+    Ok(Snapshot {
+        flow_table: FlowTable {
+            entries,
+            capacity,
+            inserts,
+            evictions: inserts.saturating_sub(entries),
+        },
+        instance: state.instance.clone(),
+        pid: state.pid,
+        interfaces: state
+            .interfaces
+            .iter()
+            .map(|i| format!("{} ({})", i.name, i.xdp_mode))
+            .collect(),
+        services: counts.services,
+        counters: counts.counters,
+        veths: state.veths.clone(),
+    })
+}
+
+/// Reads the per-CPU counters of the running instance described by `state`: global, per
+/// service and per backend. Its cost does not depend on the flow table.
+pub fn read_counters(state: &InstanceState) -> Result<Counters, StatsError> {
     let global = open_percpu::<u64>(state, MAP_STATS)?;
     let per_service = open_percpu::<Counter>(state, MAP_SERVICE_STATS)?;
     let per_backend = open_percpu::<Counter>(state, MAP_BACKEND_STATS)?;
@@ -122,38 +174,20 @@ pub fn read(state: &InstanceState) -> Result<Snapshot, StatsError> {
             backends,
         });
     }
-    let (entries, capacity) = flow_table_fill(state)?;
-    let inserts = counters
-        .get(Stat::FlowTableInsert as usize)
-        .map_or(0, |(_, v)| *v);
-    Ok(Snapshot {
-        flow_table: FlowTable {
-            entries,
-            capacity,
-            inserts,
-            evictions: inserts.saturating_sub(entries),
-        },
-        instance: state.instance.clone(),
-        pid: state.pid,
-        interfaces: state
-            .interfaces
-            .iter()
-            .map(|i| format!("{} ({})", i.name, i.xdp_mode))
-            .collect(),
-        services,
-        counters,
-        veths: state.veths.clone(),
-    })
+    Ok(Counters { services, counters })
 }
 
-/// Counts the flow table's entries (one syscall per entry) and reads its capacity.
-fn flow_table_fill(state: &InstanceState) -> Result<(u64, u32), StatsError> {
+/// Counts the flow table's entries and reads its capacity. The kernel keeps no count of an LRU
+/// hash's entries that user space can read, so this walks the keys: one syscall per entry
+/// (0.2 s at 200,000 entries). Keep it off paths that must stay fast (`metrics` samples it).
+pub fn count_flows(state: &InstanceState) -> Result<FlowFill, StatsError> {
     let data = open_map(state, MAP_FLOWS)?;
     let capacity = data.info().map(|i| i.max_entries()).unwrap_or(0);
     let map = Map::from_map_data(data).map_err(|e| stale(state, MAP_FLOWS, e.to_string()))?;
     let flows: HashMap<MapData, FlowKey, Flow> =
         HashMap::try_from(map).map_err(|e| stale(state, MAP_FLOWS, e.to_string()))?;
-    Ok((flows.keys().filter(Result::is_ok).count() as u64, capacity))
+    let entries = flows.keys().filter(Result::is_ok).count() as u64;
+    Ok(FlowFill { entries, capacity })
 }
 
 fn stale(state: &InstanceState, name: &str, reason: String) -> StatsError {

@@ -442,17 +442,38 @@ address = "10.200.0.2:9878"
     assert_eq!(counter(&st, "forwarded"), 90);
     assert_eq!(counter(&st, "reply_translated"), 90);
 
-    // The Prometheus endpoint reports the same traffic.
-    let scrape = lb_ns.exec(&[
-        "curl",
-        "-sf",
-        "--max-time",
-        "5",
-        "http://127.0.0.1:9100/metrics",
-    ]);
+    // The Prometheus endpoint reports the same traffic. The flow table is counted in the
+    // background (see `metrics`): scrape until a count taken after the traffic is served.
+    let traffic_done = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64();
     let metrics_path = format!("{dir}/metrics.txt");
-    std::fs::write(&metrics_path, &scrape.stdout).expect("save the scrape");
-    let families = prometheus_families(&metrics_path);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let families = loop {
+        let scrape = lb_ns.exec(&[
+            "curl",
+            "-sf",
+            "--max-time",
+            "5",
+            "http://127.0.0.1:9100/metrics",
+        ]);
+        std::fs::write(&metrics_path, &scrape.stdout).expect("save the scrape");
+        let families = prometheus_families(&metrics_path);
+        let counted_at = families
+            .iter()
+            .filter(|f| f["name"] == "xdplb_flow_table_sampled_timestamp_seconds")
+            .flat_map(|f| f["samples"].as_array().into_iter().flatten())
+            .find_map(|s| s["value"].as_f64());
+        if counted_at.is_some_and(|t| t >= traffic_done) {
+            break families;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no flow-table count after the traffic within 20 s: {families:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
     // Every family the daemon exports, each exactly once and with its declared type, as the
     // reference client reads them (it names a counter family without `_total`).
     let declared = [
@@ -468,12 +489,16 @@ address = "10.200.0.2:9878"
         ("xdplb_flow_table_entries", "gauge"),
         ("xdplb_flow_table_capacity", "gauge"),
         ("xdplb_flow_table_evictions", "counter"),
+        ("xdplb_flow_table_sampled_timestamp_seconds", "gauge"),
         ("xdplb_config_generation", "gauge"),
         ("xdplb_config_last_apply_duration_seconds", "gauge"),
+        ("xdplb_config_last_apply_timestamp_seconds", "gauge"),
+        ("xdplb_config_last_apply_success", "gauge"),
         ("xdplb_config_last_reload_success", "gauge"),
         ("xdplb_veth_tx_dropped", "counter"),
         ("xdplb_veth_rx_dropped", "counter"),
         ("xdplb_veth_xdp_redirect_blocked", "gauge"),
+        ("xdplb_build_info", "gauge"),
     ];
     let found: Vec<(&str, &str)> = families
         .iter()
@@ -611,9 +636,9 @@ fn reloads_under_traffic_lose_nothing_and_a_bad_config_changes_nothing() {
     let instance = format!("t-reload-{pid}");
     let env = format!("XDPLB_RUN_DIR={dir}");
     let cfg_path = format!("{dir}/live.toml");
-    let two = "interfaces = [\"lo\"]\n[[service]]\nname = \"demo\"\nvip = \"127.0.0.1:9875\"\nscheduler = \"round-robin\"\n\
+    let two = "metrics_listen = \"127.0.0.1:9100\"\ninterfaces = [\"lo\"]\n[[service]]\nname = \"demo\"\nvip = \"127.0.0.1:9875\"\nscheduler = \"round-robin\"\n\
                [[service.backend]]\naddress = \"127.0.0.1:9876\"\n[[service.backend]]\naddress = \"127.0.0.1:9877\"\n";
-    let three = "interfaces = [\"lo\"]\n[[service]]\nname = \"demo\"\nvip = \"127.0.0.1:9875\"\n\
+    let three = "metrics_listen = \"127.0.0.1:9100\"\ninterfaces = [\"lo\"]\n[[service]]\nname = \"demo\"\nvip = \"127.0.0.1:9875\"\n\
                  [[service.backend]]\naddress = \"127.0.0.1:9876\"\n[[service.backend]]\naddress = \"127.0.0.1:9877\"\nweight = 2\n\
                  [[service.backend]]\naddress = \"127.0.0.1:9878\"\nweight = 3\n";
     std::fs::write(&cfg_path, two).expect("write config");
@@ -630,6 +655,16 @@ fn reloads_under_traffic_lose_nothing_and_a_bad_config_changes_nothing() {
         );
         assert_eq!(out.status.success(), expect_ok, "reload: {text}");
         text
+    };
+    let scrape = || {
+        let out = ns.exec(&[
+            "curl",
+            "-sf",
+            "--max-time",
+            "5",
+            "http://127.0.0.1:9100/metrics",
+        ]);
+        String::from_utf8_lossy(&out.stdout).to_string()
     };
     for k in 0..20 {
         std::fs::write(&cfg_path, if k % 2 == 0 { three } else { two }).expect("write config");
@@ -658,8 +693,15 @@ fn reloads_under_traffic_lose_nothing_and_a_bad_config_changes_nothing() {
                 text.contains("[limits]") && text.contains("restart"),
                 "{text}"
             );
+            // The metrics say the last apply was rejected; the generation stays at 10 reloads.
+            let m = scrape();
+            assert!(m.contains("\nxdplb_config_last_apply_success 0\n"), "{m}");
+            assert!(m.contains("\nxdplb_config_generation 10\n"), "{m}");
         }
     }
+    let m = scrape();
+    assert!(m.contains("\nxdplb_config_last_apply_success 1\n"), "{m}");
+    assert!(m.contains("\nxdplb_config_generation 20\n"), "{m}");
     assert_paced_traffic_lost_nothing(&mut traffic, "20 reloads");
     // The last good config (the 20th, two backends) is in force.
     let st = stats(&ns, &dir, &instance);

@@ -160,10 +160,7 @@ async fn serve(opts: &RunOptions) -> anyhow::Result<Option<instance::InstanceLoc
     }
     state.veths = veths.report.clone();
     let state_path = instance::write(&state)?;
-    let metrics = Arc::new(Mutex::new(MetricsState {
-        instance: state.clone(),
-        last_apply_seconds: apply_seconds,
-    }));
+    let metrics = Arc::new(Mutex::new(MetricsState::new(state.clone(), apply_seconds)));
     if let Some(listener) = metrics_listener {
         let router = http::metrics_router(metrics.clone(), ready_rx.clone());
         tokio::spawn(http::serve(listener, router, cancel.clone()));

@@ -83,8 +83,8 @@ pub(super) struct Shell<'a> {
 #[derive(Default)]
 struct Turn {
     publish: bool,
-    /// Seconds the config apply took, when one was applied.
-    applied_in: Option<f64>,
+    /// Whether a config apply was attempted in this turn: applied or not, and the seconds it took.
+    applied_in: Option<(bool, f64)>,
 }
 
 impl Shell<'_> {
@@ -133,8 +133,12 @@ impl Shell<'_> {
 
     /// SIGHUP: re-read the config file and apply it, or keep the running one.
     fn on_hangup(&mut self) -> Turn {
+        let started = Instant::now();
         let outcome = reload(&mut self.dp, self.config_path, &mut self.cfg, &self.book);
-        let applied_in = outcome.as_ref().ok().map(|(_, seconds)| *seconds);
+        let applied_in = Some(match &outcome {
+            Ok((_, seconds)) => (true, *seconds),
+            Err(_) => (false, started.elapsed().as_secs_f64()),
+        });
         let outcome = outcome.map(|(msg, _)| msg);
         self.state.reloads += 1;
         match &outcome {
@@ -180,7 +184,7 @@ impl Shell<'_> {
         let mut turn = Turn::default();
         if changed {
             self.state.generation += 1;
-            turn.applied_in = Some(started.elapsed().as_secs_f64());
+            turn.applied_in = Some((true, started.elapsed().as_secs_f64()));
             self.restart_checkers();
             self.ready.send_replace(Readiness::Ready);
             turn.publish = true;
@@ -260,7 +264,7 @@ impl Shell<'_> {
     }
 
     /// Writes what changed to the state file and to what metrics scrapes see.
-    fn publish(&mut self, applied_in: Option<f64>) {
+    fn publish(&mut self, applied_in: Option<(bool, f64)>) {
         resolve_neighbours(&self.cfg);
         if let Ok(fresh) = instance_state(
             &self.dp,
@@ -280,8 +284,8 @@ impl Shell<'_> {
             Err(poisoned) => poisoned.into_inner(),
         };
         m.instance = self.state.clone();
-        if let Some(seconds) = applied_in {
-            m.last_apply_seconds = seconds;
+        if let Some((ok, seconds)) = applied_in {
+            m.applied(ok, seconds, self.state.generation);
         }
     }
 }
