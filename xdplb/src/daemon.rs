@@ -62,12 +62,13 @@ pub fn interface_exists(name: &str) -> bool {
     interface_index(name).is_some()
 }
 
-/// The ifindex of `name` in this process's network namespace, as the kernel answers it.
+/// The ifindex of `name` in the calling thread's network namespace, as the kernel answers it
+/// (SIOCGIFINDEX on a socket of that namespace, as if_nametoindex(3) does).
 pub fn interface_index(name: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: a valid NUL-terminated string; the call only reads it.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (index != 0).then_some(index)
+    let socket = std::os::unix::net::UnixDatagram::unbound().ok()?;
+    rustix::net::netdevice::name_to_index(&socket, name)
+        .ok()
+        .filter(|&index| index != 0)
 }
 
 /// How `xdplb run` starts and stops.
@@ -462,9 +463,12 @@ fn resolve_neighbours(cfg: &Config) {
 /// Asks the daemon `pid` to hand over (SIGUSR2) and waits for it to exit: it stops writing the
 /// maps and the pin record, and leaves the data plane attached.
 fn hand_over(pid: u32) -> anyhow::Result<()> {
-    instance::signal_and_wait(pid, libc::SIGUSR2, Duration::from_secs(10)).with_context(|| {
-        format!("the running daemon (pid {pid}) did not hand over (SIGUSR2); nothing was changed")
-    })?;
+    instance::signal_and_wait(pid, rustix::process::Signal::USR2, Duration::from_secs(10))
+        .with_context(|| {
+            format!(
+                "the running daemon (pid {pid}) did not hand over (SIGUSR2); nothing was changed"
+            )
+        })?;
     info!(pid, "the previous daemon handed over");
     Ok(())
 }
