@@ -400,5 +400,5 @@ pub fn ensure_bpffs(path: &Path) -> Result<BpffsMount, DataplaneError> {
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    rustix::fs::statfs(path).is_ok_and(|st| st.f_type as i64 == BPF_FS_MAGIC)
+    rustix::fs::statfs(path).is_ok_and(|st| st.f_type == BPF_FS_MAGIC)
 }
