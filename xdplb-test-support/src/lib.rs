@@ -6,6 +6,10 @@
 //! A crate of its own so that the product does not ship it; only xdplb's tests depend on it.
 
 #![forbid(unsafe_code)]
+#![allow(
+    clippy::missing_panics_doc,
+    reason = "the helpers panic to fail the test that called them, with a message saying why"
+)]
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 

@@ -288,7 +288,7 @@ pub fn set_name_suffix(suffix: &'static str) {
 
 /// See [`set_name_suffix`].
 pub fn name_suffix() -> &'static str {
-    NAME_SUFFIX.with(|s| s.get())
+    NAME_SUFFIX.with(std::cell::Cell::get)
 }
 
 /// The two-veth topology of the tier-2 forwarding tests: a namespace named after `tag` with a
