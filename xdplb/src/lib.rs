@@ -23,7 +23,10 @@ pub mod netlink;
 pub mod packet;
 pub mod stats;
 pub mod stop;
-#[allow(unsafe_code)]
+#[allow(
+    unsafe_code,
+    reason = "the reviewed wrappers: one system call each, every block with its SAFETY comment"
+)]
 pub mod sys;
 pub mod testrun;
 pub mod top;
