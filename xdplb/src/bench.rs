@@ -200,15 +200,13 @@ impl Harness {
             .ok_or_else(|| BenchError::Harness(format!("{program} missing")))?
             .try_into()
             .map_err(harness(program))?;
-        let fd = p.fd().map_err(harness(program))?;
         let mut samples = Vec::new();
         let mut action = 0;
         for _ in 0..rounds {
-            let run =
-                testrun::run_xdp(fd, frame, repeat).map_err(|source| BenchError::TestRun {
-                    what: program,
-                    source,
-                })?;
+            let run = testrun::run_xdp(p, frame, repeat).map_err(|source| BenchError::TestRun {
+                what: program,
+                source,
+            })?;
             samples.push(run.duration_ns as f64);
             action = run.action;
         }

@@ -3,18 +3,17 @@
 //! by id, asked where it is attached, and detached (`BPF_LINK_DETACH`), which is how `xdplb
 //! stop` takes an instance down from anywhere.
 //!
-//! This is the one place with raw `bpf(2)` calls; each is a fixed-size attribute struct laid
-//! out as in `<linux/bpf.h>`.
+//! The raw `bpf(2)` calls themselves are in the reviewed wrapper module [`crate::sys`].
 
 use std::{
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsFd, OwnedFd},
 };
 
-/// `enum bpf_cmd` values.
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
-const BPF_LINK_DETACH: libc::c_long = 34;
+use rustix::io::Errno;
+
+use crate::sys;
+
 /// `enum bpf_link_type` values.
 const BPF_LINK_TYPE_XDP: u32 = 6;
 const BPF_LINK_TYPE_TCX: u32 = 11;
@@ -37,82 +36,8 @@ pub struct KernelLink {
     pub ifindex: u32,
 }
 
-/// `bpf_attr` for `BPF_LINK_GET_FD_BY_ID`.
-#[repr(C)]
-struct GetFdById {
-    id: u32,
-    next_id: u32,
-    open_flags: u32,
-}
-
-/// `bpf_attr` for `BPF_OBJ_GET_INFO_BY_FD`.
-#[repr(C)]
-struct GetInfo {
-    bpf_fd: u32,
-    info_len: u32,
-    info: u64,
-}
-
-/// `bpf_attr` for `BPF_LINK_DETACH`.
-#[repr(C)]
-struct Detach {
-    link_fd: u32,
-}
-
-/// The head of `struct bpf_link_info`: type, id, prog_id, then (at byte 16) the per-type
-/// union, whose first field is the ifindex for XDP and TCX links. The kernel fills at most
-/// `info_len` bytes.
-#[repr(C)]
-#[derive(Default)]
-struct LinkInfoHead {
-    kind: u32,
-    id: u32,
-    prog_id: u32,
-    _pad: u32,
-    ifindex: u32,
-    _rest: [u32; 7],
-}
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a live, exclusively borrowed #[repr(C)] struct laid out as the
-    // `bpf_attr` member that `cmd` reads (and, for GET_INFO, it points at a buffer of
-    // `info_len` bytes that outlives the call); the size passed is its exact size, and the
-    // kernel zero-extends the rest of `bpf_attr`.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T as *mut libc::c_void,
-            size_of::<T>() as libc::c_uint,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
-fn link_fd(id: u32) -> io::Result<OwnedFd> {
-    let mut attr = GetFdById {
-        id,
-        next_id: 0,
-        open_flags: 0,
-    };
-    let fd = bpf(BPF_LINK_GET_FD_BY_ID, &mut attr)?;
-    let fd = i32::try_from(fd).map_err(|_| io::Error::other("descriptor out of range"))?;
-    // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 fn info(fd: &OwnedFd) -> io::Result<KernelLink> {
-    let mut head = LinkInfoHead::default();
-    let mut attr = GetInfo {
-        bpf_fd: fd.as_raw_fd() as u32,
-        info_len: size_of::<LinkInfoHead>() as u32,
-        info: &mut head as *mut LinkInfoHead as u64,
-    };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let head = sys::link_info(fd.as_fd())?;
     let kind = match head.kind {
         BPF_LINK_TYPE_XDP => LinkKind::Xdp,
         BPF_LINK_TYPE_TCX => LinkKind::Tcx,
@@ -129,11 +54,15 @@ fn info(fd: &OwnedFd) -> io::Result<KernelLink> {
     })
 }
 
+fn is_errno(e: &io::Error, errno: Errno) -> bool {
+    e.raw_os_error() == Some(errno.raw_os_error())
+}
+
 /// The link with kernel id `id`, or `None` if it no longer exists.
 pub fn get(id: u32) -> io::Result<Option<KernelLink>> {
-    match link_fd(id) {
+    match sys::link_fd_by_id(id) {
         Ok(fd) => info(&fd).map(Some),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) if is_errno(&e, Errno::NOENT) => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -159,18 +88,15 @@ pub fn all_net_links() -> io::Result<Vec<KernelLink>> {
 /// Detaches link `id` from wherever it is attached (`BPF_LINK_DETACH`), even while a pin
 /// still holds it. A link that no longer exists is fine.
 pub fn detach(id: u32) -> io::Result<()> {
-    let fd = match link_fd(id) {
+    let fd = match sys::link_fd_by_id(id) {
         Ok(fd) => fd,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+        Err(e) if is_errno(&e, Errno::NOENT) => return Ok(()),
         Err(e) => return Err(e),
     };
-    let mut attr = Detach {
-        link_fd: fd.as_raw_fd() as u32,
-    };
-    match bpf(BPF_LINK_DETACH, &mut attr) {
-        Ok(_) => Ok(()),
+    match sys::link_detach(fd.as_fd()) {
+        Ok(()) => Ok(()),
         // Already detached (its interface went away, or another detach came first).
-        Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => Ok(()),
+        Err(e) if is_errno(&e, Errno::NOLINK) => Ok(()),
         Err(e) => Err(e),
     }
 }

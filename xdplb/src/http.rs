@@ -148,14 +148,9 @@ pub fn metrics_router(
             let rendered =
                 tokio::task::spawn_blocking(move || crate::metrics::render(&state)).await;
             match rendered {
-                Ok(Ok(text)) => (
-                    [(
-                        header::CONTENT_TYPE,
-                        crate::metrics::CONTENT_TYPE,
-                    )],
-                    text,
-                )
-                    .into_response(),
+                Ok(Ok(text)) => {
+                    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
+                }
                 Ok(Err(e)) => (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("reading counters: {e}\n"),
@@ -183,7 +178,7 @@ pub fn metrics_router(
 pub async fn serve(listener: Listener, router: Router, cancel: CancellationToken) {
     loop {
         let accepted = tokio::select! {
-            _ = cancel.cancelled() => return,
+            () = cancel.cancelled() => return,
             a = accept(&listener) => a,
         };
         match accepted {
@@ -198,8 +193,8 @@ pub async fn serve(listener: Listener, router: Router, cancel: CancellationToken
                 // connections are served meanwhile.
                 tracing::warn!("accepting an HTTP connection failed: {e}");
                 tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
                 }
             }
         }
@@ -233,7 +228,7 @@ where
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
-        _ = cancel.cancelled() => {
+        () = cancel.cancelled() => {
             conn.as_mut().graceful_shutdown();
             match tokio::time::timeout(WRITE_TIMEOUT, conn.as_mut()).await {
                 Ok(r) => r,

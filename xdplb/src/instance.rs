@@ -7,6 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use rustix::process::{Pid, Signal, kill_process};
 use serde::{Deserialize, Serialize};
 
 use crate::dataplane::AttachedInterface;
@@ -142,13 +143,18 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// Sends `signal` to process `pid` (a pid from a state file or a lock: never 0 or a group).
+pub fn signal(pid: u32, signal: Signal) -> io::Result<()> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| io::Error::other(format!("pid {pid} out of range")))?;
+    kill_process(pid, signal).map_err(io::Error::from)
+}
+
 /// Sends `signal` to `pid` and waits up to `timeout` for the process to exit.
-pub fn signal_and_wait(pid: u32, signal: i32, timeout: std::time::Duration) -> io::Result<()> {
-    let raw = i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
-    // SAFETY: kill(2) with a pid read from a state file and a valid signal number.
-    if unsafe { libc::kill(raw, signal) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+pub fn signal_and_wait(pid: u32, signal: Signal, timeout: std::time::Duration) -> io::Result<()> {
+    self::signal(pid, signal)?;
     let deadline = std::time::Instant::now() + timeout;
     while pid_alive(pid) {
         if std::time::Instant::now() > deadline {

@@ -1,5 +1,10 @@
 //! xdplb: an XDP layer-4 UDP load balancer. This library is the control plane; the data plane
 //! is the eBPF object built from `xdplb-ebpf` by build.rs.
+//!
+//! No `unsafe` outside [`sys`], the module of reviewed wrappers over the system calls that
+//! neither aya nor rustix exposes.
+
+#![deny(unsafe_code)]
 
 pub mod api;
 pub mod bench;
@@ -19,6 +24,11 @@ pub mod netlink;
 pub mod packet;
 pub mod stats;
 pub mod stop;
+#[allow(
+    unsafe_code,
+    reason = "the reviewed wrappers: one system call each, every block with its SAFETY comment"
+)]
+pub mod sys;
 pub mod testrun;
 pub mod top;
 pub mod veth;

@@ -1,5 +1,7 @@
 //! The `xdplb` command: parses the command line and dispatches (`xdplb::cli`).
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::Parser as _;
@@ -33,7 +35,7 @@ fn main() -> ExitCode {
         cli.command,
         Command::Run { .. } | Command::DemoBackend { .. }
     ) {
-        restore_default_sigpipe();
+        xdplb::sys::restore_default_sigpipe();
     }
     match dispatch(cli.command) {
         Ok(code) => code,
@@ -41,16 +43,5 @@ fn main() -> ExitCode {
             eprintln!("xdplb: error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Restores the default action of SIGPIPE (terminate), which Rust's runtime sets to ignore, so
-/// that writing to a closed pipe ends the process the way it ends `cat` instead of making
-/// `print!` panic with a backtrace (exit 101).
-fn restore_default_sigpipe() {
-    // SAFETY: signal(2) with SIG_DFL installs no handler (no code runs in signal context) and
-    // only changes this process's disposition of SIGPIPE; it is called before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -156,7 +156,9 @@ pub fn link(name: &str) -> Result<LinkState, NetlinkError> {
                 _ => None,
             })
             .ok_or_else(|| NetlinkError::NoSuchInterface(name.to_string())),
-        Err(NetlinkError::Kernel { source, .. }) if source.raw_os_error() == Some(libc::ENODEV) => {
+        Err(NetlinkError::Kernel { source, .. })
+            if source.raw_os_error() == Some(rustix::io::Errno::NODEV.raw_os_error()) =>
+        {
             Err(NetlinkError::NoSuchInterface(name.to_string()))
         }
         Err(e) => Err(e),
@@ -300,7 +302,9 @@ pub fn accepts_xdp_redirect(index: u32) -> Result<Option<bool>, NetlinkError> {
         "resolving genetlink family netdev",
     ) {
         Ok(a) => a,
-        Err(NetlinkError::Kernel { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+        Err(NetlinkError::Kernel { source, .. })
+            if source.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) =>
+        {
             return Ok(None);
         }
         Err(e) => return Err(e),

@@ -182,13 +182,12 @@ pub fn stop(name: &str) -> Result<StopReport, StopError> {
     };
     if let Some(pid) = report.daemon {
         report.found = true;
-        instance::signal_and_wait(pid, libc::SIGTERM, Duration::from_secs(10)).map_err(
-            |source| StopError::Daemon {
+        instance::signal_and_wait(pid, rustix::process::Signal::TERM, Duration::from_secs(10))
+            .map_err(|source| StopError::Daemon {
                 name: name.to_string(),
                 pid,
                 source,
-            },
-        )?;
+            })?;
     }
     // Held while cleaning up, so that no `xdplb run` starts in the middle.
     let _lock = match lock {

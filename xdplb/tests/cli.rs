@@ -1,11 +1,12 @@
 //! The command line on bad input: a clear error, a non-zero exit, nothing attached.
 //! The privileged cases need root; run with the README test command.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{netns::*, require_root};
+use xdplb_test_support::{netns::*, require_root};
+
+/// The `xdplb` binary under test.
+const XDPLB: &str = env!("CARGO_BIN_EXE_xdplb");
 
 fn write_config(tag: &str, text: &str) -> String {
     let dir = std::env::temp_dir().join(format!("xdplb-cli-{}", std::process::id()));

@@ -2,8 +2,6 @@
 //! clients that misbehave: silent connections, chunked bodies, pipelined requests. Each test
 //! runs `xdplb run` on `lo` of a namespace it creates; needs root.
 
-mod common;
-
 use std::{
     io::{Read, Write},
     net::TcpStream,
@@ -11,7 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{netns::*, require_root};
+use xdplb_test_support::{netns::*, require_root};
+
+/// The binary under test (the test-support crate cannot name it: only this crate's tests can).
+const XDPLB: &str = env!("CARGO_BIN_EXE_xdplb");
 
 const START: Duration = Duration::from_secs(20);
 /// The server's header-read timeout (`xdplb::http::HEADER_READ_TIMEOUT`).

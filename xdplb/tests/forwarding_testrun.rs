@@ -7,11 +7,8 @@
 //! independently (full checksums) and compared byte for byte.
 //! Needs root; run with the README test command.
 
-mod common;
-
 use std::net::SocketAddrV4;
 
-use common::*;
 use xdplb::{
     dataplane::{DECAP_OBJECT, reconcile},
     packet::{ETH_HDR_LEN, UdpFrame},
@@ -21,6 +18,7 @@ use xdplb_common::{
     Stat, checksum,
     hash::{FlowTuple, HASH_FIVE_TUPLE, flow_hash},
 };
+use xdplb_test_support::*;
 
 const CONFIG: &str = r#"
 interfaces = ["lo"]
@@ -166,7 +164,7 @@ fn nat_and_dsr_frames_come_out_exactly_as_routed() {
 fn run_cases() {
     let (cfg, mut dp) = load_toml(CONFIG);
     let (a, b) = (ifindex("fa"), ifindex("fb"));
-    let prog = ingress_fd(&mut dp);
+    let prog = ingress_program(&mut dp);
     // The input frames are addressed to FRAME_DST_MAC: register it for both interfaces (only
     // frames addressed to the receiving interface are balanced).
     dp.set_interface_mac(a, xdplb::packet::FRAME_DST_MAC, false)
@@ -324,8 +322,7 @@ fn run_cases() {
         .try_into()
         .expect("an XDP program");
     prog.load().expect("verify decap");
-    let decap_fd = prog.fd().expect("fd");
-    let out = testrun::run_xdp(decap_fd, &encapsulated, 1).expect("test run");
+    let out = testrun::run_xdp(prog, &encapsulated, 1).expect("test run");
     assert_eq!(out.action, XDP_PASS);
     let mut expected_inner = client_frame.clone();
     expected_inner[..6].copy_from_slice(&MAC_BACKEND);
@@ -335,7 +332,7 @@ fn run_cases() {
         "decap: the client's packet, as sent"
     );
     // Anything that is not IP-in-IP passes untouched.
-    let out = testrun::run_xdp(decap_fd, &client_frame, 1).expect("test run");
+    let out = testrun::run_xdp(prog, &client_frame, 1).expect("test run");
     assert_eq!((out.action, out.frame), (XDP_PASS, client_frame));
 
     // 13. fullnat: source = the balancer's address and a port of the range, destination = the

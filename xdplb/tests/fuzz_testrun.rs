@@ -23,18 +23,16 @@
 //! Needs root; run with the README test command, or alone:
 //! `cargo test --release --test fuzz_testrun -- --nocapture`.
 
-mod common;
-
 use std::{
     collections::{BTreeMap, HashMap},
     net::{Ipv4Addr, SocketAddrV4},
     time::Instant,
 };
 
-use common::*;
 use etherparse::{Ipv4HeaderSlice, UdpHeader, checksum::Sum16BitWords};
 use xdplb::testrun;
 use xdplb_common::Stat;
+use xdplb_test_support::*;
 
 // ---------------------------------------------------------------------------------------------
 // What the data plane is expected to check. Each switch is written for TODAY's data plane
@@ -2036,7 +2034,7 @@ fn fuzz() {
     // What the daemon records when it attaches: each interface's own address.
     dp.set_interface_mac(a, MAC_A, false).expect("fa's address");
     dp.set_interface_mac(b, MAC_B, false).expect("fb's address");
-    let prog = ingress_fd(&mut dp);
+    let prog = ingress_program(&mut dp);
     let run = move |frame: &[u8], iface: Iface| {
         let on = if iface == Iface::A { a } else { b };
         testrun::run_xdp_on(&prog, frame, on)

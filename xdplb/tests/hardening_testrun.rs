@@ -15,11 +15,8 @@
 //! Expected checksums are computed here from scratch (`ones_sum`) or by `xdplb::packet`, never
 //! with the data plane's incremental arithmetic. Needs root; run with the README test command.
 
-mod common;
-
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use common::*;
 use xdplb::{
     config::{self, Config},
     dataplane::{Dataplane, MapWriter, reconcile},
@@ -30,6 +27,7 @@ use xdplb_common::{
     MAP_REPLIES, REPLY_FLAG_NAT, Reply, ReplyKey, Stat,
     hash::{FlowTuple, HASH_FIVE_TUPLE, flow_hash},
 };
+use xdplb_test_support::*;
 
 /// nat, dsr-l2 and dsr-ipip share the backend 10.60.1.2:7000 (allowed: only one of them is a
 /// local/nat service); a nat wildcard service listens on 0.0.0.0:5601, a client port below.
@@ -322,7 +320,7 @@ fn in_topology(tag: &str, cases: impl FnOnce() + Send) {
 struct Fib {
     cfg: Config,
     dp: Dataplane,
-    prog: aya::programs::ProgramFd,
+    prog: aya::programs::Xdp,
     /// ifindex of fa (backends) and fb (clients).
     a: u32,
     b: u32,
@@ -336,7 +334,7 @@ impl Fib {
             .expect("fa's address");
         dp.set_interface_mac(b, FRAME_DST_MAC, false)
             .expect("fb's address");
-        let prog = ingress_fd(&mut dp);
+        let prog = ingress_program(&mut dp);
         Fib {
             cfg,
             dp,
@@ -446,7 +444,7 @@ fn frames_not_addressed_to_the_receiving_interface_pass_untouched_without_a_flow
     let out = run(&mut dp, &frame);
     assert_eq!(out.action, XDP_PASS, "addressed to us: balanced (local)");
     assert_eq!(
-        xdplb::packet::decode(&out.frame).expect("decodes").dst,
+        decode(&out.frame).expect("decodes").dst,
         addr("127.0.0.1:9876"),
         "addressed to us: rewritten to the backend"
     );
@@ -640,7 +638,7 @@ fn a_wrong_ipv4_header_checksum_is_dropped_for_local_services() {
     let mut f = udp(CLIENT, LO_VIP);
     f.ip_options = vec![1; 40];
     let out = run(&mut dp, &f.build());
-    let d = xdplb::packet::decode(&out.frame).expect("decodes");
+    let d = decode(&out.frame).expect("decodes");
     assert!(
         out.action == XDP_PASS && d.dst == addr("127.0.0.1:9876") && d.ip_checksum_ok,
         "local with 40 bytes of options: expected balanced to 127.0.0.1:9876 with a good header, got action {} to {} (header ok: {})",

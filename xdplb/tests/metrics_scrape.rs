@@ -1,12 +1,9 @@
 //! `/metrics` against a loaded data plane: what Prometheus's reference parser reads from it, and
 //! a scrape's cost with an empty and with a nearly full flow table. Needs root (loads BPF).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use aya::maps::HashMap;
-use common::*;
 use serde_json::Value;
 use xdplb::{
     config::Config,
@@ -18,6 +15,7 @@ use xdplb::{
 use xdplb_common::{
     Flow, FlowKey, MAP_BACKEND_STATS, MAP_FLOWS, MAP_SERVICE_STATS, MAP_STATS, Stat,
 };
+use xdplb_test_support::*;
 
 const CONFIG: &str = r#"
 interfaces = ["lo"]

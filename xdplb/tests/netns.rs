@@ -1,11 +1,12 @@
 //! Tier 3: real sockets in network namespaces that each test creates and deletes.
 //! Needs root; run with the README test command. Traffic stays inside the test's namespaces.
 
-mod common;
-
 use std::{collections::BTreeMap, time::Duration};
 
-use common::{netns::*, require_root};
+use xdplb_test_support::{netns::*, require_root};
+
+/// The `xdplb` binary under test.
+const XDPLB: &str = env!("CARGO_BIN_EXE_xdplb");
 use serde_json::Value;
 
 const START: Duration = Duration::from_secs(20);

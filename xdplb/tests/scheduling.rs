@@ -2,20 +2,17 @@
 //! `xdplb explain`, the property thresholds on real flows, and table changes under traffic.
 //! Needs root; run with the README test command.
 
-mod common;
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, SocketAddrV4},
-    os::fd::{AsFd, OwnedFd},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
 };
 
-use common::*;
 use xdplb::{config, explain, packet, testrun};
+use xdplb_test_support::*;
 
 /// A tiny deterministic generator (no dependency).
 struct Rng(u64);
@@ -70,7 +67,7 @@ fn backend_of(
     let frame = packet::UdpFrame::new(client, dst, b"x").build();
     let out = run(dp, &frame);
     assert_eq!(out.action, XDP_PASS, "flow {client} -> {dst}");
-    let d = packet::decode(&out.frame).expect("decodes");
+    let d = decode(&out.frame).expect("decodes");
     assert!(
         d.ip_checksum_ok && d.udp_checksum_ok,
         "checksums after rewrite"
@@ -390,14 +387,7 @@ fn table_changes_under_continuous_traffic_lose_and_misroute_nothing() {
     };
     let valid: BTreeSet<SocketAddrV4> = (1..=5).map(|i| addr(&format!("10.4.0.{i}:53"))).collect();
     let mut dp = load_config(&to_cfg(&sets[0]));
-    let fd: OwnedFd = dp
-        .ingress()
-        .expect("prog")
-        .fd()
-        .expect("fd")
-        .as_fd()
-        .try_clone_to_owned()
-        .expect("dup");
+    let prog = testrun::handle(dp.ingress().expect("prog")).expect("a handle on the program");
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let sender = std::thread::spawn(move || {
@@ -416,9 +406,9 @@ fn table_changes_under_continuous_traffic_lose_and_misroute_nothing() {
             };
             let frame = packet::UdpFrame::new(client, vip, b"x").build();
             i += 1;
-            let out = testrun::run_xdp(&fd, &frame, 1).expect("test run");
+            let out = testrun::run_xdp(&prog, &frame, 1).expect("test run");
             sent += 1;
-            let dst = packet::decode(&out.frame).map(|d| d.dst);
+            let dst = decode(&out.frame).map(|d| d.dst);
             if out.action != XDP_PASS || dst.is_none_or(|d| !valid.contains(&d)) {
                 bad.push((out.action, dst));
             }

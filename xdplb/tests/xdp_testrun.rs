@@ -1,17 +1,15 @@
 //! Tier 2: the real XDP program through BPF_PROG_TEST_RUN, as a table of cases.
 //! Needs root; run with the README test command.
 
-mod common;
-
 use std::net::SocketAddrV4;
 
-use common::*;
 use xdplb::{
     config,
     dataplane::{MapWriter, reconcile},
-    packet::{self, ETH_HDR_LEN, UdpFrame},
+    packet::{ETH_HDR_LEN, UdpFrame},
 };
 use xdplb_common::{Backend, Service, Stat};
+use xdplb_test_support::*;
 
 /// Three backends on loopback (the tutorial's scenario) plus a wildcard service on port 7000.
 const CONFIG: &str = r#"
@@ -67,9 +65,8 @@ fn set_bytes(mut frame: Vec<u8>, at: usize, bytes: &[u8]) -> Vec<u8> {
 /// Checks that `out` is `input` with only the destination moved to `to`, and that both
 /// checksums are right by an independent full recomputation.
 fn assert_rewritten(case: &str, input: &[u8], out: &[u8], to: SocketAddrV4) {
-    let before = packet::decode(input).expect("input decodes");
-    let after =
-        packet::decode(out).unwrap_or_else(|| panic!("{case}: output does not decode: {out:02x?}"));
+    let before = decode(input).expect("input decodes");
+    let after = decode(out).unwrap_or_else(|| panic!("{case}: output does not decode: {out:02x?}"));
     assert_eq!(after.dst, to, "{case}: destination");
     assert_eq!(after.src, before.src, "{case}: source must not change");
     assert_eq!(after.payload, before.payload, "{case}: payload");
@@ -315,7 +312,7 @@ fn every_truncation_of_a_service_packet_passes_untouched() {
             let err = run_short(&mut dp, &full[..len]).expect_err("the kernel must refuse");
             assert_eq!(
                 err.raw_os_error(),
-                Some(libc::EINVAL),
+                Some(rustix::io::Errno::INVAL.raw_os_error()),
                 "prefix of {len} bytes: {err}"
             );
         }
@@ -343,18 +340,14 @@ fn every_truncation_of_a_service_packet_passes_untouched() {
 fn packets_of_one_flow_stay_on_one_backend() {
     let (_, mut dp) = load_toml(CONFIG);
     let flow = udp("10.1.2.3:1111", VIP).build();
-    let first = packet::decode(&run(&mut dp, &flow).frame)
-        .expect("decodes")
-        .dst;
+    let first = decode(&run(&mut dp, &flow).frame).expect("decodes").dst;
     // New flows in between move the round-robin cursor.
     for port in 2000..2005 {
         run(&mut dp, &udp(&format!("10.1.2.3:{port}"), VIP).build());
     }
     let before = counters(&dp);
     for _ in 0..3 {
-        let again = packet::decode(&run(&mut dp, &flow).frame)
-            .expect("decodes")
-            .dst;
+        let again = decode(&run(&mut dp, &flow).frame).expect("decodes").dst;
         assert_eq!(again, first, "a live flow must keep its backend");
     }
     assert_eq!(
@@ -370,10 +363,7 @@ fn new_flows_go_round_robin() {
     let got: Vec<u16> = (0..9)
         .map(|i| {
             let f = udp(&format!("10.9.9.9:{}", 30000 + i), VIP).build();
-            packet::decode(&run(&mut dp, &f).frame)
-                .expect("decodes")
-                .dst
-                .port()
+            decode(&run(&mut dp, &f).frame).expect("decodes").dst.port()
         })
         .collect();
     assert_eq!(got, [9876, 9877, 9878, 9876, 9877, 9878, 9876, 9877, 9878]);
@@ -408,7 +398,7 @@ fn an_idle_flow_is_rescheduled_after_its_timeout() {
     let (_, mut dp) = load_toml(&text);
     let flow = udp(CLIENT, VIP).build();
     assert_eq!(
-        packet::decode(&run(&mut dp, &flow).frame)
+        decode(&run(&mut dp, &flow).frame)
             .expect("decodes")
             .dst
             .port(),
@@ -417,7 +407,7 @@ fn an_idle_flow_is_rescheduled_after_its_timeout() {
     std::thread::sleep(std::time::Duration::from_millis(1200));
     let before = counters(&dp);
     assert_eq!(
-        packet::decode(&run(&mut dp, &flow).frame)
+        decode(&run(&mut dp, &flow).frame)
             .expect("decodes")
             .dst
             .port(),
@@ -460,7 +450,7 @@ fn a_flow_whose_backend_changed_is_rescheduled() {
     let (cfg, mut dp) = load_toml(CONFIG);
     let frame = udp(CLIENT, VIP).build();
     assert_eq!(
-        packet::decode(&run(&mut dp, &frame).frame)
+        decode(&run(&mut dp, &frame).frame)
             .expect("decodes")
             .dst
             .port(),
@@ -479,7 +469,7 @@ fn a_flow_whose_backend_changed_is_rescheduled() {
         .put_backend(idx, &b)
         .expect("write");
     let before = counters(&dp);
-    let port = packet::decode(&run(&mut dp, &frame).frame)
+    let port = decode(&run(&mut dp, &frame).frame)
         .expect("decodes")
         .dst
         .port();

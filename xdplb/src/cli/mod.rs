@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 
 pub use args::{BackendAction, Cli, Command, ServiceAction};
 
@@ -351,13 +351,9 @@ fn stop(name: &str) -> anyhow::Result<ExitCode> {
 /// Sends SIGHUP to a running instance and waits (up to 10 s) for it to record the outcome.
 fn reload_instance(name: &str) -> anyhow::Result<ExitCode> {
     let before = instance::read(name)?;
-    let pid = i32::try_from(before.pid).context("pid out of range")?;
-    // SAFETY: kill(2) with a pid read from the instance's state file and a valid signal.
-    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
-        bail!(
-            "signalling instance {name:?} (pid {pid}): {}",
-            std::io::Error::last_os_error()
-        );
+    let pid = before.pid;
+    if let Err(e) = instance::signal(pid, rustix::process::Signal::HUP) {
+        bail!("signalling instance {name:?} (pid {pid}): {e}");
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {

@@ -74,12 +74,13 @@ pub fn interface_exists(name: &str) -> bool {
     interface_index(name).is_some()
 }
 
-/// The ifindex of `name` in this process's network namespace, as the kernel answers it.
+/// The ifindex of `name` in the calling thread's network namespace, as the kernel answers it
+/// (SIOCGIFINDEX on a socket of that namespace, as if_nametoindex(3) does).
 pub fn interface_index(name: &str) -> Option<u32> {
-    let c = std::ffi::CString::new(name).ok()?;
-    // SAFETY: a valid NUL-terminated string; the call only reads it.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (index != 0).then_some(index)
+    let socket = std::os::unix::net::UnixDatagram::unbound().ok()?;
+    rustix::net::netdevice::name_to_index(&socket, name)
+        .ok()
+        .filter(|&index| index != 0)
 }
 
 /// How `xdplb run` starts and stops.

@@ -177,9 +177,12 @@ fn bind_tcp(addr: std::net::SocketAddr, what: &str) -> anyhow::Result<Listener> 
 /// Asks the daemon `pid` to hand over (SIGUSR2) and waits for it to exit: it stops writing the
 /// maps and the pin record, and leaves the data plane attached.
 fn hand_over(pid: u32) -> anyhow::Result<()> {
-    instance::signal_and_wait(pid, libc::SIGUSR2, Duration::from_secs(10)).with_context(|| {
-        format!("the running daemon (pid {pid}) did not hand over (SIGUSR2); nothing was changed")
-    })?;
+    instance::signal_and_wait(pid, rustix::process::Signal::USR2, Duration::from_secs(10))
+        .with_context(|| {
+            format!(
+                "the running daemon (pid {pid}) did not hand over (SIGUSR2); nothing was changed"
+            )
+        })?;
     info!(pid, "the previous daemon handed over");
     Ok(())
 }

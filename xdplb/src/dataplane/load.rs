@@ -433,14 +433,7 @@ impl Dataplane {
     /// (idle past the same timeout), so its next packet is a new flow with a new port.
     pub fn sweep_fullnat(&mut self) -> Result<usize, DataplaneError> {
         // bpf_ktime_get_ns() is CLOCK_MONOTONIC.
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes into the struct we own.
-        if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
-            return Err(DataplaneError::Io(std::io::Error::last_os_error()));
-        }
+        let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
         let now = (ts.tv_sec as u64)
             .saturating_mul(1_000_000_000)
             .saturating_add(ts.tv_nsec as u64);

@@ -382,24 +382,14 @@ pub fn ensure_bpffs(path: &Path) -> Result<BpffsMount, DataplaneError> {
     if is_bpffs(path) {
         return Ok(BpffsMount::Present);
     }
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|e| err(e.to_string()))?;
-    // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            c_path.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(err(format!(
-            "not a bpffs, and mounting one failed: {}",
-            io::Error::last_os_error()
-        )));
-    }
+    rustix::mount::mount("bpf", path, "bpf", rustix::mount::MountFlags::empty(), None).map_err(
+        |e| {
+            err(format!(
+                "not a bpffs, and mounting one failed: {}",
+                io::Error::from(e)
+            ))
+        },
+    )?;
     let own = fs::read_link("/proc/self/ns/mnt").ok();
     let init = fs::read_link("/proc/1/ns/mnt").ok();
     Ok(if own.is_some() && own == init {
@@ -410,11 +400,5 @@ pub fn ensure_bpffs(path: &Path) -> Result<BpffsMount, DataplaneError> {
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs writes into a zeroed struct we own; the path is NUL-terminated.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut st) };
-    rc == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    rustix::fs::statfs(path).is_ok_and(|st| st.f_type == BPF_FS_MAGIC)
 }

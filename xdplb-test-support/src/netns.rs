@@ -1,15 +1,15 @@
 //! Network namespaces and child processes that clean up after themselves, even on panic.
-#![allow(dead_code)]
 
 use std::{
     io::{BufRead, BufReader},
+    os::fd::AsFd,
     process::{Child, Command, Output, Stdio},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
-pub const XDPLB: &str = env!("CARGO_BIN_EXE_xdplb");
+use rustix::process::Signal;
 
 /// Runs a command to completion within `timeout`; panics with its output if it fails.
 pub fn sh(args: &[&str]) -> Output {
@@ -206,8 +206,7 @@ impl Daemon {
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        sigterm(&child);
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(s)) = child.try_wait() {
@@ -231,8 +230,7 @@ impl Drop for Daemon {
         if let Some(mut c) = self.child.take() {
             // `ip netns exec` passes signals on; SIGKILL of the wrapper would orphan the child,
             // so ask politely first.
-            // SAFETY: kill(2) on our own child's pid.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            sigterm(&c);
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
@@ -244,6 +242,11 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
     }
+}
+
+/// Asks our own child `child` to stop (SIGTERM); one that has exited already is fine.
+fn sigterm(child: &Child) {
+    let _ = rustix::process::kill_process(rustix::process::Pid::from_child(child), Signal::TERM);
 }
 
 /// A bpffs mounted on a fresh directory in the host's mount namespace, so that every
@@ -285,7 +288,7 @@ pub fn set_name_suffix(suffix: &'static str) {
 
 /// See [`set_name_suffix`].
 pub fn name_suffix() -> &'static str {
-    NAME_SUFFIX.with(|s| s.get())
+    NAME_SUFFIX.with(std::cell::Cell::get)
 }
 
 /// The two-veth topology of the tier-2 forwarding tests: a namespace named after `tag` with a
@@ -299,7 +302,6 @@ pub fn in_fib_topology(
     what: &str,
     cases: impl FnOnce() + Send,
 ) {
-    use std::os::fd::AsRawFd;
     let ns = Netns::new(tag);
     let n = |args: &[&str]| {
         let mut full = vec!["ip", "-n", ns.name.as_str()];
@@ -342,9 +344,12 @@ pub fn in_fib_topology(
     thread::scope(|s| {
         s.spawn(|| {
             let file = std::fs::File::open(&path).expect("open the namespace");
-            // SAFETY: setns(2) on this thread only, with a namespace fd we hold open.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            // setns(2) moves only this thread.
+            rustix::thread::move_into_link_name_space(
+                file.as_fd(),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .expect("setns into the topology's namespace");
             cases();
         })
         .join()
