@@ -454,7 +454,7 @@ fn resolve_neighbours(cfg: &Config) {
         )
     }) {
         for b in &svc.backends {
-            let _ = sock.send_to(&[], (*b.address.ip(), 9));
+            let _ = sock.send_to(&[], (b.address.ip(), 9));
         }
     }
 }

@@ -9,7 +9,7 @@
 use std::{
     collections::HashMap,
     io::{Read, Write},
-    net::{SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
+    net::{SocketAddr, TcpStream, UdpSocket},
     sync::{Arc, Condvar, Mutex, PoisonError, mpsc::Sender},
     thread,
     time::{Duration, Instant},
@@ -23,7 +23,7 @@ use crate::config::{Config, HealthCheck, HealthCheckKind, OnFailure};
 #[derive(Debug, Clone)]
 pub struct HealthEvent {
     pub service: String,
-    pub backend: SocketAddrV4,
+    pub backend: SocketAddr,
     pub ok: bool,
     /// Why it failed, or what succeeded.
     pub detail: String,
@@ -32,12 +32,17 @@ pub struct HealthEvent {
 /// Runs one check of `kind` against `target` within `timeout`.
 pub fn check_once(
     kind: &HealthCheckKind,
-    target: SocketAddrV4,
+    target: SocketAddr,
     timeout: Duration,
 ) -> Result<String, String> {
     match kind {
         HealthCheckKind::Udp { payload, expect } => {
-            let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("udp socket: {e}"))?;
+            let any = if target.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            };
+            let sock = UdpSocket::bind(any).map_err(|e| format!("udp socket: {e}"))?;
             sock.connect(target)
                 .map_err(|e| format!("udp connect: {e}"))?;
             sock.set_read_timeout(Some(timeout))
@@ -61,7 +66,7 @@ pub fn check_once(
                 _ => Ok(format!("udp reply of {n} bytes")),
             }
         }
-        HealthCheckKind::Tcp => TcpStream::connect_timeout(&SocketAddr::V4(target), timeout)
+        HealthCheckKind::Tcp => TcpStream::connect_timeout(&target, timeout)
             .map(|_| "tcp connect".to_string())
             .map_err(|e| format!("tcp connect: {e}")),
         HealthCheckKind::Http {
@@ -69,7 +74,7 @@ pub fn check_once(
             expect_status,
         } => {
             let deadline = Instant::now() + timeout;
-            let mut conn = TcpStream::connect_timeout(&SocketAddr::V4(target), timeout)
+            let mut conn = TcpStream::connect_timeout(&target, timeout)
                 .map_err(|e| format!("http connect: {e}"))?;
             let left = deadline
                 .saturating_duration_since(Instant::now())
@@ -174,7 +179,7 @@ pub fn start(cfg: &Config, tx: &Sender<HealthEvent>) -> Checkers {
             continue;
         };
         for b in &svc.backends {
-            let target = SocketAddrV4::new(*b.address.ip(), hc.port.unwrap_or(b.address.port()));
+            let target = SocketAddr::new(b.address.ip(), hc.port.unwrap_or(b.address.port()));
             let (service, backend, hc, tx, stop) = (
                 svc.name.clone(),
                 b.address,
@@ -231,7 +236,7 @@ pub struct BackendHealth {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
     pub service: String,
-    pub backend: SocketAddrV4,
+    pub backend: SocketAddr,
     pub up: bool,
     pub reason: String,
 }
@@ -240,7 +245,7 @@ pub struct Transition {
 /// once; `fall` consecutive failures take it out, `rise` consecutive successes bring it back.
 #[derive(Debug, Default)]
 pub struct HealthBook {
-    states: HashMap<(String, SocketAddrV4), BackendHealth>,
+    states: HashMap<(String, SocketAddr), BackendHealth>,
 }
 
 impl HealthBook {
@@ -278,13 +283,13 @@ impl HealthBook {
         })
     }
 
-    pub fn is_up(&self, service: &str, backend: SocketAddrV4) -> bool {
+    pub fn is_up(&self, service: &str, backend: SocketAddr) -> bool {
         self.states
             .get(&(service.to_string(), backend))
             .is_none_or(|h| h.up)
     }
 
-    pub fn get(&self, service: &str, backend: SocketAddrV4) -> Option<&BackendHealth> {
+    pub fn get(&self, service: &str, backend: SocketAddr) -> Option<&BackendHealth> {
         self.states.get(&(service.to_string(), backend))
     }
 
@@ -449,18 +454,14 @@ address = "127.0.0.1:9877"
     #[test]
     fn checks_see_a_listening_and_a_closed_port() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let SocketAddr::V4(open) = listener.local_addr().expect("addr") else {
-            panic!("v4 expected")
-        };
+        let open = listener.local_addr().expect("addr");
         let t = Duration::from_millis(300);
         assert!(check_once(&HealthCheckKind::Tcp, open, t).is_ok());
         drop(listener);
         let err = check_once(&HealthCheckKind::Tcp, open, t).expect_err("closed");
         assert!(err.contains("tcp connect"), "{err}");
         let udp = UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let SocketAddr::V4(closed) = udp.local_addr().expect("addr") else {
-            panic!("v4 expected")
-        };
+        let closed = udp.local_addr().expect("addr");
         drop(udp);
         let kind = HealthCheckKind::Udp {
             payload: b"hi".to_vec(),

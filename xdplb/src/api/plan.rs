@@ -1,6 +1,6 @@
 //! What an API request does to the config, decided with no I/O.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -84,7 +84,7 @@ fn weight(w: Option<i64>, default: u16) -> Result<u16, Response> {
     }
 }
 
-fn address(s: &str) -> Result<SocketAddrV4, Response> {
+fn address(s: &str) -> Result<SocketAddr, Response> {
     s.parse().map_err(|_| {
         bad(format!(
             "invalid backend address {s:?}: expected IPv4:port such as \"10.0.0.1:53\""

@@ -62,9 +62,9 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
         /// The client's address and port.
-        client: SocketAddrV4,
+        client: std::net::SocketAddr,
         /// The destination the client sends to (a VIP, or any address for a 0.0.0.0 service).
-        destination: SocketAddrV4,
+        destination: std::net::SocketAddr,
         #[arg(long)]
         json: bool,
     },

@@ -4,7 +4,11 @@
 //! `FILE:LINE:COL` (or just `FILE` when no position is known), names the field and
 //! the offending value, and says what would be valid.
 
-use std::{fmt, net::SocketAddrV4, path::PathBuf};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
 
 use super::{Protocol, Scheduler};
 
@@ -268,7 +272,7 @@ pub enum ConfigError {
 
     /// An IPv6 vip or backend address.
     #[error(
-        "{at}: {what} {value:?} is an IPv6 address; IPv6 is not supported yet, use an IPv4 address"
+        "{at}: {what} {value:?} is an IPv6 address; IPv6 is not supported yet (the data plane is IPv4-only), use an IPv4 address"
     )]
     Ipv6NotSupported {
         at: Location,
@@ -287,7 +291,7 @@ pub enum ConfigError {
         other: String,
         /// Line of the other service's vip.
         other_line: u32,
-        vip: SocketAddrV4,
+        vip: SocketAddr,
         protocol: Protocol,
     },
 
@@ -417,19 +421,20 @@ pub enum ConfigError {
         at: Location,
         service: String,
         mode: &'static str,
-        address: SocketAddrV4,
+        address: SocketAddr,
     },
 
     /// A `nat` or `fullnat` backend on the service's own vip address.
     #[error(
-        "{at}: {service} forwards with {mode}, which routes packets to another host, but its backend {address} is on the service's own vip address {vip}: packets sent there come back to this balancer, so they would loop; give the backend's own address"
+        "{at}: {service} forwards with {}, which routes packets to another host, but its backend {address} is on the service's own vip address {vip}: packets sent there come back to this balancer, so they would loop; give the backend's own address", super::forwarding_name(*mode)
     )]
     BackendIsVip {
         at: Location,
         service: String,
-        mode: &'static str,
-        address: SocketAddrV4,
-        vip: SocketAddrV4,
+        mode: super::Forwarding,
+        address: SocketAddr,
+        /// The vip's address (its port is not part of the problem).
+        vip: IpAddr,
     },
 
     /// Two `local`/`nat` services with one backend address and port: their replies could not
@@ -443,7 +448,7 @@ pub enum ConfigError {
         other: String,
         /// Line of the other service's backend address.
         other_line: u32,
-        address: SocketAddrV4,
+        address: SocketAddr,
     },
 
     /// A `fullnat_source` that is some service's vip address.
@@ -453,7 +458,7 @@ pub enum ConfigError {
     FullnatSourceIsVip {
         at: Location,
         service: String,
-        address: std::net::Ipv4Addr,
+        address: IpAddr,
         other: String,
         /// Line of the other service's vip.
         other_line: u32,
@@ -502,7 +507,7 @@ pub enum ConfigError {
         at: Location,
         service: String,
         mode: &'static str,
-        address: SocketAddrV4,
+        address: SocketAddr,
         vip_port: u16,
     },
 
@@ -686,7 +691,7 @@ pub enum ConfigError {
         first_index: usize,
         /// Line of the first backend's address.
         first_line: u32,
-        address: SocketAddrV4,
+        address: SocketAddr,
     },
 
     /// A backend weight outside 1..=65535.

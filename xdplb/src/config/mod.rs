@@ -83,7 +83,13 @@ mod write;
 #[cfg(test)]
 mod tests;
 
-use std::{fmt, fmt::Write as _, net::SocketAddrV4, path::Path, time::Duration};
+use std::{
+    fmt,
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::Path,
+    time::Duration,
+};
 
 pub use error::{ConfigError, Location};
 pub use write::{SaveError, Saved, save, to_toml};
@@ -102,10 +108,10 @@ pub struct Config {
     /// value so that they all send a flow to the same backend.
     pub hash_seed: u32,
     /// Optional field `metrics_listen`: where to serve Prometheus metrics (`GET /metrics`).
-    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
     /// Optional field `api_listen`: a loopback TCP address to serve the API on, besides the
     /// Unix socket. Off by default.
-    pub api_listen: Option<std::net::SocketAddr>,
+    pub api_listen: Option<SocketAddr>,
     /// Table sizes.
     pub limits: Limits,
     /// At least one service; names and (vip, protocol) pairs are unique.
@@ -235,8 +241,9 @@ fn lookup_entries_needed(services: &[ServiceConfig], limits: &Limits) -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceConfig {
     pub name: String,
-    /// `0.0.0.0:PORT` matches any destination address.
-    pub vip: SocketAddrV4,
+    /// `0.0.0.0:PORT` matches any destination address. IPv4 only for now (validation refuses
+    /// IPv6; see [`socket_v4`]).
+    pub vip: SocketAddr,
     pub protocol: Protocol,
     /// 1s..=24h.
     pub flow_idle_timeout: Duration,
@@ -358,7 +365,7 @@ pub enum Forwarding {
 /// `port_first..=port_last` allocated per flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FullnatConfig {
-    pub source: std::net::Ipv4Addr,
+    pub source: IpAddr,
     pub port_first: u16,
     pub port_last: u16,
 }
@@ -367,7 +374,7 @@ pub struct FullnatConfig {
 /// `base`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EncapSource {
-    pub base: std::net::Ipv4Addr,
+    pub base: IpAddr,
     pub prefix_len: u8,
 }
 
@@ -396,11 +403,34 @@ pub fn when_all_down_name(when_all_down: WhenAllDown) -> &'static str {
     }
 }
 
+/// A config address that the data plane cannot take yet: the data plane is IPv4-only.
+/// Validation refuses IPv6 with the file's location, so the data-plane writers meet this only
+/// for a config that skipped validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0} is an IPv6 address; IPv6 is not supported yet (the data plane is IPv4-only)")]
+pub struct Ipv6Unsupported(pub IpAddr);
+
+/// The IPv4 form of a config address, for the data plane.
+pub fn ip_v4(ip: IpAddr) -> Result<Ipv4Addr, Ipv6Unsupported> {
+    match ip {
+        IpAddr::V4(v4) => Ok(v4),
+        IpAddr::V6(_) => Err(Ipv6Unsupported(ip)),
+    }
+}
+
+/// The IPv4 form of a config socket address, for the data plane.
+pub fn socket_v4(addr: SocketAddr) -> Result<SocketAddrV4, Ipv6Unsupported> {
+    match addr {
+        SocketAddr::V4(v4) => Ok(v4),
+        SocketAddr::V6(_) => Err(Ipv6Unsupported(addr.ip())),
+    }
+}
+
 /// One backend of a service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendConfig {
-    /// A unicast IPv4 address with a non-zero port.
-    pub address: SocketAddrV4,
+    /// A unicast IPv4 address with a non-zero port (IPv6 is refused by validation for now).
+    pub address: SocketAddr,
     /// 1..=65535.
     pub weight: u16,
     /// Default false. A drained backend keeps its live flows but gets no new ones.
@@ -445,7 +475,7 @@ pub fn check_interfaces(
 /// The tutorial's scenario: one UDP service "demo" on 127.0.0.1:9875 on `lo`,
 /// spread over three local backends on ports 9876..=9878.
 pub fn default_config() -> Config {
-    let lo = std::net::Ipv4Addr::LOCALHOST;
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
     Config {
         interfaces: vec!["lo".to_owned()],
         xdp_mode: XdpModeSetting::Auto,
@@ -456,7 +486,7 @@ pub fn default_config() -> Config {
         limits: Limits::DEFAULT,
         services: vec![ServiceConfig {
             name: "demo".to_owned(),
-            vip: SocketAddrV4::new(lo, 9875),
+            vip: SocketAddr::new(lo, 9875),
             protocol: Protocol::Udp,
             flow_idle_timeout: validate::DEFAULT_TIMEOUT,
             // The tutorial's scheduler; a service without `scheduler` gets Maglev.
@@ -471,7 +501,7 @@ pub fn default_config() -> Config {
             backends: [9876, 9877, 9878]
                 .into_iter()
                 .map(|port| BackendConfig {
-                    address: SocketAddrV4::new(lo, port),
+                    address: SocketAddr::new(lo, port),
                     weight: 1,
                     drain: false,
                 })

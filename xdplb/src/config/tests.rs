@@ -57,8 +57,8 @@ fn with_backend(backend: &str) -> String {
     )
 }
 
-fn local(port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
 // ---- positions ---------------------------------------------------------------
@@ -601,7 +601,7 @@ fn unspecified_vip_is_accepted() {
     let cfg = ok(&with_vip("0.0.0.0:9875"));
     assert_eq!(
         cfg.services[0].vip,
-        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 9875)
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 9875))
     );
     assert!(cfg.describe().contains("any address"));
 }
@@ -932,7 +932,7 @@ fn configs_that_cannot_run_are_rejected_at_the_offending_value() {
             vec![
                 "service \"n\"",
                 "backend 10.9.0.1:53",
-                "own vip address 10.9.0.1:53",
+                "own vip address 10.9.0.1:",
                 "loop",
             ],
         ),
@@ -2142,7 +2142,7 @@ fn forwarding_parses_and_rejects_garbage_and_loopback_nat_backends() {
     assert_eq!(
         svc.fullnat,
         Some(FullnatConfig {
-            source: Ipv4Addr::new(10, 86, 0, 1),
+            source: Ipv4Addr::new(10, 86, 0, 1).into(),
             port_first: 20000,
             port_last: 59999
         }),
@@ -2498,7 +2498,7 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
         services: vec![
             ServiceConfig {
                 name: "dns".to_owned(),
-                vip: SocketAddrV4::new(ip(192, 0, 2, 10), 53),
+                vip: SocketAddrV4::new(ip(192, 0, 2, 10), 53).into(),
                 protocol: Protocol::Udp,
                 flow_idle_timeout: Duration::from_secs(30),
                 scheduler: Scheduler::Maglev,
@@ -2511,12 +2511,12 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
                 fullnat: None,
                 backends: vec![
                     BackendConfig {
-                        address: SocketAddrV4::new(ip(10, 0, 0, 1), 53),
+                        address: SocketAddrV4::new(ip(10, 0, 0, 1), 53).into(),
                         weight: 1,
                         drain: false,
                     },
                     BackendConfig {
-                        address: SocketAddrV4::new(ip(10, 0, 0, 2), 5353),
+                        address: SocketAddrV4::new(ip(10, 0, 0, 2), 5353).into(),
                         weight: 3,
                         drain: false,
                     },
@@ -2524,7 +2524,7 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
             },
             ServiceConfig {
                 name: "syslog".to_owned(),
-                vip: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 514),
+                vip: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 514).into(),
                 protocol: Protocol::Udp,
                 flow_idle_timeout: Duration::from_secs(300),
                 scheduler: Scheduler::Maglev,
@@ -2536,7 +2536,7 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
                 encap_source: None,
                 fullnat: None,
                 backends: vec![BackendConfig {
-                    address: SocketAddrV4::new(ip(10, 0, 1, 1), 514),
+                    address: SocketAddrV4::new(ip(10, 0, 1, 1), 514).into(),
                     weight: 10,
                     drain: false,
                 }],
@@ -3690,7 +3690,7 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
         } else {
             Ipv4Addr::from_bits(rng.range(0, u32::MAX))
         };
-        let vip = SocketAddrV4::new(vip_ip, rng.range(1, u16::MAX));
+        let vip = SocketAddr::from((vip_ip, rng.range(1, u16::MAX)));
         // Multicast, broadcast and 0.0.0.0/8 (but the wildcard) are no vips.
         let unusable_vip = !vip_ip.is_unspecified()
             && (vip_ip.is_multicast() || vip_ip.is_broadcast() || vip_ip.octets()[0] == 0);
@@ -3704,7 +3704,7 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
         let backend_count = usize::from(rng.range(1u8, 6));
         while backends.len() < backend_count {
             let ip = Ipv4Addr::from_bits(rng.range(0, u32::MAX));
-            let address = SocketAddrV4::new(ip, rng.range(1, u16::MAX));
+            let address = SocketAddr::from((ip, rng.range(1, u16::MAX)));
             if ip.is_unspecified()
                 || ip.is_broadcast()
                 || ip.is_multicast()
@@ -3841,7 +3841,8 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
                     }
                 };
                 EncapSource {
-                    base: Ipv4Addr::from_bits((first << 24 | rng.range(0, 0xff_ffff)) & mask),
+                    base: Ipv4Addr::from_bits((first << 24 | rng.range(0, 0xff_ffff)) & mask)
+                        .into(),
                     prefix_len,
                 }
             }),
@@ -3853,7 +3854,8 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
                         rng.range(0, 255),
                         rng.range(0, 255),
                         rng.range(1, 254),
-                    ),
+                    )
+                    .into(),
                     port_first,
                     port_last: rng.range(port_first, u16::MAX),
                 }
@@ -3898,7 +3900,7 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
     }
     // The rules between services: no backend shared by two local/nat services, no
     // fullnat_source on a vip address, no wildcard port inside a fullnat_ports range.
-    let reply_backends: Vec<SocketAddrV4> = services
+    let reply_backends: Vec<SocketAddr> = services
         .iter()
         .filter(|s| matches!(s.forwarding, Forwarding::Local | Forwarding::Nat))
         .flat_map(|s| s.backends.iter().map(|b| b.address))
@@ -3907,7 +3909,7 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
     let ranges: Vec<FullnatConfig> = services.iter().filter_map(|s| s.fullnat).collect();
     let source_on_vip = ranges
         .iter()
-        .any(|f| services.iter().any(|t| *t.vip.ip() == f.source));
+        .any(|f| services.iter().any(|t| t.vip.ip() == f.source));
     let wildcard_in_range = services
         .iter()
         .filter(|w| w.vip.ip().is_unspecified())
@@ -4064,4 +4066,66 @@ fn save_of_a_missing_file_names_it_and_creates_nothing() {
     let e = save(&path, b"x").expect_err("nothing to save over");
     assert!(e.to_string().contains("gone.toml"), "{e}");
     assert!(dir.names().is_empty(), "{:?}", dir.names());
+}
+
+// ---- IPv6: typed as SocketAddr/IpAddr, refused until the data plane takes it ---------
+
+/// Every address field refuses IPv6 with its location and the same reason.
+#[test]
+fn ipv6_is_refused_in_every_address_field_with_its_location() {
+    let backend_dsr = "[[service.backend]]\naddress = \"10.0.0.1:9875\"\n";
+    let cases: [(String, &str, u32); 4] = [
+        (with_vip("[2001:db8::1]:53"), "service \"demo\" vip", 4),
+        (
+            with_backend("address = \"[2001:db8::2]:53\"\n"),
+            "service \"demo\" backend #1 address",
+            6,
+        ),
+        (
+            format!(
+                "{IFACES}[[service]]\nname = \"demo\"\nvip = \"10.1.0.1:9875\"\nforwarding = \"dsr-ipip\"\nencap_source = \"2001:db8::/64\"\n{backend_dsr}"
+            ),
+            "service \"demo\" encap_source",
+            6,
+        ),
+        (
+            format!(
+                "{IFACES}[[service]]\nname = \"demo\"\nvip = \"10.1.0.1:9875\"\nforwarding = \"fullnat\"\nfullnat_source = \"2001:db8::9\"\n{backend_dsr}"
+            ),
+            "service \"demo\" fullnat_source",
+            6,
+        ),
+    ];
+    for (text, what, at_line) in cases {
+        let e = err(&text);
+        match &e {
+            ConfigError::Ipv6NotSupported { what: w, .. } => assert_eq!(w, what),
+            other => panic!("{what}: wrong variant {other:?}"),
+        }
+        assert_msg(
+            &e,
+            &[
+                "IPv6 is not supported yet (the data plane is IPv4-only)",
+                &line(at_line),
+            ],
+        );
+    }
+}
+
+/// The data-plane writers take IPv4 through a fallible conversion: a typed config with an
+/// IPv6 address (one that skipped validation) is refused, not unwrapped.
+#[test]
+fn the_data_plane_refuses_an_unvalidated_ipv6_address() {
+    let mut cfg = default_config();
+    cfg.services[0].backends[0].address = "[::1]:9876".parse().expect("literal");
+    let e = crate::dataplane::reconcile::desired_state(&cfg, None).expect_err("IPv6 refused");
+    assert!(e.to_string().contains("IPv6 is not supported yet"), "{e}");
+    assert_eq!(
+        socket_v4("[::1]:1".parse().expect("literal")),
+        Err(Ipv6Unsupported("::1".parse().expect("literal")))
+    );
+    assert_eq!(
+        ip_v4("10.0.0.1".parse().expect("literal")),
+        Ok(Ipv4Addr::new(10, 0, 0, 1))
+    );
 }

@@ -276,12 +276,18 @@ fn parse_port_range(text: &str) -> Option<(u16, u16)> {
 }
 
 /// `A.B.C.D/N` with N in 0..=32 and no host bits set.
-fn parse_encap_source(text: &str) -> Option<super::EncapSource> {
+fn parse_encap_source(text: &str) -> Option<(Ipv4Addr, u8)> {
     let (addr, len) = text.split_once('/')?;
-    let base: std::net::Ipv4Addr = addr.parse().ok()?;
+    let base: Ipv4Addr = addr.parse().ok()?;
     let prefix_len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
     let host_mask = u32::MAX.checked_shr(u32::from(prefix_len)).unwrap_or(0);
-    (u32::from(base) & host_mask == 0).then_some(super::EncapSource { base, prefix_len })
+    (u32::from(base) & host_mask == 0).then_some((base, prefix_len))
+}
+
+/// Whether `text` is (or is a prefix of) an IPv6 address, which the data plane cannot take yet.
+fn is_ipv6_text(text: &str) -> bool {
+    let addr = text.split_once('/').map_or(text, |(a, _)| a);
+    addr.parse::<std::net::Ipv6Addr>().is_ok()
 }
 
 /// Whether a TCP listener on `metrics` and one on `api` cannot both bind: the same address
@@ -321,13 +327,12 @@ fn vip_address_problem(ip: Ipv4Addr) -> Option<String> {
 /// shorter one takes in reserved space (0.0.0.0/8, loopback, multicast).
 const MIN_ENCAP_PREFIX_LEN: u8 = 8;
 
-/// Why `e` cannot supply outer source addresses, if it cannot.
-fn encap_source_problem(e: super::EncapSource) -> Option<String> {
-    let first = e.base.octets()[0];
-    if e.prefix_len < MIN_ENCAP_PREFIX_LEN {
+/// Why `base/prefix_len` cannot supply outer source addresses, if it cannot.
+fn encap_source_problem(base: Ipv4Addr, prefix_len: u8) -> Option<String> {
+    let first = base.octets()[0];
+    if prefix_len < MIN_ENCAP_PREFIX_LEN {
         Some(format!(
-            "/{} is shorter than /{MIN_ENCAP_PREFIX_LEN} and would take in reserved ranges (0.0.0.0/8, loopback 127.0.0.0/8, multicast 224.0.0.0/4)",
-            e.prefix_len
+            "/{prefix_len} is shorter than /{MIN_ENCAP_PREFIX_LEN} and would take in reserved ranges (0.0.0.0/8, loopback 127.0.0.0/8, multicast 224.0.0.0/4)"
         ))
     } else if first == 0 {
         Some("0.0.0.0/8 is not a source address range".to_owned())
@@ -337,8 +342,7 @@ fn encap_source_problem(e: super::EncapSource) -> Option<String> {
         )
     } else if first >= 224 {
         Some(format!(
-            "{} is in multicast or reserved space (224.0.0.0/3), not unicast",
-            e.base
+            "{base} is in multicast or reserved space (224.0.0.0/3), not unicast"
         ))
     } else {
         None
@@ -479,7 +483,7 @@ fn validate_services(
     // name -> (1-based index, offset of the name)
     let mut names: HashMap<String, (usize, usize)> = HashMap::with_capacity(raw.len());
     // (vip, protocol) -> (service label, offset of the vip)
-    let mut vips: HashMap<(SocketAddrV4, Protocol), (String, usize)> =
+    let mut vips: HashMap<(SocketAddr, Protocol), (String, usize)> =
         HashMap::with_capacity(raw.len());
     let mut out = Vec::with_capacity(raw.len());
     let mut offsets = Vec::with_capacity(raw.len());
@@ -577,7 +581,7 @@ fn check_between_services(
 ) -> Result<(), ConfigError> {
     let label = |i: usize| service_label(&services[i].name);
     // backend -> (service index, offset of its address), for local and nat services.
-    let mut reply_owner: HashMap<SocketAddrV4, (usize, usize)> = HashMap::new();
+    let mut reply_owner: HashMap<SocketAddr, (usize, usize)> = HashMap::new();
     for (i, (svc, at)) in services.iter().zip(offsets).enumerate() {
         if !matches!(svc.forwarding, Forwarding::Local | Forwarding::Nat) {
             continue;
@@ -604,7 +608,7 @@ fn check_between_services(
         let Some(f) = svc.fullnat else {
             continue;
         };
-        if let Some(j) = services.iter().position(|t| *t.vip.ip() == f.source) {
+        if let Some(j) = services.iter().position(|t| t.vip.ip() == f.source) {
             return Err(ConfigError::FullnatSourceIsVip {
                 at: src.at_offset(at.fullnat_source),
                 service: label(i),
@@ -683,7 +687,7 @@ fn validate_service(
     let vip_span = vip.span();
     let vip = match parse_ipv4_socket(vip.get_ref()) {
         Ok(addr) => match vip_address_problem(*addr.ip()) {
-            None => addr,
+            None => SocketAddr::V4(addr),
             Some(reason) => {
                 return Err(ConfigError::InvalidVip {
                     at: src.at(&vip_span),
@@ -874,13 +878,20 @@ fn validate_service(
         }
         (None, _) => None,
         (Some(e), Forwarding::DsrIpip) => {
-            let prefix =
+            if is_ipv6_text(e.get_ref()) {
+                return Err(ConfigError::Ipv6NotSupported {
+                    at: src.at(&e.span()),
+                    what: format!("{label} encap_source"),
+                    value: e.into_inner(),
+                });
+            }
+            let (base, prefix_len) =
                 parse_encap_source(e.get_ref()).ok_or_else(|| ConfigError::InvalidEncapSource {
                     at: src.at(&e.span()),
                     service: label.clone(),
                     value: e.get_ref().clone(),
                 })?;
-            if let Some(reason) = encap_source_problem(prefix) {
+            if let Some(reason) = encap_source_problem(base, prefix_len) {
                 return Err(ConfigError::UnusableEncapSource {
                     at: src.at(&e.span()),
                     service: label,
@@ -888,7 +899,10 @@ fn validate_service(
                     reason,
                 });
             }
-            Some(prefix)
+            Some(super::EncapSource {
+                base: IpAddr::V4(base),
+                prefix_len,
+            })
         }
         (Some(e), _) => {
             return Err(ConfigError::EncapSourceMismatch {
@@ -916,14 +930,21 @@ fn validate_service(
         }
         (None, _) => None,
         (Some(s), Forwarding::FullNat) => {
-            let source = match s.get_ref().parse::<std::net::Ipv4Addr>() {
+            if is_ipv6_text(s.get_ref()) {
+                return Err(ConfigError::Ipv6NotSupported {
+                    at: src.at(&s.span()),
+                    what: format!("{label} fullnat_source"),
+                    value: s.into_inner(),
+                });
+            }
+            let source = match s.get_ref().parse::<Ipv4Addr>() {
                 Ok(a)
                     if !a.is_unspecified()
                         && !a.is_loopback()
                         && !a.is_broadcast()
                         && !a.is_multicast() =>
                 {
-                    a
+                    IpAddr::V4(a)
                 }
                 _ => {
                     return Err(ConfigError::InvalidFullnat {
@@ -999,7 +1020,7 @@ fn validate_service(
     }
 
     // address -> (1-based index, offset of the address)
-    let mut seen: HashMap<SocketAddrV4, (usize, usize)> = HashMap::with_capacity(backends.len());
+    let mut seen: HashMap<SocketAddr, (usize, usize)> = HashMap::with_capacity(backends.len());
     let mut out = Vec::with_capacity(backends.len());
     let mut backend_offsets = Vec::with_capacity(backends.len());
     // Offset of the last `drain = true`, for when every backend is drained.
@@ -1041,9 +1062,9 @@ fn validate_service(
             return Err(ConfigError::BackendIsVip {
                 at: src.at_offset(addr_offset),
                 service: label,
-                mode: super::forwarding_name(forwarding),
+                mode: forwarding,
                 address: backend.address,
-                vip,
+                vip: vip.ip(),
             });
         }
         if matches!(forwarding, Forwarding::DsrL2 | Forwarding::DsrIpip)
@@ -1431,7 +1452,7 @@ fn validate_backend(
     };
     Ok(CheckedBackend {
         backend: BackendConfig {
-            address: addr,
+            address: SocketAddr::V4(addr),
             weight,
             drain: raw.drain.as_ref().is_some_and(|d| *d.get_ref()),
         },
