@@ -282,7 +282,7 @@ pub fn forwarding_modes(
         accept_bench_frames(&mut dp)?;
         let m = h.paired("bench_same_flow", dp.ingress()?, &frame, repeat, rounds)?;
         rows.push(ModeRow {
-            mode: config::forwarding_name(mode),
+            mode: mode.as_str(),
             net_ns: m.net_ns,
             action: m.action,
         });
@@ -395,7 +395,7 @@ pub fn run(repeat: u32, rounds: u32, max_flows: Option<u32>) -> Result<Report, B
             rounds,
         )?;
         schedulers.push(SchedulerRow {
-            scheduler: config::scheduler_name(sched),
+            scheduler: sched.as_str(),
             existing_flow_ns: existing.net_ns,
             new_flow_ns: new.net_ns,
         });

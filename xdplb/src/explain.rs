@@ -4,14 +4,11 @@
 use std::net::SocketAddr;
 
 use serde::Serialize;
-use xdplb_common::{
-    IPPROTO_UDP,
-    hash::{FlowTuple, fast_range, flow_hash},
-};
+use xdplb_common::hash::{FlowTuple, fast_range, flow_hash};
 
 use crate::{
-    config::{Config, Scheduler, ServiceConfig, hash_name, scheduler_name},
-    dataplane::reconcile::{addr_of, hash_code, scheduling_table},
+    config::{Config, Scheduler, ServiceConfig},
+    dataplane::reconcile::{addr_of, scheduling_table},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +69,7 @@ pub fn explain(
         destination: destination.to_string(),
         service: svc.name.clone(),
         vip: svc.vip.to_string(),
-        scheduler: scheduler_name(svc.scheduler),
+        scheduler: svc.scheduler.as_str(),
         hash_fields: None,
         hash_seed: cfg.hash_seed,
         hash: None,
@@ -89,12 +86,12 @@ pub fn explain(
                 dst: addr_of(destination.ip()),
                 src_port_be: client.port().to_be(),
                 dst_port_be: destination.port().to_be(),
-                proto: IPPROTO_UDP,
+                proto: svc.protocol.code(),
             };
-            let hash = flow_hash(&tuple, hash_code(svc.hash), cfg.hash_seed);
+            let hash = flow_hash(&tuple, svc.hash.code(), cfg.hash_seed);
             let slot = fast_range(hash, table_len);
             let number = table.get(slot as usize).map(|i| *i as usize);
-            e.hash_fields = Some(hash_name(svc.hash));
+            e.hash_fields = Some(svc.hash.as_str());
             e.hash = Some(hash);
             e.slot = Some(slot);
             e.backend_number = number;

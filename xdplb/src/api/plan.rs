@@ -64,9 +64,9 @@ fn services_json(cfg: &Config) -> Value {
                 json!({
                     "name": s.name,
                     "vip": s.vip.to_string(),
-                    "scheduler": config::scheduler_name(s.scheduler),
+                    "scheduler": s.scheduler.as_str(),
                     "flow_idle_timeout": humantime::format_duration(s.flow_idle_timeout).to_string(),
-                    "health_check": s.health_check.as_ref().map(|h| config::health_check_type_name(&h.kind)),
+                    "health_check": s.health_check.as_ref().map(|h| h.kind.kind().as_str()),
                     "backends": s.backends.iter().map(backend_json).collect::<Vec<_>>(),
                 })
             })

@@ -43,8 +43,8 @@ pub enum Command {
         #[arg(long)]
         interface: String,
         /// auto (native, else generic), native or generic.
-        #[arg(long, default_value = "auto")]
-        xdp_mode: String,
+        #[arg(long, value_enum, default_value_t = crate::config::XdpModeSetting::Auto)]
+        xdp_mode: crate::config::XdpModeSetting,
         /// Detach it instead.
         #[arg(long, conflicts_with = "stats")]
         remove: bool,

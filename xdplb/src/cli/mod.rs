@@ -55,7 +55,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             xdp_mode,
             remove,
             stats,
-        } => decap(&interface, &xdp_mode, remove, stats),
+        } => decap(&interface, xdp_mode, remove, stats),
         Command::Check { config } => {
             let cfg = daemon::load_config(&config)?;
             print!("{}: OK\n{}", config.display(), cfg.describe());
@@ -257,7 +257,12 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 /// `xdplb decap`: attach, remove, or report the decapsulation program of an interface.
-fn decap(interface: &str, mode: &str, remove: bool, stats: bool) -> anyhow::Result<ExitCode> {
+fn decap(
+    interface: &str,
+    mode: config::XdpModeSetting,
+    remove: bool,
+    stats: bool,
+) -> anyhow::Result<ExitCode> {
     use crate::decap;
     if stats {
         let (done, left, failed) = decap::stats(interface)?;
@@ -269,12 +274,6 @@ fn decap(interface: &str, mode: &str, remove: bool, stats: bool) -> anyhow::Resu
         println!("{interface}: decap detached (XDP program id {id} is no longer attached)");
         return Ok(ExitCode::SUCCESS);
     }
-    let mode = match mode {
-        "auto" => config::XdpModeSetting::Auto,
-        "native" => config::XdpModeSetting::Native,
-        "generic" => config::XdpModeSetting::Generic,
-        other => bail!("--xdp-mode {other:?}: expected auto, native or generic"),
-    };
     if !daemon::interface_exists(interface) {
         bail!("interface {interface:?} does not exist");
     }

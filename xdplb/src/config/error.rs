@@ -152,7 +152,10 @@ pub enum ConfigError {
     InterfaceNotFound { at: Location, name: String },
 
     /// `xdp_mode` is not one of the known modes.
-    #[error("{at}: invalid xdp_mode {value:?}; expected \"auto\", \"native\" or \"generic\"")]
+    #[error(
+        "{at}: invalid xdp_mode {value:?}; expected {}",
+        super::XdpModeSetting::expected()
+    )]
     InvalidXdpMode { at: Location, value: String },
 
     /// A `[limits]` value out of its allowed range.
@@ -283,7 +286,7 @@ pub enum ConfigError {
 
     /// Two services listening on the same VIP, port and protocol.
     #[error(
-        "{at}: {service} uses vip {vip} ({}), which is already used by {other} (line {other_line}); each vip, port and protocol may belong to only one service", super::protocol_name(*protocol)
+        "{at}: {service} uses vip {vip} ({protocol}), which is already used by {other} (line {other_line}); each vip, port and protocol may belong to only one service"
     )]
     DuplicateVip {
         at: Location,
@@ -304,7 +307,10 @@ pub enum ConfigError {
     },
 
     /// A protocol string that is not a protocol at all.
-    #[error("{at}: {service} has an invalid protocol {value:?}; expected \"udp\"")]
+    #[error(
+        "{at}: {service} has an invalid protocol {value:?}; expected {}",
+        super::Protocol::expected()
+    )]
     InvalidProtocol {
         at: Location,
         service: String,
@@ -324,7 +330,8 @@ pub enum ConfigError {
 
     /// A `scheduler` that is not one of the known schedulers.
     #[error(
-        "{at}: {service} has an invalid scheduler {value:?}; expected \"maglev\", \"round-robin\", \"weighted-round-robin\", \"random\" or \"source-hash\""
+        "{at}: {service} has an invalid scheduler {value:?}; expected {}",
+        super::Scheduler::expected()
     )]
     InvalidScheduler {
         at: Location,
@@ -334,7 +341,8 @@ pub enum ConfigError {
 
     /// A `hash` that is not one of the known field sets.
     #[error(
-        "{at}: {service} has an invalid hash {value:?}; expected \"5-tuple\", \"source-ip\" or \"source-ip-port\""
+        "{at}: {service} has an invalid hash {value:?}; expected {}",
+        super::HashFields::expected()
     )]
     InvalidHash {
         at: Location,
@@ -344,7 +352,9 @@ pub enum ConfigError {
 
     /// `hash` given with a scheduler that does not hash.
     #[error(
-        "{at}: {service} sets hash = {value:?} but its scheduler \"{}\" does not hash; `hash` only applies to the \"maglev\" and \"source-hash\" schedulers, so remove it or change the scheduler", super::scheduler_name(*scheduler)
+        "{at}: {service} sets hash = {value:?} but its scheduler \"{scheduler}\" does not hash; `hash` only applies to the \"{}\" and \"{}\" schedulers, so remove it or change the scheduler",
+        super::Scheduler::Maglev,
+        super::Scheduler::SourceHash
     )]
     HashNotApplicable {
         at: Location,
@@ -365,7 +375,8 @@ pub enum ConfigError {
 
     /// `maglev_table_size` given with a scheduler other than Maglev.
     #[error(
-        "{at}: {service} sets maglev_table_size = {value} but its scheduler is \"{}\"; maglev_table_size only applies to scheduler = \"maglev\", so remove it or change the scheduler", super::scheduler_name(*scheduler)
+        "{at}: {service} sets maglev_table_size = {value} but its scheduler is \"{scheduler}\"; maglev_table_size only applies to scheduler = \"{}\", so remove it or change the scheduler",
+        super::Scheduler::Maglev
     )]
     MaglevSizeNotApplicable {
         at: Location,
@@ -405,7 +416,8 @@ pub enum ConfigError {
 
     /// A `forwarding` that is not one of the known modes.
     #[error(
-        "{at}: {service} has an invalid forwarding {value:?}; expected \"local\" (the default: backends on this host), \"nat\" (backends on other hosts, routed through this one), \"dsr-l2\" (backends on this L2 segment answer clients directly) \"dsr-ipip\" (backends anywhere, reached in IP-in-IP, answer clients directly) or \"fullnat\" (source and destination rewritten; backends need no setup)"
+        "{at}: {service} has an invalid forwarding {value:?}; expected {}",
+        super::enums::described(super::Forwarding::ALL, super::Forwarding::meaning)
     )]
     InvalidForwarding {
         at: Location,
@@ -420,13 +432,13 @@ pub enum ConfigError {
     NatLoopbackBackend {
         at: Location,
         service: String,
-        mode: &'static str,
+        mode: super::Forwarding,
         address: SocketAddr,
     },
 
     /// A `nat` or `fullnat` backend on the service's own vip address.
     #[error(
-        "{at}: {service} forwards with {}, which routes packets to another host, but its backend {address} is on the service's own vip address {vip}: packets sent there come back to this balancer, so they would loop; give the backend's own address", super::forwarding_name(*mode)
+        "{at}: {service} forwards with {mode}, which routes packets to another host, but its backend {address} is on the service's own vip address {vip}: packets sent there come back to this balancer, so they would loop; give the backend's own address"
     )]
     BackendIsVip {
         at: Location,
@@ -506,7 +518,7 @@ pub enum ConfigError {
     DsrPortMismatch {
         at: Location,
         service: String,
-        mode: &'static str,
+        mode: super::Forwarding,
         address: SocketAddr,
         vip_port: u16,
     },
@@ -542,7 +554,8 @@ pub enum ConfigError {
 
     /// A `when_all_down` that is not one of the known policies.
     #[error(
-        "{at}: {service} has an invalid when_all_down {value:?}; expected \"drop\" (the default: new flows are dropped while no backend is healthy and undrained) or \"pass\" (they go to this host's own network stack)"
+        "{at}: {service} has an invalid when_all_down {value:?}; expected {}",
+        super::enums::described(super::WhenAllDown::ALL, super::WhenAllDown::meaning)
     )]
     InvalidWhenAllDown {
         at: Location,
@@ -552,7 +565,8 @@ pub enum ConfigError {
 
     /// A health check `type` that is not one of the known types.
     #[error(
-        "{at}: {service} has an invalid health_check type {value:?}; expected \"udp\", \"tcp\" or \"http\""
+        "{at}: {service} has an invalid health_check type {value:?}; expected {}",
+        super::HealthCheckType::expected()
     )]
     InvalidHealthCheckType {
         at: Location,
@@ -570,8 +584,8 @@ pub enum ConfigError {
         at: Location,
         service: String,
         field: &'static str,
-        /// The check's type: `udp`, `tcp` or `http`.
-        kind: &'static str,
+        /// The check's type.
+        kind: super::HealthCheckType,
         /// The value as written in TOML (strings quoted).
         value: String,
     },
@@ -654,7 +668,8 @@ pub enum ConfigError {
 
     /// A health check `on_failure` that is not one of the known policies.
     #[error(
-        "{at}: {service} has an invalid health_check on_failure {value:?}; expected \"keep-flows\" (the default: an unhealthy backend gets no new flows but keeps its live ones) or \"move-flows\" (its live flows move to healthy backends on their next packet)"
+        "{at}: {service} has an invalid health_check on_failure {value:?}; expected {}",
+        super::enums::described(super::OnFailure::ALL, super::OnFailure::meaning)
     )]
     InvalidOnFailure {
         at: Location,

@@ -75,6 +75,7 @@
 //! drain = false                # optional; not every backend of a service may be drained
 //! ```
 
+mod enums;
 mod error;
 mod raw;
 mod validate;
@@ -91,6 +92,10 @@ use std::{
     time::Duration,
 };
 
+pub use enums::{
+    Forwarding, HashFields, HealthCheckType, OnFailure, Protocol, Scheduler, UnknownSpelling,
+    WhenAllDown, XdpModeSetting,
+};
 pub use error::{ConfigError, Location};
 pub use write::{SaveError, Saved, save, to_toml};
 
@@ -118,17 +123,6 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
 }
 
-/// How to attach the XDP program: `"auto" | "native" | "generic"`, default `Auto`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum XdpModeSetting {
-    /// Native (driver) mode if the driver supports it, otherwise generic.
-    Auto,
-    /// Native (driver) mode only.
-    Native,
-    /// Generic (SKB) mode.
-    Generic,
-}
-
 /// Sizes of the data plane's tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -151,69 +145,6 @@ impl Limits {
         max_flows: 262_144,
         max_lookup_entries: 4_194_304,
     };
-}
-
-/// A service's transport protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    Udp,
-}
-
-/// The spelling of `protocol` used in the config file. (A free function rather than
-/// a `Display` impl so that other modules stay free to add their own impls.)
-pub(crate) fn protocol_name(protocol: Protocol) -> &'static str {
-    match protocol {
-        Protocol::Udp => "udp",
-    }
-}
-
-/// How a service picks the backend for a new flow: `"maglev" | "round-robin" |
-/// "weighted-round-robin" | "random" | "source-hash"`, default `Maglev`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Scheduler {
-    /// Consistent hashing (Maglev) of [`ServiceConfig::hash`] over a weighted table of
-    /// [`ServiceConfig::maglev_table_size`] entries.
-    Maglev,
-    /// Each backend in turn, ignoring weights.
-    RoundRobin,
-    /// Each backend in turn, as often as its weight.
-    WeightedRoundRobin,
-    /// A uniformly random backend, ignoring weights.
-    Random,
-    /// A hash of the client address only, so one client always reaches one backend.
-    SourceHash,
-}
-
-/// The spelling of `scheduler` used in the config file.
-pub fn scheduler_name(scheduler: Scheduler) -> &'static str {
-    match scheduler {
-        Scheduler::Maglev => "maglev",
-        Scheduler::RoundRobin => "round-robin",
-        Scheduler::WeightedRoundRobin => "weighted-round-robin",
-        Scheduler::Random => "random",
-        Scheduler::SourceHash => "source-hash",
-    }
-}
-
-/// The packet fields a hashing scheduler hashes: `"5-tuple" | "source-ip" |
-/// "source-ip-port"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum HashFields {
-    /// Source and destination address and port, and the protocol.
-    FiveTuple,
-    /// The client (source) address only.
-    SourceIp,
-    /// The client (source) address and port.
-    SourceIpPort,
-}
-
-/// The spelling of `hash` used in the config file.
-pub fn hash_name(hash: HashFields) -> &'static str {
-    match hash {
-        HashFields::FiveTuple => "5-tuple",
-        HashFields::SourceIp => "source-ip",
-        HashFields::SourceIpPort => "source-ip-port",
-    }
 }
 
 /// Entries in one scheduling table of `svc`. The data plane keeps two tables per service
@@ -305,60 +236,15 @@ pub enum HealthCheckKind {
     Http { path: String, expect_status: u16 },
 }
 
-/// The spelling of a health check's `type` used in the config file.
-pub fn health_check_type_name(kind: &HealthCheckKind) -> &'static str {
-    match kind {
-        HealthCheckKind::Udp { .. } => "udp",
-        HealthCheckKind::Tcp => "tcp",
-        HealthCheckKind::Http { .. } => "http",
+impl HealthCheckKind {
+    /// The check's `type`.
+    pub fn kind(&self) -> HealthCheckType {
+        match self {
+            HealthCheckKind::Udp { .. } => HealthCheckType::Udp,
+            HealthCheckKind::Tcp => HealthCheckType::Tcp,
+            HealthCheckKind::Http { .. } => HealthCheckType::Http,
+        }
     }
-}
-
-/// What happens to an unhealthy backend's live flows: `"keep-flows" | "move-flows"`,
-/// default `KeepFlows`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnFailure {
-    /// The backend gets no new flows but keeps its live ones.
-    KeepFlows,
-    /// Its live flows move to healthy backends on their next packet.
-    MoveFlows,
-}
-
-/// The spelling of `on_failure` used in the config file.
-pub fn on_failure_name(on_failure: OnFailure) -> &'static str {
-    match on_failure {
-        OnFailure::KeepFlows => "keep-flows",
-        OnFailure::MoveFlows => "move-flows",
-    }
-}
-
-/// What new flows of a service get when no backend is healthy and undrained:
-/// `"drop" | "pass"`, default `Drop`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WhenAllDown {
-    /// Drop the packets.
-    Drop,
-    /// Pass the packets on to the host's own network stack (`XDP_PASS`).
-    Pass,
-}
-
-/// How a service's packets reach its backends: `"local" | "nat"`, default `Local`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Forwarding {
-    /// Rewrite the destination and hand the packet to this host's stack (backends are local).
-    Local,
-    /// Rewrite the destination and route the packet out of an interface (FIB lookup, XDP_TX or
-    /// XDP_REDIRECT); the backends' replies pass back through this host and are translated.
-    Nat,
-    /// Direct server return on one L2 segment: only the destination MAC changes; backends hold
-    /// the VIP and answer clients directly.
-    DsrL2,
-    /// Direct server return over IP-in-IP: an outer IPv4 header to the backend; backends
-    /// decapsulate (`xdplb decap`), hold the VIP and answer clients directly.
-    DsrIpip,
-    /// Full NAT: source and destination rewritten (source: a balancer address and a port per
-    /// flow), so replies come back on any topology; backends need no setup.
-    FullNat,
 }
 
 /// A `fullnat` service's source: packets to backends come from `source`, with a port of
@@ -381,25 +267,6 @@ pub struct EncapSource {
 impl std::fmt::Display for EncapSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.base, self.prefix_len)
-    }
-}
-
-/// The spelling of `forwarding` used in the config file.
-pub fn forwarding_name(forwarding: Forwarding) -> &'static str {
-    match forwarding {
-        Forwarding::Local => "local",
-        Forwarding::Nat => "nat",
-        Forwarding::DsrL2 => "dsr-l2",
-        Forwarding::DsrIpip => "dsr-ipip",
-        Forwarding::FullNat => "fullnat",
-    }
-}
-
-/// The spelling of `when_all_down` used in the config file.
-pub fn when_all_down_name(when_all_down: WhenAllDown) -> &'static str {
-    match when_all_down {
-        WhenAllDown::Drop => "drop",
-        WhenAllDown::Pass => "pass",
     }
 }
 
@@ -623,10 +490,10 @@ impl Config {
                     "    VIP: {} (any address, port {}), {}",
                     svc.vip,
                     svc.vip.port(),
-                    protocol_name(svc.protocol)
+                    svc.protocol
                 )?;
             } else {
-                writeln!(out, "    VIP: {}, {}", svc.vip, protocol_name(svc.protocol))?;
+                writeln!(out, "    VIP: {}, {}", svc.vip, svc.protocol)?;
             }
             writeln!(
                 out,
@@ -637,15 +504,12 @@ impl Config {
                 Scheduler::Maglev => writeln!(
                     out,
                     "    Scheduler: maglev, hash {}, table size {}",
-                    hash_name(svc.hash),
-                    svc.maglev_table_size
+                    svc.hash, svc.maglev_table_size
                 )?,
-                Scheduler::SourceHash => writeln!(
-                    out,
-                    "    Scheduler: source-hash, hash {}",
-                    hash_name(svc.hash)
-                )?,
-                other => writeln!(out, "    Scheduler: {}", scheduler_name(other))?,
+                Scheduler::SourceHash => {
+                    writeln!(out, "    Scheduler: source-hash, hash {}", svc.hash)?
+                }
+                other => writeln!(out, "    Scheduler: {other}")?,
             }
             if let Some(hc) = &svc.health_check {
                 write_health_check(out, hc)?;
@@ -696,12 +560,12 @@ fn write_health_check(out: &mut String, hc: &HealthCheck) -> fmt::Result {
     write!(
         out,
         "    Backend health check: {} every {}, timeout {}, rise {}, fall {}, {}",
-        health_check_type_name(&hc.kind),
+        hc.kind.kind(),
         humantime::format_duration(hc.interval),
         humantime::format_duration(hc.timeout),
         hc.rise,
         hc.fall,
-        on_failure_name(hc.on_failure)
+        hc.on_failure
     )?;
     let port = match hc.port {
         Some(port) => format!("port {port}"),

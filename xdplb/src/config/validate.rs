@@ -11,7 +11,8 @@ use toml::Spanned;
 
 use super::{
     BackendConfig, Config, ConfigError, Forwarding, HashFields, HealthCheck, HealthCheckKind,
-    Limits, Location, OnFailure, Protocol, Scheduler, ServiceConfig, WhenAllDown, XdpModeSetting,
+    HealthCheckType, Limits, Location, OnFailure, Protocol, Scheduler, ServiceConfig, WhenAllDown,
+    XdpModeSetting,
     error::line_col,
     raw::{RawBackend, RawConfig, RawHealthCheck, RawLimits, RawService, TABLES},
 };
@@ -243,15 +244,12 @@ fn validate_xdp_mode(
     let Some(raw) = raw else {
         return Ok(XdpModeSetting::Auto);
     };
-    match raw.get_ref().as_str() {
-        "auto" => Ok(XdpModeSetting::Auto),
-        "native" => Ok(XdpModeSetting::Native),
-        "generic" => Ok(XdpModeSetting::Generic),
-        _ => Err(ConfigError::InvalidXdpMode {
+    raw.get_ref()
+        .parse()
+        .map_err(|_| ConfigError::InvalidXdpMode {
             at: src.at(&raw.span()),
-            value: raw.into_inner(),
-        }),
-    }
+            value: raw.get_ref().clone(),
+        })
 }
 
 fn validate_hash_seed(raw: Option<Spanned<i64>>, src: Source<'_>) -> Result<u32, ConfigError> {
@@ -716,16 +714,17 @@ fn validate_service(
 
     let protocol = match raw.protocol {
         None => Protocol::Udp,
-        Some(p) => match p.get_ref().as_str() {
-            "udp" => Protocol::Udp,
-            "tcp" => {
+        Some(p) => match p.get_ref().parse::<Protocol>() {
+            Ok(protocol) => protocol,
+            // Known, but not handled by the data plane yet.
+            Err(_) if p.get_ref() == "tcp" => {
                 return Err(ConfigError::UnsupportedProtocol {
                     at: src.at(&p.span()),
                     service: label,
                     value: p.into_inner(),
                 });
             }
-            _ => {
+            Err(_) => {
                 return Err(ConfigError::InvalidProtocol {
                     at: src.at(&p.span()),
                     service: label,
@@ -752,13 +751,9 @@ fn validate_service(
 
     let scheduler = match raw.scheduler {
         None => Scheduler::Maglev,
-        Some(s) => match s.get_ref().as_str() {
-            "maglev" => Scheduler::Maglev,
-            "round-robin" => Scheduler::RoundRobin,
-            "weighted-round-robin" => Scheduler::WeightedRoundRobin,
-            "random" => Scheduler::Random,
-            "source-hash" => Scheduler::SourceHash,
-            _ => {
+        Some(s) => match s.get_ref().parse() {
+            Ok(scheduler) => scheduler,
+            Err(_) => {
                 return Err(ConfigError::InvalidScheduler {
                     at: src.at(&s.span()),
                     service: label,
@@ -772,11 +767,9 @@ fn validate_service(
         None if scheduler == Scheduler::SourceHash => HashFields::SourceIp,
         None => HashFields::FiveTuple,
         Some(h) => {
-            let fields = match h.get_ref().as_str() {
-                "5-tuple" => HashFields::FiveTuple,
-                "source-ip" => HashFields::SourceIp,
-                "source-ip-port" => HashFields::SourceIpPort,
-                _ => {
+            let fields = match h.get_ref().parse::<HashFields>() {
+                Ok(fields) => fields,
+                Err(_) => {
                     return Err(ConfigError::InvalidHash {
                         at: src.at(&h.span()),
                         service: label,
@@ -837,10 +830,9 @@ fn validate_service(
 
     let when_all_down = match raw.when_all_down {
         None => WhenAllDown::Drop,
-        Some(w) => match w.get_ref().as_str() {
-            "drop" => WhenAllDown::Drop,
-            "pass" => WhenAllDown::Pass,
-            _ => {
+        Some(w) => match w.get_ref().parse() {
+            Ok(policy) => policy,
+            Err(_) => {
                 return Err(ConfigError::InvalidWhenAllDown {
                     at: src.at(&w.span()),
                     service: label,
@@ -852,13 +844,9 @@ fn validate_service(
 
     let forwarding = match raw.forwarding {
         None => Forwarding::Local,
-        Some(f) => match f.get_ref().as_str() {
-            "local" => Forwarding::Local,
-            "nat" => Forwarding::Nat,
-            "dsr-l2" => Forwarding::DsrL2,
-            "dsr-ipip" => Forwarding::DsrIpip,
-            "fullnat" => Forwarding::FullNat,
-            _ => {
+        Some(f) => match f.get_ref().parse() {
+            Ok(forwarding) => forwarding,
+            Err(_) => {
                 return Err(ConfigError::InvalidForwarding {
                     at: src.at(&f.span()),
                     service: label,
@@ -1052,7 +1040,7 @@ fn validate_service(
             return Err(ConfigError::NatLoopbackBackend {
                 at: src.at_offset(addr_offset),
                 service: label,
-                mode: super::forwarding_name(forwarding),
+                mode: forwarding,
                 address: backend.address,
             });
         }
@@ -1073,7 +1061,7 @@ fn validate_service(
             return Err(ConfigError::DsrPortMismatch {
                 at: src.at_offset(addr_offset),
                 service: label,
-                mode: super::forwarding_name(forwarding),
+                mode: forwarding,
                 address: backend.address,
                 vip_port: vip.port(),
             });
@@ -1147,11 +1135,9 @@ fn validate_health_check(
             hint: "; e.g. type = \"udp\" (or \"tcp\" or \"http\")",
         });
     };
-    let kind_name = match kind.get_ref().as_str() {
-        "udp" => "udp",
-        "tcp" => "tcp",
-        "http" => "http",
-        _ => {
+    let kind_name = match kind.get_ref().parse::<HealthCheckType>() {
+        Ok(kind) => kind,
+        Err(_) => {
             return Err(ConfigError::InvalidHealthCheckType {
                 at: src.at(&kind.span()),
                 service: label.to_owned(),
@@ -1161,14 +1147,14 @@ fn validate_health_check(
     };
     // Type-specific fields given with another type, in file order.
     let mut misplaced: Vec<(Range<usize>, &'static str, String)> = Vec::new();
-    if kind_name != "udp" {
+    if kind_name != HealthCheckType::Udp {
         for (field, value) in [("payload", &raw.payload), ("expect", &raw.expect)] {
             if let Some(v) = value {
                 misplaced.push((v.span(), field, format!("{:?}", v.get_ref())));
             }
         }
     }
-    if kind_name != "http" {
+    if kind_name != HealthCheckType::Http {
         if let Some(v) = &raw.path {
             misplaced.push((v.span(), "path", format!("{:?}", v.get_ref())));
         }
@@ -1254,7 +1240,7 @@ fn validate_health_check(
     let port = in_range(raw.port, "port", 1..=u16::MAX)?;
 
     let kind = match kind_name {
-        "udp" => {
+        HealthCheckType::Udp => {
             let bytes = |raw: Option<Spanned<String>>, field: &'static str| {
                 let Some(raw) = raw else {
                     return Ok(None);
@@ -1277,7 +1263,7 @@ fn validate_health_check(
                 expect: bytes(raw.expect, "expect")?,
             }
         }
-        "http" => {
+        HealthCheckType::Http => {
             let path = match raw.path {
                 None => DEFAULT_HTTP_PATH.to_owned(),
                 Some(p) => match http_path_problem(p.get_ref()) {
@@ -1303,15 +1289,14 @@ fn validate_health_check(
                 expect_status,
             }
         }
-        _ => HealthCheckKind::Tcp,
+        HealthCheckType::Tcp => HealthCheckKind::Tcp,
     };
 
     let on_failure = match raw.on_failure {
         None => OnFailure::KeepFlows,
-        Some(o) => match o.get_ref().as_str() {
-            "keep-flows" => OnFailure::KeepFlows,
-            "move-flows" => OnFailure::MoveFlows,
-            _ => {
+        Some(o) => match o.get_ref().parse() {
+            Ok(policy) => policy,
+            Err(_) => {
                 return Err(ConfigError::InvalidOnFailure {
                     at: src.at(&o.span()),
                     service: label.to_owned(),
@@ -1335,8 +1320,8 @@ fn validate_health_check(
 /// The health check type that a type-specific field belongs to (for error messages).
 pub(crate) fn health_check_field_type(field: &str) -> &'static str {
     match field {
-        "payload" | "expect" => "udp",
-        "path" | "expect_status" => "http",
+        "payload" | "expect" | "payload_hex" | "expect_hex" => HealthCheckType::Udp.as_str(),
+        "path" | "expect_status" => HealthCheckType::Http.as_str(),
         _ => "udp, tcp or http",
     }
 }

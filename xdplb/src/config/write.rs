@@ -6,11 +6,7 @@ use std::{
     time::Duration,
 };
 
-use super::{
-    Config, HealthCheck, HealthCheckKind, Scheduler, ServiceConfig, XdpModeSetting,
-    forwarding_name, hash_name, health_check_type_name, on_failure_name, protocol_name,
-    scheduler_name, when_all_down_name,
-};
+use super::{Config, HealthCheck, HealthCheckKind, Scheduler, ServiceConfig};
 
 /// The first line of every file [`to_toml`] writes.
 pub(crate) const HEADER: &str =
@@ -56,7 +52,7 @@ fn write_config(out: &mut String, cfg: &Config) -> fmt::Result {
             .collect(),
     );
     writeln!(out, "interfaces = {interfaces}")?;
-    writeln!(out, "xdp_mode = \"{}\"", xdp_mode_name(cfg.xdp_mode))?;
+    writeln!(out, "xdp_mode = \"{}\"", cfg.xdp_mode)?;
     writeln!(out, "debug_log = {}", cfg.debug_log)?;
     writeln!(out, "hash_seed = {}", cfg.hash_seed)?;
     if let Some(addr) = cfg.metrics_listen {
@@ -89,25 +85,21 @@ fn write_service(out: &mut String, svc: &ServiceConfig) -> fmt::Result {
     writeln!(out, "[[service]]")?;
     writeln!(out, "name = {}", toml_string(&svc.name))?;
     writeln!(out, "vip = \"{}\"", svc.vip)?;
-    writeln!(out, "protocol = \"{}\"", protocol_name(svc.protocol))?;
+    writeln!(out, "protocol = \"{}\"", svc.protocol)?;
     writeln!(
         out,
         "flow_idle_timeout = \"{}\"",
         duration_text(svc.flow_idle_timeout)
     )?;
-    writeln!(out, "scheduler = \"{}\"", scheduler_name(svc.scheduler))?;
+    writeln!(out, "scheduler = \"{}\"", svc.scheduler)?;
     if matches!(svc.scheduler, Scheduler::Maglev | Scheduler::SourceHash) {
-        writeln!(out, "hash = \"{}\"", hash_name(svc.hash))?;
+        writeln!(out, "hash = \"{}\"", svc.hash)?;
     }
     if svc.scheduler == Scheduler::Maglev {
         writeln!(out, "maglev_table_size = {}", svc.maglev_table_size)?;
     }
-    writeln!(
-        out,
-        "when_all_down = \"{}\"",
-        when_all_down_name(svc.when_all_down)
-    )?;
-    writeln!(out, "forwarding = \"{}\"", forwarding_name(svc.forwarding))?;
+    writeln!(out, "when_all_down = \"{}\"", svc.when_all_down)?;
+    writeln!(out, "forwarding = \"{}\"", svc.forwarding)?;
     if let Some(e) = svc.encap_source {
         writeln!(out, "encap_source = \"{e}\"")?;
     }
@@ -133,7 +125,7 @@ fn write_service(out: &mut String, svc: &ServiceConfig) -> fmt::Result {
 fn write_health_check(out: &mut String, hc: &HealthCheck) -> fmt::Result {
     writeln!(out)?;
     writeln!(out, "[service.health_check]")?;
-    writeln!(out, "type = \"{}\"", health_check_type_name(&hc.kind))?;
+    writeln!(out, "type = \"{}\"", hc.kind.kind())?;
     writeln!(out, "interval = \"{}\"", duration_text(hc.interval))?;
     writeln!(out, "timeout = \"{}\"", duration_text(hc.timeout))?;
     writeln!(out, "rise = {}", hc.rise)?;
@@ -157,17 +149,8 @@ fn write_health_check(out: &mut String, hc: &HealthCheck) -> fmt::Result {
             writeln!(out, "expect_status = {expect_status}")?;
         }
     }
-    writeln!(out, "on_failure = \"{}\"", on_failure_name(hc.on_failure))?;
+    writeln!(out, "on_failure = \"{}\"", hc.on_failure)?;
     Ok(())
-}
-
-/// The spelling of `xdp_mode` used in the config file.
-fn xdp_mode_name(mode: XdpModeSetting) -> &'static str {
-    match mode {
-        XdpModeSetting::Auto => "auto",
-        XdpModeSetting::Native => "native",
-        XdpModeSetting::Generic => "generic",
-    }
 }
 
 /// `s` as a TOML string value, quoted and escaped by the `toml` crate.

@@ -8,20 +8,17 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use xdplb_common::{
-    BACKEND_FLAG_DRAINING, Backend, FORWARD_DSR_IPIP, FORWARD_DSR_L2, FORWARD_FULLNAT,
-    FORWARD_LOCAL, FORWARD_NAT, FullnatSource, GLOBAL_FLAG_FULLNAT, GLOBAL_FLAG_NAT, IPPROTO_UDP,
-    SCHED_MAGLEV, SCHED_RANDOM, SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH, SCHED_WEIGHTED_ROUND_ROBIN,
-    SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FORWARDING_MASK,
-    SERVICE_FORWARDING_SHIFT, Service, ServiceKey, addr_from_v4_wire,
-    hash::{HASH_FIVE_TUPLE, HASH_SOURCE_IP, HASH_SOURCE_IP_PORT},
+    BACKEND_FLAG_DRAINING, Backend, FORWARD_FULLNAT, FORWARD_NAT, FullnatSource,
+    GLOBAL_FLAG_FULLNAT, GLOBAL_FLAG_NAT, SERVICE_ENCAP_HOST_BITS_SHIFT,
+    SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FORWARDING_MASK, SERVICE_FORWARDING_SHIFT, Service,
+    ServiceKey, addr_from_v4_wire,
     maglev::{self, MaglevBackend},
     schedule,
 };
 
 use super::DataplaneError;
 use crate::config::{
-    self, Config, Forwarding, HashFields, Ipv6Unsupported, Limits, Protocol, Scheduler,
-    ServiceConfig, WhenAllDown, ip_v4, socket_v4,
+    self, Config, Ipv6Unsupported, Limits, Scheduler, ServiceConfig, WhenAllDown, ip_v4, socket_v4,
 };
 
 /// The longest weighted-round-robin table (it interleaves by weight within this length).
@@ -101,34 +98,6 @@ pub fn service_key(vip: SocketAddrV4, proto: u8) -> ServiceKey {
         port_be: vip.port().to_be(),
         proto,
         _pad: 0,
-    }
-}
-
-pub fn scheduler_code(s: Scheduler) -> u32 {
-    match s {
-        Scheduler::Maglev => SCHED_MAGLEV,
-        Scheduler::RoundRobin => SCHED_ROUND_ROBIN,
-        Scheduler::WeightedRoundRobin => SCHED_WEIGHTED_ROUND_ROBIN,
-        Scheduler::Random => SCHED_RANDOM,
-        Scheduler::SourceHash => SCHED_SOURCE_HASH,
-    }
-}
-
-pub fn forwarding_code(f: Forwarding) -> u32 {
-    match f {
-        Forwarding::Local => FORWARD_LOCAL,
-        Forwarding::Nat => FORWARD_NAT,
-        Forwarding::DsrL2 => FORWARD_DSR_L2,
-        Forwarding::DsrIpip => FORWARD_DSR_IPIP,
-        Forwarding::FullNat => FORWARD_FULLNAT,
-    }
-}
-
-pub fn hash_code(h: HashFields) -> u32 {
-    match h {
-        HashFields::FiveTuple => HASH_FIVE_TUPLE,
-        HashFields::SourceIp => HASH_SOURCE_IP,
-        HashFields::SourceIpPort => HASH_SOURCE_IP_PORT,
     }
 }
 
@@ -294,9 +263,7 @@ fn plan_service(
         .into_iter()
         .filter_map(|i| backends.get(i as usize).map(|(index, _, _)| *index))
         .collect();
-    let proto = match svc.protocol {
-        Protocol::Udp => IPPROTO_UDP,
-    };
+    let proto = svc.protocol.code();
     let encap_source = match svc.encap_source {
         Some(e) => Some((ip_v4(e.base).map_err(v6)?, e.prefix_len)),
         None => None,
@@ -313,17 +280,17 @@ fn plan_service(
             id,
             backend_base: base,
             backend_count: positions.iter().max().map_or(0, |m| m + 1),
-            scheduler: scheduler_code(svc.scheduler),
+            scheduler: svc.scheduler.code(),
             table_base: region_base,
             table_len: table.len() as u32,
-            hash_fields: hash_code(svc.hash),
+            hash_fields: svc.hash.code(),
             hash_seed: cfg.hash_seed,
             flow_idle_timeout_ns: u64::try_from(svc.flow_idle_timeout.as_nanos())
                 .unwrap_or(u64::MAX),
             flags: match svc.when_all_down {
                 WhenAllDown::Drop => 0,
                 WhenAllDown::Pass => SERVICE_FLAG_PASS_WHEN_EMPTY,
-            } | (forwarding_code(svc.forwarding) << SERVICE_FORWARDING_SHIFT)
+            } | (svc.forwarding.code() << SERVICE_FORWARDING_SHIFT)
                 | encap_source.map_or(0, |(_, prefix_len)| {
                     (32 - u32::from(prefix_len)) << SERVICE_ENCAP_HOST_BITS_SHIFT
                 }),
@@ -619,10 +586,13 @@ weight = 3
         let p = &state.services[0];
         assert_eq!(p.key.addr, addr_v4(Ipv4Addr::LOCALHOST));
         assert_eq!(u16::from_be(p.key.port_be), 9875);
-        assert_eq!(p.key.proto, IPPROTO_UDP);
+        assert_eq!(p.key.proto, xdplb_common::IPPROTO_UDP);
         let s = p.service;
         assert_eq!((s.id, s.backend_base, s.backend_count), (0, 0, 3));
-        assert_eq!((s.scheduler, s.table_len), (SCHED_ROUND_ROBIN, 3));
+        assert_eq!(
+            (s.scheduler, s.table_len),
+            (xdplb_common::SCHED_ROUND_ROBIN, 3)
+        );
         assert_eq!(s.flow_idle_timeout_ns, 30_000_000_000);
         assert_eq!(p.table, [0, 1, 2]);
         let ports: Vec<u16> = p
