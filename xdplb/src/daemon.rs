@@ -19,11 +19,24 @@ use crate::{
 
 /// Loads and validates a config file, interfaces included.
 pub fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
-    let origin = path.display().to_string();
     let cfg = config::load(path)?;
-    config::check_interfaces(&cfg, &origin, interface_exists)?;
-    check_forwarding(&cfg, &origin)?;
+    check_host(&cfg, path)?;
     Ok(cfg)
+}
+
+/// [`load_config`], keeping the text read: API changes are edits of it.
+fn load_config_file(path: &std::path::Path) -> anyhow::Result<(Config, config::ConfigFile)> {
+    let (file, cfg) = config::ConfigFile::load(path)?;
+    check_host(&cfg, path)?;
+    Ok((cfg, file))
+}
+
+/// What a config needs of this host: its interfaces, and forwarding for the routed modes.
+fn check_host(cfg: &Config, path: &std::path::Path) -> anyhow::Result<()> {
+    let origin = path.display().to_string();
+    config::check_interfaces(cfg, &origin, interface_exists)?;
+    check_forwarding(cfg, &origin)?;
+    Ok(())
 }
 
 /// Every mode but `local` finds next hops with bpf_fib_lookup, which the kernel answers only for
@@ -102,8 +115,15 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
     // Installed first, so a signal during start-up is handled too.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR2])
         .context("installing signal handlers")?;
+    // The file as last loaded or written: API changes edit it, and are refused while it holds
+    // edits that were not applied.
+    let mut config_file = None;
     let (mut cfg, origin) = match config_path {
-        Some(p) => (load_config(p)?, p.display().to_string()),
+        Some(p) => {
+            let (cfg, file) = load_config_file(p)?;
+            config_file = Some(file);
+            (cfg, p.display().to_string())
+        }
         None => {
             let cfg = config::default_config();
             config::check_interfaces(&cfg, "<built-in>", interface_exists)?;
@@ -258,7 +278,7 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
         for sig in signals.pending() {
             match sig {
                 SIGHUP => {
-                    let outcome = reload(&mut dp, config_path, &mut cfg, &book);
+                    let outcome = reload(&mut dp, config_file.as_mut(), &mut cfg, &book);
                     applied_in = outcome.as_ref().ok().map(|(_, seconds)| *seconds);
                     let outcome = outcome.map(|(msg, _)| msg);
                     state.reloads += 1;
@@ -305,7 +325,7 @@ pub fn run(opts: &RunOptions) -> anyhow::Result<()> {
         while let Ok((req, reply)) = api_rx.try_recv() {
             let started = Instant::now();
             let (response, changed) =
-                answer_api(&req, &mut dp, config_path, &mut cfg, &book, &state);
+                answer_api(&req, &mut dp, config_file.as_mut(), &mut cfg, &book, &state);
             if changed {
                 state.generation += 1;
                 applied_in = Some(started.elapsed().as_secs_f64());
@@ -471,15 +491,16 @@ fn hand_over(pid: u32) -> anyhow::Result<()> {
 
 /// Answers one API request; returns the response and whether the config changed.
 ///
-/// A change is validated whole, saved to the config file ([`config::save`]: through a symlink,
-/// keeping owner and mode, in place on a bind mount), and only then applied to the data plane;
-/// if the data plane refuses it the previous file is put back. So a rejected change leaves the
-/// data plane and the file as they were, an applied one survives a restart and a reload, and
-/// the answer matches both.
+/// A change is validated whole, made as an edit of the operator's config file (comments and
+/// layout kept; refused with 409 while the file holds edits that were not applied; written
+/// through a symlink, keeping owner and mode: [`config::ConfigFile`]), and only then applied to
+/// the data plane; if the data plane refuses it the previous file is put back. So a rejected
+/// change leaves the data plane and the file as they were, an applied one survives a restart
+/// and a reload, and the answer matches both.
 fn answer_api(
     req: &crate::api::Request,
     dp: &mut Dataplane,
-    config_path: Option<&std::path::Path>,
+    config_file: Option<&mut config::ConfigFile>,
     cfg: &mut Config,
     book: &HealthBook,
     state: &instance::InstanceState,
@@ -489,7 +510,7 @@ fn answer_api(
         Ok(p) => p,
         Err(resp) => return (resp, false),
     };
-    let (next, what) = match plan {
+    let (next, edit, what, answer) = match plan {
         Plan::Read(v) => return (Response::ok(v), false),
         Plan::Status => {
             let snapshot = stats::read(state).map(|s| serde_json::to_value(&s).unwrap_or_default());
@@ -508,9 +529,14 @@ fn answer_api(
                 Err(e) => (Response::error(500, e.to_string()), false),
             };
         }
-        Plan::Change { next, what } => (next, what),
+        Plan::Change {
+            next,
+            edit,
+            what,
+            answer,
+        } => (next, edit, what, answer),
     };
-    let Some(path) = config_path else {
+    let Some(file) = config_file else {
         return (
             Response::error(
                 409,
@@ -519,41 +545,36 @@ fn answer_api(
             false,
         );
     };
-    // Persist first, then apply: the file is written (keeping a symlink, the owner and the
+    // Persist first, then apply: the edit is written (keeping a symlink, the owner and the
     // mode; in place if it is bind-mounted) before the data plane changes, and put back as it
     // was if the data plane refuses the change. So the answer always matches both.
-    let original = match std::fs::read(path) {
-        Ok(bytes) => bytes,
+    let path = file.path().to_path_buf();
+    let original = match file.write_edit(&edit, &next) {
+        Ok((original, _)) => original,
         Err(e) => {
+            // A failed in-place rewrite may have left part of the text: put the old one back.
+            let restored = match &e {
+                config::FileError::Save(_) => {
+                    let last = file.last_text().to_owned();
+                    file.restore(last).map_or_else(
+                        |e| format!("; restoring the previous file failed too: {e}"),
+                        |_| String::new(),
+                    )
+                }
+                _ => String::new(),
+            };
+            warn!("API: {what}, not applied: {e}{restored}");
             return (
                 Response::error(
-                    500,
-                    format!(
-                        "{what}: not applied: cannot read {} (kept to restore it if the data plane refuses the change): {e}",
-                        path.display()
-                    ),
+                    e.status(),
+                    format!("{what}: not applied (the data plane is unchanged): {e}{restored}"),
                 ),
                 false,
             );
         }
     };
-    if let Err(e) = config::save(path, config::to_toml(&next).as_bytes()) {
-        // A failed in-place rewrite may have left part of the text: put the old one back.
-        let restored = config::save(path, &original).map_or_else(
-            |e| format!("; restoring the previous file failed too: {e}"),
-            |_| String::new(),
-        );
-        warn!("API: {what}, not applied: saving failed: {e}{restored}");
-        return (
-            Response::error(
-                500,
-                format!("{what}: not applied (the data plane is unchanged): {e}{restored}"),
-            ),
-            false,
-        );
-    }
     if let Err(e) = dp.apply_config(&book.effective(&next)) {
-        return match config::save(path, &original) {
+        return match file.restore(original) {
             Ok(_) => (Response::error(400, format!("{what}: {e}")), false),
             Err(restore) => {
                 warn!(
@@ -575,10 +596,7 @@ fn answer_api(
     }
     info!(generation = state.generation + 1, "API: {what}");
     *cfg = next;
-    (
-        Response::ok(serde_json::json!({ "ok": true, "change": what })),
-        true,
-    )
+    (Response::ok(answer), true)
 }
 
 /// Takes the health results that arrived, logs every up/down transition with its reason, and
@@ -623,15 +641,18 @@ fn apply_health(
 /// done and how long the apply took in seconds.
 fn reload(
     dp: &mut Dataplane,
-    path: Option<&std::path::Path>,
+    file: Option<&mut config::ConfigFile>,
     current: &mut Config,
     book: &HealthBook,
 ) -> anyhow::Result<(String, f64)> {
-    let Some(path) = path else {
+    let Some(file) = file else {
         bail!("running the built-in default config; there is no file to re-read");
     };
+    let path = file.path().to_path_buf();
+    let path = path.as_path();
     let started = Instant::now();
-    let next = load_config(path)?;
+    let (next, text) = file.read()?;
+    check_host(&next, path)?;
     let restart_only = [
         ("interfaces", next.interfaces != current.interfaces),
         ("xdp_mode", next.xdp_mode != current.xdp_mode),
@@ -664,6 +685,8 @@ fn reload(
         started.elapsed().as_millis()
     );
     *current = next;
+    // Applied: API changes now edit this text.
+    file.reloaded(text);
     Ok((msg, apply_seconds))
 }
 

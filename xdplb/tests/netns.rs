@@ -870,14 +870,14 @@ fn live_api_changes_under_traffic_lose_nothing_and_bad_calls_change_nothing() {
         (
             "POST",
             "/v1/services",
-            "{\"name\":\"demo\",\"vip\":\"127.0.0.1:9875\",\"backends\":[]}",
+            "{\"name\":\"demo\",\"vip\":\"127.0.0.1:9875\",\"backend\":[]}",
             409,
             "already exists",
         ),
         (
             "POST",
             "/v1/services",
-            "{\"name\":\"x\",\"vip\":\"127.0.0.1:9875\",\"backends\":[{\"address\":\"127.0.0.1:1\"}]}",
+            "{\"name\":\"x\",\"vip\":\"127.0.0.1:9875\",\"backend\":[{\"address\":\"127.0.0.1:1\"}]}",
             400,
             "127.0.0.1:9875",
         ),
@@ -885,14 +885,14 @@ fn live_api_changes_under_traffic_lose_nothing_and_bad_calls_change_nothing() {
         (
             "POST",
             "/v1/services",
-            "{\"name\":\"x\",\"vip\":\"127.0.0.1:9999\",\"backends\":[{\"address\":\"127.0.0.1:9876\"}]}",
+            "{\"name\":\"x\",\"vip\":\"127.0.0.1:9999\",\"backend\":[{\"address\":\"127.0.0.1:9876\"}]}",
             400,
             "could not be told apart",
         ),
         (
             "POST",
             "/v1/services",
-            "{\"name\":\"x\",\"vip\":\"239.1.1.1:53\",\"backends\":[{\"address\":\"127.0.0.1:9881\"}]}",
+            "{\"name\":\"x\",\"vip\":\"239.1.1.1:53\",\"backend\":[{\"address\":\"127.0.0.1:9881\"}]}",
             400,
             "multicast",
         ),
@@ -1139,7 +1139,7 @@ fn api_changes_to_a_bind_mounted_config_file_are_applied_and_saved_in_place() {
     let (status, body) = raw(
         "POST",
         "/v1/services",
-        "{\"name\":\"x\",\"vip\":\"127.0.0.1:9999\",\"backends\":[{\"address\":\"127.0.0.1:9876\"}]}",
+        "{\"name\":\"x\",\"vip\":\"127.0.0.1:9999\",\"backend\":[{\"address\":\"127.0.0.1:9876\"}]}",
     );
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("could not be told apart"), "{body}");

@@ -35,6 +35,110 @@ fn api_command(
     }
 }
 
+/// The JSON form of the `[[service]]` table that `spec` describes (the API's body for a new
+/// service): the fields given, under the names the config file uses.
+pub fn service_body(spec: &args::ServiceSpec) -> anyhow::Result<serde_json::Value> {
+    use serde_json::{Map, Value};
+    fn put(map: &mut Map<String, Value>, key: &str, value: Option<impl Into<Value>>) {
+        if let Some(v) = value {
+            map.insert(key.to_owned(), v.into());
+        }
+    }
+    let text = |v: Option<&dyn std::fmt::Display>| v.map(|v| v.to_string());
+    let mut svc = Map::new();
+    put(&mut svc, "name", Some(spec.name.clone()));
+    put(&mut svc, "vip", Some(spec.vip.clone()));
+    put(
+        &mut svc,
+        "protocol",
+        text(spec.protocol.as_ref().map(|v| v as _)),
+    );
+    put(
+        &mut svc,
+        "flow_idle_timeout",
+        spec.flow_idle_timeout.clone(),
+    );
+    put(
+        &mut svc,
+        "scheduler",
+        text(spec.scheduler.as_ref().map(|v| v as _)),
+    );
+    put(&mut svc, "hash", text(spec.hash.as_ref().map(|v| v as _)));
+    put(&mut svc, "maglev_table_size", spec.maglev_table_size);
+    put(
+        &mut svc,
+        "when_all_down",
+        text(spec.when_all_down.as_ref().map(|v| v as _)),
+    );
+    put(
+        &mut svc,
+        "forwarding",
+        text(spec.forwarding.as_ref().map(|v| v as _)),
+    );
+    put(&mut svc, "encap_source", spec.encap_source.clone());
+    put(&mut svc, "fullnat_source", spec.fullnat_source.clone());
+    put(&mut svc, "fullnat_ports", spec.fullnat_ports.clone());
+    if let Some(kind) = spec.check {
+        let mut hc = Map::new();
+        put(&mut hc, "type", Some(kind.to_string()));
+        put(&mut hc, "interval", spec.check_interval.clone());
+        put(&mut hc, "timeout", spec.check_timeout.clone());
+        put(&mut hc, "rise", spec.check_rise);
+        put(&mut hc, "fall", spec.check_fall);
+        put(&mut hc, "port", spec.check_port);
+        put(&mut hc, "payload", spec.check_payload.clone());
+        put(&mut hc, "payload_hex", spec.check_payload_hex.clone());
+        put(&mut hc, "expect", spec.check_expect.clone());
+        put(&mut hc, "expect_hex", spec.check_expect_hex.clone());
+        put(&mut hc, "path", spec.check_path.clone());
+        put(&mut hc, "expect_status", spec.check_expect_status);
+        put(
+            &mut hc,
+            "on_failure",
+            text(spec.check_on_failure.as_ref().map(|v| v as _)),
+        );
+        svc.insert("health_check".to_owned(), Value::Object(hc));
+    }
+    let backends = spec
+        .backends
+        .iter()
+        .map(|b| backend_body(b))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    svc.insert("backend".to_owned(), Value::Array(backends));
+    Ok(Value::Object(svc))
+}
+
+/// `ADDRESS[,weight=N][,drain[=BOOL]]` as the JSON form of a `[[service.backend]]` table.
+pub fn backend_body(spec: &str) -> anyhow::Result<serde_json::Value> {
+    let mut parts = spec.split(',');
+    let address = parts.next().unwrap_or_default().trim();
+    let mut b = serde_json::Map::new();
+    b.insert("address".to_owned(), address.into());
+    for part in parts {
+        match part.trim().split_once('=') {
+            None if part.trim() == "drain" => {
+                b.insert("drain".to_owned(), true.into());
+            }
+            Some(("weight", w)) => {
+                let w: i64 = w
+                    .parse()
+                    .with_context(|| format!("--backend {spec:?}: weight {w:?} is not a number"))?;
+                b.insert("weight".to_owned(), w.into());
+            }
+            Some(("drain", d)) => {
+                let d: bool = d.parse().with_context(|| {
+                    format!("--backend {spec:?}: drain={d:?}: expected true or false")
+                })?;
+                b.insert("drain".to_owned(), d.into());
+            }
+            _ => bail!(
+                "--backend {spec:?}: {part:?} is not weight=N or drain; write ADDRESS[,weight=N][,drain]"
+            ),
+        }
+    }
+    Ok(serde_json::Value::Object(b))
+}
+
 pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run {
@@ -83,24 +187,8 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status { instance } => api_command(&instance, "GET", "/v1/status", None),
         Command::Service { instance, action } => match action {
             ServiceAction::List => api_command(&instance, "GET", "/v1/services", None),
-            ServiceAction::Add {
-                name,
-                vip,
-                scheduler,
-                flow_idle_timeout,
-                backends,
-            } => {
-                let mut body = serde_json::json!({
-                    "name": name,
-                    "vip": vip,
-                    "backends": backends.iter().map(|a| serde_json::json!({"address": a})).collect::<Vec<_>>(),
-                });
-                if let Some(s) = scheduler {
-                    body["scheduler"] = s.into();
-                }
-                if let Some(t) = flow_idle_timeout {
-                    body["flow_idle_timeout"] = t.into();
-                }
+            ServiceAction::Add(spec) => {
+                let body = service_body(&spec)?;
                 api_command(&instance, "POST", "/v1/services", Some(body))
             }
             ServiceAction::Remove { name } => {

@@ -666,6 +666,29 @@ pub enum ConfigError {
         max: usize,
     },
 
+    /// A health check `payload_hex` or `expect_hex` that is not hex bytes.
+    #[error(
+        "{at}: {service} health_check {field} is not hex bytes: {reason}; write two hex digits a byte, such as \"abcd0100\""
+    )]
+    InvalidHealthCheckHex {
+        at: Location,
+        service: String,
+        field: &'static str,
+        /// Names the value and what is wrong with it.
+        reason: String,
+    },
+
+    /// Both the text and the hex form of a health check payload (or expectation).
+    #[error(
+        "{at}: {service} health_check sets both {field} and {other}; give one: {field} as text or {other} as hex digits"
+    )]
+    HealthCheckBothForms {
+        at: Location,
+        service: String,
+        field: &'static str,
+        other: &'static str,
+    },
+
     /// A health check `on_failure` that is not one of the known policies.
     #[error(
         "{at}: {service} has an invalid health_check on_failure {value:?}; expected {}",

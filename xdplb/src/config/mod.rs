@@ -60,7 +60,10 @@
 //! fall = 3                     # optional, 1..=100: consecutive failures to become unhealthy
 //! port = 8080                  # optional, 1..=65535; default the backend's own port
 //! payload = "xdplb-health"     # optional, udp only: the datagram to send
+//! payload_hex = "abcd01"       # optional, udp only: the datagram as hex digits (bytes that
+//!                              # are not text, such as a DNS query); not with payload
 //! expect = "pong"              # optional, udp only: the reply must contain this; default any
+//! expect_hex = "abcd"          # optional, udp only: expect as hex digits; not with expect
 //! path = "/"                   # optional, http only: starts with '/'
 //! expect_status = 200          # optional, http only: 100..=599
 //! on_failure = "keep-flows"    # optional: keep-flows | move-flows (an unhealthy backend's
@@ -77,7 +80,9 @@
 
 mod enums;
 mod error;
+mod file;
 mod raw;
+mod typed;
 mod validate;
 mod write;
 
@@ -97,6 +102,10 @@ pub use enums::{
     WhenAllDown, XdpModeSetting,
 };
 pub use error::{ConfigError, Location};
+pub use file::{ConfigEdit, ConfigFile, FileError, apply_edit};
+pub use typed::{
+    change_error_message, check, service_json, with_backend_from_json, with_service_from_json,
+};
 pub use write::{SaveError, Saved, save, to_toml};
 
 /// A validated configuration.

@@ -3421,9 +3421,8 @@ fn to_toml_escapes_strings() {
 }
 
 #[test]
-fn to_toml_writes_invalid_utf8_payloads_lossily() {
-    // Not reachable from a parsed config (the file holds strings), so documented as
-    // not round-tripping: each invalid sequence becomes U+FFFD.
+fn to_toml_writes_payloads_that_are_not_text_as_hex() {
+    // Bytes that are not UTF-8 go out as payload_hex/expect_hex and come back the same.
     let mut cfg = default_config();
     cfg.services[0].health_check = Some(HealthCheck {
         kind: HealthCheckKind::Udp {
@@ -3445,8 +3444,13 @@ fn to_toml_writes_invalid_utf8_payloads_lossily() {
     else {
         panic!("a udp check: {back:#?}");
     };
-    assert_eq!(payload, "o\u{fffd}k".as_bytes());
-    assert_eq!(expect.as_deref(), Some("\u{fffd}".as_bytes()));
+    assert_eq!(payload, &[b'o', 0xff, b'k']);
+    assert_eq!(expect.as_deref(), Some(&[0xc3][..]));
+    let text = to_toml(&cfg);
+    assert!(
+        text.contains("payload_hex = \"6fff6b\"") && text.contains("expect_hex = \"c3\""),
+        "{text}"
+    );
 }
 
 #[test]
@@ -4128,4 +4132,72 @@ fn the_data_plane_refuses_an_unvalidated_ipv6_address() {
         ip_v4("10.0.0.1".parse().expect("literal")),
         Ok(Ipv4Addr::new(10, 0, 0, 1))
     );
+}
+
+// ---- hex payloads of udp health checks -----------------------------------------------
+
+/// `payload_hex`/`expect_hex` carry bytes that are not text (a DNS query whose ID is >= 0x80),
+/// and each mistake gets its own error at its place: (fields, expected bytes or error parts).
+#[test]
+fn hex_payloads_table() {
+    type Expect = Result<(&'static [u8], Option<&'static [u8]>), &'static [&'static str]>;
+    let cases: &[(&str, Expect)] = &[
+        (
+            "payload_hex = \"ABcd0100000100000000000003777777\"\nexpect_hex = \"abcd\"\n",
+            Ok((
+                &[
+                    0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, b'w', b'w', b'w',
+                ],
+                Some(&[0xab, 0xcd]),
+            )),
+        ),
+        ("payload_hex = \"00ff\"\n", Ok((&[0, 0xff], None))),
+        (
+            "payload = \"ping\"\npayload_hex = \"00\"\n",
+            Err(&["sets both payload and payload_hex", "test.toml:8:"]),
+        ),
+        (
+            "expect = \"x\"\nexpect_hex = \"00\"\n",
+            Err(&["sets both expect and expect_hex", "test.toml:8:"]),
+        ),
+        (
+            "payload_hex = \"abc\"\n",
+            Err(&["payload_hex is not hex bytes", "odd number", "test.toml:7:"]),
+        ),
+        (
+            "expect_hex = \"zz\"\n",
+            Err(&["expect_hex is not hex bytes", "'z' is not a hex digit"]),
+        ),
+        (
+            "payload_hex = \"\"\n",
+            Err(&["payload_hex is not hex bytes", "empty"]),
+        ),
+        (
+            "payload_hex = \"0x00\"\n",
+            Err(&["payload_hex is not hex bytes", "'x' is not a hex digit"]),
+        ),
+    ];
+    for (fields, expect) in cases {
+        let text = with_check(&format!("type = \"udp\"\n{fields}"));
+        match expect {
+            Ok((payload, expected)) => {
+                let cfg = ok(&text);
+                let hc = cfg.services[0].health_check.as_ref().expect("a check");
+                assert_eq!(
+                    hc.kind,
+                    HealthCheckKind::Udp {
+                        payload: payload.to_vec(),
+                        expect: expected.map(<[u8]>::to_vec),
+                    },
+                    "{fields}"
+                );
+                // And it round-trips through the writer.
+                assert_eq!(ok(&to_toml(&cfg)), cfg, "{fields}");
+            }
+            Err(parts) => assert_msg(&err(&text), parts),
+        }
+    }
+    // Hex fields belong to udp checks only.
+    let e = err(&with_check("type = \"tcp\"\npayload_hex = \"00\"\n"));
+    assert_msg(&e, &["payload_hex", "only applies to type = \"udp\""]);
 }

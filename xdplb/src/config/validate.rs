@@ -75,16 +75,29 @@ pub(crate) struct Source<'a> {
     pub origin: &'a str,
 }
 
-impl Source<'_> {
+impl<'a> Source<'a> {
+    /// A typed config lowered to the raw schema ([`super::typed`]): no text, so errors carry
+    /// the origin alone (and lines of other items as 0, which
+    /// [`change_error_message`](super::change_error_message) leaves out).
+    pub(crate) fn typed(origin: &'a str) -> Self {
+        Source { text: "", origin }
+    }
+
     fn at(&self, span: &Range<usize>) -> Location {
-        Location::at_offset(self.origin, self.text, span.start)
+        self.at_offset(span.start)
     }
 
     fn at_offset(&self, offset: usize) -> Location {
+        if self.text.is_empty() {
+            return Location::origin_only(self.origin);
+        }
         Location::at_offset(self.origin, self.text, offset)
     }
 
     fn line_of(&self, offset: usize) -> u32 {
+        if self.text.is_empty() {
+            return 0;
+        }
         line_col(self.text, offset).0
     }
 
@@ -1148,7 +1161,12 @@ fn validate_health_check(
     // Type-specific fields given with another type, in file order.
     let mut misplaced: Vec<(Range<usize>, &'static str, String)> = Vec::new();
     if kind_name != HealthCheckType::Udp {
-        for (field, value) in [("payload", &raw.payload), ("expect", &raw.expect)] {
+        for (field, value) in [
+            ("payload", &raw.payload),
+            ("payload_hex", &raw.payload_hex),
+            ("expect", &raw.expect),
+            ("expect_hex", &raw.expect_hex),
+        ] {
             if let Some(v) = value {
                 misplaced.push((v.span(), field, format!("{:?}", v.get_ref())));
             }
@@ -1241,26 +1259,49 @@ fn validate_health_check(
 
     let kind = match kind_name {
         HealthCheckType::Udp => {
-            let bytes = |raw: Option<Spanned<String>>, field: &'static str| {
-                let Some(raw) = raw else {
-                    return Ok(None);
+            // Text or hex digits (for bytes that are not text, such as a DNS query), not both.
+            let bytes = |text: Option<Spanned<String>>,
+                         hex: Option<Spanned<String>>,
+                         field: &'static str,
+                         hex_field: &'static str| {
+                let (value, field, span) = match (text, hex) {
+                    (None, None) => return Ok(None),
+                    (Some(_), Some(h)) => {
+                        return Err(ConfigError::HealthCheckBothForms {
+                            at: src.at(&h.span()),
+                            service: label.to_owned(),
+                            field,
+                            other: hex_field,
+                        });
+                    }
+                    (Some(t), None) => (t.get_ref().as_bytes().to_vec(), field, t.span()),
+                    (None, Some(h)) => match parse_hex(h.get_ref()) {
+                        Ok(bytes) => (bytes, hex_field, h.span()),
+                        Err(reason) => {
+                            return Err(ConfigError::InvalidHealthCheckHex {
+                                at: src.at(&h.span()),
+                                service: label.to_owned(),
+                                field: hex_field,
+                                reason: format!("{:?}: {reason}", h.get_ref()),
+                            });
+                        }
+                    },
                 };
-                let len = raw.get_ref().len();
-                if len > MAX_UDP_PAYLOAD {
+                if value.len() > MAX_UDP_PAYLOAD {
                     return Err(ConfigError::HealthCheckPayloadTooLong {
-                        at: src.at(&raw.span()),
+                        at: src.at(&span),
                         service: label.to_owned(),
                         field,
-                        len,
+                        len: value.len(),
                         max: MAX_UDP_PAYLOAD,
                     });
                 }
-                Ok(Some(raw.into_inner().into_bytes()))
+                Ok(Some(value))
             };
             HealthCheckKind::Udp {
-                payload: bytes(raw.payload, "payload")?
+                payload: bytes(raw.payload, raw.payload_hex, "payload", "payload_hex")?
                     .unwrap_or_else(|| DEFAULT_UDP_PAYLOAD.as_bytes().to_vec()),
-                expect: bytes(raw.expect, "expect")?,
+                expect: bytes(raw.expect, raw.expect_hex, "expect", "expect_hex")?,
             }
         }
         HealthCheckType::Http => {
@@ -1315,6 +1356,30 @@ fn validate_health_check(
         port,
         on_failure,
     })
+}
+
+/// Hex digits, two a byte (upper or lower case; no prefix, no separators), or why not.
+fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
+    if text.is_empty() {
+        return Err("it is empty".to_owned());
+    }
+    if let Some(c) = text.chars().find(|c| !c.is_ascii_hexdigit()) {
+        return Err(format!("{c:?} is not a hex digit"));
+    }
+    if !text.len().is_multiple_of(2) {
+        return Err(format!(
+            "it has {} digits, an odd number (two digits make a byte)",
+            text.len()
+        ));
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or_else(|| format!("{:?} is not a hex byte", text.get(i..i + 2)))
+        })
+        .collect()
 }
 
 /// The health check type that a type-specific field belongs to (for error messages).

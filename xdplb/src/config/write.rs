@@ -30,10 +30,8 @@ pub(crate) const HEADER: &str =
 /// (`"2h"`, `"90s"`, `"1500ms"`, `"250us"`), so they parse back to the same value.
 /// Strings are escaped by the `toml` crate.
 ///
-/// A UDP health check's `payload` and `expect` are bytes but the file holds them as
-/// TOML strings, so bytes that are not valid UTF-8 are written in lossy form (each
-/// invalid sequence becomes U+FFFD) and do not round-trip. `parse` reads them from
-/// strings, so only UTF-8 can appear in a parsed config. Likewise an IPv6
+/// A UDP health check's `payload` and `expect` are written as text where they are UTF-8
+/// and as `payload_hex`/`expect_hex` otherwise, so any bytes round-trip. An IPv6
 /// `metrics_listen` is written without its flow label, which `parse` always leaves 0.
 pub fn to_toml(cfg: &Config) -> String {
     let mut out = String::new();
@@ -135,9 +133,9 @@ fn write_health_check(out: &mut String, hc: &HealthCheck) -> fmt::Result {
     }
     match &hc.kind {
         HealthCheckKind::Udp { payload, expect } => {
-            writeln!(out, "payload = {}", toml_bytes(payload))?;
+            write_bytes(out, "payload", payload)?;
             if let Some(expect) = expect {
-                writeln!(out, "expect = {}", toml_bytes(expect))?;
+                write_bytes(out, "expect", expect)?;
             }
         }
         HealthCheckKind::Tcp => {}
@@ -158,9 +156,22 @@ fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
 
-/// `bytes` as a TOML string value; bytes that are not UTF-8 are written lossily.
-fn toml_bytes(bytes: &[u8]) -> String {
-    toml_string(&String::from_utf8_lossy(bytes))
+/// `field = "text"` where the bytes are UTF-8, else `field_hex = "hex digits"`, so that any
+/// bytes read back the same.
+fn write_bytes(out: &mut String, field: &str, bytes: &[u8]) -> fmt::Result {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => writeln!(out, "{field} = {}", toml_string(text)),
+        Err(_) => writeln!(out, "{field}_hex = \"{}\"", super::typed::hex(bytes)),
+    }
+}
+
+/// One `[[service]]` table (with its health check and backends) as TOML text, every field
+/// written as [`to_toml`] writes it; starts with a blank line.
+pub(crate) fn service_toml(svc: &ServiceConfig) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = write_service(&mut out, svc);
+    out
 }
 
 /// `d` in a form that `humantime::parse_duration` (and so the config parser) turns
