@@ -16,6 +16,9 @@ use super::{Request, Response};
 use crate::config::{self, Config, ConfigEdit};
 
 /// What a request does.
+// One is built per API request and moved once into the daemon's answer: boxing the change to
+// shrink the enum would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Plan {
     /// Answer from the daemon's live state (status with counters and health).

@@ -468,3 +468,142 @@ fn reload_instance(name: &str) -> anyhow::Result<ExitCode> {
     }
     bail!("instance {name:?} (pid {pid}) did not report the reload within 10 s")
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::api::{Plan, Request, plan};
+
+    /// A service given to `xdplb service add` with every option is, through the API, the
+    /// service the same `[[service]]` table in the file gives.
+    #[test]
+    fn service_add_says_everything_a_service_table_says() {
+        let args = [
+            "xdplb",
+            "service",
+            "add",
+            "--name",
+            "full",
+            "--vip",
+            "10.9.0.1:53",
+            "--protocol",
+            "udp",
+            "--flow-idle-timeout",
+            "45s",
+            "--scheduler",
+            "maglev",
+            "--hash",
+            "source-ip-port",
+            "--maglev-table-size",
+            "1009",
+            "--when-all-down",
+            "pass",
+            "--forwarding",
+            "fullnat",
+            "--fullnat-source",
+            "10.86.0.1",
+            "--fullnat-ports",
+            "30000-30999",
+            "--check",
+            "udp",
+            "--check-interval",
+            "2s",
+            "--check-timeout",
+            "300ms",
+            "--check-rise",
+            "3",
+            "--check-fall",
+            "4",
+            "--check-port",
+            "5353",
+            "--check-payload-hex",
+            "abcd01000001",
+            "--check-expect-hex",
+            "abcd",
+            "--check-on-failure",
+            "move-flows",
+            "--backend",
+            "10.0.0.1:53,weight=3",
+            "--backend",
+            "10.0.0.2:53,drain",
+        ];
+        let Command::Service {
+            action: ServiceAction::Add(spec),
+            ..
+        } = Cli::try_parse_from(args).expect("parses").command
+        else {
+            panic!("service add expected")
+        };
+        let body = service_body(&spec).expect("a body");
+        let cfg = config::default_config();
+        let req = Request {
+            method: "POST".into(),
+            path: "/v1/services".into(),
+            body: body.to_string().into_bytes(),
+        };
+        let Ok(Plan::Change { next, .. }) = plan(&req, &cfg) else {
+            panic!("a change expected for {body}")
+        };
+        let file = format!(
+            "{}\n{}",
+            config::to_toml(&cfg),
+            r#"[[service]]
+name = "full"
+vip = "10.9.0.1:53"
+flow_idle_timeout = "45s"
+hash = "source-ip-port"
+maglev_table_size = 1009
+when_all_down = "pass"
+forwarding = "fullnat"
+fullnat_source = "10.86.0.1"
+fullnat_ports = "30000-30999"
+[service.health_check]
+type = "udp"
+interval = "2s"
+timeout = "300ms"
+rise = 3
+fall = 4
+port = 5353
+payload_hex = "abcd01000001"
+expect_hex = "abcd"
+on_failure = "move-flows"
+[[service.backend]]
+address = "10.0.0.1:53"
+weight = 3
+[[service.backend]]
+address = "10.0.0.2:53"
+drain = true
+"#
+        );
+        assert_eq!(next, config::parse(&file, "file").expect("the file parses"));
+    }
+
+    #[test]
+    fn backend_specs() {
+        let cases: &[(&str, Result<serde_json::Value, &str>)] = &[
+            (
+                "10.0.0.1:53",
+                Ok(serde_json::json!({"address": "10.0.0.1:53"})),
+            ),
+            (
+                "10.0.0.1:53,weight=3,drain",
+                Ok(serde_json::json!({"address": "10.0.0.1:53", "weight": 3, "drain": true})),
+            ),
+            (
+                "10.0.0.1:53,drain=false",
+                Ok(serde_json::json!({"address": "10.0.0.1:53", "drain": false})),
+            ),
+            ("10.0.0.1:53,weight=x", Err("is not a number")),
+            ("10.0.0.1:53,colour=red", Err("is not weight=N or drain")),
+        ];
+        for (spec, expected) in cases {
+            match (backend_body(spec), expected) {
+                (Ok(v), Ok(e)) => assert_eq!(&v, e, "{spec}"),
+                (Err(e), Err(needle)) => assert!(e.to_string().contains(needle), "{spec}: {e}"),
+                (got, _) => panic!("{spec}: {got:?}"),
+            }
+        }
+    }
+}
