@@ -3,7 +3,9 @@
 //! [`parse`] turns TOML text into a fully validated [`Config`]; [`load`] does the
 //! same for a file; [`check_interfaces`] verifies the interfaces exist (kept
 //! separate so parsing stays free of host state); [`to_toml`] writes a config back
-//! as TOML text that parses to the same config. Every failure is a
+//! as TOML text that parses to the same config; [`check`] validates a typed config
+//! changed in memory (the live API) with the same rules; [`ConfigFile`] makes such a
+//! change as an edit of the operator's file. Every failure is a
 //! [`ConfigError`] whose message names the file, the line where known, the field,
 //! the offending value and what would be valid.
 //!
@@ -564,6 +566,14 @@ impl Config {
     }
 }
 
+/// Bytes as quoted text where they are UTF-8, else as hex (`hex abcd01`).
+fn bytes_text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => format!("{text:?}"),
+        Err(_) => format!("hex {}", typed::hex(bytes)),
+    }
+}
+
 /// One line describing a service's health check.
 fn write_health_check(out: &mut String, hc: &HealthCheck) -> fmt::Result {
     write!(
@@ -582,17 +592,9 @@ fn write_health_check(out: &mut String, hc: &HealthCheck) -> fmt::Result {
     };
     match &hc.kind {
         HealthCheckKind::Udp { payload, expect } => {
-            write!(
-                out,
-                "; sends {:?} to {port}, ",
-                String::from_utf8_lossy(payload)
-            )?;
+            write!(out, "; sends {} to {port}, ", bytes_text(payload))?;
             match expect {
-                Some(expect) => writeln!(
-                    out,
-                    "needs a reply containing {:?}",
-                    String::from_utf8_lossy(expect)
-                ),
+                Some(expect) => writeln!(out, "needs a reply containing {}", bytes_text(expect)),
                 None => writeln!(out, "any reply counts"),
             }
         }

@@ -3068,7 +3068,7 @@ fn to_toml_round_trips_the_built_in_text() {
 #[test]
 fn to_toml_writes_every_field_explicitly() {
     let expected = "\
-# Written by xdplb: live API changes are saved here. Comments and layout are not kept.
+# Written by xdplb in canonical form: every field, defaults included.
 
 interfaces = [\"lo\"]
 xdp_mode = \"auto\"

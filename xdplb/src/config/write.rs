@@ -1,5 +1,6 @@
-//! Turns a [`Config`] back into TOML text (used to save live API changes to the
-//! operator's config file).
+//! Turns a [`Config`] back into TOML text (the canonical form of a whole config, and the
+//! `[[service]]` table that an API change appends to the operator's file), and saves text to
+//! the config file keeping its identity ([`save`]).
 
 use std::{
     fmt::{self, Write as _},
@@ -10,15 +11,15 @@ use super::{Config, HealthCheck, HealthCheckKind, Scheduler, ServiceConfig};
 
 /// The first line of every file [`to_toml`] writes.
 pub(crate) const HEADER: &str =
-    "# Written by xdplb: live API changes are saved here. Comments and layout are not kept.";
+    "# Written by xdplb in canonical form: every field, defaults included.";
 
 /// Writes `cfg` as TOML text that [`parse`](super::parse) turns back into exactly
 /// `cfg`: `parse(&to_toml(&cfg), origin) == Ok(cfg)` for every valid config (every
 /// config that `parse` can return).
 ///
 /// Every field is written explicitly, defaults included, in the schema's order (see
-/// the module documentation), after a header comment saying that the file is written
-/// by xdplb and that comments and layout are not kept. The only fields left out are
+/// the module documentation), after a header comment saying that xdplb wrote it in
+/// canonical form. The only fields left out are
 /// those the schema forbids or that are absent: `metrics_listen` when `None`, `hash`
 /// unless the scheduler is maglev or source-hash, `maglev_table_size` unless it is
 /// maglev, a missing `[service.health_check]`, its `port` when `None` and its `expect`
