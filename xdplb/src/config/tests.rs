@@ -4201,3 +4201,91 @@ fn hex_payloads_table() {
     let e = err(&with_check("type = \"tcp\"\npayload_hex = \"00\"\n"));
     assert_msg(&e, &["payload_hex", "only applies to type = \"udp\""]);
 }
+
+// ---- one validation path for the file and for changes made to the typed model ---------
+
+/// A typed config changed in memory (as the API changes it) gets, from [`check`], the same
+/// error the file with that config gets from [`parse`], less the file position.
+#[test]
+fn typed_changes_get_the_files_errors_without_positions() {
+    let base = ok("interfaces = [\"lo\"]\n\
+         [[service]]\nname = \"a\"\nvip = \"10.9.0.1:53\"\nforwarding = \"fullnat\"\nfullnat_source = \"10.86.0.1\"\n\
+         [[service.backend]]\naddress = \"10.0.0.1:53\"\n\
+         [[service]]\nname = \"b\"\nvip = \"10.9.0.2:53\"\nscheduler = \"round-robin\"\n\
+         [[service.backend]]\naddress = \"10.0.0.2:53\"\n[[service.backend]]\naddress = \"10.0.0.3:53\"\n");
+    type Change = fn(&mut Config);
+    let cases: &[(&str, Change, &str)] = &[
+        (
+            "same vip",
+            |c| c.services[1].vip = c.services[0].vip,
+            "already used by service \"a\"",
+        ),
+        (
+            "shared reply backend",
+            |c| {
+                c.services[1].forwarding = Forwarding::Nat;
+                c.services[1].backends[1].address = "10.0.0.2:53".parse().expect("literal");
+            },
+            "10.0.0.2:53",
+        ),
+        (
+            "fullnat source on a vip",
+            |c| {
+                let vip = c.services[1].vip.ip();
+                if let Some(f) = c.services[0].fullnat.as_mut() {
+                    f.source = vip;
+                }
+            },
+            "fullnat_source",
+        ),
+        (
+            "every backend drained",
+            |c| {
+                c.services[1]
+                    .backends
+                    .iter_mut()
+                    .for_each(|b| b.drain = true)
+            },
+            "drain",
+        ),
+        (
+            "a wildcard vip in the fullnat ports",
+            |c| c.services[1].vip = "0.0.0.0:30000".parse().expect("literal"),
+            "fullnat_ports",
+        ),
+        (
+            "a duplicate name",
+            |c| c.services[1].name = "a".into(),
+            "\"a\"",
+        ),
+        ("no services", |c| c.services.clear(), "service"),
+        (
+            "an IPv6 backend",
+            |c| c.services[1].backends[0].address = "[2001:db8::1]:53".parse().expect("literal"),
+            "IPv6 is not supported yet (the data plane is IPv4-only)",
+        ),
+    ];
+    assert_eq!(check(&base, "the change").expect("valid"), base);
+    for (name, change, needle) in cases {
+        let mut cfg = base.clone();
+        change(&mut cfg);
+        let typed = change_error_message(&check(&cfg, "the change").expect_err(name));
+        let file = err(&to_toml(&cfg)).to_string();
+        assert!(typed.contains(needle), "{name}: {typed}");
+        assert!(
+            typed.starts_with("the change: ") && !typed.contains("line"),
+            "{name}: no file position: {typed}"
+        );
+        // The same message once the file's positions are taken out.
+        let mut unplaced = file.clone();
+        while let Some(i) = unplaced.find(" (line ") {
+            let Some(j) = unplaced[i..].find(')') else {
+                break;
+            };
+            unplaced.replace_range(i..i + j + 1, "");
+        }
+        let file_message = unplaced.split_once(": ").map_or("", |(_, m)| m);
+        let typed_message = typed.split_once(": ").map_or("", |(_, m)| m);
+        assert_eq!(typed_message, file_message, "{name}: file {file}");
+    }
+}
