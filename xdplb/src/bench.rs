@@ -262,16 +262,16 @@ pub fn forwarding_modes(
         cfg.limits.max_services = 16;
         cfg.limits.max_lookup_entries = 262_144;
         let svc = &mut cfg.services[0];
-        svc.vip = vip;
+        svc.vip = vip.into();
         svc.forwarding = mode;
         svc.backends.truncate(1);
-        svc.backends[0].address = backend;
+        svc.backends[0].address = backend.into();
         svc.encap_source = (mode == Forwarding::DsrIpip).then_some(EncapSource {
-            base: std::net::Ipv4Addr::new(10, 200, 0, 0),
+            base: std::net::Ipv4Addr::new(10, 200, 0, 0).into(),
             prefix_len: 24,
         });
         svc.fullnat = (mode == Forwarding::FullNat).then_some(FullnatConfig {
-            source,
+            source: source.into(),
             port_first: 20000,
             port_last: 59999,
         });
@@ -280,7 +280,7 @@ pub fn forwarding_modes(
         accept_bench_frames(&mut dp)?;
         let m = h.paired("bench_same_flow", dp.ingress()?, &frame, repeat, rounds)?;
         rows.push(ModeRow {
-            mode: config::forwarding_name(mode),
+            mode: mode.as_str(),
             net_ns: m.net_ns,
             action: m.action,
         });
@@ -332,7 +332,8 @@ pub fn run(repeat: u32, rounds: u32, max_flows: Option<u32>) -> Result<Report, B
     accept_bench_frames(&mut dp)?;
     let mut h = Harness::load()?;
 
-    let service_frame = frame_to(cfg.services[0].vip);
+    let service_frame =
+        frame_to(config::socket_v4(cfg.services[0].vip).map_err(harness("the service's vip"))?);
     let other_frame = frame_to("127.0.0.1:9999".parse().map_err(harness("literal"))?);
 
     let (empty_ns, _) = h.time("bench_empty", &service_frame, repeat, rounds)?;
@@ -392,7 +393,7 @@ pub fn run(repeat: u32, rounds: u32, max_flows: Option<u32>) -> Result<Report, B
             rounds,
         )?;
         schedulers.push(SchedulerRow {
-            scheduler: config::scheduler_name(sched),
+            scheduler: sched.as_str(),
             existing_flow_ns: existing.net_ns,
             new_flow_ns: new.net_ns,
         });
@@ -434,7 +435,8 @@ fn time_maglev(
                 address: SocketAddrV4::new(
                     std::net::Ipv4Addr::from(0x0a00_0000 + (i + offset) as u32),
                     8000,
-                ),
+                )
+                .into(),
                 weight: 1,
                 drain: false,
             })

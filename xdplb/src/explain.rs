@@ -1,17 +1,14 @@
 //! `xdplb explain`: which backend a new flow gets, and why, computed with the same code that
 //! builds the data plane's tables and the same flow hash the data plane runs.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use serde::Serialize;
-use xdplb_common::{
-    IPPROTO_UDP,
-    hash::{FlowTuple, fast_range, flow_hash},
-};
+use xdplb_common::hash::{FlowTuple, fast_range, flow_hash};
 
 use crate::{
-    config::{Config, Scheduler, ServiceConfig, hash_name, scheduler_name},
-    dataplane::reconcile::{addr_v4, hash_code, scheduling_table},
+    config::{Config, Scheduler, ServiceConfig},
+    dataplane::reconcile::{addr_of, scheduling_table},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -19,10 +16,7 @@ pub enum ExplainError {
     #[error(
         "no service matches {destination} (udp): none has that VIP, and none listens on 0.0.0.0:{port}; the packet would pass to the local stack untouched"
     )]
-    NoService {
-        destination: SocketAddrV4,
-        port: u16,
-    },
+    NoService { destination: SocketAddr, port: u16 },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -46,7 +40,7 @@ pub struct Explanation {
 
 /// Finds the service a packet from `client` to `destination` belongs to, the same way the data
 /// plane does: the exact VIP first, then `0.0.0.0` with the same port.
-pub fn find_service(cfg: &Config, destination: SocketAddrV4) -> Option<&ServiceConfig> {
+pub fn find_service(cfg: &Config, destination: SocketAddr) -> Option<&ServiceConfig> {
     cfg.services
         .iter()
         .find(|s| s.vip == destination)
@@ -61,8 +55,8 @@ pub fn find_service(cfg: &Config, destination: SocketAddrV4) -> Option<&ServiceC
 /// stays in the service; explain cannot see the flow table of a running instance.)
 pub fn explain(
     cfg: &Config,
-    client: SocketAddrV4,
-    destination: SocketAddrV4,
+    client: SocketAddr,
+    destination: SocketAddr,
 ) -> Result<Explanation, ExplainError> {
     let svc = find_service(cfg, destination).ok_or(ExplainError::NoService {
         destination,
@@ -75,7 +69,7 @@ pub fn explain(
         destination: destination.to_string(),
         service: svc.name.clone(),
         vip: svc.vip.to_string(),
-        scheduler: scheduler_name(svc.scheduler),
+        scheduler: svc.scheduler.as_str(),
         hash_fields: None,
         hash_seed: cfg.hash_seed,
         hash: None,
@@ -88,16 +82,16 @@ pub fn explain(
     match svc.scheduler {
         Scheduler::Maglev | Scheduler::SourceHash => {
             let tuple = FlowTuple {
-                src: addr_v4(*client.ip()),
-                dst: addr_v4(*destination.ip()),
+                src: addr_of(client.ip()),
+                dst: addr_of(destination.ip()),
                 src_port_be: client.port().to_be(),
                 dst_port_be: destination.port().to_be(),
-                proto: IPPROTO_UDP,
+                proto: svc.protocol.code(),
             };
-            let hash = flow_hash(&tuple, hash_code(svc.hash), cfg.hash_seed);
+            let hash = flow_hash(&tuple, svc.hash.code(), cfg.hash_seed);
             let slot = fast_range(hash, table_len);
             let number = table.get(slot as usize).map(|i| *i as usize);
-            e.hash_fields = Some(hash_name(svc.hash));
+            e.hash_fields = Some(svc.hash.as_str());
             e.hash = Some(hash);
             e.slot = Some(slot);
             e.backend_number = number;

@@ -13,7 +13,7 @@
 use std::{
     collections::HashMap,
     future::Future,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     pin::Pin,
     sync::Arc,
     time::Duration,
@@ -40,7 +40,7 @@ use crate::config::{Config, HealthCheck, HealthCheckKind, OnFailure};
 #[derive(Debug, Clone)]
 pub struct HealthEvent {
     pub service: String,
-    pub backend: SocketAddrV4,
+    pub backend: SocketAddr,
     pub ok: bool,
     /// Why it failed, or what succeeded.
     pub detail: String,
@@ -312,7 +312,7 @@ pub fn start(cfg: &Config, tx: &UnboundedSender<HealthEvent>) -> Checkers {
         };
         let probe = probe(&hc.kind, hc.timeout);
         for b in &svc.backends {
-            let mut target = SocketAddr::from(b.address);
+            let mut target = b.address;
             target.set_port(hc.port.unwrap_or(target.port()));
             let checker = Checker {
                 probe: probe.clone(),
@@ -339,7 +339,7 @@ struct Checker {
     /// Where the probe goes: the backend's address, with the check's own port if it has one.
     target: SocketAddr,
     service: String,
-    backend: SocketAddrV4,
+    backend: SocketAddr,
     interval: Duration,
     tx: UnboundedSender<HealthEvent>,
 }
@@ -384,7 +384,7 @@ pub struct BackendHealth {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
     pub service: String,
-    pub backend: SocketAddrV4,
+    pub backend: SocketAddr,
     pub up: bool,
     pub reason: String,
 }
@@ -393,7 +393,7 @@ pub struct Transition {
 /// once; `fall` consecutive failures take it out, `rise` consecutive successes bring it back.
 #[derive(Debug, Default)]
 pub struct HealthBook {
-    states: HashMap<(String, SocketAddrV4), BackendHealth>,
+    states: HashMap<(String, SocketAddr), BackendHealth>,
 }
 
 impl HealthBook {
@@ -431,13 +431,13 @@ impl HealthBook {
         })
     }
 
-    pub fn is_up(&self, service: &str, backend: SocketAddrV4) -> bool {
+    pub fn is_up(&self, service: &str, backend: SocketAddr) -> bool {
         self.states
             .get(&(service.to_string(), backend))
             .is_none_or(|h| h.up)
     }
 
-    pub fn get(&self, service: &str, backend: SocketAddrV4) -> Option<&BackendHealth> {
+    pub fn get(&self, service: &str, backend: SocketAddr) -> Option<&BackendHealth> {
         self.states.get(&(service.to_string(), backend))
     }
 
@@ -843,7 +843,7 @@ address = "127.0.0.1:9877"
                 .expect("a result in time")
                 .expect("open channel");
             assert!(
-                !ev.ok && ev.service == "s" && SocketAddr::from(ev.backend) == closed,
+                !ev.ok && ev.service == "s" && ev.backend == closed,
                 "{ev:?}"
             );
             assert!(ev.detail.contains("refused"), "{ev:?}");

@@ -1077,14 +1077,14 @@ fn live_api_changes_under_traffic_lose_nothing_and_bad_calls_change_nothing() {
         (
             "POST",
             "/v1/services",
-            "{\"name\":\"demo\",\"vip\":\"127.0.0.1:9875\",\"backends\":[]}",
+            "{\"name\":\"demo\",\"vip\":\"127.0.0.1:9875\",\"backend\":[]}",
             409,
             "already exists",
         ),
         (
             "POST",
             "/v1/services",
-            "{\"name\":\"x\",\"vip\":\"127.0.0.1:9875\",\"backends\":[{\"address\":\"127.0.0.1:1\"}]}",
+            "{\"name\":\"x\",\"vip\":\"127.0.0.1:9875\",\"backend\":[{\"address\":\"127.0.0.1:1\"}]}",
             400,
             "127.0.0.1:9875",
         ),
@@ -1092,14 +1092,14 @@ fn live_api_changes_under_traffic_lose_nothing_and_bad_calls_change_nothing() {
         (
             "POST",
             "/v1/services",
-            "{\"name\":\"x\",\"vip\":\"127.0.0.1:9999\",\"backends\":[{\"address\":\"127.0.0.1:9876\"}]}",
+            "{\"name\":\"x\",\"vip\":\"127.0.0.1:9999\",\"backend\":[{\"address\":\"127.0.0.1:9876\"}]}",
             400,
             "could not be told apart",
         ),
         (
             "POST",
             "/v1/services",
-            "{\"name\":\"x\",\"vip\":\"239.1.1.1:53\",\"backends\":[{\"address\":\"127.0.0.1:9881\"}]}",
+            "{\"name\":\"x\",\"vip\":\"239.1.1.1:53\",\"backend\":[{\"address\":\"127.0.0.1:9881\"}]}",
             400,
             "multicast",
         ),
@@ -1236,6 +1236,117 @@ fn live_api_changes_under_traffic_lose_nothing_and_bad_calls_change_nothing() {
     assert!(status.success(), "exit 0 on SIGTERM: {status}");
 }
 
+/// The operator owns the config file: `xdplb service add` and `xdplb backend ...` edit it
+/// keeping the operator's comments and layout, and refuse (409) while it holds edits that were
+/// not applied, until `xdplb reload`.
+#[test]
+fn api_changes_edit_the_operators_file_and_wait_for_unapplied_edits() {
+    require_root();
+    let ns = Netns::new("own");
+    let dir = run_dir("own");
+    let instance = format!("t-own-{}", std::process::id());
+    let env = format!("XDPLB_RUN_DIR={dir}");
+    let cfg_path = format!("{dir}/own.toml");
+    let original = "# The operator's notes: keep them.\ninterfaces = [\"lo\"]  # loopback\n\n[[service]]\n# The demo service.\nname = \"demo\"\nvip = \"127.0.0.1:9875\"\nscheduler = \"round-robin\"\n\n[[service.backend]]\naddress = \"127.0.0.1:9876\"   # the first backend\n";
+    std::fs::write(&cfg_path, original).expect("write config");
+    let mut lb = start_balancer(&ns, &env, &cfg_path, &instance);
+    let cli = |args: &[&str]| -> (bool, String) {
+        let mut full = vec!["env", &env, XDPLB];
+        full.extend_from_slice(args);
+        let out = ns.exec_unchecked(&full);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = cli(&[
+        "service",
+        "--instance",
+        &instance,
+        "add",
+        "--name",
+        "second",
+        "--vip",
+        "127.0.0.1:9975",
+        "--scheduler",
+        "random",
+        "--backend",
+        "127.0.0.1:9976,weight=2",
+    ]);
+    assert!(ok, "service add: {text}");
+    assert!(
+        text.contains("\"weight\": 2") && text.contains("\"flow_idle_timeout\": \"30s\""),
+        "the answer shows the complete service: {text}"
+    );
+    let (ok, text) = cli(&[
+        "backend",
+        "--instance",
+        &instance,
+        "weight",
+        "demo",
+        "127.0.0.1:9876",
+        "4",
+    ]);
+    assert!(ok, "weight: {text}");
+    let saved = std::fs::read_to_string(&cfg_path).expect("config");
+    assert!(
+        saved
+            .starts_with("# The operator's notes: keep them.\ninterfaces = [\"lo\"]  # loopback\n"),
+        "the operator's text stays as written:\n{saved}"
+    );
+    for kept in [
+        "# The demo service.",
+        "address = \"127.0.0.1:9876\"   # the first backend",
+        "name = \"second\"",
+    ] {
+        assert!(saved.contains(kept), "{kept:?} missing:\n{saved}");
+    }
+
+    // The operator edits the file; until a reload, API changes are refused with 409.
+    let edited = saved.replace("# The demo service.", "# The demo service, edited.");
+    std::fs::write(&cfg_path, &edited).expect("write config");
+    let (ok, text) = cli(&[
+        "backend",
+        "--instance",
+        &instance,
+        "weight",
+        "demo",
+        "127.0.0.1:9876",
+        "5",
+    ]);
+    assert!(
+        !ok && text.contains("409")
+            && text.contains("has edits that were not applied; run `xdplb reload` first"),
+        "refused while the file has unapplied edits: {text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&cfg_path).expect("config"),
+        edited,
+        "untouched"
+    );
+    let (ok, text) = cli(&["reload", "--instance", &instance]);
+    assert!(ok, "reload: {text}");
+    let (ok, text) = cli(&[
+        "backend",
+        "--instance",
+        &instance,
+        "weight",
+        "demo",
+        "127.0.0.1:9876",
+        "5",
+    ]);
+    assert!(ok, "after the reload the change goes through: {text}");
+    let now = std::fs::read_to_string(&cfg_path).expect("config");
+    assert!(
+        now.contains("# The demo service, edited.") && now.contains("weight = 5"),
+        "{now}"
+    );
+    let status = lb.terminate(Duration::from_secs(10));
+    assert!(status.success(), "exit 0 on SIGTERM: {status}");
+}
+
 /// Removes a directory on drop, even when the test fails.
 struct RemoveDir(String);
 
@@ -1346,7 +1457,7 @@ fn api_changes_to_a_bind_mounted_config_file_are_applied_and_saved_in_place() {
     let (status, body) = raw(
         "POST",
         "/v1/services",
-        "{\"name\":\"x\",\"vip\":\"127.0.0.1:9999\",\"backends\":[{\"address\":\"127.0.0.1:9876\"}]}",
+        "{\"name\":\"x\",\"vip\":\"127.0.0.1:9999\",\"backend\":[{\"address\":\"127.0.0.1:9876\"}]}",
     );
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("could not be told apart"), "{body}");

@@ -117,7 +117,7 @@ fn explain_agrees_with_the_data_plane_for_10000_random_flows() {
     for i in 0..10_000 {
         let client = rng.client();
         let dst = dsts[i % dsts.len()];
-        let e = explain::explain(&cfg, client, dst).expect("a service matches");
+        let e = explain::explain(&cfg, client.into(), dst.into()).expect("a service matches");
         let expected: SocketAddrV4 = e
             .backend
             .as_deref()

@@ -2,8 +2,14 @@
 //!
 //! The server ([`router`], axum on hyper, see [`crate::http`]) hands each request to the
 //! daemon's main loop, which owns the config and the data plane. [`plan`] decides what a request does to the config with
-//! no I/O: a change is validated whole by writing the changed config as TOML and parsing it
-//! again, with every rule the config file obeys, before anything touches the data plane.
+//! no I/O: a change is made to the typed config and validated there with every rule the config
+//! file obeys, before anything touches the data plane; the daemon then writes it as an edit of
+//! the operator's file (comments and layout kept), or answers 409 while the file holds edits
+//! that were not applied (`xdplb reload` applies them).
+//!
+//! A service is the JSON form of its `[[service]]` table in the config file (every field, the
+//! health check as `"health_check": {...}`, the backends as `"backend": [...]`), and a backend
+//! that of its `[[service.backend]]` table. Answers show a service complete, defaults filled in.
 //!
 //! | method | path | body |
 //! |---|---|---|
@@ -11,10 +17,11 @@
 //! | GET | /readyz | (answered by the server: 200 when attached and applied, else 503) |
 //! | GET | /v1/status | |
 //! | GET | /v1/services | |
-//! | POST | /v1/services | `{"name", "vip", "scheduler"?, "flow_idle_timeout"?, "backends": [{"address", "weight"?, "drain"?}]}` |
+//! | POST | /v1/services | a `[[service]]` table, such as `{"name", "vip", "backend": [{"address"}]}` |
+//! | GET | /v1/services/NAME | |
 //! | DELETE | /v1/services/NAME | |
 //! | GET | /v1/services/NAME/backends | |
-//! | POST | /v1/services/NAME/backends | `{"address", "weight"?, "drain"?}` |
+//! | POST | /v1/services/NAME/backends | a `[[service.backend]]` table: `{"address", "weight"?, "drain"?}` |
 //! | PATCH | /v1/services/NAME/backends/ADDRESS | `{"weight"?, "drain"?}` |
 //! | DELETE | /v1/services/NAME/backends/ADDRESS | |
 

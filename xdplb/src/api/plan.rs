@@ -1,30 +1,38 @@
 //! What an API request does to the config, decided with no I/O.
+//!
+//! A change is made to the typed [`Config`] and validated there with every rule of the config
+//! file ([`config::check`]); no TOML text is written or parsed for it. A service or backend
+//! that a request adds arrives in the form of its table in the config file (the JSON form of a
+//! `[[service]]` or `[[service.backend]]` table, read by the file's own schema), so the API can
+//! say everything the file can and the two cannot drift. The plan also says how to make the
+//! change in the operator's file ([`ConfigEdit`]).
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Request, Response};
-use crate::config::{self, BackendConfig, Config};
+use crate::config::{self, Config, ConfigEdit};
 
 /// What a request does.
+// One is built per API request and moved once into the daemon's answer: boxing the change to
+// shrink the enum would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Plan {
     /// Answer from the daemon's live state (status with counters and health).
     Status,
     /// A read answered from the config alone.
     Read(Value),
-    /// A validated new config, and what changed.
-    Change { next: Config, what: String },
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BackendSpec {
-    address: String,
-    weight: Option<i64>,
-    drain: Option<bool>,
+    /// A validated new config, the same change as an edit of the config file, what changed
+    /// (for the log), and the answer to give once it is applied.
+    Change {
+        next: Config,
+        edit: ConfigEdit,
+        what: String,
+        answer: Value,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -34,44 +42,25 @@ struct BackendPatch {
     drain: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ServiceSpec {
-    name: String,
-    vip: String,
-    scheduler: Option<String>,
-    flow_idle_timeout: Option<String>,
-    backends: Vec<BackendSpec>,
-}
+/// Where validation errors of an API change say they come from.
+const ORIGIN: &str = "the change";
 
 fn bad(msg: impl Into<String>) -> Response {
     Response::error(400, msg)
 }
 
-fn body<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, Response> {
+fn json_body(req: &Request) -> Result<Value, Response> {
     serde_json::from_slice(&req.body).map_err(|e| bad(format!("request body: {e}")))
 }
 
-fn backend_json(b: &BackendConfig) -> Value {
-    json!({ "address": b.address.to_string(), "weight": b.weight, "drain": b.drain })
+/// The complete service as the daemon holds it, every default filled in: the JSON form of its
+/// `[[service]]` table.
+fn service_json(svc: &config::ServiceConfig) -> Value {
+    config::service_json(svc)
 }
 
 fn services_json(cfg: &Config) -> Value {
-    Value::Array(
-        cfg.services
-            .iter()
-            .map(|s| {
-                json!({
-                    "name": s.name,
-                    "vip": s.vip.to_string(),
-                    "scheduler": config::scheduler_name(s.scheduler),
-                    "flow_idle_timeout": humantime::format_duration(s.flow_idle_timeout).to_string(),
-                    "health_check": s.health_check.as_ref().map(|h| config::health_check_type_name(&h.kind)),
-                    "backends": s.backends.iter().map(backend_json).collect::<Vec<_>>(),
-                })
-            })
-            .collect(),
-    )
+    Value::Array(cfg.services.iter().map(service_json).collect())
 }
 
 fn weight(w: Option<i64>, default: u16) -> Result<u16, Response> {
@@ -84,7 +73,7 @@ fn weight(w: Option<i64>, default: u16) -> Result<u16, Response> {
     }
 }
 
-fn address(s: &str) -> Result<SocketAddrV4, Response> {
+fn address(s: &str) -> Result<SocketAddr, Response> {
     s.parse().map_err(|_| {
         bad(format!(
             "invalid backend address {s:?}: expected IPv4:port such as \"10.0.0.1:53\""
@@ -92,14 +81,9 @@ fn address(s: &str) -> Result<SocketAddrV4, Response> {
     })
 }
 
-/// A TOML string literal.
-fn toml_str(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
-}
-
-/// Validates `next` with every rule of the config file: written as TOML and parsed again.
+/// `next` checked with every rule of the config file.
 fn validated(next: &Config) -> Result<Config, Response> {
-    config::parse(&config::to_toml(next), "the changed config").map_err(|e| bad(e.to_string()))
+    config::check(next, ORIGIN).map_err(|e| bad(config::change_error_message(&e)))
 }
 
 /// Decides what `req` does to `cfg`. No I/O.
@@ -115,77 +99,79 @@ pub fn plan(req: &Request, cfg: &Config) -> Result<Plan, Response> {
     match (req.method.as_str(), parts.as_slice()) {
         ("GET", ["v1", "status"]) => Ok(Plan::Status),
         ("GET", ["v1", "services"]) => Ok(Plan::Read(services_json(cfg))),
+        ("GET", ["v1", "services", name]) => {
+            let i = find(name)?;
+            Ok(Plan::Read(service_json(&cfg.services[i])))
+        }
         ("POST", ["v1", "services"]) => {
-            let spec: ServiceSpec = body(req)?;
-            if cfg.services.iter().any(|s| s.name == spec.name) {
+            let body = json_body(req)?;
+            if let Some(name) = body.get("name").and_then(Value::as_str)
+                && cfg.services.iter().any(|s| s.name == name)
+            {
                 return Err(Response::error(
                     409,
-                    format!("service {:?} already exists", spec.name),
+                    format!("service {name:?} already exists"),
                 ));
             }
-            // The new service as TOML, appended to the current config: defaults and every
-            // validation rule come from the config parser.
-            let mut text = config::to_toml(cfg);
-            text.push_str(&format!(
-                "\n[[service]]\nname = {}\nvip = {}\n",
-                toml_str(&spec.name),
-                toml_str(&spec.vip)
-            ));
-            if let Some(s) = &spec.scheduler {
-                text.push_str(&format!("scheduler = {}\n", toml_str(s)));
-            }
-            if let Some(t) = &spec.flow_idle_timeout {
-                text.push_str(&format!("flow_idle_timeout = {}\n", toml_str(t)));
-            }
-            for b in &spec.backends {
-                text.push_str(&format!(
-                    "[[service.backend]]\naddress = {}\nweight = {}\ndrain = {}\n",
-                    toml_str(&b.address),
-                    b.weight.unwrap_or(1),
-                    b.drain.unwrap_or(false)
-                ));
-            }
-            let next =
-                config::parse(&text, "the changed config").map_err(|e| bad(e.to_string()))?;
+            let next = config::with_service_from_json(cfg, &body, ORIGIN)
+                .map_err(|e| bad(config::change_error_message(&e)))?;
+            let Some(svc) = next.services.last().cloned() else {
+                return Err(Response::error(500, "the new service went missing"));
+            };
             Ok(Plan::Change {
+                what: format!("added service {:?}", svc.name),
+                answer: json!({ "ok": true, "change": format!("added service {:?}", svc.name), "service": service_json(&svc) }),
+                edit: ConfigEdit::AddService(svc),
                 next,
-                what: format!("added service {:?}", spec.name),
             })
         }
         ("DELETE", ["v1", "services", name]) => {
             let i = find(name)?;
             let mut next = cfg.clone();
             next.services.remove(i);
+            let what = format!("removed service {name:?}");
             Ok(Plan::Change {
                 next: validated(&next)?,
-                what: format!("removed service {name:?}"),
+                edit: ConfigEdit::RemoveService {
+                    name: (*name).to_owned(),
+                },
+                answer: json!({ "ok": true, "change": what }),
+                what,
             })
         }
         ("GET", ["v1", "services", name, "backends"]) => {
             let i = find(name)?;
-            Ok(Plan::Read(Value::Array(
-                cfg.services[i].backends.iter().map(backend_json).collect(),
-            )))
+            Ok(Plan::Read(
+                service_json(&cfg.services[i])["backend"].clone(),
+            ))
         }
         ("POST", ["v1", "services", name, "backends"]) => {
             let i = find(name)?;
-            let spec: BackendSpec = body(req)?;
-            let addr = address(&spec.address)?;
-            if cfg.services[i].backends.iter().any(|b| b.address == addr) {
+            let body = json_body(req)?;
+            if let Some(a) = body.get("address").and_then(Value::as_str)
+                && let Ok(addr) = a.parse::<SocketAddr>()
+                && cfg.services[i].backends.iter().any(|b| b.address == addr)
+            {
                 return Err(Response::error(
                     409,
                     format!("service {name:?} already has backend {addr}"),
                 ));
             }
-            let mut next = cfg.clone();
-            next.services[i].backends.push(BackendConfig {
-                address: addr,
-                weight: weight(spec.weight, 1)?,
-                drain: spec.drain.unwrap_or(false),
-            });
+            let next = config::with_backend_from_json(cfg, i, &body, ORIGIN)
+                .map_err(|e| bad(config::change_error_message(&e)))?;
+            let svc = &next.services[i];
+            let Some(backend) = svc.backends.last().cloned() else {
+                return Err(Response::error(500, "the new backend went missing"));
+            };
+            let what = format!("added backend {} to {name:?}", backend.address);
             Ok(Plan::Change {
-                next: validated(&next)?,
-                what: format!("added backend {addr} to {name:?}"),
+                answer: json!({ "ok": true, "change": what, "service": service_json(svc) }),
+                edit: ConfigEdit::AddBackend {
+                    service: (*name).to_owned(),
+                    backend,
+                },
+                what,
+                next,
             })
         }
         (method @ ("PATCH" | "DELETE"), ["v1", "services", name, "backends", addr]) => {
@@ -199,24 +185,43 @@ pub fn plan(req: &Request, cfg: &Config) -> Result<Plan, Response> {
                     Response::error(404, format!("service {name:?} has no backend {addr}"))
                 })?;
             let mut next = cfg.clone();
-            let what = if method == "DELETE" {
+            let (what, edit) = if method == "DELETE" {
                 next.services[i].backends.remove(j);
-                format!("removed backend {addr} from {name:?}")
+                (
+                    format!("removed backend {addr} from {name:?}"),
+                    ConfigEdit::RemoveBackend {
+                        service: (*name).to_owned(),
+                        address: addr,
+                    },
+                )
             } else {
-                let patch: BackendPatch = body(req)?;
+                let patch: BackendPatch = serde_json::from_slice(&req.body)
+                    .map_err(|e| bad(format!("request body: {e}")))?;
                 if patch.weight.is_none() && patch.drain.is_none() {
                     return Err(bad("nothing to change: give \"weight\" and/or \"drain\""));
                 }
                 let b = &mut next.services[i].backends[j];
-                b.weight = weight(patch.weight, b.weight)?;
+                let new_weight = weight(patch.weight, b.weight)?;
+                b.weight = new_weight;
                 b.drain = patch.drain.unwrap_or(b.drain);
-                format!(
-                    "backend {addr} of {name:?}: weight {}, drain {}",
-                    b.weight, b.drain
+                (
+                    format!(
+                        "backend {addr} of {name:?}: weight {}, drain {}",
+                        b.weight, b.drain
+                    ),
+                    ConfigEdit::SetBackend {
+                        service: (*name).to_owned(),
+                        address: addr,
+                        weight: patch.weight.map(|_| new_weight),
+                        drain: patch.drain,
+                    },
                 )
             };
+            let next = validated(&next)?;
             Ok(Plan::Change {
-                next: validated(&next)?,
+                answer: json!({ "ok": true, "change": what, "service": service_json(&next.services[i]) }),
+                next,
+                edit,
                 what,
             })
         }
@@ -262,7 +267,10 @@ mod tests {
             ),
             &cfg,
         );
-        let Ok(Plan::Change { next, what }) = p else {
+        let Ok(Plan::Change {
+            next, what, edit, ..
+        }) = p
+        else {
             panic!("a change expected: {p:?}")
         };
         assert!(next.services[0].backends[1].drain);
@@ -270,8 +278,17 @@ mod tests {
             what.contains("127.0.0.1:9877") && what.contains("drain true"),
             "{what}"
         );
+        assert_eq!(
+            edit,
+            ConfigEdit::SetBackend {
+                service: "demo".into(),
+                address: "127.0.0.1:9877".parse().expect("literal"),
+                weight: None,
+                drain: Some(true),
+            }
+        );
         let p = plan(&req("DELETE", "/v1/services/demo", ""), &cfg);
-        // Removing the only service leaves a config the parser rejects: the change is refused.
+        // Removing the only service leaves a config the validator rejects: the change is refused.
         let e = err(p);
         assert_eq!(e.status, 400, "{:?}", e.body);
     }
@@ -284,7 +301,7 @@ mod tests {
                 req(
                     "POST",
                     "/v1/services",
-                    r#"{"name":"x","vip":"127.0.0.1:9999","backends":[{"address":"127.0.0.1:9876"}]}"#,
+                    r#"{"name":"x","vip":"127.0.0.1:9999","backend":[{"address":"127.0.0.1:9876"}]}"#,
                 ),
                 "could not be told apart",
             ),
@@ -292,7 +309,7 @@ mod tests {
                 req(
                     "POST",
                     "/v1/services",
-                    r#"{"name":"x","vip":"224.0.0.1:53","backends":[{"address":"127.0.0.1:53"}]}"#,
+                    r#"{"name":"x","vip":"224.0.0.1:53","backend":[{"address":"127.0.0.1:53"}]}"#,
                 ),
                 "multicast",
             ),
@@ -300,9 +317,25 @@ mod tests {
                 req(
                     "POST",
                     "/v1/services",
-                    r#"{"name":"x","vip":"255.255.255.255:53","backends":[{"address":"127.0.0.1:53"}]}"#,
+                    r#"{"name":"x","vip":"255.255.255.255:53","backend":[{"address":"127.0.0.1:53"}]}"#,
                 ),
                 "broadcast",
+            ),
+            (
+                req(
+                    "POST",
+                    "/v1/services",
+                    r#"{"name":"x","vip":"[2001:db8::1]:53","backend":[{"address":"127.0.0.1:53"}]}"#,
+                ),
+                "IPv6 is not supported yet (the data plane is IPv4-only)",
+            ),
+            (
+                req(
+                    "POST",
+                    "/v1/services/demo/backends",
+                    r#"{"address":"[::1]:9876"}"#,
+                ),
+                "IPv6 is not supported yet",
             ),
         ];
         for (r, needle) in cases {
@@ -311,6 +344,11 @@ mod tests {
             assert!(
                 e.body.to_string().contains(needle),
                 "{needle:?} missing: {:?}",
+                e.body
+            );
+            assert!(
+                !e.body.to_string().contains("(line"),
+                "an API error has no file line: {:?}",
                 e.body
             );
         }
@@ -368,6 +406,33 @@ mod tests {
                 409,
                 "already has",
             ),
+            (
+                req(
+                    "POST",
+                    "/v1/services/demo/backends",
+                    r#"{"address":"127.0.0.1:9879","colour":1}"#,
+                ),
+                400,
+                "colour",
+            ),
+            (
+                req(
+                    "POST",
+                    "/v1/services",
+                    r#"{"name":"demo","vip":"127.0.0.1:9875","backend":[]}"#,
+                ),
+                409,
+                "already exists",
+            ),
+            (
+                req(
+                    "POST",
+                    "/v1/services",
+                    r#"{"name":"x","vip":"127.0.0.1:9990","schedular":"random","backend":[{"address":"127.0.0.1:1"}]}"#,
+                ),
+                400,
+                "schedular",
+            ),
         ];
         for (r, status, needle) in cases {
             let e = err(plan(&r, &cfg));
@@ -380,5 +445,76 @@ mod tests {
                 e.body
             );
         }
+    }
+
+    /// A service added through the API with every field is the service the same table in the
+    /// file gives, and the API shows it back in that form.
+    #[test]
+    fn a_service_from_the_api_is_the_service_from_the_file() {
+        let table = r#"
+name = "full"
+vip = "10.9.0.1:53"
+protocol = "udp"
+flow_idle_timeout = "45s"
+scheduler = "maglev"
+hash = "source-ip-port"
+maglev_table_size = 1009
+when_all_down = "pass"
+forwarding = "fullnat"
+fullnat_source = "10.86.0.1"
+fullnat_ports = "30000-30999"
+
+[health_check]
+type = "udp"
+interval = "2s"
+timeout = "300ms"
+rise = 3
+fall = 4
+port = 5353
+payload_hex = "abcd0100000100000000000003777777"
+expect_hex = "abcd"
+on_failure = "move-flows"
+
+[[backend]]
+address = "10.0.0.1:53"
+weight = 3
+
+[[backend]]
+address = "10.0.0.2:53"
+drain = true
+"#;
+        let json_body: Value =
+            serde_json::to_value(toml::from_str::<toml::Table>(table).expect("the table parses"))
+                .expect("as JSON");
+        let cfg = default_config();
+        let p = plan(&req("POST", "/v1/services", &json_body.to_string()), &cfg);
+        let Ok(Plan::Change { next, answer, .. }) = p else {
+            panic!("a change expected: {p:?}")
+        };
+        let mut file = config::to_toml(&cfg);
+        file.push_str("\n[[service]]\n");
+        file.push_str(
+            &table
+                .replace("[health_check]", "[service.health_check]")
+                .replace("[[backend]]", "[[service.backend]]"),
+        );
+        let from_file = config::parse(&file, "file").expect("the file parses");
+        assert_eq!(next, from_file);
+        let shown = &answer["service"];
+        assert_eq!(shown["name"], "full");
+        assert_eq!(
+            shown["health_check"]["payload_hex"],
+            "abcd0100000100000000000003777777"
+        );
+        assert_eq!(shown["backend"][1]["drain"], true);
+        assert_eq!(shown["backend"][1]["weight"], 1, "defaults filled in");
+        // And the shown form goes back in unchanged: it is the table's own schema.
+        let mut again = json_body.clone();
+        again["name"] = "full".into();
+        let listed = plan(&req("GET", "/v1/services", ""), &next);
+        let Ok(Plan::Read(list)) = listed else {
+            panic!("a read expected")
+        };
+        assert_eq!(&list[1], shown);
     }
 }

@@ -4,6 +4,8 @@ use std::{net::SocketAddrV4, path::PathBuf};
 
 use clap::{Parser, Subcommand};
 
+use crate::config;
+
 #[derive(Parser)]
 #[command(name = "xdplb", version, about = "An XDP layer-4 UDP load balancer")]
 pub struct Cli {
@@ -43,8 +45,8 @@ pub enum Command {
         #[arg(long)]
         interface: String,
         /// auto (native, else generic), native or generic.
-        #[arg(long, default_value = "auto")]
-        xdp_mode: String,
+        #[arg(long, value_enum, default_value_t = crate::config::XdpModeSetting::Auto)]
+        xdp_mode: crate::config::XdpModeSetting,
         /// Detach it instead.
         #[arg(long, conflicts_with = "stats")]
         remove: bool,
@@ -62,9 +64,9 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
         /// The client's address and port.
-        client: SocketAddrV4,
+        client: std::net::SocketAddr,
         /// The destination the client sends to (a VIP, or any address for a 0.0.0.0 service).
-        destination: SocketAddrV4,
+        destination: std::net::SocketAddr,
         #[arg(long)]
         json: bool,
     },
@@ -179,22 +181,77 @@ pub enum Command {
 #[derive(Subcommand)]
 pub enum ServiceAction {
     List,
-    Add {
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        vip: String,
-        #[arg(long)]
-        scheduler: Option<String>,
-        #[arg(long)]
-        flow_idle_timeout: Option<String>,
-        /// A backend address (IPv4:port); repeat for more.
-        #[arg(long = "backend", required = true)]
-        backends: Vec<String>,
-    },
+    /// Add a service: every field of a `[[service]]` table (see the config reference).
+    Add(Box<ServiceSpec>),
     Remove {
         name: String,
     },
+}
+
+/// A `[[service]]` table on the command line; each option is the field of the same name
+/// (health check fields as `--check-FIELD`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceSpec {
+    #[arg(long)]
+    pub name: String,
+    /// IPV4:PORT (0.0.0.0:PORT for any address).
+    #[arg(long)]
+    pub vip: String,
+    #[arg(long, value_enum)]
+    pub protocol: Option<config::Protocol>,
+    /// Such as 30s (1s..=24h).
+    #[arg(long)]
+    pub flow_idle_timeout: Option<String>,
+    #[arg(long, value_enum)]
+    pub scheduler: Option<config::Scheduler>,
+    #[arg(long, value_enum)]
+    pub hash: Option<config::HashFields>,
+    #[arg(long)]
+    pub maglev_table_size: Option<u32>,
+    #[arg(long, value_enum)]
+    pub when_all_down: Option<config::WhenAllDown>,
+    #[arg(long, value_enum)]
+    pub forwarding: Option<config::Forwarding>,
+    /// dsr-ipip: the prefix outer sources come from, such as 10.200.0.0/24.
+    #[arg(long)]
+    pub encap_source: Option<String>,
+    /// fullnat: the balancer address backends see.
+    #[arg(long)]
+    pub fullnat_source: Option<String>,
+    /// fullnat: FIRST-LAST source ports.
+    #[arg(long)]
+    pub fullnat_ports: Option<String>,
+    /// A health check of this type; the --check-* options set its other fields.
+    #[arg(long = "check", value_enum)]
+    pub check: Option<config::HealthCheckType>,
+    #[arg(long, requires = "check")]
+    pub check_interval: Option<String>,
+    #[arg(long, requires = "check")]
+    pub check_timeout: Option<String>,
+    #[arg(long, requires = "check")]
+    pub check_rise: Option<u32>,
+    #[arg(long, requires = "check")]
+    pub check_fall: Option<u32>,
+    #[arg(long, requires = "check")]
+    pub check_port: Option<u16>,
+    #[arg(long, requires = "check")]
+    pub check_payload: Option<String>,
+    /// The payload as hex digits (bytes that are not text, such as a DNS query).
+    #[arg(long, requires = "check")]
+    pub check_payload_hex: Option<String>,
+    #[arg(long, requires = "check")]
+    pub check_expect: Option<String>,
+    #[arg(long, requires = "check")]
+    pub check_expect_hex: Option<String>,
+    #[arg(long, requires = "check")]
+    pub check_path: Option<String>,
+    #[arg(long, requires = "check")]
+    pub check_expect_status: Option<u16>,
+    #[arg(long, value_enum, requires = "check")]
+    pub check_on_failure: Option<config::OnFailure>,
+    /// ADDRESS[,weight=N][,drain], such as 10.0.0.1:53,weight=3; repeat for more.
+    #[arg(long = "backend", required = true)]
+    pub backends: Vec<String>,
 }
 
 #[derive(Subcommand)]

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 
 pub use args::{BackendAction, Cli, Command, ServiceAction};
 
@@ -35,6 +35,110 @@ fn api_command(
     }
 }
 
+/// The JSON form of the `[[service]]` table that `spec` describes (the API's body for a new
+/// service): the fields given, under the names the config file uses.
+pub fn service_body(spec: &args::ServiceSpec) -> anyhow::Result<serde_json::Value> {
+    use serde_json::{Map, Value};
+    fn put(map: &mut Map<String, Value>, key: &str, value: Option<impl Into<Value>>) {
+        if let Some(v) = value {
+            map.insert(key.to_owned(), v.into());
+        }
+    }
+    let text = |v: Option<&dyn std::fmt::Display>| v.map(|v| v.to_string());
+    let mut svc = Map::new();
+    put(&mut svc, "name", Some(spec.name.clone()));
+    put(&mut svc, "vip", Some(spec.vip.clone()));
+    put(
+        &mut svc,
+        "protocol",
+        text(spec.protocol.as_ref().map(|v| v as _)),
+    );
+    put(
+        &mut svc,
+        "flow_idle_timeout",
+        spec.flow_idle_timeout.clone(),
+    );
+    put(
+        &mut svc,
+        "scheduler",
+        text(spec.scheduler.as_ref().map(|v| v as _)),
+    );
+    put(&mut svc, "hash", text(spec.hash.as_ref().map(|v| v as _)));
+    put(&mut svc, "maglev_table_size", spec.maglev_table_size);
+    put(
+        &mut svc,
+        "when_all_down",
+        text(spec.when_all_down.as_ref().map(|v| v as _)),
+    );
+    put(
+        &mut svc,
+        "forwarding",
+        text(spec.forwarding.as_ref().map(|v| v as _)),
+    );
+    put(&mut svc, "encap_source", spec.encap_source.clone());
+    put(&mut svc, "fullnat_source", spec.fullnat_source.clone());
+    put(&mut svc, "fullnat_ports", spec.fullnat_ports.clone());
+    if let Some(kind) = spec.check {
+        let mut hc = Map::new();
+        put(&mut hc, "type", Some(kind.to_string()));
+        put(&mut hc, "interval", spec.check_interval.clone());
+        put(&mut hc, "timeout", spec.check_timeout.clone());
+        put(&mut hc, "rise", spec.check_rise);
+        put(&mut hc, "fall", spec.check_fall);
+        put(&mut hc, "port", spec.check_port);
+        put(&mut hc, "payload", spec.check_payload.clone());
+        put(&mut hc, "payload_hex", spec.check_payload_hex.clone());
+        put(&mut hc, "expect", spec.check_expect.clone());
+        put(&mut hc, "expect_hex", spec.check_expect_hex.clone());
+        put(&mut hc, "path", spec.check_path.clone());
+        put(&mut hc, "expect_status", spec.check_expect_status);
+        put(
+            &mut hc,
+            "on_failure",
+            text(spec.check_on_failure.as_ref().map(|v| v as _)),
+        );
+        svc.insert("health_check".to_owned(), Value::Object(hc));
+    }
+    let backends = spec
+        .backends
+        .iter()
+        .map(|b| backend_body(b))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    svc.insert("backend".to_owned(), Value::Array(backends));
+    Ok(Value::Object(svc))
+}
+
+/// `ADDRESS[,weight=N][,drain[=BOOL]]` as the JSON form of a `[[service.backend]]` table.
+pub fn backend_body(spec: &str) -> anyhow::Result<serde_json::Value> {
+    let mut parts = spec.split(',');
+    let address = parts.next().unwrap_or_default().trim();
+    let mut b = serde_json::Map::new();
+    b.insert("address".to_owned(), address.into());
+    for part in parts {
+        match part.trim().split_once('=') {
+            None if part.trim() == "drain" => {
+                b.insert("drain".to_owned(), true.into());
+            }
+            Some(("weight", w)) => {
+                let w: i64 = w
+                    .parse()
+                    .with_context(|| format!("--backend {spec:?}: weight {w:?} is not a number"))?;
+                b.insert("weight".to_owned(), w.into());
+            }
+            Some(("drain", d)) => {
+                let d: bool = d.parse().with_context(|| {
+                    format!("--backend {spec:?}: drain={d:?}: expected true or false")
+                })?;
+                b.insert("drain".to_owned(), d.into());
+            }
+            _ => bail!(
+                "--backend {spec:?}: {part:?} is not weight=N or drain; write ADDRESS[,weight=N][,drain]"
+            ),
+        }
+    }
+    Ok(serde_json::Value::Object(b))
+}
+
 pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run {
@@ -55,7 +159,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             xdp_mode,
             remove,
             stats,
-        } => decap(&interface, &xdp_mode, remove, stats),
+        } => decap(&interface, xdp_mode, remove, stats),
         Command::Check { config } => {
             let cfg = daemon::load_config(&config)?;
             print!("{}: OK\n{}", config.display(), cfg.describe());
@@ -83,24 +187,8 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Status { instance } => api_command(&instance, "GET", "/v1/status", None),
         Command::Service { instance, action } => match action {
             ServiceAction::List => api_command(&instance, "GET", "/v1/services", None),
-            ServiceAction::Add {
-                name,
-                vip,
-                scheduler,
-                flow_idle_timeout,
-                backends,
-            } => {
-                let mut body = serde_json::json!({
-                    "name": name,
-                    "vip": vip,
-                    "backends": backends.iter().map(|a| serde_json::json!({"address": a})).collect::<Vec<_>>(),
-                });
-                if let Some(s) = scheduler {
-                    body["scheduler"] = s.into();
-                }
-                if let Some(t) = flow_idle_timeout {
-                    body["flow_idle_timeout"] = t.into();
-                }
+            ServiceAction::Add(spec) => {
+                let body = service_body(&spec)?;
                 api_command(&instance, "POST", "/v1/services", Some(body))
             }
             ServiceAction::Remove { name } => {
@@ -257,7 +345,12 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 /// `xdplb decap`: attach, remove, or report the decapsulation program of an interface.
-fn decap(interface: &str, mode: &str, remove: bool, stats: bool) -> anyhow::Result<ExitCode> {
+fn decap(
+    interface: &str,
+    mode: config::XdpModeSetting,
+    remove: bool,
+    stats: bool,
+) -> anyhow::Result<ExitCode> {
     use crate::decap;
     if stats {
         let (done, left, failed) = decap::stats(interface)?;
@@ -269,12 +362,6 @@ fn decap(interface: &str, mode: &str, remove: bool, stats: bool) -> anyhow::Resu
         println!("{interface}: decap detached (XDP program id {id} is no longer attached)");
         return Ok(ExitCode::SUCCESS);
     }
-    let mode = match mode {
-        "auto" => config::XdpModeSetting::Auto,
-        "native" => config::XdpModeSetting::Native,
-        "generic" => config::XdpModeSetting::Generic,
-        other => bail!("--xdp-mode {other:?}: expected auto, native or generic"),
-    };
     if !daemon::interface_exists(interface) {
         bail!("interface {interface:?} does not exist");
     }
@@ -376,4 +463,143 @@ fn reload_instance(name: &str) -> anyhow::Result<ExitCode> {
         }
     }
     bail!("instance {name:?} (pid {pid}) did not report the reload within 10 s")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::api::{Plan, Request, plan};
+
+    /// A service given to `xdplb service add` with every option is, through the API, the
+    /// service the same `[[service]]` table in the file gives.
+    #[test]
+    fn service_add_says_everything_a_service_table_says() {
+        let args = [
+            "xdplb",
+            "service",
+            "add",
+            "--name",
+            "full",
+            "--vip",
+            "10.9.0.1:53",
+            "--protocol",
+            "udp",
+            "--flow-idle-timeout",
+            "45s",
+            "--scheduler",
+            "maglev",
+            "--hash",
+            "source-ip-port",
+            "--maglev-table-size",
+            "1009",
+            "--when-all-down",
+            "pass",
+            "--forwarding",
+            "fullnat",
+            "--fullnat-source",
+            "10.86.0.1",
+            "--fullnat-ports",
+            "30000-30999",
+            "--check",
+            "udp",
+            "--check-interval",
+            "2s",
+            "--check-timeout",
+            "300ms",
+            "--check-rise",
+            "3",
+            "--check-fall",
+            "4",
+            "--check-port",
+            "5353",
+            "--check-payload-hex",
+            "abcd01000001",
+            "--check-expect-hex",
+            "abcd",
+            "--check-on-failure",
+            "move-flows",
+            "--backend",
+            "10.0.0.1:53,weight=3",
+            "--backend",
+            "10.0.0.2:53,drain",
+        ];
+        let Command::Service {
+            action: ServiceAction::Add(spec),
+            ..
+        } = Cli::try_parse_from(args).expect("parses").command
+        else {
+            panic!("service add expected")
+        };
+        let body = service_body(&spec).expect("a body");
+        let cfg = config::default_config();
+        let req = Request {
+            method: "POST".into(),
+            path: "/v1/services".into(),
+            body: body.to_string().into_bytes(),
+        };
+        let Ok(Plan::Change { next, .. }) = plan(&req, &cfg) else {
+            panic!("a change expected for {body}")
+        };
+        let file = format!(
+            "{}\n{}",
+            config::to_toml(&cfg),
+            r#"[[service]]
+name = "full"
+vip = "10.9.0.1:53"
+flow_idle_timeout = "45s"
+hash = "source-ip-port"
+maglev_table_size = 1009
+when_all_down = "pass"
+forwarding = "fullnat"
+fullnat_source = "10.86.0.1"
+fullnat_ports = "30000-30999"
+[service.health_check]
+type = "udp"
+interval = "2s"
+timeout = "300ms"
+rise = 3
+fall = 4
+port = 5353
+payload_hex = "abcd01000001"
+expect_hex = "abcd"
+on_failure = "move-flows"
+[[service.backend]]
+address = "10.0.0.1:53"
+weight = 3
+[[service.backend]]
+address = "10.0.0.2:53"
+drain = true
+"#
+        );
+        assert_eq!(next, config::parse(&file, "file").expect("the file parses"));
+    }
+
+    #[test]
+    fn backend_specs() {
+        let cases: &[(&str, Result<serde_json::Value, &str>)] = &[
+            (
+                "10.0.0.1:53",
+                Ok(serde_json::json!({"address": "10.0.0.1:53"})),
+            ),
+            (
+                "10.0.0.1:53,weight=3,drain",
+                Ok(serde_json::json!({"address": "10.0.0.1:53", "weight": 3, "drain": true})),
+            ),
+            (
+                "10.0.0.1:53,drain=false",
+                Ok(serde_json::json!({"address": "10.0.0.1:53", "drain": false})),
+            ),
+            ("10.0.0.1:53,weight=x", Err("is not a number")),
+            ("10.0.0.1:53,colour=red", Err("is not weight=N or drain")),
+        ];
+        for (spec, expected) in cases {
+            match (backend_body(spec), expected) {
+                (Ok(v), Ok(e)) => assert_eq!(&v, e, "{spec}"),
+                (Err(e), Err(needle)) => assert!(e.to_string().contains(needle), "{spec}: {e}"),
+                (got, _) => panic!("{spec}: {got:?}"),
+            }
+        }
+    }
 }

@@ -4,7 +4,11 @@
 //! `FILE:LINE:COL` (or just `FILE` when no position is known), names the field and
 //! the offending value, and says what would be valid.
 
-use std::{fmt, net::SocketAddrV4, path::PathBuf};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
 
 use super::{Protocol, Scheduler};
 
@@ -148,7 +152,10 @@ pub enum ConfigError {
     InterfaceNotFound { at: Location, name: String },
 
     /// `xdp_mode` is not one of the known modes.
-    #[error("{at}: invalid xdp_mode {value:?}; expected \"auto\", \"native\" or \"generic\"")]
+    #[error(
+        "{at}: invalid xdp_mode {value:?}; expected {}",
+        super::XdpModeSetting::expected()
+    )]
     InvalidXdpMode { at: Location, value: String },
 
     /// A `[limits]` value out of its allowed range.
@@ -268,7 +275,7 @@ pub enum ConfigError {
 
     /// An IPv6 vip or backend address.
     #[error(
-        "{at}: {what} {value:?} is an IPv6 address; IPv6 is not supported yet, use an IPv4 address"
+        "{at}: {what} {value:?} is an IPv6 address; IPv6 is not supported yet (the data plane is IPv4-only), use an IPv4 address"
     )]
     Ipv6NotSupported {
         at: Location,
@@ -279,7 +286,7 @@ pub enum ConfigError {
 
     /// Two services listening on the same VIP, port and protocol.
     #[error(
-        "{at}: {service} uses vip {vip} ({}), which is already used by {other} (line {other_line}); each vip, port and protocol may belong to only one service", super::protocol_name(*protocol)
+        "{at}: {service} uses vip {vip} ({protocol}), which is already used by {other} (line {other_line}); each vip, port and protocol may belong to only one service"
     )]
     DuplicateVip {
         at: Location,
@@ -287,7 +294,7 @@ pub enum ConfigError {
         other: String,
         /// Line of the other service's vip.
         other_line: u32,
-        vip: SocketAddrV4,
+        vip: SocketAddr,
         protocol: Protocol,
     },
 
@@ -300,7 +307,10 @@ pub enum ConfigError {
     },
 
     /// A protocol string that is not a protocol at all.
-    #[error("{at}: {service} has an invalid protocol {value:?}; expected \"udp\"")]
+    #[error(
+        "{at}: {service} has an invalid protocol {value:?}; expected {}",
+        super::Protocol::expected()
+    )]
     InvalidProtocol {
         at: Location,
         service: String,
@@ -320,7 +330,8 @@ pub enum ConfigError {
 
     /// A `scheduler` that is not one of the known schedulers.
     #[error(
-        "{at}: {service} has an invalid scheduler {value:?}; expected \"maglev\", \"round-robin\", \"weighted-round-robin\", \"random\" or \"source-hash\""
+        "{at}: {service} has an invalid scheduler {value:?}; expected {}",
+        super::Scheduler::expected()
     )]
     InvalidScheduler {
         at: Location,
@@ -330,7 +341,8 @@ pub enum ConfigError {
 
     /// A `hash` that is not one of the known field sets.
     #[error(
-        "{at}: {service} has an invalid hash {value:?}; expected \"5-tuple\", \"source-ip\" or \"source-ip-port\""
+        "{at}: {service} has an invalid hash {value:?}; expected {}",
+        super::HashFields::expected()
     )]
     InvalidHash {
         at: Location,
@@ -340,7 +352,9 @@ pub enum ConfigError {
 
     /// `hash` given with a scheduler that does not hash.
     #[error(
-        "{at}: {service} sets hash = {value:?} but its scheduler \"{}\" does not hash; `hash` only applies to the \"maglev\" and \"source-hash\" schedulers, so remove it or change the scheduler", super::scheduler_name(*scheduler)
+        "{at}: {service} sets hash = {value:?} but its scheduler \"{scheduler}\" does not hash; `hash` only applies to the \"{}\" and \"{}\" schedulers, so remove it or change the scheduler",
+        super::Scheduler::Maglev,
+        super::Scheduler::SourceHash
     )]
     HashNotApplicable {
         at: Location,
@@ -361,7 +375,8 @@ pub enum ConfigError {
 
     /// `maglev_table_size` given with a scheduler other than Maglev.
     #[error(
-        "{at}: {service} sets maglev_table_size = {value} but its scheduler is \"{}\"; maglev_table_size only applies to scheduler = \"maglev\", so remove it or change the scheduler", super::scheduler_name(*scheduler)
+        "{at}: {service} sets maglev_table_size = {value} but its scheduler is \"{scheduler}\"; maglev_table_size only applies to scheduler = \"{}\", so remove it or change the scheduler",
+        super::Scheduler::Maglev
     )]
     MaglevSizeNotApplicable {
         at: Location,
@@ -401,7 +416,8 @@ pub enum ConfigError {
 
     /// A `forwarding` that is not one of the known modes.
     #[error(
-        "{at}: {service} has an invalid forwarding {value:?}; expected \"local\" (the default: backends on this host), \"nat\" (backends on other hosts, routed through this one), \"dsr-l2\" (backends on this L2 segment answer clients directly) \"dsr-ipip\" (backends anywhere, reached in IP-in-IP, answer clients directly) or \"fullnat\" (source and destination rewritten; backends need no setup)"
+        "{at}: {service} has an invalid forwarding {value:?}; expected {}",
+        super::enums::described(super::Forwarding::ALL, super::Forwarding::meaning)
     )]
     InvalidForwarding {
         at: Location,
@@ -416,8 +432,8 @@ pub enum ConfigError {
     NatLoopbackBackend {
         at: Location,
         service: String,
-        mode: &'static str,
-        address: SocketAddrV4,
+        mode: super::Forwarding,
+        address: SocketAddr,
     },
 
     /// A `nat` or `fullnat` backend on the service's own vip address.
@@ -427,9 +443,10 @@ pub enum ConfigError {
     BackendIsVip {
         at: Location,
         service: String,
-        mode: &'static str,
-        address: SocketAddrV4,
-        vip: SocketAddrV4,
+        mode: super::Forwarding,
+        address: SocketAddr,
+        /// The vip's address (its port is not part of the problem).
+        vip: IpAddr,
     },
 
     /// Two `local`/`nat` services with one backend address and port: their replies could not
@@ -443,7 +460,7 @@ pub enum ConfigError {
         other: String,
         /// Line of the other service's backend address.
         other_line: u32,
-        address: SocketAddrV4,
+        address: SocketAddr,
     },
 
     /// A `fullnat_source` that is some service's vip address.
@@ -453,7 +470,7 @@ pub enum ConfigError {
     FullnatSourceIsVip {
         at: Location,
         service: String,
-        address: std::net::Ipv4Addr,
+        address: IpAddr,
         other: String,
         /// Line of the other service's vip.
         other_line: u32,
@@ -501,8 +518,8 @@ pub enum ConfigError {
     DsrPortMismatch {
         at: Location,
         service: String,
-        mode: &'static str,
-        address: SocketAddrV4,
+        mode: super::Forwarding,
+        address: SocketAddr,
         vip_port: u16,
     },
 
@@ -537,7 +554,8 @@ pub enum ConfigError {
 
     /// A `when_all_down` that is not one of the known policies.
     #[error(
-        "{at}: {service} has an invalid when_all_down {value:?}; expected \"drop\" (the default: new flows are dropped while no backend is healthy and undrained) or \"pass\" (they go to this host's own network stack)"
+        "{at}: {service} has an invalid when_all_down {value:?}; expected {}",
+        super::enums::described(super::WhenAllDown::ALL, super::WhenAllDown::meaning)
     )]
     InvalidWhenAllDown {
         at: Location,
@@ -547,7 +565,8 @@ pub enum ConfigError {
 
     /// A health check `type` that is not one of the known types.
     #[error(
-        "{at}: {service} has an invalid health_check type {value:?}; expected \"udp\", \"tcp\" or \"http\""
+        "{at}: {service} has an invalid health_check type {value:?}; expected {}",
+        super::HealthCheckType::expected()
     )]
     InvalidHealthCheckType {
         at: Location,
@@ -565,8 +584,8 @@ pub enum ConfigError {
         at: Location,
         service: String,
         field: &'static str,
-        /// The check's type: `udp`, `tcp` or `http`.
-        kind: &'static str,
+        /// The check's type.
+        kind: super::HealthCheckType,
         /// The value as written in TOML (strings quoted).
         value: String,
     },
@@ -647,9 +666,33 @@ pub enum ConfigError {
         max: usize,
     },
 
+    /// A health check `payload_hex` or `expect_hex` that is not hex bytes.
+    #[error(
+        "{at}: {service} health_check {field} is not hex bytes: {reason}; write two hex digits a byte, such as \"abcd0100\""
+    )]
+    InvalidHealthCheckHex {
+        at: Location,
+        service: String,
+        field: &'static str,
+        /// Names the value and what is wrong with it.
+        reason: String,
+    },
+
+    /// Both the text and the hex form of a health check payload (or expectation).
+    #[error(
+        "{at}: {service} health_check sets both {field} and {other}; give one: {field} as text or {other} as hex digits"
+    )]
+    HealthCheckBothForms {
+        at: Location,
+        service: String,
+        field: &'static str,
+        other: &'static str,
+    },
+
     /// A health check `on_failure` that is not one of the known policies.
     #[error(
-        "{at}: {service} has an invalid health_check on_failure {value:?}; expected \"keep-flows\" (the default: an unhealthy backend gets no new flows but keeps its live ones) or \"move-flows\" (its live flows move to healthy backends on their next packet)"
+        "{at}: {service} has an invalid health_check on_failure {value:?}; expected {}",
+        super::enums::described(super::OnFailure::ALL, super::OnFailure::meaning)
     )]
     InvalidOnFailure {
         at: Location,
@@ -686,7 +729,7 @@ pub enum ConfigError {
         first_index: usize,
         /// Line of the first backend's address.
         first_line: u32,
-        address: SocketAddrV4,
+        address: SocketAddr,
     },
 
     /// A backend weight outside 1..=65535.

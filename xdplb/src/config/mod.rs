@@ -3,7 +3,9 @@
 //! [`parse`] turns TOML text into a fully validated [`Config`]; [`load`] does the
 //! same for a file; [`check_interfaces`] verifies the interfaces exist (kept
 //! separate so parsing stays free of host state); [`to_toml`] writes a config back
-//! as TOML text that parses to the same config. Every failure is a
+//! as TOML text that parses to the same config; [`check`] validates a typed config
+//! changed in memory (the live API) with the same rules; [`ConfigFile`] makes such a
+//! change as an edit of the operator's file. Every failure is a
 //! [`ConfigError`] whose message names the file, the line where known, the field,
 //! the offending value and what would be valid.
 //!
@@ -60,7 +62,10 @@
 //! fall = 3                     # optional, 1..=100: consecutive failures to become unhealthy
 //! port = 8080                  # optional, 1..=65535; default the backend's own port
 //! payload = "xdplb-health"     # optional, udp only: the datagram to send
+//! payload_hex = "abcd01"       # optional, udp only: the datagram as hex digits (bytes that
+//!                              # are not text, such as a DNS query); not with payload
 //! expect = "pong"              # optional, udp only: the reply must contain this; default any
+//! expect_hex = "abcd"          # optional, udp only: expect as hex digits; not with expect
 //! path = "/"                   # optional, http only: starts with '/'
 //! expect_status = 200          # optional, http only: 100..=599
 //! on_failure = "keep-flows"    # optional: keep-flows | move-flows (an unhealthy backend's
@@ -75,17 +80,34 @@
 //! drain = false                # optional; not every backend of a service may be drained
 //! ```
 
+mod enums;
 mod error;
+mod file;
 mod raw;
+mod typed;
 mod validate;
 mod write;
 
 #[cfg(test)]
 mod tests;
 
-use std::{fmt, fmt::Write as _, net::SocketAddrV4, path::Path, time::Duration};
+use std::{
+    fmt,
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::Path,
+    time::Duration,
+};
 
+pub use enums::{
+    Forwarding, HashFields, HealthCheckType, OnFailure, Protocol, Scheduler, UnknownSpelling,
+    WhenAllDown, XdpModeSetting,
+};
 pub use error::{ConfigError, Location};
+pub use file::{ConfigEdit, ConfigFile, FileError, apply_edit};
+pub use typed::{
+    change_error_message, check, service_json, with_backend_from_json, with_service_from_json,
+};
 pub use write::{SaveError, Saved, save, to_toml};
 
 /// A validated configuration.
@@ -102,25 +124,14 @@ pub struct Config {
     /// value so that they all send a flow to the same backend.
     pub hash_seed: u32,
     /// Optional field `metrics_listen`: where to serve Prometheus metrics (`GET /metrics`).
-    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
     /// Optional field `api_listen`: a loopback TCP address to serve the API on, besides the
     /// Unix socket. Off by default.
-    pub api_listen: Option<std::net::SocketAddr>,
+    pub api_listen: Option<SocketAddr>,
     /// Table sizes.
     pub limits: Limits,
     /// At least one service; names and (vip, protocol) pairs are unique.
     pub services: Vec<ServiceConfig>,
-}
-
-/// How to attach the XDP program: `"auto" | "native" | "generic"`, default `Auto`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum XdpModeSetting {
-    /// Native (driver) mode if the driver supports it, otherwise generic.
-    Auto,
-    /// Native (driver) mode only.
-    Native,
-    /// Generic (SKB) mode.
-    Generic,
 }
 
 /// Sizes of the data plane's tables.
@@ -145,69 +156,6 @@ impl Limits {
         max_flows: 262_144,
         max_lookup_entries: 4_194_304,
     };
-}
-
-/// A service's transport protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    Udp,
-}
-
-/// The spelling of `protocol` used in the config file. (A free function rather than
-/// a `Display` impl so that other modules stay free to add their own impls.)
-pub(crate) fn protocol_name(protocol: Protocol) -> &'static str {
-    match protocol {
-        Protocol::Udp => "udp",
-    }
-}
-
-/// How a service picks the backend for a new flow: `"maglev" | "round-robin" |
-/// "weighted-round-robin" | "random" | "source-hash"`, default `Maglev`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Scheduler {
-    /// Consistent hashing (Maglev) of [`ServiceConfig::hash`] over a weighted table of
-    /// [`ServiceConfig::maglev_table_size`] entries.
-    Maglev,
-    /// Each backend in turn, ignoring weights.
-    RoundRobin,
-    /// Each backend in turn, as often as its weight.
-    WeightedRoundRobin,
-    /// A uniformly random backend, ignoring weights.
-    Random,
-    /// A hash of the client address only, so one client always reaches one backend.
-    SourceHash,
-}
-
-/// The spelling of `scheduler` used in the config file.
-pub fn scheduler_name(scheduler: Scheduler) -> &'static str {
-    match scheduler {
-        Scheduler::Maglev => "maglev",
-        Scheduler::RoundRobin => "round-robin",
-        Scheduler::WeightedRoundRobin => "weighted-round-robin",
-        Scheduler::Random => "random",
-        Scheduler::SourceHash => "source-hash",
-    }
-}
-
-/// The packet fields a hashing scheduler hashes: `"5-tuple" | "source-ip" |
-/// "source-ip-port"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum HashFields {
-    /// Source and destination address and port, and the protocol.
-    FiveTuple,
-    /// The client (source) address only.
-    SourceIp,
-    /// The client (source) address and port.
-    SourceIpPort,
-}
-
-/// The spelling of `hash` used in the config file.
-pub fn hash_name(hash: HashFields) -> &'static str {
-    match hash {
-        HashFields::FiveTuple => "5-tuple",
-        HashFields::SourceIp => "source-ip",
-        HashFields::SourceIpPort => "source-ip-port",
-    }
 }
 
 /// Entries in one scheduling table of `svc`. The data plane keeps two tables per service
@@ -235,8 +183,9 @@ fn lookup_entries_needed(services: &[ServiceConfig], limits: &Limits) -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceConfig {
     pub name: String,
-    /// `0.0.0.0:PORT` matches any destination address.
-    pub vip: SocketAddrV4,
+    /// `0.0.0.0:PORT` matches any destination address. IPv4 only for now (validation refuses
+    /// IPv6; see [`socket_v4`]).
+    pub vip: SocketAddr,
     pub protocol: Protocol,
     /// 1s..=24h.
     pub flow_idle_timeout: Duration,
@@ -298,67 +247,22 @@ pub enum HealthCheckKind {
     Http { path: String, expect_status: u16 },
 }
 
-/// The spelling of a health check's `type` used in the config file.
-pub fn health_check_type_name(kind: &HealthCheckKind) -> &'static str {
-    match kind {
-        HealthCheckKind::Udp { .. } => "udp",
-        HealthCheckKind::Tcp => "tcp",
-        HealthCheckKind::Http { .. } => "http",
+impl HealthCheckKind {
+    /// The check's `type`.
+    pub fn kind(&self) -> HealthCheckType {
+        match self {
+            HealthCheckKind::Udp { .. } => HealthCheckType::Udp,
+            HealthCheckKind::Tcp => HealthCheckType::Tcp,
+            HealthCheckKind::Http { .. } => HealthCheckType::Http,
+        }
     }
-}
-
-/// What happens to an unhealthy backend's live flows: `"keep-flows" | "move-flows"`,
-/// default `KeepFlows`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnFailure {
-    /// The backend gets no new flows but keeps its live ones.
-    KeepFlows,
-    /// Its live flows move to healthy backends on their next packet.
-    MoveFlows,
-}
-
-/// The spelling of `on_failure` used in the config file.
-pub fn on_failure_name(on_failure: OnFailure) -> &'static str {
-    match on_failure {
-        OnFailure::KeepFlows => "keep-flows",
-        OnFailure::MoveFlows => "move-flows",
-    }
-}
-
-/// What new flows of a service get when no backend is healthy and undrained:
-/// `"drop" | "pass"`, default `Drop`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WhenAllDown {
-    /// Drop the packets.
-    Drop,
-    /// Pass the packets on to the host's own network stack (`XDP_PASS`).
-    Pass,
-}
-
-/// How a service's packets reach its backends: `"local" | "nat"`, default `Local`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Forwarding {
-    /// Rewrite the destination and hand the packet to this host's stack (backends are local).
-    Local,
-    /// Rewrite the destination and route the packet out of an interface (FIB lookup, XDP_TX or
-    /// XDP_REDIRECT); the backends' replies pass back through this host and are translated.
-    Nat,
-    /// Direct server return on one L2 segment: only the destination MAC changes; backends hold
-    /// the VIP and answer clients directly.
-    DsrL2,
-    /// Direct server return over IP-in-IP: an outer IPv4 header to the backend; backends
-    /// decapsulate (`xdplb decap`), hold the VIP and answer clients directly.
-    DsrIpip,
-    /// Full NAT: source and destination rewritten (source: a balancer address and a port per
-    /// flow), so replies come back on any topology; backends need no setup.
-    FullNat,
 }
 
 /// A `fullnat` service's source: packets to backends come from `source`, with a port of
 /// `port_first..=port_last` allocated per flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FullnatConfig {
-    pub source: std::net::Ipv4Addr,
+    pub source: IpAddr,
     pub port_first: u16,
     pub port_last: u16,
 }
@@ -367,7 +271,7 @@ pub struct FullnatConfig {
 /// `base`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EncapSource {
-    pub base: std::net::Ipv4Addr,
+    pub base: IpAddr,
     pub prefix_len: u8,
 }
 
@@ -377,30 +281,34 @@ impl std::fmt::Display for EncapSource {
     }
 }
 
-/// The spelling of `forwarding` used in the config file.
-pub fn forwarding_name(forwarding: Forwarding) -> &'static str {
-    match forwarding {
-        Forwarding::Local => "local",
-        Forwarding::Nat => "nat",
-        Forwarding::DsrL2 => "dsr-l2",
-        Forwarding::DsrIpip => "dsr-ipip",
-        Forwarding::FullNat => "fullnat",
+/// A config address that the data plane cannot take yet: the data plane is IPv4-only.
+/// Validation refuses IPv6 with the file's location, so the data-plane writers meet this only
+/// for a config that skipped validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0} is an IPv6 address; IPv6 is not supported yet (the data plane is IPv4-only)")]
+pub struct Ipv6Unsupported(pub IpAddr);
+
+/// The IPv4 form of a config address, for the data plane.
+pub fn ip_v4(ip: IpAddr) -> Result<Ipv4Addr, Ipv6Unsupported> {
+    match ip {
+        IpAddr::V4(v4) => Ok(v4),
+        IpAddr::V6(_) => Err(Ipv6Unsupported(ip)),
     }
 }
 
-/// The spelling of `when_all_down` used in the config file.
-pub fn when_all_down_name(when_all_down: WhenAllDown) -> &'static str {
-    match when_all_down {
-        WhenAllDown::Drop => "drop",
-        WhenAllDown::Pass => "pass",
+/// The IPv4 form of a config socket address, for the data plane.
+pub fn socket_v4(addr: SocketAddr) -> Result<SocketAddrV4, Ipv6Unsupported> {
+    match addr {
+        SocketAddr::V4(v4) => Ok(v4),
+        SocketAddr::V6(_) => Err(Ipv6Unsupported(addr.ip())),
     }
 }
 
 /// One backend of a service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendConfig {
-    /// A unicast IPv4 address with a non-zero port.
-    pub address: SocketAddrV4,
+    /// A unicast IPv4 address with a non-zero port (IPv6 is refused by validation for now).
+    pub address: SocketAddr,
     /// 1..=65535.
     pub weight: u16,
     /// Default false. A drained backend keeps its live flows but gets no new ones.
@@ -445,7 +353,7 @@ pub fn check_interfaces(
 /// The tutorial's scenario: one UDP service "demo" on 127.0.0.1:9875 on `lo`,
 /// spread over three local backends on ports 9876..=9878.
 pub fn default_config() -> Config {
-    let lo = std::net::Ipv4Addr::LOCALHOST;
+    let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
     Config {
         interfaces: vec!["lo".to_owned()],
         xdp_mode: XdpModeSetting::Auto,
@@ -456,7 +364,7 @@ pub fn default_config() -> Config {
         limits: Limits::DEFAULT,
         services: vec![ServiceConfig {
             name: "demo".to_owned(),
-            vip: SocketAddrV4::new(lo, 9875),
+            vip: SocketAddr::new(lo, 9875),
             protocol: Protocol::Udp,
             flow_idle_timeout: validate::DEFAULT_TIMEOUT,
             // The tutorial's scheduler; a service without `scheduler` gets Maglev.
@@ -471,7 +379,7 @@ pub fn default_config() -> Config {
             backends: [9876, 9877, 9878]
                 .into_iter()
                 .map(|port| BackendConfig {
-                    address: SocketAddrV4::new(lo, port),
+                    address: SocketAddr::new(lo, port),
                     weight: 1,
                     drain: false,
                 })
@@ -593,10 +501,10 @@ impl Config {
                     "    VIP: {} (any address, port {}), {}",
                     svc.vip,
                     svc.vip.port(),
-                    protocol_name(svc.protocol)
+                    svc.protocol
                 )?;
             } else {
-                writeln!(out, "    VIP: {}, {}", svc.vip, protocol_name(svc.protocol))?;
+                writeln!(out, "    VIP: {}, {}", svc.vip, svc.protocol)?;
             }
             writeln!(
                 out,
@@ -607,15 +515,12 @@ impl Config {
                 Scheduler::Maglev => writeln!(
                     out,
                     "    Scheduler: maglev, hash {}, table size {}",
-                    hash_name(svc.hash),
-                    svc.maglev_table_size
+                    svc.hash, svc.maglev_table_size
                 )?,
-                Scheduler::SourceHash => writeln!(
-                    out,
-                    "    Scheduler: source-hash, hash {}",
-                    hash_name(svc.hash)
-                )?,
-                other => writeln!(out, "    Scheduler: {}", scheduler_name(other))?,
+                Scheduler::SourceHash => {
+                    writeln!(out, "    Scheduler: source-hash, hash {}", svc.hash)?
+                }
+                other => writeln!(out, "    Scheduler: {other}")?,
             }
             if let Some(hc) = &svc.health_check {
                 write_health_check(out, hc)?;
@@ -661,17 +566,25 @@ impl Config {
     }
 }
 
+/// Bytes as quoted text where they are UTF-8, else as hex (`hex abcd01`).
+fn bytes_text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => format!("{text:?}"),
+        Err(_) => format!("hex {}", typed::hex(bytes)),
+    }
+}
+
 /// One line describing a service's health check.
 fn write_health_check(out: &mut String, hc: &HealthCheck) -> fmt::Result {
     write!(
         out,
         "    Backend health check: {} every {}, timeout {}, rise {}, fall {}, {}",
-        health_check_type_name(&hc.kind),
+        hc.kind.kind(),
         humantime::format_duration(hc.interval),
         humantime::format_duration(hc.timeout),
         hc.rise,
         hc.fall,
-        on_failure_name(hc.on_failure)
+        hc.on_failure
     )?;
     let port = match hc.port {
         Some(port) => format!("port {port}"),
@@ -679,17 +592,9 @@ fn write_health_check(out: &mut String, hc: &HealthCheck) -> fmt::Result {
     };
     match &hc.kind {
         HealthCheckKind::Udp { payload, expect } => {
-            write!(
-                out,
-                "; sends {:?} to {port}, ",
-                String::from_utf8_lossy(payload)
-            )?;
+            write!(out, "; sends {} to {port}, ", bytes_text(payload))?;
             match expect {
-                Some(expect) => writeln!(
-                    out,
-                    "needs a reply containing {:?}",
-                    String::from_utf8_lossy(expect)
-                ),
+                Some(expect) => writeln!(out, "needs a reply containing {}", bytes_text(expect)),
                 None => writeln!(out, "any reply counts"),
             }
         }

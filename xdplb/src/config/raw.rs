@@ -5,10 +5,10 @@
 //! their source span so errors can point at the line. The structs set
 //! serde's `expecting` so that type errors name the table rather than a Rust type.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, expecting = "a TOML document")]
 pub(crate) struct RawConfig {
     pub interfaces: Option<Spanned<Vec<Spanned<String>>>>,
@@ -21,7 +21,7 @@ pub(crate) struct RawConfig {
     pub service: Option<Vec<Spanned<RawService>>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, expecting = "a [limits] table")]
 pub(crate) struct RawLimits {
     pub max_services: Option<Spanned<i64>>,
@@ -30,7 +30,7 @@ pub(crate) struct RawLimits {
     pub max_lookup_entries: Option<Spanned<i64>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, expecting = "a [[service]] table")]
 pub(crate) struct RawService {
     pub name: Option<Spanned<String>>,
@@ -49,7 +49,7 @@ pub(crate) struct RawService {
     pub backend: Option<Spanned<Vec<Spanned<RawBackend>>>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, expecting = "a [service.health_check] table")]
 pub(crate) struct RawHealthCheck {
     #[serde(rename = "type")]
@@ -60,13 +60,17 @@ pub(crate) struct RawHealthCheck {
     pub fall: Option<Spanned<i64>>,
     pub port: Option<Spanned<i64>>,
     pub payload: Option<Spanned<String>>,
+    /// `payload` as hex digits, for bytes that are not text (exclusive with `payload`).
+    pub payload_hex: Option<Spanned<String>>,
     pub expect: Option<Spanned<String>>,
+    /// `expect` as hex digits (exclusive with `expect`).
+    pub expect_hex: Option<Spanned<String>>,
     pub path: Option<Spanned<String>>,
     pub expect_status: Option<Spanned<i64>>,
     pub on_failure: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, expecting = "a [[service.backend]] table")]
 pub(crate) struct RawBackend {
     pub address: Option<Spanned<String>>,
@@ -128,7 +132,9 @@ pub(crate) const TABLES: &[(&str, &[&str])] = &[
             "fall",
             "port",
             "payload",
+            "payload_hex",
             "expect",
+            "expect_hex",
             "path",
             "expect_status",
             "on_failure",

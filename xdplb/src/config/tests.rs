@@ -57,8 +57,8 @@ fn with_backend(backend: &str) -> String {
     )
 }
 
-fn local(port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
 // ---- positions ---------------------------------------------------------------
@@ -601,7 +601,7 @@ fn unspecified_vip_is_accepted() {
     let cfg = ok(&with_vip("0.0.0.0:9875"));
     assert_eq!(
         cfg.services[0].vip,
-        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 9875)
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 9875))
     );
     assert!(cfg.describe().contains("any address"));
 }
@@ -932,7 +932,7 @@ fn configs_that_cannot_run_are_rejected_at_the_offending_value() {
             vec![
                 "service \"n\"",
                 "backend 10.9.0.1:53",
-                "own vip address 10.9.0.1:53",
+                "own vip address 10.9.0.1:",
                 "loop",
             ],
         ),
@@ -1159,7 +1159,7 @@ fn schedulers_parse() {
     ] {
         let cfg = ok(&one_service(&format!("scheduler = \"{text}\"\n")));
         assert_eq!(cfg.services[0].scheduler, scheduler, "{text}");
-        assert_eq!(scheduler_name(scheduler), text);
+        assert_eq!(scheduler.to_string(), text);
     }
 }
 
@@ -1203,7 +1203,7 @@ fn hash_values_parse() {
     ] {
         let cfg = ok(&one_service(&format!("hash = \"{text}\"\n")));
         assert_eq!(cfg.services[0].hash, fields, "{text}");
-        assert_eq!(hash_name(fields), text);
+        assert_eq!(fields.to_string(), text);
         let cfg = ok(&one_service(&format!(
             "scheduler = \"maglev\"\nhash = \"{text}\"\n"
         )));
@@ -1608,7 +1608,7 @@ fn health_check_types_parse_with_defaults() {
         ),
     ] {
         let hc = check_of(&with_check(&format!("type = \"{text}\"\n")));
-        assert_eq!(health_check_type_name(&hc.kind), text);
+        assert_eq!(hc.kind.kind().to_string(), text);
         assert_eq!(hc, defaults(kind.clone()), "{text}");
         // The same as an inline table.
         let hc = check_of(&one_service(&format!(
@@ -1668,7 +1668,7 @@ fn health_check_all_fields_parse() {
     // The default timeout (500ms) shrinks to a shorter interval.
     assert_eq!(hc.timeout, Duration::from_millis(100));
     assert_eq!(hc.port, Some(1));
-    assert_eq!(on_failure_name(hc.on_failure), "move-flows");
+    assert_eq!(hc.on_failure.to_string(), "move-flows");
 
     // The health check table may also follow the backends.
     let text = format!(
@@ -1741,7 +1741,7 @@ fn udp_only_fields_with_other_types_are_rejected() {
                 service,
                 ..
             } => {
-                assert_eq!((*f, *k, v.as_str()), (field, kind, value));
+                assert_eq!((*f, k.as_str(), v.as_str()), (field, kind, value));
                 assert_eq!(service, "service \"demo\"");
             }
             other => panic!("wrong variant for {field} with {kind}: {other:?}"),
@@ -1775,7 +1775,7 @@ fn http_only_fields_with_other_types_are_rejected() {
                 kind: k,
                 value: v,
                 ..
-            } => assert_eq!((*f, *k, v.as_str()), (field, kind, value)),
+            } => assert_eq!((*f, k.as_str(), v.as_str()), (field, kind, value)),
             other => panic!("wrong variant for {field} with {kind}: {other:?}"),
         }
         assert_msg(
@@ -2064,7 +2064,7 @@ fn forwarding_parses_and_rejects_garbage_and_loopback_nat_backends() {
     let nat = "interfaces = [\"lo\"]\n[[service]]\nname = \"n\"\nvip = \"10.9.0.1:53\"\nforwarding = \"nat\"\n[[service.backend]]\naddress = \"10.1.0.2:53\"\n";
     let cfg = ok(nat);
     assert_eq!(cfg.services[0].forwarding, Forwarding::Nat);
-    assert_eq!(forwarding_name(Forwarding::Nat), "nat");
+    assert_eq!(Forwarding::Nat.to_string(), "nat");
     for bad in ["dsr", "NAT", ""] {
         let e = err(&one_service(&format!("forwarding = \"{bad}\"\n")));
         assert!(
@@ -2090,7 +2090,7 @@ fn forwarding_parses_and_rejects_garbage_and_loopback_nat_backends() {
 
     let dsr = nat.replace("\"nat\"", "\"dsr-l2\"");
     assert_eq!(ok(&dsr).services[0].forwarding, Forwarding::DsrL2);
-    assert_eq!(forwarding_name(Forwarding::DsrL2), "dsr-l2");
+    assert_eq!(Forwarding::DsrL2.to_string(), "dsr-l2");
     let e = err(&dsr.replace("10.1.0.2:53", "10.1.0.2:5353"));
     assert!(
         matches!(e, ConfigError::DsrPortMismatch { vip_port: 53, .. }),
@@ -2142,7 +2142,7 @@ fn forwarding_parses_and_rejects_garbage_and_loopback_nat_backends() {
     assert_eq!(
         svc.fullnat,
         Some(FullnatConfig {
-            source: Ipv4Addr::new(10, 86, 0, 1),
+            source: Ipv4Addr::new(10, 86, 0, 1).into(),
             port_first: 20000,
             port_last: 59999
         }),
@@ -2195,7 +2195,7 @@ fn when_all_down_parses_and_rejects_garbage() {
     for (text, policy) in [("drop", WhenAllDown::Drop), ("pass", WhenAllDown::Pass)] {
         let cfg = ok(&one_service(&format!("when_all_down = \"{text}\"\n")));
         assert_eq!(cfg.services[0].when_all_down, policy, "{text}");
-        assert_eq!(when_all_down_name(policy), text);
+        assert_eq!(policy.to_string(), text);
         let cfg = ok(&one_service(&format!(
             "when_all_down = \"{text}\"\n[service.health_check]\ntype = \"tcp\"\n"
         )));
@@ -2498,7 +2498,7 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
         services: vec![
             ServiceConfig {
                 name: "dns".to_owned(),
-                vip: SocketAddrV4::new(ip(192, 0, 2, 10), 53),
+                vip: SocketAddrV4::new(ip(192, 0, 2, 10), 53).into(),
                 protocol: Protocol::Udp,
                 flow_idle_timeout: Duration::from_secs(30),
                 scheduler: Scheduler::Maglev,
@@ -2511,12 +2511,12 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
                 fullnat: None,
                 backends: vec![
                     BackendConfig {
-                        address: SocketAddrV4::new(ip(10, 0, 0, 1), 53),
+                        address: SocketAddrV4::new(ip(10, 0, 0, 1), 53).into(),
                         weight: 1,
                         drain: false,
                     },
                     BackendConfig {
-                        address: SocketAddrV4::new(ip(10, 0, 0, 2), 5353),
+                        address: SocketAddrV4::new(ip(10, 0, 0, 2), 5353).into(),
                         weight: 3,
                         drain: false,
                     },
@@ -2524,7 +2524,7 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
             },
             ServiceConfig {
                 name: "syslog".to_owned(),
-                vip: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 514),
+                vip: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 514).into(),
                 protocol: Protocol::Udp,
                 flow_idle_timeout: Duration::from_secs(300),
                 scheduler: Scheduler::Maglev,
@@ -2536,7 +2536,7 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
                 encap_source: None,
                 fullnat: None,
                 backends: vec![BackendConfig {
-                    address: SocketAddrV4::new(ip(10, 0, 1, 1), 514),
+                    address: SocketAddrV4::new(ip(10, 0, 1, 1), 514).into(),
                     weight: 10,
                     drain: false,
                 }],
@@ -3068,7 +3068,7 @@ fn to_toml_round_trips_the_built_in_text() {
 #[test]
 fn to_toml_writes_every_field_explicitly() {
     let expected = "\
-# Written by xdplb: live API changes are saved here. Comments and layout are not kept.
+# Written by xdplb in canonical form: every field, defaults included.
 
 interfaces = [\"lo\"]
 xdp_mode = \"auto\"
@@ -3421,9 +3421,8 @@ fn to_toml_escapes_strings() {
 }
 
 #[test]
-fn to_toml_writes_invalid_utf8_payloads_lossily() {
-    // Not reachable from a parsed config (the file holds strings), so documented as
-    // not round-tripping: each invalid sequence becomes U+FFFD.
+fn to_toml_writes_payloads_that_are_not_text_as_hex() {
+    // Bytes that are not UTF-8 go out as payload_hex/expect_hex and come back the same.
     let mut cfg = default_config();
     cfg.services[0].health_check = Some(HealthCheck {
         kind: HealthCheckKind::Udp {
@@ -3445,8 +3444,13 @@ fn to_toml_writes_invalid_utf8_payloads_lossily() {
     else {
         panic!("a udp check: {back:#?}");
     };
-    assert_eq!(payload, "o\u{fffd}k".as_bytes());
-    assert_eq!(expect.as_deref(), Some("\u{fffd}".as_bytes()));
+    assert_eq!(payload, &[b'o', 0xff, b'k']);
+    assert_eq!(expect.as_deref(), Some(&[0xc3][..]));
+    let text = to_toml(&cfg);
+    assert!(
+        text.contains("payload_hex = \"6fff6b\"") && text.contains("expect_hex = \"c3\""),
+        "{text}"
+    );
 }
 
 #[test]
@@ -3690,7 +3694,7 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
         } else {
             Ipv4Addr::from_bits(rng.range(0, u32::MAX))
         };
-        let vip = SocketAddrV4::new(vip_ip, rng.range(1, u16::MAX));
+        let vip = SocketAddr::from((vip_ip, rng.range(1, u16::MAX)));
         // Multicast, broadcast and 0.0.0.0/8 (but the wildcard) are no vips.
         let unusable_vip = !vip_ip.is_unspecified()
             && (vip_ip.is_multicast() || vip_ip.is_broadcast() || vip_ip.octets()[0] == 0);
@@ -3704,7 +3708,7 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
         let backend_count = usize::from(rng.range(1u8, 6));
         while backends.len() < backend_count {
             let ip = Ipv4Addr::from_bits(rng.range(0, u32::MAX));
-            let address = SocketAddrV4::new(ip, rng.range(1, u16::MAX));
+            let address = SocketAddr::from((ip, rng.range(1, u16::MAX)));
             if ip.is_unspecified()
                 || ip.is_broadcast()
                 || ip.is_multicast()
@@ -3841,7 +3845,8 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
                     }
                 };
                 EncapSource {
-                    base: Ipv4Addr::from_bits((first << 24 | rng.range(0, 0xff_ffff)) & mask),
+                    base: Ipv4Addr::from_bits((first << 24 | rng.range(0, 0xff_ffff)) & mask)
+                        .into(),
                     prefix_len,
                 }
             }),
@@ -3853,7 +3858,8 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
                         rng.range(0, 255),
                         rng.range(0, 255),
                         rng.range(1, 254),
-                    ),
+                    )
+                    .into(),
                     port_first,
                     port_last: rng.range(port_first, u16::MAX),
                 }
@@ -3898,7 +3904,7 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
     }
     // The rules between services: no backend shared by two local/nat services, no
     // fullnat_source on a vip address, no wildcard port inside a fullnat_ports range.
-    let reply_backends: Vec<SocketAddrV4> = services
+    let reply_backends: Vec<SocketAddr> = services
         .iter()
         .filter(|s| matches!(s.forwarding, Forwarding::Local | Forwarding::Nat))
         .flat_map(|s| s.backends.iter().map(|b| b.address))
@@ -3907,7 +3913,7 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
     let ranges: Vec<FullnatConfig> = services.iter().filter_map(|s| s.fullnat).collect();
     let source_on_vip = ranges
         .iter()
-        .any(|f| services.iter().any(|t| *t.vip.ip() == f.source));
+        .any(|f| services.iter().any(|t| t.vip.ip() == f.source));
     let wildcard_in_range = services
         .iter()
         .filter(|w| w.vip.ip().is_unspecified())
@@ -4064,4 +4070,222 @@ fn save_of_a_missing_file_names_it_and_creates_nothing() {
     let e = save(&path, b"x").expect_err("nothing to save over");
     assert!(e.to_string().contains("gone.toml"), "{e}");
     assert!(dir.names().is_empty(), "{:?}", dir.names());
+}
+
+// ---- IPv6: typed as SocketAddr/IpAddr, refused until the data plane takes it ---------
+
+/// Every address field refuses IPv6 with its location and the same reason.
+#[test]
+fn ipv6_is_refused_in_every_address_field_with_its_location() {
+    let backend_dsr = "[[service.backend]]\naddress = \"10.0.0.1:9875\"\n";
+    let cases: [(String, &str, u32); 4] = [
+        (with_vip("[2001:db8::1]:53"), "service \"demo\" vip", 4),
+        (
+            with_backend("address = \"[2001:db8::2]:53\"\n"),
+            "service \"demo\" backend #1 address",
+            6,
+        ),
+        (
+            format!(
+                "{IFACES}[[service]]\nname = \"demo\"\nvip = \"10.1.0.1:9875\"\nforwarding = \"dsr-ipip\"\nencap_source = \"2001:db8::/64\"\n{backend_dsr}"
+            ),
+            "service \"demo\" encap_source",
+            6,
+        ),
+        (
+            format!(
+                "{IFACES}[[service]]\nname = \"demo\"\nvip = \"10.1.0.1:9875\"\nforwarding = \"fullnat\"\nfullnat_source = \"2001:db8::9\"\n{backend_dsr}"
+            ),
+            "service \"demo\" fullnat_source",
+            6,
+        ),
+    ];
+    for (text, what, at_line) in cases {
+        let e = err(&text);
+        match &e {
+            ConfigError::Ipv6NotSupported { what: w, .. } => assert_eq!(w, what),
+            other => panic!("{what}: wrong variant {other:?}"),
+        }
+        assert_msg(
+            &e,
+            &[
+                "IPv6 is not supported yet (the data plane is IPv4-only)",
+                &line(at_line),
+            ],
+        );
+    }
+}
+
+/// The data-plane writers take IPv4 through a fallible conversion: a typed config with an
+/// IPv6 address (one that skipped validation) is refused, not unwrapped.
+#[test]
+fn the_data_plane_refuses_an_unvalidated_ipv6_address() {
+    let mut cfg = default_config();
+    cfg.services[0].backends[0].address = "[::1]:9876".parse().expect("literal");
+    let e = crate::dataplane::reconcile::desired_state(&cfg, None).expect_err("IPv6 refused");
+    assert!(e.to_string().contains("IPv6 is not supported yet"), "{e}");
+    assert_eq!(
+        socket_v4("[::1]:1".parse().expect("literal")),
+        Err(Ipv6Unsupported("::1".parse().expect("literal")))
+    );
+    assert_eq!(
+        ip_v4("10.0.0.1".parse().expect("literal")),
+        Ok(Ipv4Addr::new(10, 0, 0, 1))
+    );
+}
+
+// ---- hex payloads of udp health checks -----------------------------------------------
+
+/// `payload_hex`/`expect_hex` carry bytes that are not text (a DNS query whose ID is >= 0x80),
+/// and each mistake gets its own error at its place: (fields, expected bytes or error parts).
+#[test]
+fn hex_payloads_table() {
+    type Expect = Result<(&'static [u8], Option<&'static [u8]>), &'static [&'static str]>;
+    let cases: &[(&str, Expect)] = &[
+        (
+            "payload_hex = \"ABcd0100000100000000000003777777\"\nexpect_hex = \"abcd\"\n",
+            Ok((
+                &[
+                    0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, b'w', b'w', b'w',
+                ],
+                Some(&[0xab, 0xcd]),
+            )),
+        ),
+        ("payload_hex = \"00ff\"\n", Ok((&[0, 0xff], None))),
+        (
+            "payload = \"ping\"\npayload_hex = \"00\"\n",
+            Err(&["sets both payload and payload_hex", "test.toml:8:"]),
+        ),
+        (
+            "expect = \"x\"\nexpect_hex = \"00\"\n",
+            Err(&["sets both expect and expect_hex", "test.toml:8:"]),
+        ),
+        (
+            "payload_hex = \"abc\"\n",
+            Err(&["payload_hex is not hex bytes", "odd number", "test.toml:7:"]),
+        ),
+        (
+            "expect_hex = \"zz\"\n",
+            Err(&["expect_hex is not hex bytes", "'z' is not a hex digit"]),
+        ),
+        (
+            "payload_hex = \"\"\n",
+            Err(&["payload_hex is not hex bytes", "empty"]),
+        ),
+        (
+            "payload_hex = \"0x00\"\n",
+            Err(&["payload_hex is not hex bytes", "'x' is not a hex digit"]),
+        ),
+    ];
+    for (fields, expect) in cases {
+        let text = with_check(&format!("type = \"udp\"\n{fields}"));
+        match expect {
+            Ok((payload, expected)) => {
+                let cfg = ok(&text);
+                let hc = cfg.services[0].health_check.as_ref().expect("a check");
+                assert_eq!(
+                    hc.kind,
+                    HealthCheckKind::Udp {
+                        payload: payload.to_vec(),
+                        expect: expected.map(<[u8]>::to_vec),
+                    },
+                    "{fields}"
+                );
+                // And it round-trips through the writer.
+                assert_eq!(ok(&to_toml(&cfg)), cfg, "{fields}");
+            }
+            Err(parts) => assert_msg(&err(&text), parts),
+        }
+    }
+    // Hex fields belong to udp checks only.
+    let e = err(&with_check("type = \"tcp\"\npayload_hex = \"00\"\n"));
+    assert_msg(&e, &["payload_hex", "only applies to type = \"udp\""]);
+}
+
+// ---- one validation path for the file and for changes made to the typed model ---------
+
+/// A typed config changed in memory (as the API changes it) gets, from [`check`], the same
+/// error the file with that config gets from [`parse`], less the file position.
+#[test]
+fn typed_changes_get_the_files_errors_without_positions() {
+    let base = ok("interfaces = [\"lo\"]\n\
+         [[service]]\nname = \"a\"\nvip = \"10.9.0.1:53\"\nforwarding = \"fullnat\"\nfullnat_source = \"10.86.0.1\"\n\
+         [[service.backend]]\naddress = \"10.0.0.1:53\"\n\
+         [[service]]\nname = \"b\"\nvip = \"10.9.0.2:53\"\nscheduler = \"round-robin\"\n\
+         [[service.backend]]\naddress = \"10.0.0.2:53\"\n[[service.backend]]\naddress = \"10.0.0.3:53\"\n");
+    type Change = fn(&mut Config);
+    let cases: &[(&str, Change, &str)] = &[
+        (
+            "same vip",
+            |c| c.services[1].vip = c.services[0].vip,
+            "already used by service \"a\"",
+        ),
+        (
+            "shared reply backend",
+            |c| {
+                c.services[1].forwarding = Forwarding::Nat;
+                c.services[1].backends[1].address = "10.0.0.2:53".parse().expect("literal");
+            },
+            "10.0.0.2:53",
+        ),
+        (
+            "fullnat source on a vip",
+            |c| {
+                let vip = c.services[1].vip.ip();
+                if let Some(f) = c.services[0].fullnat.as_mut() {
+                    f.source = vip;
+                }
+            },
+            "fullnat_source",
+        ),
+        (
+            "every backend drained",
+            |c| {
+                c.services[1]
+                    .backends
+                    .iter_mut()
+                    .for_each(|b| b.drain = true)
+            },
+            "drain",
+        ),
+        (
+            "a wildcard vip in the fullnat ports",
+            |c| c.services[1].vip = "0.0.0.0:30000".parse().expect("literal"),
+            "fullnat_ports",
+        ),
+        (
+            "a duplicate name",
+            |c| c.services[1].name = "a".into(),
+            "\"a\"",
+        ),
+        ("no services", |c| c.services.clear(), "service"),
+        (
+            "an IPv6 backend",
+            |c| c.services[1].backends[0].address = "[2001:db8::1]:53".parse().expect("literal"),
+            "IPv6 is not supported yet (the data plane is IPv4-only)",
+        ),
+    ];
+    assert_eq!(check(&base, "the change").expect("valid"), base);
+    for (name, change, needle) in cases {
+        let mut cfg = base.clone();
+        change(&mut cfg);
+        let typed = change_error_message(&check(&cfg, "the change").expect_err(name));
+        let file = err(&to_toml(&cfg)).to_string();
+        assert!(typed.contains(needle), "{name}: {typed}");
+        assert!(
+            typed.starts_with("the change: ") && !typed.contains("line"),
+            "{name}: no file position: {typed}"
+        );
+        // The same message once the file's positions are taken out.
+        let mut unplaced = file.clone();
+        while let Some(i) = unplaced.find(" (line ") {
+            let Some(j) = unplaced[i..].find(')') else {
+                break;
+            };
+            unplaced.replace_range(i..i + j + 1, "");
+        }
+        let file_message = unplaced.split_once(": ").map_or("", |(_, m)| m);
+        let typed_message = typed.split_once(": ").map_or("", |(_, m)| m);
+        assert_eq!(typed_message, file_message, "{name}: file {file}");
+    }
 }

@@ -11,7 +11,8 @@ use toml::Spanned;
 
 use super::{
     BackendConfig, Config, ConfigError, Forwarding, HashFields, HealthCheck, HealthCheckKind,
-    Limits, Location, OnFailure, Protocol, Scheduler, ServiceConfig, WhenAllDown, XdpModeSetting,
+    HealthCheckType, Limits, Location, OnFailure, Protocol, Scheduler, ServiceConfig, WhenAllDown,
+    XdpModeSetting,
     error::line_col,
     raw::{RawBackend, RawConfig, RawHealthCheck, RawLimits, RawService, TABLES},
 };
@@ -74,16 +75,29 @@ pub(crate) struct Source<'a> {
     pub origin: &'a str,
 }
 
-impl Source<'_> {
+impl<'a> Source<'a> {
+    /// A typed config lowered to the raw schema ([`super::typed`]): no text, so errors carry
+    /// the origin alone (and lines of other items as 0, which
+    /// [`change_error_message`](super::change_error_message) leaves out).
+    pub(crate) fn typed(origin: &'a str) -> Self {
+        Source { text: "", origin }
+    }
+
     fn at(&self, span: &Range<usize>) -> Location {
-        Location::at_offset(self.origin, self.text, span.start)
+        self.at_offset(span.start)
     }
 
     fn at_offset(&self, offset: usize) -> Location {
+        if self.text.is_empty() {
+            return Location::origin_only(self.origin);
+        }
         Location::at_offset(self.origin, self.text, offset)
     }
 
     fn line_of(&self, offset: usize) -> u32 {
+        if self.text.is_empty() {
+            return 0;
+        }
         line_col(self.text, offset).0
     }
 
@@ -243,15 +257,12 @@ fn validate_xdp_mode(
     let Some(raw) = raw else {
         return Ok(XdpModeSetting::Auto);
     };
-    match raw.get_ref().as_str() {
-        "auto" => Ok(XdpModeSetting::Auto),
-        "native" => Ok(XdpModeSetting::Native),
-        "generic" => Ok(XdpModeSetting::Generic),
-        _ => Err(ConfigError::InvalidXdpMode {
+    raw.get_ref()
+        .parse()
+        .map_err(|_| ConfigError::InvalidXdpMode {
             at: src.at(&raw.span()),
-            value: raw.into_inner(),
-        }),
-    }
+            value: raw.get_ref().clone(),
+        })
 }
 
 fn validate_hash_seed(raw: Option<Spanned<i64>>, src: Source<'_>) -> Result<u32, ConfigError> {
@@ -276,12 +287,18 @@ fn parse_port_range(text: &str) -> Option<(u16, u16)> {
 }
 
 /// `A.B.C.D/N` with N in 0..=32 and no host bits set.
-fn parse_encap_source(text: &str) -> Option<super::EncapSource> {
+fn parse_encap_source(text: &str) -> Option<(Ipv4Addr, u8)> {
     let (addr, len) = text.split_once('/')?;
-    let base: std::net::Ipv4Addr = addr.parse().ok()?;
+    let base: Ipv4Addr = addr.parse().ok()?;
     let prefix_len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
     let host_mask = u32::MAX.checked_shr(u32::from(prefix_len)).unwrap_or(0);
-    (u32::from(base) & host_mask == 0).then_some(super::EncapSource { base, prefix_len })
+    (u32::from(base) & host_mask == 0).then_some((base, prefix_len))
+}
+
+/// Whether `text` is (or is a prefix of) an IPv6 address, which the data plane cannot take yet.
+fn is_ipv6_text(text: &str) -> bool {
+    let addr = text.split_once('/').map_or(text, |(a, _)| a);
+    addr.parse::<std::net::Ipv6Addr>().is_ok()
 }
 
 /// Whether a TCP listener on `metrics` and one on `api` cannot both bind: the same address
@@ -321,13 +338,12 @@ fn vip_address_problem(ip: Ipv4Addr) -> Option<String> {
 /// shorter one takes in reserved space (0.0.0.0/8, loopback, multicast).
 const MIN_ENCAP_PREFIX_LEN: u8 = 8;
 
-/// Why `e` cannot supply outer source addresses, if it cannot.
-fn encap_source_problem(e: super::EncapSource) -> Option<String> {
-    let first = e.base.octets()[0];
-    if e.prefix_len < MIN_ENCAP_PREFIX_LEN {
+/// Why `base/prefix_len` cannot supply outer source addresses, if it cannot.
+fn encap_source_problem(base: Ipv4Addr, prefix_len: u8) -> Option<String> {
+    let first = base.octets()[0];
+    if prefix_len < MIN_ENCAP_PREFIX_LEN {
         Some(format!(
-            "/{} is shorter than /{MIN_ENCAP_PREFIX_LEN} and would take in reserved ranges (0.0.0.0/8, loopback 127.0.0.0/8, multicast 224.0.0.0/4)",
-            e.prefix_len
+            "/{prefix_len} is shorter than /{MIN_ENCAP_PREFIX_LEN} and would take in reserved ranges (0.0.0.0/8, loopback 127.0.0.0/8, multicast 224.0.0.0/4)"
         ))
     } else if first == 0 {
         Some("0.0.0.0/8 is not a source address range".to_owned())
@@ -337,8 +353,7 @@ fn encap_source_problem(e: super::EncapSource) -> Option<String> {
         )
     } else if first >= 224 {
         Some(format!(
-            "{} is in multicast or reserved space (224.0.0.0/3), not unicast",
-            e.base
+            "{base} is in multicast or reserved space (224.0.0.0/3), not unicast"
         ))
     } else {
         None
@@ -479,7 +494,7 @@ fn validate_services(
     // name -> (1-based index, offset of the name)
     let mut names: HashMap<String, (usize, usize)> = HashMap::with_capacity(raw.len());
     // (vip, protocol) -> (service label, offset of the vip)
-    let mut vips: HashMap<(SocketAddrV4, Protocol), (String, usize)> =
+    let mut vips: HashMap<(SocketAddr, Protocol), (String, usize)> =
         HashMap::with_capacity(raw.len());
     let mut out = Vec::with_capacity(raw.len());
     let mut offsets = Vec::with_capacity(raw.len());
@@ -577,7 +592,7 @@ fn check_between_services(
 ) -> Result<(), ConfigError> {
     let label = |i: usize| service_label(&services[i].name);
     // backend -> (service index, offset of its address), for local and nat services.
-    let mut reply_owner: HashMap<SocketAddrV4, (usize, usize)> = HashMap::new();
+    let mut reply_owner: HashMap<SocketAddr, (usize, usize)> = HashMap::new();
     for (i, (svc, at)) in services.iter().zip(offsets).enumerate() {
         if !matches!(svc.forwarding, Forwarding::Local | Forwarding::Nat) {
             continue;
@@ -604,7 +619,7 @@ fn check_between_services(
         let Some(f) = svc.fullnat else {
             continue;
         };
-        if let Some(j) = services.iter().position(|t| *t.vip.ip() == f.source) {
+        if let Some(j) = services.iter().position(|t| t.vip.ip() == f.source) {
             return Err(ConfigError::FullnatSourceIsVip {
                 at: src.at_offset(at.fullnat_source),
                 service: label(i),
@@ -683,7 +698,7 @@ fn validate_service(
     let vip_span = vip.span();
     let vip = match parse_ipv4_socket(vip.get_ref()) {
         Ok(addr) => match vip_address_problem(*addr.ip()) {
-            None => addr,
+            None => SocketAddr::V4(addr),
             Some(reason) => {
                 return Err(ConfigError::InvalidVip {
                     at: src.at(&vip_span),
@@ -712,16 +727,17 @@ fn validate_service(
 
     let protocol = match raw.protocol {
         None => Protocol::Udp,
-        Some(p) => match p.get_ref().as_str() {
-            "udp" => Protocol::Udp,
-            "tcp" => {
+        Some(p) => match p.get_ref().parse::<Protocol>() {
+            Ok(protocol) => protocol,
+            // Known, but not handled by the data plane yet.
+            Err(_) if p.get_ref() == "tcp" => {
                 return Err(ConfigError::UnsupportedProtocol {
                     at: src.at(&p.span()),
                     service: label,
                     value: p.into_inner(),
                 });
             }
-            _ => {
+            Err(_) => {
                 return Err(ConfigError::InvalidProtocol {
                     at: src.at(&p.span()),
                     service: label,
@@ -748,13 +764,9 @@ fn validate_service(
 
     let scheduler = match raw.scheduler {
         None => Scheduler::Maglev,
-        Some(s) => match s.get_ref().as_str() {
-            "maglev" => Scheduler::Maglev,
-            "round-robin" => Scheduler::RoundRobin,
-            "weighted-round-robin" => Scheduler::WeightedRoundRobin,
-            "random" => Scheduler::Random,
-            "source-hash" => Scheduler::SourceHash,
-            _ => {
+        Some(s) => match s.get_ref().parse() {
+            Ok(scheduler) => scheduler,
+            Err(_) => {
                 return Err(ConfigError::InvalidScheduler {
                     at: src.at(&s.span()),
                     service: label,
@@ -768,11 +780,9 @@ fn validate_service(
         None if scheduler == Scheduler::SourceHash => HashFields::SourceIp,
         None => HashFields::FiveTuple,
         Some(h) => {
-            let fields = match h.get_ref().as_str() {
-                "5-tuple" => HashFields::FiveTuple,
-                "source-ip" => HashFields::SourceIp,
-                "source-ip-port" => HashFields::SourceIpPort,
-                _ => {
+            let fields = match h.get_ref().parse::<HashFields>() {
+                Ok(fields) => fields,
+                Err(_) => {
                     return Err(ConfigError::InvalidHash {
                         at: src.at(&h.span()),
                         service: label,
@@ -833,10 +843,9 @@ fn validate_service(
 
     let when_all_down = match raw.when_all_down {
         None => WhenAllDown::Drop,
-        Some(w) => match w.get_ref().as_str() {
-            "drop" => WhenAllDown::Drop,
-            "pass" => WhenAllDown::Pass,
-            _ => {
+        Some(w) => match w.get_ref().parse() {
+            Ok(policy) => policy,
+            Err(_) => {
                 return Err(ConfigError::InvalidWhenAllDown {
                     at: src.at(&w.span()),
                     service: label,
@@ -848,13 +857,9 @@ fn validate_service(
 
     let forwarding = match raw.forwarding {
         None => Forwarding::Local,
-        Some(f) => match f.get_ref().as_str() {
-            "local" => Forwarding::Local,
-            "nat" => Forwarding::Nat,
-            "dsr-l2" => Forwarding::DsrL2,
-            "dsr-ipip" => Forwarding::DsrIpip,
-            "fullnat" => Forwarding::FullNat,
-            _ => {
+        Some(f) => match f.get_ref().parse() {
+            Ok(forwarding) => forwarding,
+            Err(_) => {
                 return Err(ConfigError::InvalidForwarding {
                     at: src.at(&f.span()),
                     service: label,
@@ -874,13 +879,20 @@ fn validate_service(
         }
         (None, _) => None,
         (Some(e), Forwarding::DsrIpip) => {
-            let prefix =
+            if is_ipv6_text(e.get_ref()) {
+                return Err(ConfigError::Ipv6NotSupported {
+                    at: src.at(&e.span()),
+                    what: format!("{label} encap_source"),
+                    value: e.into_inner(),
+                });
+            }
+            let (base, prefix_len) =
                 parse_encap_source(e.get_ref()).ok_or_else(|| ConfigError::InvalidEncapSource {
                     at: src.at(&e.span()),
                     service: label.clone(),
                     value: e.get_ref().clone(),
                 })?;
-            if let Some(reason) = encap_source_problem(prefix) {
+            if let Some(reason) = encap_source_problem(base, prefix_len) {
                 return Err(ConfigError::UnusableEncapSource {
                     at: src.at(&e.span()),
                     service: label,
@@ -888,7 +900,10 @@ fn validate_service(
                     reason,
                 });
             }
-            Some(prefix)
+            Some(super::EncapSource {
+                base: IpAddr::V4(base),
+                prefix_len,
+            })
         }
         (Some(e), _) => {
             return Err(ConfigError::EncapSourceMismatch {
@@ -916,14 +931,21 @@ fn validate_service(
         }
         (None, _) => None,
         (Some(s), Forwarding::FullNat) => {
-            let source = match s.get_ref().parse::<std::net::Ipv4Addr>() {
+            if is_ipv6_text(s.get_ref()) {
+                return Err(ConfigError::Ipv6NotSupported {
+                    at: src.at(&s.span()),
+                    what: format!("{label} fullnat_source"),
+                    value: s.into_inner(),
+                });
+            }
+            let source = match s.get_ref().parse::<Ipv4Addr>() {
                 Ok(a)
                     if !a.is_unspecified()
                         && !a.is_loopback()
                         && !a.is_broadcast()
                         && !a.is_multicast() =>
                 {
-                    a
+                    IpAddr::V4(a)
                 }
                 _ => {
                     return Err(ConfigError::InvalidFullnat {
@@ -999,7 +1021,7 @@ fn validate_service(
     }
 
     // address -> (1-based index, offset of the address)
-    let mut seen: HashMap<SocketAddrV4, (usize, usize)> = HashMap::with_capacity(backends.len());
+    let mut seen: HashMap<SocketAddr, (usize, usize)> = HashMap::with_capacity(backends.len());
     let mut out = Vec::with_capacity(backends.len());
     let mut backend_offsets = Vec::with_capacity(backends.len());
     // Offset of the last `drain = true`, for when every backend is drained.
@@ -1031,7 +1053,7 @@ fn validate_service(
             return Err(ConfigError::NatLoopbackBackend {
                 at: src.at_offset(addr_offset),
                 service: label,
-                mode: super::forwarding_name(forwarding),
+                mode: forwarding,
                 address: backend.address,
             });
         }
@@ -1041,9 +1063,9 @@ fn validate_service(
             return Err(ConfigError::BackendIsVip {
                 at: src.at_offset(addr_offset),
                 service: label,
-                mode: super::forwarding_name(forwarding),
+                mode: forwarding,
                 address: backend.address,
-                vip,
+                vip: vip.ip(),
             });
         }
         if matches!(forwarding, Forwarding::DsrL2 | Forwarding::DsrIpip)
@@ -1052,7 +1074,7 @@ fn validate_service(
             return Err(ConfigError::DsrPortMismatch {
                 at: src.at_offset(addr_offset),
                 service: label,
-                mode: super::forwarding_name(forwarding),
+                mode: forwarding,
                 address: backend.address,
                 vip_port: vip.port(),
             });
@@ -1126,11 +1148,9 @@ fn validate_health_check(
             hint: "; e.g. type = \"udp\" (or \"tcp\" or \"http\")",
         });
     };
-    let kind_name = match kind.get_ref().as_str() {
-        "udp" => "udp",
-        "tcp" => "tcp",
-        "http" => "http",
-        _ => {
+    let kind_name = match kind.get_ref().parse::<HealthCheckType>() {
+        Ok(kind) => kind,
+        Err(_) => {
             return Err(ConfigError::InvalidHealthCheckType {
                 at: src.at(&kind.span()),
                 service: label.to_owned(),
@@ -1140,14 +1160,19 @@ fn validate_health_check(
     };
     // Type-specific fields given with another type, in file order.
     let mut misplaced: Vec<(Range<usize>, &'static str, String)> = Vec::new();
-    if kind_name != "udp" {
-        for (field, value) in [("payload", &raw.payload), ("expect", &raw.expect)] {
+    if kind_name != HealthCheckType::Udp {
+        for (field, value) in [
+            ("payload", &raw.payload),
+            ("payload_hex", &raw.payload_hex),
+            ("expect", &raw.expect),
+            ("expect_hex", &raw.expect_hex),
+        ] {
             if let Some(v) = value {
                 misplaced.push((v.span(), field, format!("{:?}", v.get_ref())));
             }
         }
     }
-    if kind_name != "http" {
+    if kind_name != HealthCheckType::Http {
         if let Some(v) = &raw.path {
             misplaced.push((v.span(), "path", format!("{:?}", v.get_ref())));
         }
@@ -1233,30 +1258,53 @@ fn validate_health_check(
     let port = in_range(raw.port, "port", 1..=u16::MAX)?;
 
     let kind = match kind_name {
-        "udp" => {
-            let bytes = |raw: Option<Spanned<String>>, field: &'static str| {
-                let Some(raw) = raw else {
-                    return Ok(None);
+        HealthCheckType::Udp => {
+            // Text or hex digits (for bytes that are not text, such as a DNS query), not both.
+            let bytes = |text: Option<Spanned<String>>,
+                         hex: Option<Spanned<String>>,
+                         field: &'static str,
+                         hex_field: &'static str| {
+                let (value, field, span) = match (text, hex) {
+                    (None, None) => return Ok(None),
+                    (Some(_), Some(h)) => {
+                        return Err(ConfigError::HealthCheckBothForms {
+                            at: src.at(&h.span()),
+                            service: label.to_owned(),
+                            field,
+                            other: hex_field,
+                        });
+                    }
+                    (Some(t), None) => (t.get_ref().as_bytes().to_vec(), field, t.span()),
+                    (None, Some(h)) => match parse_hex(h.get_ref()) {
+                        Ok(bytes) => (bytes, hex_field, h.span()),
+                        Err(reason) => {
+                            return Err(ConfigError::InvalidHealthCheckHex {
+                                at: src.at(&h.span()),
+                                service: label.to_owned(),
+                                field: hex_field,
+                                reason: format!("{:?}: {reason}", h.get_ref()),
+                            });
+                        }
+                    },
                 };
-                let len = raw.get_ref().len();
-                if len > MAX_UDP_PAYLOAD {
+                if value.len() > MAX_UDP_PAYLOAD {
                     return Err(ConfigError::HealthCheckPayloadTooLong {
-                        at: src.at(&raw.span()),
+                        at: src.at(&span),
                         service: label.to_owned(),
                         field,
-                        len,
+                        len: value.len(),
                         max: MAX_UDP_PAYLOAD,
                     });
                 }
-                Ok(Some(raw.into_inner().into_bytes()))
+                Ok(Some(value))
             };
             HealthCheckKind::Udp {
-                payload: bytes(raw.payload, "payload")?
+                payload: bytes(raw.payload, raw.payload_hex, "payload", "payload_hex")?
                     .unwrap_or_else(|| DEFAULT_UDP_PAYLOAD.as_bytes().to_vec()),
-                expect: bytes(raw.expect, "expect")?,
+                expect: bytes(raw.expect, raw.expect_hex, "expect", "expect_hex")?,
             }
         }
-        "http" => {
+        HealthCheckType::Http => {
             let path = match raw.path {
                 None => DEFAULT_HTTP_PATH.to_owned(),
                 Some(p) => match http_path_problem(p.get_ref()) {
@@ -1282,15 +1330,14 @@ fn validate_health_check(
                 expect_status,
             }
         }
-        _ => HealthCheckKind::Tcp,
+        HealthCheckType::Tcp => HealthCheckKind::Tcp,
     };
 
     let on_failure = match raw.on_failure {
         None => OnFailure::KeepFlows,
-        Some(o) => match o.get_ref().as_str() {
-            "keep-flows" => OnFailure::KeepFlows,
-            "move-flows" => OnFailure::MoveFlows,
-            _ => {
+        Some(o) => match o.get_ref().parse() {
+            Ok(policy) => policy,
+            Err(_) => {
                 return Err(ConfigError::InvalidOnFailure {
                     at: src.at(&o.span()),
                     service: label.to_owned(),
@@ -1311,11 +1358,35 @@ fn validate_health_check(
     })
 }
 
+/// Hex digits, two a byte (upper or lower case; no prefix, no separators), or why not.
+fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
+    if text.is_empty() {
+        return Err("it is empty".to_owned());
+    }
+    if let Some(c) = text.chars().find(|c| !c.is_ascii_hexdigit()) {
+        return Err(format!("{c:?} is not a hex digit"));
+    }
+    if !text.len().is_multiple_of(2) {
+        return Err(format!(
+            "it has {} digits, an odd number (two digits make a byte)",
+            text.len()
+        ));
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or_else(|| format!("{:?} is not a hex byte", text.get(i..i + 2)))
+        })
+        .collect()
+}
+
 /// The health check type that a type-specific field belongs to (for error messages).
 pub(crate) fn health_check_field_type(field: &str) -> &'static str {
     match field {
-        "payload" | "expect" => "udp",
-        "path" | "expect_status" => "http",
+        "payload" | "expect" | "payload_hex" | "expect_hex" => HealthCheckType::Udp.as_str(),
+        "path" | "expect_status" => HealthCheckType::Http.as_str(),
         _ => "udp, tcp or http",
     }
 }
@@ -1431,7 +1502,7 @@ fn validate_backend(
     };
     Ok(CheckedBackend {
         backend: BackendConfig {
-            address: addr,
+            address: SocketAddr::V4(addr),
             weight,
             drain: raw.drain.as_ref().is_some_and(|d| *d.get_ref()),
         },

@@ -1,28 +1,25 @@
-//! Turns a [`Config`] back into TOML text (used to save live API changes to the
-//! operator's config file).
+//! Turns a [`Config`] back into TOML text (the canonical form of a whole config, and the
+//! `[[service]]` table that an API change appends to the operator's file), and saves text to
+//! the config file keeping its identity ([`save`]).
 
 use std::{
     fmt::{self, Write as _},
     time::Duration,
 };
 
-use super::{
-    Config, HealthCheck, HealthCheckKind, Scheduler, ServiceConfig, XdpModeSetting,
-    forwarding_name, hash_name, health_check_type_name, on_failure_name, protocol_name,
-    scheduler_name, when_all_down_name,
-};
+use super::{Config, HealthCheck, HealthCheckKind, Scheduler, ServiceConfig};
 
 /// The first line of every file [`to_toml`] writes.
 pub(crate) const HEADER: &str =
-    "# Written by xdplb: live API changes are saved here. Comments and layout are not kept.";
+    "# Written by xdplb in canonical form: every field, defaults included.";
 
 /// Writes `cfg` as TOML text that [`parse`](super::parse) turns back into exactly
 /// `cfg`: `parse(&to_toml(&cfg), origin) == Ok(cfg)` for every valid config (every
 /// config that `parse` can return).
 ///
 /// Every field is written explicitly, defaults included, in the schema's order (see
-/// the module documentation), after a header comment saying that the file is written
-/// by xdplb and that comments and layout are not kept. The only fields left out are
+/// the module documentation), after a header comment saying that xdplb wrote it in
+/// canonical form. The only fields left out are
 /// those the schema forbids or that are absent: `metrics_listen` when `None`, `hash`
 /// unless the scheduler is maglev or source-hash, `maglev_table_size` unless it is
 /// maglev, a missing `[service.health_check]`, its `port` when `None` and its `expect`
@@ -34,10 +31,8 @@ pub(crate) const HEADER: &str =
 /// (`"2h"`, `"90s"`, `"1500ms"`, `"250us"`), so they parse back to the same value.
 /// Strings are escaped by the `toml` crate.
 ///
-/// A UDP health check's `payload` and `expect` are bytes but the file holds them as
-/// TOML strings, so bytes that are not valid UTF-8 are written in lossy form (each
-/// invalid sequence becomes U+FFFD) and do not round-trip. `parse` reads them from
-/// strings, so only UTF-8 can appear in a parsed config. Likewise an IPv6
+/// A UDP health check's `payload` and `expect` are written as text where they are UTF-8
+/// and as `payload_hex`/`expect_hex` otherwise, so any bytes round-trip. An IPv6
 /// `metrics_listen` is written without its flow label, which `parse` always leaves 0.
 pub fn to_toml(cfg: &Config) -> String {
     let mut out = String::new();
@@ -56,7 +51,7 @@ fn write_config(out: &mut String, cfg: &Config) -> fmt::Result {
             .collect(),
     );
     writeln!(out, "interfaces = {interfaces}")?;
-    writeln!(out, "xdp_mode = \"{}\"", xdp_mode_name(cfg.xdp_mode))?;
+    writeln!(out, "xdp_mode = \"{}\"", cfg.xdp_mode)?;
     writeln!(out, "debug_log = {}", cfg.debug_log)?;
     writeln!(out, "hash_seed = {}", cfg.hash_seed)?;
     if let Some(addr) = cfg.metrics_listen {
@@ -89,25 +84,21 @@ fn write_service(out: &mut String, svc: &ServiceConfig) -> fmt::Result {
     writeln!(out, "[[service]]")?;
     writeln!(out, "name = {}", toml_string(&svc.name))?;
     writeln!(out, "vip = \"{}\"", svc.vip)?;
-    writeln!(out, "protocol = \"{}\"", protocol_name(svc.protocol))?;
+    writeln!(out, "protocol = \"{}\"", svc.protocol)?;
     writeln!(
         out,
         "flow_idle_timeout = \"{}\"",
         duration_text(svc.flow_idle_timeout)
     )?;
-    writeln!(out, "scheduler = \"{}\"", scheduler_name(svc.scheduler))?;
+    writeln!(out, "scheduler = \"{}\"", svc.scheduler)?;
     if matches!(svc.scheduler, Scheduler::Maglev | Scheduler::SourceHash) {
-        writeln!(out, "hash = \"{}\"", hash_name(svc.hash))?;
+        writeln!(out, "hash = \"{}\"", svc.hash)?;
     }
     if svc.scheduler == Scheduler::Maglev {
         writeln!(out, "maglev_table_size = {}", svc.maglev_table_size)?;
     }
-    writeln!(
-        out,
-        "when_all_down = \"{}\"",
-        when_all_down_name(svc.when_all_down)
-    )?;
-    writeln!(out, "forwarding = \"{}\"", forwarding_name(svc.forwarding))?;
+    writeln!(out, "when_all_down = \"{}\"", svc.when_all_down)?;
+    writeln!(out, "forwarding = \"{}\"", svc.forwarding)?;
     if let Some(e) = svc.encap_source {
         writeln!(out, "encap_source = \"{e}\"")?;
     }
@@ -133,7 +124,7 @@ fn write_service(out: &mut String, svc: &ServiceConfig) -> fmt::Result {
 fn write_health_check(out: &mut String, hc: &HealthCheck) -> fmt::Result {
     writeln!(out)?;
     writeln!(out, "[service.health_check]")?;
-    writeln!(out, "type = \"{}\"", health_check_type_name(&hc.kind))?;
+    writeln!(out, "type = \"{}\"", hc.kind.kind())?;
     writeln!(out, "interval = \"{}\"", duration_text(hc.interval))?;
     writeln!(out, "timeout = \"{}\"", duration_text(hc.timeout))?;
     writeln!(out, "rise = {}", hc.rise)?;
@@ -143,9 +134,9 @@ fn write_health_check(out: &mut String, hc: &HealthCheck) -> fmt::Result {
     }
     match &hc.kind {
         HealthCheckKind::Udp { payload, expect } => {
-            writeln!(out, "payload = {}", toml_bytes(payload))?;
+            write_bytes(out, "payload", payload)?;
             if let Some(expect) = expect {
-                writeln!(out, "expect = {}", toml_bytes(expect))?;
+                write_bytes(out, "expect", expect)?;
             }
         }
         HealthCheckKind::Tcp => {}
@@ -157,17 +148,8 @@ fn write_health_check(out: &mut String, hc: &HealthCheck) -> fmt::Result {
             writeln!(out, "expect_status = {expect_status}")?;
         }
     }
-    writeln!(out, "on_failure = \"{}\"", on_failure_name(hc.on_failure))?;
+    writeln!(out, "on_failure = \"{}\"", hc.on_failure)?;
     Ok(())
-}
-
-/// The spelling of `xdp_mode` used in the config file.
-fn xdp_mode_name(mode: XdpModeSetting) -> &'static str {
-    match mode {
-        XdpModeSetting::Auto => "auto",
-        XdpModeSetting::Native => "native",
-        XdpModeSetting::Generic => "generic",
-    }
 }
 
 /// `s` as a TOML string value, quoted and escaped by the `toml` crate.
@@ -175,9 +157,22 @@ fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
 
-/// `bytes` as a TOML string value; bytes that are not UTF-8 are written lossily.
-fn toml_bytes(bytes: &[u8]) -> String {
-    toml_string(&String::from_utf8_lossy(bytes))
+/// `field = "text"` where the bytes are UTF-8, else `field_hex = "hex digits"`, so that any
+/// bytes read back the same.
+fn write_bytes(out: &mut String, field: &str, bytes: &[u8]) -> fmt::Result {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => writeln!(out, "{field} = {}", toml_string(text)),
+        Err(_) => writeln!(out, "{field}_hex = \"{}\"", super::typed::hex(bytes)),
+    }
+}
+
+/// One `[[service]]` table (with its health check and backends) as TOML text, every field
+/// written as [`to_toml`] writes it; starts with a blank line.
+pub(crate) fn service_toml(svc: &ServiceConfig) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = write_service(&mut out, svc);
+    out
 }
 
 /// `d` in a form that `humantime::parse_duration` (and so the config parser) turns

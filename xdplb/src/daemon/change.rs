@@ -12,15 +12,16 @@ use crate::{
 
 /// Answers one API request; returns the response and whether the config changed.
 ///
-/// A change is validated whole, saved to the config file ([`config::save`]: through a symlink,
-/// keeping owner and mode, in place on a bind mount), and only then applied to the data plane;
-/// if the data plane refuses it the previous file is put back. So a rejected change leaves the
-/// data plane and the file as they were, an applied one survives a restart and a reload, and
-/// the answer matches both.
+/// A change is validated whole, made as an edit of the operator's config file (comments and
+/// layout kept; refused with 409 while the file holds edits that were not applied; written
+/// through a symlink, keeping owner and mode: [`config::ConfigFile`]), and only then applied to
+/// the data plane; if the data plane refuses it the previous file is put back. So a rejected
+/// change leaves the data plane and the file as they were, an applied one survives a restart
+/// and a reload, and the answer matches both.
 pub(super) fn answer_api(
     req: &crate::api::Request,
     dp: &mut Dataplane,
-    config_path: Option<&std::path::Path>,
+    config_file: Option<&mut config::ConfigFile>,
     cfg: &mut Config,
     book: &HealthBook,
     state: &instance::InstanceState,
@@ -30,7 +31,7 @@ pub(super) fn answer_api(
         Ok(p) => p,
         Err(resp) => return (resp, false),
     };
-    let (next, what) = match plan {
+    let (next, edit, what, answer) = match plan {
         Plan::Read(v) => return (Response::ok(v), false),
         Plan::Status => {
             let snapshot = stats::read(state).map(|s| serde_json::to_value(&s).unwrap_or_default());
@@ -49,9 +50,14 @@ pub(super) fn answer_api(
                 Err(e) => (Response::error(500, e.to_string()), false),
             };
         }
-        Plan::Change { next, what } => (next, what),
+        Plan::Change {
+            next,
+            edit,
+            what,
+            answer,
+        } => (next, edit, what, answer),
     };
-    let Some(path) = config_path else {
+    let Some(file) = config_file else {
         return (
             Response::error(
                 409,
@@ -60,41 +66,36 @@ pub(super) fn answer_api(
             false,
         );
     };
-    // Persist first, then apply: the file is written (keeping a symlink, the owner and the
+    // Persist first, then apply: the edit is written (keeping a symlink, the owner and the
     // mode; in place if it is bind-mounted) before the data plane changes, and put back as it
     // was if the data plane refuses the change. So the answer always matches both.
-    let original = match std::fs::read(path) {
-        Ok(bytes) => bytes,
+    let path = file.path().to_path_buf();
+    let original = match file.write_edit(&edit, &next) {
+        Ok((original, _)) => original,
         Err(e) => {
+            // A failed in-place rewrite may have left part of the text: put the old one back.
+            let restored = match &e {
+                config::FileError::Save(_) => {
+                    let last = file.last_text().to_owned();
+                    file.restore(last).map_or_else(
+                        |e| format!("; restoring the previous file failed too: {e}"),
+                        |_| String::new(),
+                    )
+                }
+                _ => String::new(),
+            };
+            warn!("API: {what}, not applied: {e}{restored}");
             return (
                 Response::error(
-                    500,
-                    format!(
-                        "{what}: not applied: cannot read {} (kept to restore it if the data plane refuses the change): {e}",
-                        path.display()
-                    ),
+                    e.status(),
+                    format!("{what}: not applied (the data plane is unchanged): {e}{restored}"),
                 ),
                 false,
             );
         }
     };
-    if let Err(e) = config::save(path, config::to_toml(&next).as_bytes()) {
-        // A failed in-place rewrite may have left part of the text: put the old one back.
-        let restored = config::save(path, &original).map_or_else(
-            |e| format!("; restoring the previous file failed too: {e}"),
-            |_| String::new(),
-        );
-        warn!("API: {what}, not applied: saving failed: {e}{restored}");
-        return (
-            Response::error(
-                500,
-                format!("{what}: not applied (the data plane is unchanged): {e}{restored}"),
-            ),
-            false,
-        );
-    }
     if let Err(e) = dp.apply_config(&book.effective(&next)) {
-        return match config::save(path, &original) {
+        return match file.restore(original) {
             Ok(_) => (Response::error(400, format!("{what}: {e}")), false),
             Err(restore) => {
                 warn!(
@@ -116,8 +117,5 @@ pub(super) fn answer_api(
     }
     info!(generation = state.generation + 1, "API: {what}");
     *cfg = next;
-    (
-        Response::ok(serde_json::json!({ "ok": true, "change": what })),
-        true,
-    )
+    (Response::ok(answer), true)
 }

@@ -31,11 +31,24 @@ use crate::{
 
 /// Loads and validates a config file, interfaces included.
 pub fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
-    let origin = path.display().to_string();
     let cfg = config::load(path)?;
-    config::check_interfaces(&cfg, &origin, interface_exists)?;
-    check_forwarding(&cfg, &origin)?;
+    check_host(&cfg, path)?;
     Ok(cfg)
+}
+
+/// [`load_config`], keeping the text read: API changes are edits of it.
+fn load_config_file(path: &std::path::Path) -> anyhow::Result<(Config, config::ConfigFile)> {
+    let (file, cfg) = config::ConfigFile::load(path)?;
+    check_host(&cfg, path)?;
+    Ok((cfg, file))
+}
+
+/// What a config needs of this host: its interfaces, and forwarding for the routed modes.
+fn check_host(cfg: &Config, path: &std::path::Path) -> anyhow::Result<()> {
+    let origin = path.display().to_string();
+    config::check_interfaces(cfg, &origin, interface_exists)?;
+    check_forwarding(cfg, &origin)?;
+    Ok(())
 }
 
 /// Every mode but `local` finds next hops with bpf_fib_lookup, which the kernel answers only for
@@ -129,6 +142,7 @@ async fn serve(opts: &RunOptions) -> anyhow::Result<Option<instance::InstanceLoc
     })?;
     let startup::Started {
         cfg,
+        config_file,
         origin,
         lock,
         predecessor,
@@ -189,7 +203,7 @@ async fn serve(opts: &RunOptions) -> anyhow::Result<Option<instance::InstanceLoc
     let mut shell = shell::Shell {
         dp,
         cfg,
-        config_path: opts.config.as_deref(),
+        config_file,
         instance: instance_name,
         origin,
         attached,
@@ -230,7 +244,7 @@ fn resolve_neighbours(cfg: &Config) {
         )
     }) {
         for b in &svc.backends {
-            let _ = sock.send_to(&[], (*b.address.ip(), 9));
+            let _ = sock.send_to(&[], (b.address.ip(), 9));
         }
     }
 }

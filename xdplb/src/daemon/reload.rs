@@ -5,9 +5,9 @@ use std::time::Instant;
 use anyhow::{Context as _, bail};
 use tracing::{info, warn};
 
-use super::load_config;
+use super::check_host;
 use crate::{
-    config::Config,
+    config::{self, Config},
     dataplane::Dataplane,
     health::{HealthBook, HealthEvent},
 };
@@ -56,15 +56,18 @@ pub(super) fn apply_health(
 /// done and how long the apply took in seconds.
 pub(super) fn reload(
     dp: &mut Dataplane,
-    path: Option<&std::path::Path>,
+    file: Option<&mut config::ConfigFile>,
     current: &mut Config,
     book: &HealthBook,
 ) -> anyhow::Result<(String, f64)> {
-    let Some(path) = path else {
+    let Some(file) = file else {
         bail!("running the built-in default config; there is no file to re-read");
     };
+    let path = file.path().to_path_buf();
+    let path = path.as_path();
     let started = Instant::now();
-    let next = load_config(path)?;
+    let (next, text) = file.read()?;
+    check_host(&next, path)?;
     let restart_only = [
         ("interfaces", next.interfaces != current.interfaces),
         ("xdp_mode", next.xdp_mode != current.xdp_mode),
@@ -97,5 +100,7 @@ pub(super) fn reload(
         started.elapsed().as_millis()
     );
     *current = next;
+    // Applied: API changes now edit this text.
+    file.reloaded(text);
     Ok((msg, apply_seconds))
 }

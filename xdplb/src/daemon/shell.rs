@@ -4,7 +4,6 @@
 
 use std::{
     collections::BTreeMap,
-    path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -64,7 +63,8 @@ impl Signals {
 pub(super) struct Shell<'a> {
     pub dp: Dataplane,
     pub cfg: Config,
-    pub config_path: Option<&'a Path>,
+    /// The operator's config file; `None` for the built-in config.
+    pub config_file: Option<config::ConfigFile>,
     pub instance: &'a str,
     pub origin: String,
     pub attached: Vec<dataplane::AttachedInterface>,
@@ -134,7 +134,12 @@ impl Shell<'_> {
     /// SIGHUP: re-read the config file and apply it, or keep the running one.
     fn on_hangup(&mut self) -> Turn {
         let started = Instant::now();
-        let outcome = reload(&mut self.dp, self.config_path, &mut self.cfg, &self.book);
+        let outcome = reload(
+            &mut self.dp,
+            self.config_file.as_mut(),
+            &mut self.cfg,
+            &self.book,
+        );
         let applied_in = Some(match &outcome {
             Ok((_, seconds)) => (true, *seconds),
             Err(_) => (false, started.elapsed().as_secs_f64()),
@@ -176,7 +181,7 @@ impl Shell<'_> {
         let (response, changed) = answer_api(
             req,
             &mut self.dp,
-            self.config_path,
+            self.config_file.as_mut(),
             &mut self.cfg,
             &self.book,
             &self.state,

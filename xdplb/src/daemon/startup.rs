@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use tracing::{info, warn};
 
-use super::{RunOptions, interface_exists, load_config, resolve_neighbours};
+use super::{RunOptions, interface_exists, load_config_file, resolve_neighbours};
 use crate::{
     config::{self, Config},
     dataplane::{self, Dataplane},
@@ -20,6 +20,9 @@ use crate::{
 /// Everything start-up made, for the loop and the stop.
 pub(super) struct Started {
     pub cfg: Config,
+    /// The file as last loaded or written: API changes edit it, and are refused while it holds
+    /// edits that were not applied. `None` for the built-in config.
+    pub config_file: Option<config::ConfigFile>,
     /// Where the config came from, for the log and the state file.
     pub origin: String,
     /// Held until the daemon has cleaned up; `None` only while waiting for a predecessor.
@@ -57,8 +60,13 @@ pub(super) fn start(
     serve_api: impl FnOnce(Listener, Option<Listener>),
 ) -> anyhow::Result<Started> {
     let instance_name = opts.instance.as_str();
+    let mut config_file = None;
     let (cfg, origin) = match opts.config.as_deref() {
-        Some(p) => (load_config(p)?, p.display().to_string()),
+        Some(p) => {
+            let (cfg, file) = load_config_file(p)?;
+            config_file = Some(file);
+            (cfg, p.display().to_string())
+        }
         None => {
             let cfg = config::default_config();
             config::check_interfaces(&cfg, "<built-in>", interface_exists)?;
@@ -150,6 +158,7 @@ pub(super) fn start(
     fresh.0 = None;
     Ok(Started {
         cfg,
+        config_file,
         origin,
         lock,
         predecessor,

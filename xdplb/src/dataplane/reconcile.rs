@@ -5,22 +5,20 @@
 //! surviving backend at its position (live flows keep their backend) and switches each service
 //! to its new scheduling table in one step.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use xdplb_common::{
-    BACKEND_FLAG_DRAINING, Backend, FORWARD_DSR_IPIP, FORWARD_DSR_L2, FORWARD_FULLNAT,
-    FORWARD_LOCAL, FORWARD_NAT, FullnatSource, GLOBAL_FLAG_FULLNAT, GLOBAL_FLAG_NAT, IPPROTO_UDP,
-    SCHED_MAGLEV, SCHED_RANDOM, SCHED_ROUND_ROBIN, SCHED_SOURCE_HASH, SCHED_WEIGHTED_ROUND_ROBIN,
-    SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FORWARDING_MASK,
-    SERVICE_FORWARDING_SHIFT, Service, ServiceKey, addr_from_v4_wire,
-    hash::{HASH_FIVE_TUPLE, HASH_SOURCE_IP, HASH_SOURCE_IP_PORT},
+    BACKEND_FLAG_DRAINING, Backend, FORWARD_FULLNAT, FORWARD_NAT, FullnatSource,
+    GLOBAL_FLAG_FULLNAT, GLOBAL_FLAG_NAT, SERVICE_ENCAP_HOST_BITS_SHIFT,
+    SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FORWARDING_MASK, SERVICE_FORWARDING_SHIFT, Service,
+    ServiceKey, addr_from_v4_wire,
     maglev::{self, MaglevBackend},
     schedule,
 };
 
 use super::DataplaneError;
 use crate::config::{
-    self, Config, Forwarding, HashFields, Limits, Protocol, Scheduler, ServiceConfig, WhenAllDown,
+    self, Config, Ipv6Unsupported, Limits, Scheduler, ServiceConfig, WhenAllDown, ip_v4, socket_v4,
 };
 
 /// The longest weighted-round-robin table (it interleaves by weight within this length).
@@ -45,7 +43,7 @@ pub trait MapWriter {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ServicePlan {
     pub name: String,
-    pub vip: SocketAddrV4,
+    pub vip: SocketAddr,
     pub key: ServiceKey,
     /// The map value; `table_base` points at the first half of the region until a
     /// [`Reconciler`] decides which half to write.
@@ -56,7 +54,7 @@ pub struct ServicePlan {
     /// The scheduling table: `BACKENDS_V1` indices.
     pub table: Vec<u32>,
     /// Occupied backend positions: `(BACKENDS_V1 index, backend, address)`.
-    pub backends: Vec<(u32, Backend, SocketAddrV4)>,
+    pub backends: Vec<(u32, Backend, SocketAddr)>,
     /// `fullnat`: the source address and port range, written before the service entry.
     #[serde(default)]
     pub fullnat: Option<FullnatSource>,
@@ -73,6 +71,21 @@ pub fn addr_v4(ip: Ipv4Addr) -> xdplb_common::Addr {
     addr_from_v4_wire(u32::from_ne_bytes(ip.octets()))
 }
 
+/// The 16-byte form of a config address, as the flow hash and the Maglev permutation take it:
+/// IPv4-mapped for IPv4 (as [`addr_v4`]), the address itself for IPv6. Only for hashing: what
+/// is written into the maps goes through [`ip_v4`] first, since the data plane is IPv4-only.
+pub fn addr_of(ip: IpAddr) -> xdplb_common::Addr {
+    match ip {
+        IpAddr::V4(v4) => addr_v4(v4),
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            core::array::from_fn(|i| {
+                u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+            })
+        }
+    }
+}
+
 /// The `BACKENDS_V1` index of position `i` of the service with id `service_id`: service `n`
 /// owns positions `[n * max_backends_per_service, (n + 1) * max_backends_per_service)`.
 pub fn backend_index(limits: &Limits, service_id: u32, i: u32) -> u32 {
@@ -85,34 +98,6 @@ pub fn service_key(vip: SocketAddrV4, proto: u8) -> ServiceKey {
         port_be: vip.port().to_be(),
         proto,
         _pad: 0,
-    }
-}
-
-pub fn scheduler_code(s: Scheduler) -> u32 {
-    match s {
-        Scheduler::Maglev => SCHED_MAGLEV,
-        Scheduler::RoundRobin => SCHED_ROUND_ROBIN,
-        Scheduler::WeightedRoundRobin => SCHED_WEIGHTED_ROUND_ROBIN,
-        Scheduler::Random => SCHED_RANDOM,
-        Scheduler::SourceHash => SCHED_SOURCE_HASH,
-    }
-}
-
-pub fn forwarding_code(f: Forwarding) -> u32 {
-    match f {
-        Forwarding::Local => FORWARD_LOCAL,
-        Forwarding::Nat => FORWARD_NAT,
-        Forwarding::DsrL2 => FORWARD_DSR_L2,
-        Forwarding::DsrIpip => FORWARD_DSR_IPIP,
-        Forwarding::FullNat => FORWARD_FULLNAT,
-    }
-}
-
-pub fn hash_code(h: HashFields) -> u32 {
-    match h {
-        HashFields::FiveTuple => HASH_FIVE_TUPLE,
-        HashFields::SourceIp => HASH_SOURCE_IP,
-        HashFields::SourceIpPort => HASH_SOURCE_IP_PORT,
     }
 }
 
@@ -131,6 +116,11 @@ pub enum PlanError {
         "no free service id for {service:?}: ids of services removed by this change stay reserved until it is applied; apply the removal first or raise [limits] max_services"
     )]
     NoServiceId { service: String },
+    #[error("service {service:?}: {source}")]
+    Ipv6 {
+        service: String,
+        source: Ipv6Unsupported,
+    },
 }
 
 /// Translates a validated config.
@@ -174,7 +164,7 @@ pub fn desired_state(
             Some(b) if b.region_half == half => b.region_base,
             _ => allocate_region(&mut regions, half, cfg, svc)?,
         };
-        services.push(plan_service(cfg, svc, id, region, half, before));
+        services.push(plan_service(cfg, svc, id, region, half, before)?);
     }
     Ok(DesiredState { services })
 }
@@ -219,7 +209,11 @@ fn plan_service(
     region_base: u32,
     region_half: u32,
     before: Option<&ServicePlan>,
-) -> ServicePlan {
+) -> Result<ServicePlan, PlanError> {
+    let v6 = |source: Ipv6Unsupported| PlanError::Ipv6 {
+        service: svc.name.clone(),
+        source,
+    };
     let base = backend_index(&cfg.limits, id, 0);
     let mut taken: Vec<u32> = Vec::with_capacity(svc.backends.len());
     // Positions kept from before, by address; the rest are filled in below.
@@ -251,64 +245,68 @@ fn plan_service(
         .map(|p| p.unwrap_or_default())
         .collect();
 
-    let backends: Vec<(u32, Backend, SocketAddrV4)> = svc
+    let backends: Vec<(u32, Backend, SocketAddr)> = svc
         .backends
         .iter()
         .zip(&positions)
         .map(|(b, pos)| {
             let entry = Backend {
-                addr: addr_v4(*b.address.ip()),
+                addr: addr_v4(ip_v4(b.address.ip()).map_err(v6)?),
                 port_be: b.address.port().to_be(),
                 weight: b.weight,
                 flags: if b.drain { BACKEND_FLAG_DRAINING } else { 0 },
             };
-            (base + pos, entry, b.address)
+            Ok((base + pos, entry, b.address))
         })
-        .collect();
+        .collect::<Result<_, PlanError>>()?;
     let table: Vec<u32> = scheduling_table(cfg, svc)
         .into_iter()
         .filter_map(|i| backends.get(i as usize).map(|(index, _, _)| *index))
         .collect();
-    let proto = match svc.protocol {
-        Protocol::Udp => IPPROTO_UDP,
+    let proto = svc.protocol.code();
+    let encap_source = match svc.encap_source {
+        Some(e) => Some((ip_v4(e.base).map_err(v6)?, e.prefix_len)),
+        None => None,
     };
-    ServicePlan {
+    let fullnat_source = match svc.fullnat {
+        Some(f) => Some((ip_v4(f.source).map_err(v6)?, f)),
+        None => None,
+    };
+    Ok(ServicePlan {
         name: svc.name.clone(),
         vip: svc.vip,
-        key: service_key(svc.vip, proto),
+        key: service_key(socket_v4(svc.vip).map_err(v6)?, proto),
         service: Service {
             id,
             backend_base: base,
             backend_count: positions.iter().max().map_or(0, |m| m + 1),
-            scheduler: scheduler_code(svc.scheduler),
+            scheduler: svc.scheduler.code(),
             table_base: region_base,
             table_len: table.len() as u32,
-            hash_fields: hash_code(svc.hash),
+            hash_fields: svc.hash.code(),
             hash_seed: cfg.hash_seed,
             flow_idle_timeout_ns: u64::try_from(svc.flow_idle_timeout.as_nanos())
                 .unwrap_or(u64::MAX),
             flags: match svc.when_all_down {
                 WhenAllDown::Drop => 0,
                 WhenAllDown::Pass => SERVICE_FLAG_PASS_WHEN_EMPTY,
-            } | (forwarding_code(svc.forwarding) << SERVICE_FORWARDING_SHIFT)
-                | svc.encap_source.map_or(0, |e| {
-                    (32 - u32::from(e.prefix_len)) << SERVICE_ENCAP_HOST_BITS_SHIFT
+            } | (svc.forwarding.code() << SERVICE_FORWARDING_SHIFT)
+                | encap_source.map_or(0, |(_, prefix_len)| {
+                    (32 - u32::from(prefix_len)) << SERVICE_ENCAP_HOST_BITS_SHIFT
                 }),
-            encap_source: svc
-                .encap_source
-                .map_or(0, |e| u32::from_ne_bytes(e.base.octets())),
+            encap_source: encap_source.map_or(0, |(base, _)| u32::from_ne_bytes(base.octets())),
         },
         region_base,
         region_half,
         table,
         backends,
-        fullnat: svc.fullnat.map(|f| FullnatSource {
-            addr_v4: u32::from_ne_bytes(f.source.octets()),
+        fullnat: fullnat_source.map(|(source, f)| FullnatSource {
+            addr_v4: u32::from_ne_bytes(source.octets()),
             port_first: u32::from(f.port_first),
             port_count: u32::from(f.port_last) - u32::from(f.port_first) + 1,
             _pad: 0,
         }),
-    }
+    })
 }
 
 /// The scheduling table of a service as indices into `svc.backends`; drained backends get no
@@ -326,7 +324,7 @@ pub fn scheduling_table(cfg: &Config, svc: &ServiceConfig) -> Vec<u32> {
                 .iter()
                 .zip(&weights)
                 .map(|(b, w)| MaglevBackend {
-                    addr: addr_v4(*b.address.ip()),
+                    addr: addr_of(b.address.ip()),
                     port_be: b.address.port().to_be(),
                     weight: *w,
                 })
@@ -588,10 +586,13 @@ weight = 3
         let p = &state.services[0];
         assert_eq!(p.key.addr, addr_v4(Ipv4Addr::LOCALHOST));
         assert_eq!(u16::from_be(p.key.port_be), 9875);
-        assert_eq!(p.key.proto, IPPROTO_UDP);
+        assert_eq!(p.key.proto, xdplb_common::IPPROTO_UDP);
         let s = p.service;
         assert_eq!((s.id, s.backend_base, s.backend_count), (0, 0, 3));
-        assert_eq!((s.scheduler, s.table_len), (SCHED_ROUND_ROBIN, 3));
+        assert_eq!(
+            (s.scheduler, s.table_len),
+            (xdplb_common::SCHED_ROUND_ROBIN, 3)
+        );
         assert_eq!(s.flow_idle_timeout_ns, 30_000_000_000);
         assert_eq!(p.table, [0, 1, 2]);
         let ports: Vec<u16> = p
