@@ -11,6 +11,7 @@ pub mod bench;
 pub mod bpf_link;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod decap;

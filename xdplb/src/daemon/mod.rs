@@ -23,7 +23,8 @@ use tracing::{info, warn};
 
 use crate::{
     config::{self, Config},
-    health::{self, HealthBook},
+    control::Core,
+    health,
     http::{self, Readiness},
     instance,
     metrics::MetricsState,
@@ -159,10 +160,16 @@ async fn serve(opts: &RunOptions) -> anyhow::Result<Option<instance::InstanceLoc
     let instance_name = opts.instance.as_str();
 
     let (health_tx, mut health_rx) = mpsc::unbounded_channel();
-    let book = HealthBook::default();
-    let checkers = health::start(&cfg, &health_tx);
-    let mut state =
-        state::instance_state(&dp, &cfg, &book, instance_name, &origin, attached.clone())?;
+    let core = Core::new(cfg);
+    let checkers = health::start(core.config(), &health_tx);
+    let mut state = state::instance_state(
+        &dp,
+        core.config(),
+        core.health(),
+        instance_name,
+        &origin,
+        attached.clone(),
+    )?;
     // The veths' drops from now on, and whether they can take redirected frames (see `veth`).
     let mut veths = crate::veth::VethWatch::default();
     match state::sample_veths() {
@@ -188,8 +195,13 @@ async fn serve(opts: &RunOptions) -> anyhow::Result<Option<instance::InstanceLoc
     info!(
         instance = instance_name,
         config = %origin,
-        services = cfg.services.len(),
-        backends = cfg.services.iter().map(|s| s.backends.len()).sum::<usize>(),
+        services = core.config().services.len(),
+        backends = core
+            .config()
+            .services
+            .iter()
+            .map(|s| s.backends.len())
+            .sum::<usize>(),
         attached = %where_,
         adopted = adopting,
         took_over_from = predecessor,
@@ -202,12 +214,11 @@ async fn serve(opts: &RunOptions) -> anyhow::Result<Option<instance::InstanceLoc
 
     let mut shell = shell::Shell {
         dp,
-        cfg,
+        core,
         config_file,
         instance: instance_name,
         origin,
         attached,
-        book,
         checkers,
         health_tx,
         state,

@@ -16,17 +16,17 @@ use tokio::{
 use tracing::{info, warn};
 
 use super::{
-    change::answer_api,
-    reload::{apply_health, reload},
+    change::{persist_and_apply, status},
+    reload::reload,
     resolve_neighbours,
     state::{instance_state, sample_veths},
     stop::Stop,
 };
 use crate::{
-    api,
-    config::{self, Config},
+    api, config,
+    control::{ApiStep, Change, Core},
     dataplane::{self, Dataplane},
-    health::{self, HealthBook, HealthEvent},
+    health::{self, HealthEvent},
     http::Readiness,
     instance::{self, InstanceState},
     metrics::MetricsState,
@@ -62,13 +62,13 @@ impl Signals {
 /// What the loop owns.
 pub(super) struct Shell<'a> {
     pub dp: Dataplane,
-    pub cfg: Config,
+    /// The config in force and the health book: the decisions, with no I/O.
+    pub core: Core,
     /// The operator's config file; `None` for the built-in config.
     pub config_file: Option<config::ConfigFile>,
     pub instance: &'a str,
     pub origin: String,
     pub attached: Vec<dataplane::AttachedInterface>,
-    pub book: HealthBook,
     pub checkers: health::Checkers,
     pub health_tx: mpsc::UnboundedSender<HealthEvent>,
     pub state: InstanceState,
@@ -134,12 +134,7 @@ impl Shell<'_> {
     /// SIGHUP: re-read the config file and apply it, or keep the running one.
     fn on_hangup(&mut self) -> Turn {
         let started = Instant::now();
-        let outcome = reload(
-            &mut self.dp,
-            self.config_file.as_mut(),
-            &mut self.cfg,
-            &self.book,
-        );
+        let outcome = reload(&mut self.dp, self.config_file.as_mut(), &mut self.core);
         let applied_in = Some(match &outcome {
             Ok((_, seconds)) => (true, *seconds),
             Err(_) => (false, started.elapsed().as_secs_f64()),
@@ -178,14 +173,23 @@ impl Shell<'_> {
     /// One API request, answered here because this loop owns config and data plane.
     fn on_api(&mut self, req: &api::Request, reply: oneshot::Sender<api::Response>) -> Turn {
         let started = Instant::now();
-        let (response, changed) = answer_api(
-            req,
-            &mut self.dp,
-            self.config_file.as_mut(),
-            &mut self.cfg,
-            &self.book,
-            &self.state,
-        );
+        let (response, changed) = match self.core.api_request(req) {
+            ApiStep::Answer(response) => (response, false),
+            ApiStep::Status => (status(&self.state), false),
+            ApiStep::Change(change) => {
+                match persist_and_apply(&change, &mut self.dp, self.config_file.as_mut()) {
+                    Ok(()) => {
+                        let Change {
+                            next, what, answer, ..
+                        } = *change;
+                        info!(generation = self.state.generation + 1, "API: {what}");
+                        self.core.commit(next);
+                        (api::Response::ok(answer), true)
+                    }
+                    Err(response) => (response, false),
+                }
+            }
+        };
         let mut turn = Turn::default();
         if changed {
             self.state.generation += 1;
@@ -200,7 +204,21 @@ impl Shell<'_> {
     }
 
     fn on_health(&mut self, events: Vec<HealthEvent>) -> Turn {
-        let (changed, failed) = apply_health(events, &mut self.book, &self.cfg, &mut self.dp);
+        let outcome = self.core.probes(events);
+        for t in &outcome.transitions {
+            let (service, backend, reason) = (&t.service, t.backend, &t.reason);
+            if t.up {
+                info!(service, %backend, reason, "backend is up");
+            } else {
+                warn!(service, %backend, reason, "backend is down");
+            }
+        }
+        let changed = outcome.apply.is_some();
+        let failed = outcome.apply.and_then(|effective| {
+            let e = self.dp.apply_config(&effective).err()?;
+            warn!("applying a health change failed: {e}");
+            Some(format!("applying a health change failed: {e}"))
+        });
         if changed {
             self.ready.send_replace(match failed {
                 Some(why) => Readiness::NotReady(why),
@@ -215,8 +233,7 @@ impl Shell<'_> {
 
     /// The health checks of the config now in force; dropping the old checkers stops them.
     fn restart_checkers(&mut self) {
-        self.book.retain_checked(&self.cfg);
-        self.checkers = health::start(&self.cfg, &self.health_tx);
+        self.checkers = health::start(self.core.config(), &self.health_tx);
     }
 
     /// Frames redirected onto a veth whose peer cannot take them are lost where XDP cannot see
@@ -254,7 +271,8 @@ impl Shell<'_> {
     /// fullnat ports of flows that idled out are freed once a second.
     fn sweep_fullnat(&mut self) {
         if !self
-            .cfg
+            .core
+            .config()
             .services
             .iter()
             .any(|s| s.forwarding == config::Forwarding::FullNat)
@@ -270,11 +288,11 @@ impl Shell<'_> {
 
     /// Writes what changed to the state file and to what metrics scrapes see.
     fn publish(&mut self, applied_in: Option<(bool, f64)>) {
-        resolve_neighbours(&self.cfg);
+        resolve_neighbours(self.core.config());
         if let Ok(fresh) = instance_state(
             &self.dp,
-            &self.cfg,
-            &self.book,
+            self.core.config(),
+            self.core.health(),
             self.instance,
             &self.origin,
             self.attached.clone(),
