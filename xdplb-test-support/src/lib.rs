@@ -177,6 +177,7 @@ pub fn decode(frame: &[u8]) -> Option<Decoded> {
 }
 
 pub mod netns;
+pub mod prometheus;
 
 #[cfg(test)]
 mod tests {

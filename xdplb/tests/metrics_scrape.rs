@@ -73,26 +73,6 @@ fn instance_state(dp: &Dataplane, cfg: &Config) -> InstanceState {
     }
 }
 
-/// Parses `text` with Prometheus's reference Python client (tests/prometheus_families.py).
-fn prometheus_families(text: &str) -> Vec<Value> {
-    let path = std::env::temp_dir().join(format!("xdplb-metrics-{}.txt", std::process::id()));
-    std::fs::write(&path, text).expect("save the scrape");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/prometheus_families.py");
-    // Debian's interpreter, which has python3-prometheus-client (scripts/setup.sh).
-    let out = std::process::Command::new("/usr/bin/python3")
-        .arg(script)
-        .arg(&path)
-        .output()
-        .expect("run python3");
-    let _ = std::fs::remove_file(&path);
-    assert!(
-        out.status.success(),
-        "the reference parser rejects the scrape: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("the parser prints JSON")
-}
-
 #[test]
 fn a_scrape_of_a_loaded_data_plane_parses_with_the_reference_client() {
     let (cfg, mut dp) = load_toml(CONFIG);
@@ -105,61 +85,13 @@ fn a_scrape_of_a_loaded_data_plane_parses_with_the_reference_client() {
     state.applied(true, 0.25, 1);
     state.sample_flows_now().expect("count the flows");
     let text = metrics::render(&state).expect("render");
-    let families = prometheus_families(&text);
-    // The reference client names a counter family without `_total`.
-    let declared = [
-        ("xdplb_service_packets", "counter"),
-        ("xdplb_backend_packets", "counter"),
-        ("xdplb_service_bytes", "counter"),
-        ("xdplb_backend_bytes", "counter"),
-        ("xdplb_service_flows", "counter"),
-        ("xdplb_backend_flows", "counter"),
-        ("xdplb_backend_up", "gauge"),
-        ("xdplb_packets", "counter"),
-        ("xdplb_events", "counter"),
-        ("xdplb_flow_table_entries", "gauge"),
-        ("xdplb_flow_table_capacity", "gauge"),
-        ("xdplb_flow_table_evictions", "counter"),
-        ("xdplb_flow_table_sampled_timestamp_seconds", "gauge"),
-        ("xdplb_config_generation", "gauge"),
-        ("xdplb_config_last_apply_duration_seconds", "gauge"),
-        ("xdplb_config_last_apply_timestamp_seconds", "gauge"),
-        ("xdplb_config_last_apply_success", "gauge"),
-        ("xdplb_config_last_reload_success", "gauge"),
-        ("xdplb_veth_tx_dropped", "counter"),
-        ("xdplb_veth_rx_dropped", "counter"),
-        ("xdplb_veth_xdp_redirect_blocked", "gauge"),
-        ("xdplb_build_info", "gauge"),
-    ];
-    let found: Vec<(&str, &str)> = families
-        .iter()
-        .map(|f| {
-            (
-                f["name"].as_str().unwrap_or_default(),
-                f["type"].as_str().unwrap_or_default(),
-            )
-        })
-        .collect();
+    let families = prometheus::parse(&text);
     assert_eq!(
-        found, declared,
+        prometheus::names_and_types(&families),
+        prometheus::FAMILIES,
         "families as the reference client reads them"
     );
-    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
-        let want: serde_json::Map<String, Value> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), Value::from(*v)))
-            .collect();
-        let hits: Vec<f64> = families
-            .iter()
-            .flat_map(|f| f["samples"].as_array().into_iter().flatten())
-            .filter(|s| s["name"] == name && s["labels"].as_object() == Some(&want))
-            .filter_map(|s| s["value"].as_f64())
-            .collect();
-        match hits.as_slice() {
-            [v] => *v,
-            _ => panic!("{} samples {name}{labels:?} in\n{text}", hits.len()),
-        }
-    };
+    let value = |name: &str, labels: &[(&str, &str)]| prometheus::value(&families, name, labels);
     let svc = [("service", "demo"), ("vip", "127.0.0.1:9875")];
     assert_eq!(value("xdplb_service_packets_total", &svc), 4.0);
     assert_eq!(value("xdplb_service_flows_total", &svc), 4.0);

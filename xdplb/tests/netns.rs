@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use xdplb_test_support::{netns::*, require_root};
+use xdplb_test_support::{netns::*, prometheus, require_root};
 
 /// The `xdplb` binary under test.
 const XDPLB: &str = env!("CARGO_BIN_EXE_xdplb");
@@ -271,15 +271,6 @@ fn assert_paced_traffic_lost_nothing(traffic: &mut Daemon, what: &str) -> Value 
     report
 }
 
-/// Parses a saved `/metrics` scrape with Prometheus's reference Python client
-/// (tests/prometheus_families.py) and returns its families, in order, as JSON.
-fn prometheus_families(path: &str) -> Vec<Value> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/prometheus_families.py");
-    // Debian's interpreter, which has python3-prometheus-client (scripts/setup.sh).
-    let out = sh(&["/usr/bin/python3", script, path]);
-    serde_json::from_slice(&out.stdout).expect("the parser prints JSON")
-}
-
 #[test]
 fn tutorial_scenario_on_lo_in_a_private_namespace() {
     require_root();
@@ -449,7 +440,6 @@ address = "10.200.0.2:9878"
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")
         .as_secs_f64();
-    let metrics_path = format!("{dir}/metrics.txt");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let families = loop {
         let scrape = lb_ns.exec(&[
@@ -459,8 +449,7 @@ address = "10.200.0.2:9878"
             "5",
             "http://127.0.0.1:9100/metrics",
         ]);
-        std::fs::write(&metrics_path, &scrape.stdout).expect("save the scrape");
-        let families = prometheus_families(&metrics_path);
+        let families = prometheus::parse(&String::from_utf8_lossy(&scrape.stdout));
         let counted_at = families
             .iter()
             .filter(|f| f["name"] == "xdplb_flow_table_sampled_timestamp_seconds")
@@ -477,59 +466,13 @@ address = "10.200.0.2:9878"
     };
     // Every family the daemon exports, each exactly once and with its declared type, as the
     // reference client reads them (it names a counter family without `_total`).
-    let declared = [
-        ("xdplb_service_packets", "counter"),
-        ("xdplb_backend_packets", "counter"),
-        ("xdplb_service_bytes", "counter"),
-        ("xdplb_backend_bytes", "counter"),
-        ("xdplb_service_flows", "counter"),
-        ("xdplb_backend_flows", "counter"),
-        ("xdplb_backend_up", "gauge"),
-        ("xdplb_packets", "counter"),
-        ("xdplb_events", "counter"),
-        ("xdplb_flow_table_entries", "gauge"),
-        ("xdplb_flow_table_capacity", "gauge"),
-        ("xdplb_flow_table_evictions", "counter"),
-        ("xdplb_flow_table_sampled_timestamp_seconds", "gauge"),
-        ("xdplb_config_generation", "gauge"),
-        ("xdplb_config_last_apply_duration_seconds", "gauge"),
-        ("xdplb_config_last_apply_timestamp_seconds", "gauge"),
-        ("xdplb_config_last_apply_success", "gauge"),
-        ("xdplb_config_last_reload_success", "gauge"),
-        ("xdplb_veth_tx_dropped", "counter"),
-        ("xdplb_veth_rx_dropped", "counter"),
-        ("xdplb_veth_xdp_redirect_blocked", "gauge"),
-        ("xdplb_build_info", "gauge"),
-    ];
-    let found: Vec<(&str, &str)> = families
-        .iter()
-        .map(|f| {
-            (
-                f["name"].as_str().unwrap_or_default(),
-                f["type"].as_str().unwrap_or_default(),
-            )
-        })
-        .collect();
     assert_eq!(
-        found, declared,
+        prometheus::names_and_types(&families),
+        prometheus::FAMILIES,
         "families (name, type) as the Prometheus client parses them"
     );
-    let value = |sample: &str, labels: &[(&str, &str)]| -> f64 {
-        let want: serde_json::Map<String, Value> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), Value::from(*v)))
-            .collect();
-        let hits: Vec<f64> = families
-            .iter()
-            .flat_map(|f| f["samples"].as_array().into_iter().flatten())
-            .filter(|s| s["name"] == sample && s["labels"].as_object() == Some(&want))
-            .filter_map(|s| s["value"].as_f64())
-            .collect();
-        match hits.as_slice() {
-            [v] => *v,
-            _ => panic!("{} samples {sample}{labels:?} in {families:#?}", hits.len()),
-        }
-    };
+    let value =
+        |sample: &str, labels: &[(&str, &str)]| prometheus::value(&families, sample, labels);
     let svc = [("service", "veth-demo"), ("vip", "10.200.0.2:9875")];
     assert_eq!(value("xdplb_service_packets_total", &svc), 90.0);
     assert_eq!(value("xdplb_service_flows_total", &svc), 30.0);
