@@ -6,7 +6,7 @@
 //! test. The wrapper's own cost is measured by tail-calling an empty program, in the same run,
 //! and subtracted.
 
-use std::net::SocketAddrV4;
+use std::{fmt::Write as _, net::SocketAddrV4};
 
 use aya::{
     Ebpf,
@@ -207,7 +207,7 @@ impl Harness {
                 what: program,
                 source,
             })?;
-            samples.push(run.duration_ns as f64);
+            samples.push(f64::from(run.duration_ns));
             action = run.action;
         }
         Ok((median(&mut samples), action))
@@ -222,7 +222,7 @@ struct Measured {
 }
 
 fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
+    v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
@@ -299,10 +299,11 @@ pub fn render_modes(rows: &[ModeRow]) -> String {
             4 => "REDIRECT",
             _ => "other",
         };
-        s.push_str(&format!(
-            "{:<10} {:>12.1}                {action}\n",
+        let _ = writeln!(
+            s,
+            "{:<10} {:>12.1}                {action}",
             r.mode, r.net_ns
-        ));
+        );
     }
     s
 }
@@ -470,7 +471,6 @@ fn time_maglev(
 }
 
 pub fn render(r: &Report) -> String {
-    use std::fmt::Write as _;
     let mut s = String::new();
     let _ = writeln!(
         s,

@@ -34,7 +34,7 @@ pub fn serve_backends(
         .into_iter()
         .map(|(addr, sock)| {
             let label = name.map_or_else(|| addr.to_string(), str::to_string);
-            thread::spawn(move || serve_one(&label, sock))
+            thread::spawn(move || serve_one(&label, &sock))
         })
         .collect();
     for h in handles {
@@ -46,7 +46,7 @@ pub fn serve_backends(
     Ok(())
 }
 
-fn serve_one(label: &str, sock: UdpSocket) -> io::Result<()> {
+fn serve_one(label: &str, sock: &UdpSocket) -> io::Result<()> {
     let mut buf = vec![0u8; 65536];
     loop {
         let (n, peer) = sock.recv_from(&mut buf)?;
@@ -253,7 +253,7 @@ pub fn flood(
             // Sleep until the time the datagrams sent so far are due at `rate`.
             let due = Duration::from_secs_f64((sent + errors) as f64 / rate as f64);
             if due > elapsed {
-                thread::sleep(due - elapsed);
+                thread::sleep(due.saturating_sub(elapsed));
             }
         }
     }

@@ -478,6 +478,8 @@ impl HealthBook {
 
 #[cfg(test)]
 mod tests {
+    use std::fmt::Write as _;
+
     use super::*;
     use crate::config::parse;
 
@@ -582,7 +584,7 @@ address = "127.0.0.1:9877"
              [service.health_check]\n{check}\n"
         );
         for b in backends {
-            text.push_str(&format!("[[service.backend]]\naddress = \"{b}\"\n"));
+            let _ = writeln!(text, "[[service.backend]]\naddress = \"{b}\"");
         }
         parse(&text, "test").expect("valid")
     }
@@ -706,7 +708,7 @@ address = "127.0.0.1:9877"
             path: "/healthz?full=1".to_string(),
             expect_status,
         };
-        let t = Duration::from_millis(1000);
+        let t = Duration::from_secs(1);
         let (addr, mut heads, _server) =
             http_server(Some("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")).await;
         assert_eq!(
@@ -855,7 +857,7 @@ address = "127.0.0.1:9877"
         );
         for pair in at.windows(2) {
             assert!(
-                pair[1] - pair[0] >= Duration::from_millis(80),
+                pair[1].saturating_sub(pair[0]) >= Duration::from_millis(80),
                 "checks are an interval apart: {at:?}"
             );
         }

@@ -112,9 +112,7 @@ pub struct InstanceState {
 }
 
 pub fn run_dir() -> PathBuf {
-    std::env::var_os("XDPLB_RUN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR))
+    std::env::var_os("XDPLB_RUN_DIR").map_or_else(|| PathBuf::from(DEFAULT_RUN_DIR), PathBuf::from)
 }
 
 pub fn state_path(instance: &str) -> Result<PathBuf, InstanceError> {
@@ -172,9 +170,7 @@ pub fn signal_and_wait(pid: u32, signal: Signal, timeout: std::time::Duration) -
 pub fn running_pid(instance: &str) -> Result<Option<u32>, InstanceError> {
     match read(instance) {
         Ok(s) if s.pid != std::process::id() && pid_alive(s.pid) => Ok(Some(s.pid)),
-        Ok(_) | Err(InstanceError::NotRunning { .. }) | Err(InstanceError::Corrupt { .. }) => {
-            Ok(None)
-        }
+        Ok(_) | Err(InstanceError::NotRunning { .. } | InstanceError::Corrupt { .. }) => Ok(None),
         Err(e) => Err(e),
     }
 }

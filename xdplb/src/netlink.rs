@@ -56,7 +56,7 @@ fn link_state(msg: &LinkMessage) -> LinkState {
     };
     for attr in &msg.attributes {
         match attr {
-            LinkAttribute::IfName(n) => s.name = n.clone(),
+            LinkAttribute::IfName(n) => s.name.clone_from(n),
             LinkAttribute::Stats64(st) => {
                 s.tx_dropped = st.tx_dropped;
                 s.rx_dropped = st.rx_dropped;
@@ -71,10 +71,10 @@ fn link_state(msg: &LinkMessage) -> LinkState {
                     match x {
                         LinkXdp::ProgId(id) => s.xdp_prog_id = *id,
                         LinkXdp::Attached(XdpAttached::Driver) => {
-                            s.xdp_mode_flag = XDP_FLAGS_DRV_MODE
+                            s.xdp_mode_flag = XDP_FLAGS_DRV_MODE;
                         }
                         LinkXdp::Attached(XdpAttached::SocketBuffer) => {
-                            s.xdp_mode_flag = XDP_FLAGS_SKB_MODE
+                            s.xdp_mode_flag = XDP_FLAGS_SKB_MODE;
                         }
                         _ => {}
                     }

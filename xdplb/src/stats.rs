@@ -182,11 +182,11 @@ pub fn read_counters(state: &InstanceState) -> Result<Counters, StatsError> {
 /// (0.2 s at 200,000 entries). Keep it off paths that must stay fast (`metrics` samples it).
 pub fn count_flows(state: &InstanceState) -> Result<FlowFill, StatsError> {
     let data = open_map(state, MAP_FLOWS)?;
-    let capacity = data.info().map(|i| i.max_entries()).unwrap_or(0);
+    let capacity = data.info().map_or(0, |i| i.max_entries());
     let map = Map::from_map_data(data).map_err(|e| stale(state, MAP_FLOWS, e.to_string()))?;
     let flows: HashMap<MapData, FlowKey, Flow> =
         HashMap::try_from(map).map_err(|e| stale(state, MAP_FLOWS, e.to_string()))?;
-    let entries = flows.keys().filter(Result::is_ok).count() as u64;
+    let entries = flows.keys().flatten().count() as u64;
     Ok(FlowFill { entries, capacity })
 }
 

@@ -216,30 +216,27 @@ pub fn stop(name: &str) -> Result<StopReport, StopError> {
     let before = attached_now(&programs, &interfaces)?;
     report.found |= !before.is_empty();
     for (what, id) in &before {
-        match id {
-            Some(id) => {
-                let _ = bpf_link::detach(*id);
-                report.detached.push(format!("{what} (link {id})"));
+        if let Some(id) = id {
+            let _ = bpf_link::detach(*id);
+            report.detached.push(format!("{what} (link {id})"));
+        } else {
+            // Attached through netlink (no link): detach only that program.
+            let iface = what.trim_start_matches("xdp on ");
+            if let Ok(link) = netlink::link(iface)
+                && let Some(prog) = aya::programs::loaded_programs()
+                    .filter_map(Result::ok)
+                    .find(|p| p.id() == link.xdp_prog_id)
+                && let Ok(fd) = prog.fd()
+            {
+                use std::os::fd::AsFd as _;
+                let _ = netlink::set_xdp(
+                    link.index,
+                    None,
+                    Some(fd.as_fd()),
+                    link.xdp_mode_flag | netlink::XDP_FLAGS_REPLACE,
+                );
             }
-            None => {
-                // Attached through netlink (no link): detach only that program.
-                let iface = what.trim_start_matches("xdp on ");
-                if let Ok(link) = netlink::link(iface)
-                    && let Some(prog) = aya::programs::loaded_programs()
-                        .filter_map(Result::ok)
-                        .find(|p| p.id() == link.xdp_prog_id)
-                    && let Ok(fd) = prog.fd()
-                {
-                    use std::os::fd::AsFd as _;
-                    let _ = netlink::set_xdp(
-                        link.index,
-                        None,
-                        Some(fd.as_fd()),
-                        link.xdp_mode_flag | netlink::XDP_FLAGS_REPLACE,
-                    );
-                }
-                report.detached.push(what.clone());
-            }
+            report.detached.push(what.clone());
         }
     }
 

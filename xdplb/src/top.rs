@@ -266,7 +266,12 @@ mod tests {
             .buffer()
             .content()
             .chunks(100)
-            .map(|line| line.iter().map(|c| c.symbol()).collect::<String>() + "\n")
+            .map(|line| {
+                line.iter()
+                    .map(ratatui::buffer::Cell::symbol)
+                    .collect::<String>()
+                    + "\n"
+            })
             .collect();
         for needle in [
             "instance t",

@@ -23,8 +23,15 @@
 //! Needs root; run with the README test command, or alone:
 //! `cargo test --release --test fuzz_testrun -- --nocapture`.
 
+#![allow(
+    clippy::trivially_copy_pass_by_ref,
+    clippy::needless_pass_by_value,
+    reason = "the model's predicates take their inputs alike, by reference, whatever their size"
+)]
+
 use std::{
     collections::{BTreeMap, HashMap},
+    fmt::Write as _,
     net::{Ipv4Addr, SocketAddrV4},
     time::Instant,
 };
@@ -460,7 +467,10 @@ fn fix_ipv4_checksum(f: &mut [u8]) {
 }
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    b.iter().fold(String::new(), |mut s, x| {
+        let _ = write!(s, "{x:02x}");
+        s
+    })
 }
 
 fn unhex(s: &str) -> Vec<u8> {
@@ -1887,7 +1897,8 @@ impl Fuzz<'_> {
                 if let Some(b) = l.backend {
                     match rec.backend {
                         Some(old) if old != b => {
-                            problems.push(format!("flow {client} -> {dst} moved from {old} to {b}"))
+                            problems
+                                .push(format!("flow {client} -> {dst} moved from {old} to {b}"));
                         }
                         _ => rec.backend = Some(b),
                     }
@@ -1980,7 +1991,7 @@ impl Fuzz<'_> {
         }
         let mut f = base;
         if r.chance(65) {
-            for _ in 0..1 + r.below(3) {
+            for _ in 0..=r.below(3) {
                 mutate(r, &mut f);
             }
         }

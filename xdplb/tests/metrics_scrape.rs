@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use aya::maps::HashMap;
-use serde_json::Value;
 use xdplb::{
     config::Config,
     dataplane::Dataplane,

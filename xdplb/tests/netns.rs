@@ -1,7 +1,7 @@
 //! Tier 3: real sockets in network namespaces that each test creates and deletes.
 //! Needs root; run with the README test command. Traffic stays inside the test's namespaces.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 
 use xdplb_test_support::{netns::*, prometheus, require_root};
 
@@ -12,7 +12,7 @@ use serde_json::Value;
 const START: Duration = Duration::from_secs(20);
 
 fn s(v: &[&str]) -> Vec<String> {
-    v.iter().map(|x| x.to_string()).collect()
+    v.iter().map(ToString::to_string).collect()
 }
 
 fn in_ns(ns: &Netns, args: &[&str]) -> Vec<String> {
@@ -37,7 +37,9 @@ thread_local! {
 /// Runs `case` with `offloads` on every link it makes, one variant at a time (`serial`: the two
 /// variants of a test use the same names).
 fn with_offloads(offloads: Offloads, serial: &std::sync::Mutex<()>, case: fn()) {
-    let _one_at_a_time = serial.lock().unwrap_or_else(|e| e.into_inner());
+    let _one_at_a_time = serial
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     OFFLOADS.with(|o| o.set(offloads));
     set_name_suffix(match offloads {
         Offloads::Off => "",
@@ -48,7 +50,7 @@ fn with_offloads(offloads: Offloads, serial: &std::sync::Mutex<()>, case: fn()) 
 
 /// Applies this thread's [`Offloads`] to `dev` in `ns`, and checks that it took.
 fn set_offloads(ns: &Netns, dev: &str) {
-    let want = match OFFLOADS.with(|o| o.get()) {
+    let want = match OFFLOADS.with(std::cell::Cell::get) {
         Offloads::Off => {
             ns.exec(&["ethtool", "-K", dev, "tx", "off"]);
             "off"
@@ -253,7 +255,7 @@ fn assert_paced_traffic_lost_nothing(traffic: &mut Daemon, what: &str) -> Value 
         .child
         .as_mut()
         .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
-    traffic.wait_for("\"sent\"", Duration::from_secs(60));
+    traffic.wait_for("\"sent\"", Duration::from_mins(1));
     assert!(
         still_running,
         "the traffic must outlast the {what}, or the test proves nothing: {}",
@@ -786,7 +788,7 @@ impl ProbeCounter {
         let (seen, stopped) = (requests.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             let started = std::time::Instant::now();
-            while !stopped.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(60) {
+            while !stopped.load(Ordering::SeqCst) && started.elapsed() < Duration::from_mins(1) {
                 let Ok((mut conn, _)) = listener.accept() else {
                     std::thread::sleep(Duration::from_millis(2));
                     continue;
@@ -1503,7 +1505,7 @@ fn restart_and_upgrade_under_traffic_lose_nothing_and_stop_removes_everything() 
         first.seen.join("\n")
     );
     assert!(xdp_attached(&ns, "lo"), "XDP stays attached with no daemon");
-    std::thread::sleep(Duration::from_millis(1000));
+    std::thread::sleep(Duration::from_secs(1));
 
     // 2. A restart adopts the pins: same links, same maps, no map rewritten.
     let mut second = daemon(&[]);
@@ -1821,7 +1823,7 @@ fn write_service_config(
         "interfaces = [{list}]\n{top}[[service]]\nname = \"{name}\"\nvip = \"10.99.0.1:7000\"\n{service}"
     );
     for b in backends {
-        text.push_str(&format!("[[service.backend]]\naddress = \"{b}\"\n"));
+        let _ = writeln!(text, "[[service.backend]]\naddress = \"{b}\"");
     }
     let path = format!("{dir}/{name}.toml");
     std::fs::write(&path, text).expect("write config");
@@ -2409,7 +2411,7 @@ fn two_daemons_of_one_instance_never_run_at_once() {
             match exited.as_slice() {
                 [i] => break *i,
                 [] if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
+                    std::thread::sleep(Duration::from_millis(20));
                 }
                 [] => panic!("round {round}: both daemons of instance {instance} still run"),
                 _ => panic!(
@@ -2467,7 +2469,7 @@ fn stop_from_another_mount_namespace_detaches_everything() {
     let ns = Netns::new("stopx");
     let dir = run_dir("stopx");
     let instance = format!("t-stopx-{}", std::process::id());
-    let _pins = HostPins(format!("/sys/fs/bpf/xdplb/{instance}"));
+    let pins = HostPins(format!("/sys/fs/bpf/xdplb/{instance}"));
     let env = format!("XDPLB_RUN_DIR={dir}");
     let netns_path = format!("--net=/run/netns/{}", ns.name);
     let _backends = start_backends(&ns, "127.0.0.1:9876,127.0.0.1:9877,127.0.0.1:9878");
@@ -2516,7 +2518,7 @@ fn stop_from_another_mount_namespace_detaches_everything() {
         );
     }
     assert!(
-        !std::path::Path::new(&_pins.0).exists(),
+        !std::path::Path::new(&pins.0).exists(),
         "the pins in the daemon's mount namespace are removed too"
     );
 
@@ -2531,7 +2533,7 @@ fn stop_from_another_mount_namespace_detaches_everything() {
     assert!(second.terminate(Duration::from_secs(5)).success());
     assert!(!xdp_attached(&ns, "lo"), "XDP detached: {text}");
     assert!(!net_attachments(&ns, "lo").contains("xdplb"));
-    assert!(!std::path::Path::new(&_pins.0).exists(), "pins removed");
+    assert!(!std::path::Path::new(&pins.0).exists(), "pins removed");
 }
 
 /// `xdplb run` under plain `ip netns exec` (no shared bpffs): it says at start that the data

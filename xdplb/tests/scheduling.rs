@@ -20,8 +20,8 @@ impl Rng {
     fn next(&mut self) -> u32 {
         self.0 = self
             .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         (self.0 >> 33) as u32
     }
     fn client(&mut self) -> SocketAddrV4 {
@@ -157,9 +157,9 @@ fn maglev_spreads_100000_random_flows_within_10_percent_of_fair() {
             .entry(backend_of(&mut dp, client, addr("192.0.2.10:4000")))
             .or_default() += 1;
     }
-    let fair = flows as f64 / backends.len() as f64;
-    let max = *counts.values().max().expect("counts") as f64;
-    let min = *counts.values().min().expect("counts") as f64;
+    let fair = f64::from(flows) / backends.len() as f64;
+    let max = f64::from(*counts.values().max().expect("counts"));
+    let min = f64::from(*counts.values().min().expect("counts"));
     println!(
         "100000 flows over 10 backends: max {max} ({:.3} x fair), min {min} ({:.3} x fair)",
         max / fair,
@@ -265,7 +265,7 @@ fn every_scheduler_balances_new_flows_as_it_should() {
     // Weighted Maglev: 1:2:3 within a few percent over 6000 flows.
     let m = tally(&mut dp, 5, 6000, false);
     for (octet, weight) in [(1u8, 1.0), (2, 2.0), (3, 3.0)] {
-        let share = m[&octet] as f64 / 6000.0;
+        let share = f64::from(m[&octet]) / 6000.0;
         assert!(
             (share - weight / 6.0).abs() < 0.03,
             "maglev share of backend {octet}: {share} ({m:?})"
@@ -395,7 +395,7 @@ fn table_changes_under_continuous_traffic_lose_and_misroute_nothing() {
         let clients: Vec<SocketAddrV4> = (0..2000).map(|_| rng.client()).collect();
         let (mut sent, mut bad) = (0u64, Vec::new());
         let mut i = 0usize;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_mins(1);
         while !stop2.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
             // Half the packets belong to 2000 live flows, half start new flows, so that both
             // the flow table and the scheduling table are consulted throughout.

@@ -154,7 +154,7 @@ fn table_of_single_packet_cases() {
         Case {
             name: "IPv4 options (IHL 6) are skipped",
             frame: with("10.1.2.3:5000", VIP, |u| {
-                u.ip_options = vec![0x94, 0x04, 0, 0]
+                u.ip_options = vec![0x94, 0x04, 0, 0];
             }),
             action: XDP_PASS,
             output: Output::RewrittenTo("127.0.0.1:9876"),
@@ -287,7 +287,7 @@ fn table_of_single_packet_cases() {
         match case.output {
             Output::Unchanged => assert_eq!(out.frame, case.frame, "{}: frame changed", case.name),
             Output::RewrittenTo(to) => {
-                assert_rewritten(case.name, &case.frame, &out.frame, addr(to))
+                assert_rewritten(case.name, &case.frame, &out.frame, addr(to));
             }
         }
         assert_eq!(

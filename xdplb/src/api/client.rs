@@ -22,7 +22,7 @@ pub fn call(
     body: Option<&Value>,
 ) -> anyhow::Result<(u16, Value)> {
     let sock = socket_path(instance)?;
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let body = body.map(ToString::to_string).unwrap_or_default();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -47,8 +47,9 @@ async fn forward(State(to_main): State<ToMain>, req: axum::extract::Request) -> 
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b.to_vec(),
         Err(e) => {
-            let over = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            let over = std::error::Error::source(&e).is_some_and(
+                <dyn std::error::Error + 'static>::is::<http_body_util::LengthLimitError>,
+            );
             let answer = if over {
                 over_limit()
             } else {

@@ -46,7 +46,7 @@ pub enum Command {
         interface: String,
         /// auto (native, else generic), native or generic.
         #[arg(long, value_enum, default_value_t = crate::config::XdpModeSetting::Auto)]
-        xdp_mode: crate::config::XdpModeSetting,
+        xdp_mode: config::XdpModeSetting,
         /// Detach it instead.
         #[arg(long, conflicts_with = "stats")]
         remove: bool,

@@ -19,9 +19,9 @@ fn api_command(
     instance: &str,
     method: &str,
     path: &str,
-    body: Option<serde_json::Value>,
+    body: Option<&serde_json::Value>,
 ) -> anyhow::Result<ExitCode> {
-    let (status, value) = crate::api::call(instance, method, path, body.as_ref())?;
+    let (status, value) = crate::api::call(instance, method, path, body)?;
     if status == 200 {
         println!("{}", serde_json::to_string_pretty(&value)?);
         Ok(ExitCode::SUCCESS)
@@ -44,7 +44,7 @@ pub fn service_body(spec: &args::ServiceSpec) -> anyhow::Result<serde_json::Valu
             map.insert(key.to_owned(), v.into());
         }
     }
-    let text = |v: Option<&dyn std::fmt::Display>| v.map(|v| v.to_string());
+    let text = |v: Option<&dyn std::fmt::Display>| v.map(ToString::to_string);
     let mut svc = Map::new();
     put(&mut svc, "name", Some(spec.name.clone()));
     put(&mut svc, "vip", Some(spec.vip.clone()));
@@ -189,7 +189,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             ServiceAction::List => api_command(&instance, "GET", "/v1/services", None),
             ServiceAction::Add(spec) => {
                 let body = service_body(&spec)?;
-                api_command(&instance, "POST", "/v1/services", Some(body))
+                api_command(&instance, "POST", "/v1/services", Some(&body))
             }
             ServiceAction::Remove { name } => {
                 api_command(&instance, "DELETE", &format!("/v1/services/{name}"), None)
@@ -215,7 +215,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     if let Some(w) = weight {
                         body["weight"] = w.into();
                     }
-                    api_command(&instance, "POST", &path(&service, None), Some(body))
+                    api_command(&instance, "POST", &path(&service, None), Some(&body))
                 }
                 BackendAction::Remove { service, address } => {
                     api_command(&instance, "DELETE", &path(&service, Some(&address)), None)
@@ -224,13 +224,13 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     &instance,
                     "PATCH",
                     &path(&service, Some(&address)),
-                    Some(serde_json::json!({"drain": true})),
+                    Some(&serde_json::json!({"drain": true})),
                 ),
                 BackendAction::Undrain { service, address } => api_command(
                     &instance,
                     "PATCH",
                     &path(&service, Some(&address)),
-                    Some(serde_json::json!({"drain": false})),
+                    Some(&serde_json::json!({"drain": false})),
                 ),
                 BackendAction::Weight {
                     service,
@@ -240,7 +240,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     &instance,
                     "PATCH",
                     &path(&service, Some(&address)),
-                    Some(serde_json::json!({"weight": weight})),
+                    Some(&serde_json::json!({"weight": weight})),
                 ),
             }
         }
@@ -257,7 +257,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::DemoBackend { listen, name } => {
             demo::serve_backends(&listen, name.as_deref(), || {
-                let list: Vec<String> = listen.iter().map(|a| a.to_string()).collect();
+                let list: Vec<String> = listen.iter().map(ToString::to_string).collect();
                 println!("demo backends listening on {}", list.join(", "));
             })?;
             Ok(ExitCode::SUCCESS)

@@ -496,8 +496,8 @@ pub enum ConfigError {
     )]
     ListenersCollide {
         at: Location,
-        metrics: std::net::SocketAddr,
-        api: std::net::SocketAddr,
+        metrics: SocketAddr,
+        api: SocketAddr,
     },
 
     /// An `encap_source` prefix that cannot serve as outer source addresses.

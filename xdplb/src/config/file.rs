@@ -449,7 +449,7 @@ backend = [ { address = "127.0.0.1:5515" }, { address = "127.0.0.1:5516", weight
                         address: "127.0.0.1:9878".parse().expect("literal"),
                         weight: 4,
                         drain: false,
-                    })
+                    });
                 },
                 &["address = \"127.0.0.1:9878\""],
             ),
@@ -464,7 +464,7 @@ backend = [ { address = "127.0.0.1:5515" }, { address = "127.0.0.1:5516", weight
                         address: "127.0.0.1:5517".parse().expect("literal"),
                         weight: 1,
                         drain: false,
-                    })
+                    });
                 },
                 &["address = \"127.0.0.1:5517\""],
             ),

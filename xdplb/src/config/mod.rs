@@ -275,8 +275,8 @@ pub struct EncapSource {
     pub prefix_len: u8,
 }
 
-impl std::fmt::Display for EncapSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for EncapSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.base, self.prefix_len)
     }
 }
@@ -518,7 +518,7 @@ impl Config {
                     svc.hash, svc.maglev_table_size
                 )?,
                 Scheduler::SourceHash => {
-                    writeln!(out, "    Scheduler: source-hash, hash {}", svc.hash)?
+                    writeln!(out, "    Scheduler: source-hash, hash {}", svc.hash)?;
                 }
                 other => writeln!(out, "    Scheduler: {other}")?,
             }

@@ -68,9 +68,9 @@ fn error_is_small() {
     // Keeps `Result<_, ConfigError>` cheap and clippy's `result_large_err` quiet
     // for every caller.
     assert!(
-        std::mem::size_of::<ConfigError>() <= 128,
+        size_of::<ConfigError>() <= 128,
         "{}",
-        std::mem::size_of::<ConfigError>()
+        size_of::<ConfigError>()
     );
 }
 
@@ -1651,7 +1651,7 @@ fn health_check_all_fields_parse() {
                 path: "/healthz?full=1".to_owned(),
                 expect_status: 204,
             },
-            interval: Duration::from_secs(3600),
+            interval: Duration::from_hours(1),
             timeout: Duration::from_millis(10),
             rise: 100,
             fall: 1,
@@ -2526,7 +2526,7 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
                 name: "syslog".to_owned(),
                 vip: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 514).into(),
                 protocol: Protocol::Udp,
-                flow_idle_timeout: Duration::from_secs(300),
+                flow_idle_timeout: Duration::from_mins(5),
                 scheduler: Scheduler::Maglev,
                 hash: HashFields::FiveTuple,
                 maglev_table_size: 65537,
@@ -2717,9 +2717,8 @@ fn check_interfaces_reports_missing_one() {
 #[test]
 fn load_missing_file_names_path() {
     let path = std::env::temp_dir().join("xdplb-config-test-does-not-exist/none.toml");
-    let e = match load(&path) {
-        Ok(_) => panic!("expected an error"),
-        Err(e) => e,
+    let Err(e) = load(&path) else {
+        panic!("expected an error")
     };
     match &e {
         ConfigError::Read { path: p, source } => {
@@ -3041,8 +3040,7 @@ fn assert_schema_order(text: &str) {
         let fields = raw::TABLES
             .iter()
             .find(|(name, _)| *name == table)
-            .map(|(_, fields)| *fields)
-            .unwrap_or_else(|| panic!("no fields for {table}"));
+            .map_or_else(|| panic!("no fields for {table}"), |(_, fields)| *fields);
         let pos = fields
             .iter()
             .position(|f| *f == key)
@@ -3286,10 +3284,7 @@ fn to_toml_round_trips_every_field() {
     let [dns, web, tcp, rr, rand, mag] = &cfg.services[..] else {
         panic!("six services");
     };
-    assert_eq!(
-        dns.flow_idle_timeout,
-        std::time::Duration::from_millis(1500)
-    );
+    assert_eq!(dns.flow_idle_timeout, Duration::from_millis(1500));
     assert!(matches!(
         &dns.health_check,
         Some(HealthCheck {
@@ -3397,8 +3392,8 @@ fn to_toml_escapes_strings() {
                 .to_vec(),
             expect: Some(b"\"\"\" # not a comment".to_vec()),
         },
-        interval: std::time::Duration::from_secs(1),
-        timeout: std::time::Duration::from_millis(500),
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_millis(500),
         rise: 2,
         fall: 3,
         port: None,
@@ -3410,8 +3405,8 @@ fn to_toml_escapes_strings() {
             path: "/\"q\"/\\b/'a'/'''/\"\"\"/#/é?x=[1]".to_owned(),
             expect_status: 599,
         },
-        interval: std::time::Duration::from_secs(1),
-        timeout: std::time::Duration::from_millis(500),
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_millis(500),
         rise: 2,
         fall: 3,
         port: Some(8080),
@@ -3429,8 +3424,8 @@ fn to_toml_writes_payloads_that_are_not_text_as_hex() {
             payload: vec![b'o', 0xff, b'k'],
             expect: Some(vec![0xc3]),
         },
-        interval: std::time::Duration::from_secs(1),
-        timeout: std::time::Duration::from_millis(500),
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_millis(500),
         rise: 2,
         fall: 3,
         port: None,
@@ -3467,11 +3462,11 @@ fn written_durations_parse_back_exactly() {
         (Duration::from_secs(1), "1s"),
         (Duration::from_secs(59), "59s"),
         (Duration::from_secs(90), "90s"),
-        (Duration::from_secs(120), "2m"),
-        (Duration::from_secs(5400), "90m"),
+        (Duration::from_mins(2), "2m"),
+        (Duration::from_mins(90), "90m"),
         (Duration::from_secs(5415), "5415s"),
-        (Duration::from_secs(7200), "2h"),
-        (Duration::from_secs(86_400), "24h"),
+        (Duration::from_hours(2), "2h"),
+        (Duration::from_hours(24), "24h"),
         (Duration::MAX, "18446744073709551615s 999999999ns"),
     ];
     for (d, text) in cases {
@@ -3480,7 +3475,7 @@ fn written_durations_parse_back_exactly() {
     }
     let mut rng = Rng(7);
     for _ in 0..10_000 {
-        let d = rng.duration(Duration::ZERO, Duration::from_secs(48 * 60 * 60));
+        let d = rng.duration(Duration::ZERO, Duration::from_hours(48));
         let text = write::duration_text(d);
         assert_eq!(humantime::parse_duration(&text), Ok(d), "{text}");
     }
@@ -3547,7 +3542,7 @@ impl Rng {
     fn range<T>(&mut self, lo: T, hi: T) -> T
     where
         T: Into<u64> + TryFrom<u64>,
-        <T as TryFrom<u64>>::Error: std::fmt::Debug,
+        <T as TryFrom<u64>>::Error: fmt::Debug,
     {
         let (lo, hi) = (lo.into(), hi.into());
         assert!(lo <= hi, "{lo} > {hi}");
@@ -3574,11 +3569,7 @@ impl Rng {
 
     /// A duration of `min..=max`, often a whole number of hours, minutes, seconds,
     /// milliseconds or microseconds, sometimes exactly a bound.
-    fn duration(
-        &mut self,
-        min: std::time::Duration,
-        max: std::time::Duration,
-    ) -> std::time::Duration {
+    fn duration(&mut self, min: Duration, max: Duration) -> Duration {
         if self.chance(10) {
             return min;
         }
@@ -3601,7 +3592,7 @@ impl Rng {
         } else {
             self.range(min, max)
         };
-        std::time::Duration::from_nanos(nanos)
+        Duration::from_nanos(nanos)
     }
 }
 
@@ -3793,7 +3784,7 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
                     }
                 }
             };
-            let interval = rng.duration(Duration::from_millis(100), Duration::from_secs(3600));
+            let interval = rng.duration(Duration::from_millis(100), Duration::from_hours(1));
             Some(HealthCheck {
                 kind,
                 interval,
@@ -3825,7 +3816,7 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
             name,
             vip,
             protocol: Protocol::Udp,
-            flow_idle_timeout: rng.duration(Duration::from_secs(1), Duration::from_secs(86_400)),
+            flow_idle_timeout: rng.duration(Duration::from_secs(1), Duration::from_hours(24)),
             scheduler,
             hash,
             maglev_table_size,
@@ -4006,7 +3997,7 @@ fn save_writes_through_a_symlink_and_keeps_the_link() {
     );
     assert_eq!(
         std::fs::read_link(&link).expect("readlink"),
-        std::path::Path::new("etc/real.toml"),
+        Path::new("etc/real.toml"),
         "the link must point where it pointed"
     );
     assert_eq!(std::fs::read_to_string(&target).expect("read"), "new\n");
@@ -4244,7 +4235,7 @@ fn typed_changes_get_the_files_errors_without_positions() {
                 c.services[1]
                     .backends
                     .iter_mut()
-                    .for_each(|b| b.drain = true)
+                    .for_each(|b| b.drain = true);
             },
             "drain",
         ),
@@ -4282,7 +4273,7 @@ fn typed_changes_get_the_files_errors_without_positions() {
             let Some(j) = unplaced[i..].find(')') else {
                 break;
             };
-            unplaced.replace_range(i..i + j + 1, "");
+            unplaced.replace_range(i..=(i + j), "");
         }
         let file_message = unplaced.split_once(": ").map_or("", |(_, m)| m);
         let typed_message = typed.split_once(": ").map_or("", |(_, m)| m);

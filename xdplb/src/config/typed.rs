@@ -9,6 +9,8 @@
 
 use toml::Spanned;
 
+use std::fmt::Write as _;
+
 use super::{
     Config, ConfigError, HealthCheck, HealthCheckKind, ServiceConfig,
     raw::{RawBackend, RawConfig, RawHealthCheck, RawLimits, RawService},
@@ -156,7 +158,12 @@ fn lower_health_check(hc: &HealthCheck) -> RawHealthCheck {
 
 /// Lower-case hex, two digits a byte.
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    bytes
+        .iter()
+        .fold(String::with_capacity(2 * bytes.len()), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// An error of a change to the typed model as an operator reads it: there is no file, so the

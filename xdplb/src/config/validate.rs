@@ -32,7 +32,7 @@ const MIN_FLOWS: u32 = 1024;
 const MAX_FLOWS: u32 = 67_108_864;
 /// Range and default of `flow_idle_timeout`.
 const MIN_TIMEOUT: Duration = Duration::from_secs(1);
-const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+const MAX_TIMEOUT: Duration = Duration::from_hours(24);
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Range of `[limits] max_lookup_entries`.
 const MIN_LOOKUP_ENTRIES: u32 = 1024;
@@ -48,7 +48,7 @@ const MAGLEV_ENTRIES_PER_BACKEND: u64 = 100;
 pub(crate) const WRR_TABLE_ENTRIES: u32 = 65_537;
 /// Range and default of a health check's `interval`.
 const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
-const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(60 * 60);
+const MAX_CHECK_INTERVAL: Duration = Duration::from_hours(1);
 const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Minimum and default of a health check's `timeout` (at most the interval).
 const MIN_CHECK_TIMEOUT: Duration = Duration::from_millis(10);
@@ -363,11 +363,11 @@ fn encap_source_problem(base: Ipv4Addr, prefix_len: u8) -> Option<String> {
 fn validate_api_listen(
     raw: Option<Spanned<String>>,
     src: Source<'_>,
-) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+) -> Result<Option<SocketAddr>, ConfigError> {
     let Some(raw) = raw else {
         return Ok(None);
     };
-    match raw.get_ref().parse::<std::net::SocketAddr>() {
+    match raw.get_ref().parse::<SocketAddr>() {
         Ok(addr) if addr.ip().is_loopback() => Ok(Some(addr)),
         _ => Err(ConfigError::InvalidApiListen {
             at: src.at(&raw.span()),
@@ -379,7 +379,7 @@ fn validate_api_listen(
 fn validate_metrics_listen(
     raw: Option<Spanned<String>>,
     src: Source<'_>,
-) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+) -> Result<Option<SocketAddr>, ConfigError> {
     let Some(raw) = raw else {
         return Ok(None);
     };
@@ -780,15 +780,12 @@ fn validate_service(
         None if scheduler == Scheduler::SourceHash => HashFields::SourceIp,
         None => HashFields::FiveTuple,
         Some(h) => {
-            let fields = match h.get_ref().parse::<HashFields>() {
-                Ok(fields) => fields,
-                Err(_) => {
-                    return Err(ConfigError::InvalidHash {
-                        at: src.at(&h.span()),
-                        service: label,
-                        value: h.into_inner(),
-                    });
-                }
+            let Ok(fields) = h.get_ref().parse::<HashFields>() else {
+                return Err(ConfigError::InvalidHash {
+                    at: src.at(&h.span()),
+                    service: label,
+                    value: h.into_inner(),
+                });
             };
             match scheduler {
                 Scheduler::Maglev => fields,
@@ -1148,15 +1145,12 @@ fn validate_health_check(
             hint: "; e.g. type = \"udp\" (or \"tcp\" or \"http\")",
         });
     };
-    let kind_name = match kind.get_ref().parse::<HealthCheckType>() {
-        Ok(kind) => kind,
-        Err(_) => {
-            return Err(ConfigError::InvalidHealthCheckType {
-                at: src.at(&kind.span()),
-                service: label.to_owned(),
-                value: kind.into_inner(),
-            });
-        }
+    let Ok(kind_name) = kind.get_ref().parse::<HealthCheckType>() else {
+        return Err(ConfigError::InvalidHealthCheckType {
+            at: src.at(&kind.span()),
+            service: label.to_owned(),
+            value: kind.into_inner(),
+        });
     };
     // Type-specific fields given with another type, in file order.
     let mut misplaced: Vec<(Range<usize>, &'static str, String)> = Vec::new();

@@ -252,7 +252,7 @@ impl Shell<'_> {
                 if self
                     .veth_warned
                     .get(interface)
-                    .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+                    .is_some_and(|t| t.elapsed() < Duration::from_mins(1))
                 {
                     continue;
                 }

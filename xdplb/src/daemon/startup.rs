@@ -61,17 +61,14 @@ pub(super) fn start(
 ) -> anyhow::Result<Started> {
     let instance_name = opts.instance.as_str();
     let mut config_file = None;
-    let (cfg, origin) = match opts.config.as_deref() {
-        Some(p) => {
-            let (cfg, file) = load_config_file(p)?;
-            config_file = Some(file);
-            (cfg, p.display().to_string())
-        }
-        None => {
-            let cfg = config::default_config();
-            config::check_interfaces(&cfg, "<built-in>", interface_exists)?;
-            (cfg, "<built-in default>".to_string())
-        }
+    let (cfg, origin) = if let Some(p) = opts.config.as_deref() {
+        let (cfg, file) = load_config_file(p)?;
+        config_file = Some(file);
+        (cfg, p.display().to_string())
+    } else {
+        let cfg = config::default_config();
+        config::check_interfaces(&cfg, "<built-in>", interface_exists)?;
+        (cfg, "<built-in default>".to_string())
     };
     if !dataplane::has_bpf_privileges() {
         bail!(

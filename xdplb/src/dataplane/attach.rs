@@ -57,65 +57,59 @@ pub fn attach_all(
                     .map(|p| p.link(kind, name))
                     .filter(|p| p.exists())
             };
-            let xdp_mode = match pinned("xdp") {
-                Some(path) => {
-                    let link =
-                        XdpLink::try_from(open_pinned(&path)?).map_err(|e| pin_error(&path, &e))?;
-                    let xdp = dp.ingress()?;
-                    let id = xdp
-                        .attach_to_link(link)
-                        .map_err(|e| DataplaneError::program(super::PROGRAM_INGRESS, e))?;
-                    // Dropping our descriptor leaves the pin holding the link.
-                    drop(xdp.take_link(id));
-                    previous
-                        .iter()
-                        .find(|a| a.name == *name)
-                        .map_or_else(|| "adopted".to_string(), |a| a.xdp_mode.clone())
-                }
-                None => {
-                    let (id, used) = attach_xdp(dp.ingress()?, name, mode)?;
-                    match pins.as_ref().map(|p| p.link("xdp", name)) {
-                        Some(path) => {
-                            let link = dp
-                                .ingress()?
-                                .take_link(id)
-                                .map_err(|e| DataplaneError::program(super::PROGRAM_INGRESS, e))?;
-                            pin_link(FdLink::try_from(link), &path)?;
-                            made.push(Made::Pinned(path));
-                        }
-                        None => made.push(Made::Xdp(id)),
+            let xdp_mode = if let Some(path) = pinned("xdp") {
+                let link =
+                    XdpLink::try_from(open_pinned(&path)?).map_err(|e| pin_error(&path, &e))?;
+                let xdp = dp.ingress()?;
+                let id = xdp
+                    .attach_to_link(link)
+                    .map_err(|e| DataplaneError::program(super::PROGRAM_INGRESS, e))?;
+                // Dropping our descriptor leaves the pin holding the link.
+                drop(xdp.take_link(id));
+                previous
+                    .iter()
+                    .find(|a| a.name == *name)
+                    .map_or_else(|| "adopted".to_string(), |a| a.xdp_mode.clone())
+            } else {
+                let (id, used) = attach_xdp(dp.ingress()?, name, mode)?;
+                match pins.as_ref().map(|p| p.link("xdp", name)) {
+                    Some(path) => {
+                        let link = dp
+                            .ingress()?
+                            .take_link(id)
+                            .map_err(|e| DataplaneError::program(super::PROGRAM_INGRESS, e))?;
+                        pin_link(FdLink::try_from(link), &path)?;
+                        made.push(Made::Pinned(path));
                     }
-                    used.to_string()
+                    None => made.push(Made::Xdp(id)),
                 }
+                used.to_string()
             };
-            match pinned("tc") {
-                Some(path) => {
-                    let link = SchedClassifierLink::try_from(open_pinned(&path)?)
-                        .map_err(|e| pin_error(&path, &e))?;
-                    let tc = dp.reply()?;
-                    let id = tc
-                        .attach_to_link(link)
-                        .map_err(|e| DataplaneError::program(super::PROGRAM_REPLY, e))?;
-                    drop(tc.take_link(id));
-                }
-                None => {
-                    let tc = dp.reply()?;
-                    let id = tc.attach(name, TcAttachType::Egress).map_err(|e| {
-                        DataplaneError::AttachTc {
-                            interface: name.clone(),
-                            reason: error_chain(&e),
-                        }
-                    })?;
-                    match pins.as_ref().map(|p| p.link("tc", name)) {
-                        Some(path) => {
-                            let link = tc
-                                .take_link(id)
-                                .map_err(|e| DataplaneError::program(super::PROGRAM_REPLY, e))?;
-                            pin_link(FdLink::try_from(link), &path)?;
-                            made.push(Made::Pinned(path));
-                        }
-                        None => made.push(Made::Tc(id)),
+            if let Some(path) = pinned("tc") {
+                let link = SchedClassifierLink::try_from(open_pinned(&path)?)
+                    .map_err(|e| pin_error(&path, &e))?;
+                let tc = dp.reply()?;
+                let id = tc
+                    .attach_to_link(link)
+                    .map_err(|e| DataplaneError::program(super::PROGRAM_REPLY, e))?;
+                drop(tc.take_link(id));
+            } else {
+                let tc = dp.reply()?;
+                let id = tc.attach(name, TcAttachType::Egress).map_err(|e| {
+                    DataplaneError::AttachTc {
+                        interface: name.clone(),
+                        reason: error_chain(&e),
                     }
+                })?;
+                match pins.as_ref().map(|p| p.link("tc", name)) {
+                    Some(path) => {
+                        let link = tc
+                            .take_link(id)
+                            .map_err(|e| DataplaneError::program(super::PROGRAM_REPLY, e))?;
+                        pin_link(FdLink::try_from(link), &path)?;
+                        made.push(Made::Pinned(path));
+                    }
+                    None => made.push(Made::Tc(id)),
                 }
             }
             dp.set_interface_mac(ifindex, mac, xdp_mode == "generic")?;
@@ -159,7 +153,7 @@ pub fn attach_all(
         }
         pin_programs(dp, pins)?;
     }
-    dp.interfaces = attached.clone();
+    dp.interfaces.clone_from(&attached);
     dp.write_pin_record()?;
     Ok(attached)
 }
@@ -247,7 +241,7 @@ pub(crate) fn attach_xdp(
     xdp: &mut aya::programs::Xdp,
     name: &str,
     mode: XdpModeSetting,
-) -> Result<(aya::programs::xdp::XdpLinkId, &'static str), DataplaneError> {
+) -> Result<(XdpLinkId, &'static str), DataplaneError> {
     let try_mode = |xdp: &mut aya::programs::Xdp, m: XdpMode, label: &'static str| {
         xdp.attach(name, m)
             .map(|l| (l, label))

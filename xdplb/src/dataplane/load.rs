@@ -211,7 +211,7 @@ impl Dataplane {
             version: PIN_VERSION.to_string(),
             interfaces: self.interfaces.clone(),
             state: self.reconciler.current().cloned().unwrap_or_default(),
-            stats_map_id: self.map_id(xdplb_common::MAP_STATS).ok(),
+            stats_map_id: self.map_id(MAP_STATS).ok(),
             pins_dir: Some(pins.dir.clone()),
             mount_ns: super::pin::own_mount_ns(),
         })
@@ -290,7 +290,7 @@ impl Dataplane {
             .ok_or(DataplaneError::MissingMap(MAP_FLOWS))?;
         let flows: HashMap<&MapData, xdplb_common::FlowKey, xdplb_common::Flow> =
             HashMap::try_from(map).map_err(|e| DataplaneError::map(MAP_FLOWS, e))?;
-        Ok(flows.keys().filter(Result::is_ok).count() as u64)
+        Ok(flows.keys().flatten().count() as u64)
     }
 
     /// Summed per-service or per-backend traffic counters for `indices`.

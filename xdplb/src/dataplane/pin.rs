@@ -51,9 +51,7 @@ pub const PINNED_MAPS: [&str; 12] = [
 
 /// The bpffs mount to pin in.
 pub fn bpffs() -> PathBuf {
-    std::env::var_os("XDPLB_BPFFS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_BPFFS))
+    std::env::var_os("XDPLB_BPFFS").map_or_else(|| PathBuf::from(DEFAULT_BPFFS), PathBuf::from)
 }
 
 /// What `<instance>.pins.json` holds.

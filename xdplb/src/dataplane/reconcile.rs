@@ -148,17 +148,16 @@ pub fn desired_state(
     for svc in &cfg.services {
         let half = config::table_capacity(svc, &cfg.limits);
         let before = find(&svc.name);
-        let id = match before {
-            Some(b) => b.service.id,
-            None => {
-                let id = (0..cfg.limits.max_services)
-                    .find(|i| !ids.contains(i))
-                    .ok_or_else(|| PlanError::NoServiceId {
-                        service: svc.name.clone(),
-                    })?;
-                ids.push(id);
-                id
-            }
+        let id = if let Some(b) = before {
+            b.service.id
+        } else {
+            let id = (0..cfg.limits.max_services)
+                .find(|i| !ids.contains(i))
+                .ok_or_else(|| PlanError::NoServiceId {
+                    service: svc.name.clone(),
+                })?;
+            ids.push(id);
+            id
         };
         let region = match before {
             Some(b) if b.region_half == half => b.region_base,
@@ -242,7 +241,7 @@ fn plan_service(
     }
     let positions: Vec<u32> = positions
         .into_iter()
-        .map(|p| p.unwrap_or_default())
+        .map(Option::unwrap_or_default)
         .collect();
 
     let backends: Vec<(u32, Backend, SocketAddr)> = svc
