@@ -866,50 +866,7 @@ fn validate_service(
         },
     };
 
-    let encap_source = match (raw.encap_source, forwarding) {
-        (None, Forwarding::DsrIpip) => {
-            return Err(ConfigError::EncapSourceMismatch {
-                at: src.at(&svc_span),
-                service: label,
-                problem: "forwarding = \"dsr-ipip\" needs encap_source, the IPv4 prefix the outer source addresses come from (such as \"10.200.0.0/24\"; backends see it as the sender)",
-            });
-        }
-        (None, _) => None,
-        (Some(e), Forwarding::DsrIpip) => {
-            if is_ipv6_text(e.get_ref()) {
-                return Err(ConfigError::Ipv6NotSupported {
-                    at: src.at(&e.span()),
-                    what: format!("{label} encap_source"),
-                    value: e.into_inner(),
-                });
-            }
-            let (base, prefix_len) =
-                parse_encap_source(e.get_ref()).ok_or_else(|| ConfigError::InvalidEncapSource {
-                    at: src.at(&e.span()),
-                    service: label.clone(),
-                    value: e.get_ref().clone(),
-                })?;
-            if let Some(reason) = encap_source_problem(base, prefix_len) {
-                return Err(ConfigError::UnusableEncapSource {
-                    at: src.at(&e.span()),
-                    service: label,
-                    value: e.into_inner(),
-                    reason,
-                });
-            }
-            Some(super::EncapSource {
-                base: IpAddr::V4(base),
-                prefix_len,
-            })
-        }
-        (Some(e), _) => {
-            return Err(ConfigError::EncapSourceMismatch {
-                at: src.at(&e.span()),
-                service: label,
-                problem: "encap_source applies only to forwarding = \"dsr-ipip\"",
-            });
-        }
-    };
+    let encap_source = validate_encap_source(raw.encap_source, forwarding, &label, &svc_span, src)?;
 
     // Where the fullnat range comes from: `fullnat_ports`, or `fullnat_source` for the default.
     let fullnat_offset = raw
@@ -918,77 +875,14 @@ fn validate_service(
         .or(raw.fullnat_source.as_ref())
         .map(|f| f.span().start);
     let fullnat_source_offset = raw.fullnat_source.as_ref().map(|f| f.span().start);
-    let fullnat = match (raw.fullnat_source, forwarding) {
-        (None, Forwarding::FullNat) => {
-            return Err(ConfigError::EncapSourceMismatch {
-                at: src.at(&svc_span),
-                service: label,
-                problem: "forwarding = \"fullnat\" needs fullnat_source, the balancer address that packets to the backends come from (one the backends route back to this balancer)",
-            });
-        }
-        (None, _) => None,
-        (Some(s), Forwarding::FullNat) => {
-            if is_ipv6_text(s.get_ref()) {
-                return Err(ConfigError::Ipv6NotSupported {
-                    at: src.at(&s.span()),
-                    what: format!("{label} fullnat_source"),
-                    value: s.into_inner(),
-                });
-            }
-            let source = match s.get_ref().parse::<Ipv4Addr>() {
-                Ok(a)
-                    if !a.is_unspecified()
-                        && !a.is_loopback()
-                        && !a.is_broadcast()
-                        && !a.is_multicast() =>
-                {
-                    IpAddr::V4(a)
-                }
-                _ => {
-                    return Err(ConfigError::InvalidFullnat {
-                        at: src.at(&s.span()),
-                        service: label,
-                        field: "fullnat_source",
-                        value: s.into_inner(),
-                        expected: "expected a unicast IPv4 address of this balancer that the backends can reach, such as \"10.86.0.1\"",
-                    });
-                }
-            };
-            let (port_first, port_last) = match &raw.fullnat_ports {
-                None => (DEFAULT_FULLNAT_PORTS.0, DEFAULT_FULLNAT_PORTS.1),
-                Some(p) => parse_port_range(p.get_ref()).ok_or_else(|| {
-                    ConfigError::InvalidFullnat {
-                        at: src.at(&p.span()),
-                        service: label.clone(),
-                        field: "fullnat_ports",
-                        value: p.get_ref().clone(),
-                        expected: "expected FIRST-LAST with 1 <= FIRST <= LAST <= 65535, such as \"20000-59999\"",
-                    }
-                })?,
-            };
-            Some(super::FullnatConfig {
-                source,
-                port_first,
-                port_last,
-            })
-        }
-        (Some(s), _) => {
-            return Err(ConfigError::EncapSourceMismatch {
-                at: src.at(&s.span()),
-                service: label,
-                problem: "fullnat_source applies only to forwarding = \"fullnat\"",
-            });
-        }
-    };
-    if forwarding != Forwarding::FullNat
-        && let Some(p) = &raw.fullnat_ports
-    {
-        return Err(ConfigError::EncapSourceMismatch {
-            at: src.at(&p.span()),
-            service: label,
-            problem: "fullnat_ports applies only to forwarding = \"fullnat\"",
-        });
-    }
+    let fullnat = validate_fullnat(
+        raw.fullnat_source,
+        raw.fullnat_ports.as_ref(),
+        forwarding,
+        &label,
+        &svc_span,
+        src,
+    )?;
 
     let Some(backends) = raw.backend else {
         return Err(ConfigError::NoBackends {
@@ -1017,74 +911,8 @@ fn validate_service(
         });
     }
 
-    // address -> (1-based index, offset of the address)
-    let mut seen: HashMap<SocketAddr, (usize, usize)> = HashMap::with_capacity(backends.len());
-    let mut out = Vec::with_capacity(backends.len());
-    let mut backend_offsets = Vec::with_capacity(backends.len());
-    // Offset of the last `drain = true`, for when every backend is drained.
-    let mut last_drain_offset = list_span.start;
-    for (j, backend) in backends.into_iter().enumerate() {
-        let bindex = j + 1;
-        let checked = validate_backend(&label, bindex, backend, src)?;
-        let (backend, addr_offset) = (checked.backend, checked.address_offset);
-        if let Some(offset) = checked.drain_offset.filter(|_| backend.drain) {
-            last_drain_offset = offset;
-        }
-        match seen.entry(backend.address) {
-            Entry::Occupied(first) => {
-                let (first_index, first_offset) = *first.get();
-                return Err(ConfigError::DuplicateBackend {
-                    at: src.at_offset(addr_offset),
-                    service: label,
-                    index: bindex,
-                    first_index,
-                    first_line: src.line_of(first_offset),
-                    address: backend.address,
-                });
-            }
-            Entry::Vacant(slot) => {
-                slot.insert((bindex, addr_offset));
-            }
-        }
-        if forwarding != Forwarding::Local && backend.address.ip().is_loopback() {
-            return Err(ConfigError::NatLoopbackBackend {
-                at: src.at_offset(addr_offset),
-                service: label,
-                mode: forwarding,
-                address: backend.address,
-            });
-        }
-        if matches!(forwarding, Forwarding::Nat | Forwarding::FullNat)
-            && backend.address.ip() == vip.ip()
-        {
-            return Err(ConfigError::BackendIsVip {
-                at: src.at_offset(addr_offset),
-                service: label,
-                mode: forwarding,
-                address: backend.address,
-                vip: vip.ip(),
-            });
-        }
-        if matches!(forwarding, Forwarding::DsrL2 | Forwarding::DsrIpip)
-            && backend.address.port() != vip.port()
-        {
-            return Err(ConfigError::DsrPortMismatch {
-                at: src.at_offset(addr_offset),
-                service: label,
-                mode: forwarding,
-                address: backend.address,
-                vip_port: vip.port(),
-            });
-        }
-        out.push(backend);
-        backend_offsets.push(addr_offset);
-    }
-    if out.iter().all(|b| b.drain) {
-        return Err(ConfigError::AllBackendsDrained {
-            at: src.at_offset(last_drain_offset),
-            service: label,
-        });
-    }
+    let (out, backend_offsets) =
+        validate_backend_list(&label, backends, &list_span, forwarding, vip, src)?;
 
     if scheduler == Scheduler::Maglev {
         let backends = out.len();
@@ -1416,6 +1244,221 @@ fn http_path_problem(path: &str) -> Option<String> {
                 "it contains {c:?}, which cannot appear in an HTTP request line; percent-encode it"
             )
         })
+}
+
+/// A service's `encap_source`: required with `dsr-ipip` and refused with any other mode.
+fn validate_encap_source(
+    encap_source: Option<Spanned<String>>,
+    forwarding: Forwarding,
+    label: &str,
+    svc_span: &Range<usize>,
+    src: Source<'_>,
+) -> Result<Option<super::EncapSource>, ConfigError> {
+    match (encap_source, forwarding) {
+        (None, Forwarding::DsrIpip) => Err(ConfigError::EncapSourceMismatch {
+            at: src.at(svc_span),
+            service: label.to_owned(),
+            problem: "forwarding = \"dsr-ipip\" needs encap_source, the IPv4 prefix the outer source addresses come from (such as \"10.200.0.0/24\"; backends see it as the sender)",
+        }),
+        (None, _) => Ok(None),
+        (Some(e), Forwarding::DsrIpip) => {
+            if is_ipv6_text(e.get_ref()) {
+                return Err(ConfigError::Ipv6NotSupported {
+                    at: src.at(&e.span()),
+                    what: format!("{label} encap_source"),
+                    value: e.into_inner(),
+                });
+            }
+            let (base, prefix_len) =
+                parse_encap_source(e.get_ref()).ok_or_else(|| ConfigError::InvalidEncapSource {
+                    at: src.at(&e.span()),
+                    service: label.to_owned(),
+                    value: e.get_ref().clone(),
+                })?;
+            if let Some(reason) = encap_source_problem(base, prefix_len) {
+                return Err(ConfigError::UnusableEncapSource {
+                    at: src.at(&e.span()),
+                    service: label.to_owned(),
+                    value: e.into_inner(),
+                    reason,
+                });
+            }
+            Ok(Some(super::EncapSource {
+                base: IpAddr::V4(base),
+                prefix_len,
+            }))
+        }
+        (Some(e), _) => Err(ConfigError::EncapSourceMismatch {
+            at: src.at(&e.span()),
+            service: label.to_owned(),
+            problem: "encap_source applies only to forwarding = \"dsr-ipip\"",
+        }),
+    }
+}
+
+/// A service's `fullnat_source` and `fullnat_ports`: the source is required with `fullnat`,
+/// the ports default to [`DEFAULT_FULLNAT_PORTS`], and both are refused with any other mode.
+fn validate_fullnat(
+    fullnat_source: Option<Spanned<String>>,
+    fullnat_ports: Option<&Spanned<String>>,
+    forwarding: Forwarding,
+    label: &str,
+    svc_span: &Range<usize>,
+    src: Source<'_>,
+) -> Result<Option<super::FullnatConfig>, ConfigError> {
+    let fullnat = match (fullnat_source, forwarding) {
+        (None, Forwarding::FullNat) => {
+            return Err(ConfigError::EncapSourceMismatch {
+                at: src.at(svc_span),
+                service: label.to_owned(),
+                problem: "forwarding = \"fullnat\" needs fullnat_source, the balancer address that packets to the backends come from (one the backends route back to this balancer)",
+            });
+        }
+        (None, _) => None,
+        (Some(s), Forwarding::FullNat) => {
+            if is_ipv6_text(s.get_ref()) {
+                return Err(ConfigError::Ipv6NotSupported {
+                    at: src.at(&s.span()),
+                    what: format!("{label} fullnat_source"),
+                    value: s.into_inner(),
+                });
+            }
+            let source = match s.get_ref().parse::<Ipv4Addr>() {
+                Ok(a)
+                    if !a.is_unspecified()
+                        && !a.is_loopback()
+                        && !a.is_broadcast()
+                        && !a.is_multicast() =>
+                {
+                    IpAddr::V4(a)
+                }
+                _ => {
+                    return Err(ConfigError::InvalidFullnat {
+                        at: src.at(&s.span()),
+                        service: label.to_owned(),
+                        field: "fullnat_source",
+                        value: s.into_inner(),
+                        expected: "expected a unicast IPv4 address of this balancer that the backends can reach, such as \"10.86.0.1\"",
+                    });
+                }
+            };
+            let (port_first, port_last) = match fullnat_ports {
+                None => (DEFAULT_FULLNAT_PORTS.0, DEFAULT_FULLNAT_PORTS.1),
+                Some(p) => parse_port_range(p.get_ref()).ok_or_else(|| {
+                    ConfigError::InvalidFullnat {
+                        at: src.at(&p.span()),
+                        service: label.to_owned(),
+                        field: "fullnat_ports",
+                        value: p.get_ref().clone(),
+                        expected: "expected FIRST-LAST with 1 <= FIRST <= LAST <= 65535, such as \"20000-59999\"",
+                    }
+                })?,
+            };
+            Some(super::FullnatConfig {
+                source,
+                port_first,
+                port_last,
+            })
+        }
+        (Some(s), _) => {
+            return Err(ConfigError::EncapSourceMismatch {
+                at: src.at(&s.span()),
+                service: label.to_owned(),
+                problem: "fullnat_source applies only to forwarding = \"fullnat\"",
+            });
+        }
+    };
+    if forwarding != Forwarding::FullNat
+        && let Some(p) = fullnat_ports
+    {
+        return Err(ConfigError::EncapSourceMismatch {
+            at: src.at(&p.span()),
+            service: label.to_owned(),
+            problem: "fullnat_ports applies only to forwarding = \"fullnat\"",
+        });
+    }
+    Ok(fullnat)
+}
+
+/// The backends of one service, each valid (see [`validate_backend`]), unique within the
+/// service, fitting its forwarding mode, and not all drained; with the offset of each address.
+fn validate_backend_list(
+    label: &str,
+    backends: Vec<Spanned<RawBackend>>,
+    list_span: &Range<usize>,
+    forwarding: Forwarding,
+    vip: SocketAddr,
+    src: Source<'_>,
+) -> Result<(Vec<BackendConfig>, Vec<usize>), ConfigError> {
+    // address -> (1-based index, offset of the address)
+    let mut seen: HashMap<SocketAddr, (usize, usize)> = HashMap::with_capacity(backends.len());
+    let mut out = Vec::with_capacity(backends.len());
+    let mut backend_offsets = Vec::with_capacity(backends.len());
+    // Offset of the last `drain = true`, for when every backend is drained.
+    let mut last_drain_offset = list_span.start;
+    for (j, backend) in backends.into_iter().enumerate() {
+        let bindex = j + 1;
+        let checked = validate_backend(label, bindex, backend, src)?;
+        let (backend, addr_offset) = (checked.backend, checked.address_offset);
+        if let Some(offset) = checked.drain_offset.filter(|_| backend.drain) {
+            last_drain_offset = offset;
+        }
+        match seen.entry(backend.address) {
+            Entry::Occupied(first) => {
+                let (first_index, first_offset) = *first.get();
+                return Err(ConfigError::DuplicateBackend {
+                    at: src.at_offset(addr_offset),
+                    service: label.to_owned(),
+                    index: bindex,
+                    first_index,
+                    first_line: src.line_of(first_offset),
+                    address: backend.address,
+                });
+            }
+            Entry::Vacant(slot) => {
+                slot.insert((bindex, addr_offset));
+            }
+        }
+        if forwarding != Forwarding::Local && backend.address.ip().is_loopback() {
+            return Err(ConfigError::NatLoopbackBackend {
+                at: src.at_offset(addr_offset),
+                service: label.to_owned(),
+                mode: forwarding,
+                address: backend.address,
+            });
+        }
+        if matches!(forwarding, Forwarding::Nat | Forwarding::FullNat)
+            && backend.address.ip() == vip.ip()
+        {
+            return Err(ConfigError::BackendIsVip {
+                at: src.at_offset(addr_offset),
+                service: label.to_owned(),
+                mode: forwarding,
+                address: backend.address,
+                vip: vip.ip(),
+            });
+        }
+        if matches!(forwarding, Forwarding::DsrL2 | Forwarding::DsrIpip)
+            && backend.address.port() != vip.port()
+        {
+            return Err(ConfigError::DsrPortMismatch {
+                at: src.at_offset(addr_offset),
+                service: label.to_owned(),
+                mode: forwarding,
+                address: backend.address,
+                vip_port: vip.port(),
+            });
+        }
+        out.push(backend);
+        backend_offsets.push(addr_offset);
+    }
+    if out.iter().all(|b| b.drain) {
+        return Err(ConfigError::AllBackendsDrained {
+            at: src.at_offset(last_drain_offset),
+            service: label.to_owned(),
+        });
+    }
+    Ok((out, backend_offsets))
 }
 
 /// A validated backend and where its fields were.
