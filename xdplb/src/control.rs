@@ -286,6 +286,15 @@ address = "127.0.0.1:9877"
         core.commit(next.clone());
         assert_eq!(core.config(), &next);
         assert_eq!(core.effective(), next, "no check: every backend is in");
+        let addr = "127.0.0.1:9876".parse().expect("addr");
+        assert!(
+            core.health().get("s", addr).is_none(),
+            "its health is forgotten"
+        );
+        // The check back: the backend starts up again, not down as it was.
+        core.commit(checked());
+        assert!(core.health().is_up("s", addr));
+        assert_eq!(core.effective().services[0].backends.len(), 2);
     }
 
     #[test]

@@ -333,6 +333,23 @@ pub fn start(cfg: &Config, tx: &UnboundedSender<HealthEvent>) -> Checkers {
     checkers
 }
 
+/// A checked backend: its service, its address and its check.
+pub type Checked = (String, SocketAddr, HealthCheck);
+
+/// Every checked backend of `cfg`, in config order: what [`start`] starts a probe for. Two
+/// configs with the same list need no new probes.
+pub fn checked(cfg: &Config) -> Vec<Checked> {
+    cfg.services
+        .iter()
+        .filter_map(|svc| svc.health_check.as_ref().map(|hc| (svc, hc)))
+        .flat_map(|(svc, hc)| {
+            svc.backends
+                .iter()
+                .map(|b| (svc.name.clone(), b.address, hc.clone()))
+        })
+        .collect()
+}
+
 /// One backend's probe task.
 struct Checker {
     probe: Arc<dyn Probe>,
@@ -504,6 +521,37 @@ address = "127.0.0.1:9877"
             "test",
         )
         .expect("valid")
+    }
+
+    #[test]
+    fn probes_need_restarting_only_when_what_is_checked_changes() {
+        let base = cfg("keep-flows");
+        assert_eq!(super::checked(&base).len(), 2);
+        let mut reweighted = base.clone();
+        reweighted.services[0].backends[1].weight = 7;
+        reweighted.services[0].backends[0].drain = true;
+        assert_eq!(
+            super::checked(&reweighted),
+            super::checked(&base),
+            "weights and drains: same probes"
+        );
+        let mut other_policy = base.clone();
+        other_policy.services[0]
+            .health_check
+            .as_mut()
+            .expect("checked")
+            .fall = 5;
+        assert_ne!(
+            super::checked(&other_policy),
+            super::checked(&base),
+            "another check"
+        );
+        let mut fewer = base.clone();
+        fewer.services[0].backends.pop();
+        assert_eq!(super::checked(&fewer).len(), 1);
+        let mut unchecked = base;
+        unchecked.services[0].health_check = None;
+        assert!(super::checked(&unchecked).is_empty());
     }
 
     fn ev(ok: bool) -> HealthEvent {

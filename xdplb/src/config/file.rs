@@ -170,9 +170,11 @@ impl ConfigFile {
     /// Writes `previous` back (after [`write_edit`](Self::write_edit), when the change was
     /// not applied after all).
     pub fn restore(&mut self, previous: String) -> Result<Saved, SaveError> {
-        let saved = save(&self.path, previous.as_bytes())?;
+        // Whatever happens, the text the daemon stands behind is `previous`: if it cannot be
+        // put back, the file differs from it, and later changes get 409 until a reload.
+        let saved = save(&self.path, previous.as_bytes());
         self.last_text = previous;
-        Ok(saved)
+        saved
     }
 }
 

@@ -32,13 +32,13 @@ pub(super) fn persist_and_apply(
     change: &Change,
     dp: &mut Dataplane,
     config_file: Option<&mut config::ConfigFile>,
-) -> Result<(), Response> {
+) -> Result<(), Refused> {
     let what = &change.what;
     let Some(file) = config_file else {
-        return Err(Response::error(
+        return Err(Refused::before_apply(Response::error(
             409,
             "this instance runs the built-in default config, so a live change could not survive a restart; start it with --config FILE",
-        ));
+        )));
     };
     // Persist first, then apply: the edit is written (keeping a symlink, the owner and the
     // mode; in place if it is bind-mounted) before the data plane changes, and put back as it
@@ -59,29 +59,49 @@ pub(super) fn persist_and_apply(
                 _ => String::new(),
             };
             warn!("API: {what}, not applied: {e}{restored}");
-            return Err(Response::error(
+            return Err(Refused::before_apply(Response::error(
                 e.status(),
                 format!("{what}: not applied (the data plane is unchanged): {e}{restored}"),
-            ));
+            )));
         }
     };
     let Err(e) = dp.apply_config(&change.effective) else {
         return Ok(());
     };
-    match file.restore(original) {
-        Ok(_) => Err(Response::error(400, format!("{what}: {e}"))),
+    let response = match file.restore(original) {
+        Ok(_) => Response::error(400, format!("{what}: {e}")),
         Err(restore) => {
             warn!(
                 "API: {what}: the data plane refused it ({e}) and restoring {} failed ({restore}); the file holds the change, the data plane does not",
                 path.display()
             );
-            Err(Response::error(
+            Response::error(
                 500,
                 format!(
                     "{what}: the data plane refused it ({e}), and restoring {} failed ({restore}): the file holds the refused change, the data plane the previous config; fix the file before the next reload",
                     path.display()
                 ),
-            ))
+            )
+        }
+    };
+    Err(Refused {
+        response,
+        apply_failed: true,
+    })
+}
+
+/// Why a change was not made: the answer, and whether the data plane refused it (an apply
+/// that failed, for `xdplb_config_last_apply_success`) or it stopped before that.
+pub(super) struct Refused {
+    pub response: Response,
+    pub apply_failed: bool,
+}
+
+impl Refused {
+    fn before_apply(response: Response) -> Self {
+        Refused {
+            response,
+            apply_failed: false,
         }
     }
 }

@@ -70,6 +70,10 @@ pub(super) struct Shell<'a> {
     pub origin: String,
     pub attached: Vec<dataplane::AttachedInterface>,
     pub checkers: health::Checkers,
+    /// What `checkers` check: (service, backend, check) of every checked backend.
+    pub checks: Vec<health::Checked>,
+    /// A health change that the data plane refused, retried every second.
+    pub health_apply_pending: bool,
     pub health_tx: mpsc::UnboundedSender<HealthEvent>,
     pub state: InstanceState,
     /// What a metrics scrape sees; written by [`Shell::publish`] only.
@@ -118,6 +122,10 @@ impl Shell<'_> {
                 _ = veth_tick.tick() => self.on_veth_sample(),
                 _ = sweep_tick.tick() => {
                     self.sweep_fullnat();
+                    if self.health_apply_pending {
+                        let effective = self.core.effective();
+                        self.apply_health(&effective);
+                    }
                     Turn::default()
                 }
                 _ = log_tick.tick() => {
@@ -150,6 +158,7 @@ impl Shell<'_> {
                     "{msg}"
                 );
                 self.restart_checkers();
+                self.health_apply_pending = false;
                 self.ready.send_replace(Readiness::Ready);
             }
             Err(e) => warn!(
@@ -173,9 +182,19 @@ impl Shell<'_> {
     /// One API request, answered here because this loop owns config and data plane.
     fn on_api(&mut self, req: &api::Request, reply: oneshot::Sender<api::Response>) -> Turn {
         let started = Instant::now();
-        let (response, changed) = match self.core.api_request(req) {
-            ApiStep::Answer(response) => (response, false),
-            ApiStep::Status => (status(&self.state), false),
+        let mut turn = Turn::default();
+        let response = match self.core.api_request(req) {
+            ApiStep::Answer(response) => response,
+            ApiStep::Status => status(&self.state),
+            // The server answered 503 after waiting `http::ANSWER_TIMEOUT` for this loop: a
+            // change the client was told did not happen must not happen later.
+            ApiStep::Change(change) if reply.is_closed() => {
+                warn!(
+                    "API: {}: not applied: the client was answered 503 (the daemon was busy) before this loop reached it",
+                    change.what
+                );
+                return turn;
+            }
             ApiStep::Change(change) => {
                 match persist_and_apply(&change, &mut self.dp, self.config_file.as_mut()) {
                     Ok(()) => {
@@ -184,21 +203,25 @@ impl Shell<'_> {
                         } = *change;
                         info!(generation = self.state.generation + 1, "API: {what}");
                         self.core.commit(next);
-                        (api::Response::ok(answer), true)
+                        self.state.generation += 1;
+                        turn.applied_in = Some((true, started.elapsed().as_secs_f64()));
+                        self.restart_checkers();
+                        self.health_apply_pending = false;
+                        self.ready.send_replace(Readiness::Ready);
+                        turn.publish = true;
+                        api::Response::ok(answer)
                     }
-                    Err(response) => (response, false),
+                    Err(refused) => {
+                        if refused.apply_failed {
+                            turn.applied_in = Some((false, started.elapsed().as_secs_f64()));
+                            turn.publish = true;
+                        }
+                        refused.response
+                    }
                 }
             }
         };
-        let mut turn = Turn::default();
-        if changed {
-            self.state.generation += 1;
-            turn.applied_in = Some((true, started.elapsed().as_secs_f64()));
-            self.restart_checkers();
-            self.ready.send_replace(Readiness::Ready);
-            turn.publish = true;
-        }
-        // The client may have gone; the change stands either way.
+        // The client may have gone since; the change stands either way.
         let _ = reply.send(response);
         turn
     }
@@ -214,16 +237,8 @@ impl Shell<'_> {
             }
         }
         let changed = outcome.apply.is_some();
-        let failed = outcome.apply.and_then(|effective| {
-            let e = self.dp.apply_config(&effective).err()?;
-            warn!("applying a health change failed: {e}");
-            Some(format!("applying a health change failed: {e}"))
-        });
-        if changed {
-            self.ready.send_replace(match failed {
-                Some(why) => Readiness::NotReady(why),
-                None => Readiness::Ready,
-            });
+        if let Some(effective) = outcome.apply {
+            self.apply_health(&effective);
         }
         Turn {
             publish: changed,
@@ -231,8 +246,35 @@ impl Shell<'_> {
         }
     }
 
+    /// Applies what the health book says. A failure is retried every second (the book already
+    /// holds the transition, so no later probe result would bring it again), and `/readyz`
+    /// says why until it succeeds.
+    fn apply_health(&mut self, effective: &config::Config) {
+        match self.dp.apply_config(effective) {
+            Ok(()) => {
+                self.health_apply_pending = false;
+                self.ready.send_replace(Readiness::Ready);
+            }
+            Err(e) => {
+                warn!("applying a health change failed (retried every second): {e}");
+                self.health_apply_pending = true;
+                self.ready.send_replace(Readiness::NotReady(format!(
+                    "applying a health change failed: {e}"
+                )));
+            }
+        }
+    }
+
     /// The health checks of the config now in force; dropping the old checkers stops them.
+    /// When the config checks the same backends the same way, the probes keep running: a
+    /// restart would cancel checks under way, and a stream of API changes could then keep a
+    /// dead backend's failures from ever being counted.
     fn restart_checkers(&mut self) {
+        let checks = health::checked(self.core.config());
+        if checks == self.checks {
+            return;
+        }
+        self.checks = checks;
         self.checkers = health::start(self.core.config(), &self.health_tx);
     }
 
