@@ -298,6 +298,8 @@ fn chunked_bodies_pipelined_requests_and_probes_are_answered() {
     );
 
     // A body over the limit is refused with a JSON error, and nothing changes.
+    let body_of = |answer: &str| answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+    let (_, before) = exchange(lb.unix(), &get("/v1/services/demo/backends"));
     let big = format!(
         "POST /v1/services/demo/backends HTTP/1.1\r\nHost: xdplb\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         (1 << 20) + 1
@@ -310,6 +312,13 @@ fn chunked_bodies_pipelined_requests_and_probes_are_answered() {
     assert!(
         answer.starts_with("HTTP/1.1 413") && answer.contains("limit"),
         "over the body limit: {answer}"
+    );
+    let (_, after) = exchange(lb.unix(), &get("/v1/services/demo/backends"));
+    assert!(after.starts_with("HTTP/1.1 200"), "{after}");
+    assert_eq!(
+        body_of(&after),
+        body_of(&before),
+        "the refused body changed nothing"
     );
 
     // The probes answer on the socket, the TCP API listener and the metrics listener.

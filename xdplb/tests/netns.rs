@@ -1271,6 +1271,19 @@ fn api_changes_edit_the_operators_file_and_wait_for_unapplied_edits() {
         edited,
         "untouched"
     );
+    // Nor did the daemon take it: the backend still has the weight of the last change.
+    let (ok, text) = cli(&["backend", "--instance", &instance, "list", "demo"]);
+    assert!(ok, "list: {text}");
+    let listed: Value = serde_json::from_str(&text).expect("JSON");
+    let weight = listed
+        .as_array()
+        .and_then(|bs| bs.iter().find(|b| b["address"] == "127.0.0.1:9876"))
+        .map(|b| b["weight"].clone());
+    assert_eq!(
+        weight,
+        Some(Value::from(4)),
+        "unchanged by the refused call: {text}"
+    );
     let (ok, text) = cli(&["reload", "--instance", &instance]);
     assert!(ok, "reload: {text}");
     let (ok, text) = cli(&[
