@@ -1206,6 +1206,17 @@ fn api_changes_edit_the_operators_file_and_wait_for_unapplied_edits() {
         );
         (out.status.success(), text)
     };
+    let set_weight = |weight: &str| {
+        cli(&[
+            "backend",
+            "--instance",
+            &instance,
+            "weight",
+            "demo",
+            "127.0.0.1:9876",
+            weight,
+        ])
+    };
     let (ok, text) = cli(&[
         "service",
         "--instance",
@@ -1225,15 +1236,7 @@ fn api_changes_edit_the_operators_file_and_wait_for_unapplied_edits() {
         text.contains("\"weight\": 2") && text.contains("\"flow_idle_timeout\": \"30s\""),
         "the answer shows the complete service: {text}"
     );
-    let (ok, text) = cli(&[
-        "backend",
-        "--instance",
-        &instance,
-        "weight",
-        "demo",
-        "127.0.0.1:9876",
-        "4",
-    ]);
+    let (ok, text) = set_weight("4");
     assert!(ok, "weight: {text}");
     let saved = std::fs::read_to_string(&cfg_path).expect("config");
     assert!(
@@ -1252,15 +1255,7 @@ fn api_changes_edit_the_operators_file_and_wait_for_unapplied_edits() {
     // The operator edits the file; until a reload, API changes are refused with 409.
     let edited = saved.replace("# The demo service.", "# The demo service, edited.");
     std::fs::write(&cfg_path, &edited).expect("write config");
-    let (ok, text) = cli(&[
-        "backend",
-        "--instance",
-        &instance,
-        "weight",
-        "demo",
-        "127.0.0.1:9876",
-        "5",
-    ]);
+    let (ok, text) = set_weight("5");
     assert!(
         !ok && text.contains("409")
             && text.contains("has edits that were not applied; run `xdplb reload` first"),
@@ -1286,15 +1281,7 @@ fn api_changes_edit_the_operators_file_and_wait_for_unapplied_edits() {
     );
     let (ok, text) = cli(&["reload", "--instance", &instance]);
     assert!(ok, "reload: {text}");
-    let (ok, text) = cli(&[
-        "backend",
-        "--instance",
-        &instance,
-        "weight",
-        "demo",
-        "127.0.0.1:9876",
-        "5",
-    ]);
+    let (ok, text) = set_weight("5");
     assert!(ok, "after the reload the change goes through: {text}");
     let now = std::fs::read_to_string(&cfg_path).expect("config");
     assert!(
