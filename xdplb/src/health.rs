@@ -265,9 +265,16 @@ impl Probe for HttpProbe {
 pub struct Checkers {
     cancel: CancellationToken,
     tasks: TaskTracker,
+    /// What the probes check, as [`checked`] lists it.
+    checks: Vec<Checked>,
 }
 
 impl Checkers {
+    /// What these probes check: a config with the same [`checked`] list needs no new ones.
+    pub fn checks(&self) -> &[Checked] {
+        &self.checks
+    }
+
     /// Cancels every probe, without waiting for them to end.
     pub fn stop(&mut self) {
         self.cancel.cancel();
@@ -294,9 +301,10 @@ impl Drop for Checkers {
 /// runtime (call it from inside one). Each checks at once, then every `interval` (a check that
 /// overruns delays the next rather than bunching them up), and sends every result to `tx`.
 pub fn start(cfg: &Config, tx: &UnboundedSender<HealthEvent>) -> Checkers {
-    let checkers = Checkers {
+    let mut checkers = Checkers {
         cancel: CancellationToken::new(),
         tasks: TaskTracker::new(),
+        checks: Vec::new(),
     };
     checkers.tasks.close();
     let runtime = match tokio::runtime::Handle::try_current() {
@@ -306,6 +314,7 @@ pub fn start(cfg: &Config, tx: &UnboundedSender<HealthEvent>) -> Checkers {
             return checkers;
         }
     };
+    checkers.checks = checked(cfg);
     for svc in &cfg.services {
         let Some(hc) = &svc.health_check else {
             continue;

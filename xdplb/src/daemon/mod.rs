@@ -162,7 +162,6 @@ async fn serve(opts: &RunOptions) -> anyhow::Result<Option<instance::InstanceLoc
     let (health_tx, mut health_rx) = mpsc::unbounded_channel();
     let core = Core::new(cfg);
     let checkers = health::start(core.config(), &health_tx);
-    let checks = health::checked(core.config());
     let mut state = state::instance_state(
         &dp,
         core.config(),
@@ -220,7 +219,6 @@ async fn serve(opts: &RunOptions) -> anyhow::Result<Option<instance::InstanceLoc
         instance: instance_name,
         origin,
         attached,
-        checks,
         health_apply_pending: false,
         checkers,
         health_tx,

@@ -70,8 +70,6 @@ pub(super) struct Shell<'a> {
     pub origin: String,
     pub attached: Vec<dataplane::AttachedInterface>,
     pub checkers: health::Checkers,
-    /// What `checkers` check: (service, backend, check) of every checked backend.
-    pub checks: Vec<health::Checked>,
     /// A health change that the data plane refused, retried every second.
     pub health_apply_pending: bool,
     pub health_tx: mpsc::UnboundedSender<HealthEvent>,
@@ -270,11 +268,9 @@ impl Shell<'_> {
     /// restart would cancel checks under way, and a stream of API changes could then keep a
     /// dead backend's failures from ever being counted.
     fn restart_checkers(&mut self) {
-        let checks = health::checked(self.core.config());
-        if checks == self.checks {
+        if health::checked(self.core.config()) == self.checkers.checks() {
             return;
         }
-        self.checks = checks;
         self.checkers = health::start(self.core.config(), &self.health_tx);
     }
 
