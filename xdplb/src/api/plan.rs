@@ -55,12 +55,8 @@ fn json_body(req: &Request) -> Result<Value, Response> {
 
 /// The complete service as the daemon holds it, every default filled in: the JSON form of its
 /// `[[service]]` table.
-fn service_json(svc: &config::ServiceConfig) -> Value {
-    config::service_json(svc)
-}
-
 fn services_json(cfg: &Config) -> Value {
-    Value::Array(cfg.services.iter().map(service_json).collect())
+    Value::Array(cfg.services.iter().map(config::service_json).collect())
 }
 
 fn weight(w: Option<i64>, default: u16) -> Result<u16, Response> {
@@ -101,7 +97,7 @@ pub fn plan(req: &Request, cfg: &Config) -> Result<Plan, Response> {
         ("GET", ["v1", "services"]) => Ok(Plan::Read(services_json(cfg))),
         ("GET", ["v1", "services", name]) => {
             let i = find(name)?;
-            Ok(Plan::Read(service_json(&cfg.services[i])))
+            Ok(Plan::Read(config::service_json(&cfg.services[i])))
         }
         ("POST", ["v1", "services"]) => {
             let body = json_body(req)?;
@@ -120,7 +116,7 @@ pub fn plan(req: &Request, cfg: &Config) -> Result<Plan, Response> {
             };
             Ok(Plan::Change {
                 what: format!("added service {:?}", svc.name),
-                answer: json!({ "ok": true, "change": format!("added service {:?}", svc.name), "service": service_json(&svc) }),
+                answer: json!({ "ok": true, "change": format!("added service {:?}", svc.name), "service": config::service_json(&svc) }),
                 edit: ConfigEdit::AddService(svc),
                 next,
             })
@@ -142,7 +138,7 @@ pub fn plan(req: &Request, cfg: &Config) -> Result<Plan, Response> {
         ("GET", ["v1", "services", name, "backends"]) => {
             let i = find(name)?;
             Ok(Plan::Read(
-                service_json(&cfg.services[i])["backend"].clone(),
+                config::service_json(&cfg.services[i])["backend"].clone(),
             ))
         }
         ("POST", ["v1", "services", name, "backends"]) => {
@@ -165,7 +161,7 @@ pub fn plan(req: &Request, cfg: &Config) -> Result<Plan, Response> {
             };
             let what = format!("added backend {} to {name:?}", backend.address);
             Ok(Plan::Change {
-                answer: json!({ "ok": true, "change": what, "service": service_json(svc) }),
+                answer: json!({ "ok": true, "change": what, "service": config::service_json(svc) }),
                 edit: ConfigEdit::AddBackend {
                     service: (*name).to_owned(),
                     backend,
@@ -219,7 +215,7 @@ pub fn plan(req: &Request, cfg: &Config) -> Result<Plan, Response> {
             };
             let next = validated(&next)?;
             Ok(Plan::Change {
-                answer: json!({ "ok": true, "change": what, "service": service_json(&next.services[i]) }),
+                answer: json!({ "ok": true, "change": what, "service": config::service_json(&next.services[i]) }),
                 next,
                 edit,
                 what,
