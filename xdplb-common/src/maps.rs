@@ -55,8 +55,54 @@ pub const FRAGMENT_TABLE_ENTRIES: u32 = 65_536;
 /// picking up an old datagram's route.
 pub const FRAGMENT_TIMEOUT_NS: u64 = 2_000_000_000;
 
-/// Data-plane-wide flags, an array of one `u32` (`GLOBAL_FLAG_*`), written by user space.
+/// Data-plane-wide settings, an array of [`GLOBALS_LEN`] `u32`s written by user space: slot
+/// [`GLOBAL_SLOT_FLAGS`] holds `GLOBAL_FLAG_*` bits, slot [`GLOBAL_SLOT_FLOW_GUARD_RATE`] the
+/// flood guard's rate.
 pub const MAP_GLOBALS: &str = "GLOBALS_V1";
+/// Slots of [`MAP_GLOBALS`].
+pub const GLOBALS_LEN: u32 = 2;
+pub const GLOBAL_SLOT_FLAGS: u32 = 0;
+/// The flood guard: new flow entries each CPU may create per second (in one-second windows);
+/// above it, a new flow gets no entry (see `Stat::GuardStateless`, `Stat::GuardDropped`).
+/// Zero switches the guard off.
+pub const GLOBAL_SLOT_FLOW_GUARD_RATE: u32 = 1;
+
+/// The port prefilter: an array of 65,536 `u32`s indexed by a port in host order, holding
+/// `PORT_*` bits. Before any hash lookup the ingress program reads the entries of the
+/// packet's destination and source ports; a packet whose ports mark nothing is no service's
+/// and no reply of ours, and passes after two array reads.
+pub const MAP_PORTS: &str = "PORTS_V1";
+pub const PORTS_LEN: u32 = 65_536;
+/// Destination port: some service with a concrete VIP has this port.
+pub const PORT_EXACT_SERVICE: u32 = 1;
+/// Destination port: a wildcard service (`0.0.0.0:PORT`) has this port.
+pub const PORT_WILDCARD_SERVICE: u32 = 2;
+/// Source port: some `nat` backend listens on this port, so a packet from it may be a reply
+/// to translate (XDP).
+pub const PORT_NAT_BACKEND: u32 = 4;
+/// Destination port: inside some `fullnat` service's source port range, so a packet to it may
+/// be a `fullnat` reply.
+pub const PORT_FULLNAT_RANGE: u32 = 8;
+/// Source port: some `local` backend listens on this port, so a packet it sends may be a reply
+/// to translate (TC egress).
+pub const PORT_LOCAL_BACKEND: u32 = 16;
+
+/// Who answers for a `local` or `nat` backend's replies: a hash keyed by the backend
+/// ([`ServiceKey`]: its address, port and protocol), valued [`Reply`] (the service's VIP and
+/// port, `REPLY_FLAG_*`). The config refuses two `local`/`nat` services sharing a backend
+/// address and port, so a backend has one owner. A reply is translated when the owner's flow
+/// table holds the client's flow on that backend (`FLOWS_V1`, looked up under the client and
+/// the VIP): no per-flow reply entry is written, except for wildcard services
+/// (`REPLY_FLAG_WILDCARD`), whose VIP is whatever address the client used and so is known only
+/// per flow (`REPLIES_V1`).
+pub const MAP_REPLY_OWNERS: &str = "REPLY_OWNERS_V1";
+
+/// The per-CPU memory of deferred flow state (`SERVICE_FLAG_STATE_ON_SECOND_PACKET`): an
+/// array of [`SEEN_SLOTS`] `u32`s per CPU; a new flow's 5-tuple hash marks its slot
+/// (`hash | 1`), and a later packet of the flow that finds its mark creates the flow entry.
+/// Not pinned: a restart forgets which flows sent one packet, which only delays their entry.
+pub const MAP_SEEN: &str = "SEEN";
+pub const SEEN_SLOTS: u32 = 65_536;
 /// Some service forwards with `nat`: packets to no service may be its backends' replies.
 pub const GLOBAL_FLAG_NAT: u32 = 1;
 /// Some service forwards with `fullnat`: packets to no service may be its backends' replies.
@@ -153,6 +199,15 @@ const _: () = assert!(size_of::<Service>() == 48);
 /// `Service::flags`: when no backend takes new flows (`table_len == 0`), pass new flows to the
 /// local stack instead of dropping them.
 pub const SERVICE_FLAG_PASS_WHEN_EMPTY: u32 = 1;
+/// `Service::flags`: the flow entry is created by a flow's second packet, not its first
+/// (`flow_state = "second-packet"`; only `dsr-*` with a consistent scheduler). The first
+/// packet goes where the scheduler sends it and leaves only a mark in `SEEN`.
+pub const SERVICE_FLAG_STATE_ON_SECOND_PACKET: u32 = 2;
+/// `Service::flags`: a flow may go without an entry: `dsr-*` (replies bypass the balancer)
+/// with a consistent scheduler (Maglev, source hash: without a table change a flow's packets
+/// map to one backend). The flood guard sends such a service's new flows on without an entry
+/// instead of dropping them.
+pub const SERVICE_FLAG_MAY_SKIP_STATE: u32 = 4;
 
 /// `Service::flags` bits 8..=11: how packets reach the backends (`FORWARD_*`).
 pub const SERVICE_FORWARDING_SHIFT: u32 = 8;
@@ -184,6 +239,9 @@ pub const IPPROTO_IPIP: u8 = 4;
 /// `Reply::flags`: the flow is forwarded in `nat` mode, so its replies pass through this host's
 /// XDP and are translated and forwarded there.
 pub const REPLY_FLAG_NAT: u16 = 1;
+/// `Reply::flags` in `REPLY_OWNERS_V1`: the owner is a wildcard service; its replies are found
+/// per flow in `REPLIES_V1`.
+pub const REPLY_FLAG_WILDCARD: u16 = 2;
 
 /// `Backend::flags`: the backend keeps its live flows but is left out of the scheduling table.
 pub const BACKEND_FLAG_DRAINING: u32 = 1;

@@ -112,11 +112,20 @@ pub enum Stat {
     /// Event: a later fragment followed its first fragment's route (rewritten and sent the
     /// same way; its verdict is counted as for any packet of its mode).
     FragmentFollowed = 38,
+    /// Event: the first packet of a new flow of a `flow_state = "second-packet"` service, sent
+    /// where the scheduler put it without a flow entry (its 5-tuple marked in `SEEN`).
+    FlowStateDeferred = 39,
+    /// Event: a new flow above the flood guard's rate, of a service with a consistent
+    /// scheduler, sent where the scheduler put it without a flow entry, so it evicted none.
+    GuardStateless = 40,
+    /// Dropped: a new flow above the flood guard's rate, of a service that needs a flow entry
+    /// (its replies are translated, or its scheduler is not consistent).
+    GuardDropped = 41,
 }
 
 impl Stat {
     /// Number of counters.
-    pub const COUNT: u32 = 39;
+    pub const COUNT: u32 = 42;
     /// The length of `STATS_V1`: room for counters that later versions add, so that adding one
     /// does not change the pinned map's shape.
     pub const CAPACITY: u32 = 64;
@@ -162,6 +171,9 @@ impl Stat {
         Stat::PartialChecksumFixed,
         Stat::FragmentRouteRecorded,
         Stat::FragmentFollowed,
+        Stat::FlowStateDeferred,
+        Stat::GuardStateless,
+        Stat::GuardDropped,
     ];
 
     /// A stable snake_case name, used in `xdplb stats` and later as a metric label.
@@ -206,6 +218,9 @@ impl Stat {
             Stat::PartialChecksumFixed => "partial_checksum_fixed",
             Stat::FragmentRouteRecorded => "fragment_route_recorded",
             Stat::FragmentFollowed => "fragment_followed",
+            Stat::FlowStateDeferred => "flow_state_deferred",
+            Stat::GuardStateless => "guard_stateless",
+            Stat::GuardDropped => "guard_dropped",
         }
     }
 }

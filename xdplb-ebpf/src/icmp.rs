@@ -16,12 +16,12 @@
 use aya_ebpf::programs::XdpContext;
 use xdplb_common::{
     FORWARD_DSR_IPIP, FORWARD_DSR_L2, FORWARD_FULLNAT, FORWARD_NAT, FlowKey, IPPROTO_UDP,
-    REPLY_FLAG_NAT, ReplyKey, Stat, addr_from_v4_wire,
+    REPLY_FLAG_NAT, ReplyKey, SERVICE_FLAG_MAY_SKIP_STATE, Stat, addr_from_v4_wire,
     checksum::{fold, replace_u16, replace_u32, udp_replace_u16, udp_replace_u32},
 };
 
 use crate::{
-    FLOWS, REPLIES, XDP_PASS, csum, forward, fullnat,
+    FLOWS, XDP_PASS, csum, forward, fullnat,
     parse::{ETH_HDR_LEN, Ipv4Hdr, Ipv4Udp, UdpHdr, ptr_at},
     service::{self, Verdict},
 };
@@ -107,8 +107,7 @@ pub fn handle(ctx: &XdpContext) -> Option<Verdict> {
         proto: IPPROTO_UDP,
         _pad: [0; 3],
     };
-    // SAFETY: the value is copied out at once.
-    if let Some(r) = unsafe { REPLIES.get(key) }.copied()
+    if let Some(r) = crate::reply::owner(inner_daddr, dport, inner_saddr, sport)
         && r.flags & REPLY_FLAG_NAT != 0
     {
         // nat: the client sent to VIP:port.
@@ -143,10 +142,18 @@ pub fn handle(ctx: &XdpContext) -> Option<Verdict> {
         proto: IPPROTO_UDP,
         _pad: [0; 3],
     };
-    // SAFETY: the value is copied out at once.
-    let flow = unsafe { FLOWS.get(flow_key) }.copied()?;
-    let backend = flow.backend_addr[3];
     let mode = service::forwarding(&service);
+    // SAFETY: the value is copied out at once.
+    let flow = match unsafe { FLOWS.get(flow_key) }.copied() {
+        Some(f) => f,
+        // A dsr flow without an entry (deferred, or sent on by the flood guard) is where its
+        // scheduler puts it.
+        None if service.flags & SERVICE_FLAG_MAY_SKIP_STATE != 0 => {
+            service::stateless_flow(&service, &flow_key)?
+        }
+        None => return None,
+    };
+    let backend = flow.backend_addr[3];
     crate::stats::count(Stat::IcmpErrorToBackend);
     Some(match mode {
         FORWARD_DSR_L2 => forward::l2_forward(ctx, &pseudo, backend, false),

@@ -25,8 +25,8 @@ use aya_ebpf::{
 use xdplb_common::{
     Backend, Counter, DEFAULT_MAX_BACKENDS_PER_SERVICE, DEFAULT_MAX_FLOWS,
     DEFAULT_MAX_LOOKUP_ENTRIES, DEFAULT_MAX_SERVICES, FRAGMENT_TABLE_ENTRIES, Flow, FlowKey,
-    FragmentKey, FragmentRoute, FullnatPeer, FullnatSource, InterfaceMac, Reply, ReplyKey, Service,
-    ServiceKey, Stat,
+    FragmentKey, FragmentRoute, FullnatPeer, FullnatSource, GLOBALS_LEN, InterfaceMac, PORTS_LEN,
+    Reply, ReplyKey, SEEN_SLOTS, Service, ServiceKey, Stat,
 };
 
 // The max_entries below are placeholders: user space sizes every map from the config at load
@@ -72,7 +72,28 @@ static FRAGMENTS: LruHashMap<FragmentKey, FragmentRoute> =
     LruHashMap::with_max_entries(FRAGMENT_TABLE_ENTRIES, 0);
 
 #[map(name = "GLOBALS_V1")]
-static GLOBALS: Array<u32> = Array::with_max_entries(1, 0);
+static GLOBALS: Array<u32> = Array::with_max_entries(GLOBALS_LEN, 0);
+
+/// See `xdplb_common::MAP_PORTS`.
+#[map(name = "PORTS_V1")]
+static PORTS: Array<u32> = Array::with_max_entries(PORTS_LEN, 0);
+
+/// See `xdplb_common::MAP_REPLY_OWNERS`. Replaced whole by user space (no prealloc: a reader
+/// copying an entry never sees one being rewritten).
+#[map(name = "REPLY_OWNERS_V1")]
+static REPLY_OWNERS: HashMap<ServiceKey, Reply> = HashMap::with_max_entries(
+    DEFAULT_MAX_SERVICES * DEFAULT_MAX_BACKENDS_PER_SERVICE,
+    BPF_F_NO_PREALLOC,
+);
+
+/// See `xdplb_common::MAP_SEEN`. Not pinned.
+#[map(name = "SEEN")]
+static SEEN: PerCpuArray<u32> = PerCpuArray::with_max_entries(SEEN_SLOTS, 0);
+
+/// The flood guard's window on this CPU: `[start of the window (ns), entries created in it]`.
+/// Not pinned.
+#[map(name = "FLOW_GUARD")]
+static FLOW_GUARD: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "STATS_V1")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Stat::CAPACITY, 0);

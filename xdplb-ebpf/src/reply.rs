@@ -5,9 +5,12 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use xdplb_common::{FRAGMENT_SEND_REPLY_TC, IPPROTO_UDP, ReplyKey, Stat, addr_from_v4_wire};
+use xdplb_common::{
+    FRAGMENT_SEND_REPLY_TC, FlowKey, IPPROTO_UDP, PORT_LOCAL_BACKEND, REPLY_FLAG_WILDCARD, Reply,
+    ReplyKey, ServiceKey, Stat, addr_from_v4_wire,
+};
 
-use crate::{REPLIES, fragment, parse};
+use crate::{FLOWS, PORTS, REPLIES, REPLY_OWNERS, fragment, parse};
 
 /// Offsets inside the IPv4 header.
 const IP_CHECK_OFFSET: usize = parse::ETH_HDR_LEN + 10;
@@ -53,16 +56,12 @@ pub fn translate(ctx: &TcContext) -> Option<Stat> {
             (*pkt.udp).dest_be,
         )
     };
-    let key = ReplyKey {
-        backend_addr: addr_from_v4_wire(saddr),
-        client_addr: addr_from_v4_wire(daddr),
-        backend_port_be: sport_be,
-        client_port_be: dport_be,
-        proto: IPPROTO_UDP,
-        _pad: [0; 3],
-    };
-    // SAFETY: copied out at once.
-    let reply = unsafe { REPLIES.get(key) }.copied()?;
+    // The prefilter: only a `local` backend's port sends replies to translate here.
+    let from_port = PORTS.get(u32::from(u16::from_be(sport_be))).copied()?;
+    if from_port & PORT_LOCAL_BACKEND == 0 {
+        return None;
+    }
+    let reply = owner(saddr, sport_be, daddr, dport_be)?;
     let vip_addr = reply.vip_addr[3];
     let l4 = pkt.l4_offset;
     // Recorded before the rewrite: the helpers below invalidate the packet pointers, and the
@@ -116,6 +115,55 @@ pub fn translate(ctx: &TcContext) -> Option<Stat> {
         }
     }
     Some(Stat::ReplyTranslated)
+}
+
+/// The service a packet from a `local` or `nat` backend (address and port, network order) to a
+/// client belongs to, when it is a reply to one of that service's flows: `REPLY_OWNERS_V1`
+/// names the backend's service, and the flow table holds the client's flow to that service's
+/// VIP on this backend. A wildcard service's VIP is the address each client used, so its
+/// replies are found per flow (`REPLIES_V1`). `None` for anything else: a backend's own
+/// traffic, a health check's answer, a reply to a flow that moved to another backend.
+#[inline(always)]
+pub fn owner(
+    backend_v4: u32,
+    backend_port_be: u16,
+    client_v4: u32,
+    client_port_be: u16,
+) -> Option<Reply> {
+    let backend_addr = addr_from_v4_wire(backend_v4);
+    let client_addr = addr_from_v4_wire(client_v4);
+    let backend = ServiceKey {
+        addr: backend_addr,
+        port_be: backend_port_be,
+        proto: IPPROTO_UDP,
+        _pad: 0,
+    };
+    // SAFETY: copied out at once; entries are only replaced whole by user space.
+    let owner = unsafe { REPLY_OWNERS.get(backend) }.copied()?;
+    if owner.flags & REPLY_FLAG_WILDCARD != 0 {
+        let key = ReplyKey {
+            backend_addr,
+            client_addr,
+            backend_port_be,
+            client_port_be,
+            proto: IPPROTO_UDP,
+            _pad: [0; 3],
+        };
+        // SAFETY: copied out at once.
+        return unsafe { REPLIES.get(key) }.copied();
+    }
+    let flow_key = FlowKey {
+        client_addr,
+        vip_addr: owner.vip_addr,
+        client_port_be,
+        vip_port_be: owner.vip_port_be,
+        proto: IPPROTO_UDP,
+        _pad: [0; 3],
+    };
+    let flow = FLOWS.get_ptr(&flow_key)?;
+    // SAFETY: an LRU map value, read field by field; only its timestamp is ever rewritten.
+    let (addr, port) = unsafe { ((*flow).backend_addr, (*flow).backend_port_be) };
+    (addr == backend_addr && port == backend_port_be).then_some(owner)
 }
 
 /// A later fragment of a reply whose first fragment was translated: the same source. Other

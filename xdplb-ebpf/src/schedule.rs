@@ -15,13 +15,14 @@ use xdplb_common::{
 
 use crate::{LOOKUP, RR_CURSOR};
 
-/// Expects `service.table_len > 0`. Returns the chosen index into `BACKENDS_V1`, or `None` if
-/// a map slot is missing (a table or service id beyond the maps).
+/// Expects `service.table_len > 0`. `hash`: the flow's hash under the service's fields and
+/// seed when the caller already has it (one hash per packet). Returns the chosen index into
+/// `BACKENDS_V1`, or `None` if a map slot is missing (a table or service id beyond the maps).
 #[inline(always)]
-pub fn choose_backend(service: &Service, flow: &FlowTuple) -> Option<u32> {
+pub fn choose_backend(service: &Service, flow: &FlowTuple, hash: Option<u32>) -> Option<u32> {
     let slot = match service.scheduler {
         SCHED_MAGLEV | SCHED_SOURCE_HASH => fast_range(
-            flow_hash(flow, service.hash_fields, service.hash_seed),
+            hash.unwrap_or_else(|| flow_hash(flow, service.hash_fields, service.hash_seed)),
             service.table_len,
         ),
         // SAFETY: a helper without arguments.

@@ -5,18 +5,19 @@ use aya_log_ebpf::debug;
 use xdplb_common::{
     Backend, FLOW_REFRESH_NS, FORWARD_DSR_IPIP, FORWARD_DSR_L2, FORWARD_FULLNAT, FORWARD_LOCAL,
     FORWARD_NAT, FRAGMENT_SEND_DSR_IPIP, FRAGMENT_SEND_DSR_L2, FRAGMENT_SEND_ROUTE,
-    FRAGMENT_SEND_ROUTE_LOCAL_SOURCE, Flow, FlowKey, FullnatPeer, GLOBAL_FLAG_FULLNAT,
-    GLOBAL_FLAG_NAT, INTERFACE_FLAG_GENERIC, IPPROTO_UDP, REPLY_FLAG_NAT, Reply, ReplyKey,
-    SERVICE_ENCAP_HOST_BITS_MASK, SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FLAG_PASS_WHEN_EMPTY,
-    SERVICE_FORWARDING_MASK, SERVICE_FORWARDING_SHIFT, Service, ServiceKey, Stat,
-    addr_from_v4_wire,
+    FRAGMENT_SEND_ROUTE_LOCAL_SOURCE, Flow, FlowKey, FullnatPeer, GLOBAL_SLOT_FLOW_GUARD_RATE,
+    INTERFACE_FLAG_GENERIC, IPPROTO_UDP, PORT_EXACT_SERVICE, PORT_FULLNAT_RANGE, PORT_NAT_BACKEND,
+    PORT_WILDCARD_SERVICE, REPLY_FLAG_NAT, Reply, ReplyKey, SEEN_SLOTS,
+    SERVICE_ENCAP_HOST_BITS_MASK, SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FLAG_MAY_SKIP_STATE,
+    SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FLAG_STATE_ON_SECOND_PACKET, SERVICE_FORWARDING_MASK,
+    SERVICE_FORWARDING_SHIFT, Service, ServiceKey, Stat, addr_from_v4_wire,
     hash::{FlowTuple, HASH_FIVE_TUPLE, flow_hash},
 };
 
 use crate::{
-    BACKENDS, FLOWS, GLOBALS, LOCAL_MACS, PROG_FRAGMENT, PROG_ICMP, PROGS, REPLIES, SERVICES,
-    XDP_DROP, XDP_PASS, csum, debug_log_enabled, forward, fragment, fullnat, parse, rewrite,
-    schedule, stats,
+    BACKENDS, FLOW_GUARD, FLOWS, GLOBALS, LOCAL_MACS, PORTS, PROG_FRAGMENT, PROG_ICMP, PROGS,
+    REPLIES, SEEN, SERVICES, XDP_DROP, XDP_PASS, csum, debug_log_enabled, forward, fragment,
+    fullnat, parse, reply, rewrite, schedule, stats,
 };
 
 /// What to do with a packet, and the counted reason.
@@ -93,18 +94,34 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
             (*pkt.udp).dest_be,
         )
     };
+    // The port prefilter: two array reads say which lookups can match at all, so a packet
+    // that is no service's and no reply of ours passes without a hash lookup.
+    let to_port = port_flags(dport_be);
+    let from_port = port_flags(sport_be);
     // The exact service first. A packet to no exact service may be a backend's reply, and a
     // known reply is never balanced as a new request: the reply tables are consulted before
     // a wildcard service (0.0.0.0:PORT) that would match any client's port.
-    let service = match lookup_exact_service(daddr, dport_be) {
-        Some(s) => s,
-        None => match known_reply(saddr, daddr, sport_be, dport_be) {
-            Some(reply) => {
+    let exact = if to_port & PORT_EXACT_SERVICE != 0 {
+        lookup_exact_service(daddr, dport_be)
+    } else {
+        None
+    };
+    let (service, wildcard) = match exact {
+        Some(s) => (s, false),
+        None => {
+            if (from_port & PORT_NAT_BACKEND != 0 || to_port & PORT_FULLNAT_RANGE != 0)
+                && let Some(reply) =
+                    known_reply(saddr, daddr, sport_be, dport_be, from_port, to_port)
+            {
                 admit(ctx, &mut pkt)?;
                 return Ok(translate_reply(ctx, &pkt, reply));
             }
-            None => lookup_wildcard_service(dport_be).ok_or(Verdict::pass(Stat::PassNoService))?,
-        },
+            if to_port & PORT_WILDCARD_SERVICE == 0 {
+                return Err(Verdict::pass(Stat::PassNoService));
+            }
+            let s = lookup_wildcard_service(dport_be).ok_or(Verdict::pass(Stat::PassNoService))?;
+            (s, true)
+        }
     };
     admit(ctx, &mut pkt)?;
 
@@ -119,7 +136,7 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let mode = forwarding(&service);
-    let target = match existing_flow(&service, mode, &flow_key, now) {
+    let target = match existing_flow(&service, mode, &flow_key, now, wildcard) {
         Lookup::Live(t) => t,
         lookup => {
             if service.table_len == 0 {
@@ -138,7 +155,7 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
                 proto: IPPROTO_UDP,
             };
             let replacing = matches!(lookup, Lookup::Stale);
-            let t = new_flow(&service, mode, &flow_key, &tuple, now, replacing)
+            let t = new_flow(&service, mode, &flow_key, &tuple, now, replacing, wildcard)
                 .map_err(Verdict::drop)?;
             if debug_log_enabled() {
                 debug!(
@@ -252,12 +269,24 @@ enum KnownReply {
 }
 
 /// A packet to no exact service may be a `nat` or `fullnat` backend's reply to a client.
-/// Returns what the reply tables say of it, `None` when it is no known reply.
+/// Returns what the reply tables say of it, `None` when it is no known reply. `from_port`:
+/// and `to_port`: the prefilter's bits of the source and destination port.
 #[inline(always)]
-fn known_reply(saddr: u32, daddr: u32, sport_be: u16, dport_be: u16) -> Option<KnownReply> {
-    // Without nat or fullnat services nothing is a reply to translate: skip the lookups.
-    let globals = GLOBALS.get(0).copied().unwrap_or(0);
-    if globals & (GLOBAL_FLAG_NAT | GLOBAL_FLAG_FULLNAT) == 0 {
+fn known_reply(
+    saddr: u32,
+    daddr: u32,
+    sport_be: u16,
+    dport_be: u16,
+    from_port: u32,
+    to_port: u32,
+) -> Option<KnownReply> {
+    if from_port & PORT_NAT_BACKEND != 0
+        && let Some(owner) = reply::owner(saddr, sport_be, daddr, dport_be)
+        && owner.flags & REPLY_FLAG_NAT != 0
+    {
+        return Some(KnownReply::Nat(owner));
+    }
+    if to_port & PORT_FULLNAT_RANGE == 0 {
         return None;
     }
     let key = ReplyKey {
@@ -268,18 +297,16 @@ fn known_reply(saddr: u32, daddr: u32, sport_be: u16, dport_be: u16) -> Option<K
         proto: IPPROTO_UDP,
         _pad: [0; 3],
     };
-    if globals & GLOBAL_FLAG_NAT != 0 {
-        // SAFETY: the value is copied out at once.
-        if let Some(reply) = unsafe { REPLIES.get(key) }.copied()
-            && reply.flags & REPLY_FLAG_NAT != 0
-        {
-            return Some(KnownReply::Nat(reply));
-        }
-    }
-    if globals & GLOBAL_FLAG_FULLNAT != 0 {
-        return fullnat::peer(&key).map(|peer| KnownReply::Fullnat(key, peer));
-    }
-    None
+    fullnat::peer(&key).map(|peer| KnownReply::Fullnat(key, peer))
+}
+
+/// The prefilter's `PORT_*` bits of a port (network order).
+#[inline(always)]
+fn port_flags(port_be: u16) -> u32 {
+    PORTS
+        .get(u32::from(u16::from_be(port_be)))
+        .copied()
+        .unwrap_or(0)
 }
 
 /// Records how the later fragments of a balanced first fragment's datagram are rewritten and
@@ -411,7 +438,7 @@ enum Lookup {
 /// `FLOW_REFRESH_NS`. Returns `Stale` (and counts why) when the flow idled out or its backend is
 /// no longer the service's backend at that index, `Missing` when there is no entry.
 #[inline(always)]
-fn existing_flow(service: &Service, mode: u32, key: &FlowKey, now: u64) -> Lookup {
+fn existing_flow(service: &Service, mode: u32, key: &FlowKey, now: u64, wildcard: bool) -> Lookup {
     let Some(flow) = FLOWS.get_ptr_mut(key) else {
         return Lookup::Missing;
     };
@@ -432,8 +459,10 @@ fn existing_flow(service: &Service, mode: u32, key: &FlowKey, now: u64) -> Looku
     }
     if idle > FLOW_REFRESH_NS {
         flow.last_seen_ns = now;
-        // Keep the reply entry alive too: the two LRU maps evict independently.
-        remember_reply(service, key, flow);
+        if wildcard {
+            // Keep the reply entry alive too: the two LRU maps evict independently.
+            remember_reply(service, key, flow);
+        }
         if mode == FORWARD_FULLNAT
             && let Some(source) = fullnat::source_addr(service)
         {
@@ -468,9 +497,18 @@ fn backend_is_current(service: &Service, flow: &Flow) -> bool {
     }
 }
 
-/// Schedules a new flow and records it (and its reply translation); `replacing` says the key is
-/// already in the table. Expects `service.table_len > 0`. Returns `None` when the chosen slot
-/// holds no usable backend.
+/// Schedules a new flow and, unless it may go without one, records its entry (and, for a
+/// wildcard `local`/`nat` service, its reply translation); `replacing` says the key is already
+/// in the table. Expects `service.table_len > 0`. Returns the backend, or the drop reason:
+/// no usable backend in the chosen slot, no free `fullnat` port, or the flood guard.
+///
+/// When a flow gets no entry (each case counted):
+/// - `flow_state = "second-packet"`: its first packet only marks its 5-tuple hash in `SEEN`; a
+///   later packet that finds the mark creates the entry (`FlowStateDeferred`);
+/// - above the flood guard's rate: a service that may skip state sends it on without one
+///   (`GuardStateless`), any other drops it (`GuardDropped`), so no live flow is evicted.
+///
+/// Replacing a stale entry evicts nothing and is never deferred or guarded.
 #[inline(always)]
 fn new_flow(
     service: &Service,
@@ -479,28 +517,71 @@ fn new_flow(
     tuple: &FlowTuple,
     now: u64,
     replacing: bool,
+    wildcard: bool,
 ) -> Result<Target, Stat> {
     let no_backend = Stat::DropNoBackend;
-    let index = schedule::choose_backend(service, tuple).ok_or(no_backend)?;
+    let deferred = service.flags & SERVICE_FLAG_STATE_ON_SECOND_PACKET != 0;
+    // The 5-tuple hash, computed once: the outer source (dsr-ipip), the port choice
+    // (fullnat), the deferred-state mark, and the scheduler's hash when it hashes the 5-tuple.
+    let five_tuple_hash = if mode == FORWARD_DSR_IPIP || mode == FORWARD_FULLNAT || deferred {
+        Some(flow_hash(tuple, HASH_FIVE_TUPLE, service.hash_seed))
+    } else {
+        None
+    };
+    let tuple_hash = five_tuple_hash.unwrap_or(0);
+    let mut create = true;
+    // A deferred flow's packet that finds its mark creates the entry; the first one was
+    // already counted as a new flow.
+    let mut counted = false;
+    if !replacing {
+        if deferred {
+            if seen_before(tuple_hash) {
+                counted = true;
+            } else {
+                create = false;
+                stats::count(Stat::FlowStateDeferred);
+            }
+        }
+        if create && !guard_admits(now) {
+            if service.flags & SERVICE_FLAG_MAY_SKIP_STATE == 0 {
+                return Err(Stat::GuardDropped);
+            }
+            create = false;
+            stats::count(Stat::GuardStateless);
+        }
+    }
+    let sched_hash = if service.hash_fields == HASH_FIVE_TUPLE {
+        five_tuple_hash
+    } else {
+        None
+    };
+    let index = schedule::choose_backend(service, tuple, sched_hash).ok_or(no_backend)?;
     let backend: &Backend = BACKENDS.get(index).ok_or(no_backend)?;
     // An empty position (all zero) or a non-IPv4 backend cannot take this flow.
     if !is_v4_mapped(backend) || backend.port_be == 0 {
         return Err(no_backend);
     }
-    let tuple_hash = if mode == FORWARD_DSR_IPIP || mode == FORWARD_FULLNAT {
-        flow_hash(tuple, HASH_FIVE_TUPLE, service.hash_seed)
-    } else {
-        0
+    let mut target = Target {
+        index,
+        addr_v4: backend.addr[3],
+        port_be: backend.port_be,
+        snat_port_be: 0,
+        tuple_hash,
     };
-    let snat_port_be = if mode == FORWARD_FULLNAT {
-        fullnat::allocate(service, key, backend, tuple_hash, now).ok_or(Stat::DropPortsExhausted)?
-    } else {
-        0
-    };
+    if !counted {
+        stats::count_flow(service.id, index);
+    }
+    if !create {
+        return Ok(target);
+    }
+    if mode == FORWARD_FULLNAT {
+        target.snat_port_be = fullnat::allocate(service, key, backend, tuple_hash, now)
+            .ok_or(Stat::DropPortsExhausted)?;
+    }
     let flow = Flow {
         backend_addr: backend.addr,
         backend_port_be: backend.port_be,
-        snat_port_be,
+        snat_port_be: target.snat_port_be,
         backend_index: index,
         service_id: service.id,
         tuple_hash,
@@ -511,17 +592,97 @@ fn new_flow(
     } else if !replacing {
         stats::count(Stat::FlowTableInsert);
     }
-    remember_reply(service, key, &flow);
+    if wildcard {
+        remember_reply(service, key, &flow);
+    }
     stats::count(Stat::FlowCreated);
-    stats::count_flow(service.id, index);
-    Ok(Target {
-        index,
-        addr_v4: backend.addr[3],
-        port_be: backend.port_be,
-        snat_port_be,
+    Ok(target)
+}
+
+/// What a flow of a service that may skip state would hold if it had an entry: its backend as
+/// the scheduler chooses it now, and its 5-tuple hash. `None` when the service has no backend
+/// for it.
+#[inline(always)]
+pub fn stateless_flow(service: &Service, key: &FlowKey) -> Option<Flow> {
+    if service.table_len == 0 {
+        return None;
+    }
+    let tuple = FlowTuple {
+        src: key.client_addr,
+        dst: key.vip_addr,
+        src_port_be: key.client_port_be,
+        dst_port_be: key.vip_port_be,
+        proto: key.proto,
+    };
+    let tuple_hash = flow_hash(&tuple, HASH_FIVE_TUPLE, service.hash_seed);
+    let sched_hash = (service.hash_fields == HASH_FIVE_TUPLE).then_some(tuple_hash);
+    let index = schedule::choose_backend(service, &tuple, sched_hash)?;
+    let backend = BACKENDS.get(index)?;
+    if !is_v4_mapped(backend) || backend.port_be == 0 {
+        return None;
+    }
+    Some(Flow {
+        backend_addr: backend.addr,
+        backend_port_be: backend.port_be,
+        snat_port_be: 0,
+        backend_index: index,
+        service_id: service.id,
         tuple_hash,
+        last_seen_ns: 0,
     })
 }
+
+/// Deferred flow state: whether this CPU saw a packet of the flow with 5-tuple hash `hash`
+/// since its slot was last taken. Marks the slot when not (and clears it when so, freeing the
+/// slot). A slot taken by another flow in between only delays the entry to a later packet;
+/// a false match (two flows, one hash) only creates an entry one packet early.
+#[inline(always)]
+fn seen_before(hash: u32) -> bool {
+    let mark = hash | 1;
+    let Some(slot) = SEEN.get_ptr_mut(hash & (SEEN_SLOTS - 1)) else {
+        // No memory to defer with: create the entry.
+        return true;
+    };
+    // SAFETY: a per-CPU array slot, written only by this CPU while the program runs.
+    let slot = unsafe { &mut *slot };
+    if *slot == mark {
+        *slot = 0;
+        true
+    } else {
+        *slot = mark;
+        false
+    }
+}
+
+/// The flood guard: whether this CPU may create one more flow entry in the current
+/// one-second window (`GLOBAL_SLOT_FLOW_GUARD_RATE` per window; 0 means no guard).
+#[inline(always)]
+fn guard_admits(now: u64) -> bool {
+    let rate = GLOBALS
+        .get(GLOBAL_SLOT_FLOW_GUARD_RATE)
+        .copied()
+        .unwrap_or(0);
+    if rate == 0 {
+        return true;
+    }
+    let Some(window) = FLOW_GUARD.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: a per-CPU array slot, written only by this CPU while the program runs.
+    let window = unsafe { &mut *window };
+    if now.wrapping_sub(window[0]) >= GUARD_WINDOW_NS {
+        window[0] = now;
+        window[1] = 0;
+    }
+    if window[1] >= u64::from(rate) {
+        return false;
+    }
+    window[1] += 1;
+    true
+}
+
+/// The flood guard's window.
+const GUARD_WINDOW_NS: u64 = 1_000_000_000;
 
 #[inline(always)]
 fn is_v4_mapped(backend: &Backend) -> bool {
@@ -529,11 +690,14 @@ fn is_v4_mapped(backend: &Backend) -> bool {
     backend.addr[0] == mapped[0] && backend.addr[1] == mapped[1] && backend.addr[2] == mapped[2]
 }
 
-/// Records how the backend's replies to this client are made to come from the VIP, for the
-/// modes whose replies pass through this host: `local` (TC egress) and `nat` (XDP). `dsr-*`
-/// replies bypass the balancer and `fullnat` replies are found by their port (`FULLNAT_V1`),
-/// so those modes write nothing here. The config refuses two `local`/`nat` services that share
-/// a backend address and port, so every entry has one owner.
+/// Records how the backend's replies to this client are made to come from the address the
+/// client used, for a wildcard service (`0.0.0.0:PORT`) of the modes whose replies pass
+/// through this host: `local` (TC egress) and `nat` (XDP). A service with a concrete VIP needs
+/// no such entry (its backends' owner in `REPLY_OWNERS_V1` names the VIP, and the flow entry
+/// confirms the client: see `reply::owner`). `dsr-*` replies bypass the balancer and
+/// `fullnat` replies are found by their port (`FULLNAT_V1`), so those modes write nothing.
+/// The config refuses two `local`/`nat` services that share a backend address and port, so
+/// every entry has one owner.
 #[inline(always)]
 fn remember_reply(service: &Service, key: &FlowKey, flow: &Flow) {
     let mode = forwarding(service);

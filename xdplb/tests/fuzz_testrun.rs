@@ -765,8 +765,10 @@ fn is_verdict(s: Stat) -> bool {
         | DropNoBackend | PassNoBackend | ForwardedFib | PassNoNeighbour | PassFragNeeded
         | PassTtlExceeded | DropNoRoute | DropNoNeighbour | DropFragNeeded | DropEncapFailed
         | DropPortsExhausted | DropBadIpv4Checksum | PassNotForUs | DropChecksumTooLong
-        | PassBadIcmp => true,
+        | PassBadIcmp | GuardDropped => true,
         PartialChecksumFixed
+        | FlowStateDeferred
+        | GuardStateless
         | FragmentRouteRecorded
         | FragmentFollowed
         | FlowCreated
@@ -791,7 +793,7 @@ fn action_fits(s: Stat, action: u32) -> bool {
         ForwardedFib => action == XDP_TX || action == XDP_REDIRECT,
         DropFragNeeded => action == XDP_DROP || action == XDP_TX,
         DropNoBackend | DropNoRoute | DropNoNeighbour | DropEncapFailed | DropPortsExhausted
-        | DropBadIpv4Checksum | DropChecksumTooLong => action == XDP_DROP,
+        | DropBadIpv4Checksum | DropChecksumTooLong | GuardDropped => action == XDP_DROP,
         _ => action == XDP_PASS,
     }
 }

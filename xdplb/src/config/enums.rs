@@ -227,6 +227,19 @@ spelled_enum! {
 }
 
 spelled_enum! {
+    /// When a new flow gets its flow-table entry, default `FirstPacket`.
+    pub enum FlowState: "flow_state" {
+        /// With the flow's first packet: the flow keeps its backend across any table change.
+        FirstPacket = "first-packet",
+        /// With its second packet (`dsr-l2`, `dsr-ipip` with `maglev` or `source-hash` only):
+        /// a flow of one packet (a DNS query) never costs an entry; until its entry exists a
+        /// flow follows the scheduler, so a table change between its first and second packet
+        /// may move it.
+        SecondPacket = "second-packet",
+    }
+}
+
+spelled_enum! {
     /// What happens to an unhealthy backend's live flows, default `KeepFlows`.
     pub enum OnFailure: "on_failure" {
         /// The backend gets no new flows but keeps its live ones.
@@ -272,6 +285,20 @@ impl WhenAllDown {
                 "the default: new flows are dropped while no backend is healthy and undrained"
             }
             WhenAllDown::Pass => "they go to this host's own network stack",
+        }
+    }
+}
+
+impl FlowState {
+    /// What the choice does, for error messages.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            FlowState::FirstPacket => {
+                "the default: a flow's first packet creates its entry, so it keeps its backend"
+            }
+            FlowState::SecondPacket => {
+                "dsr-* with maglev or source-hash: a flow of one packet never costs an entry"
+            }
         }
     }
 }
@@ -343,6 +370,7 @@ mod tests {
         round_trips(Scheduler::ALL, &Scheduler::expected());
         round_trips(HashFields::ALL, &HashFields::expected());
         round_trips(WhenAllDown::ALL, &WhenAllDown::expected());
+        round_trips(FlowState::ALL, &FlowState::expected());
         round_trips(Forwarding::ALL, &Forwarding::expected());
         round_trips(OnFailure::ALL, &OnFailure::expected());
         round_trips(HealthCheckType::ALL, &HealthCheckType::expected());

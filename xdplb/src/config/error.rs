@@ -10,7 +10,7 @@ use std::{
     path::PathBuf,
 };
 
-use super::{Protocol, Scheduler};
+use super::{Forwarding, Protocol, Scheduler};
 
 /// Where in the configuration a problem was found.
 ///
@@ -432,7 +432,7 @@ pub enum ConfigError {
     NatLoopbackBackend {
         at: Location,
         service: String,
-        mode: super::Forwarding,
+        mode: Forwarding,
         address: SocketAddr,
     },
 
@@ -443,7 +443,7 @@ pub enum ConfigError {
     BackendIsVip {
         at: Location,
         service: String,
-        mode: super::Forwarding,
+        mode: Forwarding,
         address: SocketAddr,
         /// The vip's address (its port is not part of the problem).
         vip: IpAddr,
@@ -518,7 +518,7 @@ pub enum ConfigError {
     DsrPortMismatch {
         at: Location,
         service: String,
-        mode: super::Forwarding,
+        mode: Forwarding,
         address: SocketAddr,
         vip_port: u16,
     },
@@ -550,6 +550,34 @@ pub enum ConfigError {
         at: Location,
         service: String,
         problem: &'static str,
+    },
+
+    /// A `flow_guard_rate` outside 0..=4294967295.
+    #[error(
+        "{at}: flow_guard_rate must be 0..=4294967295 new flow entries per second per CPU (0 switches the guard off), got {value}"
+    )]
+    InvalidFlowGuardRate { at: Location, value: i64 },
+
+    /// A `flow_state` that is not one of the known spellings.
+    #[error(
+        "{at}: {service} has an invalid flow_state {value:?}; expected {}",
+        super::enums::described(super::FlowState::ALL, super::FlowState::meaning)
+    )]
+    InvalidFlowState {
+        at: Location,
+        service: String,
+        value: String,
+    },
+
+    /// `flow_state = "second-packet"` where a flow needs its entry from the first packet.
+    #[error(
+        "{at}: {service}: flow_state = \"second-packet\" needs forwarding = \"dsr-l2\" or \"dsr-ipip\" (replies of other modes are translated through the flow's entry) and scheduler = \"maglev\" or \"source-hash\" (so that a flow's packets reach one backend before it has an entry); this service has forwarding = \"{forwarding}\" and scheduler = \"{scheduler}\""
+    )]
+    FlowStateNeedsConsistentDsr {
+        at: Location,
+        service: String,
+        forwarding: Forwarding,
+        scheduler: Scheduler,
     },
 
     /// A `when_all_down` that is not one of the known policies.

@@ -16,6 +16,10 @@
 //! xdp_mode = "auto"            # optional: auto | native | generic
 //! debug_log = false            # optional
 //! hash_seed = 1592597275       # optional, 0..=4294967295; the same on every node of an ECMP group
+//! flow_guard_rate = 100000     # optional, 0..=4294967295 (0: off): new flow entries per second
+//!                              # each CPU may create; above it new flows evict no live flow
+//!                              # (dsr-* with maglev/source-hash: sent without an entry;
+//!                              # other services: dropped); counted in guard_* stats
 //! metrics_listen = "127.0.0.1:9100"  # optional; serve Prometheus metrics there
 //! api_listen = "127.0.0.1:9180"      # optional, loopback only; the API over TCP too (off by default);
 //!                              # not metrics_listen's socket address (nor a port 0.0.0.0 covers)
@@ -39,6 +43,8 @@
 //!                              # | source-ip-port; default source-ip for source-hash, which
 //!                              # allows nothing else
 //! maglev_table_size = 65537    # optional, maglev only: a prime, >= 100 x backends, <= 2^24
+//! flow_state = "first-packet"  # optional: first-packet | second-packet (dsr-l2/dsr-ipip with
+//!                              # maglev or source-hash only): when a flow gets its entry
 //! when_all_down = "drop"       # optional: drop | pass; what new flows get when no backend is
 //!                              # healthy and undrained (pass hands them to the host's stack)
 //! forwarding = "local"         # optional: local (hand to this host's stack) | nat (route to
@@ -100,8 +106,8 @@ use std::{
 };
 
 pub use enums::{
-    Forwarding, HashFields, HealthCheckType, OnFailure, Protocol, Scheduler, UnknownSpelling,
-    WhenAllDown, XdpModeSetting,
+    FlowState, Forwarding, HashFields, HealthCheckType, OnFailure, Protocol, Scheduler,
+    UnknownSpelling, WhenAllDown, XdpModeSetting,
 };
 pub use error::{ConfigError, Location};
 pub use file::{ConfigEdit, ConfigFile, FileError, apply_edit};
@@ -123,6 +129,10 @@ pub struct Config {
     /// Maglev permutations; every load balancer behind one ECMP group must use the same
     /// value so that they all send a flow to the same backend.
     pub hash_seed: u32,
+    /// Optional field `flow_guard_rate`, default [`DEFAULT_FLOW_GUARD_RATE`]: the flood guard.
+    /// Each CPU creates at most this many flow entries per second; above it a new flow evicts
+    /// no live one (see [`FlowState`] and the `guard_*` counters). 0 switches it off.
+    pub flow_guard_rate: u32,
     /// Optional field `metrics_listen`: where to serve Prometheus metrics (`GET /metrics`).
     pub metrics_listen: Option<SocketAddr>,
     /// Optional field `api_listen`: a loopback TCP address to serve the API on, besides the
@@ -133,6 +143,11 @@ pub struct Config {
     /// At least one service; names and (vip, protocol) pairs are unique.
     pub services: Vec<ServiceConfig>,
 }
+
+/// The default flood guard: flow entries per second per CPU. High enough that only a flood
+/// (or a very busy node, which should raise it) reaches it; a node whose table turns over in
+/// less than its flows' idle time should lower it.
+pub const DEFAULT_FLOW_GUARD_RATE: u32 = 100_000;
 
 /// Sizes of the data plane's tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,6 +216,8 @@ pub struct ServiceConfig {
     pub health_check: Option<HealthCheck>,
     /// What new flows get when no backend is healthy and undrained. Default `Drop`.
     pub when_all_down: WhenAllDown,
+    /// When a new flow gets its flow-table entry. Default `FirstPacket`.
+    pub flow_state: FlowState,
     /// How packets reach the backends. Default `Local`.
     pub forwarding: Forwarding,
     /// `DsrIpip` only (and required there): the prefix the outer source addresses come from.
@@ -359,6 +376,7 @@ pub fn default_config() -> Config {
         xdp_mode: XdpModeSetting::Auto,
         debug_log: false,
         hash_seed: validate::DEFAULT_HASH_SEED,
+        flow_guard_rate: DEFAULT_FLOW_GUARD_RATE,
         metrics_listen: None,
         api_listen: None,
         limits: Limits::DEFAULT,
@@ -373,6 +391,7 @@ pub fn default_config() -> Config {
             maglev_table_size: validate::DEFAULT_MAGLEV_TABLE_SIZE,
             health_check: None,
             when_all_down: WhenAllDown::Drop,
+            flow_state: FlowState::FirstPacket,
             forwarding: Forwarding::Local,
             encap_source: None,
             fullnat: None,

@@ -2227,6 +2227,53 @@ fn when_all_down_parses_and_rejects_garbage() {
 }
 
 #[test]
+fn flow_state_second_packet_only_for_dsr_with_a_consistent_scheduler() {
+    // dsr-l2 keeps the port: a backend on the VIP's port.
+    let one_service = |extra: &str| {
+        one_service(extra)
+            .replace("127.0.0.1:9876", "10.0.0.2:9875")
+            .replace("127.0.0.1:9875", "10.0.0.1:9875")
+    };
+    let dsr = "forwarding = \"dsr-l2\"\n";
+    let cfg = ok(&one_service(&format!("{dsr}flow_state = \"second-packet\"\n")));
+    assert_eq!(cfg.services[0].flow_state, FlowState::SecondPacket);
+    let cfg = ok(&one_service(""));
+    assert_eq!(cfg.services[0].flow_state, FlowState::FirstPacket);
+    let cfg = ok(&one_service(&format!(
+        "{dsr}scheduler = \"source-hash\"\nflow_state = \"second-packet\"\n"
+    )));
+    assert_eq!(cfg.services[0].flow_state, FlowState::SecondPacket);
+    // local keeps its replies' translation in the flow entry; round robin is not consistent.
+    for extra in [
+        "flow_state = \"second-packet\"\n".to_owned(),
+        format!("{dsr}scheduler = \"round-robin\"\nflow_state = \"second-packet\"\n"),
+    ] {
+        let e = err(&one_service(&extra));
+        assert!(
+            matches!(e, ConfigError::FlowStateNeedsConsistentDsr { .. }),
+            "{e:?}"
+        );
+        assert_msg(&e, &["second-packet", "dsr-l2", "maglev", "service \"demo\""]);
+    }
+    let e = err(&one_service("flow_state = \"later\"\n"));
+    assert!(matches!(e, ConfigError::InvalidFlowState { .. }), "{e:?}");
+    assert_msg(&e, &["\"first-packet\"", "\"second-packet\"", &line(5)]);
+}
+
+#[test]
+fn flow_guard_rate_defaults_and_rejects_what_does_not_fit() {
+    let cfg = ok(&one_service(""));
+    assert_eq!(cfg.flow_guard_rate, DEFAULT_FLOW_GUARD_RATE);
+    let cfg = ok(&format!("flow_guard_rate = 0\n{}", one_service("")));
+    assert_eq!(cfg.flow_guard_rate, 0);
+    for bad in ["-1", "4294967296"] {
+        let e = err(&format!("flow_guard_rate = {bad}\n{}", one_service("")));
+        assert!(matches!(e, ConfigError::InvalidFlowGuardRate { .. }), "{e:?}");
+        assert_msg(&e, &["flow_guard_rate", bad, &line(1)]);
+    }
+}
+
+#[test]
 fn unknown_health_check_field() {
     let e = err(&with_check("type = \"udp\"\nretries = 3\n"));
     match &e {
@@ -2492,6 +2539,7 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
         xdp_mode: XdpModeSetting::Auto,
         debug_log: false,
         hash_seed: 0x5eed_1b1b,
+        flow_guard_rate: crate::config::DEFAULT_FLOW_GUARD_RATE,
         metrics_listen: None,
         api_listen: None,
         limits: Limits::DEFAULT,
@@ -2506,6 +2554,7 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
                 maglev_table_size: 65537,
                 health_check: None,
                 when_all_down: WhenAllDown::Drop,
+                flow_state: FlowState::FirstPacket,
                 forwarding: Forwarding::Local,
                 encap_source: None,
                 fullnat: None,
@@ -2532,6 +2581,7 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
                 maglev_table_size: 65537,
                 health_check: None,
                 when_all_down: WhenAllDown::Drop,
+                flow_state: FlowState::FirstPacket,
                 forwarding: Forwarding::Local,
                 encap_source: None,
                 fullnat: None,
@@ -3072,6 +3122,7 @@ interfaces = [\"lo\"]
 xdp_mode = \"auto\"
 debug_log = false
 hash_seed = 1592597275
+flow_guard_rate = 100000
 
 [limits]
 max_services = 1024
@@ -3086,6 +3137,7 @@ protocol = \"udp\"
 flow_idle_timeout = \"30s\"
 scheduler = \"round-robin\"
 when_all_down = \"drop\"
+flow_state = \"first-packet\"
 forwarding = \"local\"
 
 [[service.backend]]
@@ -3120,6 +3172,7 @@ scheduler = \"maglev\"
 hash = \"5-tuple\"
 maglev_table_size = 65537
 when_all_down = \"drop\"
+flow_state = \"first-packet\"
 forwarding = \"local\"
 
 [service.health_check]
@@ -3822,6 +3875,13 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
             maglev_table_size,
             health_check,
             when_all_down: rng.pick(&[WhenAllDown::Drop, WhenAllDown::Pass]),
+            flow_state: if matches!(forwarding, Forwarding::DsrL2 | Forwarding::DsrIpip)
+                && matches!(scheduler, Scheduler::Maglev | Scheduler::SourceHash)
+            {
+                rng.pick(&[FlowState::FirstPacket, FlowState::SecondPacket])
+            } else {
+                FlowState::FirstPacket
+            },
             forwarding,
             encap_source: (forwarding == Forwarding::DsrIpip).then(|| {
                 // /8 to /32 of unicast space outside 0.0.0.0/8 and loopback.
@@ -3939,6 +3999,7 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
         xdp_mode,
         debug_log: rng.chance(50),
         hash_seed,
+        flow_guard_rate: rng.pick(&[0, 1, 100_000, u32::MAX]),
         metrics_listen,
         api_listen,
         limits,

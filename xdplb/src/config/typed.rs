@@ -51,6 +51,7 @@ fn lower(cfg: &Config) -> RawConfig {
         metrics_listen: cfg.metrics_listen.and_then(|a| at(a.to_string())),
         api_listen: cfg.api_listen.and_then(|a| at(a.to_string())),
         hash_seed: int(cfg.hash_seed),
+        flow_guard_rate: int(cfg.flow_guard_rate),
         limits: at(RawLimits {
             max_services: int(cfg.limits.max_services),
             max_backends_per_service: int(cfg.limits.max_backends_per_service),
@@ -91,6 +92,7 @@ pub(crate) fn lower_service(svc: &ServiceConfig) -> RawService {
             .as_ref()
             .and_then(|h| at(lower_health_check(h))),
         when_all_down: at(svc.when_all_down.to_string()),
+        flow_state: at(svc.flow_state.to_string()),
         forwarding: at(svc.forwarding.to_string()),
         encap_source: svc.encap_source.and_then(|e| at(e.to_string())),
         fullnat_source: svc.fullnat.and_then(|f| at(f.source.to_string())),

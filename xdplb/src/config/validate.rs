@@ -10,9 +10,9 @@ use std::{
 use toml::Spanned;
 
 use super::{
-    BackendConfig, Config, ConfigError, Forwarding, HashFields, HealthCheck, HealthCheckKind,
-    HealthCheckType, Limits, Location, OnFailure, Protocol, Scheduler, ServiceConfig, WhenAllDown,
-    XdpModeSetting,
+    BackendConfig, Config, ConfigError, FlowState, Forwarding, HashFields, HealthCheck,
+    HealthCheckKind, HealthCheckType, Limits, Location, OnFailure, Protocol, Scheduler,
+    ServiceConfig, WhenAllDown, XdpModeSetting,
     error::line_col,
     raw::{RawBackend, RawConfig, RawHealthCheck, RawLimits, RawService, TABLES},
 };
@@ -150,6 +150,13 @@ pub(crate) fn validate(raw: RawConfig, src: Source<'_>) -> Result<Config, Config
     let interfaces = validate_interfaces(raw.interfaces, src)?;
     let xdp_mode = validate_xdp_mode(raw.xdp_mode, src)?;
     let hash_seed = validate_hash_seed(raw.hash_seed, src)?;
+    let flow_guard_rate = match raw.flow_guard_rate {
+        None => super::DEFAULT_FLOW_GUARD_RATE,
+        Some(r) => u32::try_from(*r.get_ref()).map_err(|_| ConfigError::InvalidFlowGuardRate {
+            at: src.at(&r.span()),
+            value: *r.get_ref(),
+        })?,
+    };
     let metrics_span = raw.metrics_listen.as_ref().map(Spanned::span);
     let api_span = raw.api_listen.as_ref().map(Spanned::span);
     let metrics_listen = validate_metrics_listen(raw.metrics_listen, src)?;
@@ -177,6 +184,7 @@ pub(crate) fn validate(raw: RawConfig, src: Source<'_>) -> Result<Config, Config
         xdp_mode,
         debug_log: raw.debug_log.unwrap_or(false),
         hash_seed,
+        flow_guard_rate,
         metrics_listen,
         api_listen,
         limits,
@@ -866,6 +874,31 @@ fn validate_service(
         },
     };
 
+    let flow_state = match raw.flow_state {
+        None => FlowState::FirstPacket,
+        Some(f) => {
+            let state = f
+                .get_ref()
+                .parse()
+                .map_err(|_| ConfigError::InvalidFlowState {
+                    at: src.at(&f.span()),
+                    service: label.clone(),
+                    value: f.get_ref().clone(),
+                })?;
+            let dsr = matches!(forwarding, Forwarding::DsrL2 | Forwarding::DsrIpip);
+            let consistent = matches!(scheduler, Scheduler::Maglev | Scheduler::SourceHash);
+            if state == FlowState::SecondPacket && !(dsr && consistent) {
+                return Err(ConfigError::FlowStateNeedsConsistentDsr {
+                    at: src.at(&f.span()),
+                    service: label,
+                    forwarding,
+                    scheduler,
+                });
+            }
+            state
+        }
+    };
+
     let encap_source = validate_encap_source(raw.encap_source, forwarding, &label, &svc_span, src)?;
 
     // Where the fullnat range comes from: `fullnat_ports`, or `fullnat_source` for the default.
@@ -941,6 +974,7 @@ fn validate_service(
             maglev_table_size,
             health_check,
             when_all_down,
+            flow_state,
             forwarding,
             encap_source,
             fullnat,

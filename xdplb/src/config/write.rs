@@ -54,6 +54,7 @@ fn write_config(out: &mut String, cfg: &Config) -> fmt::Result {
     writeln!(out, "xdp_mode = \"{}\"", cfg.xdp_mode)?;
     writeln!(out, "debug_log = {}", cfg.debug_log)?;
     writeln!(out, "hash_seed = {}", cfg.hash_seed)?;
+    writeln!(out, "flow_guard_rate = {}", cfg.flow_guard_rate)?;
     if let Some(addr) = cfg.metrics_listen {
         writeln!(out, "metrics_listen = {}", toml_string(&addr.to_string()))?;
     }
@@ -98,6 +99,7 @@ fn write_service(out: &mut String, svc: &ServiceConfig) -> fmt::Result {
         writeln!(out, "maglev_table_size = {}", svc.maglev_table_size)?;
     }
     writeln!(out, "when_all_down = \"{}\"", svc.when_all_down)?;
+    writeln!(out, "flow_state = \"{}\"", svc.flow_state)?;
     writeln!(out, "forwarding = \"{}\"", svc.forwarding)?;
     if let Some(e) = svc.encap_source {
         writeln!(out, "encap_source = \"{e}\"")?;

@@ -6,10 +6,11 @@ use aya::{
     programs::{SchedClassifier, Xdp},
 };
 use xdplb_common::{
-    Backend, Counter, FullnatPeer, FullnatSource, GLOBAL_DEBUG_LOG, INTERFACE_FLAG_GENERIC,
-    InterfaceMac, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOWS, MAP_FULLNAT, MAP_FULLNAT_SOURCES,
-    MAP_GLOBALS, MAP_LOCAL_MACS, MAP_LOOKUP, MAP_REPLIES, MAP_RR_CURSOR, MAP_SERVICE_STATS,
-    MAP_SERVICES, MAP_STATS, ReplyKey, Service, ServiceKey, Stat,
+    Backend, Counter, FullnatPeer, FullnatSource, GLOBAL_DEBUG_LOG, GLOBAL_SLOT_FLAGS,
+    GLOBAL_SLOT_FLOW_GUARD_RATE, INTERFACE_FLAG_GENERIC, InterfaceMac, MAP_BACKEND_STATS,
+    MAP_BACKENDS, MAP_FLOWS, MAP_FULLNAT, MAP_FULLNAT_SOURCES, MAP_GLOBALS, MAP_LOCAL_MACS,
+    MAP_LOOKUP, MAP_PORTS, MAP_REPLIES, MAP_REPLY_OWNERS, MAP_RR_CURSOR, MAP_SERVICE_STATS,
+    MAP_SERVICES, MAP_STATS, Reply, ReplyKey, Service, ServiceKey, Stat,
 };
 
 use super::{
@@ -100,6 +101,7 @@ impl Dataplane {
             .map_max_entries(MAP_BACKEND_STATS, backends)
             .map_max_entries(MAP_FULLNAT_SOURCES, limits.max_services)
             .map_max_entries(MAP_FULLNAT, limits.max_flows)
+            .map_max_entries(MAP_REPLY_OWNERS, backends)
             .load(OBJECT)
             .map_err(|e| match &e {
                 aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
@@ -347,13 +349,16 @@ impl Dataplane {
 
     /// Map writes for reconciliation.
     pub fn writer(&mut self) -> Result<KernelMaps<'_>, DataplaneError> {
-        let [services, backends, lookup, sources, globals] = self.ebpf.maps_disjoint_mut([
-            MAP_SERVICES,
-            MAP_BACKENDS,
-            MAP_LOOKUP,
-            MAP_FULLNAT_SOURCES,
-            MAP_GLOBALS,
-        ]);
+        let [services, backends, lookup, sources, globals, ports, owners] =
+            self.ebpf.maps_disjoint_mut([
+                MAP_SERVICES,
+                MAP_BACKENDS,
+                MAP_LOOKUP,
+                MAP_FULLNAT_SOURCES,
+                MAP_GLOBALS,
+                MAP_PORTS,
+                MAP_REPLY_OWNERS,
+            ]);
         let services: HashMap<&mut MapData, ServiceKey, Service> = services
             .ok_or(DataplaneError::MissingMap(MAP_SERVICES))?
             .try_into()
@@ -374,12 +379,22 @@ impl Dataplane {
             .ok_or(DataplaneError::MissingMap(MAP_GLOBALS))?
             .try_into()
             .map_err(|e| DataplaneError::map(MAP_GLOBALS, e))?;
+        let ports: Array<&mut MapData, u32> = ports
+            .ok_or(DataplaneError::MissingMap(MAP_PORTS))?
+            .try_into()
+            .map_err(|e| DataplaneError::map(MAP_PORTS, e))?;
+        let reply_owners: HashMap<&mut MapData, ServiceKey, Reply> = owners
+            .ok_or(DataplaneError::MissingMap(MAP_REPLY_OWNERS))?
+            .try_into()
+            .map_err(|e| DataplaneError::map(MAP_REPLY_OWNERS, e))?;
         Ok(KernelMaps {
             services,
             backends,
             lookup,
             fullnat_sources,
             globals,
+            ports,
+            reply_owners,
         })
     }
 
@@ -472,6 +487,8 @@ pub struct KernelMaps<'a> {
     lookup: Array<&'a mut MapData, u32>,
     fullnat_sources: Array<&'a mut MapData, FullnatSource>,
     globals: Array<&'a mut MapData, u32>,
+    ports: Array<&'a mut MapData, u32>,
+    reply_owners: HashMap<&'a mut MapData, ServiceKey, Reply>,
 }
 
 impl MapWriter for KernelMaps<'_> {
@@ -517,8 +534,36 @@ impl MapWriter for KernelMaps<'_> {
 
     fn put_globals(&mut self, flags: u32) -> Result<(), DataplaneError> {
         self.globals
-            .set(0, flags, 0)
+            .set(GLOBAL_SLOT_FLAGS, flags, 0)
             .map_err(|e| DataplaneError::map(MAP_GLOBALS, e))
+    }
+
+    fn put_flow_guard_rate(&mut self, rate: u32) -> Result<(), DataplaneError> {
+        self.globals
+            .set(GLOBAL_SLOT_FLOW_GUARD_RATE, rate, 0)
+            .map_err(|e| DataplaneError::map(MAP_GLOBALS, e))
+    }
+
+    fn put_port(&mut self, port: u16, flags: u32) -> Result<(), DataplaneError> {
+        self.ports
+            .set(u32::from(port), flags, 0)
+            .map_err(|e| DataplaneError::map(MAP_PORTS, e))
+    }
+
+    fn put_reply_owner(
+        &mut self,
+        backend: &ServiceKey,
+        owner: &Reply,
+    ) -> Result<(), DataplaneError> {
+        self.reply_owners
+            .insert(backend, owner, 0)
+            .map_err(|e| DataplaneError::map(MAP_REPLY_OWNERS, e))
+    }
+
+    fn remove_reply_owner(&mut self, backend: &ServiceKey) -> Result<(), DataplaneError> {
+        self.reply_owners
+            .remove(backend)
+            .map_err(|e| DataplaneError::map(MAP_REPLY_OWNERS, e))
     }
 
     fn put_fullnat_source(

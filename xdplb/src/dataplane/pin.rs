@@ -17,10 +17,10 @@ use std::{
 use aya::maps::MapData;
 use serde::{Deserialize, Serialize};
 use xdplb_common::{
-    Backend, Counter, Flow, FlowKey, FullnatPeer, FullnatSource, MAP_BACKEND_STATS, MAP_BACKENDS,
-    MAP_FLOWS, MAP_FULLNAT, MAP_FULLNAT_SOURCES, MAP_GLOBALS, MAP_LOOKUP, MAP_REPLIES,
-    MAP_RR_CURSOR, MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS, Reply, ReplyKey, Service,
-    ServiceKey,
+    Backend, Counter, Flow, FlowKey, FullnatPeer, FullnatSource, GLOBALS_LEN, MAP_BACKEND_STATS,
+    MAP_BACKENDS, MAP_FLOWS, MAP_FULLNAT, MAP_FULLNAT_SOURCES, MAP_GLOBALS, MAP_LOOKUP, MAP_PORTS,
+    MAP_REPLIES, MAP_REPLY_OWNERS, MAP_RR_CURSOR, MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS,
+    PORTS_LEN, Reply, ReplyKey, Service, ServiceKey,
 };
 
 use super::{AttachedInterface, DataplaneError, DesiredState};
@@ -34,7 +34,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// The maps that are pinned, and so kept across restarts. Debug-log and global-data maps
 /// belong to one program load and are not.
-pub const PINNED_MAPS: [&str; 12] = [
+pub const PINNED_MAPS: [&str; 14] = [
     MAP_SERVICES,
     MAP_BACKENDS,
     MAP_LOOKUP,
@@ -47,6 +47,8 @@ pub const PINNED_MAPS: [&str; 12] = [
     MAP_FULLNAT_SOURCES,
     MAP_FULLNAT,
     MAP_GLOBALS,
+    MAP_PORTS,
+    MAP_REPLY_OWNERS,
 ];
 
 /// The bpffs mount to pin in.
@@ -309,7 +311,7 @@ fn remove_dir_if_present(dir: &Path) -> Result<(), DataplaneError> {
 }
 
 /// (map, key size, value size, max entries) as [`super::Dataplane::load`] creates them.
-fn expected_shapes(limits: &Limits) -> [(&'static str, u32, u32, u32); 12] {
+fn expected_shapes(limits: &Limits) -> [(&'static str, u32, u32, u32); 14] {
     let backends = limits.max_services * limits.max_backends_per_service;
     let size = |n: usize| n as u32;
     [
@@ -354,7 +356,14 @@ fn expected_shapes(limits: &Limits) -> [(&'static str, u32, u32, u32); 12] {
             size(size_of::<FullnatPeer>()),
             limits.max_flows,
         ),
-        (MAP_GLOBALS, 4, 4, 1),
+        (MAP_GLOBALS, 4, 4, GLOBALS_LEN),
+        (MAP_PORTS, 4, 4, PORTS_LEN),
+        (
+            MAP_REPLY_OWNERS,
+            size(size_of::<ServiceKey>()),
+            size(size_of::<Reply>()),
+            backends,
+        ),
     ]
 }
 

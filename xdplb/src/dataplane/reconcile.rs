@@ -5,20 +5,26 @@
 //! surviving backend at its position (live flows keep their backend) and switches each service
 //! to its new scheduling table in one step.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
+};
 
 use xdplb_common::{
-    BACKEND_FLAG_DRAINING, Backend, FORWARD_FULLNAT, FORWARD_NAT, FullnatSource,
-    GLOBAL_FLAG_FULLNAT, GLOBAL_FLAG_NAT, SERVICE_ENCAP_HOST_BITS_SHIFT,
-    SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FORWARDING_MASK, SERVICE_FORWARDING_SHIFT, Service,
-    ServiceKey, addr_from_v4_wire,
+    BACKEND_FLAG_DRAINING, Backend, FORWARD_FULLNAT, FORWARD_LOCAL, FORWARD_NAT, FullnatSource,
+    GLOBAL_FLAG_FULLNAT, GLOBAL_FLAG_NAT, PORT_EXACT_SERVICE, PORT_FULLNAT_RANGE,
+    PORT_LOCAL_BACKEND, PORT_NAT_BACKEND, PORT_WILDCARD_SERVICE, REPLY_FLAG_NAT,
+    REPLY_FLAG_WILDCARD, Reply, SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FLAG_MAY_SKIP_STATE,
+    SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FLAG_STATE_ON_SECOND_PACKET, SERVICE_FORWARDING_MASK,
+    SERVICE_FORWARDING_SHIFT, Service, ServiceKey, addr_from_v4_wire,
     maglev::{self, MaglevBackend},
     schedule,
 };
 
 use super::DataplaneError;
 use crate::config::{
-    self, Config, Ipv6Unsupported, Limits, Scheduler, ServiceConfig, WhenAllDown, ip_v4, socket_v4,
+    self, Config, FlowState, Forwarding, Ipv6Unsupported, Limits, Scheduler, ServiceConfig,
+    WhenAllDown, ip_v4, socket_v4,
 };
 
 /// The longest weighted-round-robin table (it interleaves by weight within this length).
@@ -37,6 +43,17 @@ pub trait MapWriter {
     ) -> Result<(), DataplaneError>;
     /// Sets the data-plane-wide `GLOBAL_FLAG_*` bits.
     fn put_globals(&mut self, flags: u32) -> Result<(), DataplaneError>;
+    /// Sets the flood guard's rate (`GLOBAL_SLOT_FLOW_GUARD_RATE`).
+    fn put_flow_guard_rate(&mut self, rate: u32) -> Result<(), DataplaneError>;
+    /// Sets a port's `PORT_*` bits in the prefilter (`PORTS_V1`).
+    fn put_port(&mut self, port: u16, flags: u32) -> Result<(), DataplaneError>;
+    /// Names the owner of a `local`/`nat` backend's replies (`REPLY_OWNERS_V1`).
+    fn put_reply_owner(
+        &mut self,
+        backend: &ServiceKey,
+        owner: &Reply,
+    ) -> Result<(), DataplaneError>;
+    fn remove_reply_owner(&mut self, backend: &ServiceKey) -> Result<(), DataplaneError>;
 }
 
 /// What the maps must hold for one service.
@@ -64,6 +81,9 @@ pub struct ServicePlan {
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct DesiredState {
     pub services: Vec<ServicePlan>,
+    /// `GLOBALS_V1[GLOBAL_SLOT_FLOW_GUARD_RATE]`.
+    #[serde(default)]
+    pub flow_guard_rate: u32,
 }
 
 /// The wire-order 16-byte form of an IPv4 address.
@@ -165,7 +185,10 @@ pub fn desired_state(
         };
         services.push(plan_service(cfg, svc, id, region, half, before)?);
     }
-    Ok(DesiredState { services })
+    Ok(DesiredState {
+        services,
+        flow_guard_rate: cfg.flow_guard_rate,
+    })
 }
 
 /// First fit of a region of two `half`-entry tables that overlaps none of `used`.
@@ -290,6 +313,11 @@ fn plan_service(
                 WhenAllDown::Drop => 0,
                 WhenAllDown::Pass => SERVICE_FLAG_PASS_WHEN_EMPTY,
             } | (svc.forwarding.code() << SERVICE_FORWARDING_SHIFT)
+                | may_skip_state(svc)
+                | match svc.flow_state {
+                    FlowState::FirstPacket => 0,
+                    FlowState::SecondPacket => SERVICE_FLAG_STATE_ON_SECOND_PACKET,
+                }
                 | encap_source.map_or(0, |(_, prefix_len)| {
                     (32 - u32::from(prefix_len)) << SERVICE_ENCAP_HOST_BITS_SHIFT
                 }),
@@ -306,6 +334,19 @@ fn plan_service(
             _pad: 0,
         }),
     })
+}
+
+/// `SERVICE_FLAG_MAY_SKIP_STATE` for a service whose flows reach one backend with or without a
+/// flow entry and need none for their replies: `dsr-*` (replies bypass the balancer) with a
+/// consistent scheduler (without a table change, a flow's packets all map to one backend).
+fn may_skip_state(svc: &ServiceConfig) -> u32 {
+    let dsr = matches!(svc.forwarding, Forwarding::DsrL2 | Forwarding::DsrIpip);
+    let consistent = matches!(svc.scheduler, Scheduler::Maglev | Scheduler::SourceHash);
+    if dsr && consistent {
+        SERVICE_FLAG_MAY_SKIP_STATE
+    } else {
+        0
+    }
 }
 
 /// The scheduling table of a service as indices into `svc.backends`; drained backends get no
@@ -419,12 +460,107 @@ fn global_flags(state: &DesiredState) -> u32 {
     })
 }
 
+/// The `PORT_*` bits a state needs, by port (ports with none are absent).
+pub fn port_flags(state: &DesiredState) -> BTreeMap<u16, u32> {
+    let mut ports = BTreeMap::new();
+    let mut mark = |port: u16, bit: u32| *ports.entry(port).or_insert(0) |= bit;
+    for plan in &state.services {
+        mark(
+            plan.vip.port(),
+            if plan.vip.ip().is_unspecified() {
+                PORT_WILDCARD_SERVICE
+            } else {
+                PORT_EXACT_SERVICE
+            },
+        );
+        let backend_bit = match mode_of(plan) {
+            FORWARD_LOCAL => PORT_LOCAL_BACKEND,
+            FORWARD_NAT => PORT_NAT_BACKEND,
+            _ => 0,
+        };
+        if backend_bit != 0 {
+            for (_, _, addr) in &plan.backends {
+                mark(addr.port(), backend_bit);
+            }
+        }
+        if let Some(f) = &plan.fullnat {
+            for port in f.port_first..f.port_first + f.port_count {
+                if let Ok(port) = u16::try_from(port) {
+                    mark(port, PORT_FULLNAT_RANGE);
+                }
+            }
+        }
+    }
+    ports
+}
+
+/// The owners of `local`/`nat` backends' replies a state needs (`REPLY_OWNERS_V1`).
+pub fn reply_owners(state: &DesiredState) -> HashMap<ServiceKey, Reply> {
+    let mut owners = HashMap::new();
+    for plan in &state.services {
+        let mode = mode_of(plan);
+        if mode != FORWARD_LOCAL && mode != FORWARD_NAT {
+            continue;
+        }
+        let mut flags = if mode == FORWARD_NAT {
+            REPLY_FLAG_NAT
+        } else {
+            0
+        };
+        if plan.vip.ip().is_unspecified() {
+            flags |= REPLY_FLAG_WILDCARD;
+        }
+        let owner = Reply {
+            vip_addr: plan.key.addr,
+            vip_port_be: plan.key.port_be,
+            flags,
+            service_id: plan.service.id,
+        };
+        for (_, backend, _) in &plan.backends {
+            let key = ServiceKey {
+                addr: backend.addr,
+                port_be: backend.port_be,
+                proto: plan.key.proto,
+                _pad: 0,
+            };
+            owners.insert(key, owner);
+        }
+    }
+    owners
+}
+
+fn mode_of(plan: &ServicePlan) -> u32 {
+    (plan.service.flags & SERVICE_FORWARDING_MASK) >> SERVICE_FORWARDING_SHIFT
+}
+
 fn apply_diff(
     previous: &DesiredState,
     next: &mut DesiredState,
     maps: &mut impl MapWriter,
 ) -> Result<(), DataplaneError> {
     let find = |name: &str| previous.services.iter().find(|s| s.name == name);
+    if next.flow_guard_rate != previous.flow_guard_rate {
+        maps.put_flow_guard_rate(next.flow_guard_rate)?;
+    }
+    // The prefilter lets through the ports of both states while services switch, and only
+    // the new state's afterwards; reply owners are in place before the services that create
+    // flows for them, and removed after.
+    let (ports_before, ports_after) = (port_flags(previous), port_flags(next));
+    let mut ports_during = ports_before.clone();
+    for (port, bits) in &ports_after {
+        *ports_during.entry(*port).or_insert(0) |= bits;
+    }
+    for (port, bits) in &ports_during {
+        if ports_before.get(port) != Some(bits) {
+            maps.put_port(*port, *bits)?;
+        }
+    }
+    let (owners_before, owners_after) = (reply_owners(previous), reply_owners(next));
+    for (key, owner) in &owners_after {
+        if owners_before.get(key) != Some(owner) {
+            maps.put_reply_owner(key, owner)?;
+        }
+    }
     for plan in &next.services {
         let old = find(&plan.name);
         for (index, backend, _) in &plan.backends {
@@ -499,6 +635,17 @@ fn apply_diff(
     if before | after != after {
         maps.put_globals(after)?;
     }
+    for key in owners_before.keys() {
+        if !owners_after.contains_key(key) {
+            maps.remove_reply_owner(key)?;
+        }
+    }
+    for (port, bits) in &ports_during {
+        let after = ports_after.get(port).copied().unwrap_or(0);
+        if after != *bits {
+            maps.put_port(*port, after)?;
+        }
+    }
     Ok(())
 }
 
@@ -511,6 +658,11 @@ mod tests {
     struct Recorder {
         writes: Vec<String>,
         lookups: usize,
+        /// What `PORTS_V1` holds, and every port write in order.
+        ports: BTreeMap<u16, u32>,
+        port_writes: Vec<(u16, u32)>,
+        owners: HashMap<ServiceKey, Reply>,
+        guard_rate: Option<u32>,
     }
     impl MapWriter for Recorder {
         fn put_backend(&mut self, index: u32, b: &Backend) -> Result<(), DataplaneError> {
@@ -538,6 +690,27 @@ mod tests {
         }
         fn put_globals(&mut self, flags: u32) -> Result<(), DataplaneError> {
             self.writes.push(format!("globals {flags}"));
+            Ok(())
+        }
+        fn put_flow_guard_rate(&mut self, rate: u32) -> Result<(), DataplaneError> {
+            self.guard_rate = Some(rate);
+            Ok(())
+        }
+        fn put_port(&mut self, port: u16, flags: u32) -> Result<(), DataplaneError> {
+            self.port_writes.push((port, flags));
+            if flags == 0 {
+                self.ports.remove(&port);
+            } else {
+                self.ports.insert(port, flags);
+            }
+            Ok(())
+        }
+        fn put_reply_owner(&mut self, k: &ServiceKey, o: &Reply) -> Result<(), DataplaneError> {
+            self.owners.insert(*k, *o);
+            Ok(())
+        }
+        fn remove_reply_owner(&mut self, k: &ServiceKey) -> Result<(), DataplaneError> {
+            self.owners.remove(k);
             Ok(())
         }
         fn remove_service(&mut self, k: &ServiceKey) -> Result<(), DataplaneError> {
@@ -800,6 +973,77 @@ weight = 3
             "{:?}",
             rec.writes
         );
+    }
+
+    #[test]
+    fn the_prefilter_holds_both_states_ports_while_switching_and_the_new_ones_after() {
+        // local on 9875 -> backends 9876..9878; then nat on 7000 -> backends on 8000.
+        let local = default_config();
+        let mut nat = local.clone();
+        nat.services[0].vip = "10.0.0.1:7000".parse().expect("literal");
+        nat.services[0].forwarding = config::Forwarding::Nat;
+        for (i, b) in nat.services[0].backends.iter_mut().enumerate() {
+            b.address = format!("10.0.0.{}:8000", i + 2).parse().expect("literal");
+        }
+        let mut r = Reconciler::default();
+        let mut rec = Recorder::default();
+        r.apply(desired_state(&local, None).expect("plan"), &mut rec)
+            .expect("apply");
+        let want: BTreeMap<u16, u32> = [
+            (9875, PORT_EXACT_SERVICE),
+            (9876, PORT_LOCAL_BACKEND),
+            (9877, PORT_LOCAL_BACKEND),
+            (9878, PORT_LOCAL_BACKEND),
+        ]
+        .into();
+        assert_eq!(rec.ports, want);
+        assert_eq!(rec.owners.len(), 3);
+        assert!(
+            rec.owners
+                .values()
+                .all(|o| o.flags == 0 && o.vip_port_be == 9875u16.to_be() && o.service_id == 0)
+        );
+        rec.port_writes.clear();
+        r.apply(desired_state(&nat, r.current()).expect("plan"), &mut rec)
+            .expect("apply");
+        // Every port of the new state is switched on before any port of the old one is
+        // switched off.
+        let first_off = rec.port_writes.iter().position(|(_, f)| *f == 0);
+        let last_on = rec.port_writes.iter().rposition(|(_, f)| *f != 0);
+        assert!(
+            first_off.is_some_and(|off| last_on.is_some_and(|on| on < off)),
+            "{:?}",
+            rec.port_writes
+        );
+        let want: BTreeMap<u16, u32> =
+            [(7000, PORT_EXACT_SERVICE), (8000, PORT_NAT_BACKEND)].into();
+        assert_eq!(rec.ports, want);
+        assert_eq!(rec.owners.len(), 3);
+        assert!(rec.owners.values().all(|o| o.flags == REPLY_FLAG_NAT));
+        // A wildcard service's owner says so; a fullnat range marks its ports.
+        let mut wild = nat.clone();
+        wild.services[0].vip = "0.0.0.0:7000".parse().expect("literal");
+        r.apply(desired_state(&wild, r.current()).expect("plan"), &mut rec)
+            .expect("apply");
+        assert_eq!(rec.ports.get(&7000), Some(&PORT_WILDCARD_SERVICE));
+        assert!(
+            rec.owners
+                .values()
+                .all(|o| o.flags == REPLY_FLAG_NAT | REPLY_FLAG_WILDCARD)
+        );
+        let mut full = nat.clone();
+        full.services[0].forwarding = config::Forwarding::FullNat;
+        full.services[0].fullnat = Some(config::FullnatConfig {
+            source: "10.0.0.9".parse().expect("literal"),
+            port_first: 30000,
+            port_last: 30009,
+        });
+        r.apply(desired_state(&full, r.current()).expect("plan"), &mut rec)
+            .expect("apply");
+        assert!(rec.owners.is_empty());
+        assert_eq!(rec.ports.len(), 11);
+        assert!((30000..=30009).all(|p| rec.ports.get(&p) == Some(&PORT_FULLNAT_RANGE)));
+        assert_eq!(rec.guard_rate, Some(config::DEFAULT_FLOW_GUARD_RATE));
     }
 
     #[test]
