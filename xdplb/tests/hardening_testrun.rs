@@ -24,7 +24,7 @@ use xdplb::{
     testrun::{self, XdpRun},
 };
 use xdplb_common::{
-    MAP_REPLIES, REPLY_FLAG_NAT, Reply, ReplyKey, Stat,
+    MAP_REPLIES, Reply, ReplyKey, Stat,
     hash::{FlowTuple, HASH_FIVE_TUPLE, flow_hash},
 };
 use xdplb_test_support::*;
@@ -874,34 +874,34 @@ fn a_partial_checksum_delivered_locally_gets_the_ordinary_incremental_update() {
 // ---------------------------------------------------------------------------------------------
 // 4. Reply ownership, known replies before wildcard services.
 
-/// Only nat (and local) flows write REPLIES_V1: a dsr-l2, dsr-ipip or fullnat flow of the same
-/// client and port to the same backend leaves the nat flow's entry as it was, so the nat
-/// backend's reply is still translated from the nat VIP. Before 2ca9a03 the dsr-l2 flow
-/// overwrote the entry (vip 10.99.0.4, no nat flag) and the reply passed untranslated.
+/// A nat backend's reply is translated when its owner (REPLY_OWNERS_V1: the one local/nat
+/// service the backend serves) holds the client's flow on that backend. Flows of other modes
+/// of the same client and port to the same backend change nothing of that, so the nat
+/// backend's reply is still translated from the nat VIP. (Before 2ca9a03 a dsr-l2 flow
+/// overwrote the per-flow reply entry and the reply passed untranslated; services with a
+/// concrete VIP now write no per-flow reply entry at all.) A packet from the backend to a
+/// client with no flow is no reply of ours.
 #[test]
 fn only_nat_flows_own_reply_entries() {
     in_topology("owner", || {
         let mut f = Fib::new();
         let client = "10.60.2.2:5540";
+        // Before any flow: the backend's packet to this client is not translated.
+        let before = f.counters();
+        let out = f.run(&input("10.60.1.2:7000", client, 64), f.a);
+        assert_eq!(out.action, XDP_PASS, "a backend packet to no flow's client");
+        assert_counted(
+            "a backend packet to no flow's client",
+            &before,
+            &f.dp,
+            &[(Stat::PassNoService, 1)],
+        );
         let out = f.run(&input(client, "10.99.0.1:7000", 64), f.b);
         assert_eq!(out.action, XDP_REDIRECT, "nat request");
-        let nat_entry = f.replies();
-        let want_key = ReplyKey {
-            backend_addr: reconcile::addr_v4("10.60.1.2".parse().expect("literal")),
-            client_addr: reconcile::addr_v4("10.60.2.2".parse().expect("literal")),
-            backend_port_be: 7000u16.to_be(),
-            client_port_be: 5540u16.to_be(),
-            proto: 17,
-            _pad: [0; 3],
-        };
-        assert!(
-            nat_entry.len() == 1
-                && nat_entry[0].0 == want_key
-                && nat_entry[0].1.vip_addr
-                    == reconcile::addr_v4("10.99.0.1".parse().expect("literal"))
-                && nat_entry[0].1.vip_port_be == 7000u16.to_be()
-                && nat_entry[0].1.flags & REPLY_FLAG_NAT != 0,
-            "after the nat request: expected one nat entry {want_key:?} -> 10.99.0.1:7000, got {nat_entry:?}"
+        assert_eq!(
+            f.replies(),
+            vec![],
+            "a service with a concrete VIP writes no per-flow reply entry"
         );
         for (what, vip) in [
             ("dsr-l2", "10.99.0.4:7000"),
@@ -919,11 +919,7 @@ fn only_nat_flows_own_reply_entries() {
                 d.contains(&(Stat::FlowCreated, 1)),
                 "{what}: a new flow, got {d:?}"
             );
-            assert_eq!(
-                f.replies(),
-                nat_entry,
-                "after the {what} flow: expected REPLIES_V1 unchanged"
-            );
+            assert_eq!(f.replies(), vec![], "after the {what} flow");
         }
         let before = f.counters();
         let out = f.run(&input("10.60.1.2:7000", client, 64), f.a);

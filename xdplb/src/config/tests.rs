@@ -2235,7 +2235,9 @@ fn flow_state_second_packet_only_for_dsr_with_a_consistent_scheduler() {
             .replace("127.0.0.1:9875", "10.0.0.1:9875")
     };
     let dsr = "forwarding = \"dsr-l2\"\n";
-    let cfg = ok(&one_service(&format!("{dsr}flow_state = \"second-packet\"\n")));
+    let cfg = ok(&one_service(&format!(
+        "{dsr}flow_state = \"second-packet\"\n"
+    )));
     assert_eq!(cfg.services[0].flow_state, FlowState::SecondPacket);
     let cfg = ok(&one_service(""));
     assert_eq!(cfg.services[0].flow_state, FlowState::FirstPacket);
@@ -2253,7 +2255,10 @@ fn flow_state_second_packet_only_for_dsr_with_a_consistent_scheduler() {
             matches!(e, ConfigError::FlowStateNeedsConsistentDsr { .. }),
             "{e:?}"
         );
-        assert_msg(&e, &["second-packet", "dsr-l2", "maglev", "service \"demo\""]);
+        assert_msg(
+            &e,
+            &["second-packet", "dsr-l2", "maglev", "service \"demo\""],
+        );
     }
     let e = err(&one_service("flow_state = \"later\"\n"));
     assert!(matches!(e, ConfigError::InvalidFlowState { .. }), "{e:?}");
@@ -2268,7 +2273,10 @@ fn flow_guard_rate_defaults_and_rejects_what_does_not_fit() {
     assert_eq!(cfg.flow_guard_rate, 0);
     for bad in ["-1", "4294967296"] {
         let e = err(&format!("flow_guard_rate = {bad}\n{}", one_service("")));
-        assert!(matches!(e, ConfigError::InvalidFlowGuardRate { .. }), "{e:?}");
+        assert!(
+            matches!(e, ConfigError::InvalidFlowGuardRate { .. }),
+            "{e:?}"
+        );
         assert_msg(&e, &["flow_guard_rate", bad, &line(1)]);
     }
 }
