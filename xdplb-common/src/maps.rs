@@ -208,6 +208,10 @@ pub const SERVICE_FLAG_STATE_ON_SECOND_PACKET: u32 = 2;
 /// map to one backend). The flood guard sends such a service's new flows on without an entry
 /// instead of dropping them.
 pub const SERVICE_FLAG_MAY_SKIP_STATE: u32 = 4;
+/// `Service::flags`: the service's VIP is the wildcard (`0.0.0.0:PORT`): a `local`/`nat`
+/// flow's replies need a per-flow entry in `REPLIES_V1` (the VIP is the address the client
+/// used, which no per-backend owner can name).
+pub const SERVICE_FLAG_WILDCARD: u32 = 8;
 
 /// `Service::flags` bits 8..=11: how packets reach the backends (`FORWARD_*`).
 pub const SERVICE_FORWARDING_SHIFT: u32 = 8;

@@ -89,3 +89,9 @@ pub fn peer(k: &ReplyKey) -> Option<FullnatPeer> {
     // SAFETY: the value is copied out at once.
     unsafe { FULLNAT.get(k) }.copied()
 }
+
+/// The same, in place: the caller reads the fields it needs (fewer bytes on its stack).
+#[inline(always)]
+pub fn peer_ptr(k: &ReplyKey) -> Option<*const FullnatPeer> {
+    FULLNAT.get_ptr(k)
+}

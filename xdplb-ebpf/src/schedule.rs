@@ -10,21 +10,34 @@
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use xdplb_common::{
     SCHED_MAGLEV, SCHED_RANDOM, SCHED_SOURCE_HASH, Service,
-    hash::{FlowTuple, fast_range, flow_hash},
+    hash::{FlowTuple, HASH_FIVE_TUPLE, fast_range, flow_hash},
 };
 
 use crate::{LOOKUP, RR_CURSOR};
 
-/// Expects `service.table_len > 0`. `hash`: the flow's hash under the service's fields and
-/// seed when the caller already has it (one hash per packet). Returns the chosen index into
-/// `BACKENDS_V1`, or `None` if a map slot is missing (a table or service id beyond the maps).
+/// Expects `service.table_len > 0`. `five_tuple_hash`: the flow's 5-tuple hash (service
+/// seed) when the caller already computed it; a scheduler that hashes the 5-tuple reuses it
+/// (one hash per packet). Returns the chosen index into `BACKENDS_V1`, or `None` if a map
+/// slot is missing (a table or service id beyond the maps).
 #[inline(always)]
-pub fn choose_backend(service: &Service, flow: &FlowTuple, hash: Option<u32>) -> Option<u32> {
+pub fn choose_backend(
+    service: &Service,
+    flow: &FlowTuple,
+    five_tuple_hash: Option<u32>,
+) -> Option<u32> {
     let slot = match service.scheduler {
-        SCHED_MAGLEV | SCHED_SOURCE_HASH => fast_range(
-            hash.unwrap_or_else(|| flow_hash(flow, service.hash_fields, service.hash_seed)),
-            service.table_len,
-        ),
+        SCHED_MAGLEV | SCHED_SOURCE_HASH => {
+            // A volatile read: the compiler may not tie this test to the branches inside
+            // `flow_hash` and copy the code that follows once per hash kind, which the
+            // verifier would then walk once per copy.
+            // SAFETY: a plain read of a field of a valid reference.
+            let fields = unsafe { core::ptr::read_volatile(&service.hash_fields) };
+            let hash = match five_tuple_hash {
+                Some(h) if fields == HASH_FIVE_TUPLE => h,
+                _ => flow_hash(flow, fields, service.hash_seed),
+            };
+            fast_range(hash, service.table_len)
+        }
         // SAFETY: a helper without arguments.
         SCHED_RANDOM => fast_range(unsafe { bpf_get_prandom_u32() }, service.table_len),
         _ => next_in_rotation(service)?,

@@ -5,12 +5,13 @@ use aya_log_ebpf::debug;
 use xdplb_common::{
     Backend, FLOW_REFRESH_NS, FORWARD_DSR_IPIP, FORWARD_DSR_L2, FORWARD_FULLNAT, FORWARD_LOCAL,
     FORWARD_NAT, FRAGMENT_SEND_DSR_IPIP, FRAGMENT_SEND_DSR_L2, FRAGMENT_SEND_ROUTE,
-    FRAGMENT_SEND_ROUTE_LOCAL_SOURCE, Flow, FlowKey, FullnatPeer, GLOBAL_SLOT_FLOW_GUARD_RATE,
+    FRAGMENT_SEND_ROUTE_LOCAL_SOURCE, Flow, FlowKey, GLOBAL_SLOT_FLOW_GUARD_RATE,
     INTERFACE_FLAG_GENERIC, IPPROTO_UDP, PORT_EXACT_SERVICE, PORT_FULLNAT_RANGE, PORT_NAT_BACKEND,
     PORT_WILDCARD_SERVICE, REPLY_FLAG_NAT, Reply, ReplyKey, SEEN_SLOTS,
     SERVICE_ENCAP_HOST_BITS_MASK, SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FLAG_MAY_SKIP_STATE,
-    SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FLAG_STATE_ON_SECOND_PACKET, SERVICE_FORWARDING_MASK,
-    SERVICE_FORWARDING_SHIFT, Service, ServiceKey, Stat, addr_from_v4_wire,
+    SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FLAG_STATE_ON_SECOND_PACKET, SERVICE_FLAG_WILDCARD,
+    SERVICE_FORWARDING_MASK, SERVICE_FORWARDING_SHIFT, Service, ServiceKey, Stat,
+    addr_from_v4_wire,
     hash::{FlowTuple, HASH_FIVE_TUPLE, flow_hash},
 };
 
@@ -106,8 +107,8 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
     } else {
         None
     };
-    let (service, wildcard) = match exact {
-        Some(s) => (s, false),
+    let service = match exact {
+        Some(s) => s,
         None => {
             if (from_port & PORT_NAT_BACKEND != 0 || to_port & PORT_FULLNAT_RANGE != 0)
                 && let Some(reply) =
@@ -119,10 +120,12 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
             if to_port & PORT_WILDCARD_SERVICE == 0 {
                 return Err(Verdict::pass(Stat::PassNoService));
             }
-            let s = lookup_wildcard_service(dport_be).ok_or(Verdict::pass(Stat::PassNoService))?;
-            (s, true)
+            lookup_wildcard_service(dport_be).ok_or(Verdict::pass(Stat::PassNoService))?
         }
     };
+    // Read from the entry, not from which lookup matched: an unknown value to the verifier,
+    // so both of its branches are walked once rather than once per way to get here.
+    let wildcard = service.flags & SERVICE_FLAG_WILDCARD != 0;
     admit(ctx, &mut pkt)?;
 
     let flow_key = FlowKey {
@@ -260,17 +263,23 @@ fn interface_flags(ctx: &aya_ebpf::programs::XdpContext) -> Option<u8> {
     (unsafe { (*eth).dst } == ours.mac).then_some(ours.flags)
 }
 
-/// A backend's reply that the data plane translates back to the client.
-enum KnownReply {
-    /// `nat`: the source becomes VIP:port.
-    Nat(Reply),
-    /// `fullnat`: to the balancer's source address and port; back to the client from VIP:port.
-    Fullnat(ReplyKey, FullnatPeer),
+/// A backend's reply that the data plane translates back to the client: its new source (the
+/// VIP and port) and, for `fullnat`, its new destination (the client). Scalars only, so the
+/// ingress frame stays within BPF's 512-byte stack.
+#[derive(Clone, Copy)]
+struct KnownReply {
+    vip_v4: u32,
+    vip_port_be: u16,
+    /// `fullnat`: the client's port; 0 for `nat`.
+    client_port_be: u16,
+    /// `fullnat`: the client's address; 0 for `nat` (the destination stays).
+    client_v4: u32,
 }
 
 /// A packet to no exact service may be a `nat` or `fullnat` backend's reply to a client.
-/// Returns what the reply tables say of it, `None` when it is no known reply. `from_port`:
-/// and `to_port`: the prefilter's bits of the source and destination port.
+/// Returns what the reply tables say of it, `None` when it is no known reply. `from_port`
+/// and `to_port`: the prefilter's bits of the source and destination port. A `fullnat`
+/// translation found is refreshed here.
 #[inline(always)]
 fn known_reply(
     saddr: u32,
@@ -284,7 +293,12 @@ fn known_reply(
         && let Some(owner) = reply::owner(saddr, sport_be, daddr, dport_be)
         && owner.flags & REPLY_FLAG_NAT != 0
     {
-        return Some(KnownReply::Nat(owner));
+        return Some(KnownReply {
+            vip_v4: owner.vip_addr[3],
+            vip_port_be: owner.vip_port_be,
+            client_port_be: 0,
+            client_v4: 0,
+        });
     }
     if to_port & PORT_FULLNAT_RANGE == 0 {
         return None;
@@ -297,7 +311,25 @@ fn known_reply(
         proto: IPPROTO_UDP,
         _pad: [0; 3],
     };
-    fullnat::peer(&key).map(|peer| KnownReply::Fullnat(key, peer))
+    let peer = fullnat::peer_ptr(&key)?;
+    // SAFETY: a map value, read field by field as `.copied()` would; an entry is removed
+    // only by the daemon's sweep once its flow idled out.
+    let (vip_v4, vip_port_be, client_v4, client_port_be) = unsafe {
+        (
+            (*peer).vip_addr[3],
+            (*peer).vip_port_be,
+            (*peer).client_addr[3],
+            (*peer).client_port_be,
+        )
+    };
+    // SAFETY: a helper without arguments.
+    fullnat::refresh(&key, unsafe { bpf_ktime_get_ns() });
+    Some(KnownReply {
+        vip_v4,
+        vip_port_be,
+        client_port_be,
+        client_v4,
+    })
 }
 
 /// The prefilter's `PORT_*` bits of a port (network order).
@@ -365,62 +397,56 @@ fn translate_reply(
     pkt: &parse::Ipv4Udp,
     reply: KnownReply,
 ) -> Verdict {
+    let fullnat = reply.client_v4 != 0;
     if pkt.fragment == parse::FIRST_FRAGMENT {
-        let (vip, client) = match &reply {
-            KnownReply::Nat(r) => (r.vip_addr[3], None),
-            KnownReply::Fullnat(_, peer) => (peer.vip_addr[3], Some(peer.client_addr[3])),
-        };
         fragment::record(
             pkt,
             |route| {
-                route.saddr_v4 = vip;
-                if let Some(c) = client {
-                    route.daddr_v4 = c;
+                route.saddr_v4 = reply.vip_v4;
+                if fullnat {
+                    route.daddr_v4 = reply.client_v4;
                 }
                 route.send = FRAGMENT_SEND_ROUTE;
             },
             ctx,
         );
     }
-    match reply {
-        KnownReply::Nat(reply) => {
-            rewrite::set_source(pkt, reply.vip_addr[3], reply.vip_port_be);
-            stats::count(Stat::NatReplyTranslated);
-        }
-        KnownReply::Fullnat(key, peer) => {
-            // SAFETY: a helper without arguments.
-            fullnat::refresh(&key, unsafe { bpf_ktime_get_ns() });
-            rewrite::set_source(pkt, peer.vip_addr[3], peer.vip_port_be);
-            rewrite::set_destination(pkt, peer.client_addr[3], peer.client_port_be);
-            stats::count(Stat::FullnatReplyTranslated);
-        }
+    rewrite::set_source(pkt, reply.vip_v4, reply.vip_port_be);
+    if fullnat {
+        rewrite::set_destination(pkt, reply.client_v4, reply.client_port_be);
+        stats::count(Stat::FullnatReplyTranslated);
+    } else {
+        stats::count(Stat::NatReplyTranslated);
     }
     forward::fib_forward(ctx, pkt, false)
 }
 
 /// Finds the service for a destination: the exact (address, port, UDP) first, then the
-/// wildcard address `0.0.0.0` with the same port. Returns a copy of the service.
+/// wildcard address `0.0.0.0` with the same port.
 #[inline(always)]
-pub fn lookup_service(daddr: u32, dport_be: u16) -> Option<Service> {
+pub fn lookup_service(daddr: u32, dport_be: u16) -> Option<&'static Service> {
     lookup_exact_service(daddr, dport_be).or_else(|| lookup_wildcard_service(dport_be))
 }
 
-/// The service of exactly (address, port, UDP), copied.
+/// The service of exactly (address, port, UDP), read in place: user space only ever replaces
+/// an entry whole (`SERVICES_V1` has no preallocated elements, so an update links a new
+/// element and frees the old one after an RCU grace period): what this program reads is one
+/// version of the service, never a mix. Not copied, which keeps 48 bytes off the stack.
 #[inline(always)]
-fn lookup_exact_service(daddr: u32, dport_be: u16) -> Option<Service> {
+fn lookup_exact_service(daddr: u32, dport_be: u16) -> Option<&'static Service> {
     let key = ServiceKey {
         addr: addr_from_v4_wire(daddr),
         port_be: dport_be,
         proto: IPPROTO_UDP,
         _pad: 0,
     };
-    // SAFETY: the value is copied out at once; services are only replaced whole by user space.
-    unsafe { SERVICES.get(key) }.copied()
+    // SAFETY: see above; the element outlives this program run (RCU).
+    unsafe { SERVICES.get(key) }
 }
 
-/// The wildcard service (`0.0.0.0:PORT`, UDP), copied.
+/// The wildcard service (`0.0.0.0:PORT`, UDP), read in place.
 #[inline(always)]
-fn lookup_wildcard_service(dport_be: u16) -> Option<Service> {
+fn lookup_wildcard_service(dport_be: u16) -> Option<&'static Service> {
     lookup_exact_service(0, dport_be)
 }
 
@@ -521,41 +547,17 @@ fn new_flow(
 ) -> Result<Target, Stat> {
     let no_backend = Stat::DropNoBackend;
     let deferred = service.flags & SERVICE_FLAG_STATE_ON_SECOND_PACKET != 0;
-    // The 5-tuple hash, computed once: the outer source (dsr-ipip), the port choice
-    // (fullnat), the deferred-state mark, and the scheduler's hash when it hashes the 5-tuple.
-    let five_tuple_hash = if mode == FORWARD_DSR_IPIP || mode == FORWARD_FULLNAT || deferred {
-        Some(flow_hash(tuple, HASH_FIVE_TUPLE, service.hash_seed))
+    // One hash per packet: the 5-tuple hash where the mode needs it (the outer source of
+    // dsr-ipip, the port choice of fullnat, the deferred-state mark), which the scheduler
+    // reuses when it hashes the 5-tuple (the default).
+    let needs_tuple_hash = mode == FORWARD_DSR_IPIP || mode == FORWARD_FULLNAT || deferred;
+    let tuple_hash = if needs_tuple_hash {
+        flow_hash(tuple, HASH_FIVE_TUPLE, service.hash_seed)
     } else {
-        None
+        0
     };
-    let tuple_hash = five_tuple_hash.unwrap_or(0);
-    let mut create = true;
-    // A deferred flow's packet that finds its mark creates the entry; the first one was
-    // already counted as a new flow.
-    let mut counted = false;
-    if !replacing {
-        if deferred {
-            if seen_before(tuple_hash) {
-                counted = true;
-            } else {
-                create = false;
-                stats::count(Stat::FlowStateDeferred);
-            }
-        }
-        if create && !guard_admits(now) {
-            if service.flags & SERVICE_FLAG_MAY_SKIP_STATE == 0 {
-                return Err(Stat::GuardDropped);
-            }
-            create = false;
-            stats::count(Stat::GuardStateless);
-        }
-    }
-    let sched_hash = if service.hash_fields == HASH_FIVE_TUPLE {
-        five_tuple_hash
-    } else {
-        None
-    };
-    let index = schedule::choose_backend(service, tuple, sched_hash).ok_or(no_backend)?;
+    let index = schedule::choose_backend(service, tuple, needs_tuple_hash.then_some(tuple_hash))
+        .ok_or(no_backend)?;
     let backend: &Backend = BACKENDS.get(index).ok_or(no_backend)?;
     // An empty position (all zero) or a non-IPv4 backend cannot take this flow.
     if !is_v4_mapped(backend) || backend.port_be == 0 {
@@ -568,23 +570,65 @@ fn new_flow(
         snat_port_be: 0,
         tuple_hash,
     };
-    if !counted {
+    // Whether this flow gets an entry now. Decided after the backend is chosen, so that the
+    // verifier walks the scheduler once for every way out; one exit, so that it walks what
+    // follows once too.
+    let mut create = true;
+    if !replacing {
+        if deferred && !seen_before(tuple_hash) {
+            stats::count(Stat::FlowStateDeferred);
+            create = false;
+        } else if !guard_admits(now) {
+            if service.flags & SERVICE_FLAG_MAY_SKIP_STATE == 0 {
+                return Err(Stat::GuardDropped);
+            }
+            stats::count(Stat::GuardStateless);
+            create = false;
+        }
+    }
+    // A deferred flow's entry comes with a later packet: the flow was counted with its first.
+    if replacing || !deferred || !create {
         stats::count_flow(service.id, index);
     }
-    if !create {
-        return Ok(target);
+    if create {
+        record_flow(
+            service,
+            mode,
+            key,
+            backend,
+            &mut target,
+            now,
+            replacing,
+            wildcard,
+        )?;
     }
+    Ok(target)
+}
+
+/// Creates the flow entry of a new flow (and its `fullnat` port and wildcard reply entry).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn record_flow(
+    service: &Service,
+    mode: u32,
+    key: &FlowKey,
+    backend: &Backend,
+    target: &mut Target,
+    now: u64,
+    replacing: bool,
+    wildcard: bool,
+) -> Result<(), Stat> {
     if mode == FORWARD_FULLNAT {
-        target.snat_port_be = fullnat::allocate(service, key, backend, tuple_hash, now)
+        target.snat_port_be = fullnat::allocate(service, key, backend, target.tuple_hash, now)
             .ok_or(Stat::DropPortsExhausted)?;
     }
     let flow = Flow {
         backend_addr: backend.addr,
         backend_port_be: backend.port_be,
         snat_port_be: target.snat_port_be,
-        backend_index: index,
+        backend_index: target.index,
         service_id: service.id,
-        tuple_hash,
+        tuple_hash: target.tuple_hash,
         last_seen_ns: now,
     };
     if FLOWS.insert(key, flow, 0).is_err() {
@@ -596,7 +640,7 @@ fn new_flow(
         remember_reply(service, key, &flow);
     }
     stats::count(Stat::FlowCreated);
-    Ok(target)
+    Ok(())
 }
 
 /// What a flow of a service that may skip state would hold if it had an entry: its backend as
@@ -615,8 +659,7 @@ pub fn stateless_flow(service: &Service, key: &FlowKey) -> Option<Flow> {
         proto: key.proto,
     };
     let tuple_hash = flow_hash(&tuple, HASH_FIVE_TUPLE, service.hash_seed);
-    let sched_hash = (service.hash_fields == HASH_FIVE_TUPLE).then_some(tuple_hash);
-    let index = schedule::choose_backend(service, &tuple, sched_hash)?;
+    let index = schedule::choose_backend(service, &tuple, Some(tuple_hash))?;
     let backend = BACKENDS.get(index)?;
     if !is_v4_mapped(backend) || backend.port_be == 0 {
         return None;

@@ -527,6 +527,9 @@ fn full_capacity_loads_and_the_last_slot_works() {
             "beyond the table pool must fail"
         );
         w.put_service(&key, &service).expect("service");
+        // The prefilter lets the port through (the reconciler writes it for configs).
+        w.put_port(5353, xdplb_common::PORT_EXACT_SERVICE)
+            .expect("prefilter");
         assert!(
             w.put_backend(last + 1, &backend).is_err(),
             "beyond capacity must fail"

@@ -15,8 +15,8 @@ use xdplb_common::{
     GLOBAL_FLAG_FULLNAT, GLOBAL_FLAG_NAT, PORT_EXACT_SERVICE, PORT_FULLNAT_RANGE,
     PORT_LOCAL_BACKEND, PORT_NAT_BACKEND, PORT_WILDCARD_SERVICE, REPLY_FLAG_NAT,
     REPLY_FLAG_WILDCARD, Reply, SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FLAG_MAY_SKIP_STATE,
-    SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FLAG_STATE_ON_SECOND_PACKET, SERVICE_FORWARDING_MASK,
-    SERVICE_FORWARDING_SHIFT, Service, ServiceKey, addr_from_v4_wire,
+    SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FLAG_STATE_ON_SECOND_PACKET, SERVICE_FLAG_WILDCARD,
+    SERVICE_FORWARDING_MASK, SERVICE_FORWARDING_SHIFT, Service, ServiceKey, addr_from_v4_wire,
     maglev::{self, MaglevBackend},
     schedule,
 };
@@ -314,6 +314,11 @@ fn plan_service(
                 WhenAllDown::Pass => SERVICE_FLAG_PASS_WHEN_EMPTY,
             } | (svc.forwarding.code() << SERVICE_FORWARDING_SHIFT)
                 | may_skip_state(svc)
+                | if svc.vip.ip().is_unspecified() {
+                    SERVICE_FLAG_WILDCARD
+                } else {
+                    0
+                }
                 | match svc.flow_state {
                     FlowState::FirstPacket => 0,
                     FlowState::SecondPacket => SERVICE_FLAG_STATE_ON_SECOND_PACKET,
