@@ -15,6 +15,14 @@ use aya::{
 };
 use serde::Serialize;
 
+mod matrix;
+mod netns;
+
+pub use matrix::{
+    CaseRow, DEFAULT_TABLES, MatrixOptions, MatrixReport, Prefill, Spread, TableRun, Variant,
+    render_matrix, run_matrix,
+};
+
 use crate::{
     config::{self, Config, HashFields, Scheduler},
     dataplane::{BENCH_OBJECT, Dataplane, DataplaneError, reconcile},
@@ -94,7 +102,12 @@ struct Harness {
 impl Harness {
     fn load() -> Result<Self, BenchError> {
         let mut bench = Ebpf::load(BENCH_OBJECT).map_err(harness("loading xdplb-bench"))?;
-        for name in ["bench_same_flow", "bench_new_flow", "bench_empty"] {
+        for name in [
+            "bench_same_flow",
+            "bench_new_flow",
+            "bench_new_flow_twice",
+            "bench_empty",
+        ] {
             let p: &mut Xdp = bench
                 .program_mut(name)
                 .ok_or_else(|| BenchError::Harness(format!("program {name} missing")))?
@@ -162,16 +175,35 @@ impl Harness {
         repeat: u32,
         rounds: u32,
     ) -> Result<Measured, BenchError> {
+        self.paired_with(wrapper, target, frame, repeat, rounds, &mut |_| Ok(()))
+    }
+
+    /// [`Harness::paired`], calling `before_run(iterations)` before every run of `target`
+    /// (the warm-up included).
+    fn paired_with(
+        &mut self,
+        wrapper: &'static str,
+        target: &Xdp,
+        frame: &[u8],
+        repeat: u32,
+        rounds: u32,
+        before_run: &mut dyn FnMut(u32) -> Result<(), BenchError>,
+    ) -> Result<Measured, BenchError> {
         self.set_frame(frame)?;
-        // A warm-up run (it also creates the flow of the existing-flow cases).
+        // A warm-up run (it also creates the flow of the existing-flow cases). Two iterations,
+        // and `repeat` rounded up to even: `bench_new_flow_twice` must run an even number of
+        // times so that each run starts with the first packet of a flow.
+        let repeat = repeat.saturating_add(repeat % 2);
         self.set_target(target)?;
-        self.time(wrapper, frame, 1, 1)?;
+        before_run(2)?;
+        self.time(wrapper, frame, 2, 1)?;
         let (mut totals, mut wrappers, mut nets) = (Vec::new(), Vec::new(), Vec::new());
         let mut action = 0;
-        for _ in 0..rounds {
+        for _ in 0..rounds.max(1) {
             self.set_target_empty()?;
             let (w, _) = self.time(wrapper, frame, repeat, 1)?;
             self.set_target(target)?;
+            before_run(repeat)?;
             let (t, a) = self.time(wrapper, frame, repeat, 1)?;
             totals.push(t);
             wrappers.push(w);
@@ -181,7 +213,8 @@ impl Harness {
         Ok(Measured {
             total_ns: median(&mut totals),
             wrapper_ns: median(&mut wrappers),
-            net_ns: median(&mut nets),
+            net_ns: median(&mut nets.clone()),
+            nets,
             action,
         })
     }
@@ -218,6 +251,8 @@ struct Measured {
     total_ns: f64,
     wrapper_ns: f64,
     net_ns: f64,
+    /// Every round's total - wrapper, in the order measured.
+    nets: Vec<f64>,
     action: u32,
 }
 
@@ -292,13 +327,7 @@ pub fn forwarding_modes(
 pub fn render_modes(rows: &[ModeRow]) -> String {
     let mut s = String::from("mode        ns/packet (existing flow)   action\n");
     for r in rows {
-        let action = match r.action {
-            1 => "DROP",
-            2 => "PASS",
-            3 => "TX",
-            4 => "REDIRECT",
-            _ => "other",
-        };
+        let action = action_name(r.action);
         let _ = writeln!(
             s,
             "{:<10} {:>12.1}                {action}",
@@ -308,8 +337,25 @@ pub fn render_modes(rows: &[ModeRow]) -> String {
     s
 }
 
+/// The name of an XDP action.
+pub fn action_name(action: u32) -> &'static str {
+    match action {
+        0 => "ABORTED",
+        1 => "DROP",
+        2 => "PASS",
+        3 => "TX",
+        4 => "REDIRECT",
+        _ => "other",
+    }
+}
+
 fn frame_to(dst: SocketAddrV4) -> Vec<u8> {
-    let src: SocketAddrV4 = SocketAddrV4::new(std::net::Ipv4Addr::new(10, 9, 8, 7), 40000);
+    frame_from_port(40000, dst)
+}
+
+/// A FRAME_LEN-byte frame from 10.9.8.7:`sport` to `dst`.
+fn frame_from_port(sport: u16, dst: SocketAddrV4) -> Vec<u8> {
+    let src: SocketAddrV4 = SocketAddrV4::new(std::net::Ipv4Addr::new(10, 9, 8, 7), sport);
     let mut f = UdpFrame::new(src, dst, &[]);
     // Pad the payload so the frame is exactly FRAME_LEN bytes (14 + 20 + 8 + payload).
     f.payload = vec![0xab; FRAME_LEN - 42];
