@@ -189,34 +189,59 @@ impl Harness {
         rounds: u32,
         before_run: &mut dyn FnMut(u32) -> Result<(), BenchError>,
     ) -> Result<Measured, BenchError> {
-        self.set_frame(frame)?;
+        let mut m = self.paired_cases(&[(wrapper, frame)], target, repeat, rounds, before_run)?;
+        m.pop()
+            .ok_or_else(|| BenchError::Harness("no measurement".into()))
+    }
+
+    /// [`Harness::paired_with`] for several (wrapper, frame) cases at once, interleaved: every
+    /// round measures each case (wrapper alone, then with `target`) back to back, so that
+    /// figures derived from two cases of the same round see the same machine.
+    fn paired_cases(
+        &mut self,
+        cases: &[(&'static str, &[u8])],
+        target: &Xdp,
+        repeat: u32,
+        rounds: u32,
+        before_run: &mut dyn FnMut(u32) -> Result<(), BenchError>,
+    ) -> Result<Vec<Measured>, BenchError> {
         // A warm-up run (it also creates the flow of the existing-flow cases). Two iterations,
         // and `repeat` rounded up to even: `bench_new_flow_twice` must run an even number of
         // times so that each run starts with the first packet of a flow.
         let repeat = repeat.saturating_add(repeat % 2);
         self.set_target(target)?;
-        before_run(2)?;
-        self.time(wrapper, frame, 2, 1)?;
-        let (mut totals, mut wrappers, mut nets) = (Vec::new(), Vec::new(), Vec::new());
-        let mut action = 0;
-        for _ in 0..rounds.max(1) {
-            self.set_target_empty()?;
-            let (w, _) = self.time(wrapper, frame, repeat, 1)?;
-            self.set_target(target)?;
-            before_run(repeat)?;
-            let (t, a) = self.time(wrapper, frame, repeat, 1)?;
-            totals.push(t);
-            wrappers.push(w);
-            nets.push(t - w);
-            action = a;
+        for &(wrapper, frame) in cases {
+            self.set_frame(frame)?;
+            before_run(2)?;
+            self.time(wrapper, frame, 2, 1)?;
         }
-        Ok(Measured {
-            total_ns: median(&mut totals),
-            wrapper_ns: median(&mut wrappers),
-            net_ns: median(&mut nets.clone()),
-            nets,
-            action,
-        })
+        let mut out: Vec<(Vec<f64>, Vec<f64>, Vec<f64>, u32)> =
+            cases.iter().map(|_| Default::default()).collect();
+        for _ in 0..rounds.max(1) {
+            for (&(wrapper, frame), (totals, wrappers, nets, action)) in cases.iter().zip(&mut out)
+            {
+                self.set_frame(frame)?;
+                self.set_target_empty()?;
+                let (w, _) = self.time(wrapper, frame, repeat, 1)?;
+                self.set_target(target)?;
+                before_run(repeat)?;
+                let (t, a) = self.time(wrapper, frame, repeat, 1)?;
+                totals.push(t);
+                wrappers.push(w);
+                nets.push(t - w);
+                *action = a;
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|(mut totals, mut wrappers, nets, action)| Measured {
+                total_ns: median(&mut totals),
+                wrapper_ns: median(&mut wrappers),
+                net_ns: median(&mut nets.clone()),
+                nets,
+                action,
+            })
+            .collect())
     }
 
     /// Median ns/iteration over `rounds` runs of `program` with `repeat` iterations each.

@@ -22,6 +22,8 @@ fn bench_matrix_smoke() {
             "2048",
             "--repeat",
             "2000",
+            "--new-flow-repeat",
+            "2000",
             "--rounds",
             "5",
             "--json",

@@ -98,6 +98,9 @@ pub struct MatrixOptions {
     pub variants: Vec<Variant>,
     /// Iterations per BPF_PROG_TEST_RUN.
     pub repeat: u32,
+    /// Iterations per run of the new-flow cases (each inserts and evicts; fewer keep the
+    /// run short).
+    pub new_flow_repeat: u32,
     /// Rounds per figure (at least 5).
     pub rounds: u32,
     /// The CPU to measure on (default: the first the process may run on).
@@ -209,6 +212,7 @@ pub struct MatrixReport {
     pub cpu: usize,
     pub possible_cpus: usize,
     pub repeat: u32,
+    pub new_flow_repeat: u32,
     pub rounds: u32,
     pub backends: u32,
     /// Median ns/iteration of the empty XDP program alone (the floor).
@@ -367,6 +371,7 @@ fn matrix_on_this_thread(
         cpu,
         possible_cpus: cpus,
         repeat: opts.repeat,
+        new_flow_repeat: opts.new_flow_repeat,
         rounds: opts.rounds,
         backends: BACKENDS,
         empty_program_ns: empty_ns,
@@ -477,9 +482,9 @@ fn measure_table(
     // fill it, so that they measure port allocation and not "ports exhausted".
     let ingress = crate::testrun::handle(dp.ingress()?).map_err(harness("ingress handle"))?;
     let new_repeat = if mode == Forwarding::FullNat {
-        repeat.min(max_flows / 2)
+        opts.new_flow_repeat.min(max_flows / 2)
     } else {
-        repeat
+        opts.new_flow_repeat
     };
     let mut taken = u64::from(flows_sent);
     let mut translations_cleared = 0u32;
@@ -492,24 +497,23 @@ fn measure_table(
         taken += u64::from(n);
         Ok(())
     };
-    let first = h.paired_with(
-        "bench_new_flow",
+    // First packets and pairs interleaved round by round: the second packet is derived from
+    // both, so they should see the same machine.
+    let mut measured = h.paired_cases(
+        &[
+            ("bench_new_flow", &service),
+            ("bench_new_flow_twice", &twice),
+        ],
         &ingress,
-        &service,
-        new_repeat,
-        rounds,
-        &mut before_run,
-    )?;
-    cases.push(row(FIRST, &first));
-    let pair = h.paired_with(
-        "bench_new_flow_twice",
-        &ingress,
-        &twice,
         new_repeat,
         rounds,
         &mut before_run,
     )?;
     drop(ingress);
+    let (Some(pair), Some(first)) = (measured.pop(), measured.pop()) else {
+        return Err(BenchError::Harness("new-flow cases not measured".into()));
+    };
+    cases.push(row(FIRST, &first));
     cases.push(row(PAIR, &pair));
     let second: Vec<f64> = first
         .nets
@@ -567,8 +571,9 @@ pub fn render_matrix(r: &MatrixReport) -> String {
     let _ = writeln!(
         s,
         "Forwarding modes x flow-table size, BPF_PROG_TEST_RUN on CPU {} ({} possible CPUs), \
-         {} iterations x {} rounds, 64-byte frames, {} backends routed in the bench's own namespace.",
-        r.cpu, r.possible_cpus, r.repeat, r.rounds, r.backends
+         {} iterations ({} for new flows) x {} rounds, 64-byte frames, {} backends routed in \
+         the bench's own namespace.",
+        r.cpu, r.possible_cpus, r.repeat, r.new_flow_repeat, r.rounds, r.backends
     );
     let _ = writeln!(
         s,
@@ -580,7 +585,8 @@ pub fn render_matrix(r: &MatrixReport) -> String {
     );
     let _ = writeln!(
         s,
-        "second packet = 2 x (2 packets average) - first packet, round by round."
+        "second packet = 2 x (2 packets average) - first packet, round by round (both measured \
+         back to back in each round)."
     );
     for run in &r.runs {
         let p = &run.prefill;
@@ -607,7 +613,7 @@ pub fn render_matrix(r: &MatrixReport) -> String {
                 String::new()
             },
         );
-        if run.translations_cleared > 0 || run.new_flow_repeat != r.repeat {
+        if run.translations_cleared > 0 || run.new_flow_repeat != r.new_flow_repeat {
             let _ = writeln!(
                 s,
                 "  (new-flow runs of {} iterations; fullnat translations emptied {} times between runs)",

@@ -167,6 +167,9 @@ pub enum Command {
     Bench {
         #[arg(long, default_value_t = 300_000)]
         repeat: u32,
+        /// Iterations per run of the matrix's new-flow cases.
+        #[arg(long, default_value_t = 100_000)]
+        new_flow_repeat: u32,
         /// Rounds per figure (the matrix needs at least 5); figures are their median.
         #[arg(long, default_value_t = 7)]
         rounds: u32,

@@ -318,6 +318,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Bench {
             repeat,
+            new_flow_repeat,
             rounds,
             max_flows,
             tables,
@@ -367,6 +368,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 tables,
                 variants: bench::Variant::ALL.to_vec(),
                 repeat: repeat.max(2),
+                new_flow_repeat: new_flow_repeat.max(2),
                 rounds,
                 cpu,
             };
