@@ -215,10 +215,17 @@ impl Harness {
             before_run(2)?;
             self.time(wrapper, frame, 2, 1)?;
         }
-        let mut out: Vec<(Vec<f64>, Vec<f64>, Vec<f64>, u32)> =
-            cases.iter().map(|_| Default::default()).collect();
+        let mut out: Vec<Samples> = cases.iter().map(|_| Samples::default()).collect();
         for _ in 0..rounds.max(1) {
-            for (&(wrapper, frame), (totals, wrappers, nets, action)) in cases.iter().zip(&mut out)
+            for (
+                &(wrapper, frame),
+                Samples {
+                    totals,
+                    wrappers,
+                    nets,
+                    action,
+                },
+            ) in cases.iter().zip(&mut out)
             {
                 self.set_frame(frame)?;
                 self.set_target_empty()?;
@@ -234,12 +241,12 @@ impl Harness {
         }
         Ok(out
             .into_iter()
-            .map(|(mut totals, mut wrappers, nets, action)| Measured {
-                total_ns: median(&mut totals),
-                wrapper_ns: median(&mut wrappers),
-                net_ns: median(&mut nets.clone()),
-                nets,
-                action,
+            .map(|mut s| Measured {
+                total_ns: median(&mut s.totals),
+                wrapper_ns: median(&mut s.wrappers),
+                net_ns: median(&mut s.nets.clone()),
+                nets: s.nets,
+                action: s.action,
             })
             .collect())
     }
@@ -270,6 +277,15 @@ impl Harness {
         }
         Ok((median(&mut samples), action))
     }
+}
+
+/// One case's samples, round by round.
+#[derive(Default)]
+struct Samples {
+    totals: Vec<f64>,
+    wrappers: Vec<f64>,
+    nets: Vec<f64>,
+    action: u32,
 }
 
 struct Measured {

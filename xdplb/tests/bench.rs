@@ -28,7 +28,7 @@ fn bench_matrix_smoke() {
             "5",
             "--json",
         ],
-        Duration::from_secs(120),
+        Duration::from_mins(2),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "xdplb bench failed: {stderr}");
