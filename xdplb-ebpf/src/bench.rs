@@ -3,8 +3,8 @@
 //! The kernel runs every iteration on the buffer the previous iteration rewrote, so timing the
 //! load balancer directly would measure "a packet already sent to a backend" (a non-service
 //! packet) after the first iteration. These wrappers put the original frame back, optionally
-//! make it a new flow, and tail-call the program under test. Their own cost is measured by
-//! tail-calling `bench_empty` and subtracted by user space.
+//! make it a new flow (or a new flow every second iteration), and tail-call the program under
+//! test. Their own cost is measured by tail-calling `bench_empty` and subtracted by user space.
 #![no_std]
 #![no_main]
 
@@ -36,9 +36,10 @@ static BENCH_FRAME: Array<[u64; WORDS]> = Array::with_max_entries(1, 0);
 #[map(name = "BENCH_TARGET")]
 static BENCH_TARGET: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
-/// Per-CPU sequence number that makes every iteration a new flow.
+/// Per-CPU sequence numbers: slot 0 makes every iteration of `bench_new_flow` a new flow, slot 1
+/// every second iteration of `bench_new_flow_twice`.
 #[map(name = "BENCH_SEQ")]
-static BENCH_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+static BENCH_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(2, 0);
 
 /// Restores the frame and tail-calls the target: every iteration is the same packet.
 #[xdp]
@@ -50,7 +51,7 @@ pub fn bench_same_flow(ctx: XdpContext) -> u32 {
 }
 
 /// Restores the frame, writes a fresh source address, and tail-calls the target: every
-/// iteration is a new flow (the checksums are left stale, which the program does not verify).
+/// iteration is a new flow (the checksums are updated to match).
 #[xdp]
 pub fn bench_new_flow(ctx: XdpContext) -> u32 {
     if !restore(&ctx) {
@@ -59,28 +60,40 @@ pub fn bench_new_flow(ctx: XdpContext) -> u32 {
     let Some(seq) = BENCH_SEQ.get_ptr_mut(0) else {
         return xdp_action::XDP_ABORTED;
     };
-    let start = ctx.data();
-    if start + UDP_CHECK_OFFSET + 2 > ctx.data_end() {
+    // SAFETY: a per-CPU slot of this program's own map.
+    let source = unsafe {
+        *seq = (*seq).wrapping_add(1);
+        *seq
+    };
+    if !set_source(&ctx, source) {
         return xdp_action::XDP_ABORTED;
     }
-    // SAFETY: a per-CPU slot, and a packet range checked just above (the frame is IPv4 without
-    // options, then UDP). The checksums are updated, so the program sees a valid packet (it
-    // drops one with a wrong IPv4 header checksum).
-    unsafe {
-        *seq = (*seq).wrapping_add(1);
-        let saddr = (start + SADDR_OFFSET) as *mut u32;
-        let ip_check = (start + IP_CHECK_OFFSET) as *mut u16;
-        let udp_check = (start + UDP_CHECK_OFFSET) as *mut u16;
-        let old = core::ptr::read_unaligned(saddr);
-        core::ptr::write_unaligned(saddr, *seq);
-        core::ptr::write_unaligned(
-            ip_check,
-            replace_u32(core::ptr::read_unaligned(ip_check), old, *seq),
-        );
-        core::ptr::write_unaligned(
-            udp_check,
-            udp_replace_u32(core::ptr::read_unaligned(udp_check), old, *seq),
-        );
+    tail_call(&ctx)
+}
+
+/// Like `bench_new_flow`, but every new flow gets two packets in a row: iteration `n` (counted
+/// per CPU from slot 1) is flow `n / 2`. The average of a run is (first packet + second
+/// packet) / 2, from which user space derives the second packet's cost. User space keeps the
+/// counter even at the start of every run (it runs this wrapper an even number of times), so
+/// that pairs never straddle two runs; the caller's frame has a source port of its own, so
+/// these flows never meet `bench_new_flow`'s.
+#[xdp]
+pub fn bench_new_flow_twice(ctx: XdpContext) -> u32 {
+    if !restore(&ctx) {
+        return xdp_action::XDP_ABORTED;
+    }
+    let Some(seq) = BENCH_SEQ.get_ptr_mut(1) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: a per-CPU slot of this program's own map.
+    let flow = unsafe {
+        let n = *seq;
+        *seq = n.wrapping_add(1);
+        n >> 1
+    };
+    // +1: never the source address 0.0.0.0.
+    if !set_source(&ctx, flow.wrapping_add(1)) {
+        return xdp_action::XDP_ABORTED;
     }
     tail_call(&ctx)
 }
@@ -113,6 +126,34 @@ fn restore(ctx: &XdpContext) -> bool {
     for (i, w) in frame.iter().enumerate() {
         // SAFETY: the packet holds FRAME_LEN bytes (checked above) and i < WORDS.
         unsafe { core::ptr::write_unaligned(dst.add(i), *w) };
+    }
+    true
+}
+
+/// Writes `source` (as its bytes in host order) as the restored frame's IPv4 source address
+/// and updates both checksums, so the program sees a valid packet (it drops one with a wrong
+/// IPv4 header checksum). Expects the frame restored; returns false if it is too short.
+#[inline(always)]
+fn set_source(ctx: &XdpContext, source: u32) -> bool {
+    let start = ctx.data();
+    if start + UDP_CHECK_OFFSET + 2 > ctx.data_end() {
+        return false;
+    }
+    // SAFETY: a packet range checked just above (the frame is IPv4 without options, then UDP).
+    unsafe {
+        let saddr = (start + SADDR_OFFSET) as *mut u32;
+        let ip_check = (start + IP_CHECK_OFFSET) as *mut u16;
+        let udp_check = (start + UDP_CHECK_OFFSET) as *mut u16;
+        let old = core::ptr::read_unaligned(saddr);
+        core::ptr::write_unaligned(saddr, source);
+        core::ptr::write_unaligned(
+            ip_check,
+            replace_u32(core::ptr::read_unaligned(ip_check), old, source),
+        );
+        core::ptr::write_unaligned(
+            udp_check,
+            udp_replace_u32(core::ptr::read_unaligned(udp_check), old, source),
+        );
     }
     true
 }

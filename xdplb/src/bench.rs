@@ -15,6 +15,14 @@ use aya::{
 };
 use serde::Serialize;
 
+mod matrix;
+mod netns;
+
+pub use matrix::{
+    CaseRow, DEFAULT_TABLES, MatrixOptions, MatrixReport, Prefill, Spread, TableRun, Variant,
+    render_matrix, run_matrix,
+};
+
 use crate::{
     config::{self, Config, HashFields, Scheduler},
     dataplane::{BENCH_OBJECT, Dataplane, DataplaneError, reconcile},
@@ -94,7 +102,12 @@ struct Harness {
 impl Harness {
     fn load() -> Result<Self, BenchError> {
         let mut bench = Ebpf::load(BENCH_OBJECT).map_err(harness("loading xdplb-bench"))?;
-        for name in ["bench_same_flow", "bench_new_flow", "bench_empty"] {
+        for name in [
+            "bench_same_flow",
+            "bench_new_flow",
+            "bench_new_flow_twice",
+            "bench_empty",
+        ] {
             let p: &mut Xdp = bench
                 .program_mut(name)
                 .ok_or_else(|| BenchError::Harness(format!("program {name} missing")))?
@@ -162,28 +175,80 @@ impl Harness {
         repeat: u32,
         rounds: u32,
     ) -> Result<Measured, BenchError> {
-        self.set_frame(frame)?;
-        // A warm-up run (it also creates the flow of the existing-flow cases).
+        self.paired_with(wrapper, target, frame, repeat, rounds, &mut |_| Ok(()))
+    }
+
+    /// [`Harness::paired`], calling `before_run(iterations)` before every run of `target`
+    /// (the warm-up included).
+    fn paired_with(
+        &mut self,
+        wrapper: &'static str,
+        target: &Xdp,
+        frame: &[u8],
+        repeat: u32,
+        rounds: u32,
+        before_run: &mut dyn FnMut(u32) -> Result<(), BenchError>,
+    ) -> Result<Measured, BenchError> {
+        let mut m = self.paired_cases(&[(wrapper, frame)], target, repeat, rounds, before_run)?;
+        m.pop()
+            .ok_or_else(|| BenchError::Harness("no measurement".into()))
+    }
+
+    /// [`Harness::paired_with`] for several (wrapper, frame) cases at once, interleaved: every
+    /// round measures each case (wrapper alone, then with `target`) back to back, so that
+    /// figures derived from two cases of the same round see the same machine.
+    fn paired_cases(
+        &mut self,
+        cases: &[(&'static str, &[u8])],
+        target: &Xdp,
+        repeat: u32,
+        rounds: u32,
+        before_run: &mut dyn FnMut(u32) -> Result<(), BenchError>,
+    ) -> Result<Vec<Measured>, BenchError> {
+        // A warm-up run (it also creates the flow of the existing-flow cases). Two iterations,
+        // and `repeat` rounded up to even: `bench_new_flow_twice` must run an even number of
+        // times so that each run starts with the first packet of a flow.
+        let repeat = repeat.saturating_add(repeat % 2);
         self.set_target(target)?;
-        self.time(wrapper, frame, 1, 1)?;
-        let (mut totals, mut wrappers, mut nets) = (Vec::new(), Vec::new(), Vec::new());
-        let mut action = 0;
-        for _ in 0..rounds {
-            self.set_target_empty()?;
-            let (w, _) = self.time(wrapper, frame, repeat, 1)?;
-            self.set_target(target)?;
-            let (t, a) = self.time(wrapper, frame, repeat, 1)?;
-            totals.push(t);
-            wrappers.push(w);
-            nets.push(t - w);
-            action = a;
+        for &(wrapper, frame) in cases {
+            self.set_frame(frame)?;
+            before_run(2)?;
+            self.time(wrapper, frame, 2, 1)?;
         }
-        Ok(Measured {
-            total_ns: median(&mut totals),
-            wrapper_ns: median(&mut wrappers),
-            net_ns: median(&mut nets),
-            action,
-        })
+        let mut out: Vec<Samples> = cases.iter().map(|_| Samples::default()).collect();
+        for _ in 0..rounds.max(1) {
+            for (
+                &(wrapper, frame),
+                Samples {
+                    totals,
+                    wrappers,
+                    nets,
+                    action,
+                },
+            ) in cases.iter().zip(&mut out)
+            {
+                self.set_frame(frame)?;
+                self.set_target_empty()?;
+                let (w, _) = self.time(wrapper, frame, repeat, 1)?;
+                self.set_target(target)?;
+                before_run(repeat)?;
+                let (t, a) = self.time(wrapper, frame, repeat, 1)?;
+                totals.push(t);
+                wrappers.push(w);
+                nets.push(t - w);
+                *action = a;
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|mut s| Measured {
+                total_ns: median(&mut s.totals),
+                wrapper_ns: median(&mut s.wrappers),
+                net_ns: median(&mut s.nets.clone()),
+                nets: s.nets,
+                action: s.action,
+            })
+            .collect())
     }
 
     /// Median ns/iteration over `rounds` runs of `program` with `repeat` iterations each.
@@ -214,10 +279,21 @@ impl Harness {
     }
 }
 
+/// One case's samples, round by round.
+#[derive(Default)]
+struct Samples {
+    totals: Vec<f64>,
+    wrappers: Vec<f64>,
+    nets: Vec<f64>,
+    action: u32,
+}
+
 struct Measured {
     total_ns: f64,
     wrapper_ns: f64,
     net_ns: f64,
+    /// Every round's total - wrapper, in the order measured.
+    nets: Vec<f64>,
     action: u32,
 }
 
@@ -292,13 +368,7 @@ pub fn forwarding_modes(
 pub fn render_modes(rows: &[ModeRow]) -> String {
     let mut s = String::from("mode        ns/packet (existing flow)   action\n");
     for r in rows {
-        let action = match r.action {
-            1 => "DROP",
-            2 => "PASS",
-            3 => "TX",
-            4 => "REDIRECT",
-            _ => "other",
-        };
+        let action = action_name(r.action);
         let _ = writeln!(
             s,
             "{:<10} {:>12.1}                {action}",
@@ -308,8 +378,25 @@ pub fn render_modes(rows: &[ModeRow]) -> String {
     s
 }
 
+/// The name of an XDP action.
+pub fn action_name(action: u32) -> &'static str {
+    match action {
+        0 => "ABORTED",
+        1 => "DROP",
+        2 => "PASS",
+        3 => "TX",
+        4 => "REDIRECT",
+        _ => "other",
+    }
+}
+
 fn frame_to(dst: SocketAddrV4) -> Vec<u8> {
-    let src: SocketAddrV4 = SocketAddrV4::new(std::net::Ipv4Addr::new(10, 9, 8, 7), 40000);
+    frame_from_port(40000, dst)
+}
+
+/// A FRAME_LEN-byte frame from 10.9.8.7:`sport` to `dst`.
+fn frame_from_port(sport: u16, dst: SocketAddrV4) -> Vec<u8> {
+    let src: SocketAddrV4 = SocketAddrV4::new(std::net::Ipv4Addr::new(10, 9, 8, 7), sport);
     let mut f = UdpFrame::new(src, dst, &[]);
     // Pad the payload so the frame is exactly FRAME_LEN bytes (14 + 20 + 8 + payload).
     f.payload = vec![0xab; FRAME_LEN - 42];

@@ -159,14 +159,43 @@ pub enum Command {
         payload_bytes: usize,
     },
     /// Measure the data plane's cost per packet with BPF_PROG_TEST_RUN.
+    ///
+    /// By default: every forwarding mode with flow tables of every --tables size, each
+    /// prefilled until it evicts (new flow: first and second packet; existing flow; no
+    /// service), measured on one CPU in a network namespace of the bench's own; then the
+    /// default service, the schedulers and Maglev table builds.
     Bench {
         #[arg(long, default_value_t = 300_000)]
         repeat: u32,
+        /// Iterations per run of the matrix's new-flow cases.
+        #[arg(long, default_value_t = 100_000)]
+        new_flow_repeat: u32,
+        /// Rounds per figure (the matrix needs at least 5); figures are their median.
         #[arg(long, default_value_t = 7)]
         rounds: u32,
-        /// Size of the flow and reply tables (default: the config default, 262144).
+        /// Size of the flow and reply tables of the default-service sections (default: the
+        /// config default, 262144).
         #[arg(long)]
         max_flows: Option<u32>,
+        /// Flow-table sizes of the matrix, in entries per CPU (max_flows = this x possible CPUs).
+        #[arg(long, value_delimiter = ',', default_value = "2048,131072,4194304")]
+        tables: Vec<u32>,
+        /// Forwarding modes of the matrix.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "local,nat,fullnat,dsr-l2,dsr-ipip"
+        )]
+        modes: Vec<String>,
+        /// The CPU to measure on (default: the first this process may use).
+        #[arg(long)]
+        cpu: Option<usize>,
+        /// Only the matrix, not the default-service, scheduler and Maglev sections.
+        #[arg(long, conflicts_with = "no_matrix")]
+        matrix_only: bool,
+        /// Only the default-service, scheduler and Maglev sections (in this namespace).
+        #[arg(long)]
+        no_matrix: bool,
         /// Instead: ns/packet of every forwarding mode towards this backend (routed and
         /// resolved in this network namespace), with --source as the fullnat source.
         #[arg(long)]

@@ -318,8 +318,14 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Bench {
             repeat,
+            new_flow_repeat,
             rounds,
             max_flows,
+            tables,
+            modes,
+            cpu,
+            matrix_only,
+            no_matrix,
             modes_backend,
             source,
             json,
@@ -333,12 +339,52 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let report = bench::run(repeat.max(1), rounds.max(1), max_flows)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", bench::render(&report));
+            if no_matrix {
+                let report = bench::run(repeat.max(1), rounds.max(1), max_flows)?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!("{}", bench::render(&report));
+                }
+                return Ok(ExitCode::SUCCESS);
             }
+            let modes = modes
+                .iter()
+                .map(|m| {
+                    config::Forwarding::ALL
+                        .iter()
+                        .copied()
+                        .find(|f| f.as_str() == m)
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "--modes {m}: expected {}",
+                                config::Forwarding::expected()
+                            )
+                        })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let opts = bench::MatrixOptions {
+                modes,
+                tables,
+                variants: bench::Variant::ALL.to_vec(),
+                repeat: repeat.max(2),
+                new_flow_repeat: new_flow_repeat.max(2),
+                rounds,
+                cpu,
+            };
+            let started = Instant::now();
+            let (matrix, classic) = bench::run_matrix(opts, (!matrix_only).then_some(max_flows))?;
+            if json {
+                let out = serde_json::json!({ "matrix": matrix, "default_service": classic });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                print!("{}", bench::render_matrix(&matrix));
+                if let Some(c) = &classic {
+                    println!();
+                    print!("{}", bench::render(c));
+                }
+            }
+            eprintln!("bench: done in {:.0} s", started.elapsed().as_secs_f64());
             Ok(ExitCode::SUCCESS)
         }
     }
