@@ -14,6 +14,9 @@
 # over BENCH_FLOOD_ROUNDS rounds, each round from fresh sources (172.16+r.0.0/16). The xdplb
 # cases run with the default `max_flows` (262,144), so a million flows overflow the flow table;
 # nftables meets the same with its conntrack table (nf_conntrack_max). That is the point.
+# Over veth the receiving side runs in the sender's softirq on the sender's CPU, so the sender
+# slows to what the whole path sustains: delivered/s is the figure to compare, and loss counts
+# what the middle drops (a full table, a flood guard) rather than overrun queues.
 #
 #   client --veth-- balancer --veth-- backend 1..3      (namespaces of this script's own)
 #

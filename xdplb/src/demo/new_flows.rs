@@ -19,6 +19,7 @@ use std::{
 };
 
 use etherparse::PacketBuilder;
+use rustix::io::Errno;
 use rustix::net::{
     AddressFamily, MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny, SocketType,
     addr::SocketAddrArg, ipproto, sendmmsg, socket,
@@ -215,18 +216,11 @@ fn send_batch(
                 sent += k as u64;
                 at += k;
             }
+            Err(Errno::INTR) => {}
             // The first message of the rest failed: count it and go on with the next.
-            Err(e) if e == rustix::io::Errno::INTR => {}
-            Err(e)
-                if matches!(
-                    e,
-                    rustix::io::Errno::NOBUFS
-                        | rustix::io::Errno::AGAIN
-                        | rustix::io::Errno::NETUNREACH
-                        | rustix::io::Errno::HOSTUNREACH
-                        | rustix::io::Errno::PERM
-                ) =>
-            {
+            Err(
+                Errno::NOBUFS | Errno::AGAIN | Errno::NETUNREACH | Errno::HOSTUNREACH | Errno::PERM,
+            ) => {
                 refused += 1;
                 at += 1;
             }
