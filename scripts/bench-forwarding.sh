@@ -116,8 +116,16 @@ measure() { # NAME TARGETS
 
 FLOOD_RESULTS=()
 median() { sort -g | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
-measure_new_flows() { # NAME TARGETS
-  local name="$1" targets="$2" r d0 d1 out sent secs got rates=() sent_rates=() losses=()
+# What the middle's state table holds after a mode's flood rounds, for the table's last column.
+conntrack_note() {
+  echo "conntrack: $(ip netns exec "$L" cat /proc/sys/net/netfilter/nf_conntrack_count) entries"
+}
+flow_table_note() { # "flow table: N of M entries; I inserted, E evicted", from `xdplb stats`
+  ip netns exec "$L" env XDPLB_RUN_DIR="$RUN_DIR" XDPLB_BPFFS="$BPFFS" "$XDPLB" stats \
+    --instance bench | grep '^flow table' || echo "flow table: ?"
+}
+measure_new_flows() { # NAME TARGETS [NOTE_COMMAND]
+  local name="$1" targets="$2" note_cmd="${3:-}" note="" r d0 d1 out sent secs got rates=() sent_rates=() losses=()
   for r in $(seq 0 $((FLOOD_ROUNDS - 1))); do
     d0=$(delivered)
     out=$(ip netns exec "$C" "$XDPLB" demo-flood --target "$targets" --new-flow-per-datagram \
@@ -136,9 +144,10 @@ measure_new_flows() { # NAME TARGETS
   rate=$(printf '%s\n' "${rates[@]}" | median)
   sent_rate=$(printf '%s\n' "${sent_rates[@]}" | median)
   loss=$(printf '%s\n' "${losses[@]}" | median)
-  FLOOD_RESULTS+=("$(printf '%-10s %12s %12s %8s   %s' "$name" "$rate" "$sent_rate" "$loss" \
-    "${losses[*]}")")
-  echo "bench: $name new flows: delivered $rate/s of $sent_rate/s sent, $loss% lost (medians)"
+  [ -n "$note_cmd" ] && note=$("$note_cmd")
+  FLOOD_RESULTS+=("$(printf '%-10s %12s %12s %8s   %-16s %s' "$name" "$rate" "$sent_rate" "$loss" \
+    "${losses[*]}" "$note")")
+  echo "bench: $name new flows: delivered $rate/s of $sent_rate/s sent, $loss% lost (medians)${note:+; $note}"
 }
 
 echo "bench: flood $SECS s, then $FIXED_SECS s at $RATE datagrams/s; $FLOWS flows; $(nproc) CPUs"
@@ -157,7 +166,7 @@ table ip xdplb_bench {
 }
 EOF
 measure nftables 10.99.0.1:7000
-measure_new_flows nftables 10.99.0.1:7000
+measure_new_flows nftables 10.99.0.1:7000 conntrack_note
 ip netns exec "$L" nft delete table ip xdplb_bench
 
 start_lb() { # CONFIG_TEXT
@@ -184,7 +193,7 @@ start_lb "$SERVICE_HEAD
 forwarding = \"nat\"
 $SERVICE_TAIL"
 measure nat 10.99.0.1:7000
-measure_new_flows nat 10.99.0.1:7000
+measure_new_flows nat 10.99.0.1:7000 flow_table_note
 stop_lb
 
 for k in 1 2 3; do
@@ -195,7 +204,7 @@ forwarding = \"dsr-ipip\"
 encap_source = \"10.200.0.0/24\"
 $SERVICE_TAIL"
 measure dsr-ipip 10.99.0.1:7000
-measure_new_flows dsr-ipip 10.99.0.1:7000
+measure_new_flows dsr-ipip 10.99.0.1:7000 flow_table_note
 stop_lb
 
 echo
@@ -209,5 +218,6 @@ printf '%-10s %12s %12s %10s %14s\n' mode "delivered/s" "sent/s" "cores@$RATE" "
 for r in "${RESULTS[@]}"; do echo "$r"; done
 echo
 echo "new-flow flood: $NEW_FLOWS datagrams, each a new flow; medians over $FLOOD_ROUNDS rounds"
-printf '%-10s %12s %12s %8s   %s\n' mode "delivered/s" "sent/s" "loss%" "loss% per round"
+printf '%-10s %12s %12s %8s   %-16s %s\n' mode "delivered/s" "sent/s" "loss%" "loss% per round" \
+  "state table after the rounds"
 for r in "${FLOOD_RESULTS[@]}"; do echo "$r"; done
