@@ -10,6 +10,8 @@ use std::{
 
 use serde::Serialize;
 
+pub mod new_flows;
+
 /// Prefix of every demo-backend reply: `xdplb-backend <listen address>\n<echoed payload>`.
 pub const REPLY_PREFIX: &str = "xdplb-backend ";
 

@@ -157,6 +157,17 @@ pub enum Command {
         /// UDP payload size in bytes.
         #[arg(long, default_value_t = 18)]
         payload_bytes: usize,
+        /// Instead: send --flows datagrams (and stop), each the first of a new flow, from
+        /// addresses of --source-net through a raw socket (needs CAP_NET_RAW; --seconds unused).
+        #[arg(long, conflicts_with = "seconds")]
+        new_flow_per_datagram: bool,
+        /// Source addresses of --new-flow-per-datagram (64512 ports each).
+        #[arg(
+            long,
+            default_value = "10.93.0.0/16",
+            requires = "new_flow_per_datagram"
+        )]
+        source_net: crate::demo::new_flows::SourceNet,
     },
     /// Measure the data plane's cost per packet with BPF_PROG_TEST_RUN.
     ///

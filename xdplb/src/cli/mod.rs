@@ -299,7 +299,20 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             seconds,
             rate,
             payload_bytes,
+            new_flow_per_datagram,
+            source_net,
         } => {
+            if new_flow_per_datagram {
+                let report = demo::new_flows::flood_new_flows(
+                    &target,
+                    flows,
+                    source_net,
+                    rate,
+                    payload_bytes,
+                )?;
+                println!("{}", serde_json::to_string(&report)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             if !(seconds > 0.0 && seconds <= 3600.0) {
                 bail!("--seconds {seconds}: expected more than 0 and at most 3600");
             }
