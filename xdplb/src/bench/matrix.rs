@@ -53,38 +53,40 @@ const MAX_MAX_FLOWS: u64 = 67_108_864;
 
 /// A per-service option that changes where flow state is created.
 ///
-/// HOOK for the coordinator: today the data plane creates flow state on the first packet of
-/// every flow, so only `Default` exists. When the per-service option "create flow state on
-/// the second packet" (dsr modes) lands, add a variant here, set the option in
-/// [`Variant::apply`], and list it in [`Variant::ALL`]; the matrix then measures every mode
-/// with every variant that [`Variant::applies_to`] allows.
+/// The matrix measures every mode with every variant that [`Variant::applies_to`] allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Variant {
     /// The service as configured by default: flow state on the first packet.
     Default,
+    /// `flow_state = "second-packet"` (dsr modes): the first packet of a flow creates no
+    /// entry; its second packet does.
+    SecondPacket,
 }
 
 impl Variant {
-    pub const ALL: &'static [Variant] = &[Variant::Default];
+    pub const ALL: &'static [Variant] = &[Variant::Default, Variant::SecondPacket];
 
     pub const fn as_str(self) -> &'static str {
         match self {
             Variant::Default => "default",
+            Variant::SecondPacket => "flow_state = second-packet",
         }
     }
 
     /// Whether the variant means anything for `mode`.
-    pub fn applies_to(self, _mode: Forwarding) -> bool {
+    pub fn applies_to(self, mode: Forwarding) -> bool {
         match self {
             Variant::Default => true,
+            Variant::SecondPacket => matches!(mode, Forwarding::DsrL2 | Forwarding::DsrIpip),
         }
     }
 
     /// Sets the variant's per-service options on `svc`.
-    fn apply(self, _svc: &mut ServiceConfig) {
+    fn apply(self, svc: &mut ServiceConfig) {
         match self {
             Variant::Default => {}
+            Variant::SecondPacket => svc.flow_state = config::FlowState::SecondPacket,
         }
     }
 }
@@ -321,10 +323,15 @@ fn mode_config(
     cfg.limits.max_services = 16;
     cfg.limits.max_lookup_entries = 262_144;
     cfg.limits.max_flows = max_flows;
+    // The flood guard would turn most of a new-flow run (millions of flows a second) into
+    // guard drops: off, so that the runs measure what a flow costs.
+    cfg.flow_guard_rate = 0;
     cfg.services.truncate(1);
     let svc = &mut cfg.services[0];
     svc.vip = SocketAddrV4::new(VIP, PORT).into();
     svc.forwarding = mode;
+    // The config's default scheduler (the tutorial's service uses round robin).
+    svc.scheduler = config::Scheduler::Maglev;
     let template = svc.backends[0].clone();
     svc.backends = backends
         .iter()
@@ -400,7 +407,9 @@ fn measure_table(
         variant.as_str()
     );
     let max_flows = max_flows_for(per_cpu, cpus).map_err(BenchError::Harness)?;
-    let cfg = mode_config(mode, variant, max_flows, backends);
+    // Prefilled as by default (a flow's first packet creates its entry); the variant is applied
+    // to the full table afterwards, as a live change.
+    let cfg = mode_config(mode, Variant::Default, max_flows, backends);
     let t = Instant::now();
     let mut dp = Dataplane::load(cfg.limits, false)?;
     dp.apply_config(&cfg)?;
@@ -443,6 +452,9 @@ fn measure_table(
             " -- the table is NOT full"
         }
     );
+    if variant != Variant::Default {
+        dp.apply_config(&mode_config(mode, variant, max_flows, backends))?;
+    }
     let prefill = Prefill {
         flows_sent,
         flows_created,
