@@ -122,13 +122,36 @@ fn debug_log_enabled() -> bool {
 /// exceed BPF's 512-byte stack). Filled by user space at load time; not pinned (it belongs to
 /// one program load).
 #[map(name = "XDPLB_PROGS")]
-static PROGS: ProgramArray = ProgramArray::with_max_entries(3, 0);
+static PROGS: ProgramArray = ProgramArray::with_max_entries(5, 0);
 pub const PROG_ICMP: u32 = 0;
 /// Slot 1: `xdplb_finish_checksum` (see `csum::finish_and_send`).
 pub const PROG_FINISH: u32 = 1;
 
 /// Slot 2: `xdplb_fragment` (see `fragment::handle_later`).
 pub const PROG_FRAGMENT: u32 = 2;
+/// Slot 3: `xdplb_nat_reply` (see `service::try_reply`).
+pub const PROG_NAT_REPLY: u32 = 3;
+/// Slot 4: `xdplb_ingress` itself, for `xdplb_nat_reply` to hand back a packet that is no
+/// reply but may be a wildcard service's request.
+pub const PROG_INGRESS: u32 = 4;
+
+/// Per-CPU: the packet `xdplb_nat_reply` found to be no reply and handed back to ingress
+/// (`service::reply_checked`). Not pinned.
+#[map(name = "REPLY_CHECKED")]
+static REPLY_CHECKED: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
+
+/// A packet from a `nat` backend's port, or to a `fullnat` source port, that matched no exact
+/// service: a backend's reply to translate, or (handed back to ingress) a request. A program
+/// of its own, tail-called by ingress, so that neither program's verification walks the other's
+/// paths.
+#[xdp]
+pub fn xdplb_nat_reply(ctx: XdpContext) -> u32 {
+    let verdict = match service::try_reply(&ctx) {
+        Ok(v) | Err(v) => v,
+    };
+    stats::count(verdict.stat);
+    verdict.action
+}
 
 /// Follows a later fragment's first fragment; tail-called by ingress only.
 #[xdp]

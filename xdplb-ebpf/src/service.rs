@@ -16,9 +16,10 @@ use xdplb_common::{
 };
 
 use crate::{
-    BACKENDS, FLOW_GUARD, FLOWS, GLOBALS, LOCAL_MACS, PORTS, PROG_FRAGMENT, PROG_ICMP, PROGS,
-    REPLIES, SEEN, SERVICES, XDP_DROP, XDP_PASS, csum, debug_log_enabled, forward, fragment,
-    fullnat, parse, reply, rewrite, schedule, stats,
+    BACKENDS, FLOW_GUARD, FLOWS, GLOBALS, LOCAL_MACS, PORTS, PROG_FRAGMENT, PROG_ICMP,
+    PROG_INGRESS, PROG_NAT_REPLY, PROGS, REPLIES, REPLY_CHECKED, SEEN, SERVICES, XDP_DROP,
+    XDP_PASS, csum, debug_log_enabled, forward, fragment, fullnat, parse, reply, rewrite, schedule,
+    stats,
 };
 
 /// What to do with a packet, and the counted reason.
@@ -111,11 +112,12 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
         Some(s) => s,
         None => {
             if (from_port & PORT_NAT_BACKEND != 0 || to_port & PORT_FULLNAT_RANGE != 0)
-                && let Some(reply) =
-                    known_reply(saddr, daddr, sport_be, dport_be, from_port, to_port)
+                && !reply_checked(saddr, daddr, sport_be, dport_be)
             {
-                admit(ctx, &mut pkt)?;
-                return Ok(translate_reply(ctx, &pkt, reply));
+                // Maybe a backend's reply: `xdplb_nat_reply` decides. Returns only if the tail
+                // call fails; the packet then goes on as a request.
+                // SAFETY: a tail call into a program user space put in the array.
+                unsafe { PROGS.tail_call(ctx, PROG_NAT_REPLY) };
             }
             if to_port & PORT_WILDCARD_SERVICE == 0 {
                 return Err(Verdict::pass(Stat::PassNoService));
@@ -261,6 +263,71 @@ fn interface_flags(ctx: &aya_ebpf::programs::XdpContext) -> Option<u8> {
     let eth = parse::ptr_at::<_, parse::EthHdr>(ctx, 0)?;
     // SAFETY: bounds-checked just above.
     (unsafe { (*eth).dst } == ours.mac).then_some(ours.flags)
+}
+
+/// `xdplb_nat_reply`: translates a `nat` or `fullnat` backend's reply. A packet that is no
+/// known reply passes, or, when a wildcard service has its destination port, goes back to
+/// ingress (marked as checked, see [`reply_checked`]) to be balanced as a request: a known
+/// reply is never balanced as a new request, and anything else to a wildcard port is one.
+#[inline(always)]
+pub fn try_reply(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verdict> {
+    let mut pkt = parse::ipv4_udp(ctx).map_err(Verdict::pass)?;
+    if pkt.fragment == parse::LATER_FRAGMENT {
+        // Ingress never sends one here.
+        return Err(Verdict::pass(Stat::PassLaterFragment));
+    }
+    // SAFETY: the parser validated both headers.
+    let (saddr, daddr, sport_be, dport_be) = unsafe {
+        (
+            (*pkt.ip).saddr,
+            (*pkt.ip).daddr,
+            (*pkt.udp).source_be,
+            (*pkt.udp).dest_be,
+        )
+    };
+    let to_port = port_flags(dport_be);
+    let from_port = port_flags(sport_be);
+    if let Some(reply) = known_reply(saddr, daddr, sport_be, dport_be, from_port, to_port) {
+        admit(ctx, &mut pkt)?;
+        return Ok(translate_reply(ctx, &pkt, reply));
+    }
+    if to_port & PORT_WILDCARD_SERVICE != 0
+        && let Some(mark) = REPLY_CHECKED.get_ptr_mut(0)
+    {
+        // SAFETY: a per-CPU array slot, written only by this CPU while the program runs.
+        unsafe { *mark = reply_identity(saddr, daddr, sport_be, dport_be) };
+        // SAFETY: a tail call into a program user space put in the array.
+        unsafe { PROGS.tail_call(ctx, PROG_INGRESS) };
+        // The tail call failed: forget the mark, so it cannot apply to another packet.
+        // SAFETY: as above.
+        unsafe { *mark = [0; 2] };
+    }
+    Err(Verdict::pass(Stat::PassNoService))
+}
+
+/// What `REPLY_CHECKED` holds for a packet: its addresses and ports, and a non-zero tag.
+#[inline(always)]
+fn reply_identity(saddr: u32, daddr: u32, sport_be: u16, dport_be: u16) -> [u64; 2] {
+    [
+        (u64::from(saddr) << 32) | u64::from(daddr),
+        (1 << 32) | (u64::from(sport_be) << 16) | u64::from(dport_be),
+    ]
+}
+
+/// Whether `xdplb_nat_reply` handed this packet back as no reply; clears the mark.
+#[inline(always)]
+fn reply_checked(saddr: u32, daddr: u32, sport_be: u16, dport_be: u16) -> bool {
+    let Some(mark) = REPLY_CHECKED.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: a per-CPU array slot, written only by this CPU while the program runs.
+    let mark = unsafe { &mut *mark };
+    if mark[1] == 0 {
+        return false;
+    }
+    let ours = *mark == reply_identity(saddr, daddr, sport_be, dport_be);
+    *mark = [0; 2];
+    ours
 }
 
 /// A backend's reply that the data plane translates back to the client: its new source (the

@@ -35,6 +35,7 @@ pub const PROGRAM_REPLY: &str = "xdplb_reply";
 pub const PROGRAM_ICMP: &str = "xdplb_icmp";
 pub const PROGRAM_FINISH: &str = "xdplb_finish_checksum";
 pub const PROGRAM_FRAGMENT: &str = "xdplb_fragment";
+pub const PROGRAM_NAT_REPLY: &str = "xdplb_nat_reply";
 /// The tail-call array of the ingress program (not pinned: it belongs to one load).
 const MAP_PROGS: &str = "XDPLB_PROGS";
 
@@ -124,9 +125,15 @@ impl Dataplane {
         tc.load()
             .map_err(|e| DataplaneError::program(PROGRAM_REPLY, e))?;
         // The ICMP path, the completion of partial checksums and later fragments are programs
-        // of their own that ingress tail-calls (slots 0, 1 and 2 of XDPLB_PROGS).
+        // of their own that ingress tail-calls (slots 0, 1 and 2 of XDPLB_PROGS), and so are
+        // the nat/fullnat reply path (slot 3), which may hand a packet back to ingress (slot 4).
         let mut tail_fds = Vec::new();
-        for name in [PROGRAM_ICMP, PROGRAM_FINISH, PROGRAM_FRAGMENT] {
+        for name in [
+            PROGRAM_ICMP,
+            PROGRAM_FINISH,
+            PROGRAM_FRAGMENT,
+            PROGRAM_NAT_REPLY,
+        ] {
             let prog: &mut Xdp = program_mut(&mut ebpf, name)?;
             prog.load().map_err(|e| DataplaneError::program(name, e))?;
             let fd = prog
@@ -136,6 +143,18 @@ impl Dataplane {
                 .map_err(DataplaneError::Io)?;
             tail_fds.push(fd);
         }
+        let ingress: &Xdp = ebpf
+            .program(PROGRAM_INGRESS)
+            .ok_or(DataplaneError::MissingProgram(PROGRAM_INGRESS))?
+            .try_into()
+            .map_err(|e| DataplaneError::program(PROGRAM_INGRESS, e))?;
+        tail_fds.push(
+            ingress
+                .fd()
+                .map_err(|e| DataplaneError::program(PROGRAM_INGRESS, e))?
+                .try_clone()
+                .map_err(DataplaneError::Io)?,
+        );
         let progs = ebpf
             .map_mut(MAP_PROGS)
             .ok_or(DataplaneError::MissingMap(MAP_PROGS))?;
@@ -244,6 +263,7 @@ impl Dataplane {
             PROGRAM_ICMP,
             PROGRAM_FINISH,
             PROGRAM_FRAGMENT,
+            PROGRAM_NAT_REPLY,
         ]
         .into_iter()
         .map(|name| {
