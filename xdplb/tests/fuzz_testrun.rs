@@ -765,7 +765,7 @@ fn is_verdict(s: Stat) -> bool {
         | DropNoBackend | PassNoBackend | ForwardedFib | PassNoNeighbour | PassFragNeeded
         | PassTtlExceeded | DropNoRoute | DropNoNeighbour | DropFragNeeded | DropEncapFailed
         | DropPortsExhausted | DropBadIpv4Checksum | PassNotForUs | DropChecksumTooLong
-        | PassBadIcmp => true,
+        | PassBadIcmp | ForwardedCached => true,
         PartialChecksumFixed
         | FragmentRouteRecorded
         | FragmentFollowed
@@ -788,7 +788,7 @@ fn is_verdict(s: Stat) -> bool {
 fn action_fits(s: Stat, action: u32) -> bool {
     use Stat::*;
     match s {
-        ForwardedFib => action == XDP_TX || action == XDP_REDIRECT,
+        ForwardedFib | ForwardedCached => action == XDP_TX || action == XDP_REDIRECT,
         DropFragNeeded => action == XDP_DROP || action == XDP_TX,
         DropNoBackend | DropNoRoute | DropNoNeighbour | DropEncapFailed | DropPortsExhausted
         | DropBadIpv4Checksum | DropChecksumTooLong => action == XDP_DROP,
