@@ -44,7 +44,7 @@ fn cached(backend_index: u32, daddr: u32, tot_len: u16) -> Option<&'static NextH
     }
     // SAFETY: a hash lookup. The element stays valid while the program runs (RCU), and the map
     // has no preallocated elements, so an update replaces it whole instead of rewriting it.
-    let hop = unsafe { NEXTHOPS.get(&backend_index) }?;
+    let hop = unsafe { NEXTHOPS.get(backend_index) }?;
     let want = addr_from_v4_wire(daddr);
     // Word by word: a comparison of whole arrays may become a call to memcmp, which BPF lacks.
     if hop.addr[3] != want[3]

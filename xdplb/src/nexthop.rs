@@ -424,11 +424,11 @@ impl Watcher {
     pub async fn run(self, changed: mpsc::UnboundedSender<()>) {
         let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
         loop {
-            if let Err(e) = self.next(&mut buf).await {
-                if e.raw_os_error() != Some(rustix::io::Errno::NOBUFS.raw_os_error()) {
-                    warn!("next-hop cache: reading route events failed, no longer watching: {e}");
-                    return;
-                }
+            if let Err(e) = self.next(&mut buf).await
+                && e.raw_os_error() != Some(rustix::io::Errno::NOBUFS.raw_os_error())
+            {
+                warn!("next-hop cache: reading route events failed, no longer watching: {e}");
+                return;
             }
             // Wait for the burst to end, but not for ever.
             let deadline = tokio::time::Instant::now() + DEBOUNCE_MAX;
