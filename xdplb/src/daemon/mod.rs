@@ -210,6 +210,8 @@ async fn serve(opts: &RunOptions) -> anyhow::Result<Option<instance::InstanceLoc
         state = %state_path.display(),
         "running instance"
     );
+    ready.send_replace(Readiness::Ready);
+
     // The next-hop cache is filled only while its route, neighbour and link events are
     // watched: a cache nobody keeps up to date could send to a neighbour that moved.
     let (next_hop_tx, mut next_hop_rx) = mpsc::unbounded_channel();
