@@ -35,6 +35,18 @@ pub const MAP_FULLNAT_SOURCES: &str = "FULLNAT_SOURCES_V1";
 /// flow; a port is taken only by an insert that fails if the key exists.
 pub const MAP_FULLNAT: &str = "FULLNAT_V1";
 
+/// The next-hop cache: how to reach a remote backend without `bpf_fib_lookup`, a hash keyed by
+/// the backend's `BACKENDS_V1` index (`u32`), valued [`NextHop`]. Written by the daemon, which
+/// resolves each `nat`, `fullnat`, `dsr-l2` and `dsr-ipip` backend's route and neighbour and
+/// watches them for changes; an entry that is missing, resolved for another address, or whose
+/// MTU the packet exceeds, makes the data plane fall back to `bpf_fib_lookup`. A hash with
+/// `BPF_F_NO_PREALLOC`, so that an update replaces the element whole (the old one is freed
+/// after an RCU grace period) and a reader never sees a half-written MAC, as it could in an
+/// array. Not pinned: it is derived from the kernel's tables at any time, a new daemon refills
+/// it at start-up, and a cache left behind by a daemon that no longer watches it would be
+/// worse than none.
+pub const MAP_NEXTHOPS: &str = "NEXTHOPS_V1";
+
 /// The Ethernet address of every interface the ingress program is attached to, a hash keyed
 /// by ifindex (`u32`), valued [`InterfaceMac`]. Only frames addressed to the receiving
 /// interface are balanced. Not pinned: it belongs to one program load, and the daemon fills it
@@ -421,6 +433,29 @@ pub struct InterfaceMac {
 pub const INTERFACE_FLAG_GENERIC: u8 = 1;
 const _: () = assert!(size_of::<InterfaceMac>() == 8);
 
+/// How to send to a backend without a FIB lookup. 36 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NextHop {
+    /// The backend address this was resolved for (network order): a packet to another address
+    /// (the index was reused for another backend) falls back to the FIB.
+    pub addr: Addr,
+    /// The egress interface.
+    pub ifindex: u32,
+    /// The route's MTU, host order: the egress device's MTU, or the route's `mtu` metric when
+    /// that is lower. A bigger IPv4 packet (with its outer header for `dsr-ipip`) falls back to
+    /// the FIB, which reports "fragmentation needed".
+    pub mtu: u16,
+    /// `NEXTHOP_FLAG_*` bits; none are defined yet (0).
+    pub flags: u16,
+    /// The next hop's Ethernet address (the gateway's, or the backend's on a directly
+    /// connected segment).
+    pub dmac: [u8; 6],
+    /// The egress interface's Ethernet address.
+    pub smac: [u8; 6],
+}
+const _: () = assert!(size_of::<NextHop>() == 36);
+
 /// Packets, bytes (Ethernet frame length) and new flows scheduled. 24 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -446,6 +481,7 @@ mod pod {
     unsafe impl aya::Pod for super::FullnatSource {}
     unsafe impl aya::Pod for super::FullnatPeer {}
     unsafe impl aya::Pod for super::InterfaceMac {}
+    unsafe impl aya::Pod for super::NextHop {}
     unsafe impl aya::Pod for super::FragmentKey {}
     unsafe impl aya::Pod for super::FragmentRoute {}
 }
@@ -470,6 +506,10 @@ mod tests {
         assert_eq!(offset_of!(Flow, last_seen_ns), 32);
         assert_eq!(offset_of!(ReplyKey, backend_port_be), 32);
         assert_eq!(offset_of!(Reply, service_id), 20);
+        assert_eq!(offset_of!(NextHop, ifindex), 16);
+        assert_eq!(offset_of!(NextHop, mtu), 20);
+        assert_eq!(offset_of!(NextHop, dmac), 24);
+        assert_eq!(offset_of!(NextHop, smac), 30);
     }
 
     #[test]

@@ -49,8 +49,9 @@ pub enum Stat {
     /// Passed: a new flow of a service with no backend taking new flows, whose policy
     /// (`when_all_down = "pass"`) hands it to the local stack.
     PassNoBackend = 17,
-    /// A service packet (`nat`) or a backend's reply sent straight out of an interface
-    /// (XDP_TX or XDP_REDIRECT) after a FIB lookup, with its MAC addresses set.
+    /// A service packet (`nat`, `fullnat`, `dsr-*`) or a backend's reply sent straight out of an
+    /// interface (XDP_TX or XDP_REDIRECT) after a FIB lookup, with its MAC addresses set (a
+    /// request sent with the next-hop cache instead counts as `ForwardedCached`).
     ForwardedFib = 18,
     /// Passed, rewritten: the FIB knows the route but has no neighbour entry for the next hop
     /// yet; the kernel forwards this packet and resolves the neighbour for the next ones.
@@ -121,11 +122,15 @@ pub enum Stat {
     /// Dropped: a new flow above the flood guard's rate, of a service that needs a flow entry
     /// (its replies are translated, or its scheduler is not consistent).
     GuardDropped = 41,
+    /// A request sent straight to its backend (XDP_TX or XDP_REDIRECT) with the MAC addresses
+    /// and egress of the next-hop cache (`NEXTHOPS_V1`), without a FIB lookup. A request whose
+    /// backend has no usable entry goes through the FIB (`ForwardedFib` and the others).
+    ForwardedCached = 42,
 }
 
 impl Stat {
     /// Number of counters.
-    pub const COUNT: u32 = 42;
+    pub const COUNT: u32 = 43;
     /// The length of `STATS_V1`: room for counters that later versions add, so that adding one
     /// does not change the pinned map's shape.
     pub const CAPACITY: u32 = 64;
@@ -174,6 +179,7 @@ impl Stat {
         Stat::FlowStateDeferred,
         Stat::GuardStateless,
         Stat::GuardDropped,
+        Stat::ForwardedCached,
     ];
 
     /// A stable snake_case name, used in `xdplb stats` and later as a metric label.
@@ -221,6 +227,7 @@ impl Stat {
             Stat::FlowStateDeferred => "flow_state_deferred",
             Stat::GuardStateless => "guard_stateless",
             Stat::GuardDropped => "guard_dropped",
+            Stat::ForwardedCached => "forwarded_cached",
         }
     }
 }

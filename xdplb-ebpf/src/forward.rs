@@ -1,6 +1,11 @@
 //! Sending a packet out of an interface: FIB lookup, TTL, MAC addresses, XDP_TX or
 //! XDP_REDIRECT. `nat` routes rewritten requests and replies; `dsr-l2` only readdresses the
 //! frame to the backend's MAC.
+//!
+//! A request to a backend whose next hop the daemon has resolved (`NEXTHOPS_V1`, keyed by the
+//! backend index) is sent with the cached egress and MAC addresses, without `bpf_fib_lookup`;
+//! without a usable entry it takes the FIB path, which also answers "fragmentation needed" and
+//! hands packets without a neighbour to the kernel.
 
 use aya_ebpf::{
     bindings::{
@@ -12,10 +17,10 @@ use aya_ebpf::{
     },
     programs::XdpContext,
 };
-use xdplb_common::{IPPROTO_IPIP, IPPROTO_UDP, Stat};
+use xdplb_common::{IPPROTO_IPIP, IPPROTO_UDP, NextHop, Stat, addr_from_v4_wire};
 
 use crate::{
-    csum,
+    NEXTHOPS, csum,
     parse::{ETH_HDR_LEN, EthHdr, Ipv4Hdr, Ipv4Udp, ptr_at},
     rewrite,
     service::Verdict,
@@ -23,6 +28,35 @@ use crate::{
 };
 
 const AF_INET: u8 = 2;
+
+/// The backend index of a packet that is not a request to a known backend (a reply, an ICMP
+/// error, a later fragment): it never uses the next-hop cache.
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// The next-hop cache's answer for backend `backend_index` ([`NO_BACKEND`]: none), when its
+/// entry was resolved for `daddr` (wire order) and its MTU takes an IPv4 packet of `tot_len`
+/// bytes (host order). `None` means: ask the FIB. The entry is returned in place (no copy on
+/// the stack, which the ingress program has little of to spare).
+#[inline(always)]
+fn cached(backend_index: u32, daddr: u32, tot_len: u16) -> Option<&'static NextHop> {
+    if backend_index == NO_BACKEND {
+        return None;
+    }
+    // SAFETY: a hash lookup. The element stays valid while the program runs (RCU), and the map
+    // has no preallocated elements, so an update replaces it whole instead of rewriting it.
+    let hop = unsafe { NEXTHOPS.get(backend_index) }?;
+    let want = addr_from_v4_wire(daddr);
+    // Word by word: a comparison of whole arrays may become a call to memcmp, which BPF lacks.
+    if hop.addr[3] != want[3]
+        || hop.addr[2] != want[2]
+        || hop.addr[1] != want[1]
+        || hop.addr[0] != want[0]
+        || tot_len > hop.mtu
+    {
+        return None;
+    }
+    Some(hop)
+}
 
 /// Routes a validated, already rewritten IPv4/UDP packet by its (new) addresses.
 ///
@@ -35,14 +69,27 @@ const AF_INET: u8 = 2;
 /// kernel drops such a packet as a martian when it arrives from outside, so without a
 /// neighbour entry it is dropped and counted instead of passed; the daemon resolves the
 /// backends' neighbours when it applies a config.
+///
+/// `backend_index`: the backend a request goes to ([`NO_BACKEND`] for anything else): its
+/// next-hop cache entry, when usable, replaces the FIB lookup.
 #[inline(always)]
-pub fn fib_forward(ctx: &XdpContext, pkt: &Ipv4Udp, local_source: bool) -> Verdict {
+pub fn fib_forward(
+    ctx: &XdpContext,
+    pkt: &Ipv4Udp,
+    local_source: bool,
+    backend_index: u32,
+) -> Verdict {
     // SAFETY: the parser proved the IPv4 header lies inside the packet; nothing moved it since.
     let (ttl, daddr) = unsafe { ((*pkt.ip).ttl, (*pkt.ip).daddr) };
     if ttl <= 1 {
         return pass_rewritten(ctx, pkt, Stat::PassTtlExceeded);
     }
-    let params = match lookup(ctx, pkt, daddr, packet_len(pkt)) {
+    let len = packet_len(pkt);
+    if let Some(hop) = cached(backend_index, daddr, len) {
+        rewrite::decrement_ttl(pkt);
+        return send_cached(ctx, hop, checksum_work(pkt, true));
+    }
+    let params = match lookup(ctx, pkt, daddr, len) {
         Ok(p) => p,
         Err((BPF_FIB_LKUP_RET_NO_NEIGH, _)) if local_source => {
             return Verdict::drop(Stat::DropNoNeighbour);
@@ -56,7 +103,7 @@ pub fn fib_forward(ctx: &XdpContext, pkt: &Ipv4Udp, local_source: bool) -> Verdi
         Err(_) => return Verdict::drop(Stat::DropNoRoute),
     };
     rewrite::decrement_ttl(pkt);
-    send(ctx, &params, checksum_work(pkt, true))
+    send_fib(ctx, &params, checksum_work(pkt, true))
 }
 
 /// What a packet sent through XDP needs from `xdplb_finish_checksum` (see `csum`): nothing,
@@ -103,15 +150,21 @@ fn pass_rewritten(ctx: &XdpContext, pkt: &Ipv4Udp, stat: Stat) -> Verdict {
 /// not on a directly reachable segment, means a drop: the kernel would deliver the VIP locally.
 /// A packet bigger than the egress MTU is dropped and, when `answer_too_big` (never for an
 /// ICMP error), answered with ICMP "fragmentation needed" for that MTU, as a router would.
+/// `backend_index`: as for [`fib_forward`].
 #[inline(always)]
 pub fn l2_forward(
     ctx: &XdpContext,
     pkt: &Ipv4Udp,
     backend_v4: u32,
+    backend_index: u32,
     answer_too_big: bool,
 ) -> Verdict {
-    match lookup(ctx, pkt, backend_v4, packet_len(pkt)) {
-        Ok(params) => send(ctx, &params, checksum_work(pkt, false)),
+    let len = packet_len(pkt);
+    if let Some(hop) = cached(backend_index, backend_v4, len) {
+        return send_cached(ctx, hop, checksum_work(pkt, false));
+    }
+    match lookup(ctx, pkt, backend_v4, len) {
+        Ok(params) => send_fib(ctx, &params, checksum_work(pkt, false)),
         Err((BPF_FIB_LKUP_RET_NO_NEIGH, _)) => Verdict::drop(Stat::DropNoNeighbour),
         Err((BPF_FIB_LKUP_RET_FRAG_NEEDED, mtu)) if answer_too_big => frag_needed(ctx, pkt, mtu),
         Err((BPF_FIB_LKUP_RET_FRAG_NEEDED, _)) => Verdict::drop(Stat::DropFragNeeded),
@@ -130,12 +183,14 @@ pub fn l2_forward(
 /// full checksum.
 ///
 /// `answer_too_big` is false for an ICMP error (no ICMP error is sent about one): too big, it
-/// is only dropped and counted.
+/// is only dropped and counted. `backend_index`: as for [`fib_forward`] (the cached MTU must
+/// take the encapsulated length).
 #[inline(always)]
 pub fn ipip_forward(
     ctx: &XdpContext,
     pkt: &Ipv4Udp,
     backend_v4: u32,
+    backend_index: u32,
     outer_src: u32,
     answer_too_big: bool,
 ) -> Verdict {
@@ -146,15 +201,22 @@ pub fn ipip_forward(
         return Verdict::drop(Stat::DropFragNeeded);
     }
     let outer_len = inner_len + OUTER_LEN as u16;
-    let params = match lookup(ctx, pkt, backend_v4, outer_len) {
-        Ok(p) => Some(p),
-        Err((BPF_FIB_LKUP_RET_NO_NEIGH, _)) => None,
-        Err((BPF_FIB_LKUP_RET_FRAG_NEEDED, mtu)) if answer_too_big => {
-            // The client learns the MTU that leaves room for the outer header.
-            return frag_needed(ctx, pkt, mtu.saturating_sub(OUTER_LEN as u16));
+    let hop = cached(backend_index, backend_v4, outer_len);
+    let params = if hop.is_some() {
+        None
+    } else {
+        match lookup(ctx, pkt, backend_v4, outer_len) {
+            Ok(p) => Some(p),
+            Err((BPF_FIB_LKUP_RET_NO_NEIGH, _)) => None,
+            Err((BPF_FIB_LKUP_RET_FRAG_NEEDED, mtu)) if answer_too_big => {
+                // The client learns the MTU that leaves room for the outer header.
+                return frag_needed(ctx, pkt, mtu.saturating_sub(OUTER_LEN as u16));
+            }
+            Err((BPF_FIB_LKUP_RET_FRAG_NEEDED, _)) => {
+                return Verdict::drop(Stat::DropFragNeeded);
+            }
+            Err(_) => return Verdict::drop(Stat::DropNoRoute),
         }
-        Err((BPF_FIB_LKUP_RET_FRAG_NEEDED, _)) => return Verdict::drop(Stat::DropFragNeeded),
-        Err(_) => return Verdict::drop(Stat::DropNoRoute),
     };
     // A partial inner checksum: completed on the way out (`send`). Passed to the kernel, the
     // skb keeps its partial state (the inner addresses did not change, so the field is right).
@@ -196,10 +258,13 @@ pub fn ipip_forward(
         (*eth).ether_type_be = ETH_P_IP.to_be();
         *outer = header;
     }
-    match params {
-        Some(p) => send(ctx, &p, work),
-        None => Verdict::pass(Stat::PassNoNeighbour),
-    }
+    // One send for both answers: a second inlined copy would cost the ingress program stack.
+    let (ifindex, dmac, smac, stat) = match (hop, &params) {
+        (Some(h), _) => (h.ifindex, &h.dmac, &h.smac, Stat::ForwardedCached),
+        (None, Some(p)) => (p.ifindex, &p.dmac, &p.smac, Stat::ForwardedFib),
+        (None, None) => return Verdict::pass(Stat::PassNoNeighbour),
+    };
+    send(ctx, ifindex, dmac, smac, stat, work)
 }
 
 /// Rewrites the packet in place into an ICMP "fragmentation needed" (type 3, code 4) for
@@ -412,22 +477,55 @@ fn ingress_ifindex(ctx: &XdpContext) -> u32 {
     unsafe { (*ctx.ctx).ingress_ifindex }
 }
 
-/// Sets the MAC addresses the FIB gave and sends the frame: XDP_TX back out of the interface it
-/// came in on, XDP_REDIRECT to any other. A packet with `checksum` work to do (see
-/// [`checksum_work`]) goes through `xdplb_finish_checksum`, which does it and sends the packet
-/// the same way (see `csum`).
+/// [`send`] with what the FIB answered.
 #[inline(always)]
-fn send(ctx: &XdpContext, params: &bpf_fib_lookup, checksum: u32) -> Verdict {
+fn send_fib(ctx: &XdpContext, params: &bpf_fib_lookup, checksum: u32) -> Verdict {
+    send(
+        ctx,
+        params.ifindex,
+        &params.dmac,
+        &params.smac,
+        Stat::ForwardedFib,
+        checksum,
+    )
+}
+
+/// [`send`] with a next-hop cache entry.
+#[inline(always)]
+fn send_cached(ctx: &XdpContext, hop: &NextHop, checksum: u32) -> Verdict {
+    send(
+        ctx,
+        hop.ifindex,
+        &hop.dmac,
+        &hop.smac,
+        Stat::ForwardedCached,
+        checksum,
+    )
+}
+
+/// Sets the MAC addresses `dmac` and `smac` and sends the frame out of `ifindex`: XDP_TX back
+/// out of the interface it came in on, XDP_REDIRECT to any other; the verdict counts `stat`.
+/// A packet with `checksum` work to do (see [`checksum_work`]) goes through
+/// `xdplb_finish_checksum`, which does it and sends the packet the same way (see `csum`).
+#[inline(always)]
+fn send(
+    ctx: &XdpContext,
+    ifindex: u32,
+    dmac: &[u8; 6],
+    smac: &[u8; 6],
+    stat: Stat,
+    checksum: u32,
+) -> Verdict {
     let Some(eth) = ptr_at::<_, EthHdr>(ctx, 0) else {
         // Unreachable after a successful parse; pass rather than guess.
         return Verdict::pass(Stat::PassTruncated);
     };
     // SAFETY: `ptr_at` bounds-checked the Ethernet header.
     unsafe {
-        (*eth).dst = params.dmac;
-        (*eth).src = params.smac;
+        (*eth).dst = *dmac;
+        (*eth).src = *smac;
     }
-    let tx = params.ifindex == ingress_ifindex(ctx);
+    let tx = ifindex == ingress_ifindex(ctx);
     if checksum != NO_CHECKSUM_WORK {
         return csum::tail_call_finish(
             ctx,
@@ -437,8 +535,8 @@ fn send(ctx: &XdpContext, params: &bpf_fib_lookup, checksum: u32) -> Verdict {
                 } else {
                     xdp_action::XDP_REDIRECT
                 },
-                ifindex: params.ifindex,
-                stat: Stat::ForwardedFib,
+                ifindex,
+                stat,
                 keep_partial: u32::from(checksum == KEEP_CHECKSUM_PARTIAL),
             },
         );
@@ -446,14 +544,11 @@ fn send(ctx: &XdpContext, params: &bpf_fib_lookup, checksum: u32) -> Verdict {
     if tx {
         return Verdict {
             action: xdp_action::XDP_TX,
-            stat: Stat::ForwardedFib,
+            stat,
         };
     }
     // SAFETY: a helper taking plain integers; it returns XDP_REDIRECT, or XDP_ABORTED on bad
     // flags (we pass none).
-    let action = unsafe { bpf_redirect(params.ifindex, 0) } as u32;
-    Verdict {
-        action,
-        stat: Stat::ForwardedFib,
-    }
+    let action = unsafe { bpf_redirect(ifindex, 0) } as u32;
+    Verdict { action, stat }
 }

@@ -144,13 +144,22 @@ fn follow(ctx: &XdpContext, pkt: &Ipv4Udp) -> Verdict {
     }
     match route.send {
         FRAGMENT_SEND_LOCAL => Verdict::pass(Stat::Forwarded),
-        FRAGMENT_SEND_ROUTE => forward::fib_forward(ctx, pkt, false),
-        FRAGMENT_SEND_ROUTE_LOCAL_SOURCE => forward::fib_forward(ctx, pkt, true),
-        // No ICMP error about a non-initial fragment (RFC 1122 3.2.2): too big, it is dropped.
-        FRAGMENT_SEND_DSR_L2 => forward::l2_forward(ctx, pkt, route.backend_v4, false),
-        FRAGMENT_SEND_DSR_IPIP => {
-            forward::ipip_forward(ctx, pkt, route.backend_v4, route.encap_source_v4, false)
+        FRAGMENT_SEND_ROUTE => forward::fib_forward(ctx, pkt, false, forward::NO_BACKEND),
+        FRAGMENT_SEND_ROUTE_LOCAL_SOURCE => {
+            forward::fib_forward(ctx, pkt, true, forward::NO_BACKEND)
         }
+        // No ICMP error about a non-initial fragment (RFC 1122 3.2.2): too big, it is dropped.
+        FRAGMENT_SEND_DSR_L2 => {
+            forward::l2_forward(ctx, pkt, route.backend_v4, forward::NO_BACKEND, false)
+        }
+        FRAGMENT_SEND_DSR_IPIP => forward::ipip_forward(
+            ctx,
+            pkt,
+            route.backend_v4,
+            forward::NO_BACKEND,
+            route.encap_source_v4,
+            false,
+        ),
         _ => Verdict::pass(Stat::PassLaterFragment),
     }
 }

@@ -116,7 +116,12 @@ pub fn handle(ctx: &XdpContext) -> Option<Verdict> {
             outer_source(&q, r.vip_addr[3]);
         }
         crate::stats::count(Stat::IcmpErrorToClient);
-        return Some(forward::fib_forward(ctx, &pseudo, false));
+        return Some(forward::fib_forward(
+            ctx,
+            &pseudo,
+            false,
+            forward::NO_BACKEND,
+        ));
     }
     if let Some(peer) = fullnat::peer(&key) {
         // fullnat: the client sent from its own address to VIP:port.
@@ -127,7 +132,12 @@ pub fn handle(ctx: &XdpContext) -> Option<Verdict> {
             outer_source(&q, peer.vip_addr[3]);
         }
         crate::stats::count(Stat::IcmpErrorToClient);
-        return Some(forward::fib_forward(ctx, &pseudo, false));
+        return Some(forward::fib_forward(
+            ctx,
+            &pseudo,
+            false,
+            forward::NO_BACKEND,
+        ));
     }
     // Towards the VIP, about a reply VIP:port -> client.
     if outer_daddr != inner_saddr {
@@ -158,10 +168,10 @@ pub fn handle(ctx: &XdpContext) -> Option<Verdict> {
     let backend = flow.backend_addr[3];
     crate::stats::count(Stat::IcmpErrorToBackend);
     Some(match mode {
-        FORWARD_DSR_L2 => forward::l2_forward(ctx, &pseudo, backend, false),
+        FORWARD_DSR_L2 => forward::l2_forward(ctx, &pseudo, backend, forward::NO_BACKEND, false),
         FORWARD_DSR_IPIP => {
             let source = service::encap_source(&service, flow.tuple_hash);
-            forward::ipip_forward(ctx, &pseudo, backend, source, false)
+            forward::ipip_forward(ctx, &pseudo, backend, forward::NO_BACKEND, source, false)
         }
         // fullnat replies leave translated; an error about one would need the reverse of that.
         FORWARD_FULLNAT => return None,
@@ -170,7 +180,7 @@ pub fn handle(ctx: &XdpContext) -> Option<Verdict> {
             quoted_source(&q, backend, flow.backend_port_be);
             outer_destination(&q, backend);
             if mode == FORWARD_NAT {
-                forward::fib_forward(ctx, &pseudo, false)
+                forward::fib_forward(ctx, &pseudo, false, forward::NO_BACKEND)
             } else {
                 Verdict {
                     action: XDP_PASS,

@@ -25,8 +25,8 @@ use aya_ebpf::{
 use xdplb_common::{
     Backend, Counter, DEFAULT_MAX_BACKENDS_PER_SERVICE, DEFAULT_MAX_FLOWS,
     DEFAULT_MAX_LOOKUP_ENTRIES, DEFAULT_MAX_SERVICES, FRAGMENT_TABLE_ENTRIES, Flow, FlowKey,
-    FragmentKey, FragmentRoute, FullnatPeer, FullnatSource, GLOBALS_LEN, InterfaceMac, PORTS_LEN,
-    Reply, ReplyKey, SEEN_SLOTS, Service, ServiceKey, Stat,
+    FragmentKey, FragmentRoute, FullnatPeer, FullnatSource, GLOBALS_LEN, InterfaceMac, NextHop,
+    PORTS_LEN, Reply, ReplyKey, SEEN_SLOTS, Service, ServiceKey, Stat,
 };
 
 // The max_entries below are placeholders: user space sizes every map from the config at load
@@ -61,6 +61,15 @@ static FULLNAT_SOURCES: Array<FullnatSource> = Array::with_max_entries(DEFAULT_M
 
 #[map(name = "FULLNAT_V1")]
 static FULLNAT: HashMap<ReplyKey, FullnatPeer> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+/// See `xdplb_common::MAP_NEXTHOPS`: backend index -> how to reach it without a FIB lookup.
+/// BPF_F_NO_PREALLOC: an update replaces the element whole, freed after an RCU grace period, so a
+/// reader never sees a half-written MAC address.
+#[map(name = "NEXTHOPS_V1")]
+static NEXTHOPS: HashMap<u32, NextHop> = HashMap::with_max_entries(
+    DEFAULT_MAX_SERVICES * DEFAULT_MAX_BACKENDS_PER_SERVICE,
+    BPF_F_NO_PREALLOC,
+);
 
 /// See `xdplb_common::MAP_LOCAL_MACS`: ifindex -> the interface's Ethernet address.
 #[map(name = "LOCAL_MACS")]

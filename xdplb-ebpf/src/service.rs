@@ -181,7 +181,13 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
     }
     if mode == FORWARD_DSR_L2 {
         // The backend holds the VIP: the packet stays as the client sent it.
-        return Ok(forward::l2_forward(ctx, &pkt, target.addr_v4, true));
+        return Ok(forward::l2_forward(
+            ctx,
+            &pkt,
+            target.addr_v4,
+            target.index,
+            true,
+        ));
     }
     if mode == FORWARD_DSR_IPIP {
         let source = encap_source(&service, target.tuple_hash);
@@ -189,6 +195,7 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
             ctx,
             &pkt,
             target.addr_v4,
+            target.index,
             source,
             true,
         ));
@@ -197,11 +204,11 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
         let source = fullnat::source_addr(&service).ok_or(Verdict::drop(Stat::DropNoRoute))?;
         rewrite::set_source(&pkt, source, target.snat_port_be);
         rewrite::set_destination(&pkt, target.addr_v4, target.port_be);
-        return Ok(forward::fib_forward(ctx, &pkt, true));
+        return Ok(forward::fib_forward(ctx, &pkt, true, target.index));
     }
     rewrite::set_destination(&pkt, target.addr_v4, target.port_be);
     if mode == FORWARD_NAT {
-        return Ok(forward::fib_forward(ctx, &pkt, false));
+        return Ok(forward::fib_forward(ctx, &pkt, false, target.index));
     }
     // A partial checksum needs nothing more: the kernel trusts a partial skb it delivers.
     Ok(Verdict::pass(Stat::Forwarded))
@@ -485,7 +492,7 @@ fn translate_reply(
     } else {
         stats::count(Stat::NatReplyTranslated);
     }
-    forward::fib_forward(ctx, pkt, false)
+    forward::fib_forward(ctx, pkt, false, forward::NO_BACKEND)
 }
 
 /// Finds the service for a destination: the exact (address, port, UDP) first, then the

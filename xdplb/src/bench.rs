@@ -37,6 +37,8 @@ const FRAME_LEN: usize = 64;
 pub enum BenchError {
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
+    #[error("next-hop cache: {0}")]
+    NextHop(#[from] crate::nexthop::NextHopError),
     #[error("benchmark harness: {0}")]
     Harness(String),
     #[error("BPF_PROG_TEST_RUN of {what}: {source}")]
@@ -355,6 +357,9 @@ pub fn forwarding_modes(
         });
         let mut dp = Dataplane::load(cfg.limits, false)?;
         dp.apply_config(&cfg)?;
+        // As the daemon does: the remote modes send with the next-hop cache when the backend's
+        // route and neighbour resolve here (else they measure the bpf_fib_lookup path).
+        crate::nexthop::fill_cache(&mut dp)?;
         accept_bench_frames(&mut dp)?;
         let m = h.paired("bench_same_flow", dp.ingress()?, &frame, repeat, rounds)?;
         rows.push(ModeRow {

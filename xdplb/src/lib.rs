@@ -22,6 +22,7 @@ pub mod http;
 pub mod instance;
 pub mod metrics;
 pub mod netlink;
+pub mod nexthop;
 pub mod packet;
 pub mod stats;
 pub mod stop;

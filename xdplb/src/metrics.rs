@@ -281,7 +281,9 @@ impl Collector for Scrape {
         )?;
         // One counter array, two families: by verdict and reason, and the other events.
         let split = |(name, value): &(String, u64), stat: Stat| match stat {
-            Stat::Forwarded | Stat::ForwardedFib => Some(("forward", name.clone(), *value)),
+            Stat::Forwarded | Stat::ForwardedFib | Stat::ForwardedCached => {
+                Some(("forward", name.clone(), *value))
+            }
             _ => name
                 .strip_prefix("pass_")
                 .map(|r| ("pass", r.to_string(), *value))

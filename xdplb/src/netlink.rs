@@ -47,6 +47,9 @@ pub struct LinkState {
     pub is_veth: bool,
     pub tx_dropped: u64,
     pub rx_dropped: u64,
+    /// The interface's link-layer address when it is an Ethernet one (6 bytes).
+    pub mac: Option<[u8; 6]>,
+    pub mtu: u32,
 }
 
 fn link_state(msg: &LinkMessage) -> LinkState {
@@ -57,6 +60,8 @@ fn link_state(msg: &LinkMessage) -> LinkState {
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => s.name.clone_from(n),
+            LinkAttribute::Address(a) => s.mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
+            LinkAttribute::Mtu(m) => s.mtu = *m,
             LinkAttribute::Stats64(st) => {
                 s.tx_dropped = st.tx_dropped;
                 s.rx_dropped = st.rx_dropped;
@@ -87,7 +92,7 @@ fn link_state(msg: &LinkMessage) -> LinkState {
 }
 
 /// Sends one request and collects every answer (a dump's parts, or the ACK).
-fn request(
+pub(crate) fn request(
     what: &str,
     msg: RouteNetlinkMessage,
     flags: u16,

@@ -545,3 +545,212 @@ fn run_cases() {
     assert!(d.contains(&(Stat::DropFragNeeded, 1)), "{d:?}");
     assert!(d.contains(&(Stat::IcmpFragNeededSent, 1)), "{d:?}");
 }
+
+/// A nat, a dsr-l2 and a dsr-ipip service with one backend each, 10.60.1.2 on `fa`.
+const CACHE_CONFIG: &str = r#"
+interfaces = ["lo"]
+
+[[service]]
+name = "nat"
+vip = "10.99.0.1:7000"
+forwarding = "nat"
+[[service.backend]]
+address = "10.60.1.2:7000"
+
+[[service]]
+name = "dsr"
+vip = "10.99.0.4:7000"
+forwarding = "dsr-l2"
+[[service.backend]]
+address = "10.60.1.2:7000"
+
+[[service]]
+name = "ipip"
+vip = "10.99.0.6:7000"
+forwarding = "dsr-ipip"
+encap_source = "10.200.0.0/24"
+[[service.backend]]
+address = "10.60.1.2:7000"
+"#;
+
+/// MAC addresses that neither the FIB nor the topology knows: a frame that carries them was
+/// sent with the next-hop cache.
+const MAC_CACHED_DST: [u8; 6] = [0x02, 0, 0, 0, 0xca, 0xfe];
+const MAC_CACHED_SRC: [u8; 6] = [0x02, 0, 0, 0, 0xca, 0xfd];
+
+#[test]
+fn the_next_hop_cache_replaces_the_fib_and_a_stale_or_small_entry_falls_back() {
+    require_root();
+    netns::in_fib_topology(
+        "nhc",
+        &netns::fib_neighbours(),
+        "the next-hop cache cases pass",
+        next_hop_cases,
+    );
+}
+
+fn next_hop_cases() {
+    use xdplb_common::{NextHop, addr_from_v4_wire};
+
+    let (_, mut dp) = load_toml(CACHE_CONFIG);
+    let (a, b) = (ifindex("fa"), ifindex("fb"));
+    let prog = ingress_program(&mut dp);
+    dp.set_interface_mac(b, xdplb::packet::FRAME_DST_MAC, false)
+        .expect("fb's address");
+    let run = |frame: &[u8], on: u32| testrun::run_xdp_on(&prog, frame, on).expect("test run");
+    let index = |name: &str| {
+        let plan = dp
+            .current()
+            .expect("applied")
+            .services
+            .iter()
+            .find(|s| s.name == name)
+            .expect("the service")
+            .clone();
+        plan.backends[0].0
+    };
+    let (nat, dsr, ipip) = (index("nat"), index("dsr"), index("ipip"));
+    let backend_wire = u32::from_ne_bytes([10, 60, 1, 2]);
+    // Sent back out of fb (the ingress) by the cache: XDP_TX. The FIB would redirect to fa.
+    let entry = |addr_wire: u32, mtu: u16| NextHop {
+        addr: addr_from_v4_wire(addr_wire),
+        ifindex: b,
+        mtu,
+        flags: 0,
+        dmac: MAC_CACHED_DST,
+        smac: MAC_CACHED_SRC,
+    };
+    let request = |port: u16, vip: &str| input(&format!("10.60.2.2:{port}"), vip, 64);
+    let ip_len = |frame: &[u8]| (frame.len() - ETH_HDR_LEN) as u16;
+
+    // 1. nat, with an entry for the backend: the cached MACs, XDP_TX (its ifindex is the
+    //    ingress), TTL decremented, counted as sent by the cache and not by the FIB.
+    let frame = request(6000, "10.99.0.1:7000");
+    dp.set_next_hop(nat, &entry(backend_wire, 1500))
+        .expect("cache entry");
+    let before = counters(&dp);
+    let out = run(&frame, b);
+    assert_eq!(out.action, XDP_TX, "nat: sent by the cache, back out of fb");
+    assert_eq!(
+        out.frame,
+        expected(
+            "10.60.2.2:6000",
+            "10.60.1.2:7000",
+            63,
+            MAC_CACHED_DST,
+            MAC_CACHED_SRC
+        ),
+        "nat: the cached MACs"
+    );
+    assert_eq!(
+        deltas(&before, &counters(&dp)),
+        [
+            (Stat::FlowCreated, 1),
+            (Stat::FlowTableInsert, 1),
+            (Stat::ForwardedCached, 1)
+        ]
+    );
+
+    // 2. The entry is for another address (the index now holds another backend): the FIB.
+    dp.set_next_hop(nat, &entry(u32::from_ne_bytes([10, 60, 1, 3]), 1500))
+        .expect("cache entry");
+    let before = counters(&dp);
+    let out = run(&frame, b);
+    assert_eq!(
+        out.action, XDP_REDIRECT,
+        "nat, stale entry: the FIB's answer"
+    );
+    assert_eq!(
+        out.frame,
+        expected("10.60.2.2:6000", "10.60.1.2:7000", 63, MAC_BACKEND, MAC_A)
+    );
+    assert_eq!(deltas(&before, &counters(&dp)), [(Stat::ForwardedFib, 1)]);
+
+    // 3. The packet is one byte bigger than the cached MTU: the FIB (whose MTU is 1500).
+    dp.set_next_hop(nat, &entry(backend_wire, ip_len(&frame) - 1))
+        .expect("cache entry");
+    let before = counters(&dp);
+    let out = run(&frame, b);
+    assert_eq!(
+        out.action, XDP_REDIRECT,
+        "nat, too big for the entry: the FIB"
+    );
+    assert_eq!(deltas(&before, &counters(&dp)), [(Stat::ForwardedFib, 1)]);
+    // Exactly the MTU: the cache.
+    dp.set_next_hop(nat, &entry(backend_wire, ip_len(&frame)))
+        .expect("cache entry");
+    assert_eq!(
+        run(&frame, b).action,
+        XDP_TX,
+        "nat, packet of the MTU: cached"
+    );
+
+    // 4. No entry: the FIB.
+    dp.remove_next_hop(nat).expect("remove");
+    dp.remove_next_hop(nat)
+        .expect("removing a missing entry is no error");
+    let before = counters(&dp);
+    assert_eq!(run(&frame, b).action, XDP_REDIRECT);
+    assert_eq!(deltas(&before, &counters(&dp)), [(Stat::ForwardedFib, 1)]);
+
+    // 5. dsr-l2: only the MACs change, to the cached ones.
+    let frame = request(6001, "10.99.0.4:7000");
+    dp.set_next_hop(dsr, &entry(backend_wire, 1500))
+        .expect("cache entry");
+    let out = run(&frame, b);
+    assert_eq!(out.action, XDP_TX, "dsr-l2: sent by the cache");
+    assert_eq!(
+        out.frame,
+        with_macs(frame.clone(), MAC_CACHED_DST, MAC_CACHED_SRC)
+    );
+
+    // 6. dsr-ipip: the cached MTU must take the outer header too.
+    let frame = request(6002, "10.99.0.6:7000");
+    dp.set_next_hop(ipip, &entry(backend_wire, ip_len(&frame) + 19))
+        .expect("cache entry");
+    let before = counters(&dp);
+    let out = run(&frame, b);
+    assert_eq!(out.action, XDP_REDIRECT, "dsr-ipip, 1 byte short: the FIB");
+    assert!(deltas(&before, &counters(&dp)).contains(&(Stat::ForwardedFib, 1)));
+    dp.set_next_hop(ipip, &entry(backend_wire, ip_len(&frame) + 20))
+        .expect("cache entry");
+    let before = counters(&dp);
+    let out = run(&frame, b);
+    assert_eq!(out.action, XDP_TX, "dsr-ipip: sent by the cache");
+    assert_eq!(out.frame[..12], [MAC_CACHED_DST, MAC_CACHED_SRC].concat());
+    assert_eq!(out.frame.len(), frame.len() + 20, "encapsulated");
+    assert_eq!(
+        deltas(&before, &counters(&dp)),
+        [(Stat::ForwardedCached, 1)]
+    );
+
+    // 7. The daemon's resolver, in this namespace, finds what the FIB finds: backend
+    //    10.60.1.2 via fa, its permanent neighbour entry, fa's MTU.
+    for i in [nat, dsr, ipip] {
+        dp.remove_next_hop(i).expect("remove");
+    }
+    let written = xdplb::nexthop::fill_cache(&mut dp).expect("resolve");
+    assert_eq!(written, 3, "one entry per remote backend");
+    let mut hops = dp.next_hops().expect("read the cache");
+    hops.sort_by_key(|(i, _)| *i);
+    let resolved = NextHop {
+        addr: addr_from_v4_wire(backend_wire),
+        ifindex: a,
+        mtu: 1500,
+        flags: 0,
+        dmac: MAC_BACKEND,
+        smac: MAC_A,
+    };
+    let mut want = vec![(nat, resolved), (dsr, resolved), (ipip, resolved)];
+    want.sort_by_key(|(i, _)| *i);
+    assert_eq!(hops, want);
+    let before = counters(&dp);
+    let out = run(&request(6003, "10.99.0.1:7000"), b);
+    assert_eq!(out.action, XDP_REDIRECT);
+    assert_eq!(
+        out.frame,
+        expected("10.60.2.2:6003", "10.60.1.2:7000", 63, MAC_BACKEND, MAC_A),
+        "sent by the resolved cache as the FIB would have"
+    );
+    assert!(deltas(&before, &counters(&dp)).contains(&(Stat::ForwardedCached, 1)));
+}

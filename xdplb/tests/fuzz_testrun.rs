@@ -765,7 +765,7 @@ fn is_verdict(s: Stat) -> bool {
         | DropNoBackend | PassNoBackend | ForwardedFib | PassNoNeighbour | PassFragNeeded
         | PassTtlExceeded | DropNoRoute | DropNoNeighbour | DropFragNeeded | DropEncapFailed
         | DropPortsExhausted | DropBadIpv4Checksum | PassNotForUs | DropChecksumTooLong
-        | PassBadIcmp | GuardDropped => true,
+        | PassBadIcmp | GuardDropped | ForwardedCached => true,
         PartialChecksumFixed
         | FlowStateDeferred
         | GuardStateless
@@ -790,7 +790,7 @@ fn is_verdict(s: Stat) -> bool {
 fn action_fits(s: Stat, action: u32) -> bool {
     use Stat::*;
     match s {
-        ForwardedFib => action == XDP_TX || action == XDP_REDIRECT,
+        ForwardedFib | ForwardedCached => action == XDP_TX || action == XDP_REDIRECT,
         DropFragNeeded => action == XDP_DROP || action == XDP_TX,
         DropNoBackend | DropNoRoute | DropNoNeighbour | DropEncapFailed | DropPortsExhausted
         | DropBadIpv4Checksum | DropChecksumTooLong | GuardDropped => action == XDP_DROP,

@@ -1893,7 +1893,8 @@ fn nat_routes_to_backends_on_other_hosts_and_translates_their_replies_case() {
     let st = stats(&lb_ns, &dir, &instance);
     assert_eq!(counter(&st, "nat_reply_translated"), 180, "{st}");
     assert_eq!(counter(&st, "flow_created"), 60, "{st}");
-    let routed = counter(&st, "forwarded_fib");
+    // Sent by XDP after a FIB lookup, or with the next-hop cache once the daemon resolved it.
+    let routed = counter(&st, "forwarded_fib") + counter(&st, "forwarded_cached");
     let via_kernel = counter(&st, "pass_no_neighbour");
     assert_eq!(
         routed + via_kernel,
@@ -1906,7 +1907,7 @@ fn nat_routes_to_backends_on_other_hosts_and_translates_their_replies_case() {
     );
     assert_eq!(counter(&st, "drop_no_route"), 0, "{st}");
     println!(
-        "nat: 60 flows x 3 datagrams, flows per backend {flows:?}; forwarded_fib {routed}, pass_no_neighbour {via_kernel}; attached: {}",
+        "nat: 60 flows x 3 datagrams, flows per backend {flows:?}; forwarded_fib + forwarded_cached {routed}, pass_no_neighbour {via_kernel}; attached: {}",
         lb.seen.join(" ")
     );
     fragmented_round_trip(&client_ns, "10.99.0.1:7000", &lb_ns, &dir, &instance);
@@ -2053,7 +2054,7 @@ fn dsr_l2_backends_on_one_segment_answer_clients_directly_case() {
     );
     let st = stats(&lb_ns, &dir, &instance);
     assert_eq!(
-        counter(&st, "forwarded_fib"),
+        counter(&st, "forwarded_fib") + counter(&st, "forwarded_cached"),
         180,
         "every request sent by XDP: {st}"
     );
@@ -2167,7 +2168,9 @@ fn dsr_ipip_backends_decapsulate_with_xdplb_decap_and_answer_directly_case() {
     );
     let st = stats(&lb_ns, &dir, &instance);
     assert_eq!(
-        counter(&st, "forwarded_fib") + counter(&st, "pass_no_neighbour"),
+        counter(&st, "forwarded_fib")
+            + counter(&st, "forwarded_cached")
+            + counter(&st, "pass_no_neighbour"),
         180,
         "every request encapsulated and sent: {st}"
     );
@@ -2312,7 +2315,9 @@ fn fullnat_reaches_backends_that_have_no_route_to_clients_case() {
     assert_eq!(counter(&st, "drop_ports_exhausted"), 0, "{st}");
     assert_eq!(counter(&st, "drop_no_neighbour"), 0, "{st}");
     assert_eq!(
-        counter(&st, "forwarded_fib") + counter(&st, "pass_no_neighbour"),
+        counter(&st, "forwarded_fib")
+            + counter(&st, "forwarded_cached")
+            + counter(&st, "pass_no_neighbour"),
         360,
         "every request and reply routed: {st}"
     );
@@ -2703,6 +2708,270 @@ fn veth_drops_of_redirects_to_a_peer_without_napi_are_reported() {
         "{metrics}"
     );
     println!("veth drops: lost {lost} of 30; {ingress}: {v}; {warning}");
+    let status = lb.terminate(Duration::from_secs(10));
+    assert!(status.success(), "exit 0 on SIGTERM: {status}");
+}
+
+type NextHopMap = aya::maps::HashMap<aya::maps::MapData, u32, xdplb_common::NextHop>;
+
+/// The next-hop cache (`NEXTHOPS_V1`) of the XDP program attached to `dev` in `ns`: the
+/// program's own map (it is not pinned).
+fn next_hop_map(ns: &Netns, dev: &str) -> NextHopMap {
+    use aya::maps::{Map, MapData, MapInfo};
+    let out = ns.exec(&["ip", "-j", "link", "show", "dev", dev]);
+    let link: Value = serde_json::from_slice(&out.stdout).expect("ip -j link prints JSON");
+    let prog_id = link[0]["xdp"]["prog"]["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no XDP program on {dev}: {link}")) as u32;
+    let prog = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == prog_id)
+        .expect("the attached program");
+    let map_id = prog
+        .map_ids()
+        .expect("map ids")
+        .unwrap_or_default()
+        .into_iter()
+        .find(|id| MapInfo::from_id(*id).is_ok_and(|m| m.name_as_str() == Some("NEXTHOPS_V1")))
+        .expect("the program uses NEXTHOPS_V1");
+    let map = Map::from_map_data(MapData::from_id(map_id).expect("open the map")).expect("map");
+    NextHopMap::try_from(map).expect("a hash map of next hops")
+}
+
+/// Polls `hops` every 100 µs until `want` holds for the entry of `backend` (`None`: no
+/// entry), for at most `bound`; returns how long it took.
+fn wait_for_next_hop(
+    hops: &NextHopMap,
+    backend: std::net::Ipv4Addr,
+    bound: Duration,
+    what: &str,
+    want: impl Fn(Option<&xdplb_common::NextHop>) -> bool,
+) -> Duration {
+    let addr = xdplb::dataplane::reconcile::addr_v4(backend);
+    let started = std::time::Instant::now();
+    loop {
+        let entry = hops
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, h)| h)
+            .find(|h| h.addr == addr);
+        if want(entry.as_ref()) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < bound,
+            "{what}: not in the data plane after {bound:?}: {entry:?}"
+        );
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+/// Runs `change` in `ns`, then [`wait_for_next_hop`]. Returns the time until the data plane
+/// had it, from starting the command and from its return (the kernel changed in between:
+/// the two bound the latency from both sides).
+fn time_change(
+    ns: &Netns,
+    change: &[&str],
+    hops: &NextHopMap,
+    backend: std::net::Ipv4Addr,
+    what: &str,
+    want: impl Fn(Option<&xdplb_common::NextHop>) -> bool,
+) -> (Duration, Duration) {
+    let spawned = std::time::Instant::now();
+    ns.exec(change);
+    let after_return = wait_for_next_hop(hops, backend, Duration::from_secs(2), what, want);
+    (spawned.elapsed(), after_return)
+}
+
+fn mac_of(ns: &Netns, dev: &str) -> [u8; 6] {
+    let out = ns.exec(&["ip", "-j", "link", "show", "dev", dev]);
+    let link: Value = serde_json::from_slice(&out.stdout).expect("ip -j link prints JSON");
+    let text = link[0]["address"].as_str().expect("an address");
+    let mut mac = [0u8; 6];
+    for (b, part) in mac.iter_mut().zip(text.split(':')) {
+        *b = u8::from_str_radix(part, 16).expect("hex");
+    }
+    mac
+}
+
+fn ifindex_of(ns: &Netns, dev: &str) -> u32 {
+    let out = ns.exec(&["ip", "-j", "link", "show", "dev", dev]);
+    let link: Value = serde_json::from_slice(&out.stdout).expect("ip -j link prints JSON");
+    link[0]["ifindex"].as_u64().expect("an ifindex") as u32
+}
+
+/// `nat` through real veths with their default offloads: the daemon fills the next-hop cache
+/// once the backend's neighbour is known and traffic then goes through it; a neighbour change
+/// (the backend's MAC address), a route's MTU, a blackhole route and its removal each reach
+/// the data plane's entry within 2 s (the latencies are printed).
+#[test]
+fn next_hop_cache_follows_neighbour_and_route_changes_with_default_offloads() {
+    with_offloads(
+        Offloads::Default,
+        &SERIAL_NEXT_HOP_CACHE,
+        next_hop_cache_follows_neighbour_and_route_changes_case,
+    );
+}
+
+static SERIAL_NEXT_HOP_CACHE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn next_hop_cache_follows_neighbour_and_route_changes_case() {
+    require_root();
+    let pid = std::process::id();
+    let Routed {
+        client: client_ns,
+        lb: lb_ns,
+        backends: backend_ns,
+        lb_devs: interfaces,
+        backend_devs,
+    } = routed_topology("h", 93);
+    let backend: std::net::Ipv4Addr = "10.94.1.2".parse().expect("literal");
+    let _backend = start_backends(&backend_ns[0], "10.94.1.2:7000");
+    let dir = run_dir("nexthop");
+    let cfg_path = write_service_config(
+        &dir,
+        "nexthop",
+        &interfaces,
+        "",
+        "forwarding = \"nat\"\n",
+        &["10.94.1.2:7000".to_string()],
+    );
+    let instance = format!("t-nexthop-{pid}");
+    let env = format!("XDPLB_RUN_DIR={dir}");
+    let mut lb = start_balancer(&lb_ns, &env, &cfg_path, &instance);
+    let (client_dev, backend_dev) = (&interfaces[0], &interfaces[1]);
+
+    // The first packets go through the kernel, which resolves the backend's neighbour; the
+    // daemon sees the neighbour appear and writes the entry.
+    let report = client(&client_ns, "10.99.0.1:7000", 10, 3);
+    assert_every_reply_from_vip(&report, 10, 3);
+    let mac = mac_of(&backend_ns[0], &backend_devs[0]);
+    let egress = ifindex_of(&lb_ns, backend_dev);
+    let hops = next_hop_map(&lb_ns, client_dev);
+    wait_for_next_hop(
+        &hops,
+        backend,
+        Duration::from_secs(5),
+        "the first entry",
+        |h| h.is_some_and(|h| h.dmac == mac && h.ifindex == egress && h.mtu == 1500),
+    );
+
+    // Traffic now goes through the cache.
+    let before = counter(&stats(&lb_ns, &dir, &instance), "forwarded_cached");
+    let report = client(&client_ns, "10.99.0.1:7000", 20, 3);
+    assert_every_reply_from_vip(&report, 20, 3);
+    let st = stats(&lb_ns, &dir, &instance);
+    assert_eq!(
+        counter(&st, "forwarded_cached") - before,
+        60,
+        "every request sent with the cache: {st}"
+    );
+
+    // The backend's MAC address changes, and the balancer's neighbour entry with it.
+    let new_mac = "02:00:00:00:93:01";
+    backend_ns[0].exec(&[
+        "ip",
+        "link",
+        "set",
+        "dev",
+        &backend_devs[0],
+        "address",
+        new_mac,
+    ]);
+    let neighbour = time_change(
+        &lb_ns,
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            "10.94.1.2",
+            "lladdr",
+            new_mac,
+            "dev",
+            backend_dev,
+            "nud",
+            "reachable",
+        ],
+        &hops,
+        backend,
+        "the new MAC address",
+        |h| h.is_some_and(|h| h.dmac == [0x02, 0, 0, 0, 0x93, 0x01]),
+    );
+    let before = counter(&stats(&lb_ns, &dir, &instance), "forwarded_cached");
+    let report = client(&client_ns, "10.99.0.1:7000", 20, 3);
+    assert_every_reply_from_vip(&report, 20, 3);
+    let st = stats(&lb_ns, &dir, &instance);
+    assert_eq!(
+        counter(&st, "forwarded_cached") - before,
+        60,
+        "sent with the cache to the new MAC address (the backend answered): {st}"
+    );
+
+    // A route to the backend with a lower MTU: the entry takes it.
+    let mtu = time_change(
+        &lb_ns,
+        &[
+            "ip",
+            "route",
+            "add",
+            "10.94.1.2/32",
+            "dev",
+            backend_dev,
+            "mtu",
+            "lock",
+            "1400",
+        ],
+        &hops,
+        backend,
+        "the route's MTU",
+        |h| h.is_some_and(|h| h.mtu == 1400),
+    );
+    // A blackhole route: the entry goes, and packets take the FIB (dropped there, counted).
+    let blackhole = time_change(
+        &lb_ns,
+        &["ip", "route", "replace", "blackhole", "10.94.1.2/32"],
+        &hops,
+        backend,
+        "deleting the entry",
+        |h| h.is_none(),
+    );
+    let before = stats(&lb_ns, &dir, &instance);
+    // Unanswered: the client's exit status says so, and is not the point here.
+    client_ns.exec_unchecked(&[
+        XDPLB,
+        "demo-client",
+        "--target",
+        "10.99.0.1:7000",
+        "--flows",
+        "2",
+        "--packets",
+        "1",
+        "--timeout-ms",
+        "300",
+    ]);
+    let st = stats(&lb_ns, &dir, &instance);
+    assert_eq!(
+        counter(&st, "drop_no_route") - counter(&before, "drop_no_route"),
+        2,
+        "without an entry, the FIB decides: {st}"
+    );
+    assert_eq!(
+        counter(&st, "forwarded_cached"),
+        counter(&before, "forwarded_cached")
+    );
+    // The blackhole goes: the entry is back.
+    let restored = time_change(
+        &lb_ns,
+        &["ip", "route", "del", "10.94.1.2/32"],
+        &hops,
+        backend,
+        "the restored entry",
+        |h| h.is_some_and(|h| h.dmac == [0x02, 0, 0, 0, 0x93, 0x01] && h.mtu == 1500),
+    );
+    println!(
+        "next-hop cache, from the `ip` command's start / its return to the data plane's entry (map polled every 100 µs): neighbour MAC {:?} / {:?}, route MTU {:?} / {:?}, blackhole {:?} / {:?}, route removed {:?} / {:?}",
+        neighbour.0, neighbour.1, mtu.0, mtu.1, blackhole.0, blackhole.1, restored.0, restored.1
+    );
     let status = lb.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit 0 on SIGTERM: {status}");
 }

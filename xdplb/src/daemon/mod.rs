@@ -212,6 +212,22 @@ async fn serve(opts: &RunOptions) -> anyhow::Result<Option<instance::InstanceLoc
     );
     ready.send_replace(Readiness::Ready);
 
+    // The next-hop cache is filled only while its route, neighbour and link events are
+    // watched: a cache nobody keeps up to date could send to a neighbour that moved.
+    let (next_hop_tx, mut next_hop_rx) = mpsc::unbounded_channel();
+    let next_hops = match crate::nexthop::Watcher::open() {
+        Ok(watcher) => {
+            tokio::spawn(watcher.run(next_hop_tx));
+            Some(crate::nexthop::NextHopCache::default())
+        }
+        Err(e) => {
+            warn!(
+                "cannot watch route and neighbour changes ({e}): no next-hop cache, every remote backend's packets take bpf_fib_lookup"
+            );
+            None
+        }
+    };
+
     let mut shell = shell::Shell {
         dp,
         core,
@@ -227,9 +243,20 @@ async fn serve(opts: &RunOptions) -> anyhow::Result<Option<instance::InstanceLoc
         ready,
         veths,
         veth_warned: Default::default(),
+        next_hops,
     };
-    let stop = shell.run(&mut signals, &mut api_rx, &mut health_rx).await;
+    shell.refresh_next_hops();
+    let stop = shell
+        .run(&mut signals, &mut api_rx, &mut health_rx, &mut next_hop_rx)
+        .await;
     shell.ready.send_replace(Readiness::Stopping);
+    // The data plane may outlive this process (pinned), but nobody would keep its next-hop
+    // cache up to date: emptied, every backend takes bpf_fib_lookup, which is always current.
+    if let Some(mut cache) = shell.next_hops.take()
+        && let Err(e) = cache.clear(&mut shell.dp)
+    {
+        warn!("emptying the next-hop cache on the way out failed: {e}");
+    }
     cancel.cancel();
     // Requests still queued are answered "stopping" by their servers.
     drop(api_rx);

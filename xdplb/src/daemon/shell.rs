@@ -30,6 +30,7 @@ use crate::{
     http::Readiness,
     instance::{self, InstanceState},
     metrics::MetricsState,
+    nexthop::NextHopCache,
     veth::{VethEvent, VethWatch},
 };
 
@@ -79,6 +80,8 @@ pub(super) struct Shell<'a> {
     pub ready: watch::Sender<Readiness>,
     pub veths: VethWatch,
     pub veth_warned: BTreeMap<String, Instant>,
+    /// The next-hop cache; `None` when route events cannot be watched (then it stays empty).
+    pub next_hops: Option<NextHopCache>,
 }
 
 /// What one turn of the loop changed, for [`Shell::publish`].
@@ -96,6 +99,7 @@ impl Shell<'_> {
         signals: &mut Signals,
         api_rx: &mut mpsc::Receiver<(api::Request, oneshot::Sender<api::Response>)>,
         health_rx: &mut mpsc::UnboundedReceiver<HealthEvent>,
+        next_hop_rx: &mut mpsc::UnboundedReceiver<()>,
     ) -> Stop {
         let mut veth_tick = interval(SAMPLE_EVERY);
         let mut sweep_tick = interval(SAMPLE_EVERY);
@@ -116,6 +120,14 @@ impl Shell<'_> {
                         events.push(ev);
                     }
                     self.on_health(events)
+                }
+                changed = next_hop_rx.recv(), if self.next_hops.is_some() => {
+                    if changed.is_some() {
+                        self.refresh_next_hops();
+                    } else {
+                        self.stop_next_hops();
+                    }
+                    Turn::default()
                 }
                 _ = veth_tick.tick() => self.on_veth_sample(),
                 _ = sweep_tick.tick() => {
@@ -324,9 +336,40 @@ impl Shell<'_> {
         }
     }
 
+    /// Brings the next-hop cache to the backends the data plane holds and the routes and
+    /// neighbours the kernel holds now. A failure empties the cache (every backend then takes
+    /// bpf_fib_lookup) until the next event or change.
+    pub fn refresh_next_hops(&mut self) {
+        let Some(cache) = self.next_hops.as_mut() else {
+            return;
+        };
+        if let Err(e) = cache.refresh(&mut self.dp) {
+            warn!(
+                "next-hop cache: resolving the backends failed ({e}); emptied until the next change"
+            );
+            if let Err(e) = cache.clear(&mut self.dp) {
+                warn!("next-hop cache: emptying it failed: {e}");
+            }
+        }
+    }
+
+    /// The route watcher stopped: the cache can no longer follow changes, so it goes.
+    fn stop_next_hops(&mut self) {
+        if let Some(mut cache) = self.next_hops.take() {
+            warn!(
+                "next-hop cache: route events are no longer watched; emptied, every remote backend's packets take bpf_fib_lookup"
+            );
+            if let Err(e) = cache.clear(&mut self.dp) {
+                warn!("next-hop cache: emptying it failed: {e}");
+            }
+        }
+    }
+
     /// Writes what changed to the state file and to what metrics scrapes see.
     fn publish(&mut self, applied_in: Option<(bool, f64)>) {
         resolve_neighbours(self.core.config());
+        // The backend set may have changed.
+        self.refresh_next_hops();
         if let Ok(fresh) = instance_state(
             &self.dp,
             self.core.config(),

@@ -9,8 +9,9 @@ use xdplb_common::{
     Backend, Counter, FullnatPeer, FullnatSource, GLOBAL_DEBUG_LOG, GLOBAL_SLOT_FLAGS,
     GLOBAL_SLOT_FLOW_GUARD_RATE, INTERFACE_FLAG_GENERIC, InterfaceMac, MAP_BACKEND_STATS,
     MAP_BACKENDS, MAP_FLOWS, MAP_FULLNAT, MAP_FULLNAT_SOURCES, MAP_GLOBALS, MAP_LOCAL_MACS,
-    MAP_LOOKUP, MAP_PORTS, MAP_REPLIES, MAP_REPLY_OWNERS, MAP_RR_CURSOR, MAP_SERVICE_STATS,
-    MAP_SERVICES, MAP_STATS, Reply, ReplyKey, Service, ServiceKey, Stat,
+    MAP_LOOKUP, MAP_NEXTHOPS, MAP_PORTS, MAP_REPLIES, MAP_REPLY_OWNERS, MAP_RR_CURSOR,
+    MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS, NextHop, Reply, ReplyKey, Service, ServiceKey,
+    Stat,
 };
 
 use super::{
@@ -100,6 +101,7 @@ impl Dataplane {
             .map_max_entries(MAP_REPLIES, limits.max_flows)
             .map_max_entries(MAP_SERVICE_STATS, limits.max_services)
             .map_max_entries(MAP_BACKEND_STATS, backends)
+            .map_max_entries(MAP_NEXTHOPS, backends)
             .map_max_entries(MAP_FULLNAT_SOURCES, limits.max_services)
             .map_max_entries(MAP_FULLNAT, limits.max_flows)
             .map_max_entries(MAP_REPLY_OWNERS, backends)
@@ -444,6 +446,47 @@ impl Dataplane {
             0,
         )
         .map_err(|e| DataplaneError::map(MAP_LOCAL_MACS, e))
+    }
+
+    /// Writes the next-hop cache entry of backend `index` (see `xdplb_common::MAP_NEXTHOPS`);
+    /// the kernel replaces an existing entry whole.
+    pub fn set_next_hop(&mut self, index: u32, hop: &NextHop) -> Result<(), DataplaneError> {
+        self.next_hops_mut()?
+            .insert(index, hop, 0)
+            .map_err(|e| DataplaneError::map(MAP_NEXTHOPS, e))
+    }
+
+    /// Deletes the next-hop cache entry of backend `index`, if there is one: its packets go
+    /// through `bpf_fib_lookup` again.
+    pub fn remove_next_hop(&mut self, index: u32) -> Result<(), DataplaneError> {
+        match self.next_hops_mut()?.remove(&index) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(DataplaneError::map(MAP_NEXTHOPS, e)),
+        }
+    }
+
+    /// Every entry of the next-hop cache, by backend index.
+    pub fn next_hops(&self) -> Result<Vec<(u32, NextHop)>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(MAP_NEXTHOPS)
+            .ok_or(DataplaneError::MissingMap(MAP_NEXTHOPS))?;
+        let hops: HashMap<&MapData, u32, NextHop> =
+            HashMap::try_from(map).map_err(|e| DataplaneError::map(MAP_NEXTHOPS, e))?;
+        Ok(hops.iter().filter_map(Result::ok).collect())
+    }
+
+    fn next_hops_mut(&mut self) -> Result<HashMap<&mut MapData, u32, NextHop>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_NEXTHOPS)
+            .ok_or(DataplaneError::MissingMap(MAP_NEXTHOPS))?;
+        HashMap::try_from(map).map_err(|e| DataplaneError::map(MAP_NEXTHOPS, e))
     }
 
     /// Sets every CPU's round-robin cursor of `service_id` to `value` (tests use this to make
