@@ -152,7 +152,7 @@ pub fn handle(ctx: &XdpContext) -> Option<Verdict> {
         proto: IPPROTO_UDP,
         _pad: [0; 3],
     };
-    let mode = service::forwarding(&service);
+    let mode = service::forwarding(service);
     // SAFETY: the value is copied out at once.
     let flow = match unsafe { FLOWS.get(flow_key) }.copied() {
         Some(f) => f,
@@ -161,7 +161,7 @@ pub fn handle(ctx: &XdpContext) -> Option<Verdict> {
         // in services that create entries with the first packet, are not followed: an error
         // about a reply that no entry vouches for passes, as before.)
         None if service.flags & SERVICE_FLAG_STATE_ON_SECOND_PACKET != 0 => {
-            service::stateless_flow(&service, &flow_key)?
+            service::stateless_flow(service, &flow_key)?
         }
         None => return None,
     };
@@ -170,7 +170,7 @@ pub fn handle(ctx: &XdpContext) -> Option<Verdict> {
     Some(match mode {
         FORWARD_DSR_L2 => forward::l2_forward(ctx, &pseudo, backend, forward::NO_BACKEND, false),
         FORWARD_DSR_IPIP => {
-            let source = service::encap_source(&service, flow.tuple_hash);
+            let source = service::encap_source(service, flow.tuple_hash);
             forward::ipip_forward(ctx, &pseudo, backend, forward::NO_BACKEND, source, false)
         }
         // fullnat replies leave translated; an error about one would need the reverse of that.

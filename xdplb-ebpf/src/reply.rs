@@ -160,7 +160,7 @@ pub fn owner(
         proto: IPPROTO_UDP,
         _pad: [0; 3],
     };
-    let flow = FLOWS.get_ptr(&flow_key)?;
+    let flow = FLOWS.get_ptr(flow_key)?;
     // SAFETY: an LRU map value, read field by field; only its timestamp is ever rewritten.
     let (addr, port) = unsafe { ((*flow).backend_addr, (*flow).backend_port_be) };
     (addr == backend_addr && port == backend_port_be).then_some(owner)

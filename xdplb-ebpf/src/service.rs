@@ -140,8 +140,8 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
     };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let mode = forwarding(&service);
-    let target = match existing_flow(&service, mode, &flow_key, now, wildcard) {
+    let mode = forwarding(service);
+    let target = match existing_flow(service, mode, &flow_key, now, wildcard) {
         Lookup::Live(t) => t,
         lookup => {
             if service.table_len == 0 {
@@ -160,7 +160,7 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
                 proto: IPPROTO_UDP,
             };
             let replacing = matches!(lookup, Lookup::Stale);
-            let t = new_flow(&service, mode, &flow_key, &tuple, now, replacing, wildcard)
+            let t = new_flow(service, mode, &flow_key, &tuple, now, replacing, wildcard)
                 .map_err(Verdict::drop)?;
             if debug_log_enabled() {
                 debug!(
@@ -177,7 +177,7 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
 
     stats::count_traffic(service.id, target.index, pkt.frame_len);
     if pkt.fragment == parse::FIRST_FRAGMENT {
-        record_fragment_route(ctx, &pkt, &service, mode, &target);
+        record_fragment_route(ctx, &pkt, service, mode, &target);
     }
     if mode == FORWARD_DSR_L2 {
         // The backend holds the VIP: the packet stays as the client sent it.
@@ -190,7 +190,7 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
         ));
     }
     if mode == FORWARD_DSR_IPIP {
-        let source = encap_source(&service, target.tuple_hash);
+        let source = encap_source(service, target.tuple_hash);
         return Ok(forward::ipip_forward(
             ctx,
             &pkt,
@@ -201,7 +201,7 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
         ));
     }
     if mode == FORWARD_FULLNAT {
-        let source = fullnat::source_addr(&service).ok_or(Verdict::drop(Stat::DropNoRoute))?;
+        let source = fullnat::source_addr(service).ok_or(Verdict::drop(Stat::DropNoRoute))?;
         rewrite::set_source(&pkt, source, target.snat_port_be);
         rewrite::set_destination(&pkt, target.addr_v4, target.port_be);
         return Ok(forward::fib_forward(ctx, &pkt, true, target.index));

@@ -36,9 +36,17 @@ fn bench_matrix_smoke() {
         .unwrap_or_else(|e| panic!("bench --json printed no JSON ({e}): {stderr}"));
     let m = &v["matrix"];
     let runs = m["runs"].as_array().expect("matrix.runs");
-    assert_eq!(runs.len(), 3, "one run per mode: {m}");
-    for (run, mode) in runs.iter().zip(["local", "nat", "dsr-l2"]) {
+    // One run per mode, and dsr-l2 also with flow_state = second-packet.
+    assert_eq!(runs.len(), 4, "runs: {m}");
+    let expected = [
+        ("local", "default"),
+        ("nat", "default"),
+        ("dsr-l2", "default"),
+        ("dsr-l2", "flow_state = second-packet"),
+    ];
+    for (run, (mode, variant)) in runs.iter().zip(expected) {
         assert_eq!(run["mode"], mode);
+        assert_eq!(run["variant"], variant);
         assert_eq!(run["flows_per_cpu"], 2048);
         assert_eq!(
             run["prefill"]["full"], true,

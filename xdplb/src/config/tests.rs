@@ -2547,7 +2547,7 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
         xdp_mode: XdpModeSetting::Auto,
         debug_log: false,
         hash_seed: 0x5eed_1b1b,
-        flow_guard_rate: crate::config::DEFAULT_FLOW_GUARD_RATE,
+        flow_guard_rate: DEFAULT_FLOW_GUARD_RATE,
         metrics_listen: None,
         api_listen: None,
         limits: Limits::DEFAULT,

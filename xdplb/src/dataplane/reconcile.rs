@@ -944,7 +944,7 @@ weight = 3
     fn reply_recognition_is_on_before_a_nat_service_and_off_after_the_last_one() {
         let local = default_config();
         let mut nat = local.clone();
-        nat.services[0].forwarding = config::Forwarding::Nat;
+        nat.services[0].forwarding = Forwarding::Nat;
         nat.services[0].backends[0].address = "10.0.0.2:9876".parse().expect("literal");
         nat.services[0].backends[1].address = "10.0.0.3:9877".parse().expect("literal");
         nat.services[0].backends[2].address = "10.0.0.4:9878".parse().expect("literal");
@@ -986,7 +986,7 @@ weight = 3
         let local = default_config();
         let mut nat = local.clone();
         nat.services[0].vip = "10.0.0.1:7000".parse().expect("literal");
-        nat.services[0].forwarding = config::Forwarding::Nat;
+        nat.services[0].forwarding = Forwarding::Nat;
         for (i, b) in nat.services[0].backends.iter_mut().enumerate() {
             b.address = format!("10.0.0.{}:8000", i + 2).parse().expect("literal");
         }
@@ -1037,7 +1037,7 @@ weight = 3
                 .all(|o| o.flags == REPLY_FLAG_NAT | REPLY_FLAG_WILDCARD)
         );
         let mut full = nat.clone();
-        full.services[0].forwarding = config::Forwarding::FullNat;
+        full.services[0].forwarding = Forwarding::FullNat;
         full.services[0].fullnat = Some(config::FullnatConfig {
             source: "10.0.0.9".parse().expect("literal"),
             port_first: 30000,
