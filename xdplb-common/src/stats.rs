@@ -120,7 +120,8 @@ pub enum Stat {
     /// scheduler, sent where the scheduler put it without a flow entry, so it evicted none.
     GuardStateless = 40,
     /// Dropped: a new flow above the flood guard's rate, of a service that needs a flow entry
-    /// (its replies are translated, or its scheduler is not consistent).
+    /// (its replies are translated, or its scheduler is not consistent). Named
+    /// `drop_flood_guard`, so that it counts among the drops.
     GuardDropped = 41,
     /// A request sent straight to its backend (XDP_TX or XDP_REDIRECT) with the MAC addresses
     /// and egress of the next-hop cache (`NEXTHOPS_V1`), without a FIB lookup. A request whose
@@ -226,7 +227,7 @@ impl Stat {
             Stat::FragmentFollowed => "fragment_followed",
             Stat::FlowStateDeferred => "flow_state_deferred",
             Stat::GuardStateless => "guard_stateless",
-            Stat::GuardDropped => "guard_dropped",
+            Stat::GuardDropped => "drop_flood_guard",
             Stat::ForwardedCached => "forwarded_cached",
         }
     }

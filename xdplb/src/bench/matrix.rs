@@ -455,6 +455,10 @@ fn measure_table(
     if variant != Variant::Default {
         dp.apply_config(&mode_config(mode, variant, max_flows, backends))?;
     }
+    // What the daemon does after every change: resolve the remote backends' next hops into the
+    // cache (`NEXTHOPS_V1`), so that the remote modes send without a FIB lookup.
+    let cached = crate::nexthop::fill_cache(&mut dp)?;
+    eprintln!("bench: {label}: {cached} next hops cached");
     let prefill = Prefill {
         flows_sent,
         flows_created,
