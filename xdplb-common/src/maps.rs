@@ -116,6 +116,9 @@ pub const MAP_REPLY_OWNERS: &str = "REPLY_OWNERS_V1";
 pub const MAP_SEEN: &str = "SEEN";
 pub const SEEN_SLOTS: u32 = 65_536;
 /// Some service forwards with `nat`: packets to no service may be its backends' replies.
+/// (`GLOBAL_FLAG_*`: still written by the reconciler, no longer read by the data plane, whose
+/// port prefilter says per port what a packet may be; left for removal with the next layout
+/// version.)
 pub const GLOBAL_FLAG_NAT: u32 = 1;
 /// Some service forwards with `fullnat`: packets to no service may be its backends' replies.
 pub const GLOBAL_FLAG_FULLNAT: u32 = 2;
