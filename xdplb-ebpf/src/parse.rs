@@ -108,6 +108,23 @@ pub struct Ipv4Udp {
     pub generic_xdp: bool,
 }
 
+impl Ipv4Udp {
+    /// Source and destination address and port, as on the wire. Only for a packet with a UDP
+    /// header (not a `LATER_FRAGMENT`).
+    #[inline(always)]
+    pub fn addresses(&self) -> (u32, u32, u16, u16) {
+        // SAFETY: the parser validated both headers; nothing moved the packet since.
+        unsafe {
+            (
+                (*self.ip).saddr,
+                (*self.ip).daddr,
+                (*self.udp).source_be,
+                (*self.udp).dest_be,
+            )
+        }
+    }
+}
+
 pub const NOT_FRAGMENT: u8 = 0;
 pub const FIRST_FRAGMENT: u8 = 1;
 pub const LATER_FRAGMENT: u8 = 2;

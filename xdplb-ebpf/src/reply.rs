@@ -47,15 +47,7 @@ pub fn translate(ctx: &TcContext) -> Option<Stat> {
         // No earlier datagram's route may guide this one's later fragments.
         fragment::forget(&pkt);
     }
-    // SAFETY: the parser validated both headers.
-    let (saddr, daddr, sport_be, dport_be) = unsafe {
-        (
-            (*pkt.ip).saddr,
-            (*pkt.ip).daddr,
-            (*pkt.udp).source_be,
-            (*pkt.udp).dest_be,
-        )
-    };
+    let (saddr, daddr, sport_be, dport_be) = pkt.addresses();
     // The prefilter: only a `local` backend's port sends replies to translate here.
     let from_port = PORTS.get(u32::from(u16::from_be(sport_be))).copied()?;
     if from_port & PORT_LOCAL_BACKEND == 0 {

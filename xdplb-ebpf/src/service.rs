@@ -87,15 +87,7 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
         unsafe { PROGS.tail_call(ctx, PROG_FRAGMENT) };
         return Err(Verdict::pass(Stat::PassLaterFragment));
     }
-    // SAFETY: the parser validated both headers.
-    let (saddr, daddr, sport_be, dport_be) = unsafe {
-        (
-            (*pkt.ip).saddr,
-            (*pkt.ip).daddr,
-            (*pkt.udp).source_be,
-            (*pkt.udp).dest_be,
-        )
-    };
+    let (saddr, daddr, sport_be, dport_be) = pkt.addresses();
     // The port prefilter: two array reads say which lookups can match at all, so a packet
     // that is no service's and no reply of ours passes without a hash lookup.
     let to_port = port_flags(dport_be);
@@ -283,15 +275,7 @@ pub fn try_reply(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verdic
         // Ingress never sends one here.
         return Err(Verdict::pass(Stat::PassLaterFragment));
     }
-    // SAFETY: the parser validated both headers.
-    let (saddr, daddr, sport_be, dport_be) = unsafe {
-        (
-            (*pkt.ip).saddr,
-            (*pkt.ip).daddr,
-            (*pkt.udp).source_be,
-            (*pkt.udp).dest_be,
-        )
-    };
+    let (saddr, daddr, sport_be, dport_be) = pkt.addresses();
     let to_port = port_flags(dport_be);
     let from_port = port_flags(sport_be);
     if let Some(reply) = known_reply(saddr, daddr, sport_be, dport_be, from_port, to_port) {
