@@ -1,7 +1,7 @@
 //! Network namespaces and child processes that clean up after themselves, even on panic.
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read},
     os::fd::AsFd,
     process::{Child, Command, Output, Stdio},
     sync::mpsc,
@@ -26,6 +26,8 @@ pub fn sh(args: &[&str]) -> Output {
 }
 
 /// Runs a command within `timeout` (killing it after), returning its output whatever the status.
+/// Its output is read while it runs, so a child that writes more than a pipe holds never blocks
+/// on a full pipe (and so never looks hung).
 pub fn run_bounded(args: &[&str], timeout: Duration) -> Output {
     let mut child = Command::new(args[0])
         .args(&args[1..])
@@ -34,24 +36,41 @@ pub fn run_bounded(args: &[&str], timeout: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("spawning `{}`: {e}", args.join(" ")));
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
     let deadline = Instant::now() + timeout;
-    loop {
+    let (status, timed_out) = loop {
         match child.try_wait() {
-            Ok(Some(_)) => break,
+            Ok(Some(status)) => break (status, false),
             Ok(None) if Instant::now() > deadline => {
                 let _ = child.kill();
-                let out = child.wait_with_output().expect("collect output");
-                panic!(
-                    "`{}` did not finish within {timeout:?}; stderr: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                break (child.wait().expect("reap the killed child"), true);
             }
             Ok(None) => thread::sleep(Duration::from_millis(20)),
             Err(e) => panic!("waiting for `{}`: {e}", args.join(" ")),
         }
-    }
-    child.wait_with_output().expect("collect output")
+    };
+    let out = Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    };
+    assert!(
+        !timed_out,
+        "`{}` did not finish within {timeout:?}; stderr: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// A network namespace deleted on drop.
@@ -148,10 +167,7 @@ impl Daemon {
         let (tx, rx) = mpsc::channel();
         let out = child.stdout.take().expect("piped stdout");
         let err = child.stderr.take().expect("piped stderr");
-        for stream in [
-            Box::new(out) as Box<dyn std::io::Read + Send>,
-            Box::new(err),
-        ] {
+        for stream in [Box::new(out) as Box<dyn Read + Send>, Box::new(err)] {
             let tx = tx.clone();
             thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {

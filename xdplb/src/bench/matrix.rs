@@ -457,7 +457,12 @@ fn measure_table(
     }
     // What the daemon does after every change: resolve the remote backends' next hops into the
     // cache (`NEXTHOPS_V1`), so that the remote modes send without a FIB lookup.
-    let cached = crate::nexthop::fill_cache(&mut dp)?;
+    // Quietly: the daemon logs every next hop it learns, which here would be 512 lines a table.
+    let quiet = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(std::io::stderr)
+        .finish();
+    let cached = tracing::subscriber::with_default(quiet, || crate::nexthop::fill_cache(&mut dp))?;
     eprintln!("bench: {label}: {cached} next hops cached");
     let prefill = Prefill {
         flows_sent,
