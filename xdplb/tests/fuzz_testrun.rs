@@ -194,6 +194,9 @@ struct Svc {
     vip: &'static str,
     mode: Mode,
     backends: &'static [&'static str],
+    /// `flow_state = "second-packet"`: a flow's entry comes with its second packet, so an ICMP
+    /// error about its reply is routed by the scheduler whether or not the flow is known.
+    second_packet: bool,
 }
 
 /// Every backend port differs between services, so that no two services' reply entries
@@ -204,42 +207,56 @@ const SERVICES: &[Svc] = &[
         vip: "10.99.0.10:7010",
         mode: Mode::Local,
         backends: &["10.60.3.2:8010", "10.60.3.3:8010"],
+        second_packet: false,
     },
     Svc {
         name: "local-any-address",
         vip: "0.0.0.0:7011",
         mode: Mode::Local,
         backends: &["10.60.3.4:8011"],
+        second_packet: false,
     },
     Svc {
         name: "nat",
         vip: "10.99.0.1:7000",
         mode: Mode::Nat,
         backends: &["10.60.1.2:7000", "10.60.1.3:7000"],
+        second_packet: false,
     },
     Svc {
         name: "nat-unresolved",
         vip: "10.99.0.3:7003",
         mode: Mode::Nat,
         backends: &["10.60.1.9:7003"],
+        second_packet: false,
     },
     Svc {
         name: "dsr-l2",
         vip: "10.99.0.4:7004",
         mode: Mode::DsrL2,
         backends: &["10.60.1.2:7004", "10.60.1.3:7004"],
+        second_packet: false,
     },
     Svc {
         name: "dsr-ipip",
         vip: "10.99.0.6:7006",
         mode: Mode::DsrIpip,
         backends: &["10.60.1.2:7006", "10.60.1.3:7006"],
+        second_packet: false,
     },
     Svc {
         name: "fullnat",
         vip: "10.99.0.7:7007",
         mode: Mode::Fullnat,
         backends: &["10.60.1.2:7107", "10.60.1.3:7107"],
+        second_packet: false,
+    },
+    Svc {
+        name: "dsr-l2-second-packet",
+        vip: "10.99.0.8:7008",
+        mode: Mode::DsrL2,
+        backends: &["10.60.1.2:7008", "10.60.1.3:7008"],
+        second_packet: true,
     },
 ];
 
@@ -259,6 +276,9 @@ fn config_toml() -> String {
                 "forwarding = \"fullnat\"\nfullnat_source = \"10.60.1.1\"\nfullnat_ports = \"20000-59999\"\n"
             }
         };
+        if s.second_packet {
+            t += "flow_state = \"second-packet\"\n";
+        }
         for b in s.backends {
             t += &format!("[[service.backend]]\naddress = \"{b}\"\n");
         }
@@ -746,7 +766,7 @@ fn icmp_class(
         return Invalid("ICMP error about no service");
     };
     let flow = (inner_dst, inner_src);
-    if !m.flows.contains_key(&flow) {
+    if !m.flows.contains_key(&flow) && !SERVICES[svc].second_packet {
         return Invalid("ICMP error about no known flow");
     }
     if SERVICES[svc].mode == Mode::Fullnat {
