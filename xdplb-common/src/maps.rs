@@ -68,12 +68,11 @@ pub const FRAGMENT_TABLE_ENTRIES: u32 = 65_536;
 pub const FRAGMENT_TIMEOUT_NS: u64 = 2_000_000_000;
 
 /// Data-plane-wide settings, an array of [`GLOBALS_LEN`] `u32`s written by user space: slot
-/// [`GLOBAL_SLOT_FLAGS`] holds `GLOBAL_FLAG_*` bits, slot [`GLOBAL_SLOT_FLOW_GUARD_RATE`] the
-/// flood guard's rate.
+/// [`GLOBAL_SLOT_FLOW_GUARD_RATE`] holds the flood guard's rate. Slot 0 is unused (it held
+/// flags that the port prefilter, `PORTS_V1`, replaced).
 pub const MAP_GLOBALS: &str = "GLOBALS_V1";
 /// Slots of [`MAP_GLOBALS`].
 pub const GLOBALS_LEN: u32 = 2;
-pub const GLOBAL_SLOT_FLAGS: u32 = 0;
 /// The flood guard: new flow entries each CPU may create per second (in one-second windows);
 /// above it, a new flow gets no entry (see `Stat::GuardStateless`, `Stat::GuardDropped`).
 /// Zero switches the guard off.
@@ -115,13 +114,6 @@ pub const MAP_REPLY_OWNERS: &str = "REPLY_OWNERS_V1";
 /// Not pinned: a restart forgets which flows sent one packet, which only delays their entry.
 pub const MAP_SEEN: &str = "SEEN";
 pub const SEEN_SLOTS: u32 = 65_536;
-/// Some service forwards with `nat`: packets to no service may be its backends' replies.
-/// (`GLOBAL_FLAG_*`: still written by the reconciler, no longer read by the data plane, whose
-/// port prefilter says per port what a packet may be; left for removal with the next layout
-/// version.)
-pub const GLOBAL_FLAG_NAT: u32 = 1;
-/// Some service forwards with `fullnat`: packets to no service may be its backends' replies.
-pub const GLOBAL_FLAG_FULLNAT: u32 = 2;
 
 /// Load-time global: non-zero switches on per-packet debug logging (aya-log).
 pub const GLOBAL_DEBUG_LOG: &str = "XDPLB_DEBUG_LOG";

@@ -6,12 +6,11 @@ use aya::{
     programs::{SchedClassifier, Xdp},
 };
 use xdplb_common::{
-    Backend, Counter, FullnatPeer, FullnatSource, GLOBAL_DEBUG_LOG, GLOBAL_SLOT_FLAGS,
-    GLOBAL_SLOT_FLOW_GUARD_RATE, INTERFACE_FLAG_GENERIC, InterfaceMac, MAP_BACKEND_STATS,
-    MAP_BACKENDS, MAP_FLOWS, MAP_FULLNAT, MAP_FULLNAT_SOURCES, MAP_GLOBALS, MAP_LOCAL_MACS,
-    MAP_LOOKUP, MAP_NEXTHOPS, MAP_PORTS, MAP_REPLIES, MAP_REPLY_OWNERS, MAP_RR_CURSOR,
-    MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS, NextHop, Reply, ReplyKey, Service, ServiceKey,
-    Stat,
+    Backend, Counter, FullnatPeer, FullnatSource, GLOBAL_DEBUG_LOG, GLOBAL_SLOT_FLOW_GUARD_RATE,
+    INTERFACE_FLAG_GENERIC, InterfaceMac, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_FLOWS, MAP_FULLNAT,
+    MAP_FULLNAT_SOURCES, MAP_GLOBALS, MAP_LOCAL_MACS, MAP_LOOKUP, MAP_NEXTHOPS, MAP_PORTS,
+    MAP_REPLIES, MAP_REPLY_OWNERS, MAP_RR_CURSOR, MAP_SERVICE_STATS, MAP_SERVICES, MAP_STATS,
+    NextHop, Reply, ReplyKey, Service, ServiceKey, Stat,
 };
 
 use super::{
@@ -593,12 +592,6 @@ impl MapWriter for KernelMaps<'_> {
         self.services
             .remove(key)
             .map_err(|e| DataplaneError::map(MAP_SERVICES, e))
-    }
-
-    fn put_globals(&mut self, flags: u32) -> Result<(), DataplaneError> {
-        self.globals
-            .set(GLOBAL_SLOT_FLAGS, flags, 0)
-            .map_err(|e| DataplaneError::map(MAP_GLOBALS, e))
     }
 
     fn put_flow_guard_rate(&mut self, rate: u32) -> Result<(), DataplaneError> {

@@ -11,12 +11,12 @@ use std::{
 };
 
 use xdplb_common::{
-    BACKEND_FLAG_DRAINING, Backend, FORWARD_FULLNAT, FORWARD_LOCAL, FORWARD_NAT, FullnatSource,
-    GLOBAL_FLAG_FULLNAT, GLOBAL_FLAG_NAT, PORT_EXACT_SERVICE, PORT_FULLNAT_RANGE,
-    PORT_LOCAL_BACKEND, PORT_NAT_BACKEND, PORT_WILDCARD_SERVICE, REPLY_FLAG_NAT,
-    REPLY_FLAG_WILDCARD, Reply, SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FLAG_MAY_SKIP_STATE,
-    SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FLAG_STATE_ON_SECOND_PACKET, SERVICE_FLAG_WILDCARD,
-    SERVICE_FORWARDING_MASK, SERVICE_FORWARDING_SHIFT, Service, ServiceKey, addr_from_v4_wire,
+    BACKEND_FLAG_DRAINING, Backend, FORWARD_LOCAL, FORWARD_NAT, FullnatSource, PORT_EXACT_SERVICE,
+    PORT_FULLNAT_RANGE, PORT_LOCAL_BACKEND, PORT_NAT_BACKEND, PORT_WILDCARD_SERVICE,
+    REPLY_FLAG_NAT, REPLY_FLAG_WILDCARD, Reply, SERVICE_ENCAP_HOST_BITS_SHIFT,
+    SERVICE_FLAG_MAY_SKIP_STATE, SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FLAG_STATE_ON_SECOND_PACKET,
+    SERVICE_FLAG_WILDCARD, SERVICE_FORWARDING_MASK, SERVICE_FORWARDING_SHIFT, Service, ServiceKey,
+    addr_from_v4_wire,
     maglev::{self, MaglevBackend},
     schedule,
 };
@@ -41,8 +41,6 @@ pub trait MapWriter {
         service_id: u32,
         source: &FullnatSource,
     ) -> Result<(), DataplaneError>;
-    /// Sets the data-plane-wide `GLOBAL_FLAG_*` bits.
-    fn put_globals(&mut self, flags: u32) -> Result<(), DataplaneError>;
     /// Sets the flood guard's rate (`GLOBAL_SLOT_FLOW_GUARD_RATE`).
     fn put_flow_guard_rate(&mut self, rate: u32) -> Result<(), DataplaneError>;
     /// Sets a port's `PORT_*` bits in the prefilter (`PORTS_V1`).
@@ -454,17 +452,6 @@ pub fn trust_live(
     record
 }
 
-/// The `GLOBAL_FLAG_*` bits a state needs.
-fn global_flags(state: &DesiredState) -> u32 {
-    state.services.iter().fold(0, |f, s| {
-        f | match (s.service.flags & SERVICE_FORWARDING_MASK) >> SERVICE_FORWARDING_SHIFT {
-            FORWARD_NAT => GLOBAL_FLAG_NAT,
-            FORWARD_FULLNAT => GLOBAL_FLAG_FULLNAT,
-            _ => 0,
-        }
-    })
-}
-
 /// The `PORT_*` bits a state needs, by port (ports with none are absent).
 pub fn port_flags(state: &DesiredState) -> BTreeMap<u16, u32> {
     let mut ports = BTreeMap::new();
@@ -579,12 +566,6 @@ fn apply_diff(
             }
         }
     }
-    // Reply recognition is on for every mode either state has while services switch, and
-    // only for the new state's afterwards.
-    let (before, after) = (global_flags(previous), global_flags(next));
-    if before | after != before {
-        maps.put_globals(before | after)?;
-    }
     // A fullnat service's source is in place before the service entry that uses it.
     for plan in &next.services {
         if let Some(source) = &plan.fullnat
@@ -637,9 +618,6 @@ fn apply_diff(
             maps.remove_service(&old.key)?;
         }
     }
-    if before | after != after {
-        maps.put_globals(after)?;
-    }
     for key in owners_before.keys() {
         if !owners_after.contains_key(key) {
             maps.remove_reply_owner(key)?;
@@ -663,10 +641,13 @@ mod tests {
     struct Recorder {
         writes: Vec<String>,
         lookups: usize,
-        /// What `PORTS_V1` holds, and every port write in order.
+        /// What `PORTS_V1` holds, and every port write in order, with the number of `writes`
+        /// made before it (so its place among them).
         ports: BTreeMap<u16, u32>,
-        port_writes: Vec<(u16, u32)>,
+        port_writes: Vec<(u16, u32, usize)>,
         owners: HashMap<ServiceKey, Reply>,
+        /// Every owner write (true: put, false: removed), with its place among `writes`.
+        owner_writes: Vec<(bool, usize)>,
         guard_rate: Option<u32>,
     }
     impl MapWriter for Recorder {
@@ -693,16 +674,12 @@ mod tests {
             ));
             Ok(())
         }
-        fn put_globals(&mut self, flags: u32) -> Result<(), DataplaneError> {
-            self.writes.push(format!("globals {flags}"));
-            Ok(())
-        }
         fn put_flow_guard_rate(&mut self, rate: u32) -> Result<(), DataplaneError> {
             self.guard_rate = Some(rate);
             Ok(())
         }
         fn put_port(&mut self, port: u16, flags: u32) -> Result<(), DataplaneError> {
-            self.port_writes.push((port, flags));
+            self.port_writes.push((port, flags, self.writes.len()));
             if flags == 0 {
                 self.ports.remove(&port);
             } else {
@@ -712,10 +689,12 @@ mod tests {
         }
         fn put_reply_owner(&mut self, k: &ServiceKey, o: &Reply) -> Result<(), DataplaneError> {
             self.owners.insert(*k, *o);
+            self.owner_writes.push((true, self.writes.len()));
             Ok(())
         }
         fn remove_reply_owner(&mut self, k: &ServiceKey) -> Result<(), DataplaneError> {
             self.owners.remove(k);
+            self.owner_writes.push((false, self.writes.len()));
             Ok(())
         }
         fn remove_service(&mut self, k: &ServiceKey) -> Result<(), DataplaneError> {
@@ -952,32 +931,60 @@ weight = 3
         let mut rec = Recorder::default();
         r.apply(desired_state(&local, None).expect("plan"), &mut rec)
             .expect("apply");
-        assert!(!rec.writes.iter().any(|w| w.starts_with("globals")));
+        let nat_port = |rec: &Recorder, want: bool| -> Vec<usize> {
+            rec.port_writes
+                .iter()
+                .filter(|(p, f, _)| *p == 9876 && (*f & PORT_NAT_BACKEND != 0) == want)
+                .map(|(_, _, at)| *at)
+                .collect()
+        };
+        assert!(nat_port(&rec, true).is_empty() && rec.owners.values().all(|o| o.flags == 0));
         rec.writes.clear();
+        rec.port_writes.clear();
+        rec.owner_writes.clear();
         r.apply(desired_state(&nat, r.current()).expect("plan"), &mut rec)
             .expect("apply");
-        let at = |w: &str| rec.writes.iter().position(|x| x.starts_with(w));
+        let switch = rec
+            .writes
+            .iter()
+            .position(|x| x.starts_with("service"))
+            .expect("the service switches");
+        // A write recorded at `at` came after `at` writes: before the switch means at <= switch.
+        // The first write that sets the mark (a later one may only drop the local mark).
+        let on = nat_port(&rec, true);
         assert!(
-            at("globals 1").is_some_and(|g| at("service").is_some_and(|s| g < s)),
-            "replies are recognised before the service switches: {:?}",
-            rec.writes
+            on.first().is_some_and(|at| *at <= switch),
+            "the prefilter marks the nat backend's port before the service switches: {on:?} vs {switch}"
         );
-        assert_eq!(
-            rec.writes
-                .iter()
-                .filter(|w| w.starts_with("globals"))
-                .count(),
-            1
+        assert!(
+            rec.owner_writes.iter().any(|(put, _)| *put)
+                && rec.owner_writes.iter().all(|(put, at)| if *put {
+                    *at <= switch
+                } else {
+                    *at > switch
+                }),
+            "the new backends' owners are in place before the service switches, the old ones \
+             removed after it: {:?} vs {switch}",
+            rec.owner_writes
         );
+        assert!(rec.owners.values().all(|o| o.flags == REPLY_FLAG_NAT));
         rec.writes.clear();
+        rec.port_writes.clear();
+        rec.owner_writes.clear();
         r.apply(desired_state(&local, r.current()).expect("plan"), &mut rec)
             .expect("apply");
-        assert_eq!(
-            rec.writes.last().map(String::as_str),
-            Some("globals 0"),
-            "{:?}",
-            rec.writes
+        let switch = rec
+            .writes
+            .iter()
+            .position(|x| x.starts_with("service"))
+            .expect("the service switches");
+        let off = nat_port(&rec, false);
+        assert!(
+            !off.is_empty() && off.iter().all(|at| *at > switch),
+            "the nat mark leaves the prefilter only after the service switched back: {off:?} vs {switch}"
         );
+        assert_eq!(rec.ports.get(&9876), Some(&PORT_LOCAL_BACKEND));
+        assert!(rec.owners.values().all(|o| o.flags == 0));
     }
 
     #[test]
@@ -1013,8 +1020,8 @@ weight = 3
             .expect("apply");
         // Every port of the new state is switched on before any port of the old one is
         // switched off.
-        let first_off = rec.port_writes.iter().position(|(_, f)| *f == 0);
-        let last_on = rec.port_writes.iter().rposition(|(_, f)| *f != 0);
+        let first_off = rec.port_writes.iter().position(|(_, f, _)| *f == 0);
+        let last_on = rec.port_writes.iter().rposition(|(_, f, _)| *f != 0);
         assert!(
             first_off.is_some_and(|off| last_on.is_some_and(|on| on < off)),
             "{:?}",
