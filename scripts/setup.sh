@@ -32,6 +32,17 @@ if [ ${#missing[@]} -gt 0 ]; then
 else
   log "Debian packages present"
 fi
+# promtool (Debian package prometheus, without the recommended extras) checks and tests
+# examples/monitoring/ (xdplb/tests/monitoring.rs).
+if command -v promtool >/dev/null; then
+  log "promtool present"
+else
+  log "installing promtool (Debian package prometheus)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  # Only promtool is wanted: stop and disable the server the package starts.
+  systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi
 
 if ! rustup toolchain list | grep -q '^nightly'; then
   log "installing the nightly toolchain"
