@@ -71,6 +71,9 @@ pub struct BackendInfo {
     /// The last check's outcome.
     #[serde(default)]
     pub health_detail: Option<String>,
+    /// Drained by the operator (`drain = true`): keeps its live flows, gets no new ones.
+    #[serde(default)]
+    pub drain: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

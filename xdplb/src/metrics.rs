@@ -450,6 +450,7 @@ mod tests {
             bytes: 300,
             flows: 1,
             health: health.map(Into::into),
+            drain: false,
         }
     }
 

@@ -41,6 +41,9 @@ pub struct TrafficRow {
     /// "up" or "down" for a health-checked backend.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
+    /// A backend drained by the operator (`drain = true`: no new flows).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub drain: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -160,6 +163,7 @@ pub fn read_counters(state: &InstanceState) -> Result<Counters, StatsError> {
                 bytes: bc.bytes,
                 flows: bc.flows,
                 health: b.health.clone(),
+                drain: b.drain,
             });
         }
         services.push(ServiceRow {
@@ -170,6 +174,7 @@ pub fn read_counters(state: &InstanceState) -> Result<Counters, StatsError> {
                 bytes: c.bytes,
                 flows: c.flows,
                 health: None,
+                drain: false,
             },
             backends,
         });
@@ -250,11 +255,14 @@ pub fn render(s: &Snapshot) -> String {
             t.name, t.address, t.packets, t.bytes, t.flows
         );
         for b in &svc.backends {
-            let health = b
+            let mut health = b
                 .health
                 .as_deref()
                 .map(|h| format!(" {h}"))
                 .unwrap_or_default();
+            if b.drain {
+                health.push_str(" drain");
+            }
             let _ = writeln!(
                 out,
                 "  {:<22} {:<22} {:>14} {:>16} {:>10}{health}",

@@ -53,6 +53,7 @@ fn instance_state(dp: &Dataplane, cfg: &Config) -> InstanceState {
                         index: Some(*index),
                         health: None,
                         health_detail: None,
+                        drain: false,
                     })
                     .collect(),
             }

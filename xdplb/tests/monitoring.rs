@@ -95,11 +95,7 @@ fn selector_labels(expr: &str, name: &str) -> Vec<String> {
         };
         let inner = &inner[..inner.find('}').expect("selector closed")];
         for matcher in inner.split(',') {
-            let label = matcher
-                .split(['=', '!'])
-                .next()
-                .unwrap_or_default()
-                .trim();
+            let label = matcher.split(['=', '!']).next().unwrap_or_default().trim();
             if !label.is_empty() {
                 labels.push(label.to_string());
             }
@@ -160,7 +156,10 @@ fn alert_exprs(rules: &str) -> Vec<(String, String)> {
         if let Some(name) = line.strip_prefix("- alert: ") {
             alert = Some(name.trim().to_string());
         } else if let Some(expr) = line.strip_prefix("expr: ") {
-            out.push((alert.take().expect("expr after its alert"), expr.to_string()));
+            out.push((
+                alert.take().expect("expr after its alert"),
+                expr.to_string(),
+            ));
         }
     }
     out
@@ -209,11 +208,18 @@ fn every_alert_is_tested_firing_and_quiet_and_queries_exported_metrics() {
             }
             match lines.get(i + 1) {
                 Some(&"exp_alerts: []") => quiet = true,
-                Some(&"exp_alerts:") => firing = lines.get(i + 2).is_some_and(|l| l.starts_with("- exp_labels:")),
+                Some(&"exp_alerts:") => {
+                    firing = lines
+                        .get(i + 2)
+                        .is_some_and(|l| l.starts_with("- exp_labels:"))
+                }
                 other => panic!("{alert}: unexpected line after alertname: {other:?}"),
             }
         }
-        assert!(firing && quiet, "{alert}: firing case {firing}, quiet case {quiet}");
+        assert!(
+            firing && quiet,
+            "{alert}: firing case {firing}, quiet case {quiet}"
+        );
     }
 }
 
@@ -302,7 +308,11 @@ fn the_dashboard_is_importable_and_queries_only_exported_metrics() {
         .filter_map(|p| p["title"].as_str())
         .collect();
     let unique: BTreeSet<&&str> = titles.iter().collect();
-    assert_eq!(unique.len(), titles.len(), "duplicate panel titles: {titles:?}");
+    assert_eq!(
+        unique.len(),
+        titles.len(),
+        "duplicate panel titles: {titles:?}"
+    );
 
     // PromQL syntax: promtool checks every query as a recording rule.
     let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
@@ -312,7 +322,8 @@ fn the_dashboard_is_importable_and_queries_only_exported_metrics() {
             "      - record: dashboard:query_{i}\n        expr: {quoted}\n"
         ));
     }
-    let path = std::env::temp_dir().join(format!("xdplb-dashboard-rules-{}.yml", std::process::id()));
+    let path =
+        std::env::temp_dir().join(format!("xdplb-dashboard-rules-{}.yml", std::process::id()));
     std::fs::write(&path, &rules).unwrap();
     let out = Command::new("promtool")
         .args(["check", "rules"])
@@ -333,8 +344,19 @@ fn the_checks_catch_an_unknown_metric_or_label() {
     let caught = |expr: &'static str| {
         std::panic::catch_unwind(|| check_names_and_labels("t", expr)).is_err()
     };
-    assert!(!caught("sum by (service) (xdplb_backend_up{job=\"xdplb\"})"));
-    assert!(caught("rate(xdplb_service_packets[5m])"), "a counter without _total");
-    assert!(caught("xdplb_backend_up{vip=\"x\"}"), "a label the metric lacks");
-    assert!(caught("sum by (reason) (xdplb_backend_up)"), "grouping by a missing label");
+    assert!(!caught(
+        "sum by (service) (xdplb_backend_up{job=\"xdplb\"})"
+    ));
+    assert!(
+        caught("rate(xdplb_service_packets[5m])"),
+        "a counter without _total"
+    );
+    assert!(
+        caught("xdplb_backend_up{vip=\"x\"}"),
+        "a label the metric lacks"
+    );
+    assert!(
+        caught("sum by (reason) (xdplb_backend_up)"),
+        "grouping by a missing label"
+    );
 }

@@ -49,6 +49,7 @@ pub(super) fn instance_state(
                             .to_string()
                         }),
                         health_detail: book.get(&svc.name, b.address).map(|h| h.detail.clone()),
+                        drain: b.drain,
                     })
                     .collect(),
             })
