@@ -29,13 +29,16 @@ if [[ " $MODES " != *" $MODE "* ]] || [ -z "$MODE" ]; then
   exit 2
 fi
 
-if [ -z "${XDPLB_LAB_NO_BUILD:-}" ]; then
+# XDPLB_LAB_BIN: an xdplb binary to use instead of setting up and building (the test does).
+if [ -n "${XDPLB_LAB_BIN:-}" ]; then
+  XDPLB="$XDPLB_LAB_BIN"
+else
   bash scripts/setup.sh
   export PATH="$HOME/.cargo/bin:$PATH"
   echo "lab: building (release)"
   cargo build --release --quiet -p xdplb
+  XDPLB="$PWD/target/release/xdplb"
 fi
-XDPLB="$PWD/target/release/xdplb"
 
 P="xdplb-lab-$$"
 SW="$P-switch" CLIENT="$P-client" LB="$P-lb"
