@@ -96,7 +96,10 @@ impl Lab {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => self.output.push(line),
-                Err(_) => panic!("no line {needle:?} within {TIMEOUT:?}:\n{}", self.text()),
+                Err(e) => panic!(
+                    "no line {needle:?} within {TIMEOUT:?} ({e}):\n{}",
+                    self.text()
+                ),
             }
         }
     }

@@ -209,9 +209,9 @@ fn every_alert_is_tested_firing_and_quiet_and_queries_exported_metrics() {
             match lines.get(i + 1) {
                 Some(&"exp_alerts: []") => quiet = true,
                 Some(&"exp_alerts:") => {
-                    firing = lines
+                    firing |= lines
                         .get(i + 2)
-                        .is_some_and(|l| l.starts_with("- exp_labels:"))
+                        .is_some_and(|l| l.starts_with("- exp_labels:"));
                 }
                 other => panic!("{alert}: unexpected line after alertname: {other:?}"),
             }
