@@ -16,7 +16,7 @@
 use aya_ebpf::programs::XdpContext;
 use xdplb_common::{
     FORWARD_DSR_IPIP, FORWARD_DSR_L2, FORWARD_FULLNAT, FORWARD_NAT, FlowKey, IPPROTO_UDP,
-    REPLY_FLAG_NAT, ReplyKey, SERVICE_FLAG_STATE_ON_SECOND_PACKET, Stat, addr_from_v4_wire,
+    REPLY_FLAG_NAT, ReplyKey, SERVICE_FLAG_MAY_SKIP_STATE, Stat, addr_from_v4_wire,
     checksum::{fold, replace_u16, replace_u32, udp_replace_u16, udp_replace_u32},
 };
 
@@ -156,11 +156,13 @@ pub fn handle(ctx: &XdpContext) -> Option<Verdict> {
     // SAFETY: the value is copied out at once.
     let flow = match unsafe { FLOWS.get(flow_key) }.copied() {
         Some(f) => f,
-        // A flow of a service that defers its entries to the second packet mostly has none:
-        // it is where its scheduler puts it. (Flows the flood guard sent on without an entry,
-        // in services that create entries with the first packet, are not followed: an error
-        // about a reply that no entry vouches for passes, as before.)
-        None if service.flags & SERVICE_FLAG_STATE_ON_SECOND_PACKET != 0 => {
+        // No entry here: the flow may never have crossed this node (ECMP hashes a router's
+        // error as a packet of its own, so in a fleet it mostly lands on another node than the
+        // flow's), or it defers its entry to the second packet, or the flood guard sent it on
+        // without one. A `dsr-*` service with a consistent scheduler puts a flow where its
+        // table says, on every node alike, so the table names the owner. Other services have
+        // no such answer: the error passes, as before.
+        None if service.flags & SERVICE_FLAG_MAY_SKIP_STATE != 0 => {
             service::stateless_flow(service, &flow_key)?
         }
         None => return None,

@@ -464,17 +464,38 @@ fn run_cases() {
     let d = deltas(&before, &counters(&dp));
     assert!(d.contains(&(Stat::IcmpErrorToBackend, 1)), "{d:?}");
 
-    // 20. An ICMP error about nothing balanced passes untouched.
+    // 20. An ICMP error about nothing balanced (no service on 10.99.0.4:7001) passes untouched.
     let stray = icmp_error(
         "10.60.2.9",
         "10.99.0.4",
         64,
         3,
         1,
-        &quote(&input("10.99.0.4:7000", "10.60.2.2:1", 60)),
+        &quote(&input("10.99.0.4:7001", "10.60.2.2:1", 60)),
     );
     let out = run(&stray, b);
     assert_eq!((out.action, out.frame), (XDP_PASS, stray));
+
+    // 20b. An error about the reply of a dsr-l2 flow that never crossed this balancer (in a
+    //      fleet behind ECMP, the router hashes its error as a packet of its own): no entry, but
+    //      the service's Maglev table, which every node shares, names the owner. It goes there,
+    //      and it creates no entry.
+    let reply = input("10.99.0.4:7000", "10.60.2.2:1", 60);
+    let err = icmp_error("10.60.2.9", "10.99.0.4", 64, 3, 1, &quote(&reply));
+    let before = counters(&dp);
+    let out = run(&err, b);
+    assert_eq!(
+        out.action, XDP_REDIRECT,
+        "ICMP to the VIP without an entry: on to the table's backend"
+    );
+    assert_eq!(out.frame, with_macs(err.clone(), MAC_BACKEND, MAC_A));
+    let d = deltas(&before, &counters(&dp));
+    assert!(d.contains(&(Stat::IcmpErrorToBackend, 1)), "{d:?}");
+    assert!(
+        !d.iter()
+            .any(|(s, _)| matches!(s, Stat::FlowCreated | Stat::FlowTableInsert)),
+        "routed by the table, no flow created: {d:?}"
+    );
 
     // 21. A router's error to a nat VIP about the reply of case 1: on to that flow's backend,
     //     readdressed to it, quoting the reply as the backend sent it (from its own address).
@@ -509,6 +530,37 @@ fn run_cases() {
         out.frame,
         encapsulated_to_backend(outer_src, &err),
         "dsr-ipip ICMP to the VIP: exact frame"
+    );
+
+    // 22b. The same about a dsr-ipip flow that has no entry here: the Maglev table names the
+    //      backend, and the outer source carries the hash of the flow the error quotes.
+    let reply = input("10.99.0.6:7000", "10.60.2.2:2", 60);
+    let err = icmp_error("10.60.2.9", "10.99.0.6", 64, 3, 1, &quote(&reply));
+    let before = counters(&dp);
+    let out = run(&err, b);
+    assert_eq!(
+        out.action, XDP_REDIRECT,
+        "dsr-ipip ICMP to the VIP without an entry: on to the table's backend"
+    );
+    let tuple = FlowTuple {
+        src: reconcile::addr_v4("10.60.2.2".parse().expect("literal")),
+        dst: reconcile::addr_v4("10.99.0.6".parse().expect("literal")),
+        src_port_be: 2u16.to_be(),
+        dst_port_be: 7000u16.to_be(),
+        proto: 17,
+    };
+    let host = flow_hash(&tuple, HASH_FIVE_TUPLE, cfg.hash_seed) & 0xff;
+    assert_eq!(
+        out.frame,
+        encapsulated_to_backend([10, 200, 0, host as u8], &err),
+        "dsr-ipip ICMP to the VIP without an entry: exact frame"
+    );
+    let d = deltas(&before, &counters(&dp));
+    assert!(d.contains(&(Stat::IcmpErrorToBackend, 1)), "{d:?}");
+    assert!(
+        !d.iter()
+            .any(|(s, _)| matches!(s, Stat::FlowCreated | Stat::FlowTableInsert)),
+        "no flow created: {d:?}"
     );
 
     // 16. (last: it lowers the MTU of fa) dsr-ipip with a packet that no longer fits the backends' link once encapsulated: an
