@@ -172,7 +172,7 @@ async fn serve(opts: &RunOptions) -> anyhow::Result<Option<instance::InstanceLoc
     )?;
     // The veths' drops from now on, and whether they can take redirected frames (see `veth`).
     let mut veths = crate::veth::VethWatch::default();
-    match state::sample_veths() {
+    match state::sample_veths(state::any_native(&attached)) {
         Ok(sample) => {
             for event in veths.update(&sample) {
                 warn!("{}", event.message());

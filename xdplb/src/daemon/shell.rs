@@ -19,7 +19,7 @@ use super::{
     change::{persist_and_apply, status},
     reload::reload,
     resolve_neighbours,
-    state::{instance_state, sample_veths},
+    state::{any_native, instance_state, sample_veths},
     stop::Stop,
 };
 use crate::{
@@ -289,7 +289,7 @@ impl Shell<'_> {
     /// Frames redirected onto a veth whose peer cannot take them are lost where XDP cannot see
     /// it (see `veth`): warn, and report it in the state file.
     fn on_veth_sample(&mut self) -> Turn {
-        let sample = match sample_veths() {
+        let sample = match sample_veths(any_native(&self.state.interfaces)) {
             Ok(sample) => sample,
             Err(e) => {
                 tracing::debug!("sampling the veths: {e}");

@@ -71,12 +71,18 @@ pub(super) fn instance_state(
 
 /// Every interface of this network namespace, each veth with whether it can take
 /// XDP_REDIRECT frames now.
-pub(super) fn sample_veths()
--> Result<Vec<(crate::netlink::LinkState, Option<bool>)>, crate::netlink::NetlinkError> {
+///
+/// Whether a veth can take redirected frames matters only to native XDP: a frame that generic
+/// XDP redirects leaves through the target's ordinary transmit path, which needs no NAPI on
+/// the peer. So with no interface attached natively (`native_attached` false) it is not asked,
+/// and no warning about it is given.
+pub(super) fn sample_veths(
+    native_attached: bool,
+) -> Result<Vec<(crate::netlink::LinkState, Option<bool>)>, crate::netlink::NetlinkError> {
     Ok(crate::netlink::links()?
         .into_iter()
         .map(|l| {
-            let accepts = if l.is_veth {
+            let accepts = if l.is_veth && native_attached {
                 crate::netlink::accepts_xdp_redirect(l.index).ok().flatten()
             } else {
                 None
@@ -84,4 +90,9 @@ pub(super) fn sample_veths()
             (l, accepts)
         })
         .collect())
+}
+
+/// Whether any interface of the instance runs the data plane in native (driver) mode.
+pub(super) fn any_native(interfaces: &[dataplane::AttachedInterface]) -> bool {
+    interfaces.iter().any(|i| i.xdp_mode == "native")
 }
