@@ -79,6 +79,9 @@ fn drain(ring: &mut RingBuf<MapData>) -> usize {
     n
 }
 
+/// A captured packet's before (frame) and after (frame, comment), by `cpu=N seq=M`.
+type Pair = (Option<Vec<u8>>, Option<(Vec<u8>, String)>);
+
 fn monotonic_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
@@ -215,7 +218,7 @@ fn capture_writes_before_and_after_as_pcapng_only_while_it_runs() {
     // The oracle: pair each before with its after by the comment's cpu and seq.
     let file = std::fs::File::open(&pcap).expect("pcapng");
     let mut reader = PcapNgReader::new(file).expect("a pcapng file");
-    let mut pairs: BTreeMap<String, (Option<Vec<u8>>, Option<(Vec<u8>, String)>)> = BTreeMap::new();
+    let mut pairs: BTreeMap<String, Pair> = BTreeMap::new();
     while let Some(block) = reader.next_block() {
         let Block::EnhancedPacket(p) = block.expect("block") else {
             continue;
