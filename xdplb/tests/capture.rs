@@ -87,6 +87,11 @@ fn monotonic_ns() -> u64 {
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
+/// Runs `args` (bounded) and returns its output whatever its status.
+fn sh_unchecked(args: &[&str]) -> std::process::Output {
+    run_bounded(args, Duration::from_secs(20))
+}
+
 /// Waits (bounded) for `child` to exit; kills it and panics past `timeout`.
 fn wait_exit(d: &mut Daemon, timeout: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + timeout;
@@ -274,6 +279,74 @@ fn capture_writes_before_and_after_as_pcapng_only_while_it_runs() {
     println!(
         "20 pairs checked; {partial_before} befores carried a partial UDP checksum, every after a complete one"
     );
+
+    // Without -w: one line per record; with -w -: pcapng on stdout, here piped into tcpdump.
+    let mut lines = Daemon::spawn(&[
+        "env".into(),
+        env.clone(),
+        XDPLB.into(),
+        "capture".into(),
+        "--instance".into(),
+        instance.clone(),
+        "--count".into(),
+        "4".into(),
+    ]);
+    lines.wait_for("capturing", START);
+    // One capture at a time: a second one is refused while the first holds the lease.
+    let second = sh_unchecked(&[
+        "env",
+        &env,
+        XDPLB,
+        "capture",
+        "--instance",
+        &instance,
+        "--count",
+        "1",
+    ]);
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("another capture"), "{err}");
+    let r = client(&client_ns, "10.99.0.1:7000", 2, 1);
+    assert_eq!(r["replies"], 2, "{r}");
+    lines.wait_for("4 packets captured", Duration::from_secs(10));
+    assert!(wait_exit(&mut lines, Duration::from_secs(10)).success());
+
+    let piped = format!(
+        "env {env} {XDPLB} capture --instance {instance} --service other --count 3 -w - | tcpdump -nn -r - 2>/dev/null"
+    );
+    let mut piped = Daemon::spawn(&["sh".into(), "-c".into(), piped]);
+    piped.wait_for("capturing", START);
+    let r = client(&client_ns, "10.99.0.2:7001", 3, 1);
+    assert_eq!(r["replies"], 3, "{r}");
+    piped.wait_for("3 packets captured", Duration::from_secs(10));
+    assert!(wait_exit(&mut piped, Duration::from_secs(10)).success());
+    // The last lines of tcpdump may follow the capture's own last line.
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = piped.terminate(Duration::from_secs(1));
+    let summary: Vec<&String> = lines
+        .seen
+        .iter()
+        .filter(|l| l.contains(" before ") || l.contains(" after "))
+        .collect();
+    println!("xdplb capture --count 4:\n{}", lines.seen.join("\n"));
+    assert_eq!(summary.len(), 8, "4 packets, before and after: {summary:?}");
+    assert!(
+        summary
+            .iter()
+            .any(|l| l.contains(" after  redirect") || l.contains(" after  tx")),
+        "{summary:?}"
+    );
+    assert!(
+        summary.iter().any(|l| l.contains("(reply)")),
+        "without --service, replies too: {summary:?}"
+    );
+    let dumped: Vec<&String> = piped.seen.iter().filter(|l| l.contains(" IP ")).collect();
+    println!(
+        "xdplb capture --service other -w - | tcpdump -r -:\n{}",
+        piped.seen.join("\n")
+    );
+    assert_eq!(dumped.len(), 6, "{:?}", piped.seen);
+    assert!(dumped.iter().all(|l| l.contains(".7001")), "{dumped:?}");
 
     // (b) A capture killed with SIGKILL: emission goes on until its lease runs out, then stops.
     let mut cap = Daemon::spawn(&[
