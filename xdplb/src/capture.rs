@@ -159,6 +159,18 @@ fn open_map(state: &InstanceState, name: &'static str) -> anyhow::Result<Map> {
     Map::from_map_data(data).with_context(|| format!("map {name}"))
 }
 
+/// Whether the instance's daemon now publishes other capture maps than `state` (it restarted
+/// and loaded a new data plane, which copies into its own ring). A state file that cannot be
+/// read (the daemon stopped) changes nothing: the pinned data plane may still run.
+fn restarted(state: &InstanceState) -> bool {
+    let Ok(now) = instance::read(&state.instance) else {
+        return false;
+    };
+    [MAP_CAPTURE, MAP_CAPTURE_RING]
+        .iter()
+        .any(|m| now.map_ids.get(*m) != state.map_ids.get(*m))
+}
+
 /// The kernel's monotonic clock (what `bpf_ktime_get_ns` reads), in nanoseconds.
 fn monotonic_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
@@ -384,7 +396,16 @@ async fn capture(state: &InstanceState, opts: &Options, filter: u32) -> anyhow::
     let mut records = 0u64;
     'outer: loop {
         tokio::select! {
-            _ = renew.tick() => lease.renew()?,
+            _ = renew.tick() => {
+                if restarted(state) {
+                    eprintln!(
+                        "xdplb: instance {:?} restarted (its data plane has new capture maps); this capture ends",
+                        state.instance
+                    );
+                    break;
+                }
+                lease.renew()?;
+            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = drain.tick() => {
