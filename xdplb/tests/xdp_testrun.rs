@@ -558,7 +558,7 @@ fn verifier_instruction_budget() {
         // and the checksum-finishing program the datagram (15 chunks): each chunk of those
         // loops is walked on every path after it. The capture's checks (a lease read where a
         // service is found, a tail call to `xdplb_capture` at every exit) changed ingress from
-        // 192,622 to 157,220 (fewer: the verifier's pruning, not less code); `xdplb_capture`: 111.
+        // 192,622 to 157,220 (fewer, for reasons not investigated); `xdplb_capture`: 111.
         assert!(
             count < 200_000,
             "{name}: {count} verified instructions, budget 200,000"
