@@ -98,6 +98,29 @@ impl Record {
     }
 }
 
+/// Keeps an "after" only when this capture saw its "before": a CPU whose packet was in flight
+/// when an earlier capture cleared its lease keeps that packet's mark, and emits a stray
+/// "after" (of whatever packet leaves next) when the next capture starts.
+#[derive(Debug, Default)]
+pub struct Pairing {
+    /// The last "before" seen per CPU, by sequence number.
+    open: std::collections::HashMap<u32, u32>,
+}
+
+impl Pairing {
+    pub fn admit(&mut self, r: &Record) -> bool {
+        if !r.after {
+            self.open.insert(r.cpu, r.seq);
+            return true;
+        }
+        if self.open.get(&r.cpu) == Some(&r.seq) {
+            self.open.remove(&r.cpu);
+            return true;
+        }
+        false
+    }
+}
+
 /// The name of an XDP action.
 pub fn action_name(action: u32) -> &'static str {
     match action {
@@ -392,6 +415,7 @@ async fn capture(state: &InstanceState, opts: &Options, filter: u32) -> anyhow::
     let mut drain = tokio::time::interval(Duration::from_millis(50));
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let mut pairing = Pairing::default();
     let mut packets = 0u64;
     let mut records = 0u64;
     'outer: loop {
@@ -413,6 +437,9 @@ async fn capture(state: &InstanceState, opts: &Options, filter: u32) -> anyhow::
                     let Some(r) = Record::parse(&item) else { continue };
                     drop(item);
                     if filter != CAPTURE_ANY_SERVICE && r.service_id != filter {
+                        continue;
+                    }
+                    if !pairing.admit(&r) {
                         continue;
                     }
                     let service = names
@@ -468,5 +495,16 @@ mod tests {
         let b = Record::parse(&raw(false, &[9])).unwrap();
         assert!(!b.after);
         assert!(Record::parse(&raw(false, &[9])[..30]).is_none());
+    }
+
+    #[test]
+    fn an_after_without_its_before_is_dropped() {
+        let after = Record::parse(&raw(true, &[1])).unwrap();
+        let before = Record::parse(&raw(false, &[1])).unwrap();
+        let mut p = Pairing::default();
+        assert!(!p.admit(&after), "stray: no before seen");
+        assert!(p.admit(&before));
+        assert!(p.admit(&after));
+        assert!(!p.admit(&after), "once");
     }
 }
