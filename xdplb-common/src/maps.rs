@@ -115,6 +115,75 @@ pub const MAP_REPLY_OWNERS: &str = "REPLY_OWNERS_V1";
 pub const MAP_SEEN: &str = "SEEN";
 pub const SEEN_SLOTS: u32 = 65_536;
 
+/// The capture lease (`xdplb capture`): an array of one [`CaptureLease`], written by the
+/// capture CLI. The data plane copies balanced packets into [`MAP_CAPTURE_RING`] only while
+/// `bpf_ktime_get_ns() < deadline_ns`; the CLI renews the deadline every second, so a capture
+/// that dies (even by SIGKILL) stops costing within [`CAPTURE_LEASE_NS`]. Not pinned: it
+/// belongs to one program load (the CLI finds it by id in the instance state).
+pub const MAP_CAPTURE: &str = "CAPTURE_V1";
+/// The capture ring buffer (`BPF_MAP_TYPE_RINGBUF`): [`CaptureRecord`]s, a "before" for every
+/// service packet seen at ingress while a lease is live, and its "after" (the final frame,
+/// with the program's action) when the last program that handled it returns. Not pinned.
+pub const MAP_CAPTURE_RING: &str = "CAPTURE_RING_V1";
+/// Per-CPU state of the capture (`[sequence, pending sequence, service id, 0]`): the
+/// sequence number of the last "before" this CPU emitted, and the one whose "after" is still
+/// due (0: none). Not pinned.
+pub const MAP_CAPTURE_PENDING: &str = "CAPTURE_PENDING";
+/// Size of [`MAP_CAPTURE_RING`] (a power of two multiple of the page size).
+pub const CAPTURE_RING_BYTES: u32 = 1 << 21;
+/// How long a lease lasts past its renewal (nanoseconds): the CLI renews it every second.
+pub const CAPTURE_LEASE_NS: u64 = 2_000_000_000;
+/// Bytes of each packet copied (the snap length).
+pub const CAPTURE_SNAP_LEN: usize = 256;
+/// `CaptureLease::service_id`: every service.
+pub const CAPTURE_ANY_SERVICE: u32 = u32::MAX;
+/// `CaptureRecord::direction`: the frame as it arrived.
+pub const CAPTURE_BEFORE: u32 = 0;
+/// `CaptureRecord::direction`: the frame as it left (after the rewrite and any checksum
+/// completion), with the action that sent it.
+pub const CAPTURE_AFTER: u32 = 1;
+/// `CaptureRecord::service_id` of a `nat`/`fullnat` reply (translated back to a client).
+pub const CAPTURE_REPLY: u32 = u32::MAX - 1;
+
+/// What a capture asks of the data plane. 16 bytes, host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CaptureLease {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) until which packets are captured; 0: none.
+    pub deadline_ns: u64,
+    /// The `Service::id` to capture, or [`CAPTURE_ANY_SERVICE`].
+    pub service_id: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<CaptureLease>() == 16);
+
+/// One captured frame. 40 bytes of header (host order) and [`CAPTURE_SNAP_LEN`] bytes of frame.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaptureRecord {
+    /// `bpf_ktime_get_ns()` when the record was made.
+    pub timestamp_ns: u64,
+    /// The frame's length.
+    pub orig_len: u32,
+    /// Bytes of `data` that hold the frame (`min(orig_len, CAPTURE_SNAP_LEN)`).
+    pub cap_len: u32,
+    /// The interface the frame arrived on.
+    pub ifindex: u32,
+    /// `Service::id` of the packet's service (or [`CAPTURE_REPLY`]).
+    pub service_id: u32,
+    /// The CPU that handled the packet, and its sequence number there: a "before" and its
+    /// "after" share both.
+    pub cpu: u32,
+    pub seq: u32,
+    /// [`CAPTURE_BEFORE`] or [`CAPTURE_AFTER`].
+    pub direction: u32,
+    /// "after": the XDP action returned (`XDP_DROP` 1, `XDP_PASS` 2, `XDP_TX` 3,
+    /// `XDP_REDIRECT` 4); "before": 0.
+    pub action: u32,
+    pub data: [u8; CAPTURE_SNAP_LEN],
+}
+const _: () = assert!(size_of::<CaptureRecord>() == 40 + CAPTURE_SNAP_LEN);
+
 /// Load-time global: non-zero switches on per-packet debug logging (aya-log).
 pub const GLOBAL_DEBUG_LOG: &str = "XDPLB_DEBUG_LOG";
 
@@ -479,6 +548,7 @@ mod pod {
     unsafe impl aya::Pod for super::NextHop {}
     unsafe impl aya::Pod for super::FragmentKey {}
     unsafe impl aya::Pod for super::FragmentRoute {}
+    unsafe impl aya::Pod for super::CaptureLease {}
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod capture;
 mod csum;
 mod forward;
 mod fragment;
@@ -19,14 +20,14 @@ mod stats;
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC, TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use xdplb_common::{
-    Backend, Counter, DEFAULT_MAX_BACKENDS_PER_SERVICE, DEFAULT_MAX_FLOWS,
-    DEFAULT_MAX_LOOKUP_ENTRIES, DEFAULT_MAX_SERVICES, FRAGMENT_TABLE_ENTRIES, Flow, FlowKey,
-    FragmentKey, FragmentRoute, FullnatPeer, FullnatSource, GLOBALS_LEN, InterfaceMac, NextHop,
-    PORTS_LEN, Reply, ReplyKey, SEEN_SLOTS, Service, ServiceKey, Stat,
+    Backend, CAPTURE_RING_BYTES, CaptureLease, Counter, DEFAULT_MAX_BACKENDS_PER_SERVICE,
+    DEFAULT_MAX_FLOWS, DEFAULT_MAX_LOOKUP_ENTRIES, DEFAULT_MAX_SERVICES, FRAGMENT_TABLE_ENTRIES,
+    Flow, FlowKey, FragmentKey, FragmentRoute, FullnatPeer, FullnatSource, GLOBALS_LEN,
+    InterfaceMac, NextHop, PORTS_LEN, Reply, ReplyKey, SEEN_SLOTS, Service, ServiceKey, Stat,
 };
 
 // The max_entries below are placeholders: user space sizes every map from the config at load
@@ -114,6 +115,18 @@ static SERVICE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DEFAU
 static BACKEND_STATS: PerCpuArray<Counter> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_SERVICES * DEFAULT_MAX_BACKENDS_PER_SERVICE, 0);
 
+/// See `xdplb_common::MAP_CAPTURE`. Not pinned.
+#[map(name = "CAPTURE_V1")]
+static CAPTURE: Array<CaptureLease> = Array::with_max_entries(1, 0);
+
+/// See `xdplb_common::MAP_CAPTURE_RING`. Not pinned.
+#[map(name = "CAPTURE_RING_V1")]
+static CAPTURE_RING: RingBuf = RingBuf::with_byte_size(CAPTURE_RING_BYTES, 0);
+
+/// See `xdplb_common::MAP_CAPTURE_PENDING`. Not pinned.
+#[map(name = "CAPTURE_PENDING")]
+static CAPTURE_PENDING: PerCpuArray<[u32; 4]> = PerCpuArray::with_max_entries(1, 0);
+
 /// Load-time switch for per-packet debug logging. The loader freezes it in .rodata, so the
 /// verifier prunes every logging branch when it is 0.
 #[unsafe(no_mangle)]
@@ -131,7 +144,7 @@ fn debug_log_enabled() -> bool {
 /// exceed BPF's 512-byte stack). Filled by user space at load time; not pinned (it belongs to
 /// one program load).
 #[map(name = "XDPLB_PROGS")]
-static PROGS: ProgramArray = ProgramArray::with_max_entries(5, 0);
+static PROGS: ProgramArray = ProgramArray::with_max_entries(6, 0);
 pub const PROG_ICMP: u32 = 0;
 /// Slot 1: `xdplb_finish_checksum` (see `csum::finish_and_send`).
 pub const PROG_FINISH: u32 = 1;
@@ -143,6 +156,15 @@ pub const PROG_NAT_REPLY: u32 = 3;
 /// Slot 4: `xdplb_ingress` itself, for `xdplb_nat_reply` to hand back a packet that is no
 /// reply but may be a wildcard service's request.
 pub const PROG_INGRESS: u32 = 4;
+/// Slot 5: `xdplb_capture`, tail-called by any program's exit while a captured packet's
+/// "after" is due (see `capture`).
+pub const PROG_CAPTURE: u32 = 5;
+
+/// Emits the pending "after" record of a captured packet and returns its action.
+#[xdp]
+pub fn xdplb_capture(ctx: XdpContext) -> u32 {
+    capture::finish(&ctx)
+}
 
 /// Per-CPU: the packet `xdplb_nat_reply` found to be no reply and handed back to ingress
 /// (`service::reply_checked`). Not pinned.
@@ -159,7 +181,7 @@ pub fn xdplb_nat_reply(ctx: XdpContext) -> u32 {
         Ok(v) | Err(v) => v,
     };
     stats::count(verdict.stat);
-    verdict.action
+    capture::after(&ctx, verdict.action)
 }
 
 /// Follows a later fragment's first fragment; tail-called by ingress only.
@@ -167,7 +189,7 @@ pub fn xdplb_nat_reply(ctx: XdpContext) -> u32 {
 pub fn xdplb_fragment(ctx: XdpContext) -> u32 {
     let verdict = fragment::handle_later(&ctx);
     stats::count(verdict.stat);
-    verdict.action
+    capture::after(&ctx, verdict.action)
 }
 
 /// Per-CPU room to build a fragment route in (see `fragment::record`). Not pinned.
@@ -183,7 +205,7 @@ static FINISH_ARGS: PerCpuArray<csum::FinishArgs> = PerCpuArray::with_max_entrie
 pub fn xdplb_finish_checksum(ctx: XdpContext) -> u32 {
     let verdict = csum::finish_and_send(&ctx);
     stats::count(verdict.stat);
-    verdict.action
+    capture::after(&ctx, verdict.action)
 }
 
 /// ICMP errors about balanced flows (see `icmp`); anything else passes untouched.
@@ -194,7 +216,7 @@ pub fn xdplb_icmp(ctx: XdpContext) -> u32 {
         stat: Stat::PassNotUdp,
     });
     stats::count(verdict.stat);
-    verdict.action
+    capture::after(&ctx, verdict.action)
 }
 
 /// Ingress: balances service packets to backends and passes everything else untouched.
@@ -204,7 +226,7 @@ pub fn xdplb_ingress(ctx: XdpContext) -> u32 {
         Ok(v) | Err(v) => v,
     };
     stats::count(verdict.stat);
-    verdict.action
+    capture::after(&ctx, verdict.action)
 }
 
 /// Egress (TC): makes a backend's reply to a balanced flow leave with source = VIP:port.

@@ -3,8 +3,8 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_log_ebpf::debug;
 use xdplb_common::{
-    Backend, FLOW_REFRESH_NS, FORWARD_DSR_IPIP, FORWARD_DSR_L2, FORWARD_FULLNAT, FORWARD_LOCAL,
-    FORWARD_NAT, FRAGMENT_SEND_DSR_IPIP, FRAGMENT_SEND_DSR_L2, FRAGMENT_SEND_ROUTE,
+    Backend, CAPTURE_REPLY, FLOW_REFRESH_NS, FORWARD_DSR_IPIP, FORWARD_DSR_L2, FORWARD_FULLNAT,
+    FORWARD_LOCAL, FORWARD_NAT, FRAGMENT_SEND_DSR_IPIP, FRAGMENT_SEND_DSR_L2, FRAGMENT_SEND_ROUTE,
     FRAGMENT_SEND_ROUTE_LOCAL_SOURCE, Flow, FlowKey, GLOBAL_SLOT_FLOW_GUARD_RATE,
     INTERFACE_FLAG_GENERIC, IPPROTO_UDP, PORT_EXACT_SERVICE, PORT_FULLNAT_RANGE, PORT_NAT_BACKEND,
     PORT_WILDCARD_SERVICE, REPLY_FLAG_NAT, Reply, ReplyKey, SEEN_SLOTS,
@@ -18,8 +18,8 @@ use xdplb_common::{
 use crate::{
     BACKENDS, FLOW_GUARD, FLOWS, GLOBALS, LOCAL_MACS, PORTS, PROG_FRAGMENT, PROG_ICMP,
     PROG_INGRESS, PROG_NAT_REPLY, PROGS, REPLIES, REPLY_CHECKED, SEEN, SERVICES, XDP_DROP,
-    XDP_PASS, csum, debug_log_enabled, forward, fragment, fullnat, parse, reply, rewrite, schedule,
-    stats,
+    XDP_PASS, capture, csum, debug_log_enabled, forward, fragment, fullnat, parse, reply, rewrite,
+    schedule, stats,
 };
 
 /// What to do with a packet, and the counted reason.
@@ -132,6 +132,8 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
     };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
+    // The packet as it arrived, while a capture runs; nothing has modified it yet.
+    capture::before(ctx, service.id, now);
     let mode = forwarding(service);
     let target = match existing_flow(service, mode, &flow_key, now, wildcard) {
         Lookup::Live(t) => t,
@@ -280,6 +282,7 @@ pub fn try_reply(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verdic
     let from_port = port_flags(sport_be);
     if let Some(reply) = known_reply(saddr, daddr, sport_be, dport_be, from_port, to_port) {
         admit(ctx, &mut pkt)?;
+        capture::before_unclocked(ctx, CAPTURE_REPLY);
         return Ok(translate_reply(ctx, &pkt, reply));
     }
     if to_port & PORT_WILDCARD_SERVICE != 0

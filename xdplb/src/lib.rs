@@ -9,6 +9,7 @@
 pub mod api;
 pub mod bench;
 pub mod bpf_link;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod control;

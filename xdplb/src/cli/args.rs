@@ -107,6 +107,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Capture what the data plane balances, before and after the rewrite, as pcapng (or one
+    /// line per packet). The data plane copies packets only while a capture runs.
+    Capture {
+        /// The instance to capture from.
+        #[arg(long, default_value = "default")]
+        instance: String,
+        /// Only this service's packets (by name); replies are captured only without it.
+        #[arg(long)]
+        service: Option<String>,
+        /// Stop after this many packets (each written twice: before and after).
+        #[arg(long, short = 'c')]
+        count: Option<u64>,
+        /// Write pcapng to this file (`-`: standard output) instead of one line per packet.
+        #[arg(long = "write", short = 'w', value_name = "FILE")]
+        write: Option<PathBuf>,
+    },
     /// Demo UDP backends: answer every datagram with the listening address and the payload.
     DemoBackend {
         /// Comma-separated IPv4:port addresses.

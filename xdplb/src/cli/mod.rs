@@ -255,6 +255,18 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Capture {
+            instance,
+            service,
+            count,
+            write,
+        } => crate::capture::run(&crate::capture::Options {
+            instance,
+            service,
+            count,
+            write,
+        })
+        .map(|()| ExitCode::SUCCESS),
         Command::DemoBackend { listen, name } => {
             demo::serve_backends(&listen, name.as_deref(), || {
                 let list: Vec<String> = listen.iter().map(ToString::to_string).collect();

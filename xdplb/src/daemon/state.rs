@@ -1,6 +1,8 @@
 //! The instance description the loop publishes (state file, metrics), and the veth sample.
 
-use xdplb_common::{MAP_BACKEND_STATS, MAP_FLOWS, MAP_SERVICE_STATS, MAP_STATS};
+use xdplb_common::{
+    MAP_BACKEND_STATS, MAP_CAPTURE, MAP_CAPTURE_RING, MAP_FLOWS, MAP_SERVICE_STATS, MAP_STATS,
+};
 
 use crate::{config::Config, dataplane, dataplane::Dataplane, health::HealthBook, instance};
 
@@ -13,7 +15,15 @@ pub(super) fn instance_state(
     interfaces: Vec<dataplane::AttachedInterface>,
 ) -> anyhow::Result<instance::InstanceState> {
     let mut map_ids = std::collections::BTreeMap::new();
-    for m in [MAP_STATS, MAP_SERVICE_STATS, MAP_BACKEND_STATS, MAP_FLOWS] {
+    // The capture maps too: `xdplb capture` opens them by id.
+    for m in [
+        MAP_STATS,
+        MAP_SERVICE_STATS,
+        MAP_BACKEND_STATS,
+        MAP_FLOWS,
+        MAP_CAPTURE,
+        MAP_CAPTURE_RING,
+    ] {
         map_ids.insert(m.to_string(), dp.map_id(m)?);
     }
     let plans = dp

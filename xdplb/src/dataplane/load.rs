@@ -36,6 +36,7 @@ pub const PROGRAM_ICMP: &str = "xdplb_icmp";
 pub const PROGRAM_FINISH: &str = "xdplb_finish_checksum";
 pub const PROGRAM_FRAGMENT: &str = "xdplb_fragment";
 pub const PROGRAM_NAT_REPLY: &str = "xdplb_nat_reply";
+pub const PROGRAM_CAPTURE: &str = "xdplb_capture";
 /// The tail-call array of the ingress program (not pinned: it belongs to one load).
 const MAP_PROGS: &str = "XDPLB_PROGS";
 
@@ -156,6 +157,19 @@ impl Dataplane {
                 .try_clone()
                 .map_err(DataplaneError::Io)?,
         );
+        // Slot 5: the capture's "after" (see `xdplb capture`), tail-called by every XDP
+        // program's exit while a captured packet's copy is due.
+        let capture: &mut Xdp = program_mut(&mut ebpf, PROGRAM_CAPTURE)?;
+        capture
+            .load()
+            .map_err(|e| DataplaneError::program(PROGRAM_CAPTURE, e))?;
+        tail_fds.push(
+            capture
+                .fd()
+                .map_err(|e| DataplaneError::program(PROGRAM_CAPTURE, e))?
+                .try_clone()
+                .map_err(DataplaneError::Io)?,
+        );
         let progs = ebpf
             .map_mut(MAP_PROGS)
             .ok_or(DataplaneError::MissingMap(MAP_PROGS))?;
@@ -265,6 +279,7 @@ impl Dataplane {
             PROGRAM_FINISH,
             PROGRAM_FRAGMENT,
             PROGRAM_NAT_REPLY,
+            PROGRAM_CAPTURE,
         ]
         .into_iter()
         .map(|name| {
@@ -288,7 +303,8 @@ impl Dataplane {
             aya::maps::Map::HashMap(d)
             | aya::maps::Map::LruHashMap(d)
             | aya::maps::Map::Array(d)
-            | aya::maps::Map::PerCpuArray(d) => d,
+            | aya::maps::Map::PerCpuArray(d)
+            | aya::maps::Map::RingBuf(d) => d,
             _ => return Err(DataplaneError::MissingMap(name)),
         };
         Ok(data.info().map_err(|e| DataplaneError::map(name, e))?.id())
