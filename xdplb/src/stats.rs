@@ -190,7 +190,7 @@ pub fn count_flows(state: &InstanceState) -> Result<FlowFill, StatsError> {
     Ok(FlowFill { entries, capacity })
 }
 
-fn stale(state: &InstanceState, name: &str, reason: String) -> StatsError {
+pub(crate) fn stale(state: &InstanceState, name: &str, reason: String) -> StatsError {
     StatsError::StaleMap {
         instance: state.instance.clone(),
         name: name.to_string(),
@@ -200,7 +200,7 @@ fn stale(state: &InstanceState, name: &str, reason: String) -> StatsError {
 }
 
 /// Opens a map of the instance by kernel id, checking that the id still names that map.
-fn open_map(state: &InstanceState, name: &'static str) -> Result<MapData, StatsError> {
+pub(crate) fn open_map(state: &InstanceState, name: &'static str) -> Result<MapData, StatsError> {
     let id = state.map_ids.get(name).copied().unwrap_or(0);
     let data = MapData::from_id(id).map_err(|e| stale(state, name, e.to_string()))?;
     // The kernel keeps 15 bytes of a map name; an id reused by another map would not match.
@@ -216,7 +216,7 @@ fn open_map(state: &InstanceState, name: &'static str) -> Result<MapData, StatsE
     Ok(data)
 }
 
-fn open_percpu<V: aya::Pod>(
+pub(crate) fn open_percpu<V: aya::Pod>(
     state: &InstanceState,
     name: &'static str,
 ) -> Result<PerCpuArray<MapData, V>, StatsError> {
