@@ -34,20 +34,18 @@ pub enum ReadMethod {
 /// Every entry of the instance's flow table, and how it was read.
 pub fn read_table(state: &InstanceState) -> Result<(Vec<(FlowKey, Flow)>, ReadMethod), StatsError> {
     let data = stats::open_map(state, MAP_FLOWS)?;
-    match read_batched(&data) {
-        Ok((entries, calls)) => Ok((entries, ReadMethod::Batched { calls })),
-        Err(_) => {
-            // A kernel without batched lookups on LRU hashes (before 5.6): key by key.
-            let map = Map::from_map_data(data)
-                .map_err(|e| stats::stale(state, MAP_FLOWS, e.to_string()))?;
-            let flows: HashMap<MapData, FlowKey, Flow> = HashMap::try_from(map)
-                .map_err(|e| stats::stale(state, MAP_FLOWS, e.to_string()))?;
-            Ok((
-                flows.iter().filter_map(Result::ok).collect(),
-                ReadMethod::Iterated,
-            ))
-        }
+    if let Ok((entries, calls)) = read_batched(&data) {
+        return Ok((entries, ReadMethod::Batched { calls }));
     }
+    // A kernel without batched lookups on LRU hashes (before 5.6): key by key.
+    let map =
+        Map::from_map_data(data).map_err(|e| stats::stale(state, MAP_FLOWS, e.to_string()))?;
+    let flows: HashMap<MapData, FlowKey, Flow> =
+        HashMap::try_from(map).map_err(|e| stats::stale(state, MAP_FLOWS, e.to_string()))?;
+    Ok((
+        flows.iter().filter_map(Result::ok).collect(),
+        ReadMethod::Iterated,
+    ))
 }
 
 fn read_batched(data: &MapData) -> std::io::Result<(Vec<(FlowKey, Flow)>, u32)> {

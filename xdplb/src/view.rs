@@ -49,7 +49,7 @@ pub enum ViewError {
     Config {
         name: String,
         #[source]
-        source: config::ConfigError,
+        source: Box<config::ConfigError>,
     },
 }
 
@@ -216,7 +216,7 @@ pub fn applied_config(name: &str) -> Result<Config, ViewError> {
     config::parse(text, &format!("the config of instance {name}")).map_err(|source| {
         ViewError::Config {
             name: name.to_string(),
-            source,
+            source: Box::new(source),
         }
     })
 }

@@ -24,13 +24,16 @@ fn api_command(
     api_command_as(instance, method, path, body, None)
 }
 
+/// Renders an API answer as a table.
+type Table = fn(&serde_json::Value) -> String;
+
 /// [`api_command`], printing the answer with `table` unless JSON is asked for.
 fn api_command_as(
     instance: &str,
     method: &str,
     path: &str,
     body: Option<&serde_json::Value>,
-    table: Option<(Output, fn(&serde_json::Value) -> String)>,
+    table: Option<(Output, Table)>,
 ) -> anyhow::Result<ExitCode> {
     let (status, value) = crate::api::call(instance, method, path, body)?;
     if status == 200 {
@@ -251,7 +254,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
             );
             listing.daemon_running = view.running();
-            listing.note = view.offline.clone();
+            listing.note.clone_from(&view.offline);
             if output.is_json() {
                 print_offline_note(&view);
                 println!("{}", serde_json::to_string_pretty(&listing)?);
