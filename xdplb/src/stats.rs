@@ -229,11 +229,16 @@ pub(crate) fn open_percpu<V: aya::Pod>(
 pub fn render(s: &Snapshot) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
+    // pid 0: read from the pinned data plane, with no daemon (see `view`).
     let _ = writeln!(
         out,
-        "instance {} (pid {}), attached to {}",
+        "instance {}{}, attached to {}",
         s.instance,
-        s.pid,
+        if s.pid == 0 {
+            " (no daemon)".to_string()
+        } else {
+            format!(" (pid {})", s.pid)
+        },
         s.interfaces.join(", ")
     );
     let _ = writeln!(out);

@@ -134,18 +134,14 @@ fn pinned(name: &str, why: String) -> Result<InstanceView, ViewError> {
                 .collect(),
         })
         .collect();
-    let pid = why
-        .strip_prefix("pid ")
-        .and_then(|r| r.split(' ').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
     let note = format!(
         "daemon not running ({why}); reading the pinned data plane of instance {name} (health unknown)"
     );
     Ok(InstanceView {
         state: InstanceState {
             instance: name.to_string(),
-            pid,
+            // No daemon (the note names the one that is gone).
+            pid: 0,
             config: "(no daemon)".to_string(),
             interfaces: record.interfaces.clone(),
             map_ids,

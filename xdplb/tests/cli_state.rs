@@ -309,6 +309,7 @@ fn list_flows_explain_reload_and_reading_without_a_daemon() {
         ok && table.contains("CLIENT") && table.contains("127.0.0.1:9875"),
         "{table}{err}"
     );
+    println!("$ xdplb flows --limit 3\n{table}");
 
     // `explain` takes the running instance's config (127.0.0.1:9885 is not the tutorial's).
     let (ok, out, err) = cli(
@@ -364,6 +365,7 @@ fn list_flows_explain_reload_and_reading_without_a_daemon() {
     ];
     let (ok, dry, err) = cli(&ns, &env, &["reload", "--dry-run", "--instance", &instance]);
     assert!(ok, "{dry}{err}");
+    println!("$ xdplb reload --dry-run\n{dry}");
     for e in expected {
         assert!(dry.contains(e), "dry run lacks {e:?}:\n{dry}");
     }
@@ -375,6 +377,7 @@ fn list_flows_explain_reload_and_reading_without_a_daemon() {
     );
     let (ok, real, err) = cli(&ns, &env, &["--instance", &instance, "reload"]);
     assert!(ok && real.contains("2 changes"), "{real}{err}");
+    println!("$ xdplb reload\n{real}");
     for e in expected {
         assert!(real.contains(e), "the reload lacks {e:?}:\n{real}");
     }
