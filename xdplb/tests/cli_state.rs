@@ -226,6 +226,37 @@ fn list_flows_explain_reload_and_reading_without_a_daemon() {
         );
     }
 
+    // The API's views as tables (JSON with -o json).
+    let (ok, table, err) = cli(&ns, &env, &["status", "--instance", &instance]);
+    assert!(ok && table.contains("generation"), "{table}{err}");
+    assert!(
+        line_with(&table, "127.0.0.1:9879").contains("down"),
+        "{table}"
+    );
+    let (ok, table, err) = cli(&ns, &env, &["service", "list", "--instance", &instance]);
+    assert!(ok, "{table}{err}");
+    let dns_line = line_with(&table, "127.0.0.1:9875");
+    assert!(
+        dns_line.contains("round-robin") && dns_line.trim_end().ends_with(" 4"),
+        "{table}"
+    );
+    let (ok, table, err) = cli(
+        &ns,
+        &env,
+        &["--instance", &instance, "backend", "list", "dns"],
+    );
+    assert!(ok, "{table}{err}");
+    assert!(
+        line_with(&table, "127.0.0.1:9878").contains("drain"),
+        "{table}"
+    );
+    assert!(
+        !line_with(&table, "127.0.0.1:9876").contains("drain"),
+        "{table}"
+    );
+    let services = json(&ns, &env, &["service", "list", "--instance", &instance]);
+    assert_eq!(services[0]["name"], "dns", "{services}");
+
     // `flows`: every flow with its client, VIP and backend; the filters and the limit.
     let f = json(
         &ns,
@@ -450,6 +481,38 @@ fn list_flows_explain_reload_and_reading_without_a_daemon() {
         (&Value::from(false), &Value::from(30)),
         "{f}"
     );
+    // From a mount namespace where the pins cannot be seen (as under another `ip netns exec`
+    // without the shared bpffs): the maps are found through the programs that use them.
+    let mut hidden: Vec<String> = [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "umount -l \"$0\" && test ! -e \"$0/xdplb\" && exec \"$@\"",
+        &bpffs.path,
+        "env",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    hidden.extend(env.iter().cloned());
+    hidden.extend(
+        [XDPLB, "stats", "--instance", &instance, "-o", "json"]
+            .iter()
+            .map(ToString::to_string),
+    );
+    let hidden: Vec<&str> = hidden.iter().map(String::as_str).collect();
+    let out = ns.exec_unchecked(&hidden);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st: Value = serde_json::from_str(&text).expect("stats JSON");
+    assert_eq!(st["services"][0]["packets"], 90, "{st}");
 
     // `xdplb stop` removes it all; then there is nothing to read.
     let (ok, out, err) = cli(&ns, &env, &["stop", "--instance", &instance]);
