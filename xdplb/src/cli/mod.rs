@@ -659,7 +659,13 @@ fn reload_dry_run(name: &str) -> anyhow::Result<ExitCode> {
         );
     }
     let current = view::applied_config(name)?;
-    let path = std::path::PathBuf::from(&state.config);
+    let mut path = std::path::PathBuf::from(&state.config);
+    // A relative path is the daemon's, from its working directory.
+    if path.is_relative()
+        && let Ok(cwd) = std::fs::read_link(format!("/proc/{}/cwd", state.pid))
+    {
+        path = cwd.join(path);
+    }
     if !path.is_file() {
         bail!(
             "instance {name:?} runs {}, not a config file: there is no file to re-read",
