@@ -169,7 +169,7 @@ pub enum BatchCursor {
 ///
 /// The map's key and value sizes are checked against `K` and `V` first, and per-CPU maps
 /// (whose values are one slot per CPU) are refused, so the kernel never writes past the
-/// buffers.
+/// buffers; `K` and `V` are `aya::Pod`, so whatever bytes it writes are valid values.
 pub fn map_lookup_batch<K: aya::Pod, V: aya::Pod>(
     map: &aya::maps::MapData,
     cursor: &mut BatchCursor,
@@ -202,13 +202,13 @@ pub fn map_lookup_batch<K: aya::Pod, V: aya::Pod>(
         }
     };
     let mut token_out = vec![0u8; token_len];
-    let room = keys.len().min(values.len());
+    let room = keys.len().min(values.len()).min(u32::MAX as usize);
     let mut attr = Batch {
         in_batch: token_in.as_mut().map_or(0, |t| t.as_mut_ptr() as u64),
         out_batch: token_out.as_mut_ptr() as u64,
         keys: keys.as_mut_ptr() as u64,
         values: values.as_mut_ptr() as u64,
-        count: u32::try_from(room).unwrap_or(u32::MAX),
+        count: room as u32,
         map_fd: fd_u32(map.fd())?,
         elem_flags: 0,
         flags: 0,
