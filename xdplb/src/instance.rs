@@ -89,6 +89,9 @@ pub struct ServiceInfo {
 pub struct ReloadOutcome {
     pub ok: bool,
     pub message: String,
+    /// What an applied reload changed, one line each (`confdiff::diff`).
+    #[serde(default)]
+    pub changes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -37,7 +37,7 @@ fn main() -> ExitCode {
     ) {
         xdplb::sys::restore_default_sigpipe();
     }
-    match dispatch(cli.command) {
+    match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("xdplb: error: {e:#}");

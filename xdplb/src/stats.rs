@@ -195,7 +195,7 @@ pub fn count_flows(state: &InstanceState) -> Result<FlowFill, StatsError> {
     Ok(FlowFill { entries, capacity })
 }
 
-fn stale(state: &InstanceState, name: &str, reason: String) -> StatsError {
+pub(crate) fn stale(state: &InstanceState, name: &str, reason: String) -> StatsError {
     StatsError::StaleMap {
         instance: state.instance.clone(),
         name: name.to_string(),
@@ -205,7 +205,7 @@ fn stale(state: &InstanceState, name: &str, reason: String) -> StatsError {
 }
 
 /// Opens a map of the instance by kernel id, checking that the id still names that map.
-fn open_map(state: &InstanceState, name: &'static str) -> Result<MapData, StatsError> {
+pub(crate) fn open_map(state: &InstanceState, name: &'static str) -> Result<MapData, StatsError> {
     let id = state.map_ids.get(name).copied().unwrap_or(0);
     let data = MapData::from_id(id).map_err(|e| stale(state, name, e.to_string()))?;
     // The kernel keeps 15 bytes of a map name; an id reused by another map would not match.
@@ -221,7 +221,7 @@ fn open_map(state: &InstanceState, name: &'static str) -> Result<MapData, StatsE
     Ok(data)
 }
 
-fn open_percpu<V: aya::Pod>(
+pub(crate) fn open_percpu<V: aya::Pod>(
     state: &InstanceState,
     name: &'static str,
 ) -> Result<PerCpuArray<MapData, V>, StatsError> {
@@ -234,11 +234,16 @@ fn open_percpu<V: aya::Pod>(
 pub fn render(s: &Snapshot) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
+    // pid 0: read from the pinned data plane, with no daemon (see `view`).
     let _ = writeln!(
         out,
-        "instance {} (pid {}), attached to {}",
+        "instance {}{}, attached to {}",
         s.instance,
-        s.pid,
+        if s.pid == 0 {
+            " (no daemon)".to_string()
+        } else {
+            format!(" (pid {})", s.pid)
+        },
         s.interfaces.join(", ")
     );
     let _ = writeln!(out);

@@ -1172,7 +1172,15 @@ fn live_api_changes_under_traffic_lose_nothing_and_bad_calls_change_nothing() {
     let status = lb.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit 0 on SIGTERM: {status}");
     let mut lb = start_balancer(&ns, &env, &cfg_path, &instance);
-    let (ok, text) = cli(&["backend", "--instance", &instance, "list", "demo"]);
+    let (ok, text) = cli(&[
+        "backend",
+        "--instance",
+        &instance,
+        "list",
+        "demo",
+        "-o",
+        "json",
+    ]);
     assert!(
         ok && text.contains("\"weight\": 3"),
         "after a restart the live change is still there: {text}"
@@ -1267,7 +1275,15 @@ fn api_changes_edit_the_operators_file_and_wait_for_unapplied_edits() {
         "untouched"
     );
     // Nor did the daemon take it: the backend still has the weight of the last change.
-    let (ok, text) = cli(&["backend", "--instance", &instance, "list", "demo"]);
+    let (ok, text) = cli(&[
+        "backend",
+        "--instance",
+        &instance,
+        "list",
+        "demo",
+        "-o",
+        "json",
+    ]);
     assert!(ok, "list: {text}");
     let listed: Value = serde_json::from_str(&text).expect("JSON");
     let weight = listed

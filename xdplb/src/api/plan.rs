@@ -95,6 +95,9 @@ pub fn plan(req: &Request, cfg: &Config) -> Result<Plan, Response> {
     match (req.method.as_str(), parts.as_slice()) {
         ("GET", ["v1", "status"]) => Ok(Plan::Status),
         ("GET", ["v1", "services"]) => Ok(Plan::Read(services_json(cfg))),
+        // The applied config whole, as TOML that `config::parse` reads back: for `xdplb
+        // explain`, `list` and `reload --dry-run`, which read it with the daemon's own code.
+        ("GET", ["v1", "config"]) => Ok(Plan::Read(json!({ "toml": config::to_toml(cfg) }))),
         ("GET", ["v1", "services", name]) => {
             let i = find(name)?;
             Ok(Plan::Read(config::service_json(&cfg.services[i])))

@@ -2,15 +2,46 @@
 
 use std::{net::SocketAddrV4, path::PathBuf};
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config;
 
 #[derive(Parser)]
 #[command(name = "xdplb", version, about = "An XDP layer-4 UDP load balancer")]
 pub struct Cli {
+    /// Name of the instance to run or talk to, so several can run side by side (in different
+    /// namespaces); valid before or after the subcommand.
+    #[arg(long, global = true, default_value = "default")]
+    pub instance: String,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How a command that prints state prints it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum OutputFormat {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// Pretty-printed JSON for scripts.
+    Json,
+}
+
+/// `-o table|json`, with the older `--json` kept as a hidden alias of `-o json`.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Output {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+    /// Same as `-o json` (kept for scripts written before -o).
+    #[arg(long, hide = true)]
+    pub json: bool,
+}
+
+impl Output {
+    pub fn is_json(self) -> bool {
+        self.json || self.format == OutputFormat::Json
+    }
 }
 
 #[derive(Subcommand)]
@@ -21,9 +52,6 @@ pub enum Command {
         /// 127.0.0.1:9875 balanced to 127.0.0.1:9876, :9877 and :9878 on lo.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Name of this instance, so several can run side by side (in different namespaces).
-        #[arg(long, default_value = "default")]
-        instance: String,
         /// Take over from the running daemon of this instance (an upgrade): the new programs
         /// are loaded and verified first, then swapped in without a gap.
         #[arg(long)]
@@ -35,13 +63,11 @@ pub enum Command {
     },
     /// Stop an instance for good: stop its daemon, if one runs, then detach the data plane and
     /// remove everything it pinned.
-    Stop {
-        #[arg(long, default_value = "default")]
-        instance: String,
-    },
+    Stop,
     /// Backend side of forwarding = "dsr-ipip": attach the program that strips the outer IPv4
     /// header on an interface (pinned, so it stays after this command exits).
     Decap {
+        /// The backend's interface that receives the encapsulated packets.
         #[arg(long)]
         interface: String,
         /// auto (native, else generic), native or generic.
@@ -53,66 +79,86 @@ pub enum Command {
         /// Print its counters instead.
         #[arg(long)]
         stats: bool,
+        #[command(flatten)]
+        output: Output,
     },
     /// Validate a config and say what it would do.
     Check {
+        /// The config file (TOML) to check.
         #[arg(long)]
         config: PathBuf,
     },
     /// Say which backend a flow gets, and why (service, scheduler, hash, table slot).
+    ///
+    /// The config is the running instance's (--instance), or the file given with --config.
     Explain {
+        /// Explain with this config file instead of the running instance's config.
         #[arg(long)]
         config: Option<PathBuf>,
         /// The client's address and port.
         client: std::net::SocketAddr,
         /// The destination the client sends to (a VIP, or any address for a 0.0.0.0 service).
         destination: std::net::SocketAddr,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: Output,
     },
     /// Status of a running instance, through its API: services, backends, health, counters.
     Status {
-        #[arg(long, default_value = "default")]
-        instance: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Every service with its VIP, mode, scheduler and policy, and under it every backend with
+    /// its weight, drain and health marks and counters (like `ipvsadm -Ln`).
+    ///
+    /// Works from the pinned data plane when no daemon runs (and says so).
+    List {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// The live flows: client, VIP, backend and idle time, read from the flow table.
+    ///
+    /// Works from the pinned data plane when no daemon runs (and says so).
+    Flows {
+        /// Only the flows of this service (its name).
+        #[arg(long)]
+        service: Option<String>,
+        /// Only the flows on this backend (IPV4:PORT).
+        #[arg(long)]
+        backend: Option<std::net::SocketAddr>,
+        /// Print at most this many flows (the most recently active first).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        output: Output,
     },
     /// List, add or remove services of a running instance (saved to its config file).
     Service {
-        #[arg(long, default_value = "default")]
-        instance: String,
         #[command(subcommand)]
         action: ServiceAction,
     },
     /// List, add, remove, drain, undrain or reweight backends of a running instance.
     Backend {
-        #[arg(long, default_value = "default")]
-        instance: String,
         #[command(subcommand)]
         action: BackendAction,
     },
     /// A live view of rates per service and backend, with health and drops (q quits).
-    Top {
-        #[arg(long, default_value = "default")]
-        instance: String,
-    },
-    /// Make a running instance re-read its config file (SIGHUP) and report the outcome.
+    Top,
+    /// Make a running instance re-read its config file (SIGHUP) and say what changed.
+    ///
+    /// Exits non-zero when the instance rejects the config (it keeps running on the old one).
     Reload {
-        #[arg(long, default_value = "default")]
-        instance: String,
-    },
-    /// Print the counters of a running instance.
-    Stats {
-        #[arg(long, default_value = "default")]
-        instance: String,
-        /// JSON instead of a table.
+        /// Say what a reload would change, without applying anything.
         #[arg(long)]
-        json: bool,
+        dry_run: bool,
+    },
+    /// Print the counters of an instance (from the pinned data plane when no daemon runs).
+    Stats {
+        #[command(flatten)]
+        output: Output,
     },
     /// Capture what the data plane balances, before and after the rewrite, as pcapng (or one
     /// line per packet). The data plane copies packets only while a capture runs.
     Capture {
-        /// The instance to capture from.
-        #[arg(long, default_value = "default")]
-        instance: String,
         /// Only this service's packets (by name); replies are captured only without it.
         #[arg(long)]
         service: Option<String>,
@@ -134,15 +180,19 @@ pub enum Command {
     },
     /// Demo client: send datagrams on many connected sockets and report who answered.
     DemoClient {
+        /// The IPV4:PORT to send to (a VIP).
         #[arg(long, default_value = "127.0.0.1:9875")]
         target: SocketAddrV4,
         /// Local address to bind the client sockets to.
         #[arg(long)]
         bind: Option<std::net::Ipv4Addr>,
+        /// Flows: connected sockets, each from its own port.
         #[arg(long, default_value_t = 30)]
         flows: u32,
+        /// Datagrams per flow.
         #[arg(long, default_value_t = 3)]
         packets: u32,
+        /// How long to wait for each reply, in milliseconds.
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
         /// Pause after each reply, to spread the traffic over time.
@@ -163,8 +213,10 @@ pub enum Command {
         /// Comma-separated IPv4:port targets; flow i goes to target i mod their number.
         #[arg(long, value_delimiter = ',', required = true)]
         target: Vec<SocketAddrV4>,
+        /// Flows (source ports) to spread the datagrams over.
         #[arg(long, default_value_t = 256)]
         flows: u32,
+        /// How long to send, in seconds.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
         /// Datagrams per second; 0 = as fast as possible.
@@ -192,6 +244,7 @@ pub enum Command {
     /// service), measured on one CPU in a network namespace of the bench's own; then the
     /// default service, the schedulers and Maglev table builds.
     Bench {
+        /// Iterations per BPF_PROG_TEST_RUN of the existing-flow cases.
         #[arg(long, default_value_t = 300_000)]
         repeat: u32,
         /// Iterations per run of the matrix's new-flow cases.
@@ -227,8 +280,10 @@ pub enum Command {
         /// resolved in this network namespace), with --source as the fullnat source.
         #[arg(long)]
         modes_backend: Option<SocketAddrV4>,
+        /// The fullnat source address of --modes-backend.
         #[arg(long, default_value = "10.0.0.1")]
         source: std::net::Ipv4Addr,
+        /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
     },
@@ -236,10 +291,16 @@ pub enum Command {
 
 #[derive(Subcommand)]
 pub enum ServiceAction {
-    List,
+    /// Every service with every field of its `[[service]]` table, defaults filled in.
+    List {
+        #[command(flatten)]
+        output: Output,
+    },
     /// Add a service: every field of a `[[service]]` table (see the config reference).
     Add(Box<ServiceSpec>),
+    /// Remove a service (its live flows end).
     Remove {
+        /// The service's name.
         name: String,
     },
 }
@@ -248,24 +309,31 @@ pub enum ServiceAction {
 /// (health check fields as `--check-FIELD`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServiceSpec {
+    /// The service's name (unique).
     #[arg(long)]
     pub name: String,
     /// IPV4:PORT (0.0.0.0:PORT for any address).
     #[arg(long)]
     pub vip: String,
+    /// The protocol balanced (default udp).
     #[arg(long, value_enum)]
     pub protocol: Option<config::Protocol>,
     /// Such as 30s (1s..=24h).
     #[arg(long)]
     pub flow_idle_timeout: Option<String>,
+    /// How new flows pick a backend (default maglev).
     #[arg(long, value_enum)]
     pub scheduler: Option<config::Scheduler>,
+    /// What maglev and source-hash hash.
     #[arg(long, value_enum)]
     pub hash: Option<config::HashFields>,
+    /// Entries in the Maglev table: a prime, at least 100 x the backends (default 65537).
     #[arg(long)]
     pub maglev_table_size: Option<u32>,
+    /// What new flows get when no backend is healthy and undrained (default drop).
     #[arg(long, value_enum)]
     pub when_all_down: Option<config::WhenAllDown>,
+    /// How packets reach the backends (default local).
     #[arg(long, value_enum)]
     pub forwarding: Option<config::Forwarding>,
     /// dsr-ipip: the prefix outer sources come from, such as 10.200.0.0/24.
@@ -280,29 +348,40 @@ pub struct ServiceSpec {
     /// A health check of this type; the --check-* options set its other fields.
     #[arg(long = "check", value_enum)]
     pub check: Option<config::HealthCheckType>,
+    /// Time between checks of one backend, such as 1s.
     #[arg(long, requires = "check")]
     pub check_interval: Option<String>,
+    /// How long a check may take, such as 500ms.
     #[arg(long, requires = "check")]
     pub check_timeout: Option<String>,
+    /// Successes in a row that bring a backend up.
     #[arg(long, requires = "check")]
     pub check_rise: Option<u32>,
+    /// Failures in a row that take a backend down.
     #[arg(long, requires = "check")]
     pub check_fall: Option<u32>,
+    /// Check this port instead of the backend's.
     #[arg(long, requires = "check")]
     pub check_port: Option<u16>,
+    /// udp: the payload to send, as text.
     #[arg(long, requires = "check")]
     pub check_payload: Option<String>,
     /// The payload as hex digits (bytes that are not text, such as a DNS query).
     #[arg(long, requires = "check")]
     pub check_payload_hex: Option<String>,
+    /// udp: text the reply must contain.
     #[arg(long, requires = "check")]
     pub check_expect: Option<String>,
+    /// udp: bytes (hex digits) the reply must contain.
     #[arg(long, requires = "check")]
     pub check_expect_hex: Option<String>,
+    /// http: the path to GET (default /).
     #[arg(long, requires = "check")]
     pub check_path: Option<String>,
+    /// http: the status a healthy backend answers (default 200).
     #[arg(long, requires = "check")]
     pub check_expect_status: Option<u16>,
+    /// What happens to an unhealthy backend's live flows.
     #[arg(long, value_enum, requires = "check")]
     pub check_on_failure: Option<config::OnFailure>,
     /// ADDRESS[,weight=N][,drain], such as 10.0.0.1:53,weight=3; repeat for more.
@@ -312,32 +391,54 @@ pub struct ServiceSpec {
 
 #[derive(Subcommand)]
 pub enum BackendAction {
+    /// The backends of a service with their weight and drain flag.
     List {
+        /// The service's name.
         service: String,
+        #[command(flatten)]
+        output: Output,
     },
+    /// Add a backend to a service.
     Add {
+        /// The service's name.
         service: String,
+        /// The backend's IPV4:PORT.
         address: String,
+        /// Scheduler weight, 1..=65535 (default 1).
         #[arg(long)]
         weight: Option<i64>,
+        /// Add it drained: no new flows until undrained.
         #[arg(long)]
         drain: bool,
     },
+    /// Remove a backend from a service (its live flows move to the others).
     Remove {
+        /// The service's name.
         service: String,
+        /// The backend's IPV4:PORT.
         address: String,
     },
+    /// Drain a backend: it keeps its live flows but gets no new ones.
     Drain {
+        /// The service's name.
         service: String,
+        /// The backend's IPV4:PORT.
         address: String,
     },
+    /// Undrain a backend: it takes new flows again.
     Undrain {
+        /// The service's name.
         service: String,
+        /// The backend's IPV4:PORT.
         address: String,
     },
+    /// Set a backend's scheduler weight.
     Weight {
+        /// The service's name.
         service: String,
+        /// The backend's IPV4:PORT.
         address: String,
+        /// The new weight, 1..=65535.
         weight: i64,
     },
 }

@@ -10,20 +10,37 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-pub use args::{BackendAction, Cli, Command, ServiceAction};
+pub use args::{BackendAction, Cli, Command, Output, OutputFormat, ServiceAction};
 
-use crate::{bench, config, daemon, demo, explain, instance, stats};
+use crate::{bench, config, daemon, demo, explain, flows, instance, list, stats, view};
 
-/// Calls the API and prints the answer; an error status prints the error and fails.
+/// Calls the API and prints the answer as JSON; an error status prints the error and fails.
 fn api_command(
     instance: &str,
     method: &str,
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> anyhow::Result<ExitCode> {
+    api_command_as(instance, method, path, body, None)
+}
+
+/// Renders an API answer as a table.
+type Table = fn(&serde_json::Value) -> String;
+
+/// [`api_command`], printing the answer with `table` unless JSON is asked for.
+fn api_command_as(
+    instance: &str,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    table: Option<(Output, Table)>,
+) -> anyhow::Result<ExitCode> {
     let (status, value) = crate::api::call(instance, method, path, body)?;
     if status == 200 {
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        match table {
+            Some((output, render)) if !output.is_json() => print!("{}", render(&value)),
+            _ => println!("{}", serde_json::to_string_pretty(&value)?),
+        }
         Ok(ExitCode::SUCCESS)
     } else {
         let msg = value
@@ -139,11 +156,12 @@ pub fn backend_body(spec: &str) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::Value::Object(b))
 }
 
-pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+/// Runs the command `cli` parsed.
+pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let Cli { instance, command } = cli;
     match command {
         Command::Run {
             config,
-            instance,
             replace,
             cleanup,
         } => daemon::run(&daemon::RunOptions {
@@ -153,13 +171,14 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             cleanup,
         })
         .map(|()| ExitCode::SUCCESS),
-        Command::Stop { instance } => stop(&instance),
+        Command::Stop => stop(&instance),
         Command::Decap {
             interface,
             xdp_mode,
             remove,
             stats,
-        } => decap(&interface, xdp_mode, remove, stats),
+            output,
+        } => decap(&interface, xdp_mode, remove, stats, output),
         Command::Check { config } => {
             let cfg = daemon::load_config(&config)?;
             print!("{}: OK\n{}", config.display(), cfg.describe());
@@ -169,24 +188,89 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             config,
             client,
             destination,
-            json,
+            output,
         } => {
             let cfg = match &config {
                 Some(p) => config::load(p)?,
-                None => config::default_config(),
+                None => running_config(&instance)?,
             };
             let e = explain::explain(&cfg, client, destination)?;
-            if json {
+            if output.is_json() {
                 println!("{}", serde_json::to_string_pretty(&e)?);
             } else {
                 print!("{}", e.render());
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Reload { instance } => reload_instance(&instance),
-        Command::Status { instance } => api_command(&instance, "GET", "/v1/status", None),
-        Command::Service { instance, action } => match action {
-            ServiceAction::List => api_command(&instance, "GET", "/v1/services", None),
+        Command::Reload { dry_run: true } => reload_dry_run(&instance),
+        Command::Reload { dry_run: false } => reload_instance(&instance),
+        Command::Status { output } => api_command_as(
+            &instance,
+            "GET",
+            "/v1/status",
+            None,
+            Some((output, tables::status)),
+        ),
+        Command::List { output } => {
+            let view = view::resolve(&instance)?;
+            let facts = view::facts(&view)?;
+            let listing = list::build(&view, &facts)?;
+            if output.is_json() {
+                print_offline_note(&view);
+                println!("{}", serde_json::to_string_pretty(&listing)?);
+            } else {
+                print!("{}", listing.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Flows {
+            service,
+            backend,
+            limit,
+            output,
+        } => {
+            let view = view::resolve(&instance)?;
+            let facts = view::facts(&view)?;
+            if let Some(name) = &service
+                && !facts.iter().any(|s| &s.name == name)
+            {
+                let names: Vec<&str> = facts.iter().map(|s| s.name.as_str()).collect();
+                bail!(
+                    "--service {name}: instance {instance:?} has no such service (it has {})",
+                    names.join(", ")
+                );
+            }
+            let (entries, read) = flows::read_table(&view.state)?;
+            let mut listing = flows::listing(
+                &view.state,
+                &facts,
+                &entries,
+                read,
+                flows::monotonic_ns(),
+                &flows::Filter {
+                    service,
+                    backend,
+                    limit,
+                },
+            );
+            listing.daemon_running = view.running();
+            listing.note.clone_from(&view.offline);
+            if output.is_json() {
+                print_offline_note(&view);
+                println!("{}", serde_json::to_string_pretty(&listing)?);
+            } else {
+                print!("{}", listing.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Service { action } => match action {
+            ServiceAction::List { output } => api_command_as(
+                &instance,
+                "GET",
+                "/v1/services",
+                None,
+                Some((output, tables::services)),
+            ),
             ServiceAction::Add(spec) => {
                 let body = service_body(&spec)?;
                 api_command(&instance, "POST", "/v1/services", Some(&body))
@@ -195,16 +279,20 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 api_command(&instance, "DELETE", &format!("/v1/services/{name}"), None)
             }
         },
-        Command::Backend { instance, action } => {
+        Command::Backend { action } => {
             let path = |service: &str, address: Option<&str>| match address {
                 // Service names and IPv4:port addresses never contain '/'.
                 Some(a) => format!("/v1/services/{service}/backends/{a}"),
                 None => format!("/v1/services/{service}/backends"),
             };
             match action {
-                BackendAction::List { service } => {
-                    api_command(&instance, "GET", &path(&service, None), None)
-                }
+                BackendAction::List { service, output } => api_command_as(
+                    &instance,
+                    "GET",
+                    &path(&service, None),
+                    None,
+                    Some((output, tables::backends)),
+                ),
                 BackendAction::Add {
                     service,
                     address,
@@ -244,19 +332,27 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 ),
             }
         }
-        Command::Top { instance } => crate::top::run(&instance).map(|()| ExitCode::SUCCESS),
-        Command::Stats { instance, json } => {
-            let state = instance::read(&instance)?;
-            let snap = stats::read(&state)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&snap)?);
+        Command::Top => crate::top::run(&instance).map(|()| ExitCode::SUCCESS),
+        Command::Stats { output } => {
+            let view = view::resolve(&instance)?;
+            let snap = stats::read(&view.state)?;
+            if output.is_json() {
+                print_offline_note(&view);
+                let mut value = serde_json::to_value(&snap)?;
+                value["daemon_running"] = view.running().into();
+                if let Some(note) = &view.offline {
+                    value["note"] = note.clone().into();
+                }
+                println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
+                if let Some(note) = &view.offline {
+                    println!("{note}");
+                }
                 print!("{}", stats::render(&snap));
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Capture {
-            instance,
             service,
             count,
             write,
@@ -421,11 +517,24 @@ fn decap(
     mode: config::XdpModeSetting,
     remove: bool,
     stats: bool,
+    output: Output,
 ) -> anyhow::Result<ExitCode> {
     use crate::decap;
     if stats {
         let (done, left, failed) = decap::stats(interface)?;
-        println!("{interface}: decapsulated {done}, left to the kernel {left}, failed {failed}");
+        if output.is_json() {
+            let value = serde_json::json!({
+                "interface": interface,
+                "decapsulated": done,
+                "left_to_kernel": left,
+                "failed": failed,
+            });
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        } else {
+            println!(
+                "{interface}: decapsulated {done}, left to the kernel {left}, failed {failed}"
+            );
+        }
         return Ok(ExitCode::SUCCESS);
     }
     if remove {
@@ -524,6 +633,9 @@ fn reload_instance(name: &str) -> anyhow::Result<ExitCode> {
         {
             if outcome.ok {
                 println!("reload {}: {}", now.reloads, outcome.message);
+                for change in &outcome.changes {
+                    println!("  {change}");
+                }
                 return Ok(ExitCode::SUCCESS);
             }
             eprintln!(
@@ -534,6 +646,205 @@ fn reload_instance(name: &str) -> anyhow::Result<ExitCode> {
         }
     }
     bail!("instance {name:?} (pid {pid}) did not report the reload within 10 s")
+}
+
+/// The config the running daemon of `name` applies, for `explain` without `--config`.
+fn running_config(name: &str) -> anyhow::Result<config::Config> {
+    match instance::running_pid(name)? {
+        Some(_) => Ok(view::applied_config(name)?),
+        None => bail!(
+            "no running instance {name:?} to take the config from (see `xdplb run --instance {name}`); give a config file with --config FILE, or name the running instance with --instance"
+        ),
+    }
+}
+
+/// `xdplb reload --dry-run`: reads the instance's config file with the daemon's code (the same
+/// checks, the host's interfaces included), and prints how it differs from the config the
+/// daemon applies now, without applying anything. Fails as the reload would.
+fn reload_dry_run(name: &str) -> anyhow::Result<ExitCode> {
+    let state = instance::read(name)?;
+    if !instance::pid_alive(state.pid) {
+        bail!(
+            "instance {name:?}: its daemon (pid {}) is not running; there is nothing to reload",
+            state.pid
+        );
+    }
+    let current = view::applied_config(name)?;
+    let mut path = std::path::PathBuf::from(&state.config);
+    // A relative path is the daemon's, from its working directory.
+    if path.is_relative()
+        && let Ok(cwd) = std::fs::read_link(format!("/proc/{}/cwd", state.pid))
+    {
+        path = cwd.join(path);
+    }
+    if !path.is_file() {
+        bail!(
+            "instance {name:?} runs {}, not a config file: there is no file to re-read",
+            state.config
+        );
+    }
+    let next = match daemon::load_config(&path) {
+        Ok(next) => next,
+        Err(e) => {
+            eprintln!(
+                "xdplb: reload --dry-run: a reload would be rejected, instance {name:?} would keep its config: {e:#}"
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if let crate::control::ConfigRead::NeedsRestart { field } =
+        crate::control::Core::new(current.clone()).config_read(&next)
+    {
+        eprintln!(
+            "xdplb: reload --dry-run: a reload would be rejected: {}: `{field}` changed, which takes a restart",
+            path.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let changes = crate::confdiff::diff(&current, &next);
+    if changes.is_empty() {
+        println!(
+            "dry run: {} holds the config instance {name:?} applies: a reload changes nothing",
+            path.display()
+        );
+    } else {
+        println!(
+            "dry run: reloading {} would make {} change(s) (nothing applied):",
+            path.display(),
+            changes.len()
+        );
+        for change in &changes {
+            println!("  {change}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// With JSON output, the note that no daemon runs goes to stderr (stdout stays one document).
+fn print_offline_note(view: &view::InstanceView) {
+    if let Some(note) = &view.offline {
+        eprintln!("{note}");
+    }
+}
+
+/// Tables for the API's answers (`-o table`).
+mod tables {
+    use std::fmt::Write as _;
+
+    use serde_json::Value;
+
+    fn text(v: &Value) -> String {
+        match v {
+            Value::Null => "-".to_string(),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// `GET /v1/status`: the instance, then every service and backend with health and
+    /// counters.
+    pub fn status(v: &Value) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "instance {} (pid {}), config {}, generation {}",
+            text(&v["instance"]),
+            text(&v["pid"]),
+            text(&v["config"]),
+            text(&v["generation"])
+        );
+        let _ = writeln!(
+            out,
+            "{:<24} {:<22} {:<7} {:>14} {:>16} {:>10}  LAST CHECK",
+            "SERVICE / BACKEND", "ADDRESS", "HEALTH", "PACKETS", "BYTES", "FLOWS"
+        );
+        let empty = Vec::new();
+        let infos = v["services"].as_array().unwrap_or(&empty);
+        for svc in v["stats"]["services"].as_array().unwrap_or(&empty) {
+            let _ = writeln!(
+                out,
+                "{:<24} {:<22} {:<7} {:>14} {:>16} {:>10}",
+                text(&svc["name"]),
+                text(&svc["address"]),
+                "",
+                text(&svc["packets"]),
+                text(&svc["bytes"]),
+                text(&svc["flows"])
+            );
+            let info = infos.iter().find(|i| i["name"] == svc["name"]);
+            for b in svc["backends"].as_array().unwrap_or(&empty) {
+                let detail = info
+                    .and_then(|i| i["backends"].as_array())
+                    .and_then(|bs| bs.iter().find(|x| x["address"] == b["address"]))
+                    .map(|x| x["health_detail"].as_str().unwrap_or_default().to_string())
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "  {:<22} {:<22} {:<7} {:>14} {:>16} {:>10}  {detail}",
+                    text(&b["name"]),
+                    text(&b["address"]),
+                    text(&b["health"]),
+                    text(&b["packets"]),
+                    text(&b["bytes"]),
+                    text(&b["flows"])
+                );
+            }
+        }
+        let f = &v["stats"]["flow_table"];
+        let _ = writeln!(
+            out,
+            "flow table: {} of {} entries; {} inserted, {} evicted",
+            text(&f["entries"]),
+            text(&f["capacity"]),
+            text(&f["inserts"]),
+            text(&f["evictions"])
+        );
+        out
+    }
+
+    /// `GET /v1/services`: one line per service.
+    pub fn services(v: &Value) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{:<16} {:<22} {:<5} {:<9} {:<19} {:<8} {:>8}",
+            "NAME", "VIP", "PROTO", "MODE", "SCHEDULER", "ALL-DOWN", "BACKENDS"
+        );
+        for s in v.as_array().map(Vec::as_slice).unwrap_or_default() {
+            let _ = writeln!(
+                out,
+                "{:<16} {:<22} {:<5} {:<9} {:<19} {:<8} {:>8}",
+                text(&s["name"]),
+                text(&s["vip"]),
+                text(&s["protocol"]),
+                text(&s["forwarding"]),
+                text(&s["scheduler"]),
+                text(&s["when_all_down"]),
+                s["backend"].as_array().map_or(0, Vec::len)
+            );
+        }
+        out
+    }
+
+    /// `GET /v1/services/NAME/backends`: one line per backend.
+    pub fn backends(v: &Value) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "{:<22} {:>6}  DRAIN", "ADDRESS", "WEIGHT");
+        for b in v.as_array().map(Vec::as_slice).unwrap_or_default() {
+            let _ = writeln!(
+                out,
+                "{:<22} {:>6}  {}",
+                text(&b["address"]),
+                text(&b["weight"]),
+                if b["drain"] == Value::Bool(true) {
+                    "drain"
+                } else {
+                    "-"
+                }
+            );
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -645,6 +956,116 @@ drain = true
 "#
         );
         assert_eq!(next, config::parse(&file, "file").expect("the file parses"));
+    }
+
+    /// Every subcommand and every argument says what it is in `--help` (clap's own help and
+    /// version flags aside): a walk over the whole command tree, naming what lacks it.
+    #[test]
+    fn every_subcommand_and_argument_has_help() {
+        use clap::CommandFactory as _;
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") || arg.is_hide_set() {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                if sub.get_name() != "help" && sub.get_about().is_none() {
+                    missing.push(format!("{name} (the subcommand)"));
+                }
+                walk(sub, &name, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "xdplb", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "without help text:\n{}",
+            missing.join("\n")
+        );
+    }
+
+    /// `--instance` is one global option: before or after the subcommand (and its action), and
+    /// on `run` as before.
+    #[test]
+    fn instance_is_valid_in_any_position() {
+        let cases: &[&[&str]] = &[
+            &["xdplb", "--instance", "x", "service", "list"],
+            &["xdplb", "service", "--instance", "x", "list"],
+            &["xdplb", "service", "list", "--instance", "x"],
+            &["xdplb", "backend", "list", "demo", "--instance", "x"],
+            &["xdplb", "run", "--instance", "x"],
+            &["xdplb", "stats", "--instance", "x"],
+            &[
+                "xdplb",
+                "explain",
+                "--instance",
+                "x",
+                "1.2.3.4:5",
+                "6.7.8.9:53",
+            ],
+            &["xdplb", "--instance", "x", "flows", "--limit", "3"],
+        ];
+        for args in cases {
+            let cli = Cli::try_parse_from(*args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(cli.instance, "x", "{args:?}");
+        }
+        let cli = Cli::try_parse_from(["xdplb", "status"]).expect("parses");
+        assert_eq!(cli.instance, "default");
+    }
+
+    /// `-o table|json` on every command that prints state, `--json` kept as its alias.
+    #[test]
+    fn every_state_command_takes_output_json() {
+        let commands: &[&[&str]] = &[
+            &["status"],
+            &["service", "list"],
+            &["backend", "list", "demo"],
+            &["stats"],
+            &["list"],
+            &["flows"],
+            &["explain", "1.2.3.4:5", "6.7.8.9:53"],
+            &["decap", "--interface", "eth0", "--stats"],
+        ];
+        let output = |cli: Cli| -> Output {
+            match cli.command {
+                Command::Status { output }
+                | Command::Stats { output }
+                | Command::List { output }
+                | Command::Flows { output, .. }
+                | Command::Explain { output, .. }
+                | Command::Decap { output, .. }
+                | Command::Service {
+                    action: ServiceAction::List { output },
+                }
+                | Command::Backend {
+                    action: BackendAction::List { output, .. },
+                } => output,
+                _ => panic!("not a state command"),
+            }
+        };
+        for cmd in commands {
+            for (extra, json) in [
+                (&[][..], false),
+                (&["-o", "table"][..], false),
+                (&["-o", "json"][..], true),
+                (&["--output", "json"][..], true),
+                (&["--json"][..], true),
+            ] {
+                let args: Vec<&str> = std::iter::once("xdplb")
+                    .chain(cmd.iter().copied())
+                    .chain(extra.iter().copied())
+                    .collect();
+                let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+                assert_eq!(output(cli).is_json(), json, "{args:?}");
+            }
+        }
+        assert!(Cli::try_parse_from(["xdplb", "stats", "-o", "yaml"]).is_err());
     }
 
     #[test]

@@ -154,10 +154,14 @@ impl Shell<'_> {
         let started = Instant::now();
         let outcome = reload(&mut self.dp, self.config_file.as_mut(), &mut self.core);
         let applied_in = Some(match &outcome {
-            Ok((_, seconds)) => (true, *seconds),
+            Ok(r) => (true, r.apply_seconds),
             Err(_) => (false, started.elapsed().as_secs_f64()),
         });
-        let outcome = outcome.map(|(msg, _)| msg);
+        let mut changes = Vec::new();
+        let outcome = outcome.map(|r| {
+            changes = r.changes;
+            r.message
+        });
         self.state.reloads += 1;
         match &outcome {
             Ok(msg) => {
@@ -165,6 +169,7 @@ impl Shell<'_> {
                 info!(
                     reload = self.state.reloads,
                     generation = self.state.generation,
+                    changes = %changes.join("; "),
                     "{msg}"
                 );
                 self.restart_checkers();
@@ -178,6 +183,7 @@ impl Shell<'_> {
         }
         self.state.last_reload = Some(instance::ReloadOutcome {
             ok: outcome.is_ok(),
+            changes,
             message: match outcome {
                 Ok(m) => m,
                 Err(e) => format!("{e:#}"),
