@@ -20,6 +20,7 @@ pub mod explain;
 pub mod health;
 pub mod http;
 pub mod instance;
+pub mod logs;
 pub mod metrics;
 pub mod netlink;
 pub mod nexthop;

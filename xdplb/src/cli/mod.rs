@@ -1,6 +1,7 @@
 //! The commands behind `xdplb`'s command line; `main.rs` only parses and dispatches.
 
 mod args;
+mod docs;
 
 use std::{
     collections::BTreeSet,
@@ -184,6 +185,12 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload { instance } => reload_instance(&instance),
+        Command::GenerateDocs { dir } => {
+            for path in docs::generate(&dir)? {
+                println!("{}", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Status { instance } => api_command(&instance, "GET", "/v1/status", None),
         Command::Service { instance, action } => match action {
             ServiceAction::List => api_command(&instance, "GET", "/v1/services", None),
