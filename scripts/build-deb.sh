@@ -12,6 +12,8 @@ bin=$(bash scripts/build-static.sh)
 docs="target/$TARGET/release/docs"
 rm -rf "$docs"
 "$bin" generate-docs "$docs" >/dev/null
+# Debian policy: man pages gzipped (cargo-deb compresses only the assets it did not build).
+gzip -9n "$docs"/man/*.1
 # --no-build: the binary above; cargo-deb finds it under target/$TARGET/release.
 cargo deb --locked --no-build --no-strip --target "$TARGET" -p xdplb --output target/debian >&2
 ls -t target/debian/xdplb_*.deb | head -n 1

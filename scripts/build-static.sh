@@ -13,7 +13,11 @@ cargo build --locked --release --target "$TARGET" -p xdplb --bin xdplb >&2
 bin="target/$TARGET/release/xdplb"
 # Stripped here rather than with `strip = true` in [profile.release]: that profile setting
 # would also rebuild the test builds, whose backtraces want the symbols.
-strip --strip-all "$bin"
+# Into a new file renamed over the old one: a running copy of the binary keeps its own.
+if file "$bin" | grep -q 'not stripped'; then
+  strip --strip-all -o "$bin.stripped" "$bin"
+  mv -f "$bin.stripped" "$bin"
+fi
 if ! file "$bin" | grep -q 'static'; then
   echo "build-static: $bin is not static: $(file "$bin")" >&2
   exit 1
