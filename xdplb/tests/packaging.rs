@@ -26,7 +26,7 @@ fn root() -> PathBuf {
 }
 
 /// A cold musl build of everything, on a loaded two-core machine, fits in this.
-const BUILD: Duration = Duration::from_secs(40 * 60);
+const BUILD: Duration = Duration::from_mins(40);
 
 /// One build at a time: the deb build runs the static build again (incremental by then).
 static BUILDING: Mutex<()> = Mutex::new(());
@@ -51,7 +51,7 @@ fn build(script: &str) -> PathBuf {
 
 /// Runs a command (bounded) and returns (success, stdout + stderr).
 fn run(args: &[&str]) -> (bool, String) {
-    let out = run_bounded(args, Duration::from_secs(60));
+    let out = run_bounded(args, Duration::from_mins(1));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
