@@ -6,12 +6,14 @@ set -euo pipefail
 log() { printf 'setup: %s\n' "$*"; }
 
 BPF_LINKER_VERSION=0.13.0
+CARGO_DEB_VERSION=3.8.0
 LLVM_MAJOR=22
 LLVM_PREFIX=/usr/lib/llvm-${LLVM_MAJOR}
 APT_PACKAGES=(
   "llvm-${LLVM_MAJOR}-dev" "libpolly-${LLVM_MAJOR}-dev" zlib1g-dev libzstd-dev
   bpftool iproute2 ethtool nftables tmux curl
   python3-prometheus-client  # the namespace tests parse /metrics with the reference client
+  musl-tools file binutils man-db systemd  # the static build, the package and its tests
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -62,6 +64,19 @@ else
   env LLVM_PREFIX="${LLVM_PREFIX}" "LLVM_SYS_${LLVM_MAJOR}1_PREFIX=${LLVM_PREFIX}" \
     cargo install bpf-linker --locked --version "${BPF_LINKER_VERSION}" \
     --no-default-features --features "llvm-${LLVM_MAJOR}"
+fi
+
+if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+  log "adding the x86_64-unknown-linux-musl target (the static binary)"
+  rustup target add x86_64-unknown-linux-musl
+else
+  log "musl target present"
+fi
+if cargo deb --version 2>/dev/null | grep -q "${CARGO_DEB_VERSION}"; then
+  log "cargo-deb ${CARGO_DEB_VERSION} present"
+else
+  log "building cargo-deb ${CARGO_DEB_VERSION} (the Debian package; about 3 minutes)"
+  cargo install cargo-deb --locked --version "${CARGO_DEB_VERSION}"
 fi
 
 if [ ! -d /sys/fs/bpf ] || ! mountpoint -q /sys/fs/bpf; then

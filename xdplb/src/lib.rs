@@ -24,6 +24,7 @@ pub mod health;
 pub mod http;
 pub mod instance;
 pub mod list;
+pub mod logs;
 pub mod metrics;
 pub mod netlink;
 pub mod nexthop;

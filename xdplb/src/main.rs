@@ -7,26 +7,10 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use xdplb::cli::{Cli, Command, dispatch};
 
-/// Logs go to stderr through `tracing`: `XDPLB_LOG` filters (default `info`: start, stop,
-/// reloads, API changes, health transitions; nothing per packet or per check), and
-/// `XDPLB_LOG_FORMAT=json` prints one JSON object per line.
-fn init_logs() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("XDPLB_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false);
-    if std::env::var("XDPLB_LOG_FORMAT").is_ok_and(|f| f == "json") {
-        fmt.json().init();
-    } else {
-        fmt.init();
-    }
-}
-
 fn main() -> ExitCode {
-    init_logs();
+    // Logs go to stderr: `XDPLB_LOG` filters, `XDPLB_LOG_FORMAT=json` prints flat JSON, and
+    // under systemd every line carries its journald priority (see `xdplb::logs`).
+    xdplb::logs::init();
     let cli = Cli::parse();
     // The daemons keep Rust's SIGPIPE = ignore, so that a client hanging up on the API or
     // metrics socket is an EPIPE for that request, not the end of the daemon. Every other

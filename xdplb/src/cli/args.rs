@@ -287,6 +287,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write the man pages and the bash, zsh and fish completions into DIR (packaging).
+    #[command(hide = true)]
+    GenerateDocs { dir: PathBuf },
 }
 
 #[derive(Subcommand)]

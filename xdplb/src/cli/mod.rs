@@ -1,6 +1,7 @@
 //! The commands behind `xdplb`'s command line; `main.rs` only parses and dispatches.
 
 mod args;
+mod docs;
 
 use std::{
     collections::BTreeSet,
@@ -199,6 +200,12 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&e)?);
             } else {
                 print!("{}", e.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::GenerateDocs { dir } => {
+            for path in docs::generate(&dir)? {
+                println!("{}", path.display());
             }
             Ok(ExitCode::SUCCESS)
         }

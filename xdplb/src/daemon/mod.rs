@@ -211,6 +211,8 @@ async fn serve(opts: &RunOptions) -> anyhow::Result<Option<instance::InstanceLoc
         "running instance"
     );
     ready.send_replace(Readiness::Ready);
+    // Attached and applied: `systemctl start` (Type=notify) returns now.
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
 
     // The next-hop cache is filled only while its route, neighbour and link events are
     // watched: a cache nobody keeps up to date could send to a neighbour that moved.
@@ -250,6 +252,7 @@ async fn serve(opts: &RunOptions) -> anyhow::Result<Option<instance::InstanceLoc
         .run(&mut signals, &mut api_rx, &mut health_rx, &mut next_hop_rx)
         .await;
     shell.ready.send_replace(Readiness::Stopping);
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
     // The data plane may outlive this process (pinned), but nobody would keep its next-hop
     // cache up to date: emptied, every backend takes bpf_fib_lookup, which is always current.
     if let Some(mut cache) = shell.next_hops.take()
@@ -265,6 +268,15 @@ async fn serve(opts: &RunOptions) -> anyhow::Result<Option<instance::InstanceLoc
     drop(dp); // closes this process's descriptors; the pins keep the data plane
     stop::finish(&stop, opts, &api_socket, &pins, private_bpffs)?;
     Ok(lock)
+}
+
+/// Tells the service manager (systemd, `Type=notify`) what the daemon is doing. Without
+/// `$NOTIFY_SOCKET` (not under systemd) this does nothing; a failure is logged, not fatal: the
+/// data plane works whether or not systemd heard.
+pub(crate) fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        warn!("notifying systemd ({states:?}) failed: {e}");
+    }
 }
 
 /// Makes the kernel resolve the MAC address of every `dsr-l2` and `fullnat` backend, which XDP

@@ -152,6 +152,11 @@ impl Shell<'_> {
     /// SIGHUP: re-read the config file and apply it, or keep the running one.
     fn on_hangup(&mut self) -> Turn {
         let started = Instant::now();
+        // systemd (v253+) wants the reload's CLOCK_MONOTONIC time with RELOADING=1.
+        match sd_notify::NotifyState::monotonic_usec_now() {
+            Ok(now) => super::notify_systemd(&[sd_notify::NotifyState::Reloading, now]),
+            Err(e) => warn!("reading CLOCK_MONOTONIC for systemd: {e}"),
+        }
         let outcome = reload(&mut self.dp, self.config_file.as_mut(), &mut self.core);
         let applied_in = Some(match &outcome {
             Ok(r) => (true, r.apply_seconds),
@@ -181,6 +186,9 @@ impl Shell<'_> {
                 "reload rejected, the data plane is unchanged: {e:#}"
             ),
         }
+        // Applied or rejected, the daemon runs on (the outcome is in the state file, which
+        // `xdplb reload`, systemd's ExecReload, reads).
+        super::notify_systemd(&[sd_notify::NotifyState::Ready]);
         self.state.last_reload = Some(instance::ReloadOutcome {
             ok: outcome.is_ok(),
             changes,
