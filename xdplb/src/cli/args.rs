@@ -289,7 +289,10 @@ pub enum Command {
     },
     /// Write the man pages and the bash, zsh and fish completions into DIR (packaging).
     #[command(hide = true)]
-    GenerateDocs { dir: PathBuf },
+    GenerateDocs {
+        /// The directory to write into: DIR/man/*.1 and DIR/completions/ (created if missing).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
