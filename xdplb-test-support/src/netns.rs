@@ -219,6 +219,19 @@ impl Daemon {
         );
     }
 
+    /// After the process exited: collects the lines still on their way (stdout and stderr are
+    /// read by two threads, so a line of one may arrive after a later line of the other), until
+    /// both streams end or `timeout` passes.
+    pub fn drain(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => break,
+            }
+        }
+    }
+
     /// Sends SIGTERM and waits (bounded) for the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");

@@ -310,6 +310,8 @@ fn capture_writes_before_and_after_as_pcapng_only_while_it_runs() {
     assert_eq!(r["replies"], 2, "{r}");
     lines.wait_for("4 packets captured", Duration::from_secs(10));
     assert!(wait_exit(&mut lines, Duration::from_secs(10)).success());
+    // The records went to stdout, the last line above to stderr: take in what is left of both.
+    lines.drain(Duration::from_secs(5));
 
     let piped = format!(
         "env {env} {XDPLB} capture --instance {instance} --service other --count 3 -w - | tcpdump -nn -r - 2>/dev/null"
@@ -320,9 +322,9 @@ fn capture_writes_before_and_after_as_pcapng_only_while_it_runs() {
     assert_eq!(r["replies"], 3, "{r}");
     piped.wait_for("3 packets captured", Duration::from_secs(10));
     assert!(wait_exit(&mut piped, Duration::from_secs(10)).success());
-    // The last lines of tcpdump may follow the capture's own last line.
-    std::thread::sleep(Duration::from_millis(200));
-    let _ = piped.terminate(Duration::from_secs(1));
+    // The shell waited for both ends of the pipe; tcpdump's lines (stdout) may still be on
+    // their way after the capture's last line (stderr).
+    piped.drain(Duration::from_secs(5));
     let summary: Vec<&String> = lines
         .seen
         .iter()
