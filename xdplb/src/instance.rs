@@ -117,6 +117,16 @@ pub struct InstanceState {
     pub veths: BTreeMap<String, crate::veth::VethReport>,
 }
 
+impl InstanceState {
+    /// Each attached interface with its XDP mode, as the listings print it: `eth0 (native)`.
+    pub fn interface_labels(&self) -> Vec<String> {
+        self.interfaces
+            .iter()
+            .map(|i| format!("{} ({})", i.name, i.xdp_mode))
+            .collect()
+    }
+}
+
 pub fn run_dir() -> PathBuf {
     std::env::var_os("XDPLB_RUN_DIR").map_or_else(|| PathBuf::from(DEFAULT_RUN_DIR), PathBuf::from)
 }

@@ -136,11 +136,7 @@ pub fn build(view: &InstanceView, services: &[ServiceFacts]) -> Result<Listing, 
         daemon_running: view.running(),
         note: view.offline.clone(),
         pid: state.pid,
-        interfaces: state
-            .interfaces
-            .iter()
-            .map(|i| format!("{} ({})", i.name, i.xdp_mode))
-            .collect(),
+        interfaces: state.interface_labels(),
         services: listed,
         flow_table_read: read,
     })

@@ -115,11 +115,7 @@ pub fn read(state: &InstanceState) -> Result<Snapshot, StatsError> {
         },
         instance: state.instance.clone(),
         pid: state.pid,
-        interfaces: state
-            .interfaces
-            .iter()
-            .map(|i| format!("{} ({})", i.name, i.xdp_mode))
-            .collect(),
+        interfaces: state.interface_labels(),
         services: counts.services,
         counters: counts.counters,
         veths: state.veths.clone(),
