@@ -6,7 +6,7 @@ use serde_json::Value;
 
 /// Every family the daemon exports, in order, with its type, as the reference client names them
 /// (a counter family without `_total`).
-pub const FAMILIES: [(&str, &str); 22] = [
+pub const FAMILIES: [(&str, &str); 23] = [
     ("xdplb_service_packets", "counter"),
     ("xdplb_backend_packets", "counter"),
     ("xdplb_service_bytes", "counter"),
@@ -14,6 +14,7 @@ pub const FAMILIES: [(&str, &str); 22] = [
     ("xdplb_service_flows", "counter"),
     ("xdplb_backend_flows", "counter"),
     ("xdplb_backend_up", "gauge"),
+    ("xdplb_service_table_info", "gauge"),
     ("xdplb_packets", "counter"),
     ("xdplb_events", "counter"),
     ("xdplb_flow_table_entries", "gauge"),

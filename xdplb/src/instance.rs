@@ -81,6 +81,10 @@ pub struct ServiceInfo {
     pub name: String,
     pub vip: String,
     pub id: u32,
+    /// How the service picks backends (`reconcile::table_fingerprint`); equal on every node
+    /// that picks the same backend for every flow.
+    #[serde(default)]
+    pub table_fingerprint: String,
     pub backends: Vec<BackendInfo>,
 }
 

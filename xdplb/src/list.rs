@@ -46,6 +46,9 @@ pub struct ListedService {
     pub flow_idle_timeout_s: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_check: Option<String>,
+    /// `reconcile::table_fingerprint`: equal on the nodes that pick the same backends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table_fingerprint: Option<String>,
     pub packets: u64,
     pub bytes: u64,
     pub flows: u64,
@@ -124,6 +127,12 @@ pub fn build(view: &InstanceView, services: &[ServiceFacts]) -> Result<Listing, 
             flow_state: svc.flow_state.clone(),
             flow_idle_timeout_s: svc.flow_idle_timeout_ns / 1_000_000_000,
             health_check: svc.health_check.clone(),
+            table_fingerprint: state
+                .services
+                .iter()
+                .find(|s| s.name == svc.name)
+                .map(|s| s.table_fingerprint.clone())
+                .filter(|f| !f.is_empty()),
             packets: c.packets,
             bytes: c.bytes,
             flows: c.flows,
@@ -207,6 +216,9 @@ impl Listing {
             }
             if let Some(h) = &s.health_check {
                 extra.push(format!("{h} check"));
+            }
+            if let Some(f) = &s.table_fingerprint {
+                extra.push(format!("table {f}"));
             }
             let _ = writeln!(
                 out,

@@ -279,6 +279,22 @@ impl Collector for Scrape {
                 })
             }),
         )?;
+        family(
+            &mut enc,
+            "xdplb_service_table_info",
+            "Always 1; the fingerprint of how the service picks backends (scheduler, hash settings, the backend of every table slot). Nodes of a fleet that agree on it pick the same backend for every flow of a hashing scheduler.",
+            MetricType::Gauge,
+            services
+                .iter()
+                .filter(|s| !s.table_fingerprint.is_empty())
+                .map(|s| {
+                    let labels: Labels<2> = [
+                        ("service", &s.traffic.name),
+                        ("fingerprint", &s.table_fingerprint),
+                    ];
+                    (labels, ConstGauge::new(1u64))
+                }),
+        )?;
         // One counter array, two families: by verdict and reason, and the other events.
         let split = |(name, value): &(String, u64), stat: Stat| match stat {
             Stat::Forwarded | Stat::ForwardedFib | Stat::ForwardedCached => {
@@ -480,6 +496,7 @@ mod tests {
     fn text_of(state: &MetricsState, flows: Option<FlowSample>) -> String {
         let counters = Counters {
             services: vec![ServiceRow {
+                table_fingerprint: "0123456789abcdef".into(),
                 traffic: row("dns", "192.0.2.1:53", None),
                 backends: vec![
                     row("dns", "10.0.0.1:53", Some("up")),
@@ -579,7 +596,7 @@ mod tests {
     }
 
     /// Every family, in order, with its type, as the Prometheus text format names them.
-    const FAMILIES: [(&str, &str); 22] = [
+    const FAMILIES: [(&str, &str); 23] = [
         ("xdplb_service_packets_total", "counter"),
         ("xdplb_backend_packets_total", "counter"),
         ("xdplb_service_bytes_total", "counter"),
@@ -587,6 +604,7 @@ mod tests {
         ("xdplb_service_flows_total", "counter"),
         ("xdplb_backend_flows_total", "counter"),
         ("xdplb_backend_up", "gauge"),
+        ("xdplb_service_table_info", "gauge"),
         ("xdplb_packets_total", "counter"),
         ("xdplb_events_total", "counter"),
         ("xdplb_flow_table_entries", "gauge"),
@@ -623,6 +641,13 @@ mod tests {
         assert_eq!(
             sample(&text, &format!("xdplb_service_bytes_total{{{svc}}}")),
             300.0
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "xdplb_service_table_info{service=\"dns\",fingerprint=\"0123456789abcdef\"}"
+            ),
+            1.0
         );
         let up = "xdplb_backend_up{service=\"dns\",backend=\"10.0.0.1:53\"}";
         let down = "xdplb_backend_up{service=\"dns\",backend=\"10.0.0.2:53\"}";

@@ -50,6 +50,9 @@ pub struct TrafficRow {
 pub struct ServiceRow {
     #[serde(flatten)]
     pub traffic: TrafficRow,
+    /// `reconcile::table_fingerprint` of the service (empty in a state file of an older daemon).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub table_fingerprint: String,
     pub backends: Vec<TrafficRow>,
 }
 
@@ -172,6 +175,7 @@ pub fn read_counters(state: &InstanceState) -> Result<Counters, StatsError> {
                 health: None,
                 drain: false,
             },
+            table_fingerprint: svc.table_fingerprint.clone(),
             backends,
         });
     }

@@ -322,6 +322,7 @@ mod tests {
             pid: 1,
             interfaces: vec!["lo (generic)".into()],
             services: vec![ServiceRow {
+                table_fingerprint: String::new(),
                 traffic: traffic("demo", "127.0.0.1:9875", 300 * scale, None),
                 backends: vec![
                     traffic("#1", "127.0.0.1:9876", 200 * scale, Some("up")),
@@ -462,6 +463,7 @@ mod tests {
         ];
         let mk = |scale: u64| Snapshot {
             services: vec![ServiceRow {
+                table_fingerprint: String::new(),
                 traffic: traffic(
                     "a-service-name-longer-than-the-column",
                     "203.0.113.200:65535",

@@ -122,6 +122,7 @@ fn pinned(name: &str, why: String) -> Result<InstanceView, ViewError> {
             name: plan.name.clone(),
             vip: plan.vip.to_string(),
             id: plan.service.id,
+            table_fingerprint: crate::dataplane::reconcile::table_fingerprint(plan),
             backends: plan
                 .backends
                 .iter()

@@ -206,6 +206,13 @@ fn list_flows_explain_reload_and_reading_without_a_daemon() {
         "{l}"
     );
     assert_eq!(dns["packets"], 90, "{l}");
+    // The table fingerprint: 16 hex digits, in the JSON and on the service's line.
+    let fingerprint = dns["table_fingerprint"].as_str().unwrap_or_default();
+    assert!(
+        fingerprint.len() == 16 && fingerprint.chars().all(|c| c.is_ascii_hexdigit()),
+        "{l}"
+    );
+    assert!(svc.contains(&format!("table {fingerprint}")), "{svc}");
     assert_eq!(dns["active_flows"], 30, "{l}");
     let drained = backend(&l, "dns", "127.0.0.1:9878");
     assert_eq!(
@@ -434,6 +441,11 @@ fn list_flows_explain_reload_and_reading_without_a_daemon() {
     );
     std::fs::write(&cfg_path, &changed).expect("write config");
 
+    // The fingerprint of the table the daemon runs now, which the pinned data plane must give
+    // the same without it.
+    let live = json(&ns, &env, &["list", "--instance", &instance]);
+    let live_fingerprint = live["services"][0]["table_fingerprint"].clone();
+    assert!(live_fingerprint.is_string(), "{live}");
     // The daemon stops (SIGTERM, no --cleanup): the pinned data plane keeps its state, and the
     // reading commands read it, saying that no daemon runs.
     let status = lb.terminate(Duration::from_secs(10));
@@ -458,6 +470,10 @@ fn list_flows_explain_reload_and_reading_without_a_daemon() {
     let l = json(&ns, &env, &["list", "--instance", &instance]);
     assert_eq!(l["daemon_running"], false, "{l}");
     assert_eq!(l["services"][0]["packets"], 90, "{l}");
+    assert_eq!(
+        l["services"][0]["table_fingerprint"], live_fingerprint,
+        "the same table with or without the daemon: {l}"
+    );
     assert_eq!(backend(&l, "dns", "127.0.0.1:9877")["weight"], 3, "{l}");
     let (ok, table, err) = cli(&ns, &env, &["stats", "--instance", &instance]);
     assert!(

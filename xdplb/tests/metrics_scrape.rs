@@ -45,6 +45,7 @@ fn instance_state(dp: &Dataplane, cfg: &Config) -> InstanceState {
                 name: svc.name.clone(),
                 vip: svc.vip.to_string(),
                 id: plan.service.id,
+                table_fingerprint: xdplb::dataplane::reconcile::table_fingerprint(plan),
                 backends: plan
                     .backends
                     .iter()
@@ -99,6 +100,10 @@ fn a_scrape_of_a_loaded_data_plane_parses_with_the_reference_client() {
         let b = [("service", "demo"), ("backend", backend)];
         assert_eq!(value("xdplb_backend_flows_total", &b), 2.0, "{backend}");
     }
+    let fingerprint = &instance_state(&dp, &cfg).services[0].table_fingerprint;
+    assert_eq!(fingerprint.len(), 16, "{fingerprint}");
+    let table = [("service", "demo"), ("fingerprint", fingerprint.as_str())];
+    assert_eq!(value("xdplb_service_table_info", &table), 1.0);
     let forwarded = [("verdict", "forward"), ("reason", "forwarded")];
     assert_eq!(value("xdplb_packets_total", &forwarded), 4.0);
     let inserts = [("event", Stat::FlowTableInsert.name())];

@@ -49,6 +49,7 @@ fn exported() -> BTreeMap<String, &'static [&'static str]> {
         .iter()
         .map(|(family, kind)| {
             let labels: &[&str] = match *family {
+                "xdplb_service_table_info" => &["service", "fingerprint"],
                 f if f.starts_with("xdplb_service_") => &["service", "vip"],
                 f if f.starts_with("xdplb_backend_") => &["service", "backend"],
                 "xdplb_packets" => &["verdict", "reason"],
@@ -168,7 +169,7 @@ fn alert_exprs(rules: &str) -> Vec<(String, String)> {
 #[test]
 fn the_alert_rules_pass_promtool_and_their_unit_tests() {
     let check = promtool(&["check", "rules", &path_of("alerts.yml")]);
-    assert!(check.contains("SUCCESS: 6 rules found"), "{check}");
+    assert!(check.contains("SUCCESS: 7 rules found"), "{check}");
     let tests = promtool(&["test", "rules", &path_of("alerts_test.yml")]);
     assert!(tests.contains("SUCCESS"), "{tests}");
     let config = promtool(&["check", "config", &path_of("prometheus.yml")]);
@@ -189,8 +190,9 @@ fn every_alert_is_tested_firing_and_quiet_and_queries_exported_metrics() {
             "XdplbFlowTableNearlyFull",
             "XdplbConfigApplyFailed",
             "XdplbDown",
+            "XdplbNodesDisagree",
         ],
-        "the alerts the issue asks for"
+        "the alerts the issues ask for"
     );
     for (alert, expr) in &alerts {
         check_names_and_labels(alert, expr);

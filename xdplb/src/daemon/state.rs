@@ -40,6 +40,7 @@ pub(super) fn instance_state(
                 name: svc.name.clone(),
                 vip: svc.vip.to_string(),
                 id: plan.service.id,
+                table_fingerprint: dataplane::reconcile::table_fingerprint(plan),
                 backends: svc
                     .backends
                     .iter()

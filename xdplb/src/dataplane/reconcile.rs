@@ -339,6 +339,38 @@ fn plan_service(
     })
 }
 
+/// A fingerprint of how a service picks the backend of a new flow: its scheduler, hash fields
+/// and seed, and slot by slot the address of the backend its table names. Nodes whose service
+/// has the same fingerprint send every flow of a hashing scheduler (`maglev`, `source-hash`) to
+/// the same backend, so a fleet behind ECMP can compare them (`xdplb list`, the metric
+/// `xdplb_service_table_info`). `BACKENDS_V1` positions, which depend on each node's history of
+/// changes, are not part of it. The first 8 bytes of a SHA-256, as 16 hex digits.
+pub fn table_fingerprint(plan: &ServicePlan) -> String {
+    use sha2::{Digest as _, Sha256};
+    let addresses: HashMap<u32, String> = plan
+        .backends
+        .iter()
+        .map(|(index, _, address)| (*index, address.to_string()))
+        .collect();
+    let mut h = Sha256::new();
+    h.update(b"xdplb table v1\n");
+    for v in [
+        plan.service.scheduler,
+        plan.service.hash_fields,
+        plan.service.hash_seed,
+    ] {
+        h.update(v.to_le_bytes());
+    }
+    h.update((plan.table.len() as u64).to_le_bytes());
+    for index in &plan.table {
+        h.update(addresses.get(index).map_or("?", String::as_str).as_bytes());
+        h.update(b"\n");
+    }
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&h.finalize()[..8]);
+    format!("{:016x}", u64::from_be_bytes(first))
+}
+
 /// `SERVICE_FLAG_MAY_SKIP_STATE` for a service whose flows reach one backend with or without a
 /// flow entry and need none for their replies: `dsr-*` (replies bypass the balancer) with a
 /// consistent scheduler (without a table change, a flow's packets all map to one backend).
@@ -636,6 +668,63 @@ fn apply_diff(
 mod tests {
     use super::*;
     use crate::config::{default_config, parse};
+
+    /// Two nodes with the same config agree on the fingerprint even when their backends sit at
+    /// other `BACKENDS_V1` positions (one node added and removed a backend before); a weight,
+    /// a drained backend or another seed changes it.
+    #[test]
+    fn table_fingerprint_follows_the_choice_not_the_positions() {
+        let svc = |extra: &str, backends: &str| {
+            parse(
+                &format!(
+                    "interfaces = [\"lo\"]\n{extra}[[service]]\nname = \"dns\"\nvip = \"10.0.0.1:53\"\n{backends}"
+                ),
+                "test",
+            )
+            .expect("config")
+        };
+        let three = "[[service.backend]]\naddress = \"10.1.0.1:53\"\n\
+                     [[service.backend]]\naddress = \"10.1.0.2:53\"\n\
+                     [[service.backend]]\naddress = \"10.1.0.3:53\"\n";
+        let four = format!("[[service.backend]]\naddress = \"10.1.0.9:53\"\n{three}");
+        let print = |cfg: &Config, previous: Option<&DesiredState>| {
+            let state = desired_state(cfg, previous).expect("plan");
+            (table_fingerprint(&state.services[0]), state)
+        };
+        let (fresh, fresh_state) = print(&svc("", three), None);
+        assert_eq!(fresh.len(), 16);
+        assert!(fresh.chars().all(|c| c.is_ascii_hexdigit()), "{fresh}");
+        // The other node: 10.1.0.9 first, then the three, then 10.1.0.9 removed.
+        let (_, with_nine) = print(&svc("", &four), None);
+        let (history, after) = print(&svc("", three), Some(&with_nine));
+        let positions = |st: &DesiredState| -> Vec<u32> {
+            st.services[0].backends.iter().map(|(i, _, _)| *i).collect()
+        };
+        assert_ne!(
+            positions(&after),
+            positions(&fresh_state),
+            "the positions differ between the nodes"
+        );
+        assert_eq!(history, fresh, "same config, same fingerprint");
+        let (weighted, _) = print(
+            &svc(
+                "",
+                &three.replacen("10.1.0.1:53\"\n", "10.1.0.1:53\"\nweight = 2\n", 1),
+            ),
+            None,
+        );
+        assert_ne!(weighted, fresh, "a weight changes the table");
+        let (drained, _) = print(
+            &svc(
+                "",
+                &three.replacen("10.1.0.1:53\"\n", "10.1.0.1:53\"\ndrain = true\n", 1),
+            ),
+            None,
+        );
+        assert_ne!(drained, fresh, "a drained backend leaves the table");
+        let (seeded, _) = print(&svc("hash_seed = 7\n", three), None);
+        assert_ne!(seeded, fresh, "another seed, another choice");
+    }
 
     #[derive(Default)]
     struct Recorder {
