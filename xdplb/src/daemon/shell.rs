@@ -132,11 +132,17 @@ impl Shell<'_> {
                 _ = veth_tick.tick() => self.on_veth_sample(),
                 _ = sweep_tick.tick() => {
                     self.sweep_fullnat();
-                    if self.health_apply_pending {
+                    // A health change that failed to apply is retried here; once it is in the
+                    // data plane, the state file (backend positions, table fingerprints) says so.
+                    let retried = self.health_apply_pending;
+                    if retried {
                         let effective = self.core.effective();
                         self.apply_health(&effective);
                     }
-                    Turn::default()
+                    Turn {
+                        publish: retried && !self.health_apply_pending,
+                        ..Turn::default()
+                    }
                 }
                 _ = log_tick.tick() => {
                     self.dp.flush_logs();
