@@ -155,7 +155,10 @@ pub fn listing(
             continue;
         };
         let backend = socket_of(&flow.backend_addr, flow.backend_port_be);
-        if filter.service.as_ref().is_some_and(|s| *s != svc.name)
+        if filter
+            .service
+            .as_ref()
+            .is_some_and(|s| *s != svc.summary.name)
             || filter.backend.is_some_and(|b| b != backend)
         {
             continue;
@@ -165,7 +168,7 @@ pub fn listing(
             FlowRow {
                 client: socket_of(&key.client_addr, key.client_port_be).to_string(),
                 vip: socket_of(&key.vip_addr, key.vip_port_be).to_string(),
-                service: svc.name.clone(),
+                service: svc.summary.name.clone(),
                 backend: backend.to_string(),
                 idle_ms: idle / 1_000_000,
             },
@@ -260,15 +263,17 @@ mod tests {
 
     fn svc(name: &str, id: u32) -> ServiceFacts {
         ServiceFacts {
-            name: name.into(),
-            vip: "10.0.0.1:53".into(),
-            protocol: "udp".into(),
-            forwarding: "local".into(),
-            scheduler: "maglev".into(),
-            when_all_down: "drop".into(),
-            flow_state: "first-packet".into(),
+            summary: crate::view::ServiceSummary {
+                name: name.into(),
+                vip: "10.0.0.1:53".into(),
+                protocol: "udp".into(),
+                forwarding: "local".into(),
+                scheduler: "maglev".into(),
+                when_all_down: "drop".into(),
+                flow_state: "first-packet".into(),
+                health_check: None,
+            },
             flow_idle_timeout_ns: 30_000_000_000,
-            health_check: None,
             id: Some(id),
             backends: Vec::new(),
         }

@@ -9,7 +9,7 @@ use crate::{
     dataplane,
     flows::{self, ReadMethod},
     stats::{self, StatsError},
-    view::{InstanceView, ServiceFacts},
+    view::{InstanceView, ServiceFacts, ServiceSummary},
 };
 
 #[derive(Debug, Clone, Serialize)]
@@ -36,16 +36,9 @@ pub struct ListedBackend {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ListedService {
-    pub name: String,
-    pub vip: String,
-    pub protocol: String,
-    pub forwarding: String,
-    pub scheduler: String,
-    pub when_all_down: String,
-    pub flow_state: String,
+    #[serde(flatten)]
+    pub service: ServiceSummary,
     pub flow_idle_timeout_s: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub health_check: Option<String>,
     /// `reconcile::table_fingerprint`: equal on the nodes that pick the same backends.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub table_fingerprint: Option<String>,
@@ -102,7 +95,7 @@ pub fn build(view: &InstanceView, services: &[ServiceFacts]) -> Result<Listing, 
             backends.push(ListedBackend {
                 state: marks(
                     view.running(),
-                    svc.health_check.is_some(),
+                    svc.summary.health_check.is_some(),
                     b.health.as_deref(),
                     b.drain,
                 ),
@@ -118,19 +111,12 @@ pub fn build(view: &InstanceView, services: &[ServiceFacts]) -> Result<Listing, 
             });
         }
         listed.push(ListedService {
-            name: svc.name.clone(),
-            vip: svc.vip.clone(),
-            protocol: svc.protocol.clone(),
-            forwarding: svc.forwarding.clone(),
-            scheduler: svc.scheduler.clone(),
-            when_all_down: svc.when_all_down.clone(),
-            flow_state: svc.flow_state.clone(),
+            service: svc.summary.clone(),
             flow_idle_timeout_s: svc.flow_idle_timeout_ns / 1_000_000_000,
-            health_check: svc.health_check.clone(),
             table_fingerprint: state
                 .services
                 .iter()
-                .find(|s| s.name == svc.name)
+                .find(|s| s.name == svc.summary.name)
                 .map(|s| s.table_fingerprint.clone())
                 .filter(|f| !f.is_empty()),
             packets: c.packets,
@@ -211,10 +197,10 @@ impl Listing {
         );
         for s in &self.services {
             let mut extra = Vec::new();
-            if s.flow_state != "first-packet" {
-                extra.push(format!("flow_state {}", s.flow_state));
+            if s.service.flow_state != "first-packet" {
+                extra.push(format!("flow_state {}", s.service.flow_state));
             }
-            if let Some(h) = &s.health_check {
+            if let Some(h) = &s.service.health_check {
                 extra.push(format!("{h} check"));
             }
             if let Some(f) = &s.table_fingerprint {
@@ -223,12 +209,12 @@ impl Listing {
             let _ = writeln!(
                 out,
                 "{:<16} {:<22} {:<5} {:<9} {:<12} {:<8} {:>12} {:>14} {:>9} {:>8}{}",
-                s.name,
-                s.vip,
-                s.protocol,
-                s.forwarding,
-                s.scheduler,
-                s.when_all_down,
+                s.service.name,
+                s.service.vip,
+                s.service.protocol,
+                s.service.forwarding,
+                s.service.scheduler,
+                s.service.when_all_down,
                 s.packets,
                 s.bytes,
                 s.flows,

@@ -221,9 +221,9 @@ pub fn applied_config(name: &str) -> Result<Config, ViewError> {
     })
 }
 
-/// One service as `list` shows it.
+/// What describes a service, as the listings name it (`list` shows it as it is).
 #[derive(Debug, Clone, Serialize)]
-pub struct ServiceFacts {
+pub struct ServiceSummary {
     pub name: String,
     pub vip: String,
     pub protocol: String,
@@ -231,10 +231,17 @@ pub struct ServiceFacts {
     pub scheduler: String,
     pub when_all_down: String,
     pub flow_state: String,
-    pub flow_idle_timeout_ns: u64,
     /// The health check's type, when the service has one (unknown without a daemon).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health_check: Option<String>,
+}
+
+/// One service as `list` and `flows` read it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceFacts {
+    #[serde(flatten)]
+    pub summary: ServiceSummary,
+    pub flow_idle_timeout_ns: u64,
     /// `Service::id` in the data plane.
     pub id: Option<u32>,
     pub backends: Vec<BackendFacts>,
@@ -260,16 +267,18 @@ pub fn facts_from_config(cfg: &Config, state: &InstanceState) -> Vec<ServiceFact
         .map(|svc| {
             let info = state.services.iter().find(|s| s.name == svc.name);
             ServiceFacts {
-                name: svc.name.clone(),
-                vip: svc.vip.to_string(),
-                protocol: svc.protocol.as_str().to_string(),
-                forwarding: svc.forwarding.as_str().to_string(),
-                scheduler: svc.scheduler.as_str().to_string(),
-                when_all_down: svc.when_all_down.as_str().to_string(),
-                flow_state: svc.flow_state.as_str().to_string(),
+                summary: ServiceSummary {
+                    name: svc.name.clone(),
+                    vip: svc.vip.to_string(),
+                    protocol: svc.protocol.as_str().to_string(),
+                    forwarding: svc.forwarding.as_str().to_string(),
+                    scheduler: svc.scheduler.as_str().to_string(),
+                    when_all_down: svc.when_all_down.as_str().to_string(),
+                    flow_state: svc.flow_state.as_str().to_string(),
+                    health_check: svc.health_check.as_ref().map(|h| h.kind.kind().to_string()),
+                },
                 flow_idle_timeout_ns: u64::try_from(svc.flow_idle_timeout.as_nanos())
                     .unwrap_or(u64::MAX),
-                health_check: svc.health_check.as_ref().map(|h| h.kind.kind().to_string()),
                 id: info.map(|i| i.id),
                 backends: svc
                     .backends
@@ -303,42 +312,44 @@ pub fn facts_from_plans(plans: &[ServicePlan]) -> Vec<ServiceFacts> {
                 found.map_or_else(|| format!("unknown ({code})"), str::to_string)
             };
             ServiceFacts {
-                name: plan.name.clone(),
-                vip: plan.vip.to_string(),
-                protocol: config::Protocol::ALL
-                    .iter()
-                    .find(|p| p.code() == plan.key.proto)
-                    .map_or_else(|| plan.key.proto.to_string(), |p| p.as_str().to_string()),
-                forwarding: name_of(
-                    config::Forwarding::ALL
+                summary: ServiceSummary {
+                    name: plan.name.clone(),
+                    vip: plan.vip.to_string(),
+                    protocol: config::Protocol::ALL
                         .iter()
-                        .find(|f| f.code() == forwarding)
-                        .map(|f| f.as_str()),
-                    forwarding,
-                ),
-                scheduler: name_of(
-                    config::Scheduler::ALL
-                        .iter()
-                        .find(|x| x.code() == s.scheduler)
-                        .map(|x| x.as_str()),
-                    s.scheduler,
-                ),
-                when_all_down: if s.flags & SERVICE_FLAG_PASS_WHEN_EMPTY != 0 {
-                    config::WhenAllDown::Pass
-                } else {
-                    config::WhenAllDown::Drop
-                }
-                .as_str()
-                .to_string(),
-                flow_state: if s.flags & SERVICE_FLAG_STATE_ON_SECOND_PACKET != 0 {
-                    config::FlowState::SecondPacket
-                } else {
-                    config::FlowState::FirstPacket
-                }
-                .as_str()
-                .to_string(),
+                        .find(|p| p.code() == plan.key.proto)
+                        .map_or_else(|| plan.key.proto.to_string(), |p| p.as_str().to_string()),
+                    forwarding: name_of(
+                        config::Forwarding::ALL
+                            .iter()
+                            .find(|f| f.code() == forwarding)
+                            .map(|f| f.as_str()),
+                        forwarding,
+                    ),
+                    scheduler: name_of(
+                        config::Scheduler::ALL
+                            .iter()
+                            .find(|x| x.code() == s.scheduler)
+                            .map(|x| x.as_str()),
+                        s.scheduler,
+                    ),
+                    when_all_down: if s.flags & SERVICE_FLAG_PASS_WHEN_EMPTY != 0 {
+                        config::WhenAllDown::Pass
+                    } else {
+                        config::WhenAllDown::Drop
+                    }
+                    .as_str()
+                    .to_string(),
+                    flow_state: if s.flags & SERVICE_FLAG_STATE_ON_SECOND_PACKET != 0 {
+                        config::FlowState::SecondPacket
+                    } else {
+                        config::FlowState::FirstPacket
+                    }
+                    .as_str()
+                    .to_string(),
+                    health_check: None,
+                },
                 flow_idle_timeout_ns: s.flow_idle_timeout_ns,
-                health_check: None,
                 id: Some(s.id),
                 backends: plan
                     .backends

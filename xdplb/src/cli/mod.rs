@@ -239,9 +239,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let view = view::resolve(&instance)?;
             let facts = view::facts(&view)?;
             if let Some(name) = &service
-                && !facts.iter().any(|s| &s.name == name)
+                && !facts.iter().any(|s| &s.summary.name == name)
             {
-                let names: Vec<&str> = facts.iter().map(|s| s.name.as_str()).collect();
+                let names: Vec<&str> = facts.iter().map(|s| s.summary.name.as_str()).collect();
                 bail!(
                     "--service {name}: instance {instance:?} has no such service (it has {})",
                     names.join(", ")
