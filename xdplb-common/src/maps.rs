@@ -316,6 +316,27 @@ pub const SERVICE_ENCAP_HOST_BITS_MASK: u32 = 0x3f << SERVICE_ENCAP_HOST_BITS_SH
 /// IP protocol number of IPv4-in-IPv4.
 pub const IPPROTO_IPIP: u8 = 4;
 
+/// `Service::flags` bits 22..=31: `flow_stale_after` in units of
+/// [`SERVICE_STALE_AFTER_UNIT_NS`] (0: off). A flow entry idle longer than this whose backend
+/// is not the one the service's table now chooses for the flow is stale: the flow follows the
+/// table. Kept in free bits of `flags` so that `Service` (and the pinned `SERVICES_V1`) keeps
+/// its 48-byte layout; 10 bits of 100 ms reach [`SERVICE_STALE_AFTER_MAX_UNITS`] x 100 ms =
+/// 102.3 s, which the config enforces.
+pub const SERVICE_STALE_AFTER_SHIFT: u32 = 22;
+pub const SERVICE_STALE_AFTER_MASK: u32 = 0x3ff << SERVICE_STALE_AFTER_SHIFT;
+/// The unit of the `flow_stale_after` bits (100 ms, in nanoseconds).
+pub const SERVICE_STALE_AFTER_UNIT_NS: u64 = 100_000_000;
+/// The largest value the `flow_stale_after` bits hold (1023 units: 102.3 s).
+pub const SERVICE_STALE_AFTER_MAX_UNITS: u32 =
+    SERVICE_STALE_AFTER_MASK >> SERVICE_STALE_AFTER_SHIFT;
+
+/// The `flow_stale_after` of a service's `flags` in nanoseconds; 0 when off.
+#[inline(always)]
+pub const fn service_stale_after_ns(flags: u32) -> u64 {
+    ((flags & SERVICE_STALE_AFTER_MASK) >> SERVICE_STALE_AFTER_SHIFT) as u64
+        * SERVICE_STALE_AFTER_UNIT_NS
+}
+
 /// `Reply::flags`: the flow is forwarded in `nat` mode, so its replies pass through this host's
 /// XDP and are translated and forwarded there.
 pub const REPLY_FLAG_NAT: u16 = 1;

@@ -127,11 +127,15 @@ pub enum Stat {
     /// and egress of the next-hop cache (`NEXTHOPS_V1`), without a FIB lookup. A request whose
     /// backend has no usable entry goes through the FIB (`ForwardedFib` and the others).
     ForwardedCached = 42,
+    /// Event: a flow entry idle longer than its service's `flow_stale_after`, whose backend
+    /// was not the one the scheduling table now chooses for the flow, was rewritten to the
+    /// table's choice (the flow had been away, on another node of an ECMP fleet, or silent).
+    FlowStaleFollowedTable = 43,
 }
 
 impl Stat {
     /// Number of counters.
-    pub const COUNT: u32 = 43;
+    pub const COUNT: u32 = 44;
     /// The length of `STATS_V1`: room for counters that later versions add, so that adding one
     /// does not change the pinned map's shape.
     pub const CAPACITY: u32 = 64;
@@ -181,6 +185,7 @@ impl Stat {
         Stat::GuardStateless,
         Stat::GuardDropped,
         Stat::ForwardedCached,
+        Stat::FlowStaleFollowedTable,
     ];
 
     /// A stable snake_case name, used in `xdplb stats` and later as a metric label.
@@ -229,6 +234,7 @@ impl Stat {
             Stat::GuardStateless => "guard_stateless",
             Stat::GuardDropped => "drop_flood_guard",
             Stat::ForwardedCached => "forwarded_cached",
+            Stat::FlowStaleFollowedTable => "flow_stale_followed_table",
         }
     }
 }

@@ -13,6 +13,7 @@ use xdplb_common::{
     SERVICE_FORWARDING_MASK, SERVICE_FORWARDING_SHIFT, Service, ServiceKey, Stat,
     addr_from_v4_wire,
     hash::{FlowTuple, HASH_FIVE_TUPLE, flow_hash},
+    service_stale_after_ns,
 };
 
 use crate::{
@@ -47,6 +48,7 @@ impl Verdict {
 }
 
 /// The backend a packet goes to.
+#[derive(Clone, Copy)]
 struct Target {
     index: u32,
     addr_v4: u32,
@@ -138,34 +140,63 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
     let target = match existing_flow(service, mode, &flow_key, now, wildcard) {
         Lookup::Live(t) => t,
         lookup => {
-            if service.table_len == 0 {
-                // No backend takes new flows (all drained or unhealthy): the service's policy.
-                return Err(if service.flags & SERVICE_FLAG_PASS_WHEN_EMPTY != 0 {
-                    Verdict::pass(Stat::PassNoBackend)
-                } else {
-                    Verdict::drop(Stat::DropNoBackend)
-                });
-            }
-            let tuple = FlowTuple {
-                src: flow_key.client_addr,
-                dst: flow_key.vip_addr,
-                src_port_be: sport_be,
-                dst_port_be: dport_be,
-                proto: IPPROTO_UDP,
+            // An entry idle past `flow_stale_after`: the scheduler, run once below, says
+            // whether it stays.
+            let idle = match lookup {
+                Lookup::Idle(t) => Some(t),
+                _ => None,
             };
-            let replacing = matches!(lookup, Lookup::Stale);
-            let t = new_flow(service, mode, &flow_key, &tuple, now, replacing, wildcard)
-                .map_err(Verdict::drop)?;
-            if debug_log_enabled() {
-                debug!(
-                    ctx,
-                    "xdplb: new flow {:i}:{} -> backend #{}",
-                    u32::from_be(saddr),
-                    u16::from_be(sport_be),
-                    t.index
-                );
+            if service.table_len == 0 {
+                match idle {
+                    // No backend takes new flows: an idle entry's backend is still current.
+                    Some(t) => t,
+                    // No backend takes new flows (all drained or unhealthy): the service's
+                    // policy.
+                    None => {
+                        return Err(if service.flags & SERVICE_FLAG_PASS_WHEN_EMPTY != 0 {
+                            Verdict::pass(Stat::PassNoBackend)
+                        } else {
+                            Verdict::drop(Stat::DropNoBackend)
+                        });
+                    }
+                }
+            } else {
+                let tuple = FlowTuple {
+                    src: flow_key.client_addr,
+                    dst: flow_key.vip_addr,
+                    src_port_be: sport_be,
+                    dst_port_be: dport_be,
+                    proto: IPPROTO_UDP,
+                };
+                let replacing = !matches!(lookup, Lookup::Missing);
+                let idle_index = idle.map(|t| t.index);
+                match (
+                    new_flow(
+                        service, mode, &flow_key, &tuple, now, replacing, wildcard, idle_index,
+                    ),
+                    idle,
+                ) {
+                    (Ok(Some(t)), _) => {
+                        if debug_log_enabled() {
+                            debug!(
+                                ctx,
+                                "xdplb: new flow {:i}:{} -> backend #{}",
+                                u32::from_be(saddr),
+                                u16::from_be(sport_be),
+                                t.index
+                            );
+                        }
+                        t
+                    }
+                    // The table agrees with the idle entry, or its choice cannot take the flow
+                    // (an empty slot, no free fullnat port): the entry's backend is still
+                    // current, so the flow stays there rather than being dropped.
+                    (Ok(None) | Err(_), Some(t)) => t,
+                    // Only an idle entry makes `new_flow` return `Ok(None)`.
+                    (Ok(None), None) => return Err(Verdict::drop(Stat::DropNoBackend)),
+                    (Err(stat), None) => return Err(Verdict::drop(stat)),
+                }
             }
-            t
         }
     };
 
@@ -515,6 +546,10 @@ fn lookup_wildcard_service(dport_be: u16) -> Option<&'static Service> {
 enum Lookup {
     /// A live flow and its backend.
     Live(Target),
+    /// A flow whose entry (refreshed, its backend current) had been idle longer than the
+    /// service's `flow_stale_after`: it keeps that backend only if the scheduling table still
+    /// chooses it (see [`existing_flow`]).
+    Idle(Target),
     /// An entry that idled out or whose backend left: to be replaced in place.
     Stale,
     /// No entry.
@@ -524,6 +559,21 @@ enum Lookup {
 /// Returns the backend of a live flow, refreshing its timestamp at most once per
 /// `FLOW_REFRESH_NS`. Returns `Stale` (and counts why) when the flow idled out or its backend is
 /// no longer the service's backend at that index, `Missing` when there is no entry.
+///
+/// Returns `Idle` for an entry that is otherwise live but was idle longer than the service's
+/// `flow_stale_after` (`SERVICE_STALE_AFTER_*` bits; 0: never): the caller runs the scheduler
+/// once, as for a new flow, and replaces the entry with the table's choice when that is
+/// another backend (counted `FlowStaleFollowedTable`), or keeps it as it is (a `fullnat` flow
+/// keeps its source port). Why: behind ECMP, a flow that moved to another node of the fleet
+/// and back is, seen from this node, silent for as long as it was away; meanwhile the other
+/// node put it where the (shared) table says. An old entry here must not pull it back to the
+/// backend it had before the table changed: that would change its backend a second time. A
+/// flow that kept arriving here is never idle that long (`last_seen_ns` lags by at most
+/// `FLOW_REFRESH_NS` plus the flow's packet interval; the config refuses a `flow_stale_after`
+/// under 2 s), so it keeps its backend across table changes; an entry the table agrees with
+/// changes nothing. An idle entry is refreshed like a live one: kept, it is live again;
+/// replaced, its old `fullnat` translation answers the old backend's late replies until the
+/// daemon's sweep frees it one idle timeout later.
 #[inline(always)]
 fn existing_flow(service: &Service, mode: u32, key: &FlowKey, now: u64, wildcard: bool) -> Lookup {
     let Some(flow) = FLOWS.get_ptr_mut(key) else {
@@ -544,6 +594,8 @@ fn existing_flow(service: &Service, mode: u32, key: &FlowKey, now: u64, wildcard
     if mode == FORWARD_FULLNAT && flow.snat_port_be == 0 {
         return Lookup::Stale;
     }
+    let stale_after = service_stale_after_ns(service.flags);
+    let idle_past_stale = stale_after != 0 && idle > stale_after;
     if idle > FLOW_REFRESH_NS {
         flow.last_seen_ns = now;
         if wildcard {
@@ -562,13 +614,18 @@ fn existing_flow(service: &Service, mode: u32, key: &FlowKey, now: u64, wildcard
             fullnat::refresh(&k, now);
         }
     }
-    Lookup::Live(Target {
+    let target = Target {
         index: flow.backend_index,
         addr_v4: flow.backend_addr[3],
         port_be: flow.backend_port_be,
         snat_port_be: flow.snat_port_be,
         tuple_hash: flow.tuple_hash,
-    })
+    };
+    if idle_past_stale {
+        Lookup::Idle(target)
+    } else {
+        Lookup::Live(target)
+    }
 }
 
 /// Whether the flow's backend is still the service's backend at that index.
@@ -589,6 +646,11 @@ fn backend_is_current(service: &Service, flow: &Flow) -> bool {
 /// in the table. Expects `service.table_len > 0`. Returns the backend, or the drop reason:
 /// no usable backend in the chosen slot, no free `fullnat` port, or the flood guard.
 ///
+/// `idle_index`: the backend of an entry idle past `flow_stale_after` (`Lookup::Idle`, so
+/// `replacing`). When the scheduler chooses that backend again, returns `Ok(None)` and
+/// changes nothing; otherwise the entry is replaced with the table's choice and counted
+/// (`FlowStaleFollowedTable`). The scheduler runs once either way.
+///
 /// When a flow gets no entry (each case counted):
 /// - `flow_state = "second-packet"`: its first packet only marks its 5-tuple hash in `SEEN`; a
 ///   later packet that finds the mark creates the entry (`FlowStateDeferred`);
@@ -597,6 +659,7 @@ fn backend_is_current(service: &Service, flow: &Flow) -> bool {
 ///
 /// Replacing a stale entry evicts nothing and is never deferred or guarded.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn new_flow(
     service: &Service,
     mode: u32,
@@ -605,7 +668,8 @@ fn new_flow(
     now: u64,
     replacing: bool,
     wildcard: bool,
-) -> Result<Target, Stat> {
+    idle_index: Option<u32>,
+) -> Result<Option<Target>, Stat> {
     let no_backend = Stat::DropNoBackend;
     let deferred = service.flags & SERVICE_FLAG_STATE_ON_SECOND_PACKET != 0;
     // One hash per packet: the 5-tuple hash where the mode needs it (the outer source of
@@ -619,6 +683,9 @@ fn new_flow(
     };
     let index = schedule::choose_backend(service, tuple, needs_tuple_hash.then_some(tuple_hash))
         .ok_or(no_backend)?;
+    if idle_index == Some(index) {
+        return Ok(None);
+    }
     let backend: &Backend = BACKENDS.get(index).ok_or(no_backend)?;
     // An empty position (all zero) or a non-IPv4 backend cannot take this flow.
     if !is_v4_mapped(backend) || backend.port_be == 0 {
@@ -663,7 +730,10 @@ fn new_flow(
             wildcard,
         )?;
     }
-    Ok(target)
+    if idle_index.is_some() {
+        stats::count(Stat::FlowStaleFollowedTable);
+    }
+    Ok(Some(target))
 }
 
 /// Creates the flow entry of a new flow (and its `fullnat` port and wildcard reply entry).

@@ -205,8 +205,15 @@ address = "10.1.0.2:53"
                 "{e:?} missing from {lines:#?}"
             );
         }
-        // Round robin takes no hash fields and no Maglev table: those go too, and nothing else.
-        assert_eq!(lines.len(), expected.len() + 2, "{lines:#?}");
+        // Round robin takes no hash fields, no Maglev table and no flow_stale_after: those go
+        // too, and nothing else.
+        assert_eq!(lines.len(), expected.len() + 3, "{lines:#?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("flow_stale_after: never -> (unset)")),
+            "{lines:#?}"
+        );
         assert!(
             lines
                 .iter()

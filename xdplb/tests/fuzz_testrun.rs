@@ -802,7 +802,8 @@ fn is_verdict(s: Stat) -> bool {
         | IcmpFragNeededSent
         | FullnatReplyTranslated
         | IcmpErrorToClient
-        | IcmpErrorToBackend => false,
+        | IcmpErrorToBackend
+        | FlowStaleFollowedTable => false,
     }
 }
 

@@ -328,6 +328,28 @@ pub enum ConfigError {
         reason: String,
     },
 
+    /// A `flow_stale_after` that does not parse or is out of range.
+    #[error(
+        "{at}: {service} has an invalid flow_stale_after {value:?}: {reason}; expected \"never\" or a duration from 2s to 102.3s in steps of 100ms, shorter than flow_idle_timeout, such as \"3s\""
+    )]
+    InvalidStaleAfter {
+        at: Location,
+        service: String,
+        value: String,
+        reason: String,
+    },
+
+    /// A `flow_stale_after` on a scheduler whose choice is not a function of the flow.
+    #[error(
+        "{at}: {service}: flow_stale_after = {value:?} needs scheduler = \"maglev\" or \"source-hash\": a stale entry follows what the scheduling table chooses for its flow, and with scheduler = \"{scheduler}\" that choice is not a function of the flow (it would move flows at random); remove flow_stale_after or set it to \"never\""
+    )]
+    StaleAfterNeedsConsistentScheduler {
+        at: Location,
+        service: String,
+        scheduler: Scheduler,
+        value: String,
+    },
+
     /// A `scheduler` that is not one of the known schedulers.
     #[error(
         "{at}: {service} has an invalid scheduler {value:?}; expected {}",

@@ -37,6 +37,9 @@
 //!                              # port may not lie in any service's fullnat_ports
 //! protocol = "udp"             # optional, only udp for now
 //! flow_idle_timeout = "30s"    # optional, 1s..=24h
+//! flow_stale_after = "never"   # optional, maglev and source-hash only: never | 2s..=102.3s
+//!                              # (steps of 100ms, < flow_idle_timeout); an entry idle longer
+//!                              # whose backend the table no longer chooses follows the table
 //! scheduler = "maglev"         # optional: maglev | round-robin | weighted-round-robin
 //!                              #           | random | source-hash
 //! hash = "5-tuple"             # optional, maglev and source-hash only: 5-tuple | source-ip
@@ -204,6 +207,11 @@ pub struct ServiceConfig {
     pub protocol: Protocol,
     /// 1s..=24h.
     pub flow_idle_timeout: Duration,
+    /// An entry idle longer than this whose backend is not the table's choice for its flow is
+    /// stale and follows the table (ECMP fleets; see the data plane's `existing_flow`).
+    /// `None`: never. 2s..=102.3s in steps of 100 ms, shorter than `flow_idle_timeout`;
+    /// `Maglev` and `SourceHash` only.
+    pub flow_stale_after: Option<Duration>,
     /// Default `Maglev`.
     pub scheduler: Scheduler,
     /// What `Maglev` and `SourceHash` hash (always `SourceIp` for `SourceHash`); the
@@ -385,6 +393,7 @@ pub fn default_config() -> Config {
             vip: SocketAddr::new(lo, 9875),
             protocol: Protocol::Udp,
             flow_idle_timeout: validate::DEFAULT_TIMEOUT,
+            flow_stale_after: None,
             // The tutorial's scheduler; a service without `scheduler` gets Maglev.
             scheduler: Scheduler::RoundRobin,
             hash: HashFields::FiveTuple,

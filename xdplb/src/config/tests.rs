@@ -2266,6 +2266,88 @@ fn flow_state_second_packet_only_for_dsr_with_a_consistent_scheduler() {
 }
 
 #[test]
+fn flow_stale_after_parses_defaults_off_and_round_trips() {
+    // Default: never (off), whatever the scheduler.
+    assert_eq!(ok(&one_service("")).services[0].flow_stale_after, None);
+    let rr = "scheduler = \"round-robin\"\n";
+    assert_eq!(ok(&one_service(rr)).services[0].flow_stale_after, None);
+    for (text, want) in [
+        ("3s", Some(Duration::from_secs(3))),
+        ("2s", Some(Duration::from_secs(2))),
+        ("2500ms", Some(Duration::from_millis(2500))),
+        ("102s 300ms", Some(Duration::from_millis(102_300))),
+        ("never", None),
+    ] {
+        let text = format!("flow_idle_timeout = \"5m\"\nflow_stale_after = \"{text}\"\n");
+        let cfg = ok(&one_service(&text));
+        assert_eq!(cfg.services[0].flow_stale_after, want, "{text}");
+        // Written back and checked as the API does: the same service.
+        assert_eq!(parse(&to_toml(&cfg), ORIGIN).expect("round trip"), cfg);
+        assert_eq!(check(&cfg, "the change").expect("typed check"), cfg);
+    }
+    let cfg = ok(&one_service(
+        "scheduler = \"source-hash\"\nflow_stale_after = \"3s\"\n",
+    ));
+    assert_eq!(
+        cfg.services[0].flow_stale_after,
+        Some(Duration::from_secs(3))
+    );
+    // "never" is accepted by every scheduler.
+    let cfg = ok(&one_service(&format!("{rr}flow_stale_after = \"never\"\n")));
+    assert_eq!(cfg.services[0].flow_stale_after, None);
+    assert_eq!(parse(&to_toml(&cfg), ORIGIN).expect("round trip"), cfg);
+}
+
+#[test]
+fn flow_stale_after_rejects_what_the_data_plane_cannot_keep_or_would_misuse() {
+    for (bad, reason) in [
+        ("soon", "not a duration"),
+        ("1s", "shorter than the minimum of 2s"),
+        ("1s 900ms", "refreshed at most once a second"),
+        ("102s 400ms", "longer than the maximum of 102.3s"),
+        ("2m", "10 bits of 100ms"),
+        ("2s 50ms", "100ms steps"),
+        (
+            "30s",
+            "not shorter than this service's flow_idle_timeout (30s)",
+        ),
+        ("45s", "flow_idle_timeout"),
+    ] {
+        let e = err(&one_service(&format!("flow_stale_after = \"{bad}\"\n")));
+        assert!(matches!(e, ConfigError::InvalidStaleAfter { .. }), "{e:?}");
+        assert_msg(
+            &e,
+            &[
+                &format!("{bad:?}"),
+                reason,
+                &line(5),
+                "flow_stale_after",
+                "\"never\"",
+            ],
+        );
+    }
+    for scheduler in ["round-robin", "weighted-round-robin", "random"] {
+        let e = err(&one_service(&format!(
+            "scheduler = \"{scheduler}\"\nflow_stale_after = \"3s\"\n"
+        )));
+        assert!(
+            matches!(e, ConfigError::StaleAfterNeedsConsistentScheduler { .. }),
+            "{e:?}"
+        );
+        assert_msg(
+            &e,
+            &[
+                &line(6),
+                "service \"demo\"",
+                "\"maglev\" or \"source-hash\"",
+                scheduler,
+                "not a function of the flow",
+            ],
+        );
+    }
+}
+
+#[test]
 fn flow_guard_rate_defaults_and_rejects_what_does_not_fit() {
     let cfg = ok(&one_service(""));
     assert_eq!(cfg.flow_guard_rate, DEFAULT_FLOW_GUARD_RATE);
@@ -2557,6 +2639,7 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
                 vip: SocketAddrV4::new(ip(192, 0, 2, 10), 53).into(),
                 protocol: Protocol::Udp,
                 flow_idle_timeout: Duration::from_secs(30),
+                flow_stale_after: None,
                 scheduler: Scheduler::Maglev,
                 hash: HashFields::FiveTuple,
                 maglev_table_size: 65537,
@@ -2584,6 +2667,7 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
                 vip: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 514).into(),
                 protocol: Protocol::Udp,
                 flow_idle_timeout: Duration::from_mins(5),
+                flow_stale_after: None,
                 scheduler: Scheduler::Maglev,
                 hash: HashFields::FiveTuple,
                 maglev_table_size: 65537,
@@ -3178,6 +3262,7 @@ protocol = \"udp\"
 flow_idle_timeout = \"30s\"
 scheduler = \"maglev\"
 hash = \"5-tuple\"
+flow_stale_after = \"never\"
 maglev_table_size = 65537
 when_all_down = \"drop\"
 flow_state = \"first-packet\"
@@ -3873,11 +3958,23 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
         } else {
             rng.pick(&[Forwarding::Local, Forwarding::Nat, Forwarding::FullNat])
         };
+        let flow_idle_timeout = rng.duration(Duration::from_secs(1), Duration::from_hours(24));
+        // 2s..=102.3s in 100 ms steps, shorter than the idle timeout; hashing schedulers only.
+        let flow_stale_after =
+            if matches!(scheduler, Scheduler::Maglev | Scheduler::SourceHash) && rng.chance(50) {
+                Some(Duration::from_millis(
+                    100 * u64::from(rng.range(20u16, 1023)),
+                ))
+                .filter(|d| *d < flow_idle_timeout)
+            } else {
+                None
+            };
         services.push(ServiceConfig {
             name,
             vip,
             protocol: Protocol::Udp,
-            flow_idle_timeout: rng.duration(Duration::from_secs(1), Duration::from_hours(24)),
+            flow_idle_timeout,
+            flow_stale_after,
             scheduler,
             hash,
             maglev_table_size,

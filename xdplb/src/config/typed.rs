@@ -82,6 +82,13 @@ pub(crate) fn lower_service(svc: &ServiceConfig) -> RawService {
         } else {
             None
         },
+        // Explicit where the schema takes it, so that a default that may change never
+        // changes a service the model already holds.
+        flow_stale_after: if hashing || svc.flow_stale_after.is_some() {
+            at(validate::stale_after_text(svc.flow_stale_after))
+        } else {
+            None
+        },
         maglev_table_size: if svc.scheduler == Scheduler::Maglev {
             int(svc.maglev_table_size)
         } else {

@@ -34,6 +34,17 @@ const MAX_FLOWS: u32 = 67_108_864;
 const MIN_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_TIMEOUT: Duration = Duration::from_hours(24);
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Range and step of `flow_stale_after`. The minimum: a live flow's `last_seen_ns` is refreshed
+/// at most once per `FLOW_REFRESH_NS` (1 s), so a flow that keeps sending looks idle for up to
+/// 1 s plus its packet interval; 2 s leaves a flow that sends every second its backend. The
+/// maximum and step: the data plane keeps it in 10 bits of `Service::flags` in units of 100 ms.
+const MIN_STALE_AFTER: Duration = Duration::from_secs(2);
+const STALE_AFTER_STEP: Duration = Duration::from_nanos(xdplb_common::SERVICE_STALE_AFTER_UNIT_NS);
+const MAX_STALE_AFTER: Duration = Duration::from_nanos(
+    xdplb_common::SERVICE_STALE_AFTER_UNIT_NS * xdplb_common::SERVICE_STALE_AFTER_MAX_UNITS as u64,
+);
+/// How `flow_stale_after` spells "off".
+const STALE_AFTER_NEVER: &str = "never";
 /// Range of `[limits] max_lookup_entries`.
 const MIN_LOOKUP_ENTRIES: u32 = 1024;
 const MAX_LOOKUP_ENTRIES: u32 = 67_108_864;
@@ -145,8 +156,16 @@ pub(crate) fn from_toml_error(err: &toml::de::Error, src: Source<'_>) -> ConfigE
     ConfigError::Syntax { at, message }
 }
 
+/// The `flow_stale_after` of a service that sets none (where its scheduler takes one and it is
+/// shorter than the service's `flow_idle_timeout`; otherwise "never"). The one place the
+/// default is decided: off for now.
+fn default_flow_stale_after(_raw: &RawConfig) -> Option<Duration> {
+    None
+}
+
 /// Validates everything except whether the interfaces exist.
 pub(crate) fn validate(raw: RawConfig, src: Source<'_>) -> Result<Config, ConfigError> {
+    let stale_default = default_flow_stale_after(&raw);
     let interfaces = validate_interfaces(raw.interfaces, src)?;
     let xdp_mode = validate_xdp_mode(raw.xdp_mode, src)?;
     let hash_seed = validate_hash_seed(raw.hash_seed, src)?;
@@ -178,7 +197,7 @@ pub(crate) fn validate(raw: RawConfig, src: Source<'_>) -> Result<Config, Config
         });
     }
     let limits = validate_limits(raw.limits, src)?;
-    let services = validate_services(raw.service.unwrap_or_default(), &limits, src)?;
+    let services = validate_services(raw.service.unwrap_or_default(), &limits, stale_default, src)?;
     Ok(Config {
         interfaces,
         xdp_mode,
@@ -482,6 +501,7 @@ fn limit_field(
 fn validate_services(
     raw: Vec<Spanned<RawService>>,
     limits: &Limits,
+    stale_default: Option<Duration>,
     src: Source<'_>,
 ) -> Result<Vec<ServiceConfig>, ConfigError> {
     if raw.is_empty() {
@@ -513,7 +533,7 @@ fn validate_services(
     for (i, svc) in raw.into_iter().enumerate() {
         let index = i + 1;
         let svc_span = svc.span();
-        let checked = validate_service(index, svc, limits, src)?;
+        let checked = validate_service(index, svc, limits, stale_default, src)?;
         let service = checked.service;
         lookup_entries += 2 * u64::from(super::table_capacity(&service, limits));
         if lookup_entries > u64::from(limits.max_lookup_entries) && first_misfit.is_none() {
@@ -670,6 +690,7 @@ fn validate_service(
     index: usize,
     svc: Spanned<RawService>,
     limits: &Limits,
+    stale_default: Option<Duration>,
     src: Source<'_>,
 ) -> Result<CheckedService, ConfigError> {
     let svc_span = svc.span();
@@ -782,6 +803,30 @@ fn validate_service(
                 });
             }
         },
+    };
+
+    let consistent = matches!(scheduler, Scheduler::Maglev | Scheduler::SourceHash);
+    let flow_stale_after = match raw.flow_stale_after {
+        None => stale_default.filter(|d| consistent && *d < flow_idle_timeout),
+        Some(t) => {
+            let value = stale_after_value(t.get_ref(), flow_idle_timeout).map_err(|reason| {
+                ConfigError::InvalidStaleAfter {
+                    at: src.at(&t.span()),
+                    service: label.clone(),
+                    value: t.get_ref().clone(),
+                    reason,
+                }
+            })?;
+            if value.is_some() && !consistent {
+                return Err(ConfigError::StaleAfterNeedsConsistentScheduler {
+                    at: src.at(&t.span()),
+                    service: label,
+                    scheduler,
+                    value: t.into_inner(),
+                });
+            }
+            value
+        }
     };
 
     let hash = match raw.hash {
@@ -969,6 +1014,7 @@ fn validate_service(
             vip,
             protocol,
             flow_idle_timeout,
+            flow_stale_after,
             scheduler,
             hash,
             maglev_table_size,
@@ -1643,6 +1689,46 @@ fn service_name_problem(name: &str) -> Option<String> {
 /// Parses a `flow_idle_timeout` value, or says why it is not acceptable.
 fn timeout_value(text: &str) -> Result<Duration, String> {
     duration_in(text, MIN_TIMEOUT, MAX_TIMEOUT)
+}
+
+/// Parses a `flow_stale_after` value (`None`: "never"), or says why it is not acceptable.
+fn stale_after_value(text: &str, idle_timeout: Duration) -> Result<Option<Duration>, String> {
+    if text == STALE_AFTER_NEVER {
+        return Ok(None);
+    }
+    let d = humantime::parse_duration(text).map_err(|e| format!("it is not a duration ({e})"))?;
+    let shown = humantime::format_duration(d);
+    if d < MIN_STALE_AFTER {
+        return Err(format!(
+            "{shown} is shorter than the minimum of 2s: a live flow's entry is refreshed at most \
+             once a second, so a flow that keeps sending can look idle for 1s plus its packet \
+             interval, and a shorter setting would move live flows"
+        ));
+    }
+    if d > MAX_STALE_AFTER {
+        return Err(format!(
+            "{shown} is longer than the maximum of 102.3s (the data plane keeps it in 10 bits \
+             of 100ms)"
+        ));
+    }
+    if d.as_nanos() % STALE_AFTER_STEP.as_nanos() != 0 {
+        return Err(format!(
+            "{shown} is not a whole number of 100ms steps (the data plane's unit)"
+        ));
+    }
+    if d >= idle_timeout {
+        return Err(format!(
+            "{shown} is not shorter than this service's flow_idle_timeout ({}): an entry idle \
+             that long has expired anyway",
+            humantime::format_duration(idle_timeout)
+        ));
+    }
+    Ok(Some(d))
+}
+
+/// `flow_stale_after` as the config file spells it.
+pub(crate) fn stale_after_text(d: Option<Duration>) -> String {
+    d.map_or_else(|| STALE_AFTER_NEVER.to_owned(), super::write::duration_text)
 }
 
 /// Parses a duration of `min..=max`, or says why it is not acceptable.

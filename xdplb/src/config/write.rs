@@ -94,6 +94,11 @@ fn write_service(out: &mut String, svc: &ServiceConfig) -> fmt::Result {
     writeln!(out, "scheduler = \"{}\"", svc.scheduler)?;
     if matches!(svc.scheduler, Scheduler::Maglev | Scheduler::SourceHash) {
         writeln!(out, "hash = \"{}\"", svc.hash)?;
+        writeln!(
+            out,
+            "flow_stale_after = \"{}\"",
+            super::validate::stale_after_text(svc.flow_stale_after)
+        )?;
     }
     if svc.scheduler == Scheduler::Maglev {
         writeln!(out, "maglev_table_size = {}", svc.maglev_table_size)?;

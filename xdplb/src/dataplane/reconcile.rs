@@ -15,8 +15,9 @@ use xdplb_common::{
     PORT_FULLNAT_RANGE, PORT_LOCAL_BACKEND, PORT_NAT_BACKEND, PORT_WILDCARD_SERVICE,
     REPLY_FLAG_NAT, REPLY_FLAG_WILDCARD, Reply, SERVICE_ENCAP_HOST_BITS_SHIFT,
     SERVICE_FLAG_MAY_SKIP_STATE, SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FLAG_STATE_ON_SECOND_PACKET,
-    SERVICE_FLAG_WILDCARD, SERVICE_FORWARDING_MASK, SERVICE_FORWARDING_SHIFT, Service, ServiceKey,
-    addr_from_v4_wire,
+    SERVICE_FLAG_WILDCARD, SERVICE_FORWARDING_MASK, SERVICE_FORWARDING_SHIFT,
+    SERVICE_STALE_AFTER_MAX_UNITS, SERVICE_STALE_AFTER_SHIFT, SERVICE_STALE_AFTER_UNIT_NS, Service,
+    ServiceKey, addr_from_v4_wire,
     maglev::{self, MaglevBackend},
     schedule,
 };
@@ -323,7 +324,8 @@ fn plan_service(
                 }
                 | encap_source.map_or(0, |(_, prefix_len)| {
                     (32 - u32::from(prefix_len)) << SERVICE_ENCAP_HOST_BITS_SHIFT
-                }),
+                })
+                | stale_after_bits(svc),
             encap_source: encap_source.map_or(0, |(base, _)| u32::from_ne_bytes(base.octets())),
         },
         region_base,
@@ -369,6 +371,19 @@ pub fn table_fingerprint(plan: &ServicePlan) -> String {
     let mut first = [0u8; 8];
     first.copy_from_slice(&h.finalize()[..8]);
     format!("{:016x}", u64::from_be_bytes(first))
+}
+
+/// The `SERVICE_STALE_AFTER_*` bits of a service's `flow_stale_after` (0: never): whole units of
+/// 100 ms. The config allows only 2s..=102.3s in steps of 100 ms, so nothing is rounded; a value
+/// beyond the bits (which validation refuses) is clamped rather than spilling into other flags.
+pub fn stale_after_bits(svc: &ServiceConfig) -> u32 {
+    svc.flow_stale_after.map_or(0, |d| {
+        let units = d.as_nanos() / u128::from(SERVICE_STALE_AFTER_UNIT_NS);
+        let units = u32::try_from(units)
+            .unwrap_or(u32::MAX)
+            .min(SERVICE_STALE_AFTER_MAX_UNITS);
+        units << SERVICE_STALE_AFTER_SHIFT
+    })
 }
 
 /// `SERVICE_FLAG_MAY_SKIP_STATE` for a service whose flows reach one backend with or without a
@@ -668,6 +683,7 @@ fn apply_diff(
 mod tests {
     use super::*;
     use crate::config::{default_config, parse};
+    use xdplb_common::{SERVICE_STALE_AFTER_MASK, service_stale_after_ns};
 
     /// Two nodes with the same config agree on the fingerprint even when their backends sit at
     /// other `BACKENDS_V1` positions (one node added and removed a backend before); a weight,
@@ -846,6 +862,41 @@ weight = 3
             .map(|(_, b, _)| u16::from_be(b.port_be))
             .collect();
         assert_eq!(ports, [9876, 9877, 9878]);
+    }
+
+    #[test]
+    fn flow_stale_after_lands_in_its_flag_bits_and_nowhere_else() {
+        let text = |stale: &str| {
+            format!(
+                "interfaces = [\"lo\"]\n[[service]]\nname = \"m\"\nvip = \"10.0.0.1:53\"\n\
+                 forwarding = \"dsr-ipip\"\nencap_source = \"10.200.0.0/24\"\n\
+                 when_all_down = \"pass\"\nflow_idle_timeout = \"5m\"\n{stale}\
+                 [[service.backend]]\naddress = \"10.0.1.1:53\"\n"
+            )
+        };
+        let flags = |stale: &str| {
+            let cfg = parse(&text(stale), "test").expect("valid config");
+            desired_state(&cfg, None).expect("plan").services[0]
+                .service
+                .flags
+        };
+        let off = flags("");
+        assert_eq!(off & SERVICE_STALE_AFTER_MASK, 0, "off by default");
+        assert_eq!(service_stale_after_ns(off), 0);
+        for (setting, ns) in [
+            ("3s", 3_000_000_000),
+            ("2s 100ms", 2_100_000_000),
+            ("102s 300ms", 102_300_000_000),
+        ] {
+            let on = flags(&format!("flow_stale_after = \"{setting}\"\n"));
+            assert_eq!(service_stale_after_ns(on), ns, "{setting}");
+            assert_eq!(
+                on & !SERVICE_STALE_AFTER_MASK,
+                off,
+                "{setting}: the other flags unchanged"
+            );
+        }
+        assert_eq!(flags("flow_stale_after = \"never\"\n"), off);
     }
 
     #[test]
