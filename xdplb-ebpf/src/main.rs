@@ -171,6 +171,12 @@ pub fn xdplb_capture(ctx: XdpContext) -> u32 {
 #[map(name = "REPLY_CHECKED")]
 static REPLY_CHECKED: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per-CPU: a flow entry idle past its service's `flow_stale_after`, as `service::existing_flow`
+/// hands it to `service::new_flow` in the same program run: `[backend index + 1 (0: none),
+/// fullnat source port]`. Not pinned.
+#[map(name = "STALE_KEEP")]
+static STALE_KEEP: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(1, 0);
+
 /// A packet from a `nat` backend's port, or to a `fullnat` source port, that matched no exact
 /// service: a backend's reply to translate, or (handed back to ingress) a request. A program
 /// of its own, tail-called by ingress, so that neither program's verification walks the other's

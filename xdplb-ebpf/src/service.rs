@@ -18,9 +18,9 @@ use xdplb_common::{
 
 use crate::{
     BACKENDS, FLOW_GUARD, FLOWS, GLOBALS, LOCAL_MACS, PORTS, PROG_FRAGMENT, PROG_ICMP,
-    PROG_INGRESS, PROG_NAT_REPLY, PROGS, REPLIES, REPLY_CHECKED, SEEN, SERVICES, XDP_DROP,
-    XDP_PASS, capture, csum, debug_log_enabled, forward, fragment, fullnat, parse, reply, rewrite,
-    schedule, stats,
+    PROG_INGRESS, PROG_NAT_REPLY, PROGS, REPLIES, REPLY_CHECKED, SEEN, SERVICES, STALE_KEEP,
+    XDP_DROP, XDP_PASS, capture, csum, debug_log_enabled, forward, fragment, fullnat, parse, reply,
+    rewrite, schedule, stats,
 };
 
 /// What to do with a packet, and the counted reason.
@@ -48,7 +48,6 @@ impl Verdict {
 }
 
 /// The backend a packet goes to.
-#[derive(Clone, Copy)]
 struct Target {
     index: u32,
     addr_v4: u32,
@@ -140,63 +139,34 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
     let target = match existing_flow(service, mode, &flow_key, now, wildcard) {
         Lookup::Live(t) => t,
         lookup => {
-            // An entry idle past `flow_stale_after`: the scheduler, run once below, says
-            // whether it stays.
-            let idle = match lookup {
-                Lookup::Idle(t) => Some(t),
-                _ => None,
-            };
             if service.table_len == 0 {
-                match idle {
-                    // No backend takes new flows: an idle entry's backend is still current.
-                    Some(t) => t,
-                    // No backend takes new flows (all drained or unhealthy): the service's
-                    // policy.
-                    None => {
-                        return Err(if service.flags & SERVICE_FLAG_PASS_WHEN_EMPTY != 0 {
-                            Verdict::pass(Stat::PassNoBackend)
-                        } else {
-                            Verdict::drop(Stat::DropNoBackend)
-                        });
-                    }
-                }
-            } else {
-                let tuple = FlowTuple {
-                    src: flow_key.client_addr,
-                    dst: flow_key.vip_addr,
-                    src_port_be: sport_be,
-                    dst_port_be: dport_be,
-                    proto: IPPROTO_UDP,
-                };
-                let replacing = !matches!(lookup, Lookup::Missing);
-                let idle_index = idle.map(|t| t.index);
-                match (
-                    new_flow(
-                        service, mode, &flow_key, &tuple, now, replacing, wildcard, idle_index,
-                    ),
-                    idle,
-                ) {
-                    (Ok(Some(t)), _) => {
-                        if debug_log_enabled() {
-                            debug!(
-                                ctx,
-                                "xdplb: new flow {:i}:{} -> backend #{}",
-                                u32::from_be(saddr),
-                                u16::from_be(sport_be),
-                                t.index
-                            );
-                        }
-                        t
-                    }
-                    // The table agrees with the idle entry, or its choice cannot take the flow
-                    // (an empty slot, no free fullnat port): the entry's backend is still
-                    // current, so the flow stays there rather than being dropped.
-                    (Ok(None) | Err(_), Some(t)) => t,
-                    // Only an idle entry makes `new_flow` return `Ok(None)`.
-                    (Ok(None), None) => return Err(Verdict::drop(Stat::DropNoBackend)),
-                    (Err(stat), None) => return Err(Verdict::drop(stat)),
-                }
+                // No backend takes new flows (all drained or unhealthy): the service's policy.
+                return Err(if service.flags & SERVICE_FLAG_PASS_WHEN_EMPTY != 0 {
+                    Verdict::pass(Stat::PassNoBackend)
+                } else {
+                    Verdict::drop(Stat::DropNoBackend)
+                });
             }
+            let tuple = FlowTuple {
+                src: flow_key.client_addr,
+                dst: flow_key.vip_addr,
+                src_port_be: sport_be,
+                dst_port_be: dport_be,
+                proto: IPPROTO_UDP,
+            };
+            let replacing = matches!(lookup, Lookup::Stale);
+            let t = new_flow(service, mode, &flow_key, &tuple, now, replacing, wildcard)
+                .map_err(Verdict::drop)?;
+            if debug_log_enabled() {
+                debug!(
+                    ctx,
+                    "xdplb: new flow {:i}:{} -> backend #{}",
+                    u32::from_be(saddr),
+                    u16::from_be(sport_be),
+                    t.index
+                );
+            }
+            t
         }
     };
 
@@ -546,11 +516,8 @@ fn lookup_wildcard_service(dport_be: u16) -> Option<&'static Service> {
 enum Lookup {
     /// A live flow and its backend.
     Live(Target),
-    /// A flow whose entry (refreshed, its backend current) had been idle longer than the
-    /// service's `flow_stale_after`: it keeps that backend only if the scheduling table still
-    /// chooses it (see [`existing_flow`]).
-    Idle(Target),
-    /// An entry that idled out or whose backend left: to be replaced in place.
+    /// An entry that idled out or whose backend left, or that was idle past `flow_stale_after`
+    /// (then noted in `STALE_KEEP`): to be replaced in place (see [`existing_flow`]).
     Stale,
     /// No entry.
     Missing,
@@ -560,20 +527,28 @@ enum Lookup {
 /// `FLOW_REFRESH_NS`. Returns `Stale` (and counts why) when the flow idled out or its backend is
 /// no longer the service's backend at that index, `Missing` when there is no entry.
 ///
-/// Returns `Idle` for an entry that is otherwise live but was idle longer than the service's
-/// `flow_stale_after` (`SERVICE_STALE_AFTER_*` bits; 0: never): the caller runs the scheduler
-/// once, as for a new flow, and replaces the entry with the table's choice when that is
-/// another backend (counted `FlowStaleFollowedTable`), or keeps it as it is (a `fullnat` flow
-/// keeps its source port). Why: behind ECMP, a flow that moved to another node of the fleet
-/// and back is, seen from this node, silent for as long as it was away; meanwhile the other
-/// node put it where the (shared) table says. An old entry here must not pull it back to the
-/// backend it had before the table changed: that would change its backend a second time. A
-/// flow that kept arriving here is never idle that long (`last_seen_ns` lags by at most
-/// `FLOW_REFRESH_NS` plus the flow's packet interval; the config refuses a `flow_stale_after`
-/// under 2 s), so it keeps its backend across table changes; an entry the table agrees with
-/// changes nothing. An idle entry is refreshed like a live one: kept, it is live again;
-/// replaced, its old `fullnat` translation answers the old backend's late replies until the
-/// daemon's sweep frees it one idle timeout later.
+/// `flow_stale_after` (`SERVICE_STALE_AFTER_*` bits of the service; 0: never): an entry that is
+/// otherwise live but was idle longer than that, of a service with backends in its table, gets
+/// its timestamp refreshed, is noted in `STALE_KEEP` and is returned as `Stale`. The caller
+/// then runs the scheduler, once, as for any stale entry, and [`new_flow`] keeps the entry as
+/// it is when the table still chooses its backend (a `fullnat` flow keeps its source port), or
+/// replaces it with the table's choice (counted `FlowStaleFollowedTable`). If that choice
+/// cannot take the flow (an empty slot, no free `fullnat` port), the packet is dropped as a new
+/// flow's would be, and the entry, refreshed, keeps the flow on its backend.
+///
+/// Why: behind ECMP, a flow that moved to another node of the fleet and back is, seen from
+/// this node, silent for as long as it was away, while the other node put it where the shared
+/// table says. An old entry here must not pull it back to the backend it had before the table
+/// changed: that would change its backend a second time. A flow that kept arriving here is
+/// never idle that long (`last_seen_ns` lags by at most `FLOW_REFRESH_NS` plus the flow's
+/// packet interval, and the config refuses a `flow_stale_after` under 2 s), so it keeps its
+/// backend across table changes; and an entry the table agrees with changes nothing. A flow
+/// that merely paused that long on a single node follows the table too, which is why the
+/// setting is off unless a fleet asks for it. Kept, the entry is live again ([`new_flow`]
+/// refreshes its `fullnat` translation; a wildcard `local`/`nat` reply entry is refreshed with
+/// the flow's next refresh); replaced, its old `fullnat` translation (not refreshed) answers
+/// the old backend's late replies until the daemon's sweep frees it. The check comes before
+/// the refresh of a live entry, so that the verifier reaches `new_flow` from one place.
 #[inline(always)]
 fn existing_flow(service: &Service, mode: u32, key: &FlowKey, now: u64, wildcard: bool) -> Lookup {
     let Some(flow) = FLOWS.get_ptr_mut(key) else {
@@ -595,7 +570,12 @@ fn existing_flow(service: &Service, mode: u32, key: &FlowKey, now: u64, wildcard
         return Lookup::Stale;
     }
     let stale_after = service_stale_after_ns(service.flags);
-    let idle_past_stale = stale_after != 0 && idle > stale_after;
+    // Only where the table chooses a backend: with none (`table_len == 0`) the entry's
+    // backend, still current, keeps the flow, and the caller would not reach `new_flow`.
+    if stale_after != 0 && idle > stale_after && service.table_len != 0 && note_idle_entry(flow) {
+        flow.last_seen_ns = now;
+        return Lookup::Stale;
+    }
     if idle > FLOW_REFRESH_NS {
         flow.last_seen_ns = now;
         if wildcard {
@@ -614,18 +594,49 @@ fn existing_flow(service: &Service, mode: u32, key: &FlowKey, now: u64, wildcard
             fullnat::refresh(&k, now);
         }
     }
-    let target = Target {
+    Lookup::Live(Target {
         index: flow.backend_index,
         addr_v4: flow.backend_addr[3],
         port_be: flow.backend_port_be,
         snat_port_be: flow.snat_port_be,
         tuple_hash: flow.tuple_hash,
+    })
+}
+
+/// Notes in `STALE_KEEP` an entry idle past `flow_stale_after`, for the [`new_flow`] that
+/// follows in the same program run: its backend index plus one, and its `fullnat` source port.
+/// Passed through memory rather than as an argument so that the verifier, which cannot tell
+/// the value, walks the scheduler and everything after it once for this entry and for any
+/// other stale one, instead of once per kind. Returns whether it was noted (else the entry is
+/// simply used: no scratch slot).
+#[inline(always)]
+fn note_idle_entry(flow: &Flow) -> bool {
+    let Some(slot) = STALE_KEEP.get_ptr_mut(0) else {
+        return false;
     };
-    if idle_past_stale {
-        Lookup::Idle(target)
-    } else {
-        Lookup::Live(target)
-    }
+    // SAFETY: a per-CPU array slot, written only by this CPU while the program runs.
+    unsafe {
+        *slot = [
+            flow.backend_index.wrapping_add(1),
+            u32::from(flow.snat_port_be),
+        ]
+    };
+    true
+}
+
+/// Takes what [`note_idle_entry`] noted in this program run (and clears it, so that it never
+/// applies to another packet): the idle entry's backend index plus one (0: none) and its
+/// `fullnat` source port.
+#[inline(always)]
+fn take_idle_entry() -> [u32; 2] {
+    let Some(slot) = STALE_KEEP.get_ptr_mut(0) else {
+        return [0; 2];
+    };
+    // SAFETY: a per-CPU array slot, written only by this CPU while the program runs.
+    let slot = unsafe { &mut *slot };
+    let noted = *slot;
+    *slot = [0; 2];
+    noted
 }
 
 /// Whether the flow's backend is still the service's backend at that index.
@@ -646,20 +657,16 @@ fn backend_is_current(service: &Service, flow: &Flow) -> bool {
 /// in the table. Expects `service.table_len > 0`. Returns the backend, or the drop reason:
 /// no usable backend in the chosen slot, no free `fullnat` port, or the flood guard.
 ///
-/// `idle_index`: the backend of an entry idle past `flow_stale_after` (`Lookup::Idle`, so
-/// `replacing`). When the scheduler chooses that backend again, returns `Ok(None)` and
-/// changes nothing; otherwise the entry is replaced with the table's choice and counted
-/// (`FlowStaleFollowedTable`). The scheduler runs once either way.
-///
 /// When a flow gets no entry (each case counted):
 /// - `flow_state = "second-packet"`: its first packet only marks its 5-tuple hash in `SEEN`; a
 ///   later packet that finds the mark creates the entry (`FlowStateDeferred`);
 /// - above the flood guard's rate: a service that may skip state sends it on without one
 ///   (`GuardStateless`), any other drops it (`GuardDropped`), so no live flow is evicted.
 ///
-/// Replacing a stale entry evicts nothing and is never deferred or guarded.
+/// Replacing a stale entry evicts nothing and is never deferred or guarded. An entry idle past
+/// `flow_stale_after` (noted by [`existing_flow`] in `STALE_KEEP`) whose backend the table
+/// chooses again is kept as it is: nothing is written or counted.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn new_flow(
     service: &Service,
     mode: u32,
@@ -668,9 +675,10 @@ fn new_flow(
     now: u64,
     replacing: bool,
     wildcard: bool,
-    idle_index: Option<u32>,
-) -> Result<Option<Target>, Stat> {
+) -> Result<Target, Stat> {
     let no_backend = Stat::DropNoBackend;
+    // First, before any way out: what `existing_flow` noted must not outlive this packet.
+    let [idle_index_plus_one, idle_snat_port] = take_idle_entry();
     let deferred = service.flags & SERVICE_FLAG_STATE_ON_SECOND_PACKET != 0;
     // One hash per packet: the 5-tuple hash where the mode needs it (the outer source of
     // dsr-ipip, the port choice of fullnat, the deferred-state mark), which the scheduler
@@ -683,9 +691,6 @@ fn new_flow(
     };
     let index = schedule::choose_backend(service, tuple, needs_tuple_hash.then_some(tuple_hash))
         .ok_or(no_backend)?;
-    if idle_index == Some(index) {
-        return Ok(None);
-    }
     let backend: &Backend = BACKENDS.get(index).ok_or(no_backend)?;
     // An empty position (all zero) or a non-IPv4 backend cannot take this flow.
     if !is_v4_mapped(backend) || backend.port_be == 0 {
@@ -698,6 +703,19 @@ fn new_flow(
         snat_port_be: 0,
         tuple_hash,
     };
+    if idle_index_plus_one == index.wrapping_add(1) {
+        // The table agrees with the idle entry: it stays as it is, and what a live flow's
+        // refresh keeps alive is refreshed (`existing_flow` refreshed only its timestamp): the
+        // `fullnat` translation, which the daemon's sweep would otherwise free while in use.
+        target.snat_port_be = idle_snat_port as u16;
+        if mode == FORWARD_FULLNAT
+            && let Some(source) = fullnat::source_addr(service)
+        {
+            let k = fullnat::key(backend.addr, backend.port_be, source, target.snat_port_be);
+            fullnat::refresh(&k, now);
+        }
+        return Ok(target);
+    }
     // Whether this flow gets an entry now. Decided after the backend is chosen, so that the
     // verifier walks the scheduler once for every way out; one exit, so that it walks what
     // follows once too.
@@ -730,10 +748,10 @@ fn new_flow(
             wildcard,
         )?;
     }
-    if idle_index.is_some() {
+    if idle_index_plus_one != 0 {
         stats::count(Stat::FlowStaleFollowedTable);
     }
-    Ok(Some(target))
+    Ok(target)
 }
 
 /// Creates the flow entry of a new flow (and its `fullnat` port and wildcard reply entry).
