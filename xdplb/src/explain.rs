@@ -98,7 +98,13 @@ pub fn explain(
             e.backend = number
                 .and_then(|n| svc.backends.get(n))
                 .map(|b| b.address.to_string());
-            e.note = "a live flow keeps the backend it already has while that backend stays in the service".into();
+            e.note = match svc.flow_stale_after {
+                None => "a live flow keeps the backend it already has while that backend stays in the service".into(),
+                Some(d) => format!(
+                    "a live flow keeps the backend it already has while that backend stays in the service, unless its entry was idle longer than flow_stale_after ({}): then it follows this table",
+                    humantime::format_duration(d)
+                ),
+            };
         }
         Scheduler::RoundRobin | Scheduler::WeightedRoundRobin => {
             e.note = "new flows take the table's slots in turn, with one cursor per CPU: the backend depends on how many new flows that CPU saw before, not on the flow".into();

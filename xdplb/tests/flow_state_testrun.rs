@@ -987,3 +987,290 @@ fn a_nat_reply_is_translated_only_while_the_client_s_flow_has_its_entry() {
         );
     });
 }
+
+// ---------------------------------------------------------------------------------------------
+// 4. Stale entries follow the table (`flow_stale_after`).
+
+/// Three Maglev services on the same backends (10.60.1.4 added with `extra_backend`):
+/// "ipip" (dsr-ipip, `flow_stale_after = "3s"`), "ipip-off" (dsr-ipip, the default: never) and
+/// "fnat" (fullnat, 3s). The guard is off.
+fn stale_config(extra_backend: bool) -> String {
+    let backends = if extra_backend {
+        "backend = [{ address = \"10.60.1.2:7000\" }, { address = \"10.60.1.3:7000\" }, \
+         { address = \"10.60.1.4:7000\" }]"
+    } else {
+        "backend = [{ address = \"10.60.1.2:7000\" }, { address = \"10.60.1.3:7000\" }]"
+    };
+    format!(
+        r#"
+interfaces = ["lo"]
+flow_guard_rate = 0
+
+[[service]]
+name = "ipip"
+vip = "10.99.0.4:7000"
+forwarding = "dsr-ipip"
+encap_source = "10.200.0.0/24"
+scheduler = "maglev"
+flow_stale_after = "3s"
+{backends}
+
+[[service]]
+name = "ipip-off"
+vip = "10.99.0.5:7000"
+forwarding = "dsr-ipip"
+encap_source = "10.200.0.0/24"
+scheduler = "maglev"
+{backends}
+
+[[service]]
+name = "fnat"
+vip = "10.99.0.6:7000"
+forwarding = "fullnat"
+fullnat_source = "10.60.1.1"
+fullnat_ports = "40000-40999"
+scheduler = "maglev"
+flow_stale_after = "3s"
+{backends}
+"#
+    )
+}
+
+/// Where a forwarded frame of `client` -> `vip` went, checked with the etherparse oracle:
+/// `dsr-ipip`: an outer IPv4 header (protocol 4, valid checksum, source in 10.200.0.0/24) to
+/// the backend around the client's datagram, unchanged; `fullnat`: the datagram from
+/// 10.60.1.1 to the backend's port 7000, with valid checksums. Returns the backend and, for
+/// `fullnat`, the source port.
+fn stale_case_backend(out: &XdpRun, client: SocketAddrV4, vip: SocketAddrV4) -> (Ipv4Addr, u16) {
+    assert_eq!(out.action, XDP_REDIRECT, "{client} -> {vip}: redirected");
+    let outer =
+        etherparse::Ipv4HeaderSlice::from_slice(&out.frame[ETH_HDR_LEN..]).expect("an IPv4 frame");
+    if outer.protocol() == etherparse::IpNumber::IPV4 {
+        assert_eq!(
+            outer.header_checksum(),
+            outer.to_header().calc_header_checksum(),
+            "{client}: outer checksum"
+        );
+        assert_eq!(
+            outer.source_addr().octets()[..3],
+            [10, 200, 0],
+            "{client}: outer source in the prefix"
+        );
+        let mut inner = out.frame[..ETH_HDR_LEN].to_vec();
+        inner.extend_from_slice(&out.frame[ETH_HDR_LEN + outer.slice().len()..]);
+        let d = decode(&inner).expect("a UDP datagram inside");
+        assert_eq!(
+            (d.src, d.dst),
+            (client, vip),
+            "{client}: inner datagram kept"
+        );
+        assert!(
+            d.ip_checksum_ok && d.udp_checksum_ok,
+            "{client}: inner checksums"
+        );
+        (outer.destination_addr(), 0)
+    } else {
+        let d = decode(&out.frame).expect("a UDP frame");
+        assert!(d.ip_checksum_ok && d.udp_checksum_ok, "{client}: checksums");
+        assert_eq!(*d.src.ip(), ip("10.60.1.1"), "{client}: fullnat source");
+        assert!(
+            (40_000..=40_999).contains(&d.src.port()),
+            "{client}: a port of the range"
+        );
+        assert_eq!(d.dst.port(), 7000, "{client}: the backend's port");
+        (*d.dst.ip(), d.src.port())
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the data plane's `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(t.tv_sec).expect("positive") * 1_000_000_000
+        + u64::try_from(t.tv_nsec).expect("positive")
+}
+
+/// Makes the flow's entry look idle for `idle` (its `last_seen_ns` that long ago).
+fn age_flow_entry(dp: &mut Dataplane, key: &FlowKey, idle: Duration) -> Flow {
+    let map = dp.ebpf_mut().map_mut(MAP_FLOWS).expect("FLOWS_V1");
+    let mut table: aya::maps::HashMap<_, FlowKey, Flow> =
+        aya::maps::HashMap::try_from(map).expect("a hash map");
+    let mut flow = table.get(key, 0).expect("the flow's entry");
+    flow.last_seen_ns = monotonic_ns() - u64::try_from(idle.as_nanos()).expect("small");
+    table.insert(key, flow, 0).expect("rewrite the entry");
+    flow
+}
+
+/// Entries naming backend X while the table (10.60.1.4 added) now says Y: idle less than
+/// `flow_stale_after` they stay on X (a live flow keeps its backend across the change); idle
+/// longer they go to Y, the entry names Y and `flow_stale_followed_table` counts them; an entry
+/// the table agrees with, idle longer, is kept as it is (a fullnat flow keeps its source port);
+/// with the setting off, an entry idle as long stays on X.
+#[test]
+fn stale_entries_follow_the_table_and_live_ones_keep_their_backend() {
+    require_root();
+    netns::in_fib_topology("stale", &neighbours(), "the cases pass", || {
+        let (_, mut dp, runner) = load_runner(&stale_config(false), true);
+        let services = [
+            ("ipip", addr("10.99.0.4:7000")),
+            ("ipip-off", addr("10.99.0.5:7000")),
+            ("fnat", addr("10.99.0.6:7000")),
+        ];
+        let clients: Vec<SocketAddrV4> = (0..240)
+            .map(|i| SocketAddrV4::new(ip("10.60.2.2"), 36_000 + i))
+            .collect();
+        // Every flow's entry, on the two first backends.
+        let mut was = HashMap::new();
+        for (_, vip) in services {
+            for c in &clients {
+                let out = runner.run(&frame(*c, vip));
+                let (b, port) = stale_case_backend(&out, *c, vip);
+                let entry = flow_entry(&mut dp, &flow_key(*c, vip)).expect("an entry");
+                assert_eq!(
+                    entry_backend(&entry),
+                    b,
+                    "{c} -> {vip}: entry where it went"
+                );
+                assert_eq!(u16::from_be(entry.snat_port_be), port, "{c}: entry's port");
+                was.insert((*c, vip), (b, port));
+            }
+        }
+
+        let cfg3 = xdplb::config::parse(&stale_config(true), "test").expect("valid");
+        dp.apply_config(&cfg3).expect("add 10.60.1.4");
+        // The table's choice now, from `xdplb explain` (user space's copy of the table).
+        let choice = |c: SocketAddrV4, vip: SocketAddrV4| -> Ipv4Addr {
+            let e = xdplb::explain::explain(&cfg3, c.into(), vip.into()).expect("explained");
+            let b: SocketAddrV4 = e.backend.expect("a backend").parse().expect("an address");
+            *b.ip()
+        };
+
+        for (name, vip) in services {
+            let stale_on = name != "ipip-off";
+            let (disagree, agree): (Vec<SocketAddrV4>, Vec<SocketAddrV4>) = clients
+                .iter()
+                .partition(|c| choice(**c, vip) != was[&(**c, vip)].0);
+            assert!(
+                disagree.len() >= 20 && agree.len() >= 20,
+                "{name}: {} flows the table moved, {} it kept: enough of both",
+                disagree.len(),
+                agree.len()
+            );
+            let (recent, idle) = disagree.split_at(disagree.len() / 2);
+
+            // (a) Idle less than flow_stale_after: stays on X.
+            let before = counters(&dp);
+            for c in recent {
+                let key = flow_key(*c, vip);
+                age_flow_entry(&mut dp, &key, Duration::from_millis(1500));
+                let got = stale_case_backend(&runner.run(&frame(*c, vip)), *c, vip);
+                assert_eq!(
+                    got,
+                    was[&(*c, vip)],
+                    "{name} {c}: recent, stays on its backend"
+                );
+                let entry = flow_entry(&mut dp, &key).expect("the entry");
+                assert_eq!(entry_backend(&entry), got.0, "{name} {c}: entry unchanged");
+            }
+            let after = counters(&dp);
+            assert_eq!(
+                (
+                    delta(&before, &after, Stat::FlowStaleFollowedTable),
+                    delta(&before, &after, Stat::FlowTableInsert),
+                    delta(&before, &after, Stat::FlowCreated)
+                ),
+                (0, 0, 0),
+                "{name}: recent entries used as they are"
+            );
+
+            // (b) Idle longer: follows the table (or, off, stays).
+            let before = counters(&dp);
+            for c in idle {
+                let key = flow_key(*c, vip);
+                let old = age_flow_entry(&mut dp, &key, Duration::from_secs(10));
+                let got = stale_case_backend(&runner.run(&frame(*c, vip)), *c, vip);
+                let entry = flow_entry(&mut dp, &key).expect("the entry");
+                if stale_on {
+                    assert_eq!(
+                        got.0,
+                        choice(*c, vip),
+                        "{name} {c}: idle, to the table's choice"
+                    );
+                    assert_ne!(got.0, was[&(*c, vip)].0);
+                    assert_eq!(
+                        entry_backend(&entry),
+                        got.0,
+                        "{name} {c}: the entry names it"
+                    );
+                    assert_eq!(u16::from_be(entry.snat_port_be), got.1, "{name} {c}: port");
+                } else {
+                    assert_eq!(
+                        got,
+                        was[&(*c, vip)],
+                        "{name} {c}: off, stays on its backend"
+                    );
+                    assert_eq!(entry_backend(&entry), got.0, "{name} {c}: entry unchanged");
+                }
+                assert!(
+                    entry.last_seen_ns > old.last_seen_ns,
+                    "{name} {c}: refreshed"
+                );
+            }
+            let after = counters(&dp);
+            let moved = if stale_on { idle.len() as u64 } else { 0 };
+            assert_eq!(
+                (
+                    delta(&before, &after, Stat::FlowStaleFollowedTable),
+                    delta(&before, &after, Stat::FlowCreated),
+                    delta(&before, &after, Stat::FlowTableInsert),
+                    delta(&before, &after, Stat::FlowExpired),
+                    delta(&before, &after, Stat::FlowRescheduled)
+                ),
+                (moved, moved, 0, 0, 0),
+                "{name}: idle entries that disagree with the table"
+            );
+            eprintln!(
+                "{name}: {} of {} flows the table moved; {} idle ones {}",
+                disagree.len(),
+                clients.len(),
+                idle.len(),
+                if stale_on {
+                    "followed it"
+                } else {
+                    "stayed (off)"
+                }
+            );
+
+            // (c) Agreeing with the table, idle longer: kept as it is.
+            let before = counters(&dp);
+            for c in &agree {
+                let key = flow_key(*c, vip);
+                let old = age_flow_entry(&mut dp, &key, Duration::from_secs(10));
+                let got = stale_case_backend(&runner.run(&frame(*c, vip)), *c, vip);
+                assert_eq!(got, was[&(*c, vip)], "{name} {c}: agrees, kept (port too)");
+                let entry = flow_entry(&mut dp, &key).expect("the entry");
+                assert_eq!(
+                    Flow {
+                        last_seen_ns: old.last_seen_ns,
+                        ..entry
+                    },
+                    old,
+                    "{name} {c}: the entry unchanged but for its timestamp"
+                );
+                assert!(
+                    entry.last_seen_ns > old.last_seen_ns,
+                    "{name} {c}: refreshed"
+                );
+            }
+            let after = counters(&dp);
+            assert_eq!(
+                (
+                    delta(&before, &after, Stat::FlowStaleFollowedTable),
+                    delta(&before, &after, Stat::FlowCreated),
+                    delta(&before, &after, Stat::FlowTableInsert)
+                ),
+                (0, 0, 0),
+                "{name}: entries the table agrees with"
+            );
+        }
+    });
+}
