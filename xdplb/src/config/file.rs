@@ -17,6 +17,10 @@ use super::{BackendConfig, Config, ConfigError, SaveError, Saved, ServiceConfig,
 
 /// One change to the services, as the API makes it; [`apply_edit`] makes it in a document.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one edit at a time, made by an API request: the size of the value does not matter"
+)]
 pub enum ConfigEdit {
     /// Append a `[[service]]` table (with its `[[service.backend]]` tables).
     AddService(ServiceConfig),
