@@ -150,3 +150,31 @@ impl Explanation {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_note_names_flow_stale_after_when_it_is_set() {
+        let text = |extra: &str| {
+            format!(
+                "interfaces = [\"lo\"]\n[[service]]\nname = \"m\"\nvip = \"10.0.0.1:53\"\n{extra}\
+                 [[service.backend]]\naddress = \"10.0.1.1:53\"\n"
+            )
+        };
+        let note = |extra: &str| {
+            let cfg = crate::config::parse(&text(extra), "test").expect("valid config");
+            let (client, vip) = ("10.9.9.9:4000".parse(), "10.0.0.1:53".parse());
+            explain(&cfg, client.expect("addr"), vip.expect("addr"))
+                .expect("explained")
+                .note
+        };
+        assert!(!note("").contains("flow_stale_after"));
+        let on = note("flow_stale_after = \"3s\"\n");
+        assert!(
+            on.contains("idle longer than flow_stale_after (3s): then it follows this table"),
+            "{on}"
+        );
+    }
+}
