@@ -178,7 +178,7 @@ impl Bird {
 /// in order: processes first, then namespaces).
 struct Fleet {
     mode: Mode,
-    dir: String,
+    dir: RunDir,
     bpffs: Bpffs,
     lbs: Vec<Option<Daemon>>,
     birds: Vec<Bird>,
@@ -200,7 +200,30 @@ impl Drop for Fleet {
         self.birds.clear();
         self.router_bird.take();
         self.backend_procs.clear();
-        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The test's directory (configs, BIRD sockets, xdplb's run dir), removed on drop.
+struct RunDir(String);
+
+impl RunDir {
+    fn create(path: String) -> RunDir {
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("run dir");
+        RunDir(path)
+    }
+}
+
+impl std::ops::Deref for RunDir {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -227,8 +250,7 @@ impl Fleet {
             .join(format!("xdplb-test-fleet-{tag}-{pid}"))
             .display()
             .to_string();
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("run dir");
+        let dir = RunDir::create(dir);
         let bpffs = Bpffs::mount(&format!("fleet-{tag}"));
         let fab = Netns::new(&format!("{tag}fab"));
         fab.exec(&["ip", "link", "add", "br0", "type", "bridge"]);
@@ -387,7 +409,7 @@ impl Fleet {
     }
 
     fn config_path(&self, k: usize) -> String {
-        format!("{}/node{k}.toml", self.dir)
+        format!("{}/node{k}.toml", &*self.dir)
     }
 
     fn instance(k: usize) -> String {
@@ -396,7 +418,7 @@ impl Fleet {
 
     /// `xdplb ARGS` in node `k`'s namespace, for its instance.
     fn xdplb(&self, k: usize, args: &[&str]) -> String {
-        let env_dir = format!("XDPLB_RUN_DIR={}", self.dir);
+        let env_dir = format!("XDPLB_RUN_DIR={}", &*self.dir);
         let env_fs = format!("XDPLB_BPFFS={}", self.bpffs.path);
         let instance = Self::instance(k);
         let mut argv = vec!["env", &env_dir, &env_fs, XDPLB];
@@ -407,7 +429,7 @@ impl Fleet {
     }
 
     fn start_node(&mut self, k: usize) {
-        let env_dir = format!("XDPLB_RUN_DIR={}", self.dir);
+        let env_dir = format!("XDPLB_RUN_DIR={}", &*self.dir);
         let env_fs = format!("XDPLB_BPFFS={}", self.bpffs.path);
         let mut argv = self.nodes[k - 1].prefix();
         argv.extend(s(&[
@@ -1025,7 +1047,8 @@ fn fleet_case(mode: Mode) {
     let victim = 1;
     fleet.link(victim, false);
     fleet.wait_paths(NODES - 1, "the router drops node 1");
-    thread::sleep(Duration::from_secs(2));
+    // Long enough that node 1's entries are idle beyond flow_stale_after (3 s) when it returns.
+    thread::sleep(Duration::from_secs(3));
     fleet.link(victim, true);
     fleet.wait_paths(NODES, "node 1 rejoins");
     thread::sleep(Duration::from_secs(3));
