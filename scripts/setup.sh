@@ -46,6 +46,24 @@ else
   systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
 
+# BIRD 2 speaks BGP and BFD in the fleet test (xdplb/tests/fleet.rs), which runs its own bird
+# processes inside namespaces. The package enables a system bird.service: keep it from starting
+# during the install (policy-rc.d, for hosts without a booted systemd), and disable it after.
+if command -v bird >/dev/null && command -v birdc >/dev/null; then
+  log "bird2 present"
+else
+  log "installing bird2 (its system service left disabled)"
+  apt-get update -qq
+  policy_rc=/usr/sbin/policy-rc.d
+  own_policy=
+  if [ ! -e "$policy_rc" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy_rc" && chmod +x "$policy_rc" && own_policy=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bird2 >/dev/null
+  [ -n "$own_policy" ] && rm -f "$policy_rc"
+  systemctl disable --now bird >/dev/null 2>&1 || systemctl disable bird >/dev/null 2>&1 || true
+fi
+
 if ! rustup toolchain list | grep -q '^nightly'; then
   log "installing the nightly toolchain"
   rustup toolchain install nightly --profile minimal
