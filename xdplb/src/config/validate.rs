@@ -178,6 +178,7 @@ pub(crate) fn validate(raw: RawConfig, src: Source<'_>) -> Result<Config, Config
         });
     }
     let limits = validate_limits(raw.limits, src)?;
+    let announce = validate_announce(raw.announce, src)?;
     let services = validate_services(raw.service.unwrap_or_default(), &limits, src)?;
     Ok(Config {
         interfaces,
@@ -188,8 +189,44 @@ pub(crate) fn validate(raw: RawConfig, src: Source<'_>) -> Result<Config, Config
         metrics_listen,
         api_listen,
         limits,
+        announce,
         services,
     })
+}
+
+/// `[announce]`: optional; when present, `table` is required and is not one of the tables the
+/// host itself routes with (announcing there would route the VIPs into a blackhole).
+fn validate_announce(
+    raw: Option<Spanned<super::raw::RawAnnounce>>,
+    src: Source<'_>,
+) -> Result<Option<super::Announce>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let span = raw.span();
+    let raw = raw.into_inner();
+    let Some(table) = raw.table else {
+        return Err(ConfigError::MissingField {
+            at: src.at(&span),
+            context: "[announce]".to_owned(),
+            field: "table",
+            hint: "; add the kernel routing table xdplb installs the VIP routes in, e.g. table = 4242",
+        });
+    };
+    let value = *table.get_ref();
+    let table = match u32::try_from(value) {
+        Ok(t) if !super::Announce::RESERVED_TABLES.contains(&t) && t != 0 => t,
+        _ => {
+            return Err(ConfigError::InvalidAnnounceTable {
+                at: src.at(&table.span()),
+                value,
+            });
+        }
+    };
+    Ok(Some(super::Announce {
+        table,
+        drained: raw.drained.is_some_and(|d| *d.get_ref()),
+    }))
 }
 
 fn validate_interfaces(
