@@ -435,6 +435,29 @@ impl Collector for Scrape {
                 )?,
             }
         }
+        // What the node announces (`[announce]`); without the section no VIP is announced.
+        let announce = state.instance.announce.as_ref();
+        let vips: Vec<(String, u64)> = announce
+            .iter()
+            .flat_map(|p| &p.vips)
+            .map(|v| (v.vip.to_string(), u64::from(v.announced)))
+            .collect();
+        family(
+            &mut enc,
+            "xdplb_vip_announced",
+            "1 if the VIP's /32 route is announced (in the [announce] table), 0 if withdrawn; one per VIP address of a configured service (none without [announce]).",
+            MetricType::Gauge,
+            vips.iter().map(|(vip, v)| {
+                let labels: Labels<1> = [("vip", vip.as_str())];
+                (labels, ConstGauge::new(*v))
+            }),
+        )?;
+        gauge(
+            &mut enc,
+            "xdplb_node_drained",
+            "1 if the node is drained (`xdplb node drain`: every VIP withdrawn), else 0.",
+            Some(u64::from(announce.is_some_and(|p| p.drained))),
+        )?;
         let version: Labels<1> = [("version", env!("CARGO_PKG_VERSION"))];
         // The commit only when the build was given one (XDPLB_GIT_COMMIT=$(git rev-parse HEAD)):
         // reading git from build.rs would go stale, since the build script does not rerun
@@ -488,6 +511,7 @@ mod tests {
                 reloads: 0,
                 last_reload: None,
                 veths: [("veth0".to_string(), veth)].into(),
+                announce: None,
             },
             0.25,
         )

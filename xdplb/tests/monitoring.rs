@@ -56,6 +56,7 @@ fn exported() -> BTreeMap<String, &'static [&'static str]> {
                 "xdplb_events" => &["event"],
                 f if f.starts_with("xdplb_veth_") => &["interface"],
                 "xdplb_build_info" => &["version", "commit"],
+                "xdplb_vip_announced" => &["vip"],
                 _ => &[],
             };
             let name = if *kind == "counter" {

@@ -581,6 +581,15 @@ fn stop(name: &str) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    if let Some(e) = &r.withdraw_error {
+        eprintln!("xdplb: instance {name:?}: its VIP routes were not withdrawn: {e}");
+    }
+    if !r.withdrawn.is_empty() {
+        println!(
+            "instance {name:?}: withdrew {} (its announced VIP routes)",
+            r.withdrawn.join(", ")
+        );
+    }
     let mut detached: Vec<String> = r.detached.clone();
     for i in &r.unpinned_from {
         if !detached.iter().any(|d| d.contains(&format!(" on {i}"))) {
