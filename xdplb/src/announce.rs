@@ -145,6 +145,41 @@ pub fn plan(cfg: &Config, book: &HealthBook, attached: bool) -> Option<Plan> {
     })
 }
 
+/// What `xdplb check` says about `[announce]`: the table and what a healthy, attached node
+/// would announce (nothing without the section).
+pub fn describe(cfg: &Config) -> String {
+    use std::fmt::Write as _;
+    let Some(p) = plan(cfg, &HealthBook::default(), true) else {
+        return "announce: off (no [announce] section): no VIP route is installed\n".to_owned();
+    };
+    let mut out = format!(
+        "announce: table {} (blackhole VIP/32 routes of protocol {RTPROT_XDPLB}){}\n",
+        p.table,
+        if p.drained {
+            "; the node is drained: nothing is announced"
+        } else {
+            ""
+        }
+    );
+    for v in &p.vips {
+        let _ = writeln!(
+            out,
+            "  {}/32 ({}): {}",
+            v.vip,
+            v.services.join(", "),
+            if v.announced {
+                "announced while a service on it takes new flows"
+            } else {
+                &v.reason
+            }
+        );
+    }
+    for s in &p.skipped {
+        let _ = writeln!(out, "  {s}");
+    }
+    out
+}
+
 /// What the daemon leaves next to the pin record so that `xdplb stop` can withdraw the routes
 /// when no daemon is left to do it: `RUN_DIR/NAME.announce.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
