@@ -301,11 +301,11 @@ impl Announcer {
             match (v.announced, present.contains(&vip)) {
                 (true, false) => {
                     netlink::add_vip_route(table, RTPROT_XDPLB, vip).map_err(|e| e.to_string())?;
-                    info!(%vip, table, reason, "announced {vip}/32 in table {table}: {reason}");
+                    info!(%vip, table, "announced {vip}/32 in table {table}: {reason}");
                 }
                 (false, true) => {
                     netlink::del_vip_route(table, RTPROT_XDPLB, vip).map_err(|e| e.to_string())?;
-                    info!(%vip, table, reason, "withdrew {vip}/32 from table {table}: {reason}");
+                    info!(%vip, table, "withdrew {vip}/32 from table {table}: {reason}");
                 }
                 _ => {}
             }
