@@ -75,7 +75,10 @@ fn service_verdict(svc: &crate::config::ServiceConfig) -> (bool, String) {
     let name = &svc.name;
     // Weights are 1..=65535, so an undrained backend always has table slots.
     if svc.backends.iter().any(|b| !b.drain) {
-        return (true, format!("service {name} has a backend taking new flows"));
+        return (
+            true,
+            format!("service {name} has a backend taking new flows"),
+        );
     }
     match svc.when_all_down {
         WhenAllDown::Pass => (
@@ -444,7 +447,10 @@ address = "10.0.0.4:9999"
         assert_eq!(p.vips[0].services, ["dns", "ntp"]);
         assert_eq!(p.skipped.len(), 1);
         assert!(p.skipped[0].contains("wildcard VIP 0.0.0.0:9999"), "{p:?}");
-        assert_eq!(plan(&config::default_config(), &HealthBook::default(), true), None);
+        assert_eq!(
+            plan(&config::default_config(), &HealthBook::default(), true),
+            None
+        );
     }
 
     #[test]
@@ -478,12 +484,18 @@ address = "10.0.0.4:9999"
         down(&mut book, &c, "dns", "10.0.0.2:53");
         let p = plan(&c, &book, true).expect("plan");
         assert_eq!(announced(&p), ["10.100.0.1"]);
-        assert_eq!(p.vips[0].reason, "service ntp has a backend taking new flows");
+        assert_eq!(
+            p.vips[0].reason,
+            "service ntp has a backend taking new flows"
+        );
         // ntp down too: its when_all_down = "pass" keeps the address announced.
         down(&mut book, &c, "ntp", "10.0.0.1:123");
         let p = plan(&c, &book, true).expect("plan");
         assert_eq!(announced(&p), ["10.100.0.1"]);
-        assert!(p.vips[0].reason.contains("when_all_down = \"pass\""), "{p:?}");
+        assert!(
+            p.vips[0].reason.contains("when_all_down = \"pass\""),
+            "{p:?}"
+        );
         // With drop everywhere, the reasons of all its services are given.
         let mut c2 = c.clone();
         c2.services[1].when_all_down = WhenAllDown::Drop;
@@ -500,8 +512,17 @@ address = "10.0.0.4:9999"
         let text = "interfaces = [\"lo\"]\n\n# the hand-off to BIRD\n[announce]\ntable = 4242 # ours\n\n[[service]]\nname = \"s\"\nvip = \"10.1.1.1:53\"\nbackend = [{ address = \"10.0.0.1:53\" }]\n";
         let drained =
             config::apply_edit(text, &config::ConfigEdit::SetDrained(true)).expect("edit");
-        assert!(drained.contains("table = 4242 # ours\ndrained = true\n"), "{drained}");
-        assert!(config::parse(&drained, "t").expect("valid").announce.expect("section").drained);
+        assert!(
+            drained.contains("table = 4242 # ours\ndrained = true\n"),
+            "{drained}"
+        );
+        assert!(
+            config::parse(&drained, "t")
+                .expect("valid")
+                .announce
+                .expect("section")
+                .drained
+        );
         let back =
             config::apply_edit(&drained, &config::ConfigEdit::SetDrained(false)).expect("edit");
         assert_eq!(back, text);

@@ -511,7 +511,17 @@ mod tests {
                 reloads: 0,
                 last_reload: None,
                 veths: [("veth0".to_string(), veth)].into(),
-                announce: None,
+                announce: Some(crate::announce::Plan {
+                    table: 4242,
+                    drained: false,
+                    vips: vec![crate::announce::VipPlan {
+                        vip: std::net::Ipv4Addr::new(10, 100, 0, 1),
+                        announced: true,
+                        reason: "service dns has a backend taking new flows".into(),
+                        services: vec!["dns".into()],
+                    }],
+                    skipped: vec![],
+                }),
             },
             0.25,
         )
@@ -620,7 +630,7 @@ mod tests {
     }
 
     /// Every family, in order, with its type, as the Prometheus text format names them.
-    const FAMILIES: [(&str, &str); 23] = [
+    const FAMILIES: [(&str, &str); 25] = [
         ("xdplb_service_packets_total", "counter"),
         ("xdplb_backend_packets_total", "counter"),
         ("xdplb_service_bytes_total", "counter"),
@@ -643,6 +653,8 @@ mod tests {
         ("xdplb_veth_tx_dropped_total", "counter"),
         ("xdplb_veth_rx_dropped_total", "counter"),
         ("xdplb_veth_xdp_redirect_blocked", "gauge"),
+        ("xdplb_vip_announced", "gauge"),
+        ("xdplb_node_drained", "gauge"),
         ("xdplb_build_info", "gauge"),
     ];
 
@@ -705,6 +717,11 @@ mod tests {
         assert_eq!(sample(&text, blocked), 1.0);
         let rx = "xdplb_veth_rx_dropped_total{interface=\"veth0\"}";
         assert_eq!(sample(&text, rx), 2.0);
+        assert_eq!(
+            sample(&text, "xdplb_vip_announced{vip=\"10.100.0.1\"}"),
+            1.0
+        );
+        assert_eq!(sample(&text, "xdplb_node_drained"), 0.0);
         let build = format!(
             "xdplb_build_info{{version=\"{}\"",
             env!("CARGO_PKG_VERSION")

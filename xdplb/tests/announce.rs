@@ -137,7 +137,12 @@ impl Case {
     fn backends(&self) -> Daemon {
         let mut b = Daemon::spawn(&in_ns(
             &self.ns,
-            &[XDPLB, "demo-backend", "--listen", "127.0.0.1:9876,127.0.0.1:9877"],
+            &[
+                XDPLB,
+                "demo-backend",
+                "--listen",
+                "127.0.0.1:9876,127.0.0.1:9877",
+            ],
         ));
         b.wait_for("listening", START);
         b
@@ -301,7 +306,9 @@ fn vips_are_announced_on_start_follow_health_and_go_with_a_private_data_plane() 
     assert_eq!(node["in_table"], true, "{node}");
     let status = case.cli_ok(&["status"]);
     assert!(
-        status.contains(&format!("announce: table {TABLE}, not drained, 2 of 2 VIP(s) announced")),
+        status.contains(&format!(
+            "announce: table {TABLE}, not drained, 2 of 2 VIP(s) announced"
+        )),
         "{status}"
     );
 
@@ -338,7 +345,15 @@ fn vips_are_announced_on_start_follow_health_and_go_with_a_private_data_plane() 
 
     // Someone deletes a route: the periodic reconcile puts it back.
     case.ns.exec(&[
-        "ip", "route", "del", "blackhole", "127.0.0.3/32", "table", "4242", "proto", "250",
+        "ip",
+        "route",
+        "del",
+        "blackhole",
+        "127.0.0.3/32",
+        "table",
+        "4242",
+        "proto",
+        "250",
     ]);
     case.wait_routes(TABLE, &[DROPPER, PASSER], Duration::from_secs(3));
 
@@ -358,7 +373,11 @@ fn vips_are_announced_on_start_follow_health_and_go_with_a_private_data_plane() 
 #[test]
 fn drain_and_undrain_persist_survive_a_restart_and_wait_for_the_traffic_to_stop() {
     require_root();
-    let case = Case::new("drain", &format!("# the hand-off to BIRD\ntable = {TABLE}"), false);
+    let case = Case::new(
+        "drain",
+        &format!("# the hand-off to BIRD\ntable = {TABLE}"),
+        false,
+    );
     let _backends = case.backends();
     let mut lb = case.daemon(&[]);
     case.wait_routes(TABLE, &[DROPPER, PASSER], Duration::from_secs(5));
@@ -368,14 +387,26 @@ fn drain_and_undrain_persist_survive_a_restart_and_wait_for_the_traffic_to_stop(
         out.trim(),
         format!("drained: withdrew 127.0.0.2/32, 127.0.0.3/32 from table {TABLE}")
     );
-    assert_eq!(case.routes(TABLE), Vec::<Ipv4Addr>::new(), "checked before it printed");
-    assert!(case.config_text().contains("# the hand-off to BIRD\ntable = 4242\ndrained = true\n"));
+    assert_eq!(
+        case.routes(TABLE),
+        Vec::<Ipv4Addr>::new(),
+        "checked before it printed"
+    );
+    assert!(
+        case.config_text()
+            .contains("# the hand-off to BIRD\ntable = 4242\ndrained = true\n")
+    );
     lb.wait_for(
         &format!("withdrew 127.0.0.2/32 from table {TABLE}: node drained"),
         Duration::from_secs(2),
     );
     let status = case.cli_ok(&["node", "status"]);
-    assert!(status.starts_with(&format!("node drained, table {TABLE}: 0 of 2 VIP(s) announced")), "{status}");
+    assert!(
+        status.starts_with(&format!(
+            "node drained, table {TABLE}: 0 of 2 VIP(s) announced"
+        )),
+        "{status}"
+    );
 
     // A restart while drained announces nothing (start-up reconciles from the drained config).
     let _ = lb.terminate(Duration::from_secs(10));
@@ -385,15 +416,26 @@ fn drain_and_undrain_persist_survive_a_restart_and_wait_for_the_traffic_to_stop(
     assert_eq!(node["drained"], true, "{node}");
     std::thread::sleep(Duration::from_millis(1200));
     let (looks, announced) = poller.finish();
-    assert!(looks > 100 && announced.is_empty(), "{looks}: {announced:?}");
+    assert!(
+        looks > 100 && announced.is_empty(),
+        "{looks}: {announced:?}"
+    );
 
     let out = case.cli_ok(&["node", "undrain"]);
     assert_eq!(
         out.trim(),
         format!("undrained: announced 127.0.0.2/32, 127.0.0.3/32 in table {TABLE}")
     );
-    assert_eq!(case.routes(TABLE), vec![DROPPER, PASSER], "checked before it printed");
-    assert!(!case.config_text().contains("drained"), "{}", case.config_text());
+    assert_eq!(
+        case.routes(TABLE),
+        vec![DROPPER, PASSER],
+        "checked before it printed"
+    );
+    assert!(
+        !case.config_text().contains("drained"),
+        "{}",
+        case.config_text()
+    );
 
     // Traffic that goes on arriving: --timeout gives up, non-zero, with the rate.
     let mut traffic = sender(&case.ns, 5000);
@@ -406,8 +448,16 @@ fn drain_and_undrain_persist_survive_a_restart_and_wait_for_the_traffic_to_stop(
         stderr.contains("but traffic still arrives after 1s") && stderr.contains("packets/s now"),
         "{stderr}"
     );
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
-    assert_eq!(case.routes(TABLE), Vec::<Ipv4Addr>::new(), "drained all the same");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        case.routes(TABLE),
+        Vec::<Ipv4Addr>::new(),
+        "drained all the same"
+    );
     let _ = traffic.terminate(Duration::from_secs(5));
     case.cli_ok(&["node", "undrain"]);
 
@@ -432,14 +482,23 @@ fn drain_and_undrain_persist_survive_a_restart_and_wait_for_the_traffic_to_stop(
     assert!(sender_status.success());
     let (out, drain_done) = drain.join().expect("drain thread");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         drain_done >= sender_done + Duration::from_millis(500),
         "quiet was reported {:?} before the sender stopped: {stdout}",
         sender_done.saturating_duration_since(drain_done)
     );
-    let re = format!("drained: withdrew 127.0.0.2/32, 127.0.0.3/32 from table {TABLE}; traffic stopped ");
-    assert!(stdout.starts_with(&re) && stdout.contains(" packets arrived meanwhile)"), "{stdout}");
+    let re = format!(
+        "drained: withdrew 127.0.0.2/32, 127.0.0.3/32 from table {TABLE}; traffic stopped "
+    );
+    assert!(
+        stdout.starts_with(&re) && stdout.contains(" packets arrived meanwhile)"),
+        "{stdout}"
+    );
     let arrived: u64 = stdout
         .split(" s after the withdrawal (")
         .nth(1)
@@ -459,7 +518,10 @@ fn a_replace_restart_never_withdraws_and_stop_removes_the_routes() {
     let mut first = case.daemon(&[]);
     case.wait_routes(TABLE, &[DROPPER, PASSER], Duration::from_secs(5));
     let record = format!("{}/{}.announce.json", case.dir.0, case.instance);
-    assert!(std::path::Path::new(&record).exists(), "the table is recorded for `xdplb stop`");
+    assert!(
+        std::path::Path::new(&record).exists(),
+        "the table is recorded for `xdplb stop`"
+    );
 
     let poller = RoutePoller::start(&case.ns, TABLE, DROPPER, true);
     std::thread::sleep(Duration::from_millis(200));
@@ -481,7 +543,12 @@ fn a_replace_restart_never_withdraws_and_stop_removes_the_routes() {
         missing.len()
     );
     assert!(
-        !first.seen.iter().chain(&second.seen).chain(&third.seen).any(|l| l.contains("withdrew")),
+        !first
+            .seen
+            .iter()
+            .chain(&second.seen)
+            .chain(&third.seen)
+            .any(|l| l.contains("withdrew")),
         "nothing withdrawn:\n{}\n{}\n{}",
         first.seen.join("\n"),
         second.seen.join("\n"),
@@ -490,7 +557,11 @@ fn a_replace_restart_never_withdraws_and_stop_removes_the_routes() {
 
     // Stopped for good while no daemon runs: `xdplb stop` withdraws them.
     let _ = third.terminate(Duration::from_secs(10));
-    assert_eq!(case.routes(TABLE), vec![DROPPER, PASSER], "kept with the pinned data plane");
+    assert_eq!(
+        case.routes(TABLE),
+        vec![DROPPER, PASSER],
+        "kept with the pinned data plane"
+    );
     let out = case.cli_ok(&["stop"]);
     assert!(
         out.contains("withdrew 127.0.0.2/32, 127.0.0.3/32 (its announced VIP routes)"),
@@ -505,26 +576,50 @@ fn bad_announce_sections_are_refused_and_a_reload_moves_the_routes() {
     require_root();
     let case = Case::new("bad", &format!("table = {TABLE}"), false);
     for (announce, needle) in [
-        ("table = 254", "[announce] table must be a kernel routing table id"),
-        ("table = 4242\nprefix = 32", "unknown field `prefix` in [announce]"),
-        ("drained = true", "[announce] is missing the required field `table`"),
+        (
+            "table = 254",
+            "[announce] table must be a kernel routing table id",
+        ),
+        (
+            "table = 4242\nprefix = 32",
+            "unknown field `prefix` in [announce]",
+        ),
+        (
+            "drained = true",
+            "[announce] is missing the required field `table`",
+        ),
     ] {
         std::fs::write(&case.cfg, config(announce)).expect("write");
         let out = case.cli(&["check", "--config", &case.cfg]);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && stderr.contains(needle), "{announce}: {stderr}");
+        assert!(
+            !out.status.success() && stderr.contains(needle),
+            "{announce}: {stderr}"
+        );
         let out = case.cli(&["run", "--config", &case.cfg]);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && stderr.contains(needle), "{announce}: {stderr}");
+        assert!(
+            !out.status.success() && stderr.contains(needle),
+            "{announce}: {stderr}"
+        );
         let link = case.ns.exec(&["ip", "-d", "link", "show", "dev", "lo"]);
-        assert!(!String::from_utf8_lossy(&link.stdout).contains("prog/xdp"), "nothing attached");
+        assert!(
+            !String::from_utf8_lossy(&link.stdout).contains("prog/xdp"),
+            "nothing attached"
+        );
         assert_eq!(case.routes(TABLE), Vec::<Ipv4Addr>::new());
     }
     std::fs::write(&case.cfg, config(&format!("table = {TABLE}"))).expect("write");
     let out = case.cli_ok(&["check", "--config", &case.cfg]);
     assert!(out.contains(&format!("announce: table {TABLE}")), "{out}");
-    assert!(out.contains("127.0.0.2/32 (dropper): announced while"), "{out}");
-    assert!(out.contains("wildcard VIP 0.0.0.0:9979, which is never announced"), "{out}");
+    assert!(
+        out.contains("127.0.0.2/32 (dropper): announced while"),
+        "{out}"
+    );
+    assert!(
+        out.contains("wildcard VIP 0.0.0.0:9979, which is never announced"),
+        "{out}"
+    );
 
     let _backends = case.backends();
     let mut lb = case.daemon(&[]);

@@ -55,7 +55,9 @@ fn confirmed(answer: &Value, what: &str) -> anyhow::Result<()> {
     }
     bail!(
         "{what}: the daemon changed its config but the kernel table does not match yet: {}",
-        answer["error"].as_str().unwrap_or("routes differ from the plan")
+        answer["error"]
+            .as_str()
+            .unwrap_or("routes differ from the plan")
     )
 }
 
@@ -215,7 +217,13 @@ fn undrain(instance: &str) -> anyhow::Result<ExitCode> {
     let not: Vec<String> = vips(&answer)
         .iter()
         .filter(|x| x["announced"] != true)
-        .map(|x| format!("{} ({})", route(x), x["reason"].as_str().unwrap_or_default()))
+        .map(|x| {
+            format!(
+                "{} ({})",
+                route(x),
+                x["reason"].as_str().unwrap_or_default()
+            )
+        })
         .collect();
     let mut line = if announced.is_empty() {
         format!("undrained: nothing qualifies for table {table}")

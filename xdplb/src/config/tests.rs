@@ -3076,10 +3076,11 @@ fn assert_schema_order(text: &str) {
     for line in lines_outside_strings(text) {
         if line.starts_with('[') && line.ends_with(']') && !line.contains(' ') {
             let next = match line {
-                "[limits]" | "[announce]" | "[[service]]" | "[service.health_check]"
-                | "[[service.backend]]" => {
-                    line
-                }
+                "[limits]"
+                | "[announce]"
+                | "[[service]]"
+                | "[service.health_check]"
+                | "[[service.backend]]" => line,
                 _ => panic!("unexpected header {line}\nin:\n{text}"),
             };
             let in_order = match next {
@@ -4360,7 +4361,10 @@ fn typed_changes_get_the_files_errors_without_positions() {
 // ---- [announce] ------------------------------------------------------------------
 
 fn with_announce(section: &str) -> String {
-    format!("{IFACES}[announce]\n{section}{}", &one_service("")[IFACES.len()..])
+    format!(
+        "{IFACES}[announce]\n{section}{}",
+        &one_service("")[IFACES.len()..]
+    )
 }
 
 #[test]
@@ -4408,8 +4412,5 @@ fn announce_refuses_the_hosts_own_tables_a_missing_table_and_unknown_keys() {
     let e = parse(&with_announce("table = 4242\nprefix = 24\n"), ORIGIN)
         .expect_err("unknown key")
         .to_string();
-    assert!(
-        e.contains("unknown field `prefix` in [announce]"),
-        "{e}"
-    );
+    assert!(e.contains("unknown field `prefix` in [announce]"), "{e}");
 }
