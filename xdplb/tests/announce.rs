@@ -112,7 +112,7 @@ impl Case {
     fn cli(&self, args: &[&str]) -> std::process::Output {
         let argv = self.xdplb(args);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        run_bounded(&argv, Duration::from_secs(60))
+        run_bounded(&argv, Duration::from_mins(1))
     }
 
     fn cli_ok(&self, args: &[&str]) -> String {
@@ -468,7 +468,7 @@ fn drain_and_undrain_persist_survive_a_restart_and_wait_for_the_traffic_to_stop(
         let argv = case.xdplb(&["node", "drain", "--quiet", "700ms", "--timeout", "30s"]);
         move || {
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-            let out = run_bounded(&argv, Duration::from_secs(60));
+            let out = run_bounded(&argv, Duration::from_mins(1));
             (out, Instant::now())
         }
     });

@@ -301,7 +301,7 @@ pub enum Command {
     },
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone, Copy)]
 pub enum NodeAction {
     /// Withdraw every VIP of this node (persisted as `[announce] drained = true`), keep
     /// forwarding what still arrives, and wait until the traffic reaching the node stops.
