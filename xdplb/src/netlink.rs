@@ -103,7 +103,24 @@ pub(crate) fn request(
     msg: RouteNetlinkMessage,
     flags: u16,
 ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
+    request_on(false, what, msg, flags)
+}
+
+/// [`request`], with `NETLINK_GET_STRICT_CHK` when `strict`: the kernel then checks the
+/// request's header strictly and filters a dump by what it names (a route dump by table and
+/// protocol), instead of sending everything.
+fn request_on(
+    strict: bool,
+    what: &str,
+    msg: RouteNetlinkMessage,
+    flags: u16,
+) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
     let mut socket = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket)?;
+    if strict {
+        socket
+            .set_netlink_get_strict_chk(true)
+            .map_err(NetlinkError::Socket)?;
+    }
     socket.bind_auto().map_err(NetlinkError::Socket)?;
     socket
         .connect(&SocketAddr::new(0, 0))
@@ -376,15 +393,29 @@ fn route_table(r: &RouteMessage) -> u32 {
 }
 
 /// The IPv4 /32 destinations of the routes of protocol `protocol` in table `table` of this
-/// network namespace (RTM_GETROUTE dump, filtered here).
+/// network namespace. The dump is filtered by the kernel (strict checking, table and protocol
+/// in the request: a host with a full routing table in `main` is not dumped whole each
+/// second), and again here for kernels that ignore the filter.
 pub fn vip_routes(table: u32, protocol: u8) -> Result<Vec<Ipv4Addr>, NetlinkError> {
     let mut msg = RouteMessage::default();
     msg.header.address_family = AddressFamily::Inet;
-    let answers = request(
-        "RTM_GETROUTE (dump)",
+    msg.header.table = u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+    msg.header.protocol = RouteProtocol::from(protocol);
+    msg.attributes.push(RouteAttribute::Table(table));
+    let answers = match request_on(
+        true,
+        &format!("RTM_GETROUTE (dump of table {table})"),
         RouteNetlinkMessage::GetRoute(msg),
         NLM_F_REQUEST | NLM_F_DUMP,
-    )?;
+    ) {
+        // A table that never held a route does not exist yet.
+        Err(NetlinkError::Kernel { source, .. })
+            if source.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) =>
+        {
+            return Ok(Vec::new());
+        }
+        other => other?,
+    };
     let mut out: Vec<Ipv4Addr> = answers
         .iter()
         .filter_map(|m| match m {
