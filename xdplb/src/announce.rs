@@ -240,6 +240,8 @@ fn withdraw_all(table: u32) -> Result<Vec<String>, netlink::NetlinkError> {
 pub struct Announcer {
     /// The table routes were last reconciled into (a reload may move them).
     table: Option<u32>,
+    /// The table a predecessor recorded, until the first reconcile.
+    previous: Option<u32>,
     /// The last plan reconciled, for `xdplb node status` and the metrics.
     pub last: Option<Plan>,
     /// The last reconcile's failure, if it failed (retried on the next tick).
@@ -247,6 +249,21 @@ pub struct Announcer {
 }
 
 impl Announcer {
+    /// The announcer of a daemon starting: the table its predecessor recorded (same network
+    /// namespace), so that a config whose `table` changed, or lost its `[announce]` section,
+    /// across the restart withdraws what the predecessor announced there.
+    pub fn resume(instance: &str) -> Self {
+        let table = std::fs::read_to_string(record_path(instance))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Record>(&t).ok())
+            .filter(|r| r.net_ns.is_none() || r.net_ns == own_net_ns())
+            .map(|r| r.table);
+        Announcer {
+            previous: table,
+            ..Announcer::default()
+        }
+    }
+
     /// Makes table `plan.table` hold exactly the announced VIPs of `plan` (routes of protocol
     /// [`RTPROT_XDPLB`]; others are not touched); withdraws everything from a previous table,
     /// or from the table in use when `plan` is `None` (the section was removed). Logs every
@@ -264,6 +281,12 @@ impl Announcer {
     }
 
     fn try_reconcile(&mut self, instance: &str, plan: Option<&Plan>) -> Result<(), String> {
+        if let Some(previous) = self.previous.take()
+            && plan.is_none_or(|p| p.table != previous)
+        {
+            // The predecessor announced in another table (or the section is gone).
+            self.table = Some(previous);
+        }
         if let Some(old) = self.table
             && plan.is_none_or(|p| p.table != old)
         {

@@ -506,6 +506,7 @@ fn drain_and_undrain_persist_survive_a_restart_and_wait_for_the_traffic_to_stop(
         .and_then(|n| n.parse().ok())
         .expect("packet count");
     assert!(arrived > 50, "the sender's packets kept arriving: {stdout}");
+    println!("{}", stdout.trim());
     let _ = lb.terminate(Duration::from_secs(10));
 }
 
@@ -537,6 +538,9 @@ fn a_replace_restart_never_withdraws_and_stop_removes_the_routes() {
     std::thread::sleep(Duration::from_millis(300));
     let (looks, missing) = poller.finish();
     assert!(looks > 100, "polled {looks} times");
+    println!(
+        "the VIP route was present at each of {looks} looks across a --replace restart, a SIGTERM and a start"
+    );
     assert!(
         missing.is_empty(),
         "the VIP went missing {} of {looks} times: {missing:?}",
@@ -555,19 +559,31 @@ fn a_replace_restart_never_withdraws_and_stop_removes_the_routes() {
         third.seen.join("\n")
     );
 
-    // Stopped for good while no daemon runs: `xdplb stop` withdraws them.
     let _ = third.terminate(Duration::from_secs(10));
     assert_eq!(
         case.routes(TABLE),
         vec![DROPPER, PASSER],
         "kept with the pinned data plane"
     );
+
+    // A restart with another table moves the routes its predecessor left.
+    std::fs::write(&case.cfg, config("table = 4343")).expect("write");
+    let mut fourth = case.daemon(&[]);
+    case.wait_routes(4343, &[DROPPER, PASSER], Duration::from_secs(3));
+    assert_eq!(case.routes(TABLE), Vec::<Ipv4Addr>::new());
+    fourth.wait_for(
+        &format!("withdrew 127.0.0.2/32 from table {TABLE}: [announce] table changed to 4343"),
+        Duration::from_secs(2),
+    );
+    let _ = fourth.terminate(Duration::from_secs(10));
+
+    // Stopped for good while no daemon runs: `xdplb stop` withdraws them.
     let out = case.cli_ok(&["stop"]);
     assert!(
         out.contains("withdrew 127.0.0.2/32, 127.0.0.3/32 (its announced VIP routes)"),
         "{out}"
     );
-    assert_eq!(case.routes(TABLE), Vec::<Ipv4Addr>::new());
+    assert_eq!(case.routes(4343), Vec::<Ipv4Addr>::new());
     assert!(!std::path::Path::new(&record).exists());
 }
 

@@ -246,7 +246,7 @@ async fn serve(opts: &RunOptions) -> anyhow::Result<Option<instance::InstanceLoc
         veths,
         veth_warned: Default::default(),
         next_hops,
-        announcer: crate::announce::Announcer::default(),
+        announcer: crate::announce::Announcer::resume(instance_name),
     };
     // Attached and applied: announce (a successor finds the routes its predecessor left and
     // keeps them), then publish what is announced.
