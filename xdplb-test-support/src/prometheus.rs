@@ -6,7 +6,7 @@ use serde_json::Value;
 
 /// Every family the daemon exports, in order, with its type, as the reference client names them
 /// (a counter family without `_total`).
-pub const FAMILIES: [(&str, &str); 23] = [
+pub const FAMILIES: [(&str, &str); 25] = [
     ("xdplb_service_packets", "counter"),
     ("xdplb_backend_packets", "counter"),
     ("xdplb_service_bytes", "counter"),
@@ -29,6 +29,8 @@ pub const FAMILIES: [(&str, &str); 23] = [
     ("xdplb_veth_tx_dropped", "counter"),
     ("xdplb_veth_rx_dropped", "counter"),
     ("xdplb_veth_xdp_redirect_blocked", "gauge"),
+    ("xdplb_vip_announced", "gauge"),
+    ("xdplb_node_drained", "gauge"),
     ("xdplb_build_info", "gauge"),
 ];
 

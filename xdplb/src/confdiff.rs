@@ -21,6 +21,12 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
             ("metrics_listen", format!("{:?}", c.metrics_listen)),
             ("api_listen", format!("{:?}", c.api_listen)),
             ("[limits]", format!("{:?}", c.limits)),
+            (
+                "[announce]",
+                c.announce.map_or("none".to_owned(), |a| {
+                    format!("table {}, drained {}", a.table, a.drained)
+                }),
+            ),
         ]
     };
     for ((field, a), (_, b)) in globals(old).into_iter().zip(globals(new)) {

@@ -41,6 +41,8 @@ pub enum ApiStep {
     Answer(Response),
     /// Answer with the daemon's live status (counters, health), which the shell reads.
     Status,
+    /// Answer with what the node announces, which the shell knows.
+    Node,
     /// A validated change: write `edit` to the file, apply `effective`, then [`Core::commit`]
     /// `next` and answer `answer`. If any step fails, nothing is committed.
     Change(Box<Change>),
@@ -120,6 +122,7 @@ impl Core {
             Err(response) => ApiStep::Answer(response),
             Ok(Plan::Read(body)) => ApiStep::Answer(Response::ok(body)),
             Ok(Plan::Status) => ApiStep::Status,
+            Ok(Plan::Node) => ApiStep::Node,
             Ok(Plan::Change {
                 next,
                 edit,

@@ -328,6 +328,7 @@ mod tests {
             reloads: 0,
             last_reload: None,
             veths: BTreeMap::new(),
+            announce: None,
         };
         let read = ReadMethod::Batched { calls: 1 };
         let all = listing(

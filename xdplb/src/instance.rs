@@ -119,6 +119,9 @@ pub struct InstanceState {
     /// whether it can take XDP_REDIRECT frames (see `veth`).
     #[serde(default)]
     pub veths: BTreeMap<String, crate::veth::VethReport>,
+    /// What the node announces (`[announce]`; see `announce`), as last reconciled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<crate::announce::Plan>,
 }
 
 impl InstanceState {

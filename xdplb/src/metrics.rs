@@ -435,6 +435,29 @@ impl Collector for Scrape {
                 )?,
             }
         }
+        // What the node announces (`[announce]`); without the section no VIP is announced.
+        let announce = state.instance.announce.as_ref();
+        let vips: Vec<(String, u64)> = announce
+            .iter()
+            .flat_map(|p| &p.vips)
+            .map(|v| (v.vip.to_string(), u64::from(v.announced)))
+            .collect();
+        family(
+            &mut enc,
+            "xdplb_vip_announced",
+            "1 if the VIP's /32 route is announced (in the [announce] table), 0 if withdrawn; one per VIP address of a configured service (none without [announce]).",
+            MetricType::Gauge,
+            vips.iter().map(|(vip, v)| {
+                let labels: Labels<1> = [("vip", vip.as_str())];
+                (labels, ConstGauge::new(*v))
+            }),
+        )?;
+        gauge(
+            &mut enc,
+            "xdplb_node_drained",
+            "1 if the node is drained (`xdplb node drain`: every VIP withdrawn), else 0.",
+            Some(u64::from(announce.is_some_and(|p| p.drained))),
+        )?;
         let version: Labels<1> = [("version", env!("CARGO_PKG_VERSION"))];
         // The commit only when the build was given one (XDPLB_GIT_COMMIT=$(git rev-parse HEAD)):
         // reading git from build.rs would go stale, since the build script does not rerun
@@ -488,6 +511,17 @@ mod tests {
                 reloads: 0,
                 last_reload: None,
                 veths: [("veth0".to_string(), veth)].into(),
+                announce: Some(crate::announce::Plan {
+                    table: 4242,
+                    drained: false,
+                    vips: vec![crate::announce::VipPlan {
+                        vip: std::net::Ipv4Addr::new(10, 100, 0, 1),
+                        announced: true,
+                        reason: "service dns has a backend taking new flows".into(),
+                        services: vec!["dns".into()],
+                    }],
+                    skipped: vec![],
+                }),
             },
             0.25,
         )
@@ -596,7 +630,7 @@ mod tests {
     }
 
     /// Every family, in order, with its type, as the Prometheus text format names them.
-    const FAMILIES: [(&str, &str); 23] = [
+    const FAMILIES: [(&str, &str); 25] = [
         ("xdplb_service_packets_total", "counter"),
         ("xdplb_backend_packets_total", "counter"),
         ("xdplb_service_bytes_total", "counter"),
@@ -619,6 +653,8 @@ mod tests {
         ("xdplb_veth_tx_dropped_total", "counter"),
         ("xdplb_veth_rx_dropped_total", "counter"),
         ("xdplb_veth_xdp_redirect_blocked", "gauge"),
+        ("xdplb_vip_announced", "gauge"),
+        ("xdplb_node_drained", "gauge"),
         ("xdplb_build_info", "gauge"),
     ];
 
@@ -681,6 +717,11 @@ mod tests {
         assert_eq!(sample(&text, blocked), 1.0);
         let rx = "xdplb_veth_rx_dropped_total{interface=\"veth0\"}";
         assert_eq!(sample(&text, rx), 2.0);
+        assert_eq!(
+            sample(&text, "xdplb_vip_announced{vip=\"10.100.0.1\"}"),
+            1.0
+        );
+        assert_eq!(sample(&text, "xdplb_node_drained"), 0.0);
         let build = format!(
             "xdplb_build_info{{version=\"{}\"",
             env!("CARGO_PKG_VERSION")

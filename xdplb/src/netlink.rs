@@ -1,15 +1,21 @@
 //! rtnetlink, for what bpf_links cannot say: which XDP program an interface runs (however it
 //! was attached), attaching one that outlives every process without a pin, and the interface
-//! counters of this network namespace (for veth drops that XDP cannot see).
+//! counters of this network namespace (for veth drops that XDP cannot see); and the blackhole
+//! /32 routes that hand the announced VIPs to a BGP speaker (see `announce`).
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::{
+    net::Ipv4Addr,
+    os::fd::{AsRawFd, BorrowedFd},
+};
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::{
-    RouteNetlinkMessage,
+    AddressFamily, RouteNetlinkMessage,
     link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage, LinkXdp, XdpAttached},
+    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
@@ -97,7 +103,24 @@ pub(crate) fn request(
     msg: RouteNetlinkMessage,
     flags: u16,
 ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
+    request_on(false, what, msg, flags)
+}
+
+/// [`request`], with `NETLINK_GET_STRICT_CHK` when `strict`: the kernel then checks the
+/// request's header strictly and filters a dump by what it names (a route dump by table and
+/// protocol), instead of sending everything.
+fn request_on(
+    strict: bool,
+    what: &str,
+    msg: RouteNetlinkMessage,
+    flags: u16,
+) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
     let mut socket = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket)?;
+    if strict {
+        socket
+            .set_netlink_get_strict_chk(true)
+            .map_err(NetlinkError::Socket)?;
+    }
     socket.bind_auto().map_err(NetlinkError::Socket)?;
     socket
         .connect(&SocketAddr::new(0, 0))
@@ -340,4 +363,103 @@ pub fn accepts_xdp_redirect(index: u32) -> Result<Option<bool>, NetlinkError> {
             b.copy_from_slice(&v[..8]);
             u64::from_ne_bytes(b) & NETDEV_XDP_ACT_NDO_XMIT != 0
         }))
+}
+
+/// A `blackhole VIP/32 table TABLE proto PROTOCOL` route message (IPv4).
+fn vip_route_message(table: u32, protocol: u8, vip: Ipv4Addr) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = AddressFamily::Inet;
+    msg.header.destination_prefix_length = 32;
+    // A table id above 255 travels only in RTA_TABLE, with RT_TABLE_UNSPEC in the header (as
+    // iproute2 does).
+    msg.header.table = u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+    msg.header.protocol = RouteProtocol::from(protocol);
+    msg.header.kind = RouteType::BlackHole;
+    msg.attributes
+        .push(RouteAttribute::Destination(RouteAddress::Inet(vip)));
+    msg.attributes.push(RouteAttribute::Table(table));
+    msg
+}
+
+/// The table a route answer belongs to: RTA_TABLE, or the header's for old kernels.
+fn route_table(r: &RouteMessage) -> u32 {
+    r.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(r.header.table))
+}
+
+/// The IPv4 /32 destinations of the routes of protocol `protocol` in table `table` of this
+/// network namespace. The dump is filtered by the kernel (strict checking, table and protocol
+/// in the request: a host with a full routing table in `main` is not dumped whole each
+/// second), and again here for kernels that ignore the filter.
+pub fn vip_routes(table: u32, protocol: u8) -> Result<Vec<Ipv4Addr>, NetlinkError> {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = AddressFamily::Inet;
+    msg.header.table = u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+    msg.header.protocol = RouteProtocol::from(protocol);
+    msg.attributes.push(RouteAttribute::Table(table));
+    let answers = match request_on(
+        true,
+        &format!("RTM_GETROUTE (dump of table {table})"),
+        RouteNetlinkMessage::GetRoute(msg),
+        NLM_F_REQUEST | NLM_F_DUMP,
+    ) {
+        // A table that never held a route does not exist yet.
+        Err(NetlinkError::Kernel { source, .. })
+            if source.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()) =>
+        {
+            return Ok(Vec::new());
+        }
+        other => other?,
+    };
+    let mut out: Vec<Ipv4Addr> = answers
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewRoute(r)
+                if r.header.address_family == AddressFamily::Inet
+                    && r.header.destination_prefix_length == 32
+                    && u8::from(r.header.protocol) == protocol
+                    && route_table(r) == table =>
+            {
+                r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+                    _ => None,
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// Installs (or keeps) `blackhole VIP/32 table TABLE proto PROTOCOL`.
+pub fn add_vip_route(table: u32, protocol: u8, vip: Ipv4Addr) -> Result<(), NetlinkError> {
+    request(
+        &format!("RTM_NEWROUTE blackhole {vip}/32 table {table}"),
+        RouteNetlinkMessage::NewRoute(vip_route_message(table, protocol, vip)),
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+    )
+    .map(|_| ())
+}
+
+/// Removes `VIP/32` of protocol `protocol` from table `table`; a route already gone is fine.
+pub fn del_vip_route(table: u32, protocol: u8, vip: Ipv4Addr) -> Result<(), NetlinkError> {
+    match request(
+        &format!("RTM_DELROUTE {vip}/32 table {table}"),
+        RouteNetlinkMessage::DelRoute(vip_route_message(table, protocol, vip)),
+        NLM_F_REQUEST | NLM_F_ACK,
+    ) {
+        Err(NetlinkError::Kernel { source, .. })
+            if source.raw_os_error() == Some(rustix::io::Errno::SRCH.raw_os_error()) =>
+        {
+            Ok(())
+        }
+        other => other.map(|_| ()),
+    }
 }

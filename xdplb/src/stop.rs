@@ -54,6 +54,10 @@ pub struct StopReport {
     pub pins_unreachable: Option<PathBuf>,
     /// What is still attached afterwards ("xdp on lo (program 41)"): must be empty.
     pub still_attached: Vec<String>,
+    /// VIP routes withdrawn from the `[announce]` table the daemon left them in (`VIP/32`).
+    pub withdrawn: Vec<String>,
+    /// Why the recorded VIP routes could not be withdrawn.
+    pub withdraw_error: Option<String>,
 }
 
 /// The instance's programs: every loaded program that uses map `stats_map_id`.
@@ -211,6 +215,15 @@ pub fn stop(name: &str) -> Result<StopReport, StopError> {
     }
     report.found |= record.is_some();
     let programs = stats_map_id.map(instance_programs).unwrap_or_default();
+
+    // 0. The announced VIPs first, so that routers stop sending before the data plane goes.
+    match crate::announce::withdraw_recorded(name) {
+        Ok(withdrawn) => {
+            report.found |= !withdrawn.is_empty();
+            report.withdrawn = withdrawn;
+        }
+        Err(e) => report.withdraw_error = Some(e),
+    }
 
     // 1. Detach by kernel id: immediate, and it works while a pin we cannot see holds a link.
     let before = attached_now(&programs, &interfaces)?;

@@ -154,6 +154,7 @@ fn pinned(name: &str, why: String) -> Result<InstanceView, ViewError> {
             reloads: 0,
             last_reload: None,
             veths: BTreeMap::new(),
+            announce: None,
         },
         offline: Some(note),
         record: Some(record),

@@ -71,6 +71,7 @@ fn instance_state(dp: &Dataplane, cfg: &Config) -> InstanceState {
         reloads: 0,
         last_reload: None,
         veths: Default::default(),
+        announce: None,
     }
 }
 

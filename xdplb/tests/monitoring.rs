@@ -56,6 +56,7 @@ fn exported() -> BTreeMap<String, &'static [&'static str]> {
                 "xdplb_events" => &["event"],
                 f if f.starts_with("xdplb_veth_") => &["interface"],
                 "xdplb_build_info" => &["version", "commit"],
+                "xdplb_vip_announced" => &["vip"],
                 _ => &[],
             };
             let name = if *kind == "counter" {
@@ -169,7 +170,7 @@ fn alert_exprs(rules: &str) -> Vec<(String, String)> {
 #[test]
 fn the_alert_rules_pass_promtool_and_their_unit_tests() {
     let check = promtool(&["check", "rules", &path_of("alerts.yml")]);
-    assert!(check.contains("SUCCESS: 7 rules found"), "{check}");
+    assert!(check.contains("SUCCESS: 8 rules found"), "{check}");
     let tests = promtool(&["test", "rules", &path_of("alerts_test.yml")]);
     assert!(tests.contains("SUCCESS"), "{tests}");
     let config = promtool(&["check", "config", &path_of("prometheus.yml")]);
@@ -191,6 +192,7 @@ fn every_alert_is_tested_firing_and_quiet_and_queries_exported_metrics() {
             "XdplbConfigApplyFailed",
             "XdplbDown",
             "XdplbNodesDisagree",
+            "XdplbNodeDrained",
         ],
         "the alerts the issues ask for"
     );

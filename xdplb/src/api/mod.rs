@@ -16,6 +16,9 @@
 //! | GET | /healthz | (answered by the server: 200 while the daemon runs) |
 //! | GET | /readyz | (answered by the server: 200 when attached and applied, else 503) |
 //! | GET | /v1/status | |
+//! | GET | /v1/node | (the node's announcements: drained, table, every VIP with why) |
+//! | POST | /v1/node/drain | (withdraws every VIP; persisted as `[announce] drained = true`) |
+//! | POST | /v1/node/undrain | (announces again what qualifies; removes `drained`) |
 //! | GET | /v1/config | (the applied config: `{"toml": "..."}`) |
 //! | GET | /v1/services | |
 //! | POST | /v1/services | a `[[service]]` table, such as `{"name", "vip", "backend": [{"address"}]}` |

@@ -23,6 +23,8 @@ use crate::config::{self, Config, ConfigEdit};
 pub enum Plan {
     /// Answer from the daemon's live state (status with counters and health).
     Status,
+    /// `GET /v1/node`: what the node announces, from the daemon's live state.
+    Node,
     /// A read answered from the config alone.
     Read(Value),
     /// A validated new config, the same change as an edit of the config file, what changed
@@ -94,6 +96,32 @@ pub fn plan(req: &Request, cfg: &Config) -> Result<Plan, Response> {
     };
     match (req.method.as_str(), parts.as_slice()) {
         ("GET", ["v1", "status"]) => Ok(Plan::Status),
+        ("GET", ["v1", "node"]) => Ok(Plan::Node),
+        ("POST", ["v1", "node", verb @ ("drain" | "undrain")]) => {
+            let drained = *verb == "drain";
+            let Some(announce) = cfg.announce else {
+                return Err(Response::error(
+                    409,
+                    "this config has no [announce] section, so the node announces nothing to drain; add `[announce]` with `table = ID` to announce the VIPs",
+                ));
+            };
+            let mut next = cfg.clone();
+            next.announce = Some(config::Announce {
+                drained,
+                ..announce
+            });
+            let what = if drained {
+                "drained the node (every VIP withdrawn)"
+            } else {
+                "undrained the node (VIPs announced again where they qualify)"
+            };
+            Ok(Plan::Change {
+                next: validated(&next)?,
+                edit: ConfigEdit::SetDrained(drained),
+                answer: json!({ "ok": true, "change": what }),
+                what: what.to_owned(),
+            })
+        }
         ("GET", ["v1", "services"]) => Ok(Plan::Read(services_json(cfg))),
         // The applied config whole, as TOML that `config::parse` reads back: for `xdplb
         // explain`, `list` and `reload --dry-run`, which read it with the daemon's own code.

@@ -287,11 +287,41 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// This node's VIP announcements (`[announce]`): drain it before maintenance, undrain it,
+    /// or see what it announces and why.
+    Node {
+        #[command(subcommand)]
+        action: NodeAction,
+    },
     /// Write the man pages and the bash, zsh and fish completions into DIR (packaging).
     #[command(hide = true)]
     GenerateDocs {
         /// The directory to write into: DIR/man/*.1 and DIR/completions/ (created if missing).
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Clone, Copy)]
+pub enum NodeAction {
+    /// Withdraw every VIP of this node (persisted as `[announce] drained = true`), keep
+    /// forwarding what still arrives, and wait until the traffic reaching the node stops.
+    Drain {
+        /// Return once the routes are withdrawn, without waiting for the traffic to stop.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up (exit 1, with the current packet rate) if traffic still arrives after this.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// The traffic has stopped once no packet arrived for this long.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        quiet: std::time::Duration,
+    },
+    /// Announce again every VIP that qualifies (removes `drained` from `[announce]`).
+    Undrain,
+    /// Whether the node is drained, its table, and every VIP: announced or not, and why.
+    Status {
+        #[command(flatten)]
+        output: Output,
     },
 }
 

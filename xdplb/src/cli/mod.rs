@@ -2,6 +2,7 @@
 
 mod args;
 mod docs;
+mod node;
 
 use std::{
     collections::BTreeSet,
@@ -11,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-pub use args::{BackendAction, Cli, Command, Output, OutputFormat, ServiceAction};
+pub use args::{BackendAction, Cli, Command, NodeAction, Output, OutputFormat, ServiceAction};
 
 use crate::{bench, config, daemon, demo, explain, flows, instance, list, stats, view};
 
@@ -183,8 +184,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { config } => {
             let cfg = daemon::load_config(&config)?;
             print!("{}: OK\n{}", config.display(), cfg.describe());
+            print!("{}", crate::announce::describe(&cfg));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Node { action } => node::run(&instance, action),
         Command::Explain {
             config,
             client,
@@ -581,6 +584,15 @@ fn stop(name: &str) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    if let Some(e) = &r.withdraw_error {
+        eprintln!("xdplb: instance {name:?}: its VIP routes were not withdrawn: {e}");
+    }
+    if !r.withdrawn.is_empty() {
+        println!(
+            "instance {name:?}: withdrew {} (its announced VIP routes)",
+            r.withdrawn.join(", ")
+        );
+    }
     let mut detached: Vec<String> = r.detached.clone();
     for i in &r.unpinned_from {
         if !detached.iter().any(|d| d.contains(&format!(" on {i}"))) {
@@ -796,6 +808,22 @@ mod tables {
                     text(&b["flows"])
                 );
             }
+        }
+        let a = &v["announce"];
+        if a.is_object() {
+            let vips = a["vips"].as_array().map_or(&[][..], Vec::as_slice);
+            let _ = writeln!(
+                out,
+                "announce: table {}, {}, {} of {} VIP(s) announced (`xdplb node status`)",
+                text(&a["table"]),
+                if a["drained"] == true {
+                    "node drained"
+                } else {
+                    "not drained"
+                },
+                vips.iter().filter(|x| x["announced"] == true).count(),
+                vips.len()
+            );
         }
         let f = &v["stats"]["flow_table"];
         let _ = writeln!(
@@ -1038,6 +1066,7 @@ drain = true
             &["flows"],
             &["explain", "1.2.3.4:5", "6.7.8.9:53"],
             &["decap", "--interface", "eth0", "--stats"],
+            &["node", "status"],
         ];
         let output = |cli: Cli| -> Output {
             match cli.command {
@@ -1047,6 +1076,9 @@ drain = true
                 | Command::Flows { output, .. }
                 | Command::Explain { output, .. }
                 | Command::Decap { output, .. }
+                | Command::Node {
+                    action: NodeAction::Status { output },
+                }
                 | Command::Service {
                     action: ServiceAction::List { output },
                 }

@@ -580,6 +580,12 @@ pub enum ConfigError {
     )]
     InvalidFlowGuardRate { at: Location, value: i64 },
 
+    /// `[announce] table` outside 1..=4294967295 or one of the kernel's own tables.
+    #[error(
+        "{at}: [announce] table must be a kernel routing table id in 1..=4294967295 other than 253 (default), 254 (main) and 255 (local), which the host routes with; got {value}; pick an unused id such as 4242 and use the same one in BIRD's `kernel table` protocol"
+    )]
+    InvalidAnnounceTable { at: Location, value: i64 },
+
     /// A `flow_state` that is not one of the known spellings.
     #[error(
         "{at}: {service} has an invalid flow_state {value:?}; expected {}",

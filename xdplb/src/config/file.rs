@@ -43,6 +43,8 @@ pub enum ConfigEdit {
         weight: Option<u16>,
         drain: Option<bool>,
     },
+    /// Set (`true`) or remove (`false`) `drained` in the `[announce]` table, which exists.
+    SetDrained(bool),
 }
 
 /// Why an edit could not be made or written.
@@ -205,6 +207,18 @@ pub fn apply_edit(text: &str, edit: &ConfigEdit) -> Result<String, String> {
     let mut doc: DocumentMut = text
         .parse()
         .map_err(|e| format!("it does not parse as TOML: {e}"))?;
+    if let ConfigEdit::SetDrained(drained) = edit {
+        let announce = doc
+            .get_mut("announce")
+            .and_then(Item::as_table_like_mut)
+            .ok_or("it has no [announce] table")?;
+        if *drained {
+            announce.insert("drained", toml_edit::value(true));
+        } else {
+            announce.remove("drained");
+        }
+        return Ok(doc.to_string());
+    }
     let services = doc
         .get_mut("service")
         .and_then(Item::as_array_of_tables_mut)
@@ -216,7 +230,7 @@ pub fn apply_edit(text: &str, edit: &ConfigEdit) -> Result<String, String> {
             .ok_or_else(|| format!("it has no [[service]] named {name:?}"))
     };
     match edit {
-        ConfigEdit::AddService(_) => {}
+        ConfigEdit::AddService(_) | ConfigEdit::SetDrained(_) => {}
         ConfigEdit::RemoveService { name } => {
             let i = index_of(services, name)?;
             services.remove(i);

@@ -30,6 +30,11 @@
 //! max_flows = 262144               # 1024..=67108864
 //! max_lookup_entries = 4194304     # 1024..=67108864; must hold 2 x table_capacity per service
 //!
+//! [announce]                   # optional: announce the VIPs (see crate::announce)
+//! table = 4242                 # required: kernel routing table for the VIP routes; not 0,
+//!                              # 253 (default), 254 (main) or 255 (local)
+//! drained = true               # optional, default false: announce nothing (`xdplb node drain`)
+//!
 //! [[service]]                  # at least one
 //! name = "demo"                # required, unique, 1..=64 of [A-Za-z0-9_.-]
 //! vip = "127.0.0.1:9875"       # required, IPV4:PORT; 0.0.0.0:PORT matches any address; not
@@ -143,8 +148,25 @@ pub struct Config {
     pub api_listen: Option<SocketAddr>,
     /// Table sizes.
     pub limits: Limits,
+    /// Optional `[announce]`: the VIP routes handed to a BGP speaker.
+    pub announce: Option<Announce>,
     /// At least one service; names and (vip, protocol) pairs are unique.
     pub services: Vec<ServiceConfig>,
+}
+
+/// `[announce]`: xdplb installs a route for every VIP it should attract traffic for in kernel
+/// routing table `table`, where the BGP speaker (BIRD's `kernel` protocol) learns them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Announce {
+    /// The kernel routing table id: not 0 nor one the host routes with ([`Self::RESERVED_TABLES`]).
+    pub table: u32,
+    /// Optional field `drained`, default false: announce nothing (set by `xdplb node drain`).
+    pub drained: bool,
+}
+
+impl Announce {
+    /// `RT_TABLE_DEFAULT`, `RT_TABLE_MAIN`, `RT_TABLE_LOCAL`: the host's own tables.
+    pub const RESERVED_TABLES: [u32; 3] = [253, 254, 255];
 }
 
 /// The default flood guard: flow entries per second per CPU. High enough that only a flood
@@ -388,6 +410,7 @@ pub fn default_config() -> Config {
         metrics_listen: None,
         api_listen: None,
         limits: Limits::DEFAULT,
+        announce: None,
         services: vec![ServiceConfig {
             name: "demo".to_owned(),
             vip: SocketAddr::new(lo, 9875),

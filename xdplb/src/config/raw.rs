@@ -19,6 +19,7 @@ pub(crate) struct RawConfig {
     pub hash_seed: Option<Spanned<i64>>,
     pub flow_guard_rate: Option<Spanned<i64>>,
     pub limits: Option<Spanned<RawLimits>>,
+    pub announce: Option<Spanned<RawAnnounce>>,
     pub service: Option<Vec<Spanned<RawService>>>,
 }
 
@@ -29,6 +30,13 @@ pub(crate) struct RawLimits {
     pub max_backends_per_service: Option<Spanned<i64>>,
     pub max_flows: Option<Spanned<i64>>,
     pub max_lookup_entries: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, expecting = "an [announce] table")]
+pub(crate) struct RawAnnounce {
+    pub table: Option<Spanned<i64>>,
+    pub drained: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -95,9 +103,11 @@ pub(crate) const TABLES: &[(&str, &[&str])] = &[
             "metrics_listen",
             "api_listen",
             "limits",
+            "announce",
             "service",
         ],
     ),
+    ("[announce]", &["table", "drained"]),
     (
         "[limits]",
         &[

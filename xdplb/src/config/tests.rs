@@ -2633,6 +2633,7 @@ backend = [{ address = "10.0.1.1:514", weight = 10 }]
         metrics_listen: None,
         api_listen: None,
         limits: Limits::DEFAULT,
+        announce: None,
         services: vec![
             ServiceConfig {
                 name: "dns".to_owned(),
@@ -3145,6 +3146,7 @@ fn assert_schema_order(text: &str) {
         [
             "the top level",
             "[limits]",
+            "[announce]",
             "[[service]]",
             "[service.health_check]",
             "[[service.backend]]",
@@ -3158,9 +3160,11 @@ fn assert_schema_order(text: &str) {
     for line in lines_outside_strings(text) {
         if line.starts_with('[') && line.ends_with(']') && !line.contains(' ') {
             let next = match line {
-                "[limits]" | "[[service]]" | "[service.health_check]" | "[[service.backend]]" => {
-                    line
-                }
+                "[limits]"
+                | "[announce]"
+                | "[[service]]"
+                | "[service.health_check]"
+                | "[[service.backend]]" => line,
                 _ => panic!("unexpected header {line}\nin:\n{text}"),
             };
             let in_order = match next {
@@ -4108,6 +4112,10 @@ fn try_random_config(rng: &mut Rng) -> Option<Config> {
         metrics_listen,
         api_listen,
         limits,
+        announce: rng.chance(30).then(|| Announce {
+            table: rng.pick(&[1, 4242, 252, 256, u32::MAX]),
+            drained: rng.chance(50),
+        }),
         services,
     })
 }
@@ -4445,4 +4453,61 @@ fn typed_changes_get_the_files_errors_without_positions() {
         let typed_message = typed.split_once(": ").map_or("", |(_, m)| m);
         assert_eq!(typed_message, file_message, "{name}: file {file}");
     }
+}
+
+// ---- [announce] ------------------------------------------------------------------
+
+fn with_announce(section: &str) -> String {
+    format!(
+        "{IFACES}[announce]\n{section}{}",
+        &one_service("")[IFACES.len()..]
+    )
+}
+
+#[test]
+fn announce_section_is_optional_and_parsed_with_its_defaults() {
+    assert_eq!(ok(&one_service("")).announce, None);
+    assert_eq!(
+        ok(&with_announce("table = 4242\n")).announce,
+        Some(Announce {
+            table: 4242,
+            drained: false
+        })
+    );
+    assert_eq!(
+        ok(&with_announce("table = 1\ndrained = true\n")).announce,
+        Some(Announce {
+            table: 1,
+            drained: true
+        })
+    );
+    // Written back, it reads the same.
+    let cfg = ok(&with_announce("table = 77\ndrained = true\n"));
+    assert_eq!(ok(&to_toml(&cfg)), cfg);
+    assert_eq!(check(&cfg, "the change").expect("valid"), cfg);
+}
+
+#[test]
+fn announce_refuses_the_hosts_own_tables_a_missing_table_and_unknown_keys() {
+    for bad in ["0", "253", "254", "255", "-1", "4294967296"] {
+        let e = parse(&with_announce(&format!("table = {bad}\n")), ORIGIN)
+            .expect_err(bad)
+            .to_string();
+        assert!(
+            e.contains("[announce] table must be a kernel routing table id")
+                && e.contains(&format!("got {bad}")),
+            "{bad}: {e}"
+        );
+    }
+    let e = parse(&with_announce("drained = true\n"), ORIGIN)
+        .expect_err("no table")
+        .to_string();
+    assert!(
+        e.contains("[announce] is missing the required field `table`"),
+        "{e}"
+    );
+    let e = parse(&with_announce("table = 4242\nprefix = 24\n"), ORIGIN)
+        .expect_err("unknown key")
+        .to_string();
+    assert!(e.contains("unknown field `prefix` in [announce]"), "{e}");
 }

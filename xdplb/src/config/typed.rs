@@ -58,6 +58,12 @@ fn lower(cfg: &Config) -> RawConfig {
             max_flows: int(cfg.limits.max_flows),
             max_lookup_entries: int(cfg.limits.max_lookup_entries),
         }),
+        announce: cfg.announce.and_then(|a| {
+            at(super::raw::RawAnnounce {
+                table: int(a.table),
+                drained: a.drained.then(|| Spanned::new(0..0, true)),
+            })
+        }),
         service: Some(
             cfg.services
                 .iter()

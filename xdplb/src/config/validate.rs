@@ -158,10 +158,20 @@ pub(crate) fn from_toml_error(err: &toml::de::Error, src: Source<'_>) -> ConfigE
 
 /// The `flow_stale_after` of a service that sets none (where its scheduler takes one and it is
 /// shorter than the service's `flow_idle_timeout`; otherwise "never"). The one place the
-/// default is decided: off for now.
-fn default_flow_stale_after(_raw: &RawConfig) -> Option<Duration> {
-    None
+/// default is decided: 3 s on a node that announces its VIPs (`[announce]`: a fleet behind
+/// ECMP, where a flow that was away on another node must not be pulled back by this node's old
+/// entry), never otherwise (a single balancer keeps the affinity of a flow idle across a table
+/// change for its whole `flow_idle_timeout`).
+fn default_flow_stale_after(raw: &RawConfig) -> Option<Duration> {
+    raw.announce
+        .as_ref()
+        .map(|_| Duration::from_secs(FLEET_FLOW_STALE_AFTER_SECS))
 }
+
+/// `flow_stale_after` by default on an announcing node: above the 1 s refresh of an entry's
+/// timestamp plus a live flow's packet interval, below any realistic time a flow spends on
+/// another node before it comes back (BFD detection, then a BGP session coming up again).
+const FLEET_FLOW_STALE_AFTER_SECS: u64 = 3;
 
 /// Validates everything except whether the interfaces exist.
 pub(crate) fn validate(raw: RawConfig, src: Source<'_>) -> Result<Config, ConfigError> {
@@ -197,6 +207,7 @@ pub(crate) fn validate(raw: RawConfig, src: Source<'_>) -> Result<Config, Config
         });
     }
     let limits = validate_limits(raw.limits, src)?;
+    let announce = validate_announce(raw.announce, src)?;
     let services = validate_services(raw.service.unwrap_or_default(), &limits, stale_default, src)?;
     Ok(Config {
         interfaces,
@@ -207,8 +218,44 @@ pub(crate) fn validate(raw: RawConfig, src: Source<'_>) -> Result<Config, Config
         metrics_listen,
         api_listen,
         limits,
+        announce,
         services,
     })
+}
+
+/// `[announce]`: optional; when present, `table` is required and is not one of the tables the
+/// host itself routes with (announcing there would route the VIPs into a blackhole).
+fn validate_announce(
+    raw: Option<Spanned<super::raw::RawAnnounce>>,
+    src: Source<'_>,
+) -> Result<Option<super::Announce>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let span = raw.span();
+    let raw = raw.into_inner();
+    let Some(table) = raw.table else {
+        return Err(ConfigError::MissingField {
+            at: src.at(&span),
+            context: "[announce]".to_owned(),
+            field: "table",
+            hint: "; add the kernel routing table xdplb installs the VIP routes in, e.g. table = 4242",
+        });
+    };
+    let value = *table.get_ref();
+    let table = match u32::try_from(value) {
+        Ok(t) if !super::Announce::RESERVED_TABLES.contains(&t) && t != 0 => t,
+        _ => {
+            return Err(ConfigError::InvalidAnnounceTable {
+                at: src.at(&table.span()),
+                value,
+            });
+        }
+    };
+    Ok(Some(super::Announce {
+        table,
+        drained: raw.drained.is_some_and(|d| *d.get_ref()),
+    }))
 }
 
 fn validate_interfaces(

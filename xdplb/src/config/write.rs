@@ -73,6 +73,14 @@ fn write_config(out: &mut String, cfg: &Config) -> fmt::Result {
     )?;
     writeln!(out, "max_flows = {}", limits.max_flows)?;
     writeln!(out, "max_lookup_entries = {}", limits.max_lookup_entries)?;
+    if let Some(a) = cfg.announce {
+        writeln!(out)?;
+        writeln!(out, "[announce]")?;
+        writeln!(out, "table = {}", a.table)?;
+        if a.drained {
+            writeln!(out, "drained = true")?;
+        }
+    }
 
     for svc in &cfg.services {
         write_service(out, svc)?;

@@ -16,6 +16,7 @@ pub(super) fn status(state: &InstanceState) -> Response {
             "config": state.config,
             "generation": state.generation,
             "services": state.services,
+            "announce": state.announce,
             "stats": stats,
         })),
         Err(e) => Response::error(500, e.to_string()),

@@ -246,13 +246,21 @@ async fn serve(opts: &RunOptions) -> anyhow::Result<Option<instance::InstanceLoc
         veths,
         veth_warned: Default::default(),
         next_hops,
+        announcer: crate::announce::Announcer::resume(instance_name),
     };
-    shell.refresh_next_hops();
+    // Attached and applied: announce (a successor finds the routes its predecessor left and
+    // keeps them), then publish what is announced.
+    shell.publish(None);
     let stop = shell
         .run(&mut signals, &mut api_rx, &mut health_rx, &mut next_hop_rx)
         .await;
     shell.ready.send_replace(Readiness::Stopping);
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    // Withdrawn before the data plane goes, so that routers stop sending first; kept when it
+    // stays (a successor, or the pins keep it forwarding).
+    if let Some(why) = stop::data_plane_goes(&stop, opts, private_bpffs) {
+        shell.announcer.withdraw_for_good(instance_name, why);
+    }
     // The data plane may outlive this process (pinned), but nobody would keep its next-hop
     // cache up to date: emptied, every backend takes bpf_fib_lookup, which is always current.
     if let Some(mut cache) = shell.next_hops.take()

@@ -82,6 +82,8 @@ pub(super) struct Shell<'a> {
     pub veth_warned: BTreeMap<String, Instant>,
     /// The next-hop cache; `None` when route events cannot be watched (then it stays empty).
     pub next_hops: Option<NextHopCache>,
+    /// The VIP routes handed to the BGP speaker (`[announce]`).
+    pub announcer: crate::announce::Announcer,
 }
 
 /// What one turn of the loop changed, for [`Shell::publish`].
@@ -132,6 +134,10 @@ impl Shell<'_> {
                 _ = veth_tick.tick() => self.on_veth_sample(),
                 _ = sweep_tick.tick() => {
                     self.sweep_fullnat();
+                    // Repairs routes someone removed from the table, retries a failed reconcile.
+                    let before = self.state.announce.clone();
+                    self.announce();
+                    let announce_changed = self.state.announce != before;
                     // A health change that failed to apply is retried here; once it is in the
                     // data plane, the state file (backend positions, table fingerprints) says so.
                     let retried = self.health_apply_pending;
@@ -140,7 +146,7 @@ impl Shell<'_> {
                         self.apply_health(&effective);
                     }
                     Turn {
-                        publish: retried && !self.health_apply_pending,
+                        publish: (retried && !self.health_apply_pending) || announce_changed,
                         ..Turn::default()
                     }
                 }
@@ -216,6 +222,7 @@ impl Shell<'_> {
         let response = match self.core.api_request(req) {
             ApiStep::Answer(response) => response,
             ApiStep::Status => status(&self.state),
+            ApiStep::Node => self.node_status(),
             // The server answered 503 after waiting `http::ANSWER_TIMEOUT` for this loop: a
             // change the client was told did not happen must not happen later.
             ApiStep::Change(change) if reply.is_closed() => {
@@ -228,11 +235,19 @@ impl Shell<'_> {
             ApiStep::Change(change) => {
                 match persist_and_apply(&change, &mut self.dp, self.config_file.as_mut()) {
                     Ok(()) => {
+                        let drain = matches!(change.edit, config::ConfigEdit::SetDrained(_));
                         let Change {
                             next, what, answer, ..
                         } = *change;
                         info!(generation = self.state.generation + 1, "API: {what}");
                         self.core.commit(next);
+                        // A drain or undrain answers with the routes as the kernel has them now.
+                        let answer = if drain {
+                            self.announce();
+                            self.node_status().body
+                        } else {
+                            answer
+                        };
                         self.state.generation += 1;
                         turn.applied_in = Some((true, started.elapsed().as_secs_f64()));
                         self.restart_checkers();
@@ -385,8 +400,35 @@ impl Shell<'_> {
         }
     }
 
+    /// Brings the announced VIP routes to what the config, the health book and the drain say
+    /// (the data plane is attached while the loop runs), and records the outcome in the state.
+    pub fn announce(&mut self) {
+        let plan = crate::announce::plan(self.core.config(), self.core.health(), true);
+        self.announcer.reconcile(self.instance, plan);
+        self.state.announce = self.announcer.last.clone();
+    }
+
+    /// `GET /v1/node` (and the answer to a drain or undrain): what the node announces, and
+    /// whether the kernel table holds exactly that now (`in_table`).
+    fn node_status(&self) -> api::Response {
+        let Some(plan) = &self.announcer.last else {
+            return api::Response::ok(serde_json::json!({ "configured": false }));
+        };
+        let in_table = self.announcer.confirmed();
+        api::Response::ok(serde_json::json!({
+            "configured": true,
+            "drained": plan.drained,
+            "table": plan.table,
+            "vips": plan.vips,
+            "skipped": plan.skipped,
+            "in_table": in_table.as_ref().ok(),
+            "error": self.announcer.error.clone().or(in_table.err()),
+        }))
+    }
+
     /// Writes what changed to the state file and to what metrics scrapes see.
-    fn publish(&mut self, applied_in: Option<(bool, f64)>) {
+    pub fn publish(&mut self, applied_in: Option<(bool, f64)>) {
+        self.announce();
         resolve_neighbours(self.core.config());
         // The backend set may have changed.
         self.refresh_next_hops();

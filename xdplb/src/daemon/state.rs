@@ -77,6 +77,7 @@ pub(super) fn instance_state(
         reloads: 0,
         last_reload: None,
         veths: Default::default(),
+        announce: None,
     })
 }
 

@@ -14,6 +14,21 @@ pub(super) enum Stop {
     Signal(&'static str),
 }
 
+/// Whether the data plane goes away with this stop (so its VIPs must be withdrawn), and why.
+pub(super) fn data_plane_goes(
+    stop: &Stop,
+    opts: &RunOptions,
+    private_bpffs: bool,
+) -> Option<&'static str> {
+    match stop {
+        Stop::Signal(_) if opts.cleanup => Some("the daemon stops with --cleanup"),
+        Stop::Signal(_) if private_bpffs => {
+            Some("the daemon stops and its private bpffs takes the data plane with it")
+        }
+        _ => None,
+    }
+}
+
 /// After the loop ended with `stop`: the data plane's descriptors are closed (`dp`, dropped
 /// by the caller), the socket and the state file removed, and the pins left or removed.
 pub(super) fn finish(
