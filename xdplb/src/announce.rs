@@ -22,8 +22,10 @@
 
 use std::{
     collections::BTreeMap,
+    fmt::Write as _,
     net::{IpAddr, Ipv4Addr},
     path::PathBuf,
+    time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
@@ -50,6 +52,14 @@ pub struct VipPlan {
     pub reason: String,
     /// The services on this address.
     pub services: Vec<String>,
+    /// What decides whether the services on this address take new flows: their backends as
+    /// the health book and the drains leave them. A change restarts the hold-down.
+    #[serde(skip)]
+    pub signature: String,
+    /// How long [`signature`](Self::signature) must hold still before a withdrawn VIP is
+    /// announced again (see [`Holds`]).
+    #[serde(skip)]
+    pub hold: Duration,
 }
 
 /// What should be in the table.
@@ -100,6 +110,7 @@ pub fn plan(cfg: &Config, book: &HealthBook, attached: bool) -> Option<Plan> {
     let announce = cfg.announce?;
     let effective = book.effective(cfg);
     let mut by_vip: BTreeMap<Ipv4Addr, Vec<(String, bool, String)>> = BTreeMap::new();
+    let mut signatures: BTreeMap<Ipv4Addr, (String, Duration)> = BTreeMap::new();
     let mut skipped = Vec::new();
     for svc in &effective.services {
         let IpAddr::V4(ip) = svc.vip.ip() else {
@@ -113,6 +124,20 @@ pub fn plan(cfg: &Config, book: &HealthBook, attached: bool) -> Option<Plan> {
             continue;
         }
         let (ok, why) = service_verdict(svc);
+        let (signature, hold) = signatures.entry(ip).or_insert((String::new(), MIN_HOLD));
+        let _ = write!(signature, "{}:", svc.name);
+        for b in &svc.backends {
+            let _ = write!(
+                signature,
+                "{}{},",
+                b.address,
+                if b.drain { "d" } else { "" }
+            );
+        }
+        signature.push(';');
+        if let Some(hc) = &svc.health_check {
+            *hold = (*hold).max(hc.interval);
+        }
         by_vip
             .entry(ip)
             .or_default()
@@ -122,6 +147,7 @@ pub fn plan(cfg: &Config, book: &HealthBook, attached: bool) -> Option<Plan> {
         .into_iter()
         .map(|(vip, services)| {
             let names = services.iter().map(|(n, _, _)| n.clone()).collect();
+            let (signature, hold) = signatures.remove(&vip).unwrap_or_default();
             let (announced, reason) = if !attached {
                 (false, "the data plane is not attached".to_owned())
             } else if announce.drained {
@@ -137,6 +163,8 @@ pub fn plan(cfg: &Config, book: &HealthBook, attached: bool) -> Option<Plan> {
                 announced,
                 reason,
                 services: names,
+                signature,
+                hold,
             }
         })
         .collect();
@@ -148,10 +176,71 @@ pub fn plan(cfg: &Config, book: &HealthBook, attached: bool) -> Option<Plan> {
     })
 }
 
+/// The shortest hold-down of a VIP (see [`Holds`]).
+const MIN_HOLD: Duration = Duration::from_secs(1);
+
+/// Hold-down of re-announcements. A node cut off from its backends sees every health check
+/// fail and withdraws; when it is back, the checks recover one by one, milliseconds apart.
+/// Announced at the first recovery, the node would attract flows while its scheduling table
+/// holds one backend instead of all (unlike every other node's), and their entries would pin
+/// the wrong backends. So a VIP that is not announced is announced again only once what decides
+/// it (its services' backends, as health and drains leave them: [`VipPlan::signature`]) has not
+/// changed for [`VipPlan::hold`]: the longest health-check interval of its services, at least
+/// [`MIN_HOLD`] (every backend that recovers with the first is seen within one interval of it).
+/// An announced VIP is never held (a backend going down keeps the VIP announced while another
+/// takes new flows), nor is a VIP whose signature is first seen (a daemon starting or adopting:
+/// its predecessor's announcement stands, see the module documentation) or one announced again
+/// after an undrain.
+#[derive(Debug, Default)]
+pub struct Holds {
+    /// Per VIP: the last signature seen, and when it changed.
+    seen: BTreeMap<Ipv4Addr, (String, Option<Instant>)>,
+}
+
+impl Holds {
+    /// Marks as not announced (with why) every VIP of `plan` that would be announced again
+    /// while its signature changed less than its hold ago; `previous` is the plan reconciled
+    /// last (`None` at start).
+    pub fn apply(&mut self, plan: &mut Plan, previous: Option<&Plan>, now: Instant) {
+        for v in &mut plan.vips {
+            let changed = if let Some((sig, at)) = self.seen.get_mut(&v.vip) {
+                if *sig != v.signature {
+                    sig.clone_from(&v.signature);
+                    *at = Some(now);
+                }
+                *at
+            } else {
+                self.seen.insert(v.vip, (v.signature.clone(), None));
+                None
+            };
+            let was_announced = previous
+                .and_then(|p| p.vips.iter().find(|p| p.vip == v.vip))
+                .is_none_or(|p| p.announced);
+            let drain_lifted = previous.is_some_and(|p| p.drained) && !plan.drained;
+            if !v.announced || was_announced || drain_lifted {
+                continue;
+            }
+            if let Some(at) = changed {
+                let quiet = now.saturating_duration_since(at);
+                if quiet < v.hold {
+                    v.announced = false;
+                    v.reason = format!(
+                        "held down: its backends' health changed {:.1} s ago; announced once it holds still for {:.1} s ({})",
+                        quiet.as_secs_f64(),
+                        v.hold.as_secs_f64(),
+                        v.reason
+                    );
+                }
+            }
+        }
+        self.seen
+            .retain(|vip, _| plan.vips.iter().any(|v| v.vip == *vip));
+    }
+}
+
 /// What `xdplb check` says about `[announce]`: the table and what a healthy, attached node
 /// would announce (nothing without the section).
 pub fn describe(cfg: &Config) -> String {
-    use std::fmt::Write as _;
     let Some(p) = plan(cfg, &HealthBook::default(), true) else {
         return "announce: off (no [announce] section): no VIP route is installed\n".to_owned();
     };
@@ -246,6 +335,8 @@ pub struct Announcer {
     pub last: Option<Plan>,
     /// The last reconcile's failure, if it failed (retried on the next tick).
     pub error: Option<String>,
+    /// Re-announcements held down while health settles.
+    holds: Holds,
 }
 
 impl Announcer {
@@ -268,7 +359,10 @@ impl Announcer {
     /// [`RTPROT_XDPLB`]; others are not touched); withdraws everything from a previous table,
     /// or from the table in use when `plan` is `None` (the section was removed). Logs every
     /// announce and withdraw with the reason.
-    pub fn reconcile(&mut self, instance: &str, plan: Option<Plan>) {
+    pub fn reconcile(&mut self, instance: &str, mut plan: Option<Plan>) {
+        if let Some(p) = plan.as_mut() {
+            self.holds.apply(p, self.last.as_ref(), Instant::now());
+        }
         let outcome = self.try_reconcile(instance, plan.as_ref());
         self.last = plan;
         match outcome {
@@ -487,6 +581,71 @@ address = "10.0.0.4:9999"
         assert!(announced(&p).is_empty());
         assert!(p.drained);
         assert!(p.vips.iter().all(|v| v.reason == "node drained"), "{p:?}");
+    }
+
+    #[test]
+    fn a_withdrawn_vip_is_announced_again_only_once_its_health_held_still() {
+        let c = cfg("");
+        let mut book = HealthBook::default();
+        let mut holds = Holds::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let svc = c
+            .services
+            .iter()
+            .find(|s| s.name == "syslog")
+            .expect("syslog");
+        let hc = svc.health_check.as_ref().expect("checked");
+        // The interval (default) is longer than the 1 s floor: it is the hold.
+        assert!(hc.interval >= MIN_HOLD);
+        let hold_ms = u64::try_from(hc.interval.as_millis()).expect("ms");
+        let mut step = |book: &HealthBook, prev: Option<&Plan>, ms: u64| {
+            let mut p = plan(&c, book, true).expect("plan");
+            holds.apply(&mut p, prev, at(ms));
+            p
+        };
+        // Start: first seen, nothing held.
+        let p0 = step(&book, None, 0);
+        assert_eq!(announced(&p0), ["10.100.0.1", "10.100.0.2"]);
+        // syslog's only backend fails: withdrawn at once (a withdrawal is never held).
+        down(&mut book, &c, "syslog", "10.0.0.3:514");
+        let p1 = step(&book, Some(&p0), 1_000);
+        assert_eq!(announced(&p1), ["10.100.0.1"]);
+        // It recovers: held while its health is younger than the hold...
+        book.record(
+            &HealthEvent {
+                service: "syslog".into(),
+                backend: "10.0.0.3:514".parse().expect("addr"),
+                ok: true,
+                detail: "connected".into(),
+            },
+            hc,
+        );
+        let p2 = step(&book, Some(&p1), 2_000);
+        assert_eq!(announced(&p2), ["10.100.0.1"]);
+        assert!(p2.vips[1].reason.starts_with("held down: "), "{p2:?}");
+        let p3 = step(&book, Some(&p2), 2_000 + hold_ms - 1);
+        assert_eq!(announced(&p3), ["10.100.0.1"]);
+        // ...and announced once it held still that long.
+        let p4 = step(&book, Some(&p3), 2_000 + hold_ms);
+        assert_eq!(announced(&p4), ["10.100.0.1", "10.100.0.2"]);
+        assert_eq!(
+            p4.vips[1].reason,
+            "service syslog has a backend taking new flows"
+        );
+        // An announced VIP whose backends change is not held (10.100.0.1 keeps ntp).
+        down(&mut book, &c, "dns", "10.0.0.1:53");
+        let p5 = step(&book, Some(&p4), 2_000 + hold_ms + 10);
+        assert_eq!(announced(&p5), ["10.100.0.1", "10.100.0.2"]);
+        // An undrain announces at once, even right after a health change.
+        let mut drained = p5.clone();
+        drained.drained = true;
+        for v in &mut drained.vips {
+            v.announced = false;
+        }
+        down(&mut book, &c, "dns", "10.0.0.2:53");
+        let p6 = step(&book, Some(&drained), 2_000 + hold_ms + 20);
+        assert_eq!(announced(&p6), ["10.100.0.1", "10.100.0.2"]);
     }
 
     #[test]

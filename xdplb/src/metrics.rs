@@ -519,6 +519,8 @@ mod tests {
                         announced: true,
                         reason: "service dns has a backend taking new flows".into(),
                         services: vec!["dns".into()],
+                        signature: String::new(),
+                        hold: Duration::ZERO,
                     }],
                     skipped: vec![],
                 }),

@@ -449,7 +449,6 @@ impl Fleet {
         self.lbs[k - 1] = Some(d);
         // The daemon asks the kernel to resolve the backends' addresses; give ARP a moment.
         thread::sleep(Duration::from_millis(300));
-        self.announce(k);
     }
 
     fn stop_node(&mut self, k: usize) {
@@ -458,55 +457,13 @@ impl Fleet {
         assert!(status.success(), "node {k} exits 0 on SIGTERM: {status}");
     }
 
-    // TODO(announce): the daemon's `[announce] table = 4242` installs and removes this route
-    // itself (attached, a backend takes new flows, not drained). Until that lands here, the
-    // test installs it by hand once the node runs; at merge, drop this and uncomment
-    // `[announce]` in examples/fleet/xdplb-node.toml.
-    fn announce(&self, k: usize) {
-        self.nodes[k - 1].exec(&[
-            "ip",
-            "route",
-            "replace",
-            "blackhole",
-            &format!("{VIP}/32"),
-            "table",
-            "4242",
-            "proto",
-            "250",
-        ]);
-    }
-
-    // TODO(announce): `xdplb node drain` (withdraws and waits until traffic to the node
-    // stopped). Simulated: withdraw the route, then wait until the node's packet counter stops.
+    /// `xdplb node drain`: withdraws the node's VIPs and returns once its traffic stopped.
     fn drain(&self, k: usize) -> Duration {
         let t0 = Instant::now();
-        self.nodes[k - 1].exec(&[
-            "ip",
-            "route",
-            "del",
-            "blackhole",
-            &format!("{VIP}/32"),
-            "table",
-            "4242",
-            "proto",
-            "250",
-        ]);
-        let mut last = self.node_packets(k);
-        let mut still_since = Instant::now();
-        loop {
-            thread::sleep(Duration::from_millis(100));
-            let now = self.node_packets(k);
-            if now != last {
-                last = now;
-                still_since = Instant::now();
-            } else if still_since.elapsed() >= Duration::from_millis(600) {
-                return still_since.duration_since(t0);
-            }
-            assert!(
-                t0.elapsed() < CONVERGE,
-                "node {k} still receives traffic after draining"
-            );
-        }
+        let out = self.xdplb(k, &["node", "drain", "--quiet", "600ms"]);
+        assert!(out.contains("drained:"), "{out}");
+        println!("node {k}: {}", out.trim());
+        t0.elapsed()
     }
 
     /// Packets the node's service has balanced (its data plane's counter).
@@ -1033,7 +990,7 @@ fn fleet_case(mode: Mode) {
     let lost = traffic.lost(r_drain, r_after);
     let lost_n: usize = lost.iter().map(Vec::len).sum();
     println!(
-        "{label}: drain: node {drained_node} quiet {quiet:?} after the withdrawal, stopped; datagrams lost {lost_n}"
+        "{label}: drain: `xdplb node drain` returned after {quiet:?}, node stopped; datagrams lost {lost_n}"
     );
     assert_eq!(
         lost_n,
@@ -1041,9 +998,11 @@ fn fleet_case(mode: Mode) {
         "a planned drain loses nothing: {}",
         summary(&traffic, &lost)
     );
-    // Back in service (TODO(announce): `xdplb node undrain` after a restart).
+    // Back in service: the restarted node keeps `drained` (written to its config) until undrained.
     let r_undrain = traffic.round();
     fleet.start_node(drained_node);
+    let out = fleet.xdplb(drained_node, &["node", "undrain"]);
+    assert!(out.contains("undrained"), "{out}");
     fleet.wait_paths(NODES, "node 2 back");
     thread::sleep(Duration::from_secs(1));
     let lost = traffic.lost(r_undrain, traffic.round());
@@ -1176,7 +1135,7 @@ fn fleet_case(mode: Mode) {
     println!("{label}: test took {:?}", t_start.elapsed());
     assert!(
         changed_twice.is_empty(),
-        "no flow changes backend twice (needs flow_stale_after, TODO(stale)): {changed_twice:?}"
+        "no flow changes backend twice : {changed_twice:?}"
     );
 }
 
