@@ -140,6 +140,9 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
         Lookup::Live(t) => t,
         lookup => {
             if service.table_len == 0 {
+                // The daemon emptied the table after `existing_flow` read it: what that noted
+                // in `STALE_KEEP` must not reach the next packet's `new_flow`.
+                let _ = take_idle_entry();
                 // No backend takes new flows (all drained or unhealthy): the service's policy.
                 return Err(if service.flags & SERVICE_FLAG_PASS_WHEN_EMPTY != 0 {
                     Verdict::pass(Stat::PassNoBackend)
