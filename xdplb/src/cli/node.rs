@@ -119,13 +119,18 @@ fn render(v: &Value) -> String {
     out
 }
 
-/// Packets that reached the node's services so far (the daemon's per-service counters).
-fn packets(instance: &str) -> anyhow::Result<u64> {
+/// Packets that reached the services `names` so far (the daemon's per-service counters).
+fn packets(instance: &str, names: &[String]) -> anyhow::Result<u64> {
     let v = call(instance, "GET", "/v1/status")?;
     Ok(v["stats"]["services"]
         .as_array()
         .context("the daemon's status has no per-service counters")?
         .iter()
+        .filter(|s| {
+            s["name"]
+                .as_str()
+                .is_some_and(|n| names.iter().any(|m| m == n))
+        })
         .filter_map(|s| s["packets"].as_u64())
         .sum())
 }
@@ -146,7 +151,19 @@ fn drain(
         .filter(|x| x["announced"] == true)
         .map(route)
         .collect();
-    let start_packets = if no_wait { 0 } else { packets(instance)? };
+    // Only the traffic the withdrawn routes attracted: the services on the announced VIPs
+    // (a wildcard VIP's or an unannounced one's traffic does not stop with a drain).
+    let services: Vec<String> = vips(&before)
+        .iter()
+        .filter(|x| x["announced"] == true)
+        .flat_map(|x| x["services"].as_array().cloned().unwrap_or_default())
+        .filter_map(|n| n.as_str().map(str::to_owned))
+        .collect();
+    let start_packets = if no_wait {
+        0
+    } else {
+        packets(instance, &services)?
+    };
     let answer = call(instance, "POST", "/v1/node/drain")?;
     let withdrawn_at = Instant::now();
     confirmed(&answer, "drain")?;
@@ -167,7 +184,7 @@ fn drain(
     let mut window: std::collections::VecDeque<(Instant, u64)> = Default::default();
     loop {
         std::thread::sleep(POLL);
-        let now_packets = packets(instance)?;
+        let now_packets = packets(instance, &services)?;
         let now = Instant::now();
         if now_packets != last {
             last = now_packets;
@@ -191,7 +208,7 @@ fn drain(
         if now.duration_since(withdrawn_at) >= timeout {
             let rate = match (window.front(), window.back()) {
                 (Some((t0, p0)), Some((t1, p1))) if t1 > t0 => {
-                    (p1 - p0) as f64 / t1.duration_since(*t0).as_secs_f64()
+                    p1.saturating_sub(*p0) as f64 / t1.duration_since(*t0).as_secs_f64()
                 }
                 _ => 0.0,
             };
