@@ -256,7 +256,8 @@ async fn serve(opts: &RunOptions) -> anyhow::Result<Option<instance::InstanceLoc
         .await;
     shell.ready.send_replace(Readiness::Stopping);
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
-    // Withdrawn before the data plane goes, so that routers stop sending first; kept when it
+    // Withdrawn before the data plane goes (routers take tens to hundreds of milliseconds to
+    // stop sending after that: `xdplb node drain` first is what loses nothing); kept when it
     // stays (a successor, or the pins keep it forwarding).
     if let Some(why) = stop::data_plane_goes(&stop, opts, private_bpffs) {
         shell.announcer.withdraw_for_good(instance_name, why);

@@ -400,10 +400,22 @@ impl Shell<'_> {
         }
     }
 
+    /// Whether every interface start-up attached still runs an XDP program, as the kernel says
+    /// now (checked, not assumed: someone may have detached it or removed the interface). Any
+    /// program counts: a `--replace` successor swaps its own in while this daemon still runs.
+    fn data_plane_attached(&self) -> bool {
+        !self.attached.is_empty()
+            && self
+                .attached
+                .iter()
+                .all(|a| crate::netlink::link(&a.name).is_ok_and(|l| l.xdp_prog_id != 0))
+    }
+
     /// Brings the announced VIP routes to what the config, the health book and the drain say
-    /// (the data plane is attached while the loop runs), and records the outcome in the state.
+    /// (and whether the data plane is still attached), and records the outcome in the state.
     pub fn announce(&mut self) {
-        let plan = crate::announce::plan(self.core.config(), self.core.health(), true);
+        let attached = self.data_plane_attached();
+        let plan = crate::announce::plan(self.core.config(), self.core.health(), attached);
         self.announcer.reconcile(self.instance, plan);
         self.state.announce = self.announcer.last.clone();
     }
