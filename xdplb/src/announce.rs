@@ -60,6 +60,10 @@ pub struct VipPlan {
     /// announced again (see [`Holds`]).
     #[serde(skip)]
     pub hold: Duration,
+    /// How long a VIP this daemon finds unannounced waits before it is first announced: time
+    /// for its health checks to report (see [`Holds`]).
+    #[serde(skip)]
+    pub settle: Duration,
 }
 
 /// What should be in the table.
@@ -110,7 +114,7 @@ pub fn plan(cfg: &Config, book: &HealthBook, attached: bool) -> Option<Plan> {
     let announce = cfg.announce?;
     let effective = book.effective(cfg);
     let mut by_vip: BTreeMap<Ipv4Addr, Vec<(String, bool, String)>> = BTreeMap::new();
-    let mut signatures: BTreeMap<Ipv4Addr, (String, Duration)> = BTreeMap::new();
+    let mut signatures: BTreeMap<Ipv4Addr, (String, Duration, Duration)> = BTreeMap::new();
     let mut skipped = Vec::new();
     for svc in &effective.services {
         let IpAddr::V4(ip) = svc.vip.ip() else {
@@ -124,7 +128,10 @@ pub fn plan(cfg: &Config, book: &HealthBook, attached: bool) -> Option<Plan> {
             continue;
         }
         let (ok, why) = service_verdict(svc);
-        let (signature, hold) = signatures.entry(ip).or_insert((String::new(), MIN_HOLD));
+        let (signature, hold, settle) =
+            signatures
+                .entry(ip)
+                .or_insert((String::new(), Duration::ZERO, Duration::ZERO));
         let _ = write!(signature, "{}:", svc.name);
         for b in &svc.backends {
             let _ = write!(
@@ -136,7 +143,15 @@ pub fn plan(cfg: &Config, book: &HealthBook, attached: bool) -> Option<Plan> {
         }
         signature.push(';');
         if let Some(hc) = &svc.health_check {
-            *hold = (*hold).max(hc.interval);
+            // Every backend that recovers with the first reports within one check (interval
+            // plus timeout); a first verdict takes rise or fall checks.
+            let one = hc.interval.saturating_add(hc.timeout);
+            let first = hc
+                .interval
+                .saturating_mul(hc.rise.max(hc.fall))
+                .saturating_add(hc.timeout);
+            *hold = (*hold).max(one).max(MIN_HOLD);
+            *settle = (*settle).max(first).max(MIN_HOLD);
         }
         by_vip
             .entry(ip)
@@ -147,7 +162,7 @@ pub fn plan(cfg: &Config, book: &HealthBook, attached: bool) -> Option<Plan> {
         .into_iter()
         .map(|(vip, services)| {
             let names = services.iter().map(|(n, _, _)| n.clone()).collect();
-            let (signature, hold) = signatures.remove(&vip).unwrap_or_default();
+            let (signature, hold, settle) = signatures.remove(&vip).unwrap_or_default();
             let (announced, reason) = if !attached {
                 (false, "the data plane is not attached".to_owned())
             } else if announce.drained {
@@ -165,6 +180,7 @@ pub fn plan(cfg: &Config, book: &HealthBook, attached: bool) -> Option<Plan> {
                 services: names,
                 signature,
                 hold,
+                settle,
             }
         })
         .collect();
@@ -176,62 +192,98 @@ pub fn plan(cfg: &Config, book: &HealthBook, attached: bool) -> Option<Plan> {
     })
 }
 
-/// The shortest hold-down of a VIP (see [`Holds`]).
+/// The shortest hold-down of a health-checked VIP (see [`Holds`]).
 const MIN_HOLD: Duration = Duration::from_secs(1);
 
-/// Hold-down of re-announcements. A node cut off from its backends sees every health check
-/// fail and withdraws; when it is back, the checks recover one by one, milliseconds apart.
-/// Announced at the first recovery, the node would attract flows while its scheduling table
-/// holds one backend instead of all (unlike every other node's), and their entries would pin
-/// the wrong backends. So a VIP that is not announced is announced again only once what decides
-/// it (its services' backends, as health and drains leave them: [`VipPlan::signature`]) has not
-/// changed for [`VipPlan::hold`]: the longest health-check interval of its services, at least
-/// [`MIN_HOLD`] (every backend that recovers with the first is seen within one interval of it).
-/// An announced VIP is never held (a backend going down keeps the VIP announced while another
-/// takes new flows), nor is a VIP whose signature is first seen (a daemon starting or adopting:
-/// its predecessor's announcement stands, see the module documentation) or one announced again
-/// after an undrain.
+/// Hold-down of announcements. A withdrawal is never held.
+///
+/// - Again after a withdrawal: a node cut off from its backends sees every health check fail
+///   and withdraws; when it is back, the checks recover one by one, milliseconds apart.
+///   Announced at the first recovery, the node would attract flows while its scheduling table
+///   holds one backend instead of all (unlike every other node's), and their entries would pin
+///   the wrong backends. So a withdrawn VIP is announced again only once what decides it (its
+///   services' backends, as health and drains leave them: [`VipPlan::signature`]) has not
+///   changed for [`VipPlan::hold`]: one check (interval plus timeout) of its services, at least
+///   [`MIN_HOLD`].
+/// - First: a VIP this daemon finds missing from the table (a fresh start, a predecessor that
+///   had withdrawn it, a service just added) waits [`VipPlan::settle`], the time its checks
+///   take to reach a first verdict (a starting daemon counts its backends healthy until then),
+///   and then holds still as above. A VIP found in the table (a restart or an upgrade: the
+///   predecessor's announcement) stays announced.
+/// - Not held: an announced VIP (a backend going down keeps it announced while another takes
+///   new flows), a VIP without health checks (both durations zero), and an undrain.
 #[derive(Debug, Default)]
 pub struct Holds {
-    /// Per VIP: the last signature seen, and when it changed.
-    seen: BTreeMap<Ipv4Addr, (String, Option<Instant>)>,
+    seen: BTreeMap<Ipv4Addr, Seen>,
+}
+
+#[derive(Debug)]
+struct Seen {
+    /// The last signature seen.
+    signature: String,
+    /// When it last changed, or when the VIP was first seen missing from the table.
+    changed: Option<Instant>,
+    /// Not announced yet by this daemon and missing from the table when first seen: it waits
+    /// `settle` rather than `hold`.
+    settling: bool,
 }
 
 impl Holds {
-    /// Marks as not announced (with why) every VIP of `plan` that would be announced again
-    /// while its signature changed less than its hold ago; `previous` is the plan reconciled
-    /// last (`None` at start).
-    pub fn apply(&mut self, plan: &mut Plan, previous: Option<&Plan>, now: Instant) {
+    /// Marks as not announced (with why) every VIP of `plan` that would be announced now
+    /// while held. `previous` is the plan reconciled last (`None` at start); `in_table` lists
+    /// the VIPs in the kernel table, asked only when a VIP is first seen.
+    pub fn apply(
+        &mut self,
+        plan: &mut Plan,
+        previous: Option<&Plan>,
+        now: Instant,
+        in_table: &dyn Fn() -> Vec<Ipv4Addr>,
+    ) {
+        let mut listed: Option<Vec<Ipv4Addr>> = None;
+        let drain_lifted = previous.is_some_and(|p| p.drained) && !plan.drained;
         for v in &mut plan.vips {
-            let changed = if let Some((sig, at)) = self.seen.get_mut(&v.vip) {
-                if *sig != v.signature {
-                    sig.clone_from(&v.signature);
-                    *at = Some(now);
+            let seen = match self.seen.entry(v.vip) {
+                std::collections::btree_map::Entry::Occupied(e) => {
+                    let seen = e.into_mut();
+                    if seen.signature != v.signature {
+                        seen.signature.clone_from(&v.signature);
+                        seen.changed = Some(now);
+                    }
+                    seen
                 }
-                *at
-            } else {
-                self.seen.insert(v.vip, (v.signature.clone(), None));
-                None
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let missing = !listed.get_or_insert_with(in_table).contains(&v.vip);
+                    e.insert(Seen {
+                        signature: v.signature.clone(),
+                        changed: missing.then_some(now),
+                        settling: missing,
+                    })
+                }
             };
             let was_announced = previous
                 .and_then(|p| p.vips.iter().find(|p| p.vip == v.vip))
-                .is_none_or(|p| p.announced);
-            let drain_lifted = previous.is_some_and(|p| p.drained) && !plan.drained;
-            if !v.announced || was_announced || drain_lifted {
+                .map_or(!seen.settling, |p| p.announced);
+            if !v.announced {
                 continue;
             }
-            if let Some(at) = changed {
+            let wait = if seen.settling { v.settle } else { v.hold };
+            if !was_announced
+                && !drain_lifted
+                && let Some(at) = seen.changed
+            {
                 let quiet = now.saturating_duration_since(at);
-                if quiet < v.hold {
+                if quiet < wait {
                     v.announced = false;
                     v.reason = format!(
                         "held down: its backends' health changed {:.1} s ago; announced once it holds still for {:.1} s ({})",
                         quiet.as_secs_f64(),
-                        v.hold.as_secs_f64(),
+                        wait.as_secs_f64(),
                         v.reason
                     );
+                    continue;
                 }
             }
+            seen.settling = false;
         }
         self.seen
             .retain(|vip, _| plan.vips.iter().any(|v| v.vip == *vip));
@@ -361,7 +413,10 @@ impl Announcer {
     /// announce and withdraw with the reason.
     pub fn reconcile(&mut self, instance: &str, mut plan: Option<Plan>) {
         if let Some(p) = plan.as_mut() {
-            self.holds.apply(p, self.last.as_ref(), Instant::now());
+            let table = p.table;
+            let in_table = || netlink::vip_routes(table, RTPROT_XDPLB).unwrap_or_default();
+            self.holds
+                .apply(p, self.last.as_ref(), Instant::now(), &in_table);
         }
         let outcome = self.try_reconcile(instance, plan.as_ref());
         self.last = plan;
@@ -388,9 +443,8 @@ impl Announcer {
                 Some(p) => format!("[announce] table changed to {}", p.table),
                 None => "the [announce] section was removed".to_owned(),
             };
-            for vip in netlink::vip_routes(old, RTPROT_XDPLB).map_err(|e| e.to_string())? {
-                netlink::del_vip_route(old, RTPROT_XDPLB, vip).map_err(|e| e.to_string())?;
-                info!(%vip, table = old, "withdrew {vip}/32 from table {old}: {why}");
+            for vip in withdraw_all(old).map_err(|e| e.to_string())? {
+                info!(table = old, "withdrew {vip} from table {old}: {why}");
             }
             self.table = None;
             if plan.is_none() {
@@ -596,17 +650,21 @@ address = "10.0.0.4:9999"
             .find(|s| s.name == "syslog")
             .expect("syslog");
         let hc = svc.health_check.as_ref().expect("checked");
-        // The interval (default) is longer than the 1 s floor: it is the hold.
-        assert!(hc.interval >= MIN_HOLD);
-        let hold_ms = u64::try_from(hc.interval.as_millis()).expect("ms");
+        // One check: interval plus timeout (defaults 1 s + 0.5 s), above the 1 s floor.
+        let hold = hc.interval + hc.timeout;
+        assert!(hold > MIN_HOLD);
+        let hold_ms = u64::try_from(hold.as_millis()).expect("ms");
+        // A restart: the predecessor's routes are in the table.
+        let both = || vec![Ipv4Addr::new(10, 100, 0, 1), Ipv4Addr::new(10, 100, 0, 2)];
         let mut step = |book: &HealthBook, prev: Option<&Plan>, ms: u64| {
             let mut p = plan(&c, book, true).expect("plan");
-            holds.apply(&mut p, prev, at(ms));
+            holds.apply(&mut p, prev, at(ms), &both);
             p
         };
-        // Start: first seen, nothing held.
+        // Start: found in the table, nothing held.
         let p0 = step(&book, None, 0);
         assert_eq!(announced(&p0), ["10.100.0.1", "10.100.0.2"]);
+        assert_eq!(p0.vips[1].hold, hold);
         // syslog's only backend fails: withdrawn at once (a withdrawal is never held).
         down(&mut book, &c, "syslog", "10.0.0.3:514");
         let p1 = step(&book, Some(&p0), 1_000);
@@ -646,6 +704,34 @@ address = "10.0.0.4:9999"
         down(&mut book, &c, "dns", "10.0.0.2:53");
         let p6 = step(&book, Some(&drained), 2_000 + hold_ms + 20);
         assert_eq!(announced(&p6), ["10.100.0.1", "10.100.0.2"]);
+    }
+
+    #[test]
+    fn a_fresh_start_announces_once_the_checks_could_reach_a_verdict() {
+        let c = cfg("");
+        let book = HealthBook::default();
+        let mut holds = Holds::default();
+        let t0 = Instant::now();
+        let hc = c.services[0].health_check.as_ref().expect("checked");
+        // rise = fall = 1: one interval plus the timeout.
+        let settle = hc.interval + hc.timeout;
+        let empty = Vec::new;
+        let mut p = plan(&c, &book, true).expect("plan");
+        assert_eq!(p.vips[0].settle, settle);
+        holds.apply(&mut p, None, t0, &empty);
+        assert!(announced(&p).is_empty(), "{p:?}");
+        assert!(p.vips[0].reason.starts_with("held down: "), "{p:?}");
+        let mut q = plan(&c, &book, true).expect("plan");
+        holds.apply(
+            &mut q,
+            Some(&p),
+            t0 + settle.saturating_sub(Duration::from_millis(1)),
+            &empty,
+        );
+        assert!(announced(&q).is_empty(), "{q:?}");
+        let mut r = plan(&c, &book, true).expect("plan");
+        holds.apply(&mut r, Some(&q), t0 + settle, &empty);
+        assert_eq!(announced(&r), ["10.100.0.1", "10.100.0.2"]);
     }
 
     #[test]

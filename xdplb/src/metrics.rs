@@ -521,6 +521,7 @@ mod tests {
                         services: vec!["dns".into()],
                         signature: String::new(),
                         hold: Duration::ZERO,
+                        settle: Duration::ZERO,
                     }],
                     skipped: vec![],
                 }),
