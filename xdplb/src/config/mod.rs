@@ -43,8 +43,9 @@
 //! protocol = "udp"             # optional, only udp for now
 //! flow_idle_timeout = "30s"    # optional, 1s..=24h
 //! flow_stale_after = "never"   # optional, maglev and source-hash only: never | 2s..=102.3s
-//!                              # (steps of 100ms, < flow_idle_timeout); an entry idle longer
-//!                              # whose backend the table no longer chooses follows the table
+//!                              # (steps of 100ms, < flow_idle_timeout; default 3s with
+//!                              # [announce], never without); an entry idle longer whose
+//!                              # backend the table no longer chooses follows the table
 //! scheduler = "maglev"         # optional: maglev | round-robin | weighted-round-robin
 //!                              #           | random | source-hash
 //! hash = "5-tuple"             # optional, maglev and source-hash only: 5-tuple | source-ip
@@ -232,7 +233,7 @@ pub struct ServiceConfig {
     /// An entry idle longer than this whose backend is not the table's choice for its flow is
     /// stale and follows the table (ECMP fleets; see the data plane's `existing_flow`).
     /// `None`: never. 2s..=102.3s in steps of 100 ms, shorter than `flow_idle_timeout`;
-    /// `Maglev` and `SourceHash` only.
+    /// `Maglev` and `SourceHash` only. Default: 3 s with `[announce]`, never without.
     pub flow_stale_after: Option<Duration>,
     /// Default `Maglev`.
     pub scheduler: Scheduler,
