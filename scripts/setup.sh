@@ -57,10 +57,18 @@ else
   policy_rc=/usr/sbin/policy-rc.d
   own_policy=
   if [ ! -e "$policy_rc" ]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy_rc" && chmod +x "$policy_rc" && own_policy=1
+    # Ours only: removed on any exit from here on (a failed install exits under `set -e`), and
+    # a policy-rc.d the host had already is left alone.
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    printf '#!/bin/sh\nexit 101\n' >"$policy_rc"
+    chmod +x "$policy_rc"
+    own_policy=1
   fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bird2 >/dev/null
-  [ -n "$own_policy" ] && rm -f "$policy_rc"
+  if [ -n "$own_policy" ]; then
+    rm -f "$policy_rc"
+    trap - EXIT
+  fi
   systemctl disable --now bird >/dev/null 2>&1 || systemctl disable bird >/dev/null 2>&1 || true
 fi
 

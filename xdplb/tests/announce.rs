@@ -261,6 +261,31 @@ impl Drop for RoutePoller {
     }
 }
 
+/// Waits up to `timeout` for `process` to exit by itself and returns its status; past that,
+/// kills it (SIGKILL, reaped, so bounded too) and fails the test with what it printed.
+fn exit_within(process: &mut Daemon, timeout: Duration, why: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + timeout;
+    let child = process.child.as_mut().expect("running");
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            process.child = None;
+            process.drain(Duration::from_secs(1));
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            process.child = None;
+            process.drain(Duration::from_secs(1));
+            panic!(
+                "still running after {timeout:?}, killed: {why}\n{}",
+                process.seen.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A client in `ns` sending to the dropper's VIP one datagram every ~2 ms (each answered by
 /// the backend), `packets` of them.
 fn sender(ns: &Netns, packets: u32) -> Daemon {
@@ -472,12 +497,13 @@ fn drain_and_undrain_persist_survive_a_restart_and_wait_for_the_traffic_to_stop(
             (out, Instant::now())
         }
     });
-    let sender_status = traffic
-        .child
-        .as_mut()
-        .expect("sender")
-        .wait()
-        .expect("wait for the sender");
+    // 800 datagrams ~2 ms apart take ~1.6 s when answered; 15 s leaves room for a loaded
+    // machine without letting a stuck sender (500 ms timeout per datagram) run for minutes.
+    let sender_status = exit_within(
+        &mut traffic,
+        Duration::from_secs(15),
+        "the sender of 800 datagrams",
+    );
     let sender_done = Instant::now();
     assert!(sender_status.success());
     let (out, drain_done) = drain.join().expect("drain thread");
@@ -527,8 +553,20 @@ fn a_replace_restart_never_withdraws_and_stop_removes_the_routes() {
     let poller = RoutePoller::start(&case.ns, TABLE, DROPPER, true);
     std::thread::sleep(Duration::from_millis(200));
     let mut second = case.daemon(&["--replace"]);
-    let _ = first.child.as_mut().expect("running").wait();
-    first.wait_for("handed over to a successor", Duration::from_secs(5));
+    let handed_over = exit_within(
+        &mut first,
+        Duration::from_secs(20),
+        "the first daemon did not exit after `--replace` (hand-over failed?)",
+    );
+    assert!(
+        first
+            .seen
+            .iter()
+            .any(|l| l.contains("handed over to a successor")),
+        "{handed_over}:\n{}\nsuccessor:\n{}",
+        first.seen.join("\n"),
+        second.seen.join("\n")
+    );
     std::thread::sleep(Duration::from_millis(500));
     // SIGTERM without --cleanup: the pinned data plane keeps forwarding, so it stays announced.
     let status = second.terminate(Duration::from_secs(10));
