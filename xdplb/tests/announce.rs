@@ -695,3 +695,42 @@ fn bad_announce_sections_are_refused_and_a_reload_moves_the_routes() {
     let _ = lb.terminate(Duration::from_secs(10));
     assert_eq!(case.routes(4343), Vec::<Ipv4Addr>::new());
 }
+
+/// "Attached" is asked of the kernel, not assumed: an interface that loses its XDP program
+/// (here it is removed) withdraws every VIP, while the daemon goes on running.
+#[test]
+fn an_interface_that_loses_its_xdp_program_withdraws_every_vip() {
+    require_root();
+    let case = Case::new("detach", &format!("table = {TABLE}"), false);
+    // A veth pair (this kernel has no dummy module); removing one end removes both.
+    case.ns.exec(&[
+        "ip", "link", "add", "xd0", "type", "veth", "peer", "name", "xd1",
+    ]);
+    case.ns.exec(&["ip", "link", "set", "xd0", "up"]);
+    case.ns.exec(&["ip", "link", "set", "xd1", "up"]);
+    let text =
+        case.config_text()
+            .replacen("interfaces = [\"lo\"]", "interfaces = [\"lo\", \"xd0\"]", 1);
+    assert!(text.contains("\"xd0\""), "{text}");
+    std::fs::write(&case.cfg, text).expect("write config");
+    let _backends = case.backends();
+    let mut lb = case.daemon(&[]);
+    case.wait_routes(TABLE, &[DROPPER, PASSER], Duration::from_secs(5));
+    case.ns.exec(&["ip", "link", "del", "xd0"]);
+    lb.wait_for(
+        &format!("withdrew 127.0.0.2/32 from table {TABLE}: the data plane is not attached"),
+        Duration::from_secs(5),
+    );
+    case.wait_routes(TABLE, &[], Duration::from_secs(2));
+    let node = case.node_json();
+    assert_eq!(node["in_table"], true, "{node}");
+    assert!(
+        node["vips"]
+            .as_array()
+            .expect("vips")
+            .iter()
+            .all(|v| v["announced"] == false && v["reason"] == "the data plane is not attached"),
+        "{node}"
+    );
+    let _ = lb.terminate(Duration::from_secs(10));
+}
