@@ -272,7 +272,16 @@ async fn serve(opts: &RunOptions) -> anyhow::Result<Option<instance::InstanceLoc
     cancel.cancel();
     // Requests still queued are answered "stopping" by their servers.
     drop(api_rx);
-    let shell::Shell { dp, checkers, .. } = shell;
+    let shell::Shell {
+        mut dp, checkers, ..
+    } = shell;
+    // Retired reply translations are not recorded for a successor: removed now rather than
+    // left behind for good.
+    if let Err(e) =
+        dp.retire_expired(std::time::Instant::now() + crate::dataplane::reconcile::RETIRE_GRACE)
+    {
+        warn!("removing the reply translations of removed backends on the way out failed: {e}");
+    }
     drop(checkers);
     drop(dp); // closes this process's descriptors; the pins keep the data plane
     stop::finish(&stop, opts, &api_socket, &pins, private_bpffs)?;

@@ -134,6 +134,10 @@ impl Shell<'_> {
                 _ = veth_tick.tick() => self.on_veth_sample(),
                 _ = sweep_tick.tick() => {
                     self.sweep_fullnat();
+                    // Removed backends' reply translations, once their grace ended.
+                    if let Err(e) = self.dp.retire_expired(Instant::now()) {
+                        warn!("removing the reply translations of removed backends failed: {e} (retried every second)");
+                    }
                     // Repairs routes someone removed from the table, retries a failed reconcile.
                     let before = self.state.announce.clone();
                     self.announce();

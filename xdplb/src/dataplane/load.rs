@@ -379,6 +379,18 @@ impl Dataplane {
         result.and(recorded)
     }
 
+    /// Removes the reply translations of removed backends whose grace ended by `now` (see
+    /// [`crate::dataplane::reconcile::RETIRE_GRACE`]). Returns how many owners went.
+    pub fn retire_expired(&mut self, now: std::time::Instant) -> Result<usize, DataplaneError> {
+        let mut reconciler = std::mem::take(&mut self.reconciler);
+        let result = match self.writer() {
+            Ok(mut maps) => reconciler.retire_expired(now, &mut maps),
+            Err(e) => Err(e),
+        };
+        self.reconciler = reconciler;
+        result
+    }
+
     /// What the maps hold, as last applied.
     pub fn current(&self) -> Option<&DesiredState> {
         self.reconciler.current()

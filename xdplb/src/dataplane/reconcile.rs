@@ -8,6 +8,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
+    time::{Duration, Instant},
 };
 
 use xdplb_common::{
@@ -431,10 +432,27 @@ pub fn scheduling_table(cfg: &Config, svc: &ServiceConfig) -> Vec<u32> {
     }
 }
 
+/// How long the reply translation of a removed `local`/`nat` backend (its `REPLY_OWNERS_V1`
+/// entry and its `PORTS_V1` mark) outlives the change that removed it: a request forwarded just
+/// before the change is answered after it, and that reply must still leave from the VIP (without
+/// its translation it would reach the client from the backend's own address and be lost).
+pub const RETIRE_GRACE: Duration = Duration::from_secs(5);
+
+/// Reply translations a change removed, kept until `until`.
+#[derive(Debug, Clone)]
+struct Retired {
+    until: Instant,
+    owners: Vec<ServiceKey>,
+    /// The backend marks (`PORT_LOCAL_BACKEND`, `PORT_NAT_BACKEND`) a port lost.
+    ports: BTreeMap<u16, u32>,
+}
+
 /// Applies desired states to the maps one after another, remembering what they hold.
 #[derive(Debug, Default)]
 pub struct Reconciler {
     current: Option<DesiredState>,
+    /// Reply translations of removed backends, until their grace ends ([`RETIRE_GRACE`]).
+    retired: Vec<Retired>,
 }
 
 impl Reconciler {
@@ -443,6 +461,7 @@ impl Reconciler {
     pub fn adopt(state: DesiredState) -> Self {
         Reconciler {
             current: Some(state),
+            retired: Vec::new(),
         }
     }
 
@@ -467,9 +486,84 @@ impl Reconciler {
         maps: &mut impl MapWriter,
     ) -> Result<(), DataplaneError> {
         let previous = self.current.take().unwrap_or_default();
-        let result = apply_diff(&previous, &mut next, maps);
-        self.current = Some(if result.is_ok() { next } else { previous });
-        result
+        let lingering = self.lingering_ports();
+        match apply_diff(&previous, &mut next, maps, &lingering) {
+            Ok((owners, ports)) => {
+                if !owners.is_empty() || !ports.is_empty() {
+                    self.retired.push(Retired {
+                        until: Instant::now() + RETIRE_GRACE,
+                        owners,
+                        ports,
+                    });
+                }
+                self.current = Some(next);
+                Ok(())
+            }
+            Err(e) => {
+                self.current = Some(previous);
+                Err(e)
+            }
+        }
+    }
+
+    /// The backend marks that retired translations still hold, by port.
+    fn lingering_ports(&self) -> BTreeMap<u16, u32> {
+        let mut ports = BTreeMap::new();
+        for r in &self.retired {
+            for (port, bits) in &r.ports {
+                *ports.entry(*port).or_insert(0) |= bits;
+            }
+        }
+        ports
+    }
+
+    /// Removes the retired reply translations whose grace ended by `now` (all of them with a
+    /// `now` past every grace), unless the current state uses them again. Returns how many
+    /// owners it removed. On error the rest stays retired, to be retried.
+    pub fn retire_expired(
+        &mut self,
+        now: Instant,
+        maps: &mut impl MapWriter,
+    ) -> Result<usize, DataplaneError> {
+        let (due, keep): (Vec<Retired>, Vec<Retired>) = std::mem::take(&mut self.retired)
+            .into_iter()
+            .partition(|r| r.until <= now);
+        self.retired = keep;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let current = self.current.clone().unwrap_or_default();
+        let owners_now = reply_owners(&current);
+        let mut ports_now = port_flags(&current);
+        for (port, bits) in self.lingering_ports() {
+            *ports_now.entry(port).or_insert(0) |= bits;
+        }
+        let mut removed = 0;
+        for (k, r) in due.iter().enumerate() {
+            let outcome = (|| -> Result<usize, DataplaneError> {
+                let mut n = 0;
+                for key in &r.owners {
+                    let still = owners_now.contains_key(key)
+                        || self.retired.iter().any(|x| x.owners.contains(key));
+                    if !still {
+                        maps.remove_reply_owner(key)?;
+                        n += 1;
+                    }
+                }
+                for port in r.ports.keys() {
+                    maps.put_port(*port, ports_now.get(port).copied().unwrap_or(0))?;
+                }
+                Ok(n)
+            })();
+            match outcome {
+                Ok(n) => removed += n,
+                Err(e) => {
+                    self.retired.extend(due.into_iter().skip(k));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(removed)
     }
 }
 
@@ -572,11 +666,15 @@ fn mode_of(plan: &ServicePlan) -> u32 {
     (plan.service.flags & SERVICE_FORWARDING_MASK) >> SERVICE_FORWARDING_SHIFT
 }
 
+/// Brings the maps from `previous` to `next`. The reply translations of backends `next`
+/// no longer has stay (see [`RETIRE_GRACE`]): returned as retired (owners, and the backend
+/// marks their ports lost), while `lingering` marks of earlier retirements are kept.
 fn apply_diff(
     previous: &DesiredState,
     next: &mut DesiredState,
     maps: &mut impl MapWriter,
-) -> Result<(), DataplaneError> {
+    lingering: &BTreeMap<u16, u32>,
+) -> Result<(Vec<ServiceKey>, BTreeMap<u16, u32>), DataplaneError> {
     let find = |name: &str| previous.services.iter().find(|s| s.name == name);
     if next.flow_guard_rate != previous.flow_guard_rate {
         maps.put_flow_guard_rate(next.flow_guard_rate)?;
@@ -665,18 +763,30 @@ fn apply_diff(
             maps.remove_service(&old.key)?;
         }
     }
-    for key in owners_before.keys() {
-        if !owners_after.contains_key(key) {
-            maps.remove_reply_owner(key)?;
-        }
-    }
+    // Removed backends' translations are retired, not removed: replies in flight still need
+    // them.
+    let retired_owners: Vec<ServiceKey> = owners_before
+        .keys()
+        .filter(|key| !owners_after.contains_key(key))
+        .copied()
+        .collect();
+    let backend_marks = PORT_LOCAL_BACKEND | PORT_NAT_BACKEND;
+    let retired_ports: BTreeMap<u16, u32> = ports_before
+        .iter()
+        .filter_map(|(port, bits)| {
+            let lost = bits & backend_marks & !ports_after.get(port).copied().unwrap_or(0);
+            (lost != 0).then_some((*port, lost))
+        })
+        .collect();
     for (port, bits) in &ports_during {
-        let after = ports_after.get(port).copied().unwrap_or(0);
+        let after = ports_after.get(port).copied().unwrap_or(0)
+            | retired_ports.get(port).copied().unwrap_or(0)
+            | lingering.get(port).copied().unwrap_or(0);
         if after != *bits {
             maps.put_port(*port, after)?;
         }
     }
-    Ok(())
+    Ok((retired_owners, retired_ports))
 }
 
 #[cfg(test)]
@@ -1104,9 +1214,14 @@ weight = 3
                     *at > switch
                 }),
             "the new backends' owners are in place before the service switches, the old ones \
-             removed after it: {:?} vs {switch}",
+             removed only after it: {:?} vs {switch}",
             rec.owner_writes
         );
+        // The old (local) backends' owners are retired, not removed: replies in flight still
+        // leave from the VIP until the grace ends.
+        assert!(rec.owners.values().any(|o| o.flags == 0));
+        r.retire_expired(Instant::now() + RETIRE_GRACE, &mut rec)
+            .expect("retire");
         assert!(rec.owners.values().all(|o| o.flags == REPLY_FLAG_NAT));
         rec.writes.clear();
         rec.port_writes.clear();
@@ -1118,6 +1233,20 @@ weight = 3
             .iter()
             .position(|x| x.starts_with("service"))
             .expect("the service switches");
+        // The nat mark and the nat backends' owners stay through the grace...
+        assert_eq!(
+            rec.ports.get(&9876),
+            Some(&(PORT_LOCAL_BACKEND | PORT_NAT_BACKEND))
+        );
+        assert!(rec.owners.values().any(|o| o.flags == REPLY_FLAG_NAT));
+        // ...and go when it ends, after the service switched back.
+        r.retire_expired(Instant::now(), &mut rec).expect("retire");
+        assert_eq!(
+            rec.ports.get(&9876),
+            Some(&(PORT_LOCAL_BACKEND | PORT_NAT_BACKEND))
+        );
+        r.retire_expired(Instant::now() + RETIRE_GRACE, &mut rec)
+            .expect("retire");
         let off = nat_port(&rec, false);
         assert!(
             !off.is_empty() && off.iter().all(|at| *at > switch),
@@ -1125,6 +1254,57 @@ weight = 3
         );
         assert_eq!(rec.ports.get(&9876), Some(&PORT_LOCAL_BACKEND));
         assert!(rec.owners.values().all(|o| o.flags == 0));
+    }
+
+    #[test]
+    fn a_removed_backends_reply_translation_outlives_the_change_by_the_grace() {
+        let three = default_config();
+        let mut two = three.clone();
+        two.services[0].backends.pop();
+        let gone = three.services[0].backends[2].address;
+        let key = ServiceKey {
+            addr: addr_from_v4_wire(u32::from_ne_bytes(match gone.ip() {
+                IpAddr::V4(v4) => v4.octets(),
+                IpAddr::V6(_) => unreachable!("the tutorial's backends are IPv4"),
+            })),
+            port_be: gone.port().to_be(),
+            proto: xdplb_common::IPPROTO_UDP,
+            _pad: 0,
+        };
+        let mut r = Reconciler::default();
+        let mut rec = Recorder::default();
+        r.apply(desired_state(&three, None).expect("plan"), &mut rec)
+            .expect("apply");
+        assert!(rec.owners.contains_key(&key), "{:?}", rec.owners);
+        r.apply(desired_state(&two, r.current()).expect("plan"), &mut rec)
+            .expect("apply");
+        // Removed from the config, still translated: a reply already on its way leaves from
+        // the VIP.
+        assert!(rec.owners.contains_key(&key));
+        assert_eq!(rec.ports.get(&gone.port()), Some(&PORT_LOCAL_BACKEND));
+        assert_eq!(
+            r.retire_expired(Instant::now(), &mut rec).expect("retire"),
+            0
+        );
+        assert!(rec.owners.contains_key(&key));
+        // Grace over: gone.
+        let removed = r
+            .retire_expired(Instant::now() + RETIRE_GRACE, &mut rec)
+            .expect("retire");
+        assert_eq!(removed, 1);
+        assert!(!rec.owners.contains_key(&key));
+        assert_eq!(rec.ports.get(&gone.port()), None);
+        // Removed and added back within the grace: the retirement leaves it alone.
+        r.apply(desired_state(&three, r.current()).expect("plan"), &mut rec)
+            .expect("apply");
+        r.apply(desired_state(&two, r.current()).expect("plan"), &mut rec)
+            .expect("apply");
+        r.apply(desired_state(&three, r.current()).expect("plan"), &mut rec)
+            .expect("apply");
+        r.retire_expired(Instant::now() + RETIRE_GRACE, &mut rec)
+            .expect("retire");
+        assert!(rec.owners.contains_key(&key));
+        assert_eq!(rec.ports.get(&gone.port()), Some(&PORT_LOCAL_BACKEND));
     }
 
     #[test]
@@ -1158,6 +1338,11 @@ weight = 3
         rec.port_writes.clear();
         r.apply(desired_state(&nat, r.current()).expect("plan"), &mut rec)
             .expect("apply");
+        // The old backends' marks and owners are retired: they stay through the grace.
+        assert_eq!(rec.ports.get(&9876), Some(&PORT_LOCAL_BACKEND));
+        assert_eq!(rec.owners.len(), 6);
+        r.retire_expired(Instant::now() + RETIRE_GRACE, &mut rec)
+            .expect("retire");
         // Every port of the new state is switched on before any port of the old one is
         // switched off.
         let first_off = rec.port_writes.iter().position(|(_, f, _)| *f == 0);
@@ -1192,6 +1377,8 @@ weight = 3
         });
         r.apply(desired_state(&full, r.current()).expect("plan"), &mut rec)
             .expect("apply");
+        r.retire_expired(Instant::now() + RETIRE_GRACE, &mut rec)
+            .expect("retire");
         assert!(rec.owners.is_empty());
         assert_eq!(rec.ports.len(), 11);
         assert!((30000..=30009).all(|p| rec.ports.get(&p) == Some(&PORT_FULLNAT_RANGE)));
