@@ -684,16 +684,22 @@ fn without_the_guard_the_same_flood_evicts_live_flows() {
 // ---------------------------------------------------------------------------------------------
 // 2. Deferred flow state.
 
-/// Two dsr-l2 Maglev services on the same backends: "deferred" (second-packet) and "first"
-/// (first-packet); `extra` adds a backend line to both. The guard is off: only the flow state
-/// decides what gets an entry.
-fn deferred_config(extra_backend: bool) -> String {
-    let backends = if extra_backend {
+/// The backends of the services of [`deferred_config`] and [`stale_config`]: 10.60.1.2 and
+/// 10.60.1.3, and 10.60.1.4 with `extra_backend`.
+fn backend_line(extra_backend: bool) -> &'static str {
+    if extra_backend {
         "backend = [{ address = \"10.60.1.2:7000\" }, { address = \"10.60.1.3:7000\" }, \
          { address = \"10.60.1.4:7000\" }]"
     } else {
         "backend = [{ address = \"10.60.1.2:7000\" }, { address = \"10.60.1.3:7000\" }]"
-    };
+    }
+}
+
+/// Two dsr-l2 Maglev services on the same backends: "deferred" (second-packet) and "first"
+/// (first-packet); `extra` adds a backend line to both. The guard is off: only the flow state
+/// decides what gets an entry.
+fn deferred_config(extra_backend: bool) -> String {
+    let backends = backend_line(extra_backend);
     format!(
         r#"
 interfaces = ["lo"]
@@ -995,12 +1001,7 @@ fn a_nat_reply_is_translated_only_while_the_client_s_flow_has_its_entry() {
 /// "ipip" (dsr-ipip, `flow_stale_after = "3s"`), "ipip-off" (dsr-ipip, the default: never) and
 /// "fnat" (fullnat, 3s). The guard is off.
 fn stale_config(extra_backend: bool) -> String {
-    let backends = if extra_backend {
-        "backend = [{ address = \"10.60.1.2:7000\" }, { address = \"10.60.1.3:7000\" }, \
-         { address = \"10.60.1.4:7000\" }]"
-    } else {
-        "backend = [{ address = \"10.60.1.2:7000\" }, { address = \"10.60.1.3:7000\" }]"
-    };
+    let backends = backend_line(extra_backend);
     format!(
         r#"
 interfaces = ["lo"]
