@@ -118,6 +118,10 @@ pub fn plan(cfg: &Config, book: &HealthBook, attached: bool) -> Option<Plan> {
     let mut skipped = Vec::new();
     for svc in &effective.services {
         let IpAddr::V4(ip) = svc.vip.ip() else {
+            skipped.push(format!(
+                "service {} has the IPv6 VIP {}, which [announce] does not announce (IPv4 routes only)",
+                svc.name, svc.vip
+            ));
             continue;
         };
         if ip.is_unspecified() {

@@ -1,5 +1,8 @@
 //! `xdplb decap`: attaches the IP-in-IP decapsulation program on a backend host, for
-//! `forwarding = "dsr-ipip"`.
+//! `forwarding = "dsr-ipip"`. It strips IPv4-in-IPv4 (protocol 4, an IPv4 VIP's packets) and
+//! IPv6-in-IPv6 (next header 41, an IPv6 VIP's) alike; the inner packet, addressed to the VIP
+//! the backend holds, goes on to the local stack. It takes no addresses: one attachment serves
+//! both families.
 //!
 //! It is attached through netlink (`IFLA_XDP`), not with a pinned bpf_link: a netlink
 //! attachment belongs to the interface, needs no bpffs and outlives the command wherever it

@@ -7,16 +7,28 @@ use serde::Serialize;
 use xdplb_common::hash::{FlowTuple, fast_range, flow_hash};
 
 use crate::{
+    addr::{addr_of, ip_of},
     config::{Config, Scheduler, ServiceConfig},
-    dataplane::reconcile::{addr_of, scheduling_table},
+    dataplane::reconcile::scheduling_table,
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
     #[error(
-        "no service matches {destination} (udp): none has that VIP, and none listens on 0.0.0.0:{port}; the packet would pass to the local stack untouched"
+        "no service matches {destination} (udp): none has that VIP, and none listens on {wildcard}; the packet would pass to the local stack untouched"
     )]
-    NoService { destination: SocketAddr, port: u16 },
+    NoService {
+        destination: SocketAddr,
+        /// The wildcard of the destination's family with its port.
+        wildcard: SocketAddr,
+    },
+    #[error(
+        "{client} and {destination} are of different families; a packet has one family (the balancer translates between IPv4 and IPv6 nowhere)"
+    )]
+    MixedFamilies {
+        client: SocketAddr,
+        destination: SocketAddr,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -39,16 +51,26 @@ pub struct Explanation {
 }
 
 /// Finds the service a packet from `client` to `destination` belongs to, the same way the data
-/// plane does: the exact VIP first, then `0.0.0.0` with the same port.
+/// plane does: the exact VIP first, then the wildcard of the destination's family (`0.0.0.0`
+/// or `[::]`) with the same port.
 pub fn find_service(cfg: &Config, destination: SocketAddr) -> Option<&ServiceConfig> {
+    let destination = canonical(destination);
     cfg.services
         .iter()
         .find(|s| s.vip == destination)
         .or_else(|| {
-            cfg.services
-                .iter()
-                .find(|s| s.vip.ip().is_unspecified() && s.vip.port() == destination.port())
+            cfg.services.iter().find(|s| {
+                s.vip.ip().is_unspecified()
+                    && s.vip.is_ipv4() == destination.is_ipv4()
+                    && s.vip.port() == destination.port()
+            })
         })
+}
+
+/// An address as the data plane sees it: an IPv4-mapped IPv6 address (`[::ffff:10.0.0.1]`)
+/// is IPv4 on the wire.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(ip_of(addr_of(a.ip())), a.port())
 }
 
 /// The backend a *new* flow gets. (A live flow keeps the backend it has while that backend
@@ -58,9 +80,21 @@ pub fn explain(
     client: SocketAddr,
     destination: SocketAddr,
 ) -> Result<Explanation, ExplainError> {
+    let (client, destination) = (canonical(client), canonical(destination));
+    if client.is_ipv4() != destination.is_ipv4() {
+        return Err(ExplainError::MixedFamilies {
+            client,
+            destination,
+        });
+    }
+    let unspecified = if destination.is_ipv4() {
+        std::net::IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED)
+    } else {
+        std::net::IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED)
+    };
     let svc = find_service(cfg, destination).ok_or(ExplainError::NoService {
         destination,
-        port: destination.port(),
+        wildcard: SocketAddr::new(unspecified, destination.port()),
     })?;
     let table = scheduling_table(cfg, svc);
     let table_len = table.len() as u32;
@@ -176,5 +210,71 @@ mod tests {
             on.contains("idle longer than flow_stale_after (3s): then it follows this table"),
             "{on}"
         );
+    }
+
+    /// An IPv6 flow: the service of its family is found (exact and wildcard), the hash is the
+    /// data plane's over the 16-byte addresses, and the backend is the one the table names.
+    #[test]
+    fn an_ipv6_flow_is_explained() {
+        let text = "interfaces = [\"lo\"]\n\
+            [[service]]\nname = \"v4\"\nvip = \"0.0.0.0:53\"\n\
+            [[service.backend]]\naddress = \"10.0.1.1:53\"\n\
+            [[service]]\nname = \"v6\"\nvip = \"[2001:db8::1]:53\"\n\
+            [[service.backend]]\naddress = \"[2001:db8:1::1]:53\"\n\
+            [[service.backend]]\naddress = \"[2001:db8:1::2]:53\"\n\
+            [[service]]\nname = \"any6\"\nvip = \"[::]:5353\"\n\
+            [[service.backend]]\naddress = \"[2001:db8:1::3]:5353\"\n";
+        let cfg = crate::config::parse(text, "test").expect("valid config");
+        let a = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        let client = a("[2001:db8::99]:4000");
+        let e = explain(&cfg, client, a("[2001:db8::1]:53")).expect("explained");
+        assert_eq!(e.service, "v6");
+        assert_eq!(e.vip, "[2001:db8::1]:53");
+        assert_eq!(e.client, "[2001:db8::99]:4000");
+        // The hash the data plane computes over the 16-byte addresses.
+        let tuple = FlowTuple {
+            src: addr_of(client.ip()),
+            dst: addr_of("2001:db8::1".parse().expect("ip")),
+            src_port_be: 4000u16.to_be(),
+            dst_port_be: 53u16.to_be(),
+            proto: 17,
+        };
+        let svc = &cfg.services[1];
+        let hash = flow_hash(&tuple, svc.hash.code(), cfg.hash_seed);
+        assert_eq!(e.hash, Some(hash));
+        let table = scheduling_table(&cfg, svc);
+        let slot = fast_range(hash, table.len() as u32);
+        let want = svc.backends[table[slot as usize] as usize]
+            .address
+            .to_string();
+        assert_eq!(e.backend.as_deref(), Some(want.as_str()));
+        assert!(
+            e.render()
+                .contains("[2001:db8::99]:4000 -> [2001:db8::1]:53")
+        );
+        // The IPv6 wildcard takes IPv6 destinations on its port, never IPv4 ones, and the
+        // IPv4 wildcard never takes IPv6 ones.
+        let w = explain(&cfg, client, a("[2001:db8::77]:5353")).expect("wildcard");
+        assert_eq!(w.service, "any6");
+        let none =
+            explain(&cfg, a("10.9.9.9:4000"), a("10.0.0.7:5353")).expect_err("no v4 wildcard");
+        assert!(
+            none.to_string().contains("none listens on 0.0.0.0:5353"),
+            "{none}"
+        );
+        let none = explain(&cfg, client, a("[2001:db8::7]:53")).expect_err("no v6 wildcard");
+        assert!(
+            none.to_string().contains("none listens on [::]:53"),
+            "{none}"
+        );
+        let mixed = explain(&cfg, a("10.9.9.9:4000"), a("[2001:db8::1]:53")).expect_err("mixed");
+        assert!(
+            matches!(mixed, ExplainError::MixedFamilies { .. }),
+            "{mixed}"
+        );
+        // An IPv4-mapped destination is IPv4 on the wire.
+        let m =
+            explain(&cfg, a("[::ffff:10.9.9.9]:4000"), a("[::ffff:10.0.0.7]:53")).expect("mapped");
+        assert_eq!(m.service, "v4");
     }
 }

@@ -2,10 +2,7 @@
 //! (`FLOWS_V1`, an LRU hash shared by the CPUs) with batched lookups: one system call per few
 //! thousand entries instead of two per entry.
 
-use std::{
-    collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-};
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use aya::maps::{HashMap, Map, MapData};
 use serde::Serialize;
@@ -79,12 +76,9 @@ pub fn monotonic_ns() -> u64 {
     u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
 }
 
-/// An address of a map key or value (IPv4-mapped, wire order) and a wire-order port.
+/// An address of a map key or value and a wire-order port (see [`crate::addr`]).
 pub fn socket_of(addr: &Addr, port_be: u16) -> SocketAddr {
-    SocketAddr::V4(SocketAddrV4::new(
-        Ipv4Addr::from(addr[3].to_ne_bytes()),
-        u16::from_be(port_be),
-    ))
+    crate::addr::socket_of(*addr, port_be)
 }
 
 /// One live flow.
@@ -224,15 +218,29 @@ impl FlowListing {
         if let Some(n) = &self.note {
             let _ = writeln!(out, "{n}");
         }
+        // Address columns as wide as their widest address (an IPv6 one takes up to 47).
+        let width = |get: fn(&FlowRow) -> &str| {
+            self.flows
+                .iter()
+                .map(|f| get(f).chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(22)
+        };
+        let (wc, wv, wb) = (
+            width(|f| &f.client),
+            width(|f| &f.vip),
+            width(|f| &f.backend),
+        );
         let _ = writeln!(
             out,
-            "{:<22} {:<22} {:<16} {:<22} {:>7}",
+            "{:<wc$} {:<wv$} {:<16} {:<wb$} {:>7}",
             "CLIENT", "VIP", "SERVICE", "BACKEND", "IDLE"
         );
         for f in &self.flows {
             let _ = writeln!(
                 out,
-                "{:<22} {:<22} {:<16} {:<22} {:>7}",
+                "{:<wc$} {:<wv$} {:<16} {:<wb$} {:>7}",
                 f.client,
                 f.vip,
                 f.service,
@@ -259,7 +267,7 @@ impl FlowListing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::reconcile::addr_v4;
+    use crate::addr::addr_of;
 
     fn svc(name: &str, id: u32) -> ServiceFacts {
         ServiceFacts {
@@ -285,18 +293,31 @@ mod tests {
         backend: &str,
         last_seen_ns: u64,
     ) -> (FlowKey, Flow) {
-        let b: SocketAddrV4 = backend.parse().expect("backend");
+        let client = SocketAddr::from(([192, 0, 2, 7], client_port));
+        entry_of(client, "10.0.0.1:53", service_id, backend, last_seen_ns)
+    }
+
+    /// A flow entry as the data plane writes it, for any family.
+    fn entry_of(
+        client: SocketAddr,
+        vip: &str,
+        service_id: u32,
+        backend: &str,
+        last_seen_ns: u64,
+    ) -> (FlowKey, Flow) {
+        let b: SocketAddr = backend.parse().expect("backend");
+        let vip: SocketAddr = vip.parse().expect("vip");
         (
             FlowKey {
-                client_addr: addr_v4(Ipv4Addr::new(192, 0, 2, 7)),
-                vip_addr: addr_v4(Ipv4Addr::new(10, 0, 0, 1)),
-                client_port_be: client_port.to_be(),
-                vip_port_be: 53u16.to_be(),
+                client_addr: addr_of(client.ip()),
+                vip_addr: addr_of(vip.ip()),
+                client_port_be: client.port().to_be(),
+                vip_port_be: vip.port().to_be(),
                 proto: 17,
                 _pad: [0; 3],
             },
             Flow {
-                backend_addr: addr_v4(*b.ip()),
+                backend_addr: addr_of(b.ip()),
                 backend_port_be: b.port().to_be(),
                 service_id,
                 last_seen_ns,
@@ -380,5 +401,75 @@ mod tests {
         );
         assert_eq!(one.matched, 1);
         assert_eq!(one.flows[0].client, "192.0.2.7:1000");
+    }
+
+    /// IPv6 entries are decoded to IPv6 addresses, shown bracketed, filtered by an IPv6
+    /// backend, and the table's columns stay aligned around them.
+    #[test]
+    fn ipv6_flows_are_shown_bracketed_and_aligned() {
+        let services = [svc("dns6", 0)];
+        let now = 100_000_000_000;
+        let client: SocketAddr = "[2001:db8:ffff::99]:4000".parse().expect("addr");
+        let entries = [
+            entry_of(
+                client,
+                "[2001:db8::1]:53",
+                0,
+                "[2001:db8:1::1]:53",
+                now - 1_000_000_000,
+            ),
+            entry(1000, 0, "10.1.0.1:53", now - 2_000_000_000),
+        ];
+        let state = InstanceState {
+            instance: "t".into(),
+            pid: 1,
+            config: String::new(),
+            interfaces: Vec::new(),
+            map_ids: BTreeMap::new(),
+            services: Vec::new(),
+            generation: 0,
+            reloads: 0,
+            last_reload: None,
+            veths: BTreeMap::new(),
+            announce: None,
+        };
+        let filter = |backend: Option<&str>| Filter {
+            backend: backend.map(|b| b.parse().expect("addr")),
+            limit: 10,
+            ..Filter::default()
+        };
+        let read = ReadMethod::Iterated;
+        let all = listing(&state, &services, &entries, read, now, &filter(None));
+        assert_eq!(all.flows[0].client, "[2001:db8:ffff::99]:4000");
+        assert_eq!(all.flows[0].vip, "[2001:db8::1]:53");
+        assert_eq!(all.flows[0].backend, "[2001:db8:1::1]:53");
+        assert_eq!(all.flows[1].client, "192.0.2.7:1000");
+        let one = listing(
+            &state,
+            &services,
+            &entries,
+            read,
+            now,
+            &filter(Some("[2001:db8:1::1]:53")),
+        );
+        assert_eq!(one.matched, 1);
+        let text = all.render();
+        let lines: Vec<&str> = text.lines().collect();
+        let column = |line: &str, word: &str| line.find(word).expect("present");
+        assert_eq!(
+            column(lines[0], "VIP"),
+            column(lines[1], "[2001:db8::1]:53"),
+            "{text}"
+        );
+        assert_eq!(
+            column(lines[0], "VIP"),
+            column(lines[2], "10.0.0.1:53"),
+            "{text}"
+        );
+        assert_eq!(
+            column(lines[0], "BACKEND"),
+            column(lines[1], "[2001:db8:1::1]:53"),
+            "{text}"
+        );
     }
 }

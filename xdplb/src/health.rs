@@ -648,7 +648,12 @@ address = "127.0.0.1:9877"
 
     /// A loopback port that nothing listens on (UDP and TCP alike, very likely).
     fn closed_port() -> SocketAddr {
-        let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        closed_port_on("127.0.0.1:0")
+    }
+
+    /// A port of `bind` (`ADDRESS:0`) that nothing listens on.
+    fn closed_port_on(bind: &str) -> SocketAddr {
+        let sock = std::net::UdpSocket::bind(bind).expect("bind");
         let addr = sock.local_addr().expect("addr");
         drop(sock);
         addr
@@ -659,7 +664,15 @@ address = "127.0.0.1:9877"
     async fn udp_server(
         reply: Option<&'static [u8]>,
     ) -> (SocketAddr, Arc<AtomicUsize>, AbortOnDropHandle<()>) {
-        let sock = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        udp_server_on("127.0.0.1:0", reply).await
+    }
+
+    /// [`udp_server`] on `bind` (`ADDRESS:0`).
+    async fn udp_server_on(
+        bind: &str,
+        reply: Option<&'static [u8]>,
+    ) -> (SocketAddr, Arc<AtomicUsize>, AbortOnDropHandle<()>) {
+        let sock = UdpSocket::bind(bind).await.expect("bind");
         let addr = sock.local_addr().expect("addr");
         let seen = Arc::new(AtomicUsize::new(0));
         let counter = seen.clone();
@@ -680,7 +693,15 @@ address = "127.0.0.1:9877"
     async fn http_server(
         response: Option<&'static str>,
     ) -> (SocketAddr, UnboundedReceiver<String>, AbortOnDropHandle<()>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        http_server_on("127.0.0.1:0", response).await
+    }
+
+    /// [`http_server`] on `bind` (`ADDRESS:0`).
+    async fn http_server_on(
+        bind: &str,
+        response: Option<&'static str>,
+    ) -> (SocketAddr, UnboundedReceiver<String>, AbortOnDropHandle<()>) {
+        let listener = TcpListener::bind(bind).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (heads_tx, heads) = unbounded_channel();
         let task = tokio::spawn(async move {
@@ -756,6 +777,55 @@ address = "127.0.0.1:9877"
         assert!(
             err.contains("refused") && err.contains("port unreachable"),
             "{err}"
+        );
+    }
+
+    /// IPv6 backends are probed over IPv6 sockets: UDP (with its ICMPv6 port unreachable seen
+    /// as "refused"), TCP and HTTP (with the bracketed Host header) on ::1.
+    #[tokio::test]
+    async fn probes_reach_ipv6_backends() {
+        let t = Duration::from_millis(500);
+        let (addr, seen, _server) = udp_server_on("[::1]:0", Some(b"pong over v6")).await;
+        assert!(addr.is_ipv6());
+        let udp = HealthCheckKind::Udp {
+            payload: b"ping".to_vec(),
+            expect: Some(b"pong".to_vec()),
+        };
+        assert_eq!(
+            check_once(&udp, addr, t).await,
+            Ok("udp reply of 12 bytes".to_string())
+        );
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+        let err = check_once(&udp, closed_port_on("[::1]:0"), t)
+            .await
+            .expect_err("nothing listens");
+        assert!(err.contains("refused"), "{err}");
+
+        let listener = TcpListener::bind("[::1]:0").await.expect("bind");
+        let open = listener.local_addr().expect("addr");
+        assert_eq!(
+            check_once(&HealthCheckKind::Tcp, open, t).await,
+            Ok("tcp connect".to_string())
+        );
+        drop(listener);
+
+        let (addr, mut heads, _server) = http_server_on(
+            "[::1]:0",
+            Some("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        )
+        .await;
+        let http = HealthCheckKind::Http {
+            path: "/".to_string(),
+            expect_status: 200,
+        };
+        assert_eq!(
+            check_once(&http, addr, t).await,
+            Ok("http status 200".to_string())
+        );
+        let head = heads.recv().await.expect("a request").to_ascii_lowercase();
+        assert!(
+            head.contains(&format!("host: [::1]:{}\r\n", addr.port())),
+            "{head}"
         );
     }
 

@@ -6,6 +6,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod addr;
 pub mod announce;
 pub mod api;
 pub mod bench;

@@ -154,6 +154,23 @@ fn marks(running: bool, checked: bool, health: Option<&str>, drain: bool) -> Str
 }
 
 impl Listing {
+    /// The widths of the vip and backend columns: at least 22 and 34, and room for the longest
+    /// address; the backend column (after "  -> ") ends where the vip column does.
+    fn address_widths(&self) -> (usize, usize) {
+        let longest =
+            |f: &dyn Fn(&ListedService) -> usize| self.services.iter().map(f).max().unwrap_or(0);
+        let vip = longest(&|s| s.service.vip.chars().count());
+        let backend = longest(&|s| {
+            s.backends
+                .iter()
+                .map(|b| b.address.chars().count())
+                .max()
+                .unwrap_or(0)
+        });
+        let vip_width = vip.max(backend.saturating_sub(12)).max(22);
+        (vip_width, vip_width + 12)
+    }
+
     pub fn render(&self) -> String {
         use std::fmt::Write as _;
         let mut out = String::new();
@@ -176,10 +193,14 @@ impl Listing {
             }
         );
         // Services in the first columns, their backends under them indented by "  -> ";
-        // the counters line up.
+        // the counters line up. The address columns widen for the longest address (an IPv6
+        // one takes up to 47 characters): the vip column, and the backend column, which ends
+        // where the vip column does.
+        let (vip_width, backend_width) = self.address_widths();
+        let head_width = 17 + vip_width;
         let _ = writeln!(
             out,
-            "{:<39} {:<5} {:<9} {:<12} {:<8} {:>12} {:>14} {:>9} {:>8}",
+            "{:<head_width$} {:<5} {:<9} {:<12} {:<8} {:>12} {:>14} {:>9} {:>8}",
             "SERVICE          VIP:PORT",
             "PROTO",
             "MODE",
@@ -192,7 +213,7 @@ impl Listing {
         );
         let _ = writeln!(
             out,
-            "  -> {:<34} {:<5} {:<9} {:<12} {:<8} {:>12} {:>14} {:>9} {:>8}",
+            "  -> {:<backend_width$} {:<5} {:<9} {:<12} {:<8} {:>12} {:>14} {:>9} {:>8}",
             "BACKEND", "", "WEIGHT", "STATE", "", "PACKETS", "BYTES", "FLOWS", "ACTIVE"
         );
         for s in &self.services {
@@ -208,7 +229,7 @@ impl Listing {
             }
             let _ = writeln!(
                 out,
-                "{:<16} {:<22} {:<5} {:<9} {:<12} {:<8} {:>12} {:>14} {:>9} {:>8}{}",
+                "{:<16} {:<vip_width$} {:<5} {:<9} {:<12} {:<8} {:>12} {:>14} {:>9} {:>8}{}",
                 s.service.name,
                 s.service.vip,
                 s.service.protocol,
@@ -233,7 +254,7 @@ impl Listing {
                 };
                 let _ = writeln!(
                     out,
-                    "  -> {:<34} {:<5} {:<9} {:<12} {:<8} {:>12} {:>14} {:>9} {:>8}",
+                    "  -> {:<backend_width$} {:<5} {:<9} {:<12} {:<8} {:>12} {:>14} {:>9} {:>8}",
                     b.address, "", b.weight, state, "", b.packets, b.bytes, b.flows, b.active_flows
                 );
             }
@@ -256,5 +277,85 @@ mod tests {
         assert_eq!(marks(true, true, Some("down"), true), "down+drain");
         assert_eq!(marks(false, true, None, true), "?+drain");
         assert_eq!(marks(false, false, None, false), "?");
+    }
+
+    /// An IPv6 service is listed with its bracketed vip and backends, and the counters still
+    /// line up under their headings.
+    #[test]
+    fn ipv6_addresses_are_listed_whole_and_aligned() {
+        use super::*;
+        let backend = |address: &str| ListedBackend {
+            address: address.into(),
+            weight: 1,
+            drain: false,
+            health: None,
+            state: "-".into(),
+            in_dataplane: true,
+            packets: 7,
+            bytes: 700,
+            flows: 3,
+            active_flows: 1,
+        };
+        let service = |name: &str, vip: &str, backends: Vec<ListedBackend>| ListedService {
+            service: ServiceSummary {
+                name: name.into(),
+                vip: vip.into(),
+                protocol: "udp".into(),
+                forwarding: "nat".into(),
+                scheduler: "maglev".into(),
+                when_all_down: "drop".into(),
+                flow_state: "first-packet".into(),
+                health_check: None,
+            },
+            flow_idle_timeout_s: 30,
+            table_fingerprint: None,
+            packets: 12345,
+            bytes: 1,
+            flows: 1,
+            active_flows: 1,
+            backends,
+        };
+        let listing = Listing {
+            instance: "t".into(),
+            daemon_running: true,
+            note: None,
+            pid: 1,
+            interfaces: vec!["lo".into()],
+            services: vec![
+                service("v4", "10.0.0.1:53", vec![backend("10.1.0.1:53")]),
+                service(
+                    "v6",
+                    "[2001:db8:aaaa:bbbb:cccc:dddd:eeee:1]:53",
+                    vec![backend("[2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff]:53")],
+                ),
+            ],
+            flow_table_read: ReadMethod::Iterated,
+        };
+        let text = listing.render();
+        let lines: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("SERVICE"))
+            .collect();
+        assert!(
+            text.contains("[2001:db8:aaaa:bbbb:cccc:dddd:eeee:1]:53"),
+            "{text}"
+        );
+        assert!(
+            text.contains("[2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff]:53"),
+            "{text}"
+        );
+        // Every line's PACKETS column ends at the heading's end.
+        let end = lines[0].find("PACKETS").expect("heading") + "PACKETS".len();
+        for (line, value) in [
+            (1, "PACKETS"),
+            (2, "12345"),
+            (3, "7"),
+            (4, "12345"),
+            (5, "7"),
+        ] {
+            let l = lines[line];
+            let at = l[..end].rfind(value).map(|i| i + value.len());
+            assert_eq!(at, Some(end), "line {line}: {l:?}\n{text}");
+        }
     }
 }

@@ -2,8 +2,9 @@
 //! `dsr-ipip` service, the egress interface, the MAC addresses and the MTU of its route, so
 //! that the data plane sends to it without a `bpf_fib_lookup` per packet.
 //!
-//! The daemon resolves each backend with rtnetlink (`RTM_GETROUTE` for the backend: egress,
-//! gateway, `mtu` metric; the neighbour table for the gateway or the backend; the egress
+//! The daemon resolves each backend, IPv4 or IPv6, with rtnetlink (`RTM_GETROUTE` for the
+//! backend in its family: egress, gateway, `mtu` metric; the ARP or NDP neighbour table for the
+//! gateway or the backend; the egress
 //! interface's address and MTU), writes what resolved and deletes what did not (the data
 //! plane then asks the FIB, which for `nat` hands the packet to the kernel so that it
 //! resolves the neighbour). It resolves again at start-up, after every applied change, and
@@ -15,7 +16,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     time::Duration,
 };
 
@@ -31,7 +32,8 @@ use tracing::{info, warn};
 use xdplb_common::{FORWARD_LOCAL, NextHop, SERVICE_FORWARDING_MASK, SERVICE_FORWARDING_SHIFT};
 
 use crate::{
-    dataplane::{Dataplane, DataplaneError, DesiredState, reconcile::addr_v4},
+    addr::addr_of,
+    dataplane::{Dataplane, DataplaneError, DesiredState},
     netlink::{self, NetlinkError},
 };
 
@@ -50,8 +52,9 @@ pub struct RouteAnswer {
     pub unicast: bool,
     /// The egress interface.
     pub oif: u32,
-    /// The gateway; `None` on a directly connected segment.
-    pub gateway: Option<Ipv4Addr>,
+    /// The gateway (for IPv6 often a link-local address); `None` on a directly connected
+    /// segment.
+    pub gateway: Option<IpAddr>,
     /// The route's `mtu` metric (or a learnt path MTU), if any.
     pub mtu: Option<u32>,
 }
@@ -71,12 +74,12 @@ pub struct Neighbour {
     pub lladdr: Option<[u8; 6]>,
 }
 
-/// The interfaces and the IPv4 neighbour table, dumped once per refresh.
+/// The interfaces and the IPv4 (ARP) and IPv6 (NDP) neighbour tables, dumped once per refresh.
 #[derive(Debug, Clone, Default)]
 pub struct Tables {
     pub interfaces: HashMap<u32, Interface>,
     /// By (interface, address).
-    pub neighbours: HashMap<(u32, Ipv4Addr), Neighbour>,
+    pub neighbours: HashMap<(u32, IpAddr), Neighbour>,
 }
 
 /// Why a backend has no cache entry (its packets then go through the FIB).
@@ -91,12 +94,9 @@ pub enum Unresolved {
     #[error("its route's interface (index {0}) has no Ethernet address")]
     NotEthernet(u32),
     #[error("no neighbour entry for next hop {hop} on interface index {ifindex}")]
-    NoNeighbour { hop: Ipv4Addr, ifindex: u32 },
+    NoNeighbour { hop: IpAddr, ifindex: u32 },
     #[error("the neighbour entry of next hop {hop} is not usable (state {state:?})")]
-    UnusableNeighbour {
-        hop: Ipv4Addr,
-        state: NeighbourState,
-    },
+    UnusableNeighbour { hop: IpAddr, state: NeighbourState },
 }
 
 /// Whether a neighbour entry in `state` holds an address the kernel itself would send to:
@@ -120,7 +120,7 @@ pub fn neighbour_usable(state: NeighbourState) -> bool {
 /// `bpf_fib_lookup`'s own check takes it); the next hop is the route's gateway, or the
 /// backend itself on a directly connected segment.
 pub fn resolve(
-    backend: Ipv4Addr,
+    backend: IpAddr,
     route: Result<&RouteAnswer, &str>,
     tables: &Tables,
 ) -> Result<NextHop, Unresolved> {
@@ -155,7 +155,7 @@ pub fn resolve(
         _ => interface.mtu,
     };
     Ok(NextHop {
-        addr: addr_v4(backend),
+        addr: addr_of(backend),
         ifindex: route.oif,
         mtu: u16::try_from(mtu).unwrap_or(u16::MAX),
         flags: 0,
@@ -164,9 +164,9 @@ pub fn resolve(
     })
 }
 
-/// The backends the cache is for: `(BACKENDS_V1 index, address)` of every IPv4 backend of a
-/// service that does not forward locally.
-pub fn remote_backends(state: &DesiredState) -> Vec<(u32, Ipv4Addr)> {
+/// The backends the cache is for: `(BACKENDS_V1 index, address)` of every backend (IPv4 or
+/// IPv6) of a service that does not forward locally.
+pub fn remote_backends(state: &DesiredState) -> Vec<(u32, IpAddr)> {
     let mut out = Vec::new();
     for plan in &state.services {
         let mode = (plan.service.flags & SERVICE_FORWARDING_MASK) >> SERVICE_FORWARDING_SHIFT;
@@ -174,9 +174,7 @@ pub fn remote_backends(state: &DesiredState) -> Vec<(u32, Ipv4Addr)> {
             continue;
         }
         for (index, _, addr) in &plan.backends {
-            if let IpAddr::V4(ip) = addr.ip() {
-                out.push((*index, ip));
-            }
+            out.push((*index, addr.ip()));
         }
     }
     out
@@ -201,7 +199,7 @@ impl NextHopCache {
             return Ok(0);
         }
         let tables = read_tables()?;
-        let mut want: BTreeMap<u32, (Ipv4Addr, Result<NextHop, Unresolved>)> = BTreeMap::new();
+        let mut want: BTreeMap<u32, (IpAddr, Result<NextHop, Unresolved>)> = BTreeMap::new();
         for (index, ip) in backends {
             let route = route_to(ip);
             let hop = resolve(ip, route.as_ref().map_err(String::as_str), &tables);
@@ -293,14 +291,18 @@ fn mac_text(mac: [u8; 6]) -> String {
         .join(":")
 }
 
-/// `ip route get BACKEND`: the kernel's own lookup (policy rules included). `Err` with the
-/// kernel's reason when it has no route.
-fn route_to(backend: Ipv4Addr) -> Result<RouteAnswer, String> {
+/// `ip route get BACKEND` (`ip -6 route get` for IPv6): the kernel's own lookup (policy rules
+/// included). `Err` with the kernel's reason when it has no route.
+fn route_to(backend: IpAddr) -> Result<RouteAnswer, String> {
     let mut msg = RouteMessage::default();
-    msg.header.address_family = AddressFamily::Inet;
-    msg.header.destination_prefix_length = 32;
+    let (family, len, destination) = match backend {
+        IpAddr::V4(v4) => (AddressFamily::Inet, 32, RouteAddress::Inet(v4)),
+        IpAddr::V6(v6) => (AddressFamily::Inet6, 128, RouteAddress::Inet6(v6)),
+    };
+    msg.header.address_family = family;
+    msg.header.destination_prefix_length = len;
     msg.attributes
-        .push(RouteAttribute::Destination(RouteAddress::Inet(backend)));
+        .push(RouteAttribute::Destination(destination));
     let what = format!("RTM_GETROUTE {backend}");
     let answers = netlink::request(&what, RouteNetlinkMessage::GetRoute(msg), NLM_F_REQUEST)
         .map_err(|e| e.to_string())?;
@@ -321,7 +323,8 @@ fn route_answer(r: &RouteMessage) -> RouteAnswer {
     for attr in &r.attributes {
         match attr {
             RouteAttribute::Oif(i) => a.oif = *i,
-            RouteAttribute::Gateway(RouteAddress::Inet(g)) => a.gateway = Some(*g),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => a.gateway = Some(IpAddr::V4(*g)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(g)) => a.gateway = Some(IpAddr::V6(*g)),
             RouteAttribute::Metrics(ms) => {
                 for m in ms {
                     if let RouteMetric::Mtu(v) = m {
@@ -335,7 +338,7 @@ fn route_answer(r: &RouteMessage) -> RouteAnswer {
     a
 }
 
-/// The interfaces and the IPv4 neighbour table of this network namespace.
+/// The interfaces and the IPv4 and IPv6 neighbour tables of this network namespace.
 fn read_tables() -> Result<Tables, NetlinkError> {
     let interfaces = netlink::links()?
         .into_iter()
@@ -349,13 +352,19 @@ fn read_tables() -> Result<Tables, NetlinkError> {
             )
         })
         .collect();
-    let mut msg = NeighbourMessage::default();
-    msg.header.family = AddressFamily::Inet;
-    let answers = netlink::request(
-        "RTM_GETNEIGH (dump)",
-        RouteNetlinkMessage::GetNeighbour(msg),
-        NLM_F_REQUEST | NLM_F_DUMP,
-    )?;
+    let mut answers = Vec::new();
+    for (family, what) in [
+        (AddressFamily::Inet, "RTM_GETNEIGH (IPv4 dump)"),
+        (AddressFamily::Inet6, "RTM_GETNEIGH (IPv6 dump)"),
+    ] {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = family;
+        answers.extend(netlink::request(
+            what,
+            RouteNetlinkMessage::GetNeighbour(msg),
+            NLM_F_REQUEST | NLM_F_DUMP,
+        )?);
+    }
     let mut neighbours = HashMap::new();
     for m in &answers {
         let RouteNetlinkMessage::NewNeighbour(n) = m else {
@@ -365,7 +374,12 @@ fn read_tables() -> Result<Tables, NetlinkError> {
         let mut lladdr = None;
         for attr in &n.attributes {
             match attr {
-                NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => ip = Some(*a),
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                    ip = Some(IpAddr::V4(*a));
+                }
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                    ip = Some(IpAddr::V6(*a));
+                }
                 NeighbourAttribute::LinkLayerAddress(l) => {
                     lladdr = <[u8; 6]>::try_from(l.as_slice()).ok();
                 }
@@ -392,6 +406,7 @@ fn read_tables() -> Result<Tables, NetlinkError> {
 const RTNLGRP_LINK: u32 = 1;
 const RTNLGRP_NEIGH: u32 = 3;
 const RTNLGRP_IPV4_ROUTE: u32 = 7;
+const RTNLGRP_IPV6_ROUTE: u32 = 11;
 
 /// How long the watcher waits after an event for more before it asks for a refresh (a route
 /// change brings a burst of route, neighbour and link messages), and the longest a burst can
@@ -399,7 +414,7 @@ const RTNLGRP_IPV4_ROUTE: u32 = 7;
 pub const DEBOUNCE: Duration = Duration::from_millis(5);
 const DEBOUNCE_MAX: Duration = Duration::from_millis(50);
 
-/// A socket subscribed to link, neighbour and IPv4 route events. Opened before the task runs,
+/// A socket subscribed to link, neighbour and IPv4 and IPv6 route events. Opened before the task runs,
 /// so that a failure is reported at start-up.
 pub struct Watcher {
     socket: TokioSocket,
@@ -411,7 +426,12 @@ impl Watcher {
         let mut socket = TokioSocket::new(NETLINK_ROUTE)?;
         let s = socket.socket_mut();
         s.bind_auto()?;
-        for group in [RTNLGRP_LINK, RTNLGRP_NEIGH, RTNLGRP_IPV4_ROUTE] {
+        for group in [
+            RTNLGRP_LINK,
+            RTNLGRP_NEIGH,
+            RTNLGRP_IPV4_ROUTE,
+            RTNLGRP_IPV6_ROUTE,
+        ] {
             s.add_membership(group)?;
         }
         Ok(Watcher { socket })
@@ -456,12 +476,14 @@ impl Watcher {
 mod tests {
     use super::*;
 
-    const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
-    const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 1);
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    const BACKEND: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 1, 0, 2));
+    const GATEWAY: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 2, 0, 1));
     const OUR_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
     const THEIR_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
 
-    fn tables(hop: Ipv4Addr, state: NeighbourState) -> Tables {
+    fn tables(hop: IpAddr, state: NeighbourState) -> Tables {
         Tables {
             interfaces: HashMap::from([(
                 3,
@@ -500,7 +522,7 @@ mod tests {
         assert_eq!(
             hop,
             NextHop {
-                addr: addr_v4(BACKEND),
+                addr: addr_of(BACKEND),
                 ifindex: 3,
                 mtu: 1500,
                 flags: 0,
@@ -625,13 +647,65 @@ address = "10.1.0.3:53"
 "#;
         let cfg = crate::config::parse(text, "test").unwrap();
         let state = desired_state(&cfg, None).unwrap();
-        let got: Vec<Ipv4Addr> = remote_backends(&state)
+        let got: Vec<IpAddr> = remote_backends(&state)
             .into_iter()
             .map(|(_, ip)| ip)
             .collect();
         assert_eq!(
             got,
-            [Ipv4Addr::new(10, 1, 0, 2), Ipv4Addr::new(10, 1, 0, 3)]
+            [
+                IpAddr::V4(Ipv4Addr::new(10, 1, 0, 2)),
+                IpAddr::V4(Ipv4Addr::new(10, 1, 0, 3))
+            ]
+        );
+        // IPv6 backends of remote modes are cached too.
+        let text = r#"
+interfaces = ["lo"]
+[[service]]
+name = "nat6"
+vip = "[2001:db8::1]:53"
+forwarding = "nat"
+[[service.backend]]
+address = "[2001:db8:1::2]:53"
+"#;
+        let cfg = crate::config::parse(text, "test").unwrap();
+        let state = desired_state(&cfg, None).unwrap();
+        let got: Vec<IpAddr> = remote_backends(&state)
+            .into_iter()
+            .map(|(_, ip)| ip)
+            .collect();
+        assert_eq!(got, ["2001:db8:1::2".parse::<IpAddr>().unwrap()]);
+    }
+
+    /// An IPv6 backend behind a link-local gateway resolves through the NDP entry of the
+    /// gateway, and its entry holds the backend's 16-byte address.
+    #[test]
+    fn an_ipv6_backend_resolves_through_its_gateways_ndp_entry() {
+        let backend = IpAddr::V6("2001:db8:1::2".parse::<Ipv6Addr>().unwrap());
+        let gateway = IpAddr::V6("fe80::1".parse::<Ipv6Addr>().unwrap());
+        let route = RouteAnswer {
+            gateway: Some(gateway),
+            ..direct()
+        };
+        let hop = resolve(
+            backend,
+            Ok(&route),
+            &tables(gateway, NeighbourState::Reachable),
+        )
+        .unwrap();
+        assert_eq!(hop.addr, addr_of(backend));
+        assert_eq!((hop.dmac, hop.smac, hop.mtu), (THEIR_MAC, OUR_MAC, 1500));
+        // Without the gateway's NDP entry: unresolved, naming the gateway.
+        assert_eq!(
+            resolve(
+                backend,
+                Ok(&route),
+                &tables(backend, NeighbourState::Reachable)
+            ),
+            Err(Unresolved::NoNeighbour {
+                hop: gateway,
+                ifindex: 3
+            })
         );
     }
 }

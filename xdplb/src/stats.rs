@@ -247,16 +247,27 @@ pub fn render(s: &Snapshot) -> String {
         s.interfaces.join(", ")
     );
     let _ = writeln!(out);
+    // The address column is as wide as the widest address (an IPv6 one takes up to 47).
+    let aw = s
+        .services
+        .iter()
+        .flat_map(|svc| {
+            std::iter::once(&svc.traffic.address).chain(svc.backends.iter().map(|b| &b.address))
+        })
+        .map(|a| a.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(22);
     let _ = writeln!(
         out,
-        "{:<24} {:<22} {:>14} {:>16} {:>10}",
+        "{:<24} {:<aw$} {:>14} {:>16} {:>10}",
         "SERVICE / BACKEND", "ADDRESS", "PACKETS", "BYTES", "FLOWS"
     );
     for svc in &s.services {
         let t = &svc.traffic;
         let _ = writeln!(
             out,
-            "{:<24} {:<22} {:>14} {:>16} {:>10}",
+            "{:<24} {:<aw$} {:>14} {:>16} {:>10}",
             t.name, t.address, t.packets, t.bytes, t.flows
         );
         for b in &svc.backends {
@@ -270,7 +281,7 @@ pub fn render(s: &Snapshot) -> String {
             }
             let _ = writeln!(
                 out,
-                "  {:<22} {:<22} {:>14} {:>16} {:>10}{health}",
+                "  {:<22} {:<aw$} {:>14} {:>16} {:>10}{health}",
                 b.name, b.address, b.packets, b.bytes, b.flows
             );
         }
@@ -322,4 +333,59 @@ pub fn render(s: &Snapshot) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// IPv6 services and backends are shown bracketed and whole, and the counters line up.
+    #[test]
+    fn ipv6_rows_are_shown_whole_and_aligned() {
+        let row = |name: &str, address: &str, packets| TrafficRow {
+            name: name.into(),
+            address: address.into(),
+            packets,
+            bytes: 1,
+            flows: 1,
+            health: None,
+            drain: false,
+        };
+        let snapshot = Snapshot {
+            instance: "t".into(),
+            pid: 1,
+            interfaces: vec!["lo".into()],
+            services: vec![ServiceRow {
+                traffic: row("v6", "[2001:db8:aaaa:bbbb:cccc:dddd:eeee:1]:53", 4321),
+                table_fingerprint: String::new(),
+                backends: vec![
+                    row("#1", "[2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff]:53", 987),
+                    row("#2", "10.1.0.1:53", 55),
+                ],
+            }],
+            counters: Vec::new(),
+            flow_table: FlowTable {
+                entries: 0,
+                capacity: 1,
+                inserts: 0,
+                evictions: 0,
+            },
+            veths: Default::default(),
+        };
+        let text = render(&snapshot);
+        let lines: Vec<&str> = text
+            .lines()
+            .skip_while(|l| !l.starts_with("SERVICE / BACKEND"))
+            .collect();
+        let end = lines[0].find("PACKETS").expect("heading") + "PACKETS".len();
+        for (line, value) in [(1, "4321"), (2, "987"), (3, "55")] {
+            let l = lines[line];
+            assert_eq!(
+                l[..end].rfind(value).map(|i| i + value.len()),
+                Some(end),
+                "{text}"
+            );
+        }
+        assert!(lines[2].contains("[2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff]:53"));
+    }
 }

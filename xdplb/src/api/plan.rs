@@ -74,7 +74,7 @@ fn weight(w: Option<i64>, default: u16) -> Result<u16, Response> {
 fn address(s: &str) -> Result<SocketAddr, Response> {
     s.parse().map_err(|_| {
         bad(format!(
-            "invalid backend address {s:?}: expected IPv4:port such as \"10.0.0.1:53\""
+            "invalid backend address {s:?}: expected IPV4:PORT such as \"10.0.0.1:53\" or [IPV6]:PORT such as \"[2001:db8::1]:53\""
         ))
     })
 }
@@ -320,6 +320,74 @@ mod tests {
         assert_eq!(e.status, 400, "{:?}", e.body);
     }
 
+    /// IPv6 services and backends are added, changed and removed through the API with
+    /// bracketed addresses, in bodies and in paths.
+    #[test]
+    fn ipv6_services_and_backends_go_through_the_api() {
+        let cfg = default_config();
+        let p = plan(
+            &req(
+                "POST",
+                "/v1/services",
+                r#"{"name":"v6","vip":"[::1]:9975","backend":[{"address":"[::1]:9976"}]}"#,
+            ),
+            &cfg,
+        );
+        let Ok(Plan::Change { next, .. }) = p else {
+            panic!("a change expected: {p:?}")
+        };
+        let v6 = &next.services[1];
+        assert_eq!(v6.vip, "[::1]:9975".parse().expect("literal"));
+        let p = plan(
+            &req(
+                "POST",
+                "/v1/services/v6/backends",
+                r#"{"address":"[::1]:9977","weight":3}"#,
+            ),
+            &next,
+        );
+        let Ok(Plan::Change { next, what, .. }) = p else {
+            panic!("a change expected: {p:?}")
+        };
+        assert!(what.contains("[::1]:9977"), "{what}");
+        assert_eq!(next.services[1].backends[1].weight, 3);
+        let p = plan(
+            &req(
+                "PATCH",
+                "/v1/services/v6/backends/[::1]:9977",
+                r#"{"drain":true}"#,
+            ),
+            &next,
+        );
+        let Ok(Plan::Change { next, edit, .. }) = p else {
+            panic!("a change expected: {p:?}")
+        };
+        assert!(next.services[1].backends[1].drain);
+        assert_eq!(
+            edit,
+            ConfigEdit::SetBackend {
+                service: "v6".into(),
+                address: "[::1]:9977".parse().expect("literal"),
+                weight: None,
+                drain: Some(true),
+            }
+        );
+        let p = plan(
+            &req("DELETE", "/v1/services/v6/backends/[::1]:9977", ""),
+            &next,
+        );
+        let Ok(Plan::Change { next, .. }) = p else {
+            panic!("a change expected: {p:?}")
+        };
+        assert_eq!(next.services[1].backends.len(), 1);
+        let p = plan(&req("GET", "/v1/services/v6", ""), &next);
+        let Ok(Plan::Read(body)) = p else {
+            panic!("a read expected: {p:?}")
+        };
+        assert_eq!(body["vip"], "[::1]:9975", "{body}");
+        assert_eq!(body["backend"][0]["address"], "[::1]:9976", "{body}");
+    }
+
     #[test]
     fn api_adds_obey_the_rules_between_services() {
         let cfg = default_config();
@@ -354,7 +422,7 @@ mod tests {
                     "/v1/services",
                     r#"{"name":"x","vip":"[2001:db8::1]:53","backend":[{"address":"127.0.0.1:53"}]}"#,
                 ),
-                "IPv6 is not supported yet (the data plane is IPv4-only)",
+                "is IPv4 but the service's vip [2001:db8::1]:53 is IPv6",
             ),
             (
                 req(
@@ -362,7 +430,7 @@ mod tests {
                     "/v1/services/demo/backends",
                     r#"{"address":"[::1]:9876"}"#,
                 ),
-                "IPv6 is not supported yet",
+                "is IPv6 but the service's vip 127.0.0.1:9875 is IPv4",
             ),
         ];
         for (r, needle) in cases {

@@ -64,8 +64,10 @@ pub enum Command {
     /// Stop an instance for good: stop its daemon, if one runs, then detach the data plane and
     /// remove everything it pinned.
     Stop,
-    /// Backend side of forwarding = "dsr-ipip": attach the program that strips the outer IPv4
-    /// header on an interface (pinned, so it stays after this command exits).
+    /// Backend side of forwarding = "dsr-ipip": attach the program that strips the outer header
+    /// on an interface: IPv4-in-IPv4 (protocol 4) for an IPv4 VIP and IPv6-in-IPv6 (next
+    /// header 41) for an IPv6 one (attached through netlink, so it stays after this command
+    /// exits).
     Decap {
         /// The backend's interface that receives the encapsulated packets.
         #[arg(long)]
@@ -95,9 +97,10 @@ pub enum Command {
         /// Explain with this config file instead of the running instance's config.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// The client's address and port.
+        /// The client's address and port (`10.0.0.9:4000`, `[2001:db8::9]:4000`).
         client: std::net::SocketAddr,
-        /// The destination the client sends to (a VIP, or any address for a 0.0.0.0 service).
+        /// The destination the client sends to (a VIP, or any address of its family for a
+        /// 0.0.0.0 or [::] service), of the client's family.
         destination: std::net::SocketAddr,
         #[command(flatten)]
         output: Output,
@@ -348,7 +351,7 @@ pub struct ServiceSpec {
     /// The service's name (unique).
     #[arg(long)]
     pub name: String,
-    /// IPV4:PORT (0.0.0.0:PORT for any address).
+    /// IPV4:PORT or [IPV6]:PORT (0.0.0.0:PORT or [::]:PORT for any address of that family).
     #[arg(long)]
     pub vip: String,
     /// The protocol balanced (default udp).
@@ -372,10 +375,11 @@ pub struct ServiceSpec {
     /// How packets reach the backends (default local).
     #[arg(long, value_enum)]
     pub forwarding: Option<config::Forwarding>,
-    /// dsr-ipip: the prefix outer sources come from, such as 10.200.0.0/24.
+    /// dsr-ipip: the prefix outer sources come from, of the vip's family, such as
+    /// 10.200.0.0/24 or 2001:db8:ff::/64.
     #[arg(long)]
     pub encap_source: Option<String>,
-    /// fullnat: the balancer address backends see.
+    /// fullnat: the balancer address backends see, of the vip's family.
     #[arg(long)]
     pub fullnat_source: Option<String>,
     /// fullnat: FIRST-LAST source ports.
@@ -438,7 +442,7 @@ pub enum BackendAction {
     Add {
         /// The service's name.
         service: String,
-        /// The backend's IPV4:PORT.
+        /// The backend's IPV4:PORT or [IPV6]:PORT.
         address: String,
         /// Scheduler weight, 1..=65535 (default 1).
         #[arg(long)]
@@ -451,28 +455,28 @@ pub enum BackendAction {
     Remove {
         /// The service's name.
         service: String,
-        /// The backend's IPV4:PORT.
+        /// The backend's IPV4:PORT or [IPV6]:PORT.
         address: String,
     },
     /// Drain a backend: it keeps its live flows but gets no new ones.
     Drain {
         /// The service's name.
         service: String,
-        /// The backend's IPV4:PORT.
+        /// The backend's IPV4:PORT or [IPV6]:PORT.
         address: String,
     },
     /// Undrain a backend: it takes new flows again.
     Undrain {
         /// The service's name.
         service: String,
-        /// The backend's IPV4:PORT.
+        /// The backend's IPV4:PORT or [IPV6]:PORT.
         address: String,
     },
     /// Set a backend's scheduler weight.
     Weight {
         /// The service's name.
         service: String,
-        /// The backend's IPV4:PORT.
+        /// The backend's IPV4:PORT or [IPV6]:PORT.
         address: String,
         /// The new weight, 1..=65535.
         weight: i64,

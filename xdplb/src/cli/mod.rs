@@ -291,7 +291,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Backend { action } => {
             let path = |service: &str, address: Option<&str>| match address {
-                // Service names and IPv4:port addresses never contain '/'.
+                // Service names and addresses (IPV4:PORT, [IPV6]:PORT) never contain '/';
+                // brackets are valid in a request path.
                 Some(a) => format!("/v1/services/{service}/backends/{a}"),
                 None => format!("/v1/services/{service}/backends"),
             };

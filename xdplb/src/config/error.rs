@@ -262,9 +262,9 @@ pub enum ConfigError {
         first_line: u32,
     },
 
-    /// A vip that is not `IPV4:PORT`.
+    /// A vip that is not `IPV4:PORT` or `[IPV6]:PORT`.
     #[error(
-        "{at}: {service} has an invalid vip {value:?}: {reason}; expected IPV4:PORT such as \"192.0.2.10:53\" (0.0.0.0:PORT matches any destination address)"
+        "{at}: {service} has an invalid vip {value:?}: {reason}; expected IPV4:PORT such as \"192.0.2.10:53\" or [IPV6]:PORT such as \"[2001:db8::10]:53\" (0.0.0.0:PORT or [::]:PORT matches any destination address of that family)"
     )]
     InvalidVip {
         at: Location,
@@ -273,15 +273,21 @@ pub enum ConfigError {
         reason: String,
     },
 
-    /// An IPv6 vip or backend address.
+    /// A service address of the other family than its vip: a service's vip, backends,
+    /// `fullnat_source` and `encap_source` are all IPv4 or all IPv6.
     #[error(
-        "{at}: {what} {value:?} is an IPv6 address; IPv6 is not supported yet (the data plane is IPv4-only), use an IPv4 address"
+        "{at}: {what} {value:?} is {} but the service's vip {vip} is {}; a service's vip, backends, fullnat_source and encap_source must all be of one family (translating between IPv4 and IPv6, NAT64/NAT46, is not supported): use an {} address, or a separate service for {}",
+        family_name(!.vip.is_ipv4()),
+        family_name(.vip.is_ipv4()),
+        family_name(.vip.is_ipv4()),
+        family_name(!.vip.is_ipv4())
     )]
-    Ipv6NotSupported {
+    MixedFamilies {
         at: Location,
-        /// What the address is, e.g. `service "demo" vip`.
+        /// The service and the field, e.g. `service "demo" backend #2 address`.
         what: String,
         value: String,
+        vip: SocketAddr,
     },
 
     /// Two services listening on the same VIP, port and protocol.
@@ -524,7 +530,7 @@ pub enum ConfigError {
 
     /// An `encap_source` prefix that cannot serve as outer source addresses.
     #[error(
-        "{at}: {service} has encap_source {value:?}, which cannot be used for outer source addresses: {reason}; expected a prefix of /8 to /32 (/16 already gives 65536 addresses) of unicast addresses that route back to this balancer, such as \"10.200.0.0/24\""
+        "{at}: {service} has encap_source {value:?}, which cannot be used for outer source addresses: {reason}; expected a prefix (IPv4 /8 to /32, IPv6 /16 to /128; 16 host bits already give 65536 addresses) of unicast addresses that route back to this balancer, such as \"10.200.0.0/24\" or \"2001:db8:ff::/64\""
     )]
     UnusableEncapSource {
         at: Location,
@@ -545,9 +551,9 @@ pub enum ConfigError {
         vip_port: u16,
     },
 
-    /// `encap_source` is not an IPv4 prefix without host bits.
+    /// `encap_source` is not an IPv4 or IPv6 prefix without host bits.
     #[error(
-        "{at}: {service} has an invalid encap_source {value:?}; expected an IPv4 prefix with no host bits set, such as \"10.200.0.0/24\""
+        "{at}: {service} has an invalid encap_source {value:?}; expected an IPv4 or IPv6 prefix with no host bits set, such as \"10.200.0.0/24\" or \"2001:db8:ff::/64\""
     )]
     InvalidEncapSource {
         at: Location,
@@ -762,9 +768,9 @@ pub enum ConfigError {
     )]
     NoBackends { at: Location, service: String },
 
-    /// A backend address that is not a unicast `IPV4:PORT`.
+    /// A backend address that is not a unicast `IPV4:PORT` or `[IPV6]:PORT`.
     #[error(
-        "{at}: {service} backend #{index} has an invalid address {value:?}: {reason}; expected a unicast IPV4:PORT such as \"10.0.0.5:53\""
+        "{at}: {service} backend #{index} has an invalid address {value:?}: {reason}; expected a unicast IPV4:PORT such as \"10.0.0.5:53\" or [IPV6]:PORT such as \"[2001:db8::5]:53\""
     )]
     InvalidBackendAddress {
         at: Location,
@@ -805,4 +811,9 @@ pub enum ConfigError {
         "{at}: every backend of {service} is drained; at least one must accept new flows, so set drain = false on one of them or add a backend"
     )]
     AllBackendsDrained { at: Location, service: String },
+}
+
+/// "IPv4" or "IPv6".
+fn family_name(ipv4: bool) -> &'static str {
+    if ipv4 { "IPv4" } else { "IPv6" }
 }

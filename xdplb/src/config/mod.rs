@@ -37,9 +37,12 @@
 //!
 //! [[service]]                  # at least one
 //! name = "demo"                # required, unique, 1..=64 of [A-Za-z0-9_.-]
-//! vip = "127.0.0.1:9875"       # required, IPV4:PORT; 0.0.0.0:PORT matches any address; not
-//!                              # multicast, broadcast or another 0.0.0.0/8 address; a 0.0.0.0
-//!                              # port may not lie in any service's fullnat_ports
+//! vip = "127.0.0.1:9875"       # required, IPV4:PORT or [IPV6]:PORT; 0.0.0.0:PORT ([::]:PORT)
+//!                              # matches any IPv4 (IPv6) address; not multicast, broadcast,
+//!                              # another 0.0.0.0/8 address or IPv4-mapped IPv6; a wildcard
+//!                              # port may not lie in any service's fullnat_ports. The vip,
+//!                              # backends, fullnat_source and encap_source of a service are
+//!                              # all of one family (no NAT64/NAT46)
 //! protocol = "udp"             # optional, only udp for now
 //! flow_idle_timeout = "30s"    # optional, 1s..=24h
 //! flow_stale_after = "never"   # optional, maglev and source-hash only: never | 2s..=102.3s
@@ -63,8 +66,10 @@
 //!                              # | dsr-ipip (backends anywhere, reached in IP-in-IP; they
 //!                              # run `xdplb decap`, hold the VIP and answer directly)
 //! encap_source = "10.200.0.0/24"  # dsr-ipip only, required: outer sources come from this
-//!                              # prefix (the flow hash picks the host part); /8 to /32, not in
-//!                              # 0.0.0.0/8, 127.0.0.0/8 or 224.0.0.0/3
+//!                              # prefix (the flow hash picks the host part, at most its low
+//!                              # 32 bits); IPv4 /8 to /32, not in 0.0.0.0/8, 127.0.0.0/8 or
+//!                              # 224.0.0.0/3; IPv6 (e.g. "2001:db8:ff::/64") /16 to /128, not
+//!                              # in ::/8 or ff00::/8
 //! fullnat_source = "10.86.0.1" # fullnat only, required: the balancer address backends see;
 //!                              # not the vip address of any service
 //! fullnat_ports = "20000-59999"  # fullnat only, optional (this default): source port range
@@ -87,7 +92,8 @@
 //!                              # live flows move to healthy backends on their next packet)
 //!
 //! [[service.backend]]          # at least one per service
-//! address = "127.0.0.1:9876"   # required, unicast IPV4:PORT, unique within the service; for
+//! address = "127.0.0.1:9876"   # required, unicast IPV4:PORT or [IPV6]:PORT of the vip's
+//!                              # family, unique within the service; for
 //!                              # nat and fullnat not on the vip's address; not shared by two
 //!                              # local/nat services (replies are matched by backend and client
 //!                              # address:port only); fullnat and dsr services may share
@@ -224,8 +230,8 @@ fn lookup_entries_needed(services: &[ServiceConfig], limits: &Limits) -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceConfig {
     pub name: String,
-    /// `0.0.0.0:PORT` matches any destination address. IPv4 only for now (validation refuses
-    /// IPv6; see [`socket_v4`]).
+    /// `0.0.0.0:PORT` matches any IPv4 destination address, `[::]:PORT` any IPv6 one. The
+    /// backends, `encap_source` and `fullnat` source are of the same family.
     pub vip: SocketAddr,
     pub protocol: Protocol,
     /// 1s..=24h.
@@ -315,8 +321,8 @@ pub struct FullnatConfig {
     pub port_last: u16,
 }
 
-/// An IPv4 prefix for outer source addresses, `base/prefix_len`, with no host bits set in
-/// `base`.
+/// An IPv4 or IPv6 prefix for outer source addresses, `base/prefix_len`, with no host bits set
+/// in `base`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EncapSource {
     pub base: IpAddr,
@@ -329,22 +335,13 @@ impl fmt::Display for EncapSource {
     }
 }
 
-/// A config address that the data plane cannot take yet: the data plane is IPv4-only.
-/// Validation refuses IPv6 with the file's location, so the data-plane writers meet this only
-/// for a config that skipped validation.
+/// An IPv6 address given to a user-space tool that builds IPv4 frames only (the bench's frame
+/// builder); the data plane and its writers take both families.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("{0} is an IPv6 address; IPv6 is not supported yet (the data plane is IPv4-only)")]
+#[error("{0} is an IPv6 address; this tool builds IPv4 frames only")]
 pub struct Ipv6Unsupported(pub IpAddr);
 
-/// The IPv4 form of a config address, for the data plane.
-pub fn ip_v4(ip: IpAddr) -> Result<Ipv4Addr, Ipv6Unsupported> {
-    match ip {
-        IpAddr::V4(v4) => Ok(v4),
-        IpAddr::V6(_) => Err(Ipv6Unsupported(ip)),
-    }
-}
-
-/// The IPv4 form of a config socket address, for the data plane.
+/// The IPv4 form of a config socket address, for IPv4-only tools.
 pub fn socket_v4(addr: SocketAddr) -> Result<SocketAddrV4, Ipv6Unsupported> {
     match addr {
         SocketAddr::V4(v4) => Ok(v4),
@@ -355,7 +352,7 @@ pub fn socket_v4(addr: SocketAddr) -> Result<SocketAddrV4, Ipv6Unsupported> {
 /// One backend of a service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendConfig {
-    /// A unicast IPv4 address with a non-zero port (IPv6 is refused by validation for now).
+    /// A unicast address with a non-zero port, of the vip's family.
     pub address: SocketAddr,
     /// 1..=65535.
     pub weight: u16,

@@ -581,18 +581,60 @@ fn invalid_vip_addresses() {
     }
 }
 
+/// An IPv6 vip with IPv6 backends is accepted, loopback (the tutorial on `lo`) and the
+/// wildcard included, as IPv4 accepts 127.0.0.1 and 0.0.0.0.
 #[test]
-fn ipv6_vip_is_not_supported_yet() {
-    for bad in ["[::1]:53", "::1", "[2001:db8::1]:9875", "2001:db8::1:53"] {
+fn ipv6_vip_is_accepted() {
+    for (vip, backend) in [
+        ("[::1]:53", "[::1]:5353"),
+        ("[2001:db8::1]:9875", "[2001:db8:1::5]:53"),
+        ("[::]:9875", "[2001:db8:1::5]:9875"),
+    ] {
+        let cfg = ok(&format!(
+            "{IFACES}[[service]]\nname = \"demo\"\nvip = \"{vip}\"\n[[service.backend]]\naddress = \"{backend}\"\n"
+        ));
+        let svc = &cfg.services[0];
+        assert_eq!(svc.vip, vip.parse::<SocketAddr>().unwrap());
+        assert_eq!(svc.vip.to_string(), vip, "shown as written");
+        assert_eq!(
+            svc.backends[0].address,
+            backend.parse::<SocketAddr>().unwrap()
+        );
+    }
+    let cfg = ok(&format!(
+        "{IFACES}[[service]]\nname = \"demo\"\nvip = \"[::]:9875\"\n[[service.backend]]\naddress = \"[::1]:9876\"\n"
+    ));
+    assert!(cfg.describe().contains("any address"), "{}", cfg.describe());
+}
+
+/// IPv6 written without brackets, with a scope, IPv4-mapped or multicast is refused with a
+/// reason saying how to write it.
+#[test]
+fn ipv6_vip_problems_are_explained() {
+    for (bad, reason) in [
+        (
+            "::1",
+            "written in brackets before its port, as \"[::1]:PORT\"",
+        ),
+        ("2001:db8::1:53", "\"[2001:db8::1:53]:PORT\""),
+        ("[2001:db8::1]", "\":PORT\" after ']' is missing"),
+        ("[2001:db8::1", "no closing ']'"),
+        ("[2001:db8::zz]:53", "not a valid IPv6 address"),
+        ("[2001:db8::1]:0", "port 0"),
+        ("[2001:db8::1]:99999", "port 99999 is out of range"),
+        ("[fe80::1%2]:53", "scope %2 is not supported"),
+        (
+            "[::ffff:10.0.0.1]:53",
+            "write the IPv4 address as IPv4 (\"10.0.0.1:53\")",
+        ),
+        ("[ff02::1]:53", "multicast address (ff00::/8)"),
+    ] {
         let e = err(&with_vip(bad));
         match &e {
-            ConfigError::Ipv6NotSupported { value, what, .. } => {
-                assert_eq!(value, bad);
-                assert_eq!(what, "service \"demo\" vip");
-            }
+            ConfigError::InvalidVip { value, .. } => assert_eq!(value, bad),
             other => panic!("wrong variant for {bad:?}: {other:?}"),
         }
-        assert_msg(&e, &[bad, "IPv6 is not supported yet", &line(4)]);
+        assert_msg(&e, &[reason, &line(4), "[IPV6]:PORT"]);
     }
 }
 
@@ -745,17 +787,70 @@ fn invalid_backend_addresses() {
     }
 }
 
+/// A backend of the other family than the vip is refused, naming the field, the value, the
+/// line and why (no NAT64/NAT46).
 #[test]
-fn ipv6_backend_is_not_supported_yet() {
+fn backend_of_the_other_family_is_refused() {
     let e = err(&with_backend("address = \"[::1]:9876\"\n"));
     match &e {
-        ConfigError::Ipv6NotSupported { what, value, .. } => {
+        ConfigError::MixedFamilies {
+            what, value, vip, ..
+        } => {
             assert_eq!(what, "service \"demo\" backend #1 address");
             assert_eq!(value, "[::1]:9876");
+            assert_eq!(*vip, local(9875));
         }
         other => panic!("wrong variant: {other:?}"),
     }
-    assert_msg(&e, &["[::1]:9876", "IPv6", &line(6)]);
+    assert_msg(
+        &e,
+        &[
+            "service \"demo\" backend #1 address \"[::1]:9876\" is IPv6",
+            "vip 127.0.0.1:9875 is IPv4",
+            "NAT64",
+            &line(6),
+        ],
+    );
+    // And the other way round, on the second backend.
+    let e = err(&format!(
+        "{IFACES}[[service]]\nname = \"demo\"\nvip = \"[2001:db8::1]:53\"\n[[service.backend]]\naddress = \"[2001:db8::2]:53\"\n[[service.backend]]\naddress = \"10.0.0.2:53\"\n"
+    ));
+    assert_msg(
+        &e,
+        &[
+            "backend #2 address \"10.0.0.2:53\" is IPv4",
+            "vip [2001:db8::1]:53 is IPv6",
+            &line(8),
+        ],
+    );
+}
+
+/// IPv6 backends get the same refusals as IPv4 ones.
+#[test]
+fn ipv6_backend_problems() {
+    let v6 = |backend: &str| {
+        format!(
+            "{IFACES}[[service]]\nname = \"demo\"\nvip = \"[2001:db8::1]:53\"\n[[service.backend]]\naddress = \"{backend}\"\n"
+        )
+    };
+    for (bad, reason) in [
+        ("[::]:53", ":: is not a host address"),
+        ("[ff02::1]:53", "ff02::1 is a multicast address (ff00::/8)"),
+        ("[::ffff:10.0.0.1]:53", "IPv4-mapped"),
+        ("2001:db8::2:53", "written in brackets"),
+    ] {
+        let e = err(&v6(bad));
+        match &e {
+            ConfigError::InvalidBackendAddress { value, .. } => assert_eq!(value, bad),
+            other => panic!("wrong variant for {bad:?}: {other:?}"),
+        }
+        assert_msg(&e, &[reason, &line(6)]);
+    }
+    // Loopback is for local mode only, in both families.
+    let e = err(&format!(
+        "{IFACES}[[service]]\nname = \"demo\"\nvip = \"[2001:db8::1]:53\"\nforwarding = \"nat\"\n[[service.backend]]\naddress = \"[::1]:53\"\n"
+    ));
+    assert!(matches!(e, ConfigError::NatLoopbackBackend { .. }), "{e:?}");
 }
 
 #[test]
@@ -4239,63 +4334,118 @@ fn save_of_a_missing_file_names_it_and_creates_nothing() {
 
 // ---- IPv6: typed as SocketAddr/IpAddr, refused until the data plane takes it ---------
 
-/// Every address field refuses IPv6 with its location and the same reason.
+/// Every address field takes IPv6 with an IPv6 vip.
 #[test]
-fn ipv6_is_refused_in_every_address_field_with_its_location() {
-    let backend_dsr = "[[service.backend]]\naddress = \"10.0.0.1:9875\"\n";
-    let cases: [(String, &str, u32); 4] = [
-        (with_vip("[2001:db8::1]:53"), "service \"demo\" vip", 4),
-        (
-            with_backend("address = \"[2001:db8::2]:53\"\n"),
-            "service \"demo\" backend #1 address",
-            6,
-        ),
-        (
-            format!(
-                "{IFACES}[[service]]\nname = \"demo\"\nvip = \"10.1.0.1:9875\"\nforwarding = \"dsr-ipip\"\nencap_source = \"2001:db8::/64\"\n{backend_dsr}"
-            ),
-            "service \"demo\" encap_source",
-            6,
-        ),
-        (
-            format!(
-                "{IFACES}[[service]]\nname = \"demo\"\nvip = \"10.1.0.1:9875\"\nforwarding = \"fullnat\"\nfullnat_source = \"2001:db8::9\"\n{backend_dsr}"
-            ),
-            "service \"demo\" fullnat_source",
-            6,
-        ),
-    ];
-    for (text, what, at_line) in cases {
-        let e = err(&text);
-        match &e {
-            ConfigError::Ipv6NotSupported { what: w, .. } => assert_eq!(w, what),
-            other => panic!("{what}: wrong variant {other:?}"),
+fn ipv6_is_accepted_in_every_address_field() {
+    let backend = "[[service.backend]]\naddress = \"[2001:db8:1::5]:9875\"\n";
+    let cfg = ok(&format!(
+        "{IFACES}[[service]]\nname = \"ipip\"\nvip = \"[2001:db8::1]:9875\"\nforwarding = \"dsr-ipip\"\nencap_source = \"2001:db8:ff::/64\"\n{backend}\
+         [[service]]\nname = \"full\"\nvip = \"[2001:db8::2]:9875\"\nforwarding = \"fullnat\"\nfullnat_source = \"2001:db8:86::1\"\n{backend}"
+    ));
+    let ipip = &cfg.services[0];
+    let e = ipip.encap_source.expect("encap_source");
+    assert_eq!(e.base, "2001:db8:ff::".parse::<IpAddr>().unwrap());
+    assert_eq!(e.prefix_len, 64);
+    assert_eq!(e.to_string(), "2001:db8:ff::/64");
+    let f = cfg.services[1].fullnat.expect("fullnat");
+    assert_eq!(f.source, "2001:db8:86::1".parse::<IpAddr>().unwrap());
+}
+
+/// IPv6 `encap_source` and `fullnat_source` get the sanity refusals IPv4 gets.
+#[test]
+fn ipv6_sources_are_checked_like_ipv4_ones() {
+    let backend = "[[service.backend]]\naddress = \"[2001:db8:1::5]:9875\"\n";
+    let ipip = |prefix: &str| {
+        format!(
+            "{IFACES}[[service]]\nname = \"demo\"\nvip = \"[2001:db8::1]:9875\"\nforwarding = \"dsr-ipip\"\nencap_source = \"{prefix}\"\n{backend}"
+        )
+    };
+    for (bad, variant, reason) in [
+        ("2001:db8:ff::1/64", "invalid", "no host bits set"),
+        ("2001:db8:ff::/129", "invalid", "no host bits set"),
+        ("2000::/8", "unusable", "shorter than /16"),
+        ("::/16", "unusable", "::/8 holds the unspecified, loopback"),
+        ("ff05::/16", "unusable", "multicast space (ff00::/8)"),
+    ] {
+        let e = err(&ipip(bad));
+        match (&e, variant) {
+            (ConfigError::InvalidEncapSource { value, .. }, "invalid")
+            | (ConfigError::UnusableEncapSource { value, .. }, "unusable") => {
+                assert_eq!(value, bad)
+            }
+            (other, _) => panic!("wrong variant for {bad:?}: {other:?}"),
         }
-        assert_msg(
-            &e,
-            &[
-                "IPv6 is not supported yet (the data plane is IPv4-only)",
-                &line(at_line),
-            ],
-        );
+        assert_msg(&e, &[reason, &line(6)]);
+    }
+    ok(&ipip("2001:db8:ff::/128"));
+    let fullnat = |source: &str| {
+        format!(
+            "{IFACES}[[service]]\nname = \"demo\"\nvip = \"[2001:db8::1]:9875\"\nforwarding = \"fullnat\"\nfullnat_source = \"{source}\"\n{backend}"
+        )
+    };
+    for bad in ["::", "::1", "ff02::1", "::ffff:10.0.0.1", "2001:db8::zz"] {
+        let e = err(&fullnat(bad));
+        match &e {
+            ConfigError::InvalidFullnat { field, value, .. } => {
+                assert_eq!(*field, "fullnat_source");
+                assert_eq!(value, bad);
+            }
+            other => panic!("wrong variant for {bad:?}: {other:?}"),
+        }
+        assert_msg(&e, &["unicast IPv4 or IPv6 address", &line(6)]);
     }
 }
 
-/// The data-plane writers take IPv4 through a fallible conversion: a typed config with an
-/// IPv6 address (one that skipped validation) is refused, not unwrapped.
+/// `encap_source` and `fullnat_source` of the other family than the vip are refused with the
+/// field, the value, the line and the reason.
 #[test]
-fn the_data_plane_refuses_an_unvalidated_ipv6_address() {
+fn sources_of_the_other_family_are_refused() {
+    let backend_v4 = "[[service.backend]]\naddress = \"10.0.0.1:9875\"\n";
+    let backend_v6 = "[[service.backend]]\naddress = \"[2001:db8::5]:9875\"\n";
+    let cases = [
+        (
+            format!(
+                "{IFACES}[[service]]\nname = \"demo\"\nvip = \"10.1.0.1:9875\"\nforwarding = \"dsr-ipip\"\nencap_source = \"2001:db8::/64\"\n{backend_v4}"
+            ),
+            "encap_source \"2001:db8::/64\" is IPv6",
+        ),
+        (
+            format!(
+                "{IFACES}[[service]]\nname = \"demo\"\nvip = \"10.1.0.1:9875\"\nforwarding = \"fullnat\"\nfullnat_source = \"2001:db8::9\"\n{backend_v4}"
+            ),
+            "fullnat_source \"2001:db8::9\" is IPv6",
+        ),
+        (
+            format!(
+                "{IFACES}[[service]]\nname = \"demo\"\nvip = \"[2001:db8::1]:9875\"\nforwarding = \"dsr-ipip\"\nencap_source = \"10.200.0.0/24\"\n{backend_v6}"
+            ),
+            "encap_source \"10.200.0.0/24\" is IPv4",
+        ),
+        (
+            format!(
+                "{IFACES}[[service]]\nname = \"demo\"\nvip = \"[2001:db8::1]:9875\"\nforwarding = \"fullnat\"\nfullnat_source = \"10.86.0.1\"\n{backend_v6}"
+            ),
+            "fullnat_source \"10.86.0.1\" is IPv4",
+        ),
+    ];
+    for (text, what) in cases {
+        let e = err(&text);
+        assert!(matches!(e, ConfigError::MixedFamilies { .. }), "{e:?}");
+        assert_msg(&e, &[what, "must all be of one family", "NAT64", &line(6)]);
+    }
+}
+
+/// The data-plane writers check families too: a typed config that mixes them (one that skipped
+/// validation) is refused, not written.
+#[test]
+fn the_data_plane_refuses_an_unvalidated_mixed_family() {
     let mut cfg = default_config();
     cfg.services[0].backends[0].address = "[::1]:9876".parse().expect("literal");
-    let e = crate::dataplane::reconcile::desired_state(&cfg, None).expect_err("IPv6 refused");
-    assert!(e.to_string().contains("IPv6 is not supported yet"), "{e}");
+    let e = crate::dataplane::reconcile::desired_state(&cfg, None).expect_err("refused");
+    assert!(e.to_string().contains("not of the vip's family"), "{e}");
     assert_eq!(
         socket_v4("[::1]:1".parse().expect("literal")),
         Err(Ipv6Unsupported("::1".parse().expect("literal")))
-    );
-    assert_eq!(
-        ip_v4("10.0.0.1".parse().expect("literal")),
-        Ok(Ipv4Addr::new(10, 0, 0, 1))
     );
 }
 
@@ -4425,9 +4575,9 @@ fn typed_changes_get_the_files_errors_without_positions() {
         ),
         ("no services", |c| c.services.clear(), "service"),
         (
-            "an IPv6 backend",
+            "an IPv6 backend of an IPv4 service",
             |c| c.services[1].backends[0].address = "[2001:db8::1]:53".parse().expect("literal"),
-            "IPv6 is not supported yet (the data plane is IPv4-only)",
+            "is IPv6 but the service's vip 10.9.0.2:53 is IPv4",
         ),
     ];
     assert_eq!(check(&base, "the change").expect("valid"), base);

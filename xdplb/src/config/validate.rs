@@ -2,7 +2,7 @@
 
 use std::{
     collections::{HashMap, HashSet, hash_map::Entry},
-    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     ops::Range,
     time::Duration,
 };
@@ -360,19 +360,45 @@ fn parse_port_range(text: &str) -> Option<(u16, u16)> {
     (a >= 1 && a <= b).then_some((a, b))
 }
 
-/// `A.B.C.D/N` with N in 0..=32 and no host bits set.
-fn parse_encap_source(text: &str) -> Option<(Ipv4Addr, u8)> {
+/// `A.B.C.D/N` with N in 0..=32, or `IPV6/N` with N in 0..=128, with no host bits set.
+fn parse_encap_source(text: &str) -> Option<(IpAddr, u8)> {
     let (addr, len) = text.split_once('/')?;
-    let base: Ipv4Addr = addr.parse().ok()?;
-    let prefix_len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
-    let host_mask = u32::MAX.checked_shr(u32::from(prefix_len)).unwrap_or(0);
-    (u32::from(base) & host_mask == 0).then_some((base, prefix_len))
+    let base: IpAddr = addr.parse().ok()?;
+    let prefix_len: u8 = len.parse().ok()?;
+    let host_bits_clear = match base {
+        IpAddr::V4(v4) => {
+            prefix_len <= 32
+                && u32::from(v4) & u32::MAX.checked_shr(u32::from(prefix_len)).unwrap_or(0) == 0
+        }
+        IpAddr::V6(v6) => {
+            prefix_len <= 128
+                && u128::from(v6) & u128::MAX.checked_shr(u32::from(prefix_len)).unwrap_or(0) == 0
+        }
+    };
+    host_bits_clear.then_some((base, prefix_len))
 }
 
-/// Whether `text` is (or is a prefix of) an IPv6 address, which the data plane cannot take yet.
-fn is_ipv6_text(text: &str) -> bool {
-    let addr = text.split_once('/').map_or(text, |(a, _)| a);
-    addr.parse::<std::net::Ipv6Addr>().is_ok()
+/// Refuses a service address (`field` = `value`, at `at`) of the other family than the vip:
+/// the data plane translates within one family only (no NAT64/NAT46). `field` and `at` are
+/// only computed for a refusal (a location costs a scan of the text, and a config has up to
+/// 2^22 backends).
+fn same_family_as_vip(
+    ip: IpAddr,
+    vip: SocketAddr,
+    label: &str,
+    field: impl FnOnce() -> String,
+    value: &str,
+    at: impl FnOnce() -> Location,
+) -> Result<(), ConfigError> {
+    if ip.is_ipv4() == vip.is_ipv4() {
+        return Ok(());
+    }
+    Err(ConfigError::MixedFamilies {
+        at: at(),
+        what: format!("{label} {}", field()),
+        value: value.to_owned(),
+        vip,
+    })
 }
 
 /// Whether a TCP listener on `metrics` and one on `api` cannot both bind: the same address
@@ -386,8 +412,19 @@ fn listeners_collide(metrics: SocketAddr, api: SocketAddr) -> bool {
             || (metrics.ip().is_unspecified() && (metrics.is_ipv6() || api.is_ipv4())))
 }
 
-/// Why `ip` cannot be a vip, if it cannot. 0.0.0.0 is the wildcard (any destination address).
-fn vip_address_problem(ip: Ipv4Addr) -> Option<String> {
+/// Why `ip` cannot be a vip, if it cannot. 0.0.0.0 and :: are the wildcards (any destination
+/// address of their family). Loopback is allowed in both families (the tutorial balances on
+/// `lo`).
+fn vip_address_problem(ip: IpAddr) -> Option<String> {
+    let ip = match ip {
+        IpAddr::V4(v4) => v4,
+        IpAddr::V6(v6) if v6.is_multicast() => {
+            return Some(format!(
+                "{v6} is a multicast address (ff00::/8); use a unicast address, or [::] for any address"
+            ));
+        }
+        IpAddr::V6(_) => return None,
+    };
     if ip.is_unspecified() {
         None
     } else if ip.is_broadcast() {
@@ -412,8 +449,34 @@ fn vip_address_problem(ip: Ipv4Addr) -> Option<String> {
 /// shorter one takes in reserved space (0.0.0.0/8, loopback, multicast).
 const MIN_ENCAP_PREFIX_LEN: u8 = 8;
 
+/// The shortest IPv6 `encap_source` prefix accepted: shorter ones take in reserved space
+/// (::/8, multicast ff00::/8), and only the low 32 bits carry the flow hash anyway.
+const MIN_ENCAP_PREFIX_LEN_V6: u8 = 16;
+
 /// Why `base/prefix_len` cannot supply outer source addresses, if it cannot.
-fn encap_source_problem(base: Ipv4Addr, prefix_len: u8) -> Option<String> {
+fn encap_source_problem(base: IpAddr, prefix_len: u8) -> Option<String> {
+    let base = match base {
+        IpAddr::V4(v4) => v4,
+        IpAddr::V6(v6) => {
+            let first = v6.octets()[0];
+            return if prefix_len < MIN_ENCAP_PREFIX_LEN_V6 {
+                Some(format!(
+                    "/{prefix_len} is shorter than /{MIN_ENCAP_PREFIX_LEN_V6} and would take in reserved ranges (::/8 with the unspecified, loopback and IPv4-mapped addresses, multicast ff00::/8)"
+                ))
+            } else if first == 0 {
+                Some(
+                    "::/8 holds the unspecified, loopback and IPv4-mapped addresses, not a source address range"
+                        .to_owned(),
+                )
+            } else if first == 0xff {
+                Some(format!(
+                    "{v6} is in multicast space (ff00::/8), not unicast"
+                ))
+            } else {
+                None
+            };
+        }
+    };
     let first = base.octets()[0];
     if prefix_len < MIN_ENCAP_PREFIX_LEN {
         Some(format!(
@@ -772,9 +835,9 @@ fn validate_service(
         });
     };
     let vip_span = vip.span();
-    let vip = match parse_ipv4_socket(vip.get_ref()) {
-        Ok(addr) => match vip_address_problem(*addr.ip()) {
-            None => SocketAddr::V4(addr),
+    let vip = match parse_socket(vip.get_ref()) {
+        Ok(addr) => match vip_address_problem(addr.ip()) {
+            None => addr,
             Some(reason) => {
                 return Err(ConfigError::InvalidVip {
                     at: src.at(&vip_span),
@@ -784,14 +847,7 @@ fn validate_service(
                 });
             }
         },
-        Err(AddrProblem::Ipv6) => {
-            return Err(ConfigError::Ipv6NotSupported {
-                at: src.at(&vip_span),
-                what: format!("{label} vip"),
-                value: vip.into_inner(),
-            });
-        }
-        Err(AddrProblem::Invalid(reason)) => {
+        Err(reason) => {
             return Err(ConfigError::InvalidVip {
                 at: src.at(&vip_span),
                 service: label,
@@ -991,7 +1047,8 @@ fn validate_service(
         }
     };
 
-    let encap_source = validate_encap_source(raw.encap_source, forwarding, &label, &svc_span, src)?;
+    let encap_source =
+        validate_encap_source(raw.encap_source, forwarding, vip, &label, &svc_span, src)?;
 
     // Where the fullnat range comes from: `fullnat_ports`, or `fullnat_source` for the default.
     let fullnat_offset = raw
@@ -1004,6 +1061,7 @@ fn validate_service(
         raw.fullnat_source,
         raw.fullnat_ports.as_ref(),
         forwarding,
+        vip,
         &label,
         &svc_span,
         src,
@@ -1377,6 +1435,7 @@ fn http_path_problem(path: &str) -> Option<String> {
 fn validate_encap_source(
     encap_source: Option<Spanned<String>>,
     forwarding: Forwarding,
+    vip: SocketAddr,
     label: &str,
     svc_span: &Range<usize>,
     src: Source<'_>,
@@ -1385,23 +1444,24 @@ fn validate_encap_source(
         (None, Forwarding::DsrIpip) => Err(ConfigError::EncapSourceMismatch {
             at: src.at(svc_span),
             service: label.to_owned(),
-            problem: "forwarding = \"dsr-ipip\" needs encap_source, the IPv4 prefix the outer source addresses come from (such as \"10.200.0.0/24\"; backends see it as the sender)",
+            problem: "forwarding = \"dsr-ipip\" needs encap_source, the prefix the outer source addresses come from, of the vip's family (such as \"10.200.0.0/24\" or \"2001:db8:ff::/64\"; backends see it as the sender)",
         }),
         (None, _) => Ok(None),
         (Some(e), Forwarding::DsrIpip) => {
-            if is_ipv6_text(e.get_ref()) {
-                return Err(ConfigError::Ipv6NotSupported {
-                    at: src.at(&e.span()),
-                    what: format!("{label} encap_source"),
-                    value: e.into_inner(),
-                });
-            }
             let (base, prefix_len) =
                 parse_encap_source(e.get_ref()).ok_or_else(|| ConfigError::InvalidEncapSource {
                     at: src.at(&e.span()),
                     service: label.to_owned(),
                     value: e.get_ref().clone(),
                 })?;
+            same_family_as_vip(
+                base,
+                vip,
+                label,
+                || "encap_source".to_owned(),
+                e.get_ref(),
+                || src.at(&e.span()),
+            )?;
             if let Some(reason) = encap_source_problem(base, prefix_len) {
                 return Err(ConfigError::UnusableEncapSource {
                     at: src.at(&e.span()),
@@ -1410,10 +1470,7 @@ fn validate_encap_source(
                     reason,
                 });
             }
-            Ok(Some(super::EncapSource {
-                base: IpAddr::V4(base),
-                prefix_len,
-            }))
+            Ok(Some(super::EncapSource { base, prefix_len }))
         }
         (Some(e), _) => Err(ConfigError::EncapSourceMismatch {
             at: src.at(&e.span()),
@@ -1429,6 +1486,7 @@ fn validate_fullnat(
     fullnat_source: Option<Spanned<String>>,
     fullnat_ports: Option<&Spanned<String>>,
     forwarding: Forwarding,
+    vip: SocketAddr,
     label: &str,
     svc_span: &Range<usize>,
     src: Source<'_>,
@@ -1443,29 +1501,35 @@ fn validate_fullnat(
         }
         (None, _) => None,
         (Some(s), Forwarding::FullNat) => {
-            if is_ipv6_text(s.get_ref()) {
-                return Err(ConfigError::Ipv6NotSupported {
-                    at: src.at(&s.span()),
-                    what: format!("{label} fullnat_source"),
-                    value: s.into_inner(),
-                });
+            let usable = |a: IpAddr| {
+                !a.is_unspecified()
+                    && !a.is_loopback()
+                    && !a.is_multicast()
+                    && match a {
+                        IpAddr::V4(v4) => !v4.is_broadcast(),
+                        IpAddr::V6(v6) => v6.to_ipv4_mapped().is_none(),
+                    }
+            };
+            let parsed = s.get_ref().parse::<IpAddr>().ok();
+            if let Some(a) = parsed {
+                same_family_as_vip(
+                    a,
+                    vip,
+                    label,
+                    || "fullnat_source".to_owned(),
+                    s.get_ref(),
+                    || src.at(&s.span()),
+                )?;
             }
-            let source = match s.get_ref().parse::<Ipv4Addr>() {
-                Ok(a)
-                    if !a.is_unspecified()
-                        && !a.is_loopback()
-                        && !a.is_broadcast()
-                        && !a.is_multicast() =>
-                {
-                    IpAddr::V4(a)
-                }
+            let source = match parsed {
+                Some(a) if usable(a) => a,
                 _ => {
                     return Err(ConfigError::InvalidFullnat {
                         at: src.at(&s.span()),
                         service: label.to_owned(),
                         field: "fullnat_source",
                         value: s.into_inner(),
-                        expected: "expected a unicast IPv4 address of this balancer that the backends can reach, such as \"10.86.0.1\"",
+                        expected: "expected a unicast IPv4 or IPv6 address (not IPv4-mapped) of this balancer that the backends can reach, such as \"10.86.0.1\" or \"2001:db8:86::1\"",
                     });
                 }
             };
@@ -1527,6 +1591,14 @@ fn validate_backend_list(
         let bindex = j + 1;
         let checked = validate_backend(label, bindex, backend, src)?;
         let (backend, addr_offset) = (checked.backend, checked.address_offset);
+        same_family_as_vip(
+            backend.address.ip(),
+            vip,
+            label,
+            || format!("backend #{bindex} address"),
+            &checked.address_text,
+            || src.at_offset(addr_offset),
+        )?;
         if let Some(offset) = checked.drain_offset.filter(|_| backend.drain) {
             last_drain_offset = offset;
         }
@@ -1593,6 +1665,8 @@ struct CheckedBackend {
     backend: BackendConfig,
     /// Byte offset of the address.
     address_offset: usize,
+    /// The address as written.
+    address_text: String,
     /// Byte offset of the `drain` value, if given.
     drain_offset: Option<usize>,
 }
@@ -1621,31 +1695,28 @@ fn validate_backend(
         value: address.get_ref().clone(),
         reason,
     };
-    let addr = match parse_ipv4_socket(address.get_ref()) {
-        Ok(a) => a,
-        Err(AddrProblem::Ipv6) => {
-            return Err(ConfigError::Ipv6NotSupported {
-                at: src.at(&addr_span),
-                what: format!("{label} backend #{index} address"),
-                value: address.get_ref().clone(),
-            });
-        }
-        Err(AddrProblem::Invalid(reason)) => return Err(invalid(reason)),
-    };
-    let ip = *addr.ip();
+    let addr = parse_socket(address.get_ref()).map_err(invalid)?;
+    let ip = addr.ip();
     if ip.is_unspecified() {
-        return Err(invalid(
-            "0.0.0.0 is not a host address (it is only meaningful as a vip)".to_owned(),
-        ));
+        return Err(invalid(format!(
+            "{ip} is not a host address (it is only meaningful as a vip)"
+        )));
     }
-    if ip.is_broadcast() {
+    if let IpAddr::V4(v4) = ip
+        && v4.is_broadcast()
+    {
         return Err(invalid(
             "255.255.255.255 is the broadcast address, not a host".to_owned(),
         ));
     }
     if ip.is_multicast() {
+        let range = if ip.is_ipv4() {
+            "224.0.0.0/4"
+        } else {
+            "ff00::/8"
+        };
         return Err(invalid(format!(
-            "{ip} is a multicast address (224.0.0.0/4), not a host"
+            "{ip} is a multicast address ({range}), not a host"
         )));
     }
 
@@ -1666,11 +1737,12 @@ fn validate_backend(
     };
     Ok(CheckedBackend {
         backend: BackendConfig {
-            address: SocketAddr::V4(addr),
+            address: addr,
             weight,
             drain: raw.drain.as_ref().is_some_and(|d| *d.get_ref()),
         },
         address_offset: addr_span.start,
+        address_text: address.into_inner(),
         drain_offset: raw.drain.map(|d| d.span().start),
     })
 }
@@ -1809,60 +1881,79 @@ fn bound_text(d: Duration) -> String {
     }
 }
 
-/// What is wrong with an address string.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum AddrProblem {
-    /// It is (or looks like) an IPv6 address.
-    Ipv6,
-    /// It is not `IPV4:PORT` with a non-zero port; the string says why.
-    Invalid(String),
-}
-
-/// Parses `IPV4:PORT` with a non-zero port, explaining any problem.
-pub(crate) fn parse_ipv4_socket(s: &str) -> Result<SocketAddrV4, AddrProblem> {
+/// Parses `IPV4:PORT` or `[IPV6]:PORT` with a non-zero port, explaining any problem. An IPv6
+/// scope (`%eth0`) is refused (a map key holds no scope), and so is an IPv4-mapped IPv6 address
+/// (`::ffff:a.b.c.d` is how the maps hold IPv4: it is written as IPv4).
+pub(crate) fn parse_socket(s: &str) -> Result<SocketAddr, String> {
     match s.parse::<SocketAddr>() {
-        Ok(SocketAddr::V4(a)) if a.port() == 0 => Err(AddrProblem::Invalid(
-            "port 0 is not allowed; the port must be 1..=65535".to_owned(),
+        Ok(a) if a.port() == 0 => {
+            Err("port 0 is not allowed; the port must be 1..=65535".to_owned())
+        }
+        Ok(SocketAddr::V6(a)) if a.scope_id() != 0 => Err(format!(
+            "the scope %{} is not supported; use an address that needs no scope",
+            a.scope_id()
         )),
-        Ok(SocketAddr::V4(a)) => Ok(a),
-        Ok(SocketAddr::V6(_)) => Err(AddrProblem::Ipv6),
+        Ok(SocketAddr::V6(a)) if a.ip().to_ipv4_mapped().is_some() => Err(format!(
+            "{} is an IPv4-mapped IPv6 address; write the IPv4 address as IPv4 (\"{}:{}\")",
+            a.ip(),
+            a.ip()
+                .to_ipv4_mapped()
+                .map_or_else(String::new, |v4| v4.to_string()),
+            a.port()
+        )),
+        Ok(a) => Ok(a),
         Err(_) => Err(diagnose_address(s)),
     }
 }
 
-fn diagnose_address(s: &str) -> AddrProblem {
+fn diagnose_address(s: &str) -> String {
     if s.is_empty() {
-        return AddrProblem::Invalid("it is empty".to_owned());
+        return "it is empty".to_owned();
     }
     match s.parse::<IpAddr>() {
         Ok(IpAddr::V4(_)) => {
-            return AddrProblem::Invalid(format!("the port is missing; write it as \"{s}:PORT\""));
+            return format!("the port is missing; write it as \"{s}:PORT\"");
         }
-        Ok(IpAddr::V6(_)) => return AddrProblem::Ipv6,
+        Ok(IpAddr::V6(_)) => {
+            return format!(
+                "the port is missing; an IPv6 address is written in brackets before its port, as \"[{s}]:PORT\""
+            );
+        }
         Err(_) => {}
     }
-    let looks_v6 = s.starts_with('[')
-        || (s.matches(':').count() >= 2
-            && s.chars()
-                .all(|c| c.is_ascii_hexdigit() || matches!(c, ':' | '.' | '[' | ']' | '%')));
-    if looks_v6 {
-        return AddrProblem::Ipv6;
-    }
-    let Some((host, port)) = s.rsplit_once(':') else {
-        return AddrProblem::Invalid(format!("{} and there is no \":PORT\"", host_problem(s)));
+    let port = if let Some(rest) = s.strip_prefix('[') {
+        let Some((host, after)) = rest.split_once(']') else {
+            return "the '[' has no closing ']'; write an IPv6 address as \"[ADDRESS]:PORT\""
+                .to_owned();
+        };
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return format!("{host:?} is not a valid IPv6 address");
+        }
+        let Some(port) = after.strip_prefix(':') else {
+            return format!("the \":PORT\" after ']' is missing; write it as \"[{host}]:PORT\"");
+        };
+        port
+    } else {
+        let Some((host, port)) = s.rsplit_once(':') else {
+            return format!("{} and there is no \":PORT\"", host_problem(s));
+        };
+        if host.contains(':') {
+            return format!(
+                "{host:?} looks like an IPv6 address, which is written in brackets before its port, as \"[ADDRESS]:PORT\""
+            );
+        }
+        if host.parse::<Ipv4Addr>().is_err() {
+            return host_problem(host);
+        }
+        port
     };
-    if host.parse::<Ipv4Addr>().is_err() {
-        return AddrProblem::Invalid(host_problem(host));
-    }
     if port.is_empty() {
-        return AddrProblem::Invalid("the port after ':' is missing".to_owned());
+        return "the port after ':' is missing".to_owned();
     }
     if port.chars().all(|c| c.is_ascii_digit()) {
-        return AddrProblem::Invalid(format!(
-            "port {port} is out of range; the port must be 1..=65535"
-        ));
+        return format!("port {port} is out of range; the port must be 1..=65535");
     }
-    AddrProblem::Invalid(format!("port {port:?} is not a number"))
+    format!("port {port:?} is not a number")
 }
 
 fn host_problem(host: &str) -> String {
