@@ -35,7 +35,7 @@ use xdplb_common::{
 
 // BPF_F_NO_PREALLOC: replacing a service (a table switch) frees the old element only after an
 // RCU grace period, so a reader copying it never sees a recycled, half-written element.
-#[map(name = "SERVICES_V1")]
+#[map(name = "SERVICES_V2")]
 static SERVICES: HashMap<ServiceKey, Service> =
     HashMap::with_max_entries(DEFAULT_MAX_SERVICES, BPF_F_NO_PREALLOC);
 
@@ -57,7 +57,7 @@ static FLOWS: LruHashMap<FlowKey, Flow> =
 static REPLIES: LruHashMap<ReplyKey, Reply> =
     LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_NO_COMMON_LRU);
 
-#[map(name = "FULLNAT_SOURCES_V1")]
+#[map(name = "FULLNAT_SOURCES_V2")]
 static FULLNAT_SOURCES: Array<FullnatSource> = Array::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 
 #[map(name = "FULLNAT_V1")]

@@ -1478,7 +1478,7 @@ fn restart_and_upgrade_under_traffic_lose_nothing_and_stop_removes_everything() 
     let instance = format!("t-restart-{pid}");
     let env_dir = format!("XDPLB_RUN_DIR={dir}");
     let env_fs = format!("XDPLB_BPFFS={}", bpffs.path);
-    let pins = format!("{}/xdplb/{instance}/v1", bpffs.path);
+    let pins = format!("{}/xdplb/{instance}/v2", bpffs.path);
     let cfg_path = format!("{dir}/restart.toml");
     std::fs::write(
         &cfg_path,

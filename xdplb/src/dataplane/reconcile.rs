@@ -327,17 +327,18 @@ fn plan_service(
                     (32 - u32::from(prefix_len)) << SERVICE_ENCAP_HOST_BITS_SHIFT
                 })
                 | stale_after_bits(svc),
-            encap_source: encap_source.map_or(0, |(base, _)| u32::from_ne_bytes(base.octets())),
+            encap_source: encap_source.map_or([0; 4], |(base, _)| addr_v4(base)),
+            _pad: 0,
         },
         region_base,
         region_half,
         table,
         backends,
         fullnat: fullnat_source.map(|(source, f)| FullnatSource {
-            addr_v4: u32::from_ne_bytes(source.octets()),
+            addr: addr_v4(source),
             port_first: u32::from(f.port_first),
             port_count: u32::from(f.port_last) - u32::from(f.port_first) + 1,
-            _pad: 0,
+            _pad: [0; 2],
         }),
     })
 }
