@@ -421,13 +421,18 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             source_net,
         } => {
             if new_flow_per_datagram {
-                let report = demo::new_flows::flood_new_flows(
-                    &target,
-                    flows,
-                    source_net,
-                    rate,
-                    payload_bytes,
-                )?;
+                // Raw IPv4 datagrams from many source addresses: IPv4 targets only.
+                let v4: Vec<std::net::SocketAddrV4> = target
+                    .iter()
+                    .map(|t| match t {
+                        std::net::SocketAddr::V4(v4) => Ok(*v4),
+                        std::net::SocketAddr::V6(_) => Err(anyhow::anyhow!(
+                            "--new-flow-per-datagram sends raw IPv4: target {t} is IPv6"
+                        )),
+                    })
+                    .collect::<Result<_, _>>()?;
+                let report =
+                    demo::new_flows::flood_new_flows(&v4, flows, source_net, rate, payload_bytes)?;
                 println!("{}", serde_json::to_string(&report)?);
                 return Ok(ExitCode::SUCCESS);
             }
