@@ -267,6 +267,9 @@ pub enum Command {
             default_value = "local,nat,fullnat,dsr-l2,dsr-ipip"
         )]
         modes: Vec<String>,
+        /// Address families of the matrix, each measured for every mode (`ipv4`, `ipv6`).
+        #[arg(long, value_delimiter = ',', default_value = "ipv4,ipv6")]
+        families: Vec<String>,
         /// The CPU to measure on (default: the first this process may use).
         #[arg(long)]
         cpu: Option<usize>,

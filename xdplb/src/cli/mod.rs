@@ -459,6 +459,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             max_flows,
             tables,
             modes,
+            families,
             cpu,
             matrix_only,
             no_matrix,
@@ -499,8 +500,17 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            let families = families
+                .iter()
+                .map(|f| match f.to_ascii_lowercase().as_str() {
+                    "ipv4" | "v4" | "4" => Ok(bench::Family::V4),
+                    "ipv6" | "v6" | "6" => Ok(bench::Family::V6),
+                    _ => Err(anyhow::anyhow!("--families {f}: expected ipv4 or ipv6")),
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let opts = bench::MatrixOptions {
                 modes,
+                families,
                 tables,
                 variants: bench::Variant::ALL.to_vec(),
                 repeat: repeat.max(2),
