@@ -83,7 +83,19 @@ pub fn ipv4_header_checksum(header: &[u8]) -> u16 {
 /// Full UDP checksum over the IPv4 pseudo-header and `udp` (header and payload, its checksum
 /// field treated as zero). Returns the host-order checksum, 0xffff where the sum gives 0.
 pub fn udp_checksum_v4(src: [u8; 4], dst: [u8; 4], udp: &[u8]) -> u16 {
-    let mut sum = sum_be_words(&src) + sum_be_words(&dst) + 17 + udp.len() as u64;
+    udp_checksum_after(sum_be_words(&src) + sum_be_words(&dst), udp)
+}
+
+/// Full UDP checksum over the IPv6 pseudo-header (source, destination, upper-layer length,
+/// next header 17) and `udp`, as [`udp_checksum_v4`] does for IPv4.
+pub fn udp_checksum_v6(src: [u8; 16], dst: [u8; 16], udp: &[u8]) -> u16 {
+    udp_checksum_after(sum_be_words(&src) + sum_be_words(&dst), udp)
+}
+
+/// The UDP checksum of `udp` after the pseudo-header's `addresses` (summed), both families:
+/// the rest of the pseudo-header is the same words (protocol 17 and the UDP length).
+fn udp_checksum_after(addresses: u64, udp: &[u8]) -> u16 {
+    let mut sum = addresses + 17 + udp.len() as u64;
     sum += sum_be_words(udp);
     if udp.len() >= 8 {
         sum -= u16::from_be_bytes([udp[6], udp[7]]) as u64;

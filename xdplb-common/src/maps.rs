@@ -1,12 +1,13 @@
 //! Map names, capacities and the `#[repr(C)]` key and value types stored in them.
 //!
-//! Every pinned or shared map name carries a schema version (`_V1`) so that a later release can
-//! tell an old layout from a new one. Each type has a compile-time size assertion next to it.
+//! Every pinned or shared map name carries a schema version (`_V1`, `_V2`) so that a later
+//! release can tell an old layout from a new one: a map whose layout changes gets the next
+//! number, and the pinned layout version (`dataplane::pin::PIN_VERSION` in user space) with it. Each type has a compile-time size assertion next to it.
 
 use core::mem::size_of;
 
 /// Services, keyed by [`ServiceKey`], valued [`Service`].
-pub const MAP_SERVICES: &str = "SERVICES_V1";
+pub const MAP_SERVICES: &str = "SERVICES_V2";
 /// Backends, an array indexed by `Service::backend_base + i`, valued [`Backend`].
 pub const MAP_BACKENDS: &str = "BACKENDS_V1";
 /// Per-CPU round-robin cursor, an array indexed by `Service::id`, valued `u32`.
@@ -28,7 +29,7 @@ pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS_V1";
 
 /// `fullnat` source address and port range per service, an array indexed by `Service::id`,
 /// valued [`FullnatSource`].
-pub const MAP_FULLNAT_SOURCES: &str = "FULLNAT_SOURCES_V1";
+pub const MAP_FULLNAT_SOURCES: &str = "FULLNAT_SOURCES_V2";
 /// `fullnat` translations, a hash keyed by [`ReplyKey`] (backend, and the balancer's source
 /// address and port in the client fields), valued [`FullnatPeer`]. Not an LRU: an entry is
 /// removed only by the daemon's sweep once its flow has idled out, never evicted under a live
@@ -239,7 +240,7 @@ pub struct ServiceKey {
 }
 const _: () = assert!(size_of::<ServiceKey>() == 20);
 
-/// A service. 40 bytes.
+/// A service. 64 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
@@ -267,10 +268,12 @@ pub struct Service {
     /// `SERVICE_FLAG_*` bits, the forwarding mode and, for `dsr-ipip`, the host bits of the
     /// outer source prefix.
     pub flags: u32,
-    /// `dsr-ipip`: the first address of the outer source prefix (network order).
-    pub encap_source: u32,
+    /// `dsr-ipip`: the first address of the outer source prefix, of the VIP's family
+    /// (IPv4-mapped for IPv4, as every [`Addr`]).
+    pub encap_source: Addr,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Service>() == 48);
+const _: () = assert!(size_of::<Service>() == 64);
 
 /// `Service::flags`: when no backend takes new flows (`table_len == 0`), pass new flows to the
 /// local stack instead of dropping them.
@@ -310,7 +313,8 @@ pub const FORWARD_FULLNAT: u32 = 4;
 /// Tries of the `fullnat` port allocator before it gives up on a new flow.
 pub const FULLNAT_PORT_TRIES: u32 = 8;
 /// `Service::flags` bits 16..=21: how many low bits of the outer source come from the flow
-/// hash (32 minus the prefix length).
+/// hash: 32 minus the prefix length for IPv4; for IPv6, 128 minus the prefix length but at
+/// most 32 (the hash has 32 bits; the bits above it keep the prefix base's).
 pub const SERVICE_ENCAP_HOST_BITS_SHIFT: u32 = 16;
 pub const SERVICE_ENCAP_HOST_BITS_MASK: u32 = 0x3f << SERVICE_ENCAP_HOST_BITS_SHIFT;
 /// IP protocol number of IPv4-in-IPv4.
@@ -425,19 +429,19 @@ pub struct Reply {
 const _: () = assert!(size_of::<Reply>() == 24);
 
 /// A `fullnat` service's source: the balancer address packets to backends come from, and the
-/// port range allocated from. 16 bytes.
+/// port range allocated from. 32 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct FullnatSource {
-    /// Network order.
-    pub addr_v4: u32,
+    /// Of the service's family (IPv4-mapped for IPv4); all zero: no source configured.
+    pub addr: Addr,
     /// Host order.
     pub port_first: u32,
     pub port_count: u32,
-    pub _pad: u32,
+    pub _pad: [u32; 2],
 }
-const _: () = assert!(size_of::<FullnatSource>() == 16);
+const _: () = assert!(size_of::<FullnatSource>() == 32);
 
 /// The client side of a `fullnat` translation. 56 bytes.
 #[repr(C)]
@@ -584,6 +588,9 @@ mod tests {
         assert_eq!(offset_of!(Service, table_base), 16);
         assert_eq!(offset_of!(Service, hash_seed), 28);
         assert_eq!(offset_of!(Service, flow_idle_timeout_ns), 32);
+        assert_eq!(offset_of!(Service, flags), 40);
+        assert_eq!(offset_of!(Service, encap_source), 44);
+        assert_eq!(offset_of!(FullnatSource, port_first), 16);
         assert_eq!(offset_of!(Backend, port_be), 16);
         assert_eq!(offset_of!(Backend, flags), 20);
         assert_eq!(offset_of!(FlowKey, client_port_be), 32);

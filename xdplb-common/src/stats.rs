@@ -11,7 +11,8 @@ pub enum Stat {
     Forwarded = 0,
     /// Passed: the frame is too short for the headers it claims.
     PassTruncated = 1,
-    /// Passed: not IPv4 (EtherType).
+    /// Passed: neither IPv4 nor IPv6 (EtherType). The name predates IPv6 and is kept, so
+    /// that dashboards and alerts keep their meaning.
     PassNotIpv4 = 2,
     /// Passed: an IPv4 header with a bad version, IHL or total length.
     PassBadIpv4Header = 3,
@@ -59,7 +60,8 @@ pub enum Stat {
     /// Passed, rewritten: the packet is bigger than the egress MTU; the kernel fragments it or
     /// answers ICMP "fragmentation needed" (DF set).
     PassFragNeeded = 20,
-    /// Passed, rewritten: TTL 1 or 0; the kernel answers ICMP "time exceeded".
+    /// Passed, rewritten: TTL (IPv6: hop limit) 1 or 0; the kernel answers ICMP "time
+    /// exceeded".
     PassTtlExceeded = 21,
     /// Dropped, rewritten: the FIB has no usable route to the backend or client (unreachable,
     /// blackhole, prohibit, forwarding disabled).
@@ -74,7 +76,8 @@ pub enum Stat {
     /// (for `dsr-ipip` with the inner MTU; see `IcmpFragNeededSent`), except when the packet
     /// is itself an ICMP error (no ICMP error is ever sent about one).
     DropFragNeeded = 25,
-    /// Event: an ICMP "fragmentation needed" sent back to a client.
+    /// Event: an ICMP "fragmentation needed" (IPv6: ICMPv6 "packet too big") sent back to a
+    /// client.
     IcmpFragNeededSent = 26,
     /// Dropped: the packet could not be grown for the outer header (`bpf_xdp_adjust_head`
     /// failed: no headroom).
@@ -131,11 +134,27 @@ pub enum Stat {
     /// was not the one the scheduling table now chooses for the flow, was rewritten to the
     /// table's choice (the flow had been away, on another node of an ECMP fleet, or silent).
     FlowStaleFollowedTable = 43,
+    /// Passed untouched: an IPv6 packet with a fragment header (any fragment, first or
+    /// later). IPv6 fragments are not balanced: only the sender fragments in IPv6, so a
+    /// fragmented datagram to a service is rare, and the kernel reassembles it for `local`.
+    PassIpv6Fragment = 44,
+    /// Passed untouched: an IPv6 packet with more skippable extension headers (hop-by-hop,
+    /// routing, destination options) than the parser walks, or one that runs past the packet.
+    PassIpv6ExtHeaders = 45,
+    /// Passed untouched: an IPv6 packet whose next header is none the parser knows: another
+    /// transport than UDP and ICMPv6, or an extension header it does not skip (ESP, AH,
+    /// mobility, HIP, shim6, no next header).
+    PassIpv6UnknownHeader = 46,
+    /// Passed untouched: UDP over IPv6 with a zero checksum, which RFC 8200 forbids (the
+    /// receiving stack drops it).
+    PassUdpZeroChecksum = 47,
+    /// Passed: an IPv6 header with a bad version or a payload length past the frame.
+    PassBadIpv6Header = 48,
 }
 
 impl Stat {
     /// Number of counters.
-    pub const COUNT: u32 = 44;
+    pub const COUNT: u32 = 49;
     /// The length of `STATS_V1`: room for counters that later versions add, so that adding one
     /// does not change the pinned map's shape.
     pub const CAPACITY: u32 = 64;
@@ -186,6 +205,11 @@ impl Stat {
         Stat::GuardDropped,
         Stat::ForwardedCached,
         Stat::FlowStaleFollowedTable,
+        Stat::PassIpv6Fragment,
+        Stat::PassIpv6ExtHeaders,
+        Stat::PassIpv6UnknownHeader,
+        Stat::PassUdpZeroChecksum,
+        Stat::PassBadIpv6Header,
     ];
 
     /// A stable snake_case name, used in `xdplb stats` and later as a metric label.
@@ -235,6 +259,11 @@ impl Stat {
             Stat::GuardDropped => "drop_flood_guard",
             Stat::ForwardedCached => "forwarded_cached",
             Stat::FlowStaleFollowedTable => "flow_stale_followed_table",
+            Stat::PassIpv6Fragment => "pass_ipv6_fragment",
+            Stat::PassIpv6ExtHeaders => "pass_ipv6_ext_headers",
+            Stat::PassIpv6UnknownHeader => "pass_ipv6_unknown_header",
+            Stat::PassUdpZeroChecksum => "pass_udp_zero_checksum",
+            Stat::PassBadIpv6Header => "pass_bad_ipv6_header",
         }
     }
 }

@@ -27,6 +27,10 @@ const WORDS: usize = FRAME_LEN / 8;
 const SADDR_OFFSET: usize = 14 + 12;
 const IP_CHECK_OFFSET: usize = 14 + 10;
 const UDP_CHECK_OFFSET: usize = 14 + 20 + 6;
+/// IPv6 frames (EtherType 0x86dd): the low 32 bits of the source address, and the UDP
+/// checksum after the 40-byte header. A 64-byte frame holds 2 bytes of payload.
+const SADDR6_LOW_OFFSET: usize = 14 + 8 + 12;
+const UDP6_CHECK_OFFSET: usize = 14 + 40 + 6;
 
 /// Slot 0: the original frame.
 #[map(name = "BENCH_FRAME")]
@@ -132,12 +136,28 @@ fn restore(ctx: &XdpContext) -> bool {
 
 /// Writes `source` (as its bytes in host order) as the restored frame's IPv4 source address
 /// and updates both checksums, so the program sees a valid packet (it drops one with a wrong
-/// IPv4 header checksum). Expects the frame restored; returns false if it is too short.
+/// IPv4 header checksum); in an IPv6 frame, as the low 32 bits of its source address, with
+/// the UDP checksum. Expects the frame restored; returns false if it is too short.
 #[inline(always)]
 fn set_source(ctx: &XdpContext, source: u32) -> bool {
     let start = ctx.data();
-    if start + UDP_CHECK_OFFSET + 2 > ctx.data_end() {
+    if start + UDP6_CHECK_OFFSET + 2 > ctx.data_end() {
         return false;
+    }
+    // SAFETY: the range was checked just above; the EtherType is at 12.
+    if unsafe { core::ptr::read_unaligned((start + 12) as *const u16) } == 0x86ddu16.to_be() {
+        // SAFETY: as above (IPv6 without extension headers, then UDP).
+        unsafe {
+            let saddr = (start + SADDR6_LOW_OFFSET) as *mut u32;
+            let udp_check = (start + UDP6_CHECK_OFFSET) as *mut u16;
+            let old = core::ptr::read_unaligned(saddr);
+            core::ptr::write_unaligned(saddr, source);
+            core::ptr::write_unaligned(
+                udp_check,
+                udp_replace_u32(core::ptr::read_unaligned(udp_check), old, source),
+            );
+        }
+        return true;
     }
     // SAFETY: a packet range checked just above (the frame is IPv4 without options, then UDP).
     unsafe {

@@ -26,10 +26,10 @@ pub fn key(backend_addr: Addr, backend_port_be: u16, source_v4: u32, port_be: u1
     }
 }
 
-/// The service's source address (network order), if it is configured.
+/// The service's IPv4 source address (network order), if it is configured.
 #[inline(always)]
 pub fn source_addr(service: &Service) -> Option<u32> {
-    FULLNAT_SOURCES.get(service.id).map(|s| s.addr_v4)
+    FULLNAT_SOURCES.get(service.id).map(|s| s.addr[3])
 }
 
 /// Allocates a source port (network order) for a new flow of `service` from `flow`'s client
@@ -62,7 +62,7 @@ pub fn allocate(
             source.port_count,
         );
         let port_be = (source.port_first.wrapping_add(offset) as u16).to_be();
-        let k = key(backend.addr, backend.port_be, source.addr_v4, port_be);
+        let k = key(backend.addr, backend.port_be, source.addr[3], port_be);
         if FULLNAT.insert(k, peer, u64::from(BPF_NOEXIST)).is_ok() {
             return Some(port_be);
         }

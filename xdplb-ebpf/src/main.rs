@@ -35,7 +35,7 @@ use xdplb_common::{
 
 // BPF_F_NO_PREALLOC: replacing a service (a table switch) frees the old element only after an
 // RCU grace period, so a reader copying it never sees a recycled, half-written element.
-#[map(name = "SERVICES_V1")]
+#[map(name = "SERVICES_V2")]
 static SERVICES: HashMap<ServiceKey, Service> =
     HashMap::with_max_entries(DEFAULT_MAX_SERVICES, BPF_F_NO_PREALLOC);
 
@@ -57,7 +57,7 @@ static FLOWS: LruHashMap<FlowKey, Flow> =
 static REPLIES: LruHashMap<ReplyKey, Reply> =
     LruHashMap::with_max_entries(DEFAULT_MAX_FLOWS, BPF_F_NO_COMMON_LRU);
 
-#[map(name = "FULLNAT_SOURCES_V1")]
+#[map(name = "FULLNAT_SOURCES_V2")]
 static FULLNAT_SOURCES: Array<FullnatSource> = Array::with_max_entries(DEFAULT_MAX_SERVICES, 0);
 
 #[map(name = "FULLNAT_V1")]
@@ -144,7 +144,7 @@ fn debug_log_enabled() -> bool {
 /// exceed BPF's 512-byte stack). Filled by user space at load time; not pinned (it belongs to
 /// one program load).
 #[map(name = "XDPLB_PROGS")]
-static PROGS: ProgramArray = ProgramArray::with_max_entries(6, 0);
+static PROGS: ProgramArray = ProgramArray::with_max_entries(9, 0);
 pub const PROG_ICMP: u32 = 0;
 /// Slot 1: `xdplb_finish_checksum` (see `csum::finish_and_send`).
 pub const PROG_FINISH: u32 = 1;
@@ -159,6 +159,17 @@ pub const PROG_INGRESS: u32 = 4;
 /// Slot 5: `xdplb_capture`, tail-called by any program's exit while a captured packet's
 /// "after" is due (see `capture`).
 pub const PROG_CAPTURE: u32 = 5;
+/// Slot 6: `xdplb_ingress6`, tail-called by ingress for IPv6 frames: a program of its own, so
+/// that neither family's verification walks the other's paths.
+#[allow(dead_code)]
+pub const PROG_INGRESS6: u32 = 6;
+/// Slot 7: `xdplb_icmp6`, tail-called by `xdplb_ingress6` for ICMPv6.
+#[allow(dead_code)]
+pub const PROG_ICMP6: u32 = 7;
+/// Slot 8: `xdplb_nat_reply6`, tail-called by `xdplb_ingress6` for what may be a `nat` or
+/// `fullnat` backend's IPv6 reply.
+#[allow(dead_code)]
+pub const PROG_NAT_REPLY6: u32 = 8;
 
 /// Emits the pending "after" record of a captured packet and returns its action.
 #[xdp]

@@ -223,7 +223,7 @@ pub fn encap_source(service: &Service, hash: u32) -> u32 {
     } else {
         u32::MAX >> (32 - host_bits.min(32))
     };
-    ((u32::from_be(service.encap_source) & !mask) | (hash & mask)).to_be()
+    ((u32::from_be(service.encap_source[3]) & !mask) | (hash & mask)).to_be()
 }
 
 /// The service's `FORWARD_*` mode.

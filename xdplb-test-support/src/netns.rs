@@ -136,6 +136,22 @@ impl Netns {
         };
         (get("InCsumErrors"), get("InDatagrams"))
     }
+
+    /// `Udp6InCsumErrors` and `Udp6InDatagrams` from /proc/net/snmp6 inside the namespace.
+    pub fn udp6_counters(&self) -> (u64, u64) {
+        let out = self.exec(&["cat", "/proc/net/snmp6"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let get = |n: &str| -> u64 {
+            text.lines()
+                .find_map(|l| {
+                    let mut f = l.split_whitespace();
+                    (f.next() == Some(n)).then(|| f.next().and_then(|v| v.parse().ok()))
+                })
+                .flatten()
+                .unwrap_or_else(|| panic!("no {n} in /proc/net/snmp6: {text}"))
+        };
+        (get("Udp6InCsumErrors"), get("Udp6InDatagrams"))
+    }
 }
 
 impl Drop for Netns {

@@ -19,8 +19,8 @@ mod matrix;
 mod netns;
 
 pub use matrix::{
-    CaseRow, DEFAULT_TABLES, MatrixOptions, MatrixReport, Prefill, Spread, TableRun, Variant,
-    render_matrix, run_matrix,
+    CaseRow, DEFAULT_TABLES, Family, MatrixOptions, MatrixReport, Prefill, Spread, TableRun,
+    Variant, render_matrix, run_matrix,
 };
 
 use crate::{
@@ -397,17 +397,32 @@ pub fn action_name(action: u32) -> &'static str {
     }
 }
 
-fn frame_to(dst: SocketAddrV4) -> Vec<u8> {
+fn frame_to(dst: impl Into<std::net::SocketAddr>) -> Vec<u8> {
     frame_from_port(40000, dst)
 }
 
-/// A FRAME_LEN-byte frame from 10.9.8.7:`sport` to `dst`.
-fn frame_from_port(sport: u16, dst: SocketAddrV4) -> Vec<u8> {
-    let src: SocketAddrV4 = SocketAddrV4::new(std::net::Ipv4Addr::new(10, 9, 8, 7), sport);
-    let mut f = UdpFrame::new(src, dst, &[]);
-    // Pad the payload so the frame is exactly FRAME_LEN bytes (14 + 20 + 8 + payload).
-    f.payload = vec![0xab; FRAME_LEN - 42];
-    f.build()
+/// A FRAME_LEN-byte frame from 10.9.8.7:`sport` (IPv6: `[fd00:9:8::7]:sport`) to `dst`.
+fn frame_from_port(sport: u16, dst: impl Into<std::net::SocketAddr>) -> Vec<u8> {
+    use std::net::SocketAddr;
+    match dst.into() {
+        SocketAddr::V4(dst) => {
+            let src = SocketAddrV4::new(std::net::Ipv4Addr::new(10, 9, 8, 7), sport);
+            let mut f = UdpFrame::new(src, dst, &[]);
+            // Pad the payload so the frame is exactly FRAME_LEN bytes (14 + 20 + 8 + payload).
+            f.payload = vec![0xab; FRAME_LEN - 42];
+            f.build()
+        }
+        SocketAddr::V6(dst) => {
+            let src = std::net::SocketAddrV6::new(
+                std::net::Ipv6Addr::new(0xfd00, 9, 8, 0, 0, 0, 0, 7),
+                sport,
+                0,
+                0,
+            );
+            // 14 + 40 + 8 + 2 bytes of payload: FRAME_LEN.
+            crate::packet::udp6_frame(src, dst, &[0xab; FRAME_LEN - 62])
+        }
+    }
 }
 
 /// Runs the benchmark on the built-in default service (`127.0.0.1:9875`, three backends), with
@@ -431,7 +446,11 @@ pub fn run(repeat: u32, rounds: u32, max_flows: Option<u32>) -> Result<Report, B
 
     let service_frame =
         frame_to(config::socket_v4(cfg.services[0].vip).map_err(harness("the service's vip"))?);
-    let other_frame = frame_to("127.0.0.1:9999".parse().map_err(harness("literal"))?);
+    let other_frame = frame_to(
+        "127.0.0.1:9999"
+            .parse::<SocketAddrV4>()
+            .map_err(harness("literal"))?,
+    );
 
     let (empty_ns, _) = h.time("bench_empty", &service_frame, repeat, rounds)?;
     let mut rows = Vec::new();

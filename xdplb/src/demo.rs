@@ -3,7 +3,7 @@
 use std::{
     collections::BTreeMap,
     io,
-    net::{SocketAddr, SocketAddrV4, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     thread,
     time::Duration,
 };
@@ -21,7 +21,7 @@ pub const REPLY_PREFIX: &str = "xdplb-backend ";
 /// With `name`, replies carry that name instead of the address (for backends that all listen on
 /// the same address, as in direct server return).
 pub fn serve_backends(
-    listen: &[SocketAddrV4],
+    listen: &[SocketAddr],
     name: Option<&str>,
     ready: impl FnOnce(),
 ) -> io::Result<()> {
@@ -56,6 +56,14 @@ fn serve_one(label: &str, sock: &UdpSocket) -> io::Result<()> {
         reply.extend_from_slice(&buf[..n]);
         // A reply that cannot be sent (e.g. the client is gone) is not the backend's problem.
         let _ = sock.send_to(&reply, peer);
+    }
+}
+
+/// The unspecified address of `target`'s family, to bind a client socket to.
+fn unspecified_like(target: SocketAddr) -> IpAddr {
+    match target {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     }
 }
 
@@ -126,8 +134,8 @@ impl ClientReport {
 /// datagram is padded with `x` to `payload_bytes` (more than the MTU makes IP fragments both
 /// ways, since the backends echo it).
 pub fn run_client(
-    target: SocketAddrV4,
-    bind: Option<std::net::Ipv4Addr>,
+    target: SocketAddr,
+    bind: Option<IpAddr>,
     flows: u32,
     packets: u32,
     timeout: Duration,
@@ -143,7 +151,7 @@ pub fn run_client(
     // Every socket stays open until the end, so no two flows share a source port.
     let mut open = Vec::with_capacity(flows as usize);
     for flow in 0..flows {
-        let local = SocketAddrV4::new(bind.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED), 0);
+        let local = SocketAddr::new(bind.unwrap_or_else(|| unspecified_like(target)), 0);
         let sock = UdpSocket::bind(local)?;
         sock.connect(target)?;
         sock.set_read_timeout(Some(timeout))?;
@@ -173,7 +181,7 @@ pub fn run_client(
             if !gap.is_zero() {
                 thread::sleep(gap);
             }
-            if from != SocketAddr::V4(target) {
+            if from != target {
                 report.replies_from_elsewhere += 1;
             }
             let text = String::from_utf8_lossy(&buf[..n]);
@@ -216,7 +224,7 @@ pub struct FloodReport {
 /// possible when `rate` is 0, else at `rate` datagrams a second. For the forwarding benchmark;
 /// nothing is read back.
 pub fn flood(
-    targets: &[SocketAddrV4],
+    targets: &[SocketAddr],
     flows: u32,
     duration: Duration,
     rate: u64,
@@ -230,8 +238,9 @@ pub fn flood(
     }
     let mut sockets = Vec::with_capacity(flows as usize);
     for i in 0..flows as usize {
-        let s = UdpSocket::bind("0.0.0.0:0")?;
-        s.connect(targets[i % targets.len()])?;
+        let target = targets[i % targets.len()];
+        let s = UdpSocket::bind(SocketAddr::new(unspecified_like(target), 0))?;
+        s.connect(target)?;
         s.set_nonblocking(true)?;
         sockets.push(s);
     }

@@ -1,11 +1,11 @@
-//! Building Ethernet/IPv4/UDP frames in user space, for BPF_PROG_TEST_RUN cases and the
+//! Building Ethernet/IPv4/UDP and Ethernet/IPv6/UDP frames in user space, for BPF_PROG_TEST_RUN cases and the
 //! benchmark. Checksums are computed in full with `xdplb_common::checksum`, which is
 //! independent of the data plane's incremental updates. (The tests decode what comes out with
 //! etherparse, in xdplb-test-support, not with code of this crate.)
 
-use std::net::SocketAddrV4;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 
-use xdplb_common::checksum::{ipv4_header_checksum, udp_checksum_v4};
+use xdplb_common::checksum::{ipv4_header_checksum, udp_checksum_v4, udp_checksum_v6};
 
 pub const ETH_HDR_LEN: usize = 14;
 /// The Ethernet destination of the frames [`UdpFrame::build`] makes: the address tests and the
@@ -86,5 +86,39 @@ impl UdpFrame {
             f[udp_start + 6..udp_start + 8].copy_from_slice(&c.to_be_bytes());
         }
         f
+    }
+}
+
+/// A UDP-in-IPv6-in-Ethernet frame (no extension headers), hop limit 64, with a correct UDP
+/// checksum.
+pub fn udp6_frame(src: SocketAddrV6, dst: SocketAddrV6, payload: &[u8]) -> Vec<u8> {
+    let udp_len = 8 + payload.len();
+    let mut f = Vec::with_capacity(ETH_HDR_LEN + 40 + udp_len);
+    f.extend_from_slice(&FRAME_DST_MAC);
+    f.extend_from_slice(&FRAME_SRC_MAC);
+    f.extend_from_slice(&[0x86, 0xdd]);
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    f.push(17);
+    f.push(64);
+    f.extend_from_slice(&src.ip().octets());
+    f.extend_from_slice(&dst.ip().octets());
+    let udp_start = f.len();
+    f.extend_from_slice(&src.port().to_be_bytes());
+    f.extend_from_slice(&dst.port().to_be_bytes());
+    f.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    let c = udp_checksum_v6(src.ip().octets(), dst.ip().octets(), &f[udp_start..]);
+    f[udp_start + 6..udp_start + 8].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// A UDP frame of either family from `src` to `dst` (one family), with `payload`.
+pub fn udp_frame(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
+    match (src, dst) {
+        (SocketAddr::V4(s), SocketAddr::V4(d)) => Some(UdpFrame::new(s, d, payload).build()),
+        (SocketAddr::V6(s), SocketAddr::V6(d)) => Some(udp6_frame(s, d, payload)),
+        _ => None,
     }
 }

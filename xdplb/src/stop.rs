@@ -263,6 +263,15 @@ pub fn stop(name: &str) -> Result<StopReport, StopError> {
         }
     }
     report.pins_unreachable = unreachable;
+    // Pins of another layout version (an older release's): detached by id above; their files
+    // go too, so that the upgrade step a new daemon names (`xdplb stop`) completes.
+    for other in pins.other_layouts() {
+        report.found = true;
+        if let Ok(ifaces) = other.remove_all() {
+            report.unpinned_from.extend(ifaces);
+            report.pins_removed = Some(other.dir.clone());
+        }
+    }
 
     // 3. Ask the kernel again (a link freed by removing its last pin goes a moment later).
     let deadline = Instant::now() + Duration::from_secs(3);

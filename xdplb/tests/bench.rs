@@ -1,6 +1,7 @@
-//! `xdplb bench` runs: a quick matrix (two modes, the smallest table, few iterations) whose
-//! figures are not checked, only that it measured what it says: a full table, the forwarding
-//! path of the remote modes (not their drop path), and its namespace gone afterwards.
+//! `xdplb bench` runs: a quick matrix (three modes, both families, the smallest table, few
+//! iterations) whose figures are not checked, only that it measured what it says: a full
+//! table, the forwarding path of the remote modes (not their drop path), and its namespace
+//! gone afterwards.
 
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ fn bench_matrix_smoke() {
             "5",
             "--json",
         ],
-        Duration::from_mins(2),
+        Duration::from_mins(4),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "xdplb bench failed: {stderr}");
@@ -36,16 +37,23 @@ fn bench_matrix_smoke() {
         .unwrap_or_else(|e| panic!("bench --json printed no JSON ({e}): {stderr}"));
     let m = &v["matrix"];
     let runs = m["runs"].as_array().expect("matrix.runs");
-    // One run per mode, and dsr-l2 also with flow_state = second-packet.
-    assert_eq!(runs.len(), 4, "runs: {m}");
+    // One run per mode and family, and dsr-l2 also with flow_state = second-packet. A full
+    // table says that the family's packets created flows (an IPv6 frame that the data plane
+    // did not balance would pass too, but create none).
+    assert_eq!(runs.len(), 8, "runs: {m}");
     let expected = [
-        ("local", "default"),
-        ("nat", "default"),
-        ("dsr-l2", "default"),
-        ("dsr-l2", "flow_state = second-packet"),
+        ("local", "IPv4", "default"),
+        ("local", "IPv6", "default"),
+        ("nat", "IPv4", "default"),
+        ("nat", "IPv6", "default"),
+        ("dsr-l2", "IPv4", "default"),
+        ("dsr-l2", "IPv4", "flow_state = second-packet"),
+        ("dsr-l2", "IPv6", "default"),
+        ("dsr-l2", "IPv6", "flow_state = second-packet"),
     ];
-    for (run, (mode, variant)) in runs.iter().zip(expected) {
+    for (run, (mode, family, variant)) in runs.iter().zip(expected) {
         assert_eq!(run["mode"], mode);
+        assert_eq!(run["family"], family);
         assert_eq!(run["variant"], variant);
         assert_eq!(run["flows_per_cpu"], 2048);
         assert_eq!(

@@ -780,12 +780,37 @@ fn icmp_class(
 fn is_verdict(s: Stat) -> bool {
     use Stat::*;
     match s {
-        Forwarded | PassTruncated | PassNotIpv4 | PassBadIpv4Header | PassNotUdp
-        | PassFirstFragment | PassLaterFragment | PassBadUdpHeader | PassNoService
-        | DropNoBackend | PassNoBackend | ForwardedFib | PassNoNeighbour | PassFragNeeded
-        | PassTtlExceeded | DropNoRoute | DropNoNeighbour | DropFragNeeded | DropEncapFailed
-        | DropPortsExhausted | DropBadIpv4Checksum | PassNotForUs | DropChecksumTooLong
-        | PassBadIcmp | GuardDropped | ForwardedCached => true,
+        Forwarded
+        | PassTruncated
+        | PassNotIpv4
+        | PassBadIpv4Header
+        | PassNotUdp
+        | PassFirstFragment
+        | PassLaterFragment
+        | PassBadUdpHeader
+        | PassNoService
+        | DropNoBackend
+        | PassNoBackend
+        | ForwardedFib
+        | PassNoNeighbour
+        | PassFragNeeded
+        | PassTtlExceeded
+        | DropNoRoute
+        | DropNoNeighbour
+        | DropFragNeeded
+        | DropEncapFailed
+        | DropPortsExhausted
+        | DropBadIpv4Checksum
+        | PassNotForUs
+        | DropChecksumTooLong
+        | PassBadIcmp
+        | GuardDropped
+        | ForwardedCached
+        | PassIpv6Fragment
+        | PassIpv6ExtHeaders
+        | PassIpv6UnknownHeader
+        | PassUdpZeroChecksum
+        | PassBadIpv6Header => true,
         PartialChecksumFixed
         | FlowStateDeferred
         | GuardStateless

@@ -44,10 +44,10 @@ struct Lab {
 }
 
 impl Lab {
-    fn start(mode: &str) -> Lab {
+    fn start(args: &[&str]) -> Lab {
         let mut child = Command::new("bash")
             .arg(SCRIPT)
-            .arg(mode)
+            .args(args)
             .env("XDPLB_LAB_BIN", XDPLB)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -179,16 +179,33 @@ impl Drop for Lab {
 
 #[test]
 fn every_mode_answers_from_every_backend_and_leaves_nothing() {
+    every_mode(&[], "10.99.0.1:7000");
+}
+
+/// `lab.sh --ipv6`: the same lab on IPv6 alone.
+#[test]
+fn every_mode_over_ipv6_answers_from_every_backend_and_leaves_nothing() {
+    every_mode(&["--ipv6"], "[fd00:99::1]:7000");
+}
+
+fn every_mode(flags: &[&str], vip: &str) {
     require_root();
     for mode in ["local", "nat", "fullnat", "dsr-l2", "dsr-ipip"] {
         let started = Instant::now();
-        let mut lab = Lab::start(mode);
+        let args: Vec<&str> = flags.iter().copied().chain([mode]).collect();
+        let mut lab = Lab::start(&args);
         let status = lab.finish();
         let text = lab.text();
-        assert!(status.success(), "lab.sh {mode}: {status}\n{text}");
+        assert!(status.success(), "lab.sh {args:?}: {status}\n{text}");
         assert!(
-            text.contains("replies received: 90/90; from 10.99.0.1:7000: 90; from elsewhere: 0"),
+            text.contains(&format!(
+                "replies received: 90/90; from {vip}: 90; from elsewhere: 0"
+            )),
             "{mode}: every datagram answered from the VIP:\n{text}"
+        );
+        assert!(
+            text.contains(&format!("vip = \"{vip}\"")),
+            "{mode}: the config has the VIP of its family:\n{text}"
         );
         for k in 1..=3 {
             assert!(
@@ -215,7 +232,7 @@ fn every_mode_answers_from_every_backend_and_leaves_nothing() {
         assert!(text.contains("lab: removed the namespaces"), "{text}");
         lab.assert_nothing_left();
         println!(
-            "lab.sh {mode}: exit 0 in {:.1} s",
+            "lab.sh {args:?}: exit 0 in {:.1} s",
             started.elapsed().as_secs_f64()
         );
     }
@@ -224,7 +241,7 @@ fn every_mode_answers_from_every_backend_and_leaves_nothing() {
 #[test]
 fn an_interrupted_lab_removes_everything() {
     require_root();
-    let mut lab = Lab::start("nat");
+    let mut lab = Lab::start(&["nat"]);
     // Interrupt while the daemon starts, with the backends running.
     lab.wait_for_line("lab: starting xdplb run");
     lab.signal(Signal::INT);

@@ -191,6 +191,8 @@ fn veth_pair(tag: &str, subnet: u8) -> (Netns, Netns, String) {
         "dev",
         &veth_l,
     ]);
+    add_v6(&client_ns, &veth_c, &format!("10.{subnet}.0.1/24"));
+    add_v6(&lb_ns, &veth_l, &format!("10.{subnet}.0.2/24"));
     for (ns, dev) in [(&client_ns, &veth_c), (&lb_ns, &veth_l)] {
         ns.exec(&["ip", "link", "set", dev, "up"]);
         set_offloads(ns, dev);
@@ -389,12 +391,27 @@ address = "10.200.0.2:9876"
 address = "10.200.0.2:9877"
 [[service.backend]]
 address = "10.200.0.2:9878"
+
+[[service]]
+name = "veth-demo6"
+vip = "[fd00:200::2]:9875"
+scheduler = "round-robin"
+[[service.backend]]
+address = "[fd00:200::2]:9876"
+[[service.backend]]
+address = "[fd00:200::2]:9877"
+[[service.backend]]
+address = "[fd00:200::2]:9878"
 "#
         ),
     )
     .expect("write config");
 
-    let _backends = start_backends(&lb_ns, "10.200.0.2:9876,10.200.0.2:9877,10.200.0.2:9878");
+    let _backends = start_backends(
+        &lb_ns,
+        "10.200.0.2:9876,10.200.0.2:9877,10.200.0.2:9878,\
+         [fd00:200::2]:9876,[fd00:200::2]:9877,[fd00:200::2]:9878",
+    );
     let instance = format!("t-veth-{}", std::process::id());
     let env = format!("XDPLB_RUN_DIR={dir}");
     let mut lb = start_balancer(&lb_ns, &env, &cfg_path, &instance);
@@ -506,6 +523,56 @@ address = "10.200.0.2:9878"
     assert_eq!(value("xdplb_flow_table_entries", &[]), 30.0);
     assert_eq!(value("xdplb_config_generation", &[]), 0.0);
     assert_eq!(value("xdplb_config_last_reload_success", &[]), 1.0);
+
+    // The IPv6 service beside it, `local` mode: replies leave through TC egress from the VIP.
+    let before = stats(&lb_ns, &dir, &instance);
+    let (c6_err0, c6_in0) = client_ns.udp6_counters();
+    let (l6_err0, l6_in0) = lb_ns.udp6_counters();
+    let report = client(&client_ns, "[fd00:200::2]:9875", 30, 3);
+    assert_every_reply_from_vip(&report, 30, 3);
+    let flows = per_backend(&report, "flows_per_backend");
+    assert_eq!(
+        flows.len(),
+        3,
+        "all three IPv6 backends serve flows: {report}"
+    );
+    assert!(
+        flows.values().all(|n| *n == 10),
+        "round robin over 3 IPv6 backends: {report}"
+    );
+    let (c6_err, c6_in) = client_ns.udp6_counters();
+    let (l6_err, l6_in) = lb_ns.udp6_counters();
+    assert_eq!(c6_err - c6_err0, 0, "client saw UDP6 checksum errors");
+    assert_eq!(
+        l6_err - l6_err0,
+        0,
+        "balancer host saw UDP6 checksum errors"
+    );
+    assert_eq!(l6_in - l6_in0, 90, "IPv6 backends received every datagram");
+    assert_eq!(c6_in - c6_in0, 90, "client received every IPv6 reply");
+    let after = stats(&lb_ns, &dir, &instance);
+    let delta = |name: &str| counter(&after, name) - counter(&before, name);
+    assert_eq!(delta("forwarded"), 90, "{after}");
+    assert_eq!(delta("reply_translated"), 90, "{after}");
+    let scrape = lb_ns.exec(&[
+        "curl",
+        "-sf",
+        "--max-time",
+        "5",
+        "http://127.0.0.1:9100/metrics",
+    ]);
+    let families = prometheus::parse(&String::from_utf8_lossy(&scrape.stdout));
+    let svc6 = [("service", "veth-demo6"), ("vip", "[fd00:200::2]:9875")];
+    assert_eq!(
+        prometheus::value(&families, "xdplb_service_packets_total", &svc6),
+        90.0,
+        "the IPv6 service's metrics carry its bracketed VIP"
+    );
+    let b6 = [("service", "veth-demo6"), ("backend", "[fd00:200::2]:9876")];
+    assert_eq!(
+        prometheus::value(&families, "xdplb_backend_flows_total", &b6),
+        10.0
+    );
 
     fragmented_round_trip(&client_ns, "10.200.0.2:9875", &lb_ns, &dir, &instance);
     let status = lb.terminate(Duration::from_secs(10));
@@ -1478,7 +1545,7 @@ fn restart_and_upgrade_under_traffic_lose_nothing_and_stop_removes_everything() 
     let instance = format!("t-restart-{pid}");
     let env_dir = format!("XDPLB_RUN_DIR={dir}");
     let env_fs = format!("XDPLB_BPFFS={}", bpffs.path);
-    let pins = format!("{}/xdplb/{instance}/v1", bpffs.path);
+    let pins = format!("{}/xdplb/{instance}/v2", bpffs.path);
     let cfg_path = format!("{dir}/restart.toml");
     std::fs::write(
         &cfg_path,
@@ -1643,9 +1710,19 @@ fn restart_and_upgrade_under_traffic_lose_nothing_and_stop_removes_everything() 
 /// `Udp InCsumErrors` unchanged on every host, and every datagram accepted by the backends'
 /// kernels and every reply by the client's. Returns the flows per backend.
 fn round_trip_through_balancer(client_ns: &Netns, backend_ns: &[Netns]) -> BTreeMap<String, u64> {
+    round_trip_to(client_ns, backend_ns, "10.99.0.1:7000")
+}
+
+/// 60 flows of 3 datagrams to `target` (either family): every reply from the VIP, every flow
+/// sticky, every backend host used, and every datagram accepted by the receiving kernel: the
+/// family's UDP counters grew by exactly the datagrams delivered, and neither family's
+/// checksum error counter (`Udp InCsumErrors`, `Udp6InCsumErrors`) grew on any host.
+fn round_trip_to(client_ns: &Netns, backend_ns: &[Netns], target: &str) -> BTreeMap<String, u64> {
+    let ipv6 = target.starts_with('[');
     let hosts: Vec<&Netns> = std::iter::once(client_ns).chain(backend_ns).collect();
-    let before: Vec<(u64, u64)> = hosts.iter().map(|h| h.udp_counters()).collect();
-    let report = client(client_ns, "10.99.0.1:7000", 60, 3);
+    let counters = |h: &Netns| (h.udp_counters(), h.udp6_counters());
+    let before: Vec<_> = hosts.iter().map(|h| counters(h)).collect();
+    let report = client(client_ns, target, 60, 3);
     assert_every_reply_from_vip(&report, 60, 3);
     let flows = per_backend(&report, "flows_per_backend");
     assert_eq!(flows.len(), 3, "every backend host answered: {report}");
@@ -1653,22 +1730,113 @@ fn round_trip_through_balancer(client_ns: &Netns, backend_ns: &[Netns]) -> BTree
         .iter()
         .zip(&hosts)
         .enumerate()
-        .map(|(host, (before, h))| {
-            let after = h.udp_counters();
-            assert_eq!(before.0, after.0, "host {host}: Udp InCsumErrors grew");
-            after.1 - before.1
+        .map(|(host, ((v4_before, v6_before), h))| {
+            let (v4, v6) = counters(h);
+            assert_eq!(v4_before.0, v4.0, "host {host}: Udp InCsumErrors grew");
+            assert_eq!(v6_before.0, v6.0, "host {host}: Udp6InCsumErrors grew");
+            if ipv6 {
+                assert_eq!(v4_before.1, v4.1, "host {host}: IPv4 UDP for an IPv6 VIP");
+                v6.1 - v6_before.1
+            } else {
+                v4.1 - v4_before.1
+            }
         })
         .collect();
     assert_eq!(
         delivered[0], 180,
-        "the client's kernel accepted every reply"
+        "the client's kernel accepted every reply ({target})"
     );
     assert_eq!(
         delivered[1..].iter().sum::<u64>(),
         180,
-        "the backends' kernels accepted every request: {delivered:?}"
+        "the backends' kernels accepted every request ({target}): {delivered:?}"
     );
     flows
+}
+
+/// The IPv6 twin of an IPv4 test address, so that every link of a topology gets both families
+/// by one rule: `10.a.b.c` is `fd00:a:b::c`, a `/24` becomes a `/64` and a `/32` a `/128`.
+fn v6(v4: &str) -> String {
+    let (addr, len) = match v4.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (v4, None),
+    };
+    let o: Vec<&str> = addr.split('.').collect();
+    assert_eq!(o.len(), 4, "an IPv4 address: {v4}");
+    let ip: std::net::Ipv6Addr = format!("fd00:{}:{}::{}", o[1], o[2], o[3])
+        .parse()
+        .expect("an IPv6 address");
+    match len {
+        Some("24") => format!("{ip}/64"),
+        Some("32") => format!("{ip}/128"),
+        Some(l) => panic!("no IPv6 twin for /{l}"),
+        None => ip.to_string(),
+    }
+}
+
+/// `10.a.b.c:PORT` as its IPv6 twin `[fd00:a:b::c]:PORT` (see [`v6`]).
+fn v6_socket(v4: &str) -> String {
+    let (addr, port) = v4.rsplit_once(':').expect("ADDRESS:PORT");
+    format!("[{}]:{port}", v6(addr))
+}
+
+/// Adds the IPv6 twin of `v4` (see [`v6`]) to `dev` in `ns`, without duplicate address
+/// detection (which would hold the address back for a second or two).
+fn add_v6(ns: &Netns, dev: &str, v4: &str) {
+    ns.exec(&["ip", "-6", "addr", "add", &v6(v4), "dev", dev, "nodad"]);
+}
+
+/// A route in both families: `10.x.y.0/24 via 10.a.b.c` and its IPv6 twin (`default` stays).
+fn route_both(ns: &Netns, to: &str, via: &str) {
+    ns.exec(&["ip", "route", "add", to, "via", via]);
+    let to6 = if to == "default" {
+        to.to_string()
+    } else {
+        v6(to)
+    };
+    ns.exec(&["ip", "-6", "route", "add", &to6, "via", &v6(via)]);
+}
+
+/// What the balancer counted between two `xdplb stats` reports.
+struct Deltas {
+    before: Value,
+    after: Value,
+}
+
+impl Deltas {
+    fn get(&self, name: &str) -> u64 {
+        counter(&self.after, name) - counter(&self.before, name)
+    }
+}
+
+/// Checks the IPv6 service `NAME6` of a dual-stack config (see [`write_dual_stack_config`])
+/// end to end, after its IPv4 twin: the round trip of [`round_trip_to`] to
+/// `[fd00:99::1]:7000`, and no IPv6 packet of it refused or passed as malformed. Returns the
+/// flows per backend and what the balancer counted meanwhile.
+fn dual_stack_round_trip(
+    client_ns: &Netns,
+    backend_ns: &[Netns],
+    lb: (&Netns, &str, &str),
+) -> (BTreeMap<String, u64>, Deltas) {
+    let (lb_ns, dir, instance) = lb;
+    let before = stats(lb_ns, dir, instance);
+    let flows = round_trip_to(client_ns, backend_ns, &v6_socket("10.99.0.1:7000"));
+    let d = Deltas {
+        before,
+        after: stats(lb_ns, dir, instance),
+    };
+    for name in [
+        "pass_udp_zero_checksum",
+        "pass_bad_ipv6_header",
+        "pass_ipv6_ext_headers",
+        "drop_no_route",
+        "drop_no_backend",
+        "drop_reply_rewrite_failed",
+    ] {
+        assert_eq!(d.get(name), 0, "IPv6 service: {name}: {}", d.after);
+    }
+    println!("IPv6 twin: 60 flows x 3 datagrams, flows per backend {flows:?}");
+    (flows, d)
 }
 
 /// Datagrams of 3,000 bytes to `target` (so IP fragments both ways at MTU 1500: the client
@@ -1750,6 +1918,7 @@ fn link(ns_a: &Netns, a: &str, addr_a: &str, ns_b: &Netns, b: &str, addr_b: &str
     ]);
     for (ns, dev, addr) in [(ns_a, a, addr_a), (ns_b, b, addr_b)] {
         ns.exec(&["ip", "addr", "add", addr, "dev", dev]);
+        add_v6(ns, dev, addr);
         ns.exec(&["ip", "link", "set", dev, "up"]);
         set_offloads(ns, dev);
         // GRO gives a veth the NAPI context that XDP_TX and XDP_REDIRECT from a native-mode
@@ -1790,7 +1959,7 @@ fn routed_topology(p: &str, net: u8) -> Routed {
         &format!("10.{net}.0.2/24"),
     );
     let gateway = format!("10.{net}.0.2");
-    client.exec(&["ip", "route", "add", "10.99.0.0/24", "via", &gateway]);
+    route_both(&client, "10.99.0.0/24", &gateway);
     let mut lb_devs = vec![lb_client_dev];
     let mut backend_devs = Vec::new();
     let backend_net = net + 1;
@@ -1805,12 +1974,13 @@ fn routed_topology(p: &str, net: u8) -> Routed {
             &format!("10.{backend_net}.{k}.2/24"),
         );
         let gateway = format!("10.{backend_net}.{k}.1");
-        ns.exec(&["ip", "route", "add", "default", "via", &gateway]);
+        route_both(ns, "default", &gateway);
         lb_devs.push(dev);
         backend_devs.push(bdev);
     }
     // Packets whose next hop has no neighbour entry yet go through the kernel's forwarding.
     lb.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    lb.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
     Routed {
         client,
         lb,
@@ -1830,6 +2000,32 @@ fn write_service_config(
     service: &str,
     backends: &[String],
 ) -> String {
+    write_config(dir, name, interfaces, top, service, backends, false)
+}
+
+/// [`write_service_config`], and beside the service its IPv6 twin `NAME6` on
+/// `[fd00:99::1]:7000`, with every address in its lines and backends replaced by its twin (see
+/// [`v6`]; an `encap_source` prefix becomes a `/64`): an IPv4 and an IPv6 service side by side.
+fn write_dual_stack_config(
+    dir: &str,
+    name: &str,
+    interfaces: &[String],
+    top: &str,
+    service: &str,
+    backends: &[String],
+) -> String {
+    write_config(dir, name, interfaces, top, service, backends, true)
+}
+
+fn write_config(
+    dir: &str,
+    name: &str,
+    interfaces: &[String],
+    top: &str,
+    service: &str,
+    backends: &[String],
+    twin: bool,
+) -> String {
     let list = interfaces
         .iter()
         .map(|i| format!("\"{i}\""))
@@ -1841,9 +2037,38 @@ fn write_service_config(
     for b in backends {
         let _ = writeln!(text, "[[service.backend]]\naddress = \"{b}\"");
     }
+    if twin {
+        let _ = write!(
+            text,
+            "[[service]]\nname = \"{name}6\"\nvip = \"{}\"\n{}",
+            v6_socket("10.99.0.1:7000"),
+            twin_lines(service)
+        );
+        for b in backends {
+            let _ = writeln!(text, "[[service.backend]]\naddress = \"{}\"", v6_socket(b));
+        }
+    }
     let path = format!("{dir}/{name}.toml");
     std::fs::write(&path, text).expect("write config");
     path
+}
+
+/// Service lines with every quoted IPv4 address (or prefix) replaced by its IPv6 twin.
+fn twin_lines(lines: &str) -> String {
+    lines
+        .lines()
+        .map(|l| match l.split_once(" = \"") {
+            Some((key, rest)) if rest.starts_with("10.") => {
+                let value = rest.trim_end_matches('"');
+                let twin = match value.split_once('/') {
+                    Some((a, _)) => format!("{}/64", v6(a)),
+                    None => v6(value),
+                };
+                format!("{key} = \"{twin}\"\n")
+            }
+            _ => format!("{l}\n"),
+        })
+        .collect()
 }
 
 #[test]
@@ -1882,11 +2107,14 @@ fn nat_routes_to_backends_on_other_hosts_and_translates_their_replies_case() {
     } = routed_topology("n", 81);
     let _backends: Vec<Daemon> = (1..=3)
         .zip(&backend_ns)
-        .map(|(k, ns)| start_backends(ns, &format!("10.82.{k}.2:7000")))
+        .map(|(k, ns)| {
+            let b = format!("10.82.{k}.2:7000");
+            start_backends(ns, &format!("{b},{}", v6_socket(&b)))
+        })
         .collect();
     let dir = run_dir("nat");
     let backends: Vec<String> = (1..=3).map(|k| format!("10.82.{k}.2:7000")).collect();
-    let cfg_path = write_service_config(
+    let cfg_path = write_dual_stack_config(
         &dir,
         "nat",
         &interfaces,
@@ -1926,6 +2154,17 @@ fn nat_routes_to_backends_on_other_hosts_and_translates_their_replies_case() {
         "nat: 60 flows x 3 datagrams, flows per backend {flows:?}; forwarded_fib + forwarded_cached {routed}, pass_no_neighbour {via_kernel}; attached: {}",
         lb.seen.join(" ")
     );
+    // The IPv6 twin (NAT66) beside it: requests routed to the backends, replies translated.
+    let (flows6, d) = dual_stack_round_trip(&client_ns, &backend_ns, (&lb_ns, &dir, &instance));
+    assert!(flows6.values().all(|&n| n >= 5), "{flows6:?}");
+    assert_eq!(d.get("nat_reply_translated"), 180, "{}", d.after);
+    assert_eq!(d.get("flow_created"), 60, "{}", d.after);
+    assert_eq!(
+        d.get("forwarded_fib") + d.get("forwarded_cached") + d.get("pass_no_neighbour"),
+        360,
+        "every IPv6 request and reply routed: {}",
+        d.after
+    );
     fragmented_round_trip(&client_ns, "10.99.0.1:7000", &lb_ns, &dir, &instance);
     let status = lb.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit 0 on SIGTERM: {status}");
@@ -1951,6 +2190,7 @@ fn plug(switch: &Netns, port: &str, ns: &Netns, dev: &str, addr: &str) {
     ]);
     switch.exec(&["ip", "link", "set", port, "master", "br0"]);
     ns.exec(&["ip", "addr", "add", addr, "dev", dev]);
+    add_v6(ns, dev, addr);
     for (n, d) in [(switch, port), (ns, dev)] {
         n.exec(&["ip", "link", "set", d, "up"]);
         set_offloads(n, d);
@@ -2003,7 +2243,7 @@ fn dsr_l2_backends_on_one_segment_answer_clients_directly_case() {
         &format!("dc{pid}"),
         "10.83.0.1/24",
     );
-    client_ns.exec(&["ip", "route", "add", "10.99.0.0/24", "via", "10.83.0.2"]);
+    route_both(&client_ns, "10.99.0.0/24", "10.83.0.2");
     let lb_dev = format!("dl{pid}");
     plug(
         &switch,
@@ -2021,15 +2261,18 @@ fn dsr_l2_backends_on_one_segment_answer_clients_directly_case() {
             &format!("10.83.0.1{k}/24"),
         );
         // The backend holds the VIP (and does not answer ARP for it) and replies directly.
+        // Neighbour discovery answers only for addresses of the receiving interface, so the
+        // IPv6 VIP on lo needs nothing more.
         ns.exec(&["ip", "addr", "add", "10.99.0.1/32", "dev", "lo"]);
+        add_v6(ns, "lo", "10.99.0.1/32");
         ns.exec(&["sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1"]);
         ns.exec(&["sysctl", "-qw", "net.ipv4.conf.all.arp_announce=2"]);
     }
-    let _backends = start_named_backends(&backend_ns, "10.99.0.1:7000");
+    let _backends = start_named_backends(&backend_ns, "10.99.0.1:7000,[fd00:99::1]:7000");
 
     let dir = run_dir("dsr");
     let backends: Vec<String> = (1..=3).map(|k| format!("10.83.0.1{k}:7000")).collect();
-    let cfg_path = write_service_config(
+    let cfg_path = write_dual_stack_config(
         &dir,
         "dsr",
         std::slice::from_ref(&lb_dev),
@@ -2058,6 +2301,7 @@ fn dsr_l2_backends_on_one_segment_answer_clients_directly_case() {
         "{text}"
     );
     lb_ns.exec(&["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"]);
+    lb_ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
     let mut lb = start_balancer(&lb_ns, &env, &cfg_path, &instance);
     // The daemon has asked the kernel to resolve the backends' MAC addresses; give ARP a moment.
     std::thread::sleep(Duration::from_millis(300));
@@ -2079,6 +2323,20 @@ fn dsr_l2_backends_on_one_segment_answer_clients_directly_case() {
     assert_eq!(counter(&st, "reply_translated"), 0, "{st}");
     assert_eq!(counter(&st, "nat_reply_translated"), 0, "{st}");
     println!("dsr-l2: 60 flows x 3 datagrams, flows per backend {flows:?}");
+    let (flows6, d) = dual_stack_round_trip(&client_ns, &backend_ns, (&lb_ns, &dir, &instance));
+    assert_eq!(
+        flows6.keys().collect::<Vec<_>>(),
+        ["backend-1", "backend-2", "backend-3"],
+        "every backend host answered the IPv6 VIP directly"
+    );
+    assert_eq!(
+        d.get("forwarded_fib") + d.get("forwarded_cached"),
+        180,
+        "every IPv6 request sent by XDP: {}",
+        d.after
+    );
+    assert_eq!(d.get("drop_no_neighbour"), 0, "{}", d.after);
+    assert_eq!(d.get("reply_translated") + d.get("nat_reply_translated"), 0);
     fragmented_round_trip(&client_ns, "10.99.0.1:7000", &lb_ns, &dir, &instance);
     let status = lb.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit 0 on SIGTERM: {status}");
@@ -2122,6 +2380,7 @@ fn dsr_ipip_backends_decapsulate_with_xdplb_decap_and_answer_directly_case() {
     } = routed_topology("i", 84);
     for (ns, bdev) in backend_ns.iter().zip(&backend_devs) {
         ns.exec(&["ip", "addr", "add", "10.99.0.1/32", "dev", "lo"]);
+        add_v6(ns, "lo", "10.99.0.1/32");
         let out = ns.exec(&["env", &env_fs, XDPLB, "decap", "--interface", bdev]);
         assert!(
             String::from_utf8_lossy(&out.stdout).contains("decap attached"),
@@ -2141,11 +2400,11 @@ fn dsr_ipip_backends_decapsulate_with_xdplb_decap_and_answer_directly_case() {
         String::from_utf8_lossy(&out.stdout).contains("decap attached"),
         "{out:?}"
     );
-    let _backends = start_named_backends(&backend_ns, "10.99.0.1:7000");
+    let _backends = start_named_backends(&backend_ns, "10.99.0.1:7000,[fd00:99::1]:7000");
 
     let dir = run_dir("ipip");
     let backends: Vec<String> = (1..=3).map(|k| format!("10.85.{k}.2:7000")).collect();
-    let cfg_path = write_service_config(
+    let cfg_path = write_dual_stack_config(
         &dir,
         "ipip",
         &interfaces,
@@ -2158,26 +2417,7 @@ fn dsr_ipip_backends_decapsulate_with_xdplb_decap_and_answer_directly_case() {
     let mut lb = start_balancer(&lb_ns, &env, &cfg_path, &instance);
 
     let flows = round_trip_through_balancer(&client_ns, &backend_ns);
-    let mut decapsulated = 0;
-    for (ns, dev) in backend_ns.iter().zip(&backend_devs) {
-        let out = ns.exec(&[
-            "env",
-            &env_fs,
-            XDPLB,
-            "decap",
-            "--interface",
-            dev,
-            "--stats",
-        ]);
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let n: u64 = text
-            .split("decapsulated ")
-            .nth(1)
-            .and_then(|t| t.split(',').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("decap stats: {text}"));
-        decapsulated += n;
-    }
+    let decapsulated = decapsulated_on(&backend_ns, &backend_devs, &env_fs);
     assert_eq!(
         decapsulated, 180,
         "every request was decapsulated by xdplb decap"
@@ -2191,6 +2431,54 @@ fn dsr_ipip_backends_decapsulate_with_xdplb_decap_and_answer_directly_case() {
         "every request encapsulated and sent: {st}"
     );
     println!("dsr-ipip: 60 flows x 3 datagrams, flows per backend {flows:?}");
+
+    // The IPv6 twin: IPv6-in-IPv6 from the fd00:200::/64 prefix, stripped by the same
+    // `xdplb decap`.
+    let (_, d) = dual_stack_round_trip(&client_ns, &backend_ns, (&lb_ns, &dir, &instance));
+    assert_eq!(
+        decapsulated_on(&backend_ns, &backend_devs, &env_fs),
+        360,
+        "every IPv6 request was decapsulated too"
+    );
+    assert_eq!(
+        d.get("forwarded_fib") + d.get("forwarded_cached") + d.get("pass_no_neighbour"),
+        180,
+        "every IPv6 request encapsulated and sent: {}",
+        d.after
+    );
+    // Packet Too Big: with the backends' links at 1400 bytes, a 1380-byte datagram (1428 bytes
+    // of IPv6) no longer fits once encapsulated (1468); the client's kernel learns the inner
+    // MTU, 1360, from the balancer's ICMPv6 answer. (IPv6 needs links of 1280 bytes or more,
+    // hence not the 1000 of the IPv4 case below.)
+    for dev in &interfaces[1..] {
+        lb_ns.exec(&["ip", "link", "set", dev, "mtu", "1400"]);
+    }
+    let before = stats(&lb_ns, &dir, &instance);
+    client_ns.exec(&[
+        XDPLB,
+        "demo-flood",
+        "--target",
+        &v6_socket("10.99.0.1:7000"),
+        "--flows",
+        "1",
+        "--seconds",
+        "0.2",
+        "--rate",
+        "20",
+        "--payload-bytes",
+        "1380",
+    ]);
+    let route = client_ns.exec(&["ip", "-6", "route", "get", &v6("10.99.0.1")]);
+    let route = String::from_utf8_lossy(&route.stdout).to_string();
+    let st = stats(&lb_ns, &dir, &instance);
+    assert!(
+        counter(&st, "icmp_frag_needed_sent") > counter(&before, "icmp_frag_needed_sent"),
+        "{st}"
+    );
+    assert!(
+        route.contains("mtu 1360"),
+        "the client learned the inner MTU over IPv6: {route}; balancer: {st}"
+    );
 
     // MTU: with the backends' links at 1000 bytes, a 990-byte datagram (1018 bytes of IPv4, DF
     // set by the client's stack) no longer fits once encapsulated; the client's kernel learns
@@ -2237,6 +2525,23 @@ fn dsr_ipip_backends_decapsulate_with_xdplb_decap_and_answer_directly_case() {
     }
 }
 
+/// Datagrams `xdplb decap --stats` reports decapsulated, summed over the backend hosts.
+fn decapsulated_on(backend_ns: &[Netns], backend_devs: &[String], env_fs: &str) -> u64 {
+    let mut decapsulated = 0;
+    for (ns, dev) in backend_ns.iter().zip(backend_devs) {
+        let out = ns.exec(&["env", env_fs, XDPLB, "decap", "--interface", dev, "--stats"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let n: u64 = text
+            .split("decapsulated ")
+            .nth(1)
+            .and_then(|t| t.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("decap stats: {text}"));
+        decapsulated += n;
+    }
+    decapsulated
+}
+
 /// Backends on a segment of their own with no route to the client at all: fullnat's source
 /// rewrite is the only reason their replies find the way back.
 #[test]
@@ -2280,7 +2585,7 @@ fn fullnat_reaches_backends_that_have_no_route_to_clients_case() {
         &lb_client_dev,
         "10.87.0.2/24",
     );
-    client_ns.exec(&["ip", "route", "add", "10.99.0.0/24", "via", "10.87.0.2"]);
+    route_both(&client_ns, "10.99.0.0/24", "10.87.0.2");
     let lb_backend_dev = format!("fl1{pid}");
     plug(
         &switch,
@@ -2304,14 +2609,18 @@ fn fullnat_reaches_backends_that_have_no_route_to_clients_case() {
         );
     }
     lb_ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    lb_ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
     let _backends: Vec<Daemon> = (1..=3)
         .zip(&backend_ns)
-        .map(|(k, ns)| start_backends(ns, &format!("10.86.0.1{k}:7000")))
+        .map(|(k, ns)| {
+            let b = format!("10.86.0.1{k}:7000");
+            start_backends(ns, &format!("{b},{}", v6_socket(&b)))
+        })
         .collect();
 
     let dir = run_dir("fnat");
     let backends: Vec<String> = (1..=3).map(|k| format!("10.86.0.1{k}:7000")).collect();
-    let cfg_path = write_service_config(
+    let cfg_path = write_dual_stack_config(
         &dir,
         "fullnat",
         &[lb_client_dev.clone(), lb_backend_dev.clone()],
@@ -2340,6 +2649,15 @@ fn fullnat_reaches_backends_that_have_no_route_to_clients_case() {
     println!(
         "fullnat: 60 flows x 3 datagrams, flows per backend {flows:?}, forwarded_fib {}",
         counter(&st, "forwarded_fib")
+    );
+    let (_, d) = dual_stack_round_trip(&client_ns, &backend_ns, (&lb_ns, &dir, &instance));
+    assert_eq!(d.get("fullnat_reply_translated"), 180, "{}", d.after);
+    assert_eq!(d.get("drop_ports_exhausted"), 0, "{}", d.after);
+    assert_eq!(
+        d.get("forwarded_fib") + d.get("forwarded_cached") + d.get("pass_no_neighbour"),
+        360,
+        "every IPv6 request and reply routed: {}",
+        d.after
     );
     fragmented_round_trip(&client_ns, "10.99.0.1:7000", &lb_ns, &dir, &instance);
     let status = lb.terminate(Duration::from_secs(10));

@@ -516,7 +516,8 @@ fn full_capacity_loads_and_the_last_slot_works() {
         hash_seed: 0,
         flow_idle_timeout_ns: 30_000_000_000,
         flags: 0,
-        encap_source: 0,
+        encap_source: [0; 4],
+        _pad: 0,
     };
     {
         let mut w = dp.writer().expect("maps");

@@ -14,7 +14,7 @@
 
 use std::{
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::Instant,
 };
 
@@ -24,7 +24,7 @@ use xdplb_common::Stat;
 use super::{
     BenchError, Harness, Measured, Report, accept_bench_frames, action_name, frame_from_port,
     frame_to, harness, median,
-    netns::{BenchNetns, LOCAL_ADDR},
+    netns::{BenchNetns, LOCAL_ADDR, LOCAL_ADDR6},
 };
 use crate::{
     config::{self, Config, EncapSource, Forwarding, FullnatConfig, ServiceConfig},
@@ -40,6 +40,7 @@ pub const DEFAULT_TABLES: [u32; 3] = [2048, 131_072, 4_194_304];
 /// quarter taken, so 8 tries almost never all fail.
 const BACKENDS: u32 = 512;
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 1);
 /// The service's port, also the backends' (so that dsr modes, which keep the port, accept it).
 const PORT: u16 = 7000;
 /// The prefill sends this many distinct flows per hundred entries of the CPU's share.
@@ -91,10 +92,50 @@ impl Variant {
     }
 }
 
+/// The address family of the benchmark service, its backends and its frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Family {
+    #[serde(rename = "IPv4")]
+    V4,
+    #[serde(rename = "IPv6")]
+    V6,
+}
+
+impl Family {
+    pub const ALL: &'static [Family] = &[Family::V4, Family::V6];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
+    /// The benchmark service's VIP with `port`.
+    fn vip(self, port: u16) -> SocketAddr {
+        match self {
+            Family::V4 => SocketAddr::new(VIP.into(), port),
+            Family::V6 => SocketAddr::new(VIP6.into(), port),
+        }
+    }
+
+    /// An address beside the VIP that no service has.
+    fn other_address(self, port: u16) -> SocketAddr {
+        match self {
+            Family::V4 => SocketAddr::new(Ipv4Addr::new(10, 99, 0, 2).into(), port),
+            Family::V6 => {
+                SocketAddr::new(Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 2).into(), port)
+            }
+        }
+    }
+}
+
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct MatrixOptions {
     pub modes: Vec<Forwarding>,
+    /// The address families, each measured for every mode.
+    pub families: Vec<Family>,
     /// Flow-table entries per CPU.
     pub tables: Vec<u32>,
     pub variants: Vec<Variant>,
@@ -191,6 +232,7 @@ pub struct Prefill {
 /// One mode with one variant and one table size.
 #[derive(Debug, Clone, Serialize)]
 pub struct TableRun {
+    pub family: Family,
     pub mode: &'static str,
     pub variant: &'static str,
     pub flows_per_cpu: u32,
@@ -259,7 +301,7 @@ pub fn run_matrix(
         .spawn(move || -> Result<_, BenchError> {
             pin_to(cpu)?;
             let backends = backend_addresses();
-            let ns = BenchNetns::create(&backends)?;
+            let ns = BenchNetns::create(&backends.v4, &backends.v6)?;
             ns.enter()?;
             eprintln!(
                 "bench: measuring on CPU {cpu} of {cpus} possible, in network namespace {}",
@@ -304,18 +346,43 @@ fn pin_to(cpu: usize) -> Result<(), BenchError> {
     Ok(())
 }
 
-fn backend_addresses() -> Vec<Ipv4Addr> {
-    (0..BACKENDS)
-        .map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 201, 2, 0)) + i))
-        .collect()
+/// The benchmark backends of each family: `10.201.2.0` + i and `fd00:201:2::` + i.
+struct Backends {
+    v4: Vec<Ipv4Addr>,
+    v6: Vec<Ipv6Addr>,
+}
+
+impl Backends {
+    fn of(&self, family: Family) -> Vec<IpAddr> {
+        match family {
+            Family::V4 => self.v4.iter().map(|&a| a.into()).collect(),
+            Family::V6 => self.v6.iter().map(|&a| a.into()).collect(),
+        }
+    }
+}
+
+fn backend_addresses() -> Backends {
+    Backends {
+        v4: (0..BACKENDS)
+            .map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 201, 2, 0)) + i))
+            .collect(),
+        v6: (0..BACKENDS)
+            .map(|i| {
+                Ipv6Addr::from(
+                    u128::from(Ipv6Addr::new(0xfd00, 0x201, 2, 0, 0, 0, 0, 0)) + u128::from(i),
+                )
+            })
+            .collect(),
+    }
 }
 
 /// The benchmark service in `mode` with `variant`, in a data plane with `max_flows`.
 fn mode_config(
+    family: Family,
     mode: Forwarding,
     variant: Variant,
     max_flows: u32,
-    backends: &[Ipv4Addr],
+    backends: &[IpAddr],
 ) -> Config {
     let mut cfg: Config = config::default_config();
     // Small service and table pools, as in `run`: the kernel frees each data plane's maps in
@@ -328,7 +395,7 @@ fn mode_config(
     cfg.flow_guard_rate = 0;
     cfg.services.truncate(1);
     let svc = &mut cfg.services[0];
-    svc.vip = SocketAddrV4::new(VIP, PORT).into();
+    svc.vip = family.vip(PORT);
     svc.forwarding = mode;
     // The config's default scheduler (the tutorial's service uses round robin).
     svc.scheduler = config::Scheduler::Maglev;
@@ -336,16 +403,25 @@ fn mode_config(
     svc.backends = backends
         .iter()
         .map(|&a| config::BackendConfig {
-            address: SocketAddrV4::new(a, PORT).into(),
+            address: SocketAddr::new(a, PORT),
             ..template.clone()
         })
         .collect();
-    svc.encap_source = (mode == Forwarding::DsrIpip).then_some(EncapSource {
-        base: Ipv4Addr::new(10, 200, 0, 0).into(),
-        prefix_len: 24,
+    svc.encap_source = (mode == Forwarding::DsrIpip).then_some(match family {
+        Family::V4 => EncapSource {
+            base: Ipv4Addr::new(10, 200, 0, 0).into(),
+            prefix_len: 24,
+        },
+        Family::V6 => EncapSource {
+            base: Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, 0).into(),
+            prefix_len: 64,
+        },
     });
     svc.fullnat = (mode == Forwarding::FullNat).then_some(FullnatConfig {
-        source: LOCAL_ADDR.into(),
+        source: match family {
+            Family::V4 => LOCAL_ADDR.into(),
+            Family::V6 => LOCAL_ADDR6.into(),
+        },
         port_first: 1024,
         port_last: 65535,
     });
@@ -357,19 +433,28 @@ fn matrix_on_this_thread(
     opts: &MatrixOptions,
     cpu: usize,
     cpus: usize,
-    backends: &[Ipv4Addr],
+    backends: &Backends,
 ) -> Result<MatrixReport, BenchError> {
     let started = Instant::now();
     let mut h = Harness::load()?;
-    let service = frame_to(SocketAddrV4::new(VIP, PORT));
+    let service = frame_to(Family::V4.vip(PORT));
     let (empty_ns, _) = h.time("bench_empty", &service, opts.repeat, opts.rounds)?;
     let mut runs = Vec::new();
+    // Mode by mode, each family in turn: the two families' figures of a mode are measured
+    // minutes apart at most, on the same machine state.
     for &mode in &opts.modes {
-        for &variant in opts.variants.iter().filter(|v| v.applies_to(mode)) {
-            for &per_cpu in &opts.tables {
-                runs.push(measure_table(
-                    &mut h, opts, mode, variant, per_cpu, cpus, backends,
-                )?);
+        for &family in &opts.families {
+            for &variant in opts.variants.iter().filter(|v| v.applies_to(mode)) {
+                for &per_cpu in &opts.tables {
+                    runs.push(measure_table(
+                        &mut h,
+                        opts,
+                        (family, mode, variant),
+                        per_cpu,
+                        cpus,
+                        &backends.of(family),
+                    )?);
+                }
             }
         }
     }
@@ -391,25 +476,24 @@ fn stat(stats: &[u64], s: Stat) -> u64 {
     stats.get(s as usize).copied().unwrap_or(0)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn measure_table(
     h: &mut Harness,
     opts: &MatrixOptions,
-    mode: Forwarding,
-    variant: Variant,
+    (family, mode, variant): (Family, Forwarding, Variant),
     per_cpu: u32,
     cpus: usize,
-    backends: &[Ipv4Addr],
+    backends: &[IpAddr],
 ) -> Result<TableRun, BenchError> {
     let label = format!(
-        "{} ({}), {per_cpu} flows/CPU",
+        "{} {} ({}), {per_cpu} flows/CPU",
+        family.as_str(),
         mode.as_str(),
         variant.as_str()
     );
     let max_flows = max_flows_for(per_cpu, cpus).map_err(BenchError::Harness)?;
     // Prefilled as by default (a flow's first packet creates its entry); the variant is applied
     // to the full table afterwards, as a live change.
-    let cfg = mode_config(mode, Variant::Default, max_flows, backends);
+    let cfg = mode_config(family, mode, Variant::Default, max_flows, backends);
     let t = Instant::now();
     let mut dp = Dataplane::load(cfg.limits, false)?;
     dp.apply_config(&cfg)?;
@@ -417,7 +501,7 @@ fn measure_table(
     let load_seconds = t.elapsed().as_secs_f64();
 
     // Prefill: distinct new flows until the CPU's share has evicted.
-    let service = frame_to(SocketAddrV4::new(VIP, PORT));
+    let service = frame_to(family.vip(PORT));
     let flows_sent = prefill_flows(per_cpu);
     eprintln!("bench: {label}: loaded in {load_seconds:.1} s, prefilling {flows_sent} flows");
     let t = Instant::now();
@@ -453,7 +537,7 @@ fn measure_table(
         }
     );
     if variant != Variant::Default {
-        dp.apply_config(&mode_config(mode, variant, max_flows, backends))?;
+        dp.apply_config(&mode_config(family, mode, variant, max_flows, backends))?;
     }
     // What the daemon does after every change: resolve the remote backends' next hops into the
     // cache (`NEXTHOPS_V1`), so that the remote modes send without a FIB lookup.
@@ -476,10 +560,10 @@ fn measure_table(
     };
 
     let (repeat, rounds) = (opts.repeat, opts.rounds);
-    let other_addr = frame_to(SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 2), PORT));
-    let other_port = frame_to(SocketAddrV4::new(VIP, PORT + 1));
+    let other_addr = frame_to(family.other_address(PORT));
+    let other_port = frame_to(family.vip(PORT + 1));
     // Its own source port: the pairs never meet the flows of `bench_new_flow`.
-    let twice = frame_from_port(40001, SocketAddrV4::new(VIP, PORT));
+    let twice = frame_from_port(40001, family.vip(PORT));
     let mut cases = Vec::new();
     let row = |case, m: &Measured| CaseRow {
         case,
@@ -552,6 +636,7 @@ fn measure_table(
     });
     let stats = dp.stats()?;
     let run = TableRun {
+        family,
         mode: mode.as_str(),
         variant: variant.as_str(),
         flows_per_cpu: per_cpu,
@@ -614,7 +699,8 @@ pub fn render_matrix(r: &MatrixReport) -> String {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "{} ({}), {} flows/CPU (max_flows {}): prefill {} flows, {} inserted, {} held, {}{}{}",
+            "{} {} ({}), {} flows/CPU (max_flows {}): prefill {} flows, {} inserted, {} held, {}{}{}",
+            run.family.as_str(),
             run.mode,
             run.variant,
             group(u64::from(run.flows_per_cpu)),

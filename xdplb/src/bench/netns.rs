@@ -12,7 +12,7 @@
 
 use std::{
     io::Write as _,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     process::{Command, Stdio},
 };
 
@@ -20,6 +20,8 @@ use super::BenchError;
 
 /// The address of the balancer's side of the veth pair (also the fullnat source).
 pub const LOCAL_ADDR: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
+/// The namespace's IPv6 address (its `/48` holds the IPv6 backends).
+pub const LOCAL_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x201, 0, 0, 0, 0, 0, 1);
 const DEV: &str = "xb0";
 const PEER: &str = "xb1";
 
@@ -31,7 +33,7 @@ pub struct BenchNetns {
 impl BenchNetns {
     /// Creates `xdplb-bench-PID` with `lo` up, forwarding on, the veth pair and a permanent
     /// neighbour entry for each of `backends` (which must lie in 10.201.0.0/16).
-    pub fn create(backends: &[Ipv4Addr]) -> Result<Self, BenchError> {
+    pub fn create(backends: &[Ipv4Addr], backends6: &[Ipv6Addr]) -> Result<Self, BenchError> {
         let name = format!("xdplb-bench-{}", std::process::id());
         run(Command::new("ip").args(["netns", "add", &name]), None)?;
         let ns = BenchNetns { name };
@@ -39,6 +41,7 @@ impl BenchNetns {
             "link set lo up\n\
              link add {DEV} type veth peer name {PEER}\n\
              addr add {LOCAL_ADDR}/16 dev {DEV}\n\
+             addr add {LOCAL_ADDR6}/48 dev {DEV} nodad\n\
              link set {DEV} up\n\
              link set {PEER} up\n"
         );
@@ -47,6 +50,12 @@ impl BenchNetns {
             let [_, _, hi, lo] = b.octets();
             batch.push_str(&format!(
                 "neigh add {b} lladdr 02:00:0a:c9:{hi:02x}:{lo:02x} dev {DEV} nud permanent\n"
+            ));
+        }
+        for b in backends6 {
+            let [.., hi, lo] = b.octets();
+            batch.push_str(&format!(
+                "neigh add {b} lladdr 02:00:fd:c9:{hi:02x}:{lo:02x} dev {DEV} nud permanent\n"
             ));
         }
         run(
@@ -62,6 +71,7 @@ impl BenchNetns {
                 "sysctl",
                 "-qw",
                 "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
             ]),
             None,
         )?;

@@ -174,21 +174,21 @@ pub enum Command {
     },
     /// Demo UDP backends: answer every datagram with the listening address and the payload.
     DemoBackend {
-        /// Comma-separated IPv4:port addresses.
+        /// Comma-separated ADDRESS:PORT (IPv6 in brackets: `[2001:db8::1]:53`).
         #[arg(long, value_delimiter = ',', required = true)]
-        listen: Vec<SocketAddrV4>,
+        listen: Vec<std::net::SocketAddr>,
         /// Name the replies carry instead of the listening address.
         #[arg(long)]
         name: Option<String>,
     },
     /// Demo client: send datagrams on many connected sockets and report who answered.
     DemoClient {
-        /// The IPV4:PORT to send to (a VIP).
+        /// The ADDRESS:PORT to send to (a VIP; IPv6 in brackets: `[2001:db8::1]:53`).
         #[arg(long, default_value = "127.0.0.1:9875")]
-        target: SocketAddrV4,
-        /// Local address to bind the client sockets to.
+        target: std::net::SocketAddr,
+        /// Local address to bind the client sockets to (of the target's family).
         #[arg(long)]
-        bind: Option<std::net::Ipv4Addr>,
+        bind: Option<std::net::IpAddr>,
         /// Flows: connected sockets, each from its own port.
         #[arg(long, default_value_t = 30)]
         flows: u32,
@@ -213,9 +213,9 @@ pub enum Command {
     },
     /// Send small datagrams as fast as possible (or at --rate) for the forwarding benchmark.
     DemoFlood {
-        /// Comma-separated IPv4:port targets; flow i goes to target i mod their number.
+        /// Comma-separated ADDRESS:PORT targets; flow i goes to target i mod their number.
         #[arg(long, value_delimiter = ',', required = true)]
-        target: Vec<SocketAddrV4>,
+        target: Vec<std::net::SocketAddr>,
         /// Flows (source ports) to spread the datagrams over.
         #[arg(long, default_value_t = 256)]
         flows: u32,
@@ -270,6 +270,9 @@ pub enum Command {
             default_value = "local,nat,fullnat,dsr-l2,dsr-ipip"
         )]
         modes: Vec<String>,
+        /// Address families of the matrix, each measured for every mode (`ipv4`, `ipv6`).
+        #[arg(long, value_delimiter = ',', default_value = "ipv4,ipv6")]
+        families: Vec<String>,
         /// The CPU to measure on (default: the first this process may use).
         #[arg(long)]
         cpu: Option<usize>,

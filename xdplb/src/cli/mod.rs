@@ -422,13 +422,18 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             source_net,
         } => {
             if new_flow_per_datagram {
-                let report = demo::new_flows::flood_new_flows(
-                    &target,
-                    flows,
-                    source_net,
-                    rate,
-                    payload_bytes,
-                )?;
+                // Raw IPv4 datagrams from many source addresses: IPv4 targets only.
+                let v4: Vec<std::net::SocketAddrV4> = target
+                    .iter()
+                    .map(|t| match t {
+                        std::net::SocketAddr::V4(v4) => Ok(*v4),
+                        std::net::SocketAddr::V6(_) => Err(anyhow::anyhow!(
+                            "--new-flow-per-datagram sends raw IPv4: target {t} is IPv6"
+                        )),
+                    })
+                    .collect::<Result<_, _>>()?;
+                let report =
+                    demo::new_flows::flood_new_flows(&v4, flows, source_net, rate, payload_bytes)?;
                 println!("{}", serde_json::to_string(&report)?);
                 return Ok(ExitCode::SUCCESS);
             }
@@ -455,6 +460,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             max_flows,
             tables,
             modes,
+            families,
             cpu,
             matrix_only,
             no_matrix,
@@ -495,8 +501,17 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            let families = families
+                .iter()
+                .map(|f| match f.to_ascii_lowercase().as_str() {
+                    "ipv4" | "v4" | "4" => Ok(bench::Family::V4),
+                    "ipv6" | "v6" | "6" => Ok(bench::Family::V6),
+                    _ => Err(anyhow::anyhow!("--families {f}: expected ipv4 or ipv6")),
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let opts = bench::MatrixOptions {
                 modes,
+                families,
                 tables,
                 variants: bench::Variant::ALL.to_vec(),
                 repeat: repeat.max(2),

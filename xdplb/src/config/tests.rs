@@ -4371,7 +4371,7 @@ fn ipv6_sources_are_checked_like_ipv4_ones() {
         match (&e, variant) {
             (ConfigError::InvalidEncapSource { value, .. }, "invalid")
             | (ConfigError::UnusableEncapSource { value, .. }, "unusable") => {
-                assert_eq!(value, bad)
+                assert_eq!(value, bad);
             }
             (other, _) => panic!("wrong variant for {bad:?}: {other:?}"),
         }

@@ -104,6 +104,7 @@ pub(super) fn start(
         );
     }
     let pins = dataplane::Pins::new(&bpffs, &instance::run_dir(), instance_name);
+    pins.refuse_other_layouts(instance_name)?;
     let adopting = pins.check_maps(&cfg.limits)?;
     // Without a predecessor the record must be there now; with one, it is read after the
     // predecessor stopped writing it.

@@ -1,12 +1,14 @@
 //! Pinning in bpffs, so that the data plane outlives the daemon.
 //!
-//! An instance pins under `<bpffs>/xdplb/<instance>/v1/`:
+//! An instance pins under `<bpffs>/xdplb/<instance>/v2/`:
 //! - `maps/<MAP>`: every map that holds state (services, backends, tables, flows, counters);
 //! - `progs/ingress`, `progs/reply`: the programs last attached;
 //! - `links/xdp-<if>`, `links/tc-<if>`: the bpf_links that attach them.
 //!
-//! The `v1` is the layout version: it changes with the map layout (the maps' `_V1` names), so
-//! a daemon never adopts maps it cannot read. Beside the pins, `<run dir>/<instance>.pins.json`
+//! The `v2` is the layout version: it changes with the map layout (the maps' `_V1`, `_V2`
+//! names), so a daemon never adopts maps it cannot read, and one that finds another version
+//! pinned refuses to start and names the upgrade step (see [`Pins::refuse_other_layouts`]).
+//! `v1` had IPv4-only `SERVICES_V1` and `FULLNAT_SOURCES_V1`; `v2` holds either family. Beside the pins, `<run dir>/<instance>.pins.json`
 //! records what the reconciler needs to take over (ids, positions, table regions and halves).
 
 use std::{
@@ -27,7 +29,7 @@ use super::{AttachedInterface, DataplaneError, DesiredState};
 use crate::config::Limits;
 
 /// The pin layout version (see the module docs).
-pub const PIN_VERSION: &str = "v1";
+pub const PIN_VERSION: &str = "v2";
 /// The default bpffs mount; `XDPLB_BPFFS` overrides it.
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -128,6 +130,46 @@ impl Pins {
     /// Whether anything is pinned for this instance.
     pub fn exist(&self) -> bool {
         self.dir.exists()
+    }
+
+    /// The pins of this instance under other layout versions (an older or newer xdplb's), which
+    /// this build cannot read. They share this layout's record file.
+    pub fn other_layouts(&self) -> Vec<Pins> {
+        let Some(instance_dir) = self.dir.parent() else {
+            return Vec::new();
+        };
+        let Ok(entries) = fs::read_dir(instance_dir) else {
+            return Vec::new();
+        };
+        let mut found: Vec<Pins> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter(|e| e.file_name() != PIN_VERSION)
+            .map(|e| Pins {
+                dir: e.path(),
+                record: self.record.clone(),
+            })
+            .collect();
+        found.sort_by(|a, b| a.dir.cmp(&b.dir));
+        found
+    }
+
+    /// Refuses to start beside a data plane pinned with another layout: its maps cannot be
+    /// adopted, and a second data plane attached beside it would fight it for the interfaces.
+    /// The error names the upgrade step.
+    pub fn refuse_other_layouts(&self, instance: &str) -> Result<(), DataplaneError> {
+        match self.other_layouts().first() {
+            None => Ok(()),
+            Some(other) => Err(DataplaneError::PinnedIncompatible(format!(
+                "{} holds a data plane pinned with layout {:?} (another xdplb release), which this build (layout {PIN_VERSION:?}) cannot adopt; to upgrade, run `xdplb stop {instance}` with this build (it detaches the old data plane and removes its pins; live flows are dropped), then start again",
+                other.dir.display(),
+                other
+                    .dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            ))),
+        }
     }
 
     /// Creates the directories (bpffs supports mkdir).
@@ -408,4 +450,34 @@ pub fn ensure_bpffs(path: &Path) -> Result<BpffsMount, DataplaneError> {
 
 fn is_bpffs(path: &Path) -> bool {
     rustix::fs::statfs(path).is_ok_and(|st| st.f_type == BPF_FS_MAGIC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_plane_pinned_with_another_layout_is_refused_with_the_upgrade_step() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let pins = Pins::new(tmp.path(), tmp.path(), "edge");
+        assert!(pins.refuse_other_layouts("edge").is_ok(), "nothing pinned");
+        // This build's own layout is no obstacle.
+        fs::create_dir_all(pins.dir.join("maps")).expect("mkdir");
+        assert!(pins.refuse_other_layouts("edge").is_ok(), "own layout");
+        // The previous release's layout is.
+        let old = tmp.path().join("xdplb/edge/v1");
+        fs::create_dir_all(old.join("maps")).expect("mkdir");
+        fs::write(old.join("maps/SERVICES_V1"), b"").expect("write");
+        let e = pins.refuse_other_layouts("edge").expect_err("v1 refused");
+        let msg = e.to_string();
+        for want in ["layout \"v1\"", "layout \"v2\"", "`xdplb stop edge`", "v1"] {
+            assert!(msg.contains(want), "{want:?} missing from: {msg}");
+        }
+        // `xdplb stop` removes it through `other_layouts`, after which a start may go on.
+        for other in pins.other_layouts() {
+            other.remove_all().expect("remove");
+        }
+        assert!(!old.exists());
+        assert!(pins.refuse_other_layouts("edge").is_ok());
+    }
 }

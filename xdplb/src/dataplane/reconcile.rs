@@ -325,17 +325,18 @@ fn plan_service(
                     crate::addr::encap_host_bits(base, prefix_len) << SERVICE_ENCAP_HOST_BITS_SHIFT
                 })
                 | stale_after_bits(svc),
-            encap_source: encap_source.map_or(0, |(base, _)| addr_of(base)[3]),
+            encap_source: encap_source.map_or([0; 4], |(base, _)| addr_of(base)),
+            _pad: 0,
         },
         region_base,
         region_half,
         table,
         backends,
         fullnat: fullnat_source.map(|(source, f)| FullnatSource {
-            addr_v4: addr_of(source)[3],
+            addr: addr_of(source),
             port_first: u32::from(f.port_first),
             port_count: u32::from(f.port_last) - u32::from(f.port_first) + 1,
-            _pad: 0,
+            _pad: [0; 2],
         }),
     })
 }
