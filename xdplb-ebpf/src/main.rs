@@ -5,6 +5,9 @@
 
 mod capture;
 mod csum;
+// Until `xdplb_ingress6` dispatches `dsr-ipip` to it.
+#[allow(dead_code)]
+mod encap6;
 mod forward;
 mod fragment;
 mod fullnat;
