@@ -5,13 +5,12 @@
 
 mod capture;
 mod csum;
-// Until `xdplb_ingress6` dispatches `dsr-ipip` to it.
-#[allow(dead_code)]
 mod encap6;
 mod forward;
 mod fragment;
 mod fullnat;
 mod icmp;
+mod icmp6;
 mod parse;
 mod reply;
 mod rewrite;
@@ -167,7 +166,6 @@ pub const PROG_CAPTURE: u32 = 5;
 #[allow(dead_code)]
 pub const PROG_INGRESS6: u32 = 6;
 /// Slot 7: `xdplb_icmp6`, tail-called by `xdplb_ingress6` for ICMPv6.
-#[allow(dead_code)]
 pub const PROG_ICMP6: u32 = 7;
 /// Slot 8: `xdplb_nat_reply6`, tail-called by `xdplb_ingress6` for what may be a `nat` or
 /// `fullnat` backend's IPv6 reply.
@@ -232,6 +230,18 @@ pub fn xdplb_finish_checksum(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn xdplb_icmp(ctx: XdpContext) -> u32 {
     let verdict = icmp::handle(&ctx).unwrap_or(service::Verdict {
+        action: XDP_PASS,
+        stat: Stat::PassNotUdp,
+    });
+    stats::count(verdict.stat);
+    capture::after(&ctx, verdict.action)
+}
+
+/// ICMPv6 errors about balanced flows (see `icmp6`), tail-called by `xdplb_ingress6`;
+/// anything else (neighbour discovery, MLD, echo...) passes untouched.
+#[xdp]
+pub fn xdplb_icmp6(ctx: XdpContext) -> u32 {
+    let verdict = icmp6::handle(&ctx).unwrap_or(service::Verdict {
         action: XDP_PASS,
         stat: Stat::PassNotUdp,
     });

@@ -6,8 +6,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use xdplb_common::{
-    FRAGMENT_SEND_REPLY_TC, FlowKey, IPPROTO_UDP, PORT_LOCAL_BACKEND, REPLY_FLAG_WILDCARD, Reply,
-    ReplyKey, ServiceKey, Stat, addr_from_v4_wire,
+    Addr, FRAGMENT_SEND_REPLY_TC, FlowKey, IPPROTO_UDP, PORT_LOCAL_BACKEND, REPLY_FLAG_WILDCARD,
+    Reply, ReplyKey, ServiceKey, Stat, addr_from_v4_wire,
 };
 
 use crate::{FLOWS, PORTS, REPLIES, REPLY_OWNERS, fragment, parse};
@@ -122,8 +122,22 @@ pub fn owner(
     client_v4: u32,
     client_port_be: u16,
 ) -> Option<Reply> {
-    let backend_addr = addr_from_v4_wire(backend_v4);
-    let client_addr = addr_from_v4_wire(client_v4);
+    owner_addr(
+        addr_from_v4_wire(backend_v4),
+        backend_port_be,
+        addr_from_v4_wire(client_v4),
+        client_port_be,
+    )
+}
+
+/// [`owner`] for addresses of either family (`Addr`, IPv4-mapped for IPv4).
+#[inline(always)]
+pub fn owner_addr(
+    backend_addr: Addr,
+    backend_port_be: u16,
+    client_addr: Addr,
+    client_port_be: u16,
+) -> Option<Reply> {
     let backend = ServiceKey {
         addr: backend_addr,
         port_be: backend_port_be,

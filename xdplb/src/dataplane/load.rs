@@ -37,6 +37,10 @@ pub const PROGRAM_FINISH: &str = "xdplb_finish_checksum";
 pub const PROGRAM_FRAGMENT: &str = "xdplb_fragment";
 pub const PROGRAM_NAT_REPLY: &str = "xdplb_nat_reply";
 pub const PROGRAM_CAPTURE: &str = "xdplb_capture";
+/// ICMPv6 errors about balanced flows, tail-called by the IPv6 ingress program.
+pub const PROGRAM_ICMP6: &str = "xdplb_icmp6";
+/// Its slot in XDPLB_PROGS (`PROG_ICMP6` in the data plane).
+const SLOT_ICMP6: u32 = 7;
 /// The tail-call array of the ingress program (not pinned: it belongs to one load).
 const MAP_PROGS: &str = "XDPLB_PROGS";
 
@@ -180,6 +184,24 @@ impl Dataplane {
                 .set(slot, fd, 0)
                 .map_err(|e| DataplaneError::map(MAP_PROGS, e))?;
         }
+        // The IPv6 programs, each in its own slot (see `PROG_*` in the data plane).
+        let icmp6: &mut Xdp = program_mut(&mut ebpf, PROGRAM_ICMP6)?;
+        icmp6
+            .load()
+            .map_err(|e| DataplaneError::program(PROGRAM_ICMP6, e))?;
+        let icmp6_fd = icmp6
+            .fd()
+            .map_err(|e| DataplaneError::program(PROGRAM_ICMP6, e))?
+            .try_clone()
+            .map_err(DataplaneError::Io)?;
+        let progs = ebpf
+            .map_mut(MAP_PROGS)
+            .ok_or(DataplaneError::MissingMap(MAP_PROGS))?;
+        let mut progs: ProgramArray<&mut MapData> =
+            ProgramArray::try_from(progs).map_err(|e| DataplaneError::map(MAP_PROGS, e))?;
+        progs
+            .set(SLOT_ICMP6, &icmp6_fd, 0)
+            .map_err(|e| DataplaneError::map(MAP_PROGS, e))?;
         Ok(Dataplane {
             ebpf,
             limits,
@@ -280,6 +302,7 @@ impl Dataplane {
             PROGRAM_FRAGMENT,
             PROGRAM_NAT_REPLY,
             PROGRAM_CAPTURE,
+            PROGRAM_ICMP6,
         ]
         .into_iter()
         .map(|name| {
