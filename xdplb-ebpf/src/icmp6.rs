@@ -17,7 +17,7 @@ use aya_ebpf::{bindings::BPF_FIB_LKUP_RET_NO_NEIGH, programs::XdpContext};
 use xdplb_common::{
     Addr, FORWARD_DSR_IPIP, FORWARD_DSR_L2, FORWARD_FULLNAT, FORWARD_NAT, FlowKey, IPPROTO_UDP,
     REPLY_FLAG_NAT, ReplyKey, SERVICE_FLAG_MAY_SKIP_STATE, Service, ServiceKey, Stat,
-    checksum::{fold, replace_u16, replace_u32, udp_replace_u16, udp_replace_u32},
+    checksum::{fold, replace_u16, udp_replace_u16},
 };
 
 use crate::{
@@ -308,23 +308,36 @@ fn l2_forward(ctx: &XdpContext, pkt: &Ipv6Udp, backend: &Addr) -> Verdict {
     }
 }
 
+/// RFC 1624 eqn. 3 for a whole 16-byte address: the checksum after the address covered by it
+/// changed from `old` to `new`, in one step (a step per word would give the verifier a branch
+/// per word to walk). Raw values.
+#[inline(always)]
+fn replace_addr(check: u16, old: &Addr, new: &Addr) -> u16 {
+    let mut sum = u64::from(!check);
+    for i in 0..4 {
+        sum += u64::from(!old[i]) + u64::from(new[i]);
+    }
+    !fold(sum)
+}
+
 /// Replaces an address of the quoted IPv6 header, keeping the quoted UDP checksum (its
 /// pseudo-header) and the ICMPv6 checksum (which covers the quote) right.
 #[inline(always)]
 fn quoted_address(q: &Quoted, field: *mut Addr, new: &Addr) {
     // SAFETY: `field` points into the bounds-checked quoted header; so do the others.
     unsafe {
+        let old = *field;
         let icmp = &mut *q.icmp;
         let udp = &mut *q.udp;
         let old_udp_check = udp.check;
-        for (i, &word) in new.iter().enumerate() {
-            let old = (*field)[i];
-            if old != word {
-                (*field)[i] = word;
-                udp.check = udp_replace_u32(udp.check, old, word);
-                icmp.check = replace_u32(icmp.check, old, word);
-            }
-        }
+        *field = *new;
+        // UDP over IPv6 always has a checksum (the parser passes a zero one untouched); a
+        // computed 0 is sent as 0xffff.
+        udp.check = match replace_addr(udp.check, &old, new) {
+            0 => 0xffff,
+            c => c,
+        };
+        icmp.check = replace_addr(icmp.check, &old, new);
         icmp.check = replace_u16(icmp.check, old_udp_check, udp.check);
     }
 }
@@ -372,11 +385,9 @@ fn quoted_destination(q: &Quoted, addr: &Addr, port_be: u16) {
 fn outer_address(q: &Quoted, field: *mut Addr, new: &Addr) {
     // SAFETY: `field` points into the bounds-checked outer header.
     unsafe {
-        for (i, &word) in new.iter().enumerate() {
-            let old = (*field)[i];
-            (*q.icmp).check = replace_u32((*q.icmp).check, old, word);
-            (*field)[i] = word;
-        }
+        let old = *field;
+        (*q.icmp).check = replace_addr((*q.icmp).check, &old, new);
+        *field = *new;
     }
 }
 
