@@ -11,7 +11,9 @@ use xdplb_common::{Addr, IPPROTO_IPV6, Service, Stat, checksum::fold};
 
 use crate::{
     csum, forward,
-    parse::{ETH_HDR_LEN, ETH_P_IPV6, IPPROTO_ICMPV6, IPV6_HDR_LEN, Ipv6Hdr, Ipv6Udp, ptr_at},
+    parse::{
+        ETH_HDR_LEN, ETH_P_IPV6, EthHdr, IPPROTO_ICMPV6, IPV6_HDR_LEN, Ipv6Hdr, Ipv6Udp, ptr_at,
+    },
     service::{self, Verdict},
     stats,
 };
@@ -156,18 +158,23 @@ fn packet_too_big(ctx: &XdpContext, pkt: &Ipv6Udp, mtu: u32) -> Verdict {
     } else {
         len
     };
-    if !forward::turn_around(ctx, PTB_PREFIX, PTB_PREFIX + quoted, ETH_P_IPV6) {
+    let Some((mac_us, mac_client)) = forward::turn_around(ctx, PTB_PREFIX, PTB_PREFIX + quoted)
+    else {
         return drop;
-    }
-    let (Some(ip6), Some(icmp)) = (
+    };
+    let (Some(eth), Some(ip6), Some(icmp)) = (
+        ptr_at::<_, EthHdr>(ctx, 0),
         ptr_at::<_, Ipv6Hdr>(ctx, ETH_HDR_LEN),
         ptr_at::<_, Icmpv6TooBig>(ctx, ETH_HDR_LEN + IPV6_HDR_LEN),
     ) else {
         return drop;
     };
     let icmp_len = ICMPV6_HDR_LEN + quoted;
-    // SAFETY: both pointers were bounds-checked after the packet was resized.
+    // SAFETY: all three pointers were bounds-checked after the packet was resized.
     unsafe {
+        (*eth).dst = mac_client;
+        (*eth).src = mac_us;
+        (*eth).ether_type_be = ETH_P_IPV6.to_be();
         *ip6 = Ipv6Hdr {
             vtc_flow_be: 0x6000_0000u32.to_be(),
             payload_len_be: (icmp_len as u16).to_be(),

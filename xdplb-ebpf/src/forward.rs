@@ -324,12 +324,29 @@ fn frag_needed(ctx: &XdpContext, pkt: &Ipv4Udp, mtu: u16) -> Verdict {
     if ip_len < 20 {
         return drop;
     }
-    // Keep the original IPv4 header and 8 bytes of what follows it.
-    let quoted = ip_len + 8;
-    if !turn_around(ctx, ICMP_PREFIX, ICMP_PREFIX + quoted, ETH_P_IP) {
+    let Some(old_eth) = ptr_at::<_, EthHdr>(ctx, 0) else {
+        return drop;
+    };
+    // SAFETY: bounds-checked just above.
+    let (mac_us, mac_client) = unsafe { ((*old_eth).dst, (*old_eth).src) };
+    // Room for the new IPv4 and ICMP headers in front of the original IPv4 header.
+    // SAFETY: grows the packet at the front; every packet pointer is re-derived below.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(ICMP_PREFIX as i32)) } != 0 {
         return drop;
     }
-    let (Some(ip), Some(icmp)) = (
+    // Keep the original IPv4 header and 8 bytes of what follows it.
+    let quoted = ip_len + 8;
+    let keep = ETH_HDR_LEN + OUTER_LEN + ICMP_HDR_LEN + quoted;
+    let len = ctx.data_end() - ctx.data();
+    if len < keep {
+        return drop;
+    }
+    // SAFETY: shrinks the packet at the end to `keep` bytes, which it has.
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, -((len - keep) as i32)) } != 0 {
+        return drop;
+    }
+    let (Some(eth), Some(ip), Some(icmp)) = (
+        ptr_at::<_, EthHdr>(ctx, 0),
         ptr_at::<_, Ipv4Hdr>(ctx, ETH_HDR_LEN),
         ptr_at::<_, IcmpHdr>(ctx, ETH_HDR_LEN + OUTER_LEN),
     ) else {
@@ -348,8 +365,11 @@ fn frag_needed(ctx: &XdpContext, pkt: &Ipv4Udp, mtu: u16) -> Verdict {
         daddr: client,
     };
     header.check = ipv4_checksum(&header);
-    // SAFETY: both pointers were bounds-checked after the packet was resized.
+    // SAFETY: all three pointers were bounds-checked after the packet was resized.
     unsafe {
+        (*eth).dst = mac_client;
+        (*eth).src = mac_us;
+        (*eth).ether_type_be = ETH_P_IP.to_be();
         *ip = header;
         *icmp = IcmpHdr {
             kind: ICMP_DEST_UNREACH,
@@ -384,41 +404,35 @@ fn frag_needed(ctx: &XdpContext, pkt: &Ipv4Udp, mtu: u16) -> Verdict {
 }
 
 /// Turns the frame around into an ICMP error to its sender, family-neutral: grows it at the
-/// front by `prefix` bytes (the new IP and ICMP headers, in front of the original IP header),
-/// cuts it to `keep` bytes after the Ethernet header (the new headers and the quote), and
-/// addresses the Ethernet header back to where the frame came from (MACs swapped, EtherType
-/// `ether_type`, host order). `false`: the frame could not be resized (the caller drops it).
-/// Every packet pointer is to be re-derived afterwards.
+/// front by `prefix` bytes (the new IP and ICMP headers, in front of the original IP header)
+/// and cuts it to `keep` bytes after the Ethernet header (the new headers and the quote).
+/// Returns the frame's (destination, source) MAC addresses as it arrived, for the caller to
+/// address the Ethernet header back; `None`: the frame could not be resized (the caller drops
+/// it). Every packet pointer is to be re-derived.
+///
+/// Used by IPv6's "packet too big" (`encap6`). IPv4's [`frag_needed`] keeps these steps
+/// inline: through this function (same steps, same order), the IPv4 ingress program's
+/// verification grew from 149,409 to 175,511 instructions (measured with
+/// `verifier_instruction_budget`), too close to its budget.
 #[inline(always)]
-pub fn turn_around(ctx: &XdpContext, prefix: usize, keep: usize, ether_type: u16) -> bool {
-    let Some(old_eth) = ptr_at::<_, EthHdr>(ctx, 0) else {
-        return false;
-    };
+pub fn turn_around(ctx: &XdpContext, prefix: usize, keep: usize) -> Option<([u8; 6], [u8; 6])> {
+    let old_eth = ptr_at::<_, EthHdr>(ctx, 0)?;
     // SAFETY: bounds-checked just above.
-    let (mac_us, mac_sender) = unsafe { ((*old_eth).dst, (*old_eth).src) };
+    let macs = unsafe { ((*old_eth).dst, (*old_eth).src) };
     // SAFETY: grows the packet at the front; every packet pointer is re-derived below.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(prefix as i32)) } != 0 {
-        return false;
+        return None;
     }
     let keep = ETH_HDR_LEN + keep;
     let len = ctx.data_end() - ctx.data();
     if len < keep {
-        return false;
+        return None;
     }
     // SAFETY: shrinks the packet at the end to `keep` bytes, which it has.
     if unsafe { bpf_xdp_adjust_tail(ctx.ctx, -((len - keep) as i32)) } != 0 {
-        return false;
+        return None;
     }
-    let Some(eth) = ptr_at::<_, EthHdr>(ctx, 0) else {
-        return false;
-    };
-    // SAFETY: bounds-checked after the packet was resized.
-    unsafe {
-        (*eth).dst = mac_sender;
-        (*eth).src = mac_us;
-        (*eth).ether_type_be = ether_type.to_be();
-    }
-    true
+    Some(macs)
 }
 
 /// ICMP header of a "fragmentation needed" message (RFC 1191).

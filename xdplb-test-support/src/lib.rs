@@ -178,6 +178,7 @@ pub fn decode(frame: &[u8]) -> Option<Decoded> {
 
 pub mod netns;
 pub mod prometheus;
+pub mod v6_edges;
 
 #[cfg(test)]
 mod tests {
