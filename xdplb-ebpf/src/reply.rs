@@ -122,8 +122,22 @@ pub fn owner(
     client_v4: u32,
     client_port_be: u16,
 ) -> Option<Reply> {
-    let backend_addr = addr_from_v4_wire(backend_v4);
-    let client_addr = addr_from_v4_wire(client_v4);
+    owner_addr(
+        addr_from_v4_wire(backend_v4),
+        backend_port_be,
+        addr_from_v4_wire(client_v4),
+        client_port_be,
+    )
+}
+
+/// [`owner`] for addresses of either family, as the maps hold them.
+#[inline(always)]
+pub fn owner_addr(
+    backend_addr: xdplb_common::Addr,
+    backend_port_be: u16,
+    client_addr: xdplb_common::Addr,
+    client_port_be: u16,
+) -> Option<Reply> {
     let backend = ServiceKey {
         addr: backend_addr,
         port_be: backend_port_be,
