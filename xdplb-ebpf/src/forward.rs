@@ -157,27 +157,19 @@ impl Routed for Ipv6Udp {
                 (*self.udp).dest_be,
             )
         };
-        // SAFETY: an all-zero bpf_fib_lookup is a valid value (plain integers and unions).
-        let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-        params.family = AF_INET6;
-        params.l4_protocol = IPPROTO_UDP;
-        params.sport = sport_be;
-        params.dport = dport_be;
-        params.__bindgen_anon_1.tot_len = len;
-        params.ifindex = ingress_ifindex(ctx);
         // Traffic class and flow label, without the version (as the kernel's own lookup).
-        params.__bindgen_anon_2.flowinfo = vtc_flow_be & 0x0fff_ffffu32.to_be();
-        params.__bindgen_anon_3.ipv6_src = saddr;
-        params.__bindgen_anon_4.ipv6_dst = *daddr;
-        params
+        params6(
+            ctx,
+            &saddr,
+            daddr,
+            (sport_be, dport_be),
+            vtc_flow_be & 0x0fff_ffffu32.to_be(),
+            len,
+        )
     }
     #[inline(always)]
     fn hop_is_for(hop: &NextHop, daddr: &Addr) -> bool {
-        // Word by word, as for IPv4.
-        hop.addr[3] == daddr[3]
-            && hop.addr[2] == daddr[2]
-            && hop.addr[1] == daddr[1]
-            && hop.addr[0] == daddr[0]
+        hop_is_for_addr(hop, daddr)
     }
     #[inline(always)]
     fn partial_csum(&self) -> bool {
@@ -197,6 +189,16 @@ impl Routed for Ipv6Udp {
 /// The backend index of a packet that is not a request to a known backend (a reply, an ICMP
 /// error, a later fragment): it never uses the next-hop cache.
 pub const NO_BACKEND: u32 = u32::MAX;
+
+/// Whether a next-hop cache entry was resolved for `want`. Word by word: a comparison of whole
+/// arrays may become a call to memcmp, which BPF lacks.
+#[inline(always)]
+fn hop_is_for_addr(hop: &NextHop, want: &Addr) -> bool {
+    hop.addr[3] == want[3]
+        && hop.addr[2] == want[2]
+        && hop.addr[1] == want[1]
+        && hop.addr[0] == want[0]
+}
 
 /// The next-hop cache's answer for backend `backend_index` ([`NO_BACKEND`]: none), when its
 /// entry was resolved for `daddr` (wire order) and its MTU takes a packet of `tot_len` L3
@@ -218,6 +220,13 @@ fn cached<P: Routed>(
         return None;
     }
     Some(hop)
+}
+
+/// [`cached`] for an address of either family (`Addr`, IPv4-mapped for IPv4) and a packet of
+/// `len` bytes from the network header on (host order).
+#[inline(always)]
+pub fn cached_addr(backend_index: u32, want: &Addr, len: u16) -> Option<&'static NextHop> {
+    cached::<Ipv6Udp>(backend_index, want, len)
 }
 
 /// Routes a validated, already rewritten IPv4/UDP or IPv6/UDP packet by its (new) addresses.
@@ -273,9 +282,15 @@ pub fn fib_forward<P: Routed>(
 /// partial), keeping it fit for the skb.
 #[inline(always)]
 fn checksum_work<P: Routed>(pkt: &P, addresses_changed: bool) -> u32 {
-    if !pkt.partial_csum() {
+    checksum_work_for(pkt.partial_csum(), pkt.generic_xdp(), addresses_changed)
+}
+
+/// [`checksum_work`] for a packet of either family, from its `partial_csum` and `generic_xdp`.
+#[inline(always)]
+pub fn checksum_work_for(partial_csum: bool, generic_xdp: bool, addresses_changed: bool) -> u32 {
+    if !partial_csum {
         NO_CHECKSUM_WORK
-    } else if !pkt.generic_xdp() {
+    } else if !generic_xdp {
         COMPLETE_CHECKSUM
     } else if addresses_changed {
         KEEP_CHECKSUM_PARTIAL
@@ -382,22 +397,9 @@ pub fn ipip_forward(
     // A partial inner checksum: completed on the way out (`send`). Passed to the kernel, the
     // skb keeps its partial state (the inner addresses did not change, so the field is right).
     let work = checksum_work(pkt, false);
-    // Keep the original Ethernet header: the kernel must still see a frame addressed to us if
-    // the packet goes to it.
-    let Some(old_eth) = ptr_at::<_, EthHdr>(ctx, 0) else {
-        return Verdict::pass(Stat::PassTruncated);
-    };
-    // SAFETY: bounds-checked just above.
-    let (old_dst, old_src) = unsafe { ((*old_eth).dst, (*old_eth).src) };
-    // SAFETY: grows the packet at the front; every packet pointer is re-derived below.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(OUTER_LEN as i32)) } != 0 {
-        return Verdict::drop(Stat::DropEncapFailed);
-    }
-    let (Some(eth), Some(outer)) = (
-        ptr_at::<_, EthHdr>(ctx, 0),
-        ptr_at::<_, Ipv4Hdr>(ctx, ETH_HDR_LEN),
-    ) else {
-        return Verdict::drop(Stat::DropEncapFailed);
+    let outer = match push_outer::<Ipv4Hdr>(ctx, ETH_P_IP) {
+        Ok(o) => o,
+        Err(v) => return v,
     };
     let mut header = Ipv4Hdr {
         version_ihl: 0x45,
@@ -412,15 +414,54 @@ pub fn ipip_forward(
         daddr: backend_v4,
     };
     header.check = ipv4_checksum(&header);
-    // SAFETY: both pointers were bounds-checked after the head moved.
+    // SAFETY: `push_outer` bounds-checked the outer header after the head moved.
+    unsafe { *outer = header };
+    send_encapsulated(ctx, hop, &params, work)
+}
+
+/// Grows the frame at the front by the size of an outer header `T` (IPv4 or IPv6) and
+/// returns where it goes (right after the Ethernet header), for the caller to fill. The
+/// Ethernet header keeps its MAC addresses (the kernel must still see a frame addressed to us
+/// if the packet goes to it) and gets the outer EtherType `ether_type` (host order).
+/// Family-neutral: `dsr-ipip` of either family.
+#[inline(always)]
+pub fn push_outer<T>(ctx: &XdpContext, ether_type: u16) -> Result<*mut T, Verdict> {
+    let Some(old_eth) = ptr_at::<_, EthHdr>(ctx, 0) else {
+        return Err(Verdict::pass(Stat::PassTruncated));
+    };
+    // SAFETY: bounds-checked just above.
+    let (old_dst, old_src) = unsafe { ((*old_eth).dst, (*old_eth).src) };
+    // SAFETY: grows the packet at the front; every packet pointer is re-derived below.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(core::mem::size_of::<T>() as i32)) } != 0 {
+        return Err(Verdict::drop(Stat::DropEncapFailed));
+    }
+    let (Some(eth), Some(outer)) = (
+        ptr_at::<_, EthHdr>(ctx, 0),
+        ptr_at::<_, T>(ctx, ETH_HDR_LEN),
+    ) else {
+        return Err(Verdict::drop(Stat::DropEncapFailed));
+    };
+    // SAFETY: bounds-checked after the head moved.
     unsafe {
         (*eth).dst = old_dst;
         (*eth).src = old_src;
-        (*eth).ether_type_be = ETH_P_IP.to_be();
-        *outer = header;
+        (*eth).ether_type_be = ether_type.to_be();
     }
-    // One send for both answers: a second inlined copy would cost the ingress program stack.
-    let (ifindex, dmac, smac, stat) = match (hop, &params) {
+    Ok(outer)
+}
+
+/// Sends an encapsulated packet by the next-hop cache entry `hop` or else the FIB's answer
+/// `params`; with neither (no neighbour entry), hands it to the kernel, which resolves the
+/// neighbour. Family-neutral. One send for both answers: a second inlined copy would cost the
+/// ingress program stack.
+#[inline(always)]
+pub fn send_encapsulated(
+    ctx: &XdpContext,
+    hop: Option<&NextHop>,
+    params: &Option<bpf_fib_lookup>,
+    work: u32,
+) -> Verdict {
+    let (ifindex, dmac, smac, stat) = match (hop, params) {
         (Some(h), _) => (h.ifindex, &h.dmac, &h.smac, Stat::ForwardedCached),
         (None, Some(p)) => (p.ifindex, &p.dmac, &p.smac, Stat::ForwardedFib),
         (None, None) => return Verdict::pass(Stat::PassNoNeighbour),
@@ -446,29 +487,12 @@ fn frag_needed(ctx: &XdpContext, pkt: &Ipv4Udp, mtu: u16) -> Verdict {
     if ip_len < 20 {
         return drop;
     }
-    let Some(old_eth) = ptr_at::<_, EthHdr>(ctx, 0) else {
-        return drop;
-    };
-    // SAFETY: bounds-checked just above.
-    let (mac_us, mac_client) = unsafe { ((*old_eth).dst, (*old_eth).src) };
-    // Room for the new IPv4 and ICMP headers in front of the original IPv4 header.
-    // SAFETY: grows the packet at the front; every packet pointer is re-derived below.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(ICMP_PREFIX as i32)) } != 0 {
-        return drop;
-    }
     // Keep the original IPv4 header and 8 bytes of what follows it.
     let quoted = ip_len + 8;
-    let keep = ETH_HDR_LEN + OUTER_LEN + ICMP_HDR_LEN + quoted;
-    let len = ctx.data_end() - ctx.data();
-    if len < keep {
+    if !turn_around(ctx, ICMP_PREFIX, ICMP_PREFIX + quoted, ETH_P_IP) {
         return drop;
     }
-    // SAFETY: shrinks the packet at the end to `keep` bytes, which it has.
-    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, -((len - keep) as i32)) } != 0 {
-        return drop;
-    }
-    let (Some(eth), Some(ip), Some(icmp)) = (
-        ptr_at::<_, EthHdr>(ctx, 0),
+    let (Some(ip), Some(icmp)) = (
         ptr_at::<_, Ipv4Hdr>(ctx, ETH_HDR_LEN),
         ptr_at::<_, IcmpHdr>(ctx, ETH_HDR_LEN + OUTER_LEN),
     ) else {
@@ -487,11 +511,8 @@ fn frag_needed(ctx: &XdpContext, pkt: &Ipv4Udp, mtu: u16) -> Verdict {
         daddr: client,
     };
     header.check = ipv4_checksum(&header);
-    // SAFETY: all three pointers were bounds-checked after the packet was resized.
+    // SAFETY: both pointers were bounds-checked after the packet was resized.
     unsafe {
-        (*eth).dst = mac_client;
-        (*eth).src = mac_us;
-        (*eth).ether_type_be = ETH_P_IP.to_be();
         *ip = header;
         *icmp = IcmpHdr {
             kind: ICMP_DEST_UNREACH,
@@ -525,6 +546,44 @@ fn frag_needed(ctx: &XdpContext, pkt: &Ipv4Udp, mtu: u16) -> Verdict {
     }
 }
 
+/// Turns the frame around into an ICMP error to its sender, family-neutral: grows it at the
+/// front by `prefix` bytes (the new IP and ICMP headers, in front of the original IP header),
+/// cuts it to `keep` bytes after the Ethernet header (the new headers and the quote), and
+/// addresses the Ethernet header back to where the frame came from (MACs swapped, EtherType
+/// `ether_type`, host order). `false`: the frame could not be resized (the caller drops it).
+/// Every packet pointer is to be re-derived afterwards.
+#[inline(always)]
+pub fn turn_around(ctx: &XdpContext, prefix: usize, keep: usize, ether_type: u16) -> bool {
+    let Some(old_eth) = ptr_at::<_, EthHdr>(ctx, 0) else {
+        return false;
+    };
+    // SAFETY: bounds-checked just above.
+    let (mac_us, mac_sender) = unsafe { ((*old_eth).dst, (*old_eth).src) };
+    // SAFETY: grows the packet at the front; every packet pointer is re-derived below.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(prefix as i32)) } != 0 {
+        return false;
+    }
+    let keep = ETH_HDR_LEN + keep;
+    let len = ctx.data_end() - ctx.data();
+    if len < keep {
+        return false;
+    }
+    // SAFETY: shrinks the packet at the end to `keep` bytes, which it has.
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, -((len - keep) as i32)) } != 0 {
+        return false;
+    }
+    let Some(eth) = ptr_at::<_, EthHdr>(ctx, 0) else {
+        return false;
+    };
+    // SAFETY: bounds-checked after the packet was resized.
+    unsafe {
+        (*eth).dst = mac_sender;
+        (*eth).src = mac_us;
+        (*eth).ether_type_be = ether_type.to_be();
+    }
+    true
+}
+
 /// ICMP header of a "fragmentation needed" message (RFC 1191).
 #[repr(C)]
 struct IcmpHdr {
@@ -544,7 +603,8 @@ const IPPROTO_ICMP: u8 = 1;
 const MAX_ICMP_WORDS: usize = (ICMP_HDR_LEN + 60 + 8) / 2;
 
 const OUTER_LEN: usize = 20;
-const OUTER_TTL: u8 = 64;
+/// TTL (IPv6: hop limit) of the headers the balancer builds: outer headers and ICMP errors.
+pub const OUTER_TTL: u8 = 64;
 const IP_DF: u16 = 0x4000;
 const ETH_P_IP: u16 = 0x0800;
 
@@ -594,7 +654,12 @@ fn lookup<P: Routed>(
     daddr: &P::Address,
     tot_len: u16,
 ) -> Result<bpf_fib_lookup, (u32, u16)> {
-    let mut params = pkt.fib_params(ctx, daddr, tot_len);
+    fib_call(ctx, pkt.fib_params(ctx, daddr, tot_len))
+}
+
+/// Calls `bpf_fib_lookup` with `params`: the answer as [`lookup`] returns it.
+#[inline(always)]
+fn fib_call(ctx: &XdpContext, mut params: bpf_fib_lookup) -> Result<bpf_fib_lookup, (u32, u16)> {
     // SAFETY: the helper reads and writes `params`, whose size we pass.
     let rc = unsafe {
         fib_lookup(
@@ -610,6 +675,46 @@ fn lookup<P: Routed>(
         // SAFETY: a plain integer in a union of plain integers.
         Err((rc as u32, unsafe { params.__bindgen_anon_1.mtu_result }))
     }
+}
+
+/// [`lookup`] for IPv6: from `saddr` to `daddr` (wire order) with the given ports, flow
+/// information (traffic class and flow label, network order) and a packet of `len` bytes from
+/// the IPv6 header on (host order), as if received on the context's interface. Needs IPv6
+/// forwarding on the receiving interface, as [`lookup`] needs IPv4 forwarding.
+#[inline(always)]
+pub fn lookup6(
+    ctx: &XdpContext,
+    saddr: &Addr,
+    daddr: &Addr,
+    ports_be: (u16, u16),
+    flowinfo_be: u32,
+    len: u16,
+) -> Result<bpf_fib_lookup, (u32, u16)> {
+    fib_call(ctx, params6(ctx, saddr, daddr, ports_be, flowinfo_be, len))
+}
+
+/// The parameters of an IPv6 FIB lookup (see [`lookup6`]).
+#[inline(always)]
+fn params6(
+    ctx: &XdpContext,
+    saddr: &Addr,
+    daddr: &Addr,
+    ports_be: (u16, u16),
+    flowinfo_be: u32,
+    len: u16,
+) -> bpf_fib_lookup {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid value (plain integers and unions of them).
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = AF_INET6;
+    params.l4_protocol = IPPROTO_UDP;
+    params.sport = ports_be.0;
+    params.dport = ports_be.1;
+    params.__bindgen_anon_1.tot_len = len;
+    params.ifindex = ingress_ifindex(ctx);
+    params.__bindgen_anon_2.flowinfo = flowinfo_be;
+    params.__bindgen_anon_3.ipv6_src = *saddr;
+    params.__bindgen_anon_4.ipv6_dst = *daddr;
+    params
 }
 
 #[inline(always)]
@@ -649,7 +754,7 @@ fn send_cached(ctx: &XdpContext, hop: &NextHop, checksum: u32) -> Verdict {
 /// A packet with `checksum` work to do (see [`checksum_work`]) goes through
 /// `xdplb_finish_checksum`, which does it and sends the packet the same way (see `csum`).
 #[inline(always)]
-fn send(
+pub fn send(
     ctx: &XdpContext,
     ifindex: u32,
     dmac: &[u8; 6],

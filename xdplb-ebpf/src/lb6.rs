@@ -17,7 +17,7 @@ use xdplb_common::{
 };
 
 use crate::{
-    PROG_ICMP6, PROG_INGRESS6, PROG_NAT_REPLY6, PROGS, capture, csum, forward, fullnat,
+    PROG_ICMP6, PROG_INGRESS6, PROG_NAT_REPLY6, PROGS, capture, csum, encap6, forward, fullnat,
     parse::{self, Ipv6Udp},
     reply, rewrite,
     service::{self, IDENTITY_V6, Verdict},
@@ -104,7 +104,17 @@ pub fn try_ingress6(ctx: &XdpContext) -> Result<Verdict, Verdict> {
                 true,
             ));
         }
-        FORWARD_DSR_IPIP => return Err(Verdict::pass(Stat::PassNoService)), // six: ip6ip6
+        FORWARD_DSR_IPIP => {
+            let source = encap6::outer_source(service, target.tuple_hash);
+            return Ok(encap6::ip6ip6_forward(
+                ctx,
+                &pkt,
+                target.addr,
+                target.index,
+                source,
+                true,
+            ));
+        }
         FORWARD_FULLNAT => {
             let source = fullnat::source(service).ok_or(Verdict::drop(Stat::DropNoRoute))?;
             rewrite::set_source6(&pkt, &source, target.snat_port_be);

@@ -5,10 +5,12 @@
 
 mod capture;
 mod csum;
+mod encap6;
 mod forward;
 mod fragment;
 mod fullnat;
 mod icmp;
+mod icmp6;
 mod lb6;
 mod parse;
 mod reply;
@@ -253,6 +255,18 @@ pub fn xdplb_finish_checksum(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn xdplb_icmp(ctx: XdpContext) -> u32 {
     let verdict = icmp::handle(&ctx).unwrap_or(service::Verdict {
+        action: XDP_PASS,
+        stat: Stat::PassNotUdp,
+    });
+    stats::count(verdict.stat);
+    capture::after(&ctx, verdict.action)
+}
+
+/// ICMPv6 errors about balanced flows (see `icmp6`), tail-called by `xdplb_ingress6`;
+/// anything else (neighbour discovery, MLD, echo...) passes untouched.
+#[xdp]
+pub fn xdplb_icmp6(ctx: XdpContext) -> u32 {
+    let verdict = icmp6::handle(&ctx).unwrap_or(service::Verdict {
         action: XDP_PASS,
         stat: Stat::PassNotUdp,
     });

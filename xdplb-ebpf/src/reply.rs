@@ -6,8 +6,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use xdplb_common::{
-    FRAGMENT_SEND_REPLY_TC, FlowKey, IPPROTO_UDP, PORT_LOCAL_BACKEND, REPLY_FLAG_WILDCARD, Reply,
-    ReplyKey, ServiceKey, Stat, addr_from_v4_wire,
+    Addr, FRAGMENT_SEND_REPLY_TC, FlowKey, IPPROTO_UDP, PORT_LOCAL_BACKEND, REPLY_FLAG_WILDCARD,
+    Reply, ReplyKey, ServiceKey, Stat, addr_from_v4_wire,
 };
 
 use crate::{FLOWS, PORTS, REPLIES, REPLY_OWNERS, fragment, parse};
@@ -130,12 +130,12 @@ pub fn owner(
     )
 }
 
-/// [`owner`] for addresses of either family, as the maps hold them.
+/// [`owner`] for addresses of either family (`Addr`, IPv4-mapped for IPv4).
 #[inline(always)]
 pub fn owner_addr(
-    backend_addr: xdplb_common::Addr,
+    backend_addr: Addr,
     backend_port_be: u16,
-    client_addr: xdplb_common::Addr,
+    client_addr: Addr,
     client_port_be: u16,
 ) -> Option<Reply> {
     let backend = ServiceKey {

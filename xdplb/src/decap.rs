@@ -1,5 +1,5 @@
-//! `xdplb decap`: attaches the IP-in-IP decapsulation program on a backend host, for
-//! `forwarding = "dsr-ipip"`.
+//! `xdplb decap`: attaches the IP-in-IP decapsulation program (IPv4-in-IPv4 and IPv6-in-IPv6)
+//! on a backend host, for `forwarding = "dsr-ipip"`.
 //!
 //! It is attached through netlink (`IFLA_XDP`), not with a pinned bpf_link: a netlink
 //! attachment belongs to the interface, needs no bpffs and outlives the command wherever it

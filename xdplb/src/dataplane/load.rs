@@ -39,6 +39,8 @@ pub const PROGRAM_NAT_REPLY: &str = "xdplb_nat_reply";
 pub const PROGRAM_CAPTURE: &str = "xdplb_capture";
 pub const PROGRAM_INGRESS6: &str = "xdplb_ingress6";
 pub const PROGRAM_NAT_REPLY6: &str = "xdplb_nat_reply6";
+/// ICMPv6 errors about balanced flows, tail-called by the IPv6 ingress program.
+pub const PROGRAM_ICMP6: &str = "xdplb_icmp6";
 /// The tail-call array of the ingress program (not pinned: it belongs to one load).
 const MAP_PROGS: &str = "XDPLB_PROGS";
 
@@ -144,7 +146,7 @@ impl Dataplane {
             (4, PROGRAM_INGRESS),
             (5, PROGRAM_CAPTURE),
             (6, PROGRAM_INGRESS6),
-            // Slot 7: PROGRAM_ICMP6 (helper six).
+            (7, PROGRAM_ICMP6),
             (8, PROGRAM_NAT_REPLY6),
         ] {
             let prog: &mut Xdp = program_mut(&mut ebpf, name)?;
@@ -270,6 +272,7 @@ impl Dataplane {
             PROGRAM_NAT_REPLY,
             PROGRAM_CAPTURE,
             PROGRAM_INGRESS6,
+            PROGRAM_ICMP6,
             PROGRAM_NAT_REPLY6,
         ]
         .into_iter()
