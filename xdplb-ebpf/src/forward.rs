@@ -21,7 +21,7 @@ use xdplb_common::{Addr, IPPROTO_IPIP, IPPROTO_UDP, NextHop, Stat, addr_from_v4_
 
 use crate::{
     NEXTHOPS, csum,
-    parse::{ETH_HDR_LEN, EthHdr, Ipv4Hdr, Ipv4Udp, ptr_at},
+    parse::{ETH_HDR_LEN, EthHdr, IPV6_HDR_LEN, Ipv4Hdr, Ipv4Udp, Ipv6Udp, ptr_at},
     rewrite,
     service::Verdict,
     stats,
@@ -30,44 +30,208 @@ use crate::{
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
+/// What routing needs of a validated packet of either family (`Ipv4Udp`, `Ipv6Udp`). The
+/// sending functions below are generic over it, so that each family's program gets its own
+/// copy (neither program's verification walks the other family's paths) while the logic
+/// (TTL, next-hop cache, FIB outcomes, checksum work, MAC addresses) is written once.
+pub trait Routed {
+    /// An address of the family, as the packet holds it (IPv4: one wire-order word).
+    type Address;
+    /// TTL or hop limit.
+    fn hop_limit(&self) -> u8;
+    /// Decrements the TTL (updating the IPv4 header checksum) or hop limit; expects > 1.
+    fn decrement_hop_limit(&self);
+    fn destination(&self) -> Self::Address;
+    /// The L3 length (IPv4 total length, IPv6 payload length + 40), host order.
+    fn l3_len(&self) -> u16;
+    /// The parameters of a FIB lookup towards `daddr` for `len` bytes, as if received on the
+    /// context's interface. (The packet's fields are read before the parameters are zeroed:
+    /// the order the IPv4 program was verified with, and cheapest for the verifier.)
+    fn fib_params(&self, ctx: &XdpContext, daddr: &Self::Address, len: u16) -> bpf_fib_lookup;
+    /// Whether a next-hop cache entry was resolved for `daddr`.
+    fn hop_is_for(hop: &NextHop, daddr: &Self::Address) -> bool;
+    fn partial_csum(&self) -> bool;
+    fn generic_xdp(&self) -> bool;
+    /// `dsr-l2`, a packet bigger than the egress `mtu`: what a router would answer.
+    fn too_big(&self, ctx: &XdpContext, mtu: u16) -> Verdict;
+}
+
+impl Routed for Ipv4Udp {
+    type Address = u32;
+    #[inline(always)]
+    fn hop_limit(&self) -> u8 {
+        // SAFETY: the parser proved the IPv4 header lies inside the packet.
+        unsafe { (*self.ip).ttl }
+    }
+    #[inline(always)]
+    fn decrement_hop_limit(&self) {
+        rewrite::decrement_ttl(self);
+    }
+    #[inline(always)]
+    fn destination(&self) -> u32 {
+        // SAFETY: as above.
+        unsafe { (*self.ip).daddr }
+    }
+    #[inline(always)]
+    fn l3_len(&self) -> u16 {
+        packet_len(self)
+    }
+    #[inline(always)]
+    fn fib_params(&self, ctx: &XdpContext, daddr: &u32, len: u16) -> bpf_fib_lookup {
+        // SAFETY: the parser proved the headers lie inside the packet; nothing moved it since.
+        let (tos, saddr) = unsafe { ((*self.ip).tos, (*self.ip).saddr) };
+        // Ports only for an unfragmented packet: every fragment of a datagram must take the
+        // same route (as the kernel's own multipath hash does for fragments).
+        let (sport_be, dport_be) = if self.fragment == crate::parse::NOT_FRAGMENT {
+            // SAFETY: an unfragmented packet's UDP header was bounds-checked by the parser.
+            unsafe { ((*self.udp).source_be, (*self.udp).dest_be) }
+        } else {
+            (0, 0)
+        };
+        // SAFETY: an all-zero bpf_fib_lookup is a valid value (plain integers and unions).
+        let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+        params.family = AF_INET;
+        params.l4_protocol = IPPROTO_UDP;
+        params.sport = sport_be;
+        params.dport = dport_be;
+        params.__bindgen_anon_1.tot_len = len;
+        params.ifindex = ingress_ifindex(ctx);
+        params.__bindgen_anon_2.tos = tos;
+        params.__bindgen_anon_3.ipv4_src = saddr;
+        params.__bindgen_anon_4.ipv4_dst = *daddr;
+        params
+    }
+    #[inline(always)]
+    fn hop_is_for(hop: &NextHop, daddr: &u32) -> bool {
+        let want = addr_from_v4_wire(*daddr);
+        // Word by word: a comparison of whole arrays may become a call to memcmp, which BPF
+        // lacks.
+        hop.addr[3] == want[3]
+            && hop.addr[2] == want[2]
+            && hop.addr[1] == want[1]
+            && hop.addr[0] == want[0]
+    }
+    #[inline(always)]
+    fn partial_csum(&self) -> bool {
+        self.partial_csum
+    }
+    #[inline(always)]
+    fn generic_xdp(&self) -> bool {
+        self.generic_xdp
+    }
+    #[inline(always)]
+    fn too_big(&self, ctx: &XdpContext, mtu: u16) -> Verdict {
+        frag_needed(ctx, self, mtu)
+    }
+}
+
+impl Routed for Ipv6Udp {
+    type Address = Addr;
+    #[inline(always)]
+    fn hop_limit(&self) -> u8 {
+        // SAFETY: the parser proved the IPv6 header lies inside the packet.
+        unsafe { (*self.ip6).hop_limit }
+    }
+    #[inline(always)]
+    fn decrement_hop_limit(&self) {
+        rewrite::decrement_hop_limit(self);
+    }
+    #[inline(always)]
+    fn destination(&self) -> Addr {
+        // SAFETY: as above.
+        unsafe { (*self.ip6).daddr }
+    }
+    #[inline(always)]
+    fn l3_len(&self) -> u16 {
+        // SAFETY: as above. The parser proved payload + 40 fits the frame (under 4 KiB).
+        u16::from_be(unsafe { (*self.ip6).payload_len_be }).wrapping_add(IPV6_HDR_LEN as u16)
+    }
+    #[inline(always)]
+    fn fib_params(&self, ctx: &XdpContext, daddr: &Addr, len: u16) -> bpf_fib_lookup {
+        // SAFETY: the parser proved the headers lie inside the packet; nothing moved it since.
+        let (vtc_flow_be, saddr, sport_be, dport_be) = unsafe {
+            (
+                (*self.ip6).vtc_flow_be,
+                (*self.ip6).saddr,
+                (*self.udp).source_be,
+                (*self.udp).dest_be,
+            )
+        };
+        // Traffic class and flow label, without the version (as the kernel's own lookup).
+        params6(
+            ctx,
+            &saddr,
+            daddr,
+            (sport_be, dport_be),
+            vtc_flow_be & 0x0fff_ffffu32.to_be(),
+            len,
+        )
+    }
+    #[inline(always)]
+    fn hop_is_for(hop: &NextHop, daddr: &Addr) -> bool {
+        hop_is_for_addr(hop, daddr)
+    }
+    #[inline(always)]
+    fn partial_csum(&self) -> bool {
+        self.partial_csum
+    }
+    #[inline(always)]
+    fn generic_xdp(&self) -> bool {
+        self.generic_xdp
+    }
+    #[inline(always)]
+    fn too_big(&self, _ctx: &XdpContext, _mtu: u16) -> Verdict {
+        // Packet Too Big for dsr-l2 is helper six's (with ip6ip6's); dropped and counted.
+        Verdict::drop(Stat::DropFragNeeded)
+    }
+}
+
 /// The backend index of a packet that is not a request to a known backend (a reply, an ICMP
 /// error, a later fragment): it never uses the next-hop cache.
 pub const NO_BACKEND: u32 = u32::MAX;
 
+/// Whether a next-hop cache entry was resolved for `want`. Word by word: a comparison of whole
+/// arrays may become a call to memcmp, which BPF lacks.
+#[inline(always)]
+fn hop_is_for_addr(hop: &NextHop, want: &Addr) -> bool {
+    hop.addr[3] == want[3]
+        && hop.addr[2] == want[2]
+        && hop.addr[1] == want[1]
+        && hop.addr[0] == want[0]
+}
+
 /// The next-hop cache's answer for backend `backend_index` ([`NO_BACKEND`]: none), when its
-/// entry was resolved for `daddr` (wire order) and its MTU takes an IPv4 packet of `tot_len`
+/// entry was resolved for `daddr` (wire order) and its MTU takes a packet of `tot_len` L3
 /// bytes (host order). `None` means: ask the FIB. The entry is returned in place (no copy on
 /// the stack, which the ingress program has little of to spare).
 #[inline(always)]
-fn cached(backend_index: u32, daddr: u32, tot_len: u16) -> Option<&'static NextHop> {
-    cached_addr(backend_index, &addr_from_v4_wire(daddr), tot_len)
-}
-
-/// [`cached`] for an address of either family (`Addr`, IPv4-mapped for IPv4) and a packet of
-/// `len` bytes from the network header on (host order).
-#[inline(always)]
-pub fn cached_addr(backend_index: u32, want: &Addr, len: u16) -> Option<&'static NextHop> {
+fn cached<P: Routed>(
+    backend_index: u32,
+    daddr: &P::Address,
+    tot_len: u16,
+) -> Option<&'static NextHop> {
     if backend_index == NO_BACKEND {
         return None;
     }
     // SAFETY: a hash lookup. The element stays valid while the program runs (RCU), and the map
     // has no preallocated elements, so an update replaces it whole instead of rewriting it.
     let hop = unsafe { NEXTHOPS.get(backend_index) }?;
-    // Word by word: a comparison of whole arrays may become a call to memcmp, which BPF lacks.
-    if hop.addr[3] != want[3]
-        || hop.addr[2] != want[2]
-        || hop.addr[1] != want[1]
-        || hop.addr[0] != want[0]
-        || len > hop.mtu
-    {
+    if !P::hop_is_for(hop, daddr) || tot_len > hop.mtu {
         return None;
     }
     Some(hop)
 }
 
-/// Routes a validated, already rewritten IPv4/UDP packet by its (new) addresses.
+/// [`cached`] for an address of either family (`Addr`, IPv4-mapped for IPv4) and a packet of
+/// `len` bytes from the network header on (host order).
+#[inline(always)]
+pub fn cached_addr(backend_index: u32, want: &Addr, len: u16) -> Option<&'static NextHop> {
+    cached::<Ipv6Udp>(backend_index, want, len)
+}
+
+/// Routes a validated, already rewritten IPv4/UDP or IPv6/UDP packet by its (new) addresses.
 ///
-/// Success: TTL decremented, MAC addresses set from the FIB, then XDP_TX when the egress is the
+/// Success: TTL (hop limit) decremented, MAC addresses set from the FIB, then XDP_TX when the egress is the
 /// interface it came in on, or XDP_REDIRECT to the egress. Otherwise the packet goes to the
 /// kernel, which does what a router does (resolves the neighbour, fragments or answers ICMP
 /// "fragmentation needed", answers "time exceeded"), or is dropped when there is no route.
@@ -80,23 +244,22 @@ pub fn cached_addr(backend_index: u32, want: &Addr, len: u16) -> Option<&'static
 /// `backend_index`: the backend a request goes to ([`NO_BACKEND`] for anything else): its
 /// next-hop cache entry, when usable, replaces the FIB lookup.
 #[inline(always)]
-pub fn fib_forward(
+pub fn fib_forward<P: Routed>(
     ctx: &XdpContext,
-    pkt: &Ipv4Udp,
+    pkt: &P,
     local_source: bool,
     backend_index: u32,
 ) -> Verdict {
-    // SAFETY: the parser proved the IPv4 header lies inside the packet; nothing moved it since.
-    let (ttl, daddr) = unsafe { ((*pkt.ip).ttl, (*pkt.ip).daddr) };
+    let (ttl, daddr) = (pkt.hop_limit(), pkt.destination());
     if ttl <= 1 {
         return pass_rewritten(ctx, pkt, Stat::PassTtlExceeded);
     }
-    let len = packet_len(pkt);
-    if let Some(hop) = cached(backend_index, daddr, len) {
-        rewrite::decrement_ttl(pkt);
+    let len = pkt.l3_len();
+    if let Some(hop) = cached::<P>(backend_index, &daddr, len) {
+        pkt.decrement_hop_limit();
         return send_cached(ctx, hop, checksum_work(pkt, true));
     }
-    let params = match lookup(ctx, pkt, daddr, len) {
+    let params = match lookup(ctx, pkt, &daddr, len) {
         Ok(p) => p,
         Err((BPF_FIB_LKUP_RET_NO_NEIGH, _)) if local_source => {
             return Verdict::drop(Stat::DropNoNeighbour);
@@ -109,7 +272,7 @@ pub fn fib_forward(
         }
         Err(_) => return Verdict::drop(Stat::DropNoRoute),
     };
-    rewrite::decrement_ttl(pkt);
+    pkt.decrement_hop_limit();
     send_fib(ctx, &params, checksum_work(pkt, true))
 }
 
@@ -118,8 +281,8 @@ pub fn fib_forward(
 /// as an `xdp_frame`), or, when its addresses changed in generic mode (the skb stays
 /// partial), keeping it fit for the skb.
 #[inline(always)]
-fn checksum_work(pkt: &Ipv4Udp, addresses_changed: bool) -> u32 {
-    checksum_work_for(pkt.partial_csum, pkt.generic_xdp, addresses_changed)
+fn checksum_work<P: Routed>(pkt: &P, addresses_changed: bool) -> u32 {
+    checksum_work_for(pkt.partial_csum(), pkt.generic_xdp(), addresses_changed)
 }
 
 /// [`checksum_work`] for a packet of either family, from its `partial_csum` and `generic_xdp`.
@@ -143,8 +306,8 @@ const KEEP_CHECKSUM_PARTIAL: u32 = 2;
 /// Hands a rewritten packet to the kernel, which routes it on; one that arrived with a
 /// partial-looking checksum goes through `xdplb_finish_checksum` first (see `csum`).
 #[inline(always)]
-fn pass_rewritten(ctx: &XdpContext, pkt: &Ipv4Udp, stat: Stat) -> Verdict {
-    if !pkt.partial_csum {
+fn pass_rewritten<P: Routed>(ctx: &XdpContext, pkt: &P, stat: Stat) -> Verdict {
+    if !pkt.partial_csum() {
         return Verdict::pass(stat);
     }
     csum::tail_call_finish(
@@ -158,28 +321,28 @@ fn pass_rewritten(ctx: &XdpContext, pkt: &Ipv4Udp, stat: Stat) -> Verdict {
     )
 }
 
-/// Sends an unmodified IPv4/UDP packet to `backend_v4` (wire order) on its L2 segment: the
-/// MAC addresses are the only change. A backend whose neighbour entry is missing, or that is
+/// Sends an unmodified IPv4/UDP or IPv6/UDP packet to `backend` (wire order) on its L2
+/// segment: the MAC addresses are the only change. A backend whose neighbour entry is missing, or that is
 /// not on a directly reachable segment, means a drop: the kernel would deliver the VIP locally.
 /// A packet bigger than the egress MTU is dropped and, when `answer_too_big` (never for an
-/// ICMP error), answered with ICMP "fragmentation needed" for that MTU, as a router would.
-/// `backend_index`: as for [`fib_forward`].
+/// ICMP error), answered with ICMP "fragmentation needed" for that MTU, as a router would
+/// (IPv6: see `Routed::too_big`). `backend_index`: as for [`fib_forward`].
 #[inline(always)]
-pub fn l2_forward(
+pub fn l2_forward<P: Routed>(
     ctx: &XdpContext,
-    pkt: &Ipv4Udp,
-    backend_v4: u32,
+    pkt: &P,
+    backend: P::Address,
     backend_index: u32,
     answer_too_big: bool,
 ) -> Verdict {
-    let len = packet_len(pkt);
-    if let Some(hop) = cached(backend_index, backend_v4, len) {
+    let len = pkt.l3_len();
+    if let Some(hop) = cached::<P>(backend_index, &backend, len) {
         return send_cached(ctx, hop, checksum_work(pkt, false));
     }
-    match lookup(ctx, pkt, backend_v4, len) {
+    match lookup(ctx, pkt, &backend, len) {
         Ok(params) => send_fib(ctx, &params, checksum_work(pkt, false)),
         Err((BPF_FIB_LKUP_RET_NO_NEIGH, _)) => Verdict::drop(Stat::DropNoNeighbour),
-        Err((BPF_FIB_LKUP_RET_FRAG_NEEDED, mtu)) if answer_too_big => frag_needed(ctx, pkt, mtu),
+        Err((BPF_FIB_LKUP_RET_FRAG_NEEDED, mtu)) if answer_too_big => pkt.too_big(ctx, mtu),
         Err((BPF_FIB_LKUP_RET_FRAG_NEEDED, _)) => Verdict::drop(Stat::DropFragNeeded),
         Err(_) => Verdict::drop(Stat::DropNoRoute),
     }
@@ -214,11 +377,11 @@ pub fn ipip_forward(
         return Verdict::drop(Stat::DropFragNeeded);
     }
     let outer_len = inner_len + OUTER_LEN as u16;
-    let hop = cached(backend_index, backend_v4, outer_len);
+    let hop = cached::<Ipv4Udp>(backend_index, &backend_v4, outer_len);
     let params = if hop.is_some() {
         None
     } else {
-        match lookup(ctx, pkt, backend_v4, outer_len) {
+        match lookup(ctx, pkt, &backend_v4, outer_len) {
             Ok(p) => Some(p),
             Err((BPF_FIB_LKUP_RET_NO_NEIGH, _)) => None,
             Err((BPF_FIB_LKUP_RET_FRAG_NEEDED, mtu)) if answer_too_big => {
@@ -490,42 +653,27 @@ fn packet_len(pkt: &Ipv4Udp) -> u16 {
     u16::from_be(unsafe { (*pkt.ip).tot_len_be })
 }
 
-/// FIB lookup for the packet's source and ports towards `daddr`, for an IPv4 packet of
-/// `tot_len` bytes (host order), as if received on the context's interface. Returns the
-/// filled parameters, or the helper's return code and the MTU it reported (meaningful for
-/// `BPF_FIB_LKUP_RET_FRAG_NEEDED`).
+/// FIB lookup for the packet's source and ports towards `daddr`, for a packet of `tot_len`
+/// L3 bytes (host order; IPv6: payload + 40), as if received on the context's interface.
+/// Returns the filled parameters, or the helper's return code and the MTU it reported
+/// (meaningful for `BPF_FIB_LKUP_RET_FRAG_NEEDED`).
 ///
-/// The kernel answers such a lookup only when IPv4 forwarding is on for the receiving
-/// interface (`BPF_FIB_LKUP_RET_FWD_DISABLED` otherwise, even for an egress-side lookup); the
-/// daemon refuses to run `nat` and `dsr-l2` services on interfaces without it.
+/// The kernel answers such a lookup only when forwarding of the family is on for the
+/// receiving interface (`BPF_FIB_LKUP_RET_FWD_DISABLED` otherwise, even for an egress-side
+/// lookup); the daemon refuses to run `nat` and `dsr-l2` services on interfaces without it.
 #[inline(always)]
-fn lookup(
+fn lookup<P: Routed>(
     ctx: &XdpContext,
-    pkt: &Ipv4Udp,
-    daddr: u32,
+    pkt: &P,
+    daddr: &P::Address,
     tot_len: u16,
 ) -> Result<bpf_fib_lookup, (u32, u16)> {
-    // SAFETY: the parser proved the headers lie inside the packet; nothing moved it since.
-    let (tos, saddr) = unsafe { ((*pkt.ip).tos, (*pkt.ip).saddr) };
-    // Ports only for an unfragmented packet: every fragment of a datagram must take the same
-    // route (as the kernel's own multipath hash does for fragments).
-    let (sport_be, dport_be) = if pkt.fragment == crate::parse::NOT_FRAGMENT {
-        // SAFETY: an unfragmented packet's UDP header was bounds-checked by the parser.
-        unsafe { ((*pkt.udp).source_be, (*pkt.udp).dest_be) }
-    } else {
-        (0, 0)
-    };
-    // SAFETY: an all-zero bpf_fib_lookup is a valid value (plain integers and unions of them).
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    params.l4_protocol = IPPROTO_UDP;
-    params.sport = sport_be;
-    params.dport = dport_be;
-    params.__bindgen_anon_1.tot_len = tot_len;
-    params.ifindex = ingress_ifindex(ctx);
-    params.__bindgen_anon_2.tos = tos;
-    params.__bindgen_anon_3.ipv4_src = saddr;
-    params.__bindgen_anon_4.ipv4_dst = daddr;
+    fib_call(ctx, pkt.fib_params(ctx, daddr, tot_len))
+}
+
+/// Calls `bpf_fib_lookup` with `params`: the answer as [`lookup`] returns it.
+#[inline(always)]
+fn fib_call(ctx: &XdpContext, mut params: bpf_fib_lookup) -> Result<bpf_fib_lookup, (u32, u16)> {
     // SAFETY: the helper reads and writes `params`, whose size we pass.
     let rc = unsafe {
         fib_lookup(
@@ -556,6 +704,19 @@ pub fn lookup6(
     flowinfo_be: u32,
     len: u16,
 ) -> Result<bpf_fib_lookup, (u32, u16)> {
+    fib_call(ctx, params6(ctx, saddr, daddr, ports_be, flowinfo_be, len))
+}
+
+/// The parameters of an IPv6 FIB lookup (see [`lookup6`]).
+#[inline(always)]
+fn params6(
+    ctx: &XdpContext,
+    saddr: &Addr,
+    daddr: &Addr,
+    ports_be: (u16, u16),
+    flowinfo_be: u32,
+    len: u16,
+) -> bpf_fib_lookup {
     // SAFETY: an all-zero bpf_fib_lookup is a valid value (plain integers and unions of them).
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET6;
@@ -567,21 +728,7 @@ pub fn lookup6(
     params.__bindgen_anon_2.flowinfo = flowinfo_be;
     params.__bindgen_anon_3.ipv6_src = *saddr;
     params.__bindgen_anon_4.ipv6_dst = *daddr;
-    // SAFETY: the helper reads and writes `params`, whose size we pass.
-    let rc = unsafe {
-        fib_lookup(
-            ctx.ctx.cast(),
-            &mut params,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
-    if rc as u32 == BPF_FIB_LKUP_RET_SUCCESS {
-        Ok(params)
-    } else {
-        // SAFETY: a plain integer in a union of plain integers.
-        Err((rc as u32, unsafe { params.__bindgen_anon_1.mtu_result }))
-    }
+    params
 }
 
 #[inline(always)]

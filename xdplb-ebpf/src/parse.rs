@@ -100,6 +100,17 @@ impl Packet for TcContext {
     }
 }
 
+/// Whether the frame's EtherType is IPv6.
+#[inline(always)]
+pub fn is_ipv6_frame<C: Packet>(ctx: &C) -> bool {
+    let Some(eth) = ptr_at::<_, EthHdr>(ctx, 0) else {
+        return false;
+    };
+    // SAFETY: ptr_at proved the Ethernet header lies inside the packet.
+    let ether_type_be = unsafe { (*eth).ether_type_be };
+    ether_type_be == ETH_P_IPV6.to_be()
+}
+
 /// Returns a pointer to a `T` at `offset` bytes into the packet, or `None` when the packet is
 /// too short. The only way this crate touches packet memory.
 #[inline(always)]
@@ -280,13 +291,20 @@ fn ipv6_next_header_policy(next: u8) -> Result<bool, Stat> {
 /// Generic over [`Packet`], so that the TC egress program parses as XDP does.
 #[inline(always)]
 pub fn ipv6_upper<C: Packet>(ctx: &C) -> Result<Ipv6Upper, Stat> {
-    let frame_len = ctx.data_end() - ctx.data();
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Stat::PassTruncated)?;
     // SAFETY: ptr_at proved the Ethernet header lies inside the packet.
     if unsafe { (*eth).ether_type_be } != ETH_P_IPV6.to_be() {
         return Err(Stat::PassNotIpv4);
     }
-    let ip6: *mut Ipv6Hdr = ptr_at(ctx, ETH_HDR_LEN).ok_or(Stat::PassTruncated)?;
+    ipv6_upper_at(ctx, ETH_HDR_LEN)
+}
+
+/// [`ipv6_upper`] for an IPv6 header at `l3_offset` (after the Ethernet header, or inside an
+/// IPv6-in-IPv6 packet), the EtherType already checked.
+#[inline(always)]
+pub fn ipv6_upper_at<C: Packet>(ctx: &C, l3_offset: usize) -> Result<Ipv6Upper, Stat> {
+    let frame_len = ctx.data_end() - ctx.data();
+    let ip6: *mut Ipv6Hdr = ptr_at(ctx, l3_offset).ok_or(Stat::PassTruncated)?;
     // SAFETY: ptr_at proved the 40-byte IPv6 header lies inside the packet.
     let (version, payload_len, mut next) = unsafe {
         (
@@ -296,11 +314,11 @@ pub fn ipv6_upper<C: Packet>(ctx: &C) -> Result<Ipv6Upper, Stat> {
         )
     };
     // A jumbogram (payload length 0, hop-by-hop jumbo option) fails the UDP length check.
-    let end = ETH_HDR_LEN + IPV6_HDR_LEN + payload_len;
+    let end = l3_offset + IPV6_HDR_LEN + payload_len;
     if version != 6 || end > frame_len {
         return Err(Stat::PassBadIpv6Header);
     }
-    let mut off = ETH_HDR_LEN + IPV6_HDR_LEN;
+    let mut off = l3_offset + IPV6_HDR_LEN;
     // Bounded: at most IPV6_MAX_EXT_HEADERS headers, each at most 2,048 bytes, so `off` stays
     // a bounded scalar the verifier can follow.
     for walked in 0..IPV6_MAX_EXT_HEADERS {
@@ -338,7 +356,6 @@ pub fn ipv6_upper<C: Packet>(ctx: &C) -> Result<Ipv6Upper, Stat> {
 }
 
 /// A fully validated IPv6/UDP packet (never a fragment: see [`ipv6_upper`]).
-#[allow(dead_code)] // until `xdplb_ingress6` uses it
 pub struct Ipv6Udp {
     pub ip6: *mut Ipv6Hdr,
     pub udp: *mut UdpHdr,
@@ -355,7 +372,6 @@ pub struct Ipv6Udp {
 impl Ipv6Udp {
     /// Source and destination address and port, as on the wire.
     #[inline(always)]
-    #[allow(dead_code)] // until `xdplb_ingress6` uses it
     pub fn addresses(&self) -> ([u32; 4], [u32; 4], u16, u16) {
         // SAFETY: the parser validated both headers; nothing moved the packet since.
         unsafe {
@@ -402,7 +418,6 @@ pub fn ipv6_udp_at<C: Packet>(ctx: &C, upper: &Ipv6Upper) -> Result<Ipv6Udp, Sta
 /// Parses Ethernet, IPv6 (extension headers per [`ipv6_upper`]) and UDP (per
 /// [`ipv6_udp_at`]). Expects nothing of the packet; every `Err` is a "pass untouched" outcome.
 #[inline(always)]
-#[allow(dead_code)] // until `xdplb_ingress6` and the TC path use it
 pub fn ipv6_udp<C: Packet>(ctx: &C) -> Result<Ipv6Udp, Stat> {
     let upper = ipv6_upper(ctx)?;
     ipv6_udp_at(ctx, &upper)
