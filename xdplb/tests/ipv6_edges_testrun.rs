@@ -8,13 +8,19 @@
 //! maps directly, as a config would write it.
 //! Needs root; run with the README test command.
 
-use std::net::Ipv6Addr;
+use std::net::{Ipv6Addr, SocketAddrV6};
 
 use aya::maps::PerCpuArray;
-use xdplb::{dataplane::DECAP_OBJECT, packet::FRAME_DST_MAC, testrun};
+use xdplb::{
+    dataplane::DECAP_OBJECT,
+    packet::{FRAME_DST_MAC, FRAME_SRC_MAC},
+    testrun,
+};
 use xdplb_common::{
-    FORWARD_DSR_IPIP, FORWARD_NAT, FullnatPeer, IPPROTO_UDP, REPLY_FLAG_NAT, Reply, ReplyKey,
-    SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FORWARDING_SHIFT, Service, Stat,
+    Backend, FORWARD_DSR_IPIP, FORWARD_NAT, FullnatPeer, IPPROTO_UDP, REPLY_FLAG_NAT, Reply,
+    ReplyKey, SCHED_ROUND_ROBIN, SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FORWARDING_SHIFT, Service,
+    Stat,
+    hash::{FlowTuple, HASH_FIVE_TUPLE, flow_hash},
 };
 use xdplb_test_support::{v6_edges::*, *};
 
@@ -67,7 +73,7 @@ fn neighbour_discovery_mld_and_echo_pass_untouched() {
             ..Service::default()
         },
     );
-    let icmp6 = icmp6_program(&mut dp);
+    let icmp6_prog = icmp6_program(&mut dp);
     let ingress = ingress_program(&mut dp);
     let host = v6("2001:db8:60:2::2");
     let ll = v6("fe80::2");
@@ -159,7 +165,7 @@ fn neighbour_discovery_mld_and_echo_pass_untouched() {
     ];
     for (what, frame) in &frames {
         assert!(icmp6_checksum_ok(frame), "{what}: the input is valid");
-        for (program, prog) in [("xdplb_icmp6", &icmp6), ("ingress", &ingress)] {
+        for (program, prog) in [("xdplb_icmp6", &icmp6_prog), ("ingress", &ingress)] {
             let before = counters(&dp);
             let out = testrun::run_xdp(prog, frame, 1).expect("test run");
             assert_eq!(out.action, XDP_PASS, "{what} ({program}): passed");
@@ -554,4 +560,188 @@ fn decap_strips_ipv6_in_ipv6_and_leaves_other_frames_alone() {
         [1, 1, 0],
         "decapsulated, left alone, failed"
     );
+}
+
+#[test]
+fn dsr_ipip_over_ipv6_encapsulates_and_answers_packet_too_big() {
+    require_root();
+    netns::in_fib_topology(
+        "ip6ip6",
+        &netns::fib_neighbours(),
+        "the IPv6-in-IPv6 cases pass",
+        ip6ip6_cases,
+    );
+}
+
+/// A `dsr-ipip` IPv6 service written into the maps: one backend (index `BACKEND_INDEX`, table
+/// slot `TABLE_BASE`), round robin, the outer source prefix 2001:db8:200::/96.
+const BACKEND_INDEX: u32 = 3;
+const TABLE_BASE: u32 = 100;
+const HASH_SEED: u32 = 0x5eed;
+
+fn ipip6_service(dp: &mut xdplb::dataplane::Dataplane, vip: SocketAddrV6, backend: SocketAddrV6) {
+    put(
+        dp,
+        "SERVICES_V2",
+        service_key(vip),
+        Service {
+            id: 2,
+            backend_base: BACKEND_INDEX,
+            backend_count: 1,
+            scheduler: SCHED_ROUND_ROBIN,
+            table_base: TABLE_BASE,
+            table_len: 1,
+            hash_fields: HASH_FIVE_TUPLE,
+            hash_seed: HASH_SEED,
+            flow_idle_timeout_ns: 60_000_000_000,
+            flags: (FORWARD_DSR_IPIP << SERVICE_FORWARDING_SHIFT)
+                | (32 << SERVICE_ENCAP_HOST_BITS_SHIFT),
+            encap_source: addr6(v6("2001:db8:200::")),
+            _pad: 0,
+        },
+    );
+    let mut backends: aya::maps::Array<_, Backend> =
+        aya::maps::Array::try_from(dp.ebpf_mut().map_mut("BACKENDS_V1").expect("backends"))
+            .expect("an array");
+    backends
+        .set(
+            BACKEND_INDEX,
+            Backend {
+                addr: addr6(*backend.ip()),
+                port_be: backend.port().to_be(),
+                weight: 1,
+                flags: 0,
+            },
+            0,
+        )
+        .expect("write the backend");
+    let mut lookup: aya::maps::Array<_, u32> =
+        aya::maps::Array::try_from(dp.ebpf_mut().map_mut("LOOKUP_V1").expect("lookup"))
+            .expect("an array");
+    lookup
+        .set(TABLE_BASE, BACKEND_INDEX, 0)
+        .expect("write the table");
+}
+
+/// The outer source for `client` -> `vip`: the prefix with the 5-tuple hash in its last 32
+/// bits.
+fn expected_outer_source(client: SocketAddrV6, vip: SocketAddrV6) -> Ipv6Addr {
+    let tuple = FlowTuple {
+        src: addr6(*client.ip()),
+        dst: addr6(*vip.ip()),
+        src_port_be: client.port().to_be(),
+        dst_port_be: vip.port().to_be(),
+        proto: IPPROTO_UDP,
+    };
+    let hash = flow_hash(&tuple, HASH_FIVE_TUPLE, HASH_SEED);
+    let mut o = v6("2001:db8:200::").octets();
+    o[12..].copy_from_slice(&hash.to_be_bytes());
+    Ipv6Addr::from(o)
+}
+
+fn ip6ip6_cases() {
+    add_ipv6_to_topology();
+    let (_, mut dp) = load_toml(CONFIG);
+    let (a, b) = (ifindex("fa"), ifindex("fb"));
+    dp.set_interface_mac(a, FRAME_DST_MAC, false)
+        .expect("fa's address");
+    dp.set_interface_mac(b, FRAME_DST_MAC, false)
+        .expect("fb's address");
+    let vip = sock6("[2001:db8:99::6]:7000");
+    let backend = sock6("[2001:db8:60:1::2]:7000");
+    ipip6_service(&mut dp, vip, backend);
+    let prog = ingress_program(&mut dp);
+    let run = |frame: &[u8], on: u32| testrun::run_xdp_on(&prog, frame, on).expect("test run");
+
+    // 1. The client's packet inside an outer IPv6 header (next header 41, hop limit 64) from
+    //    the prefix with the flow's hash, to the backend; the inner packet unchanged.
+    let client = sock6("[2001:db8:60:2::2]:5562");
+    let input = udp6(client, vip, 64, PAYLOAD);
+    let source = expected_outer_source(client, vip);
+    let want = ip6ip6(source, *backend.ip(), ip_packet(&input), MAC_BACKEND, MAC_A);
+    let before = counters(&dp);
+    let out = run(&input, b);
+    assert_eq!(out.action, XDP_REDIRECT, "ip6ip6: redirected to fa");
+    assert_eq!(out.frame, want, "ip6ip6: exact frame");
+    let d = deltas(&before, &counters(&dp));
+    assert!(d.contains(&(Stat::ForwardedFib, 1)), "{d:?}");
+    // Every packet of the flow: the same outer source.
+    let out = run(&input, b);
+    assert_eq!(out.frame, want, "ip6ip6: the flow's second packet");
+    // Another flow: its own hash in the host bits, inside the prefix.
+    let other = sock6("[2001:db8:60:2::2]:5563");
+    let input2 = udp6(other, vip, 64, PAYLOAD);
+    let source2 = expected_outer_source(other, vip);
+    assert_ne!(source, source2, "two flows, two hashes (test data)");
+    let out = run(&input2, b);
+    assert_eq!(
+        out.frame,
+        ip6ip6(
+            source2,
+            *backend.ip(),
+            ip_packet(&input2),
+            MAC_BACKEND,
+            MAC_A
+        ),
+        "ip6ip6: another flow"
+    );
+
+    // 2. Too big for the backends' link once encapsulated: ICMPv6 packet too big back to the
+    //    client, from the VIP, for the link MTU less the outer header, quoting as much of the
+    //    packet as fits in 1,280 bytes.
+    netns::sh(&["ip", "link", "set", "fa", "mtu", "1400"]);
+    let big = udp6(client, vip, 64, &vec![0xab; 1380 - 48]);
+    assert_eq!(ip_packet(&big).len(), 1380);
+    let quoted = &ip_packet(&big)[..1280 - 48];
+    let want = with_macs(
+        icmp6(
+            *vip.ip(),
+            *client.ip(),
+            64,
+            2,
+            0,
+            1360u32.to_be_bytes(),
+            quoted,
+        ),
+        FRAME_SRC_MAC,
+        FRAME_DST_MAC,
+    );
+    let before = counters(&dp);
+    let out = run(&big, b);
+    assert_eq!(out.action, XDP_TX, "packet too big: back out of fb");
+    assert_eq!(out.frame.len(), 14 + 1280, "packet too big: 1,280 bytes");
+    assert_eq!(out.frame, want, "packet too big: exact frame");
+    assert!(
+        icmp6_checksum_ok(&out.frame),
+        "packet too big: ICMPv6 checksum"
+    );
+    let d = deltas(&before, &counters(&dp));
+    assert!(d.contains(&(Stat::IcmpFragNeededSent, 1)), "{d:?}");
+    assert!(d.contains(&(Stat::DropFragNeeded, 1)), "{d:?}");
+
+    // 3. A link MTU under 1,320: the MTU named is never below 1,280; a short packet is quoted
+    //    whole.
+    netns::sh(&["ip", "link", "set", "fa", "mtu", "1300"]);
+    let mid = udp6(client, vip, 64, &vec![0xcd; 1270 - 48]);
+    let want = with_macs(
+        icmp6(
+            *vip.ip(),
+            *client.ip(),
+            64,
+            2,
+            0,
+            1280u32.to_be_bytes(),
+            ip_packet(&mid),
+        ),
+        FRAME_SRC_MAC,
+        FRAME_DST_MAC,
+    );
+    let out = run(&mid, b);
+    assert_eq!(
+        out.action, XDP_TX,
+        "packet too big (small MTU): back out of fb"
+    );
+    assert_eq!(out.frame, want, "packet too big (small MTU): MTU 1,280");
+    assert!(icmp6_checksum_ok(&out.frame));
+    netns::sh(&["ip", "link", "set", "fa", "mtu", "1500"]);
 }
