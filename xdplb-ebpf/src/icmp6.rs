@@ -144,7 +144,7 @@ pub fn handle(ctx: &XdpContext) -> Option<Verdict> {
         // As in `icmp`: a `dsr-*` service with a consistent scheduler names the owner by its
         // table on a flow miss; other services have no such answer and the error passes.
         None if service.flags & SERVICE_FLAG_MAY_SKIP_STATE != 0 => {
-            service::stateless_flow(service, &flow_key)?
+            service::stateless_flow_of::<true>(service, &flow_key)?
         }
         None => return None,
     };
