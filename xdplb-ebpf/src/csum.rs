@@ -292,35 +292,45 @@ fn locate_udp6(ctx: &aya_ebpf::programs::XdpContext) -> Option<(u64, *mut UdpHdr
         0
     };
     let ip6 = ptr_at::<_, Ipv6Hdr>(ctx, ETH_HDR_LEN + shift)?;
-    let noted = crate::FINISH_L4.get(0).copied()? as usize;
-    if !(ETH_HDR_LEN + IPV6_HDR_LEN..=MAX_L4_OFFSET).contains(&noted) {
+    // SAFETY: bounds-checked just above.
+    let (saddr, daddr) = unsafe { ((*ip6).saddr, (*ip6).daddr) };
+    let mut pseudo = u64::from(u16::from(IPPROTO_UDP).to_be());
+    for i in 0..4 {
+        pseudo += u64::from(saddr[i]) + u64::from(daddr[i]);
+    }
+    // Through the map again: one state for the verifier whether or not encapsulated.
+    note_l4_offset(noted_l4_offset()? + shift);
+    let l4_offset = noted_l4_offset()?;
+    let udp = ptr_at::<_, UdpHdr>(ctx, l4_offset)?;
+    if l4_offset < ETH_HDR_LEN + IPV6_HDR_LEN {
         return None;
     }
-    let l4_offset = noted + shift;
-    let udp = ptr_at::<_, UdpHdr>(ctx, l4_offset)?;
-    let pkt = Ipv6Udp {
-        ip6,
-        udp,
-        l4_offset,
-        frame_len: 0,
-        partial_csum: true,
-        generic_xdp: false,
-    };
-    Some((pseudo_header_sum6(&pkt), udp, l4_offset))
+    // SAFETY: bounds-checked just above.
+    pseudo += u64::from(unsafe { (*udp).len_be });
+    Some((pseudo, udp, l4_offset))
 }
 
-/// The largest UDP offset [`note_l4_offset`] keeps: the program sees frames under 4 KiB.
-const MAX_L4_OFFSET: usize = 4096;
+/// The mask of the UDP offsets noted in `FINISH_L4`: past any frame the program sees (under
+/// 4 KiB), and past the longest extension-header chain the parser walks.
+const MAX_L4_OFFSET: usize = 0x3fff;
 
-/// Notes, for `xdplb_finish_checksum`, where an IPv6 packet with a partial checksum has its
-/// UDP header (see [`locate_udp6`]). Called by the IPv6 ingress when it finds the checksum
-/// partial, before anything moves the packet.
+/// Notes in `FINISH_L4` (per CPU) where an IPv6 packet has its UDP header: for
+/// `xdplb_finish_checksum` (see [`locate_udp6`]), and read back at once by the IPv6 programs
+/// (see `lb6::settled`).
 #[inline(always)]
 pub fn note_l4_offset(l4_offset: usize) {
     if let Some(slot) = crate::FINISH_L4.get_ptr_mut(0) {
         // SAFETY: a per-CPU array slot of this CPU.
         unsafe { *slot = l4_offset as u32 };
     }
+}
+
+/// What [`note_l4_offset`] noted, bounded by a mask (not compared: a comparison before
+/// `ptr_at` lets the compiler drop the bounds check the verifier needs). To the verifier an
+/// unknown value: every path that noted an offset continues as one.
+#[inline(always)]
+pub fn noted_l4_offset() -> Option<usize> {
+    crate::FINISH_L4.get(0).map(|v| *v as usize & MAX_L4_OFFSET)
 }
 
 /// IPv6-in-IPv6's next header.

@@ -40,6 +40,7 @@ pub fn try_ingress6(ctx: &XdpContext) -> Result<Verdict, Verdict> {
         unsafe { PROGS.tail_call(ctx, PROG_ICMP6) };
         return Err(Verdict::pass(Stat::PassNotUdp));
     }
+    let upper = settled(ctx, &upper)?;
     let mut pkt = parse::ipv6_udp_at(ctx, &upper).map_err(Verdict::pass)?;
     let (saddr, daddr, sport_be, dport_be) = pkt.addresses();
     // An IPv4-mapped address is never an IPv6 packet's destination on the wire (RFC 4291
@@ -132,6 +133,33 @@ pub fn try_ingress6(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     Ok(Verdict::pass(Stat::Forwarded))
 }
 
+/// The parser's answer with the upper layer's offset passed through `FINISH_L4` (see
+/// `csum::note_l4_offset`): the extension-header walk leaves the program in one state per
+/// chain length, and everything after it would be verified once per state; read back from the
+/// map, the offset is one unknown value, and the paths continue as one. Also notes the offset
+/// for `xdplb_finish_checksum`. Keeps the next header (the caller has sent ICMPv6 on).
+#[inline(always)]
+fn settled(ctx: &XdpContext, upper: &parse::Ipv6Upper) -> Result<parse::Ipv6Upper, Verdict> {
+    let bad = Verdict::pass(Stat::PassBadUdpHeader);
+    let next_header = upper.next_header;
+    csum::note_l4_offset(upper.l4_offset);
+    let l4_offset = csum::noted_l4_offset().ok_or(bad)?;
+    let ip6 = parse::ptr_at::<_, parse::Ipv6Hdr>(ctx, parse::ETH_HDR_LEN).ok_or(bad)?;
+    // SAFETY: bounds-checked just above.
+    let payload_len = usize::from(u16::from_be(unsafe { (*ip6).payload_len_be }));
+    let end = parse::ETH_HDR_LEN + parse::IPV6_HDR_LEN + payload_len;
+    if l4_offset > end {
+        return Err(bad);
+    }
+    Ok(parse::Ipv6Upper {
+        ip6,
+        next_header,
+        l4_offset,
+        l4_len: end - l4_offset,
+        frame_len: ctx.data_end() - ctx.data(),
+    })
+}
+
 /// What every IPv6 packet must pass before the data plane creates state for it or rewrites
 /// it: addressed to this interface (IPv6 has no header checksum to check). Then notes whether
 /// its UDP checksum is a partial one (see `csum`).
@@ -140,10 +168,8 @@ fn admit6(ctx: &XdpContext, pkt: &mut Ipv6Udp) -> Result<(), Verdict> {
     let Some(flags) = service::interface_flags(ctx) else {
         return Err(Verdict::pass(Stat::PassNotForUs));
     };
+    // `settled` noted the UDP offset, where `xdplb_finish_checksum` finds it.
     pkt.partial_csum = csum::udp_checksum_is_partial6(pkt);
-    if pkt.partial_csum {
-        csum::note_l4_offset(pkt.l4_offset);
-    }
     pkt.generic_xdp = flags & INTERFACE_FLAG_GENERIC != 0;
     Ok(())
 }
@@ -165,7 +191,9 @@ fn identity(saddr: &Addr, daddr: &Addr, sport_be: u16, dport_be: u16) -> [u64; 2
 /// `service::try_reply` does for IPv4.
 #[inline(always)]
 pub fn try_reply6(ctx: &XdpContext) -> Result<Verdict, Verdict> {
-    let mut pkt = parse::ipv6_udp(ctx).map_err(Verdict::pass)?;
+    let upper = parse::ipv6_upper(ctx).map_err(Verdict::pass)?;
+    let upper = settled(ctx, &upper)?;
+    let mut pkt = parse::ipv6_udp_at(ctx, &upper).map_err(Verdict::pass)?;
     let (saddr, daddr, sport_be, dport_be) = pkt.addresses();
     let to_port = service::port_flags(dport_be);
     let from_port = service::port_flags(sport_be);

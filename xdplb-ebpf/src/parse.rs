@@ -360,6 +360,7 @@ pub struct Ipv6Udp {
     pub ip6: *mut Ipv6Hdr,
     pub udp: *mut UdpHdr,
     /// Offset of the UDP header from the start of the frame.
+    #[allow(dead_code)] // Kept for the IPv6 paths to come (TC egress); no reader yet.
     pub l4_offset: usize,
     /// Length of the whole frame, for byte counters.
     pub frame_len: u32,
@@ -418,6 +419,8 @@ pub fn ipv6_udp_at<C: Packet>(ctx: &C, upper: &Ipv6Upper) -> Result<Ipv6Udp, Sta
 /// Parses Ethernet, IPv6 (extension headers per [`ipv6_upper`]) and UDP (per
 /// [`ipv6_udp_at`]). Expects nothing of the packet; every `Err` is a "pass untouched" outcome.
 #[inline(always)]
+#[allow(dead_code)] // For the TC egress program (IPv6 `local` replies); the XDP programs
+// walk the chain first, then settle the offset (see `lb6::settled`), then `ipv6_udp_at`.
 pub fn ipv6_udp<C: Packet>(ctx: &C) -> Result<Ipv6Udp, Stat> {
     let upper = ipv6_upper(ctx)?;
     ipv6_udp_at(ctx, &upper)

@@ -226,3 +226,4 @@ mod tests {
         assert_eq!(decode(&bytes[..20]), None);
     }
 }
+pub mod v6;
