@@ -319,6 +319,9 @@ pub const SERVICE_ENCAP_HOST_BITS_SHIFT: u32 = 16;
 pub const SERVICE_ENCAP_HOST_BITS_MASK: u32 = 0x3f << SERVICE_ENCAP_HOST_BITS_SHIFT;
 /// IP protocol number of IPv4-in-IPv4.
 pub const IPPROTO_IPIP: u8 = 4;
+/// IP protocol number (IPv6 next header) of IPv6-in-IPv6, the `dsr-ipip` encapsulation of an
+/// IPv6 service.
+pub const IPPROTO_IPV6: u8 = 41;
 
 /// `Service::flags` bits 22..=31: `flow_stale_after` in units of
 /// [`SERVICE_STALE_AFTER_UNIT_NS`] (0: off). A flow entry idle longer than this whose backend

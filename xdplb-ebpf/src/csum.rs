@@ -26,7 +26,10 @@ use aya_ebpf::{
 use xdplb_common::{IPPROTO_IPIP, IPPROTO_UDP, Stat, checksum::fold};
 
 use crate::{
-    parse::{ETH_HDR_LEN, Ipv4Hdr, Ipv4Udp, Packet, UdpHdr, ptr_at},
+    parse::{
+        ETH_HDR_LEN, ETH_P_IPV6, EthHdr, IPV6_HDR_LEN, Ipv4Hdr, Ipv4Udp, Ipv6Hdr, Ipv6Udp, Packet,
+        UdpHdr, ptr_at,
+    },
     service::Verdict,
 };
 
@@ -170,6 +173,19 @@ fn pseudo_header_sum(pkt: &Ipv4Udp) -> u64 {
         + u64::from(len_be)
 }
 
+/// The pseudo-header sum of a validated IPv6/UDP packet as it is now (raw, unfolded): both
+/// addresses, the upper-layer length (the UDP length) and the next header (RFC 8200 8.1).
+#[inline(always)]
+fn pseudo_header_sum6(pkt: &Ipv6Udp) -> u64 {
+    // SAFETY: the parser proved both headers lie inside the packet.
+    let (saddr, daddr, len_be) = unsafe { ((*pkt.ip6).saddr, (*pkt.ip6).daddr, (*pkt.udp).len_be) };
+    let mut sum = u64::from(u16::from(IPPROTO_UDP).to_be()) + u64::from(len_be);
+    for i in 0..4 {
+        sum += u64::from(saddr[i]) + u64::from(daddr[i]);
+    }
+    sum
+}
+
 /// Whether the UDP checksum field of the packet as received holds only the pseudo-header sum
 /// (a partial checksum; see the module's documentation). Call before anything is rewritten.
 #[inline(always)]
@@ -177,6 +193,14 @@ pub fn udp_checksum_is_partial(pkt: &Ipv4Udp) -> bool {
     // SAFETY: the parser proved the UDP header lies inside the packet.
     let check = unsafe { (*pkt.udp).check };
     check != 0 && check == fold(pseudo_header_sum(pkt))
+}
+
+/// [`udp_checksum_is_partial`] for IPv6.
+#[inline(always)]
+pub fn udp_checksum_is_partial6(pkt: &Ipv6Udp) -> bool {
+    // SAFETY: the parser proved the UDP header lies inside the packet.
+    let check = unsafe { (*pkt.udp).check };
+    check != 0 && check == fold(pseudo_header_sum6(pkt))
 }
 
 /// Where a packet whose checksum `xdplb_finish_checksum` completes goes next. Written by the
@@ -197,7 +221,8 @@ pub struct FinishArgs {
 
 /// The finishing program: completes the UDP checksum of a packet that arrived with a partial
 /// one and leaves through XDP (the frame, addresses and MACs already final), then sends it as
-/// `FINISH_ARGS` says. The packet is IPv4/UDP, or IPv4-in-IPv4 around it (`dsr-ipip`).
+/// `FINISH_ARGS` says. The packet is IPv4/UDP, or IPv4-in-IPv4 around it (`dsr-ipip`), or
+/// IPv6/UDP (extension headers walked as `parse::ipv6_upper` does), or IPv6-in-IPv6 around it.
 ///
 /// A program of its own (ingress tail-calls it) so that the verifier walks the summing loop
 /// once, not once per forwarding path.
@@ -207,27 +232,40 @@ pub fn finish_and_send(ctx: &aya_ebpf::programs::XdpContext) -> Verdict {
     let Some(args) = crate::FINISH_ARGS.get(0).copied() else {
         return drop;
     };
-    let Some(outer) = ptr_at::<_, Ipv4Hdr>(ctx, ETH_HDR_LEN) else {
+    let Some(eth) = ptr_at::<_, EthHdr>(ctx, 0) else {
         return drop;
     };
+    // SAFETY: bounds-checked just above.
+    let located = if unsafe { (*eth).ether_type_be } == ETH_P_IPV6.to_be() {
+        locate_udp6(ctx)
+    } else {
+        locate_udp4(ctx)
+    };
+    let Some((pseudo, udp, l4_offset)) = located else {
+        return drop;
+    };
+    complete_and_send(ctx, args, pseudo, udp, l4_offset)
+}
+
+/// The IPv4 packet's (or IPv4-in-IPv4 packet's inner) pseudo-header sum, UDP header and its
+/// offset, for [`finish_and_send`].
+#[inline(always)]
+fn locate_udp4(ctx: &aya_ebpf::programs::XdpContext) -> Option<(u64, *mut UdpHdr, usize)> {
+    let outer = ptr_at::<_, Ipv4Hdr>(ctx, ETH_HDR_LEN)?;
     // SAFETY: bounds-checked just above.
     let ip_off = if unsafe { (*outer).protocol } == IPPROTO_IPIP {
         ETH_HDR_LEN + 20
     } else {
         ETH_HDR_LEN
     };
-    let Some(ip) = ptr_at::<_, Ipv4Hdr>(ctx, ip_off) else {
-        return drop;
-    };
+    let ip = ptr_at::<_, Ipv4Hdr>(ctx, ip_off)?;
     // SAFETY: bounds-checked just above.
     let ihl = usize::from(unsafe { (*ip).version_ihl } & 0x0f) * 4;
     if ihl < 20 {
-        return drop;
+        return None;
     }
     let l4_offset = ip_off + ihl;
-    let Some(udp) = ptr_at::<_, UdpHdr>(ctx, l4_offset) else {
-        return drop;
-    };
+    let udp = ptr_at::<_, UdpHdr>(ctx, l4_offset)?;
     let pkt = Ipv4Udp {
         ip,
         udp,
@@ -237,8 +275,79 @@ pub fn finish_and_send(ctx: &aya_ebpf::programs::XdpContext) -> Verdict {
         fragment: crate::parse::NOT_FRAGMENT,
         generic_xdp: false,
     };
-    let pseudo = pseudo_header_sum(&pkt);
-    // SAFETY: bounds-checked above.
+    Some((pseudo_header_sum(&pkt), udp, l4_offset))
+}
+
+/// [`locate_udp4`] for IPv6, or IPv6-in-IPv6 (outer next header 41: the inner packet). The
+/// UDP header's offset is the one `xdplb_ingress6` noted in `FINISH_L4` when it found the
+/// checksum partial (see [`note_l4_offset`]), not walked again here: the extension-header
+/// walk's every exit would have the verifier walk the summing loop once more.
+#[inline(always)]
+fn locate_udp6(ctx: &aya_ebpf::programs::XdpContext) -> Option<(u64, *mut UdpHdr, usize)> {
+    let outer = ptr_at::<_, Ipv6Hdr>(ctx, ETH_HDR_LEN)?;
+    // SAFETY: bounds-checked just above.
+    let shift = if unsafe { (*outer).nexthdr } == IPPROTO_IPV6 {
+        IPV6_HDR_LEN
+    } else {
+        0
+    };
+    let ip6 = ptr_at::<_, Ipv6Hdr>(ctx, ETH_HDR_LEN + shift)?;
+    // SAFETY: bounds-checked just above.
+    let (saddr, daddr) = unsafe { ((*ip6).saddr, (*ip6).daddr) };
+    let mut pseudo = u64::from(u16::from(IPPROTO_UDP).to_be());
+    for i in 0..4 {
+        pseudo += u64::from(saddr[i]) + u64::from(daddr[i]);
+    }
+    // Through the map again: one state for the verifier whether or not encapsulated.
+    note_l4_offset(noted_l4_offset()? + shift);
+    let l4_offset = noted_l4_offset()?;
+    let udp = ptr_at::<_, UdpHdr>(ctx, l4_offset)?;
+    if l4_offset < ETH_HDR_LEN + IPV6_HDR_LEN {
+        return None;
+    }
+    // SAFETY: bounds-checked just above.
+    pseudo += u64::from(unsafe { (*udp).len_be });
+    Some((pseudo, udp, l4_offset))
+}
+
+/// The mask of the UDP offsets noted in `FINISH_L4`: past any frame the program sees (under
+/// 4 KiB), and past the longest extension-header chain the parser walks.
+const MAX_L4_OFFSET: usize = 0x3fff;
+
+/// Notes in `FINISH_L4` (per CPU) where an IPv6 packet has its UDP header: for
+/// `xdplb_finish_checksum` (see [`locate_udp6`]), and read back at once by the IPv6 programs
+/// (see `lb6::settled`).
+#[inline(always)]
+pub fn note_l4_offset(l4_offset: usize) {
+    if let Some(slot) = crate::FINISH_L4.get_ptr_mut(0) {
+        // SAFETY: a per-CPU array slot of this CPU.
+        unsafe { *slot = l4_offset as u32 };
+    }
+}
+
+/// What [`note_l4_offset`] noted, bounded by a mask (not compared: a comparison before
+/// `ptr_at` lets the compiler drop the bounds check the verifier needs). To the verifier an
+/// unknown value: every path that noted an offset continues as one.
+#[inline(always)]
+pub fn noted_l4_offset() -> Option<usize> {
+    crate::FINISH_L4.get(0).map(|v| *v as usize & MAX_L4_OFFSET)
+}
+
+/// IPv6-in-IPv6's next header.
+const IPPROTO_IPV6: u8 = 41;
+
+/// The end of [`finish_and_send`], for either family: `pseudo` is the packet's pseudo-header
+/// sum, `udp` its UDP header at `l4_offset`.
+#[inline(always)]
+fn complete_and_send(
+    ctx: &aya_ebpf::programs::XdpContext,
+    args: FinishArgs,
+    pseudo: u64,
+    udp: *mut UdpHdr,
+    l4_offset: usize,
+) -> Verdict {
+    let drop = Verdict::drop(Stat::DropChecksumTooLong);
+    // SAFETY: bounds-checked by the caller.
     let (udp_len, field) = unsafe { (usize::from(u16::from_be((*udp).len_be)), (*udp).check) };
     // The datagram's sum with the field as it is now.
     let Some(data) = sum_bytes::<DATAGRAM_CHUNKS>(ctx, l4_offset, udp_len) else {

@@ -8,17 +8,18 @@
 use aya_ebpf::bindings::BPF_NOEXIST;
 use xdplb_common::{
     Addr, Backend, FLOW_REFRESH_NS, FULLNAT_PORT_TRIES, FlowKey, FullnatPeer, IPPROTO_UDP,
-    ReplyKey, Service, addr_from_v4_wire, hash::fast_range,
+    ReplyKey, Service, hash::fast_range,
 };
 
 use crate::{FULLNAT, FULLNAT_SOURCES};
 
-/// The translation key of a backend and the balancer's source address and port.
+/// The translation key of a backend and the balancer's source address and port (either
+/// family: the source as `FULLNAT_SOURCES_V2` holds it).
 #[inline(always)]
-pub fn key(backend_addr: Addr, backend_port_be: u16, source_v4: u32, port_be: u16) -> ReplyKey {
+pub fn key(backend_addr: Addr, backend_port_be: u16, source: Addr, port_be: u16) -> ReplyKey {
     ReplyKey {
         backend_addr,
-        client_addr: addr_from_v4_wire(source_v4),
+        client_addr: source,
         backend_port_be,
         client_port_be: port_be,
         proto: IPPROTO_UDP,
@@ -26,10 +27,16 @@ pub fn key(backend_addr: Addr, backend_port_be: u16, source_v4: u32, port_be: u1
     }
 }
 
+/// The service's source address, of its family, if it is configured.
+#[inline(always)]
+pub fn source(service: &Service) -> Option<Addr> {
+    FULLNAT_SOURCES.get(service.id).map(|s| s.addr)
+}
+
 /// The service's IPv4 source address (network order), if it is configured.
 #[inline(always)]
 pub fn source_addr(service: &Service) -> Option<u32> {
-    FULLNAT_SOURCES.get(service.id).map(|s| s.addr[3])
+    source(service).map(|a| a[3])
 }
 
 /// Allocates a source port (network order) for a new flow of `service` from `flow`'s client
@@ -62,7 +69,7 @@ pub fn allocate(
             source.port_count,
         );
         let port_be = (source.port_first.wrapping_add(offset) as u16).to_be();
-        let k = key(backend.addr, backend.port_be, source.addr[3], port_be);
+        let k = key(backend.addr, backend.port_be, source.addr, port_be);
         if FULLNAT.insert(k, peer, u64::from(BPF_NOEXIST)).is_ok() {
             return Some(port_be);
         }

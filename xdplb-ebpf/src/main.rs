@@ -5,10 +5,13 @@
 
 mod capture;
 mod csum;
+mod encap6;
 mod forward;
 mod fragment;
 mod fullnat;
 mod icmp;
+mod icmp6;
+mod lb6;
 mod parse;
 mod reply;
 mod rewrite;
@@ -161,14 +164,11 @@ pub const PROG_INGRESS: u32 = 4;
 pub const PROG_CAPTURE: u32 = 5;
 /// Slot 6: `xdplb_ingress6`, tail-called by ingress for IPv6 frames: a program of its own, so
 /// that neither family's verification walks the other's paths.
-#[allow(dead_code)]
 pub const PROG_INGRESS6: u32 = 6;
 /// Slot 7: `xdplb_icmp6`, tail-called by `xdplb_ingress6` for ICMPv6.
-#[allow(dead_code)]
 pub const PROG_ICMP6: u32 = 7;
 /// Slot 8: `xdplb_nat_reply6`, tail-called by `xdplb_ingress6` for what may be a `nat` or
 /// `fullnat` backend's IPv6 reply.
-#[allow(dead_code)]
 pub const PROG_NAT_REPLY6: u32 = 8;
 
 /// Emits the pending "after" record of a captured packet and returns its action.
@@ -201,6 +201,27 @@ pub fn xdplb_nat_reply(ctx: XdpContext) -> u32 {
     capture::after(&ctx, verdict.action)
 }
 
+/// The IPv6 counterpart of `xdplb_nat_reply`, tail-called by `xdplb_ingress6`.
+#[xdp]
+pub fn xdplb_nat_reply6(ctx: XdpContext) -> u32 {
+    let verdict = match lb6::try_reply6(&ctx) {
+        Ok(v) | Err(v) => v,
+    };
+    stats::count(verdict.stat);
+    capture::after(&ctx, verdict.action)
+}
+
+/// Ingress for IPv6 frames, tail-called by `xdplb_ingress` (slot `PROG_INGRESS6`): balances
+/// IPv6 service packets to backends and passes everything else untouched.
+#[xdp]
+pub fn xdplb_ingress6(ctx: XdpContext) -> u32 {
+    let verdict = match lb6::try_ingress6(&ctx) {
+        Ok(v) | Err(v) => v,
+    };
+    stats::count(verdict.stat);
+    capture::after(&ctx, verdict.action)
+}
+
 /// Follows a later fragment's first fragment; tail-called by ingress only.
 #[xdp]
 pub fn xdplb_fragment(ctx: XdpContext) -> u32 {
@@ -217,6 +238,11 @@ static FRAGMENT_SCRATCH: PerCpuArray<fragment::Scratch> = PerCpuArray::with_max_
 #[map(name = "FINISH_ARGS")]
 static FINISH_ARGS: PerCpuArray<csum::FinishArgs> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per-CPU hand-over from `xdplb_ingress6` to `xdplb_finish_checksum`: the UDP header's
+/// offset of an IPv6 packet with a partial checksum (see `csum::note_l4_offset`). Not pinned.
+#[map(name = "FINISH_L4")]
+static FINISH_L4: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
 /// Completes a partial UDP checksum and sends the packet; tail-called by ingress only.
 #[xdp]
 pub fn xdplb_finish_checksum(ctx: XdpContext) -> u32 {
@@ -229,6 +255,18 @@ pub fn xdplb_finish_checksum(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn xdplb_icmp(ctx: XdpContext) -> u32 {
     let verdict = icmp::handle(&ctx).unwrap_or(service::Verdict {
+        action: XDP_PASS,
+        stat: Stat::PassNotUdp,
+    });
+    stats::count(verdict.stat);
+    capture::after(&ctx, verdict.action)
+}
+
+/// ICMPv6 errors about balanced flows (see `icmp6`), tail-called by `xdplb_ingress6`;
+/// anything else (neighbour discovery, MLD, echo...) passes untouched.
+#[xdp]
+pub fn xdplb_icmp6(ctx: XdpContext) -> u32 {
+    let verdict = icmp6::handle(&ctx).unwrap_or(service::Verdict {
         action: XDP_PASS,
         stat: Stat::PassNotUdp,
     });

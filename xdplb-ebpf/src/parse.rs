@@ -1,4 +1,4 @@
-//! Bounds-checked packet access and the Ethernet / IPv4 / UDP parser.
+//! Bounds-checked packet access and the Ethernet / IPv4 / IPv6 / UDP parsers.
 //!
 //! Every read or write of packet memory goes through [`ptr_at`], with the bounds check right
 //! before the access, so the verifier sees a proven range for each pointer.
@@ -9,6 +9,17 @@ use xdplb_common::{IPPROTO_UDP, Stat};
 
 pub const ETH_HDR_LEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86DD;
+pub const IPV6_HDR_LEN: usize = 40;
+/// ICMPv6's next-header value.
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// The IPv6 extension headers the parser skips (see [`ipv6_upper`]).
+const NEXTHDR_HOP_BY_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_DEST_OPTIONS: u8 = 60;
+/// How many skippable extension headers [`ipv6_upper`] walks before giving up.
+pub const IPV6_MAX_EXT_HEADERS: usize = 4;
 const IPV4_MIN_HDR_LEN: usize = 20;
 const UDP_HDR_LEN: usize = 8;
 const IP_MF: u16 = 0x2000;
@@ -36,6 +47,21 @@ pub struct Ipv4Hdr {
     pub saddr: u32,
     pub daddr: u32,
 }
+
+/// IPv6 fixed header (40 bytes). Multi-byte fields and addresses in network order.
+#[repr(C)]
+pub struct Ipv6Hdr {
+    /// Version (4 bits), traffic class (8), flow label (20).
+    pub vtc_flow_be: u32,
+    pub payload_len_be: u16,
+    pub nexthdr: u8,
+    pub hop_limit: u8,
+    /// Wire order, the layout of `xdplb_common::Addr`.
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+}
+
+const _: () = assert!(size_of::<Ipv6Hdr>() == IPV6_HDR_LEN);
 
 /// UDP header. Multi-byte fields in network order.
 #[repr(C)]
@@ -72,6 +98,17 @@ impl Packet for TcContext {
     fn data_end(&self) -> usize {
         TcContext::data_end(self)
     }
+}
+
+/// Whether the frame's EtherType is IPv6.
+#[inline(always)]
+pub fn is_ipv6_frame<C: Packet>(ctx: &C) -> bool {
+    let Some(eth) = ptr_at::<_, EthHdr>(ctx, 0) else {
+        return false;
+    };
+    // SAFETY: ptr_at proved the Ethernet header lies inside the packet.
+    let ether_type_be = unsafe { (*eth).ether_type_be };
+    ether_type_be == ETH_P_IPV6.to_be()
 }
 
 /// Returns a pointer to a `T` at `offset` bytes into the packet, or `None` when the packet is
@@ -206,4 +243,185 @@ pub fn ipv4_udp<C: Packet>(ctx: &C) -> Result<Ipv4Udp, Stat> {
         fragment: if first { FIRST_FRAGMENT } else { NOT_FRAGMENT },
         generic_xdp: false,
     })
+}
+
+/// An IPv6 packet's fixed header and where its upper-layer header starts, once the
+/// extension-header chain is walked (see [`ipv6_upper`]).
+pub struct Ipv6Upper {
+    pub ip6: *mut Ipv6Hdr,
+    /// `IPPROTO_UDP` or `IPPROTO_ICMPV6`: [`ipv6_upper`] returns no other.
+    pub next_header: u8,
+    /// Offset of the upper-layer header from the start of the frame.
+    pub l4_offset: usize,
+    /// Bytes from `l4_offset` to the end of the IPv6 payload (the upper-layer length of the
+    /// pseudo-header, before the upper layer's own length field is checked).
+    pub l4_len: usize,
+    /// Length of the whole frame.
+    pub frame_len: usize,
+}
+
+/// Whether the parser skips `next` (`Ok(true)`), stops at it as the upper layer
+/// (`Ok(false)`: UDP or ICMPv6), or passes the packet (`Err`, the reason).
+#[inline(always)]
+fn ipv6_next_header_policy(next: u8) -> Result<bool, Stat> {
+    match next {
+        IPPROTO_UDP | IPPROTO_ICMPV6 => Ok(false),
+        NEXTHDR_HOP_BY_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST_OPTIONS => Ok(true),
+        NEXTHDR_FRAGMENT => Err(Stat::PassIpv6Fragment),
+        _ => Err(Stat::PassIpv6UnknownHeader),
+    }
+}
+
+/// Parses Ethernet and IPv6 and walks the extension-header chain to the upper layer.
+///
+/// The policy (every `Err` is a "pass untouched" outcome, with its reason):
+/// - version not 6, or a payload length past the frame: `PassBadIpv6Header`;
+/// - hop-by-hop options (0, only as the first header, as RFC 8200 requires), routing (43) and
+///   destination options (60) are skipped, `(hdr_ext_len + 1) * 8` bytes each, each within the
+///   IPv6 payload; at most [`IPV6_MAX_EXT_HEADERS`] of them: more, a header running past the
+///   payload, or hop-by-hop anywhere but first: `PassIpv6ExtHeaders`. (A routing header is
+///   skipped whatever its segments left: the packet is addressed to us now, and the backend
+///   or the kernel handles the rest.);
+/// - a fragment header (44): `PassIpv6Fragment` (IPv6 fragments are not balanced);
+/// - any other next header, an unknown extension header (ESP, AH, mobility, HIP, shim6, no
+///   next header) or another transport than UDP (17) and ICMPv6 (58) alike:
+///   `PassIpv6UnknownHeader`;
+/// - UDP or ICMPv6: `Ok`, with where it starts.
+///
+/// Generic over [`Packet`], so that the TC egress program parses as XDP does.
+#[inline(always)]
+pub fn ipv6_upper<C: Packet>(ctx: &C) -> Result<Ipv6Upper, Stat> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Stat::PassTruncated)?;
+    // SAFETY: ptr_at proved the Ethernet header lies inside the packet.
+    if unsafe { (*eth).ether_type_be } != ETH_P_IPV6.to_be() {
+        return Err(Stat::PassNotIpv4);
+    }
+    ipv6_upper_at(ctx, ETH_HDR_LEN)
+}
+
+/// [`ipv6_upper`] for an IPv6 header at `l3_offset` (after the Ethernet header, or inside an
+/// IPv6-in-IPv6 packet), the EtherType already checked.
+#[inline(always)]
+pub fn ipv6_upper_at<C: Packet>(ctx: &C, l3_offset: usize) -> Result<Ipv6Upper, Stat> {
+    let frame_len = ctx.data_end() - ctx.data();
+    let ip6: *mut Ipv6Hdr = ptr_at(ctx, l3_offset).ok_or(Stat::PassTruncated)?;
+    // SAFETY: ptr_at proved the 40-byte IPv6 header lies inside the packet.
+    let (version, payload_len, mut next) = unsafe {
+        (
+            *(ip6 as *const u8) >> 4,
+            u16::from_be((*ip6).payload_len_be) as usize,
+            (*ip6).nexthdr,
+        )
+    };
+    // A jumbogram (payload length 0, hop-by-hop jumbo option) fails the UDP length check.
+    let end = l3_offset + IPV6_HDR_LEN + payload_len;
+    if version != 6 || end > frame_len {
+        return Err(Stat::PassBadIpv6Header);
+    }
+    let mut off = l3_offset + IPV6_HDR_LEN;
+    // Bounded: at most IPV6_MAX_EXT_HEADERS headers, each at most 2,048 bytes, so `off` stays
+    // a bounded scalar the verifier can follow.
+    for walked in 0..IPV6_MAX_EXT_HEADERS {
+        if !ipv6_next_header_policy(next)? {
+            return Ok(Ipv6Upper {
+                ip6,
+                next_header: next,
+                l4_offset: off,
+                l4_len: end - off,
+                frame_len,
+            });
+        }
+        if next == NEXTHDR_HOP_BY_HOP && walked != 0 {
+            return Err(Stat::PassIpv6ExtHeaders);
+        }
+        let ext: *mut [u8; 2] = ptr_at(ctx, off).ok_or(Stat::PassIpv6ExtHeaders)?;
+        // SAFETY: ptr_at proved the extension header's first two bytes lie inside the packet.
+        let (following, ext_len) = unsafe { ((*ext)[0], (*ext)[1]) };
+        off += (ext_len as usize + 1) * 8;
+        if off > end {
+            return Err(Stat::PassIpv6ExtHeaders);
+        }
+        next = following;
+    }
+    if ipv6_next_header_policy(next)? {
+        return Err(Stat::PassIpv6ExtHeaders);
+    }
+    Ok(Ipv6Upper {
+        ip6,
+        next_header: next,
+        l4_offset: off,
+        l4_len: end - off,
+        frame_len,
+    })
+}
+
+/// A fully validated IPv6/UDP packet (never a fragment: see [`ipv6_upper`]).
+pub struct Ipv6Udp {
+    pub ip6: *mut Ipv6Hdr,
+    pub udp: *mut UdpHdr,
+    /// Offset of the UDP header from the start of the frame.
+    #[allow(dead_code)] // Kept for the IPv6 paths to come (TC egress); no reader yet.
+    pub l4_offset: usize,
+    /// Length of the whole frame, for byte counters.
+    pub frame_len: u32,
+    /// As `Ipv4Udp::partial_csum`: set by the ingress path before it rewrites anything.
+    pub partial_csum: bool,
+    /// As `Ipv4Udp::generic_xdp`. Set with `partial_csum`.
+    pub generic_xdp: bool,
+}
+
+impl Ipv6Udp {
+    /// Source and destination address and port, as on the wire.
+    #[inline(always)]
+    pub fn addresses(&self) -> ([u32; 4], [u32; 4], u16, u16) {
+        // SAFETY: the parser validated both headers; nothing moved the packet since.
+        unsafe {
+            (
+                (*self.ip6).saddr,
+                (*self.ip6).daddr,
+                (*self.udp).source_be,
+                (*self.udp).dest_be,
+            )
+        }
+    }
+}
+
+/// Validates the UDP header of a packet [`ipv6_upper`] found to carry UDP.
+///
+/// The UDP header and length must fit the IPv6 payload (a UDP length shorter than the payload
+/// is legal, the stack trims: `PassBadUdpHeader` otherwise); a zero checksum, which RFC 8200
+/// forbids over IPv6, is `PassUdpZeroChecksum`. An ICMPv6 packet is `PassNotUdp`.
+#[inline(always)]
+pub fn ipv6_udp_at<C: Packet>(ctx: &C, upper: &Ipv6Upper) -> Result<Ipv6Udp, Stat> {
+    if upper.next_header != IPPROTO_UDP {
+        return Err(Stat::PassNotUdp);
+    }
+    let udp: *mut UdpHdr = ptr_at(ctx, upper.l4_offset).ok_or(Stat::PassBadUdpHeader)?;
+    // SAFETY: ptr_at proved the UDP header lies inside the packet.
+    let (udp_len, check) = unsafe { (u16::from_be((*udp).len_be) as usize, (*udp).check) };
+    // Checked after `ptr_at`, as in `ipv4_udp`.
+    if upper.l4_len < UDP_HDR_LEN || udp_len < UDP_HDR_LEN || udp_len > upper.l4_len {
+        return Err(Stat::PassBadUdpHeader);
+    }
+    if check == 0 {
+        return Err(Stat::PassUdpZeroChecksum);
+    }
+    Ok(Ipv6Udp {
+        ip6: upper.ip6,
+        udp,
+        l4_offset: upper.l4_offset,
+        frame_len: upper.frame_len as u32,
+        partial_csum: false,
+        generic_xdp: false,
+    })
+}
+
+/// Parses Ethernet, IPv6 (extension headers per [`ipv6_upper`]) and UDP (per
+/// [`ipv6_udp_at`]). Expects nothing of the packet; every `Err` is a "pass untouched" outcome.
+#[inline(always)]
+#[allow(dead_code)] // For the TC egress program (IPv6 `local` replies); the XDP programs
+// walk the chain first, then settle the offset (see `lb6::settled`), then `ipv6_udp_at`.
+pub fn ipv6_udp<C: Packet>(ctx: &C) -> Result<Ipv6Udp, Stat> {
+    let upper = ipv6_upper(ctx)?;
+    ipv6_udp_at(ctx, &upper)
 }

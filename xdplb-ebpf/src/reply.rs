@@ -6,8 +6,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use xdplb_common::{
-    FRAGMENT_SEND_REPLY_TC, FlowKey, IPPROTO_UDP, PORT_LOCAL_BACKEND, REPLY_FLAG_WILDCARD, Reply,
-    ReplyKey, ServiceKey, Stat, addr_from_v4_wire,
+    Addr, FRAGMENT_SEND_REPLY_TC, FlowKey, IPPROTO_UDP, PORT_LOCAL_BACKEND, REPLY_FLAG_WILDCARD,
+    Reply, ReplyKey, ServiceKey, Stat, addr_from_v4_wire,
 };
 
 use crate::{FLOWS, PORTS, REPLIES, REPLY_OWNERS, fragment, parse};
@@ -15,6 +15,8 @@ use crate::{FLOWS, PORTS, REPLIES, REPLY_OWNERS, fragment, parse};
 /// Offsets inside the IPv4 header.
 const IP_CHECK_OFFSET: usize = parse::ETH_HDR_LEN + 10;
 const IP_SADDR_OFFSET: usize = parse::ETH_HDR_LEN + 12;
+/// The source address inside the IPv6 header.
+const IP6_SADDR_OFFSET: usize = parse::ETH_HDR_LEN + 8;
 /// Offsets inside the UDP header.
 const UDP_CHECK_OFFSET: usize = 6;
 /// Enough to hold Ethernet, the longest IPv4 header and UDP.
@@ -37,6 +39,11 @@ pub fn translate(ctx: &TcContext) -> Option<Stat> {
             MAX_HEADERS_LEN
         };
         ctx.pull_data(want).ok()?;
+    }
+    let eth = parse::ptr_at::<_, parse::EthHdr>(ctx, 0)?;
+    // SAFETY: bounds-checked just above.
+    if unsafe { (*eth).ether_type_be } == parse::ETH_P_IPV6.to_be() {
+        return translate6(ctx);
     }
     let pkt = parse::ipv4_udp(ctx).ok()?;
     if pkt.fragment == parse::LATER_FRAGMENT {
@@ -91,22 +98,63 @@ pub fn translate(ctx: &TcContext) -> Option<Stat> {
             return Some(Stat::DropReplyRewriteFailed);
         }
     }
-    if reply.vip_port_be != sport_be {
-        let l4_flags = BPF_F_MARK_MANGLED_0 as u64 | 2;
-        if ctx
-            .l4_csum_replace(
-                l4 + UDP_CHECK_OFFSET,
-                sport_be as u64,
-                reply.vip_port_be as u64,
-                l4_flags,
-            )
-            .is_err()
-            || ctx.store(l4, &reply.vip_port_be, 0).is_err()
+    if replace_port(ctx, l4, sport_be, reply.vip_port_be).is_err() {
+        return Some(Stat::DropReplyRewriteFailed);
+    }
+    Some(Stat::ReplyTranslated)
+}
+
+/// [`translate`] for IPv6: a `local` backend's reply to an IPv6 flow leaves with source =
+/// VIP:port. No IPv6 header checksum; the UDP checksum covers the source address through the
+/// pseudo-header. IPv6 fragments are not balanced (see `parse::ipv6_upper`), so there is no
+/// fragment to follow.
+#[inline(always)]
+fn translate6(ctx: &TcContext) -> Option<Stat> {
+    let pkt = parse::ipv6_udp(ctx).ok()?;
+    let (saddr, daddr, sport_be, dport_be) = pkt.addresses();
+    // The prefilter: only a `local` backend's port sends replies to translate here.
+    let from_port = PORTS.get(u32::from(u16::from_be(sport_be))).copied()?;
+    if from_port & PORT_LOCAL_BACKEND == 0 {
+        return None;
+    }
+    let reply = owner_addr(saddr, sport_be, daddr, dport_be)?;
+    let l4 = pkt.l4_offset;
+    // As for IPv4: the helpers update the checksum whatever the skb's checksum state, and
+    // invalidate packet pointers, so from here on only offsets are used.
+    let l4_flags = (BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0) as u64 | 4;
+    for (&old, &new) in saddr.iter().zip(&reply.vip_addr) {
+        if old != new
+            && ctx
+                .l4_csum_replace(l4 + UDP_CHECK_OFFSET, old as u64, new as u64, l4_flags)
+                .is_err()
         {
             return Some(Stat::DropReplyRewriteFailed);
         }
     }
+    if ctx.store(IP6_SADDR_OFFSET, &reply.vip_addr, 0).is_err()
+        || replace_port(ctx, l4, sport_be, reply.vip_port_be).is_err()
+    {
+        return Some(Stat::DropReplyRewriteFailed);
+    }
     Some(Stat::ReplyTranslated)
+}
+
+/// Replaces the UDP source port at `l4` (the offset of the UDP header) and updates the UDP
+/// checksum; family-neutral. A zero UDP checksum stays zero (BPF_F_MARK_MANGLED_0).
+#[inline(always)]
+fn replace_port(ctx: &TcContext, l4: usize, old_be: u16, new_be: u16) -> Result<(), ()> {
+    if old_be == new_be {
+        return Ok(());
+    }
+    let l4_flags = BPF_F_MARK_MANGLED_0 as u64 | 2;
+    ctx.l4_csum_replace(
+        l4 + UDP_CHECK_OFFSET,
+        old_be as u64,
+        new_be as u64,
+        l4_flags,
+    )
+    .map_err(|_| ())?;
+    ctx.store(l4, &new_be, 0).map_err(|_| ())
 }
 
 /// The service a packet from a `local` or `nat` backend (address and port, network order) to a
@@ -122,8 +170,22 @@ pub fn owner(
     client_v4: u32,
     client_port_be: u16,
 ) -> Option<Reply> {
-    let backend_addr = addr_from_v4_wire(backend_v4);
-    let client_addr = addr_from_v4_wire(client_v4);
+    owner_addr(
+        addr_from_v4_wire(backend_v4),
+        backend_port_be,
+        addr_from_v4_wire(client_v4),
+        client_port_be,
+    )
+}
+
+/// [`owner`] for addresses of either family (`Addr`, IPv4-mapped for IPv4).
+#[inline(always)]
+pub fn owner_addr(
+    backend_addr: Addr,
+    backend_port_be: u16,
+    client_addr: Addr,
+    client_port_be: u16,
+) -> Option<Reply> {
     let backend = ServiceKey {
         addr: backend_addr,
         port_be: backend_port_be,

@@ -1,8 +1,12 @@
-//! Header rewrites with incremental checksum updates (RFC 1624).
+//! Header rewrites with incremental checksum updates (RFC 1624), for IPv4 and IPv6 (whose
+//! header has no checksum: only the UDP checksum, over the pseudo-header, changes).
 
-use xdplb_common::checksum::{replace_u16, replace_u32, udp_replace_u16, udp_replace_u32};
+use xdplb_common::{
+    Addr,
+    checksum::{replace_u16, replace_u32, udp_replace_u16, udp_replace_u32},
+};
 
-use crate::parse::Ipv4Udp;
+use crate::parse::{Ipv4Udp, Ipv6Udp};
 
 /// Sets the destination address and port of a validated IPv4/UDP packet, updating the IPv4
 /// header checksum and the UDP checksum (a UDP checksum of 0 stays 0).
@@ -58,9 +62,81 @@ fn replace_endpoint(
         *udp_check = udp_replace_u32(*udp_check, *addr, new_addr);
         *addr = new_addr;
     }
+    replace_port(udp_check, port, new_port_be);
+}
+
+/// Replaces a UDP port, updating the UDP checksum. Both families.
+#[inline(always)]
+fn replace_port(udp_check: &mut u16, port: &mut u16, new_port_be: u16) {
     if *port != new_port_be {
         *udp_check = udp_replace_u16(*udp_check, *port, new_port_be);
         *port = new_port_be;
+    }
+}
+
+/// Sets the destination address and port of a validated IPv6/UDP packet, updating the UDP
+/// checksum (the address is in its pseudo-header).
+///
+/// Expects `pkt` from [`crate::parse::ipv6_udp`] on the same, unmodified packet; `daddr` and
+/// `dport_be` in network order.
+#[inline(always)]
+pub fn set_destination6(pkt: &Ipv6Udp, daddr: &Addr, dport_be: u16) {
+    // SAFETY: the parser proved both headers lie inside the packet and nothing has moved the
+    // packet since.
+    unsafe {
+        let ip6 = &mut *pkt.ip6;
+        let udp = &mut *pkt.udp;
+        replace_endpoint6(
+            &mut udp.check,
+            (&mut ip6.daddr, &mut udp.dest_be),
+            daddr,
+            dport_be,
+        );
+    }
+}
+
+/// Sets the source address and port, like [`set_destination6`].
+#[inline(always)]
+pub fn set_source6(pkt: &Ipv6Udp, saddr: &Addr, sport_be: u16) {
+    // SAFETY: as in `set_destination6`.
+    unsafe {
+        let ip6 = &mut *pkt.ip6;
+        let udp = &mut *pkt.udp;
+        replace_endpoint6(
+            &mut udp.check,
+            (&mut ip6.saddr, &mut udp.source_be),
+            saddr,
+            sport_be,
+        );
+    }
+}
+
+/// Replaces one IPv6 (address, port) endpoint: the address word by word (each a 32-bit word
+/// of the UDP pseudo-header), then the port.
+#[inline(always)]
+fn replace_endpoint6(
+    udp_check: &mut u16,
+    (addr, port): (&mut Addr, &mut u16),
+    new_addr: &Addr,
+    new_port_be: u16,
+) {
+    for i in 0..4 {
+        if addr[i] != new_addr[i] {
+            *udp_check = udp_replace_u32(*udp_check, addr[i], new_addr[i]);
+            addr[i] = new_addr[i];
+        }
+    }
+    replace_port(udp_check, port, new_port_be);
+}
+
+/// Decrements the hop limit of a validated IPv6 packet (no checksum covers it). Expects
+/// `hop_limit > 1` (checked by the caller).
+#[inline(always)]
+pub fn decrement_hop_limit(pkt: &Ipv6Udp) {
+    // SAFETY: as in `set_destination6`.
+    unsafe {
+        let ip6 = &mut *pkt.ip6;
+        ip6.hop_limit = ip6.hop_limit.wrapping_sub(1);
     }
 }
 

@@ -3,24 +3,24 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_log_ebpf::debug;
 use xdplb_common::{
-    Backend, CAPTURE_REPLY, FLOW_REFRESH_NS, FORWARD_DSR_IPIP, FORWARD_DSR_L2, FORWARD_FULLNAT,
-    FORWARD_LOCAL, FORWARD_NAT, FRAGMENT_SEND_DSR_IPIP, FRAGMENT_SEND_DSR_L2, FRAGMENT_SEND_ROUTE,
-    FRAGMENT_SEND_ROUTE_LOCAL_SOURCE, Flow, FlowKey, GLOBAL_SLOT_FLOW_GUARD_RATE,
-    INTERFACE_FLAG_GENERIC, IPPROTO_UDP, PORT_EXACT_SERVICE, PORT_FULLNAT_RANGE, PORT_NAT_BACKEND,
-    PORT_WILDCARD_SERVICE, REPLY_FLAG_NAT, Reply, ReplyKey, SEEN_SLOTS,
-    SERVICE_ENCAP_HOST_BITS_MASK, SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FLAG_MAY_SKIP_STATE,
-    SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FLAG_STATE_ON_SECOND_PACKET, SERVICE_FLAG_WILDCARD,
-    SERVICE_FORWARDING_MASK, SERVICE_FORWARDING_SHIFT, Service, ServiceKey, Stat,
-    addr_from_v4_wire,
+    Addr, Backend, CAPTURE_REPLY, FLOW_REFRESH_NS, FORWARD_DSR_IPIP, FORWARD_DSR_L2,
+    FORWARD_FULLNAT, FORWARD_LOCAL, FORWARD_NAT, FRAGMENT_SEND_DSR_IPIP, FRAGMENT_SEND_DSR_L2,
+    FRAGMENT_SEND_ROUTE, FRAGMENT_SEND_ROUTE_LOCAL_SOURCE, Flow, FlowKey,
+    GLOBAL_SLOT_FLOW_GUARD_RATE, INTERFACE_FLAG_GENERIC, IPPROTO_UDP, PORT_EXACT_SERVICE,
+    PORT_FULLNAT_RANGE, PORT_NAT_BACKEND, PORT_WILDCARD_SERVICE, REPLY_FLAG_NAT, Reply, ReplyKey,
+    SEEN_SLOTS, SERVICE_ENCAP_HOST_BITS_MASK, SERVICE_ENCAP_HOST_BITS_SHIFT,
+    SERVICE_FLAG_MAY_SKIP_STATE, SERVICE_FLAG_PASS_WHEN_EMPTY, SERVICE_FLAG_STATE_ON_SECOND_PACKET,
+    SERVICE_FLAG_WILDCARD, SERVICE_FORWARDING_MASK, SERVICE_FORWARDING_SHIFT, Service, ServiceKey,
+    Stat, addr_from_v4_wire,
     hash::{FlowTuple, HASH_FIVE_TUPLE, flow_hash},
     service_stale_after_ns,
 };
 
 use crate::{
     BACKENDS, FLOW_GUARD, FLOWS, GLOBALS, LOCAL_MACS, PORTS, PROG_FRAGMENT, PROG_ICMP,
-    PROG_INGRESS, PROG_NAT_REPLY, PROGS, REPLIES, REPLY_CHECKED, SEEN, SERVICES, STALE_KEEP,
-    XDP_DROP, XDP_PASS, capture, csum, debug_log_enabled, forward, fragment, fullnat, parse, reply,
-    rewrite, schedule, stats,
+    PROG_INGRESS, PROG_INGRESS6, PROG_NAT_REPLY, PROGS, REPLIES, REPLY_CHECKED, SEEN, SERVICES,
+    STALE_KEEP, XDP_DROP, XDP_PASS, capture, csum, debug_log_enabled, forward, fragment, fullnat,
+    parse, reply, rewrite, schedule, stats,
 };
 
 /// What to do with a packet, and the counted reason.
@@ -48,14 +48,15 @@ impl Verdict {
 }
 
 /// The backend a packet goes to.
-struct Target {
-    index: u32,
-    addr_v4: u32,
-    port_be: u16,
+pub struct Target {
+    pub index: u32,
+    /// Of the packet's family (IPv4-mapped for IPv4: the IPv4 path uses `addr[3]`).
+    pub addr: Addr,
+    pub port_be: u16,
     /// `fullnat`: the flow's source port (network order).
-    snat_port_be: u16,
+    pub snat_port_be: u16,
     /// See `Flow::tuple_hash`.
-    tuple_hash: u32,
+    pub tuple_hash: u32,
 }
 
 /// Balances one received frame. Expects nothing of the frame.
@@ -73,6 +74,16 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
             // SAFETY: a tail call into a program user space put in the array.
             unsafe { PROGS.tail_call(ctx, PROG_ICMP) };
             return Err(Verdict::pass(Stat::PassNotUdp));
+        }
+        Err(Stat::PassNotIpv4) => {
+            // IPv6: `xdplb_ingress6`, a program of its own. Returns only if the tail call
+            // fails (no program in the slot), and then the packet passes, counted as neither
+            // family's.
+            if parse::is_ipv6_frame(ctx) {
+                // SAFETY: a tail call into a program user space put in the array.
+                unsafe { PROGS.tail_call(ctx, PROG_INGRESS6) };
+            }
+            return Err(Verdict::pass(Stat::PassNotIpv4));
         }
         Err(stat) => return Err(Verdict::pass(stat)),
     };
@@ -105,7 +116,13 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
         Some(s) => s,
         None => {
             if (from_port & PORT_NAT_BACKEND != 0 || to_port & PORT_FULLNAT_RANGE != 0)
-                && !reply_checked(saddr, daddr, sport_be, dport_be)
+                && !reply_checked(reply_identity(
+                    saddr,
+                    daddr,
+                    sport_be,
+                    dport_be,
+                    IDENTITY_V4,
+                ))
             {
                 // Maybe a backend's reply: `xdplb_nat_reply` decides. Returns only if the tail
                 // call fails; the packet then goes on as a request.
@@ -136,42 +153,16 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
     // The packet as it arrived, while a capture runs; nothing has modified it yet.
     capture::before(ctx, service.id, now);
     let mode = forwarding(service);
-    let target = match existing_flow(service, mode, &flow_key, now, wildcard) {
-        Lookup::Live(t) => t,
-        lookup => {
-            if service.table_len == 0 {
-                // The daemon emptied the table after `existing_flow` read it: what that noted
-                // in `STALE_KEEP` must not reach the next packet's `new_flow`.
-                let _ = take_idle_entry();
-                // No backend takes new flows (all drained or unhealthy): the service's policy.
-                return Err(if service.flags & SERVICE_FLAG_PASS_WHEN_EMPTY != 0 {
-                    Verdict::pass(Stat::PassNoBackend)
-                } else {
-                    Verdict::drop(Stat::DropNoBackend)
-                });
-            }
-            let tuple = FlowTuple {
-                src: flow_key.client_addr,
-                dst: flow_key.vip_addr,
-                src_port_be: sport_be,
-                dst_port_be: dport_be,
-                proto: IPPROTO_UDP,
-            };
-            let replacing = matches!(lookup, Lookup::Stale);
-            let t = new_flow(service, mode, &flow_key, &tuple, now, replacing, wildcard)
-                .map_err(Verdict::drop)?;
-            if debug_log_enabled() {
-                debug!(
-                    ctx,
-                    "xdplb: new flow {:i}:{} -> backend #{}",
-                    u32::from_be(saddr),
-                    u16::from_be(sport_be),
-                    t.index
-                );
-            }
-            t
-        }
-    };
+    let (target, created) = flow_target::<false>(service, mode, &flow_key, now, wildcard)?;
+    if created && debug_log_enabled() {
+        debug!(
+            ctx,
+            "xdplb: new flow {:i}:{} -> backend #{}",
+            u32::from_be(saddr),
+            u16::from_be(sport_be),
+            target.index
+        );
+    }
 
     stats::count_traffic(service.id, target.index, pkt.frame_len);
     if pkt.fragment == parse::FIRST_FRAGMENT {
@@ -182,7 +173,7 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
         return Ok(forward::l2_forward(
             ctx,
             &pkt,
-            target.addr_v4,
+            target.addr[3],
             target.index,
             true,
         ));
@@ -192,7 +183,7 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
         return Ok(forward::ipip_forward(
             ctx,
             &pkt,
-            target.addr_v4,
+            target.addr[3],
             target.index,
             source,
             true,
@@ -201,15 +192,54 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
     if mode == FORWARD_FULLNAT {
         let source = fullnat::source_addr(service).ok_or(Verdict::drop(Stat::DropNoRoute))?;
         rewrite::set_source(&pkt, source, target.snat_port_be);
-        rewrite::set_destination(&pkt, target.addr_v4, target.port_be);
+        rewrite::set_destination(&pkt, target.addr[3], target.port_be);
         return Ok(forward::fib_forward(ctx, &pkt, true, target.index));
     }
-    rewrite::set_destination(&pkt, target.addr_v4, target.port_be);
+    rewrite::set_destination(&pkt, target.addr[3], target.port_be);
     if mode == FORWARD_NAT {
         return Ok(forward::fib_forward(ctx, &pkt, false, target.index));
     }
     // A partial checksum needs nothing more: the kernel trusts a partial skb it delivers.
     Ok(Verdict::pass(Stat::Forwarded))
+}
+
+/// The backend of a service packet's flow (`V6`: the packet's family): its live flow's, or a
+/// new flow's (`true` with it: scheduled now). Err: the service's policy when no backend takes
+/// new flows, or the drop reason of [`new_flow`].
+#[inline(always)]
+pub fn flow_target<const V6: bool>(
+    service: &Service,
+    mode: u32,
+    flow_key: &FlowKey,
+    now: u64,
+    wildcard: bool,
+) -> Result<(Target, bool), Verdict> {
+    let lookup = match existing_flow(service, mode, flow_key, now, wildcard) {
+        Lookup::Live(t) => return Ok((t, false)),
+        lookup => lookup,
+    };
+    if service.table_len == 0 {
+        // The daemon emptied the table after `existing_flow` read it: what that noted
+        // in `STALE_KEEP` must not reach the next packet's `new_flow`.
+        let _ = take_idle_entry();
+        // No backend takes new flows (all drained or unhealthy): the service's policy.
+        return Err(if service.flags & SERVICE_FLAG_PASS_WHEN_EMPTY != 0 {
+            Verdict::pass(Stat::PassNoBackend)
+        } else {
+            Verdict::drop(Stat::DropNoBackend)
+        });
+    }
+    let tuple = FlowTuple {
+        src: flow_key.client_addr,
+        dst: flow_key.vip_addr,
+        src_port_be: flow_key.client_port_be,
+        dst_port_be: flow_key.vip_port_be,
+        proto: IPPROTO_UDP,
+    };
+    let replacing = matches!(lookup, Lookup::Stale);
+    let t = new_flow::<V6>(service, mode, flow_key, &tuple, now, replacing, wildcard)
+        .map_err(Verdict::drop)?;
+    Ok((t, true))
 }
 
 /// The outer source of a `dsr-ipip` packet (network order): the service's prefix, with the
@@ -236,7 +266,10 @@ pub fn forwarding(service: &Service) -> u32 {
 /// it: addressed to this interface, a correct IPv4 header checksum. Then notes whether its
 /// UDP checksum is a partial one (see `csum`). Returns the pass or drop verdict otherwise.
 #[inline(always)]
-fn admit(ctx: &aya_ebpf::programs::XdpContext, pkt: &mut parse::Ipv4Udp) -> Result<(), Verdict> {
+pub fn admit(
+    ctx: &aya_ebpf::programs::XdpContext,
+    pkt: &mut parse::Ipv4Udp,
+) -> Result<(), Verdict> {
     let Some(flags) = interface_flags(ctx) else {
         return Err(Verdict::pass(Stat::PassNotForUs));
     };
@@ -260,7 +293,7 @@ pub fn addressed_to_interface(ctx: &aya_ebpf::programs::XdpContext) -> bool {
 /// The receiving interface's `INTERFACE_FLAG_*` bits when the frame is addressed to it (see
 /// [`addressed_to_interface`]), `None` otherwise.
 #[inline(always)]
-fn interface_flags(ctx: &aya_ebpf::programs::XdpContext) -> Option<u8> {
+pub fn interface_flags(ctx: &aya_ebpf::programs::XdpContext) -> Option<u8> {
     // SAFETY: reading the context's ingress interface; the verifier checks the context access.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     // SAFETY: the value is copied out at once.
@@ -289,32 +322,64 @@ pub fn try_reply(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verdic
         capture::before_unclocked(ctx, CAPTURE_REPLY);
         return Ok(translate_reply(ctx, &pkt, reply));
     }
-    if to_port & PORT_WILDCARD_SERVICE != 0
-        && let Some(mark) = REPLY_CHECKED.get_ptr_mut(0)
-    {
-        // SAFETY: a per-CPU array slot, written only by this CPU while the program runs.
-        unsafe { *mark = reply_identity(saddr, daddr, sport_be, dport_be) };
-        // SAFETY: a tail call into a program user space put in the array.
-        unsafe { PROGS.tail_call(ctx, PROG_INGRESS) };
-        // The tail call failed: forget the mark, so it cannot apply to another packet.
-        // SAFETY: as above.
-        unsafe { *mark = [0; 2] };
+    if to_port & PORT_WILDCARD_SERVICE != 0 {
+        hand_back(
+            ctx,
+            reply_identity(saddr, daddr, sport_be, dport_be, IDENTITY_V4),
+            PROG_INGRESS,
+        );
     }
     Err(Verdict::pass(Stat::PassNoService))
 }
 
-/// What `REPLY_CHECKED` holds for a packet: its addresses and ports, and a non-zero tag.
+/// Hands a packet found to be no reply back to its family's ingress program (`prog`), marked
+/// in `REPLY_CHECKED` with its `identity`. Returns only if the tail call failed (the mark is
+/// then cleared, so that it cannot apply to another packet).
 #[inline(always)]
-fn reply_identity(saddr: u32, daddr: u32, sport_be: u16, dport_be: u16) -> [u64; 2] {
+pub fn hand_back(ctx: &aya_ebpf::programs::XdpContext, identity: [u64; 2], prog: u32) {
+    let Some(mark) = REPLY_CHECKED.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a per-CPU array slot, written only by this CPU while the program runs.
+    unsafe { *mark = identity };
+    // SAFETY: a tail call into a program user space put in the array.
+    unsafe { PROGS.tail_call(ctx, prog) };
+    // SAFETY: as above.
+    unsafe { *mark = [0; 2] };
+}
+
+/// The family tags of [`reply_identity`].
+pub const IDENTITY_V4: u64 = 1;
+pub const IDENTITY_V6: u64 = 2;
+
+/// What `REPLY_CHECKED` holds for a packet: its addresses and ports, and a non-zero tag, the
+/// packet's family. Addresses as 32 bits: an IPv4 address itself, an IPv6 one folded by
+/// [`fold_addr`] (the mark lives from one program's tail call to the next program's first
+/// look, on one CPU: it only has to tell the handed-back packet from a stale mark).
+#[inline(always)]
+pub fn reply_identity(
+    saddr: u32,
+    daddr: u32,
+    sport_be: u16,
+    dport_be: u16,
+    family: u64,
+) -> [u64; 2] {
     [
         (u64::from(saddr) << 32) | u64::from(daddr),
-        (1 << 32) | (u64::from(sport_be) << 16) | u64::from(dport_be),
+        (family << 32) | (u64::from(sport_be) << 16) | u64::from(dport_be),
     ]
 }
 
-/// Whether `xdplb_nat_reply` handed this packet back as no reply; clears the mark.
+/// An IPv6 address folded to 32 bits for [`reply_identity`].
 #[inline(always)]
-fn reply_checked(saddr: u32, daddr: u32, sport_be: u16, dport_be: u16) -> bool {
+pub fn fold_addr(a: &Addr) -> u32 {
+    a[0] ^ a[1] ^ a[2] ^ a[3]
+}
+
+/// Whether `xdplb_nat_reply` (or `xdplb_nat_reply6`) handed this packet, of this `identity`
+/// (see [`reply_identity`]), back as no reply; clears the mark.
+#[inline(always)]
+pub fn reply_checked(identity: [u64; 2]) -> bool {
     let Some(mark) = REPLY_CHECKED.get_ptr_mut(0) else {
         return false;
     };
@@ -323,7 +388,7 @@ fn reply_checked(saddr: u32, daddr: u32, sport_be: u16, dport_be: u16) -> bool {
     if mark[1] == 0 {
         return false;
     }
-    let ours = *mark == reply_identity(saddr, daddr, sport_be, dport_be);
+    let ours = *mark == identity;
     *mark = [0; 2];
     ours
 }
@@ -399,7 +464,7 @@ fn known_reply(
 
 /// The prefilter's `PORT_*` bits of a port (network order).
 #[inline(always)]
-fn port_flags(port_be: u16) -> u32 {
+pub fn port_flags(port_be: u16) -> u32 {
     PORTS
         .get(u32::from(u16::from_be(port_be)))
         .copied()
@@ -434,14 +499,14 @@ fn record_fragment_route(
         |route| {
             route.service_id = service.id;
             route.backend_index = target.index;
-            route.backend_v4 = target.addr_v4;
+            route.backend_v4 = target.addr[3];
             if mode == FORWARD_DSR_L2 {
                 route.send = FRAGMENT_SEND_DSR_L2;
             } else if mode == FORWARD_DSR_IPIP {
                 route.encap_source_v4 = encap;
                 route.send = FRAGMENT_SEND_DSR_IPIP;
             } else {
-                route.daddr_v4 = target.addr_v4;
+                route.daddr_v4 = target.addr[3];
                 if mode == FORWARD_FULLNAT {
                     route.saddr_v4 = source;
                     route.send = FRAGMENT_SEND_ROUTE_LOCAL_SOURCE;
@@ -499,13 +564,20 @@ pub fn lookup_service(daddr: u32, dport_be: u16) -> Option<&'static Service> {
 /// version of the service, never a mix. Not copied, which keeps 48 bytes off the stack.
 #[inline(always)]
 fn lookup_exact_service(daddr: u32, dport_be: u16) -> Option<&'static Service> {
+    lookup_service_key(addr_from_v4_wire(daddr), dport_be)
+}
+
+/// The service of exactly (address of either family, port, UDP), read in place as
+/// [`lookup_exact_service`] explains. The IPv6 wildcard `[::]:PORT` is the all-zero address.
+#[inline(always)]
+pub fn lookup_service_key(addr: Addr, dport_be: u16) -> Option<&'static Service> {
     let key = ServiceKey {
-        addr: addr_from_v4_wire(daddr),
+        addr,
         port_be: dport_be,
         proto: IPPROTO_UDP,
         _pad: 0,
     };
-    // SAFETY: see above; the element outlives this program run (RCU).
+    // SAFETY: see `lookup_exact_service`; the element outlives this program run (RCU).
     unsafe { SERVICES.get(key) }
 }
 
@@ -586,7 +658,7 @@ fn existing_flow(service: &Service, mode: u32, key: &FlowKey, now: u64, wildcard
             remember_reply(service, key, flow);
         }
         if mode == FORWARD_FULLNAT
-            && let Some(source) = fullnat::source_addr(service)
+            && let Some(source) = fullnat::source(service)
         {
             let k = fullnat::key(
                 flow.backend_addr,
@@ -599,7 +671,7 @@ fn existing_flow(service: &Service, mode: u32, key: &FlowKey, now: u64, wildcard
     }
     Lookup::Live(Target {
         index: flow.backend_index,
-        addr_v4: flow.backend_addr[3],
+        addr: flow.backend_addr,
         port_be: flow.backend_port_be,
         snat_port_be: flow.snat_port_be,
         tuple_hash: flow.tuple_hash,
@@ -669,8 +741,10 @@ fn backend_is_current(service: &Service, flow: &Flow) -> bool {
 /// Replacing a stale entry evicts nothing and is never deferred or guarded. An entry idle past
 /// `flow_stale_after` (noted by [`existing_flow`] in `STALE_KEEP`) whose backend the table
 /// chooses again is kept as it is: nothing is written or counted.
+///
+/// `V6`: the packet's family; a backend of the other family cannot take the flow.
 #[inline(always)]
-fn new_flow(
+fn new_flow<const V6: bool>(
     service: &Service,
     mode: u32,
     key: &FlowKey,
@@ -695,13 +769,13 @@ fn new_flow(
     let index = schedule::choose_backend(service, tuple, needs_tuple_hash.then_some(tuple_hash))
         .ok_or(no_backend)?;
     let backend: &Backend = BACKENDS.get(index).ok_or(no_backend)?;
-    // An empty position (all zero) or a non-IPv4 backend cannot take this flow.
-    if !is_v4_mapped(backend) || backend.port_be == 0 {
+    // An empty position (all zero) or a backend of the other family cannot take this flow.
+    if !has_family::<V6>(&backend.addr) || backend.port_be == 0 {
         return Err(no_backend);
     }
     let mut target = Target {
         index,
-        addr_v4: backend.addr[3],
+        addr: backend.addr,
         port_be: backend.port_be,
         snat_port_be: 0,
         tuple_hash,
@@ -712,7 +786,7 @@ fn new_flow(
         // `fullnat` translation, which the daemon's sweep would otherwise free while in use.
         target.snat_port_be = idle_snat_port as u16;
         if mode == FORWARD_FULLNAT
-            && let Some(source) = fullnat::source_addr(service)
+            && let Some(source) = fullnat::source(service)
         {
             let k = fullnat::key(backend.addr, backend.port_be, source, target.snat_port_be);
             fullnat::refresh(&k, now);
@@ -800,6 +874,12 @@ fn record_flow(
 /// for it.
 #[inline(always)]
 pub fn stateless_flow(service: &Service, key: &FlowKey) -> Option<Flow> {
+    stateless_flow_of::<false>(service, key)
+}
+
+/// [`stateless_flow`] for a flow of either family (`V6`).
+#[inline(always)]
+pub fn stateless_flow_of<const V6: bool>(service: &Service, key: &FlowKey) -> Option<Flow> {
     if service.table_len == 0 {
         return None;
     }
@@ -813,7 +893,7 @@ pub fn stateless_flow(service: &Service, key: &FlowKey) -> Option<Flow> {
     let tuple_hash = flow_hash(&tuple, HASH_FIVE_TUPLE, service.hash_seed);
     let index = schedule::choose_backend(service, &tuple, Some(tuple_hash))?;
     let backend = BACKENDS.get(index)?;
-    if !is_v4_mapped(backend) || backend.port_be == 0 {
+    if !has_family::<V6>(&backend.addr) || backend.port_be == 0 {
         return None;
     }
     Some(Flow {
@@ -879,10 +959,19 @@ fn guard_admits(now: u64) -> bool {
 /// The flood guard's window.
 const GUARD_WINDOW_NS: u64 = 1_000_000_000;
 
+/// Whether `addr` is IPv4-mapped (`::ffff:a.b.c.d`, how the maps hold IPv4).
 #[inline(always)]
-fn is_v4_mapped(backend: &Backend) -> bool {
+pub fn is_v4_mapped(addr: &Addr) -> bool {
     let mapped = addr_from_v4_wire(0);
-    backend.addr[0] == mapped[0] && backend.addr[1] == mapped[1] && backend.addr[2] == mapped[2]
+    addr[0] == mapped[0] && addr[1] == mapped[1] && addr[2] == mapped[2]
+}
+
+/// Whether a backend address has the packet's family (`V6`), known at compile time so that
+/// each family's program checks only its own. NAT64/46 is out of scope: the config never
+/// mixes families in a service, and this keeps a stray entry from being used across them.
+#[inline(always)]
+fn has_family<const V6: bool>(backend: &Addr) -> bool {
+    is_v4_mapped(backend) != V6
 }
 
 /// Records how the backend's replies to this client are made to come from the address the

@@ -178,6 +178,7 @@ pub fn decode(frame: &[u8]) -> Option<Decoded> {
 
 pub mod netns;
 pub mod prometheus;
+pub mod v6_edges;
 
 #[cfg(test)]
 mod tests {
@@ -225,3 +226,4 @@ mod tests {
         assert_eq!(decode(&bytes[..20]), None);
     }
 }
+pub mod v6;

@@ -2198,3 +2198,274 @@ fn fuzz() {
         f.violations.len()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// IPv6: `xdplb_ingress6` on the `local` services of a small config moved to IPv6, fed IPv6
+// frames with random extension-header chains, lengths and checksums.
+// ---------------------------------------------------------------------------------------------
+
+const V6_CONFIG: &str = r#"
+interfaces = ["lo"]
+
+[[service]]
+name = "demo"
+vip = "127.0.0.1:9875"
+scheduler = "round-robin"
+[[service.backend]]
+address = "127.0.0.1:9876"
+[[service.backend]]
+address = "127.0.0.1:9877"
+
+[[service]]
+name = "any-address"
+vip = "0.0.0.0:7000"
+[[service.backend]]
+address = "10.0.0.7:7001"
+"#;
+
+/// The IPv6 services of `V6_CONFIG` (see `v6::v6_state`): (VIP, port) -> its backends;
+/// `None` for the wildcard's address.
+fn v6_backends(dst: std::net::Ipv6Addr, port: u16) -> Option<Vec<std::net::SocketAddrV6>> {
+    let vip: std::net::Ipv6Addr = "2001:db8::7f00:1".parse().ok()?;
+    let b = |s: &str| s.parse::<std::net::SocketAddrV6>().ok();
+    if dst == vip && port == 9875 {
+        return Some(vec![
+            b("[2001:db8::7f00:1]:9876")?,
+            b("[2001:db8::7f00:1]:9877")?,
+        ]);
+    }
+    // The wildcard takes any address but an IPv4-mapped one.
+    if port == 7000 && dst.to_ipv4_mapped().is_none() {
+        return Some(vec![b("[2001:db8::a00:7]:7001")?]);
+    }
+    None
+}
+
+/// The model of which IPv6 frames the data plane balances, written from the policy (the
+/// extension-header rules in `parse::ipv6_upper`) and independent of the code under test:
+/// `Some(UDP offset)` for a frame to balance.
+fn v6_model(f: &[u8]) -> Option<usize> {
+    if f.len() < 54 || f[0..6] != xdplb::packet::FRAME_DST_MAC || f[12..14] != [0x86, 0xdd] {
+        return None;
+    }
+    if f[14] >> 4 != 6 {
+        return None;
+    }
+    let end = 54 + usize::from(u16::from_be_bytes([f[18], f[19]]));
+    if end > f.len() {
+        return None;
+    }
+    let (mut next, mut off) = (f[20], 54);
+    for walked in 0..=4 {
+        match next {
+            17 => break,
+            0 | 43 | 60 if walked < 4 && (next != 0 || walked == 0) => {
+                if off + 2 > end {
+                    return None;
+                }
+                let len = (usize::from(f[off + 1]) + 1) * 8;
+                next = f[off];
+                off += len;
+                if off > end {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+    }
+    if next != 17 || end - off < 8 {
+        return None;
+    }
+    let udp_len = usize::from(u16::from_be_bytes([f[off + 4], f[off + 5]]));
+    let check = u16::from_be_bytes([f[off + 6], f[off + 7]]);
+    if udp_len < 8 || udp_len > end - off || check == 0 {
+        return None;
+    }
+    let dst = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&f[38..54]).ok()?);
+    let port = u16::from_be_bytes([f[off + 2], f[off + 3]]);
+    v6_backends(dst, port).map(|_| off)
+}
+
+/// A random IPv6 frame: a request to a service (or near one), a chain of extension headers
+/// (skippable, fragment, unknown), and mutations of its lengths, checksum and bytes.
+fn v6_frame(r: &mut Rng) -> Vec<u8> {
+    let client = format!("[2001:db8::a01:{:x}]:{}", r.below(4) + 1, 4000 + r.below(8));
+    let dst = match r.below(5) {
+        0..=2 => "[2001:db8::7f00:1]:9875".to_string(),
+        3 => format!("[2001:db8::{:x}]:7000", r.below(3) + 1),
+        _ => r
+            .pick(&[
+                "[::ffff:127.0.0.1]:9875",
+                "[2001:db8::7f00:1]:9876",
+                "[fe80::1]:7000",
+            ])
+            .to_string(),
+    };
+    let mut u = v6::udp6(&client, &dst);
+    u.payload = r.bytes(r.below(40));
+    let chain = r.below(7);
+    u.ext = (0..chain)
+        .map(|_| {
+            let kind = match r.below(20) {
+                0..=5 => 60,
+                6..=9 => 43,
+                10..=13 => 0,
+                14 => 44,
+                15 => 50,
+                16 => 59,
+                _ => 60,
+            };
+            (kind, r.pick(&[0, 0, 0, 1, 2, 5]))
+        })
+        .collect();
+    if r.chance(5) {
+        u.upper = r.pick(&[6, 58, 132, 253]);
+    }
+    u.zero_udp_checksum = r.chance(4);
+    u.partial_checksum = r.chance(10);
+    u.hop_limit = r.pick(&[64, 1, 0, 255]);
+    if r.chance(5) {
+        u.dst_mac = [0x02, 0, 0, 0, 0x77, 1];
+    }
+    let mut f = u.build();
+    match r.below(12) {
+        0 => f.truncate(r.below(f.len())),
+        1 => {
+            let v = r.next() as u16;
+            f[18..20].copy_from_slice(&v.to_be_bytes());
+        }
+        2 => {
+            // A lying UDP length.
+            let udp = f.len() - 8 - u.payload.len();
+            let v = r.next() as u16 % 80;
+            f[udp + 4..udp + 6].copy_from_slice(&v.to_be_bytes());
+        }
+        3 => {
+            // A wrong UDP checksum.
+            let at = f.len() - 2 - u.payload.len();
+            f[at] ^= r.byte() | 1;
+        }
+        4 => {
+            let at = r.below(f.len());
+            f[at] = r.byte();
+        }
+        5 => f[14] = r.byte(),
+        6 => f.extend_from_slice(&r.bytes(r.below(16))),
+        _ => {}
+    }
+    f
+}
+
+#[test]
+fn fuzzed_ipv6_frames_keep_the_data_plane_invariants() {
+    let seed = std::env::var("XDPLB_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(DEFAULT_SEED);
+    let cases: u64 = std::env::var("XDPLB_FUZZ_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(8_000, |n: u64| n / 8);
+    let cfg = xdplb::config::parse(V6_CONFIG, "test").expect("valid");
+    require_root();
+    pin_to_cpu0();
+    let mut dp = xdplb::dataplane::Dataplane::load(cfg.limits, false).expect("load");
+    let state = xdplb::dataplane::reconcile::desired_state(&cfg, None).expect("plan");
+    dp.apply(v6::v6_state(state)).expect("apply");
+    accept_frames_on_lo(&mut dp);
+    let mut r = Rng(seed ^ 0x6666);
+    let mut backend_of: HashMap<(Vec<u8>, Vec<u8>), std::net::SocketAddrV6> = HashMap::new();
+    let (mut balanced, mut violations) = (0u64, Vec::new());
+    for case in 0..cases {
+        let input = v6_frame(&mut r);
+        let before = counters(&dp);
+        let out = run(&mut dp, &input);
+        let moved: Vec<(Stat, u64)> = deltas(&before, &counters(&dp))
+            .into_iter()
+            .filter(|(s, _)| is_verdict(*s))
+            .collect();
+        let mut fail = |why: String| {
+            violations.push(format!(
+                "seed {seed:#x} case {case}: {why}; frame {input:02x?}"
+            ));
+        };
+        if out.action == XDP_ABORTED {
+            fail("aborted".into());
+            continue;
+        }
+        if moved.len() != 1 || moved[0].1 != 1 || !action_fits(moved[0].0, out.action) {
+            fail(format!(
+                "verdicts {moved:?} for {}",
+                action_name(out.action)
+            ));
+        }
+        let Some(udp) = v6_model(&input) else {
+            if out.frame != input {
+                fail("a frame the model does not balance was modified".into());
+            }
+            continue;
+        };
+        if out.action != XDP_PASS || out.frame.len() != input.len() {
+            fail(format!(
+                "local: passed whole, got {}",
+                action_name(out.action)
+            ));
+            continue;
+        }
+        balanced += 1;
+        // Only the destination address, the destination port and the checksum may change.
+        let changed: Vec<usize> = (0..input.len())
+            .filter(|&i| input[i] != out.frame[i])
+            .collect();
+        let allowed = |i: usize| {
+            (38..54).contains(&i)
+                || (udp + 2..udp + 4).contains(&i)
+                || (udp + 6..udp + 8).contains(&i)
+        };
+        if let Some(i) = changed.iter().find(|&&i| !allowed(i)) {
+            fail(format!("byte {i} changed"));
+        }
+        let dst = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&input[38..54]).expect("16"));
+        let port = u16::from_be_bytes([input[udp + 2], input[udp + 3]]);
+        let backends = v6_backends(dst, port).expect("the model's service");
+        let to = std::net::SocketAddrV6::new(
+            std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&out.frame[38..54]).expect("16")),
+            u16::from_be_bytes([out.frame[udp + 2], out.frame[udp + 3]]),
+            0,
+            0,
+        );
+        if !backends.contains(&to) {
+            fail(format!("sent to {to}, not a backend"));
+        }
+        let key = (input[22..54].to_vec(), input[udp..udp + 4].to_vec());
+        if let Some(prev) = backend_of.insert(key, to)
+            && prev != to
+        {
+            fail(format!("flow moved from {prev} to {to}"));
+        }
+        // The checksum: as right after as before (an incremental update keeps a wrong one
+        // wrong, and a partial one partial), judged by etherparse.
+        let ok_in = v6::decode6(&input).is_some_and(|d| d.udp_checksum_ok);
+        let ok_out = v6::decode6(&out.frame).is_some_and(|d| d.udp_checksum_ok);
+        if ok_in != ok_out {
+            fail(format!(
+                "UDP checksum valid before: {ok_in}, after: {ok_out}"
+            ));
+        }
+    }
+    assert!(
+        balanced > cases / 20,
+        "too few frames balanced: {balanced} of {cases}"
+    );
+    assert!(
+        violations.is_empty(),
+        "{} violations of {cases} cases ({balanced} balanced), the first:\n{}",
+        violations.len(),
+        violations
+            .iter()
+            .take(SHOW_VIOLATIONS)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

@@ -37,6 +37,10 @@ pub const PROGRAM_FINISH: &str = "xdplb_finish_checksum";
 pub const PROGRAM_FRAGMENT: &str = "xdplb_fragment";
 pub const PROGRAM_NAT_REPLY: &str = "xdplb_nat_reply";
 pub const PROGRAM_CAPTURE: &str = "xdplb_capture";
+pub const PROGRAM_INGRESS6: &str = "xdplb_ingress6";
+pub const PROGRAM_NAT_REPLY6: &str = "xdplb_nat_reply6";
+/// ICMPv6 errors about balanced flows, tail-called by the IPv6 ingress program.
+pub const PROGRAM_ICMP6: &str = "xdplb_icmp6";
 /// The tail-call array of the ingress program (not pinned: it belongs to one load).
 const MAP_PROGS: &str = "XDPLB_PROGS";
 
@@ -128,56 +132,43 @@ impl Dataplane {
             .map_err(|e| DataplaneError::program(PROGRAM_REPLY, e))?;
         // The ICMP path, the completion of partial checksums and later fragments are programs
         // of their own that ingress tail-calls (slots 0, 1 and 2 of XDPLB_PROGS), and so are
-        // the nat/fullnat reply path (slot 3), which may hand a packet back to ingress (slot 4).
+        // the nat/fullnat reply path (slot 3), which may hand a packet back to ingress (slot 4);
+        // slot 5: the capture's "after" (see `xdplb capture`), tail-called by every XDP
+        // program's exit while a captured packet's copy is due; slot 6: the IPv6 ingress,
+        // tail-called by ingress for IPv6 frames, with its own reply path (slot 8). The slots
+        // are the `PROG_*` constants of xdplb-ebpf's main.rs.
         let mut tail_fds = Vec::new();
-        for name in [
-            PROGRAM_ICMP,
-            PROGRAM_FINISH,
-            PROGRAM_FRAGMENT,
-            PROGRAM_NAT_REPLY,
+        for (slot, name) in [
+            (0u32, PROGRAM_ICMP),
+            (1, PROGRAM_FINISH),
+            (2, PROGRAM_FRAGMENT),
+            (3, PROGRAM_NAT_REPLY),
+            (4, PROGRAM_INGRESS),
+            (5, PROGRAM_CAPTURE),
+            (6, PROGRAM_INGRESS6),
+            (7, PROGRAM_ICMP6),
+            (8, PROGRAM_NAT_REPLY6),
         ] {
             let prog: &mut Xdp = program_mut(&mut ebpf, name)?;
-            prog.load().map_err(|e| DataplaneError::program(name, e))?;
+            // Ingress is loaded above (it is also the program attached).
+            if name != PROGRAM_INGRESS {
+                prog.load().map_err(|e| DataplaneError::program(name, e))?;
+            }
             let fd = prog
                 .fd()
                 .map_err(|e| DataplaneError::program(name, e))?
                 .try_clone()
                 .map_err(DataplaneError::Io)?;
-            tail_fds.push(fd);
+            tail_fds.push((slot, fd));
         }
-        let ingress: &Xdp = ebpf
-            .program(PROGRAM_INGRESS)
-            .ok_or(DataplaneError::MissingProgram(PROGRAM_INGRESS))?
-            .try_into()
-            .map_err(|e| DataplaneError::program(PROGRAM_INGRESS, e))?;
-        tail_fds.push(
-            ingress
-                .fd()
-                .map_err(|e| DataplaneError::program(PROGRAM_INGRESS, e))?
-                .try_clone()
-                .map_err(DataplaneError::Io)?,
-        );
-        // Slot 5: the capture's "after" (see `xdplb capture`), tail-called by every XDP
-        // program's exit while a captured packet's copy is due.
-        let capture: &mut Xdp = program_mut(&mut ebpf, PROGRAM_CAPTURE)?;
-        capture
-            .load()
-            .map_err(|e| DataplaneError::program(PROGRAM_CAPTURE, e))?;
-        tail_fds.push(
-            capture
-                .fd()
-                .map_err(|e| DataplaneError::program(PROGRAM_CAPTURE, e))?
-                .try_clone()
-                .map_err(DataplaneError::Io)?,
-        );
         let progs = ebpf
             .map_mut(MAP_PROGS)
             .ok_or(DataplaneError::MissingMap(MAP_PROGS))?;
         let mut progs: ProgramArray<&mut MapData> =
             ProgramArray::try_from(progs).map_err(|e| DataplaneError::map(MAP_PROGS, e))?;
-        for (slot, fd) in (0u32..).zip(&tail_fds) {
+        for (slot, fd) in &tail_fds {
             progs
-                .set(slot, fd, 0)
+                .set(*slot, fd, 0)
                 .map_err(|e| DataplaneError::map(MAP_PROGS, e))?;
         }
         Ok(Dataplane {
@@ -280,6 +271,9 @@ impl Dataplane {
             PROGRAM_FRAGMENT,
             PROGRAM_NAT_REPLY,
             PROGRAM_CAPTURE,
+            PROGRAM_INGRESS6,
+            PROGRAM_ICMP6,
+            PROGRAM_NAT_REPLY6,
         ]
         .into_iter()
         .map(|name| {
