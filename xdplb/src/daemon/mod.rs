@@ -301,11 +301,11 @@ pub(crate) fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
 /// needs from the neighbour table and cannot resolve itself (the kernel cannot forward such a
 /// packet for it either: a `dsr-l2` packet is for the VIP, a `fullnat` one comes from this
 /// host's own address). An empty datagram to the backend's discard port (9) makes the kernel
-/// send ARP. Entries the kernel already holds cost nothing.
+/// send ARP (IPv6: a neighbour solicitation). Entries the kernel already holds cost nothing.
 fn resolve_neighbours(cfg: &Config) {
-    let Ok(sock) = std::net::UdpSocket::bind("0.0.0.0:0") else {
-        return;
-    };
+    // One socket per family (a socket sends to its own family only), bound when needed.
+    let v4 = std::net::UdpSocket::bind("0.0.0.0:0").ok();
+    let v6 = std::net::UdpSocket::bind("[::]:0").ok();
     for svc in cfg.services.iter().filter(|s| {
         matches!(
             s.forwarding,
@@ -313,7 +313,10 @@ fn resolve_neighbours(cfg: &Config) {
         )
     }) {
         for b in &svc.backends {
-            let _ = sock.send_to(&[], (b.address.ip(), 9));
+            let sock = if b.address.is_ipv4() { &v4 } else { &v6 };
+            if let Some(sock) = sock {
+                let _ = sock.send_to(&[], (b.address.ip(), 9));
+            }
         }
     }
 }
