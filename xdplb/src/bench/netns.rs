@@ -20,7 +20,7 @@ use super::BenchError;
 
 /// The address of the balancer's side of the veth pair (also the fullnat source).
 pub const LOCAL_ADDR: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
-/// The namespace's IPv6 address (its `/48` holds the IPv6 backends).
+/// The namespace's IPv6 address (its `/32` holds the IPv6 backends, `fd00:201:2::/64`).
 pub const LOCAL_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x201, 0, 0, 0, 0, 0, 1);
 const DEV: &str = "xb0";
 const PEER: &str = "xb1";
@@ -41,7 +41,7 @@ impl BenchNetns {
             "link set lo up\n\
              link add {DEV} type veth peer name {PEER}\n\
              addr add {LOCAL_ADDR}/16 dev {DEV}\n\
-             addr add {LOCAL_ADDR6}/48 dev {DEV} nodad\n\
+             addr add {LOCAL_ADDR6}/32 dev {DEV} nodad\n\
              link set {DEV} up\n\
              link set {PEER} up\n"
         );
