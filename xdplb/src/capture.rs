@@ -324,41 +324,73 @@ pub fn summary(r: &Record, wall: Duration, service: &str) -> String {
     )
 }
 
-/// `src > dst: proto` of an Ethernet frame's IPv4 packet (and of its inner packet for IP in IP).
+/// `src > dst: proto` of an Ethernet frame's IPv4 or IPv6 packet (and of its inner packet for
+/// IP in IP: IPv4-in-IPv4, IPv6-in-IPv6), in tcpdump's manner (`IP` / `IP6`, then
+/// `ADDRESS.PORT`).
 fn describe(frame: &[u8]) -> String {
     use etherparse::{NetSlice, SlicedPacket, TransportSlice};
     let Ok(p) = SlicedPacket::from_ethernet(frame) else {
-        return "(not IPv4)".to_string();
+        return "(not IP)".to_string();
     };
-    let Some(NetSlice::Ipv4(ip)) = &p.net else {
-        return "(not IPv4)".to_string();
-    };
-    let h = ip.header();
-    let (src, dst) = (h.source_addr(), h.destination_addr());
+    // (tag, source, destination, protocol or next header, payload)
+    let (tag, src, dst, proto, payload): (&str, std::net::IpAddr, std::net::IpAddr, _, _) =
+        match &p.net {
+            Some(NetSlice::Ipv4(ip)) => (
+                "IP",
+                ip.header().source_addr().into(),
+                ip.header().destination_addr().into(),
+                ip.header().protocol(),
+                ip.payload().payload,
+            ),
+            Some(NetSlice::Ipv6(ip)) => (
+                "IP6",
+                ip.header().source_addr().into(),
+                ip.header().destination_addr().into(),
+                ip.payload().ip_number,
+                ip.payload().payload,
+            ),
+            _ => return "(not IP)".to_string(),
+        };
     match &p.transport {
         Some(TransportSlice::Udp(u)) => format!(
-            "IP {src}.{} > {dst}.{}: UDP",
+            "{tag} {src}.{} > {dst}.{}: UDP",
             u.source_port(),
             u.destination_port()
         ),
-        _ if h.protocol() == etherparse::IpNumber::IPV4 => {
-            let inner = ip.payload().payload;
-            match SlicedPacket::from_ip(inner) {
+        _ if proto == etherparse::IpNumber::IPV4 || proto == etherparse::IpNumber::IPV6 => {
+            let inner = match SlicedPacket::from_ip(payload) {
                 Ok(SlicedPacket {
                     net: Some(NetSlice::Ipv4(i)),
                     transport: Some(TransportSlice::Udp(u)),
                     ..
-                }) => format!(
-                    "IP {src} > {dst}: IP {}.{} > {}.{}: UDP",
-                    i.header().source_addr(),
+                }) => Some((
+                    "IP",
+                    std::net::IpAddr::from(i.header().source_addr()),
+                    std::net::IpAddr::from(i.header().destination_addr()),
+                    u,
+                )),
+                Ok(SlicedPacket {
+                    net: Some(NetSlice::Ipv6(i)),
+                    transport: Some(TransportSlice::Udp(u)),
+                    ..
+                }) => Some((
+                    "IP6",
+                    i.header().source_addr().into(),
+                    i.header().destination_addr().into(),
+                    u,
+                )),
+                _ => None,
+            };
+            match inner {
+                Some((itag, isrc, idst, u)) => format!(
+                    "{tag} {src} > {dst}: {itag} {isrc}.{} > {idst}.{}: UDP",
                     u.source_port(),
-                    i.header().destination_addr(),
                     u.destination_port()
                 ),
-                _ => format!("IP {src} > {dst}: IPIP"),
+                None => format!("{tag} {src} > {dst}: IPIP"),
             }
         }
-        _ => format!("IP {src} > {dst}: proto {}", h.protocol().0),
+        _ => format!("{tag} {src} > {dst}: proto {}", proto.0),
     }
 }
 
@@ -468,6 +500,34 @@ async fn capture(state: &InstanceState, opts: &Options, filter: u32) -> anyhow::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// IPv6 frames are described as tcpdump does (`IP6 ADDRESS.PORT > ADDRESS.PORT`), IPv4
+    /// ones as before.
+    #[test]
+    fn ipv6_frames_are_described_with_ip6() {
+        let udp6 = |src: [u8; 16], dst: [u8; 16]| {
+            let mut frame = Vec::new();
+            etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                .ipv6(src, dst, 64)
+                .udp(4000, 53)
+                .write(&mut frame, b"q")
+                .expect("frame");
+            frame
+        };
+        let a: std::net::Ipv6Addr = "2001:db8::99".parse().expect("literal");
+        let b: std::net::Ipv6Addr = "2001:db8::1".parse().expect("literal");
+        assert_eq!(
+            describe(&udp6(a.octets(), b.octets())),
+            "IP6 2001:db8::99.4000 > 2001:db8::1.53: UDP"
+        );
+        let mut frame = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([10, 0, 0, 9], [10, 0, 0, 1], 64)
+            .udp(4000, 53)
+            .write(&mut frame, b"q")
+            .expect("frame");
+        assert_eq!(describe(&frame), "IP 10.0.0.9.4000 > 10.0.0.1.53: UDP");
+    }
 
     fn raw(after: bool, frame: &[u8]) -> Vec<u8> {
         let mut b = Vec::new();

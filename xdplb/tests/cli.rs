@@ -309,3 +309,50 @@ fn explain_names_the_backend_and_refuses_unknown_destinations() {
         "{out}"
     );
 }
+
+/// IPv6 through the command line: `check` accepts an IPv6 service and refuses one that mixes
+/// families (naming the field, the value and the line), and `explain` takes bracketed
+/// addresses and shows them bracketed.
+#[test]
+fn ipv6_configs_are_checked_and_ipv6_flows_explained() {
+    let v6 = "interfaces = [\"lo\"]\n[[service]]\nname = \"dns6\"\nvip = \"[2001:db8::1]:53\"\n\
+              [[service.backend]]\naddress = \"[2001:db8:1::1]:53\"\n\
+              [[service.backend]]\naddress = \"[2001:db8:1::2]:53\"\n";
+    let path = write_config("ipv6", v6);
+    let (ok, out) = xdplb(&["check", "--config", &path]);
+    assert!(ok && out.contains("[2001:db8::1]:53"), "{out}");
+
+    let mixed = write_config(
+        "ipv6-mixed",
+        &v6.replace("[2001:db8:1::2]:53", "10.1.0.2:53"),
+    );
+    let (ok, out) = xdplb(&["check", "--config", &mixed]);
+    assert!(
+        !ok && out.contains("ipv6-mixed.toml:8")
+            && out.contains("backend #2 address \"10.1.0.2:53\" is IPv4")
+            && out.contains("NAT64"),
+        "{out}"
+    );
+
+    let (ok, out) = xdplb(&[
+        "explain",
+        "--config",
+        &path,
+        "[2001:db8::99]:4000",
+        "[2001:db8::1]:53",
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("[2001:db8::99]:4000 -> [2001:db8::1]:53")
+            && out.contains("backend   [2001:db8:1::"),
+        "{out}"
+    );
+    let (ok, out) = xdplb(&[
+        "explain",
+        "--config",
+        &path,
+        "[2001:db8::99]:4000",
+        "[2001:db8::7]:53",
+    ]);
+    assert!(!ok && out.contains("none listens on [::]:53"), "{out}");
+}

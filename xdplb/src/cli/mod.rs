@@ -776,6 +776,16 @@ mod tables {
         }
     }
 
+    /// The width of an address column: 22, or the widest of `values` (an IPv6 address with
+    /// its port takes up to 47 characters), so that the columns after it stay aligned.
+    fn width<'a>(values: impl Iterator<Item = &'a Value>) -> usize {
+        values
+            .map(|v| text(v).chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(22)
+    }
+
     /// `GET /v1/status`: the instance, then every service and backend with health and
     /// counters.
     pub fn status(v: &Value) -> String {
@@ -788,17 +798,27 @@ mod tables {
             text(&v["config"]),
             text(&v["generation"])
         );
+        let empty = Vec::new();
+        let services = v["stats"]["services"].as_array().unwrap_or(&empty);
+        let aw = width(services.iter().flat_map(|svc| {
+            std::iter::once(&svc["address"]).chain(
+                svc["backends"]
+                    .as_array()
+                    .unwrap_or(&empty)
+                    .iter()
+                    .map(|b| &b["address"]),
+            )
+        }));
         let _ = writeln!(
             out,
-            "{:<24} {:<22} {:<7} {:>14} {:>16} {:>10}  LAST CHECK",
+            "{:<24} {:<aw$} {:<7} {:>14} {:>16} {:>10}  LAST CHECK",
             "SERVICE / BACKEND", "ADDRESS", "HEALTH", "PACKETS", "BYTES", "FLOWS"
         );
-        let empty = Vec::new();
         let infos = v["services"].as_array().unwrap_or(&empty);
-        for svc in v["stats"]["services"].as_array().unwrap_or(&empty) {
+        for svc in services {
             let _ = writeln!(
                 out,
-                "{:<24} {:<22} {:<7} {:>14} {:>16} {:>10}",
+                "{:<24} {:<aw$} {:<7} {:>14} {:>16} {:>10}",
                 text(&svc["name"]),
                 text(&svc["address"]),
                 "",
@@ -815,7 +835,7 @@ mod tables {
                     .unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "  {:<22} {:<22} {:<7} {:>14} {:>16} {:>10}  {detail}",
+                    "  {:<22} {:<aw$} {:<7} {:>14} {:>16} {:>10}  {detail}",
                     text(&b["name"]),
                     text(&b["address"]),
                     text(&b["health"]),
@@ -856,15 +876,17 @@ mod tables {
     /// `GET /v1/services`: one line per service.
     pub fn services(v: &Value) -> String {
         let mut out = String::new();
+        let services = v.as_array().map(Vec::as_slice).unwrap_or_default();
+        let vw = width(services.iter().map(|s| &s["vip"]));
         let _ = writeln!(
             out,
-            "{:<16} {:<22} {:<5} {:<9} {:<19} {:<8} {:>8}",
+            "{:<16} {:<vw$} {:<5} {:<9} {:<19} {:<8} {:>8}",
             "NAME", "VIP", "PROTO", "MODE", "SCHEDULER", "ALL-DOWN", "BACKENDS"
         );
-        for s in v.as_array().map(Vec::as_slice).unwrap_or_default() {
+        for s in services {
             let _ = writeln!(
                 out,
-                "{:<16} {:<22} {:<5} {:<9} {:<19} {:<8} {:>8}",
+                "{:<16} {:<vw$} {:<5} {:<9} {:<19} {:<8} {:>8}",
                 text(&s["name"]),
                 text(&s["vip"]),
                 text(&s["protocol"]),
@@ -880,11 +902,13 @@ mod tables {
     /// `GET /v1/services/NAME/backends`: one line per backend.
     pub fn backends(v: &Value) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "{:<22} {:>6}  DRAIN", "ADDRESS", "WEIGHT");
-        for b in v.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let backends = v.as_array().map(Vec::as_slice).unwrap_or_default();
+        let aw = width(backends.iter().map(|b| &b["address"]));
+        let _ = writeln!(out, "{:<aw$} {:>6}  DRAIN", "ADDRESS", "WEIGHT");
+        for b in backends {
             let _ = writeln!(
                 out,
-                "{:<22} {:>6}  {}",
+                "{:<aw$} {:>6}  {}",
                 text(&b["address"]),
                 text(&b["weight"]),
                 if b["drain"] == Value::Bool(true) {
@@ -904,6 +928,33 @@ mod tests {
 
     use super::*;
     use crate::api::{Plan, Request, plan};
+
+    /// The API tables show bracketed IPv6 addresses whole, the columns after them aligned.
+    #[test]
+    fn api_tables_show_ipv6_addresses_whole_and_aligned() {
+        let long = "[2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff]:53";
+        let services = serde_json::json!([
+            {"name": "v4", "vip": "10.0.0.1:53", "protocol": "udp", "forwarding": "nat",
+             "scheduler": "maglev", "when_all_down": "drop", "backend": [{}]},
+            {"name": "v6", "vip": long, "protocol": "udp", "forwarding": "nat",
+             "scheduler": "maglev", "when_all_down": "drop", "backend": [{}]},
+        ]);
+        let text = tables::services(&services);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[2].contains(long), "{text}");
+        let proto = lines[0].find("PROTO").expect("heading");
+        assert_eq!(lines[1].find("udp"), Some(proto), "{text}");
+        assert_eq!(lines[2].find("udp"), Some(proto), "{text}");
+        let backends = serde_json::json!([
+            {"address": "10.1.0.1:53", "weight": 1, "drain": false},
+            {"address": long, "weight": 2, "drain": true},
+        ]);
+        let text = tables::backends(&backends);
+        let lines: Vec<&str> = text.lines().collect();
+        let drain = lines[0].find("DRAIN").expect("heading");
+        assert_eq!(lines[1].find('-'), Some(drain), "{text}");
+        assert_eq!(lines[2].find("drain"), Some(drain), "{text}");
+    }
 
     /// A service given to `xdplb service add` with every option is, through the API, the
     /// service the same `[[service]]` table in the file gives.

@@ -53,33 +53,39 @@ fn check_host(cfg: &Config, path: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// Every mode but `local` finds next hops with bpf_fib_lookup, which the kernel answers only for
-/// packets received on an interface with IPv4 forwarding on; without it every packet of those
-/// services would be dropped, so such a config is refused with the fix.
+/// packets received on an interface with forwarding on for their family (IPv4 forwarding for
+/// IPv4 services, IPv6 forwarding for IPv6 ones); without it every packet of those services
+/// would be dropped, so such a config is refused with the fix.
 fn check_forwarding(cfg: &Config, origin: &str) -> anyhow::Result<()> {
-    let routed: Vec<&str> = cfg
-        .services
-        .iter()
-        .filter(|s| s.forwarding != config::Forwarding::Local)
-        .map(|s| s.name.as_str())
-        .collect();
-    if routed.is_empty() {
-        return Ok(());
-    }
-    let off: Vec<&str> = cfg
-        .interfaces
-        .iter()
-        .filter(|i| {
-            std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{i}/forwarding"))
-                .map_or(true, |v| v.trim() != "1")
-        })
-        .map(String::as_str)
-        .collect();
-    if !off.is_empty() {
-        bail!(
-            "{origin}: service(s) {} forward with nat, fullnat, dsr-l2 or dsr-ipip, which needs IPv4 forwarding on every attached interface, but it is off on {}; turn it on with `sysctl -w net.ipv4.conf.all.forwarding=1` (or per interface)",
-            routed.join(", "),
-            off.join(", ")
-        );
+    for (family, proc_dir, sysctl, ipv4) in [
+        ("IPv4", "ipv4", "net.ipv4.conf.all.forwarding", true),
+        ("IPv6", "ipv6", "net.ipv6.conf.all.forwarding", false),
+    ] {
+        let routed: Vec<&str> = cfg
+            .services
+            .iter()
+            .filter(|s| s.forwarding != config::Forwarding::Local && s.vip.is_ipv4() == ipv4)
+            .map(|s| s.name.as_str())
+            .collect();
+        if routed.is_empty() {
+            continue;
+        }
+        let off: Vec<&str> = cfg
+            .interfaces
+            .iter()
+            .filter(|i| {
+                std::fs::read_to_string(format!("/proc/sys/net/{proc_dir}/conf/{i}/forwarding"))
+                    .map_or(true, |v| v.trim() != "1")
+            })
+            .map(String::as_str)
+            .collect();
+        if !off.is_empty() {
+            bail!(
+                "{origin}: {family} service(s) {} forward with nat, fullnat, dsr-l2 or dsr-ipip, which needs {family} forwarding on every attached interface, but it is off on {}; turn it on with `sysctl -w {sysctl}=1` (or per interface)",
+                routed.join(", "),
+                off.join(", ")
+            );
+        }
     }
     Ok(())
 }

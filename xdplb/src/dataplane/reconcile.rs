@@ -950,6 +950,139 @@ weight = 3
         .expect("valid config")
     }
 
+    /// IPv6 services are written with their 16-byte addresses: the vip key (all zeros for the
+    /// `[::]` wildcard, so it never meets the IPv4 wildcard's key), the backends, the reply
+    /// owners, the fullnat source and the dsr-ipip outer source prefix with its host bits
+    /// capped at the flow hash's 32; port prefilter bits as for IPv4.
+    #[test]
+    fn ipv6_services_are_written_with_their_16_byte_addresses() {
+        use std::net::Ipv6Addr;
+        use xdplb_common::SERVICE_ENCAP_HOST_BITS_MASK;
+        let v6 = |s: &str| crate::addr::addr_v6(s.parse::<Ipv6Addr>().expect("literal"));
+        let cfg = parse(
+            r#"
+interfaces = ["lo"]
+[[service]]
+name = "nat6"
+vip = "[2001:db8::1]:53"
+forwarding = "nat"
+[[service.backend]]
+address = "[2001:db8:1::1]:5353"
+[[service]]
+name = "any6"
+vip = "[::]:53"
+[[service.backend]]
+address = "[::1]:5300"
+[[service]]
+name = "any4"
+vip = "0.0.0.0:53"
+[[service.backend]]
+address = "127.0.0.1:5301"
+[[service]]
+name = "ipip6"
+vip = "[2001:db8::2]:53"
+forwarding = "dsr-ipip"
+encap_source = "2001:db8:ff::/64"
+[[service.backend]]
+address = "[2001:db8:1::2]:53"
+[[service]]
+name = "ipip6-112"
+vip = "[2001:db8::3]:53"
+forwarding = "dsr-ipip"
+encap_source = "2001:db8:fe::/112"
+[[service.backend]]
+address = "[2001:db8:1::3]:53"
+[[service]]
+name = "full6"
+vip = "[2001:db8::4]:53"
+forwarding = "fullnat"
+fullnat_source = "2001:db8:86::1"
+fullnat_ports = "30000-30009"
+[[service.backend]]
+address = "[2001:db8:1::4]:53"
+"#,
+            "test",
+        )
+        .expect("valid config");
+        let state = desired_state(&cfg, None).expect("plan");
+        let by = |name: &str| {
+            state
+                .services
+                .iter()
+                .find(|p| p.name == name)
+                .expect("planned")
+        };
+        let nat6 = by("nat6");
+        assert_eq!(nat6.key.addr, v6("2001:db8::1"));
+        assert_eq!(u16::from_be(nat6.key.port_be), 53);
+        assert_eq!(nat6.backends[0].1.addr, v6("2001:db8:1::1"));
+        assert_eq!(nat6.service.flags & SERVICE_FLAG_WILDCARD, 0);
+
+        let any6 = by("any6");
+        assert_eq!(any6.key.addr, [0; 4], "the IPv6 wildcard key is all zeros");
+        assert_ne!(
+            any6.key,
+            by("any4").key,
+            "the two wildcards never share a key"
+        );
+        assert_eq!(by("any4").key.addr, addr_v4(Ipv4Addr::UNSPECIFIED));
+        assert_ne!(any6.service.flags & SERVICE_FLAG_WILDCARD, 0);
+        assert_eq!(any6.backends[0].1.addr, v6("::1"));
+
+        let host_bits = |p: &ServicePlan| {
+            (p.service.flags & SERVICE_ENCAP_HOST_BITS_MASK) >> SERVICE_ENCAP_HOST_BITS_SHIFT
+        };
+        let ipip = by("ipip6");
+        assert_eq!(ipip.service.encap_source, v6("2001:db8:ff::"));
+        assert_eq!(host_bits(ipip), 32, "a /64 gets the hash's 32 bits");
+        assert_eq!(host_bits(by("ipip6-112")), 16);
+
+        let full = by("full6");
+        let source = full.fullnat.expect("fullnat source");
+        assert_eq!(source.addr, v6("2001:db8:86::1"));
+        assert_eq!((source.port_first, source.port_count), (30000, 10));
+
+        // Reply owners: keyed by the IPv6 backend, naming the IPv6 vip (or the wildcard).
+        let owners = reply_owners(&state);
+        let owner = |backend: &str, port: u16| {
+            owners
+                .get(&ServiceKey {
+                    addr: v6(backend),
+                    port_be: port.to_be(),
+                    proto: xdplb_common::IPPROTO_UDP,
+                    _pad: 0,
+                })
+                .copied()
+        };
+        let o = owner("2001:db8:1::1", 5353).expect("nat6 owner");
+        assert_eq!((o.vip_addr, o.flags), (v6("2001:db8::1"), REPLY_FLAG_NAT));
+        let o = owner("::1", 5300).expect("any6 owner");
+        assert_eq!((o.vip_addr, o.flags), ([0; 4], REPLY_FLAG_WILDCARD));
+        assert_eq!(owner("2001:db8:1::2", 53), None, "dsr has no owner");
+
+        // The prefilter's bits are the same for both families.
+        let ports = port_flags(&state);
+        assert_eq!(
+            ports.get(&53).copied().unwrap_or(0) & (PORT_EXACT_SERVICE | PORT_WILDCARD_SERVICE),
+            PORT_EXACT_SERVICE | PORT_WILDCARD_SERVICE
+        );
+        assert_eq!(ports.get(&5353), Some(&PORT_NAT_BACKEND));
+        assert_eq!(ports.get(&5300), Some(&PORT_LOCAL_BACKEND));
+        assert_eq!(ports.get(&30000), Some(&PORT_FULLNAT_RANGE));
+
+        // Written through the map writer like any service.
+        let mut rec = Recorder::default();
+        Reconciler::default()
+            .apply(state.clone(), &mut rec)
+            .expect("apply");
+        assert!(rec.owners.contains_key(&ServiceKey {
+            addr: v6("2001:db8:1::1"),
+            port_be: 5353u16.to_be(),
+            proto: xdplb_common::IPPROTO_UDP,
+            _pad: 0,
+        }));
+    }
+
     #[test]
     fn default_config_maps_to_one_service_and_three_backends() {
         let state = desired_state(&default_config(), None).expect("plan");
