@@ -2302,7 +2302,8 @@ fn v6_frame(r: &mut Rng) -> Vec<u8> {
             .to_string(),
     };
     let mut u = v6::udp6(&client, &dst);
-    u.payload = r.bytes(r.below(40));
+    let n = r.below(40);
+    u.payload = r.bytes(n);
     let chain = r.below(7);
     u.ext = (0..chain)
         .map(|_| {
@@ -2329,7 +2330,11 @@ fn v6_frame(r: &mut Rng) -> Vec<u8> {
     }
     let mut f = u.build();
     match r.below(12) {
-        0 => f.truncate(r.below(f.len())),
+        // Truncated, but no shorter than an Ethernet header (BPF_PROG_TEST_RUN refuses less).
+        0 => {
+            let n = 14 + r.below(f.len() - 14);
+            f.truncate(n);
+        }
         1 => {
             let v = r.next() as u16;
             f[18..20].copy_from_slice(&v.to_be_bytes());
@@ -2350,7 +2355,10 @@ fn v6_frame(r: &mut Rng) -> Vec<u8> {
             f[at] = r.byte();
         }
         5 => f[14] = r.byte(),
-        6 => f.extend_from_slice(&r.bytes(r.below(16))),
+        6 => {
+            let n = r.below(16);
+            f.extend_from_slice(&r.bytes(n));
+        }
         _ => {}
     }
     f
