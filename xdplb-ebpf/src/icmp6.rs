@@ -102,6 +102,8 @@ pub fn handle(ctx: &XdpContext) -> Option<Verdict> {
         proto: IPPROTO_UDP,
         _pad: [0; 3],
     };
+    // Every message that is routed by its (new) outer destination leaves through the one
+    // `route` call at the end: one copy of the FIB path for the verifier to walk.
     if let Some(r) = crate::reply::owner_addr(inner_daddr, dport, inner_saddr, sport)
         && r.flags & REPLY_FLAG_NAT != 0
     {
@@ -111,9 +113,7 @@ pub fn handle(ctx: &XdpContext) -> Option<Verdict> {
             outer_source(&q, &r.vip_addr);
         }
         crate::stats::count(Stat::IcmpErrorToClient);
-        return Some(route(ctx, &pseudo));
-    }
-    if let Some(peer) = fullnat::peer(&key) {
+    } else if let Some(peer) = fullnat::peer(&key) {
         // fullnat: the client sent from its own address to VIP:port.
         quoted_source(&q, &peer.client_addr, peer.client_port_be);
         quoted_destination(&q, &peer.vip_addr, peer.vip_port_be);
@@ -122,56 +122,67 @@ pub fn handle(ctx: &XdpContext) -> Option<Verdict> {
             outer_source(&q, &peer.vip_addr);
         }
         crate::stats::count(Stat::IcmpErrorToClient);
-        return Some(route(ctx, &pseudo));
-    }
-    // Towards the VIP, about a reply VIP:port -> client.
-    if !same(&outer_daddr, &inner_saddr) {
-        return None;
-    }
-    let service = lookup_service(&inner_saddr, sport)?;
-    let flow_key = FlowKey {
-        client_addr: inner_daddr,
-        vip_addr: inner_saddr,
-        client_port_be: dport,
-        vip_port_be: sport,
-        proto: IPPROTO_UDP,
-        _pad: [0; 3],
-    };
-    let mode = service::forwarding(service);
-    // SAFETY: the value is copied out at once.
-    let flow = match unsafe { FLOWS.get(flow_key) }.copied() {
-        Some(f) => f,
-        // As in `icmp`: a `dsr-*` service with a consistent scheduler names the owner by its
-        // table on a flow miss; other services have no such answer and the error passes.
-        None if service.flags & SERVICE_FLAG_MAY_SKIP_STATE != 0 => {
-            service::stateless_flow_of::<true>(service, &flow_key)?
+    } else {
+        // Towards the VIP, about a reply VIP:port -> client.
+        if !same(&outer_daddr, &inner_saddr) {
+            return None;
         }
-        None => return None,
-    };
-    let backend = flow.backend_addr;
-    crate::stats::count(Stat::IcmpErrorToBackend);
-    Some(match mode {
-        FORWARD_DSR_L2 => l2_forward(ctx, &pseudo, &backend),
-        FORWARD_DSR_IPIP => {
-            let source = encap6::outer_source(service, flow.tuple_hash);
-            encap6::ip6ip6_forward(ctx, &pseudo, backend, forward::NO_BACKEND, source, false)
-        }
-        // fullnat replies leave translated; an error about one would need the reverse of that.
-        FORWARD_FULLNAT => return None,
-        _ => {
-            // The backend sent from its own address and port.
-            quoted_source(&q, &backend, flow.backend_port_be);
-            outer_destination(&q, &backend);
-            if mode == FORWARD_NAT {
-                route(ctx, &pseudo)
-            } else {
-                Verdict {
-                    action: XDP_PASS,
-                    stat: Stat::Forwarded,
-                }
+        let service = lookup_service(&inner_saddr, sport)?;
+        let flow_key = FlowKey {
+            client_addr: inner_daddr,
+            vip_addr: inner_saddr,
+            client_port_be: dport,
+            vip_port_be: sport,
+            proto: IPPROTO_UDP,
+            _pad: [0; 3],
+        };
+        let mode = service::forwarding(service);
+        // SAFETY: the value is copied out at once.
+        let flow = match unsafe { FLOWS.get(flow_key) }.copied() {
+            Some(f) => f,
+            // As in `icmp`: a `dsr-*` service with a consistent scheduler names the owner by
+            // its table on a flow miss; other services have no such answer and the error
+            // passes.
+            None if service.flags & SERVICE_FLAG_MAY_SKIP_STATE != 0 => {
+                service::stateless_flow_of::<true>(service, &flow_key)?
             }
+            None => return None,
+        };
+        let backend = flow.backend_addr;
+        match mode {
+            FORWARD_DSR_L2 => {
+                crate::stats::count(Stat::IcmpErrorToBackend);
+                return Some(l2_forward(ctx, &pseudo, &backend));
+            }
+            FORWARD_DSR_IPIP => {
+                crate::stats::count(Stat::IcmpErrorToBackend);
+                let source = encap6::outer_source(service, flow.tuple_hash);
+                return Some(encap6::ip6ip6_forward(
+                    ctx,
+                    &pseudo,
+                    backend,
+                    forward::NO_BACKEND,
+                    source,
+                    false,
+                ));
+            }
+            // fullnat replies leave translated; an error about one would need the reverse.
+            FORWARD_FULLNAT => return None,
+            _ => {}
         }
-    })
+        crate::stats::count(Stat::IcmpErrorToBackend);
+        // The backend sent from its own address and port.
+        quoted_source(&q, &backend, flow.backend_port_be);
+        outer_destination(&q, &backend);
+        if mode != FORWARD_NAT {
+            // local: the kernel delivers it to the backend's socket here.
+            return Some(Verdict {
+                action: XDP_PASS,
+                stat: Stat::Forwarded,
+            });
+        }
+    }
+    Some(route(ctx, &pseudo))
 }
 
 /// Word by word: a comparison of whole arrays may become a call to memcmp, which BPF lacks.

@@ -211,7 +211,7 @@ fn v6_addr(a: Addr) -> Addr {
 fn v6_socket(s: SocketAddr) -> SocketAddr {
     match s {
         SocketAddr::V4(v4) => SocketAddr::new(v6_of(*v4.ip()).into(), v4.port()),
-        v6 => v6,
+        v6 @ SocketAddr::V6(_) => v6,
     }
 }
 

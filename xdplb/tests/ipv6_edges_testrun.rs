@@ -2,7 +2,8 @@
 //! frames built independently (etherparse, `xdplb_test_support::v6_edges`): `xdplb_icmp6`
 //! (ICMPv6 errors about balanced flows go to the flow's owner; neighbour discovery, MLD, echo
 //! and anything else pass untouched), IPv6-in-IPv6 encapsulation (`dsr-ipip` for an IPv6
-//! service) and the backend-side decapsulator (`xdplb decap`).
+//! service) and ICMPv6 packet too big, the TC reply path of `local` backends for IPv6
+//! (`xdplb_reply`), and the backend-side decapsulator (`xdplb decap`).
 //!
 //! The IPv6 state (services, flows, reply owners, fullnat translations) is written into the
 //! maps directly, as a config would write it.
@@ -17,9 +18,9 @@ use xdplb::{
     testrun,
 };
 use xdplb_common::{
-    Backend, FORWARD_DSR_IPIP, FORWARD_NAT, FullnatPeer, IPPROTO_UDP, REPLY_FLAG_NAT, Reply,
-    ReplyKey, SCHED_ROUND_ROBIN, SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FORWARDING_SHIFT, Service,
-    Stat,
+    Backend, FORWARD_DSR_IPIP, FORWARD_NAT, FullnatPeer, IPPROTO_UDP, PORT_LOCAL_BACKEND,
+    REPLY_FLAG_NAT, REPLY_FLAG_WILDCARD, Reply, ReplyKey, SCHED_ROUND_ROBIN,
+    SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FORWARDING_SHIFT, Service, Stat,
     hash::{FlowTuple, HASH_FIVE_TUPLE, flow_hash},
 };
 use xdplb_test_support::{v6_edges::*, *};
@@ -743,4 +744,120 @@ fn ip6ip6_cases() {
     assert_eq!(out.frame, want, "packet too big (small MTU): MTU 1,280");
     assert!(icmp6_checksum_ok(&out.frame));
     netns::sh(&["ip", "link", "set", "fa", "mtu", "1500"]);
+}
+
+/// The TC egress program (`xdplb_reply`) run on `frame`: its return code and the frame after.
+fn run_reply(dp: &mut xdplb::dataplane::Dataplane, frame: &[u8]) -> (i32, Vec<u8>) {
+    use aya::programs::{TestRun as _, TestRunOptions};
+    let prog = dp.reply().expect("the reply program");
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat: 1,
+            ..TestRunOptions::default()
+        })
+        .expect("BPF_PROG_TEST_RUN on the TC program");
+    out.truncate(result.data_size_out as usize);
+    (result.return_value as i32, out)
+}
+
+/// A `local` backend's reply to an IPv6 flow leaves with source = VIP:port (TC egress), for an
+/// exact service and for the wildcard `[::]:PORT`; anything else leaves untouched.
+#[test]
+fn tc_reply_path_translates_ipv6_replies_of_local_backends() {
+    const TC_ACT_OK: i32 = 0;
+    let (_, mut dp) = load_toml(CONFIG);
+    let vip = sock6("[2001:db8:99::1]:7000");
+    let backend = sock6("[2001:db8:60:1::1]:7100");
+    let client = sock6("[2001:db8:60:2::2]:5555");
+    {
+        let mut ports: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(dp.ebpf_mut().map_mut("PORTS_V1").expect("ports"))
+                .expect("an array");
+        for port in [7100, 7200] {
+            ports
+                .set(port, PORT_LOCAL_BACKEND, 0)
+                .expect("mark the backend port");
+        }
+    }
+    put(
+        &mut dp,
+        "REPLY_OWNERS_V1",
+        service_key(backend),
+        Reply {
+            vip_addr: addr6(*vip.ip()),
+            vip_port_be: vip.port().to_be(),
+            flags: 0,
+            service_id: 0,
+        },
+    );
+    put(
+        &mut dp,
+        "FLOWS_V1",
+        flow_key(client, vip),
+        flow_to(backend, 0, 1),
+    );
+
+    // 1. The backend's reply to the client's flow: from VIP:port, hop limit and payload kept,
+    //    UDP checksum right.
+    let reply = udp6(backend, client, 64, PAYLOAD);
+    let before = counters(&dp);
+    let (rc, out) = run_reply(&mut dp, &reply);
+    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(out, udp6(vip, client, 64, PAYLOAD), "translated reply");
+    assert_eq!(
+        deltas(&before, &counters(&dp)),
+        [(Stat::ReplyTranslated, 1)]
+    );
+
+    // 2. Not a reply of a flow (another client port): untouched, uncounted.
+    let stray = udp6(backend, sock6("[2001:db8:60:2::2]:9999"), 64, PAYLOAD);
+    let before = counters(&dp);
+    let (rc, out) = run_reply(&mut dp, &stray);
+    assert_eq!((rc, out), (TC_ACT_OK, stray));
+    assert_eq!(deltas(&before, &counters(&dp)), []);
+
+    // 3. The wildcard `[::]:7000`: the VIP is the address the client used, found per flow.
+    let backend2 = sock6("[2001:db8:60:1::1]:7200");
+    let used = sock6("[2001:db8:99::77]:7000");
+    put(
+        &mut dp,
+        "REPLY_OWNERS_V1",
+        service_key(backend2),
+        Reply {
+            vip_addr: [0; 4],
+            vip_port_be: used.port().to_be(),
+            flags: REPLY_FLAG_WILDCARD,
+            service_id: 1,
+        },
+    );
+    put(
+        &mut dp,
+        "REPLIES_V1",
+        ReplyKey {
+            backend_addr: addr6(*backend2.ip()),
+            client_addr: addr6(*client.ip()),
+            backend_port_be: backend2.port().to_be(),
+            client_port_be: client.port().to_be(),
+            proto: IPPROTO_UDP,
+            _pad: [0; 3],
+        },
+        Reply {
+            vip_addr: addr6(*used.ip()),
+            vip_port_be: used.port().to_be(),
+            flags: REPLY_FLAG_WILDCARD,
+            service_id: 1,
+        },
+    );
+    let (rc, out) = run_reply(&mut dp, &udp6(backend2, client, 64, PAYLOAD));
+    assert_eq!(rc, TC_ACT_OK);
+    assert_eq!(out, udp6(used, client, 64, PAYLOAD), "wildcard reply");
+
+    // 4. IPv4 replies are still the IPv4 path's: an IPv4 frame from the same port, no flow:
+    //    untouched.
+    let v4 = udp("10.60.1.1:7100", "10.60.2.2:5555").build();
+    let (rc, out) = run_reply(&mut dp, &v4);
+    assert_eq!((rc, out), (TC_ACT_OK, v4));
 }

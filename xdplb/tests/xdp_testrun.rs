@@ -234,11 +234,12 @@ fn table_of_single_packet_cases() {
             counters: &[(Stat::PassNotIpv4, 1)],
         },
         Case {
-            name: "IPv6 EtherType passes untouched",
+            // The IPv6 program (`xdplb_ingress6`) parses it: version 4 is no IPv6 header.
+            name: "IPv6 EtherType over an IPv4 header passes untouched",
             frame: set_bytes(udp(CLIENT, VIP).build(), 12, &[0x86, 0xdd]),
             action: XDP_PASS,
             output: Output::Unchanged,
-            counters: &[(Stat::PassNotIpv4, 1)],
+            counters: &[(Stat::PassBadIpv6Header, 1)],
         },
         Case {
             name: "IP version 5 passes untouched",
@@ -560,6 +561,15 @@ fn verifier_instruction_budget() {
         // loops is walked on every path after it. The capture's checks (a lease read where a
         // service is found, a tail call to `xdplb_capture` at every exit) changed ingress from
         // 192,622 to 157,220 (fewer, for reasons not investigated); `xdplb_capture`: 111.
+        // IPv6 (issue 13): ingress 149,409 -> 173,778 (the tail call to `xdplb_ingress6`, the
+        // shared flow code's 16-byte backend address, the reply mark's family); the IPv6
+        // programs are verified on their own: `xdplb_ingress6` 130,599 (534,020 before its UDP
+        // offset was settled through a map after the extension-header walk: each chain length
+        // was a state of its own for everything after it), `xdplb_nat_reply6` 7,402,
+        // `xdplb_finish_checksum` 104,554 -> 149,975 (IPv6 and IPv6-in-IPv6).
+        // `xdplb_icmp6` 170,755, the closest to the budget: the ICMPv6 checksum's 5-chunk
+        // sum is walked on every path after it (the IPv4 `xdplb_icmp`'s too), and 16-byte
+        // addresses make each of those paths longer.
         assert!(
             count < 200_000,
             "{name}: {count} verified instructions, budget 200,000"
