@@ -815,3 +815,40 @@ address = "127.0.0.1:9878"
         assert_eq!(decode6(&out.frame).expect("decodes").dst, *to, "sticky");
     }
 }
+
+#[test]
+fn a_packet_bigger_than_the_egress_mtu_goes_to_the_kernel_or_is_dropped() {
+    in_topology6("v6mtu", || {
+        let st = std::process::Command::new("ip")
+            .args(["link", "set", "fa", "mtu", "1280"])
+            .status()
+            .expect("ip");
+        assert!(st.success(), "fa's MTU");
+        let f = Fib6::new();
+        let big = |dst: &str| {
+            Udp6Frame {
+                payload: vec![0x5a; 1300],
+                ..udp6(FIB_CLIENT, dst)
+            }
+            .build()
+        };
+        // nat: rewritten, then passed: the kernel answers Packet Too Big.
+        let input = big(NAT_VIP);
+        let before = counters(&f.dp);
+        let out = f.run(&input, f.b);
+        assert_eq!(out.action, XDP_PASS, "nat, too big");
+        let got = decode6(&out.frame).expect("decodes");
+        assert_eq!(got.dst, addr6(BACKEND), "rewritten before it is passed");
+        assert!(got.udp_checksum_ok);
+        assert!(deltas(&before, &counters(&f.dp)).contains(&(Stat::PassFragNeeded, 1)));
+        // dsr-l2: the kernel would deliver the VIP locally; dropped and counted.
+        let input = big(DSR_VIP);
+        let before = counters(&f.dp);
+        let out = f.run(&input, f.b);
+        assert_ne!(out.action, XDP_REDIRECT, "dsr-l2, too big");
+        assert!(deltas(&before, &counters(&f.dp)).contains(&(Stat::DropFragNeeded, 1)));
+        // One that fits still goes.
+        let small = udp6(FIB_CLIENT, NAT_VIP).build();
+        assert_eq!(f.run(&small, f.b).action, XDP_REDIRECT);
+    });
+}
