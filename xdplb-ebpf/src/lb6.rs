@@ -91,7 +91,7 @@ pub fn try_ingress6(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     // The packet as it arrived, while a capture runs; nothing has modified it yet.
     capture::before(ctx, service.id, now);
     let mode = service::forwarding(service);
-    let (target, _) = service::flow_target::<true>(service, mode, &flow_key, now, wildcard)?;
+    let target = service::flow_target::<true>(ctx, service, mode, &flow_key, now, wildcard)?;
 
     stats::count_traffic(service.id, target.index, pkt.frame_len);
     match mode {

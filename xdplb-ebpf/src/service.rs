@@ -153,16 +153,7 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
     // The packet as it arrived, while a capture runs; nothing has modified it yet.
     capture::before(ctx, service.id, now);
     let mode = forwarding(service);
-    let (target, created) = flow_target::<false>(service, mode, &flow_key, now, wildcard)?;
-    if created && debug_log_enabled() {
-        debug!(
-            ctx,
-            "xdplb: new flow {:i}:{} -> backend #{}",
-            u32::from_be(saddr),
-            u16::from_be(sport_be),
-            target.index
-        );
-    }
+    let target = flow_target::<false>(ctx, service, mode, &flow_key, now, wildcard)?;
 
     stats::count_traffic(service.id, target.index, pkt.frame_len);
     if pkt.fragment == parse::FIRST_FRAGMENT {
@@ -204,18 +195,19 @@ pub fn try_ingress(ctx: &aya_ebpf::programs::XdpContext) -> Result<Verdict, Verd
 }
 
 /// The backend of a service packet's flow (`V6`: the packet's family): its live flow's, or a
-/// new flow's (`true` with it: scheduled now). Err: the service's policy when no backend takes
-/// new flows, or the drop reason of [`new_flow`].
+/// new flow's. Err: the service's policy when no backend takes new flows, or the drop reason
+/// of [`new_flow`].
 #[inline(always)]
 pub fn flow_target<const V6: bool>(
+    ctx: &aya_ebpf::programs::XdpContext,
     service: &Service,
     mode: u32,
     flow_key: &FlowKey,
     now: u64,
     wildcard: bool,
-) -> Result<(Target, bool), Verdict> {
+) -> Result<Target, Verdict> {
     let lookup = match existing_flow(service, mode, flow_key, now, wildcard) {
-        Lookup::Live(t) => return Ok((t, false)),
+        Lookup::Live(t) => return Ok(t),
         lookup => lookup,
     };
     if service.table_len == 0 {
@@ -239,7 +231,17 @@ pub fn flow_target<const V6: bool>(
     let replacing = matches!(lookup, Lookup::Stale);
     let t = new_flow::<V6>(service, mode, flow_key, &tuple, now, replacing, wildcard)
         .map_err(Verdict::drop)?;
-    Ok((t, true))
+    // IPv4 only: the log's address format is IPv4's.
+    if !V6 && debug_log_enabled() {
+        debug!(
+            ctx,
+            "xdplb: new flow {:i}:{} -> backend #{}",
+            u32::from_be(flow_key.client_addr[3]),
+            u16::from_be(flow_key.client_port_be),
+            t.index
+        );
+    }
+    Ok(t)
 }
 
 /// The outer source of a `dsr-ipip` packet (network order): the service's prefix, with the

@@ -681,7 +681,7 @@ fn hop_limit_one_passes_to_the_kernel_and_partial_checksums_are_completed() {
         assert_eq!(got.hop_limit, 1, "the kernel answers time exceeded");
         assert!(deltas(&before, &counters(&f.dp)).contains(&(Stat::PassTtlExceeded, 1)));
 
-        // A partial checksum leaves through XDP completed.
+        // A partial checksum leaves through XDP completed, the request's and its reply's.
         let input = Udp6Frame {
             partial_checksum: true,
             ..udp6("[2001:db8::a3c:202]:5540", NAT_VIP)
@@ -745,5 +745,110 @@ address = "10.60.1.3:7000"
             "the same backend"
         );
         assert!(deltas(&before, &counters(&f.dp)).contains(&(Stat::FlowCreated, 1)));
+    });
+}
+
+#[test]
+fn the_flood_guard_drops_new_ipv6_flows_above_its_rate() {
+    // A round-robin service needs an entry per flow: above the rate, new flows are dropped,
+    // and a flow admitted before keeps going.
+    let toml = "interfaces = [\"lo\"]\nflow_guard_rate = 2\n\n[[service]]\nname = \"flooded\"\n\
+                vip = \"127.0.0.1:9875\"\nscheduler = \"round-robin\"\n\
+                backend = [{ address = \"10.0.0.7:7001\" }, { address = \"10.0.0.8:7001\" }]\n";
+    let (_, mut dp) = load_v6(toml);
+    let flow = |port: u16| udp6(&format!("[2001:db8::a01:203]:{port}"), VIP).build();
+    let before = counters(&dp);
+    let actions: Vec<u32> = (0..4)
+        .map(|i| run(&mut dp, &flow(6000 + i)).action)
+        .collect();
+    let d = deltas(&before, &counters(&dp));
+    assert_eq!(actions, [XDP_PASS, XDP_PASS, XDP_DROP, XDP_DROP], "{d:?}");
+    assert!(d.contains(&(Stat::GuardDropped, 2)), "{d:?}");
+    assert!(d.contains(&(Stat::FlowTableInsert, 2)), "{d:?}");
+    let again = flow(6000);
+    assert_rewritten6(
+        "an admitted flow",
+        &again,
+        &run(&mut dp, &again).frame,
+        "[2001:db8::a00:7]:7001",
+    );
+}
+
+#[test]
+fn maglev_spreads_ipv6_flows_over_every_backend_and_keeps_them() {
+    let toml = r#"
+interfaces = ["lo"]
+
+[[service]]
+name = "maglev"
+vip = "127.0.0.1:9875"
+scheduler = "maglev"
+[[service.backend]]
+address = "127.0.0.1:9876"
+[[service.backend]]
+address = "127.0.0.1:9877"
+[[service.backend]]
+address = "127.0.0.1:9878"
+"#;
+    let (_, mut dp) = load_v6(toml);
+    let mut per_backend = std::collections::BTreeMap::new();
+    let mut first = Vec::new();
+    for i in 0..300u16 {
+        let input = udp6(&format!("[2001:db8::{:x}]:{}", 0x100 + i, 7000 + i), VIP).build();
+        let out = run(&mut dp, &input);
+        let to = decode6(&out.frame).expect("decodes").dst;
+        assert!(BACKENDS.contains(&to.to_string().as_str()), "{to}");
+        *per_backend.entry(to).or_insert(0u32) += 1;
+        first.push((input, to));
+    }
+    assert_eq!(
+        per_backend.len(),
+        3,
+        "every backend gets flows: {per_backend:?}"
+    );
+    assert!(
+        per_backend.values().all(|&n| n > 50),
+        "a fair spread: {per_backend:?}"
+    );
+    for (input, to) in first.iter().step_by(7) {
+        let out = run(&mut dp, input);
+        assert_eq!(decode6(&out.frame).expect("decodes").dst, *to, "sticky");
+    }
+}
+
+#[test]
+fn a_packet_bigger_than_the_egress_mtu_goes_to_the_kernel_or_is_dropped() {
+    in_topology6("v6mtu", || {
+        let st = std::process::Command::new("ip")
+            .args(["link", "set", "fa", "mtu", "1280"])
+            .status()
+            .expect("ip");
+        assert!(st.success(), "fa's MTU");
+        let f = Fib6::new();
+        let big = |dst: &str| {
+            Udp6Frame {
+                payload: vec![0x5a; 1300],
+                ..udp6(FIB_CLIENT, dst)
+            }
+            .build()
+        };
+        // nat: rewritten, then passed: the kernel answers Packet Too Big.
+        let input = big(NAT_VIP);
+        let before = counters(&f.dp);
+        let out = f.run(&input, f.b);
+        assert_eq!(out.action, XDP_PASS, "nat, too big");
+        let got = decode6(&out.frame).expect("decodes");
+        assert_eq!(got.dst, addr6(BACKEND), "rewritten before it is passed");
+        assert!(got.udp_checksum_ok);
+        assert!(deltas(&before, &counters(&f.dp)).contains(&(Stat::PassFragNeeded, 1)));
+        // dsr-l2: the kernel would deliver the VIP locally; dropped and counted.
+        let input = big(DSR_VIP);
+        let before = counters(&f.dp);
+        let out = f.run(&input, f.b);
+        assert_ne!(out.action, XDP_REDIRECT, "dsr-l2, too big");
+        assert!(deltas(&before, &counters(&f.dp)).contains(&(Stat::DropFragNeeded, 1)));
+        // One that fits still goes.
+        let small = udp6(FIB_CLIENT, NAT_VIP).build();
+        assert_eq!(f.run(&small, f.b).action, XDP_REDIRECT);
     });
 }
