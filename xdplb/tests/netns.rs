@@ -1820,7 +1820,13 @@ fn dual_stack_round_trip(
 ) -> (BTreeMap<String, u64>, Deltas) {
     let (lb_ns, dir, instance) = lb;
     let before = stats(lb_ns, dir, instance);
+    let lb_errors = (lb_ns.udp_counters().0, lb_ns.udp6_counters().0);
     let flows = round_trip_to(client_ns, backend_ns, &v6_socket("10.99.0.1:7000"));
+    assert_eq!(
+        (lb_ns.udp_counters().0, lb_ns.udp6_counters().0),
+        lb_errors,
+        "the balancer host's Udp InCsumErrors / Udp6InCsumErrors grew"
+    );
     let d = Deltas {
         before,
         after: stats(lb_ns, dir, instance),

@@ -628,6 +628,7 @@ fn ipv6_vip_problems_are_explained() {
             "write the IPv4 address as IPv4 (\"10.0.0.1:53\")",
         ),
         ("[ff02::1]:53", "multicast address (ff00::/8)"),
+        ("[fe80::1]:53", "link-local address (fe80::/10)"),
     ] {
         let e = err(&with_vip(bad));
         match &e {
@@ -838,6 +839,7 @@ fn ipv6_backend_problems() {
         ("[ff02::1]:53", "ff02::1 is a multicast address (ff00::/8)"),
         ("[::ffff:10.0.0.1]:53", "IPv4-mapped"),
         ("2001:db8::2:53", "written in brackets"),
+        ("[fe80::2]:53", "link-local address (fe80::/10)"),
     ] {
         let e = err(&v6(bad));
         match &e {
@@ -4366,6 +4368,7 @@ fn ipv6_sources_are_checked_like_ipv4_ones() {
         ("2000::/8", "unusable", "shorter than /16"),
         ("::/16", "unusable", "::/8 holds the unspecified, loopback"),
         ("ff05::/16", "unusable", "multicast space (ff00::/8)"),
+        ("fe80::/64", "unusable", "link-local address (fe80::/10)"),
     ] {
         let e = err(&ipip(bad));
         match (&e, variant) {
@@ -4383,7 +4386,14 @@ fn ipv6_sources_are_checked_like_ipv4_ones() {
             "{IFACES}[[service]]\nname = \"demo\"\nvip = \"[2001:db8::1]:9875\"\nforwarding = \"fullnat\"\nfullnat_source = \"{source}\"\n{backend}"
         )
     };
-    for bad in ["::", "::1", "ff02::1", "::ffff:10.0.0.1", "2001:db8::zz"] {
+    for bad in [
+        "::",
+        "::1",
+        "ff02::1",
+        "::ffff:10.0.0.1",
+        "2001:db8::zz",
+        "fe80::1",
+    ] {
         let e = err(&fullnat(bad));
         match &e {
             ConfigError::InvalidFullnat { field, value, .. } => {

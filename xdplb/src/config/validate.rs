@@ -423,7 +423,7 @@ fn vip_address_problem(ip: IpAddr) -> Option<String> {
                 "{v6} is a multicast address (ff00::/8); use a unicast address, or [::] for any address"
             ));
         }
-        IpAddr::V6(_) => return None,
+        IpAddr::V6(v6) => return link_local_problem(v6),
     };
     if ip.is_unspecified() {
         None
@@ -443,6 +443,17 @@ fn vip_address_problem(ip: IpAddr) -> Option<String> {
     } else {
         None
     }
+}
+
+/// Why a link-local IPv6 address (fe80::/10) cannot be a VIP, a backend or a source: it names a
+/// host only together with an interface, which the config cannot say (a map key, a FIB lookup
+/// and `ip -6 route get` would each pick some link).
+fn link_local_problem(ip: std::net::Ipv6Addr) -> Option<String> {
+    ip.is_unicast_link_local().then(|| {
+        format!(
+            "{ip} is a link-local address (fe80::/10), which names a host only together with an interface, and the config has no way to say which; use a global or unique local (fd00::/8) address"
+        )
+    })
 }
 
 /// The shortest `encap_source` prefix accepted: a /8 already spans 2^24 addresses, and a
@@ -473,7 +484,7 @@ fn encap_source_problem(base: IpAddr, prefix_len: u8) -> Option<String> {
                     "{v6} is in multicast space (ff00::/8), not unicast"
                 ))
             } else {
-                None
+                link_local_problem(v6)
             };
         }
     };
@@ -1507,7 +1518,9 @@ fn validate_fullnat(
                     && !a.is_multicast()
                     && match a {
                         IpAddr::V4(v4) => !v4.is_broadcast(),
-                        IpAddr::V6(v6) => v6.to_ipv4_mapped().is_none(),
+                        IpAddr::V6(v6) => {
+                            v6.to_ipv4_mapped().is_none() && link_local_problem(v6).is_none()
+                        }
                     }
             };
             let parsed = s.get_ref().parse::<IpAddr>().ok();
@@ -1718,6 +1731,11 @@ fn validate_backend(
         return Err(invalid(format!(
             "{ip} is a multicast address ({range}), not a host"
         )));
+    }
+    if let IpAddr::V6(v6) = ip
+        && let Some(reason) = link_local_problem(v6)
+    {
+        return Err(invalid(reason));
     }
 
     let weight = match raw.weight {
