@@ -4,18 +4,12 @@
 //!
 //! The builder lays out the bytes by hand (etherparse's `PacketBuilder` builds no arbitrary
 //! extension-header chains, and no partial checksums); the checksum it writes is etherparse's.
-//!
-//! It also turns an IPv4 test config's planned map state into IPv6 entries ([`v6_state`]), for
-//! the tests to run before the config accepts IPv6.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::net::{Ipv6Addr, SocketAddrV6};
 
 use etherparse::{NetSlice, SlicedPacket, TransportSlice, UdpHeader};
-use xdplb::{
-    dataplane::reconcile::{DesiredState, addr_of, addr_v4},
-    packet::{FRAME_DST_MAC, FRAME_SRC_MAC},
-};
-use xdplb_common::{Addr, checksum};
+use xdplb::packet::{FRAME_DST_MAC, FRAME_SRC_MAC};
+use xdplb_common::checksum;
 
 pub const NEXT_HOP_BY_HOP: u8 = 0;
 pub const NEXT_ROUTING: u8 = 43;
@@ -175,61 +169,4 @@ pub fn decode6(frame: &[u8]) -> Option<Decoded6> {
         dst_mac: eth[0..6].try_into().ok()?,
         src_mac: eth[6..12].try_into().ok()?,
     })
-}
-
-/// The IPv6 address standing in for an IPv4 test address: `2001:db8::a.b.c.d`, or `::` for
-/// `0.0.0.0` (the wildcard).
-pub fn v6_of(ip: Ipv4Addr) -> Ipv6Addr {
-    if ip.is_unspecified() {
-        return Ipv6Addr::UNSPECIFIED;
-    }
-    let o = ip.octets();
-    Ipv6Addr::new(
-        0x2001,
-        0x0db8,
-        0,
-        0,
-        0,
-        0,
-        u16::from_be_bytes([o[0], o[1]]),
-        u16::from_be_bytes([o[2], o[3]]),
-    )
-}
-
-fn v6_addr(a: Addr) -> Addr {
-    let wildcard = addr_v4(Ipv4Addr::UNSPECIFIED);
-    if a == wildcard {
-        return [0; 4];
-    }
-    if a[0] == wildcard[0] && a[1] == wildcard[1] && a[2] == wildcard[2] {
-        let v4 = Ipv4Addr::from(a[3].to_ne_bytes());
-        return addr_of(v6_of(v4).into());
-    }
-    a
-}
-
-fn v6_socket(s: SocketAddr) -> SocketAddr {
-    match s {
-        SocketAddr::V4(v4) => SocketAddr::new(v6_of(*v4.ip()).into(), v4.port()),
-        v6 @ SocketAddr::V6(_) => v6,
-    }
-}
-
-/// The planned state of an IPv4 config with every address moved to IPv6 by [`v6_of`] (the
-/// wildcard `0.0.0.0:PORT` to `[::]:PORT`): VIPs, backends, fullnat sources. The scheduling
-/// tables stay as planned (indices). For the IPv6 tests until the config accepts IPv6.
-pub fn v6_state(mut state: DesiredState) -> DesiredState {
-    for s in &mut state.services {
-        s.vip = v6_socket(s.vip);
-        s.key.addr = v6_addr(s.key.addr);
-        for (_, backend, addr) in &mut s.backends {
-            backend.addr = v6_addr(backend.addr);
-            *addr = v6_socket(*addr);
-        }
-        if let Some(f) = &mut s.fullnat {
-            f.addr = v6_addr(f.addr);
-        }
-        s.service.encap_source = v6_addr(s.service.encap_source);
-    }
-    state
 }

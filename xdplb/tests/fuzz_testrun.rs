@@ -2200,8 +2200,9 @@ fn fuzz() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// IPv6: `xdplb_ingress6` on the `local` services of a small config moved to IPv6, fed IPv6
-// frames with random extension-header chains, lengths and checksums.
+// IPv6: `xdplb_ingress6` on an IPv6 config with a service of every mode (local, nat, dsr-l2,
+// fullnat, dsr-ipip IPv6-in-IPv6), loaded as the daemon loads it, in the forwarding topology
+// with IPv6 on, fed IPv6 frames with random extension-header chains, lengths and checksums.
 // ---------------------------------------------------------------------------------------------
 
 const V6_CONFIG: &str = r#"
@@ -2209,42 +2210,108 @@ interfaces = ["lo"]
 
 [[service]]
 name = "demo"
-vip = "127.0.0.1:9875"
+vip = "[2001:db8::7f00:1]:9875"
 scheduler = "round-robin"
 [[service.backend]]
-address = "127.0.0.1:9876"
+address = "[2001:db8::7f00:1]:9876"
 [[service.backend]]
-address = "127.0.0.1:9877"
+address = "[2001:db8::7f00:1]:9877"
 
 [[service]]
 name = "any-address"
-vip = "0.0.0.0:7000"
+vip = "[::]:7000"
 [[service.backend]]
-address = "10.0.0.7:7001"
+address = "[2001:db8::a00:7]:7001"
+
+[[service]]
+name = "nat"
+vip = "[2001:db8::a63:1]:7000"
+forwarding = "nat"
+[[service.backend]]
+address = "[2001:db8::a3c:102]:7000"
+[[service.backend]]
+address = "[2001:db8::a3c:103]:7000"
+
+[[service]]
+name = "dsr"
+vip = "[2001:db8::a63:4]:7000"
+forwarding = "dsr-l2"
+[[service.backend]]
+address = "[2001:db8::a3c:102]:7000"
+[[service.backend]]
+address = "[2001:db8::a3c:103]:7000"
+
+[[service]]
+name = "fullnat"
+vip = "[2001:db8::a63:7]:7000"
+forwarding = "fullnat"
+fullnat_source = "2001:db8::a3c:101"
+fullnat_ports = "20000-59999"
+[[service.backend]]
+address = "[2001:db8::a3c:102]:7001"
+
+[[service]]
+name = "ipip"
+vip = "[2001:db8::a63:6]:7000"
+forwarding = "dsr-ipip"
+encap_source = "2001:db8:ff::/64"
+[[service.backend]]
+address = "[2001:db8::a3c:103]:7000"
 "#;
 
-/// The IPv6 services of `V6_CONFIG` (see `v6::v6_state`): (VIP, port) -> its backends;
-/// `None` for the wildcard's address.
-fn v6_backends(dst: std::net::Ipv6Addr, port: u16) -> Option<Vec<std::net::SocketAddrV6>> {
-    let vip: std::net::Ipv6Addr = "2001:db8::7f00:1".parse().ok()?;
-    let b = |s: &str| s.parse::<std::net::SocketAddrV6>().ok();
-    if dst == vip && port == 9875 {
-        return Some(vec![
-            b("[2001:db8::7f00:1]:9876")?,
-            b("[2001:db8::7f00:1]:9877")?,
-        ]);
-    }
-    // The wildcard takes any address but an IPv4-mapped one.
-    if port == 7000 && dst.to_ipv4_mapped().is_none() {
-        return Some(vec![b("[2001:db8::a00:7]:7001")?]);
-    }
-    None
+/// `V6_CONFIG`'s fullnat source, its port range and the dsr-ipip prefix's first 64 bits.
+const V6_FULLNAT_SOURCE: &str = "2001:db8::a3c:101";
+const V6_ENCAP_PREFIX: [u8; 8] = [0x20, 0x01, 0x0d, 0xb8, 0, 0xff, 0, 0];
+
+/// The IPv6 neighbours of the topology: the two backends on `fa`, the client on `fb`.
+const V6_NEIGHBOURS: [(&str, [u8; 6], &str); 3] = [
+    ("2001:db8::a3c:102", MAC_BACKEND, "fa"),
+    ("2001:db8::a3c:103", [0x02, 0, 0, 0, 0x01, 0x03], "fa"),
+    ("2001:db8::a3c:202", MAC_CLIENT, "fb"),
+];
+
+fn v6_sock(s: &str) -> std::net::SocketAddrV6 {
+    s.parse().expect("a test address")
+}
+
+/// The MAC of the neighbour `ip` on `fa`.
+fn v6_backend_mac(ip: std::net::Ipv6Addr) -> Option<[u8; 6]> {
+    V6_NEIGHBOURS
+        .iter()
+        .find(|(a, _, dev)| *dev == "fa" && a.parse().ok() == Some(ip))
+        .map(|(_, mac, _)| *mac)
+}
+
+/// The IPv6 services of `V6_CONFIG`: (VIP, port) -> its mode and backends; the wildcard takes
+/// any address but an IPv4-mapped one on its port, when no VIP matches.
+fn v6_service(dst: std::net::Ipv6Addr, port: u16) -> Option<(Mode, Vec<std::net::SocketAddrV6>)> {
+    let at = |vip: &str| dst == vip.parse::<std::net::Ipv6Addr>().expect("a test address");
+    let b = |list: &[&str]| list.iter().map(|s| v6_sock(s)).collect::<Vec<_>>();
+    let found = match port {
+        9875 if at("2001:db8::7f00:1") => (
+            Mode::Local,
+            b(&["[2001:db8::7f00:1]:9876", "[2001:db8::7f00:1]:9877"]),
+        ),
+        7000 if at("2001:db8::a63:1") || at("2001:db8::a63:4") => (
+            if at("2001:db8::a63:1") {
+                Mode::Nat
+            } else {
+                Mode::DsrL2
+            },
+            b(&["[2001:db8::a3c:102]:7000", "[2001:db8::a3c:103]:7000"]),
+        ),
+        7000 if at("2001:db8::a63:7") => (Mode::Fullnat, b(&["[2001:db8::a3c:102]:7001"])),
+        7000 if at("2001:db8::a63:6") => (Mode::DsrIpip, b(&["[2001:db8::a3c:103]:7000"])),
+        7000 if dst.to_ipv4_mapped().is_none() => (Mode::Local, b(&["[2001:db8::a00:7]:7001"])),
+        _ => return None,
+    };
+    Some(found)
 }
 
 /// The model of which IPv6 frames the data plane balances, written from the policy (the
 /// extension-header rules in `parse::ipv6_upper`) and independent of the code under test:
-/// `Some(UDP offset)` for a frame to balance.
-fn v6_model(f: &[u8]) -> Option<usize> {
+/// `Some(UDP offset, mode, backends)` for a frame to balance.
+fn v6_model(f: &[u8]) -> Option<(usize, Mode, Vec<std::net::SocketAddrV6>)> {
     if f.len() < 54 || f[0..6] != xdplb::packet::FRAME_DST_MAC || f[12..14] != [0x86, 0xdd] {
         return None;
     }
@@ -2283,16 +2350,24 @@ fn v6_model(f: &[u8]) -> Option<usize> {
     }
     let dst = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&f[38..54]).ok()?);
     let port = u16::from_be_bytes([f[off + 2], f[off + 3]]);
-    v6_backends(dst, port).map(|_| off)
+    v6_service(dst, port).map(|(mode, backends)| (off, mode, backends))
 }
 
 /// A random IPv6 frame: a request to a service (or near one), a chain of extension headers
 /// (skippable, fragment, unknown), and mutations of its lengths, checksum and bytes.
 fn v6_frame(r: &mut Rng) -> Vec<u8> {
-    let client = format!("[2001:db8::a01:{:x}]:{}", r.below(4) + 1, 4000 + r.below(8));
-    let dst = match r.below(5) {
+    let client = format!(
+        "[2001:db8::a3c:{:x}]:{}",
+        0x202 + r.below(4),
+        4000 + r.below(8)
+    );
+    let dst = match r.below(9) {
         0..=2 => "[2001:db8::7f00:1]:9875".to_string(),
         3 => format!("[2001:db8::{:x}]:7000", r.below(3) + 1),
+        4..=7 => format!(
+            "[2001:db8::a63:{}]:7000",
+            r.pick(&["1", "4", "7", "6", "6", "7"])
+        ),
         _ => r
             .pick(&[
                 "[::ffff:127.0.0.1]:9875",
@@ -2324,7 +2399,7 @@ fn v6_frame(r: &mut Rng) -> Vec<u8> {
     }
     u.zero_udp_checksum = r.chance(4);
     u.partial_checksum = r.chance(10);
-    u.hop_limit = r.pick(&[64, 1, 0, 255]);
+    u.hop_limit = r.pick(&[64, 64, 1, 0, 255]);
     if r.chance(5) {
         u.dst_mac = [0x02, 0, 0, 0, 0x77, 1];
     }
@@ -2366,35 +2441,85 @@ fn v6_frame(r: &mut Rng) -> Vec<u8> {
 
 #[test]
 fn fuzzed_ipv6_frames_keep_the_data_plane_invariants() {
-    let seed = std::env::var("XDPLB_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_SEED);
-    let cases: u64 = std::env::var("XDPLB_FUZZ_CASES")
+    require_root();
+    netns::in_fib_topology("fuzz6", &[], "the IPv6 fuzz run passes", fuzz6);
+}
+
+/// Gives the topology its IPv6 side: fa 2001:db8::a3c:101/120 (the backends'), fb
+/// 2001:db8::a3c:201/120 (the clients'), `V6_NEIGHBOURS`, IPv6 forwarding on.
+fn add_ipv6_to_fib_topology() {
+    netns::sh(&[
+        "ip",
+        "addr",
+        "add",
+        "2001:db8::a3c:101/120",
+        "dev",
+        "fa",
+        "nodad",
+    ]);
+    netns::sh(&[
+        "ip",
+        "addr",
+        "add",
+        "2001:db8::a3c:201/120",
+        "dev",
+        "fb",
+        "nodad",
+    ]);
+    for (addr, mac, dev) in V6_NEIGHBOURS {
+        let mac = mac.map(|b| format!("{b:02x}")).join(":");
+        netns::sh(&[
+            "ip",
+            "neigh",
+            "add",
+            addr,
+            "lladdr",
+            &mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
+    }
+    netns::sh(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+}
+
+/// What one balanced flow was given: its backend and, under fullnat its source port, under
+/// dsr-ipip the hash in its outer source.
+type V6Learned = (std::net::SocketAddrV6, Option<u32>);
+
+fn fuzz6() {
+    add_ipv6_to_fib_topology();
+    let seed = env_u64("XDPLB_FUZZ_SEED", DEFAULT_SEED);
+    let cases = std::env::var("XDPLB_FUZZ_CASES")
         .ok()
         .and_then(|s| s.parse().ok())
         .map_or(8_000, |n: u64| n / 8);
-    let cfg = xdplb::config::parse(V6_CONFIG, "test").expect("valid");
-    require_root();
-    pin_to_cpu0();
-    let mut dp = xdplb::dataplane::Dataplane::load(cfg.limits, false).expect("load");
-    let state = xdplb::dataplane::reconcile::desired_state(&cfg, None).expect("plan");
-    dp.apply(v6::v6_state(state)).expect("apply");
-    accept_frames_on_lo(&mut dp);
+    let (_cfg, mut dp) = load_toml(V6_CONFIG);
+    let (a, b) = (ifindex("fa"), ifindex("fb"));
+    dp.set_interface_mac(a, xdplb::packet::FRAME_DST_MAC, false)
+        .expect("fa's address");
+    dp.set_interface_mac(b, xdplb::packet::FRAME_DST_MAC, false)
+        .expect("fb's address");
+    let prog = ingress_program(&mut dp);
+    let fullnat_source: std::net::Ipv6Addr = V6_FULLNAT_SOURCE.parse().expect("an address");
     let mut r = Rng(seed ^ 0x6666);
-    let mut backend_of: HashMap<(Vec<u8>, Vec<u8>), std::net::SocketAddrV6> = HashMap::new();
-    let (mut balanced, mut violations) = (0u64, Vec::new());
+    let mut learned: HashMap<(Vec<u8>, Vec<u8>), V6Learned> = HashMap::new();
+    let mut balanced: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut violations = Vec::new();
     for case in 0..cases {
         let input = v6_frame(&mut r);
         let before = counters(&dp);
-        let out = run(&mut dp, &input);
+        let out = testrun::run_xdp_on(&prog, &input, b)
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {}: {e}", hex(&input)));
         let moved: Vec<(Stat, u64)> = deltas(&before, &counters(&dp))
             .into_iter()
             .filter(|(s, _)| is_verdict(*s))
             .collect();
         let mut fail = |why: String| {
             violations.push(format!(
-                "seed {seed:#x} case {case}: {why}; frame {input:02x?}"
+                "seed {seed:#x} case {case}: {why}; frame {}",
+                hex(&input)
             ));
         };
         if out.action == XDP_ABORTED {
@@ -2407,67 +2532,44 @@ fn fuzzed_ipv6_frames_keep_the_data_plane_invariants() {
                 action_name(out.action)
             ));
         }
-        let Some(udp) = v6_model(&input) else {
+        let Some((udp, mode, backends)) = v6_model(&input) else {
             if out.frame != input {
                 fail("a frame the model does not balance was modified".into());
             }
             continue;
         };
-        if out.action != XDP_PASS || out.frame.len() != input.len() {
-            fail(format!(
-                "local: passed whole, got {}",
-                action_name(out.action)
-            ));
-            continue;
-        }
-        balanced += 1;
-        // Only the destination address, the destination port and the checksum may change.
-        let changed: Vec<usize> = (0..input.len())
-            .filter(|&i| input[i] != out.frame[i])
-            .collect();
-        let allowed = |i: usize| {
-            (38..54).contains(&i)
-                || (udp + 2..udp + 4).contains(&i)
-                || (udp + 6..udp + 8).contains(&i)
+        let (to, snat_port) = match v6_check(&input, &out, udp, mode, &backends, fullnat_source) {
+            Ok(got) => got,
+            Err(why) => {
+                fail(format!("{mode:?}: {why}"));
+                continue;
+            }
         };
-        if let Some(i) = changed.iter().find(|&&i| !allowed(i)) {
-            fail(format!("byte {i} changed"));
-        }
-        let dst = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&input[38..54]).expect("16"));
-        let port = u16::from_be_bytes([input[udp + 2], input[udp + 3]]);
-        let backends = v6_backends(dst, port).expect("the model's service");
-        let to = std::net::SocketAddrV6::new(
-            std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&out.frame[38..54]).expect("16")),
-            u16::from_be_bytes([out.frame[udp + 2], out.frame[udp + 3]]),
-            0,
-            0,
-        );
-        if !backends.contains(&to) {
-            fail(format!("sent to {to}, not a backend"));
-        }
+        *balanced.entry(v6_mode_name(mode)).or_default() += 1;
         let key = (input[22..54].to_vec(), input[udp..udp + 4].to_vec());
-        if let Some(prev) = backend_of.insert(key, to)
-            && prev != to
+        if let Some(prev) = learned.insert(key, (to, snat_port))
+            && prev != (to, snat_port)
         {
-            fail(format!("flow moved from {prev} to {to}"));
-        }
-        // The checksum: as right after as before (an incremental update keeps a wrong one
-        // wrong, and a partial one partial), judged by etherparse.
-        let ok_in = v6::decode6(&input).is_some_and(|d| d.udp_checksum_ok);
-        let ok_out = v6::decode6(&out.frame).is_some_and(|d| d.udp_checksum_ok);
-        if ok_in != ok_out {
             fail(format!(
-                "UDP checksum valid before: {ok_in}, after: {ok_out}"
+                "{mode:?}: flow moved from {prev:?} to {:?}",
+                (to, snat_port)
             ));
         }
     }
+    let total: u64 = balanced.values().sum();
     assert!(
-        balanced > cases / 20,
-        "too few frames balanced: {balanced} of {cases}"
+        total > cases / 20,
+        "too few frames balanced: {balanced:?} of {cases}"
     );
+    for mode in ["local", "nat", "dsr-l2", "fullnat", "dsr-ipip"] {
+        assert!(
+            balanced.get(mode).is_some_and(|&n| n > cases / 200),
+            "too few {mode} frames balanced: {balanced:?} of {cases}"
+        );
+    }
     assert!(
         violations.is_empty(),
-        "{} violations of {cases} cases ({balanced} balanced), the first:\n{}",
+        "{} violations of {cases} cases ({balanced:?} balanced), the first:\n{}",
         violations.len(),
         violations
             .iter()
@@ -2476,4 +2578,188 @@ fn fuzzed_ipv6_frames_keep_the_data_plane_invariants() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+fn v6_mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Local => "local",
+        Mode::Nat => "nat",
+        Mode::DsrL2 => "dsr-l2",
+        Mode::Fullnat => "fullnat",
+        Mode::DsrIpip => "dsr-ipip",
+    }
+}
+
+fn v6_at(f: &[u8], at: usize) -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&f[at..at + 16]).expect("16 bytes"))
+}
+
+/// Checks the output of a frame the model balances under `mode` to one of `backends`: the
+/// action, the bytes that may change and how, lengths, checksums, MACs. Returns the backend it
+/// went to and what else the flow keeps (see [`V6Learned`]).
+fn v6_check(
+    input: &[u8],
+    out: &testrun::XdpRun,
+    udp: usize,
+    mode: Mode,
+    backends: &[std::net::SocketAddrV6],
+    fullnat_source: std::net::Ipv6Addr,
+) -> Result<V6Learned, String> {
+    let o = &out.frame;
+    let hop = input[21];
+    // nat and fullnat pass a frame whose hop limit would reach 0 to the kernel (rewritten, for
+    // the kernel to answer) and send the others out of fa; the dsr modes send every frame out
+    // of fa with its hop limit as it came (the backend is the next hop; as IPv4's TTL).
+    let dsr = matches!(mode, Mode::DsrL2 | Mode::DsrIpip);
+    let routed = dsr || (mode != Mode::Local && hop > 1);
+    let want_action = if routed { XDP_REDIRECT } else { XDP_PASS };
+    if out.action != want_action {
+        return Err(format!(
+            "{} (hop limit {hop}), expected {}",
+            action_name(out.action),
+            action_name(want_action)
+        ));
+    }
+    if mode == Mode::DsrIpip && routed {
+        return v6_check_ipip(input, o, udp, backends);
+    }
+    if o.len() != input.len() {
+        return Err(format!("length {} -> {}", input.len(), o.len()));
+    }
+    let changed: Vec<usize> = (0..input.len()).filter(|&i| input[i] != o[i]).collect();
+    let (src_rewritten, dst_rewritten) = match mode {
+        Mode::Local | Mode::Nat => (false, true),
+        Mode::Fullnat => (true, true),
+        Mode::DsrL2 | Mode::DsrIpip => (false, false),
+    };
+    let allowed = |i: usize| {
+        (routed && i < 12)
+            || (routed && i == 21 && mode != Mode::DsrL2)
+            || (src_rewritten && ((22..38).contains(&i) || (udp..udp + 2).contains(&i)))
+            || (dst_rewritten && ((38..54).contains(&i) || (udp + 2..udp + 4).contains(&i)))
+            // Rewritten, or (sent) completed when it arrived partial.
+            || ((src_rewritten || dst_rewritten || routed) && (udp + 6..udp + 8).contains(&i))
+    };
+    if let Some(i) = changed.iter().find(|&&i| !allowed(i)) {
+        return Err(format!("byte {i} changed"));
+    }
+    let want_hop = if routed && mode != Mode::DsrL2 {
+        hop - 1
+    } else {
+        hop
+    };
+    if o[21] != want_hop {
+        return Err(format!(
+            "hop limit {} -> {}, expected {want_hop}",
+            hop, o[21]
+        ));
+    }
+    let to = if dsr {
+        // Unchanged: the backend is the one the destination MAC names.
+        let dst_mac: [u8; 6] = o[..6].try_into().expect("6 bytes");
+        *backends
+            .iter()
+            .find(|b| v6_backend_mac(*b.ip()) == Some(dst_mac))
+            .ok_or("destination MAC is no backend's")?
+    } else {
+        let to = std::net::SocketAddrV6::new(v6_at(o, 38), be16(o, udp + 2), 0, 0);
+        if !backends.contains(&to) {
+            return Err(format!("sent to {to}, not a backend"));
+        }
+        to
+    };
+    if routed {
+        if o[6..12] != MAC_A {
+            return Err("source MAC is not fa's".into());
+        }
+        if v6_backend_mac(*to.ip()) != Some(o[..6].try_into().expect("6 bytes")) {
+            return Err(format!("destination MAC is not {to}'s"));
+        }
+    }
+    let mut snat_port = None;
+    if mode == Mode::Fullnat {
+        let port = be16(o, udp);
+        if v6_at(o, 22) != fullnat_source {
+            return Err(format!("source {} is not fullnat_source", v6_at(o, 22)));
+        }
+        if !(20000..=59999).contains(&port) {
+            return Err(format!("source port {port} outside fullnat_ports"));
+        }
+        snat_port = Some(u32::from(port));
+    }
+    // The UDP checksum: as right after as before in local mode (an incremental update keeps a
+    // wrong one wrong, and a partial one partial); a right one stays right when forwarded, and
+    // dsr-l2 changes it only to complete a partial one.
+    let ok_in = v6::decode6(input).is_some_and(|d| d.udp_checksum_ok);
+    let ok_out = v6::decode6(o).is_some_and(|d| d.udp_checksum_ok);
+    let completed = changed.iter().any(|i| (udp + 6..udp + 8).contains(i));
+    if (mode == Mode::Local && ok_in != ok_out)
+        || (ok_in && !ok_out)
+        || (mode == Mode::DsrL2 && completed && !ok_out)
+    {
+        return Err(format!(
+            "UDP checksum valid before: {ok_in}, after: {ok_out}"
+        ));
+    }
+    Ok((to, snat_port))
+}
+
+/// dsr-ipip over IPv6: the input's packet (with any bytes after it) unchanged (but for a partial
+/// UDP checksum, completed) behind an outer
+/// IPv6 header (next header 41, hop limit 64) from the encap_source prefix to a backend.
+fn v6_check_ipip(
+    input: &[u8],
+    o: &[u8],
+    udp: usize,
+    backends: &[std::net::SocketAddrV6],
+) -> Result<V6Learned, String> {
+    if o.len() != input.len() + 40 {
+        return Err("not the inner packet behind a 40-byte outer header".into());
+    }
+    // The inner packet unchanged, but for a partial UDP checksum completed.
+    let inner: Vec<u8> = input[..14].iter().chain(&o[54..]).copied().collect();
+    let changed: Vec<usize> = (0..input.len()).filter(|&i| input[i] != inner[i]).collect();
+    if let Some(i) = changed.iter().find(|&&i| !(udp + 6..udp + 8).contains(&i)) {
+        return Err(format!("inner byte {i} changed"));
+    }
+    let ok_in = v6::decode6(input).is_some_and(|d| d.udp_checksum_ok);
+    let ok_out = v6::decode6(&inner).is_some_and(|d| d.udp_checksum_ok);
+    if (ok_in || !changed.is_empty()) && !ok_out {
+        return Err(format!(
+            "inner UDP checksum valid before: {ok_in}, after: {ok_out}"
+        ));
+    }
+    if be16(o, 12) != 0x86dd || o[14] >> 4 != 6 {
+        return Err("outer EtherType or version".into());
+    }
+    let inner_len = 40 + usize::from(be16(input, 18));
+    if usize::from(be16(o, 18)) != inner_len {
+        return Err(format!(
+            "outer payload length {}, inner packet {inner_len}",
+            be16(o, 18)
+        ));
+    }
+    if o[20] != 41 || o[21] != 64 {
+        return Err(format!("outer next header {} hop limit {}", o[20], o[21]));
+    }
+    // A /64 prefix: the flow hash goes into the low 32 bits, the 32 bits above stay zero.
+    if o[22..30] != V6_ENCAP_PREFIX || o[30..34] != [0; 4] {
+        return Err(format!(
+            "outer source {} outside encap_source",
+            v6_at(o, 22)
+        ));
+    }
+    let to = backends
+        .iter()
+        .find(|b| *b.ip() == v6_at(o, 38))
+        .ok_or_else(|| format!("outer destination {} is no backend", v6_at(o, 38)))?;
+    if o[6..12] != MAC_A || v6_backend_mac(*to.ip()) != Some(o[..6].try_into().expect("6")) {
+        return Err("MACs".into());
+    }
+    // The flow's outer source is learned with it (as its port is under fullnat): the same
+    // flow keeps the same hash.
+    Ok((
+        *to,
+        Some(u32::from_be_bytes(o[34..38].try_into().expect("4 bytes"))),
+    ))
 }

@@ -5,8 +5,9 @@
 //! service) and ICMPv6 packet too big, the TC reply path of `local` backends for IPv6
 //! (`xdplb_reply`), and the backend-side decapsulator (`xdplb decap`).
 //!
-//! The IPv6 state (services, flows, reply owners, fullnat translations) is written into the
-//! maps directly, as a config would write it.
+//! The IPv6-in-IPv6 cases load an IPv6 config as the daemon does (`IPIP6_CONFIG`). The other
+//! cases need exact flow entries, reply owners and fullnat translations (given hashes, backend
+//! indices), so their IPv6 state is written into the maps directly, as the daemon writes it.
 //! Needs root; run with the README test command.
 
 use std::net::{Ipv6Addr, SocketAddrV6};
@@ -18,9 +19,9 @@ use xdplb::{
     testrun,
 };
 use xdplb_common::{
-    Backend, FORWARD_DSR_IPIP, FORWARD_NAT, FullnatPeer, IPPROTO_UDP, PORT_LOCAL_BACKEND,
-    REPLY_FLAG_NAT, REPLY_FLAG_WILDCARD, Reply, ReplyKey, SCHED_ROUND_ROBIN,
-    SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FORWARDING_SHIFT, Service, Stat,
+    FORWARD_DSR_IPIP, FORWARD_NAT, FullnatPeer, IPPROTO_UDP, PORT_LOCAL_BACKEND, REPLY_FLAG_NAT,
+    REPLY_FLAG_WILDCARD, Reply, ReplyKey, SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FORWARDING_SHIFT,
+    Service, Stat,
     hash::{FlowTuple, HASH_FIVE_TUPLE, flow_hash},
 };
 use xdplb_test_support::{v6_edges::*, *};
@@ -574,55 +575,22 @@ fn dsr_ipip_over_ipv6_encapsulates_and_answers_packet_too_big() {
     );
 }
 
-/// A `dsr-ipip` IPv6 service written into the maps: one backend (index `BACKEND_INDEX`, table
-/// slot `TABLE_BASE`), round robin, the outer source prefix 2001:db8:200::/96.
-const BACKEND_INDEX: u32 = 3;
-const TABLE_BASE: u32 = 100;
-const HASH_SEED: u32 = 0x5eed;
+/// The data plane of the IPv6-in-IPv6 cases, loaded from this config as the daemon loads it:
+/// a `dsr-ipip` IPv6 service with one backend, the outer source prefix 2001:db8:200::/96 (32
+/// host bits), the hash seed `HASH_SEED`.
+const IPIP6_CONFIG: &str = r#"
+interfaces = ["lo"]
+hash_seed = 24301
 
-fn ipip6_service(dp: &mut xdplb::dataplane::Dataplane, vip: SocketAddrV6, backend: SocketAddrV6) {
-    put(
-        dp,
-        "SERVICES_V2",
-        service_key(vip),
-        Service {
-            id: 2,
-            backend_base: BACKEND_INDEX,
-            backend_count: 1,
-            scheduler: SCHED_ROUND_ROBIN,
-            table_base: TABLE_BASE,
-            table_len: 1,
-            hash_fields: HASH_FIVE_TUPLE,
-            hash_seed: HASH_SEED,
-            flow_idle_timeout_ns: 60_000_000_000,
-            flags: (FORWARD_DSR_IPIP << SERVICE_FORWARDING_SHIFT)
-                | (32 << SERVICE_ENCAP_HOST_BITS_SHIFT),
-            encap_source: addr6(v6("2001:db8:200::")),
-            _pad: 0,
-        },
-    );
-    let mut backends: aya::maps::Array<_, Backend> =
-        aya::maps::Array::try_from(dp.ebpf_mut().map_mut("BACKENDS_V1").expect("backends"))
-            .expect("an array");
-    backends
-        .set(
-            BACKEND_INDEX,
-            Backend {
-                addr: addr6(*backend.ip()),
-                port_be: backend.port().to_be(),
-                weight: 1,
-                flags: 0,
-            },
-            0,
-        )
-        .expect("write the backend");
-    let mut lookup: aya::maps::Array<_, u32> =
-        aya::maps::Array::try_from(dp.ebpf_mut().map_mut("LOOKUP_V1").expect("lookup"))
-            .expect("an array");
-    lookup
-        .set(TABLE_BASE, BACKEND_INDEX, 0)
-        .expect("write the table");
-}
+[[service]]
+name = "ipip6"
+vip = "[2001:db8:99::6]:7000"
+forwarding = "dsr-ipip"
+encap_source = "2001:db8:200::/96"
+[[service.backend]]
+address = "[2001:db8:60:1::2]:7000"
+"#;
+const HASH_SEED: u32 = 0x5eed;
 
 /// The outer source for `client` -> `vip`: the prefix with the 5-tuple hash in its last 32
 /// bits.
@@ -642,7 +610,8 @@ fn expected_outer_source(client: SocketAddrV6, vip: SocketAddrV6) -> Ipv6Addr {
 
 fn ip6ip6_cases() {
     add_ipv6_to_topology();
-    let (_, mut dp) = load_toml(CONFIG);
+    let (cfg, mut dp) = load_toml(IPIP6_CONFIG);
+    assert_eq!(cfg.hash_seed, HASH_SEED, "test data");
     let (a, b) = (ifindex("fa"), ifindex("fb"));
     dp.set_interface_mac(a, FRAME_DST_MAC, false)
         .expect("fa's address");
@@ -650,7 +619,6 @@ fn ip6ip6_cases() {
         .expect("fb's address");
     let vip = sock6("[2001:db8:99::6]:7000");
     let backend = sock6("[2001:db8:60:1::2]:7000");
-    ipip6_service(&mut dp, vip, backend);
     let prog = ingress_program(&mut dp);
     let run = |frame: &[u8], on: u32| testrun::run_xdp_on(&prog, frame, on).expect("test run");
 

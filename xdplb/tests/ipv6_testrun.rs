@@ -3,10 +3,11 @@
 //! IPv4 cases of xdp_testrun, forwarding_testrun and hardening_testrun for `local`, `nat`,
 //! `fullnat` and `dsr-l2`, and the extension-header policy. Needs root.
 //!
-//! The services are the IPv4 test configs with every address moved to IPv6
-//! (`xdplb_test_support::v6::v6_state`: `a.b.c.d` becomes `2001:db8::a.b.c.d`, `0.0.0.0` the
-//! wildcard `[::]`), written as map entries. Expected frames are built independently
-//! (`Udp6Frame`, checked with etherparse's `decode6`).
+//! The services are the IPv4 test configs written with IPv6 addresses (`a.b.c.d` becomes
+//! `2001:db8::a.b.c.d`, `0.0.0.0:PORT` the wildcard `[::]:PORT`), loaded as the daemon loads
+//! them: parsed and validated, planned by `reconcile::desired_state` and written by
+//! `Dataplane::apply_config`. Expected frames are built independently (`Udp6Frame`, checked
+//! with etherparse's `decode6`).
 
 use xdplb::{
     config::{self, Config},
@@ -17,8 +18,31 @@ use xdplb::{
 use xdplb_common::{Service, Stat};
 use xdplb_test_support::{v6::*, *};
 
-/// The tutorial's three backends (round robin) and a wildcard service, as in xdp_testrun.
+/// The tutorial's three backends (round robin) and a wildcard service, as in xdp_testrun,
+/// over IPv6.
 const LO_CONFIG: &str = r#"
+interfaces = ["lo"]
+
+[[service]]
+name = "demo"
+vip = "[2001:db8::7f00:1]:9875"
+scheduler = "round-robin"
+[[service.backend]]
+address = "[2001:db8::7f00:1]:9876"
+[[service.backend]]
+address = "[2001:db8::7f00:1]:9877"
+[[service.backend]]
+address = "[2001:db8::7f00:1]:9878"
+
+[[service]]
+name = "any-address"
+vip = "[::]:7000"
+[[service.backend]]
+address = "[2001:db8::a00:7]:7001"
+"#;
+
+/// `LO_CONFIG` in IPv4, as xdp_testrun has it.
+const LO_CONFIG_V4: &str = r#"
 interfaces = ["lo"]
 
 [[service]]
@@ -47,19 +71,15 @@ const BACKENDS: [&str; 3] = [
     "[2001:db8::7f00:1]:9878",
 ];
 
-/// Loads the data plane with `toml`'s services moved to IPv6 (see the module's documentation),
-/// frames to FRAME_DST_MAC accepted on lo, round-robin cursors at 0.
+/// Loads the data plane with the IPv6 config `toml` as the daemon does (parse and validate,
+/// plan, write the maps), frames to FRAME_DST_MAC accepted on lo, round-robin cursors at 0.
 fn load_v6(toml: &str) -> (Config, Dataplane) {
     let cfg = config::parse(toml, "test").expect("test config is valid");
-    require_root();
-    pin_to_cpu0();
-    let mut dp = Dataplane::load(cfg.limits, false).expect("load the data plane");
-    let state = reconcile::desired_state(&cfg, None).expect("plan");
-    dp.apply(v6_state(state)).expect("fill maps");
-    accept_frames_on_lo(&mut dp);
-    for id in 0..cfg.services.len() as u32 {
-        dp.set_rr_cursor(id, 0).expect("reset cursor");
-    }
+    assert!(
+        cfg.services.iter().all(|s| s.vip.is_ipv6()),
+        "an IPv6 test config"
+    );
+    let dp = load_config(&cfg);
     (cfg, dp)
 }
 
@@ -296,7 +316,7 @@ fn what_is_not_ours_passes_untouched() {
 
 #[test]
 fn ipv4_is_still_balanced_beside_ipv6() {
-    let cfg = config::parse(LO_CONFIG, "test").expect("valid");
+    let cfg = config::parse(LO_CONFIG_V4, "test").expect("valid");
     let mut dp = load_config(&cfg);
     let input = udp("10.1.2.3:4444", "127.0.0.1:9875").build();
     let out = run(&mut dp, &input);
@@ -330,7 +350,7 @@ fn a_partial_checksum_stays_partial_for_local_delivery() {
 #[test]
 fn no_backend_drops_or_passes_as_the_policy_says() {
     let (cfg, mut dp) = load_v6(LO_CONFIG);
-    let state = v6_state(reconcile::desired_state(&cfg, None).expect("plan"));
+    let state = reconcile::desired_state(&cfg, None).expect("plan");
     let plan = &state.services[0];
     for (flags, action, stat) in [
         (0, XDP_DROP, Stat::DropNoBackend),
@@ -364,9 +384,11 @@ fn no_backend_drops_or_passes_as_the_policy_says() {
 #[test]
 fn a_backend_of_the_other_family_takes_no_flow() {
     let (cfg, mut dp) = load_v6(LO_CONFIG);
-    // The IPv6 service's table pointing at IPv4 backends (what the config never writes).
-    let v4 = reconcile::desired_state(&cfg, None).expect("plan");
-    let mut state = v6_state(v4.clone());
+    // The IPv6 service's table pointing at IPv4 backends (what the config never writes): the
+    // IPv6 plan with the backends of the same config in IPv4.
+    let v4_cfg = config::parse(LO_CONFIG_V4, "test").expect("valid");
+    let v4 = reconcile::desired_state(&v4_cfg, None).expect("plan");
+    let mut state = reconcile::desired_state(&cfg, None).expect("plan");
     for (s6, s4) in state.services.iter_mut().zip(&v4.services) {
         s6.backends.clone_from(&s4.backends);
     }
@@ -380,7 +402,7 @@ fn a_backend_of_the_other_family_takes_no_flow() {
 }
 
 // ---- Forwarding through the FIB: a namespace with the forwarding tests' two veths, given
-// IPv6 addresses (the IPv4 ones moved by `v6_of`). ----
+// IPv6 addresses (the IPv4 ones written as `2001:db8::a.b.c.d`). ----
 
 /// The hardening tests' services (nat, dsr-l2, fullnat, a wildcard nat), moved to IPv6.
 const FIB_CONFIG: &str = r#"
@@ -388,33 +410,33 @@ interfaces = ["lo"]
 
 [[service]]
 name = "nat"
-vip = "10.99.0.1:7000"
+vip = "[2001:db8::a63:1]:7000"
 forwarding = "nat"
 [[service.backend]]
-address = "10.60.1.2:7000"
+address = "[2001:db8::a3c:102]:7000"
 
 [[service]]
 name = "dsr"
-vip = "10.99.0.4:7000"
+vip = "[2001:db8::a63:4]:7000"
 forwarding = "dsr-l2"
 [[service.backend]]
-address = "10.60.1.2:7000"
+address = "[2001:db8::a3c:102]:7000"
 
 [[service]]
 name = "fullnat"
-vip = "10.99.0.7:7000"
+vip = "[2001:db8::a63:7]:7000"
 forwarding = "fullnat"
-fullnat_source = "10.60.1.1"
+fullnat_source = "2001:db8::a3c:101"
 fullnat_ports = "40000-40009"
 [[service.backend]]
-address = "10.60.1.2:7001"
+address = "[2001:db8::a3c:102]:7001"
 
 [[service]]
 name = "wild"
-vip = "0.0.0.0:5601"
+vip = "[::]:5601"
 forwarding = "nat"
 [[service.backend]]
-address = "10.60.1.3:7000"
+address = "[2001:db8::a3c:103]:7000"
 "#;
 
 const NAT_VIP: &str = "[2001:db8::a63:1]:7000";
@@ -718,14 +740,14 @@ flow_guard_rate = 0
 
 [[service]]
 name = "deferred"
-vip = "10.99.0.4:7000"
+vip = "[2001:db8::a63:4]:7000"
 forwarding = "dsr-l2"
 scheduler = "maglev"
 flow_state = "second-packet"
 [[service.backend]]
-address = "10.60.1.2:7000"
+address = "[2001:db8::a3c:102]:7000"
 [[service.backend]]
-address = "10.60.1.3:7000"
+address = "[2001:db8::a3c:103]:7000"
 "#;
     in_topology6("v6defer", || {
         let f = Fib6::with(toml);
@@ -753,8 +775,8 @@ fn the_flood_guard_drops_new_ipv6_flows_above_its_rate() {
     // A round-robin service needs an entry per flow: above the rate, new flows are dropped,
     // and a flow admitted before keeps going.
     let toml = "interfaces = [\"lo\"]\nflow_guard_rate = 2\n\n[[service]]\nname = \"flooded\"\n\
-                vip = \"127.0.0.1:9875\"\nscheduler = \"round-robin\"\n\
-                backend = [{ address = \"10.0.0.7:7001\" }, { address = \"10.0.0.8:7001\" }]\n";
+                vip = \"[2001:db8::7f00:1]:9875\"\nscheduler = \"round-robin\"\n\
+                backend = [{ address = \"[2001:db8::a00:7]:7001\" }, { address = \"[2001:db8::a00:8]:7001\" }]\n";
     let (_, mut dp) = load_v6(toml);
     let flow = |port: u16| udp6(&format!("[2001:db8::a01:203]:{port}"), VIP).build();
     let before = counters(&dp);
@@ -781,14 +803,14 @@ interfaces = ["lo"]
 
 [[service]]
 name = "maglev"
-vip = "127.0.0.1:9875"
+vip = "[2001:db8::7f00:1]:9875"
 scheduler = "maglev"
 [[service.backend]]
-address = "127.0.0.1:9876"
+address = "[2001:db8::7f00:1]:9876"
 [[service.backend]]
-address = "127.0.0.1:9877"
+address = "[2001:db8::7f00:1]:9877"
 [[service.backend]]
-address = "127.0.0.1:9878"
+address = "[2001:db8::7f00:1]:9878"
 "#;
     let (_, mut dp) = load_v6(toml);
     let mut per_backend = std::collections::BTreeMap::new();
