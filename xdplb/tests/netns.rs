@@ -147,6 +147,18 @@ fn assert_every_reply_from_vip(report: &Value, flows: u64, packets: u64) {
     );
 }
 
+/// The balancer's metrics at 127.0.0.1:9100 in `ns`, as Prometheus's reference parser reads them.
+fn scrape_metrics(ns: &Netns) -> Vec<Value> {
+    let scrape = ns.exec(&[
+        "curl",
+        "-sf",
+        "--max-time",
+        "5",
+        "http://127.0.0.1:9100/metrics",
+    ]);
+    prometheus::parse(&String::from_utf8_lossy(&scrape.stdout))
+}
+
 fn xdp_attached(ns: &Netns, dev: &str) -> bool {
     let out = ns.exec(&["ip", "-d", "link", "show", "dev", dev]);
     String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
@@ -461,14 +473,7 @@ address = "[fd00:200::2]:9878"
         .as_secs_f64();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let families = loop {
-        let scrape = lb_ns.exec(&[
-            "curl",
-            "-sf",
-            "--max-time",
-            "5",
-            "http://127.0.0.1:9100/metrics",
-        ]);
-        let families = prometheus::parse(&String::from_utf8_lossy(&scrape.stdout));
+        let families = scrape_metrics(&lb_ns);
         let counted_at = families
             .iter()
             .filter(|f| f["name"] == "xdplb_flow_table_sampled_timestamp_seconds")
@@ -554,14 +559,7 @@ address = "[fd00:200::2]:9878"
     let delta = |name: &str| counter(&after, name) - counter(&before, name);
     assert_eq!(delta("forwarded"), 90, "{after}");
     assert_eq!(delta("reply_translated"), 90, "{after}");
-    let scrape = lb_ns.exec(&[
-        "curl",
-        "-sf",
-        "--max-time",
-        "5",
-        "http://127.0.0.1:9100/metrics",
-    ]);
-    let families = prometheus::parse(&String::from_utf8_lossy(&scrape.stdout));
+    let families = scrape_metrics(&lb_ns);
     let svc6 = [("service", "veth-demo6"), ("vip", "[fd00:200::2]:9875")];
     assert_eq!(
         prometheus::value(&families, "xdplb_service_packets_total", &svc6),
