@@ -2263,6 +2263,10 @@ fn v6_model(f: &[u8]) -> Option<usize> {
                 if off + 2 > end {
                     return None;
                 }
+                // A routing header with segments left is not for us yet: passed.
+                if next == 43 && off + 4 <= end && f[off + 3] != 0 {
+                    return None;
+                }
                 let len = (usize::from(f[off + 1]) + 1) * 8;
                 next = f[off];
                 off += len;

@@ -207,6 +207,17 @@ fn packets_outside_the_extension_header_policy_pass_untouched_and_counted() {
             Stat::PassIpv6ExtHeaders,
         ),
         (
+            // RFC 8200 8.1: the UDP checksum covers the routing header's final address, and
+            // the receiving kernel would forward the packet, not deliver it.
+            "a routing header with segments left",
+            {
+                let mut b = frame(|f| f.ext = vec![(NEXT_ROUTING, 0)]);
+                b[14 + 40 + 3] = 1;
+                b
+            },
+            Stat::PassIpv6ExtHeaders,
+        ),
+        (
             "a fragment header",
             frame(|f| f.ext = vec![(NEXT_FRAGMENT, 0)]),
             Stat::PassIpv6Fragment,
