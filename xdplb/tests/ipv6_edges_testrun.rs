@@ -722,7 +722,7 @@ fn ip6ip6_cases() {
 
     // 3. A link MTU under 1,320: the MTU named is never below 1,280.
     netns::sh(&["ip", "link", "set", "fa", "mtu", "1300"]);
-    let mid = udp6(client, vip, 64, &vec![0xcd; 1270 - 48]);
+    let mid = udp6(client, vip, 64, &vec![0xcd; 1300 - 48]);
     let want = with_macs(
         icmp6(
             *vip.ip(),
@@ -743,6 +743,19 @@ fn ip6ip6_cases() {
     );
     assert_eq!(out.frame, want, "packet too big (small MTU): MTU 1,280");
     assert!(icmp6_checksum_ok(&out.frame));
+    // 4. A packet of 1,280 bytes or less that only the outer header makes too big: a Packet
+    //    Too Big could only say 1,280, which the client ignores (its packet already fits)
+    //    and resends at the same size. Dropped and counted, nothing sent.
+    let small = udp6(client, vip, 64, &vec![0xcd; 1270 - 48]);
+    let before = counters(&dp);
+    let out = run(&small, b);
+    assert_eq!(out.action, XDP_DROP, "too big only once encapsulated: dropped");
+    let d = deltas(&before, &counters(&dp));
+    assert!(d.contains(&(Stat::DropFragNeeded, 1)), "{d:?}");
+    assert!(
+        !d.iter().any(|(s, _)| *s == Stat::IcmpFragNeededSent),
+        "no Packet Too Big: {d:?}"
+    );
     netns::sh(&["ip", "link", "set", "fa", "mtu", "1500"]);
 }
 
