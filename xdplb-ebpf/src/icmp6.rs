@@ -230,6 +230,13 @@ fn parse(ctx: &XdpContext) -> Result<Quoted, Stat> {
     if inner_version != 6 || inner_next != IPPROTO_UDP {
         return Err(NOT_OURS);
     }
+    // IPv4 state in the shared maps is keyed by IPv4-mapped addresses (`::ffff:a.b.c.d`): a
+    // quote naming one is never about an IPv6 flow, and must not match an IPv4 one.
+    // SAFETY: bounds-checked above.
+    let (inner_saddr, inner_daddr) = unsafe { ((*inner).saddr, (*inner).daddr) };
+    if service::is_v4_mapped(&inner_saddr) || service::is_v4_mapped(&inner_daddr) {
+        return Err(NOT_OURS);
+    }
     let udp: *mut UdpHdr = ptr_at(ctx, l4 + 8 + IPV6_HDR_LEN).ok_or(NOT_OURS)?;
     // An error about UDP. Its payload length must cover the ICMPv6 header and the quoted
     // headers (checked after the bounds checks, which the verifier needs; that the frame

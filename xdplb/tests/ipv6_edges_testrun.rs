@@ -492,6 +492,50 @@ fn icmp6_cases() {
     let echo = icmp6(*client.ip(), *vip.ip(), 64, 128, 0, [0, 7, 0, 1], PAYLOAD);
     let out = run(&echo, b);
     assert_eq!((out.action, out.frame), (XDP_PASS, echo));
+
+    // 6. IPv4 state lives in the same maps under IPv4-mapped addresses (`::ffff:a.b.c.d`): an
+    //    ICMPv6 error quoting such addresses is never about an IPv6 flow and must not match
+    //    the IPv4 backend's entry. Untouched, whichever of the two quoted addresses is mapped.
+    let backend4 = sock6("[::ffff:10.60.1.2]:7000");
+    let client4 = sock6("[::ffff:10.60.2.2]:5558");
+    put(
+        &mut dp,
+        "REPLY_OWNERS_V1",
+        service_key(backend4),
+        Reply {
+            vip_addr: addr6(v6("::ffff:10.99.0.1")),
+            vip_port_be: vip.port().to_be(),
+            flags: REPLY_FLAG_NAT,
+            service_id: 0,
+        },
+    );
+    for (from, to) in [(client4, backend4), (client, backend4), (client4, backend)] {
+        let input = with_macs(
+            icmp6(
+                *backend.ip(),
+                *client.ip(),
+                64,
+                DEST_UNREACH,
+                PORT_UNREACH,
+                [0; 4],
+                ip_packet(&udp6(from, to, 63, PAYLOAD)),
+            ),
+            FRAME_DST_MAC,
+            MAC_BACKEND,
+        );
+        let before = counters(&dp);
+        let out = run(&input, a);
+        assert_eq!(
+            (out.action, &out.frame),
+            (XDP_PASS, &input),
+            "a quote {from} -> {to}: untouched"
+        );
+        let d = deltas(&before, &counters(&dp));
+        assert!(
+            !d.iter().any(|(s, _)| *s == Stat::IcmpErrorToClient),
+            "{d:?}"
+        );
+    }
 }
 
 /// `xdplb decap` strips IPv6-in-IPv6 (and still IPv4-in-IPv4) and leaves other frames alone.
