@@ -166,6 +166,32 @@ fn neighbour_discovery_mld_and_echo_pass_untouched() {
     ];
     for (what, frame) in &frames {
         assert!(icmp6_checksum_ok(frame), "{what}: the input is valid");
+    }
+    // Real MLD messages carry a hop-by-hop header with the Router Alert option (RFC 2711,
+    // value 0: MLD) before the ICMPv6 message. The ICMPv6 checksum covers neither the
+    // extension header nor the IPv6 payload length, so it stays valid.
+    let with_router_alert = |frame: &[u8]| {
+        let mut f = frame.to_vec();
+        let next = f[20];
+        f[20] = 0;
+        let payload_len = u16::from_be_bytes([f[18], f[19]]) + 8;
+        f[18..20].copy_from_slice(&payload_len.to_be_bytes());
+        // Router Alert (type 5, length 2, value 0), then PadN (type 1, length 0).
+        f.splice(54..54, [next, 0, 5, 2, 0, 0, 1, 0]);
+        f
+    };
+    let alerted: Vec<(String, Vec<u8>)> = frames
+        .iter()
+        .filter(|(what, _)| what.starts_with("MLD"))
+        .map(|(what, frame)| (format!("{what} with Router Alert"), with_router_alert(frame)))
+        .collect();
+    assert_eq!(alerted.len(), 4, "every MLD message (test data)");
+    let frames = frames
+        .iter()
+        .map(|(what, frame)| (what.to_string(), frame.clone()))
+        .chain(alerted);
+    for (what, frame) in frames {
+        let frame = &frame;
         for (program, prog) in [("xdplb_icmp6", &icmp6_prog), ("ingress", &ingress)] {
             let before = counters(&dp);
             let out = testrun::run_xdp(prog, frame, 1).expect("test run");
