@@ -98,7 +98,7 @@ pub fn ip6ip6_forward(
     let params = if hop.is_some() {
         None
     } else {
-        let flowinfo_be = vtc_flow_be & 0x0fff_ffffu32.to_be();
+        let flowinfo_be = vtc_flow_be & crate::parse::IPV6_FLOWINFO_MASK_BE;
         match forward::lookup6(
             ctx,
             &client,

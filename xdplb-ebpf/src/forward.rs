@@ -163,7 +163,7 @@ impl Routed for Ipv6Udp {
             &saddr,
             daddr,
             (sport_be, dport_be),
-            vtc_flow_be & 0x0fff_ffffu32.to_be(),
+            vtc_flow_be & crate::parse::IPV6_FLOWINFO_MASK_BE,
             len,
         )
     }

@@ -286,7 +286,7 @@ fn route(ctx: &XdpContext, pkt: &Ipv6Udp) -> Verdict {
         return Verdict::pass(Stat::PassTtlExceeded);
     }
     let len = u16::from_be(payload_len_be).saturating_add(IPV6_HDR_LEN as u16);
-    let flowinfo_be = vtc_flow_be & 0x0fff_ffffu32.to_be();
+    let flowinfo_be = vtc_flow_be & crate::parse::IPV6_FLOWINFO_MASK_BE;
     match forward::lookup6(ctx, &saddr, &daddr, (0, 0), flowinfo_be, len) {
         Ok(params) => {
             // SAFETY: as above.
@@ -315,7 +315,7 @@ fn l2_forward(ctx: &XdpContext, pkt: &Ipv6Udp, backend: &Addr) -> Verdict {
         )
     };
     let len = u16::from_be(payload_len_be).saturating_add(IPV6_HDR_LEN as u16);
-    let flowinfo_be = vtc_flow_be & 0x0fff_ffffu32.to_be();
+    let flowinfo_be = vtc_flow_be & crate::parse::IPV6_FLOWINFO_MASK_BE;
     match forward::lookup6(ctx, &saddr, backend, (0, 0), flowinfo_be, len) {
         Ok(params) => forward::send_encapsulated(ctx, None, &Some(params), 0),
         Err((BPF_FIB_LKUP_RET_NO_NEIGH, _)) => Verdict::drop(Stat::DropNoNeighbour),

@@ -20,6 +20,10 @@ const NEXTHDR_FRAGMENT: u8 = 44;
 const NEXTHDR_DEST_OPTIONS: u8 = 60;
 /// How many skippable extension headers [`ipv6_upper`] walks before giving up.
 pub const IPV6_MAX_EXT_HEADERS: usize = 4;
+
+/// The traffic class and flow label of an IPv6 header's first word, without the version (what
+/// a FIB lookup takes, as the kernel's own), network order.
+pub const IPV6_FLOWINFO_MASK_BE: u32 = 0x0fff_ffffu32.to_be();
 const IPV4_MIN_HDR_LEN: usize = 20;
 const UDP_HDR_LEN: usize = 8;
 const IP_MF: u16 = 0x2000;
@@ -365,7 +369,6 @@ pub struct Ipv6Udp {
     pub ip6: *mut Ipv6Hdr,
     pub udp: *mut UdpHdr,
     /// Offset of the UDP header from the start of the frame.
-    #[allow(dead_code)] // Kept for the IPv6 paths to come (TC egress); no reader yet.
     pub l4_offset: usize,
     /// Length of the whole frame, for byte counters.
     pub frame_len: u32,
@@ -423,9 +426,9 @@ pub fn ipv6_udp_at<C: Packet>(ctx: &C, upper: &Ipv6Upper) -> Result<Ipv6Udp, Sta
 
 /// Parses Ethernet, IPv6 (extension headers per [`ipv6_upper`]) and UDP (per
 /// [`ipv6_udp_at`]). Expects nothing of the packet; every `Err` is a "pass untouched" outcome.
+/// Used by the TC egress program (IPv6 `local` replies); the XDP programs walk the chain
+/// first, then settle the offset (see `lb6::settled`), then [`ipv6_udp_at`].
 #[inline(always)]
-#[allow(dead_code)] // For the TC egress program (IPv6 `local` replies); the XDP programs
-// walk the chain first, then settle the offset (see `lb6::settled`), then `ipv6_udp_at`.
 pub fn ipv6_udp<C: Packet>(ctx: &C) -> Result<Ipv6Udp, Stat> {
     let upper = ipv6_upper(ctx)?;
     ipv6_udp_at(ctx, &upper)

@@ -183,7 +183,12 @@ fn neighbour_discovery_mld_and_echo_pass_untouched() {
     let alerted: Vec<(String, Vec<u8>)> = frames
         .iter()
         .filter(|(what, _)| what.starts_with("MLD"))
-        .map(|(what, frame)| (format!("{what} with Router Alert"), with_router_alert(frame)))
+        .map(|(what, frame)| {
+            (
+                format!("{what} with Router Alert"),
+                with_router_alert(frame),
+            )
+        })
         .collect();
     assert_eq!(alerted.len(), 4, "every MLD message (test data)");
     let frames = frames
@@ -819,7 +824,10 @@ fn ip6ip6_cases() {
     let small = udp6(client, vip, 64, &vec![0xcd; 1270 - 48]);
     let before = counters(&dp);
     let out = run(&small, b);
-    assert_eq!(out.action, XDP_DROP, "too big only once encapsulated: dropped");
+    assert_eq!(
+        out.action, XDP_DROP,
+        "too big only once encapsulated: dropped"
+    );
     let d = deltas(&before, &counters(&dp));
     assert!(d.contains(&(Stat::DropFragNeeded, 1)), "{d:?}");
     assert!(

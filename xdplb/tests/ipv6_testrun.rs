@@ -863,7 +863,11 @@ fn a_packet_bigger_than_the_egress_mtu_goes_to_the_kernel_or_is_dropped() {
         let Some(etherparse::NetSlice::Ipv6(ip)) = &ptb.net else {
             panic!("IPv6: {ptb:?}");
         };
-        assert_eq!(ip.header().source_addr(), *addr6(DSR_VIP).ip(), "from the VIP");
+        assert_eq!(
+            ip.header().source_addr(),
+            *addr6(DSR_VIP).ip(),
+            "from the VIP"
+        );
         assert_eq!(ip.header().destination_addr(), *addr6(FIB_CLIENT).ip());
         let Some(etherparse::TransportSlice::Icmpv6(icmp)) = &ptb.transport else {
             panic!("ICMPv6: {ptb:?}");
