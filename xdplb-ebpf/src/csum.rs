@@ -23,7 +23,7 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::{bpf_csum_diff, bpf_redirect, bpf_xdp_load_bytes},
 };
-use xdplb_common::{IPPROTO_IPIP, IPPROTO_UDP, Stat, checksum::fold};
+use xdplb_common::{IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_UDP, Stat, checksum::fold};
 
 use crate::{
     parse::{
@@ -179,11 +179,8 @@ fn pseudo_header_sum(pkt: &Ipv4Udp) -> u64 {
 fn pseudo_header_sum6(pkt: &Ipv6Udp) -> u64 {
     // SAFETY: the parser proved both headers lie inside the packet.
     let (saddr, daddr, len_be) = unsafe { ((*pkt.ip6).saddr, (*pkt.ip6).daddr, (*pkt.udp).len_be) };
-    let mut sum = u64::from(u16::from(IPPROTO_UDP).to_be()) + u64::from(len_be);
-    for i in 0..4 {
-        sum += u64::from(saddr[i]) + u64::from(daddr[i]);
-    }
-    sum
+    // The length is added as the header holds it (network order, the same sum once folded).
+    crate::encap6::pseudo_header_sum(&saddr, &daddr, 0, IPPROTO_UDP) + u64::from(len_be)
 }
 
 /// Whether the UDP checksum field of the packet as received holds only the pseudo-header sum
@@ -294,10 +291,7 @@ fn locate_udp6(ctx: &aya_ebpf::programs::XdpContext) -> Option<(u64, *mut UdpHdr
     let ip6 = ptr_at::<_, Ipv6Hdr>(ctx, ETH_HDR_LEN + shift)?;
     // SAFETY: bounds-checked just above.
     let (saddr, daddr) = unsafe { ((*ip6).saddr, (*ip6).daddr) };
-    let mut pseudo = u64::from(u16::from(IPPROTO_UDP).to_be());
-    for i in 0..4 {
-        pseudo += u64::from(saddr[i]) + u64::from(daddr[i]);
-    }
+    let mut pseudo = crate::encap6::pseudo_header_sum(&saddr, &daddr, 0, IPPROTO_UDP);
     // Through the map again: one state for the verifier whether or not encapsulated.
     note_l4_offset(noted_l4_offset()? + shift);
     let l4_offset = noted_l4_offset()?;
@@ -332,9 +326,6 @@ pub fn note_l4_offset(l4_offset: usize) {
 pub fn noted_l4_offset() -> Option<usize> {
     crate::FINISH_L4.get(0).map(|v| *v as usize & MAX_L4_OFFSET)
 }
-
-/// IPv6-in-IPv6's next header.
-const IPPROTO_IPV6: u8 = 41;
 
 /// The end of [`finish_and_send`], for either family: `pseudo` is the packet's pseudo-header
 /// sum, `udp` its UDP header at `l4_offset`.

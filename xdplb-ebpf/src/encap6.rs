@@ -31,7 +31,7 @@ pub fn outer_source(service: &Service, tuple_hash: u32) -> Addr {
 
 /// The minimum IPv6 MTU (RFC 8200): no "packet too big" names less, and no ICMPv6 error is
 /// longer.
-const IPV6_MIN_MTU: usize = 1280;
+pub(crate) const IPV6_MIN_MTU: usize = 1280;
 /// ICMPv6 "packet too big" (RFC 4443).
 const ICMPV6_PACKET_TOO_BIG: u8 = 2;
 const ICMPV6_HDR_LEN: usize = 8;
@@ -98,7 +98,7 @@ pub fn ip6ip6_forward(
     let params = if hop.is_some() {
         None
     } else {
-        let flowinfo_be = vtc_flow_be & 0x0fff_ffffu32.to_be();
+        let flowinfo_be = vtc_flow_be & crate::parse::IPV6_FLOWINFO_MASK_BE;
         match forward::lookup6(
             ctx,
             &client,
@@ -147,12 +147,19 @@ pub fn ip6ip6_forward(
 /// IPv4. The body quotes as much of the original packet as fits in a 1,280-byte message (RFC
 /// 4443), so the client's stack finds the socket and lowers its path MTU. The checksum covers
 /// the pseudo-header (RFC 8200), as every ICMPv6 checksum.
+///
+/// A packet that already fits `mtu` (one of 1,280 bytes or less, told 1,280: the IPv6
+/// minimum, which a client ignores and resends at) is only dropped and counted: the message
+/// would not make the client send smaller packets.
 #[inline(always)]
-fn packet_too_big(ctx: &XdpContext, pkt: &Ipv6Udp, mtu: u32) -> Verdict {
+pub(crate) fn packet_too_big(ctx: &XdpContext, pkt: &Ipv6Udp, mtu: u32) -> Verdict {
     let drop = Verdict::drop(Stat::DropFragNeeded);
+    let len = packet_len(pkt);
+    if len <= mtu as usize {
+        return drop;
+    }
     // SAFETY: the parser proved the headers lie inside the packet.
     let (client, vip) = unsafe { ((*pkt.ip6).saddr, (*pkt.ip6).daddr) };
-    let len = packet_len(pkt);
     let quoted = if len > PTB_MAX_QUOTE {
         PTB_MAX_QUOTE
     } else {

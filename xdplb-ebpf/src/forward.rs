@@ -163,7 +163,7 @@ impl Routed for Ipv6Udp {
             &saddr,
             daddr,
             (sport_be, dport_be),
-            vtc_flow_be & 0x0fff_ffffu32.to_be(),
+            vtc_flow_be & crate::parse::IPV6_FLOWINFO_MASK_BE,
             len,
         )
     }
@@ -180,9 +180,11 @@ impl Routed for Ipv6Udp {
         self.generic_xdp
     }
     #[inline(always)]
-    fn too_big(&self, _ctx: &XdpContext, _mtu: u16) -> Verdict {
-        // Packet Too Big for dsr-l2 is helper six's (with ip6ip6's); dropped and counted.
-        Verdict::drop(Stat::DropFragNeeded)
+    fn too_big(&self, ctx: &XdpContext, mtu: u16) -> Verdict {
+        // ICMPv6 Packet Too Big for the egress MTU itself (no encapsulation), never below the
+        // IPv6 minimum.
+        let mtu = usize::from(mtu).max(crate::encap6::IPV6_MIN_MTU);
+        crate::encap6::packet_too_big(ctx, self, mtu as u32)
     }
 }
 
@@ -326,7 +328,7 @@ fn pass_rewritten<P: Routed>(ctx: &XdpContext, pkt: &P, stat: Stat) -> Verdict {
 /// not on a directly reachable segment, means a drop: the kernel would deliver the VIP locally.
 /// A packet bigger than the egress MTU is dropped and, when `answer_too_big` (never for an
 /// ICMP error), answered with ICMP "fragmentation needed" for that MTU, as a router would
-/// (IPv6: see `Routed::too_big`). `backend_index`: as for [`fib_forward`].
+/// (IPv6: ICMPv6 Packet Too Big). `backend_index`: as for [`fib_forward`].
 #[inline(always)]
 pub fn l2_forward<P: Routed>(
     ctx: &XdpContext,

@@ -230,6 +230,13 @@ fn parse(ctx: &XdpContext) -> Result<Quoted, Stat> {
     if inner_version != 6 || inner_next != IPPROTO_UDP {
         return Err(NOT_OURS);
     }
+    // IPv4 state in the shared maps is keyed by IPv4-mapped addresses (`::ffff:a.b.c.d`): a
+    // quote naming one is never about an IPv6 flow, and must not match an IPv4 one.
+    // SAFETY: bounds-checked above.
+    let (inner_saddr, inner_daddr) = unsafe { ((*inner).saddr, (*inner).daddr) };
+    if service::is_v4_mapped(&inner_saddr) || service::is_v4_mapped(&inner_daddr) {
+        return Err(NOT_OURS);
+    }
     let udp: *mut UdpHdr = ptr_at(ctx, l4 + 8 + IPV6_HDR_LEN).ok_or(NOT_OURS)?;
     // An error about UDP. Its payload length must cover the ICMPv6 header and the quoted
     // headers (checked after the bounds checks, which the verifier needs; that the frame
@@ -279,7 +286,7 @@ fn route(ctx: &XdpContext, pkt: &Ipv6Udp) -> Verdict {
         return Verdict::pass(Stat::PassTtlExceeded);
     }
     let len = u16::from_be(payload_len_be).saturating_add(IPV6_HDR_LEN as u16);
-    let flowinfo_be = vtc_flow_be & 0x0fff_ffffu32.to_be();
+    let flowinfo_be = vtc_flow_be & crate::parse::IPV6_FLOWINFO_MASK_BE;
     match forward::lookup6(ctx, &saddr, &daddr, (0, 0), flowinfo_be, len) {
         Ok(params) => {
             // SAFETY: as above.
@@ -308,7 +315,7 @@ fn l2_forward(ctx: &XdpContext, pkt: &Ipv6Udp, backend: &Addr) -> Verdict {
         )
     };
     let len = u16::from_be(payload_len_be).saturating_add(IPV6_HDR_LEN as u16);
-    let flowinfo_be = vtc_flow_be & 0x0fff_ffffu32.to_be();
+    let flowinfo_be = vtc_flow_be & crate::parse::IPV6_FLOWINFO_MASK_BE;
     match forward::lookup6(ctx, &saddr, backend, (0, 0), flowinfo_be, len) {
         Ok(params) => forward::send_encapsulated(ctx, None, &Some(params), 0),
         Err((BPF_FIB_LKUP_RET_NO_NEIGH, _)) => Verdict::drop(Stat::DropNoNeighbour),

@@ -20,6 +20,10 @@ const NEXTHDR_FRAGMENT: u8 = 44;
 const NEXTHDR_DEST_OPTIONS: u8 = 60;
 /// How many skippable extension headers [`ipv6_upper`] walks before giving up.
 pub const IPV6_MAX_EXT_HEADERS: usize = 4;
+
+/// The traffic class and flow label of an IPv6 header's first word, without the version (what
+/// a FIB lookup takes, as the kernel's own), network order.
+pub const IPV6_FLOWINFO_MASK_BE: u32 = 0x0fff_ffffu32.to_be();
 const IPV4_MIN_HDR_LEN: usize = 20;
 const UDP_HDR_LEN: usize = 8;
 const IP_MF: u16 = 0x2000;
@@ -279,9 +283,10 @@ fn ipv6_next_header_policy(next: u8) -> Result<bool, Stat> {
 /// - hop-by-hop options (0, only as the first header, as RFC 8200 requires), routing (43) and
 ///   destination options (60) are skipped, `(hdr_ext_len + 1) * 8` bytes each, each within the
 ///   IPv6 payload; at most [`IPV6_MAX_EXT_HEADERS`] of them: more, a header running past the
-///   payload, or hop-by-hop anywhere but first: `PassIpv6ExtHeaders`. (A routing header is
-///   skipped whatever its segments left: the packet is addressed to us now, and the backend
-///   or the kernel handles the rest.);
+///   payload, hop-by-hop anywhere but first, or a routing header with segments left > 0:
+///   `PassIpv6ExtHeaders`. (With segments left, the destination is not the final one: the
+///   UDP checksum covers the routing header's last address (RFC 8200 8.1) and a receiving
+///   kernel would forward the packet, not deliver it, so it is not balanced.);
 /// - a fragment header (44): `PassIpv6Fragment` (IPv6 fragments are not balanced);
 /// - any other next header, an unknown extension header (ESP, AH, mobility, HIP, shim6, no
 ///   next header) or another transport than UDP (17) and ICMPv6 (58) alike:
@@ -334,9 +339,13 @@ pub fn ipv6_upper_at<C: Packet>(ctx: &C, l3_offset: usize) -> Result<Ipv6Upper, 
         if next == NEXTHDR_HOP_BY_HOP && walked != 0 {
             return Err(Stat::PassIpv6ExtHeaders);
         }
-        let ext: *mut [u8; 2] = ptr_at(ctx, off).ok_or(Stat::PassIpv6ExtHeaders)?;
-        // SAFETY: ptr_at proved the extension header's first two bytes lie inside the packet.
-        let (following, ext_len) = unsafe { ((*ext)[0], (*ext)[1]) };
+        // Every extension header is at least 8 bytes, so its first 4 are inside it.
+        let ext: *mut [u8; 4] = ptr_at(ctx, off).ok_or(Stat::PassIpv6ExtHeaders)?;
+        // SAFETY: ptr_at proved the extension header's first four bytes lie inside the packet.
+        let (following, ext_len, segments_left) = unsafe { ((*ext)[0], (*ext)[1], (*ext)[3]) };
+        if next == NEXTHDR_ROUTING && segments_left != 0 {
+            return Err(Stat::PassIpv6ExtHeaders);
+        }
         off += (ext_len as usize + 1) * 8;
         if off > end {
             return Err(Stat::PassIpv6ExtHeaders);
@@ -360,7 +369,6 @@ pub struct Ipv6Udp {
     pub ip6: *mut Ipv6Hdr,
     pub udp: *mut UdpHdr,
     /// Offset of the UDP header from the start of the frame.
-    #[allow(dead_code)] // Kept for the IPv6 paths to come (TC egress); no reader yet.
     pub l4_offset: usize,
     /// Length of the whole frame, for byte counters.
     pub frame_len: u32,
@@ -418,9 +426,9 @@ pub fn ipv6_udp_at<C: Packet>(ctx: &C, upper: &Ipv6Upper) -> Result<Ipv6Udp, Sta
 
 /// Parses Ethernet, IPv6 (extension headers per [`ipv6_upper`]) and UDP (per
 /// [`ipv6_udp_at`]). Expects nothing of the packet; every `Err` is a "pass untouched" outcome.
+/// Used by the TC egress program (IPv6 `local` replies); the XDP programs walk the chain
+/// first, then settle the offset (see `lb6::settled`), then [`ipv6_udp_at`].
 #[inline(always)]
-#[allow(dead_code)] // For the TC egress program (IPv6 `local` replies); the XDP programs
-// walk the chain first, then settle the offset (see `lb6::settled`), then `ipv6_udp_at`.
 pub fn ipv6_udp<C: Packet>(ctx: &C) -> Result<Ipv6Udp, Stat> {
     let upper = ipv6_upper(ctx)?;
     ipv6_udp_at(ctx, &upper)

@@ -21,6 +21,9 @@ const IP6_SADDR_OFFSET: usize = parse::ETH_HDR_LEN + 8;
 const UDP_CHECK_OFFSET: usize = 6;
 /// Enough to hold Ethernet, the longest IPv4 header and UDP.
 const MAX_HEADERS_LEN: u32 = 14 + 60 + 8;
+/// Enough to hold Ethernet, IPv6, the longest extension-header chain the parser walks (each
+/// header at most 2,048 bytes) and UDP.
+const MAX_HEADERS_LEN6: u32 = 14 + 40 + parse::IPV6_MAX_EXT_HEADERS as u32 * 2048 + 8;
 
 /// Rewrites the source of a reply that belongs to a balanced flow.
 ///
@@ -110,7 +113,22 @@ pub fn translate(ctx: &TcContext) -> Option<Stat> {
 /// fragment to follow.
 #[inline(always)]
 fn translate6(ctx: &TcContext) -> Option<Stat> {
-    let pkt = parse::ipv6_udp(ctx).ok()?;
+    let pkt = match parse::ipv6_udp(ctx) {
+        Ok(pkt) => pkt,
+        // The first pull is sized for IPv4: extension headers before UDP may leave the
+        // headers (or the datagram the parser measures) past the linear area. Pull enough
+        // for the longest chain the parser walks, and parse once more.
+        Err(_) if ctx.len() > (ctx.data_end() - ctx.data()) as u32 => {
+            let want = if ctx.len() < MAX_HEADERS_LEN6 {
+                ctx.len()
+            } else {
+                MAX_HEADERS_LEN6
+            };
+            ctx.pull_data(want).ok()?;
+            parse::ipv6_udp(ctx).ok()?
+        }
+        Err(_) => return None,
+    };
     let (saddr, daddr, sport_be, dport_be) = pkt.addresses();
     // The prefilter: only a `local` backend's port sends replies to translate here.
     let from_port = PORTS.get(u32::from(u16::from_be(sport_be))).copied()?;

@@ -2330,6 +2330,10 @@ fn v6_model(f: &[u8]) -> Option<(usize, Mode, Vec<std::net::SocketAddrV6>)> {
                 if off + 2 > end {
                     return None;
                 }
+                // A routing header with segments left is not for us yet: passed.
+                if next == 43 && off + 4 <= end && f[off + 3] != 0 {
+                    return None;
+                }
                 let len = (usize::from(f[off + 1]) + 1) * 8;
                 next = f[off];
                 off += len;

@@ -167,6 +167,37 @@ fn neighbour_discovery_mld_and_echo_pass_untouched() {
     ];
     for (what, frame) in &frames {
         assert!(icmp6_checksum_ok(frame), "{what}: the input is valid");
+    }
+    // Real MLD messages carry a hop-by-hop header with the Router Alert option (RFC 2711,
+    // value 0: MLD) before the ICMPv6 message. The ICMPv6 checksum covers neither the
+    // extension header nor the IPv6 payload length, so it stays valid.
+    let with_router_alert = |frame: &[u8]| {
+        let mut f = frame.to_vec();
+        let next = f[20];
+        f[20] = 0;
+        let payload_len = u16::from_be_bytes([f[18], f[19]]) + 8;
+        f[18..20].copy_from_slice(&payload_len.to_be_bytes());
+        // Router Alert (type 5, length 2, value 0), then PadN (type 1, length 0).
+        f.splice(54..54, [next, 0, 5, 2, 0, 0, 1, 0]);
+        f
+    };
+    let alerted: Vec<(String, Vec<u8>)> = frames
+        .iter()
+        .filter(|(what, _)| what.starts_with("MLD"))
+        .map(|(what, frame)| {
+            (
+                format!("{what} with Router Alert"),
+                with_router_alert(frame),
+            )
+        })
+        .collect();
+    assert_eq!(alerted.len(), 4, "every MLD message (test data)");
+    let frames = frames
+        .iter()
+        .map(|(what, frame)| (what.to_string(), frame.clone()))
+        .chain(alerted);
+    for (what, frame) in frames {
+        let frame = &frame;
         for (program, prog) in [("xdplb_icmp6", &icmp6_prog), ("ingress", &ingress)] {
             let before = counters(&dp);
             let out = testrun::run_xdp(prog, frame, 1).expect("test run");
@@ -493,6 +524,50 @@ fn icmp6_cases() {
     let echo = icmp6(*client.ip(), *vip.ip(), 64, 128, 0, [0, 7, 0, 1], PAYLOAD);
     let out = run(&echo, b);
     assert_eq!((out.action, out.frame), (XDP_PASS, echo));
+
+    // 6. IPv4 state lives in the same maps under IPv4-mapped addresses (`::ffff:a.b.c.d`): an
+    //    ICMPv6 error quoting such addresses is never about an IPv6 flow and must not match
+    //    the IPv4 backend's entry. Untouched, whichever of the two quoted addresses is mapped.
+    let backend4 = sock6("[::ffff:10.60.1.2]:7000");
+    let client4 = sock6("[::ffff:10.60.2.2]:5558");
+    put(
+        &mut dp,
+        "REPLY_OWNERS_V1",
+        service_key(backend4),
+        Reply {
+            vip_addr: addr6(v6("::ffff:10.99.0.1")),
+            vip_port_be: vip.port().to_be(),
+            flags: REPLY_FLAG_NAT,
+            service_id: 0,
+        },
+    );
+    for (from, to) in [(client4, backend4), (client, backend4), (client4, backend)] {
+        let input = with_macs(
+            icmp6(
+                *backend.ip(),
+                *client.ip(),
+                64,
+                DEST_UNREACH,
+                PORT_UNREACH,
+                [0; 4],
+                ip_packet(&udp6(from, to, 63, PAYLOAD)),
+            ),
+            FRAME_DST_MAC,
+            MAC_BACKEND,
+        );
+        let before = counters(&dp);
+        let out = run(&input, a);
+        assert_eq!(
+            (out.action, &out.frame),
+            (XDP_PASS, &input),
+            "a quote {from} -> {to}: untouched"
+        );
+        let d = deltas(&before, &counters(&dp));
+        assert!(
+            !d.iter().any(|(s, _)| *s == Stat::IcmpErrorToClient),
+            "{d:?}"
+        );
+    }
 }
 
 /// `xdplb decap` strips IPv6-in-IPv6 (and still IPv4-in-IPv4) and leaves other frames alone.
@@ -690,7 +765,7 @@ fn ip6ip6_cases() {
 
     // 3. A link MTU under 1,320: the MTU named is never below 1,280.
     netns::sh(&["ip", "link", "set", "fa", "mtu", "1300"]);
-    let mid = udp6(client, vip, 64, &vec![0xcd; 1270 - 48]);
+    let mid = udp6(client, vip, 64, &vec![0xcd; 1300 - 48]);
     let want = with_macs(
         icmp6(
             *vip.ip(),
@@ -711,6 +786,22 @@ fn ip6ip6_cases() {
     );
     assert_eq!(out.frame, want, "packet too big (small MTU): MTU 1,280");
     assert!(icmp6_checksum_ok(&out.frame));
+    // 4. A packet of 1,280 bytes or less that only the outer header makes too big: a Packet
+    //    Too Big could only say 1,280, which the client ignores (its packet already fits)
+    //    and resends at the same size. Dropped and counted, nothing sent.
+    let small = udp6(client, vip, 64, &vec![0xcd; 1270 - 48]);
+    let before = counters(&dp);
+    let out = run(&small, b);
+    assert_eq!(
+        out.action, XDP_DROP,
+        "too big only once encapsulated: dropped"
+    );
+    let d = deltas(&before, &counters(&dp));
+    assert!(d.contains(&(Stat::DropFragNeeded, 1)), "{d:?}");
+    assert!(
+        !d.iter().any(|(s, _)| *s == Stat::IcmpFragNeededSent),
+        "no Packet Too Big: {d:?}"
+    );
     netns::sh(&["ip", "link", "set", "fa", "mtu", "1500"]);
 }
 

@@ -227,6 +227,17 @@ fn packets_outside_the_extension_header_policy_pass_untouched_and_counted() {
             Stat::PassIpv6ExtHeaders,
         ),
         (
+            // RFC 8200 8.1: the UDP checksum covers the routing header's final address, and
+            // the receiving kernel would forward the packet, not deliver it.
+            "a routing header with segments left",
+            {
+                let mut b = frame(|f| f.ext = vec![(NEXT_ROUTING, 0)]);
+                b[14 + 40 + 3] = 1;
+                b
+            },
+            Stat::PassIpv6ExtHeaders,
+        ),
+        (
             "a fragment header",
             frame(|f| f.ext = vec![(NEXT_FRAGMENT, 0)]),
             Stat::PassIpv6Fragment,
@@ -863,12 +874,35 @@ fn a_packet_bigger_than_the_egress_mtu_goes_to_the_kernel_or_is_dropped() {
         assert_eq!(got.dst, addr6(BACKEND), "rewritten before it is passed");
         assert!(got.udp_checksum_ok);
         assert!(deltas(&before, &counters(&f.dp)).contains(&(Stat::PassFragNeeded, 1)));
-        // dsr-l2: the kernel would deliver the VIP locally; dropped and counted.
+        // dsr-l2: the kernel would deliver the VIP locally, so the balancer answers as a
+        // router: ICMPv6 Packet Too Big (type 2) from the VIP to the client, for the egress
+        // MTU itself (nothing is added to the packet), back out of the interface it came in on.
         let input = big(DSR_VIP);
         let before = counters(&f.dp);
         let out = f.run(&input, f.b);
-        assert_ne!(out.action, XDP_REDIRECT, "dsr-l2, too big");
-        assert!(deltas(&before, &counters(&f.dp)).contains(&(Stat::DropFragNeeded, 1)));
+        assert_eq!(out.action, XDP_TX, "dsr-l2, too big: Packet Too Big");
+        let ptb = etherparse::SlicedPacket::from_ethernet(&out.frame).expect("parses");
+        let Some(etherparse::NetSlice::Ipv6(ip)) = &ptb.net else {
+            panic!("IPv6: {ptb:?}");
+        };
+        assert_eq!(
+            ip.header().source_addr(),
+            *addr6(DSR_VIP).ip(),
+            "from the VIP"
+        );
+        assert_eq!(ip.header().destination_addr(), *addr6(FIB_CLIENT).ip());
+        let Some(etherparse::TransportSlice::Icmpv6(icmp)) = &ptb.transport else {
+            panic!("ICMPv6: {ptb:?}");
+        };
+        assert_eq!(
+            icmp.icmp_type(),
+            etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 },
+            "the egress MTU"
+        );
+        assert!(out.frame.len() <= 14 + 1280, "at most 1,280 bytes");
+        let d = deltas(&before, &counters(&f.dp));
+        assert!(d.contains(&(Stat::DropFragNeeded, 1)), "{d:?}");
+        assert!(d.contains(&(Stat::IcmpFragNeededSent, 1)), "{d:?}");
         // One that fits still goes.
         let small = udp6(FIB_CLIENT, NAT_VIP).build();
         assert_eq!(f.run(&small, f.b).action, XDP_REDIRECT);
