@@ -31,26 +31,7 @@ pub const XDP_REDIRECT: u32 = 4;
 
 /// The tutorial's three backends on loopback (round robin) plus a wildcard service on port
 /// 7000: the IPv4 config of xdp_testrun, which ipv6_testrun also loads beside its IPv6 one.
-pub const TUTORIAL_CONFIG: &str = r#"
-interfaces = ["lo"]
-
-[[service]]
-name = "demo"
-vip = "127.0.0.1:9875"
-scheduler = "round-robin"
-[[service.backend]]
-address = "127.0.0.1:9876"
-[[service.backend]]
-address = "127.0.0.1:9877"
-[[service.backend]]
-address = "127.0.0.1:9878"
-
-[[service]]
-name = "any-address"
-vip = "0.0.0.0:7000"
-[[service.backend]]
-address = "10.0.0.7:7001"
-"#;
+pub const TUTORIAL_CONFIG: &str = include_str!("../configs/tutorial.toml");
 
 /// The MACs of the forwarding tests' topology ([`netns::in_fib_topology`]): the backend side
 /// (`fa`, 10.60.1.1/24), the client side (`fb`, 10.60.2.1/24), the first backend (10.60.1.2)

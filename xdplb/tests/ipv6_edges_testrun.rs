@@ -20,8 +20,8 @@ use xdplb::{
 };
 use xdplb_common::{
     FORWARD_DSR_IPIP, FORWARD_NAT, FullnatPeer, IPPROTO_UDP, PORT_LOCAL_BACKEND, REPLY_FLAG_NAT,
-    REPLY_FLAG_WILDCARD, Reply, ReplyKey, SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FORWARDING_SHIFT,
-    Service, Stat,
+    REPLY_FLAG_WILDCARD, Reply, SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FORWARDING_SHIFT, Service,
+    Stat,
     hash::{FlowTuple, HASH_FIVE_TUPLE, flow_hash},
 };
 use xdplb_test_support::{v6_edges::*, *};
@@ -358,14 +358,7 @@ fn icmp6_cases() {
     put(
         &mut dp,
         "FULLNAT_V1",
-        ReplyKey {
-            backend_addr: addr6(*backend2.ip()),
-            client_addr: addr6(*source.ip()),
-            backend_port_be: backend2.port().to_be(),
-            client_port_be: source.port().to_be(),
-            proto: IPPROTO_UDP,
-            _pad: [0; 3],
-        },
+        reply_key(backend2, source),
         FullnatPeer {
             client_addr: addr6(*client2.ip()),
             vip_addr: addr6(*vip.ip()),
@@ -798,14 +791,7 @@ fn tc_reply_path_translates_ipv6_replies_of_local_backends() {
     put(
         &mut dp,
         "REPLIES_V1",
-        ReplyKey {
-            backend_addr: addr6(*backend2.ip()),
-            client_addr: addr6(*client.ip()),
-            backend_port_be: backend2.port().to_be(),
-            client_port_be: client.port().to_be(),
-            proto: IPPROTO_UDP,
-            _pad: [0; 3],
-        },
+        reply_key(backend2, client),
         Reply {
             vip_addr: addr6(*used.ip()),
             vip_port_be: used.port().to_be(),

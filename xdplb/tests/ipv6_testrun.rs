@@ -559,32 +559,36 @@ fn expected(
 fn nat_fullnat_and_dsr_l2_requests_and_replies_are_forwarded() {
     in_topology6("v6fwd", || {
         let f = Fib6::new();
-        // nat: the destination becomes the backend, hop limit 64 -> 63, sent out of fa (a
-        // redirect: it came in on fb).
-        f.expect_redirected(
-            "nat request",
-            (FIB_CLIENT, NAT_VIP, f.b),
-            (FIB_CLIENT, BACKEND, 63),
-            (MAC_A, MAC_BACKEND),
-            Stat::ForwardedFib,
-        );
-        // Its reply, from the backend to the client, leaves from the VIP.
-        f.expect_redirected(
-            "nat reply",
-            (BACKEND, FIB_CLIENT, f.a),
-            (NAT_VIP, FIB_CLIENT, 63),
-            (MAC_B, MAC_CLIENT),
-            Stat::NatReplyTranslated,
-        );
-
-        // dsr-l2: only the MACs change (the backend holds the VIP), no hop limit change.
-        f.expect_redirected(
-            "dsr-l2 request",
-            (FIB_CLIENT, DSR_VIP, f.b),
-            (FIB_CLIENT, DSR_VIP, 64),
-            (MAC_A, MAC_BACKEND),
-            Stat::ForwardedFib,
-        );
+        // (case, sent from, to, on, expected from, to, hop limit, MACs, counter)
+        for (case, sent, want, macs, stat) in [
+            // nat: the destination becomes the backend, hop limit 64 -> 63, sent out of fa (a
+            // redirect: it came in on fb).
+            (
+                "nat request",
+                (FIB_CLIENT, NAT_VIP, f.b),
+                (FIB_CLIENT, BACKEND, 63),
+                (MAC_A, MAC_BACKEND),
+                Stat::ForwardedFib,
+            ),
+            // Its reply, from the backend to the client, leaves from the VIP.
+            (
+                "nat reply",
+                (BACKEND, FIB_CLIENT, f.a),
+                (NAT_VIP, FIB_CLIENT, 63),
+                (MAC_B, MAC_CLIENT),
+                Stat::NatReplyTranslated,
+            ),
+            // dsr-l2: only the MACs change (the backend holds the VIP), no hop limit change.
+            (
+                "dsr-l2 request",
+                (FIB_CLIENT, DSR_VIP, f.b),
+                (FIB_CLIENT, DSR_VIP, 64),
+                (MAC_A, MAC_BACKEND),
+                Stat::ForwardedFib,
+            ),
+        ] {
+            f.expect_redirected(case, sent, want, macs, stat);
+        }
 
         // fullnat: from the balancer's source and the first port of its range.
         let input = udp6(FIB_CLIENT, FULLNAT_VIP).build();
