@@ -29,6 +29,10 @@ pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 
+/// The tutorial's three backends on loopback (round robin) plus a wildcard service on port
+/// 7000: the IPv4 config of xdp_testrun, which ipv6_testrun also loads beside its IPv6 one.
+pub const TUTORIAL_CONFIG: &str = include_str!("../configs/tutorial.toml");
+
 /// The MACs of the forwarding tests' topology ([`netns::in_fib_topology`]): the backend side
 /// (`fa`, 10.60.1.1/24), the client side (`fb`, 10.60.2.1/24), the first backend (10.60.1.2)
 /// and the client (10.60.2.2).

@@ -336,6 +336,21 @@ pub fn name_suffix() -> &'static str {
     NAME_SUFFIX.with(std::cell::Cell::get)
 }
 
+/// The `ip` arguments that add `addr` as a permanent neighbour with MAC `mac` on `dev`.
+pub fn permanent_neighbour<'a>(addr: &'a str, mac: &'a str, dev: &'a str) -> [&'a str; 9] {
+    [
+        "neigh",
+        "add",
+        addr,
+        "lladdr",
+        mac,
+        "dev",
+        dev,
+        "nud",
+        "permanent",
+    ]
+}
+
 /// The two-veth topology of the tier-2 forwarding tests: a namespace named after `tag` with a
 /// veth `fa` (02:00:00:00:0a:01, 10.60.1.1/24, the backends' side) and its peer `fb`
 /// (02:00:00:00:0b:01, 10.60.2.1/24, the clients' side), the permanent `neighbours` (address,
@@ -372,17 +387,7 @@ pub fn in_fib_topology(
     n(&["link", "set", "fa", "up"]);
     n(&["link", "set", "fb", "up"]);
     for (addr, mac, dev) in neighbours {
-        n(&[
-            "neigh",
-            "add",
-            addr,
-            "lladdr",
-            mac,
-            "dev",
-            dev,
-            "nud",
-            "permanent",
-        ]);
+        n(&permanent_neighbour(addr, mac, dev));
     }
     ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
     let path = format!("/run/netns/{}", ns.name);

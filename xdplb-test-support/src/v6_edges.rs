@@ -6,7 +6,7 @@ use std::net::{Ipv6Addr, SocketAddrV6};
 
 use etherparse::{Icmpv6Slice, Icmpv6Type, IpNumber, Ipv6Header, PacketBuilder};
 use xdplb::dataplane::Dataplane;
-use xdplb_common::{Addr, Flow, FlowKey, IPPROTO_UDP, ServiceKey};
+use xdplb_common::{Addr, Flow, FlowKey, IPPROTO_UDP, ReplyKey, ServiceKey};
 
 use xdplb::packet::{FRAME_DST_MAC, FRAME_SRC_MAC};
 
@@ -140,6 +140,18 @@ pub fn flow_key(client: SocketAddrV6, vip: SocketAddrV6) -> FlowKey {
         vip_addr: addr6(*vip.ip()),
         client_port_be: client.port().to_be(),
         vip_port_be: vip.port().to_be(),
+        proto: IPPROTO_UDP,
+        _pad: [0; 3],
+    }
+}
+
+/// The key of the reply (REPLIES, FULLNAT) of the UDP flow between `backend` and `client`.
+pub fn reply_key(backend: SocketAddrV6, client: SocketAddrV6) -> ReplyKey {
+    ReplyKey {
+        backend_addr: addr6(*backend.ip()),
+        client_addr: addr6(*client.ip()),
+        backend_port_be: backend.port().to_be(),
+        client_port_be: client.port().to_be(),
         proto: IPPROTO_UDP,
         _pad: [0; 3],
     }

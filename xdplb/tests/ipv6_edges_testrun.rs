@@ -20,8 +20,8 @@ use xdplb::{
 };
 use xdplb_common::{
     FORWARD_DSR_IPIP, FORWARD_NAT, FullnatPeer, IPPROTO_UDP, PORT_LOCAL_BACKEND, REPLY_FLAG_NAT,
-    REPLY_FLAG_WILDCARD, Reply, ReplyKey, SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FORWARDING_SHIFT,
-    Service, Stat,
+    REPLY_FLAG_WILDCARD, Reply, SERVICE_ENCAP_HOST_BITS_SHIFT, SERVICE_FORWARDING_SHIFT, Service,
+    Stat,
     hash::{FlowTuple, HASH_FIVE_TUPLE, flow_hash},
 };
 use xdplb_test_support::{v6_edges::*, *};
@@ -278,6 +278,38 @@ fn icmp6_errors_about_balanced_flows_go_to_their_owner() {
     );
 }
 
+/// An ICMPv6 error `(type, code)` from `src` to `dst` (hop limit `hop`) quoting `quoted`, in a
+/// frame to `macs.0` from `macs.1`.
+fn icmp6_error(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    hop: u8,
+    (kind, code): (u8, u8),
+    quoted: &[u8],
+    (to, from): ([u8; 6], [u8; 6]),
+) -> Vec<u8> {
+    with_macs(icmp6(src, dst, hop, kind, code, [0; 4], quoted), to, from)
+}
+
+/// Runs `input` on ifindex `on` through `prog`: it must be redirected as `want`, with a right
+/// ICMPv6 checksum, and count `stat` once.
+fn expect_translated(
+    dp: &xdplb::dataplane::Dataplane,
+    prog: &aya::programs::Xdp,
+    what: &str,
+    (input, on): (&[u8], u32),
+    want: &[u8],
+    stat: Stat,
+) {
+    let before = counters(dp);
+    let out = testrun::run_xdp_on(prog, input, on).expect("test run");
+    assert_eq!(out.action, XDP_REDIRECT, "{what}: redirected");
+    assert_eq!(out.frame, want, "{what}: translated");
+    assert!(icmp6_checksum_ok(&out.frame), "{what}: ICMPv6 checksum");
+    let d = deltas(&before, &counters(dp));
+    assert!(d.contains(&(stat, 1)), "{what}: {d:?}");
+}
+
 fn icmp6_cases() {
     add_ipv6_to_topology();
     let (_, mut dp) = load_toml(CONFIG);
@@ -324,39 +356,30 @@ fn icmp6_cases() {
     //    client's, readdressed to the backend). To the client: from the VIP, about the packet
     //    as the client sent it, hop limit decremented, routed out of fb.
     let sent = udp6(client, backend, 63, PAYLOAD);
-    let input = with_macs(
-        icmp6(
-            *backend.ip(),
-            *client.ip(),
-            64,
-            DEST_UNREACH,
-            PORT_UNREACH,
-            [0; 4],
-            ip_packet(&sent),
-        ),
-        FRAME_DST_MAC,
-        MAC_BACKEND,
+    let input = icmp6_error(
+        *backend.ip(),
+        *client.ip(),
+        64,
+        (DEST_UNREACH, PORT_UNREACH),
+        ip_packet(&sent),
+        (FRAME_DST_MAC, MAC_BACKEND),
     );
-    let want = with_macs(
-        icmp6(
-            *vip.ip(),
-            *client.ip(),
-            63,
-            DEST_UNREACH,
-            PORT_UNREACH,
-            [0; 4],
-            ip_packet(&udp6(client, vip, 63, PAYLOAD)),
-        ),
-        MAC_CLIENT,
-        MAC_B,
+    let want = icmp6_error(
+        *vip.ip(),
+        *client.ip(),
+        63,
+        (DEST_UNREACH, PORT_UNREACH),
+        ip_packet(&udp6(client, vip, 63, PAYLOAD)),
+        (MAC_CLIENT, MAC_B),
     );
-    let before = counters(&dp);
-    let out = run(&input, a);
-    assert_eq!(out.action, XDP_REDIRECT, "nat error: routed to fb");
-    assert_eq!(out.frame, want, "nat error: translated for the client");
-    assert!(icmp6_checksum_ok(&out.frame), "nat error: ICMPv6 checksum");
-    let d = deltas(&before, &counters(&dp));
-    assert!(d.contains(&(Stat::IcmpErrorToClient, 1)), "{d:?}");
+    expect_translated(
+        &dp,
+        &prog,
+        "nat error",
+        (&input, a),
+        &want,
+        Stat::IcmpErrorToClient,
+    );
 
     // 2. fullnat: the backend reports about a packet from the balancer's source address and
     //    port. To the client: from the VIP, about client -> VIP.
@@ -366,14 +389,7 @@ fn icmp6_cases() {
     put(
         &mut dp,
         "FULLNAT_V1",
-        ReplyKey {
-            backend_addr: addr6(*backend2.ip()),
-            client_addr: addr6(*source.ip()),
-            backend_port_be: backend2.port().to_be(),
-            client_port_be: source.port().to_be(),
-            proto: IPPROTO_UDP,
-            _pad: [0; 3],
-        },
+        reply_key(backend2, source),
         FullnatPeer {
             client_addr: addr6(*client2.ip()),
             vip_addr: addr6(*vip.ip()),
@@ -382,82 +398,58 @@ fn icmp6_cases() {
             ..FullnatPeer::default()
         },
     );
-    let input = with_macs(
-        icmp6(
-            *backend2.ip(),
-            *source.ip(),
-            64,
-            TIME_EXCEEDED,
-            0,
-            [0; 4],
-            ip_packet(&udp6(source, backend2, 1, PAYLOAD)),
-        ),
-        FRAME_DST_MAC,
-        MAC_BACKEND,
+    let input = icmp6_error(
+        *backend2.ip(),
+        *source.ip(),
+        64,
+        (TIME_EXCEEDED, 0),
+        ip_packet(&udp6(source, backend2, 1, PAYLOAD)),
+        (FRAME_DST_MAC, MAC_BACKEND),
     );
-    let want = with_macs(
-        icmp6(
-            *vip.ip(),
-            *client2.ip(),
-            63,
-            TIME_EXCEEDED,
-            0,
-            [0; 4],
-            ip_packet(&udp6(client2, vip, 1, PAYLOAD)),
-        ),
-        MAC_CLIENT,
-        MAC_B,
+    let want = icmp6_error(
+        *vip.ip(),
+        *client2.ip(),
+        63,
+        (TIME_EXCEEDED, 0),
+        ip_packet(&udp6(client2, vip, 1, PAYLOAD)),
+        (MAC_CLIENT, MAC_B),
     );
-    let before = counters(&dp);
-    let out = run(&input, a);
-    assert_eq!(out.action, XDP_REDIRECT, "fullnat error: routed to fb");
-    assert_eq!(out.frame, want, "fullnat error: translated for the client");
-    assert!(
-        icmp6_checksum_ok(&out.frame),
-        "fullnat error: ICMPv6 checksum"
+    expect_translated(
+        &dp,
+        &prog,
+        "fullnat error",
+        (&input, a),
+        &want,
+        Stat::IcmpErrorToClient,
     );
-    let d = deltas(&before, &counters(&dp));
-    assert!(d.contains(&(Stat::IcmpErrorToClient, 1)), "{d:?}");
 
     // 3. A router cannot deliver a reply VIP:port -> client: the error goes to the backend
     //    that owns the flow, about the packet as the backend sent it (nat).
     let reply = udp6(vip, client, 60, PAYLOAD);
-    let input = with_macs(
-        icmp6(
-            router,
-            *vip.ip(),
-            64,
-            DEST_UNREACH,
-            0,
-            [0; 4],
-            ip_packet(&reply),
-        ),
-        FRAME_DST_MAC,
-        MAC_CLIENT,
+    let input = icmp6_error(
+        router,
+        *vip.ip(),
+        64,
+        (DEST_UNREACH, 0),
+        ip_packet(&reply),
+        (FRAME_DST_MAC, MAC_CLIENT),
     );
-    let want = with_macs(
-        icmp6(
-            router,
-            *backend.ip(),
-            63,
-            DEST_UNREACH,
-            0,
-            [0; 4],
-            ip_packet(&udp6(backend, client, 60, PAYLOAD)),
-        ),
-        MAC_BACKEND,
-        MAC_A,
+    let want = icmp6_error(
+        router,
+        *backend.ip(),
+        63,
+        (DEST_UNREACH, 0),
+        ip_packet(&udp6(backend, client, 60, PAYLOAD)),
+        (MAC_BACKEND, MAC_A),
     );
-    let before = counters(&dp);
-    let out = run(&input, b);
-    assert_eq!(out.action, XDP_REDIRECT, "error to the VIP: routed to fa");
-    assert_eq!(out.frame, want, "error to the VIP: sent to the backend");
-    assert!(
-        icmp6_checksum_ok(&out.frame),
-        "error to the VIP: ICMPv6 checksum"
+    expect_translated(
+        &dp,
+        &prog,
+        "error to the VIP",
+        (&input, b),
+        &want,
+        Stat::IcmpErrorToBackend,
     );
-    let d = deltas(&before, &counters(&dp));
-    assert!(d.contains(&(Stat::IcmpErrorToBackend, 1)), "{d:?}");
 
     // 4. dsr-ipip: the error to the VIP goes to the backend IPv6-in-IPv6, unchanged inside,
     //    from the encapsulation prefix (a /96: 32 host bits) with the flow's hash in the host
@@ -483,18 +475,13 @@ fn icmp6_cases() {
         flow_key(client3, vip2),
         flow_to(backend, 1, tuple_hash),
     );
-    let input = with_macs(
-        icmp6(
-            router,
-            *vip2.ip(),
-            64,
-            DEST_UNREACH,
-            0,
-            [0; 4],
-            ip_packet(&udp6(vip2, client3, 60, PAYLOAD)),
-        ),
-        FRAME_DST_MAC,
-        MAC_CLIENT,
+    let input = icmp6_error(
+        router,
+        *vip2.ip(),
+        64,
+        (DEST_UNREACH, 0),
+        ip_packet(&udp6(vip2, client3, 60, PAYLOAD)),
+        (FRAME_DST_MAC, MAC_CLIENT),
     );
     let outer_source: Ipv6Addr = v6("2001:db8:200::dead:beef");
     let want = ip6ip6(
@@ -895,14 +882,7 @@ fn tc_reply_path_translates_ipv6_replies_of_local_backends() {
     put(
         &mut dp,
         "REPLIES_V1",
-        ReplyKey {
-            backend_addr: addr6(*backend2.ip()),
-            client_addr: addr6(*client.ip()),
-            backend_port_be: backend2.port().to_be(),
-            client_port_be: client.port().to_be(),
-            proto: IPPROTO_UDP,
-            _pad: [0; 3],
-        },
+        reply_key(backend2, client),
         Reply {
             vip_addr: addr6(*used.ip()),
             vip_port_be: used.port().to_be(),

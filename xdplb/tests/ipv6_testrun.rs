@@ -41,28 +41,6 @@ vip = "[::]:7000"
 address = "[2001:db8::a00:7]:7001"
 "#;
 
-/// `LO_CONFIG` in IPv4, as xdp_testrun has it.
-const LO_CONFIG_V4: &str = r#"
-interfaces = ["lo"]
-
-[[service]]
-name = "demo"
-vip = "127.0.0.1:9875"
-scheduler = "round-robin"
-[[service.backend]]
-address = "127.0.0.1:9876"
-[[service.backend]]
-address = "127.0.0.1:9877"
-[[service.backend]]
-address = "127.0.0.1:9878"
-
-[[service]]
-name = "any-address"
-vip = "0.0.0.0:7000"
-[[service.backend]]
-address = "10.0.0.7:7001"
-"#;
-
 const CLIENT: &str = "[2001:db8::a01:203]:4444";
 const VIP: &str = "[2001:db8::7f00:1]:9875";
 const BACKENDS: [&str; 3] = [
@@ -327,7 +305,7 @@ fn what_is_not_ours_passes_untouched() {
 
 #[test]
 fn ipv4_is_still_balanced_beside_ipv6() {
-    let cfg = config::parse(LO_CONFIG_V4, "test").expect("valid");
+    let cfg = config::parse(TUTORIAL_CONFIG, "test").expect("valid");
     let mut dp = load_config(&cfg);
     let input = udp("10.1.2.3:4444", "127.0.0.1:9875").build();
     let out = run(&mut dp, &input);
@@ -397,7 +375,7 @@ fn a_backend_of_the_other_family_takes_no_flow() {
     let (cfg, mut dp) = load_v6(LO_CONFIG);
     // The IPv6 service's table pointing at IPv4 backends (what the config never writes): the
     // IPv6 plan with the backends of the same config in IPv4.
-    let v4_cfg = config::parse(LO_CONFIG_V4, "test").expect("valid");
+    let v4_cfg = config::parse(TUTORIAL_CONFIG, "test").expect("valid");
     let v4 = reconcile::desired_state(&v4_cfg, None).expect("plan");
     let mut state = reconcile::desired_state(&cfg, None).expect("plan");
     for (s6, s4) in state.services.iter_mut().zip(&v4.services) {
@@ -479,17 +457,7 @@ fn in_topology6(tag: &str, cases: impl FnOnce() + Send) {
             ("2001:db8::a3c:103", "02:00:00:00:01:03", "fa"),
             ("2001:db8::a3c:202", "02:00:00:00:02:02", "fb"),
         ] {
-            ip(&[
-                "neigh",
-                "add",
-                addr,
-                "lladdr",
-                mac,
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ]);
+            ip(&netns::permanent_neighbour(addr, mac, dev));
         }
         let st = std::process::Command::new("sysctl")
             .args(["-qw", "net.ipv6.conf.all.forwarding=1"])
@@ -558,6 +526,21 @@ impl Fib6 {
         let d = deltas(&before, &counters(&self.dp));
         assert!(d.contains(&(stat, 1)), "{case}: counters {d:?}");
     }
+
+    /// Sends a plain UDP frame `from` -> `to` on `on` and checks it was redirected as sent from
+    /// `src` to `dst` with `hop_limit`, between `macs`, counting `stat`.
+    fn expect_redirected(
+        &self,
+        case: &str,
+        (from, to, on): (&str, &str, u32),
+        (src, dst, hop_limit): (&str, &str, u8),
+        macs: ([u8; 6], [u8; 6]),
+        stat: Stat,
+    ) {
+        let input = udp6(from, to).build();
+        let want = expected(&input, src, dst, hop_limit, macs);
+        self.expect_sent(case, &input, on, &want, XDP_REDIRECT, stat);
+    }
 }
 
 /// What `input` must look like once sent from `src` to `dst` with `hop_limit`, between the
@@ -587,38 +570,36 @@ fn expected(
 fn nat_fullnat_and_dsr_l2_requests_and_replies_are_forwarded() {
     in_topology6("v6fwd", || {
         let f = Fib6::new();
-        // nat: the destination becomes the backend, hop limit 64 -> 63, sent out of fa (a
-        // redirect: it came in on fb).
-        let input = udp6(FIB_CLIENT, NAT_VIP).build();
-        f.expect_sent(
-            "nat request",
-            &input,
-            f.b,
-            &expected(&input, FIB_CLIENT, BACKEND, 63, (MAC_A, MAC_BACKEND)),
-            XDP_REDIRECT,
-            Stat::ForwardedFib,
-        );
-        // Its reply, from the backend to the client, leaves from the VIP.
-        let reply = udp6(BACKEND, FIB_CLIENT).build();
-        f.expect_sent(
-            "nat reply",
-            &reply,
-            f.a,
-            &expected(&reply, NAT_VIP, FIB_CLIENT, 63, (MAC_B, MAC_CLIENT)),
-            XDP_REDIRECT,
-            Stat::NatReplyTranslated,
-        );
-
-        // dsr-l2: only the MACs change (the backend holds the VIP), no hop limit change.
-        let input = udp6(FIB_CLIENT, DSR_VIP).build();
-        f.expect_sent(
-            "dsr-l2 request",
-            &input,
-            f.b,
-            &expected(&input, FIB_CLIENT, DSR_VIP, 64, (MAC_A, MAC_BACKEND)),
-            XDP_REDIRECT,
-            Stat::ForwardedFib,
-        );
+        // (case, sent from, to, on, expected from, to, hop limit, MACs, counter)
+        for (case, sent, want, macs, stat) in [
+            // nat: the destination becomes the backend, hop limit 64 -> 63, sent out of fa (a
+            // redirect: it came in on fb).
+            (
+                "nat request",
+                (FIB_CLIENT, NAT_VIP, f.b),
+                (FIB_CLIENT, BACKEND, 63),
+                (MAC_A, MAC_BACKEND),
+                Stat::ForwardedFib,
+            ),
+            // Its reply, from the backend to the client, leaves from the VIP.
+            (
+                "nat reply",
+                (BACKEND, FIB_CLIENT, f.a),
+                (NAT_VIP, FIB_CLIENT, 63),
+                (MAC_B, MAC_CLIENT),
+                Stat::NatReplyTranslated,
+            ),
+            // dsr-l2: only the MACs change (the backend holds the VIP), no hop limit change.
+            (
+                "dsr-l2 request",
+                (FIB_CLIENT, DSR_VIP, f.b),
+                (FIB_CLIENT, DSR_VIP, 64),
+                (MAC_A, MAC_BACKEND),
+                Stat::ForwardedFib,
+            ),
+        ] {
+            f.expect_redirected(case, sent, want, macs, stat);
+        }
 
         // fullnat: from the balancer's source and the first port of its range.
         let input = udp6(FIB_CLIENT, FULLNAT_VIP).build();
@@ -641,13 +622,11 @@ fn nat_fullnat_and_dsr_l2_requests_and_replies_are_forwarded() {
         assert!(deltas(&before, &counters(&f.dp)).contains(&(Stat::ForwardedFib, 1)));
         // Its reply, to that source and port, goes back to the client from the VIP.
         let source = format!("[{FULLNAT_SOURCE}]:{}", got.src.port());
-        let reply = udp6(FULLNAT_BACKEND, &source).build();
-        f.expect_sent(
+        f.expect_redirected(
             "fullnat reply",
-            &reply,
-            f.a,
-            &expected(&reply, FULLNAT_VIP, FIB_CLIENT, 63, (MAC_B, MAC_CLIENT)),
-            XDP_REDIRECT,
+            (FULLNAT_BACKEND, &source, f.a),
+            (FULLNAT_VIP, FIB_CLIENT, 63),
+            (MAC_B, MAC_CLIENT),
             Stat::FullnatReplyTranslated,
         );
     });
@@ -658,29 +637,19 @@ fn a_wildcard_nat_service_and_its_replies() {
     in_topology6("v6wild", || {
         let f = Fib6::new();
         let vip = "[2001:db8::a63:9]:5601";
-        let input = udp6(FIB_CLIENT, vip).build();
-        f.expect_sent(
+        f.expect_redirected(
             "wildcard request",
-            &input,
-            f.b,
-            &expected(
-                &input,
-                FIB_CLIENT,
-                WILD_BACKEND,
-                63,
-                (MAC_A, [0x02, 0, 0, 0, 0x01, 0x03]),
-            ),
-            XDP_REDIRECT,
+            (FIB_CLIENT, vip, f.b),
+            (FIB_CLIENT, WILD_BACKEND, 63),
+            (MAC_A, [0x02, 0, 0, 0, 0x01, 0x03]),
             Stat::ForwardedFib,
         );
         // The backend's reply leaves from the address the client used.
-        let reply = udp6(WILD_BACKEND, FIB_CLIENT).build();
-        f.expect_sent(
+        f.expect_redirected(
             "wildcard reply",
-            &reply,
-            f.a,
-            &expected(&reply, vip, FIB_CLIENT, 63, (MAC_B, MAC_CLIENT)),
-            XDP_REDIRECT,
+            (WILD_BACKEND, FIB_CLIENT, f.a),
+            (vip, FIB_CLIENT, 63),
+            (MAC_B, MAC_CLIENT),
             Stat::NatReplyTranslated,
         );
         // A request from a nat backend's port (7000) that is no known reply, to the wildcard

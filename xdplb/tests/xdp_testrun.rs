@@ -11,28 +11,6 @@ use xdplb::{
 use xdplb_common::{Backend, Service, Stat};
 use xdplb_test_support::*;
 
-/// Three backends on loopback (the tutorial's scenario) plus a wildcard service on port 7000.
-const CONFIG: &str = r#"
-interfaces = ["lo"]
-
-[[service]]
-name = "demo"
-vip = "127.0.0.1:9875"
-scheduler = "round-robin"
-[[service.backend]]
-address = "127.0.0.1:9876"
-[[service.backend]]
-address = "127.0.0.1:9877"
-[[service.backend]]
-address = "127.0.0.1:9878"
-
-[[service]]
-name = "any-address"
-vip = "0.0.0.0:7000"
-[[service.backend]]
-address = "10.0.0.7:7001"
-"#;
-
 const CLIENT: &str = "10.1.2.3:4444";
 const VIP: &str = "127.0.0.1:9875";
 
@@ -278,7 +256,7 @@ fn table_of_single_packet_cases() {
         },
     ];
 
-    let cfg = config::parse(CONFIG, "test").expect("valid");
+    let cfg = config::parse(TUTORIAL_CONFIG, "test").expect("valid");
     for case in cases {
         // A fresh data plane per case: counters, cursors and flows start empty.
         let mut dp = load_config(&cfg);
@@ -302,7 +280,7 @@ fn table_of_single_packet_cases() {
 
 #[test]
 fn every_truncation_of_a_service_packet_passes_untouched() {
-    let (_, mut dp) = load_toml(CONFIG);
+    let (_, mut dp) = load_toml(TUTORIAL_CONFIG);
     for full in [
         udp(CLIENT, VIP).build(),
         with(CLIENT, VIP, |u| u.ip_options = vec![1; 40]),
@@ -339,7 +317,7 @@ fn every_truncation_of_a_service_packet_passes_untouched() {
 
 #[test]
 fn packets_of_one_flow_stay_on_one_backend() {
-    let (_, mut dp) = load_toml(CONFIG);
+    let (_, mut dp) = load_toml(TUTORIAL_CONFIG);
     let flow = udp("10.1.2.3:1111", VIP).build();
     let first = decode(&run(&mut dp, &flow).frame).expect("decodes").dst;
     // New flows in between move the round-robin cursor.
@@ -360,7 +338,7 @@ fn packets_of_one_flow_stay_on_one_backend() {
 
 #[test]
 fn new_flows_go_round_robin() {
-    let (_, mut dp) = load_toml(CONFIG);
+    let (_, mut dp) = load_toml(TUTORIAL_CONFIG);
     let got: Vec<u16> = (0..9)
         .map(|i| {
             let f = udp(&format!("10.9.9.9:{}", 30000 + i), VIP).build();
@@ -372,7 +350,7 @@ fn new_flows_go_round_robin() {
 
 #[test]
 fn service_and_backend_traffic_is_counted() {
-    let (_, mut dp) = load_toml(CONFIG);
+    let (_, mut dp) = load_toml(TUTORIAL_CONFIG);
     let frame = udp(CLIENT, VIP).build();
     for _ in 0..4 {
         run(&mut dp, &frame);
@@ -391,7 +369,7 @@ fn service_and_backend_traffic_is_counted() {
 
 #[test]
 fn an_idle_flow_is_rescheduled_after_its_timeout() {
-    let text = CONFIG.replacen(
+    let text = TUTORIAL_CONFIG.replacen(
         "vip = \"127.0.0.1:9875\"",
         "vip = \"127.0.0.1:9875\"\nflow_idle_timeout = \"1s\"",
         1,
@@ -427,7 +405,7 @@ fn an_idle_flow_is_rescheduled_after_its_timeout() {
 
 #[test]
 fn a_service_without_backends_drops_and_counts() {
-    let (cfg, mut dp) = load_toml(CONFIG);
+    let (cfg, mut dp) = load_toml(TUTORIAL_CONFIG);
     let plan = &reconcile::desired_state(&cfg, None).expect("plan").services[0];
     let (key, svc) = (plan.key, plan.service);
     let empty = Service {
@@ -448,7 +426,7 @@ fn a_service_without_backends_drops_and_counts() {
 
 #[test]
 fn a_flow_whose_backend_changed_is_rescheduled() {
-    let (cfg, mut dp) = load_toml(CONFIG);
+    let (cfg, mut dp) = load_toml(TUTORIAL_CONFIG);
     let frame = udp(CLIENT, VIP).build();
     assert_eq!(
         decode(&run(&mut dp, &frame).frame)
@@ -493,7 +471,7 @@ fn full_capacity_loads_and_the_last_slot_works() {
     // 1,024 services x 1,024 backends: write the very last service and backend slot.
     let limits = config::Limits::DEFAULT;
     assert!(limits.max_services >= 1024 && limits.max_backends_per_service >= 1024);
-    let (cfg, mut dp) = load_toml(CONFIG);
+    let (cfg, mut dp) = load_toml(TUTORIAL_CONFIG);
     assert_eq!(cfg.limits, limits);
     let last_id = limits.max_services - 1;
     let last = reconcile::backend_index(&limits, last_id, limits.max_backends_per_service - 1);
@@ -544,7 +522,7 @@ fn full_capacity_loads_and_the_last_slot_works() {
 
 #[test]
 fn verifier_instruction_budget() {
-    let (_, dp) = load_toml(CONFIG);
+    let (_, dp) = load_toml(TUTORIAL_CONFIG);
     for (name, count) in dp.verified_instructions() {
         let count = count
             .unwrap_or_else(|| panic!("{name}: the kernel reports no verified instruction count"));
@@ -581,7 +559,7 @@ fn verifier_instruction_budget() {
 fn debug_logging_loads_and_still_balances() {
     // With debug_log the logging branch is live: the verifier must accept it and the packet
     // must still be balanced. (Without it the branch is pruned; the other tests cover that.)
-    let mut cfg = config::parse(CONFIG, "test").expect("valid");
+    let mut cfg = config::parse(TUTORIAL_CONFIG, "test").expect("valid");
     cfg.debug_log = true;
     require_root();
     pin_to_cpu0();
@@ -597,7 +575,7 @@ fn debug_logging_loads_and_still_balances() {
 
 #[test]
 fn a_service_without_backends_passes_when_its_policy_says_so() {
-    let (cfg, mut dp) = load_toml(CONFIG);
+    let (cfg, mut dp) = load_toml(TUTORIAL_CONFIG);
     let plan = &reconcile::desired_state(&cfg, None).expect("plan").services[0];
     let empty = Service {
         table_len: 0,
@@ -628,7 +606,7 @@ fn a_capture_lease_copies_service_packets_before_and_after_and_nothing_else() {
     use xdplb::capture::Record;
     use xdplb_common::{CAPTURE_ANY_SERVICE, CaptureLease, MAP_CAPTURE, MAP_CAPTURE_RING};
 
-    let (_, mut dp) = load_toml(CONFIG);
+    let (_, mut dp) = load_toml(TUTORIAL_CONFIG);
     let open = |name: &'static str| {
         let id = dp.map_id(name).expect("map id");
         Map::from_map_data(MapData::from_id(id).expect("map by id")).expect("map")
