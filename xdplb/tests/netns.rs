@@ -2305,6 +2305,26 @@ fn dsr_l2_backends_on_one_segment_answer_clients_directly_case() {
         "{text}"
     );
     lb_ns.exec(&["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"]);
+    // With IPv4 forwarding alone, the IPv6 twin is refused the same way.
+    let refused = lb_ns.exec_unchecked(&[
+        "env",
+        &env,
+        XDPLB,
+        "run",
+        "--cleanup",
+        "--config",
+        &cfg_path,
+        "--instance",
+        &instance,
+    ]);
+    let text = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{text}");
+    assert!(
+        text.contains("IPv6 service(s) dsr6")
+            && text.contains("net.ipv6.conf.all.forwarding")
+            && text.contains(&lb_dev),
+        "{text}"
+    );
     lb_ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
     let mut lb = start_balancer(&lb_ns, &env, &cfg_path, &instance);
     // The daemon has asked the kernel to resolve the backends' MAC addresses; give ARP a moment.
