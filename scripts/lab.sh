@@ -76,8 +76,16 @@ RUN_DIR="$(mktemp -d /tmp/xdplb-lab.XXXXXX)"
 PIDS=()
 cleanup() {
   status=$?
+  # Every process in the lab's namespaces too: one started just before Ctrl-C may not be in
+  # PIDS yet (the trap runs between `cmd &` and `PIDS+=($!)`).
+  for ns in "$CLIENT" "$LB" "${BACKENDS[@]}"; do
+    for p in $(ip netns pids "$ns" 2>/dev/null); do PIDS+=("$p"); done
+  done
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  # A child is waited for; a process found in a namespace is polled, for at most 5 s each.
+  for p in "${PIDS[@]}"; do
+    wait "$p" 2>/dev/null || for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
+  done
   # Deleting a namespace deletes its veths (and their XDP programs) and the bridge.
   for ns in "$CLIENT" "$LB" "${BACKENDS[@]}" "$SW"; do ip netns del "$ns" 2>/dev/null || true; done
   rm -rf "$RUN_DIR"
