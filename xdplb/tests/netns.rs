@@ -2286,39 +2286,32 @@ fn dsr_l2_backends_on_one_segment_answer_clients_directly_case() {
     );
     let instance = format!("t-dsr-{pid}");
     let env = format!("XDPLB_RUN_DIR={dir}");
+    // A start that must be refused: its stderr.
+    let refused_start = || {
+        let refused = lb_ns.exec_unchecked(&[
+            "env",
+            &env,
+            XDPLB,
+            "run",
+            "--cleanup",
+            "--config",
+            &cfg_path,
+            "--instance",
+            &instance,
+        ]);
+        let text = String::from_utf8_lossy(&refused.stderr).to_string();
+        assert!(!refused.status.success(), "{text}");
+        text
+    };
     // Without IPv4 forwarding the kernel answers no FIB lookup: the daemon says so and stops.
-    let refused = lb_ns.exec_unchecked(&[
-        "env",
-        &env,
-        XDPLB,
-        "run",
-        "--cleanup",
-        "--config",
-        &cfg_path,
-        "--instance",
-        &instance,
-    ]);
-    let text = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success(), "{text}");
+    let text = refused_start();
     assert!(
         text.contains("IPv4 forwarding") && text.contains(&lb_dev) && text.contains("sysctl"),
         "{text}"
     );
     lb_ns.exec(&["sysctl", "-qw", "net.ipv4.conf.all.forwarding=1"]);
     // With IPv4 forwarding alone, the IPv6 twin is refused the same way.
-    let refused = lb_ns.exec_unchecked(&[
-        "env",
-        &env,
-        XDPLB,
-        "run",
-        "--cleanup",
-        "--config",
-        &cfg_path,
-        "--instance",
-        &instance,
-    ]);
-    let text = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success(), "{text}");
+    let text = refused_start();
     assert!(
         text.contains("IPv6 service(s) dsr6")
             && text.contains("net.ipv6.conf.all.forwarding")
